@@ -1,0 +1,23 @@
+"""onnx-pathlift: path-norms of ONNX ReLU networks, computed by a lifted ONNX graph in onnxruntime.
+
+Public API::
+
+    import onnx_pathlift as pl
+    pl.path_norm("model.onnx", q=2)        # PathNorm(q=2.0, log10=..., value=...)
+    pl.lift("model.onnx", q=1)             # the lifted ONNX model (ModelProto)
+    dag = pl.import_model("model.onnx")    # the networkx DAG of layers
+    pl.emit_model(dag)                     # re-emitted model with signed weights (for checks)
+"""
+
+from .dag import Dag, Layer
+from .emit import emit_model, lift_model
+from .errors import InvalidModelError, PathliftError, UnsupportedModelError, UsageError
+from .importer import import_model
+from .norm import PathNorm, PathNormSession, lift, path_norm
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Dag", "Layer", "PathNorm", "PathNormSession", "PathliftError", "InvalidModelError", "UnsupportedModelError",
+    "UsageError", "emit_model", "import_model", "lift", "lift_model", "path_norm", "__version__",
+]

@@ -1,0 +1,179 @@
+"""The ``onnx-pathlift`` command line: argument parsing and printing only.
+
+Exit codes: 0 ok, 1 anything else, 2 usage, 3 unsupported operators, 4 unreadable or invalid model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import onnx
+
+from . import __version__
+from .errors import PathliftError, UsageError
+from .importer import import_prepared
+from .load import load_model, parse_shape, prepare
+from .norm import PathNormSession
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # usage errors exit 2 with one clear line
+        self.print_usage(sys.stderr)
+        raise SystemExit(_fail(UsageError(message), json_mode="--json" in sys.argv))
+
+
+def _fail(err: PathliftError, json_mode: bool) -> int:
+    if json_mode:
+        print(json.dumps(err.to_dict(), indent=2))
+    else:
+        print(f"onnx-pathlift: error: {err}", file=sys.stderr)
+    return err.exit_code
+
+
+def _input_shape(texts: list[str] | None):
+    """``--input-shape 1x3x224x224`` or ``--input-shape name=1x3x224x224`` (repeatable)."""
+    if not texts:
+        return None
+    if len(texts) == 1 and "=" not in texts[0]:
+        return parse_shape(texts[0])
+    shapes = {}
+    for text in texts:
+        if "=" not in text:
+            raise UsageError(f"with several --input-shape, write NAME=SHAPE (got {text!r})")
+        name, shape = text.rsplit("=", 1)
+        shapes[name] = parse_shape(shape)
+    return shapes
+
+
+def _load(args):
+    t0 = time.perf_counter()
+    model = load_model(args.model)
+    prepared = prepare(model, _input_shape(args.input_shape))
+    dag = import_prepared(prepared, args.output or None)
+    return model, prepared, dag, time.perf_counter() - t0
+
+
+def _fmt(log10: float) -> str:
+    if log10 == -math.inf:
+        return "0"
+    if log10 < 300:
+        return f"{10 ** log10:.6g}"
+    return f"10^{log10:.6f}"
+
+
+def cmd_norm(args) -> int:
+    model, prepared, dag, t_import = _load(args)
+    norms, timings = [], {"import_s": t_import}
+    for q in args.q:
+        if not q >= 1:
+            raise UsageError(f"q must be ≥ 1 (got {q})")
+        t0 = time.perf_counter()
+        session = PathNormSession(dag, q, args.provider)
+        t1 = time.perf_counter()
+        norms.append(session.run())
+        timings[f"q={q:g}_session_s"], timings[f"q={q:g}_run_s"] = t1 - t0, time.perf_counter() - t1
+    report = None
+    if args.verify:
+        from .verify import verify
+
+        report = verify(model, dag, prepared.elem_types, providers=args.provider, raise_on_failure=False)
+    result = {
+        "model": str(args.model),
+        "input_shapes": {k: list(v) for k, v in dag.input_shapes().items()},
+        "outputs": list(dag.outputs),
+        "notes": dag.notes,
+        "parameters": dag.n_params,
+        "layers": dag.kind_counts(),
+        "provider": args.provider,
+        "norms": [n.to_dict() for n in norms],
+        "timings": timings,
+    }
+    if report is not None:
+        result["verify"] = report.to_dict()
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{args.model}: {dag.n_params} parameters, input {result['input_shapes']}, outputs {result['outputs']}")
+        for note in dag.notes:
+            print(f"  note: {note}")
+        for n in norms:
+            print(f"  L{n.q:g} path-norm = {_fmt(n.log10)}  (log10 = {n.log10:.9g})")
+        if report is not None:
+            status = "passed" if report.passed else "FAILED"
+            print(f"  re-emission check {status}: max relative error {max(report.max_rel_error.values()):.3g} "
+                  f"(tolerance {report.rtol:g}, {report.trials} random inputs)")
+    return 0 if report is None or report.passed else 1
+
+
+def cmd_lift(args) -> int:
+    _, _, dag, _ = _load(args)
+    from .emit import LOG2_SUFFIX, lift_model
+
+    model = lift_model(dag, args.q)
+    onnx.checker.check_model(model)
+    out = Path(args.out)
+    onnx.save(model, str(out))
+    info = {"written": str(out), "q": args.q, "inputs": {k: list(v) for k, v in dag.input_shapes().items()},
+            "outputs": [[o, o + LOG2_SUFFIX] for o in dag.outputs]}
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"wrote the lifted network (q={args.q:g}) to {out}")
+        print("run it with all-ones inputs; each output o comes with a scalar o" + LOG2_SUFFIX + ", and")
+        print(f"  ||Phi||_q^q = sum over outputs of  sum(o) * 2**o{LOG2_SUFFIX}")
+        print("e.g.  python -c \"import onnxruntime as rt, numpy as np; s = rt.InferenceSession('%s'); "
+              "r = s.run(None, {i.name: np.ones(i.shape, np.float32) for i in s.get_inputs()}); "
+              "print(sum(float(r[k].sum()) * 2.0 ** float(r[k + 1]) for k in range(0, len(r), 2)) ** (1 / %g))\"" % (out, args.q))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="onnx-pathlift", description="Path-norms of ONNX ReLU networks, computed in onnxruntime.")
+    p.add_argument("--version", action="version", version=f"onnx-pathlift {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def common(sp):
+        sp.add_argument("model", help="path to an .onnx file")
+        sp.add_argument("--input-shape", action="append", metavar="[NAME=]SHAPE",
+                        help="static input shape such as 1x3x224x224 (needed for symbolic dimensions)")
+        sp.add_argument("--output", action="append", metavar="NAME", help="tensor to analyse (repeatable)")
+        sp.add_argument("--json", action="store_true", help="print one JSON object")
+
+    n = sub.add_parser("norm", help="Lq path-norms of a model")
+    common(n)
+    n.add_argument("-q", type=float, action="append", help="norm exponent q ≥ 1 (repeatable; default 1 and 2)")
+    n.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="onnxruntime execution provider")
+    n.add_argument("--verify", action="store_true", help="also run the re-emission check")
+    n.set_defaults(func=cmd_norm)
+
+    lf = sub.add_parser("lift", help="write the lifted |W|^q network as an ONNX file")
+    common(lf)
+    lf.add_argument("-q", type=float, default=1.0, help="norm exponent q ≥ 1 (default 1)")
+    lf.add_argument("-o", "--out", required=True, help="where to write the lifted model")
+    lf.set_defaults(func=cmd_lift)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "q", None) is None:
+        args.q = [1.0, 2.0]
+    try:
+        return args.func(args)
+    except PathliftError as err:
+        return _fail(err, args.json)
+    except KeyboardInterrupt:
+        print("onnx-pathlift: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # anything unexpected: one clear line, exit 1, no traceback
+        print(f"onnx-pathlift: internal error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""The intermediate representation: typed layer records on a ``networkx.DiGraph``.
+
+Every DAG node is one :class:`Layer` (stored under the node attribute ``"layer"``, with its
+``kind`` copied to ``"kind"`` for plain networkx users). Edges run from producer to consumer and
+carry the consumer's input ``slot``; ``Layer.inputs`` keeps the ordered list. Parameters are float64
+numpy arrays holding the *signed* values of the source model; shapes are static and include the
+batch dimension.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import networkx as nx
+import numpy as np
+
+
+@dataclass
+class Layer:
+    """One node of the DAG: op (handler key), ordered inputs, static output shape, parameters."""
+
+    name: str
+    op: str
+    inputs: list[str]
+    shape: tuple[int, ...]
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def n_params(self) -> int:
+        return int(sum(p.size for p in self.params.values()))
+
+
+@dataclass
+class Dag:
+    """A ReLU network as a DAG of layers, with its ordered graph inputs and analysed outputs."""
+
+    graph: nx.DiGraph = field(default_factory=nx.DiGraph)
+    inputs: list[str] = field(default_factory=list)
+    outputs: dict[str, str] = field(default_factory=dict)  # analysed ONNX tensor name -> layer name
+    opset: int = 17
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, layer: Layer, kind: str) -> Layer:
+        """Add ``layer`` (its inputs must already be present) and the edges from its inputs."""
+        if layer.name in self.graph:
+            raise ValueError(f"duplicate layer name {layer.name!r}")
+        self.graph.add_node(layer.name, layer=layer, kind=kind)
+        for slot, src in enumerate(layer.inputs):
+            self.graph.add_edge(src, layer.name, slot=slot)
+        return layer
+
+    def layer(self, name: str) -> Layer:
+        return self.graph.nodes[name]["layer"]
+
+    def layers(self) -> Iterator[Layer]:
+        """Layers in a topological order (stable: ties broken by insertion order)."""
+        for name in nx.topological_sort(self.graph):
+            yield self.graph.nodes[name]["layer"]
+
+    @property
+    def n_params(self) -> int:
+        return sum(layer.n_params for layer in self.layers())
+
+    def kind_counts(self) -> dict[str, int]:
+        return dict(Counter(kind for _, kind in self.graph.nodes(data="kind")))
+
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {name: self.layer(name).shape for name in self.inputs}

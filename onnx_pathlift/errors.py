@@ -1,0 +1,84 @@
+"""The error hierarchy. Each error carries the CLI exit code documented in the README.
+
+| code | meaning |
+|------|---------|
+| 0 | success |
+| 1 | anything else (internal error, provider unavailable, verification failed) |
+| 2 | usage error (bad arguments, missing ``--input-shape`` for symbolic dimensions) |
+| 3 | the model uses operators outside the supported set (every offending node is listed) |
+| 4 | the model is unreadable or invalid |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class PathliftError(Exception):
+    """Base class of every error onnx-pathlift raises on purpose."""
+
+    exit_code = 1
+
+    def to_dict(self) -> dict:
+        """JSON form for ``--json`` output."""
+        return {"error": type(self).__name__, "message": str(self), "exit_code": self.exit_code}
+
+
+class UsageError(PathliftError):
+    """The call itself is wrong (bad arguments, a shape that must be given)."""
+
+    exit_code = 2
+
+
+class InvalidModelError(PathliftError):
+    """The file is not a readable, well-formed ONNX model."""
+
+    exit_code = 4
+
+
+class ProviderUnavailableError(PathliftError):
+    """The requested onnxruntime execution provider cannot be used here."""
+
+    exit_code = 1
+
+
+class VerificationError(PathliftError):
+    """The re-emitted DAG does not reproduce the source model's outputs."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why one node cannot be represented: its name, op type and the reason."""
+
+    node: str
+    op_type: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.node or '<unnamed>'} ({self.op_type}): {self.reason}"
+
+
+class UnsupportedModelError(PathliftError):
+    """The model uses operators outside the supported set; lists every offending node."""
+
+    exit_code = 3
+
+    def __init__(self, refusals: list[Refusal]):
+        self.refusals = list(refusals)
+        lines = "\n".join(f"  - {r}" for r in self.refusals)
+        super().__init__(f"{len(self.refusals)} node(s) cannot be represented as a ReLU network:\n{lines}")
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        d["refusals"] = [r.__dict__ for r in self.refusals]
+        return d
+
+
+class RefuseNode(Exception):
+    """Raised by an op's import rule to refuse one node; the importer collects these."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason

@@ -1,0 +1,83 @@
+"""Path-norms ‖Φ(θ)‖_q: one onnxruntime pass of the lifted network on all-ones inputs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from onnx import ModelProto
+
+from .dag import Dag
+from .emit import LOG2_SUFFIX, lift_model
+from .importer import import_model
+from .load import ModelSource
+from .runtime import make_session
+
+_LOG10_2 = math.log10(2.0)
+_LOG10_MAX = math.log10(np.finfo(np.float64).max)
+
+
+@dataclass(frozen=True)
+class PathNorm:
+    """‖Φ(θ)‖_q as ``log10`` (always finite unless the norm is 0) and ``value`` (None past float64)."""
+
+    q: float
+    log10: float
+    value: float | None
+    per_output_log10: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"q": self.q, "value": self.value, "log10": _json_float(self.log10),
+                "per_output_log10": {k: _json_float(v) for k, v in self.per_output_log10.items()}}
+
+
+def _json_float(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _log2_sum(parts: list[tuple[float, float]]) -> float:
+    """log2 of Σ s_i · 2**k_i for s_i ≥ 0 without overflow (-inf when the sum is 0)."""
+    parts = [(s, k) for s, k in parts if s > 0]
+    if not parts:
+        return -math.inf
+    top = max(k + math.log2(s) for s, k in parts)
+    return top + math.log2(math.fsum(math.exp2(math.log2(s) + k - top) for s, k in parts))
+
+
+def combine(q: float, outputs: dict[str, tuple[np.ndarray, float]]) -> PathNorm:
+    """‖Φ‖_q from the lifted outputs ``{name: (T, k)}``: (Σ_o ΣT_o·2**k_o)**(1/q)."""
+    per = {o: (float(np.sum(t, dtype=np.float64)), float(k)) for o, (t, k) in outputs.items()}
+    log2_total = _log2_sum(list(per.values()))
+    log10 = log2_total / q * _LOG10_2
+    value = 0.0 if log10 == -math.inf else (10.0 ** log10 if log10 < _LOG10_MAX else None)
+    per_out = {o: _log2_sum([sk]) / q * _LOG10_2 for o, sk in per.items()}
+    return PathNorm(q, log10, value, per_out)
+
+
+class PathNormSession:
+    """The lifted network of one DAG and q, with its onnxruntime session built once."""
+
+    def __init__(self, dag: Dag, q: float = 1.0, providers=None):
+        self.dag, self.q = dag, float(q)
+        self.model: ModelProto = lift_model(dag, self.q)
+        self.session = make_session(self.model, providers)
+        self.feeds = {name: np.ones(dag.layer(name).shape, np.float32) for name in dag.inputs}
+        self.names = list(dag.outputs)
+
+    def run(self) -> PathNorm:
+        fetch = [n for o in self.names for n in (o, o + LOG2_SUFFIX)]
+        res = self.session.run(fetch, self.feeds)
+        return combine(self.q, {o: (res[2 * i], float(res[2 * i + 1])) for i, o in enumerate(self.names)})
+
+
+def path_norm(model: ModelSource | Dag, q: float = 1.0, input_shape=None, providers=None) -> PathNorm:
+    """‖Φ(θ)‖_q of an ONNX ReLU network (path, bytes, ModelProto or an imported :class:`Dag`)."""
+    dag = model if isinstance(model, Dag) else import_model(model, input_shape)
+    return PathNormSession(dag, q, providers).run()
+
+
+def lift(model: ModelSource | Dag, q: float = 1.0, input_shape=None) -> ModelProto:
+    """The lifted network as a standalone ONNX model (see :func:`onnx_pathlift.emit.lift_model`)."""
+    dag = model if isinstance(model, Dag) else import_model(model, input_shape)
+    return lift_model(dag, q)

@@ -1,0 +1,118 @@
+"""Element-wise arithmetic: constant scale/bias layers (affine) and sums of activations (skips).
+
+Affine algebra: ``y = s ⊙ x + t`` with constants ``s``, ``t`` broadcast against ``x``: every output
+neuron has one incoming edge (weight ``s``) and a bias ``t``; lifted: ``|s|**q ⊙ x + |t|**q``.
+Import: ``x + c``, ``x - c`` (t = -c), ``c - x`` (s = -1, t = c), ``x · c``, ``x / c`` (s = 1/c).
+
+Sum algebra: ``y = Σ ±x_i`` (Add, Sub, Sum of activations): weight ±1 edges; lifted: ``Σ x_i``, the
+inputs first brought to a common power-of-two scale.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..dag import Layer
+from ..errors import RefuseNode
+from ..graph import GraphBuilder, LiftBuilder, Scaled, pow_scaled
+from .base import ImportContext, LayerOp, imports, layer_op
+
+
+@layer_op
+class Affine(LayerOp):
+    """``y = scale ⊙ x + bias``; either parameter may be absent."""
+
+    op = "affine"
+    kind = "affine"
+
+    def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
+        y = xs[0]
+        if "scale" in layer.params:
+            y = b.op("Mul", [y, b.const(layer.params["scale"], "scale")], "scale")
+        if "bias" in layer.params:
+            y = b.op("Add", [y, b.const(layer.params["bias"], "bias")], "bias")
+        return y
+
+    def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
+        x = xs[0]
+        if "scale" in layer.params:
+            s, es = pow_scaled(layer.params["scale"], q)
+            x = b.shift(Scaled(b.op("Mul", [x.tensor, b.const(s, "absScale")], "scale"), x.log2), es, x.bound + 1.0)
+        if "bias" not in layer.params:
+            return x
+        t, et = pow_scaled(layer.params["bias"], q)
+        # y = T·2^k + t·2^et = 2^m (T·2^(k-m) + t·2^(et-m)),  m = max(k, et): both factors ≤ 1
+        m = b.op("Max", [x.log2, b.exponent(et)], "k")
+        fx = b.power_of_two(b.op("Sub", [x.log2, m], "d"))
+        ft = b.power_of_two(b.op("Sub", [b.exponent(et), m], "d"))
+        y = b.op("Add", [b.op("Mul", [x.tensor, fx], "aligned"), b.op("Mul", [b.const(t, "absBias"), ft], "bias")], "bias")
+        return Scaled(y, m, max(x.bound, 1.0) + 1.0)
+
+
+@layer_op
+class Sum(LayerOp):
+    """``y = Σ sign_i · x_i`` over activations (residual connections)."""
+
+    op = "sum"
+    kind = "skip"
+
+    def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
+        y = xs[0] if layer.attrs["signs"][0] > 0 else b.op("Neg", [xs[0]], "neg")
+        for x, sign in zip(xs[1:], layer.attrs["signs"][1:]):
+            y = b.op("Add" if sign > 0 else "Sub", [y, x], "sum")
+        return y
+
+    def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
+        tensors, k = b.align(xs)
+        y = tensors[0]
+        for t in tensors[1:]:
+            y = b.op("Add", [y, t], "sum")
+        return Scaled(y, k, max(x.bound for x in xs) + math.log2(len(xs)))
+
+
+@imports("Add", "Sub", "Sum")
+def import_add(node, ctx: ImportContext) -> None:
+    sign = [1.0] + [(-1.0 if node.op_type == "Sub" else 1.0)] * (len(node.input) - 1)
+    acts = [(n, s) for n, s in zip(node.input, sign) if n and ctx.const(n) is None]
+    consts = [(k, s) for k, (n, s) in enumerate(zip(node.input, sign)) if n and ctx.const(n) is not None]
+    bias = None
+    for k, s in consts:
+        bias = s * ctx.param(node, k, "constant term") + (0.0 if bias is None else bias)
+    out = ctx.shape(node.output[0])
+    if len(acts) == 1:
+        x, s = acts[0]
+        ctx.add(node, "affine", [ctx.act(x)], out, _params(-1.0 if s < 0 else None, bias))
+        return
+    layers = [ctx.act(n) for n, _ in acts]
+    if bias is None:
+        ctx.add(node, "sum", layers, out, attrs={"signs": [s for _, s in acts]})
+        return
+    total = ctx.add(node, "sum", layers, out, attrs={"signs": [s for _, s in acts]}, suffix="/sum")
+    ctx.add(node, "affine", [total], out, _params(None, bias))
+
+
+@imports("Mul", "Div")
+def import_mul(node, ctx: ImportContext) -> None:
+    a, c = ctx.const(node.input[0]), ctx.const(node.input[1])
+    if a is None and c is None:
+        raise RefuseNode(f"{node.op_type} of two activations is not positively homogeneous of degree 1")
+    if node.op_type == "Div" and c is None:
+        raise RefuseNode("dividing a constant by an activation is not piecewise-linear")
+    k, x = (1, node.input[0]) if c is not None else (0, node.input[1])
+    value = ctx.param(node, k, "constant factor")
+    if node.op_type == "Div":
+        if np.any(value == 0):
+            raise RefuseNode("division by a constant that contains zeros")
+        value = 1.0 / value
+    ctx.add(node, "affine", [ctx.act(x)], ctx.shape(node.output[0]), _params(value, None))
+
+
+def _params(scale, bias) -> dict[str, np.ndarray]:
+    params = {}
+    if scale is not None:
+        params["scale"] = np.asarray(scale, dtype=np.float64)
+    if bias is not None:
+        params["bias"] = np.asarray(bias, dtype=np.float64)
+    return params

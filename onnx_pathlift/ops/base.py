@@ -1,0 +1,166 @@
+"""The op registry and the context an import rule works in.
+
+An op module registers, in one place, everything about one family of layers:
+
+* import rules: ``@imports("Conv")`` functions that turn one ONNX node into DAG layers (or raise
+  :class:`~onnx_pathlift.errors.RefuseNode` saying *why* the node breaks the theory);
+* a :class:`LayerOp` subclass per layer type, registered with ``@layer_op``, that re-emits the
+  layer as itself (``emit``: signed weights, real activations) and as its lifted form
+  (``lift``: ``|w|**q``, activations removed) on a :class:`~onnx_pathlift.graph.LiftBuilder`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+from onnx import NodeProto, helper
+
+from ..dag import Dag, Layer
+from ..errors import RefuseNode
+from ..graph import GraphBuilder, LiftBuilder, Scaled
+from ..load import Prepared
+
+ImportRule = Callable[[NodeProto, "ImportContext"], None]
+
+IMPORTERS: dict[str, ImportRule] = {}
+LAYER_OPS: dict[str, "LayerOp"] = {}
+
+
+def imports(*op_types: str) -> Callable[[ImportRule], ImportRule]:
+    """Register an import rule for ONNX op types (default domain)."""
+
+    def register(fn: ImportRule) -> ImportRule:
+        for op_type in op_types:
+            if op_type in IMPORTERS:
+                raise ValueError(f"two import rules for {op_type}")
+            IMPORTERS[op_type] = fn
+        return fn
+
+    return register
+
+
+class LayerOp:
+    """One layer type: how it is re-emitted as itself and as its lifted form."""
+
+    op: ClassVar[str]
+    kind: ClassVar[str]
+
+    def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
+        """Emit the layer with its signed parameters and real activation; return the output name."""
+        raise NotImplementedError
+
+    def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
+        """Emit the lifted layer (``|w|**q``, activations → identity) on scaled tensors."""
+        raise NotImplementedError
+
+
+def layer_op(cls: type[LayerOp]) -> type[LayerOp]:
+    """Register a :class:`LayerOp` subclass under its ``op`` key."""
+    if cls.op in LAYER_OPS:
+        raise ValueError(f"two layer ops named {cls.op}")
+    LAYER_OPS[cls.op] = cls()
+    return cls
+
+
+class ImportContext:
+    """What an import rule sees: constants, static shapes, and the DAG being built."""
+
+    def __init__(self, prepared: Prepared, dag: Dag):
+        self.prepared = prepared
+        self.dag = dag
+        self.producer: dict[str, str] = {}  # ONNX tensor name -> DAG layer name
+        self.used: set[str] = set()  # tensors read by live nodes or analysed as outputs
+
+    def const(self, name: str) -> np.ndarray | None:
+        """The folded constant value of a tensor, or None if it is an activation."""
+        return self.prepared.consts.get(name) if name else None
+
+    def param(self, node: NodeProto, index: int, what: str) -> np.ndarray:
+        """Input ``index`` of ``node`` as a float64 parameter; refuses if it is not a constant."""
+        name = node.input[index] if index < len(node.input) else ""
+        value = self.const(name)
+        if value is None:
+            raise RefuseNode(f"its {what} ({name!r}) is computed at run time, not a constant")
+        if value.dtype.kind not in "fiu":
+            raise RefuseNode(f"its {what} ({name!r}) has non-numeric type {value.dtype}")
+        value = np.asarray(value, dtype=np.float64)
+        if not np.all(np.isfinite(value)):
+            bad = np.argwhere(~np.isfinite(value))[0]
+            raise RefuseNode(f"its {what} ({name!r}) holds NaN/Inf (first at index {tuple(int(i) for i in bad)})")
+        return value
+
+    def act(self, name: str) -> str:
+        """The DAG layer that produces activation tensor ``name``."""
+        if name not in self.producer:
+            raise RefuseNode(f"input {name!r} is neither a constant nor a supported activation")
+        return self.producer[name]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        shape = self.prepared.shapes.get(name)
+        if shape is None:
+            raise RefuseNode(f"tensor {name!r} has no static shape (try --input-shape)")
+        return shape
+
+    def activations(self, node: NodeProto) -> list[str]:
+        """Names of the node's inputs that are activations (not constants, not empty)."""
+        return [n for n in node.input if n and n not in self.prepared.consts]
+
+    def add(
+        self,
+        node: NodeProto,
+        op: str,
+        inputs: list[str],
+        shape: tuple[int, ...],
+        params: dict[str, np.ndarray] | None = None,
+        attrs: dict[str, Any] | None = None,
+        suffix: str = "",
+    ) -> str:
+        """Add a layer computed by ``node``; with no suffix it produces the node's first output."""
+        name = node.output[0] + suffix
+        while name in self.dag.graph:
+            name += "'"
+        layer = Layer(name, op, inputs, tuple(shape), params or {}, attrs or {}, source=node.name or node.output[0])
+        self.dag.add(layer, LAYER_OPS[op].kind)
+        if not suffix:
+            self.producer[node.output[0]] = name
+        return name
+
+    def only_first_output(self, node: NodeProto, what: str) -> None:
+        """Refuse a node whose secondary outputs (indices, masks, running stats) are used."""
+        for extra in node.output[1:]:
+            if extra and extra in self.used:
+                raise RefuseNode(f"its output {extra!r} ({what}) is used; only the main output is supported")
+
+    def alias(self, tensor: str, layer: str) -> None:
+        """Tensor ``tensor`` is the same activation as layer ``layer`` (Identity, Dropout, ...)."""
+        self.producer[tensor] = layer
+
+
+def attributes(node: NodeProto) -> dict[str, Any]:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def spatial_attrs(a: dict[str, Any], in_spatial: tuple[int, ...], kernel: tuple[int, ...]) -> dict[str, list[int]]:
+    """Strides, dilations and explicit pads (``auto_pad`` resolved) of a conv or pool node."""
+    n = len(kernel)
+    strides = list(a.get("strides", [1] * n))
+    dilations = list(a.get("dilations", [1] * n))
+    auto_pad = a.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad in ("", "NOTSET"):
+        pads = list(a.get("pads", [0] * (2 * n)))
+    elif auto_pad == "VALID":
+        pads = [0] * (2 * n)
+    elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        begin, end = [], []
+        for size, k, s, d in zip(in_spatial, kernel, strides, dilations):
+            total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            small, large = total // 2, total - total // 2
+            begin.append(small if auto_pad == "SAME_UPPER" else large)
+            end.append(large if auto_pad == "SAME_UPPER" else small)
+        pads = begin + end
+    else:
+        raise RefuseNode(f"unknown auto_pad {auto_pad!r}")
+    return {"strides": strides, "dilations": dilations, "pads": pads}

@@ -1,0 +1,36 @@
+"""BatchNormalization in inference mode, imported as its own per-channel affine layer.
+
+Algebra: ``y = s·x + t`` per channel with ``s = γ/√(var + ε)``, ``t = β − μ·s``; lifted
+``|s|**q·x + |t|**q`` (not fused into a preceding conv: fusing is another parameterization).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InvalidModelError, RefuseNode
+from .base import ImportContext, attributes, imports
+
+
+@imports("BatchNormalization")
+def import_batchnorm(node, ctx: ImportContext) -> None:
+    a = attributes(node)
+    if int(a.get("training_mode", 0)):
+        raise RefuseNode("training_mode=1 normalizes with batch statistics, which is not a fixed affine map")
+    if int(a.get("spatial", 1)) == 0:
+        raise RefuseNode("spatial=0 (per-element statistics) is not supported")
+    ctx.only_first_output(node, "running statistics")
+    gamma, beta, mean, var = (ctx.param(node, k, w) for k, w in ((1, "scale"), (2, "bias"), (3, "mean"), (4, "variance")))
+    channels = ctx.shape(node.input[0])[1]
+    for what, v in (("scale", gamma), ("bias", beta), ("mean", mean), ("variance", var)):
+        if v.size != channels:
+            raise InvalidModelError(f"node {node.name!r}: BatchNormalization {what} has {v.size} entries but its "
+                                    f"input has {channels} channels (onnxruntime rejects this model too)")
+    eps = float(a.get("epsilon", 1e-5))
+    if np.any(var + eps <= 0):
+        raise RefuseNode("variance + epsilon is not positive")
+    s = gamma / np.sqrt(var + eps)
+    t = beta - mean * s
+    shape = ctx.shape(node.output[0])
+    bshape = (-1,) + (1,) * (len(shape) - 2)
+    ctx.add(node, "affine", [ctx.act(node.input[0])], shape, {"scale": s.reshape(bshape), "bias": t.reshape(bshape)})

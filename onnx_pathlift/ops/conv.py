@@ -1,0 +1,42 @@
+"""Convolution (1-D/2-D/3-D, groups, dilations, strides, pads, auto_pad) with a constant kernel.
+
+Algebra: unrolled, each output neuron sums ``w · x`` over its receptive field (zero padding adds no
+edge), so the lifted layer is the same convolution with ``|W|**q``. The bias becomes a separate
+affine layer (``|b|**q`` in the lifted network).
+"""
+
+from __future__ import annotations
+
+from ..dag import Layer
+from ..graph import GraphBuilder, LiftBuilder, Scaled, pow_scaled
+from .base import ImportContext, LayerOp, attributes, imports, layer_op, spatial_attrs
+
+
+@layer_op
+class Conv(LayerOp):
+    """``Conv(x, W)`` with explicit pads; attrs strides, pads, dilations, group."""
+
+    op = "conv"
+    kind = "conv"
+
+    def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
+        return b.op("Conv", [xs[0], b.const(layer.params["W"], "W")], "conv", **layer.attrs)
+
+    def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
+        m, e = pow_scaled(layer.params["W"], q)
+        y = b.op("Conv", [xs[0].tensor, b.const(m, "absW")], "conv", **layer.attrs)
+        return b.normalize(b.shift(Scaled(y, xs[0].log2), e))
+
+
+@imports("Conv")
+def import_conv(node, ctx: ImportContext) -> None:
+    w = ctx.param(node, 1, "kernel")
+    x_shape, out_shape = ctx.shape(node.input[0]), ctx.shape(node.output[0])
+    a = attributes(node)
+    attrs = spatial_attrs(a, x_shape[2:], tuple(w.shape[2:]))
+    attrs["group"] = int(a.get("group", 1))
+    has_bias = len(node.input) > 2 and node.input[2]
+    conv = ctx.add(node, "conv", [ctx.act(node.input[0])], out_shape, {"W": w}, attrs, suffix="/conv" if has_bias else "")
+    if has_bias:
+        b = ctx.param(node, 2, "bias")
+        ctx.add(node, "affine", [conv], out_shape, {"bias": b.reshape((-1,) + (1,) * (len(out_shape) - 2))})

@@ -1,0 +1,74 @@
+"""Dense layers: ``MatMul`` and ``Gemm`` with a constant weight.
+
+Algebra: ``y = x @ W`` (weight on the right) or ``y = W @ x`` (on the left); every output neuron
+sums ``w · x`` over the contracted axis, so the lifted layer is the same MatMul with ``|W|**q``.
+Gemm ``alpha·A'·B' + beta·C`` becomes an optional transpose, a dense layer with ``alpha·W`` and an
+affine bias layer with ``beta·C``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..dag import Layer
+from ..errors import RefuseNode
+from ..graph import GraphBuilder, LiftBuilder, Scaled, pow_scaled
+from .base import ImportContext, LayerOp, attributes, imports, layer_op
+
+
+@layer_op
+class Dense(LayerOp):
+    """``x @ W`` (attrs side="right") or ``W @ x`` (side="left"), W constant."""
+
+    op = "dense"
+    kind = "linear"
+
+    def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
+        w = b.const(layer.params["W"], "W")
+        args = [xs[0], w] if layer.attrs["side"] == "right" else [w, xs[0]]
+        return b.op("MatMul", args, "dense")
+
+    def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
+        m, e = pow_scaled(layer.params["W"], q)
+        w = b.const(m, "absW")
+        args = [xs[0].tensor, w] if layer.attrs["side"] == "right" else [w, xs[0].tensor]
+        y = Scaled(b.op("MatMul", args, "dense"), xs[0].log2)
+        return b.normalize(b.shift(y, e))
+
+
+@imports("MatMul")
+def import_matmul(node, ctx: ImportContext) -> None:
+    a, w = ctx.const(node.input[0]), ctx.const(node.input[1])
+    if a is None and w is None:
+        raise RefuseNode("both operands are activations: a product of activations is not a ReLU network layer")
+    side, x, wi = ("right", node.input[0], 1) if w is not None else ("left", node.input[1], 0)
+    ctx.add(node, "dense", [ctx.act(x)], ctx.shape(node.output[0]), {"W": ctx.param(node, wi, "weight")}, {"side": side})
+
+
+@imports("Gemm")
+def import_gemm(node, ctx: ImportContext) -> None:
+    a = attributes(node)
+    alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
+    trans_a, trans_b = int(a.get("transA", 0)), int(a.get("transB", 0))
+    out_shape = ctx.shape(node.output[0])
+    if ctx.const(node.input[0]) is None and ctx.const(node.input[1]) is None:
+        raise RefuseNode("both operands are activations: a product of activations is not a ReLU network layer")
+    if ctx.const(node.input[1]) is not None:  # y = A' @ (alpha·B')
+        x, side, trans_x = node.input[0], "right", trans_a
+        w = ctx.param(node, 1, "weight")
+        w = alpha * (w.T if trans_b else w)
+    else:  # y = (alpha·A') @ B'
+        x, side, trans_x = node.input[1], "left", trans_b
+        w = ctx.param(node, 0, "weight")
+        w = alpha * (w.T if trans_a else w)
+    src = ctx.act(x)
+    if trans_x:
+        shape = ctx.shape(x)
+        src = ctx.add(node, "transpose", [src], (shape[1], shape[0]), attrs={"perm": [1, 0]}, suffix="/transpose")
+    has_bias = len(node.input) > 2 and node.input[2] and beta != 0.0
+    if not has_bias:
+        ctx.add(node, "dense", [src], out_shape, {"W": w}, {"side": side})
+        return
+    dense = ctx.add(node, "dense", [src], out_shape, {"W": w}, {"side": side}, suffix="/dense")
+    bias = beta * ctx.param(node, 2, "bias")
+    ctx.add(node, "affine", [dense], out_shape, {"bias": np.asarray(bias)})

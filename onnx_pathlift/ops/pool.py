@@ -1,0 +1,135 @@
+"""Pooling: MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool.
+
+Algebra (unrolled): a max-pool neuron is a k-max neuron with weight-1 edges from its window, so the
+lifted layer is a sum-pool (a depthwise conv with an all-ones kernel, same kernel, strides, pads and
+dilations; ``ceil_mode`` windows kept by extending the end pads). An average-pool neuron has edges of
+weight ``1/div(p)`` from the valid positions of its window, ``div(p)`` the divisor onnxruntime uses
+at that position (``K``, or the count of valid positions when ``count_include_pad=0``); the lifted
+layer is ``AvgPool(x) ⊙ div(p)**(1-q)``, with ``1/div = AvgPool(1)/SumPool(1)`` computed from the op
+itself in a constant subgraph. Global pools: ``Σ x`` (max) or ``N**-q · Σ x`` (average).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from onnx import TensorProto, helper
+
+from ..dag import Layer
+from ..errors import RefuseNode
+from ..graph import GraphBuilder, LiftBuilder, Scaled, pow_scaled
+from .base import ImportContext, LayerOp, attributes, imports, layer_op, spatial_attrs
+
+
+def _sum_pool(b: GraphBuilder, x: str, layer: Layer, channels: int) -> str:
+    """Depthwise all-ones convolution reproducing the pool's windows and output size."""
+    a = layer.attrs
+    kernel, n = a["kernel_shape"], len(a["kernel_shape"])
+    in_sp, out_sp = layer.attrs["in_spatial"], layer.shape[2:]
+    pads, dilations = list(a["pads"]), a.get("dilations", [1] * n)
+    for i in range(n):  # ceil_mode: extend the end pad until the floor formula gives the output size
+        need = (out_sp[i] - 1) * a["strides"][i] + (kernel[i] - 1) * dilations[i] + 1 - in_sp[i] - pads[i]
+        pads[n + i] = max(pads[n + i], need)
+    ones = b.const(np.ones((channels, 1, *kernel)), "ones_kernel")
+    return b.op("Conv", [x, ones], "sumpool", kernel_shape=kernel, strides=a["strides"], pads=pads,
+                dilations=dilations, group=channels)
+
+
+def _pool_attrs(layer: Layer, names: tuple[str, ...]) -> dict:
+    return {k: layer.attrs[k] for k in names if k in layer.attrs}
+
+
+@layer_op
+class MaxPool(LayerOp):
+    op = "maxpool"
+    kind = "pool"
+
+    def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
+        return b.op("MaxPool", xs, "maxpool", **_pool_attrs(layer, ("kernel_shape", "strides", "pads", "dilations", "ceil_mode")))
+
+    def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
+        y = _sum_pool(b, xs[0].tensor, layer, layer.shape[1])
+        return Scaled(y, xs[0].log2, xs[0].bound + math.log2(np.prod(layer.attrs["kernel_shape"])))
+
+
+@layer_op
+class AveragePool(LayerOp):
+    op = "avgpool"
+    kind = "pool"
+    _ATTRS = ("kernel_shape", "strides", "pads", "dilations", "ceil_mode", "count_include_pad")
+
+    def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
+        return b.op("AveragePool", xs, "avgpool", **_pool_attrs(layer, self._ATTRS))
+
+    def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
+        y = b.op("AveragePool", [xs[0].tensor], "avgpool", **_pool_attrs(layer, self._ATTRS))
+        if q != 1.0:
+            # 1/div(p) = AvgPool(1)[p] / SumPool(1)[p], on one channel; weight (1/div)^q = AvgPool · div^(1-q)
+            shape = b.const(np.array((1, 1, *layer.attrs["in_spatial"])), "ones_shape", dtype=np.int64)
+            ones = b.op("ConstantOfShape", [shape], "ones", value=helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0]))
+            inv_div = b.op("Div", [b.op("AveragePool", [ones], "avg1", **_pool_attrs(layer, self._ATTRS)),
+                                   _sum_pool(b, ones, layer, 1)], "inv_div")
+            y = b.op("Mul", [y, b.op("Pow", [inv_div, b.scalar(q - 1.0)], "factor")], "avgpool_q")
+        return b.normalize(Scaled(y, xs[0].log2))
+
+
+@layer_op
+class GlobalPool(LayerOp):
+    """Global max (lifted: sum) or average (lifted: N**-q · sum) pooling over spatial axes."""
+
+    op = "globalpool"
+    kind = "pool"
+
+    def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
+        return b.op("GlobalMaxPool" if layer.attrs["mode"] == "max" else "GlobalAveragePool", xs, "globalpool")
+
+    def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
+        n = int(np.prod(layer.attrs["in_spatial"]))
+        # GlobalAveragePool gives Σx / N; the lifted weight per edge is 1 (max) or N^-q (average)
+        m, e = pow_scaled(np.array(float(n)), 1.0 if layer.attrs["mode"] == "max" else 1.0 - q)
+        y = b.op("GlobalAveragePool", [xs[0].tensor], "globalpool")
+        y = b.op("Mul", [y, b.scalar(float(m))], "globalpool")
+        return b.shift(Scaled(y, xs[0].log2), e, xs[0].bound + 1.0)
+
+
+def _ort_output_size(in_spatial, a) -> tuple[int, ...]:
+    """Pooled size as onnxruntime computes it: with ceil_mode, a last window that would start in
+    the end padding is dropped (the PyTorch rule)."""
+    n, sizes = len(in_spatial), []
+    for i, size in enumerate(in_spatial):
+        span = size + a["pads"][i] + a["pads"][n + i] - (a["kernel_shape"][i] - 1) * a.get("dilations", [1] * n)[i] - 1
+        out = (-(-span // a["strides"][i]) if a["ceil_mode"] else span // a["strides"][i]) + 1
+        if a["ceil_mode"] and (out - 1) * a["strides"][i] >= size + a["pads"][i]:
+            out -= 1
+        sizes.append(out)
+    return tuple(sizes)
+
+
+@imports("MaxPool", "AveragePool")
+def import_pool(node, ctx: ImportContext) -> None:
+    a = attributes(node)
+    if node.op_type == "MaxPool":
+        ctx.only_first_output(node, "argmax indices")
+    x_shape, out_shape = ctx.shape(node.input[0]), ctx.shape(node.output[0])
+    kernel = tuple(int(k) for k in a["kernel_shape"])
+    if len(x_shape) != len(kernel) + 2:
+        raise RefuseNode(f"input of rank {len(x_shape)} does not match a {len(kernel)}-D kernel")
+    attrs = spatial_attrs(a, x_shape[2:], kernel)
+    attrs.update(kernel_shape=list(kernel), ceil_mode=int(a.get("ceil_mode", 0)), in_spatial=list(x_shape[2:]))
+    expected = _ort_output_size(x_shape[2:], attrs)
+    if tuple(out_shape[2:]) != expected:
+        raise RefuseNode(f"ceil_mode window starting in the end padding: ONNX shape inference gives spatial size "
+                         f"{tuple(out_shape[2:])}, onnxruntime computes {expected}")
+    if node.op_type == "AveragePool":
+        attrs["count_include_pad"] = int(a.get("count_include_pad", 0))
+        if attrs["dilations"] == [1] * len(kernel):
+            del attrs["dilations"]  # AveragePool has dilations only from opset 19
+    ctx.add(node, "maxpool" if node.op_type == "MaxPool" else "avgpool", [ctx.act(node.input[0])], out_shape, attrs=attrs)
+
+
+@imports("GlobalAveragePool", "GlobalMaxPool")
+def import_global_pool(node, ctx: ImportContext) -> None:
+    x_shape = ctx.shape(node.input[0])
+    attrs = {"mode": "max" if node.op_type == "GlobalMaxPool" else "average", "in_spatial": list(x_shape[2:])}
+    ctx.add(node, "globalpool", [ctx.act(node.input[0])], ctx.shape(node.output[0]), attrs=attrs)

@@ -1,0 +1,96 @@
+"""Layers that only move neurons: reshape-likes, Transpose, Concat, and pure aliases.
+
+Algebra: each output neuron copies one input neuron with weight 1 (Concat stacks its inputs), so
+the lifted layer is the same op on the lifted tensors (Concat after bringing its inputs to one
+power-of-two scale). Flatten, Reshape, Squeeze and Unsqueeze are all re-emitted as a Reshape to the
+static output shape; Identity, Dropout (inference) and float-to-float Cast are aliases.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto
+
+from ..dag import Layer
+from ..errors import RefuseNode
+from ..graph import GraphBuilder, LiftBuilder, Scaled
+from .base import ImportContext, LayerOp, attributes, imports, layer_op
+
+_FLOATS = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+
+
+@layer_op
+class Reshape(LayerOp):
+    op = "reshape"
+    kind = "reshape"
+
+    def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
+        return b.op("Reshape", [xs[0], b.const(np.array(layer.shape), "shape", dtype=np.int64)], "reshape")
+
+    def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
+        return Scaled(self.emit(b, layer, [xs[0].tensor]), xs[0].log2, xs[0].bound)
+
+
+@layer_op
+class Transpose(LayerOp):
+    op = "transpose"
+    kind = "reshape"
+
+    def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
+        return b.op("Transpose", xs, "transpose", perm=layer.attrs["perm"])
+
+    def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
+        return Scaled(self.emit(b, layer, [xs[0].tensor]), xs[0].log2, xs[0].bound)
+
+
+@layer_op
+class Concat(LayerOp):
+    op = "concat"
+    kind = "skip"
+
+    def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
+        return b.op("Concat", xs, "concat", axis=layer.attrs["axis"])
+
+    def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
+        tensors, k = b.align(xs)
+        return Scaled(b.op("Concat", tensors, "concat", axis=layer.attrs["axis"]), k, max(x.bound for x in xs))
+
+
+@imports("Flatten", "Reshape", "Squeeze", "Unsqueeze")
+def import_reshape(node, ctx: ImportContext) -> None:
+    x_shape, out_shape = ctx.shape(node.input[0]), ctx.shape(node.output[0])
+    if int(np.prod(x_shape)) != int(np.prod(out_shape)):
+        raise RefuseNode(f"reshapes {x_shape} to {out_shape}, which changes the number of elements")
+    if node.op_type == "Reshape" and ctx.const(node.input[1]) is None:
+        raise RefuseNode("its target shape is computed at run time from activations")
+    ctx.add(node, "reshape", [ctx.act(node.input[0])], out_shape)
+
+
+@imports("Transpose")
+def import_transpose(node, ctx: ImportContext) -> None:
+    x_shape = ctx.shape(node.input[0])
+    perm = [int(p) for p in attributes(node).get("perm", list(reversed(range(len(x_shape)))))]
+    ctx.add(node, "transpose", [ctx.act(node.input[0])], ctx.shape(node.output[0]), attrs={"perm": perm})
+
+
+@imports("Concat")
+def import_concat(node, ctx: ImportContext) -> None:
+    out_shape = ctx.shape(node.output[0])
+    axis = int(attributes(node)["axis"]) % len(out_shape)
+    inputs = [n for n in node.input if n]
+    if any(ctx.const(n) is not None for n in inputs):
+        raise RefuseNode("concatenates a constant with activations (constant neurons are not supported)")
+    ctx.add(node, "concat", [ctx.act(n) for n in inputs], out_shape, attrs={"axis": axis})
+
+
+@imports("Identity", "Dropout", "Cast")
+def import_alias(node, ctx: ImportContext) -> None:
+    if node.op_type == "Dropout":
+        ctx.only_first_output(node, "dropout mask")
+        if len(node.input) > 2 and node.input[2] and bool(np.asarray(ctx.const(node.input[2])).all()):
+            raise RefuseNode("training_mode=True drops neurons at random")
+    if node.op_type == "Cast":
+        to = int(attributes(node)["to"])
+        if to not in _FLOATS or ctx.prepared.elem_types.get(node.input[0]) not in _FLOATS:
+            raise RefuseNode(f"casts an activation to {TensorProto.DataType.Name(to)}: not a float-to-float copy")
+    ctx.alias(node.output[0], ctx.act(node.input[0]))

@@ -1,0 +1,50 @@
+"""onnxruntime sessions and execution providers, nothing else."""
+
+from __future__ import annotations
+
+import onnxruntime as ort
+from onnx import ModelProto
+
+from .errors import ProviderUnavailableError, UsageError
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def resolve_providers(providers: str | list[str] | None) -> list[str]:
+    """``"cpu"``, ``"cuda"`` or onnxruntime provider names → a checked provider list.
+
+    CUDA is never silently replaced by the CPU: if it is not available, this raises.
+    """
+    if providers is None:
+        return [PROVIDERS["cpu"]]
+    names = [providers] if isinstance(providers, str) else list(providers)
+    resolved = []
+    for name in names:
+        full = PROVIDERS.get(name.lower(), name)
+        if full not in PROVIDERS.values():
+            raise UsageError(f"unknown provider {name!r}; choose from {sorted(PROVIDERS)}")
+        if full not in ort.get_available_providers():
+            raise ProviderUnavailableError(
+                f"{full} is not available in this onnxruntime build (available: {ort.get_available_providers()}); "
+                "install the GPU build: pip install 'onnx-pathlift[gpu]' (onnxruntime-gpu) on a machine with CUDA"
+            )
+        resolved.append(full)
+    return resolved
+
+
+def make_session(model: ModelProto, providers: str | list[str] | None = None) -> ort.InferenceSession:
+    """An inference session on the requested providers, checked to really use the first of them."""
+    names = resolve_providers(providers)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        data = model.SerializeToString()
+    except ValueError as exc:
+        raise UsageError(f"model too large to serialize in memory (over 2 GB): {exc}") from exc
+    session = ort.InferenceSession(data, sess_options=opts, providers=names)
+    if session.get_providers()[0] != names[0]:
+        raise ProviderUnavailableError(
+            f"onnxruntime fell back to {session.get_providers()[0]} instead of {names[0]} "
+            "(CUDA libraries missing or incompatible?)"
+        )
+    return session
