@@ -40,8 +40,8 @@ class Affine(LayerOp):
         if "scale" in layer.params:
             s, es = pow_scaled(layer.params["scale"], q)
             x = b.shift(Scaled(b.op("Mul", [x.tensor, b.const(s, "absScale")], "scale"), x.log2), es, x.bound + 1.0)
-        if "bias" not in layer.params:
-            return x
+        if "bias" not in layer.params or not np.any(layer.params["bias"]):
+            return x  # a zero bias starts no path (and must not drag the scale towards 2**0)
         t, et = pow_scaled(layer.params["bias"], q)
         # y = T·2^k + t·2^et = 2^m (T·2^(k-m) + t·2^(et-m)),  m = max(k, et): both factors ≤ 1
         m = b.op("Max", [x.log2, b.exponent(et)], "k")

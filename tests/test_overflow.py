@@ -1,0 +1,110 @@
+"""Path-norms far outside float32 (and float64) range: log10 must stay right to 1e-5 relative."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnx_pathlift as pl
+
+
+def _chain(kind: str, depth: int, width: int, c: float, beta: float, bn: tuple[float, float] | None) -> onnx.ModelProto:
+    """``depth`` layers (Gemm, or 1x1 Conv on 3x3 images) with every weight ``c`` and bias ``beta``,
+    each optionally followed by a BatchNormalization with scale ``s`` and shift ``t``, then ReLU."""
+    nodes, inits, x = [], [], "x"
+    for i in range(depth):
+        if kind == "dense":
+            inits += [numpy_helper.from_array(np.full((width, width), c, np.float32), f"W{i}"),
+                      numpy_helper.from_array(np.full(width, beta, np.float32), f"b{i}")]
+            nodes.append(helper.make_node("Gemm", [x, f"W{i}", f"b{i}"], [f"h{i}"]))
+        else:
+            inits += [numpy_helper.from_array(np.full((width, width, 1, 1), c, np.float32), f"W{i}"),
+                      numpy_helper.from_array(np.full(width, beta, np.float32), f"b{i}")]
+            nodes.append(helper.make_node("Conv", [x, f"W{i}", f"b{i}"], [f"h{i}"]))
+        y = f"h{i}"
+        if bn is not None:
+            s, t = bn  # gamma = s, var = 1 - eps, mean = 0, beta = t  →  y = s·x + t
+            for n, v in (("g", s), ("bb", t), ("m", 0.0), ("v", 1.0 - 1e-5)):
+                inits.append(numpy_helper.from_array(np.full(width, v, np.float32), f"{n}{i}"))
+            nodes.append(helper.make_node("BatchNormalization", [y, f"g{i}", f"bb{i}", f"m{i}", f"v{i}"], [f"n{i}"]))
+            y = f"n{i}"
+        nodes.append(helper.make_node("Relu", [y], [f"r{i}"]))
+        x = f"r{i}"
+    shape = [1, width] if kind == "dense" else [1, width, 3, 3]
+    g = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                          [helper.make_tensor_value_info(x, TensorProto.FLOAT, shape)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _closed_form_log10(kind, depth, width, c, beta, bn, q) -> float:
+    """log10 ‖Φ‖_q by the per-neuron recursion S ← |s|^q(W|c|^q S + |β|^q) + |t|^q, in the log domain."""
+    log_s = 0.0  # log of the lifted value of one neuron, all neurons of a layer being equal
+    for _ in range(depth):
+        terms = [math.log(width) + q * math.log(abs(c)) + log_s]
+        if beta:
+            terms.append(q * math.log(abs(beta)))
+        log_s = np.logaddexp.reduce(terms)
+        if bn is not None:
+            scale = bn[0] / math.sqrt(1.0)
+            terms = [q * math.log(abs(scale)) + log_s] + ([q * math.log(abs(bn[1]))] if bn[1] else [])
+            log_s = np.logaddexp.reduce(terms)
+    n_out = width * (1 if kind == "dense" else 9)
+    return (math.log(n_out) + log_s) / q / math.log(10)
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+@pytest.mark.parametrize(
+    "depth,width,c,beta,bn,q",
+    [
+        (300, 16, 6.25, 0.0, None, 1.0),  # ≈ 1e600
+        (300, 16, 6.25, 0.5, (1.5, 0.25), 2.0),  # biases and BN shifts aligned against huge activations
+        (300, 16, 0.000625, 0.0, None, 1.0),  # ≈ 1e-600: underflow side
+        (200, 8, 0.01, 0.0, (0.5, 0.0), 4.0),  # ≈ 1e-415 at q = 4, through BN scales
+        (200, 8, 0.01, 1e-3, (0.5, 2.0), 4.0),  # shrinking paths: the BN shifts dominate (moderate value)
+    ],
+)
+def test_deep_chain_log10(kind, depth, width, c, beta, bn, q) -> None:
+    model = _chain(kind, depth, width, c, beta, bn)
+    got = pl.path_norm(model, q=q)
+    want = _closed_form_log10(kind, depth, width, c, beta, bn, q)
+    assert got.log10 == pytest.approx(want, rel=1e-5)
+    assert (got.value is None) == (want > 308)
+
+
+def _log_domain_mlp(weights: list[np.ndarray], biases: list[np.ndarray], q: float) -> float:
+    """Independent float64 oracle: the lifted forward pass of a dense net, in the log domain."""
+    v = np.zeros(weights[0].shape[0])  # log 1 for every input neuron
+    for w, b in zip(weights, biases):
+        with np.errstate(divide="ignore"):
+            lw, lb = q * np.log(np.abs(w)), q * np.log(np.abs(b))
+        v = np.logaddexp(np.logaddexp.reduce(v[:, None] + lw, axis=0), lb)
+    return float(np.logaddexp.reduce(v)) / q / math.log(10)
+
+
+@pytest.mark.parametrize("q", [1.0, 2.0, 4.0])
+def test_deep_random_mlp_against_log_domain_oracle(q: float) -> None:
+    rng = np.random.default_rng(11)
+    depth, width = 120, 12
+    ws = [rng.normal(0, 4.0, (width, width)) * rng.integers(0, 2, (width, width)) for _ in range(depth)]
+    bs = [rng.normal(0, 1.0, width) for _ in range(depth)]
+    ws, bs = [w.astype(np.float32) for w in ws], [b.astype(np.float32) for b in bs]
+    nodes, inits, x = [], [], "x"
+    for i, (w, b) in enumerate(zip(ws, bs)):
+        inits += [numpy_helper.from_array(w, f"W{i}"), numpy_helper.from_array(b, f"b{i}")]
+        nodes += [helper.make_node("MatMul", [x, f"W{i}"], [f"m{i}"]), helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"]),
+                  helper.make_node("Relu", [f"a{i}"], [f"r{i}"])]
+        x = f"r{i}"
+    g = helper.make_graph(nodes, "deep", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width])],
+                          [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, width])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    want = _log_domain_mlp([w.astype(np.float64) for w in ws], [b.astype(np.float64) for b in bs], q)
+    got = pl.path_norm(model, q=q)
+    assert want > 40
+    assert got.log10 == pytest.approx(want, rel=1e-5)
+    # the value itself, where float64 holds it, to the same relative precision
+    if want < 300:
+        assert got.value == pytest.approx(10.0 ** want, rel=1e-5 * want * math.log(10) + 1e-9)
