@@ -77,6 +77,7 @@ TOLERANCE: float = 1e-4
 
 MLP_FILE: str = "digits_mlp_sklearn.onnx"
 CNN_FILE: str = "digits_cnn_torch.onnx"
+CNN_BN_FILE: str = "digits_cnn_torch_bn.onnx"
 TEST_FILE: str = "digits_test.npz"
 
 # CNN training hyper-parameters (a few seconds on one CPU core).
@@ -434,11 +435,18 @@ def train_cnn(split: DigitsSplit) -> tuple[DigitsCNN, float]:
     return model, accuracy
 
 
-def build_torch_cnn(split: DigitsSplit, out_dir: Path) -> ModelInfo:
-    """Train the CNN, export it with the TorchScript exporter and verify it."""
+def build_torch_cnn(split: DigitsSplit, out_dir: Path) -> list[ModelInfo]:
+    """Train the CNN once; export it with BatchNorm folded into the convs (the exporter's default in
+    eval mode) and with BatchNorm kept as its own nodes (``TrainingMode.PRESERVE`` on an eval model)."""
     model, torch_accuracy = train_cnn(split)
     model.eval()
-    path = out_dir / CNN_FILE
+    return [_export_cnn(model, torch_accuracy, split, out_dir / CNN_FILE, keep_bn=False),
+            _export_cnn(model, torch_accuracy, split, out_dir / CNN_BN_FILE, keep_bn=True)]
+
+
+def _export_cnn(model: "DigitsCNN", torch_accuracy: float, split: DigitsSplit, path: Path, keep_bn: bool) -> ModelInfo:
+    """Export with the TorchScript exporter and verify against torch on the test split."""
+    CNN_FILE = path.name  # noqa: N806  (used in messages below)
     dummy = torch.zeros(1, 1, 8, 8)
     with warnings.catch_warnings():
         # The TorchScript exporter is deprecated in favour of dynamo; we use it on purpose.
@@ -453,6 +461,8 @@ def build_torch_cnn(split: DigitsSplit, out_dir: Path) -> ModelInfo:
             input_names=[INPUT_NAME],
             output_names=["logits"],
             dynamic_axes={INPUT_NAME: {0: "batch"}, "logits": {0: "batch"}},
+            training=torch.onnx.TrainingMode.PRESERVE if keep_bn else torch.onnx.TrainingMode.EVAL,
+            do_constant_folding=not keep_bn,
         )
     exported = onnx.load(str(path))
     onnx.checker.check_model(exported, full_check=True)
@@ -472,7 +482,8 @@ def build_torch_cnn(split: DigitsSplit, out_dir: Path) -> ModelInfo:
     n_params = sum(p.numel() for p in model.parameters())
     return describe(
         path,
-        description="PyTorch CNN with a residual block (TorchScript exporter, BN folded)",
+        description="PyTorch CNN with a residual block (TorchScript exporter, "
+        + ("BatchNormalization kept as nodes)" if keep_bn else "BN folded)"),
         architecture=(
             "Conv(1->8,3x3,p1)+BN, ReLU, MaxPool(2,ceil) -> "
             "Res[Conv(8->8)+BN, ReLU, Conv(8->8)+BN, Add, ReLU] -> "
@@ -613,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
     test_path = out_dir / TEST_FILE
     save_test_split(test_path, split.x_test, split.y_test)
 
-    infos = [build_sklearn_mlp(split, out_dir), build_torch_cnn(split, out_dir)]
+    infos = [build_sklearn_mlp(split, out_dir), *build_torch_cnn(split, out_dir)]
 
     versions = library_versions()
     n_test = len(split.y_test)
