@@ -56,6 +56,14 @@ class LayerOp:
         raise NotImplementedError
 
 
+class MovesNeurons(LayerOp):
+    """A layer whose every output neuron copies one input neuron with weight 1 (reshape, transpose):
+    its lifted form is the op itself on the lifted tensor, scale unchanged."""
+
+    def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
+        return Scaled(self.emit(b, layer, [xs[0].tensor]), xs[0].log2, xs[0].bound)
+
+
 def layer_op(cls: type[LayerOp]) -> type[LayerOp]:
     """Register a :class:`LayerOp` subclass under its ``op`` key."""
     if cls.op in LAYER_OPS:

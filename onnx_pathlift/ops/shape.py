@@ -14,33 +14,27 @@ from onnx import TensorProto
 from ..dag import Layer
 from ..errors import RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled
-from .base import ImportContext, LayerOp, attributes, imports, layer_op
+from .base import ImportContext, LayerOp, MovesNeurons, attributes, imports, layer_op
 
 _FLOATS = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 
 
 @layer_op
-class Reshape(LayerOp):
+class Reshape(MovesNeurons):
     op = "reshape"
     kind = "reshape"
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         return b.op("Reshape", [xs[0], b.const(np.array(layer.shape), "shape", dtype=np.int64)], "reshape")
 
-    def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
-        return Scaled(self.emit(b, layer, [xs[0].tensor]), xs[0].log2, xs[0].bound)
-
 
 @layer_op
-class Transpose(LayerOp):
+class Transpose(MovesNeurons):
     op = "transpose"
     kind = "reshape"
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         return b.op("Transpose", xs, "transpose", perm=layer.attrs["perm"])
-
-    def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
-        return Scaled(self.emit(b, layer, [xs[0].tensor]), xs[0].log2, xs[0].bound)
 
 
 @layer_op
