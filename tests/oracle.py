@@ -49,7 +49,7 @@ PROBE_AMPLITUDE = 1024.0
 BATCH_PROBES = True
 """Run the unit-vector probes of a node as one batch when the op allows it (else one run each)."""
 
-MAX_LIKE_OPS = frozenset({"Relu", "MaxPool"})
+MAX_LIKE_OPS = frozenset({"Relu", "MaxPool", "GlobalMaxPool"})
 """The only non-affine ops accepted: ReLU neurons and (k-)max-pooling neurons."""
 
 _FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.DOUBLE)

@@ -1,0 +1,137 @@
+"""Every supported op configuration, alone in a tiny net, against the brute-force oracle and the
+re-emission check."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnx_pathlift as pl
+from onnx_pathlift.verify import verify
+from oracle import brute_force_path_norm
+
+RNG = np.random.default_rng(123)
+
+
+def _net(x_shape, nodes, out_shape, params, out="y", opset=17) -> onnx.ModelProto:
+    inits = [numpy_helper.from_array(np.asarray(v, np.float32) if np.asarray(v).dtype.kind == "f" else np.asarray(v), k)
+             for k, v in params.items()]
+    g = helper.make_graph(nodes, "op", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                          [helper.make_tensor_value_info(out, TensorProto.FLOAT, out_shape)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def w(*shape) -> np.ndarray:
+    return RNG.normal(size=shape).astype(np.float32)
+
+
+def _conv(x_shape, w_shape, out_shape, **attrs):
+    return _net(x_shape, [helper.make_node("Conv", ["x", "W", "B"], ["c"], **attrs), helper.make_node("Relu", ["c"], ["y"])],
+                out_shape, {"W": w(*w_shape), "B": w(w_shape[0])})
+
+
+def _pool(op, x_shape, out_shape, **attrs):
+    return _net(x_shape, [helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
+                          helper.make_node(op, ["c"], ["y"], **attrs)], out_shape, {"W": w(2, x_shape[1], 3, 3)})
+
+
+CASES = {
+    "conv1d_stride_dilation": lambda: _conv([1, 2, 9], [3, 2, 3], [1, 3, 3], strides=[2], dilations=[2]),
+    "conv3d": lambda: _conv([1, 1, 4, 4, 3], [2, 1, 2, 2, 2], [1, 2, 3, 3, 2]),
+    "conv_auto_pad_same_upper": lambda: _conv([1, 2, 5, 5], [2, 2, 2, 2], [1, 2, 3, 3], strides=[2, 2], auto_pad="SAME_UPPER"),
+    "conv_auto_pad_same_lower": lambda: _conv([1, 2, 5, 5], [2, 2, 2, 2], [1, 2, 5, 5], auto_pad="SAME_LOWER"),
+    "conv_depthwise": lambda: _conv([1, 4, 5, 5], [4, 1, 3, 3], [1, 4, 5, 5], group=4, pads=[1, 1, 1, 1]),
+    "maxpool_ceil_dilation": lambda: _pool("MaxPool", [1, 1, 8, 8], [1, 2, 4, 4], kernel_shape=[2, 2], strides=[2, 2],
+                                           dilations=[2, 2], ceil_mode=1),
+    "maxpool_pads": lambda: _pool("MaxPool", [1, 1, 6, 6], [1, 2, 3, 3], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 0, 0]),
+    "avgpool_include_pad_ceil": lambda: _pool("AveragePool", [1, 1, 6, 6], [1, 2, 4, 4], kernel_shape=[3, 3], strides=[2, 2],
+                                              pads=[1, 1, 1, 1], count_include_pad=1, ceil_mode=1),
+    "avgpool_exclude_pad": lambda: _pool("AveragePool", [1, 1, 5, 5], [1, 2, 3, 3], kernel_shape=[3, 3], strides=[2, 2],
+                                         pads=[1, 1, 1, 1]),
+    "global_max_pool": lambda: _pool("GlobalMaxPool", [1, 2, 4, 4], [1, 2, 1, 1]),
+    "global_avg_pool": lambda: _pool("GlobalAveragePool", [1, 2, 4, 4], [1, 2, 1, 1]),
+    "gemm_transA_alpha_beta": lambda: _net([4, 1], [helper.make_node("Gemm", ["x", "W", "C"], ["y"], transA=1, alpha=0.5, beta=2.0)],
+                                           [1, 3], {"W": w(4, 3), "C": w(1, 3)}),
+    "gemm_constant_left": lambda: _net([4, 2], [helper.make_node("Gemm", ["W", "x", "C"], ["y"], transA=1)], [3, 2],
+                                       {"W": w(4, 3), "C": w(3, 1)}),
+    "matmul_constant_left": lambda: _net([1, 4, 2], [helper.make_node("MatMul", ["W", "x"], ["m"]),
+                                                     helper.make_node("Relu", ["m"], ["y"])], [1, 3, 2], {"W": w(3, 4)}),
+    "sub_div_mul_constants": lambda: _net([1, 3], [helper.make_node("Sub", ["c", "x"], ["a"]),
+                                                   helper.make_node("Div", ["a", "d"], ["b"]),
+                                                   helper.make_node("Mul", ["m", "b"], ["e"]),
+                                                   helper.make_node("Sub", ["e", "s"], ["y"])], [1, 3],
+                                      {"c": w(3), "d": w(1, 3), "m": w(3), "s": w(3)}),
+    "sum_three_with_constant": lambda: _net([1, 3], [helper.make_node("MatMul", ["x", "W"], ["a"]), helper.make_node("Relu", ["x"], ["r"]),
+                                                     helper.make_node("Sum", ["a", "r", "x", "c"], ["y"])], [1, 3],
+                                        {"W": w(3, 3), "c": w(3)}),
+    "sub_of_activations": lambda: _net([1, 3], [helper.make_node("MatMul", ["x", "W"], ["a"]),
+                                                helper.make_node("Sub", ["x", "a"], ["y"])], [1, 3], {"W": w(3, 3)}),
+    "broadcast_bias_grows_tensor": lambda: _net([1, 1], [helper.make_node("Add", ["x", "c"], ["a"]),
+                                                         helper.make_node("Relu", ["a"], ["y"])], [2, 3], {"c": w(2, 3)}),
+    "squeeze_unsqueeze_transpose_flatten": lambda: _net(
+        [1, 2, 3], [helper.make_node("Unsqueeze", ["x", "ax"], ["u"]), helper.make_node("Transpose", ["u"], ["t"], perm=[0, 3, 2, 1]),
+                    helper.make_node("Squeeze", ["t", "ax0"], ["s"]), helper.make_node("Flatten", ["s"], ["f"], axis=1),
+                    helper.make_node("MatMul", ["f", "W"], ["y"])], [3, 5],
+        {"ax": np.array([1], np.int64), "ax0": np.array([0], np.int64), "W": w(2, 5)}),
+    "reshape_from_shape_arithmetic": lambda: _net(  # the oracle folds constants only, so it sees no Shape
+        [1, 2, 2, 2], [helper.make_node("Shape", ["x"], ["sh"]), helper.make_node("Gather", ["sh", "i0"], ["n"], axis=0),
+                       helper.make_node("Concat", ["n", "m1"], ["ns"], axis=0), helper.make_node("Reshape", ["x", "ns"], ["r"]),
+                       helper.make_node("Gemm", ["r", "W", "B"], ["y"])], [1, 3],
+        {"i0": np.array([0], np.int64), "m1": np.array([-1], np.int64), "W": w(8, 3), "B": w(3)}),
+    "reshape_to_constant_shape": lambda: _net(
+        [1, 2, 2, 2], [helper.make_node("Reshape", ["x", "ns"], ["r"]), helper.make_node("Gemm", ["r", "W", "B"], ["y"])],
+        [1, 3], {"ns": np.array([1, -1], np.int64), "W": w(8, 3), "B": w(3)}),
+    "concat_and_dropout_identity": lambda: _net(
+        [1, 2, 3, 3], [helper.make_node("Conv", ["x", "W"], ["a"]), helper.make_node("Dropout", ["x"], ["d"]),
+                       helper.make_node("Identity", ["d"], ["i"]), helper.make_node("Concat", ["a", "i"], ["y"], axis=1)],
+        [1, 4, 3, 3], {"W": w(2, 2, 1, 1)}),
+    "batchnorm_1d_input": lambda: _net(
+        [1, 4], [helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["n"], epsilon=1e-3),
+                 helper.make_node("Relu", ["n"], ["y"])], [1, 4],
+        {"g": w(4), "b": w(4), "m": w(4), "v": np.abs(w(4)) + 0.1}),
+    "old_opset_9": lambda: _net([1, 3], [helper.make_node("Gemm", ["x", "W", "B"], ["g"], transB=1),
+                                         helper.make_node("Relu", ["g"], ["y"])], [1, 2], {"W": w(2, 3), "B": w(2)}, opset=9),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_op_against_oracle(case: str) -> None:
+    model = CASES[case]()
+    onnx.checker.check_model(model, full_check=True)
+    dag = pl.import_model(model)
+    assert verify(model, dag, trials=3).passed
+    if case == "reshape_from_shape_arithmetic":
+        return  # its norm equals the constant-shape twin's, checked below
+    for q in (1.0, 2.0, 4.0):
+        want = brute_force_path_norm(model, q)
+        assert pl.path_norm(dag, q=q).value == pytest.approx(want ** (1 / q), rel=1e-6), q
+
+
+def test_shape_arithmetic_is_folded() -> None:
+    global RNG
+    RNG = np.random.default_rng(5)
+    folded = CASES["reshape_from_shape_arithmetic"]()
+    RNG = np.random.default_rng(5)
+    plain = CASES["reshape_to_constant_shape"]()
+    assert pl.path_norm(folded, q=2).value == pytest.approx(pl.path_norm(plain, q=2).value, rel=1e-12)
+
+
+def test_refusals_list_every_node() -> None:
+    model = _net([1, 3], [helper.make_node("Sigmoid", ["x"], ["a"], name="sig"), helper.make_node("Tanh", ["x"], ["b"], name="th"),
+                          helper.make_node("Mul", ["a", "b"], ["c"], name="prod"), helper.make_node("Relu", ["x"], ["r"]),
+                          helper.make_node("Mul", ["r", "r"], ["y"], name="square")], [1, 3], {})
+    model.graph.output.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, 3]))
+    with pytest.raises(pl.UnsupportedModelError) as err:
+        pl.import_model(model)
+    assert {(r.node, r.op_type) for r in err.value.refusals} == {("sig", "Sigmoid"), ("th", "Tanh"), ("square", "Mul")}
+    assert err.value.exit_code == 3
+
+
+def test_maxpool_ceil_window_in_padding_is_refused() -> None:
+    """onnxruntime drops a ceil_mode window that starts in the end padding; ONNX shape inference keeps it."""
+    model = _net([1, 1, 4, 4], [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2],
+                                                 pads=[0, 0, 1, 1], ceil_mode=1, name="mp")], [1, 1, 3, 3], {})
+    with pytest.raises(pl.UnsupportedModelError, match="onnxruntime computes"):
+        pl.import_model(model)
