@@ -21,10 +21,13 @@ from .load import load_model, parse_shape, prepare
 from .norm import PathNormSession
 
 
+_JSON_MODE = False  # set by main() before parsing, so usage errors honour --json
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # usage errors exit 2 with one clear line
         self.print_usage(sys.stderr)
-        raise SystemExit(_fail(UsageError(message), json_mode="--json" in sys.argv))
+        raise SystemExit(_fail(UsageError(message), json_mode=_JSON_MODE))
 
 
 def _fail(err: PathliftError, json_mode: bool) -> int:
@@ -70,8 +73,6 @@ def cmd_norm(args) -> int:
     model, prepared, dag, t_import = _load(args)
     norms, timings = [], {"import_s": t_import}
     for q in args.q:
-        if not q >= 1:
-            raise UsageError(f"q must be ≥ 1 (got {q})")
         t0 = time.perf_counter()
         session = PathNormSession(dag, q, args.provider)
         t1 = time.perf_counter()
@@ -159,11 +160,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_q(qs: list[float]) -> None:
+    for q in qs:
+        if not (math.isfinite(q) and q >= 1):
+            raise UsageError(f"q must be a finite number ≥ 1 (got {q})")
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _JSON_MODE
+    _JSON_MODE = "--json" in (sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if getattr(args, "q", None) is None:
         args.q = [1.0, 2.0]
     try:
+        _check_q(args.q if isinstance(args.q, list) else [args.q])
         return args.func(args)
     except PathliftError as err:
         return _fail(err, args.json)

@@ -7,9 +7,12 @@ output is ``T_o · 2**k_o``, and ``‖Φ(θ)‖_q**q = Σ_o Σ T_o · 2**k_o`` (
 
 from __future__ import annotations
 
+import math
+
 from onnx import ModelProto, NodeProto, helper
 
 from .dag import Dag
+from .errors import UsageError
 from .graph import HEADROOM_LOG2, GraphBuilder, LiftBuilder, Scaled
 from .ops import LAYER_OPS
 
@@ -43,8 +46,8 @@ def emit_model(dag: Dag) -> ModelProto:
 
 def lift_model(dag: Dag, q: float) -> ModelProto:
     """The lifted |W|**q network, kept in float32 range by exact power-of-two scales."""
-    if not q >= 1.0:
-        raise ValueError(f"q must be ≥ 1, got {q}")
+    if not (math.isfinite(q) and q >= 1.0):
+        raise UsageError(f"q must be a finite number ≥ 1 (got {q})")
     outs = set(dag.outputs) | {o + LOG2_SUFFIX for o in dag.outputs}
     b = LiftBuilder(_opset(dag), taken=set(dag.inputs) | outs)
     zero = b.scalar(0.0)

@@ -62,6 +62,9 @@ def _analysed_outputs(p: Prepared, nodes: list[NodeProto], wanted: list[str] | N
         unknown = [w for w in wanted if w not in producer and w not in p.inputs]
         if unknown:
             raise UsageError(f"--output names unknown tensors: {unknown}")
+        inputs = [w for w in wanted if w in p.inputs]
+        if inputs:
+            raise UsageError(f"--output names graph inputs {inputs}: choose tensors the network computes")
         return list(dict.fromkeys(wanted))
     chosen: list[str] = []
     for name in p.outputs:
@@ -112,10 +115,10 @@ def import_prepared(p: Prepared, outputs: list[str] | None = None) -> Dag:
     refusals: list[Refusal] = []
     blocked: set[str] = set()
     for node in nodes:
-        if any(n in blocked for n in node.input):
-            blocked.update(node.output)  # downstream of a refused node: reported once, at its source
-            continue
         rule = IMPORTERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        if rule is not None and any(n in blocked for n in node.input):
+            blocked.update(node.output)  # downstream of a refused node: it has no input to import from
+            continue
         try:
             if rule is None:
                 raise RefuseNode(reason_for(node))
@@ -129,4 +132,9 @@ def import_prepared(p: Prepared, outputs: list[str] | None = None) -> Dag:
     if missing:
         raise UnsupportedModelError([Refusal("<graph>", "-", f"output {o!r} does not depend on any input") for o in missing])
     dag.outputs = {o: ctx.producer[o] for o in analysed}
+    for name, shape in dag.input_shapes().items():
+        if len(shape) > 1 and shape[0] > 1:
+            dag.notes.append(f"input {name!r} has batch dimension {shape[0]}: the network is analysed as {shape[0]} "
+                             "independent copies (‖Φ‖_q^q is that many times the one-sample value); use --input-shape "
+                             "with batch 1 for the per-sample path-norm")
     return dag

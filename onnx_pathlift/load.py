@@ -77,7 +77,10 @@ def _load_external_data(model: ModelProto, base: Path) -> None:
     for tensor in _external_tensors(model):
         info = {e.key: e.value for e in tensor.external_data}
         location = info.get("location", "")
-        target = (base / location).resolve()
+        try:
+            target = (base / location).resolve()
+        except (ValueError, OSError) as exc:
+            raise InvalidModelError(f"tensor {tensor.name!r}: bad external data location {location!r}: {exc}") from exc
         if not location or os.path.isabs(location) or not target.is_relative_to(base):
             raise InvalidModelError(
                 f"tensor {tensor.name!r}: external data location {location!r} escapes the model folder {base}"

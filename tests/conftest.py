@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
@@ -18,3 +20,17 @@ def zoo() -> Path:
     if not (ZOO / "MANIFEST.txt").is_file():
         pytest.skip(f"the shared model zoo is not at {ZOO} (it sits beside the clone in CI)")
     return ZOO
+
+
+def make_model(nodes, inputs, outputs, inits=None) -> onnx.ModelProto:
+    """A float32 opset-17 model; ``inputs``/``outputs`` are ``(name, shape)`` (shape None: unknown)."""
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in (inits or {}).items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
