@@ -413,6 +413,16 @@ def test_q_inf_is_not_an_internal_error(capsys, hand_path):
     assert "internal error" not in err
 
 
+def _assert_hand_norms_batch_1(capsys, path, *extra) -> None:
+    rc, out, err = run_main(capsys, "norm", path, *extra, "-q", 1, "-q", 2, "--json")
+    assert rc == 0, err
+    result = json.loads(out)
+    assert result["input_shapes"] == {"x": [1, 4]}
+    got = norms_by_q(result)
+    assert got[1.0] == pytest.approx(closed_form(1), rel=1e-6)
+    assert got[2.0] == pytest.approx(closed_form(2), rel=1e-6)
+
+
 def test_symbolic_feature_dim_needs_input_shape(capsys, tmp_path):
     path = save(hand_mlp(input_shape=["N", "C"]), tmp_path / "sym.onnx")
     proc = run_cli("norm", path)
@@ -420,13 +430,7 @@ def test_symbolic_feature_dim_needs_input_shape(capsys, tmp_path):
     assert proc.stderr.startswith("onnx-pathlift: error:")
     assert "--input-shape" in proc.stderr and "'x'" in proc.stderr
     assert "Traceback" not in proc.stderr
-    rc, out, err = run_main(capsys, "norm", path, "--input-shape", "1x4", "-q", 1, "-q", 2, "--json")
-    assert rc == 0, err
-    result = json.loads(out)
-    assert result["input_shapes"] == {"x": [1, 4]}
-    got = norms_by_q(result)
-    assert got[1.0] == pytest.approx(closed_form(1), rel=1e-6)
-    assert got[2.0] == pytest.approx(closed_form(2), rel=1e-6)
+    _assert_hand_norms_batch_1(capsys, path, "--input-shape", "1x4")
     # the NAME=SHAPE form works too
     rc, out, err = run_main(capsys, "norm", path, "--input-shape", "x=1x4", "-q", 1, "--json")
     assert rc == 0, err
@@ -437,13 +441,7 @@ def test_symbolic_feature_dim_needs_input_shape(capsys, tmp_path):
 
 def test_symbolic_batch_only_defaults_to_batch_1(capsys, tmp_path):
     path = save(hand_mlp(input_shape=["N", 4]), tmp_path / "batch.onnx")
-    rc, out, err = run_main(capsys, "norm", path, "-q", 1, "-q", 2, "--json")
-    assert rc == 0, err
-    result = json.loads(out)
-    assert result["input_shapes"] == {"x": [1, 4]}
-    got = norms_by_q(result)
-    assert got[1.0] == pytest.approx(closed_form(1), rel=1e-6)
-    assert got[2.0] == pytest.approx(closed_form(2), rel=1e-6)
+    _assert_hand_norms_batch_1(capsys, path)
 
 
 # --------------------------------------------------------------------------------------------
