@@ -10,7 +10,7 @@ rounding error; ``k`` is integer-valued and exact up to 2**24.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -82,11 +82,16 @@ class GraphBuilder:
 
 @dataclass(frozen=True)
 class Scaled:
-    """A lifted tensor ``T`` with value ``T · 2**k``; ``bound`` ≥ log2(max T), known statically."""
+    """A lifted tensor ``T`` with value ``T · 2**k``; ``bound`` ≥ log2(max T), known statically.
+
+    ``dirty``: ``T`` comes straight out of a layer that can shrink values (conv, dense, avgpool) and has
+    not been renormalised yet; consumers that need ``max T`` near 1 renormalise it first.
+    """
 
     tensor: str
     log2: str
     bound: float = 1.0
+    dirty: bool = False
 
 
 def pow_scaled(a: np.ndarray, q: float) -> tuple[np.ndarray, int]:
@@ -114,25 +119,37 @@ class LiftBuilder(GraphBuilder):
 
     def shift(self, x: Scaled, e: int, bound: float | None = None) -> Scaled:
         """Same tensor, exponent ``k + e`` (a static power-of-two factor)."""
-        if e == 0:
-            return x if bound is None else Scaled(x.tensor, x.log2, bound)
-        k = self.op("Add", [x.log2, self.exponent(e)], "k")
-        return Scaled(x.tensor, k, x.bound if bound is None else bound)
+        y = x if bound is None else replace(x, bound=bound)
+        return y if e == 0 else replace(y, log2=self.op("Add", [x.log2, self.exponent(e)], "k"))
 
-    def normalize(self, x: Scaled) -> Scaled:
-        """Divide ``T`` by ``2**floor(log2 max T)`` (exactly) and add that to ``k``.
-
-        An all-zero tensor keeps exponent shift -126 (harmless: it stays zero).
-        """
-        m = self.op("ReduceMax", [x.tensor], "max", keepdims=0)  # onnxruntime returns shape [1]
+    def _floor_log2_max(self, t: str, rank: int) -> str:
+        """``e = floor(log2 max T)``, clipped to [-126, 126] (an all-zero tensor gives -126)."""
+        if rank >= 3:  # per-channel max first: stays in onnxruntime's blocked conv layout
+            t = self.op("GlobalMaxPool", [t], "chanmax")
+        m = self.op("ReduceMax", [t], "max", keepdims=0)  # onnxruntime returns shape [1]
         m = self.op("Reshape", [m, self.const(np.zeros(0), "scalar_shape", dtype=np.int64)], "max")
         lg = self.op("Mul", [self.op("Log", [m], "log"), self.scalar(_INV_LN2)], "log2")
         e = self.op("Floor", [lg], "e")
-        e = self.op("Min", [self.op("Max", [e, self.scalar(-126.0)], "e"), self.scalar(126.0)], "e")
-        p = self.op("Pow", [self.scalar(2.0), self.op("Neg", [e], "ne")], "p")
-        t = self.op("Mul", [x.tensor, p], "norm")
-        k = self.op("Add", [x.log2, e], "k")
-        return Scaled(t, k, 1.0)
+        return self.op("Min", [self.op("Max", [e, self.scalar(-126.0)], "e"), self.scalar(126.0)], "e")
+
+    def normalize(self, x: Scaled, rank: int) -> Scaled:
+        """Divide ``T`` by ``2**floor(log2 max T)`` (exactly) and add that to ``k``."""
+        e = self._floor_log2_max(x.tensor, rank)
+        t = self.op("Mul", [x.tensor, self.power_of_two(self.op("Neg", [e], "ne"))], "norm")
+        return Scaled(t, self.op("Add", [x.log2, e], "k"), 1.0)
+
+    def normalize_add(self, x: Scaled, bias: str, e_bias: int, rank: int) -> Scaled:
+        """``T·2**k + t·2**e_bias`` renormalised in the same pass (bias ``t`` with max in [1, 2)).
+
+        ``K = max(k + floor(log2 max T), e_bias)``; result ``T·2**(k-K) + t·2**(e_bias-K)``, both
+        factors ≤ 2, so ``max ≤ 4``.
+        """
+        e = self._floor_log2_max(x.tensor, rank)
+        k_out = self.op("Max", [self.op("Add", [x.log2, e], "k"), self.exponent(e_bias)], "k")
+        fx = self.power_of_two(self.op("Sub", [x.log2, k_out], "d"))
+        ft = self.power_of_two(self.op("Sub", [self.exponent(e_bias), k_out], "d"))
+        y = self.op("Add", [self.op("Mul", [x.tensor, fx], "norm"), self.op("Mul", [bias, ft], "bias")], "bias")
+        return Scaled(y, k_out, 2.0)
 
     def align(self, xs: list[Scaled]) -> tuple[list[str], str]:
         """Bring tensors to one common exponent ``s = max k_i``: ``T_i · 2**(k_i - s)`` (factors ≤ 1)."""

@@ -11,6 +11,7 @@ from .base import ImportContext, LayerOp, imports, layer_op
 class Relu(LayerOp):
     op = "relu"
     kind = "activation"
+    accepts_dirty = True
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         return b.op("Relu", xs, "relu")

@@ -11,6 +11,7 @@ inputs first brought to a common power-of-two scale.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
@@ -26,6 +27,7 @@ class Affine(LayerOp):
 
     op = "affine"
     kind = "affine"
+    accepts_dirty = True
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         y = xs[0]
@@ -39,10 +41,12 @@ class Affine(LayerOp):
         x = xs[0]
         if "scale" in layer.params:
             s, es = pow_scaled(layer.params["scale"], q)
-            x = b.shift(Scaled(b.op("Mul", [x.tensor, b.const(s, "absScale")], "scale"), x.log2), es, x.bound + 1.0)
+            x = b.shift(replace(x, tensor=b.op("Mul", [x.tensor, b.const(s, "absScale")], "scale"), bound=x.bound + 1.0), es)
         if "bias" not in layer.params or not np.any(layer.params["bias"]):
             return x  # a zero bias starts no path (and must not drag the scale towards 2**0)
         t, et = pow_scaled(layer.params["bias"], q)
+        if x.dirty:  # renormalise and add the bias in one pass
+            return b.normalize_add(x, b.const(t, "absBias"), et, len(layer.shape))
         # y = T·2^k + t·2^et = 2^m (T·2^(k-m) + t·2^(et-m)),  m = max(k, et): both factors ≤ 1
         m = b.op("Max", [x.log2, b.exponent(et)], "k")
         fx = b.power_of_two(b.op("Sub", [x.log2, m], "d"))

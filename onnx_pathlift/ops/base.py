@@ -12,6 +12,7 @@ An op module registers, in one place, everything about one family of layers:
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, Callable, ClassVar
 
 import numpy as np
@@ -46,6 +47,8 @@ class LayerOp:
 
     op: ClassVar[str]
     kind: ClassVar[str]
+    #: whether ``lift`` takes inputs that are not renormalised yet (``Scaled.dirty``)
+    accepts_dirty: ClassVar[bool] = False
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         """Emit the layer with its signed parameters and real activation; return the output name."""
@@ -55,13 +58,35 @@ class LayerOp:
         """Emit the lifted layer (``|w|**q``, activations → identity) on scaled tensors."""
         raise NotImplementedError
 
+    def absorb_scale(self, layer: Layer, scale: np.ndarray) -> Layer | None:
+        """This layer with a following per-output-channel ``scale`` folded into its weights, or None.
+
+        Used by the lifted network only: ``|s·w|**q = |s|**q·|w|**q``, so folding a scale (the ``s``
+        of a BatchNormalization) is exact there, whereas folding a bias is not.
+        """
+        return None
+
 
 class MovesNeurons(LayerOp):
     """A layer whose every output neuron copies one input neuron with weight 1 (reshape, transpose):
     its lifted form is the op itself on the lifted tensor, scale unchanged."""
 
+    accepts_dirty = True
+
     def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
-        return Scaled(self.emit(b, layer, [xs[0].tensor]), xs[0].log2, xs[0].bound)
+        return replace(xs[0], tensor=self.emit(b, layer, [xs[0].tensor]))
+
+
+def channel_vector(scale: np.ndarray, out_shape: tuple[int, ...], axis: int) -> np.ndarray | None:
+    """``scale`` as a vector along ``axis`` of ``out_shape`` if it broadcasts along that axis only."""
+    s = np.asarray(scale)
+    if s.ndim > len(out_shape):
+        return None
+    padded = (1,) * (len(out_shape) - s.ndim) + s.shape
+    axis %= len(out_shape)
+    if any(d != 1 for i, d in enumerate(padded) if i != axis):
+        return None
+    return np.broadcast_to(s.reshape(-1), (out_shape[axis],))
 
 
 def layer_op(cls: type[LayerOp]) -> type[LayerOp]:

@@ -7,9 +7,14 @@ affine layer (``|b|**q`` in the lifted network).
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
+import numpy as np
+
 from ..dag import Layer
 from ..graph import GraphBuilder, LiftBuilder, Scaled, pow_scaled
-from .base import ImportContext, LayerOp, attributes, imports, layer_op, spatial_attrs
+from .base import ImportContext, LayerOp, attributes, channel_vector, imports, layer_op, spatial_attrs
 
 
 @layer_op
@@ -25,7 +30,14 @@ class Conv(LayerOp):
     def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
         m, e = pow_scaled(layer.params["W"], q)
         y = b.op("Conv", [xs[0].tensor, b.const(m, "absW")], "conv", **layer.attrs)
-        return b.normalize(b.shift(Scaled(y, xs[0].log2), e))
+        growth = float(m.reshape(m.shape[0], -1).sum(axis=1).max(initial=0.0))  # largest output = Σ of a filter
+        return b.shift(Scaled(y, xs[0].log2, xs[0].bound + math.log2(max(growth, 1.0)), dirty=True), e)
+
+    def absorb_scale(self, layer: Layer, scale: np.ndarray) -> Layer | None:
+        s = channel_vector(scale, layer.shape, 1)
+        if s is None:
+            return None
+        return replace(layer, params={"W": layer.params["W"] * s.reshape((-1,) + (1,) * (layer.params["W"].ndim - 1))})
 
 
 @imports("Conv")

@@ -8,12 +8,15 @@ affine bias layer with ``beta·C``.
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 import numpy as np
 
 from ..dag import Layer
 from ..errors import RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled, pow_scaled
-from .base import ImportContext, LayerOp, attributes, imports, layer_op
+from .base import ImportContext, LayerOp, attributes, channel_vector, imports, layer_op
 
 
 @layer_op
@@ -31,9 +34,22 @@ class Dense(LayerOp):
     def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
         m, e = pow_scaled(layer.params["W"], q)
         w = b.const(m, "absW")
-        args = [xs[0].tensor, w] if layer.attrs["side"] == "right" else [w, xs[0].tensor]
-        y = Scaled(b.op("MatMul", args, "dense"), xs[0].log2)
-        return b.normalize(b.shift(y, e))
+        right = layer.attrs["side"] == "right"
+        args = [xs[0].tensor, w] if right else [w, xs[0].tensor]
+        # largest output ≤ (max input) · largest sum of the weights feeding one output
+        sums = m.sum(axis=-2 if right and m.ndim > 1 else -1)
+        growth = math.log2(max(float(np.max(sums, initial=0.0)), 1.0))
+        return b.shift(Scaled(b.op("MatMul", args, "dense"), xs[0].log2, xs[0].bound + growth, dirty=True), e)
+
+    def absorb_scale(self, layer: Layer, scale: np.ndarray) -> Layer | None:
+        w = layer.params["W"]
+        if w.ndim != 2:
+            return None
+        right = layer.attrs["side"] == "right"
+        s = channel_vector(scale, layer.shape, -1 if right else -2)
+        if s is None:
+            return None
+        return replace(layer, params={"W": w * (s[None, :] if right else s[:, None])})
 
 
 @imports("MatMul")

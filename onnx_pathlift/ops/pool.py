@@ -12,6 +12,7 @@ itself in a constant subgraph. Global pools: ``Σ x`` (max) or ``N**-q · Σ x``
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 from onnx import TensorProto, helper
@@ -44,13 +45,14 @@ def _pool_attrs(layer: Layer, names: tuple[str, ...]) -> dict:
 class MaxPool(LayerOp):
     op = "maxpool"
     kind = "pool"
+    accepts_dirty = True
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         return b.op("MaxPool", xs, "maxpool", **_pool_attrs(layer, ("kernel_shape", "strides", "pads", "dilations", "ceil_mode")))
 
     def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
         y = _sum_pool(b, xs[0].tensor, layer, layer.shape[1])
-        return Scaled(y, xs[0].log2, xs[0].bound + math.log2(np.prod(layer.attrs["kernel_shape"])))
+        return replace(xs[0], tensor=y, bound=xs[0].bound + math.log2(np.prod(layer.attrs["kernel_shape"])))
 
 
 @layer_op
@@ -71,7 +73,7 @@ class AveragePool(LayerOp):
             inv_div = b.op("Div", [b.op("AveragePool", [ones], "avg1", **_pool_attrs(layer, self._ATTRS)),
                                    _sum_pool(b, ones, layer, 1)], "inv_div")
             y = b.op("Mul", [y, b.op("Pow", [inv_div, b.scalar(q - 1.0)], "factor")], "avgpool_q")
-        return b.normalize(Scaled(y, xs[0].log2))
+        return Scaled(y, xs[0].log2, xs[0].bound, dirty=True)  # weights (1/div)**q ≤ 1 may shrink it
 
 
 @layer_op
@@ -80,6 +82,7 @@ class GlobalPool(LayerOp):
 
     op = "globalpool"
     kind = "pool"
+    accepts_dirty = True
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         return b.op("GlobalMaxPool" if layer.attrs["mode"] == "max" else "GlobalAveragePool", xs, "globalpool")
@@ -90,7 +93,7 @@ class GlobalPool(LayerOp):
         m, e = pow_scaled(np.array(float(n)), 1.0 if layer.attrs["mode"] == "max" else 1.0 - q)
         y = b.op("GlobalAveragePool", [xs[0].tensor], "globalpool")
         y = b.op("Mul", [y, b.scalar(float(m))], "globalpool")
-        return b.shift(Scaled(y, xs[0].log2), e, xs[0].bound + 1.0)
+        return b.shift(replace(xs[0], tensor=y, bound=xs[0].bound + 1.0), e)
 
 
 def _ort_output_size(in_spatial, a) -> tuple[int, ...]:
