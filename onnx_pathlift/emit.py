@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import numpy as np
 from onnx import ModelProto, NodeProto, helper
 
 from .dag import Dag, Layer
@@ -20,6 +21,11 @@ from .ops import LAYER_OPS
 #: the emitted models use at least this opset (Max/Min/Sum broadcasting, MaxPool ceil_mode)
 MIN_OPSET = 13
 LOG2_SUFFIX = "__log2_scale"
+HEALTH = "pathlift__health"
+#: static scales are trusted when every checked tensor keeps max T ≥ 2**-HEALTH_MIN_LOG2
+HEALTH_MIN_LOG2 = 40
+_CHECKED = {"linear", "conv", "pool", "skip"}  # where a value can fall below its static bound
+_CHECK_PASSES = {"affine", "activation", "reshape"}  # no loss against the bound: check after them
 
 
 def _opset(dag: Dag) -> int:
@@ -45,47 +51,91 @@ def emit_model(dag: Dag) -> ModelProto:
     )
 
 
-def lift_model(dag: Dag, q: float) -> ModelProto:
-    """The lifted |W|**q network, kept in float32 range by exact power-of-two scales."""
+def lift_model(dag: Dag, q: float, static: bool = True) -> ModelProto:
+    """The lifted |W|**q network, kept in float32 range by exact power-of-two scales.
+
+    ``static=True``: constant scales from static upper bounds, folded by onnxruntime into the layers
+    (as fast as a plain inference), plus the output ``pathlift__health`` (``max T`` of every checked
+    tensor); if its minimum is below ``2**-HEALTH_MIN_LOG2`` use ``static=False``, the run-time
+    renormalised graph, which is always in range.
+    """
     if not (math.isfinite(q) and q >= 1.0):
         raise UsageError(f"q must be a finite number ≥ 1 (got {q})")
-    outs = set(dag.outputs) | {o + LOG2_SUFFIX for o in dag.outputs}
-    b = LiftBuilder(_opset(dag), taken=set(dag.inputs) | outs)
-    zero = b.scalar(0.0)
+    outs = set(dag.outputs) | {o + LOG2_SUFFIX for o in dag.outputs} | {HEALTH}
+    b = LiftBuilder(_opset(dag), taken=set(dag.inputs) | outs, static=static)
     value: dict[str, Scaled] = {}
+    bounds: dict[str, np.ndarray] = {}
+    exact: dict[str, bool] = {}  # whether bounds[name] is the exact lifted value (then no check)
+    shapes = {layer.name: layer.shape for layer in dag.layers()}
 
     def clean(name: str) -> Scaled:
         """The lifted value of layer ``name``, renormalised if it is not yet (once, shared)."""
         if value[name].dirty:
-            value[name] = b.normalize(value[name], len(dag.layer(name).shape))
+            value[name] = b.normalize(value[name], len(shapes[name]))
+        return value[name]
+
+    pending: set[str] = set()  # static mode: tensors whose health check is still to be emitted
+
+    def checked(name: str) -> Scaled:
+        if name in pending:
+            pending.discard(name)
+            b.check(value[name], len(shapes[name]))
         return value[name]
 
     for layer in _fold_scales(dag):
         if layer.op == "input":
-            value[layer.name] = Scaled(layer.name, zero, 0.0)
+            value[layer.name] = Scaled(layer.name, 0 if static else b.scalar(0.0), 0.0)
+            bounds[layer.name], exact[layer.name] = np.zeros(()), True  # fed with ones
             continue
         handler = LAYER_OPS[layer.op]
-        xs = [value[i] if handler.accepts_dirty else clean(i) for i in layer.inputs]
+        passes_check_on = static and handler.kind in _CHECK_PASSES  # ratio to the bound cannot shrink here
+        if static and not passes_check_on:
+            for i in layer.inputs:
+                checked(i)
+        xs = [value[i] if handler.accepts_dirty or static else clean(i) for i in layer.inputs]
+        target = None
+        if static:
+            bs, in_shapes = [bounds[i] for i in layer.inputs], [shapes[i] for i in layer.inputs]
+            bounds[layer.name] = handler.bound(layer, bs, in_shapes, q)
+            exact[layer.name] = all(exact[i] for i in layer.inputs) and handler.bound_is_exact(layer, bs, in_shapes)
+            top = float(np.max(bounds[layer.name]))
+            target = math.ceil(top) if math.isfinite(top) else 0
+        b.begin(target)
         y = handler.lift(b, layer, xs, q)
-        value[layer.name] = b.normalize(y, len(layer.shape)) if y.bound > HEADROOM_LOG2 else y
+        if static:
+            y = b.settle(y, target)
+            if (handler.kind in _CHECKED or (passes_check_on and pending & set(layer.inputs))) and not exact[layer.name]:
+                pending.add(layer.name)  # checked where it is consumed, so that the producer's ops can fuse
+        elif y.bound > HEADROOM_LOG2:
+            y = b.normalize(y, len(layer.shape))
+        value[layer.name] = y
     for lname in set(dag.outputs.values()):
         clean(lname)
+        if static:
+            checked(lname)
     for out, lname in dag.outputs.items():
+        log2 = value[lname].log2
         b.nodes.append(_identity(value[lname].tensor, out))
-        b.nodes.append(_identity(value[lname].log2, out + LOG2_SUFFIX))
+        b.nodes.append(_identity(b.exponent(log2) if isinstance(log2, int) else log2, out + LOG2_SUFFIX))
     outputs: list[tuple[str, tuple[int, ...] | None]] = []
     for o, l in dag.outputs.items():
         outputs += [(o, dag.layer(l).shape), (o + LOG2_SUFFIX, None)]
+    if static:
+        health = b.op("Concat", b.health, "health", axis=0) if b.health else b.const(np.ones(1), "health")
+        b.nodes.append(_identity(health, HEALTH))
+        outputs.append((HEALTH, (len(b.health) or 1,)))
     doc = (
-        f"onnx-pathlift lifted network, q={q:g}. Feed all-ones inputs; then "
-        f"||Phi||_q^q = sum over outputs o of sum(o) * 2**o{LOG2_SUFFIX}."
+        f"onnx-pathlift lifted network, q={q:g}, {'static' if static else 'dynamic'} scales. Feed all-ones "
+        f"inputs; then ||Phi||_q^q = sum over outputs o of sum(o) * 2**o{LOG2_SUFFIX}"
+        + (f", valid when min({HEALTH}) >= 2**-{HEALTH_MIN_LOG2}." if static else ".")
     )
     return b.model([(n, dag.layer(n).shape) for n in dag.inputs], outputs, f"lifted_q{q:g}", doc)
 
 
 def _fold_scales(dag: Dag) -> list[Layer]:
     """The layers in order, with each affine scale that directly follows a conv or dense layer (its
-    only consumer) folded into that layer's weights, for the lifted network only (exact there)."""
+    only consumer) folded into that layer's weights, then each following bias into that layer, for
+    the lifted network only (exact there: a scale multiplies |w|**q, a bias starts its own paths)."""
     layers = list(dag.layers())
     consumers: dict[str, int] = {}
     for layer in layers:
@@ -102,6 +152,16 @@ def _fold_scales(dag: Dag) -> list[Layer]:
         if folded is not None:
             layers[index[src.name]] = folded
             layers[i] = replace(layer, params={k: v for k, v in layer.params.items() if k != "scale"})
+    for i, layer in enumerate(layers):  # then a bias right after them becomes the layer's own bias
+        if layer.op != "affine" or "scale" in layer.params or "bias" not in layer.params:
+            continue
+        src = layers[index[layer.inputs[0]]]
+        if src.op not in LAYER_OPS or consumers.get(src.name) != 1 or src.name in dag.outputs.values():
+            continue
+        folded = LAYER_OPS[src.op].absorb_bias(src, layer.params["bias"])
+        if folded is not None:
+            layers[index[src.name]] = folded
+            layers[i] = replace(layer, params={})
     return layers
 
 

@@ -89,7 +89,7 @@ class Scaled:
     """
 
     tensor: str
-    log2: str
+    log2: str | int  # a scalar tensor's name (dynamic mode) or a constant (static mode)
     bound: float = 1.0
     dirty: bool = False
 
@@ -112,7 +112,30 @@ def pow_scaled(a: np.ndarray, q: float) -> tuple[np.ndarray, int]:
 
 
 class LiftBuilder(GraphBuilder):
-    """A :class:`GraphBuilder` with the exact power-of-two scale bookkeeping of lifted tensors."""
+    """A :class:`GraphBuilder` with the exact power-of-two scale bookkeeping of lifted tensors.
+
+    Two modes share the handlers' code:
+
+    * dynamic (``static=False``): exponents ``k`` are scalar tensors; tensors are renormalised at run
+      time by ``2**-floor(log2 max T)``. Always correct, at the price of extra passes.
+    * static (``static=True``): exponents are Python ints fixed at build time from upper bounds
+      (``settle``), so every scale is a constant that onnxruntime folds into the conv/matmul.
+      ``check`` records ``max T`` of a tensor in the output ``HEALTH``; a value below
+      ``2**-HEALTH_MIN_LOG2`` means the static bound was too loose for float32 and the caller must
+      use the dynamic mode instead.
+    """
+
+    def __init__(self, opset: int, taken: set[str] | None = None, static: bool = False):
+        super().__init__(opset, taken)
+        self.static = static
+        self.health: list[str] = []
+        self._weights: dict[str, TensorProto] = {}
+        self.target: int | None = None  # static mode: the exponent the current layer settles at
+        self._start = 0  # index of the current layer's first node: later tensors are private to it
+
+    def begin(self, target: int | None) -> None:
+        """Start emitting one layer (static mode: whose output will have exponent ``target``)."""
+        self.target, self._start = target, len(self.nodes)
 
     def exponent(self, value: int) -> str:
         return self.scalar(float(value))
@@ -120,44 +143,103 @@ class LiftBuilder(GraphBuilder):
     def shift(self, x: Scaled, e: int, bound: float | None = None) -> Scaled:
         """Same tensor, exponent ``k + e`` (a static power-of-two factor)."""
         y = x if bound is None else replace(x, bound=bound)
-        return y if e == 0 else replace(y, log2=self.op("Add", [x.log2, self.exponent(e)], "k"))
+        if e == 0:
+            return y
+        return replace(y, log2=x.log2 + e if self.static else self.op("Add", [x.log2, self.exponent(e)], "k"))
+
+    def scale_by(self, t: str, factor_log2) -> str:
+        """``t · 2**factor_log2`` (an int: a constant, skipped when 0; else a scalar tensor)."""
+        if isinstance(factor_log2, int):
+            return t if factor_log2 == 0 else self.op("Mul", [t, self.scalar(math.ldexp(1.0, factor_log2))], "scaled")
+        return self.op("Mul", [t, self.power_of_two(factor_log2)], "scaled")
 
     def _floor_log2_max(self, t: str, rank: int) -> str:
         """``e = floor(log2 max T)``, clipped to [-126, 126] (an all-zero tensor gives -126)."""
-        if rank >= 3:  # per-channel max first: stays in onnxruntime's blocked conv layout
-            t = self.op("GlobalMaxPool", [t], "chanmax")
-        m = self.op("ReduceMax", [t], "max", keepdims=0)  # onnxruntime returns shape [1]
-        m = self.op("Reshape", [m, self.const(np.zeros(0), "scalar_shape", dtype=np.int64)], "max")
+        m = self._max(t, rank)
         lg = self.op("Mul", [self.op("Log", [m], "log"), self.scalar(_INV_LN2)], "log2")
         e = self.op("Floor", [lg], "e")
         return self.op("Min", [self.op("Max", [e, self.scalar(-126.0)], "e"), self.scalar(126.0)], "e")
 
+    def _max(self, t: str, rank: int) -> str:
+        """``max T`` as a scalar tensor."""
+        if rank >= 3:  # per-channel max first: stays in onnxruntime's blocked conv layout
+            t = self.op("GlobalMaxPool", [t], "chanmax")
+        m = self.op("ReduceMax", [t], "max", keepdims=0)  # onnxruntime returns shape [1]
+        return self.op("Reshape", [m, self.const(np.zeros(0), "scalar_shape", dtype=np.int64)], "max")
+
     def normalize(self, x: Scaled, rank: int) -> Scaled:
-        """Divide ``T`` by ``2**floor(log2 max T)`` (exactly) and add that to ``k``."""
+        """Dynamic mode: divide ``T`` by ``2**floor(log2 max T)`` (exactly) and add that to ``k``."""
         e = self._floor_log2_max(x.tensor, rank)
         t = self.op("Mul", [x.tensor, self.power_of_two(self.op("Neg", [e], "ne"))], "norm")
         return Scaled(t, self.op("Add", [x.log2, e], "k"), 1.0)
 
-    def normalize_add(self, x: Scaled, bias: str, e_bias: int, rank: int) -> Scaled:
-        """``T·2**k + t·2**e_bias`` renormalised in the same pass (bias ``t`` with max in [1, 2)).
+    def settle(self, x: Scaled, target: int) -> Scaled:
+        """Static mode: express ``x`` with exponent ``target`` (a constant factor ``2**(k - target)``,
+        folded into the weights when ``x`` comes straight from a MatMul or Conv of this builder)."""
+        shift = x.log2 - target
+        if shift and self._fold_into_weight(x.tensor, shift):
+            shift = 0
+        return Scaled(self.scale_by(x.tensor, shift), target, 0.0)
 
-        ``K = max(k + floor(log2 max T), e_bias)``; result ``T·2**(k-K) + t·2**(e_bias-K)``, both
-        factors ≤ 2, so ``max ≤ 4``.
+    def _fold_into_weight(self, tensor: str, shift: int) -> bool:
+        """Scale the weight of the MatMul/Conv that produced ``tensor`` by ``2**shift`` instead of
+        scaling ``tensor``: only for a tensor of the current layer, which nothing else reads yet."""
+        private = len(self.nodes) > self._start
+        node = self.nodes[-1] if private and self.nodes[-1].output[0] == tensor else None
+        if node is None or node.op_type not in ("MatMul", "Conv"):
+            return False
+        weight = node.input[1] if node.op_type == "Conv" or node.input[1] in self._weights else node.input[0]
+        if weight not in self._weights:
+            return False
+        init = self._weights.pop(weight)  # folded once: each weight constant feeds one node
+        scaled = np.ldexp(numpy_helper.to_array(init).astype(np.float64), shift)
+        small = np.abs(scaled[scaled != 0])
+        if small.size and (small.max() >= 2.0 ** 127 or small.min() < 2.0 ** -126):
+            self._weights[weight] = init  # would leave float32's normal range: scale the output instead
+            return False
+        init.CopyFrom(numpy_helper.from_array(scaled.astype(np.float32), weight))
+        return True
+
+    def weight(self, value: np.ndarray, hint: str) -> str:
+        """A constant that feeds exactly one MatMul/Conv, so a later constant scale may fold into it."""
+        name = self.const(value, hint)
+        self._weights[name] = self.initializers[-1]
+        return name
+
+    def check(self, x: Scaled, rank: int) -> None:
+        """Static mode: report ``max T`` of this tensor in the health output."""
+        m = self.op("ReduceMax", [self.op("GlobalMaxPool", [x.tensor], "chanmax") if rank >= 3 else x.tensor], "max", keepdims=1)
+        self.health.append(self.op("Reshape", [m, self.const(np.ones(1), "one_shape", dtype=np.int64)], "health"))
+
+    def add_bias(self, x: Scaled, bias: np.ndarray, e_bias: int, rank: int) -> Scaled:
+        """``T·2**k + t·2**e_bias`` for a bias ``t`` with max in [1, 2), brought to one exponent.
+
+        Dynamic and not yet renormalised: ``K = max(k + floor(log2 max T), e_bias)`` in the same
+        pass. Otherwise ``K = max(k, e_bias)``. Both factors ``2**(k-K)``, ``2**(e_bias-K)`` are ≤ 2.
         """
-        e = self._floor_log2_max(x.tensor, rank)
-        k_out = self.op("Max", [self.op("Add", [x.log2, e], "k"), self.exponent(e_bias)], "k")
-        fx = self.power_of_two(self.op("Sub", [x.log2, k_out], "d"))
+        if self.static:
+            k_out = max(x.log2, e_bias) if self.target is None else self.target
+            shift = x.log2 - k_out
+            if shift and self._fold_into_weight(x.tensor, shift):
+                shift = 0
+            t = self.const(np.ldexp(bias.astype(np.float64), e_bias - k_out), "absBias")
+            return Scaled(self.op("Add", [self.scale_by(x.tensor, shift), t], "bias"), k_out, max(x.bound, 1.0) + 1.0)
+        k_in = self.op("Add", [x.log2, self._floor_log2_max(x.tensor, rank)], "k") if x.dirty else x.log2
+        k_out = self.op("Max", [k_in, self.exponent(e_bias)], "k")
+        fx = self.op("Sub", [x.log2, k_out], "d")
         ft = self.power_of_two(self.op("Sub", [self.exponent(e_bias), k_out], "d"))
-        y = self.op("Add", [self.op("Mul", [x.tensor, fx], "norm"), self.op("Mul", [bias, ft], "bias")], "bias")
-        return Scaled(y, k_out, 2.0)
+        y = self.op("Add", [self.scale_by(x.tensor, fx), self.op("Mul", [self.const(bias, "absBias"), ft], "bias")], "bias")
+        return Scaled(y, k_out, 2.0 if x.dirty else max(x.bound, 1.0) + 1.0)
 
-    def align(self, xs: list[Scaled]) -> tuple[list[str], str]:
+    def align(self, xs: list[Scaled]) -> tuple[list[str], str | int]:
         """Bring tensors to one common exponent ``s = max k_i``: ``T_i · 2**(k_i - s)`` (factors ≤ 1)."""
         if len(xs) == 1 or len({x.log2 for x in xs}) == 1:
             return [x.tensor for x in xs], xs[0].log2
+        if self.static:
+            s = max(x.log2 for x in xs)
+            return [self.scale_by(x.tensor, x.log2 - s) for x in xs], s
         s = self.op("Max", [x.log2 for x in xs], "k")
-        out = [self.op("Mul", [x.tensor, self.power_of_two(self.op("Sub", [x.log2, s], "d"))], "aligned") for x in xs]
-        return out, s
+        return [self.scale_by(x.tensor, self.op("Sub", [x.log2, s], "d")) for x in xs], s
 
     def power_of_two(self, e: str) -> str:
         """``2**e`` for an integer-valued scalar tensor ``e`` (exact; 0 below 2**-149)."""

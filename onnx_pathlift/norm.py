@@ -9,7 +9,8 @@ import numpy as np
 from onnx import ModelProto
 
 from .dag import Dag
-from .emit import LOG2_SUFFIX, lift_model
+from .emit import HEALTH, HEALTH_MIN_LOG2, LOG2_SUFFIX, lift_model
+from .errors import PathliftError, UsageError
 from .importer import import_model
 from .load import ModelSource
 from .runtime import make_session
@@ -56,18 +57,35 @@ def combine(q: float, outputs: dict[str, tuple[np.ndarray, float]]) -> PathNorm:
 
 
 class PathNormSession:
-    """The lifted network of one DAG and q, with its onnxruntime session built once."""
+    """The lifted network of one DAG and q, with its onnxruntime session built once.
 
-    def __init__(self, dag: Dag, q: float = 1.0, providers=None):
-        self.dag, self.q = dag, float(q)
-        self.model: ModelProto = lift_model(dag, self.q)
+    ``scales="auto"`` (default) runs the static-scale graph (constant scales folded into the layers)
+    and falls back to the run-time renormalised graph when its health output says a static bound was
+    too loose for float32; ``"static"`` or ``"dynamic"`` force one of them.
+    """
+
+    def __init__(self, dag: Dag, q: float = 1.0, providers=None, scales: str = "auto"):
+        if scales not in ("auto", "static", "dynamic"):
+            raise UsageError(f"scales must be auto, static or dynamic (got {scales!r})")
+        self.dag, self.q, self.providers, self.scales = dag, float(q), providers, scales
+        self.model: ModelProto = lift_model(dag, self.q, static=scales != "dynamic")
         self.session = make_session(self.model, providers)
         self.feeds = {name: np.ones(dag.layer(name).shape, np.float32) for name in dag.inputs}
         self.names = list(dag.outputs)
+        self.static = scales != "dynamic"
 
     def run(self) -> PathNorm:
         fetch = [n for o in self.names for n in (o, o + LOG2_SUFFIX)]
-        res = self.session.run(fetch, self.feeds)
+        if self.static:
+            *res, health = self.session.run(fetch + [HEALTH], self.feeds)
+            if float(np.min(health)) < 2.0 ** -HEALTH_MIN_LOG2:
+                if self.scales == "static":
+                    raise PathliftError(f"static scales too loose for float32 (health {float(np.min(health)):.3g})")
+                self.model, self.static = lift_model(self.dag, self.q, static=False), False
+                self.session = make_session(self.model, self.providers)
+                return self.run()
+        else:
+            res = self.session.run(fetch, self.feeds)
         return combine(self.q, {o: (res[2 * i], float(res[2 * i + 1])) for i, o in enumerate(self.names)})
 
 

@@ -108,3 +108,26 @@ def test_deep_random_mlp_against_log_domain_oracle(q: float) -> None:
     # the value itself, where float64 holds it, to the same relative precision
     if want < 300:
         assert got.value == pytest.approx(10.0 ** want, rel=1e-5 * want * math.log(10) + 1e-9)
+
+
+def test_loose_static_bounds_fall_back_to_dynamic_scales() -> None:
+    """3x3 convs on a 1x1 image: only the kernel centre touches a neuron, so the per-channel static
+    bound (which assumes every tap sees the channel's max) overestimates by Σ|w|/|w_centre| a layer.
+    The health output catches it and the run-time renormalised graph gives the exact value."""
+    depth, c_centre, c_edge = 12, 1e-3, 1.0
+    kernel = np.full((1, 1, 3, 3), c_edge, np.float32)
+    kernel[0, 0, 1, 1] = c_centre
+    nodes, inits, x = [], [], "x"
+    for i in range(depth):
+        inits.append(numpy_helper.from_array(kernel, f"W{i}"))
+        nodes += [helper.make_node("Conv", [x, f"W{i}"], [f"c{i}"], pads=[1, 1, 1, 1]), helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        x = f"r{i}"
+    g = helper.make_graph(nodes, "centre", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 1, 1])],
+                          [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 1, 1, 1])], inits)
+    dag = pl.import_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    session = pl.PathNormSession(dag, q=1.0)
+    got = session.run()
+    assert not session.static  # fell back
+    assert got.log10 == pytest.approx(depth * math.log10(c_centre), rel=1e-6)
+    with pytest.raises(pl.PathliftError, match="static scales"):
+        pl.PathNormSession(dag, q=1.0, scales="static").run()

@@ -98,11 +98,28 @@ def test_reemission_check_can_fail() -> None:
 
 
 def test_lifted_model_runs_standalone() -> None:
-    """The lifted ONNX file alone gives the norm: Σ_o sum(o)·2**k_o with all-ones inputs."""
+    """The lifted ONNX file alone gives the norm: Σ_o sum(o)·2**k_o with all-ones inputs, in both
+    scale modes (static: valid when the health output is ≥ 2**-40)."""
     model, _ = ALL_NETS["everything"](1)
+    dag = pl.import_model(model)
     for q in (1.0, 3.0):
-        lifted = pl.lift(model, q=q)
-        sess = ort.InferenceSession(lifted.SerializeToString(), providers=["CPUExecutionProvider"])
-        res = sess.run(None, {i.name: np.ones(i.shape, np.float32) for i in sess.get_inputs()})
-        total = sum(float(res[k].astype(np.float64).sum()) * 2.0 ** float(res[k + 1]) for k in range(0, len(res), 2))
-        assert total ** (1 / q) == pytest.approx(brute_force_path_norm(model, q) ** (1 / q), rel=1e-6)
+        for static in (True, False):
+            lifted = pl.lift_model(dag, q, static=static)
+            sess = ort.InferenceSession(lifted.SerializeToString(), providers=["CPUExecutionProvider"])
+            res = dict(zip([o.name for o in sess.get_outputs()],
+                           sess.run(None, {i.name: np.ones(i.shape, np.float32) for i in sess.get_inputs()})))
+            assert ("pathlift__health" in res) == static
+            if static:
+                assert res["pathlift__health"].min() >= 2.0 ** -40
+            total = sum(float(res[o].astype(np.float64).sum()) * 2.0 ** float(res[o + "__log2_scale"]) for o in dag.outputs)
+            assert total ** (1 / q) == pytest.approx(brute_force_path_norm(model, q) ** (1 / q), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(ALL_NETS))
+def test_static_and_dynamic_scales_agree(name: str) -> None:
+    model, _ = ALL_NETS[name](2)
+    dag = pl.import_model(model)
+    for q in (1.0, 2.0, 4.0):
+        static = pl.PathNormSession(dag, q, scales="static").run()
+        dynamic = pl.PathNormSession(dag, q, scales="dynamic").run()
+        assert static.log10 == pytest.approx(dynamic.log10, abs=1e-7)

@@ -19,6 +19,12 @@ class Relu(LayerOp):
     def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
         return xs[0]
 
+    def bound(self, layer, bs, shapes, q):
+        return bs[0]
+
+    def bound_is_exact(self, layer, bs, shapes) -> bool:
+        return True
+
 
 @imports("Relu")
 def import_relu(node, ctx: ImportContext) -> None:

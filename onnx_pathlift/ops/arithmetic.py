@@ -45,14 +45,19 @@ class Affine(LayerOp):
         if "bias" not in layer.params or not np.any(layer.params["bias"]):
             return x  # a zero bias starts no path (and must not drag the scale towards 2**0)
         t, et = pow_scaled(layer.params["bias"], q)
-        if x.dirty:  # renormalise and add the bias in one pass
-            return b.normalize_add(x, b.const(t, "absBias"), et, len(layer.shape))
-        # y = T·2^k + t·2^et = 2^m (T·2^(k-m) + t·2^(et-m)),  m = max(k, et): both factors ≤ 1
-        m = b.op("Max", [x.log2, b.exponent(et)], "k")
-        fx = b.power_of_two(b.op("Sub", [x.log2, m], "d"))
-        ft = b.power_of_two(b.op("Sub", [b.exponent(et), m], "d"))
-        y = b.op("Add", [b.op("Mul", [x.tensor, fx], "aligned"), b.op("Mul", [b.const(t, "absBias"), ft], "bias")], "bias")
-        return Scaled(y, m, max(x.bound, 1.0) + 1.0)
+        return b.add_bias(x, t, et, len(layer.shape))
+
+    def bound(self, layer, bs, shapes, q):
+        with np.errstate(divide="ignore"):
+            lu = bs[0]
+            if "scale" in layer.params:
+                lu = lu + q * np.log2(np.abs(layer.params["scale"]))
+            if "bias" in layer.params:
+                lu = np.logaddexp2(lu, q * np.log2(np.abs(layer.params["bias"])))
+        return lu
+
+    def bound_is_exact(self, layer, bs, shapes) -> bool:
+        return True
 
 
 @layer_op
@@ -74,6 +79,15 @@ class Sum(LayerOp):
         for t in tensors[1:]:
             y = b.op("Add", [y, t], "sum")
         return Scaled(y, k, max(x.bound for x in xs) + math.log2(len(xs)))
+
+    def bound(self, layer, bs, shapes, q):
+        lu = bs[0]
+        for other in bs[1:]:
+            lu = np.logaddexp2(lu, other)
+        return lu
+
+    def bound_is_exact(self, layer, bs, shapes) -> bool:
+        return True
 
 
 @imports("Add", "Sub", "Sum")

@@ -20,7 +20,7 @@ from onnx import NodeProto, helper
 
 from ..dag import Dag, Layer
 from ..errors import RefuseNode
-from ..graph import GraphBuilder, LiftBuilder, Scaled
+from ..graph import GraphBuilder, LiftBuilder, Scaled, pow_scaled
 from ..load import Prepared
 
 ImportRule = Callable[[NodeProto, "ImportContext"], None]
@@ -58,6 +58,19 @@ class LayerOp:
         """Emit the lifted layer (``|w|**q``, activations → identity) on scaled tensors."""
         raise NotImplementedError
 
+    def bound(self, layer: Layer, bs: list[np.ndarray], shapes: list[tuple[int, ...]], q: float) -> np.ndarray:
+        """Static upper bound on ``log2`` of the lifted output, broadcastable to ``layer.shape``,
+        given the inputs' bounds ``bs`` (same form) and shapes. Used to fix constant scales."""
+        raise NotImplementedError
+
+    def bound_is_exact(self, layer: Layer, bs: list[np.ndarray], shapes: list[tuple[int, ...]]) -> bool:
+        """Whether ``bound`` is the exact lifted value (max over the tensor) when its inputs' are."""
+        return False
+
+    def absorb_bias(self, layer: Layer, bias: np.ndarray) -> Layer | None:
+        """This layer with a following per-output-channel bias as its own bias ``B``, or None."""
+        return None
+
     def absorb_scale(self, layer: Layer, scale: np.ndarray) -> Layer | None:
         """This layer with a following per-output-channel ``scale`` folded into its weights, or None.
 
@@ -75,6 +88,51 @@ class MovesNeurons(LayerOp):
 
     def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
         return replace(xs[0], tensor=self.emit(b, layer, [xs[0].tensor]))
+
+    def bound(self, layer: Layer, bs: list[np.ndarray], shapes: list[tuple[int, ...]], q: float) -> np.ndarray:
+        if bs[0].size == 1:
+            return bs[0].reshape(())
+        return self.move(layer, np.broadcast_to(bs[0], shapes[0]))
+
+    def move(self, layer: Layer, values: np.ndarray) -> np.ndarray:
+        """The same neuron movement applied to a numpy array of the input's shape."""
+        raise NotImplementedError
+
+    def bound_is_exact(self, layer, bs, shapes) -> bool:
+        return True
+
+
+def varies_only_along(lu: np.ndarray, shape: tuple[int, ...], axis: int) -> bool:
+    """Whether a bound broadcastable to ``shape`` is constant along every axis but ``axis``."""
+    lu = np.asarray(lu)
+    padded = (1,) * (len(shape) - lu.ndim) + lu.shape
+    return all(d == 1 for i, d in enumerate(padded) if i != axis % len(shape))
+
+
+def along_axis(lu: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray:
+    """Max of a bound (broadcastable to ``shape``) over every axis but ``axis``: a vector of ``shape[axis]``."""
+    lu = np.asarray(lu, dtype=np.float64)
+    lu = lu.reshape((1,) * (len(shape) - lu.ndim) + lu.shape)
+    axis %= len(shape)
+    others = tuple(i for i in range(lu.ndim) if i != axis and lu.shape[i] > 1)
+    v = (lu.max(axis=others, keepdims=True) if others else lu).reshape(-1)
+    return np.broadcast_to(v, (shape[axis],)) if v.size == 1 else v
+
+
+def on_axis(v: np.ndarray, rank: int, axis: int) -> np.ndarray:
+    """A vector laid along ``axis`` of a rank-``rank`` array (size 1 elsewhere)."""
+    shape = [1] * rank
+    shape[axis % rank] = -1
+    return np.asarray(v).reshape(shape)
+
+
+def log2_weighted_sum(w: np.ndarray, lu: np.ndarray) -> np.ndarray:
+    """``log2(w @ 2**lu)`` for non-negative ``w`` (outputs × inputs), without overflow."""
+    top = float(np.max(lu, initial=-np.inf))
+    if not np.isfinite(top):
+        return np.full(w.shape[0], -np.inf)
+    with np.errstate(divide="ignore"):
+        return np.log2(w.astype(np.float64) @ np.exp2(lu - top)) + top
 
 
 def channel_vector(scale: np.ndarray, out_shape: tuple[int, ...], axis: int) -> np.ndarray | None:
@@ -197,3 +255,19 @@ def spatial_attrs(a: dict[str, Any], in_spatial: tuple[int, ...], kernel: tuple[
     else:
         raise RefuseNode(f"unknown auto_pad {auto_pad!r}")
     return {"strides": strides, "dilations": dilations, "pads": pads}
+
+
+def lift_bias(b: LiftBuilder, layer: Layer, y: Scaled, q: float) -> Scaled:
+    """Add the lifted bias ``|B|**q`` a conv or dense layer took over from the affine layer after it."""
+    if "B" not in layer.params or not np.any(layer.params["B"]):
+        return y
+    t, et = pow_scaled(layer.params["B"], q)
+    return b.add_bias(y, t, et, len(layer.shape))
+
+
+def bias_bound(layer: Layer, lu: np.ndarray, q: float) -> np.ndarray:
+    """The static bound ``lu`` of a conv or dense layer's output, with its own bias added."""
+    if "B" not in layer.params:
+        return lu
+    with np.errstate(divide="ignore"):
+        return np.logaddexp2(lu, q * np.log2(np.abs(layer.params["B"])))

@@ -14,7 +14,8 @@ import numpy as np
 
 from ..dag import Layer
 from ..graph import GraphBuilder, LiftBuilder, Scaled, pow_scaled
-from .base import ImportContext, LayerOp, attributes, channel_vector, imports, layer_op, spatial_attrs
+from .base import (ImportContext, LayerOp, along_axis, attributes, bias_bound, channel_vector, imports, layer_op, lift_bias,
+                   on_axis, spatial_attrs)
 
 
 @layer_op
@@ -29,15 +30,32 @@ class Conv(LayerOp):
 
     def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
         m, e = pow_scaled(layer.params["W"], q)
-        y = b.op("Conv", [xs[0].tensor, b.const(m, "absW")], "conv", **layer.attrs)
+        y = b.op("Conv", [xs[0].tensor, b.weight(m, "absW")], "conv", **layer.attrs)
         growth = float(m.reshape(m.shape[0], -1).sum(axis=1).max(initial=0.0))  # largest output = Σ of a filter
-        return b.shift(Scaled(y, xs[0].log2, xs[0].bound + math.log2(max(growth, 1.0)), dirty=True), e)
+        y = b.shift(Scaled(y, xs[0].log2, xs[0].bound + math.log2(max(growth, 1.0)), dirty=True), e)
+        return lift_bias(b, layer, y, q)
+
+    def bound(self, layer, bs, shapes, q):
+        m, e = pow_scaled(layer.params["W"], q)
+        c_out, c_in_group = m.shape[:2]
+        v = along_axis(bs[0], shapes[0], 1)
+        groups = np.arange(c_out) // (c_out // layer.attrs["group"])  # group of each output channel
+        v_in = v[(groups[:, None] * c_in_group + np.arange(c_in_group)[None, :])]  # (c_out, c_in_group)
+        w = m.reshape(c_out, c_in_group, -1).sum(axis=2).astype(np.float64)
+        top = float(np.max(v_in, initial=-np.inf))
+        with np.errstate(divide="ignore"):
+            out = np.log2((w * np.exp2(v_in - top)).sum(axis=1)) + top + e if np.isfinite(top) else np.full(c_out, -np.inf)
+        return bias_bound(layer, on_axis(out, len(layer.shape), 1), q)
+
+    def absorb_bias(self, layer: Layer, bias: np.ndarray) -> Layer | None:
+        s = channel_vector(bias, layer.shape, 1)
+        return None if s is None else replace(layer, params={**layer.params, "B": s.reshape((-1,) + (1,) * (len(layer.shape) - 2))})
 
     def absorb_scale(self, layer: Layer, scale: np.ndarray) -> Layer | None:
         s = channel_vector(scale, layer.shape, 1)
         if s is None:
             return None
-        return replace(layer, params={"W": layer.params["W"] * s.reshape((-1,) + (1,) * (layer.params["W"].ndim - 1))})
+        return replace(layer, params={**layer.params, "W": layer.params["W"] * s.reshape((-1,) + (1,) * (layer.params["W"].ndim - 1))})
 
 
 @imports("Conv")

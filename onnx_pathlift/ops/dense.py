@@ -16,7 +16,8 @@ import numpy as np
 from ..dag import Layer
 from ..errors import RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled, pow_scaled
-from .base import ImportContext, LayerOp, attributes, channel_vector, imports, layer_op
+from .base import (ImportContext, LayerOp, along_axis, attributes, bias_bound, channel_vector, imports, layer_op, lift_bias,
+                   log2_weighted_sum, on_axis, varies_only_along)
 
 
 @layer_op
@@ -33,13 +34,35 @@ class Dense(LayerOp):
 
     def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
         m, e = pow_scaled(layer.params["W"], q)
-        w = b.const(m, "absW")
+        w = b.weight(m, "absW")
         right = layer.attrs["side"] == "right"
         args = [xs[0].tensor, w] if right else [w, xs[0].tensor]
         # largest output ≤ (max input) · largest sum of the weights feeding one output
         sums = m.sum(axis=-2 if right and m.ndim > 1 else -1)
         growth = math.log2(max(float(np.max(sums, initial=0.0)), 1.0))
-        return b.shift(Scaled(b.op("MatMul", args, "dense"), xs[0].log2, xs[0].bound + growth, dirty=True), e)
+        y = b.shift(Scaled(b.op("MatMul", args, "dense"), xs[0].log2, xs[0].bound + growth, dirty=True), e)
+        return lift_bias(b, layer, y, q)
+
+    def bound(self, layer, bs, shapes, q):
+        m, e = pow_scaled(layer.params["W"], q)
+        right, rank = layer.attrs["side"] == "right", len(layer.shape)
+        if m.ndim != 2:  # batched or vector weight: one scalar bound
+            sums = m.sum(axis=-2 if right and m.ndim > 1 else -1)
+            return bias_bound(layer, np.asarray(float(np.max(bs[0])) + e + math.log2(max(float(sums.max(initial=0.0)), 1e-300))), q)
+        v = along_axis(bs[0], shapes[0], -1 if right else -2)
+        out = log2_weighted_sum(m.T if right else m, v) + e
+        return bias_bound(layer, on_axis(out, rank, -1 if right else -2), q)
+
+    def bound_is_exact(self, layer, bs, shapes) -> bool:
+        axis = -1 if layer.attrs["side"] == "right" else -2
+        return layer.params["W"].ndim == 2 and varies_only_along(bs[0], shapes[0], axis)
+
+    def absorb_bias(self, layer: Layer, bias: np.ndarray) -> Layer | None:
+        if layer.params["W"].ndim != 2:
+            return None
+        right = layer.attrs["side"] == "right"
+        s = channel_vector(bias, layer.shape, -1 if right else -2)
+        return None if s is None else replace(layer, params={**layer.params, "B": s if right else s[:, None]})
 
     def absorb_scale(self, layer: Layer, scale: np.ndarray) -> Layer | None:
         w = layer.params["W"]
@@ -49,7 +72,7 @@ class Dense(LayerOp):
         s = channel_vector(scale, layer.shape, -1 if right else -2)
         if s is None:
             return None
-        return replace(layer, params={"W": w * (s[None, :] if right else s[:, None])})
+        return replace(layer, params={**layer.params, "W": w * (s[None, :] if right else s[:, None])})
 
 
 @imports("MatMul")

@@ -20,7 +20,7 @@ from onnx import TensorProto, helper
 from ..dag import Layer
 from ..errors import RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled, pow_scaled
-from .base import ImportContext, LayerOp, attributes, imports, layer_op, spatial_attrs
+from .base import ImportContext, LayerOp, along_axis, attributes, imports, layer_op, on_axis, spatial_attrs
 
 
 def _sum_pool(b: GraphBuilder, x: str, layer: Layer, channels: int) -> str:
@@ -35,6 +35,11 @@ def _sum_pool(b: GraphBuilder, x: str, layer: Layer, channels: int) -> str:
     ones = b.const(np.ones((channels, 1, *kernel)), "ones_kernel")
     return b.op("Conv", [x, ones], "sumpool", kernel_shape=kernel, strides=a["strides"], pads=pads,
                 dilations=dilations, group=channels)
+
+
+def _per_channel(lu: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A bound reduced to one value per channel (pooling mixes positions, never channels)."""
+    return on_axis(along_axis(lu, shape, 1), len(shape), 1)
 
 
 def _pool_attrs(layer: Layer, names: tuple[str, ...]) -> dict:
@@ -53,6 +58,9 @@ class MaxPool(LayerOp):
     def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
         y = _sum_pool(b, xs[0].tensor, layer, layer.shape[1])
         return replace(xs[0], tensor=y, bound=xs[0].bound + math.log2(np.prod(layer.attrs["kernel_shape"])))
+
+    def bound(self, layer, bs, shapes, q):
+        return _per_channel(bs[0], shapes[0]) + math.log2(np.prod(layer.attrs["kernel_shape"]))
 
 
 @layer_op
@@ -75,6 +83,9 @@ class AveragePool(LayerOp):
             y = b.op("Mul", [y, b.op("Pow", [inv_div, b.scalar(q - 1.0)], "factor")], "avgpool_q")
         return Scaled(y, xs[0].log2, xs[0].bound, dirty=True)  # weights (1/div)**q ≤ 1 may shrink it
 
+    def bound(self, layer, bs, shapes, q):
+        return _per_channel(bs[0], shapes[0])  # Σ_valid x / div**q ≤ max x since div ≥ the valid count
+
 
 @layer_op
 class GlobalPool(LayerOp):
@@ -94,6 +105,10 @@ class GlobalPool(LayerOp):
         y = b.op("GlobalAveragePool", [xs[0].tensor], "globalpool")
         y = b.op("Mul", [y, b.scalar(float(m))], "globalpool")
         return b.shift(replace(xs[0], tensor=y, bound=xs[0].bound + 1.0), e)
+
+    def bound(self, layer, bs, shapes, q):
+        n = float(np.prod(layer.attrs["in_spatial"]))
+        return _per_channel(bs[0], shapes[0]) + (1.0 if layer.attrs["mode"] == "max" else 1.0 - q) * math.log2(n)
 
 
 def _ort_output_size(in_spatial, a) -> tuple[int, ...]:

@@ -14,7 +14,7 @@ from onnx import TensorProto
 from ..dag import Layer
 from ..errors import RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled
-from .base import ImportContext, LayerOp, MovesNeurons, attributes, imports, layer_op
+from .base import ImportContext, LayerOp, MovesNeurons, along_axis, attributes, imports, layer_op, on_axis
 
 _FLOATS = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 
@@ -27,6 +27,9 @@ class Reshape(MovesNeurons):
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         return b.op("Reshape", [xs[0], b.const(np.array(layer.shape), "shape", dtype=np.int64)], "reshape")
 
+    def move(self, layer: Layer, values: np.ndarray) -> np.ndarray:
+        return values.reshape(layer.shape)
+
 
 @layer_op
 class Transpose(MovesNeurons):
@@ -35,6 +38,9 @@ class Transpose(MovesNeurons):
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         return b.op("Transpose", xs, "transpose", perm=layer.attrs["perm"])
+
+    def move(self, layer: Layer, values: np.ndarray) -> np.ndarray:
+        return values.transpose(layer.attrs["perm"])
 
 
 @layer_op
@@ -48,6 +54,10 @@ class Concat(LayerOp):
     def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
         tensors, k = b.align(xs)
         return Scaled(b.op("Concat", tensors, "concat", axis=layer.attrs["axis"]), k, max(x.bound for x in xs))
+
+    def bound(self, layer, bs, shapes, q):
+        axis, rank = layer.attrs["axis"], len(layer.shape)
+        return np.concatenate([on_axis(along_axis(lu, shape, axis), rank, axis) for lu, shape in zip(bs, shapes)], axis=axis)
 
 
 @imports("Flatten", "Reshape", "Squeeze", "Unsqueeze")
