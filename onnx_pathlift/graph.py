@@ -27,7 +27,7 @@ class GraphBuilder:
     def __init__(self, opset: int, taken: set[str] | None = None):
         self.opset = opset
         self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[TensorProto] = []
+        self.constants: dict[str, np.ndarray] = {}  # initializers, turned into TensorProtos by model()
         self._taken: set[str] = set(taken or ())
         self._scalars: dict[tuple[float, str], str] = {}
 
@@ -43,7 +43,7 @@ class GraphBuilder:
     def const(self, value: np.ndarray, hint: str, dtype=np.float32) -> str:
         """Store ``value`` (cast to ``dtype``) as an initializer; return its name."""
         name = self.fresh(hint)
-        self.initializers.append(numpy_helper.from_array(np.array(value, dtype=dtype, order="C"), name))
+        self.constants[name] = np.array(value, dtype=dtype, order="C")
         return name
 
     def scalar(self, value: float) -> str:
@@ -72,7 +72,7 @@ class GraphBuilder:
             name,
             [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s)) for n, s in inputs],
             [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s) if s is not None else []) for n, s in outputs],
-            self.initializers,
+            [numpy_helper.from_array(v, k) for k, v in self.constants.items()],
             doc_string=doc,
         )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)], producer_name="onnx-pathlift")
@@ -94,20 +94,37 @@ class Scaled:
     dirty: bool = False
 
 
+_POW_CACHE: list[tuple[np.ndarray, float, tuple[np.ndarray, int]]] = []
+
+
 def pow_scaled(a: np.ndarray, q: float) -> tuple[np.ndarray, int]:
     """``|a|**q`` as ``(m, e)`` with ``|a|**q = m · 2**e``, ``max m`` in [1, 2): no float64 overflow.
 
-    Computed in the log domain, so ``|a| = 1e80, q = 4`` works. Entries below ``2**-149`` of the
-    largest underflow to 0 in float32 (they cannot carry a relative weight float32 can represent).
+    Computed in the log domain when plain powers could leave float64's range (``|a| = 1e80, q = 4``).
+    Entries below ``2**-149`` of the largest underflow to 0 in float32 (they cannot carry a relative
+    weight float32 can represent). The last few results are memoised (lift and bound ask twice).
     """
+    for arr, qq, result in _POW_CACHE:
+        if arr is a and qq == q:
+            return result
+    result = _pow_scaled(a, q)
+    _POW_CACHE[:] = [(a, q, result)] + _POW_CACHE[:3]
+    return result
+
+
+def _pow_scaled(a: np.ndarray, q: float) -> tuple[np.ndarray, int]:
     a = np.abs(np.asarray(a, dtype=np.float64))
-    nz = a > 0
-    if not nz.any():
+    top = float(a.max(initial=0.0))
+    if top == 0:
         return np.zeros(a.shape, np.float32), 0
-    lg = np.full(a.shape, -np.inf)
-    lg[nz] = q * np.log2(a[nz])
-    e = int(math.floor(lg.max()))
-    m = np.exp2(lg - e)
+    e = int(math.floor(q * math.log2(top)))
+    if abs(q * math.log2(top)) < 900:  # no overflow: |a|**q / 2**e directly (underflow to 0 is harmless)
+        m = (a if q == 1 else a**q) * math.ldexp(1.0, -e)
+    else:
+        lg = np.full(a.shape, -np.inf)
+        nz = a > 0
+        lg[nz] = q * np.log2(a[nz])
+        m = np.exp2(lg - e)
     return m.astype(np.float32), e
 
 
@@ -129,7 +146,7 @@ class LiftBuilder(GraphBuilder):
         super().__init__(opset, taken)
         self.static = static
         self.health: list[str] = []
-        self._weights: dict[str, TensorProto] = {}
+        self._weights: set[str] = set()
         self.target: int | None = None  # static mode: the exponent the current layer settles at
         self._start = 0  # index of the current layer's first node: later tensors are private to it
 
@@ -191,19 +208,17 @@ class LiftBuilder(GraphBuilder):
         weight = node.input[1] if node.op_type == "Conv" or node.input[1] in self._weights else node.input[0]
         if weight not in self._weights:
             return False
-        init = self._weights.pop(weight)  # folded once: each weight constant feeds one node
-        scaled = np.ldexp(numpy_helper.to_array(init).astype(np.float64), shift)
-        small = np.abs(scaled[scaled != 0])
-        if small.size and (small.max() >= 2.0 ** 127 or small.min() < 2.0 ** -126):
-            self._weights[weight] = init  # would leave float32's normal range: scale the output instead
-            return False
-        init.CopyFrom(numpy_helper.from_array(scaled.astype(np.float32), weight))
+        w = self.constants[weight]
+        if not -60 <= shift <= 60 or math.ldexp(float(w.max(initial=0.0)), shift) >= 2.0**127:
+            return False  # would leave float32's range: scale the output instead
+        self._weights.discard(weight)  # folded once: each weight constant feeds one node
+        self.constants[weight] = w * np.float32(math.ldexp(1.0, shift))  # exact: a power of two
         return True
 
     def weight(self, value: np.ndarray, hint: str) -> str:
-        """A constant that feeds exactly one MatMul/Conv, so a later constant scale may fold into it."""
+        """A non-negative constant feeding exactly one MatMul/Conv: a later constant scale may fold into it."""
         name = self.const(value, hint)
-        self._weights[name] = self.initializers[-1]
+        self._weights.add(name)
         return name
 
     def check(self, x: Scaled, rank: int) -> None:

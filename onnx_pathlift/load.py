@@ -199,6 +199,13 @@ def _eval_node(node: NodeProto, args: list[np.ndarray | None], opset: int, domai
     return [np.asarray(r) for r in ReferenceEvaluator(model).run(None, {})]
 
 
+def _constant_of_shape(node: NodeProto, args: list[np.ndarray | None]) -> list[np.ndarray]:
+    """ConstantOfShape directly in numpy (model zoos build whole weight tensors with it)."""
+    attr = {a.name: a for a in node.attribute}
+    fill = numpy_helper.to_array(attr["value"].t).reshape(-1)[:1] if "value" in attr else np.zeros(1, np.float32)
+    return [np.full(tuple(int(d) for d in args[0]), fill[0], dtype=fill.dtype)]
+
+
 def _declared_size(node: NodeProto, args: list[np.ndarray | None]) -> int | None:
     """Elements a shape-producing op would allocate, checked before it runs."""
     if node.op_type == "ConstantOfShape" and args and args[0] is not None:
@@ -208,12 +215,12 @@ def _declared_size(node: NodeProto, args: list[np.ndarray | None]) -> int | None
     return None
 
 
-def _fold(model: ModelProto, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> tuple[list[NodeProto], int]:
+def _fold(opset: int, domains, nodes: list[NodeProto], consts: dict[str, np.ndarray],
+          shapes: dict[str, tuple[int, ...]]) -> tuple[list[NodeProto], int]:
     """One topological pass: every node whose inputs are all known constants becomes a constant."""
-    opset = main_opset(model)
     kept: list[NodeProto] = []
     folded = 0
-    for node in model.graph.node:
+    for node in nodes:
         if node.op_type == "Constant":
             attr = {a.name: a for a in node.attribute}
             consts[node.output[0]] = _constant_value(node, attr)
@@ -238,7 +245,7 @@ def _fold(model: ModelProto, consts: dict[str, np.ndarray], shapes: dict[str, tu
             if size is not None and size > MAX_TENSOR_ELEMENTS:
                 raise InvalidModelError(f"node {node.name!r} ({node.op_type}) would allocate {size} elements")
             try:
-                outs = _eval_node(node, args, opset, model.opset_import)
+                outs = _constant_of_shape(node, args) if node.op_type == "ConstantOfShape" else _eval_node(node, args, opset, domains)
             except Exception as exc:
                 raise InvalidModelError(f"node {node.name!r} ({node.op_type}): cannot evaluate its constant inputs: {exc}") from exc
             for name, value in zip(node.output, outs):
@@ -262,15 +269,22 @@ def _constant_value(node: NodeProto, attr: dict) -> np.ndarray:
     raise InvalidModelError(f"Constant node {node.name!r} has an unsupported value attribute {sorted(attr)}")
 
 
+#: constants up to this many elements are given to shape inference with their values (shape
+#: arithmetic needs them); larger ones (weights) only with their type and shape
+_INFER_VALUES_UP_TO = 4096
+
+
 def _infer(model: ModelProto, consts: dict[str, np.ndarray], nodes: list[NodeProto], inputs: dict[str, tuple[int, ...]]):
     """ONNX shape inference on the folded graph; returns (shapes, elem_types) of every tensor."""
     g = model.graph
     used = {n for node in nodes for n in node.input} | {o.name for o in g.output}
-    inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items() if k in used]
-    in_vis = []
-    for vi in _activation_inputs(model):
-        in_vis.append(helper.make_tensor_value_info(vi.name, vi.type.tensor_type.elem_type, inputs[vi.name]))
-    graph = helper.make_graph(nodes, g.name or "g", in_vis, list(g.output), inits)
+    small = {k: v for k, v in consts.items() if k in used and v.size <= _INFER_VALUES_UP_TO}
+    inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in small.items()]
+    in_vis = [helper.make_tensor_value_info(vi.name, vi.type.tensor_type.elem_type, inputs[vi.name])
+              for vi in _activation_inputs(model)]
+    weights = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+               for k, v in consts.items() if k in used and k not in small]
+    graph = helper.make_graph(nodes, g.name or "g", in_vis + weights, list(g.output), inits)
     m2 = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=max(model.ir_version, 7))
     try:
         inferred = onnx.shape_inference.infer_shapes(m2, strict_mode=False, data_prop=True)
@@ -307,14 +321,10 @@ def prepare(model: ModelProto, input_shape: tuple[int, ...] | dict[str, tuple[in
     folded_total = 0
     types: dict[str, int] = {}
     for _ in range(8):  # fold, infer shapes, fold again while shape arithmetic keeps resolving
-        work = ModelProto()
-        work.CopyFrom(model)
-        del work.graph.node[:]
-        work.graph.node.extend(nodes)
-        nodes, folded = _fold(work, consts, shapes)
+        nodes, folded = _fold(opset, model.opset_import, nodes, consts, shapes)
         folded_total += folded
-        shapes, types = _infer(model, consts, nodes, inputs)
-        if folded == 0:
+        if types and not folded:
             break
+        shapes, types = _infer(model, consts, nodes, inputs)
     outputs = [o.name for o in model.graph.output]
     return Prepared(model, opset, inputs, outputs, nodes, consts, shapes, types, folded_total)

@@ -37,23 +37,25 @@ def _json_float(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _log2_sum(parts: list[tuple[float, float]]) -> float:
-    """log2 of Σ s_i · 2**k_i for s_i ≥ 0 without overflow (-inf when the sum is 0)."""
-    parts = [(s, k) for s, k in parts if s > 0]
-    if not parts:
-        return -math.inf
-    top = max(k + math.log2(s) for s, k in parts)
-    return top + math.log2(math.fsum(math.exp2(math.log2(s) + k - top) for s, k in parts))
+def _log2(s: float, k: float) -> float:
+    """log2(s · 2**k) for s ≥ 0 (-inf for 0)."""
+    return math.log2(s) + k if s > 0 else -math.inf
+
+
+def _log2_sum(logs: list[float]) -> float:
+    """log2 Σ 2**l_i without overflow (-inf when every term is 0)."""
+    top = max(logs)
+    if top == -math.inf or len(logs) == 1:
+        return top
+    return top + math.log2(math.fsum(math.exp2(v - top) for v in logs))
 
 
 def combine(q: float, outputs: dict[str, tuple[np.ndarray, float]]) -> PathNorm:
     """‖Φ‖_q from the lifted outputs ``{name: (T, k)}``: (Σ_o ΣT_o·2**k_o)**(1/q)."""
-    per = {o: (float(np.sum(t, dtype=np.float64)), float(k)) for o, (t, k) in outputs.items()}
-    log2_total = _log2_sum(list(per.values()))
-    log10 = log2_total / q * _LOG10_2
+    logs = {o: _log2(float(t.sum(dtype=np.float64)), k) for o, (t, k) in outputs.items()}
+    log10 = _log2_sum(list(logs.values())) / q * _LOG10_2
     value = 0.0 if log10 == -math.inf else (10.0 ** log10 if log10 < _LOG10_MAX else None)
-    per_out = {o: _log2_sum([sk]) / q * _LOG10_2 for o, sk in per.items()}
-    return PathNorm(q, log10, value, per_out)
+    return PathNorm(q, log10, value, {o: v / q * _LOG10_2 for o, v in logs.items()})
 
 
 class PathNormSession:
@@ -73,9 +75,10 @@ class PathNormSession:
         self.feeds = {name: np.ones(dag.layer(name).shape, np.float32) for name in dag.inputs}
         self.names = list(dag.outputs)
         self.static = scales != "dynamic"
+        self.fetch = [n for o in self.names for n in (o, o + LOG2_SUFFIX)]
 
     def run(self) -> PathNorm:
-        fetch = [n for o in self.names for n in (o, o + LOG2_SUFFIX)]
+        fetch = self.fetch
         if self.static:
             *res, health = self.session.run(fetch + [HEALTH], self.feeds)
             if float(np.min(health)) < 2.0 ** -HEALTH_MIN_LOG2:
