@@ -15,7 +15,7 @@ from pathlib import Path
 import onnx
 
 from . import __version__
-from .errors import PathliftError, UsageError
+from .errors import CertificateViolation, PathliftError, UsageError
 from .importer import import_prepared
 from .load import load_model, parse_shape, prepare
 from .norm import PathNormSession
@@ -53,9 +53,9 @@ def _input_shape(texts: list[str] | None):
     return shapes
 
 
-def _load(args):
+def _load(args, path=None):
     t0 = time.perf_counter()
-    model = load_model(args.model)
+    model = load_model(path or args.model)
     prepared = prepare(model, _input_shape(args.input_shape))
     dag = import_prepared(prepared, args.output or None)
     return model, prepared, dag, time.perf_counter() - t0
@@ -133,6 +133,59 @@ def cmd_lift(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from .metric import check_bound, pair_layers, path_metric
+
+    a_model, a_prep, dag_a, _ = _load(args, args.model)
+    b_model, b_prep, dag_b, _ = _load(args, args.other)
+    pair_layers(dag_a, dag_b)  # says where the architectures differ before any work
+    metric = path_metric(dag_a, dag_b, providers=args.provider)
+    r = args.input_linf
+    result = {"a": str(args.model), "b": str(args.other), **metric.to_dict(r)}
+    check = None
+    if args.check:
+        check = check_bound(a_model, b_model, dag_a, dag_b, metric, r, args.check, a_prep.elem_types,
+                            b_prep.elem_types, providers=args.provider)
+        result["check"] = check.to_dict()
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"path-metric d(A, B) = ‖Φ(A) − Φ(B)‖_1 between {args.model} and {args.other}:")
+        print(f"  lower {_fmt(metric.lower_log10)}   upper {_fmt(metric.upper_log10)}"
+              + ("   (exact: |B| ≤ |A| or |B| ≥ |A| everywhere)" if metric.exact else ""))
+        print(f"  ‖Φ(A)‖_1 = {_fmt(metric.norm_a_log10)}, ‖Φ(B)‖_1 = {_fmt(metric.norm_b_log10)}")
+        if metric.sign_consistent:
+            print(f"  certified: for every input with ‖x‖_∞ ≤ {r:g}, ‖A(x) − B(x)‖_1 ≤ {_fmt(metric.bound_log10(r))}")
+        else:
+            bad = [s for s in metric.signs if s.violations]
+            print(f"  NOT certified: {sum(s.violations for s in bad)} parameter(s) change sign, in {len(bad)} layer(s):")
+            for s in bad[:20]:
+                print(f"    {s.layer}: {s.violations} of {s.size}")
+        if check is not None:
+            ratio = "n/a (no certificate)" if check.ratio is None else f"{check.ratio:.3g} of the bound"
+            print(f"  check: largest observed ‖A(x) − B(x)‖_1 over {check.samples} inputs = {check.max_observed:.6g} ({ratio})")
+    if check is not None and check.violated:
+        raise CertificateViolation(
+            f"observed output change {check.max_observed:.6g} EXCEEDS the certified bound {check.bound:.6g}: "
+            "this is a bug (in onnx-pathlift or in the theorem's preconditions); please report it with both models")
+    return 0
+
+
+def cmd_lipschitz(args) -> int:
+    from .lipschitz import lipschitz
+
+    _, _, dag, _ = _load(args)
+    bound = lipschitz(dag, providers=args.provider)
+    result = {"model": str(args.model), **bound.to_dict()}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{args.model}: for all inputs x, x':  ‖R(x) − R(x')‖_1 ≤ L · ‖x − x'‖_∞")
+        print(f"  L = ‖Φ_in‖_1 = {_fmt(bound.path_norm_log10)}   (paths starting at input neurons)")
+        print(f"  naive product of layer ℓ∞ norms × output size = {_fmt(bound.naive_log10)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="onnx-pathlift", description="Path-norms of ONNX ReLU networks, computed in onnxruntime.")
     p.add_argument("--version", action="version", version=f"onnx-pathlift {__version__}")
@@ -157,6 +210,19 @@ def build_parser() -> argparse.ArgumentParser:
     lf.add_argument("-q", type=float, default=1.0, help="norm exponent q ≥ 1 (default 1)")
     lf.add_argument("-o", "--out", required=True, help="where to write the lifted model")
     lf.set_defaults(func=cmd_lift)
+
+    c = sub.add_parser("compare", help="path-metric between two same-architecture models and the certified output-change bound")
+    common(c)
+    c.add_argument("other", help="the second .onnx file (same architecture)")
+    c.add_argument("--input-linf", type=float, default=1.0, metavar="R", help="inputs with ‖x‖_∞ ≤ R (default 1)")
+    c.add_argument("--check", type=int, default=0, metavar="N", help="also run both models on N random inputs in the box")
+    c.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="onnxruntime execution provider")
+    c.set_defaults(func=cmd_compare, q=[1.0])
+
+    lp = sub.add_parser("lipschitz", help="input-space Lipschitz bound ‖Φ_in‖_1 (ℓ∞ → ℓ1)")
+    common(lp)
+    lp.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="onnxruntime execution provider")
+    lp.set_defaults(func=cmd_lipschitz, q=[1.0])
     return p
 
 

@@ -7,6 +7,7 @@
 | 2 | usage error (bad arguments, missing ``--input-shape`` for symbolic dimensions) |
 | 3 | the model uses operators outside the supported set (every offending node is listed) |
 | 4 | the model is unreadable or invalid |
+| 5 | ``compare --check`` observed an output change above the certified bound (a bug) |
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ class VerificationError(PathliftError):
     """The re-emitted DAG does not reproduce the source model's outputs."""
 
     exit_code = 1
+
+
+class CertificateViolation(PathliftError):
+    """A sampled output change exceeded the certified bound: a bug in us or in the preconditions."""
+
+    exit_code = 5
 
 
 @dataclass(frozen=True)

@@ -78,18 +78,22 @@ class PathNormSession:
         self.fetch = [n for o in self.names for n in (o, o + LOG2_SUFFIX)]
 
     def run(self) -> PathNorm:
-        fetch = self.fetch
+        """‖Φ‖_q summed over every analysed output."""
+        return combine(self.q, self.run_outputs())
+
+    def run_outputs(self) -> dict[str, tuple[np.ndarray, float]]:
+        """One pass of the lifted network: ``{output: (T, k)}`` with lifted value ``T · 2**k``."""
         if self.static:
-            *res, health = self.session.run(fetch + [HEALTH], self.feeds)
+            *res, health = self.session.run(self.fetch + [HEALTH], self.feeds)
             if float(np.min(health)) < 2.0 ** -HEALTH_MIN_LOG2:
                 if self.scales == "static":
                     raise PathliftError(f"static scales too loose for float32 (health {float(np.min(health)):.3g})")
                 self.model, self.static = lift_model(self.dag, self.q, static=False), False
                 self.session = make_session(self.model, self.providers)
-                return self.run()
+                return self.run_outputs()
         else:
-            res = self.session.run(fetch, self.feeds)
-        return combine(self.q, {o: (res[2 * i], float(res[2 * i + 1])) for i, o in enumerate(self.names)})
+            res = self.session.run(self.fetch, self.feeds)
+        return {o: (res[2 * i], float(res[2 * i + 1])) for i, o in enumerate(self.names)}
 
 
 def path_norm(model: ModelSource | Dag, q: float = 1.0, input_shape=None, providers=None) -> PathNorm:

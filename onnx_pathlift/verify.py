@@ -58,39 +58,46 @@ class _Reference:
         return self._ref.run(names, feeds)
 
 
-def _source_runner(model: ModelProto, providers):
-    try:
-        return make_session(model, providers)
-    except PathliftError:
-        raise
-    except Exception:  # onnxruntime has no kernel for some old op versions: use the reference evaluator
-        return _Reference(model)
+class ModelRunner:
+    """Runs a source model and returns the named tensors (intermediate ones included), feeding zeros
+    to graph inputs the caller does not give; falls back to ONNX's reference evaluator for models
+    onnxruntime cannot run (old op versions such as Gemm-6)."""
+
+    def __init__(self, model: ModelProto, names: list[str], elem_types: dict[str, int], providers=None):
+        exposed = _expose(model, names, elem_types)
+        try:
+            self.session = make_session(exposed, providers)
+        except PathliftError:
+            raise
+        except Exception:
+            self.session = _Reference(exposed)
+        self.names = names
+        self.inputs = {i.name: i for i in self.session.get_inputs()}
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        full = {n: v for n, v in feeds.items() if n in self.inputs}
+        for i in self.inputs.values():
+            if i.name not in full:
+                full[i.name] = np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32)
+        return [np.asarray(r, np.float64) for r in self.session.run(self.names, full)]
 
 
 def verify(model: ModelProto, dag: Dag, elem_types: dict[str, int] | None = None, trials: int = 3,
            seed: int = 0, rtol: float = 1e-4, providers=None, raise_on_failure: bool = True) -> VerifyReport:
     """Run the source model and the re-emitted DAG on ``trials`` random inputs (uniform in [-1, 1])."""
     names = list(dag.outputs)
-    source = _source_runner(_expose(model, names, elem_types or {}), providers)
+    source = ModelRunner(model, names, elem_types or {}, providers)
     emitted = make_session(emit_model(dag), providers)
-    src_inputs = {i.name: i for i in source.get_inputs()}
     rng = np.random.default_rng(seed)
     worst = dict.fromkeys(names, 0.0)
     for _ in range(trials):
         feeds = {n: rng.uniform(-1, 1, dag.layer(n).shape).astype(np.float32) for n in dag.inputs}
-        src_feeds = {n: v for n, v in feeds.items() if n in src_inputs}
-        for i in src_inputs.values():  # inputs the analysed outputs do not use still need a value
-            if i.name not in src_feeds:
-                shape = [d if isinstance(d, int) else 1 for d in i.shape]
-                src_feeds[i.name] = np.zeros(shape, np.float32)
-        want = source.run(names, src_feeds)
-        got = emitted.run(names, feeds)
-        for n, a, b in zip(names, want, got):
-            a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
-            if a64.shape != b64.shape:
-                raise VerificationError(f"output {n!r}: source shape {a64.shape}, re-emitted {b64.shape}")
-            scale = max(float(np.max(np.abs(a64), initial=0.0)), 1e-30)
-            worst[n] = max(worst[n], float(np.max(np.abs(a64 - b64), initial=0.0)) / scale)
+        for n, a, b in zip(names, source(feeds), emitted.run(names, feeds)):
+            b = np.asarray(b, np.float64)
+            if a.shape != b.shape:
+                raise VerificationError(f"output {n!r}: source shape {a.shape}, re-emitted {b.shape}")
+            scale = max(float(np.max(np.abs(a), initial=0.0)), 1e-30)
+            worst[n] = max(worst[n], float(np.max(np.abs(a - b), initial=0.0)) / scale)
     report = VerifyReport(all(e <= rtol for e in worst.values()), worst, trials, rtol)
     if raise_on_failure and not report.passed:
         raise VerificationError(f"re-emitted DAG does not reproduce the model: max relative error {worst} > {rtol}")

@@ -59,6 +59,29 @@ class Affine(LayerOp):
     def bound_is_exact(self, layer, bs, shapes) -> bool:
         return True
 
+    def split_params(self, a: Layer, b: Layer):
+        """Missing parameters are the identity's: scale 1, bias 0."""
+        lo, hi_linear, diff = {}, {}, {}
+        if "scale" in a.params or "scale" in b.params:
+            sa, sb = (np.abs(layer.params.get("scale", np.ones(()))) for layer in (a, b))
+            lo["scale"], hi_linear["scale"] = np.minimum(sa, sb), np.maximum(sa, sb)
+            diff["scale"] = hi_linear["scale"] - lo["scale"]
+        else:
+            diff["scale"] = np.zeros(())  # the diff layer acts on biases only
+        if "bias" in a.params or "bias" in b.params:
+            ta, tb = (np.abs(layer.params.get("bias", np.zeros(()))) for layer in (a, b))
+            lo["bias"], diff["bias"] = np.minimum(ta, tb), np.abs(ta - tb)
+        return lo, hi_linear, diff
+
+    def without_bias(self, layer: Layer) -> Layer:
+        return replace(layer, params={k: v for k, v in layer.params.items() if k != "bias"})
+
+    def linf_gain(self, layer: Layer) -> float:
+        if "scale" not in layer.params:
+            return 0.0
+        top = float(np.max(np.abs(layer.params["scale"])))
+        return math.log2(top) if top > 0 else -math.inf
+
 
 @layer_op
 class Sum(LayerOp):

@@ -71,6 +71,28 @@ class LayerOp:
         """This layer with a following per-output-channel bias as its own bias ``B``, or None."""
         return None
 
+    def split_params(self, a: Layer, b: Layer) -> tuple[dict, dict, dict] | None:
+        """Two-stream form, for two parameter sets of this layer (path-metric upper bound).
+
+        Returns ``(lo, hi_linear, diff)``: the parameters ``min(|θ|, |θ'|)``, ``max(|θ|, |θ'|)``
+        without biases, and ``max − min`` (biases included), so that with ``f_p`` the layer under
+        parameters ``p``: ``f_hi(hi) − f_lo(lo) = f_hi_linear(Δ) + f_diff(lo)``, ``Δ = hi − lo``.
+        None for a layer without parameters (then ``Δ_out = f(Δ)``).
+        """
+        return None
+
+    def without_bias(self, layer: Layer) -> Layer:
+        """The layer with its biases removed (paths that start at input neurons only)."""
+        return layer
+
+    def linf_gain(self, layer: Layer) -> float:
+        """``log2`` of the layer's ℓ∞ → ℓ∞ operator norm (the naive Lipschitz bound's factor).
+
+        0 by default: ReLU, max/average pools and reshapes are 1-Lipschitz in ℓ∞; a sum's or a
+        concat's branches are combined by the DAG recursion (:mod:`onnx_pathlift.lipschitz`).
+        """
+        return 0.0
+
     def absorb_scale(self, layer: Layer, scale: np.ndarray) -> Layer | None:
         """This layer with a following per-output-channel ``scale`` folded into its weights, or None.
 
@@ -271,3 +293,10 @@ def bias_bound(layer: Layer, lu: np.ndarray, q: float) -> np.ndarray:
         return lu
     with np.errstate(divide="ignore"):
         return np.logaddexp2(lu, q * np.log2(np.abs(layer.params["B"])))
+
+
+def split_weight(a: Layer, b: Layer, name: str = "W") -> tuple[dict, dict, dict]:
+    """``split_params`` of a layer whose only parameter is the weight ``name`` (no bias)."""
+    wa, wb = np.abs(a.params[name]), np.abs(b.params[name])
+    lo, hi = np.minimum(wa, wb), np.maximum(wa, wb)
+    return {name: lo}, {name: hi}, {name: hi - lo}

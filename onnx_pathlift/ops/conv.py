@@ -15,7 +15,7 @@ import numpy as np
 from ..dag import Layer
 from ..graph import GraphBuilder, LiftBuilder, Scaled, pow_scaled
 from .base import (ImportContext, LayerOp, along_axis, attributes, bias_bound, channel_vector, imports, layer_op, lift_bias,
-                   on_axis, spatial_attrs)
+                   on_axis, spatial_attrs, split_weight)
 
 
 @layer_op
@@ -46,6 +46,14 @@ class Conv(LayerOp):
         with np.errstate(divide="ignore"):
             out = np.log2((w * np.exp2(v_in - top)).sum(axis=1)) + top + e if np.isfinite(top) else np.full(c_out, -np.inf)
         return bias_bound(layer, on_axis(out, len(layer.shape), 1), q)
+
+    def split_params(self, a: Layer, b: Layer):
+        return split_weight(a, b)
+
+    def linf_gain(self, layer: Layer) -> float:
+        w = np.abs(layer.params["W"])
+        top = float(w.reshape(w.shape[0], -1).sum(axis=1).max(initial=0.0))  # interior positions: whole filter
+        return math.log2(top) if top > 0 else -math.inf
 
     def absorb_bias(self, layer: Layer, bias: np.ndarray) -> Layer | None:
         s = channel_vector(bias, layer.shape, 1)

@@ -17,7 +17,7 @@ from ..dag import Layer
 from ..errors import RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled, pow_scaled
 from .base import (ImportContext, LayerOp, along_axis, attributes, bias_bound, channel_vector, imports, layer_op, lift_bias,
-                   log2_weighted_sum, on_axis, varies_only_along)
+                   log2_weighted_sum, on_axis, split_weight, varies_only_along)
 
 
 @layer_op
@@ -57,6 +57,14 @@ class Dense(LayerOp):
         axis = -1 if layer.attrs["side"] == "right" else -2
         return layer.params["W"].ndim == 2 and varies_only_along(bs[0], shapes[0], axis)
 
+    def split_params(self, a: Layer, b: Layer):
+        return split_weight(a, b)
+
+    def linf_gain(self, layer: Layer) -> float:
+        w = np.abs(layer.params["W"])
+        sums = w.sum(axis=-2 if layer.attrs["side"] == "right" and w.ndim > 1 else -1)
+        return _log2(float(np.max(sums, initial=0.0)))
+
     def absorb_bias(self, layer: Layer, bias: np.ndarray) -> Layer | None:
         if layer.params["W"].ndim != 2:
             return None
@@ -73,6 +81,10 @@ class Dense(LayerOp):
         if s is None:
             return None
         return replace(layer, params={**layer.params, "W": w * (s[None, :] if right else s[:, None])})
+
+
+def _log2(x: float) -> float:
+    return math.log2(x) if x > 0 else -math.inf
 
 
 @imports("MatMul")
