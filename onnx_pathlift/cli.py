@@ -141,7 +141,8 @@ def cmd_compare(args) -> int:
     pair_layers(dag_a, dag_b)  # says where the architectures differ before any work
     metric = path_metric(dag_a, dag_b, providers=args.provider)
     r = args.input_linf
-    result = {"a": str(args.model), "b": str(args.other), **metric.to_dict(r)}
+    result = {"a": str(args.model), "b": str(args.other), **metric.to_dict(r),
+              "activation_quantization_in_b": dag_b.activation_qdq, "notes_b": dag_b.notes}
     check = None
     if args.check:
         check = check_bound(a_model, b_model, dag_a, dag_b, metric, r, args.check, a_prep.elem_types,
@@ -154,6 +155,9 @@ def cmd_compare(args) -> int:
         print(f"  lower {_fmt(metric.lower_log10)}   upper {_fmt(metric.upper_log10)}"
               + ("   (exact: |B| ≤ |A| or |B| ≥ |A| everywhere)" if metric.exact else ""))
         print(f"  ‖Φ(A)‖_1 = {_fmt(metric.norm_a_log10)}, ‖Φ(B)‖_1 = {_fmt(metric.norm_b_log10)}")
+        if dag_b.activation_qdq:
+            print(f"  note: B quantizes activations ({dag_b.activation_qdq} QuantizeLinear→DequantizeLinear pairs); the "
+                  "certificate covers B's weights in A's float architecture, not the activation quantization")
         if metric.sign_consistent:
             print(f"  certified: for every input with ‖x‖_∞ ≤ {r:g}, ‖A(x) − B(x)‖_1 ≤ {_fmt(metric.bound_log10(r))}")
         else:
@@ -164,6 +168,8 @@ def cmd_compare(args) -> int:
         if check is not None:
             ratio = "n/a (no certificate)" if check.ratio is None else f"{check.ratio:.3g} of the bound"
             print(f"  check: largest observed ‖A(x) − B(x)‖_1 over {check.samples} inputs = {check.max_observed:.6g} ({ratio})")
+            if check.shipped_max_observed is not None:
+                print(f"  B as shipped (not certified): largest observed change {check.shipped_max_observed:.6g}")
     if check is not None and check.violated:
         raise CertificateViolation(
             f"observed output change {check.max_observed:.6g} EXCEEDS the certified bound {check.bound:.6g}: "

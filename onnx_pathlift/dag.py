@@ -43,6 +43,7 @@ class Dag:
     outputs: dict[str, str] = field(default_factory=dict)  # analysed ONNX tensor name -> layer name
     opset: int = 17
     notes: list[str] = field(default_factory=list)
+    activation_qdq: int = 0  # QuantizeLinear→DequantizeLinear pairs on activations, imported as identity
 
     def add(self, layer: Layer, kind: str) -> Layer:
         """Add ``layer`` (its inputs must already be present) and the edges from its inputs."""

@@ -206,6 +206,22 @@ def _constant_of_shape(node: NodeProto, args: list[np.ndarray | None]) -> list[n
     return [np.full(tuple(int(d) for d in args[0]), fill[0], dtype=fill.dtype)]
 
 
+def _dequantize(node: NodeProto, args: list[np.ndarray | None]) -> list[np.ndarray]:
+    """DequantizeLinear ``(x − zero_point) · scale``, per tensor or along ``axis`` (quantized weights)."""
+    x, scale = args[0].astype(np.float64), args[1].astype(np.float64)
+    zero = args[2].astype(np.float64) if len(args) > 2 and args[2] is not None else np.zeros_like(scale)
+    if scale.ndim == 1 and scale.size > 1:
+        axis = {a.name: helper.get_attribute_value(a) for a in node.attribute}.get("axis", 1) % x.ndim
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        scale, zero = scale.reshape(shape), zero.reshape(shape)
+    return [((x - zero) * scale).astype(args[1].dtype)]
+
+
+#: ops folded directly in numpy (fast, and independent of the reference evaluator's op versions)
+_NUMPY_FOLDS = {"ConstantOfShape": _constant_of_shape, "DequantizeLinear": _dequantize}
+
+
 def _declared_size(node: NodeProto, args: list[np.ndarray | None]) -> int | None:
     """Elements a shape-producing op would allocate, checked before it runs."""
     if node.op_type == "ConstantOfShape" and args and args[0] is not None:
@@ -245,7 +261,8 @@ def _fold(opset: int, domains, nodes: list[NodeProto], consts: dict[str, np.ndar
             if size is not None and size > MAX_TENSOR_ELEMENTS:
                 raise InvalidModelError(f"node {node.name!r} ({node.op_type}) would allocate {size} elements")
             try:
-                outs = _constant_of_shape(node, args) if node.op_type == "ConstantOfShape" else _eval_node(node, args, opset, domains)
+                numpy_rule = _NUMPY_FOLDS.get(node.op_type)
+                outs = numpy_rule(node, args) if numpy_rule else _eval_node(node, args, opset, domains)
             except Exception as exc:
                 raise InvalidModelError(f"node {node.name!r} ({node.op_type}): cannot evaluate its constant inputs: {exc}") from exc
             for name, value in zip(node.output, outs):

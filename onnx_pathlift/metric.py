@@ -97,7 +97,9 @@ def _describe(layer: Layer) -> str:
 
 def pair_layers(a: Dag, b: Dag) -> dict[str, str]:
     """Match the layers of ``b`` to those of ``a`` by graph position (from the outputs back, input
-    slot by input slot). Raises :class:`MismatchError` saying where the architectures differ."""
+    slot by input slot). A ReLU present in only one of them is stepped over (quantizers fold it into
+    the activation's clipping range); everything else must match. Raises :class:`MismatchError`
+    saying where the architectures differ."""
     if len(a.outputs) != len(b.outputs) or len(a.inputs) != len(b.inputs):
         raise MismatchError(f"A has {len(a.inputs)} input(s) and {len(a.outputs)} analysed output(s), "
                             f"B has {len(b.inputs)} and {len(b.outputs)}")
@@ -110,6 +112,9 @@ def pair_layers(a: Dag, b: Dag) -> dict[str, str]:
                 raise MismatchError(f"layer {na!r} of A feeds two places whose counterparts in B differ")
             continue
         la, lb = a.layer(na), b.layer(nb)
+        if (la.op == "relu") != (lb.op == "relu"):  # e.g. a QDQ quantizer folds the ReLU into the clip
+            stack.append((la.inputs[0], nb) if la.op == "relu" else (na, lb.inputs[0]))
+            continue
         problems = []
         if la.op != lb.op:
             problems.append(f"{la.op} vs {lb.op}")
@@ -233,38 +238,61 @@ class CheckReport:
     bound: float | None
     ratio: float | None
     violated: bool
+    shipped_max_observed: float | None = None  # B as shipped, when it is not B's weights in A's architecture
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
 
 
+def with_params_of(a: Dag, b: Dag, pairs: dict[str, str]) -> Dag:
+    """A's architecture carrying B's parameters (what the certificate is about)."""
+    out = Dag(opset=a.opset, inputs=list(a.inputs), outputs=dict(a.outputs))
+    for layer in a.layers():
+        params = b.layer(pairs[layer.name]).params if layer.params else layer.params
+        out.add(replace(layer, params=params), a.graph.nodes[layer.name]["kind"])
+    return out
+
+
 def check_bound(model_a, model_b, dag_a: Dag, dag_b: Dag, metric: PathMetric, r: float, samples: int,
                 elem_types_a: dict[str, int] | None = None, elem_types_b: dict[str, int] | None = None,
                 seed: int = 0, providers=None) -> CheckReport:
-    """Run both models on ``samples`` random inputs in the box ‖x‖_∞ ≤ r (uniform, half of them at
-    the box's corners) and compare their analysed outputs with ``max(r, 1) · upper``.
+    """Run A and B on ``samples`` random inputs in the box ‖x‖_∞ ≤ r (uniform, half of them at the
+    box's corners) and compare their analysed outputs with ``max(r, 1) · upper``.
 
-    The models run in float32, so an observed change is counted as a violation only past the bound
-    plus 1e-5 of the outputs' own ℓ1 size (evaluation noise, not a property of the models)."""
+    B runs as B's weights in A's float architecture (the certificate's subject). When that is not B
+    as shipped (activation quantization, dropped ReLUs), B as shipped is also run and its largest
+    observed change reported as ``shipped_max_observed``, outside the certificate. The models run
+    in float32, so a change counts as a violation only past the bound plus 1e-5 of the outputs'
+    own ℓ1 size (evaluation noise, not a property of the models)."""
+    from .emit import emit_model
+    from .runtime import make_session
     from .verify import ModelRunner
 
-    run_a = ModelRunner(model_a, list(dag_a.outputs), elem_types_a or {}, providers)
-    run_b = ModelRunner(model_b, list(dag_b.outputs), elem_types_b or {}, providers)
+    pairs = pair_layers(dag_a, dag_b)
+    names = list(dag_a.outputs)
+    run_a = ModelRunner(model_a, names, elem_types_a or {}, providers)
+    certified_b = make_session(emit_model(with_params_of(dag_a, dag_b, pairs)), providers)
+    shipped = None
+    if dag_b.activation_qdq or len(list(dag_b.layers())) != len(list(dag_a.layers())):
+        shipped = ModelRunner(model_b, list(dag_b.outputs), elem_types_b or {}, providers)
     bound = _value(metric.bound_log10(r)) if metric.sign_consistent else None
     rng = np.random.default_rng(seed)
-    worst, violated = 0.0, False
+    worst = worst_shipped = 0.0
+    violated = False
     for k in range(samples):
-        feeds_a = {}
+        feeds = {}
         for name in dag_a.inputs:
             shape = dag_a.layer(name).shape
             x = rng.uniform(-r, r, shape) if k % 2 == 0 else r * rng.choice([-1.0, 1.0], shape)
-            feeds_a[name] = x.astype(np.float32)
-        feeds_b = {nb: feeds_a[na] for na, nb in zip(dag_a.inputs, dag_b.inputs)}
-        ya, yb = run_a(feeds_a), run_b(feeds_b)
+            feeds[name] = x.astype(np.float32)
+        ya = run_a(feeds)
+        yb = [np.asarray(v, np.float64) for v in certified_b.run(names, feeds)]
         diff = sum(float(np.abs(a - b).sum()) for a, b in zip(ya, yb))
         noise = 1e-5 * max(sum(float(np.abs(a).sum()) for a in ya), sum(float(np.abs(b).sum()) for b in yb))
         worst = max(worst, diff)
-        if bound is not None and diff > bound + noise:
-            violated = True
+        violated |= bound is not None and diff > bound + noise
+        if shipped is not None:
+            ys = shipped({nb: feeds[na] for na, nb in zip(dag_a.inputs, dag_b.inputs)})
+            worst_shipped = max(worst_shipped, sum(float(np.abs(a - b).sum()) for a, b in zip(ya, ys)))
     ratio = (worst / bound if bound else (0.0 if worst == 0 else math.inf)) if bound is not None else None
-    return CheckReport(samples, worst, bound, ratio, violated)
+    return CheckReport(samples, worst, bound, ratio, violated, worst_shipped if shipped is not None else None)
