@@ -58,6 +58,48 @@ class _Reference:
         return self._ref.run(names, feeds)
 
 
+def without_activation_qdq(model: ModelProto) -> ModelProto:
+    """A copy of ``model`` whose QuantizeLinear→DequantizeLinear pairs on activations are bypassed,
+    or replaced by a Relu when their range starts at 0: the float network the importer analyses
+    (weights stay quantized-then-dequantized)."""
+    from .ops.quantize import clips_at_zero
+
+    m = ModelProto()
+    m.CopyFrom(model)
+    constants = {t.name for t in m.graph.initializer}
+    producers = {o: n for n in m.graph.node for o in n.output}
+
+    def is_constant(name: str) -> bool:
+        node = producers.get(name)
+        return name in constants or (node is not None and node.op_type in ("Constant", "QuantizeLinear")
+                                     and all(is_constant(i) for i in node.input if i))
+
+    rename: dict[str, str] = {}
+    relus: list[onnx.NodeProto] = []
+    for node in m.graph.node:
+        q = producers.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if q is not None and q.op_type == "QuantizeLinear" and not is_constant(q.input[0]):
+            zero = next((t for t in m.graph.initializer if len(q.input) > 2 and t.name == q.input[2]), None)
+            if clips_at_zero(None if zero is None else onnx.numpy_helper.to_array(zero)):
+                relus.append(onnx.helper.make_node("Relu", [q.input[0]], [q.input[0] + "__relu"]))
+                rename[node.output[0]] = q.input[0] + "__relu"
+            else:
+                rename[node.output[0]] = q.input[0]
+    for node in m.graph.node:
+        for k, name in enumerate(node.input):
+            node.input[k] = rename.get(name, name)
+    for relu in {r.output[0]: r for r in relus}.values():  # after their producers: order by position
+        position = max(i for i, n in enumerate(m.graph.node) if relu.input[0] in n.output or i == 0)
+        m.graph.node.insert(position + 1, relu)
+    for node in m.graph.node:  # the bypassed DequantizeLinear nodes now feed nothing
+        if node.op_type == "DequantizeLinear" and node.output[0] in rename:
+            node.output[0] += "__bypassed"
+    for out in m.graph.output:
+        if out.name in rename:  # keep the output's name: route it through an Identity
+            m.graph.node.append(onnx.helper.make_node("Identity", [rename[out.name]], [out.name]))
+    return m
+
+
 class ModelRunner:
     """Runs a source model and returns the named tensors (intermediate ones included), feeding zeros
     to graph inputs the caller does not give; falls back to ONNX's reference evaluator for models
@@ -86,6 +128,8 @@ def verify(model: ModelProto, dag: Dag, elem_types: dict[str, int] | None = None
            seed: int = 0, rtol: float = 1e-4, providers=None, raise_on_failure: bool = True) -> VerifyReport:
     """Run the source model and the re-emitted DAG on ``trials`` random inputs (uniform in [-1, 1])."""
     names = list(dag.outputs)
+    if dag.activation_qdq:  # what is analysed is the float network with the quantized weights
+        model = without_activation_qdq(model)
     source = ModelRunner(model, names, elem_types or {}, providers)
     emitted = make_session(emit_model(dag), providers)
     rng = np.random.default_rng(seed)

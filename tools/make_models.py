@@ -78,6 +78,8 @@ TOLERANCE: float = 1e-4
 MLP_FILE: str = "digits_mlp_sklearn.onnx"
 CNN_FILE: str = "digits_cnn_torch.onnx"
 CNN_BN_FILE: str = "digits_cnn_torch_bn.onnx"
+INT8_FILE: str = "digits_cnn_torch_bn_int8.onnx"
+PRUNED_FILE: str = "digits_cnn_torch_bn_pruned50.onnx"
 TEST_FILE: str = "digits_test.npz"
 
 # CNN training hyper-parameters (a few seconds on one CPU core).
@@ -497,6 +499,59 @@ def _export_cnn(model: "DigitsCNN", torch_accuracy: float, split: DigitsSplit, p
 
 
 # --------------------------------------------------------------------------
+# Variants of the BN CNN: int8 QDQ quantization and 50% magnitude pruning
+# --------------------------------------------------------------------------
+
+
+def _onnx_accuracy(path: Path, split: DigitsSplit) -> float:
+    session = ort_session(path)
+    (logits,) = session.run(["logits"], {INPUT_NAME: split.x_test.reshape(-1, 1, 8, 8)})
+    return float(np.mean(logits.argmax(axis=1) == split.y_test))
+
+
+def build_variants(split: DigitsSplit, out_dir: Path) -> list[ModelInfo]:
+    """Models derived from ``digits_cnn_torch_bn.onnx`` by other tools, for path-metric examples:
+    onnxruntime's static QDQ int8 quantizer (per-channel weights, calibrated on 100 training images)
+    and global magnitude pruning of 50% of the Conv/Gemm weights (same signs, |θ'| ≤ |θ|)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    source = out_dir / CNN_BN_FILE
+
+    class Calibration(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter({INPUT_NAME: split.x_train[i : i + 1].reshape(1, 1, 8, 8)} for i in range(100))
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    int8 = out_dir / INT8_FILE
+    quantize_static(str(source), str(int8), Calibration(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True)
+    model = onnx.load(str(int8))
+    model.graph.name = "digits_cnn_int8"
+    onnx.save(model, str(int8))
+
+    model = onnx.load(str(source))
+    consumers = {n.input[1] for n in model.graph.node if n.op_type in ("Conv", "Gemm") and len(n.input) > 1}
+    weights = [t for t in model.graph.initializer if t.name in consumers]
+    magnitudes = np.concatenate([np.abs(onnx.numpy_helper.to_array(t)).ravel() for t in weights])
+    threshold = np.sort(magnitudes)[len(magnitudes) // 2]
+    for t in weights:
+        w = onnx.numpy_helper.to_array(t)
+        t.CopyFrom(onnx.numpy_helper.from_array(np.where(np.abs(w) < threshold, 0, w).astype(w.dtype), t.name))
+    pruned = out_dir / PRUNED_FILE
+    onnx.save(model, str(pruned))
+    return [
+        describe(int8, description="digits_cnn_torch_bn quantized by onnxruntime's static QDQ int8 quantizer",
+                 architecture="same as digits_cnn_torch_bn; QuantizeLinear/DequantizeLinear on weights and activations",
+                 test_accuracy=_onnx_accuracy(int8, split), n_params=0, max_abs_diff=float("nan")),
+        describe(pruned, description="digits_cnn_torch_bn with 50% of its Conv/Gemm weights zeroed (global magnitude)",
+                 architecture="same as digits_cnn_torch_bn", test_accuracy=_onnx_accuracy(pruned, split),
+                 n_params=0, max_abs_diff=float("nan")),
+    ]
+
+
+# --------------------------------------------------------------------------
 # Reports
 # --------------------------------------------------------------------------
 
@@ -625,6 +680,7 @@ def main(argv: list[str] | None = None) -> int:
     save_test_split(test_path, split.x_test, split.y_test)
 
     infos = [build_sklearn_mlp(split, out_dir), *build_torch_cnn(split, out_dir)]
+    infos += build_variants(split, out_dir)
 
     versions = library_versions()
     n_test = len(split.y_test)
