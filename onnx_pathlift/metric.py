@@ -107,13 +107,15 @@ def pair_layers(a: Dag, b: Dag) -> dict[str, str]:
     stack = list(zip(a.outputs.values(), b.outputs.values()))
     while stack:
         na, nb = stack.pop()
+        la, lb = a.layer(na), b.layer(nb)
+        while (la.op == "relu") != (lb.op == "relu"):  # e.g. a QDQ quantizer folds the ReLU into the clip
+            if la.op == "relu":
+                na, la = la.inputs[0], a.layer(la.inputs[0])
+            else:
+                nb, lb = lb.inputs[0], b.layer(lb.inputs[0])
         if na in pairs:
             if pairs[na] != nb:
                 raise MismatchError(f"layer {na!r} of A feeds two places whose counterparts in B differ")
-            continue
-        la, lb = a.layer(na), b.layer(nb)
-        if (la.op == "relu") != (lb.op == "relu"):  # e.g. a QDQ quantizer folds the ReLU into the clip
-            stack.append((la.inputs[0], nb) if la.op == "relu" else (na, lb.inputs[0]))
             continue
         problems = []
         if la.op != lb.op:
