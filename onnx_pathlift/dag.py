@@ -28,6 +28,8 @@ class Layer:
     params: dict[str, np.ndarray] = field(default_factory=dict)
     attrs: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    #: where a parameter comes from in the ONNX file: key -> (tensor name, stored transposed)
+    origins: dict[str, tuple[str, bool]] = field(default_factory=dict)
 
     @property
     def n_params(self) -> int:

@@ -229,12 +229,14 @@ class ImportContext:
         params: dict[str, np.ndarray] | None = None,
         attrs: dict[str, Any] | None = None,
         suffix: str = "",
+        origins: dict[str, tuple[str, bool]] | None = None,
     ) -> str:
         """Add a layer computed by ``node``; with no suffix it produces the node's first output."""
         name = node.output[0] + suffix
         while name in self.dag.graph:
             name += "'"
-        layer = Layer(name, op, inputs, tuple(shape), params or {}, attrs or {}, source=node.name or node.output[0])
+        layer = Layer(name, op, inputs, tuple(shape), params or {}, attrs or {}, source=node.name or node.output[0],
+                      origins=origins or {})
         self.dag.add(layer, LAYER_OPS[op].kind)
         if not suffix:
             self.producer[node.output[0]] = name

@@ -74,7 +74,8 @@ def import_conv(node, ctx: ImportContext) -> None:
     attrs = spatial_attrs(a, x_shape[2:], tuple(w.shape[2:]))
     attrs["group"] = int(a.get("group", 1))
     has_bias = len(node.input) > 2 and node.input[2]
-    conv = ctx.add(node, "conv", [ctx.act(node.input[0])], out_shape, {"W": w}, attrs, suffix="/conv" if has_bias else "")
+    conv = ctx.add(node, "conv", [ctx.act(node.input[0])], out_shape, {"W": w}, attrs, suffix="/conv" if has_bias else "",
+                   origins={"W": (node.input[1], False)})
     if has_bias:
         b = ctx.param(node, 2, "bias")
         ctx.add(node, "affine", [conv], out_shape, {"bias": b.reshape((-1,) + (1,) * (len(out_shape) - 2))})

@@ -93,7 +93,8 @@ def import_matmul(node, ctx: ImportContext) -> None:
     if a is None and w is None:
         raise RefuseNode("both operands are activations: a product of activations is not a ReLU network layer")
     side, x, wi = ("right", node.input[0], 1) if w is not None else ("left", node.input[1], 0)
-    ctx.add(node, "dense", [ctx.act(x)], ctx.shape(node.output[0]), {"W": ctx.param(node, wi, "weight")}, {"side": side})
+    ctx.add(node, "dense", [ctx.act(x)], ctx.shape(node.output[0]), {"W": ctx.param(node, wi, "weight")}, {"side": side},
+            origins={"W": (node.input[wi], False)})
 
 
 @imports("Gemm")
@@ -105,21 +106,20 @@ def import_gemm(node, ctx: ImportContext) -> None:
     if ctx.const(node.input[0]) is None and ctx.const(node.input[1]) is None:
         raise RefuseNode("both operands are activations: a product of activations is not a ReLU network layer")
     if ctx.const(node.input[1]) is not None:  # y = A' @ (alpha·B')
-        x, side, trans_x = node.input[0], "right", trans_a
-        w = ctx.param(node, 1, "weight")
-        w = alpha * (w.T if trans_b else w)
+        x, side, trans_x, trans_w, wi = node.input[0], "right", trans_a, trans_b, 1
     else:  # y = (alpha·A') @ B'
-        x, side, trans_x = node.input[1], "left", trans_b
-        w = ctx.param(node, 0, "weight")
-        w = alpha * (w.T if trans_a else w)
+        x, side, trans_x, trans_w, wi = node.input[1], "left", trans_b, trans_a, 0
+    w = ctx.param(node, wi, "weight")
+    w = alpha * (w.T if trans_w else w)
+    origins = {"W": (node.input[wi], bool(trans_w))}
     src = ctx.act(x)
     if trans_x:
         shape = ctx.shape(x)
         src = ctx.add(node, "transpose", [src], (shape[1], shape[0]), attrs={"perm": [1, 0]}, suffix="/transpose")
     has_bias = len(node.input) > 2 and node.input[2] and beta != 0.0
     if not has_bias:
-        ctx.add(node, "dense", [src], out_shape, {"W": w}, {"side": side})
+        ctx.add(node, "dense", [src], out_shape, {"W": w}, {"side": side}, origins=origins)
         return
-    dense = ctx.add(node, "dense", [src], out_shape, {"W": w}, {"side": side}, suffix="/dense")
+    dense = ctx.add(node, "dense", [src], out_shape, {"W": w}, {"side": side}, suffix="/dense", origins=origins)
     bias = beta * ctx.param(node, 2, "bias")
     ctx.add(node, "affine", [dense], out_shape, {"bias": np.asarray(bias)})
