@@ -148,6 +148,12 @@ def cmd_compare(args) -> int:
         check = check_bound(a_model, b_model, dag_a, dag_b, metric, r, args.check, a_prep.elem_types,
                             b_prep.elem_types, providers=args.provider)
         result["check"] = check.to_dict()
+    violation = None
+    if check is not None and check.violated:
+        violation = CertificateViolation(
+            f"observed output change {check.max_observed:.6g} EXCEEDS the certified bound {check.bound:.6g}: "
+            "this is a bug (in onnx-pathlift or in the theorem's preconditions); please report it with both models")
+        result["error"] = violation.to_dict()
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -170,10 +176,9 @@ def cmd_compare(args) -> int:
             print(f"  check: largest observed ‖A(x) − B(x)‖_1 over {check.samples} inputs = {check.max_observed:.6g} ({ratio})")
             if check.shipped_max_observed is not None:
                 print(f"  B as shipped (not certified): largest observed change {check.shipped_max_observed:.6g}")
-    if check is not None and check.violated:
-        raise CertificateViolation(
-            f"observed output change {check.max_observed:.6g} EXCEEDS the certified bound {check.bound:.6g}: "
-            "this is a bug (in onnx-pathlift or in the theorem's preconditions); please report it with both models")
+    if violation is not None:
+        print(f"onnx-pathlift: error: {violation}", file=sys.stderr)
+        return violation.exit_code
     return 0
 
 

@@ -63,6 +63,30 @@ def lift_model(dag: Dag, q: float, static: bool = True) -> ModelProto:
         raise UsageError(f"q must be a finite number ≥ 1 (got {q})")
     outs = set(dag.outputs) | {o + LOG2_SUFFIX for o in dag.outputs} | {HEALTH}
     b = LiftBuilder(_opset(dag), taken=set(dag.inputs) | outs, static=static)
+    _, value = lift_forward(dag, q, b)
+    for out, lname in dag.outputs.items():
+        log2 = value[lname].log2
+        b.nodes.append(_identity(value[lname].tensor, out))
+        b.nodes.append(_identity(b.exponent(log2) if isinstance(log2, int) else log2, out + LOG2_SUFFIX))
+    outputs: list[tuple[str, tuple[int, ...] | None]] = []
+    for o, l in dag.outputs.items():
+        outputs += [(o, dag.layer(l).shape), (o + LOG2_SUFFIX, None)]
+    if static:
+        health = b.op("Concat", b.health, "health", axis=0) if b.health else b.const(np.ones(1), "health")
+        b.nodes.append(_identity(health, HEALTH))
+        outputs.append((HEALTH, (len(b.health) or 1,)))
+    doc = (
+        f"onnx-pathlift lifted network, q={q:g}, {'static' if static else 'dynamic'} scales. Feed all-ones "
+        f"inputs; then ||Phi||_q^q = sum over outputs o of sum(o) * 2**o{LOG2_SUFFIX}"
+        + (f", valid when min({HEALTH}) >= 2**-{HEALTH_MIN_LOG2}." if static else ".")
+    )
+    return b.model([(n, dag.layer(n).shape) for n in dag.inputs], outputs, f"lifted_q{q:g}", doc)
+
+
+def lift_forward(dag: Dag, q: float, b: LiftBuilder) -> tuple[list[Layer], dict[str, Scaled]]:
+    """Emit the lifted forward pass on ``b``; returns the (scale-folded) layers and every layer's
+    lifted value. The analysed outputs are renormalised (dynamic) and health-checked (static)."""
+    static = b.static
     value: dict[str, Scaled] = {}
     bounds: dict[str, np.ndarray] = {}
     exact: dict[str, bool] = {}  # whether bounds[name] is the exact lifted value (then no check)
@@ -82,7 +106,8 @@ def lift_model(dag: Dag, q: float, static: bool = True) -> ModelProto:
             b.check(value[name], len(shapes[name]))
         return value[name]
 
-    for layer in _fold_scales(dag):
+    layers = _fold_scales(dag)
+    for layer in layers:
         if layer.op == "input":
             value[layer.name] = Scaled(layer.name, 0 if static else b.scalar(0.0), 0.0)
             bounds[layer.name], exact[layer.name] = np.zeros(()), True  # fed with ones
@@ -113,23 +138,7 @@ def lift_model(dag: Dag, q: float, static: bool = True) -> ModelProto:
         clean(lname)
         if static:
             checked(lname)
-    for out, lname in dag.outputs.items():
-        log2 = value[lname].log2
-        b.nodes.append(_identity(value[lname].tensor, out))
-        b.nodes.append(_identity(b.exponent(log2) if isinstance(log2, int) else log2, out + LOG2_SUFFIX))
-    outputs: list[tuple[str, tuple[int, ...] | None]] = []
-    for o, l in dag.outputs.items():
-        outputs += [(o, dag.layer(l).shape), (o + LOG2_SUFFIX, None)]
-    if static:
-        health = b.op("Concat", b.health, "health", axis=0) if b.health else b.const(np.ones(1), "health")
-        b.nodes.append(_identity(health, HEALTH))
-        outputs.append((HEALTH, (len(b.health) or 1,)))
-    doc = (
-        f"onnx-pathlift lifted network, q={q:g}, {'static' if static else 'dynamic'} scales. Feed all-ones "
-        f"inputs; then ||Phi||_q^q = sum over outputs o of sum(o) * 2**o{LOG2_SUFFIX}"
-        + (f", valid when min({HEALTH}) >= 2**-{HEALTH_MIN_LOG2}." if static else ".")
-    )
-    return b.model([(n, dag.layer(n).shape) for n in dag.inputs], outputs, f"lifted_q{q:g}", doc)
+    return layers, value
 
 
 def _fold_scales(dag: Dag) -> list[Layer]:

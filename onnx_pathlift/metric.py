@@ -97,18 +97,20 @@ def _describe(layer: Layer) -> str:
 
 def pair_layers(a: Dag, b: Dag) -> dict[str, str]:
     """Match the layers of ``b`` to those of ``a`` by graph position (from the outputs back, input
-    slot by input slot). A ReLU present in only one of them is stepped over (quantizers fold it into
-    the activation's clipping range); everything else must match. Raises :class:`MismatchError`
+    slot by input slot). When a model quantizes activations, a ReLU present in only one of them is
+    stepped over (quantizers fold ReLUs into the activation's clipping range; the certificate is then
+    about B's weights in A's float architecture); everything else must match. Raises :class:`MismatchError`
     saying where the architectures differ."""
     if len(a.outputs) != len(b.outputs) or len(a.inputs) != len(b.inputs):
         raise MismatchError(f"A has {len(a.inputs)} input(s) and {len(a.outputs)} analysed output(s), "
                             f"B has {len(b.inputs)} and {len(b.outputs)}")
     pairs: dict[str, str] = {}
+    quantized = bool(a.activation_qdq or b.activation_qdq)
     stack = list(zip(a.outputs.values(), b.outputs.values()))
     while stack:
         na, nb = stack.pop()
         la, lb = a.layer(na), b.layer(nb)
-        while (la.op == "relu") != (lb.op == "relu"):  # e.g. a QDQ quantizer folds the ReLU into the clip
+        while quantized and (la.op == "relu") != (lb.op == "relu"):  # a QDQ quantizer folds ReLUs into clips
             if la.op == "relu":
                 na, la = la.inputs[0], a.layer(la.inputs[0])
             else:
@@ -225,9 +227,11 @@ def path_metric(model_a: ModelSource | Dag, model_b: ModelSource | Dag, input_sh
     delta = combine(1.0, {o: v for o, v in res.items() if o.endswith(DELTA)})
     upper = delta.log10
     lower = _log10_diff(norm_a, norm_b)
+    consistent = all(s.violations == 0 for s in signs)
+    exact = exact and consistent  # with a sign change, |θ'| ≤ |θ| no longer makes the sandwich tight
     if exact:  # then d equals the (cancellation-free) upper bound
         lower = upper
-    return PathMetric(min(lower, upper), upper, norm_a, norm_b, exact, all(s.violations == 0 for s in signs), signs)
+    return PathMetric(min(lower, upper), upper, norm_a, norm_b, exact, consistent, signs)
 
 
 @dataclass(frozen=True)
@@ -261,9 +265,11 @@ def check_bound(model_a, model_b, dag_a: Dag, dag_b: Dag, metric: PathMetric, r:
     """Run A and B on ``samples`` random inputs in the box ‖x‖_∞ ≤ r (uniform, half of them at the
     box's corners) and compare their analysed outputs with ``max(r, 1) · upper``.
 
-    B runs as B's weights in A's float architecture (the certificate's subject). When that is not B
-    as shipped (activation quantization, dropped ReLUs), B as shipped is also run and its largest
-    observed change reported as ``shipped_max_observed``, outside the certificate. The models run
+    Both run as re-emitted graphs of A's architecture (verified faithful by the re-emission check,
+    and with identical float32 rounding for identical weights), B with B's weights: the
+    certificate's subject. When that is not B as shipped (activation quantization), B as shipped is
+    also run and its largest observed change reported as ``shipped_max_observed``, outside the
+    certificate. The models run
     in float32, so a change counts as a violation only past the bound plus 1e-5 of the outputs'
     own ℓ1 size (evaluation noise, not a property of the models)."""
     from .emit import emit_model
@@ -272,11 +278,12 @@ def check_bound(model_a, model_b, dag_a: Dag, dag_b: Dag, metric: PathMetric, r:
 
     pairs = pair_layers(dag_a, dag_b)
     names = list(dag_a.outputs)
-    run_a = ModelRunner(model_a, names, elem_types_a or {}, providers)
+    emitted_a = make_session(emit_model(dag_a), providers)  # same graph as B's below: same float32 rounding
     certified_b = make_session(emit_model(with_params_of(dag_a, dag_b, pairs)), providers)
     shipped = None
-    if dag_b.activation_qdq or len(list(dag_b.layers())) != len(list(dag_a.layers())):
-        shipped = ModelRunner(model_b, list(dag_b.outputs), elem_types_b or {}, providers)
+    if dag_b.activation_qdq or dag_a.activation_qdq:  # the shipped models differ from what is certified
+        shipped = (ModelRunner(model_a, names, elem_types_a or {}, providers),
+                   ModelRunner(model_b, list(dag_b.outputs), elem_types_b or {}, providers))
     bound = _value(metric.bound_log10(r)) if metric.sign_consistent else None
     rng = np.random.default_rng(seed)
     worst = worst_shipped = 0.0
@@ -287,14 +294,14 @@ def check_bound(model_a, model_b, dag_a: Dag, dag_b: Dag, metric: PathMetric, r:
             shape = dag_a.layer(name).shape
             x = rng.uniform(-r, r, shape) if k % 2 == 0 else r * rng.choice([-1.0, 1.0], shape)
             feeds[name] = x.astype(np.float32)
-        ya = run_a(feeds)
+        ya = [np.asarray(v, np.float64) for v in emitted_a.run(names, feeds)]
         yb = [np.asarray(v, np.float64) for v in certified_b.run(names, feeds)]
         diff = sum(float(np.abs(a - b).sum()) for a, b in zip(ya, yb))
         noise = 1e-5 * max(sum(float(np.abs(a).sum()) for a in ya), sum(float(np.abs(b).sum()) for b in yb))
         worst = max(worst, diff)
         violated |= bound is not None and diff > bound + noise
         if shipped is not None:
-            ys = shipped({nb: feeds[na] for na, nb in zip(dag_a.inputs, dag_b.inputs)})
-            worst_shipped = max(worst_shipped, sum(float(np.abs(a - b).sum()) for a, b in zip(ya, ys)))
-    ratio = (worst / bound if bound else (0.0 if worst == 0 else math.inf)) if bound is not None else None
+            ys_a, ys_b = shipped[0](feeds), shipped[1]({nb: feeds[na] for na, nb in zip(dag_a.inputs, dag_b.inputs)})
+            worst_shipped = max(worst_shipped, sum(float(np.abs(a - b).sum()) for a, b in zip(ys_a, ys_b)))
+    ratio = None if bound is None or (bound == 0 and worst > 0) else (worst / bound if bound else 0.0)
     return CheckReport(samples, worst, bound, ratio, violated, worst_shipped if shipped is not None else None)

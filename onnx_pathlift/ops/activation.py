@@ -22,6 +22,9 @@ class Relu(LayerOp):
     def bound(self, layer, bs, shapes, q):
         return bs[0]
 
+    def adjoint(self, b, layer, xs, g, in_shapes):
+        return [g], {}
+
     def bound_is_exact(self, layer, bs, shapes) -> bool:
         return True
 

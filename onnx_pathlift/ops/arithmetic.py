@@ -18,7 +18,7 @@ import numpy as np
 from ..dag import Layer
 from ..errors import RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled, pow_scaled
-from .base import ImportContext, LayerOp, imports, layer_op
+from .base import ImportContext, LayerOp, imports, layer_op, unbroadcast
 
 
 @layer_op
@@ -58,6 +58,13 @@ class Affine(LayerOp):
 
     def bound_is_exact(self, layer, bs, shapes) -> bool:
         return True
+
+    def adjoint(self, b, layer, xs, g, in_shapes):
+        y = g
+        if "scale" in layer.params:
+            sm, es = pow_scaled(layer.params["scale"], 1.0)
+            y = b.shift(replace(g, tensor=b.op("Mul", [g.tensor, b.const(sm, "absScale")], "adj")), es)
+        return [replace(y, tensor=unbroadcast(b, y.tensor, layer.shape, in_shapes[0]))], {}
 
     def split_params(self, a: Layer, b: Layer):
         """Missing parameters are the identity's: scale 1, bias 0."""
@@ -108,6 +115,9 @@ class Sum(LayerOp):
         for other in bs[1:]:
             lu = np.logaddexp2(lu, other)
         return lu
+
+    def adjoint(self, b, layer, xs, g, in_shapes):
+        return [replace(g, tensor=unbroadcast(b, g.tensor, layer.shape, shape)) for shape in in_shapes], {}
 
     def bound_is_exact(self, layer, bs, shapes) -> bool:
         return True

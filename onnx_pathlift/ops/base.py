@@ -71,6 +71,17 @@ class LayerOp:
         """This layer with a following per-output-channel bias as its own bias ``B``, or None."""
         return None
 
+    def adjoint(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], g: Scaled,
+                in_shapes: list[tuple[int, ...]]) -> tuple[list[Scaled], dict[str, Scaled]]:
+        """Backward pass of the lifted layer (q = 1) for path-magnitude scores.
+
+        ``g`` is the backward mass at the output (Σ over paths from each output neuron to the
+        network's outputs); returns the backward masses at the inputs (the transposed layer) and,
+        for each weight, ``|w| ⊙ ∂‖Φ‖_1/∂|w|`` (forward mass × backward mass, summed over the
+        positions sharing the weight), all as scaled tensors.
+        """
+        raise NotImplementedError(f"no adjoint for {layer.op}")
+
     def split_params(self, a: Layer, b: Layer) -> tuple[dict, dict, dict] | None:
         """Two-stream form, for two parameter sets of this layer (path-metric upper bound).
 
@@ -107,6 +118,13 @@ class MovesNeurons(LayerOp):
     its lifted form is the op itself on the lifted tensor, scale unchanged."""
 
     accepts_dirty = True
+
+    def adjoint(self, b, layer, xs, g, in_shapes):
+        return [replace(g, tensor=self.move_back(b, layer, g.tensor, in_shapes[0]))], {}
+
+    def move_back(self, b: GraphBuilder, layer: Layer, t: str, in_shape: tuple[int, ...]) -> str:
+        """The inverse neuron movement, as ONNX nodes (the adjoint of a permutation is its inverse)."""
+        raise NotImplementedError
 
     def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
         return replace(xs[0], tensor=self.emit(b, layer, [xs[0].tensor]))
@@ -302,3 +320,32 @@ def split_weight(a: Layer, b: Layer, name: str = "W") -> tuple[dict, dict, dict]
     wa, wb = np.abs(a.params[name]), np.abs(b.params[name])
     lo, hi = np.minimum(wa, wb), np.maximum(wa, wb)
     return {name: lo}, {name: hi}, {name: hi - lo}
+
+
+def unbroadcast(b: GraphBuilder, t: str, shape: tuple[int, ...], to: tuple[int, ...]) -> str:
+    """Sum ``t`` (of ``shape``) over the axes along which a tensor of shape ``to`` was broadcast."""
+    if tuple(shape) == tuple(to):
+        return t
+    padded = (1,) * (len(shape) - len(to)) + tuple(to)
+    axes = [i for i, (s, d) in enumerate(zip(shape, padded)) if d == 1 and s != 1]
+    if axes:
+        t = b.op("ReduceSum", [t, b.const(np.array(axes), "axes", dtype=np.int64)], "unbroadcast", keepdims=1)
+    return b.op("Reshape", [t, b.const(np.array(to), "shape", dtype=np.int64)], "unbroadcast")
+
+
+def product_exponent(b: LiftBuilder, x: Scaled, g: Scaled, e: int) -> str:
+    """Exponent of a forward mass times a backward mass times a weight of exponent ``e``."""
+    return b.shift(Scaled(x.tensor, b.op("Add", [x.log2, g.log2], "k")), e).log2
+
+
+def transpose_attrs(a: dict[str, Any], kernel: tuple[int, ...], x_shape: tuple[int, ...], y_shape: tuple[int, ...],
+                    pads: list[int] | None = None, group: int | None = None) -> dict[str, Any]:
+    """ConvTranspose attributes that undo a Conv (or sum-pool) of these attributes exactly: the
+    adjoint maps back to the input's spatial size (``output_padding`` covers the positions the
+    forward windows never reached)."""
+    n = len(kernel)
+    pads = list(a["pads"] if pads is None else pads)
+    dil = a.get("dilations", [1] * n)
+    covered = [(y_shape[2 + i] - 1) * a["strides"][i] - pads[i] - pads[n + i] + dil[i] * (kernel[i] - 1) + 1 for i in range(n)]
+    return {"strides": a["strides"], "pads": pads, "dilations": dil, "group": a.get("group", 1) if group is None else group,
+            "kernel_shape": list(kernel), "output_padding": [x_shape[2 + i] - covered[i] for i in range(n)]}

@@ -15,7 +15,7 @@ import numpy as np
 from ..dag import Layer
 from ..graph import GraphBuilder, LiftBuilder, Scaled, pow_scaled
 from .base import (ImportContext, LayerOp, along_axis, attributes, bias_bound, channel_vector, imports, layer_op, lift_bias,
-                   on_axis, spatial_attrs, split_weight)
+                   on_axis, product_exponent, spatial_attrs, split_weight, transpose_attrs)
 
 
 @layer_op
@@ -49,6 +49,26 @@ class Conv(LayerOp):
 
     def split_params(self, a: Layer, b: Layer):
         return split_weight(a, b)
+
+    def adjoint(self, b, layer, xs, g, in_shapes):
+        m, e = pow_scaled(layer.params["W"], 1.0)
+        w = b.const(m, "absW")
+        a, x_shape, y_shape = layer.attrs, in_shapes[0], layer.shape
+        gx = b.op("ConvTranspose", [g.tensor, w], "adj", **transpose_attrs(a, m.shape[2:], x_shape, y_shape))
+        # kernel scores: correlate the padded forward masses with the backward masses, group by group
+        n, groups = len(m.shape) - 2, a["group"]
+        pads = a["pads"]
+        xp = b.op("Pad", [xs[0].tensor, b.const(np.array([0, 0, *pads[:n], 0, 0, *pads[n:]]), "pads", dtype=np.int64)], "xpad")
+        sp = [x_shape[2 + i] + pads[i] + pads[n + i] for i in range(n)]
+        xg = b.op("Reshape", [xp, b.const(np.array([groups, x_shape[1] // groups, *sp]), "shape", dtype=np.int64)], "xg")
+        xg = b.op("Transpose", [xg], "xg", perm=[1, 0, *range(2, 2 + n)])
+        kg = b.op("Reshape", [g.tensor, b.const(np.array([y_shape[1], 1, *y_shape[2:]]), "shape", dtype=np.int64)], "gk")
+        c = b.op("Conv", [xg, kg], "corr", strides=a["dilations"], dilations=a["strides"], group=groups)
+        c = b.op("Slice", [c, b.const(np.zeros(n), "starts", dtype=np.int64), b.const(np.array(m.shape[2:]), "ends", dtype=np.int64),
+                           b.const(np.arange(2, 2 + n), "axes", dtype=np.int64)], "corr")
+        c = b.op("Transpose", [c], "corr", perm=[1, 0, *range(2, 2 + n)])
+        s = b.op("Mul", [c, w], "score")
+        return [b.shift(Scaled(gx, g.log2), e)], {"W": Scaled(s, product_exponent(b, xs[0], g, e))}
 
     def linf_gain(self, layer: Layer) -> float:
         w = np.abs(layer.params["W"])

@@ -14,10 +14,10 @@ from dataclasses import replace
 import numpy as np
 
 from ..dag import Layer
-from ..errors import RefuseNode
+from ..errors import PathliftError, RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled, pow_scaled
 from .base import (ImportContext, LayerOp, along_axis, attributes, bias_bound, channel_vector, imports, layer_op, lift_bias,
-                   log2_weighted_sum, on_axis, split_weight, varies_only_along)
+                   log2_weighted_sum, on_axis, product_exponent, split_weight, varies_only_along)
 
 
 @layer_op
@@ -59,6 +59,21 @@ class Dense(LayerOp):
 
     def split_params(self, a: Layer, b: Layer):
         return split_weight(a, b)
+
+    def adjoint(self, b, layer, xs, g, in_shapes):
+        m, e = pow_scaled(layer.params["W"], 1.0)
+        if m.ndim != 2:
+            raise PathliftError(f"layer {layer.name!r}: scores of a batched constant MatMul are not supported")
+        right = layer.attrs["side"] == "right"
+        wt = b.const(m.T, "absWT")
+        gx = b.shift(Scaled(b.op("MatMul", [g.tensor, wt] if right else [wt, g.tensor], "adj"), g.log2), e)
+        # y = x W: Σ over rows of x_k g_n;  y = W x: Σ over columns of g_m x_k
+        lead = -1 if right else -2  # the axes before these are summed over (batch, rows)
+        x3 = b.op("Reshape", [xs[0].tensor, b.const(np.array([-1, *in_shapes[0][lead:]]), "shape", dtype=np.int64)], "x3")
+        g3 = b.op("Reshape", [g.tensor, b.const(np.array([-1, *layer.shape[lead:]]), "shape", dtype=np.int64)], "g3")
+        c = b.op("Einsum", [x3, g3], "corr", equation="bk,bn->kn" if right else "bkn,bmn->mk")
+        s = b.op("Mul", [c, b.const(m, "absW")], "score")
+        return [gx], {"W": Scaled(s, product_exponent(b, xs[0], g, e))}
 
     def linf_gain(self, layer: Layer) -> float:
         w = np.abs(layer.params["W"])

@@ -20,21 +20,36 @@ from onnx import TensorProto, helper
 from ..dag import Layer
 from ..errors import RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled, pow_scaled
-from .base import ImportContext, LayerOp, along_axis, attributes, imports, layer_op, on_axis, spatial_attrs
+from .base import ImportContext, LayerOp, along_axis, attributes, imports, layer_op, on_axis, spatial_attrs, transpose_attrs
+
+
+def _sum_pool_pads(layer: Layer) -> list[int]:
+    """The pool's pads, the end ones extended (ceil_mode) until the floor formula gives the output size."""
+    a = layer.attrs
+    kernel, n = a["kernel_shape"], len(a["kernel_shape"])
+    in_sp, out_sp = a["in_spatial"], layer.shape[2:]
+    pads, dilations = list(a["pads"]), a.get("dilations", [1] * n)
+    for i in range(n):
+        need = (out_sp[i] - 1) * a["strides"][i] + (kernel[i] - 1) * dilations[i] + 1 - in_sp[i] - pads[i]
+        pads[n + i] = max(pads[n + i], need)
+    return pads
 
 
 def _sum_pool(b: GraphBuilder, x: str, layer: Layer, channels: int) -> str:
     """Depthwise all-ones convolution reproducing the pool's windows and output size."""
     a = layer.attrs
-    kernel, n = a["kernel_shape"], len(a["kernel_shape"])
-    in_sp, out_sp = layer.attrs["in_spatial"], layer.shape[2:]
-    pads, dilations = list(a["pads"]), a.get("dilations", [1] * n)
-    for i in range(n):  # ceil_mode: extend the end pad until the floor formula gives the output size
-        need = (out_sp[i] - 1) * a["strides"][i] + (kernel[i] - 1) * dilations[i] + 1 - in_sp[i] - pads[i]
-        pads[n + i] = max(pads[n + i], need)
+    kernel = a["kernel_shape"]
     ones = b.const(np.ones((channels, 1, *kernel)), "ones_kernel")
-    return b.op("Conv", [x, ones], "sumpool", kernel_shape=kernel, strides=a["strides"], pads=pads,
-                dilations=dilations, group=channels)
+    return b.op("Conv", [x, ones], "sumpool", kernel_shape=kernel, strides=a["strides"], pads=_sum_pool_pads(layer),
+                dilations=a.get("dilations", [1] * len(kernel)), group=channels)
+
+
+def _sum_pool_adjoint(b: GraphBuilder, g: str, layer: Layer, in_shape: tuple[int, ...]) -> str:
+    """The transpose of the sum-pool: every window neuron receives its window's backward mass."""
+    kernel, channels = layer.attrs["kernel_shape"], layer.shape[1]
+    ones = b.const(np.ones((channels, 1, *kernel)), "ones_kernel")
+    attrs = transpose_attrs(layer.attrs, tuple(kernel), in_shape, layer.shape, pads=_sum_pool_pads(layer), group=channels)
+    return b.op("ConvTranspose", [g, ones], "adj", **attrs)
 
 
 def _per_channel(lu: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -62,6 +77,9 @@ class MaxPool(LayerOp):
     def bound(self, layer, bs, shapes, q):
         return _per_channel(bs[0], shapes[0]) + math.log2(np.prod(layer.attrs["kernel_shape"]))
 
+    def adjoint(self, b, layer, xs, g, in_shapes):
+        return [replace(g, tensor=_sum_pool_adjoint(b, g.tensor, layer, in_shapes[0]))], {}
+
 
 @layer_op
 class AveragePool(LayerOp):
@@ -74,14 +92,20 @@ class AveragePool(LayerOp):
 
     def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
         y = b.op("AveragePool", [xs[0].tensor], "avgpool", **_pool_attrs(layer, self._ATTRS))
-        if q != 1.0:
-            # 1/div(p) = AvgPool(1)[p] / SumPool(1)[p], on one channel; weight (1/div)^q = AvgPool · div^(1-q)
-            shape = b.const(np.array((1, 1, *layer.attrs["in_spatial"])), "ones_shape", dtype=np.int64)
-            ones = b.op("ConstantOfShape", [shape], "ones", value=helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0]))
-            inv_div = b.op("Div", [b.op("AveragePool", [ones], "avg1", **_pool_attrs(layer, self._ATTRS)),
-                                   _sum_pool(b, ones, layer, 1)], "inv_div")
-            y = b.op("Mul", [y, b.op("Pow", [inv_div, b.scalar(q - 1.0)], "factor")], "avgpool_q")
+        if q != 1.0:  # weight (1/div)^q = AvgPool · div^(1-q)
+            y = b.op("Mul", [y, b.op("Pow", [self._inverse_divisor(b, layer), b.scalar(q - 1.0)], "factor")], "avgpool_q")
         return Scaled(y, xs[0].log2, xs[0].bound, dirty=True)  # weights (1/div)**q ≤ 1 may shrink it
+
+    def _inverse_divisor(self, b: GraphBuilder, layer: Layer) -> str:
+        """1/div(p) = AvgPool(1)[p] / SumPool(1)[p] on one channel: onnxruntime's own divisors."""
+        shape = b.const(np.array((1, 1, *layer.attrs["in_spatial"])), "ones_shape", dtype=np.int64)
+        ones = b.op("ConstantOfShape", [shape], "ones", value=helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0]))
+        return b.op("Div", [b.op("AveragePool", [ones], "avg1", **_pool_attrs(layer, self._ATTRS)),
+                            _sum_pool(b, ones, layer, 1)], "inv_div")
+
+    def adjoint(self, b, layer, xs, g, in_shapes):
+        weighted = b.op("Mul", [g.tensor, self._inverse_divisor(b, layer)], "adj")
+        return [replace(g, tensor=_sum_pool_adjoint(b, weighted, layer, in_shapes[0]))], {}
 
     def bound(self, layer, bs, shapes, q):
         return _per_channel(bs[0], shapes[0])  # Σ_valid x / div**q ≤ max x since div ≥ the valid count
@@ -105,6 +129,11 @@ class GlobalPool(LayerOp):
         y = b.op("GlobalAveragePool", [xs[0].tensor], "globalpool")
         y = b.op("Mul", [y, b.scalar(float(m))], "globalpool")
         return b.shift(replace(xs[0], tensor=y, bound=xs[0].bound + 1.0), e)
+
+    def adjoint(self, b, layer, xs, g, in_shapes):
+        n = float(np.prod(layer.attrs["in_spatial"]))
+        t = g.tensor if layer.attrs["mode"] == "max" else b.op("Mul", [g.tensor, b.scalar(1.0 / n)], "adj")
+        return [replace(g, tensor=b.op("Expand", [t, b.const(np.array(in_shapes[0]), "shape", dtype=np.int64)], "adj"))], {}
 
     def bound(self, layer, bs, shapes, q):
         n = float(np.prod(layer.attrs["in_spatial"]))

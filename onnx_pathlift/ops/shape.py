@@ -8,8 +8,10 @@ static output shape; Identity, Dropout (inference) and float-to-float Cast are a
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
-from onnx import TensorProto
+from onnx import TensorProto, helper
 
 from ..dag import Layer
 from ..errors import RefuseNode
@@ -30,6 +32,9 @@ class Reshape(MovesNeurons):
     def move(self, layer: Layer, values: np.ndarray) -> np.ndarray:
         return values.reshape(layer.shape)
 
+    def move_back(self, b, layer, t, in_shape):
+        return b.op("Reshape", [t, b.const(np.array(in_shape), "shape", dtype=np.int64)], "adj")
+
 
 @layer_op
 class Transpose(MovesNeurons):
@@ -41,6 +46,9 @@ class Transpose(MovesNeurons):
 
     def move(self, layer: Layer, values: np.ndarray) -> np.ndarray:
         return values.transpose(layer.attrs["perm"])
+
+    def move_back(self, b, layer, t, in_shape):
+        return b.op("Transpose", [t], "adj", perm=[int(i) for i in np.argsort(layer.attrs["perm"])])
 
 
 @layer_op
@@ -54,6 +62,13 @@ class Concat(LayerOp):
     def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
         tensors, k = b.align(xs)
         return Scaled(b.op("Concat", tensors, "concat", axis=layer.attrs["axis"]), k, max(x.bound for x in xs))
+
+    def adjoint(self, b, layer, xs, g, in_shapes):
+        axis = layer.attrs["axis"]
+        sizes = b.const(np.array([shape[axis] for shape in in_shapes]), "split", dtype=np.int64)
+        parts = [b.fresh("adj") for _ in in_shapes]
+        b.nodes.append(helper.make_node("Split", [g.tensor, sizes], parts, name=parts[0], axis=axis))
+        return [replace(g, tensor=t) for t in parts], {}
 
     def bound(self, layer, bs, shapes, q):
         axis, rank = layer.attrs["axis"], len(layer.shape)

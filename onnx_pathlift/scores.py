@@ -1,0 +1,136 @@
+"""Path-magnitude scores: ``score_i = |θ_i| · ∂‖Φ‖_1/∂|θ_i| = ‖Φ(θ)‖_1 − ‖Φ(θ with θ_i = 0)‖_1``.
+
+``‖Φ‖_1`` is multilinear in ``|θ|`` (a path uses a parameter at most once), so every score comes from
+one forward pass of the lifted network (forward masses ``a``) and one backward pass of its transpose
+(backward masses ``g``: sums over paths from a neuron to the outputs): for an edge ``u → v``,
+``|w|·a_u·g_v``, summed over the positions that share a conv kernel weight. Both passes are one
+emitted ONNX graph (each op's ``adjoint``), run by onnxruntime, with the run-time power-of-two scales
+of the lifted network; scores come back as fractions of ``‖Φ‖_1`` (float64, no underflow for any
+weight whose share float64 can hold). Scores are rescaling-invariant; magnitudes are not.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from onnx import ModelProto
+
+from .dag import Dag, Layer
+from .emit import LOG2_SUFFIX, _opset, lift_forward
+from .graph import LiftBuilder, Scaled
+from .importer import import_model
+from .load import ModelSource
+from .norm import combine
+from .ops import LAYER_OPS
+from .runtime import make_session
+
+SCORED = ("conv", "dense")  # Conv / Gemm / MatMul weights (as in the paper: not BN, not biases)
+
+
+@dataclass
+class Scores:
+    """Per weight tensor (keyed by its ONNX initializer name, in the initializer's layout):
+    ``fraction`` = score / ‖Φ‖_1, float64; ``log10_norm`` = log10 ‖Φ‖_1."""
+
+    fraction: dict[str, np.ndarray]
+    log10_norm: float
+    layers: dict[str, str]  # initializer -> DAG layer
+
+    def summary(self) -> list[dict]:
+        """Per weight tensor: its share of ‖Φ‖_1 and quantiles of the per-weight fractions."""
+        rows = []
+        for name, f in self.fraction.items():
+            q = np.quantile(f, [0.0, 0.5, 0.9, 0.99, 1.0]) if f.size else [0.0] * 5
+            rows.append({"initializer": name, "layer": self.layers[name], "size": int(f.size),
+                         "share": float(f.sum()), "zeros": int(np.count_nonzero(f == 0)),
+                         "quantiles": dict(zip(["min", "median", "p90", "p99", "max"], map(float, q)))})
+        return rows
+
+
+def scores_model(dag: Dag) -> tuple[ModelProto, list[tuple[str, str]]]:
+    """The forward + adjoint graph. Outputs: each analysed output (and its exponent) and, per scored
+    layer, ``<layer>__score`` (in the layer's W layout) with ``<layer>__score__log2_scale``."""
+    b = LiftBuilder(_opset(dag), taken=set(dag.inputs) | set(dag.outputs) | {o + LOG2_SUFFIX for o in dag.outputs})
+    layers, value = lift_forward(dag, 1.0, b)
+    shapes = {layer.name: layer.shape for layer in layers}
+
+    def clean(name: str) -> Scaled:
+        if value[name].dirty:
+            value[name] = b.normalize(value[name], len(shapes[name]))
+        return value[name]
+
+    grads: dict[str, list[Scaled]] = {}
+    for lname in dag.outputs.values():  # the output neurons' backward mass is 1
+        grads.setdefault(lname, []).append(Scaled(b.const(np.ones(shapes[lname]), "ones"), b.scalar(0.0)))
+    scored: list[tuple[str, str]] = []
+    outputs: list[tuple[str, tuple[int, ...] | None]] = []
+    for layer in reversed(layers):
+        if layer.op == "input" or layer.name not in grads:
+            continue
+        tensors, k = b.align(grads.pop(layer.name))
+        g = tensors[0]
+        for t in tensors[1:]:
+            g = b.op("Add", [g, t], "grad")
+        g = b.normalize(Scaled(g, k), len(layer.shape))
+        xs = [clean(i) for i in layer.inputs]
+        g_in, scores = LAYER_OPS[layer.op].adjoint(b, layer, xs, g, [shapes[i] for i in layer.inputs])
+        for name, gi in zip(layer.inputs, g_in):
+            if dag.layer(name).op != "input":
+                grads.setdefault(name, []).append(gi)
+        if layer.op in SCORED:
+            s = scores["W"]
+            out = b.fresh(layer.name + "__score")
+            b.nodes.append(_identity(s.tensor, out))
+            b.nodes.append(_identity(s.log2, out + LOG2_SUFFIX))
+            outputs += [(out, layer.params["W"].shape), (out + LOG2_SUFFIX, None)]
+            scored.append((layer.name, out))
+    for out, lname in dag.outputs.items():
+        b.nodes.append(_identity(value[lname].tensor, out))
+        b.nodes.append(_identity(value[lname].log2, out + LOG2_SUFFIX))
+        outputs = [(out, dag.layer(lname).shape), (out + LOG2_SUFFIX, None)] + outputs
+    return b.model([(n, dag.layer(n).shape) for n in dag.inputs], outputs, "path_magnitude_scores",
+                   "onnx-pathlift forward + adjoint graph of the lifted network (q = 1): path-magnitude scores"), scored
+
+
+def _identity(src: str, dst: str):
+    from onnx import helper
+
+    return helper.make_node("Identity", [src], [dst], name=dst)
+
+
+def _to_initializer_layout(layer: Layer, score: np.ndarray) -> tuple[str, np.ndarray]:
+    name, transposed = layer.origins.get("W", (layer.name, False))
+    return name, (score.T if transposed else score)
+
+
+def path_magnitude(model: ModelSource | Dag, input_shape=None, providers=None) -> Scores:
+    """Path-magnitude scores of every Conv/Gemm/MatMul weight, as fractions of ‖Φ‖_1."""
+    dag = model if isinstance(model, Dag) else import_model(model, input_shape)
+    proto, scored = scores_model(dag)
+    session = make_session(proto, providers)
+    feeds = {n: np.ones(dag.layer(n).shape, np.float32) for n in dag.inputs}
+    names = [o.name for o in session.get_outputs()]
+    res = dict(zip(names, session.run(None, feeds)))
+    norm = combine(1.0, {o: (res[o], float(res[o + LOG2_SUFFIX])) for o in dag.outputs})
+    log2_norm = norm.log10 / math.log10(2.0)
+    fraction: dict[str, np.ndarray] = {}
+    layers: dict[str, str] = {}
+    for lname, out in scored:
+        shift = float(res[out + LOG2_SUFFIX]) - log2_norm
+        f = np.ldexp(res[out].astype(np.float64), 0) * 2.0 ** shift if math.isfinite(shift) else np.zeros(res[out].shape)
+        name, f = _to_initializer_layout(dag.layer(lname), f)
+        fraction[name] = fraction.get(name, 0) + f  # a weight used by several layers: scores add
+        layers[name] = lname
+    return Scores(fraction, norm.log10, layers)
+
+
+def magnitude(dag: Dag) -> dict[str, np.ndarray]:
+    """Plain magnitude scores ``|θ_i|`` of the same weights (not rescaling-invariant)."""
+    out: dict[str, np.ndarray] = {}
+    for layer in dag.layers():
+        if layer.op in SCORED:
+            name, w = _to_initializer_layout(layer, np.abs(layer.params["W"]))
+            out[name] = w
+    return out
