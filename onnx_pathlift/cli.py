@@ -12,10 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from . import __version__
-from .errors import CertificateViolation, PathliftError, UsageError
+from .errors import CertificateViolation, PathliftError, UsageError, VerificationError
 from .importer import import_prepared
 from .load import load_model, parse_shape, prepare
 from .norm import PathNormSession
@@ -197,6 +198,104 @@ def cmd_lipschitz(args) -> int:
     return 0
 
 
+def cmd_scores(args) -> int:
+    from .scores import path_magnitude
+
+    _, _, dag, _ = _load(args)
+    t0 = time.perf_counter()
+    scores = path_magnitude(dag, providers=args.provider)
+    elapsed = time.perf_counter() - t0
+    if args.out:
+        np.savez_compressed(args.out, **{k: v.astype(np.float32) for k, v in scores.fraction.items()})
+    summary = {"model": str(args.model), "l1_path_norm_log10": scores.log10_norm, "seconds": elapsed,
+               "written": args.out, "tensors": scores.summary()}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{args.model}: path-magnitude scores of {len(scores.fraction)} weight tensors "
+              f"(fractions of ‖Φ‖_1 = {_fmt(scores.log10_norm)}), {elapsed:.3f} s")
+        for row in summary["tensors"]:
+            q = row["quantiles"]
+            print(f"  {row['initializer']:40s} share {row['share']:.4g}  median {q['median']:.3g}  max {q['max']:.3g}"
+                  f"  zeros {row['zeros']}/{row['size']}")
+        if args.out:
+            print(f"wrote {args.out} (float32 fractions keyed by initializer name)")
+    return 0
+
+
+def _accuracy(model, dag, data) -> float:
+    from .verify import ModelRunner
+
+    x, y = data["x"], data["y"]
+    shape = dag.layer(dag.inputs[0]).shape
+    run = ModelRunner(model, [next(iter(dag.outputs))], {})
+    pred = [int(np.argmax(run({dag.inputs[0]: xi.reshape(shape).astype(np.float32)})[0])) for xi in x]
+    return float(np.mean(np.asarray(pred) == np.asarray(y)))
+
+
+def cmd_prune(args) -> int:
+    from . import prune
+    from .metric import path_metric
+    from .scores import magnitude, path_magnitude
+
+    model, _, dag, _ = _load(args)
+    if not 0.0 <= args.sparsity <= 1.0:
+        raise UsageError(f"--sparsity must be in [0, 1] (got {args.sparsity})")
+    scores = path_magnitude(dag).fraction if args.criterion == "path-magnitude" else magnitude(dag)
+    keep = prune.masks(prune.select(scores, args.layers), args.sparsity, args.scope)
+    pruned, report = prune.apply(model, keep)
+    onnx.save(pruned, args.out)
+    if args.mask:
+        np.savez_compressed(args.mask, **{k: v for k, v in keep.items() if k in report.tensors})
+    from .importer import import_model
+
+    metric = path_metric(dag, import_model(pruned, _input_shape(args.input_shape)))
+    result = {"model": str(args.model), "written": args.out, "criterion": args.criterion, "scope": args.scope,
+              "sparsity": report.sparsity, "pruned": report.pruned, "weights": report.total, "tensors": report.tensors,
+              "skipped": report.skipped, "metric": metric.to_dict(args.input_linf)}
+    if args.eval:
+        data = np.load(args.eval)
+        result["accuracy_before"], result["accuracy_after"] = _accuracy(model, dag, data), _accuracy(pruned, dag, data)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"pruned {report.pruned} of {report.total} weights by {args.criterion} ({args.scope}): "
+              f"sparsity {report.sparsity:.4f}; wrote {args.out}")
+        for name, why in report.skipped.items():
+            print(f"  skipped {name}: {why}")
+        print(f"  exact path-metric d = {_fmt(metric.upper_log10)}: for every input with ‖x‖_∞ ≤ {args.input_linf:g}, "
+              f"the outputs moved by at most {_fmt(metric.bound_log10(args.input_linf))} in ℓ1")
+        if args.eval:
+            print(f"  top-1 accuracy {result['accuracy_before']:.4f} → {result['accuracy_after']:.4f}")
+    return 0
+
+
+def cmd_rescale(args) -> int:
+    from .rescale import rescale
+    from .verify import ModelRunner
+
+    model, _, dag, _ = _load(args)
+    lo, hi = args.range
+    if not 0 < lo <= hi:
+        raise UsageError(f"--range needs 0 < LO ≤ HI (got {lo} {hi})")
+    out, report = rescale(model, dag, seed=args.seed, low=lo, high=hi)
+    names = list(dag.outputs)
+    rng = np.random.default_rng(args.seed)
+    feeds = {n: rng.uniform(-1, 1, dag.layer(n).shape).astype(np.float32) for n in dag.inputs}
+    a, b = ModelRunner(model, names, {})(feeds), ModelRunner(out, names, {})(feeds)
+    err = max(float(np.abs(x - y).max() / max(np.abs(x).max(), 1e-30)) for x, y in zip(a, b))
+    if err > 1e-4:
+        raise VerificationError(f"the rescaled model changed the outputs (max relative error {err:.3g})")
+    onnx.save(out, args.out)
+    result = {"written": args.out, "neurons": report.neurons, "layers": report.layers, "max_rel_output_change": err}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"rescaled {report.neurons} neurons in {report.layers} layers (λ log-uniform in [{lo:g}, {hi:g}], seed "
+              f"{args.seed}); outputs unchanged to {err:.2g}; wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="onnx-pathlift", description="Path-norms of ONNX ReLU networks, computed in onnxruntime.")
     p.add_argument("--version", action="version", version=f"onnx-pathlift {__version__}")
@@ -234,6 +333,31 @@ def build_parser() -> argparse.ArgumentParser:
     common(lp)
     lp.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="onnxruntime execution provider")
     lp.set_defaults(func=cmd_lipschitz, q=[1.0])
+
+    sc = sub.add_parser("scores", help="path-magnitude scores of every Conv/Gemm/MatMul weight")
+    common(sc)
+    sc.add_argument("-o", "--out", help="write the scores (fractions of ‖Φ‖_1) to this .npz")
+    sc.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="onnxruntime execution provider")
+    sc.set_defaults(func=cmd_scores, q=[1.0])
+
+    pr = sub.add_parser("prune", help="prune by path-magnitude (or magnitude) and certify the output change")
+    common(pr)
+    pr.add_argument("--sparsity", type=float, required=True, help="fraction of the scored weights to zero")
+    pr.add_argument("--criterion", default="path-magnitude", choices=["path-magnitude", "magnitude"])
+    pr.add_argument("--scope", default="global", choices=["global", "layer"])
+    pr.add_argument("--layers", metavar="REGEX", help="only the weight tensors whose name matches")
+    pr.add_argument("-o", "--out", required=True, help="where to write the pruned model")
+    pr.add_argument("--mask", help="also write the keep-masks (.npz keyed by initializer name)")
+    pr.add_argument("--eval", metavar="DATA.npz", help="arrays x, y: top-1 accuracy before and after")
+    pr.add_argument("--input-linf", type=float, default=1.0, metavar="R", help="certify inputs with ‖x‖_∞ ≤ R")
+    pr.set_defaults(func=cmd_prune, q=[1.0])
+
+    rs = sub.add_parser("rescale", help="random neuron-wise rescaling that keeps the function")
+    common(rs)
+    rs.add_argument("--seed", type=int, default=0)
+    rs.add_argument("--range", type=float, nargs=2, default=[1 / 8, 8.0], metavar=("LO", "HI"))
+    rs.add_argument("-o", "--out", required=True, help="where to write the rescaled model")
+    rs.set_defaults(func=cmd_rescale, q=[1.0])
     return p
 
 

@@ -134,7 +134,8 @@ def import_add(node, ctx: ImportContext) -> None:
     out = ctx.shape(node.output[0])
     if len(acts) == 1:
         x, s = acts[0]
-        ctx.add(node, "affine", [ctx.act(x)], out, _params(-1.0 if s < 0 else None, bias))
+        origins = {"bias": (node.input[consts[0][0]], False)} if len(consts) == 1 and s > 0 else {}
+        ctx.add(node, "affine", [ctx.act(x)], out, _params(-1.0 if s < 0 else None, bias), origins=origins)
         return
     layers = [ctx.act(n) for n, _ in acts]
     if bias is None:

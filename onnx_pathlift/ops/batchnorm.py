@@ -33,4 +33,5 @@ def import_batchnorm(node, ctx: ImportContext) -> None:
     t = beta - mean * s
     shape = ctx.shape(node.output[0])
     bshape = (-1,) + (1,) * (len(shape) - 2)
-    ctx.add(node, "affine", [ctx.act(node.input[0])], shape, {"scale": s.reshape(bshape), "bias": t.reshape(bshape)})
+    ctx.add(node, "affine", [ctx.act(node.input[0])], shape, {"scale": s.reshape(bshape), "bias": t.reshape(bshape)},
+            origins={"bias": (node.input[2], False), "mean": (node.input[3], False)})  # t scales with β and μ

@@ -98,4 +98,5 @@ def import_conv(node, ctx: ImportContext) -> None:
                    origins={"W": (node.input[1], False)})
     if has_bias:
         b = ctx.param(node, 2, "bias")
-        ctx.add(node, "affine", [conv], out_shape, {"bias": b.reshape((-1,) + (1,) * (len(out_shape) - 2))})
+        ctx.add(node, "affine", [conv], out_shape, {"bias": b.reshape((-1,) + (1,) * (len(out_shape) - 2))},
+                origins={"bias": (node.input[2], False)})

@@ -137,4 +137,4 @@ def import_gemm(node, ctx: ImportContext) -> None:
         return
     dense = ctx.add(node, "dense", [src], out_shape, {"W": w}, {"side": side}, suffix="/dense", origins=origins)
     bias = beta * ctx.param(node, 2, "bias")
-    ctx.add(node, "affine", [dense], out_shape, {"bias": np.asarray(bias)})
+    ctx.add(node, "affine", [dense], out_shape, {"bias": np.asarray(bias)}, origins={"bias": (node.input[2], False)})
