@@ -114,23 +114,31 @@ def cmd_norm(args) -> int:
 
 def cmd_lift(args) -> int:
     _, _, dag, _ = _load(args)
-    from .emit import LOG2_SUFFIX, lift_model
+    from .emit import HEALTH, LOG2_SUFFIX
 
-    model = lift_model(dag, args.q)
+    session = PathNormSession(dag, args.q)  # runs once: static scales if they are fine, else dynamic
+    norm = session.run()
+    model = session.model
     onnx.checker.check_model(model)
     out = Path(args.out)
     onnx.save(model, str(out))
-    info = {"written": str(out), "q": args.q, "inputs": {k: list(v) for k, v in dag.input_shapes().items()},
-            "outputs": [[o, o + LOG2_SUFFIX] for o in dag.outputs]}
+    info = {"written": str(out), "q": args.q, "scales": "static" if session.static else "dynamic",
+            "inputs": {k: list(v) for k, v in dag.input_shapes().items()},
+            "outputs": [[o, o + LOG2_SUFFIX] for o in dag.outputs], "health_output": HEALTH if session.static else None,
+            "norm": norm.to_dict()}
     if args.json:
         print(json.dumps(info, indent=2))
     else:
-        print(f"wrote the lifted network (q={args.q:g}) to {out}")
-        print("run it with all-ones inputs; each output o comes with a scalar o" + LOG2_SUFFIX + ", and")
-        print(f"  ||Phi||_q^q = sum over outputs of  sum(o) * 2**o{LOG2_SUFFIX}")
+        print(f"wrote the lifted network (q={args.q:g}, {info['scales']} scales) to {out}")
+        print(f"run it with all-ones inputs; each analysed output o comes with a scalar o{LOG2_SUFFIX}, and")
+        print(f"  ||Phi||_q^q = sum over outputs o of  sum(o) * 2**o{LOG2_SUFFIX}     (here: {_fmt(norm.log10 * args.q)})")
+        if session.static:
+            print(f"  (valid when min({HEALTH}) >= 2**-40, as it is for this model)")
+        outs = ", ".join(repr(o) for o in dag.outputs)
         print("e.g.  python -c \"import onnxruntime as rt, numpy as np; s = rt.InferenceSession('%s'); "
-              "r = s.run(None, {i.name: np.ones(i.shape, np.float32) for i in s.get_inputs()}); "
-              "print(sum(float(r[k].sum()) * 2.0 ** float(r[k + 1]) for k in range(0, len(r), 2)) ** (1 / %g))\"" % (out, args.q))
+              "r = dict(zip([o.name for o in s.get_outputs()], s.run(None, {i.name: np.ones(i.shape, np.float32) "
+              "for i in s.get_inputs()}))); print(sum(float(r[o].sum()) * 2.0 ** float(r[o + '%s']) for o in [%s]) "
+              "** (1 / %g))\"" % (out, LOG2_SUFFIX, outs, args.q))
     return 0
 
 
