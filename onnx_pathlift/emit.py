@@ -151,26 +151,23 @@ def _fold_scales(dag: Dag) -> list[Layer]:
         for name in layer.inputs:
             consumers[name] = consumers.get(name, 0) + 1
     index = {layer.name: i for i, layer in enumerate(layers)}
-    for i, layer in enumerate(layers):
-        if layer.op != "affine" or "scale" not in layer.params:
-            continue
-        src = layers[index[layer.inputs[0]]]
-        if src.op not in LAYER_OPS or consumers.get(src.name) != 1 or src.name in dag.outputs.values():
-            continue
-        folded = LAYER_OPS[src.op].absorb_scale(src, layer.params["scale"])
-        if folded is not None:
-            layers[index[src.name]] = folded
-            layers[i] = replace(layer, params={k: v for k, v in layer.params.items() if k != "scale"})
-    for i, layer in enumerate(layers):  # then a bias right after them becomes the layer's own bias
-        if layer.op != "affine" or "scale" in layer.params or "bias" not in layer.params:
-            continue
-        src = layers[index[layer.inputs[0]]]
-        if src.op not in LAYER_OPS or consumers.get(src.name) != 1 or src.name in dag.outputs.values():
-            continue
-        folded = LAYER_OPS[src.op].absorb_bias(src, layer.params["bias"])
-        if folded is not None:
-            layers[index[src.name]] = folded
-            layers[i] = replace(layer, params={})
+
+    def fold(key: str) -> None:
+        """Fold parameter ``key`` of each affine layer into the conv/dense layer feeding only it."""
+        for i, layer in enumerate(layers):
+            if layer.op != "affine" or key not in layer.params or (key == "bias" and "scale" in layer.params):
+                continue
+            src = layers[index[layer.inputs[0]]]
+            if src.op not in LAYER_OPS or consumers.get(src.name) != 1 or src.name in dag.outputs.values():
+                continue
+            handler = LAYER_OPS[src.op]
+            folded = (handler.absorb_scale if key == "scale" else handler.absorb_bias)(src, layer.params[key])
+            if folded is not None:
+                layers[index[src.name]] = folded
+                layers[i] = replace(layer, params={k: v for k, v in layer.params.items() if k != key})
+
+    fold("scale")
+    fold("bias")  # after the scales: a bias right after them becomes the layer's own bias
     return layers
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+
+from onnx_pathlift import cli
 from onnx import TensorProto, helper, numpy_helper
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,3 +36,14 @@ def make_model(nodes, inputs, outputs, inits=None) -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
+
+
+def run_main(capsys, *args) -> tuple[int, str, str]:
+    """``onnx_pathlift.cli.main(ARGS)`` in-process; argparse's SystemExit becomes the return code."""
+    capsys.readouterr()  # drop anything printed before
+    try:
+        rc = cli.main([str(a) for a in args])
+    except SystemExit as exc:
+        rc = exc.code
+    out = capsys.readouterr()
+    return rc, out.out, out.err

@@ -21,7 +21,7 @@ import onnxruntime as ort
 import pytest
 from onnx import helper
 
-from conftest import make_model
+from conftest import make_model, run_main
 import onnx_pathlift
 from onnx_pathlift import cli
 
@@ -41,17 +41,6 @@ def run_cli(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "onnx_pathlift.cli", *map(str, args)],
         capture_output=True, text=True, timeout=120, cwd=cwd, check=False,
     )
-
-
-def run_main(capsys, *args) -> tuple[int, str, str]:
-    """``onnx_pathlift.cli.main(ARGS)`` in-process; argparse's SystemExit becomes the return code."""
-    capsys.readouterr()  # drop anything printed before
-    try:
-        rc = cli.main([str(a) for a in args])
-    except SystemExit as exc:
-        rc = exc.code
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 def norms_by_q(result: dict) -> dict[float, float]:

@@ -26,10 +26,10 @@ import onnxruntime as ort
 import oracle
 import pytest
 import tiny_nets
-from conftest import LIGHT, MODELS, make_model
+from conftest import LIGHT, MODELS, make_model, run_main
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_pathlift import cli, import_model, path_norm
+from onnx_pathlift import import_model, path_norm
 from onnx_pathlift import metric as metric_mod
 from onnx_pathlift.dag import Dag
 from onnx_pathlift.lipschitz import lipschitz
@@ -49,17 +49,6 @@ ZOO_RELU = [
 # ---------------------------------------------------------------------------------------------
 # helpers: parameters, perturbations, running models
 # ---------------------------------------------------------------------------------------------
-
-
-def run_main(capsys, *args) -> tuple[int, str, str]:
-    """``onnx_pathlift.cli.main(ARGS)`` in-process; argparse's SystemExit becomes the return code."""
-    capsys.readouterr()
-    try:
-        rc = cli.main([str(a) for a in args])
-    except SystemExit as exc:
-        rc = exc.code
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 def inits(model: onnx.ModelProto) -> dict[str, np.ndarray]:
