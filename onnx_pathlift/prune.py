@@ -50,6 +50,8 @@ def masks(scores: dict[str, np.ndarray], sparsity: float, scope: str = "global")
     if not 0.0 <= sparsity <= 1.0:
         raise UsageError(f"sparsity must be in [0, 1] (got {sparsity})")
     names = sorted(scores)
+    if not names:
+        return {}
     groups = [names] if scope == "global" else [[n] for n in names]
     if scope not in ("global", "layer"):
         raise UsageError(f"scope must be global or layer (got {scope!r})")

@@ -5,14 +5,19 @@ one forward pass of the lifted network (forward masses ``a``) and one backward p
 (backward masses ``g``: sums over paths from a neuron to the outputs): for an edge ``u → v``,
 ``|w|·a_u·g_v``, summed over the positions that share a conv kernel weight. Both passes are one
 emitted ONNX graph (each op's ``adjoint``), run by onnxruntime, with the run-time power-of-two scales
-of the lifted network; scores come back as fractions of ``‖Φ‖_1`` (float64, no underflow for any
-weight whose share float64 can hold). Scores are rescaling-invariant; magnitudes are not.
+of the lifted network; scores come back as fractions of ``‖Φ‖_1`` in float64, whatever the size of
+``‖Φ‖_1``. Limit: masses are float32 with one scale per tensor, so a score below about ``2**-126``
+of the largest score of its tensor is rounded, or flushed to 0 (it then ties with zero weights).
+Scores are rescaling-invariant; magnitudes are not.
+
+A weight tensor used by several layers is not scored: ``‖Φ‖_1`` is not multilinear in a shared
+parameter (a path may use it twice), so the sum of per-use scores is not its drop when zeroed.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from onnx import ModelProto
@@ -37,6 +42,7 @@ class Scores:
     fraction: dict[str, np.ndarray]
     log10_norm: float
     layers: dict[str, str]  # initializer -> DAG layer
+    skipped: dict[str, str] = field(default_factory=dict)  # initializer -> why it has no score
 
     def summary(self) -> list[dict]:
         """Per weight tensor: its share of ‖Φ‖_1 and quantiles of the per-weight fractions."""
@@ -117,17 +123,24 @@ def path_magnitude(model: ModelSource | Dag, input_shape=None, providers=None) -
     log2_norm = norm.log10 / math.log10(2.0)
     fraction: dict[str, np.ndarray] = {}
     layers: dict[str, str] = {}
+    uses: dict[str, int] = {}
+    for lname, _ in scored:
+        name = dag.layer(lname).origins.get("W", (lname, False))[0]
+        uses[name] = uses.get(name, 0) + 1
+    skipped = {n: f"used by {k} layers: a shared parameter's score is not the sum of its uses' scores"
+               for n, k in uses.items() if k > 1}
     for lname, out in scored:
         shift = float(res[out + LOG2_SUFFIX]) - log2_norm
-        f = np.ldexp(res[out].astype(np.float64), 0) * 2.0 ** shift if math.isfinite(shift) else np.zeros(res[out].shape)
+        f = res[out].astype(np.float64) * np.exp2(shift) if math.isfinite(shift) else np.zeros(res[out].shape)
         name, f = _to_initializer_layout(dag.layer(lname), f)
-        fraction[name] = fraction.get(name, 0) + f  # a weight used by several layers: scores add
-        layers[name] = lname
-    return Scores(fraction, norm.log10, layers)
+        if name not in skipped:
+            fraction[name], layers[name] = f, lname
+    return Scores(fraction, norm.log10, layers, skipped)
 
 
 def magnitude(dag: Dag) -> dict[str, np.ndarray]:
-    """Plain magnitude scores ``|θ_i|`` of the same weights (not rescaling-invariant)."""
+    """Plain magnitude scores ``|θ_i|`` of the same weights (not rescaling-invariant), as the DAG
+    holds them (a Gemm's ``alpha`` included)."""
     out: dict[str, np.ndarray] = {}
     for layer in dag.layers():
         if layer.op in SCORED:

@@ -1,0 +1,730 @@
+"""Path-magnitude scores (``onnx_pathlift.scores``): every score against its definition.
+
+``score_i = ‖Φ(θ)‖_1 − ‖Φ(θ with θ_i = 0)‖_1`` and ``fraction_i = score_i / ‖Φ(θ)‖_1``, for every
+Conv / Gemm / MatMul weight, returned in the initializer's own layout. Checked against:
+
+* the brute-force oracle (``tests/oracle.py``: path enumeration on a probed neuron DAG, float64),
+  with the weight zeroed in the ONNX file, on every ``ALL_NETS`` net and on extra tiny nets covering
+  the layer types the scores' adjoint graph has to transpose (strided / dilated / grouped /
+  asymmetrically padded / depthwise / 1-D convs, pools, BN, skips, concats, left MatMuls, Gemm
+  transB with alpha, Flatten / Reshape / Transpose);
+* the multilinearity of ‖Φ‖_1 in |θ| (a layer's scores sum to at most ‖Φ‖_1, exactly when every
+  path crosses it);
+* finite differences of ``path_norm`` on the shipped models, and torch autograd (float64) of an
+  independent re-implementation of the lifted network;
+* a log-domain oracle on a deep chain whose path-norm overflows float64;
+* rescaling invariance (``onnx_pathlift.rescale``), which magnitudes lack.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from oracle import brute_force_path_norm, neuron_dag, path_starts
+from tiny_nets import ALL_NETS, get_params, with_params
+
+import onnx_pathlift as pl
+from onnx_pathlift.rescale import rescale
+from onnx_pathlift.scores import Scores, magnitude, path_magnitude
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+SHIPPED = ["digits_cnn_torch_bn.onnx", "digits_mlp_sklearn.onnx", "digits_cnn_torch.onnx",
+           "digits_cnn_torch_bn_pruned50.onnx"]
+SCORED_OPS = ("Conv", "Gemm", "MatMul")
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _model(name: str, nodes, inputs, outputs, params: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """Opset-17 model; float params are stored as float32, integer ones (Reshape shapes) as int64."""
+    inits = [numpy_helper.from_array(v.astype(np.int64) if v.dtype.kind in "iu" else v.astype(np.float32), k)
+             for k, v in params.items()]
+    graph = helper.make_graph(
+        nodes, name,
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs],
+        inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="test_scores")
+    model.ir_version = 8
+
+    return model
+
+
+def _w(rng, shape, fan_in):
+    return rng.normal(0.0, 1.0 / math.sqrt(fan_in), shape)
+
+
+def _bn(rng, prefix, c):
+    return {f"{prefix}_g": rng.uniform(0.5, 1.5, c) * rng.choice([-1.0, 1.0], c), f"{prefix}_b": rng.normal(0.2, 0.5, c),
+            f"{prefix}_m": rng.normal(0.0, 0.5, c), f"{prefix}_v": rng.uniform(0.5, 2.0, c)}
+
+
+def _bn_node(prefix, x, y):
+    return helper.make_node("BatchNormalization", [x, f"{prefix}_g", f"{prefix}_b", f"{prefix}_m", f"{prefix}_v"], [y],
+                            epsilon=1e-3)
+
+
+def strided_grouped(seed: int) -> onnx.ModelProto:
+    """x[1,4,8,7] -> Conv(3x3, stride 2, dilation 2, group 2, pads 1,0,2,1, bias) -> Relu
+    -> depthwise Conv(2x2, pads 1,1,0,0, bias) -> Relu -> MaxPool([3,2], stride 2, ceil_mode)
+    -> Flatten -> Gemm(transB=1, alpha=0.6, beta=1.5) -> y[1,3]."""
+    rng = np.random.default_rng(seed)
+    p = {"W1": _w(rng, (4, 2, 3, 3), 18), "b1": rng.normal(0, 0.5, 4), "W2": _w(rng, (4, 1, 2, 2), 4),
+         "b2": rng.normal(0, 0.5, 4), "Wf": _w(rng, (3, 8), 8), "bf": rng.normal(0, 0.5, 3)}
+    nodes = [
+        helper.make_node("Conv", ["x", "W1", "b1"], ["c1"], kernel_shape=[3, 3], strides=[2, 2], dilations=[2, 2],
+                         group=2, pads=[1, 0, 2, 1]),  # -> [1,4,4,2]
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "W2", "b2"], ["c2"], kernel_shape=[2, 2], group=4, pads=[1, 1, 0, 0]),  # [1,4,4,2]
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("MaxPool", ["r2"], ["m"], kernel_shape=[3, 2], strides=[2, 2], ceil_mode=1),  # [1,4,2,1]
+        helper.make_node("Flatten", ["m"], ["f"]),
+        helper.make_node("Gemm", ["f", "Wf", "bf"], ["y"], transB=1, alpha=0.6, beta=1.5),
+    ]
+    return _model("strided_grouped", nodes, [("x", [1, 4, 8, 7])], ["y"], p)
+
+
+def conv1d_avgpools(seed: int) -> onnx.ModelProto:
+    """x[1,2,9] -> Conv1d(3, pads 1, bias) -> Relu -> AveragePool(3, stride 2, pads 1, count_include_pad=0)
+    -> Conv1d(2) -> Relu -> AveragePool(2, pads 1,0, count_include_pad=1) -> Reshape[1,16] -> MatMul -> Add."""
+    rng = np.random.default_rng(seed)
+    p = {"W1": _w(rng, (3, 2, 3), 6), "b1": rng.normal(0, 0.5, 3), "W2": _w(rng, (4, 3, 2), 6),
+         "shape": np.array([1, 16]), "W3": _w(rng, (16, 2), 16), "b3": rng.normal(0, 0.5, 2)}
+    nodes = [
+        helper.make_node("Conv", ["x", "W1", "b1"], ["c1"], kernel_shape=[3], pads=[1, 1]),  # [1,3,9]
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("AveragePool", ["r1"], ["a1"], kernel_shape=[3], strides=[2], pads=[1, 1],
+                         count_include_pad=0),  # [1,3,5]
+        helper.make_node("Conv", ["a1", "W2"], ["c2"], kernel_shape=[2]),  # [1,4,4]
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("AveragePool", ["r2"], ["a2"], kernel_shape=[2], pads=[1, 0], count_include_pad=1),  # [1,4,4]
+        helper.make_node("Reshape", ["a2", "shape"], ["f"]),
+        helper.make_node("MatMul", ["f", "W3"], ["h"]),
+        helper.make_node("Add", ["h", "b3"], ["y"]),
+    ]
+    return _model("conv1d_avgpools", nodes, [("x", [1, 2, 9])], ["y"], p)
+
+
+def bn_residual_concat_gmp(seed: int) -> onnx.ModelProto:
+    """x[1,2,4,4] -> Conv(2x2, pads 0,0,1,1) -> BN -> Relu = a; s = a + Relu(Conv1x1(a));
+    Concat(s, Conv(2x2, pads 1,1,0,0)(a)) -> GlobalMaxPool -> Flatten -> Gemm(transB=1, alpha=2.5) -> y[1,2]."""
+    rng = np.random.default_rng(seed)
+    p = {"W1": _w(rng, (3, 2, 2, 2), 8), **_bn(rng, "bn", 3), "W2": _w(rng, (3, 3, 1, 1), 3),
+         "b2": rng.normal(0, 0.5, 3), "W3": _w(rng, (2, 3, 2, 2), 12), "Wf": _w(rng, (2, 5), 5),
+         "bf": rng.normal(0, 0.5, 2)}
+    nodes = [
+        helper.make_node("Conv", ["x", "W1"], ["c1"], kernel_shape=[2, 2], pads=[0, 0, 1, 1]),
+        _bn_node("bn", "c1", "n1"),
+        helper.make_node("Relu", ["n1"], ["a"]),
+        helper.make_node("Conv", ["a", "W2", "b2"], ["c2"], kernel_shape=[1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("Add", ["a", "r2"], ["s"]),
+        helper.make_node("Conv", ["a", "W3"], ["c3"], kernel_shape=[2, 2], pads=[1, 1, 0, 0]),
+        helper.make_node("Concat", ["s", "c3"], ["cat"], axis=1),
+        helper.make_node("GlobalMaxPool", ["cat"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "Wf", "bf"], ["y"], transB=1, alpha=2.5),
+    ]
+    return _model("bn_residual_concat_gmp", nodes, [("x", [1, 2, 4, 4])], ["y"], p)
+
+
+def left_matmul_transpose(seed: int) -> onnx.ModelProto:
+    """x[1,3,4] -> MatMul(Wl[5,3], x) (constant on the left) -> Add(bl[5,1]) -> Relu -> Transpose(0,2,1)
+    -> MatMul(W2[5,3]) -> Relu -> Reshape[1,12] -> Gemm(W[12,2], alpha=0.8, beta=0.5) -> y[1,2]."""
+    rng = np.random.default_rng(seed)
+    p = {"Wl": _w(rng, (5, 3), 3), "bl": rng.normal(0, 0.5, (5, 1)), "W2": _w(rng, (5, 3), 5),
+         "shape": np.array([1, 12]), "Wg": _w(rng, (12, 2), 12), "bg": rng.normal(0, 0.5, 2)}
+    nodes = [
+        helper.make_node("MatMul", ["Wl", "x"], ["h1"]),  # [1,5,4]
+        helper.make_node("Add", ["h1", "bl"], ["g1"]),
+        helper.make_node("Relu", ["g1"], ["r1"]),
+        helper.make_node("Transpose", ["r1"], ["t"], perm=[0, 2, 1]),  # [1,4,5]
+        helper.make_node("MatMul", ["t", "W2"], ["h2"]),  # [1,4,3]
+        helper.make_node("Relu", ["h2"], ["r2"]),
+        helper.make_node("Reshape", ["r2", "shape"], ["f"]),
+        helper.make_node("Gemm", ["f", "Wg", "bg"], ["y"], alpha=0.8, beta=0.5),
+    ]
+    return _model("left_matmul_transpose", nodes, [("x", [1, 3, 4])], ["y"], p)
+
+
+def gemm_left(seed: int) -> onnx.ModelProto:
+    """x[4,2] -> Gemm(A=W[4,3] constant, transA=1, alpha=1.5, C[3,1]) = W^T x -> Relu -> Gemm(V[2,3], r) -> y[2,2]
+    (the weight on the left, stored transposed)."""
+    rng = np.random.default_rng(seed)
+    p = {"W": _w(rng, (4, 3), 4), "c": rng.normal(0, 0.5, (3, 1)), "V": _w(rng, (2, 3), 3)}
+    nodes = [
+        helper.make_node("Gemm", ["W", "x", "c"], ["h"], transA=1, alpha=1.5),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Gemm", ["V", "r"], ["y"]),
+    ]
+    return _model("gemm_left", nodes, [("x", [4, 2])], ["y"], p)
+
+
+def no_bias(seed: int) -> onnx.ModelProto:
+    """No biases anywhere: every path starts at an input and crosses every weight tensor once.
+    x[1,2,5,5] -> Conv(3x3, pad 1) -> Relu -> MaxPool(2, stride 2, ceil) -> Conv(2x2) -> Relu
+    -> AveragePool(2, stride 1, pads 0,0,1,1) -> Flatten -> MatMul -> y[1,3]."""
+    rng = np.random.default_rng(seed)
+    p = {"W1": _w(rng, (3, 2, 3, 3), 18), "W2": _w(rng, (4, 3, 2, 2), 12), "W3": _w(rng, (16, 3), 16)}
+    nodes = [
+        helper.make_node("Conv", ["x", "W1"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("MaxPool", ["r1"], ["m1"], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1),  # 3x3
+        helper.make_node("Conv", ["m1", "W2"], ["c2"], kernel_shape=[2, 2]),  # 2x2
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("AveragePool", ["r2"], ["a2"], kernel_shape=[2, 2], pads=[0, 0, 1, 1]),  # 2x2
+        helper.make_node("Flatten", ["a2"], ["f"]),
+        helper.make_node("MatMul", ["f", "W3"], ["y"]),
+    ]
+    return _model("no_bias", nodes, [("x", [1, 2, 5, 5])], ["y"], p)
+
+
+EXTRA_NETS = {"strided_grouped": strided_grouped, "conv1d_avgpools": conv1d_avgpools,
+              "bn_residual_concat_gmp": bn_residual_concat_gmp, "left_matmul_transpose": left_matmul_transpose,
+              "gemm_left": gemm_left, "no_bias": no_bias}
+
+
+def build(name: str, seed: int) -> onnx.ModelProto:
+    if name in ALL_NETS:
+        return ALL_NETS[name](seed)[0]
+    return EXTRA_NETS[name](seed)
+
+
+ALL = [*ALL_NETS, *EXTRA_NETS]
+
+
+def scored_initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The weight initializers of Conv / Gemm / MatMul nodes (input 1, or the constant MatMul operand)."""
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    out = {}
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            out[node.input[1]] = inits[node.input[1]]
+        elif node.op_type in ("Gemm", "MatMul"):
+            for i in node.input[:2]:
+                if i in inits:
+                    out[i] = inits[i]
+    return out
+
+
+def zeroed(model: onnx.ModelProto, name: str, index: tuple[int, ...]) -> onnx.ModelProto:
+    """A copy of ``model`` with one entry of one initializer set to 0 (every other byte kept)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for t in out.graph.initializer:
+        if t.name == name:
+            w = numpy_helper.to_array(t).copy()
+            w[index] = 0
+            t.CopyFrom(numpy_helper.from_array(w, name))
+    return out
+
+
+def sample(f: np.ndarray, cap: int, rng: np.random.Generator) -> list[tuple[int, ...]]:
+    """Every index of ``f`` if it has at most ``cap`` entries, else the largest, the smallest and random others."""
+    flat = np.arange(f.size)
+    if f.size > cap:
+        ends = {int(np.argmax(f)), int(np.argmin(f))}
+        rest = rng.choice(np.setdiff1d(flat, list(ends)), cap - len(ends), replace=False)
+        flat = np.sort(np.concatenate([list(ends), rest]))
+    return [np.unravel_index(int(i), f.shape) for i in flat]
+
+
+def assert_fractions_close(got: dict[str, np.ndarray], want: dict[str, np.ndarray], rtol: float, atol: float = 0.0):
+    assert sorted(got) == sorted(want)
+    for k, w in want.items():
+        assert got[k].shape == w.shape, k
+        np.testing.assert_allclose(got[k], w, rtol=rtol, atol=atol, err_msg=k)
+
+
+# --------------------------------------------------------------------------------------------
+# the definition, against the brute-force oracle
+# --------------------------------------------------------------------------------------------
+
+# per-tensor sample sizes: every entry on the cheap nets; the costly ones (~1e5 paths each oracle
+# call) sample the largest, smallest and random entries
+CAP = {"residual_concat": 8, "everything": 8, "conv_bn_pool": 24, "no_bias": 16}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("name", ALL)
+def test_fraction_is_the_drop_of_the_path_norm_brute_force(name: str, seed: int) -> None:
+    model = build(name, seed)
+    scores = path_magnitude(model)
+    assert isinstance(scores, Scores)
+    # one tensor per Conv/Gemm/MatMul weight, keyed by initializer name, in the initializer's layout
+    weights = scored_initializers(model)
+    assert sorted(scores.fraction) == sorted(weights)
+    for k, w in weights.items():
+        assert scores.fraction[k].shape == w.shape, k
+        assert scores.fraction[k].dtype == np.float64, k
+    full = brute_force_path_norm(model, 1)
+    assert scores.log10_norm == pytest.approx(math.log10(full), rel=1e-6)
+    rng = np.random.default_rng(seed)
+    checked = 0
+    for k in sorted(weights):
+        f = scores.fraction[k]
+        assert np.all(f >= 0)
+        for idx in sample(f, CAP.get(name, 40), rng):
+            want = (full - brute_force_path_norm(zeroed(model, k, idx), 1)) / full
+            assert abs(f[idx] - want) <= 1e-5 * abs(want) + 1e-9, (k, idx, f[idx], want)
+            checked += 1
+    assert checked >= 18
+
+
+def test_transposed_gemm_scores_come_back_in_the_initializer_layout() -> None:
+    """Gemm transB=1 (mlp, B1 is [hidden, in]): an asymmetric entry checked by hand-zeroing."""
+    model = build("mlp", 0)
+    f = path_magnitude(model).fraction["B1"]
+    assert f.shape == (8, 6)
+    full = brute_force_path_norm(model, 1)
+    for idx in [(7, 0), (0, 5), (3, 2)]:
+        want = (full - brute_force_path_norm(zeroed(model, "B1", idx), 1)) / full
+        assert f[idx] == pytest.approx(want, rel=1e-5)
+
+
+def test_zero_weight_has_zero_score_and_dead_branches_score_zero() -> None:
+    model = build("matmul_net", 0)
+    q = get_params(model)
+    q["W1"][1, 2] = 0.0
+    q["W2"][4, :] = 0.0  # hidden neuron 4 leads nowhere: its incoming weights score 0 too
+    f = path_magnitude(with_params(model, q)).fraction
+    assert f["W1"][1, 2] == 0.0
+    assert np.all(f["W2"][4] == 0.0)
+    assert np.all(f["W1"][:, 4] == 0.0)
+    assert np.all(np.delete(f["W1"], 4, axis=1)[np.delete(q["W1"], 4, axis=1) != 0] > 0)
+
+
+# --------------------------------------------------------------------------------------------
+# multilinearity: a tensor's scores sum to at most ‖Φ‖_1, exactly when every path crosses it
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_scores_of_a_tensor_sum_to_at_most_the_norm(name: str) -> None:
+    scores = path_magnitude(build(name, 0))
+    for k, f in scores.fraction.items():
+        assert 0.0 < f.sum() <= 1.0 + 1e-6, k
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_scores_of_a_tensor_every_path_crosses_sum_to_one(seed: int) -> None:
+    model = no_bias(seed)
+    G, _ = neuron_dag(model)
+    assert all(G.nodes[s]["kind"] == "input" for s in path_starts(G))  # really no bias-started path
+    scores = path_magnitude(model)
+    assert sorted(scores.fraction) == ["W1", "W2", "W3"]
+    for k, f in scores.fraction.items():
+        assert f.sum() == pytest.approx(1.0, abs=1e-6), k
+    row = scores.summary()
+    assert {r["initializer"] for r in row} == {"W1", "W2", "W3"}
+    for r in row:
+        assert r["share"] == pytest.approx(1.0, abs=1e-6)
+        assert r["size"] == scores.fraction[r["initializer"]].size
+        q = r["quantiles"]
+        assert q["min"] <= q["median"] <= q["p90"] <= q["p99"] <= q["max"] <= 1.0
+
+
+def _shared_weight_net() -> onnx.ModelProto:
+    """x[1,3] -> MatMul(W) -> Add(b) -> Relu -> MatMul(W) -> y: one initializer used by two layers, so
+    paths through W[i, i] on both layers use that parameter twice."""
+    rng = np.random.default_rng(0)
+    p = {"W": _w(rng, (3, 3), 3), "b": rng.normal(0, 0.5, 3)}
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "b"], ["a"]),
+             helper.make_node("Relu", ["a"], ["r"]), helper.make_node("MatMul", ["r", "W"], ["y"])]
+    return _model("shared", nodes, [("x", [1, 3])], ["y"], p)
+
+
+def test_shared_weight_is_not_scored() -> None:
+    """‖Φ‖_1 is not multilinear in a parameter two layers share (a path through W[i, i] on both layers
+    uses it twice), so the sum of per-use scores is not its drop when zeroed: W is reported as
+    skipped, not scored wrongly. (Summed per-use scores would give fractions of W adding up to 1.83.)"""
+    model = _shared_weight_net()
+    scores = path_magnitude(model)
+    assert "W" not in scores.fraction and "used by 2 layers" in scores.skipped["W"]
+
+
+def test_shipped_final_layer_share_is_all_but_its_bias_paths() -> None:
+    """mlp_sklearn: every path not ending at the output bias crosses the last weight matrix, so its
+    share is 1 − (bias-of-the-output paths) / ‖Φ‖_1 = 1 − Σ|intercepts2| / ‖Φ‖_1."""
+    model = onnx.load(str(MODELS / "digits_mlp_sklearn.onnx"))
+    scores = path_magnitude(model)
+    b = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "intercepts2")).astype(np.float64)
+    want = 1.0 - np.abs(b).sum() / 10.0 ** scores.log10_norm
+    assert scores.fraction["coefficient2"].sum() == pytest.approx(want, rel=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# shipped models: finite differences of path_norm, and torch autograd in float64
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("file", SHIPPED)
+def test_shipped_scores_match_finite_differences(file: str) -> None:
+    model = onnx.load(str(MODELS / file))
+    scores = path_magnitude(model)
+    norm = pl.path_norm(model, q=1)
+    assert scores.log10_norm == pytest.approx(norm.log10, rel=1e-7)
+    rng = np.random.default_rng(0)
+    candidates = [(k, idx) for k in sorted(scores.fraction) for idx in zip(*np.nonzero(scores.fraction[k] > 1e-3))]
+    assert len(candidates) >= 10
+    picks = rng.choice(len(candidates), 10, replace=False)
+    for i in picks:
+        k, idx = candidates[i]
+        dropped = pl.path_norm(zeroed(model, k, idx), q=1).value
+        want = (norm.value - dropped) / norm.value
+        assert scores.fraction[k][idx] == pytest.approx(want, rel=1e-3), (k, idx)
+
+
+def _torch_lifted_fractions(dag: pl.Dag) -> dict[str, np.ndarray]:
+    """Independent float64 re-implementation of the lifted network (q = 1, all-ones inputs) in torch;
+    scores = |W| · ∂‖Φ‖_1/∂|W| by autograd; returned as fractions in the initializer layout."""
+    import torch
+    import torch.nn.functional as F
+
+    def t(a):
+        return torch.as_tensor(np.abs(np.asarray(a, np.float64)))
+
+    def pad(x, begin, end, value=0.0):
+        spec = []
+        for b_, e_ in zip(reversed(begin), reversed(end)):
+            spec += [int(b_), int(e_)]
+        return F.pad(x, spec, value=value)
+
+    def window_sum(x, layer, kernel_pads_value=0.0):
+        """Sum over each pool window (pads then the ceil-mode end extension filled with zeros)."""
+        a = layer.attrs
+        k, n = a["kernel_shape"], len(a["kernel_shape"])
+        strides, dil = a["strides"], a.get("dilations", [1] * n)
+        begin, end = a["pads"][:n], a["pads"][n:]
+        x = pad(x, begin, end, kernel_pads_value)
+        out = layer.shape[2:]
+        extra = [max(0, (out[i] - 1) * strides[i] + (k[i] - 1) * dil[i] + 1 - x.shape[2 + i]) for i in range(n)]
+        x = pad(x, [0] * n, extra, 0.0)
+        c = x.shape[1]
+        conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[n]
+        y = conv(x, torch.ones((c, 1, *k), dtype=torch.float64), stride=strides, dilation=dil, groups=c)
+        return y[(slice(None), slice(None), *[slice(0, o) for o in out])]
+
+    value, leaves = {}, {}
+    for layer in dag.layers():
+        xs = [value[i] for i in layer.inputs]
+        op, p, a = layer.op, layer.params, layer.attrs
+        if op == "input":
+            y = torch.ones(layer.shape, dtype=torch.float64)
+        elif op == "conv":
+            w = t(p["W"]).requires_grad_(True)
+            leaves[layer.name] = w
+            n = w.dim() - 2
+            x = pad(xs[0], a["pads"][:n], a["pads"][n:])
+            conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[n]
+            y = conv(x, w, stride=a["strides"], dilation=a["dilations"], groups=a["group"])
+            if "B" in p:
+                y = y + t(p["B"]).reshape(1, -1, *[1] * n)
+        elif op == "dense":
+            w = t(p["W"]).requires_grad_(True)
+            leaves[layer.name] = w
+            y = xs[0] @ w if a["side"] == "right" else w @ xs[0]
+            if "B" in p:
+                y = y + t(p["B"])
+        elif op == "affine":
+            y = xs[0]
+            if "scale" in p:
+                y = y * t(p["scale"])
+            if "bias" in p:
+                y = y + t(p["bias"])
+        elif op == "relu":
+            y = xs[0]
+        elif op == "maxpool":
+            y = window_sum(xs[0], layer)
+        elif op == "avgpool":
+            ones = torch.ones_like(xs[0])
+            div = window_sum(ones, layer, 1.0 if a.get("count_include_pad", 0) else 0.0)
+            y = window_sum(xs[0], layer) / div
+        elif op == "globalpool":
+            dims = tuple(range(2, xs[0].dim()))
+            y = xs[0].sum(dim=dims, keepdim=True)
+            if a["mode"] != "max":
+                y = y / float(np.prod(a["in_spatial"]))
+        elif op == "sum":
+            y = sum(xs[1:], xs[0])
+        elif op == "concat":
+            y = torch.cat(xs, dim=a["axis"])
+        elif op == "reshape":
+            y = xs[0].reshape(layer.shape)
+        elif op == "transpose":
+            y = xs[0].permute(*a["perm"])
+        else:
+            raise NotImplementedError(op)
+        assert tuple(y.shape) == tuple(layer.shape), (layer.name, tuple(y.shape), layer.shape)
+        value[layer.name] = y
+    norm = sum(value[name].sum() for name in dag.outputs.values())
+    norm.backward()
+    norm = norm.item()
+    out = {}
+    for lname, w in leaves.items():
+        frac = (w * w.grad).detach().numpy() / norm
+        name, transposed = dag.layer(lname).origins.get("W", (lname, False))
+        out[name] = out.get(name, 0) + (frac.T if transposed else frac)
+    return out
+
+
+@pytest.mark.parametrize("file", ["digits_cnn_torch_bn.onnx", "digits_mlp_sklearn.onnx"])
+def test_shipped_scores_match_torch_autograd_float64(file: str) -> None:
+    pytest.importorskip("torch")
+    dag = pl.import_model(str(MODELS / file))
+    want = _torch_lifted_fractions(dag)
+    got = path_magnitude(dag).fraction
+    # atol: mlp_sklearn has weights whose shares are ~1e-47..1e-52 (dead input pixels), below float32's range
+    # next to their tensor's largest share; they come back flushed or rounded (see the xfail tests below)
+    assert_fractions_close(got, want, rtol=1e-5, atol=1e-15)
+
+
+@pytest.mark.xfail(strict=True, reason="Known limitation, documented in scores.py (see test_small_shares_below_float32_range_are_not_flushed_to_zero): "
+                   "in digits_mlp_sklearn.onnx 11 weights of 'coefficient' and 4 of 'coefficient1' have shares "
+                   "1e-45..1e-52 (float64 autograd); the package returns 0.0 for 3 of them (e.g. 1.06e-50 → 0) and "
+                   "float32-subnormal-rounded values for the rest (e.g. 7.74e-48 → 7.18e-48)")
+def test_shipped_mlp_tiny_shares_match_torch_autograd_without_absolute_floor() -> None:
+    pytest.importorskip("torch")
+    dag = pl.import_model(str(MODELS / "digits_mlp_sklearn.onnx"))
+    assert_fractions_close(path_magnitude(dag).fraction, _torch_lifted_fractions(dag), rtol=1e-5, atol=0.0)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_tiny_net_scores_match_torch_autograd_float64(name: str) -> None:
+    """The same float64 re-implementation on the tiny nets (all layer kinds): a second, independent
+    check of every entry, cheap enough to cover the entries the brute-force test samples out."""
+    pytest.importorskip("torch")
+    dag = pl.import_model(build(name, 0))
+    assert_fractions_close(path_magnitude(dag).fraction, _torch_lifted_fractions(dag), rtol=1e-5, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# overflow: ‖Φ‖_1 far past float64
+# --------------------------------------------------------------------------------------------
+
+
+def _deep_chain(depth: int, width: int, seed: int) -> tuple[onnx.ModelProto, list[np.ndarray]]:
+    """``depth`` 1x1 Convs (no bias) + ReLU on 3x3 images; |w| log-uniform in [8, 64], random signs."""
+    rng = np.random.default_rng(seed)
+    nodes, params, x = [], {}, "x"
+    ws = []
+    for i in range(depth):
+        w = np.exp(rng.uniform(np.log(8), np.log(64), (width, width))) * rng.choice([-1.0, 1.0], (width, width))
+        w = w.astype(np.float32)
+        ws.append(w.astype(np.float64))
+        params[f"W{i}"] = w[:, :, None, None]
+        nodes += [helper.make_node("Conv", [x, f"W{i}"], [f"c{i}"], kernel_shape=[1, 1]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        x = f"r{i}"
+    return _model("deep", nodes, [("x", [1, width, 3, 3])], [x], params), ws
+
+
+def _log_domain_fractions(ws: list[np.ndarray], positions: int) -> tuple[float, list[np.ndarray]]:
+    """Forward masses a (log), backward masses g (log) of a dense chain, per position; score of W[o, i]
+    = positions · |W[o, i]| · a_i · g_o. Returns (log10 ‖Φ‖_1, log-free fractions)."""
+    la = [np.zeros(ws[0].shape[1])]
+    for w in ws:
+        la.append(np.logaddexp.reduce(np.log(np.abs(w)) + la[-1][None, :], axis=1))
+    lg = [np.zeros(ws[-1].shape[0])]
+    for w in reversed(ws):
+        lg.append(np.logaddexp.reduce(np.log(np.abs(w)) + lg[-1][:, None], axis=0))
+    lg = lg[::-1]  # lg[k]: backward mass of the neurons entering layer k
+    log_norm = math.log(positions) + float(np.logaddexp.reduce(la[-1]))
+    fr = [np.exp(math.log(positions) + np.log(np.abs(w)) + la[k][None, :] + lg[k + 1][:, None] - log_norm)
+          for k, w in enumerate(ws)]
+    return log_norm / math.log(10), fr
+
+
+def test_scores_survive_a_path_norm_past_float64() -> None:
+    depth, width = 150, 8
+    model, ws = _deep_chain(depth, width, 3)
+    log10_norm, want = _log_domain_fractions(ws, 9)
+    assert log10_norm > 320
+    scores = path_magnitude(model)
+    assert scores.log10_norm == pytest.approx(log10_norm, rel=1e-6)
+    assert sorted(scores.fraction) == sorted(f"W{i}" for i in range(depth))
+    for i in range(depth):
+        f = scores.fraction[f"W{i}"]
+        assert f.shape == (width, width, 1, 1)
+        assert np.all(np.isfinite(f))
+        assert np.all(f > 0)
+        assert f.sum() == pytest.approx(1.0, abs=1e-4)
+        np.testing.assert_allclose(f[:, :, 0, 0], want[i], rtol=1e-4, err_msg=f"W{i}")
+
+
+def test_scores_of_a_net_with_tiny_path_norm() -> None:
+    """The other side: ‖Φ‖_1 far below float64's smallest normal; fractions still O(1)."""
+    depth, width = 150, 8
+    model, ws = _deep_chain(depth, width, 4)
+    small = [w / 65536.0 for w in ws]
+    model = with_params(model, {f"W{i}": w[:, :, None, None] for i, w in enumerate(small)})
+    log10_norm, want = _log_domain_fractions(small, 9)
+    assert log10_norm < -320
+    scores = path_magnitude(model)
+    assert scores.log10_norm == pytest.approx(log10_norm, rel=1e-6)
+    for i in range(0, depth, 7):
+        np.testing.assert_allclose(scores.fraction[f"W{i}"][:, :, 0, 0], want[i], rtol=1e-4, err_msg=f"W{i}")
+
+
+def _diagonal_chain(depth: int, small: float) -> onnx.ModelProto:
+    """``depth`` x (MatMul(diag(small, 1)) -> Relu) on x[1,2]: two disjoint paths, of weights small**depth and 1."""
+    nodes, params, x = [], {}, "x"
+    for i in range(depth):
+        params[f"W{i}"] = np.diag([small, 1.0])
+        nodes += [helper.make_node("MatMul", [x, f"W{i}"], [f"h{i}"]), helper.make_node("Relu", [f"h{i}"], [f"r{i}"])]
+        x = f"r{i}"
+    return _model("diagonal", nodes, [("x", [1, 2])], [x], params)
+
+
+def test_small_shares_within_float32_range_are_exact() -> None:
+    depth, small = 10, 1e-3  # share 1e-30: float32 still holds it next to 1
+    f = path_magnitude(_diagonal_chain(depth, small)).fraction
+    want = float(np.float32(small)) ** depth
+    for i in range(depth):
+        assert f[f"W{i}"][0, 0] == pytest.approx(want, rel=1e-5, abs=0)
+        assert f[f"W{i}"][1, 1] == pytest.approx(1.0, rel=1e-6)
+        assert f[f"W{i}"][0, 1] == 0.0 and f[f"W{i}"][1, 0] == 0.0
+
+
+@pytest.mark.xfail(strict=True, reason="Known limitation, documented in scores.py: the forward/backward masses and "
+                   "the score tensors are float32 with "
+                   "one power-of-two scale per tensor, so a share below ~1e-38 of the largest in its tensor comes "
+                   "back as exactly 0 (here 1e-48 → 0.0), tied with already-zero weights")
+def test_small_shares_below_float32_range_are_not_flushed_to_zero() -> None:
+    depth, small = 16, 1e-3  # share 1e-48: a normal float64, far below float32 next to 1
+    f = path_magnitude(_diagonal_chain(depth, small)).fraction
+    want = float(np.float32(small)) ** depth
+    for i in range(depth):
+        assert f[f"W{i}"][0, 0] == pytest.approx(want, rel=1e-5, abs=0), i
+
+
+# --------------------------------------------------------------------------------------------
+# rescaling invariance
+# --------------------------------------------------------------------------------------------
+
+
+def _run(model: onnx.ModelProto, feeds) -> list[np.ndarray]:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    s = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return s.run(None, feeds)
+
+
+def _feeds(model: onnx.ModelProto, dag: pl.Dag, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {n: rng.uniform(-1, 1, dag.layer(n).shape).astype(np.float32) for n in dag.inputs}
+
+
+@pytest.mark.parametrize("source", [*SHIPPED, *ALL])
+def test_fractions_are_invariant_under_rescale(source: str) -> None:
+    model = onnx.load(str(MODELS / source)) if source.endswith(".onnx") else build(source, 0)
+    dag = pl.import_model(model)
+    out, report = rescale(model, dag, seed=5, low=1 / 4096, high=4096)
+    if source.endswith(".onnx") or source in ("mlp", "matmul_net", "conv_bn_pool", "no_bias"):
+        assert report.neurons > 0 and report.layers > 0
+    # the function is unchanged
+    feeds = _feeds(model, dag)
+    for a, b in zip(_run(model, feeds), _run(out, feeds)):
+        if a.dtype.kind == "f":
+            np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * float(np.abs(a).max()))
+        else:
+            np.testing.assert_array_equal(b, a)
+    # node list untouched; only initializer values change
+    assert [n.SerializeToString() for n in out.graph.node] == [n.SerializeToString() for n in model.graph.node]
+    before, after = path_magnitude(dag), path_magnitude(out)
+    assert after.log10_norm == pytest.approx(before.log10_norm, rel=1e-5, abs=1e-6)
+    assert_fractions_close(after.fraction, before.fraction, rtol=1e-5, atol=1e-12)
+    mag_before, mag_after = magnitude(dag), magnitude(pl.import_model(out))
+    assert sorted(mag_before) == sorted(before.fraction)
+    for k in mag_before:
+        assert mag_before[k].shape == before.fraction[k].shape
+    if report.neurons:
+        assert any(not np.allclose(mag_after[k], mag_before[k], rtol=1e-3) for k in mag_before)
+
+
+@pytest.mark.parametrize("name", list(ALL_NETS))
+def test_fractions_are_invariant_under_the_tiny_nets_own_rescaling(name: str) -> None:
+    """tiny_nets' independent rescalings (BN, skips, grouped convs, Mul neurons included)."""
+    model, rescale_fn = ALL_NETS[name](1)
+    other = rescale_fn(model, np.random.default_rng(9))
+    before, after = path_magnitude(model), path_magnitude(other)
+    assert_fractions_close(after.fraction, before.fraction, rtol=1e-5, atol=1e-12)
+    mb, ma = magnitude(pl.import_model(model)), magnitude(pl.import_model(other))
+    assert any(not np.allclose(ma[k], mb[k], rtol=1e-3) for k in mb)
+
+
+@pytest.mark.parametrize("source", ["conv_bn_pool", "matmul_net", "conv1d_avgpools", "digits_cnn_torch_bn.onnx"])
+def test_magnitude_scores_are_abs_weights_in_initializer_layout(source: str) -> None:
+    """|w| of each scored initializer, in its layout (nets whose Gemms have alpha = 1: with alpha ≠ 1
+    the DAG's weight is alpha·W, and so is its 'magnitude')."""
+    model = onnx.load(str(MODELS / source)) if source.endswith(".onnx") else build(source, 0)
+    mag = magnitude(pl.import_model(model))
+    weights = scored_initializers(model)
+    assert sorted(mag) == sorted(weights)
+    for k, w in weights.items():
+        np.testing.assert_array_equal(mag[k], np.abs(w.astype(np.float64)), err_msg=k)
+
+
+def test_deterministic_and_dag_or_model() -> None:
+    model = onnx.load(str(MODELS / "digits_cnn_torch_bn.onnx"))
+    a = path_magnitude(model)
+    b = path_magnitude(pl.import_model(model))
+    c = path_magnitude(str(MODELS / "digits_cnn_torch_bn.onnx"))
+    for k in a.fraction:
+        np.testing.assert_array_equal(a.fraction[k], b.fraction[k])
+        np.testing.assert_array_equal(a.fraction[k], c.fraction[k])
+    assert a.layers == b.layers
+    assert set(a.layers) == set(a.fraction)
+
+
+# --------------------------------------------------------------------------------------------
+# the scores command
+# --------------------------------------------------------------------------------------------
+
+
+def _cli(*args) -> tuple[int, str, str]:
+    import contextlib
+    import io
+
+    from onnx_pathlift import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli.main([str(a) for a in args])
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize("file", ["digits_cnn_torch_bn.onnx", "digits_mlp_sklearn.onnx"])
+def test_scores_cli_json_and_npz(tmp_path, file: str) -> None:
+    import json
+
+    npz = tmp_path / "s.npz"
+    rc, out, err = _cli("scores", MODELS / file, "-o", npz, "--json")
+    assert rc == 0, err
+    res = json.loads(out)
+    assert {"model", "l1_path_norm_log10", "seconds", "written", "tensors"} <= set(res)
+    api = path_magnitude(str(MODELS / file))
+    assert res["l1_path_norm_log10"] == pytest.approx(api.log10_norm, rel=1e-9)
+    assert res["written"] == str(npz)
+    rows = {r["initializer"]: r for r in res["tensors"]}
+    assert sorted(rows) == sorted(api.fraction)
+    for k, r in rows.items():
+        f = api.fraction[k]
+        assert r["size"] == f.size and r["share"] == pytest.approx(f.sum(), rel=1e-6)
+        assert r["zeros"] == int((f == 0).sum())
+        assert r["quantiles"]["max"] == pytest.approx(f.max(), rel=1e-6)
+    with np.load(npz) as z:
+        assert sorted(z.files) == sorted(api.fraction)
+        for k in z.files:
+            assert z[k].dtype == np.float32 and z[k].shape == api.fraction[k].shape
+            np.testing.assert_array_equal(z[k], api.fraction[k].astype(np.float32))  # float32 by design
+    rc, out, err = _cli("scores", MODELS / file)
+    assert rc == 0 and "path-magnitude scores" in out
