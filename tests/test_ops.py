@@ -135,3 +135,71 @@ def test_maxpool_ceil_window_in_padding_is_refused() -> None:
                                                  pads=[0, 0, 1, 1], ceil_mode=1, name="mp")], [1, 1, 3, 3], {})
     with pytest.raises(pl.UnsupportedModelError, match="onnxruntime computes"):
         pl.import_model(model)
+
+
+def _act_net(act_nodes: list, extra: dict) -> onnx.ModelProto:
+    """Gemm → (activation nodes: h → a) → Gemm, with fixed weights."""
+    rng = np.random.default_rng(9)
+    params = {"W1": rng.normal(size=(4, 3)), "b1": rng.normal(size=4), "W2": rng.normal(size=(2, 4)), **extra}
+    nodes = [helper.make_node("Gemm", ["x", "W1", "b1"], ["h"], transB=1), *act_nodes,
+             helper.make_node("Gemm", ["a", "W2"], ["y"], transB=1)]
+    return _net([1, 3], nodes, [1, 2], params)
+
+
+def _c(v) -> np.ndarray:
+    return np.asarray(v, np.float32)
+
+
+#: each piecewise-linear activation, and the same function written with Mul/Add/Relu nodes only: the
+#: brute-force oracle probes the second, so it checks the DAG-ReLU form the importer chose
+ACTIVATIONS = {
+    "leaky_relu": ([helper.make_node("LeakyRelu", ["h"], ["a"], alpha=0.2)], {},
+                   [helper.make_node("Mul", ["h", "al"], ["p"]), helper.make_node("Relu", ["h"], ["r"]),
+                    helper.make_node("Mul", ["r", "om"], ["s"]), helper.make_node("Add", ["p", "s"], ["a"])],
+                   {"al": _c(0.2), "om": _c(0.8)}),
+    "prelu_per_channel": ([helper.make_node("PRelu", ["h", "sl"], ["a"])], {"sl": _c([0.1, -0.3, 0.5, 2.0])},
+                          [helper.make_node("Mul", ["h", "sl"], ["p"]), helper.make_node("Relu", ["h"], ["r"]),
+                           helper.make_node("Mul", ["r", "om"], ["s"]), helper.make_node("Add", ["p", "s"], ["a"])],
+                          {"sl": _c([0.1, -0.3, 0.5, 2.0]), "om": _c([0.9, 1.3, 0.5, -1.0])}),
+    "relu6": ([helper.make_node("Clip", ["h", "lo", "hi"], ["a"])], {"lo": _c(0.0), "hi": _c(6.0)},
+              [helper.make_node("Relu", ["h"], ["r"]), helper.make_node("Sub", ["six", "r"], ["d"]),
+               helper.make_node("Relu", ["d"], ["r2"]), helper.make_node("Sub", ["six", "r2"], ["a"])],
+              {"six": _c(6.0)}),
+    "clip_two_sided": ([helper.make_node("Clip", ["h", "lo", "hi"], ["a"])], {"lo": _c(-0.5), "hi": _c(0.7)},
+                       [helper.make_node("Add", ["h", "half"], ["u"]), helper.make_node("Relu", ["u"], ["r"]),
+                        helper.make_node("Sub", ["span", "r"], ["d"]), helper.make_node("Relu", ["d"], ["r2"]),
+                        helper.make_node("Sub", ["hi", "r2"], ["a"])],
+                       {"half": _c(0.5), "span": _c(1.2), "hi": _c(0.7)}),
+    "clip_min_only": ([helper.make_node("Clip", ["h", "lo"], ["a"])], {"lo": _c(0.3)},
+                      [helper.make_node("Sub", ["h", "lo"], ["u"]), helper.make_node("Relu", ["u"], ["r"]),
+                       helper.make_node("Add", ["r", "lo"], ["a"])], {"lo": _c(0.3)}),
+    "clip_max_only": ([helper.make_node("Clip", ["h", "", "hi"], ["a"])], {"hi": _c(0.3)},
+                      [helper.make_node("Sub", ["hi", "h"], ["u"]), helper.make_node("Relu", ["u"], ["r"]),
+                       helper.make_node("Sub", ["hi", "r"], ["a"])], {"hi": _c(0.3)}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_piecewise_linear_activation_forms(name: str) -> None:
+    nodes, extra, plain_nodes, plain_extra = ACTIVATIONS[name]
+    model, plain = _act_net(nodes, extra), _act_net(plain_nodes, plain_extra)
+    dag = pl.import_model(model)
+    assert verify(model, dag, trials=5).passed
+    for q in (1.0, 2.0, 4.0):
+        assert pl.path_norm(dag, q=q).value == pytest.approx(brute_force_path_norm(plain, q) ** (1 / q), rel=1e-6)
+
+
+def test_relu6_form_does_not_double_paths() -> None:
+    """20 ReLU6 layers: the one-chain form keeps the path count linear (lifted x + 2·6^q per layer);
+    relu(x) − relu(x − 6) would double every path per layer (2^20)."""
+    width, depth = 2, 20
+    nodes, params, x = [], {"lo": _c(0.0), "hi": _c(6.0)}, "x"
+    for i in range(depth):
+        params[f"W{i}"] = np.eye(width) * 0.5
+        nodes += [helper.make_node("MatMul", [x, f"W{i}"], [f"m{i}"]), helper.make_node("Clip", [f"m{i}", "lo", "hi"], [f"c{i}"])]
+        x = f"c{i}"
+    nodes.append(helper.make_node("Identity", [x], ["y"]))
+    value = 1.0  # per neuron: S ← 0.5·S + 2·6 (q = 1)
+    for _ in range(depth):
+        value = 0.5 * value + 12.0
+    assert pl.path_norm(_net([1, width], nodes, [1, width], params), q=1).value == pytest.approx(width * value, rel=1e-6)

@@ -1,10 +1,24 @@
-"""ReLU. Lifted: identity (all lifted values are already ≥ 0, and a path's weight ignores activations)."""
+"""ReLU, and the piecewise-linear activations imported through their exact DAG-ReLU forms.
+
+ReLU lifted: identity (lifted values are ≥ 0, and a path's weight ignores activations).
+
+The others become small DAGs of ReLU, affine and sum layers (notes §2), so every analysis applies:
+
+* LeakyRelu / PRelu with slope α: ``α·x + (1 − α)·relu(x)``; lifted ``(|α|^q + |1 − α|^q)·x``.
+* Clip(a, b) (ReLU6 = Clip(0, 6)): ``b − relu((b − a) − relu(x − a))``, one chain (lifted
+  ``x + |a|^q + |b − a|^q + |b|^q``). The other form, ``relu(x) − relu(x − c)``, doubles every
+  path and gives 2^L blow-ups over L layers; a one-sided Clip is ``a + relu(x − a)`` or
+  ``b − relu(b − x)``.
+"""
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..dag import Layer
+from ..errors import RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled
-from .base import ImportContext, LayerOp, imports, layer_op
+from .base import ImportContext, LayerOp, attributes, imports, layer_op
 
 
 @layer_op
@@ -32,3 +46,60 @@ class Relu(LayerOp):
 @imports("Relu")
 def import_relu(node, ctx: ImportContext) -> None:
     ctx.add(node, "relu", [ctx.act(node.input[0])], ctx.shape(node.output[0]))
+
+
+def _affine(ctx: ImportContext, node, x: str, scale: float | np.ndarray | None, bias: float | None, suffix: str) -> str:
+    params = {}
+    if scale is not None:
+        params["scale"] = np.asarray(scale, dtype=np.float64)
+    if bias is not None and bias != 0:
+        params["bias"] = np.asarray(bias, dtype=np.float64)
+    return ctx.add(node, "affine", [x], ctx.shape(node.output[0]), params, suffix=suffix)
+
+
+@imports("LeakyRelu", "PRelu")
+def import_leaky(node, ctx: ImportContext) -> None:
+    """``α·x + (1 − α)·relu(x)``: two paths per neuron, weights α and 1 − α."""
+    if node.op_type == "LeakyRelu":
+        alpha = np.asarray(float(attributes(node).get("alpha", 0.01)))
+    else:
+        alpha = ctx.param(node, 1, "slope")
+    x = ctx.act(node.input[0])
+    shape = ctx.shape(node.output[0])
+    r = ctx.add(node, "relu", [x], shape, suffix="/relu")
+    linear = _affine(ctx, node, x, alpha, None, "/alpha_x")
+    positive = _affine(ctx, node, r, 1.0 - alpha, None, "/relu_part")
+    ctx.add(node, "sum", [linear, positive], shape, attrs={"signs": [1, 1]})
+
+
+def _clip_bounds(node, ctx: ImportContext) -> tuple[float | None, float | None]:
+    if ctx.prepared.opset < 11:
+        a = attributes(node)
+        lo, hi = a.get("min"), a.get("max")
+    else:
+        lo = float(ctx.param(node, 1, "minimum")) if len(node.input) > 1 and node.input[1] else None
+        hi = float(ctx.param(node, 2, "maximum")) if len(node.input) > 2 and node.input[2] else None
+    lo = None if lo is None or lo <= -3.0e38 else float(lo)
+    hi = None if hi is None or hi >= 3.0e38 else float(hi)
+    return lo, hi
+
+
+@imports("Clip")
+def import_clip(node, ctx: ImportContext) -> None:
+    """``b − relu((b − a) − relu(x − a))`` (one chain); one-sided: ``a + relu(x − a)``, ``b − relu(b − x)``."""
+    lo, hi = _clip_bounds(node, ctx)
+    if lo is not None and hi is not None and hi < lo:
+        raise RefuseNode(f"min {lo} > max {hi}")
+    x = ctx.act(node.input[0])
+    shape = ctx.shape(node.output[0])
+    if lo is None and hi is None:
+        ctx.alias(node.output[0], x)
+        return
+    if hi is None:  # a + relu(x − a)
+        r = ctx.add(node, "relu", [_affine(ctx, node, x, None, -lo, "/shift")], shape, suffix="/relu")
+        _affine(ctx, node, r, None, lo, "")
+        return
+    inner = x if lo is None else ctx.add(node, "relu", [_affine(ctx, node, x, None, -lo, "/shift")], shape, suffix="/relu_lo")
+    span = hi if lo is None else hi - lo  # b − x  or  (b − a) − relu(x − a)
+    r = ctx.add(node, "relu", [_affine(ctx, node, inner, -1.0, span, "/flip")], shape, suffix="/relu_hi")
+    _affine(ctx, node, r, -1.0, hi, "")
