@@ -96,7 +96,6 @@ ZOO_REFUSED = {
     "hls4ml_example_models/conv2d_small_mp_keras.onnx": "Selu",
     "hls4ml_example_models/three_layer_bn_keras.onnx": None,  # BN parameters do not match the channels
     "vnncomp2021/eran/nets/ffnnSIGMOID__Point_6x200.onnx": "Sigmoid",
-    "vnncomp2021/verivital/Convnet_avgpool.onnx": "Pad",
 }
 
 

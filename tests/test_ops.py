@@ -91,6 +91,15 @@ CASES = {
         [1, 4], [helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["n"], epsilon=1e-3),
                  helper.make_node("Relu", ["n"], ["y"])], [1, 4],
         {"g": w(4), "b": w(4), "m": w(4), "v": np.abs(w(4)) + 0.1}),
+    "pad_zero_then_conv": lambda: _net([1, 2, 4, 4], [helper.make_node("Pad", ["x", "pads"], ["p"]),
+                                                      helper.make_node("Conv", ["p", "W"], ["c"]), helper.make_node("Relu", ["c"], ["y"])],
+                                       [1, 3, 4, 4], {"pads": np.array([0, 0, 1, 0, 0, 0, 0, 1], np.int64), "W": w(3, 2, 2, 2)}),
+    "pad_edge": lambda: _net([1, 2, 3, 3], [helper.make_node("Conv", ["x", "W"], ["c"]),
+                                            helper.make_node("Pad", ["c", "pads"], ["y"], mode="edge")],
+                             [1, 2, 5, 4], {"W": w(2, 2, 1, 1), "pads": np.array([0, 0, 1, 0, 0, 0, 1, 1], np.int64)}),
+    "pad_reflect": lambda: _net([1, 1, 4, 4], [helper.make_node("Conv", ["x", "W"], ["c"]),
+                                               helper.make_node("Pad", ["c", "pads"], ["y"], mode="reflect")],
+                                [1, 2, 6, 6], {"W": w(2, 1, 1, 1), "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)}),
     "old_opset_9": lambda: _net([1, 3], [helper.make_node("Gemm", ["x", "W", "B"], ["g"], transB=1),
                                          helper.make_node("Relu", ["g"], ["y"])], [1, 2], {"W": w(2, 3), "B": w(2)}, opset=9),
 }
@@ -203,3 +212,20 @@ def test_relu6_form_does_not_double_paths() -> None:
     for _ in range(depth):
         value = 0.5 * value + 12.0
     assert pl.path_norm(_net([1, width], nodes, [1, width], params), q=1).value == pytest.approx(width * value, rel=1e-6)
+
+
+def test_scores_through_zero_padding() -> None:
+    """The adjoint of a zero Pad is a Slice: scores of the conv behind it match the brute force."""
+    from onnx_pathlift.scores import path_magnitude
+
+    model = CASES["pad_zero_then_conv"]()
+    total = brute_force_path_norm(model, 1)
+    scores = path_magnitude(model).fraction["W"]
+    for idx in [(0, 0, 0, 0), (1, 1, 1, 0), (2, 0, 1, 1)]:
+        zeroed = onnx.ModelProto()
+        zeroed.CopyFrom(model)
+        init = next(t for t in zeroed.graph.initializer if t.name == "W")
+        weights = numpy_helper.to_array(init).copy()
+        weights[idx] = 0
+        init.CopyFrom(numpy_helper.from_array(weights, "W"))
+        assert scores[idx] == pytest.approx((total - brute_force_path_norm(zeroed, 1)) / total, rel=1e-5)

@@ -14,7 +14,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from ..dag import Layer
-from ..errors import RefuseNode
+from ..errors import PathliftError, RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled
 from .base import ImportContext, LayerOp, MovesNeurons, along_axis, attributes, imports, layer_op, on_axis
 
@@ -49,6 +49,59 @@ class Transpose(MovesNeurons):
 
     def move_back(self, b, layer, t, in_shape):
         return b.op("Transpose", [t], "adj", perm=[int(i) for i in np.argsort(layer.attrs["perm"])])
+
+
+@layer_op
+class Pad(MovesNeurons):
+    """Pad with zeros (a padded neuron starts no path) or by copying border neurons (edge, reflect):
+    the lifted layer is the same Pad."""
+
+    op = "pad"
+    kind = "reshape"
+
+    def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
+        pads = b.const(np.array(layer.attrs["pads"]), "pads", dtype=np.int64)
+        return b.op("Pad", [xs[0], pads], "pad", mode=layer.attrs["mode"])
+
+    def move(self, layer: Layer, values: np.ndarray) -> np.ndarray:
+        n = values.ndim
+        width = list(zip(layer.attrs["pads"][:n], layer.attrs["pads"][n:]))
+        if layer.attrs["mode"] == "constant":
+            return np.pad(values, width, constant_values=-np.inf)  # log2 bound of a zero neuron
+        return np.pad(values, width, mode="edge" if layer.attrs["mode"] == "edge" else "reflect")
+
+    def move_back(self, b, layer, t, in_shape):
+        if layer.attrs["mode"] != "constant":
+            raise PathliftError(f"layer {layer.name!r}: scores through {layer.attrs['mode']} padding are not supported")
+        n = len(in_shape)
+        starts = np.array(layer.attrs["pads"][:n])
+        return b.op("Slice", [t, b.const(starts, "starts", dtype=np.int64), b.const(starts + np.array(in_shape), "ends", dtype=np.int64)], "adj")
+
+
+@imports("Pad")
+def import_pad(node, ctx: ImportContext) -> None:
+    a = attributes(node)
+    mode = a.get("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    rank = len(ctx.shape(node.input[0]))
+    if ctx.prepared.opset < 11:
+        pads, value = [int(p) for p in a.get("pads", a.get("paddings", []))], float(a.get("value", 0.0))
+    else:
+        pads = [int(p) for p in ctx.param(node, 1, "pads")]
+        value = float(ctx.param(node, 2, "constant value")) if len(node.input) > 2 and node.input[2] else 0.0
+        if len(node.input) > 3 and node.input[3]:  # opset 18: pads of the listed axes only
+            axes = [int(ax) % rank for ax in ctx.param(node, 3, "axes")]
+            full = [0] * (2 * rank)
+            for k, ax in enumerate(axes):
+                full[ax], full[rank + ax] = pads[k], pads[len(axes) + k]
+            pads = full
+    if mode not in ("constant", "edge", "reflect"):
+        raise RefuseNode(f"padding mode {mode!r} is not supported")
+    if mode == "constant" and value != 0.0:
+        raise RefuseNode(f"padding with the constant {value} (bias neurons) is not supported yet; 0 is")
+    if any(p < 0 for p in pads):
+        raise RefuseNode("negative pads (cropping) are not supported")
+    ctx.add(node, "pad", [ctx.act(node.input[0])], ctx.shape(node.output[0]), attrs={"pads": pads, "mode": mode})
 
 
 @layer_op
