@@ -304,6 +304,15 @@ def cmd_rescale(args) -> int:
     return 0
 
 
+def cmd_audit(args) -> int:
+    from .audit import run_command
+
+    _check_q(args.qs or [])
+    return run_command(args.paths, q=args.qs, input_shape=_input_shape(args.input_shape), jobs=args.jobs,
+                       timeout=args.timeout, db=args.db, html=args.report, csv=args.csv, as_json=args.json,
+                       scheduler=args.scheduler)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="onnx-pathlift", description="Path-norms of ONNX ReLU networks, computed in onnxruntime.")
     p.add_argument("--version", action="version", version=f"onnx-pathlift {__version__}")
@@ -366,6 +375,20 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--range", type=float, nargs=2, default=[1 / 8, 8.0], metavar=("LO", "HI"))
     rs.add_argument("-o", "--out", required=True, help="where to write the rescaled model")
     rs.set_defaults(func=cmd_rescale, q=[1.0])
+
+    au = sub.add_parser("audit", help="audit many models (files, folders, globs) in isolated workers; resumable")
+    au.add_argument("paths", nargs="+", metavar="PATH", help="an .onnx file, a folder (searched recursively) or a glob")
+    au.add_argument("-q", dest="qs", type=float, action="append", metavar="Q",
+                    help="norm exponent q ≥ 1 (repeatable; default 1, 2 and 4)")
+    au.add_argument("--input-shape", action="append", metavar="[NAME=]SHAPE", help="static input shape for every model")
+    au.add_argument("--jobs", type=int, help="local worker processes (default: one per CPU)")
+    au.add_argument("--timeout", type=float, metavar="S", help="seconds per model before its worker is killed")
+    au.add_argument("--db", help="SQLite results database (default: beside --report, else audit.sqlite)")
+    au.add_argument("--report", metavar="REPORT.html", help="write a self-contained HTML report")
+    au.add_argument("--csv", metavar="OUT.csv", help="write one CSV row per model")
+    au.add_argument("--json", action="store_true", help="print JSON Lines (one object per model) on stdout")
+    au.add_argument("--scheduler", metavar="ADDRESS", help="run on the Dask cluster at tcp://HOST:PORT")
+    au.set_defaults(func=cmd_audit, q=[1.0])  # -q lands in qs: main() would turn a missing q into [1, 2]
     return p
 
 

@@ -8,6 +8,14 @@ from onnx import ModelProto
 from .errors import ProviderUnavailableError, UsageError
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+_THREADS = 0  # onnxruntime's intra-op threads for new sessions (0: its default, one per core)
+
+
+def set_threads(n: int) -> None:
+    """Intra-op threads of the sessions made from now on in this process (0: onnxruntime's default).
+    Parallel workers (the audit) use 1 each, so that their thread pools do not compete."""
+    global _THREADS
+    _THREADS = int(n)
 
 
 def resolve_providers(providers: str | list[str] | None) -> list[str]:
@@ -37,6 +45,7 @@ def make_session(model: ModelProto, providers: str | list[str] | None = None) ->
     names = resolve_providers(providers)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.intra_op_num_threads = _THREADS
     try:
         data = model.SerializeToString()
     except ValueError as exc:

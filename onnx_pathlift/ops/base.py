@@ -132,7 +132,15 @@ class MovesNeurons(LayerOp):
     def bound(self, layer: Layer, bs: list[np.ndarray], shapes: list[tuple[int, ...]], q: float) -> np.ndarray:
         if bs[0].size == 1:
             return bs[0].reshape(())
-        return self.move(layer, np.broadcast_to(bs[0], shapes[0]))
+        lu, shape = bs[0], shapes[0]
+        padded = lu.reshape((1,) * (len(shape) - lu.ndim) + lu.shape)
+        if padded.shape[0] == 1 and shape[0] > 1 and self.keeps_batch(layer, shape):  # one sample is enough
+            return self.move(replace(layer, shape=(1, *layer.shape[1:])), np.broadcast_to(padded, (1, *shape[1:])))
+        return self.move(layer, np.broadcast_to(lu, shape))
+
+    def keeps_batch(self, layer: Layer, in_shape: tuple[int, ...]) -> bool:
+        """Whether axis 0 maps to axis 0 unchanged (then bounds are computed on one sample)."""
+        return False
 
     def move(self, layer: Layer, values: np.ndarray) -> np.ndarray:
         """The same neuron movement applied to a numpy array of the input's shape."""

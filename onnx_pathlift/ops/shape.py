@@ -32,6 +32,9 @@ class Reshape(MovesNeurons):
     def move(self, layer: Layer, values: np.ndarray) -> np.ndarray:
         return values.reshape(layer.shape)
 
+    def keeps_batch(self, layer: Layer, in_shape: tuple[int, ...]) -> bool:
+        return len(layer.shape) > 0 and layer.shape[0] == in_shape[0]
+
     def move_back(self, b, layer, t, in_shape):
         return b.op("Reshape", [t, b.const(np.array(in_shape), "shape", dtype=np.int64)], "adj")
 
@@ -46,6 +49,9 @@ class Transpose(MovesNeurons):
 
     def move(self, layer: Layer, values: np.ndarray) -> np.ndarray:
         return values.transpose(layer.attrs["perm"])
+
+    def keeps_batch(self, layer: Layer, in_shape: tuple[int, ...]) -> bool:
+        return layer.attrs["perm"][0] == 0
 
     def move_back(self, b, layer, t, in_shape):
         return b.op("Transpose", [t], "adj", perm=[int(i) for i in np.argsort(layer.attrs["perm"])])

@@ -1,0 +1,147 @@
+#!/usr/bin/env python
+"""Benchmark: ``onnx-pathlift audit`` throughput (models per minute) vs a bare onnxruntime loop.
+
+Run from the repository root (a script, not a pytest test)::
+
+    python benchmarks/bench_audit.py [--jobs 2] [--repeat 3] [--json out.json] [FOLDER]
+
+FOLDER defaults to ``../shared/zoo`` (``models/`` when the zoo is absent). On the same machine and
+in the same run:
+
+(a) bare loop, in this process, serially: for each ``*.onnx`` file, ``InferenceSession`` + one run on
+    random float32 inputs of its static shape (symbolic dimensions: 1); files onnxruntime cannot
+    load or run are skipped and counted. Median of ``--repeat`` passes.
+(b) the audit as a user runs it: ``onnx-pathlift audit FOLDER --jobs N`` as a subprocess, on a fresh
+    database (L1/L2/L4 path-norms and the Lipschitz bound of every model, each in an isolated
+    worker), wall clock including the interpreter's start.
+(c) the same audit again on its database (everything reused): the cost of resuming.
+(d) the audit's analysis alone, serially in this process without isolation
+    (``onnx_pathlift.audit.analyse.analyse``): what the workers compute, for comparison with (b).
+
+Rates count every file (ok or not). Goal: rate(b) ≥ 0.5 × rate(a).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from bench_pathnorm import CpuWatch, cli_command, machine_info, plain_feeds, wait_quiet
+
+from onnx_pathlift.audit.analyse import analyse
+from onnx_pathlift.audit.files import discover, task_for
+from onnx_pathlift.audit.record import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+ZOO = ROOT.parent / "shared" / "zoo"
+GOAL = 0.5
+
+
+def bare_loop(files: list[str]) -> tuple[float, int]:
+    """(a): seconds for one pass, and how many files onnxruntime could not load or run."""
+    rng = np.random.default_rng(0)
+    ort.set_default_logger_severity(4)  # failing runs of skipped files would log errors
+    skipped = 0
+    t0 = time.perf_counter()
+    for path in files:
+        try:
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 4
+            sess = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+            sess.run(None, plain_feeds(sess, {}, rng))
+        except Exception:  # noqa: BLE001 - any file onnxruntime refuses is skipped and counted
+            skipped += 1
+    return time.perf_counter() - t0, skipped
+
+
+def audit_cli(folder: Path, db: Path, jobs: int) -> tuple[float, list[dict]]:
+    """(b) and (c): wall seconds of the CLI audit, and its JSON Lines results."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([*cli_command(), "audit", str(folder), "--jobs", str(jobs), "--db", str(db), "--json"],
+                          capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"bench_audit: the audit failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return elapsed, [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def serial_analysis(files: list[str]) -> float:
+    """(d): seconds to hash and analyse every file in this process, one after the other."""
+    settings = Settings()
+    t0 = time.perf_counter()
+    for path in files:
+        analyse(task_for(path), settings)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", nargs="?", type=Path, help="models to audit (default: the zoo, else models/)")
+    parser.add_argument("--jobs", type=int, default=2, help="audit worker processes (default 2)")
+    parser.add_argument("--repeat", type=int, default=3, help="passes of the bare loop (median; default 3)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args()
+    folder = args.folder or (ZOO if ZOO.is_dir() else ROOT / "models")
+    files = discover([folder])
+    n = len(files)
+
+    noise: dict[str, float] = {}  # share of the CPU used by other processes during each measure
+
+    def measure(name: str, fn):
+        wait_quiet(30)
+        watch = CpuWatch()
+        out = fn()
+        noise[name] = watch.foreign()
+        return out
+
+    bare_loop(files[:5])  # warm-up: onnxruntime's first session is slower
+    passes = measure("bare_loop", lambda: [bare_loop(files) for _ in range(args.repeat)])
+    t_bare, skipped = statistics.median(t for t, _ in passes), passes[0][1]
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "bench.sqlite"
+        t_audit, results = measure("audit", lambda: audit_cli(folder, db, args.jobs))
+        t_resume, _ = measure("audit_resume", lambda: audit_cli(folder, db, args.jobs))
+    t_serial = measure("serial_analysis", lambda: serial_analysis(files))
+
+    def rate(seconds: float) -> float:
+        return 60.0 * n / seconds
+
+    statuses: dict[str, int] = {}
+    for r in results:
+        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    slowest = sorted(results, key=lambda r: -r["wall_s"])[:5]
+    worker_s = sum(r["wall_s"] for r in {r["sha256"]: r for r in results}.values())
+    figures = {
+        "machine": machine_info(), "folder": str(folder), "files": n, "jobs": args.jobs, "statuses": statuses,
+        "bare_loop": {"seconds": t_bare, "models_per_min": rate(t_bare), "skipped": skipped, "repeat": args.repeat},
+        "audit": {"seconds": t_audit, "models_per_min": rate(t_audit), "worker_seconds": worker_s},
+        "audit_resume": {"seconds": t_resume, "models_per_min": rate(t_resume)},
+        "serial_analysis": {"seconds": t_serial, "models_per_min": rate(t_serial)},
+        "ratio_audit_over_bare": t_bare / t_audit, "goal": GOAL, "foreign_cpu_share": noise,
+        "slowest": [{"path": r["path"], "wall_s": r["wall_s"], "status": r["status"]} for r in slowest],
+    }
+    print(f"{n} files in {folder} ({', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))}); "
+          f"{figures['machine']['usable_cores']} usable cores, onnxruntime {ort.__version__}")
+    print(f"(a) bare onnxruntime loop:      {t_bare:8.2f} s  {rate(t_bare):8.0f} models/min  ({skipped} skipped)")
+    print(f"(b) audit --jobs {args.jobs} (CLI):       {t_audit:8.2f} s  {rate(t_audit):8.0f} models/min  "
+          f"(workers busy {worker_s:.2f} s in all)")
+    print(f"(c) audit again (all reused):   {t_resume:8.2f} s  {rate(t_resume):8.0f} models/min")
+    print(f"(d) analysis, serial, in-process: {t_serial:6.2f} s  {rate(t_serial):8.0f} models/min")
+    verdict = "meets" if t_bare / t_audit >= GOAL else "misses"
+    print(f"audit / bare loop rate = {t_bare / t_audit:.3f} ({verdict} the goal ≥ {GOAL})")
+    print("CPU share used by other processes meanwhile: " + ", ".join(f"{k} {v:.0%}" for k, v in noise.items()))
+    print("slowest models in the audit: " + ", ".join(f"{Path(r['path']).name} {r['wall_s']:.2f} s" for r in slowest))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()

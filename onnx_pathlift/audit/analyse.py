@@ -1,0 +1,116 @@
+"""The analysis of one model, in the current process (the audit runs it inside a worker process).
+
+Test hook: the environment variable ``ONNX_PATHLIFT_AUDIT_TEST_HOOK`` (for the isolation tests only)
+holds ``ACTION:MARKER`` pairs separated by commas. Before analysing a model whose file name contains
+MARKER, the worker does ACTION: ``abort`` (``os.abort()``, as a native crash in onnxruntime would),
+``hang`` (sleeps forever), ``oom`` (allocates far more than a memory cap it sets on itself, so a
+``MemoryError`` is raised) or ``slow`` (sleeps 0.5 s, then analyses normally). An empty MARKER
+matches every model.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InvalidModelError, PathliftError, UnsupportedModelError
+from ..importer import import_prepared
+from ..lipschitz import lipschitz
+from ..load import load_model, main_opset, prepare
+from ..norm import PathNormSession
+from .record import ModelResult, Settings, Task
+
+HOOK_ENV = "ONNX_PATHLIFT_AUDIT_TEST_HOOK"
+
+
+def analyse(task: Task, settings: Settings) -> ModelResult:
+    """Status, facts and path-norms of one model; every failure is recorded, never raised."""
+    _reset_peak_memory()
+    t0 = time.perf_counter()
+    facts: dict = {}
+    try:
+        _test_hook(task.path)
+        model = load_model(task.path)
+        facts["producer"] = f"{model.producer_name} {model.producer_version}".strip()
+        facts["opset"] = _opset(model)
+        prepared = prepare(model, settings.input_shape)
+        facts["input_shape"] = {k: list(v) for k, v in prepared.inputs.items()}
+        dag = import_prepared(prepared)
+        facts.update(params=dag.n_params, kinds=dag.kind_counts(), outputs=list(dag.outputs), notes=list(dag.notes))
+        facts["norms"] = [PathNormSession(dag, q).run().to_dict() for q in settings.q]
+        try:
+            facts["lipschitz_log10"] = lipschitz(dag).to_dict()["bound_log10"]
+        except PathliftError as err:
+            facts["notes"].append(f"no Lipschitz bound: {err}")
+        status, reason = "ok", ""
+    except UnsupportedModelError as err:
+        status, reason = "unsupported", str(err)
+        facts["refusals"] = [r.__dict__ for r in err.refusals]
+    except InvalidModelError as err:
+        status, reason = "invalid", str(err)
+    except PathliftError as err:
+        status, reason = "error", f"{type(err).__name__}: {err}"
+    except MemoryError:
+        status, reason = "error", "out of memory (MemoryError)"
+    except Exception as err:  # a bug on one model fails that model only; say where it happened
+        frame = traceback.extract_tb(err.__traceback__)[-1]
+        status = "error"
+        reason = f"internal error: {type(err).__name__}: {err} (at {Path(frame.filename).name}:{frame.lineno})"
+    return ModelResult(task.path, task.sha256, task.size, status, reason, wall_s=time.perf_counter() - t0,
+                       peak_rss_mb=_peak_memory_mb(), **facts)
+
+
+def _opset(model) -> int | None:
+    try:
+        return main_opset(model)
+    except InvalidModelError:
+        return None
+
+
+def _reset_peak_memory() -> None:
+    """Reset this process's peak RSS (Linux ≥ 4.0), so that ru_maxrss measures the next model only."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # elsewhere ru_maxrss stays the worker's high-water mark: an upper bound
+
+
+def _peak_memory_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
+def _test_hook(path: str) -> None:
+    """Misbehave as ``ONNX_PATHLIFT_AUDIT_TEST_HOOK`` says (see the module docstring)."""
+    name = Path(path).name
+    for item in filter(None, os.environ.get(HOOK_ENV, "").split(",")):
+        action, _, marker = item.partition(":")
+        if marker not in name:
+            continue
+        if action == "abort":
+            os.abort()
+        elif action == "hang":
+            while True:
+                time.sleep(60)
+        elif action == "slow":
+            time.sleep(0.5)
+        elif action == "oom":
+            _allocate_past_cap()
+
+
+def _allocate_past_cap() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/status") as status:
+        used = int(next(line.split()[1] for line in status if line.startswith("VmSize:"))) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (used + (256 << 20), hard))
+    try:
+        np.ones(1 << 34, np.uint8)  # 16 GiB
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))

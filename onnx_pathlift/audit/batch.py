@@ -1,0 +1,104 @@
+"""One audit: which models to analyse, which results to reuse from the database, where results go.
+
+A stored result is reused when the file's content hash and the settings match, except a timeout
+recorded under a shorter limit than the one now in force (or when no limit is given): that model
+is tried again. Files with the same content are analysed once and reported under every path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from contextlib import closing
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+from ..errors import UsageError
+from .files import discover, task_for
+from .record import ModelResult, Settings, Task
+from .runner import run_local
+from .store import Store
+
+
+class Listener(Protocol):
+    """Told how much work there is, then of every result as it arrives (e.g. a progress bar)."""
+
+    def start(self, todo: int, reused: int) -> None: ...
+
+    def update(self, result: ModelResult) -> None: ...
+
+
+@dataclass(frozen=True)
+class Audit:
+    """The outcome of :func:`audit`: one result per file, in discovery order."""
+
+    results: list[ModelResult]
+    analysed: int  # distinct models analysed by this run
+    reused: int  # distinct models whose result came from the database
+    run_id: int
+    db: Path
+
+
+def audit(paths: Sequence[str | Path], settings: Settings | None = None, *, jobs: int | None = None,
+          timeout: float | None = None, db: str | Path = "audit.sqlite", scheduler: str | None = None,
+          listener: Listener | None = None) -> Audit:
+    """Audit every model under ``paths`` (files, folders, globs), each in an isolated worker process.
+
+    ``settings`` default to q = 1, 2, 4 and each model's own input shape; ``jobs`` local workers
+    (default: one per CPU), or the Dask cluster at ``scheduler``; ``timeout`` seconds per model
+    (default: none). Results are committed to ``db`` as each model finishes.
+    """
+    settings = settings or Settings()
+    if jobs is not None and jobs < 1:
+        raise UsageError(f"--jobs must be at least 1 (got {jobs})")
+    if timeout is not None and not timeout > 0:
+        raise UsageError(f"--timeout must be positive (got {timeout})")
+    if scheduler and jobs is not None:
+        raise UsageError("--jobs sets local workers; with --scheduler the Dask cluster's workers do the work")
+    files = discover(paths)
+    entries: list[Task | ModelResult] = []
+    for path in files:
+        try:
+            entries.append(task_for(path))
+        except OSError as exc:
+            entries.append(ModelResult(path, "", 0, "invalid", f"{path}: cannot read: {exc.strerror}"))
+    store = Store(db)
+    try:
+        done = store.results(settings)
+        todo: dict[str, Task] = {}
+        for t in entries:
+            if isinstance(t, Task) and not _reusable(done.get(t.sha256), timeout):
+                todo.setdefault(t.sha256, t)
+        reused = len({t.sha256 for t in entries if isinstance(t, Task)}) - len(todo)
+        run_id = store.start_run(settings, files)
+        if listener is not None:
+            listener.start(len(todo), reused)
+        if scheduler:
+            from .cluster import run_dask
+
+            results = run_dask(list(todo.values()), settings, timeout, scheduler)
+        else:
+            results = run_local(list(todo.values()), settings, jobs or _usable_cpus(), timeout)
+        with closing(results):  # stops the workers at once if anything goes wrong here
+            for result in results:
+                done[result.sha256] = store.put(result, settings, run_id)
+                if listener is not None:
+                    listener.update(result)
+        store.finish_run(run_id, len(todo), reused)
+    finally:
+        store.close()
+    out = [replace(done[e.sha256], path=e.path) if isinstance(e, Task) else e for e in entries]
+    return Audit(out, len(todo), reused, run_id, Path(db))
+
+
+def _usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _reusable(stored: ModelResult | None, timeout: float | None) -> bool:
+    if stored is None:
+        return False
+    if stored.status != "timeout":
+        return True
+    return timeout is not None and stored.timeout_s is not None and timeout <= stored.timeout_s

@@ -1,0 +1,252 @@
+"""``onnx-pathlift audit``: every file accounted for, the same numbers as ``path_norm``, isolation of
+crashes, hangs and out-of-memory errors, resuming after ``kill -9``, reports, and Dask.
+
+Small models are built here with ``onnx.helper``; the worker misbehaves on cue through the test hook
+``ONNX_PATHLIFT_AUDIT_TEST_HOOK`` (see ``onnx_pathlift.audit.analyse``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from conftest import MODELS, make_model
+from onnx_pathlift import cli, path_norm
+from onnx_pathlift.audit import Settings, audit
+from onnx_pathlift.audit.analyse import HOOK_ENV
+
+
+def mlp(seed: int, activation: str = "Relu"):
+    """A 4 → 8 → 3 network (Gemm, activation, Gemm) with random weights."""
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"]), helper.make_node(activation, ["h"], ["a"]),
+             helper.make_node("Gemm", ["a", "w2", "b2"], ["y"])]
+    weights = {"w1": rng.standard_normal((4, 8)), "b1": rng.standard_normal(8), "w2": rng.standard_normal((8, 3)),
+               "b2": rng.standard_normal(3)}
+    return make_model(nodes, [("x", [1, 4])], [("y", [1, 3])], {k: v.astype(np.float32) for k, v in weights.items()})
+
+
+def write_models(folder: Path, names: list[str], unsupported: int = 0, invalid: int = 0) -> Path:
+    """``names``: distinct ReLU MLPs; then ``unsupported`` Tanh nets and ``invalid`` non-ONNX files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed, name in enumerate(names):
+        (folder / f"{name}.onnx").write_bytes(mlp(seed).SerializeToString())
+    for k in range(unsupported):
+        (folder / f"tanh_{k}.onnx").write_bytes(mlp(100 + k, "Tanh").SerializeToString())
+    for k in range(invalid):
+        (folder / f"garbage_{k}.onnx").write_bytes(b"this is not an ONNX model")
+    return folder
+
+
+def run_cli(*args, env: dict | None = None, timeout: float = 110) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "onnx_pathlift.cli", "audit", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=env, check=False)
+
+
+def query(db: Path, sql: str) -> list[tuple]:
+    with closing(sqlite3.connect(db)) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def stored(db: Path) -> dict[str, tuple[int, str]]:
+    """``{sha256: (run_id, computed_at)}`` of every stored result (empty while the database is not there)."""
+    try:
+        rows = query(db, "SELECT sha256, run_id, computed_at FROM results") if db.exists() else []
+    except sqlite3.OperationalError:  # the audit has not created its tables yet
+        rows = []
+    return {sha: (run, at) for sha, run, at in rows}
+
+
+def runs(db: Path) -> list[tuple]:
+    return query(db, "SELECT id, finished_at, analysed, reused FROM runs ORDER BY id")
+
+
+# ----------------------------------------------------------------------------------------------- zoo
+
+def test_zoo_audit_accounts_for_every_file_with_path_norm_numbers(zoo, tmp_path):
+    files = sorted(p.resolve() for p in zoo.rglob("*.onnx"))
+    t0 = time.monotonic()
+    proc = run_cli(zoo, "--jobs", "2", "--json", "--db", tmp_path / "zoo.sqlite")
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert sorted(Path(r["path"]).resolve() for r in results) == files
+    assert {r["status"] for r in results} <= {"ok", "unsupported", "invalid"}, [r["reason"] for r in results]
+    assert all(r["reason"] for r in results if r["status"] != "ok")
+    assert all(r["refusals"] for r in results if r["status"] == "unsupported")
+    ok = [r for r in results if r["status"] == "ok"]
+    assert len(ok) > len(files) // 2
+    assert all(r["params"] is not None and r["kinds"] and r["input_shape"] and r["opset"] and r["peak_rss_mb"] for r in ok)
+    quick = [r for r in ok if r["wall_s"] < 1.0]
+    for r in quick[:: max(1, len(quick) // 8)][:8]:
+        for n in r["norms"]:
+            assert abs(path_norm(r["path"], n["q"]).log10 - n["log10"]) <= 1e-9, (r["path"], n["q"])
+    assert elapsed < 120
+
+
+# ----------------------------------------------------------------------------- reports, CLI, reuse
+
+def test_cli_reports_json_csv_html_and_reuse(tmp_path, capsys):
+    models = write_models(tmp_path / "m", ["a", "b", "c"], unsupported=1, invalid=1)
+    (models / "sub").mkdir()
+    (models / "sub" / "copy_of_a.onnx").write_bytes((models / "a.onnx").read_bytes())
+    html, table = tmp_path / "report.html", tmp_path / "out.csv"
+    capsys.readouterr()
+    rc = cli.main(["audit", str(models), "--jobs", "2", "--report", str(html), "--csv", str(table), "--json"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    results = [json.loads(line) for line in out.out.splitlines()]
+    by_name = {Path(r["path"]).name: r for r in results}
+    assert sorted(by_name) == ["a.onnx", "b.onnx", "c.onnx", "copy_of_a.onnx", "garbage_0.onnx", "tanh_0.onnx"]
+    statuses = [by_name[n]["status"] for n in ("a.onnx", "tanh_0.onnx", "garbage_0.onnx")]
+    assert statuses == ["ok", "unsupported", "invalid"]
+    assert by_name["tanh_0.onnx"]["refusals"][0]["op_type"] == "Tanh"
+    assert by_name["copy_of_a.onnx"]["norms"] == by_name["a.onnx"]["norms"]
+    for name in ("a.onnx", "b.onnx"):
+        r = by_name[name]
+        assert [n["q"] for n in r["norms"]] == [1.0, 2.0, 4.0]
+        for n in r["norms"]:
+            assert abs(path_norm(models / name, n["q"]).log10 - n["log10"]) <= 1e-9
+        assert r["lipschitz_log10"] is not None and r["kinds"]["linear"] == 2 and r["params"] == 4 * 8 + 8 + 8 * 3 + 3
+
+    db = tmp_path / "report.sqlite"  # the default database sits beside the report
+    assert len(stored(db)) == 5  # the copy has the same content: analysed once
+    with open(table, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and {"path", "status", "L1_log10", "L4", "lipschitz_log10", "peak_rss_mb"} <= set(rows[0])
+    page = html.read_text()
+    assert "http://" not in page and "https://" not in page and " src=" not in page and "<link" not in page
+    assert '<table class="sortable">' in page and page.count("<tr><td class=n") >= 6
+    assert "<svg" in page and page.count('<rect class="bar"') >= 1 and "<script>" in page
+    assert "Tanh" in page and "not an ONNX model" in page
+
+    rc = cli.main(["audit", str(models), "--report", str(html)])  # again: everything reused
+    out = capsys.readouterr()
+    assert rc == 0 and "0 models analysed, 5 reused" in out.out and "tanh_0.onnx" in out.out
+    assert runs(db)[-1][1] is not None and runs(db)[-1][2:] == (0, 5)
+    rc = cli.main(["audit", str(models / "a.onnx"), "--db", str(db), "-q", "3"])  # other settings: computed
+    assert rc == 0 and "1 models analysed, 0 reused" in capsys.readouterr().out
+    assert query(db, "SELECT count(*) FROM results") == [(6,)]
+
+
+def test_paths_files_folders_globs_and_usage_errors(tmp_path, capsys):
+    models = write_models(tmp_path / "m", ["a", "b"])
+    write_models(tmp_path / "m" / "deep", ["c"])
+    (tmp_path / "m" / "notes.txt").write_text("not a model")
+    db = tmp_path / "a.sqlite"
+    rc = cli.main(["audit", str(models / "a.onnx"), str(tmp_path / "m" / "*.onnx"), str(models / "deep"),
+                   "--db", str(db), "--json"])
+    names = [Path(json.loads(line)["path"]).name for line in capsys.readouterr().out.splitlines()]
+    assert rc == 0 and names == ["a.onnx", "b.onnx", "c.onnx"]
+    assert cli.main(["audit", str(tmp_path / "missing"), "--db", str(db)]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    assert cli.main(["audit", str(tmp_path / "m" / "*.nothing"), "--db", str(db)]) == 2
+    assert cli.main(["audit", str(models), "--jobs", "0", "--db", str(db)]) == 2
+    assert cli.main(["audit", str(models), "-q", "0.5", "--db", str(db)]) == 2
+    (tmp_path / "bad.sqlite").write_text("not a database at all, just text " * 20)
+    assert cli.main(["audit", str(models), "--db", str(tmp_path / "bad.sqlite")]) == 2
+    assert "audit database" in capsys.readouterr().err
+
+
+def test_shipped_models_audit(tmp_path):
+    result = audit([MODELS], db=tmp_path / "a.sqlite", jobs=2)
+    assert len(result.results) == len(list(MODELS.glob("*.onnx")))
+    assert all(r.status == "ok" and r.norm_log10(1) is not None for r in result.results)
+
+
+# ----------------------------------------------------------------------------------------- isolation
+
+def test_crash_hang_and_oom_fail_only_their_model(tmp_path, monkeypatch):
+    models = write_models(tmp_path / "m", ["ok_a", "crashme", "ok_b", "hangme", "oomme", "ok_c"])
+    monkeypatch.setenv(HOOK_ENV, "abort:crashme,hang:hangme,oom:oomme")
+    t0 = time.monotonic()
+    result = audit([models], db=tmp_path / "a.sqlite", jobs=2, timeout=3)
+    by_name = {Path(r.path).stem: r for r in result.results}
+    assert by_name["crashme"].status == "error" and "SIGABRT" in by_name["crashme"].reason
+    assert by_name["hangme"].status == "timeout" and by_name["hangme"].timeout_s == 3
+    assert by_name["oomme"].status == "error" and "out of memory" in by_name["oomme"].reason
+    assert all(by_name[n].status == "ok" for n in ("ok_a", "ok_b", "ok_c"))
+    assert len(stored(tmp_path / "a.sqlite")) == 6
+    assert time.monotonic() - t0 < 60
+
+
+def test_timeout_retried_only_under_a_longer_limit(tmp_path, monkeypatch):
+    models = write_models(tmp_path / "m", ["slow_a"])
+    db = tmp_path / "a.sqlite"
+    monkeypatch.setenv(HOOK_ENV, "slow:slow")
+    assert audit([models], db=db, jobs=1, timeout=0.2).results[0].status == "timeout"
+    again = audit([models], db=db, jobs=1, timeout=0.2)
+    assert again.analysed == 0 and again.results[0].status == "timeout"
+    longer = audit([models], db=db, jobs=1, timeout=30)
+    assert longer.analysed == 1 and longer.results[0].status == "ok"
+
+
+def test_kill_9_mid_run_then_resume_recomputes_nothing(tmp_path):
+    n = 12
+    models = write_models(tmp_path / "m", [f"net{k:02d}" for k in range(n)])
+    db = tmp_path / "a.sqlite"
+    cmd = [sys.executable, "-m", "onnx_pathlift.cli", "audit", str(models), "--jobs", "1", "--db", str(db)]
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, HOOK_ENV: "slow:"})
+        deadline = time.monotonic() + 60
+        while len(stored(db)) < 3:
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "first.log").read_text()
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = stored(db)
+    assert 3 <= len(before) < n
+
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=110, check=False)
+    assert second.returncode == 0, second.stderr
+    after = stored(db)
+    assert len(after) == n  # every model exactly once (one row per content hash and settings)
+    assert all(after[sha] == before[sha] for sha in before)  # nothing recomputed
+    (_, first_end, *_), (second_id, second_end, analysed, reused) = runs(db)
+    assert first_end is None and second_end is not None  # the killed run never finished
+    assert analysed == n - len(before) and reused == len(before)
+    assert sum(run == second_id for run, _ in after.values()) == n - len(before)
+    assert f"{n - len(before)} models analysed, {len(before)} reused" in second.stdout
+
+
+# ---------------------------------------------------------------------------------------------- Dask
+
+def test_dask_local_cluster_same_isolation_and_database(tmp_path, monkeypatch):
+    distributed = pytest.importorskip("distributed", reason="dask[distributed] not installed: pip install -e '.[dask]'")
+    models = write_models(tmp_path / "m", ["ok_a", "crashme", "ok_b", "hangme"], unsupported=1)
+    db = tmp_path / "a.sqlite"
+    monkeypatch.setenv(HOOK_ENV, "abort:crashme,hang:hangme")  # inherited by the cluster's worker processes
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as cluster:
+        result = audit([models], db=db, scheduler=cluster.scheduler_address, timeout=5)
+        again = audit([models], db=db, scheduler=cluster.scheduler_address, timeout=5)
+    by_name = {Path(r.path).stem: r for r in result.results}
+    assert by_name["crashme"].status == "error" and "SIGABRT" in by_name["crashme"].reason
+    assert by_name["hangme"].status == "timeout"
+    assert by_name["tanh_0"].status == "unsupported"
+    for name in ("ok_a", "ok_b"):
+        r = by_name[name]
+        assert r.status == "ok" and r.path == str(models / f"{name}.onnx")
+        for q in Settings().q:
+            assert abs(path_norm(r.path, q).log10 - r.norm_log10(q)) <= 1e-9
+    assert len(stored(db)) == 5 and again.analysed == 0 and again.reused == 5
+
+
+def test_scheduler_without_dask_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    models = write_models(tmp_path / "m", ["a"])
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed now raises ImportError
+    rc = cli.main(["audit", str(models), "--scheduler", "tcp://127.0.0.1:1", "--db", str(tmp_path / "a.sqlite")])
+    assert rc == 2 and "pip install 'onnx-pathlift[dask]'" in capsys.readouterr().err
