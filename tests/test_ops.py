@@ -229,3 +229,22 @@ def test_scores_through_zero_padding() -> None:
         weights[idx] = 0
         init.CopyFrom(numpy_helper.from_array(weights, "W"))
         assert scores[idx] == pytest.approx((total - brute_force_path_norm(zeroed, 1)) / total, rel=1e-5)
+
+
+@pytest.mark.parametrize("attrs", [{"strides": [2, 2], "pads": [1, 0, 0, 1]}, {"strides": [1, 1]}, {"strides": [3, 2]}])
+def test_pointwise_conv_scores(attrs: dict) -> None:
+    """1x1 convolutions take the GEMM path of the adjoint: scores equal the brute-force drops."""
+    from onnx_pathlift.scores import path_magnitude
+
+    model = _net([1, 3, 5, 5], [helper.make_node("Conv", ["x", "W"], ["c"], **attrs), helper.make_node("Relu", ["c"], ["r"]),
+                                helper.make_node("GlobalAveragePool", ["r"], ["y"])], [1, 2, 1, 1], {"W": w(2, 3, 1, 1)})
+    total = brute_force_path_norm(model, 1)
+    scores = path_magnitude(model).fraction["W"]
+    for idx in np.ndindex(scores.shape):
+        zeroed = onnx.ModelProto()
+        zeroed.CopyFrom(model)
+        init = next(t for t in zeroed.graph.initializer if t.name == "W")
+        weights = numpy_helper.to_array(init).copy()
+        weights[idx] = 0
+        init.CopyFrom(numpy_helper.from_array(weights, "W"))
+        assert scores[idx] == pytest.approx((total - brute_force_path_norm(zeroed, 1)) / total, rel=1e-5)

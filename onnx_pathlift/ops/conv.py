@@ -55,8 +55,11 @@ class Conv(LayerOp):
         w = b.const(m, "absW")
         a, x_shape, y_shape = layer.attrs, in_shapes[0], layer.shape
         gx = b.op("ConvTranspose", [g.tensor, w], "adj", **transpose_attrs(a, m.shape[2:], x_shape, y_shape))
-        # kernel scores: correlate the padded forward masses with the backward masses, group by group
         n, groups = len(m.shape) - 2, a["group"]
+        if groups == 1 and all(k == 1 for k in m.shape[2:]):
+            c = _pointwise_correlation(b, xs[0].tensor, g.tensor, a, x_shape, y_shape)
+            return [b.shift(Scaled(gx, g.log2), e)], {"W": Scaled(b.op("Mul", [c, w], "score"), product_exponent(b, xs[0], g, e))}
+        # kernel scores: correlate the padded forward masses with the backward masses, group by group
         pads = a["pads"]
         xp = b.op("Pad", [xs[0].tensor, b.const(np.array([0, 0, *pads[:n], 0, 0, *pads[n:]]), "pads", dtype=np.int64)], "xpad")
         sp = [x_shape[2 + i] + pads[i] + pads[n + i] for i in range(n)]
@@ -84,6 +87,22 @@ class Conv(LayerOp):
         if s is None:
             return None
         return replace(layer, params={**layer.params, "W": layer.params["W"] * s.reshape((-1,) + (1,) * (layer.params["W"].ndim - 1))})
+
+
+def _pointwise_correlation(b: GraphBuilder, x: str, g: str, a: dict, x_shape, y_shape) -> str:
+    """``Σ_p g[o, p] · x[i, p·stride]`` for a 1x1 kernel (one group): a single GEMM, shaped like W."""
+    n = len(x_shape) - 2
+    pads = a["pads"]
+    if any(pads):
+        x = b.op("Pad", [x, b.const(np.array([0, 0, *pads[:n], 0, 0, *pads[n:]]), "pads", dtype=np.int64)], "xpad")
+    ends = [(y_shape[2 + i] - 1) * a["strides"][i] + 1 for i in range(n)]
+    if any(s != 1 for s in a["strides"]) or any(e != x_shape[2 + i] + pads[i] + pads[n + i] for i, e in enumerate(ends)):
+        x = b.op("Slice", [x, b.const(np.zeros(n), "starts", dtype=np.int64), b.const(np.array(ends), "ends", dtype=np.int64),
+                           b.const(np.arange(2, 2 + n), "axes", dtype=np.int64), b.const(np.array(a["strides"]), "steps", dtype=np.int64)], "xsub")
+    x2 = b.op("Reshape", [x, b.const(np.array([x_shape[1], -1]), "shape", dtype=np.int64)], "x2")
+    g2 = b.op("Reshape", [g, b.const(np.array([y_shape[1], -1]), "shape", dtype=np.int64)], "g2")
+    c = b.op("Gemm", [g2, x2], "corr", transB=1)
+    return b.op("Reshape", [c, b.const(np.array([y_shape[1], x_shape[1], *([1] * n)]), "shape", dtype=np.int64)], "corr")
 
 
 @imports("Conv")
