@@ -8,12 +8,14 @@ for its op type. Every refusal is collected, so one error lists all offending no
 
 from __future__ import annotations
 
+import math
+
 import networkx as nx
-from onnx import NodeProto, TensorProto
+from onnx import AttributeProto, NodeProto, TensorProto
 
 from .dag import Dag, Layer
 from .errors import InvalidModelError, RefuseNode, Refusal, UnsupportedModelError, UsageError
-from .load import ModelSource, Prepared, load_model, prepare
+from .load import DEFAULT_LIMITS, Limits, ModelSource, Prepared, load_model, prepare
 from .ops import IMPORTERS, ImportContext, reason_for
 
 #: ops cut off when they end the network: monotone heads that do not change which class wins
@@ -25,9 +27,10 @@ def import_model(
     source: ModelSource,
     input_shape: tuple[int, ...] | dict[str, tuple[int, ...]] | None = None,
     outputs: list[str] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Dag:
-    """Import an ONNX model (path, bytes or ModelProto) as a DAG of layers."""
-    return import_prepared(prepare(load_model(source), input_shape), outputs)
+    """Import an ONNX model (path, bytes or ModelProto) as a DAG of layers, within ``limits``."""
+    return import_prepared(prepare(load_model(source, limits), input_shape, limits), outputs)
 
 
 def _order(nodes: list[NodeProto], known: set[str]) -> list[NodeProto]:
@@ -68,6 +71,11 @@ def _analysed_outputs(p: Prepared, nodes: list[NodeProto], wanted: list[str] | N
         return list(dict.fromkeys(wanted))
     chosen: list[str] = []
     for name in p.outputs:
+        if name not in producer and name not in p.inputs and name not in p.consts:
+            raise InvalidModelError(f"graph output {name!r} is not produced by any node")
+        if name in p.inputs:
+            notes.append(f"output {name!r} dropped: it is a graph input")
+            continue
         while name in producer and producer[name].op_type in HEADS | {"Identity"}:
             node = producer[name]
             if node.op_type != "Identity":
@@ -84,6 +92,15 @@ def _analysed_outputs(p: Prepared, nodes: list[NodeProto], wanted: list[str] | N
     if not chosen:
         raise UnsupportedModelError([Refusal("<graph>", "-", "no float output tensor left to analyse")])
     return list(dict.fromkeys(chosen))
+
+
+def _check_finite_attributes(node: NodeProto) -> None:
+    """Refuse NaN/Inf float attributes (alpha, beta, epsilon, ...): they turn parameters into NaN/Inf."""
+    for attr in node.attribute:
+        values = [attr.f] if attr.type == AttributeProto.FLOAT else attr.floats if attr.type == AttributeProto.FLOATS else []
+        bad = [v for v in values if not math.isfinite(v)]
+        if bad:
+            raise RefuseNode(f"its attribute {attr.name!r} is {bad[0]} (not finite)")
 
 
 def _live(nodes: list[NodeProto], outputs: list[str]) -> list[NodeProto]:
@@ -122,6 +139,7 @@ def import_prepared(p: Prepared, outputs: list[str] | None = None) -> Dag:
         try:
             if rule is None:
                 raise RefuseNode(reason_for(node))
+            _check_finite_attributes(node)
             rule(node, ctx)
         except RefuseNode as refusal:
             refusals.append(Refusal(node.name or node.output[0], node.op_type, refusal.reason))

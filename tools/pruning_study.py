@@ -157,7 +157,7 @@ def study(path: str, data, threads: int) -> dict:
                         "forward_one_input": t_forward1},
            "curves": {}}
     scores, pm0 = {}, None
-    for vname, (vmodel, vdag, rep) in variants.items():
+    for vname, (_, vdag, rep) in variants.items():
         if rep is not None:
             res["rescaling"][vname] = rep
         pm, t_pm = timed(lambda d=vdag: path_magnitude(d))

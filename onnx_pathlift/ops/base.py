@@ -190,8 +190,8 @@ def channel_vector(scale: np.ndarray, out_shape: tuple[int, ...], axis: int) -> 
         return None
     padded = (1,) * (len(out_shape) - s.ndim) + s.shape
     axis %= len(out_shape)
-    if any(d != 1 for i, d in enumerate(padded) if i != axis):
-        return None
+    if any(d != 1 for i, d in enumerate(padded) if i != axis) or padded[axis] not in (1, out_shape[axis]):
+        return None  # it varies along other axes, or widens this one (broadcasting the layer's output)
     return np.broadcast_to(s.reshape(-1), (out_shape[axis],))
 
 
