@@ -214,6 +214,17 @@ def test_relu6_form_does_not_double_paths() -> None:
     assert pl.path_norm(_net([1, width], nodes, [1, width], params), q=1).value == pytest.approx(width * value, rel=1e-6)
 
 
+def _drop_fraction(model: onnx.ModelProto, name: str, idx: tuple[int, ...], total: float) -> float:
+    """(‖Φ(θ)‖_1 − ‖Φ(θ with this weight zeroed)‖_1) / ‖Φ(θ)‖_1 by brute force: the score's definition."""
+    zeroed = onnx.ModelProto()
+    zeroed.CopyFrom(model)
+    init = next(t for t in zeroed.graph.initializer if t.name == name)
+    weights = numpy_helper.to_array(init).copy()
+    weights[idx] = 0
+    init.CopyFrom(numpy_helper.from_array(weights, name))
+    return (total - brute_force_path_norm(zeroed, 1)) / total
+
+
 def test_scores_through_zero_padding() -> None:
     """The adjoint of a zero Pad is a Slice: scores of the conv behind it match the brute force."""
     from onnx_pathlift.scores import path_magnitude
@@ -222,13 +233,7 @@ def test_scores_through_zero_padding() -> None:
     total = brute_force_path_norm(model, 1)
     scores = path_magnitude(model).fraction["W"]
     for idx in [(0, 0, 0, 0), (1, 1, 1, 0), (2, 0, 1, 1)]:
-        zeroed = onnx.ModelProto()
-        zeroed.CopyFrom(model)
-        init = next(t for t in zeroed.graph.initializer if t.name == "W")
-        weights = numpy_helper.to_array(init).copy()
-        weights[idx] = 0
-        init.CopyFrom(numpy_helper.from_array(weights, "W"))
-        assert scores[idx] == pytest.approx((total - brute_force_path_norm(zeroed, 1)) / total, rel=1e-5)
+        assert scores[idx] == pytest.approx(_drop_fraction(model, "W", idx, total), rel=1e-5)
 
 
 @pytest.mark.parametrize("attrs", [{"strides": [2, 2], "pads": [1, 0, 0, 1]}, {"strides": [1, 1]}, {"strides": [3, 2]}])
@@ -241,10 +246,4 @@ def test_pointwise_conv_scores(attrs: dict) -> None:
     total = brute_force_path_norm(model, 1)
     scores = path_magnitude(model).fraction["W"]
     for idx in np.ndindex(scores.shape):
-        zeroed = onnx.ModelProto()
-        zeroed.CopyFrom(model)
-        init = next(t for t in zeroed.graph.initializer if t.name == "W")
-        weights = numpy_helper.to_array(init).copy()
-        weights[idx] = 0
-        init.CopyFrom(numpy_helper.from_array(weights, "W"))
-        assert scores[idx] == pytest.approx((total - brute_force_path_norm(zeroed, 1)) / total, rel=1e-5)
+        assert scores[idx] == pytest.approx(_drop_fraction(model, "W", idx, total), rel=1e-5)
