@@ -1,5 +1,6 @@
-"""Hostile and broken models: the corpus of tools/make_hostile.py through the CLI, the limits, and
-external data with no folder to read it from (SECURITY.md is the policy these tests hold us to).
+"""Hostile and broken models: the corpus of tools/make_hostile.py through the CLI, the limits,
+external data with no folder to read it from, and fuzzing regressions (SECURITY.md is the policy
+these tests hold us to).
 
 Every corpus file runs as ``python -m onnx_pathlift.cli norm FILE --json`` in a subprocess capped at
 2 GB of address space (``RLIMIT_AS``) and must answer with its expected exit code and message, as
@@ -211,14 +212,32 @@ def test_loaded_model_holds_no_external_reference(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# known bug outside load.py/importer.py, found by tests/test_fuzz.py
+# regressions found by tests/test_fuzz.py
 # --------------------------------------------------------------------------------------------
 
 
 def test_activation_broadcast_after_conv():
+    """A Mul that widens a 1-channel conv output to 2 channels: its scale is not folded into the conv."""
     nodes = [helper.make_node("Conv", ["x", "W"], ["c"], name="conv"),
              helper.make_node("Mul", ["c", "s"], ["m"], name="mul"),
              helper.make_node("Relu", ["m"], ["y"], name="relu")]
     model = make_model(nodes, [("x", [1, 1, 4, 4])], [("y", None)],
                        {"W": np.ones((1, 1, 1, 1), np.float32), "s": np.array([2, 3], np.float32).reshape(1, 2, 1, 1)})
     assert path_norm(model, 1).value == pytest.approx(80.0)  # 16 input neurons, each to 2 outputs of weight 2 and 3
+
+
+def test_audit_of_corpus_mixed_with_real_models(corpus, tmp_path):
+    """An audit over the hostile corpus plus real models completes: each hostile file is reported
+    (not ok) and every real model is analysed."""
+    from conftest import MODELS
+    from onnx_pathlift.audit import Settings, audit
+
+    root, expected = corpus
+    real = [str(MODELS / "digits_cnn_torch_bn.onnx"), str(MODELS / "digits_mlp_sklearn.onnx")]
+    result = audit([str(root), *real], Settings(q=(1.0,)), jobs=2, timeout=30, db=str(tmp_path / "audit.sqlite"))
+    status = {str(Path(r.path).resolve()): r.status for r in result.results}
+    assert all(status[str(Path(p).resolve())] == "ok" for p in real), status
+    want = {0: "ok", 3: "unsupported", 4: "invalid"}  # exit 2 (the user must say more): reported as an error
+    for name, case in expected.items():
+        got = status.get(str((root / name).resolve()))
+        assert got == want.get(case["exit_code"], "error"), (name, got, case)
