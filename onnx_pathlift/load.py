@@ -688,6 +688,7 @@ def prepare(model: ModelProto, input_shape: tuple[int, ...] | dict[str, tuple[in
     opset = main_opset(model)
     _check_graph(model, opset, limits)
     inputs = _resolve_input_shapes(model, input_shape)
+    _check_activations(inputs, {}, limits)  # before shape inference sees them
     consts: dict[str, np.ndarray] = {}
     for tensor in model.graph.initializer:
         try:

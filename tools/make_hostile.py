@@ -364,6 +364,11 @@ proto("huge_constant_of_shape", 4, "node 'huge_cos' (ConstantOfShape) would allo
 proto("huge_range", 4, "node 'huge_range' (Range) would allocate 1000000000000 elements",
       "Range(0, 1e12) in the constant subgraph", _range)
 proto("huge_tile", 4, "node 'huge_tile' (Tile) would allocate 4000000000000 elements", "Tile by 1e6 x 1e6", _tile)
+proto("huge_expand_unsqueeze", 4, "tensor 'e' has 4398046511104 elements",
+      "Expand to 2^40 x 4 then Unsqueeze: ONNX's shape-inference data propagation would allocate per element",
+      lambda: model([helper.make_node("Expand", ["x", "shape"], ["e"], name="expand"),
+                     helper.make_node("Unsqueeze", ["e", "ax"], ["y"], name="unsqueeze")],
+                    inits={"shape": np.array([2**40, 4], np.int64), "ax": np.array([0], np.int64)}))
 proto("huge_input", 4, "tensor 'x' has 1000000000000 elements", "a declared input of 1e12 elements",
       lambda: conv(x_shape=(1, 2, 1_000_000, 500_000)))
 proto("huge_activation", 4, "tensor 'c' has", "pads of 1e9 make a 4e18-element activation",
