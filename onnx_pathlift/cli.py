@@ -114,7 +114,7 @@ def cmd_norm(args) -> int:
 
 def cmd_lift(args) -> int:
     _, _, dag, _ = _load(args)
-    from .emit import HEALTH, LOG2_SUFFIX
+    from .emit import HEALTH, HEALTH_MIN_LOG2, LOG2_SUFFIX
 
     session = PathNormSession(dag, args.q)  # runs once: static scales if they are fine, else dynamic
     norm = session.run()
@@ -133,7 +133,7 @@ def cmd_lift(args) -> int:
         print(f"run it with all-ones inputs; each analysed output o comes with a scalar o{LOG2_SUFFIX}, and")
         print(f"  ||Phi||_q^q = sum over outputs o of  sum(o) * 2**o{LOG2_SUFFIX}     (here: {_fmt(norm.log10 * args.q)})")
         if session.static:
-            print(f"  (valid when min({HEALTH}) >= 2**-40, as it is for this model)")
+            print(f"  (valid when min({HEALTH}) >= 2**-{HEALTH_MIN_LOG2}, as it is for this model)")
         outs = ", ".join(repr(o) for o in dag.outputs)
         print("e.g.  python -c \"import onnxruntime as rt, numpy as np; s = rt.InferenceSession('%s'); "
               "r = dict(zip([o.name for o in s.get_outputs()], s.run(None, {i.name: np.ones(i.shape, np.float32) "

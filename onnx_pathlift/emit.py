@@ -28,13 +28,13 @@ _CHECKED = {"linear", "conv", "pool", "skip"}  # where a value can fall below it
 _CHECK_PASSES = {"affine", "activation", "reshape"}  # no loss against the bound: check after them
 
 
-def _opset(dag: Dag) -> int:
+def emit_opset(dag: Dag) -> int:
     return max(dag.opset, MIN_OPSET)
 
 
 def emit_model(dag: Dag) -> ModelProto:
     """The DAG as an ordinary ONNX model: original signed weights and real activations."""
-    b = GraphBuilder(_opset(dag), taken=set(dag.inputs) | set(dag.outputs))
+    b = GraphBuilder(emit_opset(dag), taken=set(dag.inputs) | set(dag.outputs))
     value: dict[str, str] = {}
     for layer in dag.layers():
         if layer.op == "input":
@@ -42,7 +42,7 @@ def emit_model(dag: Dag) -> ModelProto:
         else:
             value[layer.name] = LAYER_OPS[layer.op].emit(b, layer, [value[i] for i in layer.inputs])
     for out, lname in dag.outputs.items():
-        b.nodes.append(_identity(value[lname], out))
+        b.nodes.append(identity_node(value[lname], out))
     return b.model(
         [(n, dag.layer(n).shape) for n in dag.inputs],
         [(o, dag.layer(l).shape) for o, l in dag.outputs.items()],
@@ -62,18 +62,18 @@ def lift_model(dag: Dag, q: float, static: bool = True) -> ModelProto:
     if not (math.isfinite(q) and q >= 1.0):
         raise UsageError(f"q must be a finite number ≥ 1 (got {q})")
     outs = set(dag.outputs) | {o + LOG2_SUFFIX for o in dag.outputs} | {HEALTH}
-    b = LiftBuilder(_opset(dag), taken=set(dag.inputs) | outs, static=static)
+    b = LiftBuilder(emit_opset(dag), taken=set(dag.inputs) | outs, static=static)
     _, value = lift_forward(dag, q, b)
     for out, lname in dag.outputs.items():
         log2 = value[lname].log2
-        b.nodes.append(_identity(value[lname].tensor, out))
-        b.nodes.append(_identity(b.exponent(log2) if isinstance(log2, int) else log2, out + LOG2_SUFFIX))
+        b.nodes.append(identity_node(value[lname].tensor, out))
+        b.nodes.append(identity_node(b.exponent(log2) if isinstance(log2, int) else log2, out + LOG2_SUFFIX))
     outputs: list[tuple[str, tuple[int, ...] | None]] = []
     for o, l in dag.outputs.items():
         outputs += [(o, dag.layer(l).shape), (o + LOG2_SUFFIX, None)]
     if static:
         health = b.op("Concat", b.health, "health", axis=0) if b.health else b.const(np.ones(1), "health")
-        b.nodes.append(_identity(health, HEALTH))
+        b.nodes.append(identity_node(health, HEALTH))
         outputs.append((HEALTH, (len(b.health) or 1,)))
     doc = (
         f"onnx-pathlift lifted network, q={q:g}, {'static' if static else 'dynamic'} scales. Feed all-ones "
@@ -171,5 +171,5 @@ def _fold_scales(dag: Dag) -> list[Layer]:
     return layers
 
 
-def _identity(src: str, dst: str) -> NodeProto:
+def identity_node(src: str, dst: str) -> NodeProto:
     return helper.make_node("Identity", [src], [dst], name=dst)

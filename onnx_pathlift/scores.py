@@ -23,7 +23,7 @@ import numpy as np
 from onnx import ModelProto
 
 from .dag import Dag, Layer
-from .emit import LOG2_SUFFIX, _opset, lift_forward
+from .emit import LOG2_SUFFIX, identity_node, emit_opset, lift_forward
 from .graph import LiftBuilder, Scaled
 from .importer import import_model
 from .load import ModelSource
@@ -58,7 +58,7 @@ class Scores:
 def scores_model(dag: Dag) -> tuple[ModelProto, list[tuple[str, str]]]:
     """The forward + adjoint graph. Outputs: each analysed output (and its exponent) and, per scored
     layer, ``<layer>__score`` (in the layer's W layout) with ``<layer>__score__log2_scale``."""
-    b = LiftBuilder(_opset(dag), taken=set(dag.inputs) | set(dag.outputs) | {o + LOG2_SUFFIX for o in dag.outputs})
+    b = LiftBuilder(emit_opset(dag), taken=set(dag.inputs) | set(dag.outputs) | {o + LOG2_SUFFIX for o in dag.outputs})
     layers, value = lift_forward(dag, 1.0, b)
     shapes = {layer.name: layer.shape for layer in layers}
 
@@ -88,22 +88,16 @@ def scores_model(dag: Dag) -> tuple[ModelProto, list[tuple[str, str]]]:
         if layer.op in SCORED:
             s = scores["W"]
             out = b.fresh(layer.name + "__score")
-            b.nodes.append(_identity(s.tensor, out))
-            b.nodes.append(_identity(s.log2, out + LOG2_SUFFIX))
+            b.nodes.append(identity_node(s.tensor, out))
+            b.nodes.append(identity_node(s.log2, out + LOG2_SUFFIX))
             outputs += [(out, layer.params["W"].shape), (out + LOG2_SUFFIX, None)]
             scored.append((layer.name, out))
     for out, lname in dag.outputs.items():
-        b.nodes.append(_identity(value[lname].tensor, out))
-        b.nodes.append(_identity(value[lname].log2, out + LOG2_SUFFIX))
+        b.nodes.append(identity_node(value[lname].tensor, out))
+        b.nodes.append(identity_node(value[lname].log2, out + LOG2_SUFFIX))
         outputs = [(out, dag.layer(lname).shape), (out + LOG2_SUFFIX, None)] + outputs
     return b.model([(n, dag.layer(n).shape) for n in dag.inputs], outputs, "path_magnitude_scores",
                    "onnx-pathlift forward + adjoint graph of the lifted network (q = 1): path-magnitude scores"), scored
-
-
-def _identity(src: str, dst: str):
-    from onnx import helper
-
-    return helper.make_node("Identity", [src], [dst], name=dst)
 
 
 def _to_initializer_layout(layer: Layer, score: np.ndarray) -> tuple[str, np.ndarray]:
