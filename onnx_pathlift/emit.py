@@ -8,6 +8,7 @@ output is ``T_o · 2**k_o``, and ``‖Φ(θ)‖_q**q = Σ_o Σ T_o · 2**k_o`` (
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -35,12 +36,7 @@ def emit_opset(dag: Dag) -> int:
 def emit_model(dag: Dag) -> ModelProto:
     """The DAG as an ordinary ONNX model: original signed weights and real activations."""
     b = GraphBuilder(emit_opset(dag), taken=set(dag.inputs) | set(dag.outputs))
-    value: dict[str, str] = {}
-    for layer in dag.layers():
-        if layer.op == "input":
-            value[layer.name] = layer.name
-        else:
-            value[layer.name] = LAYER_OPS[layer.op].emit(b, layer, [value[i] for i in layer.inputs])
+    value = emit_layers(dag, b)
     for out, lname in dag.outputs.items():
         b.nodes.append(identity_node(value[lname], out))
     return b.model(
@@ -51,6 +47,17 @@ def emit_model(dag: Dag) -> ModelProto:
     )
 
 
+def emit_layers(dag: Dag, b: GraphBuilder) -> dict[str, str]:
+    """Emit every layer as itself on ``b``; returns the tensor name of each layer's output."""
+    value: dict[str, str] = {}
+    for layer in dag.layers():
+        if layer.op == "input":
+            value[layer.name] = layer.name
+        else:
+            value[layer.name] = LAYER_OPS[layer.op].emit(b, layer, [value[i] for i in layer.inputs])
+    return value
+
+
 def lift_model(dag: Dag, q: float, static: bool = True) -> ModelProto:
     """The lifted |W|**q network, kept in float32 range by exact power-of-two scales.
 
@@ -59,28 +66,49 @@ def lift_model(dag: Dag, q: float, static: bool = True) -> ModelProto:
     tensor); if its minimum is below ``2**-HEALTH_MIN_LOG2`` use ``static=False``, the run-time
     renormalised graph, which is always in range.
     """
-    if not (math.isfinite(q) and q >= 1.0):
-        raise UsageError(f"q must be a finite number ≥ 1 (got {q})")
-    outs = set(dag.outputs) | {o + LOG2_SUFFIX for o in dag.outputs} | {HEALTH}
-    b = LiftBuilder(emit_opset(dag), taken=set(dag.inputs) | outs, static=static)
-    _, value = lift_forward(dag, q, b)
-    for out, lname in dag.outputs.items():
-        log2 = value[lname].log2
-        b.nodes.append(identity_node(value[lname].tensor, out))
-        b.nodes.append(identity_node(b.exponent(log2) if isinstance(log2, int) else log2, out + LOG2_SUFFIX))
+    return lift_bundle([(dag, q)], static)
+
+
+def bundle_tag(i: int, n: int) -> str:
+    """Prefix of job ``i``'s output names in a bundle of ``n`` lifted networks ("" for one)."""
+    return "" if n == 1 else f"job{i}__"
+
+
+def lift_bundle(jobs: Sequence[tuple[Dag, float]], static: bool = True) -> ModelProto:
+    """Several lifted networks in one model (one session, one run): ``(dag, q)`` jobs whose DAGs share
+    their inputs (names and shapes), e.g. one network at q = 1, 2, 4 and its bias-free variant. Job
+    ``i``'s outputs are those of :func:`lift_model` prefixed with :func:`bundle_tag`."""
+    for dag, q in jobs:
+        if not (math.isfinite(q) and q >= 1.0):
+            raise UsageError(f"q must be a finite number ≥ 1 (got {q})")
+    first = jobs[0][0]
+    if any(dag.input_shapes() != first.input_shapes() for dag, _ in jobs):
+        raise ValueError("the lifted networks of a bundle must share their inputs")
+    tags = [bundle_tag(i, len(jobs)) for i in range(len(jobs))]
+    outs = {HEALTH} | {t + HEALTH for t in tags}
+    for (dag, _), tag in zip(jobs, tags):
+        outs |= {tag + o for o in dag.outputs} | {tag + o + LOG2_SUFFIX for o in dag.outputs}
+    b = LiftBuilder(emit_opset(first), taken=set(first.inputs) | outs, static=static)
     outputs: list[tuple[str, tuple[int, ...] | None]] = []
-    for o, l in dag.outputs.items():
-        outputs += [(o, dag.layer(l).shape), (o + LOG2_SUFFIX, None)]
-    if static:
-        health = b.op("Concat", b.health, "health", axis=0) if b.health else b.const(np.ones(1), "health")
-        b.nodes.append(identity_node(health, HEALTH))
-        outputs.append((HEALTH, (len(b.health) or 1,)))
+    for (dag, q), tag in zip(jobs, tags):
+        b.health = []
+        _, value = lift_forward(dag, q, b)
+        for out, lname in dag.outputs.items():
+            log2 = value[lname].log2
+            b.nodes.append(identity_node(value[lname].tensor, tag + out))
+            b.nodes.append(identity_node(b.exponent(log2) if isinstance(log2, int) else log2, tag + out + LOG2_SUFFIX))
+            outputs += [(tag + out, dag.layer(lname).shape), (tag + out + LOG2_SUFFIX, None)]
+        if static:
+            health = b.op("Concat", b.health, "health", axis=0) if b.health else b.const(np.ones(1), "health")
+            b.nodes.append(identity_node(health, tag + HEALTH))
+            outputs.append((tag + HEALTH, (len(b.health) or 1,)))
+    qs = ", ".join(f"{q:g}" for _, q in jobs)
     doc = (
-        f"onnx-pathlift lifted network, q={q:g}, {'static' if static else 'dynamic'} scales. Feed all-ones "
+        f"onnx-pathlift lifted network, q={qs}, {'static' if static else 'dynamic'} scales. Feed all-ones "
         f"inputs; then ||Phi||_q^q = sum over outputs o of sum(o) * 2**o{LOG2_SUFFIX}"
         + (f", valid when min({HEALTH}) >= 2**-{HEALTH_MIN_LOG2}." if static else ".")
     )
-    return b.model([(n, dag.layer(n).shape) for n in dag.inputs], outputs, f"lifted_q{q:g}", doc)
+    return b.model([(n, first.layer(n).shape) for n in first.inputs], outputs, f"lifted_q{qs.replace(', ', '_')}", doc)
 
 
 def lift_forward(dag: Dag, q: float, b: LiftBuilder) -> tuple[list[Layer], dict[str, Scaled]]:

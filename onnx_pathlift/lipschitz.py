@@ -16,6 +16,7 @@ from .dag import Dag
 from .importer import import_model
 from .load import ModelSource
 from .metric import input_path_norm
+from .norm import PathNorm
 from .ops import LAYER_OPS
 
 _LOG10_2 = math.log10(2.0)
@@ -57,4 +58,9 @@ def naive_log2(dag: Dag) -> float:
 def lipschitz(model: ModelSource | Dag, input_shape=None, providers=None) -> LipschitzBound:
     """The input-space Lipschitz bound ``‖Φ_in‖_1`` (ℓ∞ → ℓ1) and the naive layer-wise one."""
     dag = model if isinstance(model, Dag) else import_model(model, input_shape)
-    return LipschitzBound(input_path_norm(dag, providers).log10, naive_log2(dag) * _LOG10_2)
+    return bound_from(dag, input_path_norm(dag, providers))
+
+
+def bound_from(dag: Dag, input_norm: PathNorm) -> LipschitzBound:
+    """The bounds of ``dag`` given its ``‖Φ_in‖_1`` (computed elsewhere, e.g. in a bundle with its path-norms)."""
+    return LipschitzBound(input_norm.log10, naive_log2(dag) * _LOG10_2)

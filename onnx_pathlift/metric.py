@@ -192,7 +192,7 @@ def two_stream_dag(a: Dag, b: Dag, pairs: dict[str, str]) -> Dag:
     return out
 
 
-def _without_biases(dag: Dag) -> Dag:
+def without_biases(dag: Dag) -> Dag:
     out = Dag(opset=dag.opset, inputs=list(dag.inputs), outputs=dict(dag.outputs))
     for layer in dag.layers():
         out.add(LAYER_OPS[layer.op].without_bias(layer) if layer.op in LAYER_OPS else layer,
@@ -202,7 +202,7 @@ def _without_biases(dag: Dag) -> Dag:
 
 def input_path_norm(dag: Dag, providers=None):
     """‖Φ_in(θ)‖_1: the L1 path-norm over paths that start at input neurons (biases removed)."""
-    return PathNormSession(_without_biases(dag), 1.0, providers).run()
+    return PathNormSession(without_biases(dag), 1.0, providers).run()
 
 
 def _log10_diff(a: float, b: float) -> float:

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from onnx import ModelProto
 
 from .dag import Dag
-from .emit import HEALTH, HEALTH_MIN_LOG2, LOG2_SUFFIX, lift_model
+from .emit import (
+    HEALTH,
+    HEALTH_MIN_LOG2,
+    LOG2_SUFFIX,
+    bundle_tag,
+    lift_bundle,
+    lift_model,
+)
 from .errors import PathliftError, UsageError
 from .importer import import_model
 from .load import ModelSource
 from .runtime import make_session
+from .samples import one_sample
 
 _LOG10_2 = math.log10(2.0)
 _LOG10_MAX = math.log10(np.finfo(np.float64).max)
@@ -58,42 +67,73 @@ def combine(q: float, outputs: dict[str, tuple[np.ndarray, float]]) -> PathNorm:
     return PathNorm(q, log10, value, {o: v / q * _LOG10_2 for o, v in logs.items()})
 
 
-class PathNormSession:
-    """The lifted network of one DAG and q, with its onnxruntime session built once.
+class LiftedSession:
+    """Lifted networks of ``(dag, q)`` jobs sharing their inputs, in one onnxruntime session, run
+    together (one network at several q and its bias-free variant cost one session and one pass).
 
     ``scales="auto"`` (default) runs the static-scale graph (constant scales folded into the layers)
     and falls back to the run-time renormalised graph when its health output says a static bound was
     too loose for float32; ``"static"`` or ``"dynamic"`` force one of them.
+
+    ``per_sample=True`` (default): a network that stacks ``N`` independent samples along a fixed
+    batch axis is run for one sample, its lifted outputs counting ``N`` times
+    (:func:`onnx_pathlift.samples.one_sample`); ``self.model`` is then the one-sample lifted network.
     """
 
-    def __init__(self, dag: Dag, q: float = 1.0, providers=None, scales: str = "auto"):
+    def __init__(self, jobs: Sequence[tuple[Dag, float]], providers=None, scales: str = "auto", per_sample: bool = True):
         if scales not in ("auto", "static", "dynamic"):
             raise UsageError(f"scales must be auto, static or dynamic (got {scales!r})")
-        self.dag, self.q, self.providers, self.scales = dag, float(q), providers, scales
-        self.model: ModelProto = lift_model(dag, self.q, static=scales != "dynamic")
-        self.session = make_session(self.model, providers)
-        self.feeds = {name: np.ones(dag.layer(name).shape, np.float32) for name in dag.inputs}
-        self.names = list(dag.outputs)
-        self.static = scales != "dynamic"
-        self.fetch = [n for o in self.names for n in (o, o + LOG2_SUFFIX)]
+        twins = [one_sample(dag) if per_sample else (dag, 1) for dag, _ in jobs]
+        self.jobs = [(twin, float(q)) for (twin, _), (_, q) in zip(twins, jobs)]
+        self.copies = [copies for _, copies in twins]
+        self.providers, self.scales, self.static = providers, scales, scales != "dynamic"
+        self._build()
+        first = self.jobs[0][0]
+        self.feeds = {name: np.ones(first.layer(name).shape, np.float32) for name in first.inputs}
+
+    def _build(self) -> None:
+        self.model: ModelProto = lift_bundle(self.jobs, static=self.static)
+        self.session = make_session(self.model, self.providers)
+
+    def lifted_outputs(self) -> list[dict[str, tuple[np.ndarray, float]]]:
+        """One pass: per job, ``{output: (T, k)}`` with lifted value ``T · 2**k`` (``k`` includes
+        ``log2 N`` when one sample stands for ``N``)."""
+        tags = [bundle_tag(i, len(self.jobs)) for i in range(len(self.jobs))]
+        fetch = [tag + o + suffix for (dag, _), tag in zip(self.jobs, tags) for o in dag.outputs for suffix in ("", LOG2_SUFFIX)]
+        if self.static:
+            fetch += [tag + HEALTH for tag in tags]
+        res = dict(zip(fetch, self.session.run(fetch, self.feeds)))
+        if self.static:
+            health = min(float(np.min(res[tag + HEALTH])) for tag in tags)
+            if health < 2.0 ** -HEALTH_MIN_LOG2:
+                if self.scales == "static":
+                    raise PathliftError(f"static scales too loose for float32 (health {health:.3g})")
+                self.static = False
+                self._build()
+                return self.lifted_outputs()
+        return [{o: (res[tag + o], float(res[tag + o + LOG2_SUFFIX]) + math.log2(copies)) for o in dag.outputs}
+                for (dag, _), tag, copies in zip(self.jobs, tags, self.copies)]
+
+    def norms(self) -> list[PathNorm]:
+        """‖Φ‖_q of every job, summed over its analysed outputs."""
+        return [combine(q, outs) for (_, q), outs in zip(self.jobs, self.lifted_outputs())]
+
+
+class PathNormSession(LiftedSession):
+    """The lifted network of one DAG and q, with its onnxruntime session built once (see
+    :class:`LiftedSession` for ``scales`` and ``per_sample``)."""
+
+    def __init__(self, dag: Dag, q: float = 1.0, providers=None, scales: str = "auto", per_sample: bool = True):
+        super().__init__([(dag, q)], providers, scales, per_sample)
+        self.dag, self.q = self.jobs[0]
 
     def run(self) -> PathNorm:
         """‖Φ‖_q summed over every analysed output."""
-        return combine(self.q, self.run_outputs())
+        return self.norms()[0]
 
     def run_outputs(self) -> dict[str, tuple[np.ndarray, float]]:
         """One pass of the lifted network: ``{output: (T, k)}`` with lifted value ``T · 2**k``."""
-        if self.static:
-            *res, health = self.session.run(self.fetch + [HEALTH], self.feeds)
-            if float(np.min(health)) < 2.0 ** -HEALTH_MIN_LOG2:
-                if self.scales == "static":
-                    raise PathliftError(f"static scales too loose for float32 (health {float(np.min(health)):.3g})")
-                self.model, self.static = lift_model(self.dag, self.q, static=False), False
-                self.session = make_session(self.model, self.providers)
-                return self.run_outputs()
-        else:
-            res = self.session.run(self.fetch, self.feeds)
-        return {o: (res[2 * i], float(res[2 * i + 1])) for i, o in enumerate(self.names)}
+        return self.lifted_outputs()[0]
 
 
 def path_norm(model: ModelSource | Dag, q: float = 1.0, input_shape=None, providers=None) -> PathNorm:

@@ -21,9 +21,10 @@ import numpy as np
 
 from ..errors import InvalidModelError, PathliftError, UnsupportedModelError
 from ..importer import import_prepared
-from ..lipschitz import lipschitz
+from ..lipschitz import bound_from
 from ..load import load_model, main_opset, prepare
-from ..norm import PathNormSession
+from ..metric import without_biases
+from ..norm import LiftedSession
 from .record import ModelResult, Settings, Task
 
 HOOK_ENV = "ONNX_PATHLIFT_AUDIT_TEST_HOOK"
@@ -43,11 +44,10 @@ def analyse(task: Task, settings: Settings) -> ModelResult:
         facts["input_shape"] = {k: list(v) for k, v in prepared.inputs.items()}
         dag = import_prepared(prepared)
         facts.update(params=dag.n_params, kinds=dag.kind_counts(), outputs=list(dag.outputs), notes=list(dag.notes))
-        facts["norms"] = [PathNormSession(dag, q).run().to_dict() for q in settings.q]
-        try:
-            facts["lipschitz_log10"] = lipschitz(dag).to_dict()["bound_log10"]
-        except PathliftError as err:
-            facts["notes"].append(f"no Lipschitz bound: {err}")
+        # one lifted model, one session and one pass: the path-norms and ‖Φ_in‖_1 (Lipschitz bound)
+        *norms, input_norm = LiftedSession([(dag, q) for q in settings.q] + [(without_biases(dag), 1.0)]).norms()
+        facts["norms"] = [n.to_dict() for n in norms]
+        facts["lipschitz_log10"] = bound_from(dag, input_norm).to_dict()["bound_log10"]
         status, reason = "ok", ""
     except UnsupportedModelError as err:
         status, reason = "unsupported", str(err)

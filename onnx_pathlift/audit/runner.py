@@ -47,13 +47,17 @@ class _Worker:
         self.process.join()
         self.conn.close()
 
-    def stop(self) -> None:
-        """Ask an idle worker to exit; kill it if it does not (or is busy)."""
+    def ask_to_stop(self) -> None:
+        """Ask an idle worker to exit (a busy one is killed by :meth:`stop`)."""
         if self.task is None:
             try:
                 self.conn.send(None)
             except OSError:
                 pass
+
+    def stop(self) -> None:
+        """Wait a little for an idle worker asked to exit, then kill it if it is still there."""
+        if self.task is None:
             self.process.join(timeout=2)
         self.kill()
 
@@ -84,6 +88,8 @@ def run_local(tasks: Sequence[Task], settings: Settings, jobs: int, timeout: flo
                     workers[i] = _Worker.start() if pending else None
             workers = [w for w in workers if w is not None]
     finally:
+        for w in workers:
+            w.ask_to_stop()  # all at once: they exit in parallel
         for w in workers:
             w.stop()
 

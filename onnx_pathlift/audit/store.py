@@ -45,7 +45,9 @@ class Store:
             if version not in (0, SCHEMA_VERSION):
                 raise UsageError(f"{self.path}: audit database schema {version}, this version reads {SCHEMA_VERSION}")
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
+            # WAL + NORMAL: a commit survives the process being killed (even -9) or crashing; only a
+            # power loss or OS crash can drop the last few, which the next run then recomputes
+            self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(_SCHEMA)
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self.db.commit()
