@@ -30,6 +30,7 @@ from .load import ModelSource
 from .norm import combine
 from .ops import LAYER_OPS
 from .runtime import make_session
+from .samples import one_sample
 
 SCORED = ("conv", "dense")  # Conv / Gemm / MatMul weights (as in the paper: not BN, not biases)
 
@@ -108,6 +109,8 @@ def _to_initializer_layout(layer: Layer, score: np.ndarray) -> tuple[str, np.nda
 def path_magnitude(model: ModelSource | Dag, input_shape=None, providers=None) -> Scores:
     """Path-magnitude scores of every Conv/Gemm/MatMul weight, as fractions of ‖Φ‖_1."""
     dag = model if isinstance(model, Dag) else import_model(model, input_shape)
+    # N independent samples: every path, and so every score, counts N times; fractions are unchanged
+    dag, copies = one_sample(dag)
     proto, scored = scores_model(dag)
     session = make_session(proto, providers)
     feeds = {n: np.ones(dag.layer(n).shape, np.float32) for n in dag.inputs}
@@ -129,7 +132,7 @@ def path_magnitude(model: ModelSource | Dag, input_shape=None, providers=None) -
         name, f = _to_initializer_layout(dag.layer(lname), f)
         if name not in skipped:
             fraction[name], layers[name] = f, lname
-    return Scores(fraction, norm.log10, layers, skipped)
+    return Scores(fraction, norm.log10 + math.log10(copies), layers, skipped)
 
 
 def magnitude(dag: Dag) -> dict[str, np.ndarray]:

@@ -112,3 +112,28 @@ def test_lipschitz_and_metric_use_the_shortcut_consistently() -> None:
     metric = pl.path_metric(model, pruned)
     d = brute_force_path_norm(model, 1.0) - brute_force_path_norm(pruned, 1.0)
     assert metric.exact and 10 ** metric.upper_log10 == pytest.approx(d, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(STACKED))
+def test_scores_of_stacked_samples_are_the_brute_force_drops(name: str) -> None:
+    """Scores of a fixed-batch network (one sample analysed): each equals the drop of the
+    whole-batch ‖Φ‖_1 when that weight is zeroed, as a fraction of ‖Φ‖_1."""
+    from test_scores import sample, scored_initializers, zeroed
+
+    model = STACKED[name]()
+    scores = pl.path_magnitude(model)
+    total = brute_force_path_norm(model, 1.0)
+    assert scores.log10_norm == pytest.approx(np.log10(total), abs=1e-7)
+    rng = np.random.default_rng(0)
+    for init, w_values in scored_initializers(model).items():
+        for index in sample(w_values, 6, rng):
+            drop = (total - brute_force_path_norm(zeroed(model, init, index), 1.0)) / total
+            assert scores.fraction[init][index] == pytest.approx(drop, rel=1e-5, abs=1e-9)
+
+
+def test_scores_refuse_conv_when_the_batch_mixes() -> None:
+    """A conv net whose batch cannot be split (a bias with a batch axis): a clear error, not a wrong score."""
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"]), helper.make_node("Add", ["c", "b"], ["y"])]
+    model = make_model(nodes, [("x", [N, 1, 3, 3])], [("y", [N, 2, 2, 2])], {"W": w(2, 1, 2, 2), "b": w(N, 2, 1, 1)})
+    with pytest.raises(pl.PathliftError, match="pass --input-shape with batch 1"):
+        pl.path_magnitude(model)

@@ -13,6 +13,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..dag import Layer
+from ..errors import PathliftError
 from ..graph import GraphBuilder, LiftBuilder, Scaled, pow_scaled
 from .base import (ImportContext, LayerOp, along_axis, attributes, bias_bound, channel_vector, imports, layer_op, lift_bias,
                    on_axis, product_exponent, spatial_attrs, split_weight, transpose_attrs)
@@ -54,6 +55,10 @@ class Conv(LayerOp):
         m, e = pow_scaled(layer.params["W"], 1.0)
         w = b.const(m, "absW")
         a, x_shape, y_shape = layer.attrs, in_shapes[0], layer.shape
+        if x_shape[0] != 1:  # the kernel correlation below sums over positions of one sample
+            raise PathliftError(f"layer {layer.name!r}: kernel scores of a conv layer are computed for batch 1, and this "
+                                f"network does not split into independent samples of its batch {x_shape[0]}; "
+                                "pass --input-shape with batch 1")
         gx = b.op("ConvTranspose", [g.tensor, w], "adj", **transpose_attrs(a, m.shape[2:], x_shape, y_shape))
         n, groups = len(m.shape) - 2, a["group"]
         if groups == 1 and all(k == 1 for k in m.shape[2:]):
