@@ -203,9 +203,9 @@ class LiftBuilder(GraphBuilder):
         scaling ``tensor``: only for a tensor of the current layer, which nothing else reads yet."""
         private = len(self.nodes) > self._start
         node = self.nodes[-1] if private and self.nodes[-1].output[0] == tensor else None
-        if node is None or node.op_type not in ("MatMul", "Conv"):
+        if node is None or node.op_type not in ("MatMul", "Conv", "ConvTranspose"):
             return False
-        weight = node.input[1] if node.op_type == "Conv" or node.input[1] in self._weights else node.input[0]
+        weight = node.input[1] if node.op_type in ("Conv", "ConvTranspose") or node.input[1] in self._weights else node.input[0]
         if weight not in self._weights:
             return False
         w = self.constants[weight]

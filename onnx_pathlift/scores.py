@@ -32,7 +32,7 @@ from .ops import LAYER_OPS
 from .runtime import make_session
 from .samples import one_sample
 
-SCORED = ("conv", "dense")  # Conv / Gemm / MatMul weights (as in the paper: not BN, not biases)
+SCORED = ("conv", "deconv", "dense")  # Conv / ConvTranspose / Gemm / MatMul weights (as in the paper: not BN, not biases)
 
 
 @dataclass

@@ -88,10 +88,7 @@ def test_stacked_samples_use_one_sample(name: str, q: float) -> None:
 @pytest.mark.parametrize("name", sorted(MIXED))
 def test_networks_mixing_samples_are_run_whole(name: str) -> None:
     model = MIXED[name]()
-    try:
-        dag = pl.import_model(model)
-    except pl.UnsupportedModelError as err:
-        pytest.skip(f"not importable yet: {err}")
+    dag = pl.import_model(model)
     assert one_sample(dag)[1] == 1
     for q in (1.0, 2.0):
         assert pl.path_norm(dag, q).value == pytest.approx(brute_force_path_norm(model, q) ** (1 / q), rel=1e-6)

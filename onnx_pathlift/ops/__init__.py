@@ -1,6 +1,6 @@
 """One module per op family; importing this package registers every import rule and layer op."""
 
-from . import activation, arithmetic, batchnorm, conv, dense, pool, quantize, shape  # noqa: F401  (registration)
+from . import activation, arithmetic, batchnorm, conv, deconv, dense, pool, quantize, reduce, select, shape  # noqa: F401  (registration)
 from .base import IMPORTERS, LAYER_OPS, ImportContext, LayerOp
 from .unsupported import reason_for
 

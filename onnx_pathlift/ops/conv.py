@@ -113,14 +113,20 @@ def _pointwise_correlation(b: GraphBuilder, x: str, g: str, a: dict, x_shape, y_
 @imports("Conv")
 def import_conv(node, ctx: ImportContext) -> None:
     w = ctx.param(node, 1, "kernel")
-    x_shape, out_shape = ctx.shape(node.input[0]), ctx.shape(node.output[0])
+    x_shape = ctx.shape(node.input[0])
     a = attributes(node)
     attrs = spatial_attrs(a, x_shape[2:], tuple(w.shape[2:]))
     attrs["group"] = int(a.get("group", 1))
+    add_kernel_layer(ctx, node, "conv", w, attrs)
+
+
+def add_kernel_layer(ctx: ImportContext, node, op: str, w: np.ndarray, attrs: dict) -> None:
+    """Add a Conv-like layer (kernel ``w`` from input 1) and, for an input-2 bias, its own affine layer."""
+    out_shape = ctx.shape(node.output[0])
     has_bias = len(node.input) > 2 and node.input[2]
-    conv = ctx.add(node, "conv", [ctx.act(node.input[0])], out_shape, {"W": w}, attrs, suffix="/conv" if has_bias else "",
-                   origins={"W": (node.input[1], False)})
+    layer = ctx.add(node, op, [ctx.act(node.input[0])], out_shape, {"W": w}, attrs, suffix=f"/{op}" if has_bias else "",
+                    origins={"W": (node.input[1], False)})
     if has_bias:
         b = ctx.param(node, 2, "bias")
-        ctx.add(node, "affine", [conv], out_shape, {"bias": b.reshape((-1,) + (1,) * (len(out_shape) - 2))},
+        ctx.add(node, "affine", [layer], out_shape, {"bias": b.reshape((-1,) + (1,) * (len(out_shape) - 2))},
                 origins={"bias": (node.input[2], False)})

@@ -103,11 +103,17 @@ def import_pad(node, ctx: ImportContext) -> None:
             pads = full
     if mode not in ("constant", "edge", "reflect"):
         raise RefuseNode(f"padding mode {mode!r} is not supported")
-    if mode == "constant" and value != 0.0:
-        raise RefuseNode(f"padding with the constant {value} (bias neurons) is not supported yet; 0 is")
     if any(p < 0 for p in pads):
         raise RefuseNode("negative pads (cropping) are not supported")
-    ctx.add(node, "pad", [ctx.act(node.input[0])], ctx.shape(node.output[0]), attrs={"pads": pads, "mode": mode})
+    out_shape, biased = ctx.shape(node.output[0]), mode == "constant" and value != 0.0
+    padded = ctx.add(node, "pad", [ctx.act(node.input[0])], out_shape, attrs={"pads": pads, "mode": mode},
+                     suffix="/pad" if biased else "")
+    if biased:  # the padded neurons are constants: a zero pad, then a bias of `value` on the padded positions only
+        x_shape = ctx.shape(node.input[0])
+        if pads[0] == pads[rank] == 0:
+            x_shape = (1, *x_shape[1:])  # the same for every sample (broadcast along the batch axis)
+        bias = np.pad(np.zeros(x_shape), list(zip(pads[:rank], pads[rank:])), constant_values=value)
+        ctx.add(node, "affine", [padded], out_shape, {"bias": bias})
 
 
 @layer_op

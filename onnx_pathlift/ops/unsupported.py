@@ -16,6 +16,11 @@ REASONS: dict[str, str] = {
     **dict.fromkeys(["Attention", "MultiHeadAttention"], "attention multiplies activations together"),
     "Pow": "a power of an activation is not positively homogeneous of degree 1",
     "Abs": "|x| is piecewise-linear but not yet supported (it needs two ReLUs)",
+    "ReduceProd": "a product of activations is not positively homogeneous of degree 1",
+    "ReduceSumSquare": "a sum of squared activations is not positively homogeneous of degree 1",
+    "ReduceL2": "the Euclidean norm of activations is not piecewise-linear",
+    "ReduceL1": "a sum of |x| is piecewise-linear but not yet supported (each |x| needs two ReLUs)",
+    **dict.fromkeys(["ReduceLogSum", "ReduceLogSumExp"], _SMOOTH),
 }
 
 

@@ -1,0 +1,95 @@
+"""Reductions over any axes: ReduceSum, ReduceMean, ReduceMax, ReduceMin (axes as an attribute
+before opset 13 for ReduceSum and 18 for the others, as an input from then on; keepdims;
+noop_with_empty_axes).
+
+Algebra (unrolled): an output neuron of ReduceSum has weight-1 edges from the ``N`` neurons it
+reduces, one of ReduceMean weight-``1/N`` edges: lifted ``Σ x`` and ``N**-q · Σ x``. A ReduceMax
+neuron is a max-pooling neuron over its ``N`` inputs (weight-1 edges; the path-norm counts every path
+through it), and ``min(x) = −max(−x)`` is one with weight −1 edges in and out: both lift to ``Σ x``.
+No bias. Empty axes reduce every axis, or, with ``noop_with_empty_axes=1``, make the identity.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+
+from ..dag import Layer
+from ..graph import GraphBuilder, LiftBuilder, Scaled, pow_scaled
+from .base import ImportContext, LayerOp, attributes, imports, layer_op
+
+_OP_TYPES = {"sum": "ReduceSum", "mean": "ReduceMean", "max": "ReduceMax", "min": "ReduceMin"}
+
+
+def _axes_are_input(op_type: str, opset: int) -> bool:
+    """Whether ``axes`` is an input (ReduceSum from opset 13, the other reductions from 18)."""
+    return opset >= (13 if op_type == "ReduceSum" else 18)
+
+
+def _reduce(b: GraphBuilder, op_type: str, x: str, layer: Layer) -> str:
+    """One reduction node over the layer's axes, in the form of the builder's opset."""
+    axes, keepdims = layer.attrs["axes"], layer.attrs["keepdims"]
+    if _axes_are_input(op_type, b.opset):
+        return b.op(op_type, [x, b.const(np.array(axes), "axes", dtype=np.int64)], "reduce", keepdims=keepdims)
+    return b.op(op_type, [x], "reduce", axes=axes, keepdims=keepdims)
+
+
+@layer_op
+class Reduce(LayerOp):
+    """Reduction over ``axes``; attrs mode (sum, mean, max, min), axes, keepdims and count (``N``)."""
+
+    op = "reduce"
+    kind = "pool"
+    accepts_dirty = True
+
+    def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
+        return _reduce(b, _OP_TYPES[layer.attrs["mode"]], xs[0], layer)
+
+    def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
+        y = _reduce(b, "ReduceSum", xs[0].tensor, layer)
+        growth = math.log2(layer.attrs["count"])
+        if layer.attrs["mode"] != "mean":
+            return replace(xs[0], tensor=y, bound=xs[0].bound + growth)
+        m, e = pow_scaled(np.array(float(layer.attrs["count"])), -q)  # the weight N**-q = m · 2**e
+        y = b.op("Mul", [y, b.scalar(float(m))], "reduce_q")
+        return b.shift(replace(xs[0], tensor=y, bound=xs[0].bound + growth + 1.0), e)
+
+    def bound(self, layer, bs, shapes, q):
+        axes, rank = tuple(layer.attrs["axes"]), len(shapes[0])
+        lu = np.asarray(bs[0], dtype=np.float64)
+        out = lu.reshape((1,) * (rank - lu.ndim) + lu.shape).max(axis=axes, keepdims=True)
+        if not layer.attrs["keepdims"]:
+            out = out.reshape([d for i, d in enumerate(out.shape) if i not in axes])
+        return out + (1.0 - q if layer.attrs["mode"] == "mean" else 1.0) * math.log2(layer.attrs["count"])
+
+    def adjoint(self, b, layer, xs, g, in_shapes):
+        """Every reduced neuron receives its output's backward mass (× 1/N for a mean)."""
+        t, in_shape = g.tensor, in_shapes[0]
+        if layer.attrs["mode"] == "mean":
+            t = b.op("Mul", [t, b.scalar(1.0 / layer.attrs["count"])], "adj")
+        if not layer.attrs["keepdims"]:
+            kept = [1 if i in layer.attrs["axes"] else d for i, d in enumerate(in_shape)]
+            t = b.op("Reshape", [t, b.const(np.array(kept), "shape", dtype=np.int64)], "adj")
+        return [replace(g, tensor=b.op("Expand", [t, b.const(np.array(in_shape), "shape", dtype=np.int64)], "adj"))], {}
+
+    def linf_gain(self, layer: Layer) -> float:
+        return math.log2(layer.attrs["count"]) if layer.attrs["mode"] == "sum" else 0.0
+
+
+@imports("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin")
+def import_reduce(node, ctx: ImportContext) -> None:
+    a = attributes(node)
+    x_shape = ctx.shape(node.input[0])
+    if _axes_are_input(node.op_type, ctx.prepared.opset):
+        given = ctx.param(node, 1, "axes") if len(node.input) > 1 and node.input[1] else []
+    else:
+        given = a.get("axes", [])
+    if len(given) == 0 and int(a.get("noop_with_empty_axes", 0)):
+        ctx.alias(node.output[0], ctx.act(node.input[0]))
+        return
+    axes = sorted({int(ax) % len(x_shape) for ax in given} or range(len(x_shape)))
+    attrs = {"mode": node.op_type[len("Reduce"):].lower(), "axes": axes, "keepdims": int(a.get("keepdims", 1)),
+             "count": math.prod(x_shape[ax] for ax in axes)}
+    ctx.add(node, "reduce", [ctx.act(node.input[0])], ctx.shape(node.output[0]), attrs=attrs)
