@@ -43,6 +43,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from bare_loop import plain_feeds
+
 import onnx_pathlift
 from onnx_pathlift import PathNormSession, import_model, lift_model
 from onnx_pathlift.emit import LOG2_SUFFIX
@@ -157,15 +159,6 @@ def wait_quiet(max_wait: float, threshold: float = 0.15) -> float:
 def cli_command() -> list[str]:
     exe = Path(sys.executable).parent / "onnx-pathlift"
     return [str(exe)] if exe.is_file() else [sys.executable, "-m", "onnx_pathlift.cli"]
-
-
-def plain_feeds(sess: ort.InferenceSession, shapes: dict[str, tuple[int, ...]], rng) -> dict[str, np.ndarray]:
-    """Random float32 inputs of the path-norm's static shapes (symbolic dims of other inputs: 1)."""
-    feeds = {}
-    for i in sess.get_inputs():
-        shape = shapes.get(i.name) or tuple(d if isinstance(d, int) and d > 0 else 1 for d in i.shape)
-        feeds[i.name] = rng.standard_normal(shape).astype(np.float32)
-    return feeds
 
 
 def optimized_node_count(model_bytes_or_path) -> int:
