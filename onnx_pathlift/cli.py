@@ -116,7 +116,7 @@ def cmd_lift(args) -> int:
     _, _, dag, _ = _load(args)
     from .emit import HEALTH, HEALTH_MIN_LOG2, LOG2_SUFFIX
 
-    session = PathNormSession(dag, args.q)  # runs once: static scales if they are fine, else dynamic
+    session = PathNormSession(dag, args.q, per_sample=False)  # runs once: static scales if they are fine, else dynamic
     norm = session.run()
     model = session.model
     onnx.checker.check_model(model)
@@ -304,6 +304,66 @@ def cmd_rescale(args) -> int:
     return 0
 
 
+def _print_inspection(r) -> None:
+    print(f"{r.model}: {r.status}; opset {', '.join(f'{d} {v}' for d, v in r.opset.items())}; "
+          f"producer {r.producer or '(none)'}; IR version {r.ir_version}")
+    print(f"  {r.nodes} nodes: " + ", ".join(f"{op} {n}" for op, n in r.node_counts.items()))
+    print(f"  inputs (declared): {r.graph_inputs}; outputs: {r.graph_outputs}")
+    if r.input_shapes:
+        batch = ", ".join(f"{k} {b['size']} (declared {b['declared']})" for k, b in r.batch.items())
+        print(f"  analysed input shapes: {r.input_shapes}" + (f"; batch: {batch}" if batch else ""))
+    if r.analysed_outputs:
+        print(f"  analysed outputs: {r.analysed_outputs}")
+    if r.layers:
+        what = f"{r.parameters} parameters" if r.parameters is not None else "parameters: n/a (refused)"
+        print(f"  {r.layers} layers{' (imported before the refusal)' if r.status != 'ok' else ''}, {what}: "
+              + ", ".join(f"{k} {n}" for k, n in r.layer_kinds.items()))
+    if r.folded.get("nodes"):
+        print(f"  folded {r.folded['nodes']} constant-valued node(s): "
+              + ", ".join(f"{op} {n}" for op, n in r.folded["ops"].items()))
+        for note in r.folded["notes"]:
+            print(f"    {note}")
+    for c in r.cut:
+        chain = " → ".join(f"{op} {name!r}" for op, name in c["nodes"])
+        print(f"  cut at output {c['output']!r}: {chain}; analysing {c['analysed']!r}")
+    for d in r.dropped:
+        print(f"  dropped output {d['output']!r} ({d['tensor']!r}): {d['reason']}")
+    if r.imported:
+        print("  imported:")
+        for i in r.imported:
+            layers = ", ".join(f"{sig} ×{n}" if n > 1 else sig for sig, n in i.layers.items())
+            print(f"    {i.op_type} ×{i.nodes} → {layers}" + (f"  [{i.how}: {i.note}]" if i.note else ""))
+    if r.unreached:
+        print("  not reached by any analysed output: " + ", ".join(f"{op} {n}" for op, n in r.unreached.items()))
+    if r.refusals:
+        print(f"  {len(r.refusals)} refused node(s):")
+        for ref in r.refusals:
+            print(f"    - {ref}")
+        if r.blocked:
+            print("  not imported (behind a refused node): " + ", ".join(f"{op} {n}" for op, n in r.blocked.items()))
+    for note in r.notes:  # the cuts and the folding are listed above
+        if not note.startswith(("cut ", "folded ")):
+            print(f"  note: {note}")
+
+
+def cmd_inspect(args) -> int:
+    from .inspect import inspect_model
+
+    report = inspect_model(args.model, _input_shape(args.input_shape), args.output or None, name=str(args.model))
+    err = report.error()
+    if args.json:
+        result = report.to_dict()
+        if err is not None:
+            result["error"] = err.to_dict()
+        print(json.dumps(result, indent=2))
+    else:
+        _print_inspection(report)
+        if err is not None:
+            print(f"onnx-pathlift: error: {len(err.refusals)} node(s) cannot be represented as a ReLU network "
+                  "(listed above)", file=sys.stderr)
+    return 0 if err is None else err.exit_code
+
+
 def cmd_audit(args) -> int:
     from .audit import run_command
 
@@ -375,6 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--range", type=float, nargs=2, default=[1 / 8, 8.0], metavar=("LO", "HI"))
     rs.add_argument("-o", "--out", required=True, help="where to write the rescaled model")
     rs.set_defaults(func=cmd_rescale, q=[1.0])
+
+    ins = sub.add_parser("inspect", help="what the importer sees: op and layer counts, folded, decomposed, cut, refused")
+    common(ins)
+    ins.set_defaults(func=cmd_inspect, q=[1.0])
 
     au = sub.add_parser("audit", help="audit many models (files, folders, globs) in isolated workers; resumable")
     au.add_argument("paths", nargs="+", metavar="PATH", help="an .onnx file, a folder (searched recursively) or a glob")

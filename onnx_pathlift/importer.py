@@ -1,14 +1,18 @@
 """ONNX graph → :class:`~onnx_pathlift.dag.Dag`.
 
 Steps: load and prepare the model (static shapes, constants folded), choose the analysed outputs
-(non-float outputs are dropped, a trailing Softmax/LogSoftmax/Sigmoid is cut off: the logits are
-analysed), keep the nodes those outputs depend on, and hand each node to the import rule registered
-for its op type. Every refusal is collected, so one error lists all offending nodes.
+(a trailing head is cut off so that the logits are analysed: Softmax/LogSoftmax/Sigmoid/ZipMap, and
+class-picking heads such as ArgMax → ArrayFeatureExtractor → Cast; other non-float outputs are
+dropped), keep the nodes those outputs depend on, and hand each node to the import rule registered
+for its op type. Every refusal is collected, so one error lists all offending nodes. An
+:class:`ImportTrace` passed to :func:`import_prepared` records what was cut, imported and refused
+(``onnx-pathlift inspect`` reports it, for refused models too).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import networkx as nx
 from onnx import AttributeProto, NodeProto, TensorProto
@@ -20,7 +24,36 @@ from .ops import IMPORTERS, ImportContext, reason_for
 
 #: ops cut off when they end the network: monotone heads that do not change which class wins
 HEADS = {"Softmax", "LogSoftmax", "Sigmoid", "ZipMap"}
+#: class-picking heads, cut off when they end the network: the index, value or one-hot of the winner
+PICKERS = {"ArgMax", "ArgMin", "TopK", "Hardmax"}
+#: label lookups after a picker: a constant class table indexed by the picked class (data input -> index input)
+LOOKUPS = {"ArrayFeatureExtractor": (0, 1), "Gather": (0, 1), "LabelEncoder": (None, 0)}
+#: carried along with a head (they reshape or retype labels and probabilities); cut only together with one,
+#: like the lookups
+CARRIERS = {"Identity", "Cast", "CastLike", "Reshape", "Squeeze", "Unsqueeze", "Flatten"}
+_HEAD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
 _FLOATS = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+
+
+@dataclass
+class ImportTrace:
+    """What :func:`import_prepared` did, filled as it goes (so complete up to a refusal).
+
+    ``cuts``: one record per graph output whose head was cut (``output``, ``analysed``, ``nodes``:
+    the cut nodes as ``(op_type, name)`` from the logits to the output, Identity left out);
+    ``cut_nodes``: every node cut off (Identity included); ``dropped``: outputs not
+    analysed, with why; ``live``: the ONNX nodes the analysed outputs depend on; ``blocked``: live
+    nodes not imported because one of their inputs comes from a refused node; ``dag``: the DAG built
+    (partial when the model is refused)."""
+
+    analysed: list[str] = field(default_factory=list)
+    cuts: list[dict] = field(default_factory=list)
+    cut_nodes: list[NodeProto] = field(default_factory=list)
+    dropped: list[dict] = field(default_factory=list)
+    live: list[NodeProto] = field(default_factory=list)
+    blocked: list[NodeProto] = field(default_factory=list)
+    refusals: list[Refusal] = field(default_factory=list)
+    dag: Dag | None = None
 
 
 def import_model(
@@ -58,8 +91,46 @@ def _order(nodes: list[NodeProto], known: set[str]) -> list[NodeProto]:
         raise InvalidModelError(f"the graph has a cycle through nodes {cycle}") from None
 
 
-def _analysed_outputs(p: Prepared, nodes: list[NodeProto], wanted: list[str] | None, notes: list[str]) -> list[str]:
+def _head_input(node: NodeProto, consts: dict) -> str | None:
+    """The tensor a head node carries forward (its data input), or None if the node is no head."""
+    if node.domain not in _HEAD_DOMAINS or not node.input:
+        return None
+    op = node.op_type
+    if op in HEADS | PICKERS | CARRIERS:
+        return node.input[0]
+    if op in LOOKUPS:
+        table, index = LOOKUPS[op]
+        if index >= len(node.input) or (table is not None and node.input[table] not in consts):
+            return None  # selecting from activations (feature selection), not a label lookup
+        return node.input[index] if node.input[index] not in consts else None
+    return None
+
+
+def _cut_head(name: str, producer: dict[str, NodeProto], consts: dict) -> tuple[str, list[NodeProto]]:
+    """Walk back from a graph output through its head: (the tensor to analyse, the cut nodes from the
+    output backwards). Carriers (Cast, Reshape, ...) and lookups are cut only when a head or a picker
+    lies behind them; Identity alone is always skipped."""
+    cut: list[NodeProto] = []
+    pending: list[NodeProto] = []
+    cut_at = name
+    while name in producer:
+        node = producer[name]
+        nxt = _head_input(node, consts)
+        if nxt is None:
+            break
+        pending.append(node)
+        name = nxt
+        if node.op_type in HEADS | PICKERS or all(n.op_type == "Identity" for n in pending):
+            cut += pending
+            pending = []
+            cut_at = name
+    return cut_at, cut
+
+
+def _analysed_outputs(p: Prepared, nodes: list[NodeProto], wanted: list[str] | None, notes: list[str],
+                      trace: ImportTrace | None = None) -> list[str]:
     """The tensors to analyse: chosen ones, else the float graph outputs with their heads cut off."""
+    trace = trace if trace is not None else ImportTrace()
     producer = {out: node for node in nodes for out in node.output}
     if wanted:
         unknown = [w for w in wanted if w not in producer and w not in p.inputs]
@@ -70,25 +141,30 @@ def _analysed_outputs(p: Prepared, nodes: list[NodeProto], wanted: list[str] | N
             raise UsageError(f"--output names graph inputs {inputs}: choose tensors the network computes")
         return list(dict.fromkeys(wanted))
     chosen: list[str] = []
-    for name in p.outputs:
-        if name not in producer and name not in p.inputs and name not in p.consts:
-            raise InvalidModelError(f"graph output {name!r} is not produced by any node")
+    for output in p.outputs:
+        if output not in producer and output not in p.inputs and output not in p.consts:
+            raise InvalidModelError(f"graph output {output!r} is not produced by any node")
+        name, cut = _cut_head(output, producer, p.consts)
+        trace.cut_nodes += cut
+        shown = [n for n in reversed(cut) if n.op_type != "Identity"]
+        if shown:
+            chain = " → ".join(f"{n.op_type} {n.name or n.output[0]!r}" for n in shown)
+            notes.append(f"cut {chain} at output {output!r}: analysing its input {name!r}")
+            trace.cuts.append({"output": output, "analysed": name,
+                               "nodes": [(n.op_type, n.name or n.output[0]) for n in shown]})
+
         if name in p.inputs:
-            notes.append(f"output {name!r} dropped: it is a graph input")
-            continue
-        while name in producer and producer[name].op_type in HEADS | {"Identity"}:
-            node = producer[name]
-            if node.op_type != "Identity":
-                notes.append(f"cut {node.op_type} {node.name or node.output[0]!r} at output {name!r}: analysing its input {node.input[0]!r}")
-            name = node.input[0]
-        if p.elem_types.get(name, TensorProto.UNDEFINED) not in _FLOATS:
+            why, note = "it is a graph input", f"output {name!r} dropped: it is a graph input"
+        elif p.elem_types.get(name, TensorProto.UNDEFINED) not in _FLOATS:
             kind = TensorProto.DataType.Name(p.elem_types.get(name, TensorProto.UNDEFINED))
-            notes.append(f"output {name!r} ({kind}) dropped: not a float tensor (e.g. a class label)")
+            why, note = f"not a float tensor ({kind})", f"output {name!r} ({kind}) dropped: not a float tensor (e.g. a class label)"
+        elif name in p.consts:
+            why, note = "it is a constant", f"output {name!r} dropped: it is a constant"
+        else:
+            chosen.append(name)
             continue
-        if name in p.consts:
-            notes.append(f"output {name!r} dropped: it is a constant")
-            continue
-        chosen.append(name)
+        notes.append(note)
+        trace.dropped.append({"output": output, "tensor": name, "reason": why})
     if not chosen:
         raise UnsupportedModelError([Refusal("<graph>", "-", "no float output tensor left to analyse")])
     return list(dict.fromkeys(chosen))
@@ -114,14 +190,22 @@ def _live(nodes: list[NodeProto], outputs: list[str]) -> list[NodeProto]:
     return live[::-1]
 
 
-def import_prepared(p: Prepared, outputs: list[str] | None = None) -> Dag:
-    """Import a prepared model; raises :class:`UnsupportedModelError` listing every refusal."""
+def import_prepared(p: Prepared, outputs: list[str] | None = None, trace: ImportTrace | None = None) -> Dag:
+    """Import a prepared model; raises :class:`UnsupportedModelError` listing every refusal.
+
+    With ``trace``, records what was cut or dropped, the live nodes, the DAG (each layer's ``source``
+    names its ONNX node), the nodes left behind a refused one and every refusal (all filled before
+    the error is raised)."""
     dag = Dag(opset=p.opset, notes=list(p.notes))
+    if trace is not None:
+        trace.dag = dag
     if p.folded:
         dag.notes.append(f"folded {p.folded} constant-valued node(s)")
     nodes = _order(p.nodes, set(p.consts) | set(p.inputs))
-    analysed = _analysed_outputs(p, nodes, outputs, dag.notes)
+    analysed = _analysed_outputs(p, nodes, outputs, dag.notes, trace)
     nodes = _live(nodes, analysed)
+    if trace is not None:
+        trace.analysed, trace.live = list(analysed), list(nodes)
     ctx = ImportContext(p, dag)
     ctx.used = {n for node in nodes for n in node.input} | set(analysed)
     for name, shape in p.inputs.items():
@@ -129,12 +213,14 @@ def import_prepared(p: Prepared, outputs: list[str] | None = None) -> Dag:
             dag.add(Layer(name, "input", [], shape, source=name), "input")
             dag.inputs.append(name)
             ctx.producer[name] = name
-    refusals: list[Refusal] = []
+    refusals: list[Refusal] = trace.refusals if trace is not None else []
     blocked: set[str] = set()
     for node in nodes:
         rule = IMPORTERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         if rule is not None and any(n in blocked for n in node.input):
             blocked.update(node.output)  # downstream of a refused node: it has no input to import from
+            if trace is not None:
+                trace.blocked.append(node)
             continue
         try:
             if rule is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -259,6 +260,8 @@ class Prepared:
     elem_types: dict[str, int]
     folded: int = 0
     notes: list[str] = field(default_factory=list)
+    #: op types of the constant-valued nodes folded into constants (``folded`` is their total)
+    folded_ops: Counter = field(default_factory=Counter)
 
 
 def main_opset(model: ModelProto) -> int:
@@ -443,8 +446,9 @@ def _fold_node(node: NodeProto, domains, consts: dict[str, np.ndarray], shapes: 
 
 
 def _fold(domains, nodes: list[NodeProto], consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]],
-          limits: Limits) -> tuple[list[NodeProto], int]:
-    """One topological pass: every node whose inputs are all known constants becomes a constant."""
+          limits: Limits, counter: Counter | None = None) -> tuple[list[NodeProto], int]:
+    """One topological pass: every node whose inputs are all known constants becomes a constant
+    (their op types are counted in ``counter``)."""
     kept: list[NodeProto] = []
     folded = 0
     total = sum(v.nbytes for v in consts.values())
@@ -473,6 +477,8 @@ def _fold(domains, nodes: list[NodeProto], consts: dict[str, np.ndarray], shapes
                                         f"{limits.max_total_bytes} bytes in all")
             consts[name] = value
         folded += 1
+        if counter is not None:
+            counter[node.op_type] += 1
     return kept, folded
 
 
@@ -698,9 +704,10 @@ def prepare(model: ModelProto, input_shape: tuple[int, ...] | dict[str, tuple[in
     shapes: dict[str, tuple[int, ...]] = dict(inputs)
     nodes = list(model.graph.node)
     folded_total = 0
+    folded_ops: Counter = Counter()
     types: dict[str, int] = {}
     for _ in range(8):  # fold, infer shapes, fold again while shape arithmetic keeps resolving
-        nodes, folded = _fold(model.opset_import, nodes, consts, shapes, limits)
+        nodes, folded = _fold(model.opset_import, nodes, consts, shapes, limits, folded_ops)
         folded_total += folded
         if types and not folded:
             break
@@ -708,4 +715,4 @@ def prepare(model: ModelProto, input_shape: tuple[int, ...] | dict[str, tuple[in
     _check_activations(shapes, consts, limits)
     _check_spec_rules(nodes, consts, shapes, opset)
     outputs = [o.name for o in model.graph.output]
-    return Prepared(model, opset, inputs, outputs, nodes, consts, shapes, types, folded_total)
+    return Prepared(model, opset, inputs, outputs, nodes, consts, shapes, types, folded_total, folded_ops=folded_ops)
