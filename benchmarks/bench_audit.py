@@ -34,7 +34,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 from bare_loop import bare_loop
 from bench_pathnorm import CpuWatch, cli_command, machine_info, wait_quiet

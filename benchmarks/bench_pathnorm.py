@@ -42,7 +42,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-
 from bare_loop import plain_feeds
 
 import onnx_pathlift

@@ -41,7 +41,7 @@ def emit_model(dag: Dag) -> ModelProto:
         b.nodes.append(identity_node(value[lname], out))
     return b.model(
         [(n, dag.layer(n).shape) for n in dag.inputs],
-        [(o, dag.layer(l).shape) for o, l in dag.outputs.items()],
+        [(o, dag.layer(name).shape) for o, name in dag.outputs.items()],
         "reemitted",
         "onnx-pathlift re-emission of the imported DAG (signed weights, real activations)",
     )
@@ -78,7 +78,7 @@ def lift_bundle(jobs: Sequence[tuple[Dag, float]], static: bool = True) -> Model
     """Several lifted networks in one model (one session, one run): ``(dag, q)`` jobs whose DAGs share
     their inputs (names and shapes), e.g. one network at q = 1, 2, 4 and its bias-free variant. Job
     ``i``'s outputs are those of :func:`lift_model` prefixed with :func:`bundle_tag`."""
-    for dag, q in jobs:
+    for _, q in jobs:
         if not (math.isfinite(q) and q >= 1.0):
             raise UsageError(f"q must be a finite number ≥ 1 (got {q})")
     first = jobs[0][0]

@@ -18,7 +18,7 @@ import networkx as nx
 from onnx import AttributeProto, NodeProto, TensorProto
 
 from .dag import Dag, Layer
-from .errors import InvalidModelError, RefuseNode, Refusal, UnsupportedModelError, UsageError
+from .errors import InvalidModelError, Refusal, RefuseNode, UnsupportedModelError, UsageError
 from .load import DEFAULT_LIMITS, Limits, ModelSource, Prepared, load_model, prepare
 from .ops import IMPORTERS, ImportContext, reason_for
 

@@ -144,7 +144,7 @@ def _imported(trace: ImportTrace) -> list[Imported]:
     dag = trace.dag
     by_source: dict[str, list[str]] = {}
     if dag is not None:
-        for name, data in dag.graph.nodes(data=True):
+        for _, data in dag.graph.nodes(data=True):
             layer = data["layer"]
             if layer.op != "input":
                 by_source.setdefault(layer.source, []).append(layer.op)

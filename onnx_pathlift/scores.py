@@ -23,7 +23,7 @@ import numpy as np
 from onnx import ModelProto
 
 from .dag import Dag, Layer
-from .emit import LOG2_SUFFIX, identity_node, emit_opset, lift_forward
+from .emit import LOG2_SUFFIX, emit_opset, identity_node, lift_forward
 from .graph import LiftBuilder, Scaled
 from .importer import import_model
 from .load import ModelSource

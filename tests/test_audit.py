@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import MODELS, make_model
 from onnx import helper
 
-from conftest import MODELS, make_model
 from onnx_pathlift import cli, path_norm
 from onnx_pathlift.audit import Settings, audit
 from onnx_pathlift.audit.analyse import HOOK_ENV

@@ -19,9 +19,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import make_model, run_main
 from onnx import helper
 
-from conftest import make_model, run_main
 import onnx_pathlift
 from onnx_pathlift import cli
 
@@ -522,7 +522,7 @@ def test_unexpected_error_exits_1_without_traceback(capsys, monkeypatch, hand_pa
     def boom(*args, **kwargs):
         raise RuntimeError("boom from a test")
 
-    monkeypatch.setattr(cli, "PathNormSession", boom)
+    monkeypatch.setattr(cli, "LiftedSession", boom)
     rc, _, err = run_main(capsys, "norm", hand_path)
     assert rc == 1
     assert err.startswith("onnx-pathlift: internal error: RuntimeError: boom from a test")

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import tiny_nets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
-import tiny_nets
 from onnx_pathlift import cli, import_model, path_norm
 from onnx_pathlift.errors import PathliftError
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import ROOT, make_model
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import ROOT, make_model
 from onnx_pathlift import import_model, path_norm
 from onnx_pathlift.errors import InvalidModelError, PathliftError
 from onnx_pathlift.load import DEFAULT_LIMITS, Limits, load_model
@@ -230,6 +230,7 @@ def test_audit_of_corpus_mixed_with_real_models(corpus, tmp_path):
     """An audit over the hostile corpus plus real models completes: each hostile file is reported
     (not ok) and every real model is analysed."""
     from conftest import MODELS
+
     from onnx_pathlift.audit import Settings, audit
 
     root, expected = corpus

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import make_model
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import make_model
 import onnx_pathlift
 from onnx_pathlift import cli, import_model, path_norm
 from onnx_pathlift.errors import InvalidModelError, PathliftError, UnsupportedModelError

@@ -10,15 +10,15 @@ import math
 import numpy as np
 import onnx
 import pytest
+from conftest import LIGHT, MODELS
 from onnx import numpy_helper
+from oracle import dp_path_norm_from_dag, neuron_dag
 
 import onnx_pathlift as pl
-from conftest import LIGHT, MODELS
 from onnx_pathlift.errors import InvalidModelError, UnsupportedModelError
 from onnx_pathlift.importer import import_prepared
 from onnx_pathlift.load import load_model, prepare
 from onnx_pathlift.verify import verify
-from oracle import dp_path_norm_from_dag, neuron_dag
 
 SHIPPED = sorted(p.name for p in MODELS.glob("*.onnx"))
 

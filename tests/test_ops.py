@@ -7,10 +7,10 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from oracle import brute_force_path_norm
 
 import onnx_pathlift as pl
 from onnx_pathlift.verify import verify
-from oracle import brute_force_path_norm
 
 RNG = np.random.default_rng(123)
 

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
+from oracle import brute_force_path_norm
+from tiny_nets import ALL_NETS
 
 import onnx_pathlift as pl
 from onnx_pathlift.verify import verify
-from oracle import brute_force_path_norm
-from tiny_nets import ALL_NETS
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:

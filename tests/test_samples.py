@@ -10,10 +10,10 @@ import onnx
 import pytest
 from conftest import make_model
 from onnx import helper, numpy_helper
+from oracle import brute_force_path_norm, brute_force_path_norm_inputs_only
 
 import onnx_pathlift as pl
 from onnx_pathlift.samples import one_sample
-from oracle import brute_force_path_norm, brute_force_path_norm_inputs_only
 
 RNG = np.random.default_rng(7)
 N = 3

@@ -487,8 +487,9 @@ def test_shipped_scores_match_torch_autograd_float64(file: str) -> None:
     assert_fractions_close(got, want, rtol=1e-5, atol=1e-15)
 
 
-@pytest.mark.xfail(strict=True, reason="Known limitation, documented in scores.py (see test_small_shares_below_float32_range_are_not_flushed_to_zero): "
-                   "in digits_mlp_sklearn.onnx 11 weights of 'coefficient' and 4 of 'coefficient1' have shares "
+@pytest.mark.xfail(strict=True, reason="Known limitation, documented in scores.py "
+                   "(see test_small_shares_below_float32_range_are_not_flushed_to_zero): in digits_mlp_sklearn.onnx "
+                   "11 weights of 'coefficient' and 4 of 'coefficient1' have shares "
                    "1e-45..1e-52 (float64 autograd); the package returns 0.0 for 3 of them (e.g. 1.06e-50 → 0) and "
                    "float32-subnormal-rounded values for the rest (e.g. 7.74e-48 → 7.18e-48)")
 def test_shipped_mlp_tiny_shares_match_torch_autograd_without_absolute_floor() -> None:

@@ -240,7 +240,7 @@ def render(rows: list[dict], command: str) -> str:
     ]
     reasons: dict[tuple[str, str], list] = {}
     for r in rows:
-        for node, op, reason in r.get("refusals") or []:
+        for _, op, reason in r.get("refusals") or []:
             entry = reasons.setdefault((op, reason), [0, set()])
             entry[0] += 1
             entry[1].add(r["file"])

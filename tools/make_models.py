@@ -446,7 +446,7 @@ def build_torch_cnn(split: DigitsSplit, out_dir: Path) -> list[ModelInfo]:
             _export_cnn(model, torch_accuracy, split, out_dir / CNN_BN_FILE, keep_bn=True)]
 
 
-def _export_cnn(model: "DigitsCNN", torch_accuracy: float, split: DigitsSplit, path: Path, keep_bn: bool) -> ModelInfo:
+def _export_cnn(model: DigitsCNN, torch_accuracy: float, split: DigitsSplit, path: Path, keep_bn: bool) -> ModelInfo:
     """Export with the TorchScript exporter and verify against torch on the test split."""
     CNN_FILE = path.name  # noqa: N806  (used in messages below)
     dummy = torch.zeros(1, 1, 8, 8)

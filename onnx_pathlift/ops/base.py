@@ -12,8 +12,9 @@ An op module registers, in one place, everything about one family of layers:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from onnx import NodeProto, helper
@@ -26,7 +27,7 @@ from ..load import Prepared
 ImportRule = Callable[[NodeProto, "ImportContext"], None]
 
 IMPORTERS: dict[str, ImportRule] = {}
-LAYER_OPS: dict[str, "LayerOp"] = {}
+LAYER_OPS: dict[str, LayerOp] = {}
 
 
 def imports(*op_types: str) -> Callable[[ImportRule], ImportRule]:

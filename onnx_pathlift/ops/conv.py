@@ -15,8 +15,22 @@ import numpy as np
 from ..dag import Layer
 from ..errors import PathliftError
 from ..graph import GraphBuilder, LiftBuilder, Scaled, pow_scaled
-from .base import (ImportContext, LayerOp, along_axis, attributes, bias_bound, channel_vector, imports, layer_op, lift_bias,
-                   on_axis, product_exponent, spatial_attrs, split_weight, transpose_attrs)
+from .base import (
+    ImportContext,
+    LayerOp,
+    along_axis,
+    attributes,
+    bias_bound,
+    channel_vector,
+    imports,
+    layer_op,
+    lift_bias,
+    on_axis,
+    product_exponent,
+    spatial_attrs,
+    split_weight,
+    transpose_attrs,
+)
 
 
 @layer_op

@@ -16,8 +16,22 @@ import numpy as np
 from ..dag import Layer
 from ..errors import PathliftError, RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled, pow_scaled
-from .base import (ImportContext, LayerOp, along_axis, attributes, bias_bound, channel_vector, imports, layer_op, lift_bias,
-                   log2_weighted_sum, on_axis, product_exponent, split_weight, varies_only_along)
+from .base import (
+    ImportContext,
+    LayerOp,
+    along_axis,
+    attributes,
+    bias_bound,
+    channel_vector,
+    imports,
+    layer_op,
+    lift_bias,
+    log2_weighted_sum,
+    on_axis,
+    product_exponent,
+    split_weight,
+    varies_only_along,
+)
 
 
 @layer_op
