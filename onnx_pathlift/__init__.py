@@ -12,19 +12,41 @@ Public API::
     pl.path_magnitude("model.onnx")        # rescaling-invariant pruning scores
 """
 
-from .dag import Dag, Layer
-from .emit import emit_model, lift_model
-from .errors import InvalidModelError, PathliftError, UnsupportedModelError, UsageError
-from .importer import import_model
-from .lipschitz import lipschitz
-from .metric import path_metric
-from .norm import PathNorm, PathNormSession, lift, path_norm
-from .scores import path_magnitude
+from importlib import import_module
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
+#: public name -> module that defines it; loaded on first use (PEP 562), so that ``import
+#: onnx_pathlift`` (and the audit's parent process) does not pay for onnx, onnxruntime and networkx
+_EXPORTS = {
+    "Dag": "dag", "Layer": "dag", "emit_model": "emit", "lift_model": "emit",
+    "InvalidModelError": "errors", "PathliftError": "errors", "UnsupportedModelError": "errors", "UsageError": "errors",
+    "import_model": "importer", "lipschitz": "lipschitz_bound", "path_metric": "metric",
+    "PathNorm": "norm", "PathNormSession": "norm", "lift": "norm", "path_norm": "norm", "path_magnitude": "scores",
+}
+
 __all__ = [
-    "Dag", "Layer", "PathNorm", "PathNormSession", "PathliftError", "InvalidModelError", "UnsupportedModelError",
-    "UsageError", "emit_model", "import_model", "lift", "lift_model", "lipschitz", "path_magnitude", "path_metric",
-    "path_norm", "__version__",
+    "Dag", "InvalidModelError", "Layer", "PathNorm", "PathNormSession", "PathliftError", "UnsupportedModelError",
+    "UsageError", "__version__", "emit_model", "import_model", "lift", "lift_model", "lipschitz", "path_magnitude",
+    "path_metric", "path_norm",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'onnx_pathlift' has no attribute {name!r}")
+    value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:
+    from .dag import Dag, Layer
+    from .emit import emit_model, lift_model
+    from .errors import InvalidModelError, PathliftError, UnsupportedModelError, UsageError
+    from .importer import import_model
+    from .lipschitz_bound import lipschitz
+    from .metric import path_metric
+    from .norm import PathNorm, PathNormSession, lift, path_norm
+    from .scores import path_magnitude

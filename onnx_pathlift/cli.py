@@ -12,14 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import onnx
-
 from . import __version__
 from .errors import CertificateViolation, PathliftError, UsageError, VerificationError
-from .importer import import_prepared
-from .load import load_model, parse_shape, prepare
-from .norm import LiftedSession, PathNormSession
+
+# The analyses (numpy, onnx, onnxruntime, networkx) are imported by the commands that use them: the
+# audit's parent process needs none of them, so its workers start sooner.
 
 _JSON_MODE = False  # set by main() before parsing, so usage errors honour --json
 
@@ -40,6 +37,8 @@ def _fail(err: PathliftError, json_mode: bool) -> int:
 
 def _input_shape(texts: list[str] | None):
     """``--input-shape 1x3x224x224`` or ``--input-shape name=1x3x224x224`` (repeatable)."""
+    from .load import parse_shape
+
     if not texts:
         return None
     if len(texts) == 1 and "=" not in texts[0]:
@@ -54,6 +53,9 @@ def _input_shape(texts: list[str] | None):
 
 
 def _load(args, path=None):
+    from .importer import import_prepared
+    from .load import load_model, prepare
+
     t0 = time.perf_counter()
     model = load_model(path or args.model)
     prepared = prepare(model, _input_shape(args.input_shape))
@@ -70,6 +72,8 @@ def _fmt(log10: float) -> str:
 
 
 def cmd_norm(args) -> int:
+    from .norm import LiftedSession
+
     model, prepared, dag, t_import = _load(args)
     t0 = time.perf_counter()
     session = LiftedSession([(dag, q) for q in args.q], args.provider)  # every q: one lifted model, one pass
@@ -111,7 +115,10 @@ def cmd_norm(args) -> int:
 
 def cmd_lift(args) -> int:
     _, _, dag, _ = _load(args)
+    import onnx
+
     from .emit import HEALTH, HEALTH_MIN_LOG2, LOG2_SUFFIX
+    from .norm import PathNormSession
 
     session = PathNormSession(dag, args.q, per_sample=False)  # runs once: static scales if they are fine, else dynamic
     norm = session.run()
@@ -189,7 +196,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_lipschitz(args) -> int:
-    from .lipschitz import lipschitz
+    from .lipschitz_bound import lipschitz
 
     _, _, dag, _ = _load(args)
     bound = lipschitz(dag, providers=args.provider)
@@ -204,6 +211,8 @@ def cmd_lipschitz(args) -> int:
 
 
 def cmd_scores(args) -> int:
+    import numpy as np
+
     from .scores import path_magnitude
 
     _, _, dag, _ = _load(args)
@@ -229,6 +238,8 @@ def cmd_scores(args) -> int:
 
 
 def _accuracy(model, dag, data) -> float:
+    import numpy as np
+
     from .verify import ModelRunner
 
     x, y = data["x"], data["y"]
@@ -239,6 +250,9 @@ def _accuracy(model, dag, data) -> float:
 
 
 def cmd_prune(args) -> int:
+    import numpy as np
+    import onnx
+
     from . import prune
     from .metric import path_metric
     from .scores import magnitude, path_magnitude
@@ -276,6 +290,9 @@ def cmd_prune(args) -> int:
 
 
 def cmd_rescale(args) -> int:
+    import numpy as np
+    import onnx
+
     from .rescale import rescale
     from .verify import ModelRunner
 

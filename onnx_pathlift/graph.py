@@ -179,7 +179,7 @@ class LiftBuilder(GraphBuilder):
 
     def _max(self, t: str, rank: int) -> str:
         """``max T`` as a scalar tensor."""
-        if rank >= 3:  # per-channel max first: stays in onnxruntime's blocked conv layout
+        if 3 <= rank <= 5:  # per-channel max first: stays in onnxruntime's blocked conv layout (1-3 spatial axes)
             t = self.op("GlobalMaxPool", [t], "chanmax")
         m = self.op("ReduceMax", [t], "max", keepdims=0)  # onnxruntime returns shape [1]
         return self.op("Reshape", [m, self.const(np.zeros(0), "scalar_shape", dtype=np.int64)], "max")
@@ -223,7 +223,7 @@ class LiftBuilder(GraphBuilder):
 
     def check(self, x: Scaled, rank: int) -> None:
         """Static mode: report ``max T`` of this tensor in the health output."""
-        m = self.op("ReduceMax", [self.op("GlobalMaxPool", [x.tensor], "chanmax") if rank >= 3 else x.tensor], "max", keepdims=1)
+        m = self.op("ReduceMax", [self.op("GlobalMaxPool", [x.tensor], "chanmax") if 3 <= rank <= 5 else x.tensor], "max", keepdims=1)
         self.health.append(self.op("Reshape", [m, self.const(np.ones(1), "one_shape", dtype=np.int64)], "health"))
 
     def add_bias(self, x: Scaled, bias: np.ndarray, e_bias: int, rank: int) -> Scaled:

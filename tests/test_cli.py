@@ -23,7 +23,6 @@ from conftest import make_model, run_main
 from onnx import helper
 
 import onnx_pathlift
-from onnx_pathlift import cli
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 CNN = MODELS / "digits_cnn_torch.onnx"
@@ -522,7 +521,7 @@ def test_unexpected_error_exits_1_without_traceback(capsys, monkeypatch, hand_pa
     def boom(*args, **kwargs):
         raise RuntimeError("boom from a test")
 
-    monkeypatch.setattr(cli, "LiftedSession", boom)
+    monkeypatch.setattr("onnx_pathlift.norm.LiftedSession", boom)
     rc, _, err = run_main(capsys, "norm", hand_path)
     assert rc == 1
     assert err.startswith("onnx-pathlift: internal error: RuntimeError: boom from a test")

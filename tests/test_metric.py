@@ -32,7 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx_pathlift import import_model, path_norm
 from onnx_pathlift import metric as metric_mod
 from onnx_pathlift.dag import Dag
-from onnx_pathlift.lipschitz import lipschitz
+from onnx_pathlift.lipschitz_bound import lipschitz
 from onnx_pathlift.metric import MismatchError, check_bound, path_metric
 
 NETS = sorted(tiny_nets.ALL_NETS)

@@ -241,7 +241,7 @@ def test_deconv_output_padding_of_the_stride_is_refused() -> None:
 
 def test_deconv_linf_gain_is_the_largest_phase_sum() -> None:
     """Stride 2, kernel 3: an output neuron gets taps {0, 2} or {1}: the ℓ∞ gain is the larger sum."""
-    from onnx_pathlift.lipschitz import naive_log2
+    from onnx_pathlift.lipschitz_bound import naive_log2
 
     kernel = np.array([1.0, -4.0, 2.0], np.float32).reshape(1, 1, 3)
     model = _net([1, 1, 3], [helper.make_node("ConvTranspose", ["x", "W"], ["y"], strides=[2])], None, {"W": kernel})

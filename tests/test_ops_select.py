@@ -95,6 +95,13 @@ CASES = {
     "gather_batch_axis_dense": lambda: _one("Gather", ["ix"], {"ix": _i(1, 1, 0, 3)}, axis=0, x_shape=(4, 3)),
     "slice_batch_axis_dense": lambda: _one("Slice", ["st", "en", "ax", "sp"], {"st": _i(-1), "en": _i(0), "ax": _i(0), "sp": _i(-2)},
                                            x_shape=(4, 3)),
+    "gather_nd_pairs_repeated": lambda: _one("GatherND", ["ix"], {"ix": _i([[0, 2], [0, 0]], [[0, 1], [0, 2]])}),
+    "gather_nd_full_index_negative": lambda: _one("GatherND", ["ix"], {"ix": _i([0, 1, 2, 3], [0, -1, 0, 0], [0, 0, 3, -1])}),
+    "gather_nd_after_transpose_like_dynamo": lambda: _sandwich(
+        [helper.make_node("Transpose", ["r"], ["t"], perm=[2, 3, 0, 1]), helper.make_node("GatherND", ["t", "ix"], ["m"])],
+        {"ix": _i([[0, 1], [1, 2]], [[2, 3], [3, 4]])}),
+    "gather_elements_axis_2": lambda: _one("GatherElements", ["ix"], {"ix": np.random.default_rng(3).integers(-4, 4, (1, 3, 2, 5))},
+                                           axis=2),
     "depth_to_space_dcr": lambda: _depth_to_space("DCR"),
     "depth_to_space_crd": lambda: _depth_to_space("CRD"),
     "space_to_depth": lambda: _one("SpaceToDepth", [], {}, x_shape=(1, 2, 5, 7), blocksize=2),

@@ -123,3 +123,22 @@ def test_static_and_dynamic_scales_agree(name: str) -> None:
         static = pl.PathNormSession(dag, q, scales="static").run()
         dynamic = pl.PathNormSession(dag, q, scales="dynamic").run()
         assert static.log10 == pytest.approx(dynamic.log10, abs=1e-7)
+
+
+@pytest.mark.parametrize("scales", ["static", "dynamic"])
+def test_tensors_of_rank_six_are_scaled_and_checked(scales: str) -> None:
+    """Per-channel max (GlobalMaxPool) covers ranks 3-5 only: a rank-6 tensor between layers must
+    still be renormalised and health-checked (a GatherND of torch's dynamo exporter makes one)."""
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"]), helper.make_node("Reshape", ["c", "s6"], ["r6"]),
+             helper.make_node("ReduceSum", ["r6", "ax"], ["a"], keepdims=1), helper.make_node("Relu", ["a"], ["ra"]),
+             helper.make_node("Reshape", ["ra", "s2"], ["f"]), helper.make_node("Gemm", ["f", "G"], ["y"])]
+    inits = {"W": rng.normal(size=(3, 2, 1, 1)), "s6": np.array([1, 3, 2, 2, 2, 2]), "ax": np.array([5]),
+             "s2": np.array([1, 24]), "G": rng.normal(size=(24, 2))}
+    graph = helper.make_graph(nodes, "r6", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+                              [numpy_helper.from_array(v.astype(np.float32) if v.dtype.kind == "f" else v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    dag = pl.import_model(model)
+    got = pl.PathNormSession(dag, 1.0, scales=scales).run().value
+    assert got == pytest.approx(brute_force_path_norm(model, 1.0), rel=1e-6)

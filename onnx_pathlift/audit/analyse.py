@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import InvalidModelError, PathliftError, UnsupportedModelError
 from ..importer import import_prepared
-from ..lipschitz import bound_from
+from ..lipschitz_bound import bound_from
 from ..load import load_model, main_opset, prepare
 from ..metric import without_biases
 from ..norm import LiftedSession

@@ -15,9 +15,6 @@ import signal
 import sys
 from multiprocessing.connection import Connection
 
-from ..runtime import set_threads
-from .analyse import analyse
-
 #: the message a pool worker sends once its imports are done (timeouts start counting after it)
 READY = "ready"
 
@@ -25,6 +22,9 @@ READY = "ready"
 def serve(conn: Connection) -> None:
     """Pool worker: say READY, then analyse each ``(task, settings)`` received until None or EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    from ..runtime import set_threads  # here, not at the top: the parent imports this module too
+    from .analyse import analyse
+
     set_threads(1)  # the pool runs one worker per job: their onnxruntime thread pools must not compete
     try:
         conn.send(READY)
@@ -56,6 +56,8 @@ def main() -> None:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     out.write(b"R")
     out.flush()
+    from .analyse import analyse
+
     task, settings = pickle.loads(base64.b64decode(sys.argv[1]))
     pickle.dump(analyse(task, settings), out)
     out.flush()

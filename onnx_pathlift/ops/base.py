@@ -101,7 +101,7 @@ class LayerOp:
         """``log2`` of the layer's ℓ∞ → ℓ∞ operator norm (the naive Lipschitz bound's factor).
 
         0 by default: ReLU, max/average pools and reshapes are 1-Lipschitz in ℓ∞; a sum's or a
-        concat's branches are combined by the DAG recursion (:mod:`onnx_pathlift.lipschitz`).
+        concat's branches are combined by the DAG recursion (:mod:`onnx_pathlift.lipschitz_bound`).
         """
         return 0.0
 

@@ -1,5 +1,5 @@
-"""Layers whose output neurons copy chosen input neurons: Slice, Split, Gather (constant indices),
-Resize and Upsample (mode ``nearest``), DepthToSpace and SpaceToDepth.
+"""Layers whose output neurons copy chosen input neurons: Slice, Split, Gather, GatherND and
+GatherElements (constant indices), Resize and Upsample (mode ``nearest``), DepthToSpace and SpaceToDepth.
 
 Algebra: every output neuron ``v`` copies one input neuron ``u(v)`` (an edge of weight 1, no bias).
 An input neuron that no output copies (sliced away, skipped by a downsampling Resize) starts no path
@@ -18,7 +18,9 @@ adjoint all use one index map, and the re-emission check against the source mode
 else a Gather of a table listing, for each input position, the outputs that copy it (an extra zero
 slot filling the short rows) summed by ReduceSum: exact sums of non-negative masses, no scatter.
 DepthToSpace and SpaceToDepth permute neurons (reshape, transpose, reshape): the adjoint is the
-inverse permutation.
+inverse permutation. GatherND and GatherElements copy along no single axis (torch's dynamo exporter
+writes an adaptive average pool with overlapping windows as a GatherND): their copy pattern is kept as
+one flat position per output neuron, found by applying the op to ``arange(x.size)``.
 """
 
 from __future__ import annotations
@@ -384,3 +386,61 @@ def import_depth_space(node, ctx: ImportContext) -> None:
         raise RefuseNode(f"blocksize {k} does not divide the input of shape {shape}")
     ctx.add(node, "depth_space", [ctx.act(node.input[0])], ctx.shape(node.output[0]), attrs={"blocksize": k, "mode": mode})
 
+
+
+@layer_op
+class FlatSelect(MovesNeurons):
+    """Any fixed copy pattern: ``y.flat[j] = x.flat[flat[j]]`` (attrs ``flat``: int64 array of the
+    output's shape, positions in the flattened input). GatherND and GatherElements with constant
+    indices; re-emitted as Reshape to 1-D then one Gather."""
+
+    op = "flat_select"
+    kind = "reshape"
+
+    def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
+        flat = b.op("Reshape", [xs[0], b.const(np.array([-1]), "shape", dtype=np.int64)], "flat")
+        return b.op("Gather", [flat, b.const(layer.attrs["flat"], "indices", dtype=np.int64)], "select", axis=0)
+
+    def move(self, layer: Layer, values: np.ndarray) -> np.ndarray:
+        return values.reshape(-1)[layer.attrs["flat"]]
+
+    def move_back(self, b, layer, t, in_shape):
+        t = b.op("Reshape", [t, b.const(np.array([-1]), "shape", dtype=np.int64)], "adj")
+        size = int(np.prod(in_shape))
+        t = _gather_adjoint(b, t, [int(i) for i in layer.attrs["flat"].reshape(-1)], 0, size, 1)
+        return b.op("Reshape", [t, b.const(np.array(in_shape), "shape", dtype=np.int64)], "adj")
+
+
+def _constant_indices(ctx: ImportContext, node) -> np.ndarray:
+    indices = ctx.const(node.input[1])
+    if indices is None:
+        raise RefuseNode(f"its indices ({node.input[1]!r}) are computed at run time: which neuron is copied depends on the data")
+    indices = np.asarray(indices)
+    if indices.dtype.kind not in "iu":
+        raise RefuseNode(f"its indices have type {indices.dtype}: not integers")
+    return indices.astype(np.int64)
+
+
+@imports("GatherND", "GatherElements")
+def import_gather_nd(node, ctx: ImportContext) -> None:
+    """The flat positions are found by applying the op itself, in numpy, to ``arange(x.size)``."""
+    shape, indices = ctx.shape(node.input[0]), _constant_indices(ctx, node)
+    positions = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape)
+    try:
+        if node.op_type == "GatherElements":
+            axis = int(attributes(node).get("axis", 0)) % len(shape)
+            flat = np.take_along_axis(positions, np.where(indices < 0, indices + shape[axis], indices), axis=axis)
+        else:
+            if int(attributes(node).get("batch_dims", 0)) != 0:
+                raise RefuseNode("batch_dims ≠ 0 is not supported yet (the exporters we know write 0)")
+            k = indices.shape[-1]
+            idx = np.where(indices < 0, indices + np.array(shape[:k]), indices)
+            flat = positions[tuple(np.moveaxis(idx, -1, 0))]
+    except IndexError as exc:
+        raise RefuseNode(f"an index is out of range: {exc}") from None
+    out = ctx.shape(node.output[0])
+    if tuple(flat.shape) != tuple(out):
+        raise RefuseNode(f"its output has shape {tuple(flat.shape)} by the op's rule, ONNX shape inference gives {tuple(out)}")
+    if flat.size == 0:
+        raise RefuseNode("it selects no neuron")
+    ctx.add(node, "flat_select", [ctx.act(node.input[0])], out, attrs={"flat": flat})
