@@ -195,7 +195,7 @@ def bench_inprocess(path: Path, repeat: int, warmup: int) -> dict:
     # spinning for a while, and on a 2-core machine that spinning would slow the *other* session's
     # next run (measured: ResNet-50 36 ms interleaved vs 18 ms alone). A short sleep lets them park.
     t_plain, t_norm, t_raw, round_ratios = [], [], [], []
-    fetch = [n for o in pns.names for n in (o, o + LOG2_SUFFIX)]
+    fetch = [n for o in pns.dag.outputs for n in (o, o + LOG2_SUFFIX)]
     rounds = max(1, min(10, repeat // 3))
     for r in range(rounds):
         n = repeat // rounds + (1 if r < repeat % rounds else 0)

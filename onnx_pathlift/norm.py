@@ -94,25 +94,24 @@ class LiftedSession:
     def _build(self) -> None:
         self.model: ModelProto = lift_bundle(self.jobs, static=self.static)
         self.session = make_session(self.model, self.providers)
+        tags = [bundle_tag(i, len(self.jobs)) for i in range(len(self.jobs))]
+        self._names = [[(o, tag + o, tag + o + LOG2_SUFFIX) for o in dag.outputs] for (dag, _), tag in zip(self.jobs, tags)]
+        self._health = [tag + HEALTH for tag in tags] if self.static else []
+        self._fetch = [n for job in self._names for _, t, k in job for n in (t, k)] + self._health
 
     def lifted_outputs(self) -> list[dict[str, tuple[np.ndarray, float]]]:
         """One pass: per job, ``{output: (T, k)}`` with lifted value ``T · 2**k`` (``k`` includes
         ``log2 N`` when one sample stands for ``N``)."""
-        tags = [bundle_tag(i, len(self.jobs)) for i in range(len(self.jobs))]
-        fetch = [tag + o + suffix for (dag, _), tag in zip(self.jobs, tags) for o in dag.outputs for suffix in ("", LOG2_SUFFIX)]
-        if self.static:
-            fetch += [tag + HEALTH for tag in tags]
-        res = dict(zip(fetch, self.session.run(fetch, self.feeds)))
-        if self.static:
-            health = min(float(np.min(res[tag + HEALTH])) for tag in tags)
+        res = dict(zip(self._fetch, self.session.run(self._fetch, self.feeds)))
+        if self._health:
+            health = min(float(res[h].min()) for h in self._health)
             if health < 2.0 ** -HEALTH_MIN_LOG2:
                 if self.scales == "static":
                     raise PathliftError(f"static scales too loose for float32 (health {health:.3g})")
                 self.static = False
                 self._build()
                 return self.lifted_outputs()
-        return [{o: (res[tag + o], float(res[tag + o + LOG2_SUFFIX]) + math.log2(copies)) for o in dag.outputs}
-                for (dag, _), tag, copies in zip(self.jobs, tags, self.copies)]
+        return [{o: (res[t], float(res[k]) + math.log2(copies)) for o, t, k in job} for job, copies in zip(self._names, self.copies)]
 
     def norms(self) -> list[PathNorm]:
         """‖Φ‖_q of every job, summed over its analysed outputs."""
