@@ -254,3 +254,11 @@ def test_crop_and_resize_antialias_and_bad_indices_are_refused() -> None:
     assert node == "aa" and "antialias" in msg
     node, _, msg = _refused([helper.make_node("Gather", ["r", "ix"], ["y"], axis=3, name="far")], {"ix": _i(0, 5)})
     assert node == "far" and "out of range" in msg
+
+
+def test_flat_copy_maps_of_huge_tensors_are_refused() -> None:
+    """A GatherND over more than 2**24 neurons would need a position per neuron: refused, not allocated."""
+    nodes = [helper.make_node("GatherND", ["x", "ix"], ["g"], name="big"), helper.make_node("Relu", ["g"], ["y"])]
+    model = _net([1, 1, 4097, 4097], nodes, [1, 4097, 4097], {"ix": _i([0, 0])})
+    with pytest.raises(pl.UnsupportedModelError, match="big .GatherND.*copy map"):
+        pl.import_model(model)

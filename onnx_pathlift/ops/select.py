@@ -25,6 +25,8 @@ one flat position per output neuron, found by applying the op to ``arange(x.size
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..dag import Layer
@@ -38,6 +40,7 @@ _COORDINATE_MODES = {"half_pixel", "half_pixel_symmetric", "pytorch_half_pixel",
                      "tf_half_pixel_for_nn", "tf_crop_and_resize"}
 _NEAREST_MODES = {"round_prefer_floor", "round_prefer_ceil", "floor", "ceil"}
 _POLICIES = {"stretch", "not_larger", "not_smaller"}
+_FLAT_MAX = 1 << 24  # neurons a GatherND/GatherElements copy map may span (8 bytes each)
 
 
 def _text(value: str | bytes) -> str:
@@ -425,7 +428,9 @@ def _constant_indices(ctx: ImportContext, node) -> np.ndarray:
 def import_gather_nd(node, ctx: ImportContext) -> None:
     """The flat positions are found by applying the op itself, in numpy, to ``arange(x.size)``."""
     shape, indices = ctx.shape(node.input[0]), _constant_indices(ctx, node)
-    positions = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape)
+    if max(math.prod(shape), math.prod(ctx.shape(node.output[0]))) > _FLAT_MAX:
+        raise RefuseNode(f"its copy map would hold one position per neuron, over {_FLAT_MAX} of them (input {shape})")
+    positions = np.arange(math.prod(shape), dtype=np.int64).reshape(shape)
     try:
         if node.op_type == "GatherElements":
             axis = int(attributes(node).get("axis", 0)) % len(shape)
