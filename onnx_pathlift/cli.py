@@ -383,8 +383,8 @@ def cmd_audit(args) -> int:
 
     _check_q(args.qs or [])
     return run_command(args.paths, q=args.qs, input_shape=_input_shape(args.input_shape), jobs=args.jobs,
-                       timeout=args.timeout, db=args.db, html=args.report, csv=args.csv, as_json=args.json,
-                       scheduler=args.scheduler)
+                       timeout=args.timeout, memory_mb=args.max_memory, db=args.db, html=args.report, csv=args.csv,
+                       as_json=args.json, scheduler=args.scheduler)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -461,6 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--input-shape", action="append", metavar="[NAME=]SHAPE", help="static input shape for every model")
     au.add_argument("--jobs", type=int, help="local worker processes (default: one per CPU)")
     au.add_argument("--timeout", type=float, metavar="S", help="seconds per model before its worker is killed")
+    au.add_argument("--max-memory", type=float, metavar="MB",
+                    help="memory cap per worker process (its data segment, imports included: ~150 MB); a model "
+                         "needing more fails with 'out of memory' and the audit goes on")
     au.add_argument("--db", help="SQLite results database (default: beside --report, else audit.sqlite)")
     au.add_argument("--report", metavar="REPORT.html", help="write a self-contained HTML report")
     au.add_argument("--csv", metavar="OUT.csv", help="write one CSV row per model")

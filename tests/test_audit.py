@@ -26,6 +26,7 @@ from onnx import helper
 from onnx_pathlift import cli, path_norm
 from onnx_pathlift.audit import Settings, audit
 from onnx_pathlift.audit.analyse import HOOK_ENV
+from onnx_pathlift.errors import UsageError
 
 
 def mlp(seed: int, activation: str = "Relu"):
@@ -192,6 +193,26 @@ def test_timeout_retried_only_under_a_longer_limit(tmp_path, monkeypatch):
     assert again.analysed == 0 and again.results[0].status == "timeout"
     longer = audit([models], db=db, jobs=1, timeout=30)
     assert longer.analysed == 1 and longer.results[0].status == "ok"
+
+
+def test_memory_cap_fails_only_the_greedy_model_and_a_larger_cap_retries_it(tmp_path, monkeypatch, capsys):
+    """--max-memory caps each worker (RLIMIT_DATA): a model allocating 8 GiB fails as out of memory,
+    the others (real onnxruntime sessions under the same cap) are analysed; the stored failure is
+    reused under the same cap and retried under a larger one or none."""
+    models = write_models(tmp_path / "m", ["ok_a", "greedy", "ok_b"])
+    db = tmp_path / "a.sqlite"
+    monkeypatch.setenv(HOOK_ENV, "alloc:greedy")
+    assert cli.main(["audit", str(models), "--db", str(db), "--jobs", "2", "--max-memory", "1024", "--json"]) == 0
+    by_name = {Path(r["path"]).stem: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert by_name["greedy"]["status"] == "error" and by_name["greedy"]["reason"].startswith("out of memory")
+    assert "--max-memory 1024 MB" in by_name["greedy"]["reason"] and by_name["greedy"]["memory_mb"] == 1024
+    assert by_name["ok_a"]["status"] == by_name["ok_b"]["status"] == "ok"
+    assert audit([models], db=db, jobs=1, memory_mb=1024).analysed == 0  # same cap: nothing to retry
+    monkeypatch.setenv(HOOK_ENV, "")
+    again = audit([models], db=db, jobs=1, memory_mb=2048)
+    assert again.analysed == 1 and all(r.status == "ok" for r in again.results)
+    with pytest.raises(UsageError, match="max-memory"):
+        audit([models], db=db, memory_mb=0)
 
 
 def test_kill_9_mid_run_then_resume_recomputes_nothing(tmp_path):

@@ -4,8 +4,8 @@ Test hook: the environment variable ``ONNX_PATHLIFT_AUDIT_TEST_HOOK`` (for the i
 holds ``ACTION:MARKER`` pairs separated by commas. Before analysing a model whose file name contains
 MARKER, the worker does ACTION: ``abort`` (``os.abort()``, as a native crash in onnxruntime would),
 ``hang`` (sleeps forever), ``oom`` (allocates far more than a memory cap it sets on itself, so a
-``MemoryError`` is raised) or ``slow`` (sleeps 0.5 s, then analyses normally). An empty MARKER
-matches every model.
+``MemoryError`` is raised), ``alloc`` (allocates 8 GiB under the ``--max-memory`` cap, which must be
+set) or ``slow`` (sleeps 0.5 s, then analyses normally). An empty MARKER matches every model.
 """
 
 from __future__ import annotations
@@ -25,9 +25,26 @@ from ..lipschitz_bound import bound_from
 from ..load import load_model, main_opset, prepare
 from ..metric import without_biases
 from ..norm import LiftedSession
-from .record import ModelResult, Settings, Task
+from .record import OUT_OF_MEMORY, ModelResult, Settings, Task
 
 HOOK_ENV = "ONNX_PATHLIFT_AUDIT_TEST_HOOK"
+_ALLOCATION_FAILURES = ("bad_alloc", "bad allocation", "Failed to allocate")
+
+
+def limit_memory(memory_mb: float | None) -> None:
+    """Cap this process's data segment (heap and anonymous mappings: numpy's and onnxruntime's
+    buffers) at ``memory_mb``: past it, allocations fail and the model fails as out of memory,
+    instead of the machine swapping or the kernel's OOM killer choosing a victim."""
+    if memory_mb is None:
+        return
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    limit = int(memory_mb * 2**20)
+    resource.setrlimit(resource.RLIMIT_DATA, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+
+
+def _cap_note() -> str:
+    soft, _ = resource.getrlimit(resource.RLIMIT_DATA)
+    return "" if soft == resource.RLIM_INFINITY else f"; --max-memory {soft / 2**20:g} MB"
 
 
 def analyse(task: Task, settings: Settings) -> ModelResult:
@@ -57,11 +74,14 @@ def analyse(task: Task, settings: Settings) -> ModelResult:
     except PathliftError as err:
         status, reason = "error", f"{type(err).__name__}: {err}"
     except MemoryError:
-        status, reason = "error", "out of memory (MemoryError)"
+        status, reason = "error", f"{OUT_OF_MEMORY} (MemoryError{_cap_note()})"
     except Exception as err:  # a bug on one model fails that model only; say where it happened
         frame = traceback.extract_tb(err.__traceback__)[-1]
         status = "error"
-        reason = f"internal error: {type(err).__name__}: {err} (at {Path(frame.filename).name}:{frame.lineno})"
+        if any(sign in str(err) for sign in _ALLOCATION_FAILURES):  # onnxruntime's allocators fail this way
+            reason = f"{OUT_OF_MEMORY} (onnxruntime: {str(err).splitlines()[0][:200]}{_cap_note()})"
+        else:
+            reason = f"internal error: {type(err).__name__}: {err} (at {Path(frame.filename).name}:{frame.lineno})"
     return ModelResult(task.path, task.sha256, task.size, status, reason, wall_s=time.perf_counter() - t0,
                        peak_rss_mb=_peak_memory_mb(), **facts)
 
@@ -103,6 +123,10 @@ def _test_hook(path: str) -> None:
             time.sleep(0.5)
         elif action == "oom":
             _allocate_past_cap()
+        elif action == "alloc":
+            if resource.getrlimit(resource.RLIMIT_DATA)[0] == resource.RLIM_INFINITY:
+                raise RuntimeError("the alloc test hook needs --max-memory (it would really allocate 8 GiB)")
+            np.ones(1 << 33, np.uint8)
 
 
 def _allocate_past_cap() -> None:

@@ -1,7 +1,8 @@
 """One audit: which models to analyse, which results to reuse from the database, where results go.
 
 A stored result is reused when the file's content hash and the settings match, except a timeout
-recorded under a shorter limit than the one now in force (or when no limit is given): that model
+recorded under a shorter limit than the one now in force (or when no limit is given), and an
+out-of-memory failure recorded under a smaller ``--max-memory`` than now (or none now): that model
 is tried again. Files with the same content are analysed once and reported under every path.
 """
 
@@ -41,19 +42,23 @@ class Audit:
 
 
 def audit(paths: Sequence[str | Path], settings: Settings | None = None, *, jobs: int | None = None,
-          timeout: float | None = None, db: str | Path = "audit.sqlite", scheduler: str | None = None,
+          timeout: float | None = None, memory_mb: float | None = None, db: str | Path = "audit.sqlite",
+          scheduler: str | None = None,
           listener: Listener | None = None) -> Audit:
     """Audit every model under ``paths`` (files, folders, globs), each in an isolated worker process.
 
     ``settings`` default to q = 1, 2, 4 and each model's own input shape; ``jobs`` local workers
     (default: one per CPU), or the Dask cluster at ``scheduler``; ``timeout`` seconds per model
-    (default: none). Results are committed to ``db`` as each model finishes.
+    (default: none); ``memory_mb`` caps each worker's memory (default: none). Results are committed to
+    ``db`` as each model finishes.
     """
     settings = settings or Settings()
     if jobs is not None and jobs < 1:
         raise UsageError(f"--jobs must be at least 1 (got {jobs})")
     if timeout is not None and not timeout > 0:
         raise UsageError(f"--timeout must be positive (got {timeout})")
+    if memory_mb is not None and not memory_mb > 0:
+        raise UsageError(f"--max-memory must be positive (got {memory_mb})")
     if scheduler and jobs is not None:
         raise UsageError("--jobs sets local workers; with --scheduler the Dask cluster's workers do the work")
     files = discover(paths)
@@ -68,7 +73,7 @@ def audit(paths: Sequence[str | Path], settings: Settings | None = None, *, jobs
         done = store.results(settings)
         todo: dict[str, Task] = {}
         for t in entries:
-            if isinstance(t, Task) and not _reusable(done.get(t.sha256), timeout):
+            if isinstance(t, Task) and not _reusable(done.get(t.sha256), timeout, memory_mb):
                 todo.setdefault(t.sha256, t)
         reused = len({t.sha256 for t in entries if isinstance(t, Task)}) - len(todo)
         run_id = store.start_run(settings, files)
@@ -77,12 +82,12 @@ def audit(paths: Sequence[str | Path], settings: Settings | None = None, *, jobs
         if scheduler:
             from .cluster import run_dask
 
-            results = run_dask(list(todo.values()), settings, timeout, scheduler)
+            results = run_dask(list(todo.values()), settings, timeout, scheduler, memory_mb)
         else:
-            results = run_local(list(todo.values()), settings, jobs or _usable_cpus(), timeout)
+            results = run_local(list(todo.values()), settings, jobs or _usable_cpus(), timeout, memory_mb)
         with closing(results):  # stops the workers at once if anything goes wrong here
             for result in results:
-                done[result.sha256] = store.put(result, settings, run_id)
+                done[result.sha256] = store.put(replace(result, memory_mb=memory_mb), settings, run_id)
                 if listener is not None:
                     listener.update(result)
         store.finish_run(run_id, len(todo), reused)
@@ -96,9 +101,11 @@ def _usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _reusable(stored: ModelResult | None, timeout: float | None) -> bool:
+def _reusable(stored: ModelResult | None, timeout: float | None, memory_mb: float | None) -> bool:
     if stored is None:
         return False
-    if stored.status != "timeout":
-        return True
-    return timeout is not None and stored.timeout_s is not None and timeout <= stored.timeout_s
+    if stored.status == "timeout":
+        return timeout is not None and stored.timeout_s is not None and timeout <= stored.timeout_s
+    if stored.out_of_memory and stored.memory_mb is not None:  # it may fit under a larger cap, or none
+        return memory_mb is not None and memory_mb <= stored.memory_mb
+    return True

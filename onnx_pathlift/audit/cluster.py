@@ -27,7 +27,8 @@ from .worker import describe_exit
 CONNECT_TIMEOUT_S = 20
 
 
-def run_dask(tasks: Sequence[Task], settings: Settings, timeout: float | None, address: str) -> Iterator[ModelResult]:
+def run_dask(tasks: Sequence[Task], settings: Settings, timeout: float | None, address: str,
+             memory_mb: float | None = None) -> Iterator[ModelResult]:
     """Submit one task per model to the Dask scheduler at ``address``; yield results as they finish."""
     try:
         from distributed import Client, as_completed
@@ -39,7 +40,7 @@ def run_dask(tasks: Sequence[Task], settings: Settings, timeout: float | None, a
         raise PathliftError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
     with client:
         futures = {client.submit(analyse_in_subprocess, replace(t, path=os.path.abspath(t.path)), settings, timeout,
-                                 pure=False): t for t in tasks}
+                                 memory_mb, pure=False): t for t in tasks}
         try:
             for future in as_completed(futures):
                 task = futures[future]
@@ -52,13 +53,14 @@ def run_dask(tasks: Sequence[Task], settings: Settings, timeout: float | None, a
             client.cancel(list(futures))
 
 
-def analyse_in_subprocess(task: Task, settings: Settings, timeout: float | None) -> ModelResult:
-    """Run on a Dask worker: analyse one model in a one-shot subprocess, killed past ``timeout``."""
+def analyse_in_subprocess(task: Task, settings: Settings, timeout: float | None, memory_mb: float | None = None) -> ModelResult:
+    """Run on a Dask worker: analyse one model in a one-shot subprocess (capped at ``memory_mb``),
+    killed past ``timeout``."""
     if not os.path.isfile(task.path):
         return failure(task, "error", f"{task.path} is not visible on the Dask worker {socket.gethostname()} "
                        "(the workers must see the client's paths)", 0.0, timeout)
     with tempfile.TemporaryFile() as err:
-        job = base64.b64encode(pickle.dumps((task, settings))).decode()
+        job = base64.b64encode(pickle.dumps((task, settings, memory_mb))).decode()
         proc = subprocess.Popen([sys.executable, "-m", "onnx_pathlift.audit.worker", job], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=err, bufsize=0)
         started = proc.stdout.read(1) == b"R"  # timeouts count once its imports are done

@@ -13,7 +13,7 @@ from .record import DEFAULT_Q, STATUSES, InputShape, Settings
 
 
 def run_command(paths: Sequence[str], *, q: Sequence[float] | None = None, input_shape: InputShape = None,
-                jobs: int | None = None, timeout: float | None = None, db: str | None = None,
+                jobs: int | None = None, timeout: float | None = None, memory_mb: float | None = None, db: str | None = None,
                 html: str | None = None, csv: str | None = None, as_json: bool = False,
                 scheduler: str | None = None) -> int:
     """The audit command; returns its exit code (0 once every model has a result, whatever its status).
@@ -22,7 +22,8 @@ def run_command(paths: Sequence[str], *, q: Sequence[float] | None = None, input
     """
     settings = Settings(q=tuple(q or DEFAULT_Q), input_shape=input_shape)
     db_path = Path(db) if db else Path(html).with_suffix(".sqlite") if html else Path("audit.sqlite")
-    result = audit(paths, settings, jobs=jobs, timeout=timeout, db=db_path, scheduler=scheduler, listener=Progress())
+    result = audit(paths, settings, jobs=jobs, timeout=timeout, memory_mb=memory_mb, db=db_path, scheduler=scheduler,
+                   listener=Progress())
     if html:
         report.write_html(html, result, settings)
     if csv:

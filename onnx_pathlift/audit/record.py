@@ -11,6 +11,8 @@ from .. import __version__
 #: every status a model can end in
 STATUSES = ("ok", "unsupported", "invalid", "error", "timeout")
 DEFAULT_Q = (1.0, 2.0, 4.0)
+#: how the reason of a model that ran out of memory starts
+OUT_OF_MEMORY = "out of memory"
 
 InputShape = tuple[int, ...] | dict[str, tuple[int, ...]] | None
 
@@ -71,6 +73,7 @@ class ModelResult:
     wall_s: float = 0.0
     peak_rss_mb: float | None = None
     timeout_s: float | None = None  # the --timeout in force when it was computed
+    memory_mb: float | None = None  # the --max-memory in force when it was computed
     run_id: int | None = None
     computed_at: str | None = None
 
@@ -84,6 +87,11 @@ class ModelResult:
             ops = Counter(r["op_type"] for r in self.refusals)
             return "refused " + ", ".join(f"{op} ×{n}" if n > 1 else op for op, n in ops.most_common())
         return self.reason.splitlines()[0] if self.reason else ""
+
+    @property
+    def out_of_memory(self) -> bool:
+        """Whether the model failed for lack of memory (a cap, or the kernel's OOM killer)."""
+        return self.status == "error" and self.reason.startswith(OUT_OF_MEMORY)
 
     def to_dict(self) -> dict:
         return asdict(self)

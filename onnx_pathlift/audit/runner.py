@@ -31,9 +31,9 @@ class _Worker:
     started: float = 0.0
 
     @classmethod
-    def start(cls) -> _Worker:
+    def start(cls, memory_mb: float | None) -> _Worker:
         parent, child = _CTX.Pipe()
-        process = _CTX.Process(target=serve, args=(child,), name="onnx-pathlift-audit-worker", daemon=True)
+        process = _CTX.Process(target=serve, args=(child, memory_mb), name="onnx-pathlift-audit-worker", daemon=True)
         process.start()
         child.close()
         return cls(process, parent)
@@ -62,10 +62,12 @@ class _Worker:
         self.kill()
 
 
-def run_local(tasks: Sequence[Task], settings: Settings, jobs: int, timeout: float | None) -> Iterator[ModelResult]:
-    """Analyse ``tasks`` in ``jobs`` worker processes; yield each result as it finishes (any order)."""
+def run_local(tasks: Sequence[Task], settings: Settings, jobs: int, timeout: float | None,
+              memory_mb: float | None = None) -> Iterator[ModelResult]:
+    """Analyse ``tasks`` in ``jobs`` worker processes (each capped at ``memory_mb``); yield each result
+    as it finishes (any order)."""
     pending = deque(tasks)
-    workers = [_Worker.start() for _ in range(min(jobs, len(pending)))]
+    workers = [_Worker.start(memory_mb) for _ in range(min(jobs, len(pending)))]
     try:
         while pending or any(w.task for w in workers):
             for w in workers:
@@ -85,7 +87,7 @@ def run_local(tasks: Sequence[Task], settings: Settings, jobs: int, timeout: flo
                 if result is not None:
                     yield result
                 if w.conn.closed:  # dead or killed: replace it while there is work left
-                    workers[i] = _Worker.start() if pending else None
+                    workers[i] = _Worker.start(memory_mb) if pending else None
             workers = [w for w in workers if w is not None]
     finally:
         for w in workers:

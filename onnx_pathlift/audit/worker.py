@@ -19,12 +19,14 @@ from multiprocessing.connection import Connection
 READY = "ready"
 
 
-def serve(conn: Connection) -> None:
-    """Pool worker: say READY, then analyse each ``(task, settings)`` received until None or EOF."""
+def serve(conn: Connection, memory_mb: float | None = None) -> None:
+    """Pool worker: cap its memory, say READY, then analyse each ``(task, settings)`` received until
+    None or EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     from ..runtime import set_threads  # here, not at the top: the parent imports this module too
-    from .analyse import analyse
+    from .analyse import analyse, limit_memory
 
+    limit_memory(memory_mb)
     set_threads(1)  # the pool runs one worker per job: their onnxruntime thread pools must not compete
     try:
         conn.send(READY)
@@ -56,9 +58,10 @@ def main() -> None:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     out.write(b"R")
     out.flush()
-    from .analyse import analyse
+    from .analyse import analyse, limit_memory
 
-    task, settings = pickle.loads(base64.b64decode(sys.argv[1]))
+    task, settings, memory_mb = pickle.loads(base64.b64decode(sys.argv[1]))
+    limit_memory(memory_mb)
     pickle.dump(analyse(task, settings), out)
     out.flush()
 
