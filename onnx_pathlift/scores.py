@@ -32,8 +32,6 @@ from .ops import LAYER_OPS
 from .runtime import make_session
 from .samples import one_sample
 
-SCORED = ("conv", "deconv", "dense")  # Conv / ConvTranspose / Gemm / MatMul weights (as in the paper: not BN, not biases)
-
 
 @dataclass
 class Scores:
@@ -86,7 +84,7 @@ def scores_model(dag: Dag) -> tuple[ModelProto, list[tuple[str, str]]]:
         for name, gi in zip(layer.inputs, g_in):
             if dag.layer(name).op != "input":
                 grads.setdefault(name, []).append(gi)
-        if layer.op in SCORED:
+        if LAYER_OPS[layer.op].scored:
             s = scores["W"]
             out = b.fresh(layer.name + "__score")
             b.nodes.append(identity_node(s.tensor, out))
@@ -140,7 +138,7 @@ def magnitude(dag: Dag) -> dict[str, np.ndarray]:
     holds them (a Gemm's ``alpha`` included)."""
     out: dict[str, np.ndarray] = {}
     for layer in dag.layers():
-        if layer.op in SCORED:
+        if layer.op != "input" and LAYER_OPS[layer.op].scored:
             name, w = _to_initializer_layout(layer, np.abs(layer.params["W"]))
             out[name] = w
     return out

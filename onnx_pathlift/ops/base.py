@@ -50,6 +50,9 @@ class LayerOp:
     kind: ClassVar[str]
     #: whether ``lift`` takes inputs that are not renormalised yet (``Scaled.dirty``)
     accepts_dirty: ClassVar[bool] = False
+    #: whether its weight ``W`` gets path-magnitude scores and can be pruned (as in the paper: the
+    #: weights of Conv / ConvTranspose / Gemm / MatMul; not BN scales, not biases)
+    scored: ClassVar[bool] = False
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         """Emit the layer with its signed parameters and real activation; return the output name."""
@@ -296,16 +299,19 @@ def spatial_attrs(a: dict[str, Any], in_spatial: tuple[int, ...], kernel: tuple[
     elif auto_pad == "VALID":
         pads = [0] * (2 * n)
     elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        begin, end = [], []
-        for size, k, s, d in zip(in_spatial, kernel, strides, dilations):
-            total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
-            small, large = total // 2, total - total // 2
-            begin.append(small if auto_pad == "SAME_UPPER" else large)
-            end.append(large if auto_pad == "SAME_UPPER" else small)
-        pads = begin + end
+        totals = [max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+                  for size, k, s, d in zip(in_spatial, kernel, strides, dilations)]
+        pads = split_pads(totals, odd_at_end=auto_pad == "SAME_UPPER")
     else:
         raise RefuseNode(f"unknown auto_pad {auto_pad!r}")
     return {"strides": strides, "dilations": dilations, "pads": pads}
+
+
+def split_pads(totals: list[int], odd_at_end: bool) -> list[int]:
+    """Begin pads then end pads, each total padding halved; an odd unit goes at the end (SAME_UPPER)
+    or at the beginning (SAME_LOWER, and ConvTranspose's output_shape)."""
+    small, large = [t // 2 for t in totals], [t - t // 2 for t in totals]
+    return small + large if odd_at_end else large + small
 
 
 def lift_bias(b: LiftBuilder, layer: Layer, y: Scaled, q: float) -> Scaled:

@@ -39,15 +39,21 @@ class Conv(LayerOp):
 
     op = "conv"
     kind = "conv"
+    scored = True
+    onnx_op = "Conv"  # the emitted op (ConvTranspose for the subclass); attrs are passed through
+
+    def gain_log2(self, m: np.ndarray, attrs: dict) -> float:
+        """``log2`` of the largest lifted output on an all-ones input of ``|W|**q = m``: a whole filter's sum."""
+        growth = float(m.reshape(m.shape[0], -1).sum(axis=1).max(initial=0.0))
+        return math.log2(growth) if growth > 0 else -math.inf
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
-        return b.op("Conv", [xs[0], b.const(layer.params["W"], "W")], "conv", **layer.attrs)
+        return b.op(self.onnx_op, [xs[0], b.const(layer.params["W"], "W")], self.op, **layer.attrs)
 
     def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
         m, e = pow_scaled(layer.params["W"], q)
-        y = b.op("Conv", [xs[0].tensor, b.weight(m, "absW")], "conv", **layer.attrs)
-        growth = float(m.reshape(m.shape[0], -1).sum(axis=1).max(initial=0.0))  # largest output = Σ of a filter
-        y = b.shift(Scaled(y, xs[0].log2, xs[0].bound + math.log2(max(growth, 1.0)), dirty=True), e)
+        y = b.op(self.onnx_op, [xs[0].tensor, b.weight(m, "absW")], self.op, **layer.attrs)
+        y = b.shift(Scaled(y, xs[0].log2, xs[0].bound + max(self.gain_log2(m, layer.attrs), 0.0), dirty=True), e)
         return lift_bias(b, layer, y, q)
 
     def bound(self, layer, bs, shapes, q):

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..dag import Layer
 from ..errors import RefuseNode
-from ..graph import GraphBuilder, LiftBuilder, Scaled, pow_scaled
+from ..graph import GraphBuilder, Scaled, pow_scaled
 from .base import (
     ImportContext,
     along_axis,
@@ -31,9 +31,9 @@ from .base import (
     channel_vector,
     imports,
     layer_op,
-    lift_bias,
     on_axis,
     product_exponent,
+    split_pads,
 )
 from .conv import Conv, add_kernel_layer
 
@@ -71,16 +71,10 @@ class ConvTranspose(Conv):
 
     op = "deconv"
     kind = "conv"
+    onnx_op = "ConvTranspose"
 
-    def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
-        return b.op("ConvTranspose", [xs[0], b.const(layer.params["W"], "W")], "deconv", **layer.attrs)
-
-    def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
-        m, e = pow_scaled(layer.params["W"], q)
-        y = b.op("ConvTranspose", [xs[0].tensor, b.weight(m, "absW")], "deconv", **layer.attrs)
-        growth = float(np.max(_log2_phase_gain(m, layer.attrs, np.zeros(m.shape[0]))))  # largest phase sum
-        y = b.shift(Scaled(y, xs[0].log2, xs[0].bound + max(growth, 0.0), dirty=True), e)
-        return lift_bias(b, layer, y, q)
+    def gain_log2(self, m: np.ndarray, attrs: dict) -> float:
+        return float(np.max(_log2_phase_gain(m, attrs, np.zeros(m.shape[0]))))  # the largest phase sum
 
     def bound(self, layer, bs, shapes, q):
         m, e = pow_scaled(layer.params["W"], q)
@@ -141,16 +135,13 @@ def _explicit_pads(a: dict, in_spatial: tuple[int, ...], kernel: tuple[int, ...]
         targets = [size * s for size, s in zip(in_spatial, strides)]
     else:
         return [int(p) for p in a.get("pads", [0] * (2 * n))] if auto_pad in ("", "NOTSET") else [0] * (2 * n)
-    begin, end = [], []
+    totals = []
     for size, k, s, dil, adj, out in zip(in_spatial, kernel, strides, dilations, output_padding, targets):
         total = (size - 1) * s + adj + (k - 1) * dil + 1 - out
         if total < 0 and "output_shape" in a:
             raise RefuseNode(f"output_shape {out} is larger than the full transposed convolution ({out + total})")
-        total = max(total, 0)
-        small, large = total // 2, total - total // 2
-        begin.append(small if auto_pad == "SAME_UPPER" else large)
-        end.append(large if auto_pad == "SAME_UPPER" else small)
-    return begin + end
+        totals.append(max(total, 0))
+    return split_pads(totals, odd_at_end=auto_pad == "SAME_UPPER")
 
 
 @imports("ConvTranspose")

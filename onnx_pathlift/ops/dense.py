@@ -40,6 +40,7 @@ class Dense(LayerOp):
 
     op = "dense"
     kind = "linear"
+    scored = True
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         w = b.const(layer.params["W"], "W")
