@@ -206,17 +206,24 @@ def import_split(node, ctx: ImportContext) -> None:
         start += size
 
 
-@imports("Gather")
-def import_gather(node, ctx: ImportContext) -> None:
-    shape = ctx.shape(node.input[0])
-    axis = int(attributes(node).get("axis", 0)) % len(shape)
+def _constant_indices(ctx: ImportContext, node) -> np.ndarray:
     indices = ctx.const(node.input[1])
     if indices is None:
         raise RefuseNode(f"its indices ({node.input[1]!r}) are computed at run time: which neuron is copied depends on the data")
     indices = np.asarray(indices)
-    if indices.dtype.kind not in "iu" or indices.size == 0:
-        raise RefuseNode(f"its indices have type {indices.dtype} and size {indices.size}: not a non-empty integer tensor")
-    flat = indices.astype(np.int64).reshape(-1)
+    if indices.dtype.kind not in "iu":
+        raise RefuseNode(f"its indices have type {indices.dtype}: not integers")
+    return indices.astype(np.int64)
+
+
+@imports("Gather")
+def import_gather(node, ctx: ImportContext) -> None:
+    shape = ctx.shape(node.input[0])
+    axis = int(attributes(node).get("axis", 0)) % len(shape)
+    indices = _constant_indices(ctx, node)
+    if indices.size == 0:
+        raise RefuseNode("its indices are empty: it selects no neuron")
+    flat = indices.reshape(-1)
     if flat.min() < -shape[axis] or flat.max() >= shape[axis]:
         raise RefuseNode(f"an index is out of range for an axis of {shape[axis]}")
     _add_selection(ctx, node, "select", [[axis, [int(i) for i in flat % shape[axis]], list(indices.shape)]], node.output[0])
@@ -412,16 +419,6 @@ class FlatSelect(MovesNeurons):
         size = int(np.prod(in_shape))
         t = _gather_adjoint(b, t, [int(i) for i in layer.attrs["flat"].reshape(-1)], 0, size, 1)
         return b.op("Reshape", [t, b.const(np.array(in_shape), "shape", dtype=np.int64)], "adj")
-
-
-def _constant_indices(ctx: ImportContext, node) -> np.ndarray:
-    indices = ctx.const(node.input[1])
-    if indices is None:
-        raise RefuseNode(f"its indices ({node.input[1]!r}) are computed at run time: which neuron is copied depends on the data")
-    indices = np.asarray(indices)
-    if indices.dtype.kind not in "iu":
-        raise RefuseNode(f"its indices have type {indices.dtype}: not integers")
-    return indices.astype(np.int64)
 
 
 @imports("GatherND", "GatherElements")
