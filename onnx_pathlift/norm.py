@@ -83,7 +83,11 @@ class LiftedSession:
     def __init__(self, jobs: Sequence[tuple[Dag, float]], providers=None, scales: str = "auto", per_sample: bool = True):
         if scales not in ("auto", "static", "dynamic"):
             raise UsageError(f"scales must be auto, static or dynamic (got {scales!r})")
-        twins = [one_sample(dag) if per_sample else (dag, 1) for dag, _ in jobs]
+        by_dag: dict[int, tuple[Dag, int]] = {}  # one proof per DAG, however many q it is lifted at
+        for dag, _ in jobs:
+            if id(dag) not in by_dag:
+                by_dag[id(dag)] = one_sample(dag) if per_sample else (dag, 1)
+        twins = [by_dag[id(dag)] for dag, _ in jobs]
         self.jobs = [(twin, float(q)) for (twin, _), (_, q) in zip(twins, jobs)]
         self.copies = [copies for _, copies in twins]
         self.providers, self.scales, self.static = providers, scales, scales != "dynamic"
