@@ -22,12 +22,17 @@ def conv_bn(cin: int, cout: int, k: int, stride: int = 1, padding: int = 0, grou
     return nn.Sequential(*layers, *([act(inplace=True)] if act else []))
 
 
-def _kaiming_fan_out(model: nn.Module) -> None:
+def _kaiming_fan_out(model: nn.Module, linear_std: float | None = None) -> None:
+    """torchvision's init: Kaiming (fan out) convs with zero biases; with ``linear_std``, Linear
+    weights ~ N(0, linear_std²) and zero biases too."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear) and linear_std is not None:
+            nn.init.normal_(m.weight, 0, linear_std)
+            nn.init.zeros_(m.bias)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,11 +149,7 @@ class VGG(nn.Module):
         self.classifier = nn.Sequential(
             nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(dropout),
             nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(dropout), nn.Linear(4096, num_classes))
-        _kaiming_fan_out(self)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        _kaiming_fan_out(self, linear_std=0.01)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
@@ -333,11 +334,7 @@ class MobileNetV2(nn.Module):
         features.append(conv_bn(cin, self.last_channel, 1, act=nn.ReLU6))
         self.features = nn.Sequential(*features)
         self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(self.last_channel, num_classes))
-        _kaiming_fan_out(self)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        _kaiming_fan_out(self, linear_std=0.01)
 
     def forward(self, x: Tensor) -> Tensor:
         x = nn.functional.adaptive_avg_pool2d(self.features(x), (1, 1))
