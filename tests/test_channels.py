@@ -4,6 +4,7 @@ the masked model's exact certificate and the slim model's faithfulness (``prune 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -361,3 +362,20 @@ def test_prune_channel_bad_model_exit_4(tmp_path, capsys) -> None:
     bad.write_bytes(b"not a model")
     rc, _, err = run_main(capsys, "prune", bad, "--structure", "channel", "--sparsity", "0.5", "-o", tmp_path / "o.onnx")
     assert rc == 4 and "error" in err and not (tmp_path / "o.onnx").exists()
+
+
+def test_certificate_checked_against_the_norms() -> None:
+    """A two-stream d below ‖Φ‖ − ‖Φ'‖ (seen on a DenseNet-121-depth export: d = 0 with norms
+    10^51.8 and 10^35.7) is replaced by the bracket from the norms; a consistent one is kept."""
+    from onnx_pathlift.metric import PathMetric
+    from onnx_pathlift.slim import NORM_RTOL, against_norms
+
+    bad = PathMetric(-math.inf, -math.inf, 51.8, 35.7, True, True)
+    fixed, note = against_norms(bad)
+    assert note and not fixed.exact
+    assert fixed.lower_log10 < 51.8 < fixed.upper_log10
+    assert 10 ** (fixed.upper_log10 - 51.8) == pytest.approx(1 + NORM_RTOL, rel=1e-9)
+    model, _ = tiny_nets.conv_bn_pool(0)
+    p, dag, cg = analyse(model)
+    good = path_metric(dag, import_prepared(prepare(masked_model(model, cg, [group_of(cg, "c1", 0)])), None))
+    assert against_norms(good) == (good, "")
