@@ -379,3 +379,16 @@ def test_certificate_checked_against_the_norms() -> None:
     p, dag, cg = analyse(model)
     good = path_metric(dag, import_prepared(prepare(masked_model(model, cg, [group_of(cg, "c1", 0)])), None))
     assert against_norms(good) == (good, "")
+
+
+@pytest.mark.parametrize("net", ["conv_bn_pool", "residual_concat"])
+def test_dynamic_scale_retry_agrees_with_the_path_metric(net: str) -> None:
+    """The retry ``certify`` uses when the static-scale pass is inconsistent gives the same d."""
+    from onnx_pathlift.slim import certify, dynamic_d
+
+    model, _ = getattr(tiny_nets, net)(4)
+    p, dag, cg = analyse(model)
+    masked = import_prepared(prepare(masked_model(model, cg, cg.removable()[:2])), None)
+    m = path_metric(dag, masked)
+    assert m.exact and dynamic_d(dag, masked) == pytest.approx(m.upper_log10, abs=1e-6)
+    assert certify(dag, masked) == (m, "")
