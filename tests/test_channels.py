@@ -392,3 +392,34 @@ def test_dynamic_scale_retry_agrees_with_the_path_metric(net: str) -> None:
     m = path_metric(dag, masked)
     assert m.exact and dynamic_d(dag, masked) == pytest.approx(m.upper_log10, abs=1e-6)
     assert certify(dag, masked) == (m, "")
+
+
+def test_l1_norm_sums_the_incoming_weights() -> None:
+    model, _ = tiny_nets.mlp(0)
+    p, dag, cg = analyse(model)
+    w = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "B1"))
+    scores = group_scores(cg, p, "l1-norm", dag)
+    for c in range(8):
+        assert scores[group_of(cg, "g1", c)] == pytest.approx(float(np.abs(w[c]).sum()), rel=1e-12)
+
+
+def test_a_removed_constant_channel_never_reaches_the_slim_model() -> None:
+    """A channel with zero incoming weights outputs the constant relu(BN(bias)) ≠ 0; removing it
+    zeroes its outgoing columns in the masked model (its bias paths are the whole of its path mass),
+    and the slim model, without that channel, computes the masked model."""
+    model, _ = tiny_nets.conv_bn_pool(0)
+    params = tiny_nets.get_params(model)
+    params["W1"][1] = 0.0
+    params["b1"][1] = 2.0
+    model = tiny_nets.with_params(model, params)
+    p, dag, cg = analyse(model)
+    g = group_of(cg, "c1", 1)
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.normal(0, 1, (1, 2, 6, 6)).astype(np.float32)}
+    masked, slim = masked_model(model, cg, [g]), slim_model(model, cg, [g])
+    shift = run(model, feeds)[0] - run(masked, feeds)[0]
+    assert np.abs(shift).max() > 1e-3  # the constant did reach the original's outputs
+    assert slim_error(masked, slim, p) <= 1e-5
+    norm = oracle.brute_force_path_norm(model, 1.0)
+    drop = norm - oracle.brute_force_path_norm(masked, 1.0)
+    assert group_scores(cg, p, "path-mass", dag)[g] * norm == pytest.approx(drop, rel=1e-6)
