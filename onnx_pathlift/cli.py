@@ -360,8 +360,11 @@ def _prune_channels(args) -> int:
           f"for every input with ‖x‖_∞ ≤ {args.input_linf:g}, the outputs moved by at most {m['bound']:.6g} in ℓ1")
     if r["certificate_note"]:
         print(f"  note: {r['certificate_note']}")
-    print(f"  latency (onnxruntime, 1 thread, median of {args.repeats}): {r['latency_before_s'] * 1e3:.3f} ms → "
-          f"{r['latency_after_s'] * 1e3:.3f} ms ({r['latency_after_s'] / r['latency_before_s']:.2f}×)")
+    if r["latency_before_s"] is None or r["latency_after_s"] is None:
+        print("  latency: n/a (onnxruntime cannot run this model)")
+    else:
+        print(f"  latency (onnxruntime, 1 thread, median of {args.repeats}): {r['latency_before_s'] * 1e3:.3f} ms → "
+              f"{r['latency_after_s'] * 1e3:.3f} ms ({r['latency_after_s'] / r['latency_before_s']:.2f}×)")
     if args.eval:
         print(f"  top-1 accuracy {r['accuracy_before']:.4f} → {r['accuracy_after']:.4f}")
     return 0

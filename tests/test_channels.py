@@ -423,3 +423,21 @@ def test_a_removed_constant_channel_never_reaches_the_slim_model() -> None:
     norm = oracle.brute_force_path_norm(model, 1.0)
     drop = norm - oracle.brute_force_path_norm(masked, 1.0)
     assert group_scores(cg, p, "path-mass", dag)[g] * norm == pytest.approx(drop, rel=1e-6)
+
+
+def test_slim_check_compares_the_analysed_output_behind_a_class_head(zoo) -> None:
+    """A model whose outputs are a label and a ZipMap (no float tensor): the check compares the
+    analysed logits, inside the graph (it used to compare nothing and crash on the ZipMap)."""
+    model = load_model(zoo / "generated/skl_mlp_digits_zipmap.onnx")
+    p, dag, _ = analyse(model)
+    result = prune_channels(model, p, dag, 0.5, "path-mass", "layer")
+    assert result.removed and not any(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+                                      for o in model.graph.output)
+    broken = slim_model(model, result.graph, result.removed)
+    w = next(t for t in broken.graph.initializer if numpy_helper.to_array(t).ndim == 2)
+    w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 1.01, w.name))
+    from onnx_pathlift.errors import VerificationError
+    from onnx_pathlift.slim import check_slim
+
+    with pytest.raises(VerificationError):
+        check_slim(result.masked, broken, p, list(dag.outputs))

@@ -70,7 +70,7 @@ class Variant:
 
 def evaluate(v: Variant, removed: list[int], ev: Evaluator, base_logits: np.ndarray, full: bool) -> dict:
     masked, slim = masked_model(v.model, v.graph, removed), slim_model(v.model, v.graph, removed)
-    check_slim(masked, slim, v.prepared, tolerance=1e-5)
+    check_slim(masked, slim, v.prepared, list(v.dag.outputs), tolerance=1e-5)
     logits = ev.logits(slim)
     row = {"accuracy": ev.accuracy(logits), "removed_groups": len(removed)}
     if full:
