@@ -2,7 +2,7 @@
 
 Every channel (a conv output channel, a dense/MatMul output feature) of every activation tensor is a
 *slot*. Ops that act per channel (bias/BatchNormalization, ReLU/Clip/LeakyRelu, pools, Pad, a
-depthwise conv, Flatten/Reshape into a dense layer, Squeeze/Unsqueeze of spatial axes) join the slot
+depthwise conv, Flatten/Reshape into a dense layer, Squeeze/Unsqueeze and reductions over spatial axes) join the slot
 of channel ``c`` of their input to that of their output; an elementwise Add/Sub/Mul/Div/Sum of
 activations joins the slots of all its operands (a residual skip); a Concat on the channel axis
 joins each input slot to its offset in the output. The connected components are the **groups**:
@@ -244,10 +244,11 @@ class _Builder:
                 if self.owned_or_pin([name], [out], node):
                     self.reshapes[name] = (1, node.output[0])
 
-    def squeeze(self, node: NodeProto, x: Layout) -> None:
-        """Squeeze/Unsqueeze of axes after the channel axis keeps the channels."""
+    def spatial(self, node: NodeProto, x: Layout) -> None:
+        """Squeeze/Unsqueeze/Reduce* over axes after the channel axis keep the channels (a reduction
+        without axes reduces all of them: not per channel)."""
         axes = _attrs(node).get("axes")
-        if axes is None and len(node.input) > 1:
+        if axes is None and len(node.input) > 1 and node.input[1]:
             axes = self.p.consts.get(node.input[1])
         rank = max(len(self.shape(node.input[0])), len(self.shape(node.output[0])))
         if axes is None or x.axis != 1 or x.block != 1 or any(int(a) % rank < 2 for a in np.ravel(axes)):
@@ -283,8 +284,8 @@ class _Builder:
             self.batchnorm(node, x)
         elif op in ("Flatten", "Reshape") and single:
             self.flatten(node, x)
-        elif op in ("Squeeze", "Unsqueeze") and single:
-            self.squeeze(node, x)
+        elif op in ("Squeeze", "Unsqueeze", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin") and single:
+            self.spatial(node, x)
         elif op == "Concat":
             self.concat(node, xs)
         elif op in PASSTHROUGH and single and (op != "Pad" or self._pad_keeps_channels(node, x)):

@@ -240,17 +240,21 @@ def _densenet_style() -> nn.Module:
 TORCH_NETS = {"resnet": _resnet_style, "mobilenet": _mobilenet_style, "densenet": _densenet_style}
 
 
+def _export(name: str, exporter: str, folder: Path) -> onnx.ModelProto:
+    """TorchScript exporter at opset 13, or the dynamo exporter at opset 18 (needs onnxscript)."""
+    torch.manual_seed(0)
+    net = torch_archs.randomise(TORCH_NETS[name](), 1).eval()
+    path = folder / f"{name}_{exporter}.onnx"
+    torch.onnx.export(net, (torch.randn(1, 3, 16, 16),), str(path), dynamo=exporter == "dynamo",
+                      opset_version=13 if exporter == "torchscript" else 18, input_names=["input"],
+                      output_names=["logits"], **({"verbose": False} if exporter == "dynamo" else {}))
+    return load_model(path)
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> dict[str, onnx.ModelProto]:
-    out = {}
-    for name, fn in TORCH_NETS.items():
-        torch.manual_seed(0)
-        net = torch_archs.randomise(fn(), 1).eval()
-        path = tmp_path_factory.mktemp("nets") / f"{name}.onnx"
-        torch.onnx.export(net, (torch.randn(1, 3, 16, 16),), str(path), dynamo=False, opset_version=13,
-                          input_names=["input"], output_names=["logits"])
-        out[name] = load_model(path)
-    return out
+    folder = tmp_path_factory.mktemp("nets")
+    return {name: _export(name, "torchscript", folder) for name in TORCH_NETS}
 
 
 @pytest.mark.parametrize("criterion,scope", [("path-mass", "global"), ("l1-norm", "layer")])
@@ -265,6 +269,19 @@ def test_slim_reproduces_masked_on_torch_nets(exported, name: str, criterion: st
     assert sum(t.ByteSize() for t in result.slim.graph.initializer) < 0.8 * sum(
         t.ByteSize() for t in model.graph.initializer)
     assert [n.op_type for n in result.slim.graph.node] == [n.op_type for n in model.graph.node]
+
+
+@pytest.mark.parametrize("name", sorted(TORCH_NETS))
+def test_dynamo_exports_prune_to_the_head(tmp_path, name: str) -> None:
+    """The dynamo exporter writes the adaptive average pool as ReduceMean over H, W: per channel, so
+    only the graph's input and output channels are kept."""
+    pytest.importorskip("onnxscript", reason="the dynamo exporter needs onnxscript")
+    model = _export(name, "dynamo", tmp_path)
+    p, dag, _ = analyse(model)
+    result = prune_channels(model, p, dag, 0.5, "path-mass", "layer")
+    assert {r["reason"].split(" '")[0] for r in result.pinned()} == {"channel of the graph input",
+                                                                      "channel of the graph output"}
+    assert slim_error(result.masked, result.slim, p) <= 1e-5
 
 
 def test_torch_net_groups(exported) -> None:
