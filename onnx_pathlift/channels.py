@@ -5,12 +5,13 @@ Every channel (a conv output channel, a dense/MatMul output feature) of every ac
 depthwise conv, Flatten/Reshape into a dense layer, Squeeze/Unsqueeze and reductions over spatial axes) join the slot
 of channel ``c`` of their input to that of their output; an elementwise Add/Sub/Mul/Div/Sum of
 activations joins the slots of all its operands (a residual skip); a Concat on the channel axis
-joins each input slot to its offset in the output. The connected components are the **groups**:
-a group's channels must be removed together. A group is removable when it ends in weight layers
-only: its *sinks* are the input columns of the Conv (group 1) / Gemm / MatMul layers that read it,
-its *sources* the filters/rows that write it. It is **pinned** (kept, with the reason) when one of
-its channels is a graph input or output, or is read or written by an op that cannot be sliced
-(a grouped conv, Transpose, Slice, a head, a parameter shared by several nodes, ...).
+joins each input slot to its offset in the output; a grouped (not depthwise) conv joins channel k
+of each of its groups, input side and output side, so that its groups keep equal sizes. The
+connected components are the **groups**: a group's channels must be removed together. A group is
+removable when it ends in weight layers only: its *sinks* are the input columns of the Conv / Gemm /
+MatMul layers that read it, its *sources* the filters/rows that write it. It is **pinned** (kept,
+with the reason) when one of its channels is a graph input or output, or is read or written by an
+op that cannot be sliced (Transpose, Slice, a head, a parameter shared by several nodes, ...).
 
 Removing a group zeroes its sinks' columns (the outgoing weights of its neurons ``v``): every path
 through a ``v`` uses exactly one outgoing weight of ``v``, so the paths removed have mass
@@ -175,10 +176,26 @@ class _Builder:
                 if bias:
                     self.entry(out, "slice", bias, 0)
                 self.depthwise[node.name or node.output[0]] = node.output[0]
+        elif x.n % group == 0 and out.n % group == 0:
+            self.grouped(node, x, out, group, params)
         else:
-            why = f"grouped Conv {node.name!r} (group={group}): its groups must keep equal sizes"
-            self.pin(x, why)
-            self.pin(out, why)
+            self.opaque(node)
+
+    def grouped(self, node: NodeProto, x: Layout, out: Layout, group: int, params: list[str]) -> None:
+        """A grouped conv keeps equal groups: input channel k of every group is one group (its sink is
+        the weight column k), and so is output channel k of every group (filters k, k + C/G, ...)."""
+        w = node.input[1]
+        cin, cout = x.n // group, out.n // group
+        for layout, per in ((x, cin), (out, cout)):
+            first = np.arange(layout.base, layout.base + per)
+            for g in range(1, group):
+                self.join(first, first + g * per)
+        if self.owned_or_pin(params, [x, out], node):
+            for k in range(cin):
+                self.entries.append((x.base + k, "sink", (w, 1, k, k + 1)))
+            self.entry(out, "source", w, 0)
+            if len(params) > 1:
+                self.entry(out, "slice", params[1], 0)
 
     def dense(self, node: NodeProto, x: Layout) -> None:
         """Gemm (transA 0) or MatMul with a constant right operand: sinks are weight rows/columns."""

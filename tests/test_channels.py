@@ -55,11 +55,12 @@ def group_of(cg, tensor: str, channel: int) -> int:
 
 # --- scores against brute force -------------------------------------------------------------------
 
-@pytest.mark.parametrize("net", ["mlp", "conv_bn_pool", "residual_concat"])
+@pytest.mark.parametrize("net", ["mlp", "conv_bn_pool", "residual_concat", "everything"])
 def test_path_mass_of_one_group_is_the_brute_force_drop(net: str) -> None:
     """mass(g) = ‖Φ(θ)‖_1 − ‖Φ(θ with g's outgoing weights zeroed)‖_1 by path enumeration, exactly when
-    no path crosses the group twice; a residual group (read by Conv2, then written back by it) is
-    crossed twice by some paths and its mass then exceeds the drop (first-order sum)."""
+    no path crosses the group twice; a residual group (read by a conv, then written back by it: Conv2
+    of residual_concat, the grouped Conv2 of everything) is crossed twice by some paths and its mass
+    then exceeds the drop (first-order sum)."""
     model, _ = getattr(tiny_nets, net)(3)
     p, dag, cg = analyse(model)
     norm = oracle.brute_force_path_norm(model, 1.0)
@@ -67,6 +68,8 @@ def test_path_mass_of_one_group_is_the_brute_force_drop(net: str) -> None:
     live = cg.removable()
     assert len(live) >= 3
     recrossed = {group_of(cg, "a", c) for c in range(3)} if net == "residual_concat" else set()
+    if net == "everything":
+        recrossed = {group_of(cg, "m", c) for c in range(4)}
     for i in live:
         drop = norm - oracle.brute_force_path_norm(masked_model(model, cg, [i]), 1.0)
         assert drop > 0
@@ -141,8 +144,17 @@ def test_flatten_block_and_depthwise_and_grouped_conv() -> None:
     g = cg.groups[group_of(cg, "c1", 2)]
     assert g.sinks == [("Wf", 1, 8, 12)]  # channel 2 of a 2x2 map: four Gemm columns
     assert sorted(e[0] for e in g.slices) == ["b1", "bn_beta", "bn_gamma", "bn_mean", "bn_var"]
-    _, _, cg = analyse(tiny_nets.everything(0)[0])
-    assert "grouped Conv" in cg.groups[group_of(cg, "c2", 0)].pinned
+    model = tiny_nets.everything(0)[0]
+    p, dag, cg = analyse(model)  # group=2, 2 channels per group: channel k of both groups go together
+    for k in range(2):
+        g = cg.groups[group_of(cg, "c2", k)]
+        assert group_of(cg, "c2", k + 2) == group_of(cg, "m", k) == group_of(cg, "m", k + 2) == group_of(cg, "c2", k)
+        assert not g.pinned and ("W2", 1, k, k + 1) in g.sinks and ("W2", 0, k + 2, k + 3) in g.sources
+    result = prune_channels(model, p, dag, 0.5, "path-mass", "layer")
+    conv = next(n for n in result.slim.graph.node if list(n.input[1:2]) == ["W2"])
+    assert next(a.i for a in conv.attribute if a.name == "group") == 2
+    assert numpy_helper.to_array(next(t for t in result.slim.graph.initializer if t.name == "W2")).shape == (2, 1, 3, 3)
+    assert slim_error(result.masked, result.slim, p) <= 1e-5
     _, _, cg = analyse(_mobile_net())
     g = cg.groups[group_of(cg, "r1", 4)]
     assert group_of(cg, "d", 4) == group_of(cg, "r1", 4) and not g.pinned
