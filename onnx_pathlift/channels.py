@@ -103,7 +103,8 @@ class _Builder:
         self.reshapes: dict[str, tuple[int, str]] = {}
         uses = Counter(i for node in model.graph.node for i in node.input if i)
         consts = {t.name for t in model.graph.initializer}
-        consts |= {o for node in model.graph.node if node.op_type == "Constant" for o in node.output}
+        consts |= {node.output[0] for node in model.graph.node  # a Constant holding a tensor (not value_ints, ...)
+                   if node.op_type == "Constant" and [a.name for a in node.attribute] == ["value"]}
         outputs = {o.name for o in model.graph.output}
         self.owned = {n for n in consts if uses[n] == 1 and n not in outputs}
 

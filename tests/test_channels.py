@@ -470,3 +470,32 @@ def test_slim_check_compares_the_analysed_output_behind_a_class_head(zoo) -> Non
 
     with pytest.raises(VerificationError):
         check_slim(result.masked, broken, p, list(dag.outputs))
+
+
+@pytest.mark.parametrize("form", ["initializer", "constant", "value_ints", "minus_one"])
+def test_flatten_reshape_target_is_updated(form: str) -> None:
+    """A Reshape (N, C, H, W) → (N, C·H·W) before the Gemm: its target shape is sliced with the
+    channels (an initializer or a Constant tensor); one written as value_ints cannot be rewritten, so
+    its channels are kept; -1 needs no change."""
+    model, _ = tiny_nets.conv_bn_pool(0)
+    target = [1, -1] if form == "minus_one" else [1, 16]
+    flat = next(i for i, n in enumerate(model.graph.node) if n.op_type == "Flatten")
+    del model.graph.node[flat]
+    reshape = [helper.make_node("Reshape", ["a1", "target"], ["f1"])]
+    if form == "constant":
+        reshape.insert(0, helper.make_node("Constant", [], ["target"], value=numpy_helper.from_array(np.array(target))))
+    elif form == "value_ints":
+        reshape.insert(0, helper.make_node("Constant", [], ["target"], value_ints=target))
+    else:
+        model.graph.initializer.append(numpy_helper.from_array(np.array(target), "target"))
+    for k, node in enumerate(reshape):
+        model.graph.node.insert(flat + k, node)
+    p, dag, cg = analyse(model)
+    g = group_of(cg, "c1", 1)
+    if form == "value_ints":
+        assert "shared or computed" in cg.groups[g].pinned
+        return
+    slim = slim_model(model, cg, [g])
+    if form != "minus_one":
+        assert list(cg.reshapes) == ["target"]
+    assert slim_error(masked_model(model, cg, [g]), slim, p) <= 1e-5
