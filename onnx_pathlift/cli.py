@@ -512,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="onnxruntime execution provider")
     sc.set_defaults(func=cmd_scores, q=[1.0])
 
-    pr = sub.add_parser("prune", help="prune by path-magnitude (or magnitude) and certify the output change")
+    pr = sub.add_parser("prune", help="prune weights or whole channels by path-magnitude (or magnitude / L1) and certify the output change")
     common(pr)
     pr.add_argument("--sparsity", type=float, required=True,
                     help="fraction of the scored weights to zero (--structure channel: of the removable channel groups)")
