@@ -5,13 +5,14 @@ Every channel (a conv output channel, a dense/MatMul output feature) of every ac
 depthwise conv, Flatten/Reshape into a dense layer, Squeeze/Unsqueeze and reductions over spatial axes) join the slot
 of channel ``c`` of their input to that of their output; an elementwise Add/Sub/Mul/Div/Sum of
 activations joins the slots of all its operands (a residual skip); a Concat on the channel axis
-joins each input slot to its offset in the output; a grouped (not depthwise) conv joins channel k
+joins each input slot to its offset in the output, a channel Split or Slice each output slot to its
+input slot; a grouped (not depthwise) conv joins channel k
 of each of its groups, input side and output side, so that its groups keep equal sizes. The
 connected components are the **groups**: a group's channels must be removed together. A group is
 removable when it ends in weight layers only: its *sinks* are the input columns of the Conv / Gemm /
 MatMul layers that read it, its *sources* the filters/rows that write it. It is **pinned** (kept,
 with the reason) when one of its channels is a graph input or output, or is read or written by an
-op that cannot be sliced (Transpose, Slice, a head, a parameter shared by several nodes, ...).
+op that cannot be sliced (Transpose, Gather, a head, a parameter shared by several nodes, ...).
 
 Removing a group zeroes its sinks' columns (the outgoing weights of its neurons ``v``): every path
 through a ``v`` uses exactly one outgoing weight of ``v``, so the paths removed have mass
@@ -80,6 +81,9 @@ class ChannelGraph:
     group_of: np.ndarray  # slot -> group index
     depthwise: dict[str, str] = field(default_factory=dict)  # node name -> tensor whose channels set `group`
     reshapes: dict[str, tuple[int, str]] = field(default_factory=dict)  # shape const -> (entry, tensor)
+    splits: dict[str, tuple[str, list[str]]] = field(default_factory=dict)  # Split node -> (sizes: "attr" or const, outputs)
+    #: Slice node -> (starts const, ends const, entry, input tensor, first input channel it reads)
+    crops: dict[str, tuple[str, str, int, str, int]] = field(default_factory=dict)
 
     def removable(self) -> list[int]:
         return [i for i, g in enumerate(self.groups) if not g.pinned]
@@ -101,6 +105,8 @@ class _Builder:
         self.entries: list[tuple[int, str, Entry]] = []  # (slot, kind, entry)
         self.depthwise: dict[str, str] = {}
         self.reshapes: dict[str, tuple[int, str]] = {}
+        self.splits: dict[str, tuple[str, list[str]]] = {}
+        self.crops: dict[str, tuple[str, str, int, str, int]] = {}
         uses = Counter(i for node in model.graph.node for i in node.input if i)
         consts = {t.name for t in model.graph.initializer}
         consts |= {node.output[0] for node in model.graph.node  # a Constant holding a tensor (not value_ints, ...)
@@ -284,6 +290,44 @@ class _Builder:
             self.join(self.slots(x), np.arange(offset, offset + x.n))
             offset += x.n
 
+    def split(self, node: NodeProto, x: Layout) -> None:
+        """Split on the channel axis with explicit sizes: output k takes the next sizes[k] channels."""
+        a, outs = _attrs(node), list(node.output)
+        axis = int(a.get("axis", 0)) % len(self.shape(node.input[0]))
+        if axis != x.axis or x.block != 1 or not all(outs):
+            return self.opaque(node)
+        offset = x.base
+        layouts = []
+        for name in outs:
+            layouts.append(self.new(name, self.shape(name)[axis], axis))
+            self.join(np.arange(offset, offset + layouts[-1].n), self.slots(layouts[-1]))
+            offset += layouts[-1].n
+        sizes = "attr" if "split" in a else (node.input[1] if len(node.input) > 1 and node.input[1] else "")
+        if not sizes:
+            return self.pin(x, f"Split {node.name!r} without explicit sizes")
+        if sizes == "attr" or self.owned_or_pin([sizes], [x], node):
+            self.splits[node.name or outs[0]] = (sizes, outs)
+
+    def crop(self, node: NodeProto, x: Layout) -> None:
+        """Slice (opset ≥ 10, constant starts/ends, step 1): channels start..end-1 of the input, or
+        all of them when the channel axis is not sliced."""
+        rank = len(self.shape(node.input[0]))
+        ins = list(node.input) + [""] * (5 - len(node.input))
+        starts, ends = (self.p.consts.get(n) for n in ins[1:3])
+        axes = self.p.consts.get(ins[3]) if ins[3] else (None if starts is None else np.arange(starts.size))
+        steps = self.p.consts.get(ins[4]) if ins[4] else np.ones(1)
+        if starts is None or ends is None or axes is None or steps is None or np.any(steps != 1) or x.block != 1:
+            return self.opaque(node)
+        hit = [j for j, ax in enumerate(np.ravel(axes)) if int(ax) % rank == x.axis]
+        if not hit:
+            self.same(node, x)
+            return
+        lo, hi, _ = slice(int(starts[hit[0]]), int(ends[hit[0]])).indices(x.n)
+        out = self.new(node.output[0], max(hi - lo, 0), x.axis)
+        self.join(np.arange(x.base + lo, x.base + lo + out.n), self.slots(out))
+        if self.owned_or_pin(ins[1:3], [x], node):
+            self.crops[node.name or node.output[0]] = (ins[1], ins[2], hit[0], node.input[0], lo)
+
     def node(self, node: NodeProto) -> None:
         op = node.op_type
         xs = [self.layouts[i] for i in node.input if i in self.layouts]
@@ -306,6 +350,10 @@ class _Builder:
             self.spatial(node, x)
         elif op == "Concat":
             self.concat(node, xs)
+        elif op == "Split" and len(acts) == 1 and node.input[0] == acts[0]:
+            self.split(node, x)
+        elif op == "Slice" and single and len(node.input) >= 3:
+            self.crop(node, x)
         elif op in PASSTHROUGH and single and (op != "Pad" or self._pad_keeps_channels(node, x)):
             self.same(node, x)
         else:
@@ -365,7 +413,7 @@ def channel_graph(model: ModelProto, prepared: Prepared) -> ChannelGraph:
     for g in groups:
         if not g.pinned and not g.sinks:
             g.pinned = "read by no weight layer"
-    return ChannelGraph(b.layouts, groups, label, b.depthwise, b.reshapes)
+    return ChannelGraph(b.layouts, groups, label, b.depthwise, b.reshapes, b.splits, b.crops)
 
 
 def _take(value: np.ndarray, entry: Entry) -> np.ndarray:
@@ -406,7 +454,7 @@ def group_scores(cg: ChannelGraph, prepared: Prepared, criterion: str, dag: Dag 
 def choose(cg: ChannelGraph, scores: np.ndarray, sparsity: float, scope: str = "global") -> list[int]:
     """The groups to remove: the ``sparsity`` fraction of removable groups with the lowest scores,
     over the whole model (``global``) or within each layer (``layer``); a layer always keeps at
-    least one group. Ties broken by group index (deterministic)."""
+    least one group and a tensor at least one channel. Ties broken by group index (deterministic)."""
     if not 0.0 <= sparsity <= 1.0:
         raise UsageError(f"sparsity must be in [0, 1] (got {sparsity})")
     if scope not in ("global", "layer"):
@@ -415,6 +463,7 @@ def choose(cg: ChannelGraph, scores: np.ndarray, sparsity: float, scope: str = "
     layers = Counter(cg.groups[i].layer for i in live)
     ranked = sorted(live, key=lambda i: (scores[i], i))
     left = dict(layers)
+    width = {t: layout.n for t, layout in cg.layouts.items()}  # channels left per tensor
     chosen: list[int] = []
     if scope == "global":
         quota = {None: int(round(sparsity * len(live)))}
@@ -423,8 +472,11 @@ def choose(cg: ChannelGraph, scores: np.ndarray, sparsity: float, scope: str = "
     for i in ranked:
         layer = cg.groups[i].layer
         key = None if scope == "global" else layer
-        if quota[key] > 0 and left[layer] > 1:
+        takes = Counter(t for t, _ in cg.groups[i].channels)
+        if quota[key] > 0 and left[layer] > 1 and all(width[t] > k for t, k in takes.items()):
             chosen.append(i)
             quota[key] -= 1
             left[layer] -= 1
+            for t, k in takes.items():
+                width[t] -= k
     return sorted(chosen)

@@ -4,8 +4,8 @@
   to 0: ``|θ'| ≤ |θ|`` with the same signs, so the path-metric certificate is exact for it.
 * **slim**: the source with the removed channels cut out of every constant that carries them (sink
   columns, source filters/rows, biases, BatchNormalization entries, per-channel constants, depthwise
-  filters), a depthwise conv's ``group``, a flatten-Reshape's target shape and the value_info
-  shapes updated; every other node, attribute and tensor is the source's. In the masked model no
+  filters), a depthwise conv's ``group``, a Split's sizes, a channel Slice's range, a flatten-Reshape's
+  target shape and the value_info shapes updated; every other node, attribute and tensor is the source's. In the masked model no
   removed channel reaches a kept neuron (every reader of a group's channels is in the group: a
   sink, whose column is zero, or a per-channel op, cut with it), so the slim model computes the
   masked model's function; :func:`check_slim` confirms it on random inputs.
@@ -92,13 +92,42 @@ def masked_model(model: ModelProto, cg: ChannelGraph, removed: list[int]) -> Mod
     return out
 
 
+def removed_channels(cg: ChannelGraph, removed: list[int]) -> dict[str, set[int]]:
+    """The channel indices ``removed`` takes from each tensor."""
+    gone: dict[str, set[int]] = defaultdict(set)
+    for i in removed:
+        for tensor, c in cg.groups[i].channels:
+            gone[tensor].add(c)
+    return gone
+
+
 def kept_channels(cg: ChannelGraph, removed: list[int]) -> dict[str, int]:
     """Channels left per tensor (tensors with a channel layout) after removing ``removed``."""
-    gone: dict[str, int] = defaultdict(int)
-    for i in removed:
-        for tensor, _ in cg.groups[i].channels:
-            gone[tensor] += 1
-    return {t: layout.n - gone[t] for t, layout in cg.layouts.items()}
+    gone = removed_channels(cg, removed)
+    return {t: layout.n - len(gone[t]) for t, layout in cg.layouts.items()}
+
+
+def _resize_nodes(out: ModelProto, consts: _Constants, cg: ChannelGraph, removed: list[int]) -> None:
+    """The node-level edits: a depthwise conv's ``group``, a Split's sizes, a Slice's channel range."""
+    kept, gone = kept_channels(cg, removed), removed_channels(cg, removed)
+    for node in out.graph.node:
+        key = node.name or node.output[0]
+        if node.op_type == "Conv" and key in cg.depthwise:
+            next(a for a in node.attribute if a.name == "group").i = kept[cg.depthwise[key]]
+        elif node.op_type == "Split" and key in cg.splits:
+            source, outs = cg.splits[key]
+            sizes = [kept[o] for o in outs]
+            if source == "attr":
+                next(a for a in node.attribute if a.name == "split").ints[:] = sizes
+            else:
+                consts.set(source, np.asarray(sizes, consts.get(source).dtype))
+        elif node.op_type == "Slice" and key in cg.crops:
+            starts, ends, j, tensor, lo = cg.crops[key]
+            new_lo = lo - sum(1 for c in gone[tensor] if c < lo)
+            for name, value in ((starts, new_lo), (ends, new_lo + kept[node.output[0]])):
+                array = consts.get(name).copy()
+                array[j] = value
+                consts.set(name, array)
 
 
 def slim_model(model: ModelProto, cg: ChannelGraph, removed: list[int]) -> ModelProto:
@@ -111,12 +140,7 @@ def slim_model(model: ModelProto, cg: ChannelGraph, removed: list[int]) -> Model
             value = np.delete(value, sorted(idx), axis=axis)
         consts.set(name, value)
     kept = kept_channels(cg, removed)
-    for node in out.graph.node:
-        tensor = cg.depthwise.get(node.name or node.output[0])
-        if tensor is not None and node.op_type == "Conv":
-            for a in node.attribute:
-                if a.name == "group":
-                    a.i = kept[tensor]
+    _resize_nodes(out, consts, cg, removed)
     for name, (entry, tensor) in cg.reshapes.items():
         shape = consts.get(name).copy()
         shape[entry] = kept[tensor] * cg.layouts[tensor].block

@@ -411,3 +411,64 @@ def test_flatten_reshape_target_is_updated(form: str) -> None:
     if form != "minus_one":
         assert list(cg.reshapes) == ["target"]
     assert slim_error(masked_model(model, cg, [g]), slim, p) <= 1e-5
+
+
+def _split_slice_net(opset: int, seed: int = 0) -> onnx.ModelProto:
+    """x[1,2,6,6] → Conv (8) → Relu = r; Split(r, [3, 5]) → Conv a, Conv b (1x1, 4 each) → Add → Relu;
+    Slice(r, channels 2..6) → Conv c (1x1, 4); Concat → Slice(H, W: 1..4) → GlobalAveragePool →
+    Flatten → Gemm (3)."""
+    rng = np.random.default_rng(seed)
+    p = {"W": rng.normal(0, 0.5, (8, 2, 3, 3)), "B": rng.normal(0.2, 0.3, 8), "Wa": rng.normal(0, 0.5, (4, 3, 1, 1)),
+         "Wb": rng.normal(0, 0.5, (4, 5, 1, 1)), "Wc": rng.normal(0, 0.5, (4, 5, 1, 1)), "Bc": rng.normal(0, 0.3, 4),
+         "Wf": rng.normal(0, 0.5, (3, 8)), "Bf": rng.normal(0, 0.3, 3)}
+    inits = [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in p.items()]
+    ints = {"c0": [2], "c1": [7], "ax": [1], "h0": [1, 1], "h1": [5, 5], "hax": [2, 3]}
+    inits += [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in ints.items()]
+    if opset >= 13:
+        inits.append(numpy_helper.from_array(np.array([3, 5], np.int64), "sizes"))
+        split = helper.make_node("Split", ["r", "sizes"], ["s1", "s2"], axis=1)
+    else:
+        split = helper.make_node("Split", ["r"], ["s1", "s2"], axis=1, split=[3, 5])
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]), split,
+             helper.make_node("Conv", ["s1", "Wa"], ["a"], kernel_shape=[1, 1]),
+             helper.make_node("Conv", ["s2", "Wb"], ["b"], kernel_shape=[1, 1]),
+             helper.make_node("Add", ["a", "b"], ["t0"]), helper.make_node("Relu", ["t0"], ["t"]),
+             helper.make_node("Slice", ["r", "c0", "c1", "ax"], ["u"]),
+             helper.make_node("Conv", ["u", "Wc", "Bc"], ["v"], kernel_shape=[1, 1]),
+             helper.make_node("Concat", ["t", "v"], ["cat"], axis=1),
+             helper.make_node("Slice", ["cat", "h0", "h1", "hax"], ["crop"]),
+             helper.make_node("GlobalAveragePool", ["crop"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "Wf", "Bf"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "split_slice", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2, 6, 6])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 7
+    return model
+
+
+@pytest.mark.parametrize("opset", [11, 17])
+def test_split_and_slice_on_channels(opset: int) -> None:
+    """Split sizes and a channel Slice's range follow the removed channels; a spatial Slice is per
+    channel; every single group's mass is the brute-force drop and the slim model is the masked one."""
+    model = _split_slice_net(opset)
+    p, dag, cg = analyse(model)
+    assert group_of(cg, "r", 2) == group_of(cg, "s1", 2) == group_of(cg, "u", 0)
+    assert group_of(cg, "r", 6) == group_of(cg, "s2", 3) == group_of(cg, "u", 4)
+    assert group_of(cg, "cat", 5) == group_of(cg, "crop", 5) == group_of(cg, "v", 1)
+    r_groups = {group_of(cg, "r", c) for c in range(8)}
+    assert r_groups <= set(cg.removable())
+    norm = oracle.brute_force_path_norm(model, 1.0)
+    mass = group_scores(cg, p, "path-mass", dag) * norm
+    for g in r_groups:
+        drop = norm - oracle.brute_force_path_norm(masked_model(model, cg, [g]), 1.0)
+        assert mass[g] == pytest.approx(drop, rel=1e-6)
+    removed = [group_of(cg, "r", c) for c in (0, 3, 7)] + [group_of(cg, "v", 2)]
+    slim = slim_model(model, cg, removed)
+    assert slim_error(masked_model(model, cg, removed), slim, p) <= 1e-5
+    onnx.checker.check_model(slim, full_check=True)
+    values = {t.name: numpy_helper.to_array(t).tolist() for t in slim.graph.initializer}
+    assert values["c0"] == [1] and values["c1"] == [5]  # r keeps 0..7 minus {0, 3, 7}: channels 2..6 → 2 of them before
+    split = next(n for n in slim.graph.node if n.op_type == "Split")
+    sizes = values["sizes"] if opset >= 13 else next(list(a.ints) for a in split.attribute if a.name == "split")
+    assert sizes == [2, 3]
