@@ -35,7 +35,8 @@ import torch_archs  # noqa: E402
 
 from onnx_pathlift.importer import import_model, import_prepared  # noqa: E402
 from onnx_pathlift.load import load_model, prepare  # noqa: E402
-from onnx_pathlift.slim import certify, cpu_session, float_parameters, layer_costs, prune_channels, random_feeds  # noqa: E402
+from onnx_pathlift.metric import path_metric  # noqa: E402
+from onnx_pathlift.slim import cpu_session, float_parameters, layer_costs, prune_channels, random_feeds  # noqa: E402
 
 MODELS = {"resnet18": 32, "mobilenet_v2": 224, "densenet121": 224}
 GOAL_PARAMS, GOAL_LATENCY = 0.70, 0.75
@@ -77,7 +78,7 @@ def bench(name: str, size: int, args, folder: Path) -> dict:
     macs = [sum(c.macs for c in layer_costs(p)) for p in (prepared, slim_prepared)]
     params = [float_parameters(model), float_parameters(result.slim)]
     before, after = latencies(model, result.slim, prepared, args.repeats)
-    metric = certify(dag, import_model(result.masked))[0] if args.certificate else None
+    metric = path_metric(dag, import_model(result.masked)) if args.certificate else None
     row = {"model": name, "input": [1, 3, size, size], "removable_groups": len(result.graph.removable()),
            "removed_groups": len(result.removed), "groups": len(result.graph.groups),
            "params_before": params[0], "params_after": params[1], "params_ratio": params[1] / params[0],

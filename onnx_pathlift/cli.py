@@ -304,13 +304,14 @@ def _channel_report(args, model, prepared, dag, result) -> dict:
 
     from .importer import import_model
     from .load import prepare
-    from .slim import certify, float_parameters, latency, layer_costs
+    from .metric import path_metric
+    from .slim import float_parameters, latency, layer_costs
 
     slim_prepared = prepare(result.slim, _input_shape(args.input_shape))
     after = {c.node: c for c in layer_costs(slim_prepared)}
     layers = [{"node": c.node, "op": c.op, "params_before": c.params, "params_after": after[c.node].params,
                "macs_before": c.macs, "macs_after": after[c.node].macs} for c in layer_costs(prepared)]
-    metric, note = certify(dag, import_model(result.masked, _input_shape(args.input_shape)))
+    metric = path_metric(dag, import_model(result.masked, _input_shape(args.input_shape)))  # sound: rounded outward
     removable = result.graph.removable()
     report = {"model": str(args.model), "written": args.out, "masked": args.masked, "structure": "channel",
               "criterion": args.criterion, "scope": args.scope, "sparsity": args.sparsity,
@@ -320,7 +321,7 @@ def _channel_report(args, model, prepared, dag, result) -> dict:
               "params_after": float_parameters(result.slim), "macs_before": sum(r["macs_before"] for r in layers),
               "macs_after": sum(r["macs_after"] for r in layers), "layers": layers,
               "slim_vs_masked_max_rel_error": result.slim_error, "metric": metric.to_dict(args.input_linf),
-              "certificate_note": note, "latency_repeats": args.repeats, "latency_before_s": latency(model, prepared, args.repeats),
+              "latency_repeats": args.repeats, "latency_before_s": latency(model, prepared, args.repeats),
               "latency_after_s": latency(result.slim, slim_prepared, args.repeats)}
     if args.eval:
         data = np.load(args.eval)
@@ -359,8 +360,6 @@ def _prune_channels(args) -> int:
     d_log10 = m["upper_log10"] if m["upper_log10"] is not None else -math.inf
     print(f"  {'exact ' if m['exact'] else ''}path-metric d(original, masked) ≤ {_fmt(d_log10)}: "
           f"for every input with ‖x‖_∞ ≤ {args.input_linf:g}, the outputs moved by at most {m['bound']:.6g} in ℓ1")
-    if r["certificate_note"]:
-        print(f"  note: {r['certificate_note']}")
     if r["latency_before_s"] is None or r["latency_after_s"] is None:
         print("  latency: n/a (onnxruntime cannot run this model)")
     else:

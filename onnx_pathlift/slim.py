@@ -18,7 +18,7 @@ import os
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +27,8 @@ import onnxruntime as ort
 from onnx import ModelProto, helper, numpy_helper
 
 from .channels import ChannelGraph, Entry
-from .dag import Dag
 from .errors import VerificationError
 from .load import Prepared
-from .metric import DELTA, PathMetric, pair_layers, path_metric, two_stream_dag
-from .norm import PathNormSession, combine
 from .verify import ModelRunner
 
 
@@ -287,41 +284,3 @@ def prune_channels(model: ModelProto, prepared: Prepared, dag, sparsity: float, 
     return ChannelPrune(cg, scores, removed, masked, slim, check_slim(masked, slim, prepared, list(dag.outputs)))
 
 
-#: relative accuracy assumed for a path-norm (tested to 1e-5 against closed forms and brute force)
-NORM_RTOL = 1e-4
-
-
-def certify(original: Dag, masked: Dag) -> tuple[PathMetric, str]:
-    """The path-metric d(original, masked), checked by :func:`against_norms`; when the check fails,
-    recomputed once with run-time scales (:func:`dynamic_d`) and checked again."""
-    m, note = against_norms(path_metric(original, masked))
-    if not note:
-        return m, ""
-    d = dynamic_d(original, masked)
-    retried, note2 = against_norms(replace(m, lower_log10=d, upper_log10=d, exact=True))
-    if not note2:
-        return retried, "the static-scale two-stream pass fell below ‖Φ‖_1 − ‖Φ'‖_1; d recomputed with run-time scales"
-    return m, note
-
-
-def dynamic_d(a: Dag, b: Dag) -> float:
-    """log10 d(a, b) from the two-stream lifted network run with run-time (dynamic) scales only."""
-    session = PathNormSession(two_stream_dag(a, b, pair_layers(a, b)), 1.0, scales="dynamic")
-    session.feeds = {n: (np.zeros_like(v) if n.endswith(DELTA) else v) for n, v in session.feeds.items()}
-    return combine(1.0, {o: v for o, v in session.run_outputs().items() if o.endswith(DELTA)}).log10
-
-
-def against_norms(m: PathMetric) -> tuple[PathMetric, str]:
-    """For a masked model (|θ'| ≤ |θ|, same signs) d = ‖Φ(θ)‖_1 − ‖Φ(θ')‖_1, so an exact two-stream
-    value must not fall below the difference of the norms. If it does (the pass lost the Δ stream,
-    e.g. to underflow), d is bracketed from the norms instead, with their relative error
-    ``NORM_RTOL``: ``‖Φ‖(1−r) − ‖Φ'‖(1+r) ≤ d ≤ ‖Φ‖(1+r) − ‖Φ'‖(1−r)``; the note says so."""
-    a, b = m.norm_a_log10, m.norm_b_log10
-    low = 1 - NORM_RTOL - (1 + NORM_RTOL) * 10 ** (b - a)
-    lower = a + math.log10(low) if low > 0 else -math.inf
-    if not m.exact or m.upper_log10 >= lower:
-        return m, ""
-    upper = a + math.log10(1 + NORM_RTOL - (1 - NORM_RTOL) * 10 ** (b - a))
-    note = (f"the two-stream pass gave d = 10^{m.upper_log10:.6g}, below ‖Φ‖_1 − ‖Φ'‖_1; d is bracketed from the "
-            f"norms (relative accuracy {NORM_RTOL:g}) instead")
-    return replace(m, lower_log10=lower, upper_log10=upper, exact=False), note

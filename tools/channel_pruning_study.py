@@ -37,8 +37,9 @@ from onnx_pathlift import import_model  # noqa: E402
 from onnx_pathlift.channels import channel_graph, choose, group_scores  # noqa: E402
 from onnx_pathlift.importer import import_prepared  # noqa: E402
 from onnx_pathlift.load import load_model, prepare  # noqa: E402
+from onnx_pathlift.metric import path_metric  # noqa: E402
 from onnx_pathlift.rescale import rescale  # noqa: E402
-from onnx_pathlift.slim import certify, check_slim, float_parameters, latency, layer_costs, masked_model, slim_model  # noqa: E402
+from onnx_pathlift.slim import check_slim, float_parameters, latency, layer_costs, masked_model, slim_model  # noqa: E402
 
 MODELS = ["models/digits_cnn_torch_bn.onnx", "models/digits_mlp_sklearn.onnx"]
 CURVES = {  # key: (criterion, scope, rescaled)
@@ -75,7 +76,7 @@ def evaluate(v: Variant, removed: list[int], ev: Evaluator, base_logits: np.ndar
     row = {"accuracy": ev.accuracy(logits), "removed_groups": len(removed)}
     if full:
         sp = prepare(slim)
-        d = certify(v.dag, import_model(masked))[0]
+        d = path_metric(v.dag, import_model(masked))
         observed = float(np.abs(logits - base_logits).sum(axis=1).max())
         row.update({"params": float_parameters(slim), "macs": sum(c.macs for c in layer_costs(sp)),
                     "latency_ms": 1e3 * latency(slim, sp, 200), "d_over_norm": 10 ** (d.upper_log10 - d.norm_a_log10),
