@@ -54,7 +54,7 @@ def bench(path: Path, repeat: int) -> dict:
         scores_ms.append(_median_ms(lambda: scores.run(None, ones), repeat))
     p, s = statistics.median(plain_ms), statistics.median(scores_ms)
     return {"model": path.name, "params": dag.n_params, "plain_ms": p, "scores_ms": s, "ratio": s / p,
-            "build_s": build, "nodes": len(proto.graph.node)}
+            "build_s": build, "nodes": len(proto.proto.graph.node)}
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from onnx import ModelProto, NodeProto, helper
 from .budget import Budget
 from .dag import Dag, Layer
 from .errors import UsageError
-from .graph import HEADROOM_LOG2, GraphBuilder, LiftBuilder, Scaled, compact
+from .graph import HEADROOM_LOG2, BuiltModel, GraphBuilder, LiftBuilder, Scaled, compact
 from .ops import LAYER_OPS
 from .ops.base import ANY
 
@@ -63,7 +63,7 @@ def lift_model(dag: Dag, q: float, static: bool = True) -> ModelProto:
     outputs are then constants, possibly maps broadcastable to their outputs. ``static=False``: the
     run-time renormalised graph, one scalar exponent per tensor.
     """
-    return lifted_bundle([(dag, q)], static)[0]
+    return lifted_bundle([(dag, q)], static)[0].standalone()
 
 
 def bundle_tag(i: int, n: int) -> str:
@@ -73,11 +73,11 @@ def bundle_tag(i: int, n: int) -> str:
 
 def lift_bundle(jobs: Sequence[tuple[Dag, float]], static: bool = True) -> ModelProto:
     """Several lifted networks in one model (see :func:`lifted_bundle`)."""
-    return lifted_bundle(jobs, static)[0]
+    return lifted_bundle(jobs, static)[0].standalone()
 
 
 def lifted_bundle(jobs: Sequence[tuple[Dag, float]], static: bool = True,
-                  zero_inputs: frozenset[str] = frozenset()) -> tuple[ModelProto, list[Budget]]:
+                  zero_inputs: frozenset[str] = frozenset()) -> tuple[BuiltModel, list[Budget]]:
     """Several lifted networks in one model (one session, one run): ``(dag, q)`` jobs whose DAGs share
     their inputs (names and shapes), e.g. one network at q = 1, 2, 4 and its bias-free variant. Job
     ``i``'s outputs are those of :func:`lift_model` prefixed with :func:`bundle_tag`; each job's
@@ -112,7 +112,7 @@ def lifted_bundle(jobs: Sequence[tuple[Dag, float]], static: bool = True,
     qs = ", ".join(f"{q:g}" for _, q in jobs)
     doc = (f"onnx-pathlift lifted network, q={qs}, {'static' if static else 'dynamic'} scales. Feed all-ones "
            f"inputs; then ||Phi||_q^q = sum over outputs o of sum(o * 2**o{LOG2_SUFFIX}) (the exponent broadcasts against o).")
-    model = b.model([(n, first.layer(n).shape) for n in first.inputs], outputs, f"lifted_q{qs.replace(', ', '_')}", doc,
+    model = b.build([(n, first.layer(n).shape) for n in first.inputs], outputs, f"lifted_q{qs.replace(', ', '_')}", doc,
                     double_outputs={name for name, _ in outputs if name.endswith(LOG2_SUFFIX)} if static else set())
     return model, budgets
 

@@ -21,6 +21,10 @@ from .errors import PathliftError
 #: a tensor whose static bound grows past 2**this is renormalised (float32 overflows at 2**128)
 HEADROOM_LOG2 = 60.0
 _INV_LN2 = 1.0 / math.log(2.0)
+#: constants of at least this many bytes are handed to onnxruntime as arrays, not serialised into the model
+EXTERNAL_MIN_BYTES = 1 << 16
+#: the external-data location of such a constant: no file, the array beside the model (:class:`BuiltModel`)
+MEMORY = "onnx-pathlift:memory"
 
 
 class GraphBuilder:
@@ -45,7 +49,7 @@ class GraphBuilder:
     def const(self, value: np.ndarray, hint: str, dtype=np.float32) -> str:
         """Store ``value`` (cast to ``dtype``) as an initializer; return its name."""
         name = self.fresh(hint)
-        self.constants[name] = np.array(value, dtype=dtype, order="C")
+        self.constants[name] = np.asarray(value, dtype=dtype, order="C")  # no copy of a ready float32 array
         return name
 
     def scalar(self, value: float) -> str:
@@ -70,20 +74,70 @@ class GraphBuilder:
         double_outputs: set[str] | None = None,
     ) -> ModelProto:
         """Assemble a float32 model with the given inputs and outputs (shape None: scalar; the
-        outputs named in ``double_outputs`` are float64)."""
+        outputs named in ``double_outputs`` are float64), every constant stored in it."""
+        return self.build(inputs, outputs, name, doc, double_outputs, external_min_bytes=None).proto
+
+    def build(
+        self,
+        inputs: list[tuple[str, tuple[int, ...]]],
+        outputs: list[tuple[str, tuple[int, ...] | None]],
+        name: str,
+        doc: str = "",
+        double_outputs: set[str] | None = None,
+        external_min_bytes: int | None = EXTERNAL_MIN_BYTES,
+    ) -> BuiltModel:
+        """As :meth:`model`, but constants of at least ``external_min_bytes`` stay numpy arrays beside
+        the model (referenced as external data at :data:`MEMORY`), for onnxruntime to take directly."""
         double = double_outputs or set()
+        inits, external = [], {}
+        for k, v in self.constants.items():
+            if external_min_bytes is not None and v.nbytes >= external_min_bytes:
+                inits.append(_memory_reference(k, v))
+                external[k] = v
+            else:
+                inits.append(numpy_helper.from_array(v, k))
         graph = helper.make_graph(
             self.nodes,
             name,
             [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s)) for n, s in inputs],
             [helper.make_tensor_value_info(n, TensorProto.DOUBLE if n in double else TensorProto.FLOAT, list(s) if s is not None else [])
              for n, s in outputs],
-            [numpy_helper.from_array(v, k) for k, v in self.constants.items()],
+            inits,
             doc_string=doc,
         )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)], producer_name="onnx-pathlift")
         model.ir_version = min(model.ir_version, 10)
-        return model
+        return BuiltModel(model, external)
+
+
+@dataclass
+class BuiltModel:
+    """A model whose large constants are numpy arrays kept beside it: onnxruntime takes them as
+    external initializers (``runtime.make_session``), so they are never copied into protobuf and
+    parsed back. :meth:`standalone` is the ordinary self-contained model (to save or check)."""
+
+    proto: ModelProto
+    external: dict[str, np.ndarray]
+
+    def standalone(self) -> ModelProto:
+        if not self.external:
+            return self.proto
+        out = ModelProto()
+        out.CopyFrom(self.proto)
+        for init in out.graph.initializer:
+            if init.name in self.external:
+                init.CopyFrom(numpy_helper.from_array(self.external[init.name], init.name))
+        return out
+
+
+def _memory_reference(name: str, value: np.ndarray) -> TensorProto:
+    """A float initializer declared as external data at :data:`MEMORY` (its values come separately)."""
+    t = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(value.dtype), dims=value.shape)
+    t.data_location = TensorProto.EXTERNAL
+    for key, v in (("location", MEMORY), ("offset", "0"), ("length", str(value.nbytes))):
+        entry = t.external_data.add()
+        entry.key, entry.value = key, v
+    return t
 
 
 @dataclass(frozen=True)
@@ -101,6 +155,7 @@ class Scaled:
 
 
 _POW_CACHE: list[tuple[np.ndarray, float, tuple[np.ndarray, int]]] = []
+_RANGE_CACHE: list[tuple[np.ndarray, tuple[float, float]]] = []
 
 #: a static exponent: an int, or a float64 map of integers broadcastable to its tensor (``-inf`` at
 #: neurons whose lifted value is known to be 0: they need no scale)
@@ -123,43 +178,79 @@ def pow_scaled(a: np.ndarray, q: float) -> tuple[np.ndarray, int]:
 
 
 def _pow_scaled(a: np.ndarray, q: float) -> tuple[np.ndarray, int]:
-    a = np.abs(np.asarray(a, dtype=np.float64))
-    top = float(a.max(initial=0.0))
-    if top == 0:
-        return np.zeros(a.shape, np.float32), 0
-    e = int(math.floor(q * math.log2(top)))
+    low, top = log2_range(a)
+    if top == -math.inf:
+        return np.zeros(np.shape(a)), 0
+    e = int(math.floor(q * top))
+    m = np.asarray(np.abs(np.asarray(a), dtype=np.float64))  # a 0-d array, not a scalar, for a 0-d parameter
     with np.errstate(divide="ignore", under="ignore"):
-        if lost_below(a, q) or abs(q * math.log2(top)) >= 900:
-            return np.exp2(q * np.log2(a) - e), e
-        return (a if q == 1 else a**q) * math.ldexp(1.0, -e), e
+        if lost_below(a, q) or abs(q * top) >= 900:
+            np.log2(m, out=m)
+            m *= q
+            m -= e
+            return np.exp2(m, out=m), e
+        if q != 1:
+            m **= q
+        m *= math.ldexp(1.0, -e)
+        return m, e
+
+
+def log2_range(a: np.ndarray) -> tuple[float, float]:
+    """``(log2 min |a_i|, log2 max |a_i|)`` over the nonzero entries (``-inf`` twice if none);
+    memoised for the last few arrays (a weight is asked about by its bound and its lift)."""
+    for arr, result in _RANGE_CACHE:
+        if arr is a:
+            return result
+    v = np.asarray(a)
+    top = max(float(v.max(initial=0.0)), -float(v.min(initial=0.0)))
+    low = min(float(v.min(where=v > 0, initial=np.inf)), -float(v.max(where=v < 0, initial=-np.inf)))
+    result = (math.log2(low), math.log2(top)) if top > 0 else (-math.inf, -math.inf)
+    _RANGE_CACHE[:] = [(a, result)] + _RANGE_CACHE[:7]
+    return result
 
 
 def lost_below(a: np.ndarray, q: float) -> bool:
     """Whether ``|a|**q / max |a|**q`` can underflow float64 for some nonzero entry of ``a``."""
-    a = np.abs(np.asarray(a))
-    top = float(a.max(initial=0.0))
-    return top > 0 and q * (math.log2(top) - math.log2(float(a.min(where=a > 0, initial=np.inf)))) > 1000
+    low, top = log2_range(a)
+    return top > -math.inf and q * (top - low) > 1000
 
 
-def scaled_power(a: np.ndarray, q: float, shift: np.ndarray) -> np.ndarray:
-    """``|a|**q · 2**shift`` in float32, each entry computed on its own (``shift`` broadcast against
-    ``a``; ``-inf`` gives 0): in the log domain where plain float64 powers could overflow or
-    underflow, so no entry is lost that float32 can hold. Raises if an entry overflows float32."""
-    a = np.abs(np.asarray(a, dtype=np.float64))
-    shift = np.asarray(shift, dtype=np.float64)
-    top, low = float(a.max(initial=0.0)), float(a.min(where=a > 0, initial=np.inf))
-    span = q * max(abs(math.log2(top)), abs(math.log2(low))) if top > 0 else 0.0
-    finite = shift[np.isfinite(shift)]
-    reach = float(np.abs(finite).max(initial=0.0))
+def scaled_power(a: np.ndarray, q: float, *shifts: np.ndarray) -> np.ndarray:
+    """``|a|**q · 2**(Σ shifts)`` in float32, each entry computed on its own (each shift broadcast
+    against ``a``, ``-inf`` giving 0, never ``+inf``: see :func:`neg_exp`; row and column exponents
+    stay separate vectors, so no full-size exponent array is built): in the log domain where plain
+    float64 powers could overflow or underflow, so no entry is lost that float32 can hold. One
+    float64 working copy of ``a``, updated in place. Raises if an entry overflows float32."""
+    low, top = log2_range(a)
+    m = np.asarray(np.abs(np.asarray(a), dtype=np.float64, order="C"))  # the one copy (a transposed weight is laid out here)
+    parts = [np.asarray(s, dtype=np.float64) for s in shifts]
+    shape = np.broadcast_shapes(m.shape, *(p.shape for p in parts))
+    if shape != m.shape:  # a shift wider than ``a`` (a bias broadcast to its layer's exponent map)
+        m = np.broadcast_to(m, shape).copy()
+    span = q * max(abs(top), abs(low)) if top > -math.inf else 0.0
+    reach = sum(float(np.abs(s[np.isfinite(s)]).max(initial=0.0)) for s in parts)
     with np.errstate(divide="ignore", over="ignore", under="ignore", invalid="ignore"):
-        if span + reach < 1000:
-            m = (a if q == 1 else a**q) * np.exp2(shift)
+        if span + reach < 1000:  # every partial product stays inside float64's normal range
+            if q != 1:
+                m **= q
+            for s in parts:
+                m *= np.exp2(s)
         else:
-            m = np.exp2(q * np.log2(a) + shift)
-    m = np.where(np.isnan(m), 0.0, m)  # 0 · 2**inf cannot occur for a real neuron: a zero weight
-    if np.any(m >= 2.0**128):
+            np.log2(m, out=m)
+            m *= q
+            for s in parts:
+                m += s
+            np.exp2(m, out=m)
+    if m.size and float(m.max()) >= 2.0**128:
         raise PathliftError(f"a lifted parameter (|a|**{q:g} scaled) overflows float32 (max log2 {math.log2(float(m.max())):.1f})")
     return m.astype(np.float32)
+
+
+def neg_exp(k: np.ndarray) -> np.ndarray:
+    """``−k`` for an exponent map, ``-inf`` staying ``-inf`` (``2**neg_exp(k)`` divides by ``2**k``,
+    and is 0 where the neuron is known to be 0)."""
+    k = np.asarray(k, dtype=np.float64)
+    return np.where(np.isfinite(k), -k, -np.inf)
 
 
 def lifted_log2(a: np.ndarray, q: float) -> np.ndarray:

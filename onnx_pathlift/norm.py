@@ -167,12 +167,17 @@ class LiftedSession:
         self._build()
 
     def _build(self) -> None:
-        self.model, self.budgets = lifted_bundle([(dag, lifted_q(q)) for dag, q in self.jobs], static=self.static,
+        self.built, self.budgets = lifted_bundle([(dag, lifted_q(q)) for dag, q in self.jobs], static=self.static,
                                                  zero_inputs=self.zero_inputs)
-        self.session = make_session(self.model, self.providers)
+        self.session = make_session(self.built, self.providers)
         tags = [bundle_tag(i, len(self.jobs)) for i in range(len(self.jobs))]
         self._names = [[(o, tag + o, tag + o + LOG2_SUFFIX) for o in dag.outputs] for (dag, _), tag in zip(self.jobs, tags)]
         self._fetch = [n for job in self._names for _, t, k in job for n in (t, k)]
+
+    @property
+    def model(self) -> ModelProto:
+        """The lifted network of the last graph run, as a standalone ONNX model."""
+        return self.built.standalone()
 
     def _run(self) -> list[JobRun]:
         res = dict(zip(self._fetch, self.session.run(self._fetch, self.feeds)))

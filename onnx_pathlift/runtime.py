@@ -6,6 +6,7 @@ import onnxruntime as ort
 from onnx import ModelProto
 
 from .errors import ProviderUnavailableError, UsageError
+from .graph import BuiltModel
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 _THREADS = 0  # onnxruntime's intra-op threads for new sessions (0: its default, one per core)
@@ -40,12 +41,18 @@ def resolve_providers(providers: str | list[str] | None) -> list[str]:
     return resolved
 
 
-def make_session(model: ModelProto, providers: str | list[str] | None = None) -> ort.InferenceSession:
-    """An inference session on the requested providers, checked to really use the first of them."""
+def make_session(model: ModelProto | BuiltModel, providers: str | list[str] | None = None) -> ort.InferenceSession:
+    """An inference session on the requested providers, checked to really use the first of them. The
+    large constants of a :class:`~onnx_pathlift.graph.BuiltModel` go to onnxruntime as arrays (one
+    copy), not through protobuf."""
     names = resolve_providers(providers)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = _THREADS
+    if isinstance(model, BuiltModel):
+        if model.external:
+            opts.add_external_initializers(list(model.external), [ort.OrtValue.ortvalue_from_numpy(v) for v in model.external.values()])
+        model = model.proto
     try:
         data = model.SerializeToString()
     except ValueError as exc:

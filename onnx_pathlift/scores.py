@@ -20,11 +20,10 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from onnx import ModelProto
 
 from .dag import Dag, Layer
 from .emit import LOG2_SUFFIX, emit_opset, identity_node, lift_forward
-from .graph import LiftBuilder, Scaled
+from .graph import BuiltModel, LiftBuilder, Scaled
 from .importer import import_model
 from .load import ModelSource
 from .norm import combine
@@ -54,7 +53,7 @@ class Scores:
         return rows
 
 
-def scores_model(dag: Dag) -> tuple[ModelProto, list[tuple[str, str]]]:
+def scores_model(dag: Dag) -> tuple[BuiltModel, list[tuple[str, str]]]:
     """The forward + adjoint graph. Outputs: each analysed output (and its exponent) and, per scored
     layer, ``<layer>__score`` (in the layer's W layout) with ``<layer>__score__log2_scale``."""
     b = LiftBuilder(emit_opset(dag), taken=set(dag.inputs) | set(dag.outputs) | {o + LOG2_SUFFIX for o in dag.outputs})
@@ -96,7 +95,7 @@ def scores_model(dag: Dag) -> tuple[ModelProto, list[tuple[str, str]]]:
         b.nodes.append(identity_node(value[lname].tensor, out))
         b.nodes.append(identity_node(value[lname].log2, out + LOG2_SUFFIX))
         outputs = [(out, dag.layer(lname).shape), (out + LOG2_SUFFIX, None)] + outputs
-    return b.model([(n, dag.layer(n).shape) for n in dag.inputs], outputs, "path_magnitude_scores",
+    return b.build([(n, dag.layer(n).shape) for n in dag.inputs], outputs, "path_magnitude_scores",
                    "onnx-pathlift forward + adjoint graph of the lifted network (q = 1): path-magnitude scores"), scored
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..dag import Layer
 from ..errors import PathliftError
-from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, exp_diff, exp_vector, lost_below, on_axis, pow_scaled, scaled_power
+from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, exp_vector, lost_below, neg_exp, on_axis, pow_scaled, scaled_power
 from .base import (
     ImportContext,
     LayerOp,
@@ -70,8 +70,9 @@ class Conv(LayerOp):
             ins, outs = self.kernel_channels(layer)
             k_in = exp_vector(xs[0].log2, int(ins.max()) + 1, 1)
             t_out = exp_vector(b.target, layer.shape[1], 1)
-            shift = exp_diff(k_in[ins], t_out[outs]).reshape(ins.shape + (1,) * (w.ndim - 2))
-            y = b.op(self.onnx_op, [xs[0].tensor, b.const(scaled_power(w, q, shift), "absW")], self.op, **layer.attrs)
+            tail = (1,) * (w.ndim - 2)
+            shifts = k_in[ins].reshape(ins.shape + tail), neg_exp(t_out)[outs].reshape(ins.shape + tail)
+            y = b.op(self.onnx_op, [xs[0].tensor, b.const(scaled_power(w, q, *shifts), "absW")], self.op, **layer.attrs)
             k_out = compact(on_axis(t_out, len(layer.shape), 1), layer.shape)
             return lift_bias(b, layer, Scaled(y, k_out), q, k_out)
         m, e = pow_scaled(w, q)

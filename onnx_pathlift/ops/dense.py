@@ -24,6 +24,7 @@ from ..graph import (
     exp_max,
     exp_vector,
     lost_below,
+    neg_exp,
     on_axis,
     pow_scaled,
     scaled_power,
@@ -94,9 +95,9 @@ class Dense(LayerOp):
         axis = (-1 if right else -2) % rank  # the contracted axis of x, and the output axis
         k_in = exp_vector(x.log2, n_in, axis)
         t_out = exp_vector(b.target, n_out, axis)
-        shift = exp_diff(k_in[:, None], t_out[None, :]) if right else exp_diff(k_in[None, :], t_out[:, None])
+        shifts = (k_in[:, None], neg_exp(t_out)[None, :]) if right else (k_in[None, :], neg_exp(t_out)[:, None])
         k_out = compact(on_axis(t_out, rank, axis), layer.shape)
-        return b.const(scaled_power(w, q, shift), "absW"), k_out
+        return b.const(scaled_power(w, q, *shifts), "absW"), k_out
 
     def bound(self, layer, bs, shapes, q):
         w = layer.params["W"]
