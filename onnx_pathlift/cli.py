@@ -1,19 +1,24 @@
 """The ``onnx-pathlift`` command line: argument parsing and printing only.
 
-Exit codes: 0 ok, 1 anything else, 2 usage, 3 unsupported operators, 4 unreadable or invalid model.
+Exit codes: 0 ok, 1 anything else, 2 usage, 3 unsupported operators, 4 unreadable or invalid model,
+6 an output could not be written.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import signal
 import sys
 import time
 from pathlib import Path
 
 from . import __version__
+from .atomic import refuse_overwriting_input, write_bytes, write_with
 from .errors import CertificateViolation, PathliftError, UsageError, VerificationError
+from .sanitise import terminal
 
 # The analyses (numpy, onnx, onnxruntime, networkx) are imported by the commands that use them: the
 # audit's parent process needs none of them, so its workers start sooner.
@@ -31,8 +36,23 @@ def _fail(err: PathliftError, json_mode: bool) -> int:
     if json_mode:
         print(json.dumps(err.to_dict(), indent=2))
     else:
-        print(f"onnx-pathlift: error: {err}", file=sys.stderr)
+        print(f"onnx-pathlift: error: {terminal(err, keep_newlines=True)}", file=sys.stderr)
     return err.exit_code
+
+
+class _TerminalSafe:
+    """A text stream that shows control characters (ANSI/OSC escapes, ...) written to it as visible
+    escapes: the text output of every command quotes model-supplied names."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def write(self, text: str) -> int:
+        self.inner.write(terminal(text, keep_newlines=True))
+        return len(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
 
 
 def _input_shape(texts: list[str] | None):
@@ -113,7 +133,20 @@ def cmd_norm(args) -> int:
     return 0 if report is None or report.passed else 1
 
 
+def _save_model(model, out: str) -> None:
+    """Write an ONNX model atomically (the target is replaced only once the whole file is written)."""
+    write_bytes(out, model.SerializeToString())
+
+
+def _save_npz(path: str, arrays: dict) -> None:
+    """Write exactly ``path`` (np.savez would append .npz to a str path), atomically."""
+    import numpy as np
+
+    write_with(path, lambda f: np.savez_compressed(f, **arrays))
+
+
 def cmd_lift(args) -> int:
+    refuse_overwriting_input(args.out, args.model)
     _, _, dag, _ = _load(args)
     import onnx
 
@@ -125,7 +158,7 @@ def cmd_lift(args) -> int:
     model = session.model
     onnx.checker.check_model(model)
     out = Path(args.out)
-    onnx.save(model, str(out))
+    _save_model(model, str(out))
     info = {"written": str(out), "q": args.q, "scales": "static" if session.static else "dynamic",
             "inputs": {k: list(v) for k, v in dag.input_shapes().items()},
             "outputs": [[o, o + LOG2_SUFFIX] for o in dag.outputs], "health_output": HEALTH if session.static else None,
@@ -215,12 +248,14 @@ def cmd_scores(args) -> int:
 
     from .scores import path_magnitude
 
+    if args.out:
+        refuse_overwriting_input(args.out, args.model)
     _, _, dag, _ = _load(args)
     t0 = time.perf_counter()
     scores = path_magnitude(dag, providers=args.provider)
     elapsed = time.perf_counter() - t0
     if args.out:
-        np.savez_compressed(args.out, **{k: v.astype(np.float32) for k, v in scores.fraction.items()})
+        _save_npz(args.out, {k: v.astype(np.float32) for k, v in scores.fraction.items()})
     summary = {"model": str(args.model), "l1_path_norm_log10": scores.log10_norm, "seconds": elapsed,
                "written": args.out, "tensors": scores.summary()}
     if args.json:
@@ -251,21 +286,23 @@ def _accuracy(model, dag, data) -> float:
 
 def cmd_prune(args) -> int:
     import numpy as np
-    import onnx
 
     from . import prune
     from .metric import path_metric
     from .scores import magnitude, path_magnitude
 
+    refuse_overwriting_input(args.out, args.model)
+    if args.mask:
+        refuse_overwriting_input(args.mask, args.model, args.out)
     model, _, dag, _ = _load(args)
     if not 0.0 <= args.sparsity <= 1.0:
         raise UsageError(f"--sparsity must be in [0, 1] (got {args.sparsity})")
     scores = path_magnitude(dag).fraction if args.criterion == "path-magnitude" else magnitude(dag)
     keep = prune.masks(prune.select(scores, args.layers), args.sparsity, args.scope)
     pruned, report = prune.apply(model, keep)
-    onnx.save(pruned, args.out)
+    _save_model(pruned, args.out)
     if args.mask:
-        np.savez_compressed(args.mask, **{k: v for k, v in keep.items() if k in report.tensors})
+        _save_npz(args.mask, {k: v for k, v in keep.items() if k in report.tensors})
     from .importer import import_model
 
     metric = path_metric(dag, import_model(pruned, _input_shape(args.input_shape)))
@@ -291,11 +328,11 @@ def cmd_prune(args) -> int:
 
 def cmd_rescale(args) -> int:
     import numpy as np
-    import onnx
 
     from .rescale import rescale
     from .verify import ModelRunner
 
+    refuse_overwriting_input(args.out, args.model)
     model, _, dag, _ = _load(args)
     lo, hi = args.range
     if not 0 < lo <= hi:
@@ -308,7 +345,7 @@ def cmd_rescale(args) -> int:
     err = max(float(np.abs(x - y).max() / max(np.abs(x).max(), 1e-30)) for x, y in zip(a, b))
     if err > 1e-4:
         raise VerificationError(f"the rescaled model changed the outputs (max relative error {err:.3g})")
-    onnx.save(out, args.out)
+    _save_model(out, args.out)
     result = {"written": args.out, "neurons": report.neurons, "layers": report.layers, "max_rel_output_change": err}
     if args.json:
         print(json.dumps(result, indent=2))
@@ -482,19 +519,24 @@ def _check_q(qs: list[float]) -> None:
 def main(argv: list[str] | None = None) -> int:
     global _JSON_MODE
     _JSON_MODE = "--json" in (sys.argv[1:] if argv is None else argv)
+    if hasattr(signal, "SIGXFSZ"):  # past a file size limit (ulimit -f), a write fails (exit 6) instead of killing us
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     args = build_parser().parse_args(argv)
     if getattr(args, "q", None) is None:
         args.q = [1.0, 2.0]
     try:
         _check_q(args.q if isinstance(args.q, list) else [args.q])
-        return args.func(args)
+        if args.json:  # json.dumps escapes every control character itself
+            return args.func(args)
+        with contextlib.redirect_stdout(_TerminalSafe(sys.stdout)):
+            return args.func(args)
     except PathliftError as err:
         return _fail(err, args.json)
     except KeyboardInterrupt:
         print("onnx-pathlift: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # anything unexpected: one clear line, exit 1, no traceback
-        print(f"onnx-pathlift: internal error: {type(err).__name__}: {err}", file=sys.stderr)
+        print(f"onnx-pathlift: internal error: {type(err).__name__}: {terminal(err)}", file=sys.stderr)
         return 1
 
 

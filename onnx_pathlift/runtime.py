@@ -44,7 +44,7 @@ def make_session(model: ModelProto, providers: str | list[str] | None = None) ->
     """An inference session on the requested providers, checked to really use the first of them."""
     names = resolve_providers(providers)
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # fatal only: its errors reach us as exceptions, not coloured logs
     opts.intra_op_num_threads = _THREADS
     try:
         data = model.SerializeToString()
