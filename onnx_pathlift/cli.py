@@ -536,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
         print("onnx-pathlift: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # anything unexpected: one clear line, exit 1, no traceback
+        if isinstance(err, OSError) and err.filename is not None:  # a file it names cannot be read (--eval DATA.npz)
+            return _fail(UsageError(f"{err.filename}: cannot read: {err.strerror or err}"), args.json)
         print(f"onnx-pathlift: internal error: {type(err).__name__}: {terminal(err)}", file=sys.stderr)
         return 1
 

@@ -481,3 +481,11 @@ def test_audit_reports_fifos_and_dangling_symlinks_without_blocking(tmp_path):
         assert got[name]["status"] == "invalid" and reason in got[name]["reason"], got[name]
     proc = cli("audit", folder / "fifo.onnx", "--db", tmp_path / "b.sqlite", "--json", "-q", "1")
     assert proc.returncode == 0 and "FIFO" in json.loads(proc.stdout)["reason"]
+
+
+def test_unreadable_file_named_on_the_command_line_is_a_usage_error(tmp_path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(big_mlp(8).SerializeToString())
+    proc = cli("prune", model, "--sparsity", "0.5", "-o", tmp_path / "p.onnx", "--eval", tmp_path / "none.npz", "--json")
+    assert proc.returncode == 2 and "none.npz: cannot read: No such file" in json.loads(proc.stdout)["message"]
+    assert "internal error" not in proc.stderr
