@@ -7,6 +7,7 @@ Exit codes: 0 ok, 1 anything else, 2 usage, 3 unsupported operators, 4 unreadabl
 from __future__ import annotations
 
 import argparse
+import builtins
 import contextlib
 import json
 import math
@@ -356,6 +357,11 @@ def cmd_rescale(args) -> int:
 
 
 def _print_inspection(r) -> None:
+    """The inspection report, one line per print: a newline inside a model-supplied name is escaped."""
+
+    def print(line: str) -> None:
+        builtins.print(terminal(line))
+
     print(f"{r.model}: {r.status}; opset {', '.join(f'{d} {v}' for d, v in r.opset.items())}; "
           f"producer {r.producer or '(none)'}; IR version {r.ir_version}")
     print(f"  {r.nodes} nodes: " + ", ".join(f"{op} {n}" for op, n in r.node_counts.items()))

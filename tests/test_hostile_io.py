@@ -369,9 +369,13 @@ def test_model_strings_reach_no_terminal_raw(tmp_path):
     assert "\x1b" not in proc.stderr and "\x07" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 2, proc.stderr  # the summary line and one refused node
     assert "tanh\\nTraceback" in proc.stderr
+    m = make_hostile.injecting()
+    m.graph.node[0].op_type = "Evil\nTraceback (most recent call last):"  # op types are model strings too
+    path.write_bytes(m.SerializeToString())
     proc = cli("inspect", path)
     assert proc.returncode == 3 and "\x1b" not in proc.stdout + proc.stderr
     assert not any(line.startswith("Traceback") for line in (proc.stdout + proc.stderr).splitlines())
+    assert "Evil\\nTraceback" in proc.stdout
 
 
 def test_model_strings_are_neutralised_in_csv_html_and_progress(tmp_path):
