@@ -53,9 +53,9 @@ _FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, Tens
 #: constants up to this many elements are given to shape inference with their values (shape
 #: arithmetic needs them); larger ones (weights) only with their type and shape
 _INFER_VALUES_UP_TO = 4096
-#: element types ONNX packs below a byte (numpy dtype name -> bits)
 #: the highest tensor rank accepted (numpy stops at 64; no real network comes near)
 MAX_RANK = 32
+#: element types ONNX packs below a byte (numpy dtype name -> bits)
 _SUB_BYTE_BITS = {"int4": 4, "uint4": 4, "float4_e2m1fn": 4, "int2": 2, "uint2": 2, "float6_e2m3fn": 6, "float6_e3m2fn": 6}
 
 

@@ -21,6 +21,8 @@ import threading
 import time
 from multiprocessing.connection import Connection
 
+from .record import OUT_OF_MEMORY
+
 #: the message a pool worker sends once its imports are done (timeouts start counting after it)
 READY = "ready"
 #: seconds between two checks of the watchdog thread
@@ -78,8 +80,6 @@ def describe_exit(code: int | None, memory_mb: float | None = None) -> str:
     """Why a worker process ended, from its exit code (negative: killed by that signal). Under a
     ``--max-memory`` cap, a death by one of :data:`_CAPPED_DEATHS` is read as out of memory (the
     reason starts with :data:`~onnx_pathlift.audit.record.OUT_OF_MEMORY`: a larger cap retries it)."""
-    from .record import OUT_OF_MEMORY
-
     if code is None:
         return "the worker closed its pipe without a result and did not exit"
     if code < 0:
