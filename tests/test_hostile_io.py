@@ -493,3 +493,16 @@ def test_unreadable_file_named_on_the_command_line_is_a_usage_error(tmp_path):
     proc = cli("prune", model, "--sparsity", "0.5", "-o", tmp_path / "p.onnx", "--eval", tmp_path / "none.npz", "--json")
     assert proc.returncode == 2 and "none.npz: cannot read: No such file" in json.loads(proc.stdout)["message"]
     assert "internal error" not in proc.stderr
+
+
+def test_audit_report_write_failures_exit_6(tmp_path):
+    """--csv onto /dev/full, --report onto a folder: exit 6 with one error (JSON under --json); the
+    results stay in the database (the next run reuses them)."""
+    folder = _audit_models(tmp_path / "m", 2)
+    db = tmp_path / "a.sqlite"
+    proc = cli("audit", folder, "--db", db, "--csv", "/dev/full", "-q", "1", "--json")
+    assert proc.returncode == 6 and json.loads(proc.stdout)["error"] == "OutputError", proc.stdout
+    (tmp_path / "adir").mkdir()
+    proc = cli("audit", folder, "--db", db, "--report", tmp_path / "adir", "-q", "1")
+    assert proc.returncode == 6 and "it is a folder" in proc.stderr and "Traceback" not in proc.stderr
+    assert "0 model(s) to analyse, 2 already in the database" in proc.stderr
