@@ -22,9 +22,10 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _unsafe(ch: str) -> bool:
-    """Control (Cc: C0, DEL, C1) and format (Cf: bidi overrides, zero-width) characters, and the
-    line/paragraph separators (Zl, Zp) some terminals honour."""
-    return unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp")
+    """Control (Cc: C0, DEL, C1) and format (Cf: bidi overrides, zero-width) characters, the
+    line/paragraph separators (Zl, Zp) some terminals honour, and lone surrogates (Cs: the bytes of a
+    non-UTF-8 file name, which no terminal encoding can print)."""
+    return unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs")
 
 
 def _escape(ch: str) -> str:

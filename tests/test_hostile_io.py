@@ -24,6 +24,8 @@ import numpy as np
 import onnx
 import pytest
 from conftest import ROOT, make_model
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import helper
 
 from onnx_pathlift import atomic, path_norm
@@ -506,3 +508,51 @@ def test_audit_report_write_failures_exit_6(tmp_path):
     proc = cli("audit", folder, "--db", db, "--report", tmp_path / "adir", "-q", "1")
     assert proc.returncode == 6 and "it is a folder" in proc.stderr and "Traceback" not in proc.stderr
     assert "0 model(s) to analyse, 2 already in the database" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------- fuzzing
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.text(alphabet=st.characters(codec=None, exclude_categories=()), max_size=40), st.booleans())
+def test_fuzz_sanitiser(text, keep_newlines):
+    """Whatever the text: no control, format, separator or surrogate character gets through (but
+    ``\\n`` with ``keep_newlines``), printable text is unchanged, and no CSV cell starts a formula."""
+    import unicodedata
+
+    out = terminal(text, keep_newlines)
+    assert all(unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp", "Cs") or (c == "\n" and keep_newlines)
+               for c in out)
+    out.encode("utf-8")  # printable on any UTF-8 terminal
+    if text.isprintable() and all(unicodedata.category(c) not in ("Cf", "Zl", "Zp") for c in text):
+        assert out == text
+    cell = csv_cell(text)
+    assert not cell.startswith(("=", "+", "-", "@", "\t", "\r"))
+    assert "<" not in html(text) and ">" not in html(text) and '"' not in html(text)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(offset=st.integers(-5, 120), length=st.one_of(st.none(), st.integers(0, 200)),
+       file_size=st.integers(0, 200))
+def test_fuzz_external_data_entries(tmp_path_factory, offset, length, file_size):
+    """Any offset, length (or none) and file size: the model loads with exactly W1's 48 bytes at the
+    offset, or is refused with InvalidModelError; never anything else."""
+    from onnx_pathlift.errors import InvalidModelError
+
+    folder = tmp_path_factory.mktemp("ext")
+    data = (bytes(range(256)) * 2)[:file_size]
+    (folder / "w.bin").write_bytes(data)
+    m = make_hostile.mlp_external("w.bin", offset=max(offset, 0), **({} if length is None else {"length": length}))
+    if length is None:
+        m = make_hostile.mlp_external_no_length("w.bin", offset=max(offset, 0))
+    entry = next(e for e in m.graph.initializer[0].external_data if e.key == "offset")
+    entry.value = str(offset)
+    (folder / "model.onnx").write_bytes(m.SerializeToString())
+    fits = offset >= 0 and length in (None, 48) and offset + 48 <= file_size and (length or offset + 48 == file_size)
+    try:
+        model = load_model(folder / "model.onnx")
+    except InvalidModelError:
+        assert not fits
+        return
+    assert fits
+    w1 = next(t for t in model.graph.initializer if t.name == "W1")
+    assert w1.raw_data == data[offset:offset + 48]
