@@ -33,7 +33,8 @@ class Limits:
     together, ``max_activation_elements`` any one activation (what onnxruntime allocates when it
     runs the lifted network: 2**28 float32 elements are 1 GiB), ``max_nodes`` the nodes of the graph,
     its subgraphs and its functions, ``max_node_inputs`` the inputs of any one node (a ``Sum`` or
-    ``Concat`` of that many operands), ``max_graph_io`` the main graph's inputs plus its outputs.
+    ``Concat`` of that many operands), ``max_graph_io`` the main graph's inputs (initializers listed as
+    inputs aside) plus its outputs.
     The last three bound time: onnxruntime builds its sessions in time that grows with them
     (docs/fuzzing.md, "Scaling").
     """
@@ -199,10 +200,13 @@ def _nbytes(tensor: TensorProto, n: int) -> int:
 
 def _check_sizes(model: ModelProto, limits: Limits) -> None:
     """Declared sizes of every stored tensor, the node count and the graph's width, against the limits."""
-    io = len(model.graph.input) + len(model.graph.output)
-    if io > limits.max_graph_io:
-        raise InvalidModelError(f"the graph has {len(model.graph.input)} inputs and {len(model.graph.output)} outputs "
-                                f"(limit {limits.max_graph_io} in all)")
+    g = model.graph
+    if len(g.input) + len(g.output) > limits.max_graph_io:  # IR < 4 lists initializers as inputs: not those
+        stored = {t.name for t in g.initializer}
+        inputs = sum(1 for vi in g.input if vi.name not in stored)
+        if inputs + len(g.output) > limits.max_graph_io:
+            raise InvalidModelError(f"the graph has {inputs} inputs and {len(g.output)} outputs "
+                                    f"(limit {limits.max_graph_io} in all)")
     nodes = sum(1 for _ in _all_nodes(model))
     if nodes > limits.max_nodes:
         raise InvalidModelError(f"the model has {nodes} nodes (limit {limits.max_nodes})")

@@ -556,3 +556,15 @@ def test_fuzz_external_data_entries(tmp_path_factory, offset, length, file_size)
     assert fits
     w1 = next(t for t in model.graph.initializer if t.name == "W1")
     assert w1.raw_data == data[offset:offset + 48]
+
+
+def test_initializers_listed_as_inputs_do_not_count_as_graph_inputs():
+    """IR < 4 models list every initializer as a graph input: 5000 of them stay under max_graph_io,
+    and the path-norm is the model's own."""
+    m = make_hostile.mlp()
+    for k in range(5000):
+        m.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros(1, np.float32), f"unused{k}"))
+    m.graph.input.extend(helper.make_tensor_value_info(t.name, onnx.TensorProto.FLOAT, list(t.dims))
+                         for t in m.graph.initializer)
+    assert len(m.graph.input) > DEFAULT_LIMITS.max_graph_io
+    assert path_norm(m, 1).value == pytest.approx(path_norm(make_hostile.mlp(), 1).value, rel=1e-6)
