@@ -1,19 +1,25 @@
 """The ``onnx-pathlift`` command line: argument parsing and printing only.
 
-Exit codes: 0 ok, 1 anything else, 2 usage, 3 unsupported operators, 4 unreadable or invalid model.
+Exit codes: 0 ok, 1 anything else, 2 usage, 3 unsupported operators, 4 unreadable or invalid model,
+6 an output could not be written.
 """
 
 from __future__ import annotations
 
 import argparse
+import builtins
+import contextlib
 import json
 import math
+import signal
 import sys
 import time
 from pathlib import Path
 
 from . import __version__
+from .atomic import refuse_overwriting_input, write_bytes, write_with
 from .errors import CertificateViolation, PathliftError, UsageError, VerificationError
+from .sanitise import terminal
 
 # The analyses (numpy, onnx, onnxruntime, networkx) are imported by the commands that use them: the
 # audit's parent process needs none of them, so its workers start sooner.
@@ -31,8 +37,23 @@ def _fail(err: PathliftError, json_mode: bool) -> int:
     if json_mode:
         print(json.dumps(err.to_dict(), indent=2))
     else:
-        print(f"onnx-pathlift: error: {err}", file=sys.stderr)
+        print(f"onnx-pathlift: error: {terminal(err, keep_newlines=True)}", file=sys.stderr)
     return err.exit_code
+
+
+class _TerminalSafe:
+    """A text stream that shows control characters (ANSI/OSC escapes, ...) written to it as visible
+    escapes: the text output of every command quotes model-supplied names."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def write(self, text: str) -> int:
+        self.inner.write(terminal(text, keep_newlines=True))
+        return len(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
 
 
 def _input_shape(texts: list[str] | None):
@@ -116,7 +137,20 @@ def cmd_norm(args) -> int:
     return 0 if report is None or report.passed else 1
 
 
+def _save_model(model, out: str) -> None:
+    """Write an ONNX model atomically (the target is replaced only once the whole file is written)."""
+    write_bytes(out, model.SerializeToString())
+
+
+def _save_npz(path: str, arrays: dict) -> None:
+    """Write exactly ``path`` (np.savez would append .npz to a str path), atomically."""
+    import numpy as np
+
+    write_with(path, lambda f: np.savez_compressed(f, **arrays))
+
+
 def cmd_lift(args) -> int:
+    refuse_overwriting_input(args.out, args.model)
     _, _, dag, _ = _load(args)
     import onnx
 
@@ -128,7 +162,7 @@ def cmd_lift(args) -> int:
     model = session.model
     onnx.checker.check_model(model)
     out = Path(args.out)
-    onnx.save(model, str(out))
+    _save_model(model, str(out))
     info = {"written": str(out), "q": args.q, "scales": "static" if session.static else "dynamic",
             "inputs": {k: list(v) for k, v in dag.input_shapes().items()},
             "outputs": [[o, o + LOG2_SUFFIX] for o in dag.outputs], "norm": norm.to_dict()}
@@ -216,12 +250,14 @@ def cmd_scores(args) -> int:
 
     from .scores import path_magnitude
 
+    if args.out:
+        refuse_overwriting_input(args.out, args.model)
     _, _, dag, _ = _load(args)
     t0 = time.perf_counter()
     scores = path_magnitude(dag, providers=args.provider)
     elapsed = time.perf_counter() - t0
     if args.out:
-        np.savez_compressed(args.out, **{k: v.astype(np.float32) for k, v in scores.fraction.items()})
+        _save_npz(args.out, {k: v.astype(np.float32) for k, v in scores.fraction.items()})
     summary = {"model": str(args.model), "l1_path_norm_log10": scores.log10_norm, "seconds": elapsed,
                "written": args.out, "tensors": scores.summary()}
     if args.json:
@@ -252,7 +288,6 @@ def _accuracy(model, dag, data) -> float:
 
 def cmd_prune(args) -> int:
     import numpy as np
-    import onnx
 
     from . import prune
     from .metric import path_metric
@@ -262,6 +297,10 @@ def cmd_prune(args) -> int:
     args.criterion = args.criterion or criteria[0]
     if args.criterion not in criteria:
         raise UsageError(f"--structure {args.structure} takes --criterion {' or '.join(criteria)} (got {args.criterion})")
+    refuse_overwriting_input(args.out, args.model)
+    for extra in (args.mask, args.masked):
+        if extra:
+            refuse_overwriting_input(extra, args.model, args.out)
     if not 0.0 <= args.sparsity <= 1.0:
         raise UsageError(f"--sparsity must be in [0, 1] (got {args.sparsity})")
     if args.structure == "channel":
@@ -272,9 +311,9 @@ def cmd_prune(args) -> int:
     scores = path_magnitude(dag).fraction if args.criterion == "path-magnitude" else magnitude(dag)
     keep = prune.masks(prune.select(scores, args.layers), args.sparsity, args.scope)
     pruned, report = prune.apply(model, keep)
-    onnx.save(pruned, args.out)
+    _save_model(pruned, args.out)
     if args.mask:
-        np.savez_compressed(args.mask, **{k: v for k, v in keep.items() if k in report.tensors})
+        _save_npz(args.mask, {k: v for k, v in keep.items() if k in report.tensors})
     from .importer import import_model
 
     metric = path_metric(dag, import_model(pruned, _input_shape(args.input_shape)))
@@ -330,7 +369,7 @@ def _channel_report(args, model, prepared, dag, result) -> dict:
 
 
 def _prune_channels(args) -> int:
-    from .slim import prune_channels, save_atomic
+    from .slim import prune_channels
 
     if args.mask or args.layers:
         raise UsageError("--mask and --layers go with --structure weight")
@@ -339,9 +378,9 @@ def _prune_channels(args) -> int:
     model, prepared, dag, _ = _load(args)
     result = prune_channels(model, prepared, dag, args.sparsity, args.criterion, args.scope)
     r = _channel_report(args, model, prepared, dag, result)
-    save_atomic(result.slim, args.out)
+    _save_model(result.slim, args.out)
     if args.masked:
-        save_atomic(result.masked, args.masked)
+        _save_model(result.masked, args.masked)
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
@@ -372,11 +411,11 @@ def _prune_channels(args) -> int:
 
 def cmd_rescale(args) -> int:
     import numpy as np
-    import onnx
 
     from .rescale import rescale
     from .verify import ModelRunner
 
+    refuse_overwriting_input(args.out, args.model)
     model, _, dag, _ = _load(args)
     lo, hi = args.range
     if not 0 < lo <= hi:
@@ -389,7 +428,7 @@ def cmd_rescale(args) -> int:
     err = max(float(np.abs(x - y).max() / max(np.abs(x).max(), 1e-30)) for x, y in zip(a, b))
     if err > 1e-4:
         raise VerificationError(f"the rescaled model changed the outputs (max relative error {err:.3g})")
-    onnx.save(out, args.out)
+    _save_model(out, args.out)
     result = {"written": args.out, "neurons": report.neurons, "layers": report.layers, "max_rel_output_change": err}
     if args.json:
         print(json.dumps(result, indent=2))
@@ -400,6 +439,11 @@ def cmd_rescale(args) -> int:
 
 
 def _print_inspection(r) -> None:
+    """The inspection report, one line per print: a newline inside a model-supplied name is escaped."""
+
+    def print(line: str) -> None:
+        builtins.print(terminal(line))
+
     print(f"{r.model}: {r.status}; opset {', '.join(f'{d} {v}' for d, v in r.opset.items())}; "
           f"producer {r.producer or '(none)'}; IR version {r.ir_version}")
     print(f"  {r.nodes} nodes: " + ", ".join(f"{op} {n}" for op, n in r.node_counts.items()))
@@ -570,19 +614,26 @@ def _check_q(qs: list[float]) -> None:
 def main(argv: list[str] | None = None) -> int:
     global _JSON_MODE
     _JSON_MODE = "--json" in (sys.argv[1:] if argv is None else argv)
+    if hasattr(signal, "SIGXFSZ"):  # past a file size limit (ulimit -f), a write fails (exit 6) instead of killing us
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     args = build_parser().parse_args(argv)
     if getattr(args, "q", None) is None:
         args.q = [1.0, 2.0]
     try:
         _check_q(args.q if isinstance(args.q, list) else [args.q])
-        return args.func(args)
+        if args.json:  # json.dumps escapes every control character itself
+            return args.func(args)
+        with contextlib.redirect_stdout(_TerminalSafe(sys.stdout)):
+            return args.func(args)
     except PathliftError as err:
         return _fail(err, args.json)
     except KeyboardInterrupt:
         print("onnx-pathlift: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # anything unexpected: one clear line, exit 1, no traceback
-        print(f"onnx-pathlift: internal error: {type(err).__name__}: {err}", file=sys.stderr)
+        if isinstance(err, OSError) and err.filename is not None:  # a file it names cannot be read (--eval DATA.npz)
+            return _fail(UsageError(f"{err.filename}: cannot read: {err.strerror or err}"), args.json)
+        print(f"onnx-pathlift: internal error: {type(err).__name__}: {terminal(err)}", file=sys.stderr)
         return 1
 
 

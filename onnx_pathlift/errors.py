@@ -8,11 +8,15 @@
 | 3 | the model uses operators outside the supported set (every offending node is listed) |
 | 4 | the model is unreadable or invalid |
 | 5 | ``compare --check`` observed an output change above the certified bound (a bug) |
+| 6 | an output could not be written (missing or read-only folder, a folder as target, disk full,
+      file size limit); the file that was there before is left untouched |
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from .sanitise import terminal
 
 
 class PathliftError(Exception):
@@ -49,6 +53,12 @@ class VerificationError(PathliftError):
     exit_code = 1
 
 
+class OutputError(PathliftError):
+    """An output file or the audit database could not be written; nothing half-written is left."""
+
+    exit_code = 6
+
+
 class CertificateViolation(PathliftError):
     """A sampled output change exceeded the certified bound: a bug in us or in the preconditions."""
 
@@ -64,7 +74,7 @@ class Refusal:
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.node or '<unnamed>'} ({self.op_type}): {self.reason}"
+        return terminal(f"{self.node or '<unnamed>'} ({self.op_type}): {self.reason}")
 
 
 class UnsupportedModelError(PathliftError):

@@ -36,13 +36,17 @@ class GraphBuilder:
         self.constants: dict[str, np.ndarray] = {}  # initializers, turned into TensorProtos by model()
         self._taken: set[str] = set(taken or ())
         self._scalars: dict[tuple[float, str], str] = {}
+        self._next: dict[str, int] = {}  # per hint: the first suffix not yet tried
 
     def fresh(self, hint: str) -> str:
-        """A tensor name based on ``hint`` that is not used yet."""
-        name, k = hint, 0
+        """A tensor name based on ``hint`` that is not used yet: ``hint``, else ``hint_k`` for the
+        smallest k not tried before for this hint (amortized O(1): each k is tried once per hint)."""
+        k = self._next.get(hint, 0)
+        name = f"{hint}_{k}" if k else hint
         while name in self._taken:
             k += 1
             name = f"{hint}_{k}"
+        self._next[hint] = k + 1
         self._taken.add(name)
         return name
 

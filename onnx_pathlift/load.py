@@ -32,13 +32,19 @@ class Limits:
     value, external tensor, result of a constant subgraph), ``max_total_bytes`` all of them
     together, ``max_activation_elements`` any one activation (what onnxruntime allocates when it
     runs the lifted network: 2**28 float32 elements are 1 GiB), ``max_nodes`` the nodes of the graph,
-    its subgraphs and its functions.
+    its subgraphs and its functions, ``max_node_inputs`` the inputs of any one node (a ``Sum`` or
+    ``Concat`` of that many operands), ``max_graph_io`` the main graph's inputs (initializers listed as
+    inputs aside) plus its outputs.
+    The last three bound time: onnxruntime builds its sessions in time that grows with them
+    (docs/fuzzing.md, "Scaling").
     """
 
     max_tensor_elements: int = 1 << 31
     max_total_bytes: int = 1 << 33
     max_activation_elements: int = 1 << 28
-    max_nodes: int = 1 << 18
+    max_nodes: int = 1 << 15
+    max_node_inputs: int = 1 << 12
+    max_graph_io: int = 1 << 12
 
 
 DEFAULT_LIMITS = Limits()
@@ -48,6 +54,8 @@ _FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, Tens
 #: constants up to this many elements are given to shape inference with their values (shape
 #: arithmetic needs them); larger ones (weights) only with their type and shape
 _INFER_VALUES_UP_TO = 4096
+#: the highest tensor rank accepted (numpy stops at 64; no real network comes near)
+MAX_RANK = 32
 #: element types ONNX packs below a byte (numpy dtype name -> bits)
 _SUB_BYTE_BITS = {"int4": 4, "uint4": 4, "float4_e2m1fn": 4, "int2": 2, "uint2": 2, "float6_e2m3fn": 6, "float6_e3m2fn": 6}
 
@@ -168,7 +176,10 @@ def _all_tensors(model: ModelProto):
 
 
 def _elements(tensor: TensorProto, limits: Limits) -> int:
-    """The declared element count of a tensor, refused when negative or over the limit."""
+    """The declared element count of a tensor, refused when negative, over the limit, or of a rank
+    over :data:`MAX_RANK`."""
+    if len(tensor.dims) > MAX_RANK:
+        raise InvalidModelError(f"tensor {tensor.name!r} has rank {len(tensor.dims)} (limit {MAX_RANK})")
     if any(d < 0 for d in tensor.dims):
         raise InvalidModelError(f"tensor {tensor.name!r} declares a negative dimension {tuple(tensor.dims)}")
     n = math.prod(tensor.dims)
@@ -188,10 +199,21 @@ def _nbytes(tensor: TensorProto, n: int) -> int:
 
 
 def _check_sizes(model: ModelProto, limits: Limits) -> None:
-    """Declared sizes of every stored tensor and the node count, against the limits."""
+    """Declared sizes of every stored tensor, the node count and the graph's width, against the limits."""
+    g = model.graph
+    if len(g.input) + len(g.output) > limits.max_graph_io:  # IR < 4 lists initializers as inputs: not those
+        stored = {t.name for t in g.initializer}
+        inputs = sum(1 for vi in g.input if vi.name not in stored)
+        if inputs + len(g.output) > limits.max_graph_io:
+            raise InvalidModelError(f"the graph has {inputs} inputs and {len(g.output)} outputs "
+                                    f"(limit {limits.max_graph_io} in all)")
     nodes = sum(1 for _ in _all_nodes(model))
     if nodes > limits.max_nodes:
         raise InvalidModelError(f"the model has {nodes} nodes (limit {limits.max_nodes})")
+    wide = next((n for n in _all_nodes(model) if len(n.input) > limits.max_node_inputs), None)
+    if wide is not None:
+        raise InvalidModelError(f"node {wide.name!r} ({wide.op_type}) has {len(wide.input)} inputs "
+                                f"(limit {limits.max_node_inputs})")
     total = 0
     for tensor in _all_tensors(model):
         total += _nbytes(tensor, _elements(tensor, limits))
@@ -235,15 +257,31 @@ def _load_external_data(model: ModelProto, base: Path) -> None:
         if offset < 0 or (length is not None and length != expected):
             raise InvalidModelError(f"tensor {tensor.name!r}: external data offset {offset}, length {length} do not fit "
                                     f"its {expected} bytes (dims {tuple(tensor.dims)})")
-        size = target.stat().st_size
-        if size < offset + expected:
-            raise InvalidModelError(
-                f"tensor {tensor.name!r}: external file {location!r} is {size} bytes, needs {offset + expected}"
-            )
-        try:
-            onnx.external_data_helper.load_external_data_for_tensor(tensor, str(base))
-        except Exception as exc:
-            raise InvalidModelError(f"tensor {tensor.name!r}: cannot read external data {location!r}: {exc}") from exc
+        _read_external(tensor, target, location, offset, expected, exact_end=length is None)
+
+
+def _read_external(tensor: TensorProto, target: Path, location: str, offset: int, expected: int, exact_end: bool) -> None:
+    """Read exactly ``expected`` bytes at ``offset`` into ``tensor.raw_data``, after checking the file's
+    size: it must hold them, and without a ``length`` entry (ONNX then means "to the end of the file")
+    it must end right after them. Never reads more than ``expected`` bytes, whatever the file's size."""
+    try:
+        with open(target, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < offset + expected or (exact_end and size != offset + expected):
+                raise InvalidModelError(
+                    f"tensor {tensor.name!r}: external file {location!r} is {size} bytes, "
+                    f"{'needs' if size < offset + expected else 'and without a length entry must be'} "
+                    f"{offset + expected} (offset {offset} + {expected} bytes for dims {tuple(tensor.dims)})")
+            f.seek(offset)
+            data = f.read(expected)
+    except OSError as exc:
+        raise InvalidModelError(f"tensor {tensor.name!r}: cannot read external data {location!r}: {exc.strerror}") from exc
+    if len(data) != expected:  # the file shrank after the size check
+        raise InvalidModelError(f"tensor {tensor.name!r}: external file {location!r} ended after {len(data)} of "
+                                f"{expected} bytes")
+    tensor.raw_data = data
+    tensor.data_location = TensorProto.DEFAULT
+    del tensor.external_data[:]
 
 
 @dataclass
@@ -555,10 +593,13 @@ def _check_graph(model: ModelProto, opset: int, limits: Limits) -> None:
 
 
 def _check_activations(shapes: dict[str, tuple[int, ...]], consts: dict[str, np.ndarray], limits: Limits) -> None:
-    """Every inferred activation (non-constant tensor) has a positive size within the limit."""
+    """Every inferred activation (non-constant tensor) has a positive size within the limit, and a
+    rank up to :data:`MAX_RANK`."""
     for name, shape in shapes.items():
         if name in consts:
             continue
+        if len(shape) > MAX_RANK:
+            raise InvalidModelError(f"tensor {name!r} has rank {len(shape)} (limit {MAX_RANK})")
         if any(d <= 0 for d in shape):
             raise InvalidModelError(f"tensor {name!r} has the shape {shape}: every dimension of a layer must be positive")
         n = math.prod(shape)
@@ -634,7 +675,11 @@ def _pool_problem(node: NodeProto, consts: dict[str, np.ndarray], shapes: dict[s
     x = _operand(node, 0, shapes)
     if x is not None and len(x) < 3:
         return f"its input {x} has no spatial dimension"
-    return _pads_problem({attr.name: helper.get_attribute_value(attr) for attr in node.attribute})
+    a = {attr.name: helper.get_attribute_value(attr) for attr in node.attribute}
+    kernel, pads = list(a.get("kernel_shape", [])), list(a.get("pads", []))
+    if kernel and len(pads) == 2 * len(kernel) and any(p >= k for p, k in zip(pads, kernel + kernel)):
+        return f"its pads {pads} are not all smaller than its kernel {kernel} (the spec's bound)"
+    return _pads_problem(a)
 
 
 def _transpose_problem(node: NodeProto, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> str | None:

@@ -47,7 +47,7 @@ def make_session(model: ModelProto | BuiltModel, providers: str | list[str] | No
     copy), not through protobuf."""
     names = resolve_providers(providers)
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # fatal only: its errors reach us as exceptions, not coloured logs
     opts.intra_op_num_threads = _THREADS
     if isinstance(model, BuiltModel):
         if model.external:

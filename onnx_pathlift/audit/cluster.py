@@ -76,5 +76,5 @@ def analyse_in_subprocess(task: Task, settings: Settings, timeout: float | None,
             return replace(pickle.loads(out), timeout_s=timeout)
         err.seek(0)
         tail = err.read().decode(errors="replace").strip().splitlines()[-1:]
-        reason = describe_exit(proc.returncode) + (f": {tail[0]}" if tail else "")
+        reason = describe_exit(proc.returncode, memory_mb) + (f": {tail[0]}" if tail else "")
         return failure(task, "error", reason, time.monotonic() - t0, timeout)

@@ -6,6 +6,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..sanitise import terminal
 from . import report
 from .batch import Audit, audit
 from .progress import Progress
@@ -45,8 +46,8 @@ def _print_summary(result: Audit, settings: Settings, html: str | None, csv: str
     for r in result.results:
         norms = [log10(r.norm_log10(q)).rjust(11) for q in settings.q]
         params = "-" if r.params is None else str(r.params)
-        why = f"  ({r.brief()})" if r.reason else ""
-        print("  ".join([r.status.ljust(11), *norms, params.rjust(9), r.path]) + why)
+        why = f"  ({terminal(r.brief())})" if r.reason else ""
+        print("  ".join([r.status.ljust(11), *norms, params.rjust(9), terminal(r.path)]) + why)
     counts = Counter(r.status for r in result.results)
     statuses = ", ".join(f"{s} {counts[s]}" for s in STATUSES if counts[s])
     print(f"{len(result.results)} files: {statuses} ({result.analysed} models analysed, {result.reused} reused) "

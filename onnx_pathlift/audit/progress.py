@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from typing import TextIO
 
+from ..sanitise import terminal
 from .record import STATUSES, ModelResult
 
 
@@ -47,7 +48,7 @@ class Progress:
         self.stream.flush()
 
     def _print(self, line: str) -> None:
-        print(line, file=self.stream, flush=True)
+        print(terminal(line), file=self.stream, flush=True)
 
 
 def _clock(seconds: float) -> str:

@@ -12,9 +12,11 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from html import escape
 from pathlib import Path
 
+from ..atomic import atomic_write, write_text
+from ..sanitise import csv_cell
+from ..sanitise import html as escape
 from .batch import Audit
 from .record import STATUSES, ModelResult, Settings
 
@@ -41,10 +43,12 @@ def flat_row(r: ModelResult, settings: Settings) -> dict:
 
 
 def write_csv(path: str | Path, audit: Audit, settings: Settings) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    """One row per model; every text cell goes through :func:`~onnx_pathlift.sanitise.csv_cell`
+    (a spreadsheet never reads a model's name or producer as a formula). Written atomically."""
+    with atomic_write(path, "w") as f:
         writer = csv.DictWriter(f, fieldnames=columns(settings))
         writer.writeheader()
-        writer.writerows(flat_row(r, settings) for r in audit.results)
+        writer.writerows({k: csv_cell(v) for k, v in flat_row(r, settings).items()} for r in audit.results)
 
 
 def json_lines(audit: Audit) -> Iterator[str]:
@@ -92,7 +96,7 @@ document.querySelectorAll('table.sortable').forEach(function (table) {
 
 
 def write_html(path: str | Path, audit: Audit, settings: Settings) -> None:
-    Path(path).write_text(html_page(audit, settings), encoding="utf-8")
+    write_text(path, html_page(audit, settings))
 
 
 def html_page(audit: Audit, settings: Settings) -> str:

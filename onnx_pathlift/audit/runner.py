@@ -8,6 +8,7 @@ Timeouts count from the moment a ready worker receives the model (not its start-
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -33,7 +34,8 @@ class _Worker:
     @classmethod
     def start(cls, memory_mb: float | None) -> _Worker:
         parent, child = _CTX.Pipe()
-        process = _CTX.Process(target=serve, args=(child, memory_mb), name="onnx-pathlift-audit-worker", daemon=True)
+        process = _CTX.Process(target=serve, args=(child, memory_mb, os.getpid()), name="onnx-pathlift-audit-worker",
+                               daemon=True)
         process.start()
         child.close()
         return cls(process, parent)
@@ -77,7 +79,7 @@ def run_local(tasks: Sequence[Task], settings: Settings, jobs: int, timeout: flo
             ready = set(wait(events, _wait_time(workers, timeout)))
             for i, w in enumerate(workers):
                 if w.conn in ready or w.process.sentinel in ready:
-                    result = _receive(w, timeout)
+                    result = _receive(w, timeout, memory_mb)
                 elif w.task is not None and timeout is not None and time.monotonic() - w.started > timeout:
                     result = failure(w.task, "timeout", f"no result within {timeout:g} s: the worker was killed",
                                      time.monotonic() - w.started, timeout)
@@ -102,7 +104,7 @@ def _wait_time(workers: list[_Worker], timeout: float | None) -> float | None:
     return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
 
 
-def _receive(w: _Worker, timeout: float | None) -> ModelResult | None:
+def _receive(w: _Worker, timeout: float | None, memory_mb: float | None) -> ModelResult | None:
     """Handle a worker's message, or its death: the result of its model, if there is one."""
     try:
         message = w.conn.recv() if w.conn.poll() else None
@@ -120,4 +122,4 @@ def _receive(w: _Worker, timeout: float | None) -> ModelResult | None:
     w.kill()
     if not w.ready:  # dying before ever being ready would repeat for every replacement
         raise PathliftError(f"an audit worker failed to start: {describe_exit(code)}")
-    return None if task is None else failure(task, "error", describe_exit(code), elapsed, timeout)
+    return None if task is None else failure(task, "error", describe_exit(code, memory_mb), elapsed, timeout)
