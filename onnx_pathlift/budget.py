@@ -53,11 +53,19 @@ class Budget:
     inputs: dict[str, list[str]] = field(default_factory=dict)
     bound_log2: dict[str, float] = field(default_factory=dict)  # analysed output name -> log2 U_o
 
+    _cache: dict[str, float | None] = field(default_factory=dict, repr=False)  # gamma and the underflow factor
+
     def add(self, name: str, inputs: list[str], ops: int, rho: float | None) -> None:
         self.ops[name], self.rho[name], self.inputs[name] = ops, rho, list(inputs)
+        self._cache.clear()
 
     def gamma(self) -> float:
         """The relative rounding error bound: the longest path of ``Σ c·u`` through the layers."""
+        if "gamma" not in self._cache:
+            self._cache["gamma"] = self._gamma()
+        return self._cache["gamma"]
+
+    def _gamma(self) -> float:
         path: dict[str, float] = {}
         for name, ops in self.ops.items():  # insertion order is topological
             path[name] = ops + max((path.get(i, 0.0) for i in self.inputs[name]), default=0.0)
@@ -75,6 +83,11 @@ class Budget:
 
     def underflow_factor_log2(self) -> float | None:
         """``log2(τ Σ_L 2c_L 2**ρ_L)``: ``E_o`` is this times ``U_o`` (None in dynamic mode)."""
+        if "factor" not in self._cache:
+            self._cache["factor"] = self._underflow_factor_log2()
+        return self._cache["factor"]
+
+    def _underflow_factor_log2(self) -> float | None:
         if any(r is None for r in self.rho.values()):
             return None
         return TAU_LOG2 + 1.0 + log2_sum([math.log2(c) + r for c, r in zip(self.ops.values(), self.rho.values())])
