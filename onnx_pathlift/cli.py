@@ -152,14 +152,14 @@ def cmd_compare(args) -> int:
     a_model, a_prep, dag_a, _ = _load(args, args.model)
     b_model, b_prep, dag_b, _ = _load(args, args.other)
     pair_layers(dag_a, dag_b)  # says where the architectures differ before any work
-    metric = path_metric(dag_a, dag_b, providers=args.provider)
+    metric = path_metric(dag_a, dag_b, providers=args.provider, breakdown=True)
     r = args.input_linf
     result = {"a": str(args.model), "b": str(args.other), **metric.to_dict(r),
               "activation_quantization_in_b": dag_b.activation_qdq, "notes_b": dag_b.notes}
     check = None
     if args.check:
         check = check_bound(a_model, b_model, dag_a, dag_b, metric, r, args.check, a_prep.elem_types,
-                            b_prep.elem_types, providers=args.provider)
+                            b_prep.elem_types, providers=args.provider, search=args.check)
         result["check"] = check.to_dict()
     violation = None
     if check is not None and check.violated:
@@ -177,13 +177,15 @@ def cmd_compare(args) -> int:
         if dag_b.activation_qdq:
             print(f"  note: B quantizes activations ({dag_b.activation_qdq} QuantizeLinear→DequantizeLinear pairs); the "
                   "certificate covers B's weights in A's float architecture, not the activation quantization")
-        if metric.sign_consistent:
-            print(f"  certified: for every input with ‖x‖_∞ ≤ {r:g}, ‖A(x) − B(x)‖_1 ≤ {_fmt(metric.bound_log10(r))}")
-        else:
+        if not metric.sign_consistent:
             bad = [s for s in metric.signs if s.violations]
-            print(f"  NOT certified: {sum(s.violations for s in bad)} parameter(s) change sign, in {len(bad)} layer(s):")
+            routes = ", ".join(f"{k} {_fmt(v)}" for k, v in metric.routes.items())
+            print(f"  {sum(s.violations for s in bad)} parameter(s) change sign, in {len(bad)} layer(s); the bound goes "
+                  f"through an intermediate model (route {metric.route}; routes: {routes}):")
             for s in bad[:20]:
-                print(f"    {s.layer}: {s.violations} of {s.size}")
+                print(f"    {s.layer!r}: {s.violations} of {s.size}")
+        print(f"  certified: for every input with ‖x‖_∞ ≤ {r:g}, ‖A(x) − B(x)‖_1 ≤ {_fmt(metric.bound_log10(r))}")
+        _print_shares(metric)
         if check is not None:
             ratio = "n/a (no certificate)" if check.ratio is None else f"{check.ratio:.3g} of the bound"
             print(f"  check: largest observed ‖A(x) − B(x)‖_1 over {check.samples} inputs = {check.max_observed:.6g} ({ratio})")
@@ -193,6 +195,20 @@ def cmd_compare(args) -> int:
         print(f"onnx-pathlift: error: {violation}", file=sys.stderr)
         return violation.exit_code
     return 0
+
+
+def _print_shares(metric, top: int = 10) -> None:
+    """Each layer's exact part of the certified upper bound, largest first."""
+    rows = sorted((sh for sh in metric.shares if sh.log10 > -math.inf), key=lambda sh: -sh.log10)
+    if not rows:
+        return
+    print("  where the bound comes from (each layer's part of the upper bound):")
+    for sh in rows[:top]:
+        print(f"    {sh.op} {sh.layer!r}: {10 ** (sh.log10 - metric.upper_log10):.1%} ({_fmt(sh.log10)})")
+    if len(rows) > top:
+        print(f"    ... {len(rows) - top} more layer(s)")
+    if len(metric.shares) > len(rows):
+        print(f"    ({len(metric.shares) - len(rows)} parameterised layer(s) unchanged: no part)")
 
 
 def cmd_lipschitz(args) -> int:
@@ -416,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(c)
     c.add_argument("other", help="the second .onnx file (same architecture)")
     c.add_argument("--input-linf", type=float, default=1.0, metavar="R", help="inputs with ‖x‖_∞ ≤ R (default 1)")
-    c.add_argument("--check", type=int, default=0, metavar="N", help="also run both models on N random inputs in the box")
+    c.add_argument("--check", type=int, default=0, metavar="N",
+                   help="also run both models on N random inputs in the box, then N steps of a search for the largest change")
     c.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="onnxruntime execution provider")
     c.set_defaults(func=cmd_compare, q=[1.0])
 
