@@ -148,24 +148,28 @@ def cmd_lift(args) -> int:
 
 def cmd_compare(args) -> int:
     from .metric import check_bound, pair_layers, path_metric
+    from .quant_bound import certify
 
     a_model, a_prep, dag_a, _ = _load(args, args.model)
     b_model, b_prep, dag_b, _ = _load(args, args.other)
     pair_layers(dag_a, dag_b)  # says where the architectures differ before any work
     metric = path_metric(dag_a, dag_b, providers=args.provider, breakdown=True)
     r = args.input_linf
-    result = {"a": str(args.model), "b": str(args.other), **metric.to_dict(r),
+    cert = certify(dag_a, dag_b, metric.bound_log10(r), r, providers=args.provider)
+    result = {"a": str(args.model), "b": str(args.other), **metric.to_dict(r), **cert.to_dict(),
               "activation_quantization_in_b": dag_b.activation_qdq, "notes_b": dag_b.notes}
     check = None
     if args.check:
         check = check_bound(a_model, b_model, dag_a, dag_b, metric, r, args.check, a_prep.elem_types,
-                            b_prep.elem_types, providers=args.provider, search=args.check)
+                            b_prep.elem_types, providers=args.provider, search=args.check,
+                            activation=cert.activation.term)
         result["check"] = check.to_dict()
     violation = None
     if check is not None and check.violated:
         violation = CertificateViolation(
-            f"observed output change {check.max_observed:.6g} EXCEEDS the certified bound {check.bound:.6g}: "
-            "this is a bug (in onnx-pathlift or in the theorem's preconditions); please report it with both models")
+            f"observed output change {check.max_observed:.6g} (B as shipped: {check.shipped_max_observed}) EXCEEDS the "
+            f"certified bound {check.bound:.6g} (total: {check.shipped_bound}): this is a bug (in onnx-pathlift or in "
+            "the theorem's preconditions); please report it with both models")
         result["error"] = violation.to_dict()
     if args.json:
         print(json.dumps(result, indent=2))
@@ -174,9 +178,6 @@ def cmd_compare(args) -> int:
         print(f"  lower {_fmt(metric.lower_log10)}   upper {_fmt(metric.upper_log10)}"
               + ("   (exact: |B| ≤ |A| or |B| ≥ |A| everywhere)" if metric.exact else ""))
         print(f"  ‖Φ(A)‖_1 = {_fmt(metric.norm_a_log10)}, ‖Φ(B)‖_1 = {_fmt(metric.norm_b_log10)}")
-        if dag_b.activation_qdq:
-            print(f"  note: B quantizes activations ({dag_b.activation_qdq} QuantizeLinear→DequantizeLinear pairs); the "
-                  "certificate covers B's weights in A's float architecture, not the activation quantization")
         if not metric.sign_consistent:
             bad = [s for s in metric.signs if s.violations]
             routes = ", ".join(f"{k} {_fmt(v)}" for k, v in metric.routes.items())
@@ -184,17 +185,33 @@ def cmd_compare(args) -> int:
                   f"through an intermediate model (route {metric.route}; routes: {routes}):")
             for s in bad[:20]:
                 print(f"    {s.layer!r}: {s.violations} of {s.size}")
-        print(f"  certified: for every input with ‖x‖_∞ ≤ {r:g}, ‖A(x) − B(x)‖_1 ≤ {_fmt(metric.bound_log10(r))}")
-        _print_shares(metric)
+        _print_certificate(metric, cert)
         if check is not None:
             ratio = "n/a (no certificate)" if check.ratio is None else f"{check.ratio:.3g} of the bound"
             print(f"  check: largest observed ‖A(x) − B(x)‖_1 over {check.samples} inputs = {check.max_observed:.6g} ({ratio})")
             if check.shipped_max_observed is not None:
-                print(f"  B as shipped (not certified): largest observed change {check.shipped_max_observed:.6g}")
+                ratio = "" if check.shipped_ratio is None else f" ({check.shipped_ratio:.3g} of the total bound)"
+                print(f"  models as shipped (quantized activations): largest observed change {check.shipped_max_observed:.6g}{ratio}")
     if violation is not None:
         print(f"onnx-pathlift: error: {violation}", file=sys.stderr)
         return violation.exit_code
     return 0
+
+
+def _print_certificate(metric, cert) -> None:
+    """The certified bound, its weight and activation terms, and where the weight term comes from."""
+    r = cert.r
+    if not cert.quantized_points:
+        print(f"  certified: for every input with ‖x‖_∞ ≤ {r:g}, ‖A(x) − B(x)‖_1 ≤ {_fmt(metric.bound_log10(r))}")
+    elif cert.total is None:
+        print(f"  certified (B's weights in A's float architecture): for every input with ‖x‖_∞ ≤ {r:g}, "
+              f"‖A(x) − B(x)‖_1 ≤ {_fmt(metric.bound_log10(r))}")
+        print(f"  activation quantization NOT certified: {cert.activation.reason}")
+    else:
+        print(f"  certified: for every input with ‖x‖_∞ ≤ {r:g}, ‖A(x) − B(x)‖_1 ≤ {cert.total:.6g} (models as shipped)")
+        print(f"    = weight term {_fmt(metric.bound_log10(r))} (max(R, 1)·upper) + activation term "
+              f"{cert.activation.term:.6g} ({cert.quantized_points} quantized activation tensor(s))")
+    _print_shares(metric)
 
 
 def _print_shares(metric, top: int = 10) -> None:

@@ -1,0 +1,210 @@
+"""The activation-quantization term: ‖B(x) − F(x)‖_1 ≤ Σ_v b(v)·ε(v) on the box (docs/metrics.md).
+
+Oracles: the brute-force path enumerator of ``tests/oracle.py`` (b(v) = Σ over paths from v to the
+outputs of Π|w|, on neuron DAGs probed out of onnxruntime); a numpy implementation of ONNX's
+QuantizeLinear (round half to even, saturate) evaluated on a dense grid for ε; and the QDQ models
+made by onnxruntime's own ``quantize_static``, run as ONNX files by onnxruntime on sampled inputs and
+on a coordinate-ascent search of the box, against the total certificate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import oracle
+import pytest
+import tiny_nets
+from conftest import MODELS, run_main
+from test_certify import _sample_and_search, noisy_flip
+from test_metric import param_roles
+
+from onnx_pathlift import import_model
+from onnx_pathlift.dag import ActivationQuantizer
+from onnx_pathlift.metric import check_bound, pair_layers, path_metric, with_params_of
+from onnx_pathlift.quant_bound import _Point, activation_bound, backward_sum, certify, epsilon
+
+NETS = sorted(tiny_nets.ALL_NETS)
+DIGITS = np.load(MODELS / "digits_test.npz")["x"]
+
+
+def qdq(model: onnx.ModelProto, tmp_path: Path, calibration: list[dict], act: str = "QInt8",
+        per_channel: bool = True) -> onnx.ModelProto:
+    """onnxruntime's static QDQ quantizer (weights and activations), calibrated on ``calibration``."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(calibration)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    src, dst = tmp_path / f"src_{act}.onnx", tmp_path / f"qdq_{act}.onnx"
+    onnx.save(model, src)
+    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                    activation_type=getattr(QuantType, act), weight_type=QuantType.QInt8)
+    return onnx.load(dst)
+
+
+def _random_calibration(model: onnx.ModelProto, rng, n: int = 16, r: float = 1.0) -> list[dict]:
+    dag = import_model(model)
+    return [{i: rng.uniform(-r, r, dag.layer(i).shape).astype(np.float32) for i in dag.inputs} for _ in range(n)]
+
+
+# ---------------------------------------------------------------------------------------------
+# the two ingredients against independent oracles
+# ---------------------------------------------------------------------------------------------
+
+
+def _brute_backward(G, outputs, v) -> float:
+    """Σ over paths from neuron v to the outputs of Π|w| (explicit enumeration)."""
+    out_set, total, stack = set(outputs), [], [(v, 1.0)]
+    while stack:
+        u, p = stack.pop()
+        if u in out_set:
+            total.append(p)
+        stack.extend((w, p * abs(d["w"])) for w, d in G.succ[u].items())
+    return math.fsum(total)
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_backward_sum_matches_brute_force(name: str) -> None:
+    model, _ = tiny_nets.ALL_NETS[name](1)
+    dag = import_model(model)
+    G, outputs = oracle.neuron_dag(model)
+    tensors = {t for _, t in G.nodes(data="tensor")}
+    candidates = [layer.name for layer in dag.layers() if layer.name in tensors]
+    rng = np.random.default_rng(1)
+    chosen = list(rng.choice(candidates, size=min(3, len(candidates)), replace=False))
+    eps = {n: rng.uniform(0.1, 2.0, dag.layer(n).shape) for n in chosen}
+    expected = math.fsum(float(e.ravel()[i]) * _brute_backward(G, outputs, (n, i))
+                         for n, e in eps.items() for i in range(e.size))
+    assert expected > 0
+    assert 10.0 ** backward_sum(dag, eps) == pytest.approx(expected, rel=1e-5)
+
+
+def _onnx_qdq(u: np.ndarray, s: float, zp: int, lo: int, hi: int) -> np.ndarray:
+    """ONNX QuantizeLinear→DequantizeLinear in float64: round half to even, saturate."""
+    return (np.clip(np.round(u / s) + zp, lo, hi) - zp) * s
+
+
+@pytest.mark.parametrize("zp,lo,hi,relu,nonneg", [(-128, -128, 127, True, False), (-128, -128, 127, False, True),
+                                                  (-128, -128, 127, False, False), (5, -128, 127, False, False),
+                                                  (0, 0, 255, True, False), (17, 0, 255, False, False)])
+@pytest.mark.parametrize("mass", [0.3, 4.0, 40.0])
+def test_epsilon_bounds_the_quantization_error_on_a_grid(zp: int, lo: int, hi: int, relu: bool, nonneg: bool, mass: float) -> None:
+    s = 0.037
+    q = ActivationQuantizer("q", "u", "y", np.array(s), np.array(float(zp)), lo, hi, 1, True)
+    eps = epsilon(_Point("u", relu, q), np.array([mass]), nonneg, (1,))[0]
+    u = np.linspace(0.0 if nonneg else -mass, mass, 200_001)
+    ref = np.maximum(u, 0.0) if relu else u
+    err = np.abs(_onnx_qdq(u, s, zp, lo, hi) - ref)
+    assert err.max() <= eps
+    assert err.max() >= 0.9 * min(eps, mass)  # not vacuous: the bound is attained up to the grid (or ≤ |u|)
+
+
+# ---------------------------------------------------------------------------------------------
+# QDQ models made by onnxruntime's quantizer
+# ---------------------------------------------------------------------------------------------
+
+
+def _total_holds(model_a, model_b, r: float, seed: int) -> tuple[float, float]:
+    """The total certificate of (A, B as shipped) on sampled and searched inputs of the ONNX files;
+    returns (bound, largest change)."""
+    dag_a, dag_b = import_model(model_a), import_model(model_b)
+    m = path_metric(dag_a, dag_b)
+    cert = certify(dag_a, dag_b, m.bound_log10(r), r)
+    assert cert.activation.term is not None, cert.activation.reason
+    assert cert.total == pytest.approx(max(r, 1.0) * m.upper + cert.activation.term, rel=1e-9)
+    worst = _sample_and_search(model_a, model_b, dag_a, cert.total, r, np.random.default_rng(seed), 30, 90)
+    rep = check_bound(model_a, model_b, dag_a, dag_b, m, r, 20, seed=seed, search=40, activation=cert.activation.term)
+    assert not rep.violated and rep.shipped_ratio is not None and rep.shipped_ratio <= 1.0
+    assert rep.ratio is not None and rep.ratio <= 1.0  # B's int8 weights in A's float architecture
+    return cert.total, max(worst, rep.shipped_max_observed)
+
+
+@pytest.mark.parametrize("name", NETS)
+@pytest.mark.parametrize("act", ["QInt8", "QUInt8"])
+def test_qdq_tiny_nets_never_exceed_the_total_certificate(name: str, act: str, tmp_path: Path) -> None:
+    model, _ = tiny_nets.ALL_NETS[name](2)
+    rng = np.random.default_rng(2)
+    quantized = qdq(model, tmp_path, _random_calibration(model, rng, r=0.5), act, per_channel=False)
+    dag = import_model(quantized)
+    assert dag.quantizers and len(dag.quantizers) == dag.activation_qdq
+    for r in (0.5, 2.0):
+        bound, worst = _total_holds(model, quantized, r, seed=int(10 * r))
+        assert 0 < worst <= bound
+
+
+def _digits_calibration(model: onnx.ModelProto) -> list[dict]:
+    dag = import_model(model)
+    (name,) = dag.inputs
+    return [{name: DIGITS[i].reshape(dag.layer(name).shape).astype(np.float32)} for i in range(60)]
+
+
+# the sklearn MLP's quantized copy puts a Q/DQ pair before its Softmax head, which the importer then refuses
+FLOAT_SHIPPED = [p for p in sorted(MODELS.glob("*.onnx")) if param_roles(onnx.load(p))[0] and "sklearn" not in p.name]
+
+
+@pytest.mark.parametrize("path", FLOAT_SHIPPED, ids=lambda p: p.name)
+def test_qdq_copies_of_shipped_models(path: Path, tmp_path: Path) -> None:
+    model = onnx.load(path)
+    quantized = qdq(model, tmp_path, _digits_calibration(model))
+    for r in (1.0, 2.0):
+        _total_holds(model, quantized, r, seed=3)
+    # int8 weights only: the quantized weights in the float architecture (what check_bound's
+    # max_observed measures against the weight term, inside _total_holds): no activation term
+    dag_a, dag_b = import_model(model), import_model(quantized)
+    dag_w = with_params_of(dag_a, dag_b, pair_layers(dag_a, dag_b))
+    m = path_metric(dag_a, dag_w)
+    cert = certify(dag_a, dag_w, m.bound_log10(1.0), 1.0)
+    assert not dag_w.quantizers and cert.activation.term == 0.0 and cert.total == pytest.approx(m.upper, rel=1e-12)
+    rep = check_bound(model, None, dag_a, dag_w, m, 1.0, 30, search=60)
+    assert not rep.violated and 0 < rep.ratio <= 1.0
+
+
+def test_shipped_int8_pair_cli(capsys) -> None:
+    a, b = MODELS / "digits_cnn_torch_bn.onnx", MODELS / "digits_cnn_torch_bn_int8.onnx"
+    rc, out, err = run_main(capsys, "compare", a, b, "--check", 100, "--json")
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["activation"]["certified"] and res["activation"]["quantized_points"] == 13
+    assert res["bound"] == pytest.approx(res["weight_term"] + res["activation_term"], rel=1e-12)
+    assert res["weight_term"] == pytest.approx(res["upper"], rel=1e-9) and res["input_linf"] == 1.0
+    check = res["check"]
+    assert not check["violated"] and 0 < check["shipped_max_observed"] <= check["shipped_bound"] == res["bound"]
+    rc, out, _ = run_main(capsys, "compare", a, b)
+    assert rc == 0 and "activation term" in out and "(models as shipped)" in out
+    # the other way round: A quantized, B float
+    rc, out, err = run_main(capsys, "compare", b, a, "--check", 30, "--json")
+    assert rc == 0, err
+    assert json.loads(out)["activation"]["certified"]
+
+
+def test_quantized_and_sign_flipped_pair(tmp_path: Path, capsys) -> None:
+    """A noisy sign-flipping copy, then quantized: both extensions at once."""
+    model = onnx.load(MODELS / "digits_cnn_torch_bn.onnx")
+    flipped = noisy_flip(model, np.random.default_rng(8), 0.05)
+    quantized = qdq(flipped, tmp_path, _digits_calibration(flipped))
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    onnx.save(model, a)
+    onnx.save(quantized, b)
+    rc, out, err = run_main(capsys, "compare", a, b, "--check", 60, "--input-linf", 0.5, "--json")
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["route"].startswith("via-") and res["activation"]["certified"] and not res["check"]["violated"]
+
+
+def test_activation_bound_refuses_an_unplaceable_quantizer() -> None:
+    dag_a = import_model(MODELS / "digits_cnn_torch_bn.onnx")
+    dag_b = import_model(MODELS / "digits_cnn_torch_bn_int8.onnx")
+    pairs = pair_layers(dag_a, dag_b)
+    q = dag_b.quantizers[3]
+    dag_b.quantizers[3] = ActivationQuantizer(q.node, q.input_layer, q.output_layer, q.scale, q.zero_point * 0 + 3,
+                                              q.q_min, q.q_max, q.axis, False)
+    res = activation_bound(dag_b, dag_a, pairs, with_params_of(dag_a, dag_b, pairs), 1.0)
+    assert res.term is None and "not undone" in res.reason
