@@ -33,7 +33,7 @@ def import_qdq(node, ctx: ImportContext) -> None:
         ctx.dag.activation_qdq += 1
         if ctx.dag.activation_qdq == 1:
             ctx.dag.notes.append("QuantizeLinear→DequantizeLinear on activations imported as identity (or ReLU "
-                                 "where the range starts at 0): activation quantization is not certified")
+                                 "where the range starts at 0); compare bounds their effect separately (its activation term)")
         zero_point = ctx.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         source = ctx.act(node.input[0])
         out = source
