@@ -222,20 +222,51 @@ class Certificate:
                                                      "reason": self.activation.reason, "points": self.activation.points}}
 
 
+def _bypassed(dag: Dag, names: set[str]) -> Dag:
+    """``dag`` without the (one-input) layers ``names``: their consumers read their input instead."""
+    out = Dag(opset=dag.opset, inputs=list(dag.inputs))
+    source: dict[str, str] = {}
+    for layer in dag.layers():
+        if layer.name in names:
+            source[layer.name] = source.get(layer.inputs[0], layer.inputs[0])
+            continue
+        out.add(replace(layer, inputs=[source.get(i, i) for i in layer.inputs]), dag.graph.nodes[layer.name]["kind"])
+    out.outputs = {o: source.get(lname, lname) for o, lname in dag.outputs.items()}
+    return out
+
+
+def _stepped_over(dag: Dag, paired: set[str]) -> tuple[set[str], str | None]:
+    """The ReLUs of ``dag`` that pairing stepped over, and why that is not sound when one of them is
+    not a quantizer's folded ReLU (then the two architectures really differ)."""
+    stepped = {layer.name for layer in dag.layers() if layer.op == "relu" and layer.name not in paired}
+    folded = {q.output_layer for q in dag.quantizers if q.output_layer != q.input_layer}
+    extra = sorted(stepped - folded)
+    return stepped, (f"ReLU {extra[0]!r} is in one model only and is not a quantizer's" if extra else None)
+
+
 def certify(dag_a: Dag, dag_b: Dag, weight_log10: float, r: float, providers=None) -> Certificate:
-    """Weight term ``weight_log10`` (log10 of ``max(r, 1)·d``) plus both models' activation terms."""
+    """Weight term ``weight_log10`` (log10 of ``max(r, 1)·d``) plus both models' activation terms.
+
+    The float architecture F is A's without the ReLUs that only A's quantizers fold in (the lifted
+    networks, hence d, do not see ReLUs); each model as shipped is F with its weights and its
+    quantizers in place of F's identity or ReLU at those points."""
     from .metric import pair_layers, with_params_of
 
     pairs = pair_layers(dag_a, dag_b)
-    same = {n: n for n in dag_a.graph.nodes}
-    parts = [activation_bound(dag_b, dag_a, pairs, with_params_of(dag_a, dag_b, pairs), r, providers),
-             activation_bound(dag_a, dag_a, same, dag_a, r, providers)]
+    stepped_a, why_a = _stepped_over(dag_a, set(pairs))
+    _, why_b = _stepped_over(dag_b, set(pairs.values()))
+    n = len(dag_a.quantizers) + len(dag_b.quantizers)
+    if why_a or why_b:
+        return Certificate(weight_log10, ActivationBound(None, why_a or why_b), r, n)
+    ref = _bypassed(dag_a, stepped_a)
+    on_ref = {k: v for k, v in pairs.items() if k not in stepped_a}
+    same = {k: k for k in on_ref}
+    parts = [activation_bound(dag_b, ref, on_ref, with_params_of(ref, dag_b, on_ref), r, providers),
+             activation_bound(dag_a, ref, same, with_params_of(ref, dag_a, same), r, providers)]
     reason = next((p.reason for p in parts if p.term_log10 is None), None)
     if reason is not None:
-        act = ActivationBound(None, reason)
-    else:
-        logs = [p.term_log10 for p in parts]
-        top = max(logs)
-        act = ActivationBound(top if top == -math.inf else top + math.log10(sum(10.0 ** (v - top) for v in logs)),
-                              None, parts[0].points + parts[1].points)
-    return Certificate(weight_log10, act, r, len(dag_a.quantizers) + len(dag_b.quantizers))
+        return Certificate(weight_log10, ActivationBound(None, reason), r, n)
+    logs = [p.term_log10 for p in parts]
+    top = max(logs)
+    total = top if top == -math.inf else top + math.log10(sum(10.0 ** (v - top) for v in logs))
+    return Certificate(weight_log10, ActivationBound(total, None, parts[0].points + parts[1].points), r, n)
