@@ -211,6 +211,12 @@ def _print_certificate(metric, cert) -> None:
         print(f"  certified: for every input with ‖x‖_∞ ≤ {r:g}, ‖A(x) − B(x)‖_1 ≤ {cert.total:.6g} (models as shipped)")
         print(f"    = weight term {_fmt(metric.bound_log10(r))} (max(R, 1)·upper) + activation term "
               f"{cert.activation.term:.6g} ({cert.quantized_points} quantized activation tensor(s))")
+        points = sorted((p for p in cert.activation.points if p["term"]), key=lambda p: -p["term"])
+        if points and cert.activation.term:
+            print("  where the activation term comes from (each quantizer's Σ b(v)·ε(v); ε: rounding, or clipping in the box):")
+            for p in points[:5]:
+                how = "clipping" if p["clipping"] else "rounding"
+                print(f"    {p['node']!r}: {p['term'] / cert.activation.term:.1%} ({p['term']:.6g}, ε ≤ {p['epsilon_max']:.3g}, {how})")
     _print_shares(metric)
 
 
@@ -219,7 +225,7 @@ def _print_shares(metric, top: int = 10) -> None:
     rows = sorted((sh for sh in metric.shares if sh.log10 > -math.inf), key=lambda sh: -sh.log10)
     if not rows:
         return
-    print("  where the bound comes from (each layer's part of the upper bound):")
+    print("  where the weight bound comes from (each layer's part of the upper bound):")
     for sh in rows[:top]:
         print(f"    {sh.op} {sh.layer!r}: {10 ** (sh.log10 - metric.upper_log10):.1%} ({_fmt(sh.log10)})")
     if len(rows) > top:

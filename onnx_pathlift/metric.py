@@ -10,9 +10,10 @@ subtraction by a two-stream network: ``lo`` (weights ``min``) and ``Δ = hi − 
 ``Δ_out = f_hi_linear(Δ_in) + f_(hi−lo)(lo_in)``; it is built as an ordinary DAG (the per-op algebra is
 each handler's ``split_params``) and lifted like any other, so it runs in one onnxruntime pass.
 
-With sign changes the bound goes through an intermediate θ'' same-signed with both (flipped
-coordinates 0): ``d(θ, θ') ≤ d(θ, θ'') + d(θ'', θ')`` and the theorem holds on each leg (the "via-zero"
-and "via-min" routes of docs/metrics.md; the smaller is kept). The upper bound of a same-sign leg splits
+The bound may go through an intermediate θ'' same-signed with both (flipped coordinates 0):
+``d(θ, θ') ≤ d(θ, θ'') + d(θ'', θ')`` and the theorem holds on each leg. With θ'' = sign·min(|θ|, |θ'|)
+("via-min") both legs are exact and the sum is never above the direct two-stream bound (docs/metrics.md),
+so it is computed for every pair; with sign changes it is the certificate ("via-zero" is reported too). The upper bound of a same-sign leg splits
 exactly over layers: ``Πhi − Πlo = Σ_k (Π_(j<k) lo_j)(hi_k − lo_k)(Π_(j>k) hi_j)`` along every path,
 layers in topological order (:func:`layer_shares`).
 """
@@ -330,15 +331,19 @@ def path_metric(model_a: ModelSource | Dag, model_b: ModelSource | Dag, input_sh
     norm_b = PathNormSession(b, 1.0, providers).run().log10
     consistent = all(s.violations == 0 for s in signs)
     same = {n: n for n in a.graph.nodes}
+    # two same-sign legs through an intermediate point (docs/metrics.md, "Sign changes"); via-min is
+    # never above the direct bound, and equal to it (then "direct" is kept) when the pair is exact
+    low = between(a, b, pairs, "min")
+    routes: dict[str, list[Leg]] = {"via-min": [(a, low, same), (low, b, pairs)]}
     if consistent:
-        routes: dict[str, list[Leg]] = {"direct": [(a, b, pairs)]}
-    else:  # two same-sign legs through an intermediate point (docs/metrics.md, "Sign changes")
-        zero, low = between(a, b, pairs, "zero"), between(a, b, pairs, "min")
-        routes = {"via-zero": [(a, zero, same), (zero, b, pairs)], "via-min": [(a, low, same), (low, b, pairs)]}
+        routes = {"direct": [(a, b, pairs)], **routes}
+    else:
+        zero = between(a, b, pairs, "zero")
+        routes["via-zero"] = [(a, zero, same), (zero, b, pairs)]
     legs = [leg for route in routes.values() for leg in route]
     logs = iter(_uppers(legs, providers))
     bounds = {name: _log10_sum([next(logs) for _ in route]) for name, route in routes.items()}
-    route = min(bounds, key=bounds.__getitem__)
+    route = min(bounds, key=bounds.__getitem__)  # the first of equal ones: direct
     upper = bounds[route]
     lower = _log10_diff(norm_a, norm_b)
     exact = exact and consistent  # with a sign change, |θ'| ≤ |θ| no longer makes the sandwich tight

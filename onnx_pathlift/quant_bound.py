@@ -183,18 +183,28 @@ def activation_bound(quantized: Dag, ref: Dag, pairs: dict[str, str], float_net:
         rows.append({"node": p.q.node, "layer": p.layer, "folded_relu": p.relu, "nonnegative": p.layer in nonneg,
                      "scale_max": float(np.max(p.q.scale)), "epsilon_max": float(eps[p.layer].max()),
                      "clipping": bool(np.any(eps[p.layer] > _on_layer(p.q.scale, p.q, layer.shape) * 0.51))})
-    return ActivationBound(backward_sum(float_net, eps, providers) + math.log10(1 + MARGIN), None, rows)
+    margin = math.log10(1 + MARGIN)
+    logs = backward_sums(float_net, [eps] + [{p.layer: eps[p.layer]} for p in points], providers)
+    for row, v in zip(rows, logs[1:]):  # each point's part Σ_(v∈k) b(v)·ε(v); they add up to the total
+        row["term"] = 10.0 ** (v + margin) if v < 300 else None
+    return ActivationBound(logs[0] + margin, None, rows)
 
 
 def backward_sum(dag: Dag, eps: dict[str, np.ndarray], providers=None) -> float:
     """log10 of ``Σ_v b(v)·eps(v)`` over the neurons of the layers in ``eps`` (arrays ≥ 0 of their
     shapes), b(v) the backward mass of v in ``dag``'s bias-free lifted network: the lifted output of
     that network with input mass 0 and ``eps`` added as biases after those layers."""
+    return backward_sums(dag, [eps], providers)[0]
+
+
+def backward_sums(dag: Dag, eps_list: list[dict[str, np.ndarray]], providers=None) -> list[float]:
+    """:func:`backward_sum` of several injections, one bundled pass."""
     from .metric import without_biases
 
-    session = LiftedSession([(_injected(without_biases(dag), eps), 1.0)], providers, per_sample=False)
+    bare = without_biases(dag)
+    session = LiftedSession([(_injected(bare, eps), 1.0) for eps in eps_list], providers, per_sample=False)
     session.feeds = {n: np.zeros_like(v) for n, v in session.feeds.items()}  # paths start at the injections only
-    return combine(1.0, session.lifted_outputs()[0]).log10
+    return [combine(1.0, res).log10 for res in session.lifted_outputs()]
 
 
 @dataclass

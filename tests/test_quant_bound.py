@@ -173,12 +173,15 @@ def test_shipped_int8_pair_cli(capsys) -> None:
     assert rc == 0, err
     res = json.loads(out)
     assert res["activation"]["certified"] and res["activation"]["quantized_points"] == 13
+    parts = [p["term"] for p in res["activation"]["points"]]
+    assert len(parts) == 13 and min(parts) > 0 and sum(parts) == pytest.approx(res["activation_term"], rel=1e-5)
     assert res["bound"] == pytest.approx(res["weight_term"] + res["activation_term"], rel=1e-12)
     assert res["weight_term"] == pytest.approx(res["upper"], rel=1e-9) and res["input_linf"] == 1.0
     check = res["check"]
     assert not check["violated"] and 0 < check["shipped_max_observed"] <= check["shipped_bound"] == res["bound"]
     rc, out, _ = run_main(capsys, "compare", a, b)
     assert rc == 0 and "activation term" in out and "(models as shipped)" in out
+    assert "where the activation term comes from" in out and "'input_QuantizeLinear'" in out
     # the other way round: A quantized, B float (the float architecture drops the ReLUs A's quantizers
     # fold in, e.g. at its input): the same certificate
     rc, out, err = run_main(capsys, "compare", b, a, "--check", 30, "--json")
