@@ -62,6 +62,10 @@ def _points(quantized: Dag, ref: Dag, pairs: dict[str, str]) -> list[_Point] | s
     for q in quantized.quantizers:
         if not q.undone or not np.all(np.isfinite(q.scale)) or np.any(q.scale <= 0):
             return f"quantizer {q.node!r} is not undone by its DequantizeLinear (or has a non-positive scale)"
+        shape = quantized.layer(q.input_layer).shape
+        if any(v.size > 1 and (v.ndim != 1 or not -len(shape) <= q.axis < len(shape) or v.size != shape[q.axis])
+               for v in (q.scale, q.zero_point)):
+            return f"quantizer {q.node!r} has a scale or zero point that does not fit its tensor"
         if q.output_layer != q.input_layer and q.output_layer in inv:
             point = _Point(inv[q.output_layer], True, q)
             if ref.layer(point.layer).op != "relu":

@@ -39,23 +39,25 @@ def import_qdq(node, ctx: ImportContext) -> None:
         out = source
         if clips_at_zero(zero_point):
             out = ctx.add(node, "relu", [source], ctx.shape(node.output[0]))
-        ctx.dag.quantizers.append(_record(node, consumers, ctx, source, out, zero_point))
+        ctx.dag.quantizers.append(_record(node, consumers, ctx, source, out))
         if out != source:
             return
     ctx.alias(node.output[0], ctx.act(node.input[0]))
 
 
 def _qparams(node, ctx: ImportContext) -> tuple[np.ndarray | None, np.ndarray]:
-    scale = ctx.const(node.input[1])
+    """Scale (None if not a constant) and zero point (default uint8 0) of a Q or DQ node."""
+    scale = ctx.const(node.input[1]) if len(node.input) > 1 else None
     zp = ctx.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
     return scale, (np.zeros((), np.uint8) if zp is None else zp)
 
 
-def _record(node, consumers, ctx: ImportContext, source: str, out: str, zero_point) -> ActivationQuantizer:
-    """The pair's parameters; ``undone`` when every DequantizeLinear reverses this QuantizeLinear."""
+def _record(node, consumers, ctx: ImportContext, source: str, out: str) -> ActivationQuantizer:
+    """The pair's parameters; ``undone`` when every DequantizeLinear reverses this QuantizeLinear (and
+    the integer type is the zero point's: no ``output_dtype``, no blocked quantization)."""
     scale, zp = _qparams(node, ctx)
-    zp = np.zeros((), np.uint8) if zero_point is None else zero_point
-    undone = scale is not None and zp.dtype.kind in "iu" and all(
+    plain = not {"output_dtype", "block_size"} & set(attributes(node))
+    undone = plain and scale is not None and zp.dtype.kind in "iu" and all(
         np.array_equal(_qparams(c, ctx)[0], scale) and np.array_equal(_qparams(c, ctx)[1], zp)
         and attributes(c).get("axis", 1) == attributes(node).get("axis", 1) for c in consumers)
     info = np.iinfo(zp.dtype) if zp.dtype.kind in "iu" else np.iinfo(np.int8)
