@@ -178,6 +178,9 @@ def cmd_compare(args) -> int:
         print(f"  lower {_fmt(metric.lower_log10)}   upper {_fmt(metric.upper_log10)}"
               + ("   (exact: |B| ≤ |A| or |B| ≥ |A| everywhere)" if metric.exact else ""))
         print(f"  ‖Φ(A)‖_1 = {_fmt(metric.norm_a_log10)}, ‖Φ(B)‖_1 = {_fmt(metric.norm_b_log10)}")
+        if metric.sign_consistent and metric.route != "direct":
+            print(f"  upper through an intermediate model (route {metric.route}), below the direct two-stream "
+                  f"bound {_fmt(metric.routes['direct'])}")
         if not metric.sign_consistent:
             bad = [s for s in metric.signs if s.violations]
             routes = ", ".join(f"{k} {_fmt(v)}" for k, v in metric.routes.items())
