@@ -225,6 +225,11 @@ def _print_certificate(metric, cert) -> None:
 
 def _print_shares(metric, top: int = 10) -> None:
     """Each layer's exact part of the certified upper bound, largest first."""
+    from .metric import MAX_SHARE_PASSES
+
+    if not metric.shares:
+        print(f"  (per-layer parts not computed: they take one lifted pass per layer, more than {MAX_SHARE_PASSES})")
+        return
     rows = sorted((sh for sh in metric.shares if sh.log10 > -math.inf), key=lambda sh: -sh.log10)
     if not rows:
         return

@@ -34,6 +34,8 @@ from .ops import LAYER_OPS
 
 _LOG10_2 = math.log10(2.0)
 DELTA = "__delta"
+#: parameters one onnxruntime session of bundled two-stream networks may hold (a network per leg)
+BUNDLE_PARAMS = 4_000_000
 
 
 class MismatchError(UsageError):
@@ -272,10 +274,15 @@ def between(a: Dag, b: Dag, pairs: dict[str, str], how: str) -> Dag:
 
 
 def _uppers(legs: list[Leg], providers=None) -> list[float]:
-    """log10 of the two-stream upper bound of each same-sign leg (DAGs of A's structure), one pass."""
-    session = LiftedSession([(two_stream_dag(a, b, pairs), 1.0) for a, b, pairs in legs], providers)
-    session.feeds = {n: (np.zeros_like(v) if n.endswith(DELTA) else v) for n, v in session.feeds.items()}
-    return [combine(1.0, {o: v for o, v in res.items() if o.endswith(DELTA)}).log10 for res in session.lifted_outputs()]
+    """log10 of the two-stream upper bound of each same-sign leg (DAGs of A's structure), bundled a
+    few per onnxruntime session (each bundled network holds three copies of the parameters)."""
+    chunk = max(1, min(8, BUNDLE_PARAMS // max(1, legs[0][0].n_params))) if legs else 1
+    out: list[float] = []
+    for i in range(0, len(legs), chunk):
+        session = LiftedSession([(two_stream_dag(a, b, pairs), 1.0) for a, b, pairs in legs[i:i + chunk]], providers)
+        session.feeds = {n: (np.zeros_like(v) if n.endswith(DELTA) else v) for n, v in session.feeds.items()}
+        out += [combine(1.0, {o: v for o, v in res.items() if o.endswith(DELTA)}).log10 for res in session.lifted_outputs()]
+    return out
 
 
 def _log10_sum(logs: list[float]) -> float:
@@ -299,30 +306,34 @@ def _isolated(a: Dag, b: Dag, pairs: dict[str, str], k: int) -> Leg:
     return _with_params(a, side(False)), _with_params(a, side(True)), {n: n for n in a.graph.nodes}
 
 
-def layer_shares(legs: list[Leg], providers=None, chunk: int = 8) -> list[LayerShare]:
+#: per-layer parts cost one lifted pass per parameterised layer and leg: skipped beyond this many
+MAX_SHARE_PASSES = 64
+
+
+def layer_shares(legs: list[Leg], providers=None) -> list[LayerShare]:
     """Each parameterised layer's part of the summed upper bounds of ``legs`` (same-sign pairs).
 
     Along a path, ``Πhi − Πlo = Σ_k (Π_(j<k) lo_j)(hi_k − lo_k)(Π_(j>k) hi_j)`` (layers in topological
     order): the two-stream bound of :func:`_isolated`'s k-th pair is the k-th sum over all paths, and
-    these parts add up to the leg's bound exactly (up to float rounding). One pass per layer."""
-    jobs: list[Leg] = []
-    layers: list[Layer] = []
-    for a, b, pairs in legs:
-        for k, layer in enumerate(x for x in a.layers() if x.params):
-            jobs.append(_isolated(a, b, pairs, k))
-            layers.append(layer)
-    logs = [v for i in range(0, len(jobs), chunk) for v in _uppers(jobs[i:i + chunk], providers)]
+    these parts add up to the leg's bound exactly (up to float rounding). One pass per layer and leg,
+    bundled a few at a time (built lazily: each pass holds copies of the parameters)."""
+    todo = [(leg, k, layer) for leg in legs for k, layer in enumerate(x for x in leg[0].layers() if x.params)]
+    chunk = max(1, min(8, BUNDLE_PARAMS // max(1, legs[0][0].n_params))) if legs else 1
     parts: dict[str, list[float]] = {}
-    for layer, v in zip(layers, logs):
-        parts.setdefault(layer.name, []).append(v)
-    first = {layer.name: layer for layer in reversed(layers)}
+    first: dict[str, Layer] = {}
+    for i in range(0, len(todo), chunk):  # pairs built per chunk: each holds copies of the parameters
+        batch = todo[i:i + chunk]
+        for (_, _, layer), v in zip(batch, _uppers([_isolated(*leg, k) for leg, k, _ in batch], providers)):
+            parts.setdefault(layer.name, []).append(v)
+            first.setdefault(layer.name, layer)
     return [LayerShare(n, first[n].op, first[n].source, _log10_sum(v)) for n, v in parts.items()]
 
 
 def path_metric(model_a: ModelSource | Dag, model_b: ModelSource | Dag, input_shape=None, providers=None,
                 breakdown: bool = False) -> PathMetric:
     """Bounds on the path-metric between two same-architecture models, their sign consistency and
-    the route of the certified upper bound (``breakdown``: also each layer's share of it)."""
+    the route of the certified upper bound (``breakdown``: also each layer's part of it, when that
+    takes at most :data:`MAX_SHARE_PASSES` lifted passes)."""
     a = model_a if isinstance(model_a, Dag) else import_model(model_a, input_shape)
     b = model_b if isinstance(model_b, Dag) else import_model(model_b, input_shape)
     pairs = pair_layers(a, b)
@@ -333,11 +344,11 @@ def path_metric(model_a: ModelSource | Dag, model_b: ModelSource | Dag, input_sh
     same = {n: n for n in a.graph.nodes}
     # two same-sign legs through an intermediate point (docs/metrics.md, "Sign changes"); via-min is
     # never above the direct bound, and equal to it (then "direct" is kept) when the pair is exact
-    low = between(a, b, pairs, "min")
-    routes: dict[str, list[Leg]] = {"via-min": [(a, low, same), (low, b, pairs)]}
-    if consistent:
-        routes = {"direct": [(a, b, pairs)], **routes}
-    else:
+    routes: dict[str, list[Leg]] = {"direct": [(a, b, pairs)]} if consistent else {}
+    if not (consistent and exact):  # else via-min equals the direct bound, which is d
+        low = between(a, b, pairs, "min")
+        routes["via-min"] = [(a, low, same), (low, b, pairs)]
+    if not consistent:
         zero = between(a, b, pairs, "zero")
         routes["via-zero"] = [(a, zero, same), (zero, b, pairs)]
     legs = [leg for route in routes.values() for leg in route]
@@ -349,7 +360,8 @@ def path_metric(model_a: ModelSource | Dag, model_b: ModelSource | Dag, input_sh
     exact = exact and consistent  # with a sign change, |θ'| ≤ |θ| no longer makes the sandwich tight
     if exact:  # then d equals the (cancellation-free) upper bound
         lower = upper
-    shares = layer_shares(routes[route], providers) if breakdown else []
+    passes = sum(1 for leg in routes[route] for x in leg[0].layers() if x.params)
+    shares = layer_shares(routes[route], providers) if breakdown and passes <= MAX_SHARE_PASSES else []
     return PathMetric(min(lower, upper), upper, norm_a, norm_b, exact, consistent, signs, route, bounds, shares)
 
 

@@ -128,8 +128,9 @@ def test_direct_route_unchanged_and_exact_for_pruning(name: str) -> None:
     model_a, _ = tiny_nets.ALL_NETS[name](4)
     model_b = prune(model_a, np.random.default_rng(4), 0.4)
     m = path_metric(model_a, model_b)
-    assert m.sign_consistent and m.exact and m.route == "direct" and set(m.routes) == {"direct", "via-min"}
-    assert m.routes["via-min"] == m.routes["direct"]  # the same two-stream pass: the exact pair, then 0
+    assert m.sign_consistent and m.exact and m.route == "direct" and set(m.routes) == {"direct"}
+    low = _with_weights(model_a, "min", model_b)  # via-min would be equal: θ'' = θ', one leg 0
+    assert _brute_d(low, model_b) == 0.0
     d = _brute_d(model_a, model_b)
     assert m.upper == pytest.approx(d, rel=1e-5) and m.lower == m.upper
 
@@ -220,3 +221,16 @@ def test_check_bound_api_searches(tmp_path: Path) -> None:
     searched = check_bound(model_a, model_b, dag_a, dag_b, m, 1.0, 20, seed=3, search=60)
     assert searched.searched == 60 and not searched.violated
     assert searched.max_observed >= plain.max_observed  # the search starts from the samples' worst
+
+
+def test_layer_parts_are_skipped_beyond_the_pass_budget(monkeypatch, capsys) -> None:
+    from onnx_pathlift import metric as metric_mod
+
+    monkeypatch.setattr(metric_mod, "MAX_SHARE_PASSES", 2)
+    a = MODELS / "digits_cnn_torch_bn.onnx"
+    b = MODELS / "digits_cnn_torch_bn_pruned50.onnx"
+    rc, out, err = run_main(capsys, "compare", a, b, "--json")
+    assert rc == 0, err
+    assert json.loads(out)["layers"] == []
+    rc, out, _ = run_main(capsys, "compare", a, b)
+    assert rc == 0 and "per-layer parts not computed" in out and "certified: for every" in out
