@@ -12,10 +12,11 @@ each handler's ``split_params``) and lifted like any other, so it runs in one on
 
 The bound may go through an intermediate θ'' same-signed with both (flipped coordinates 0):
 ``d(θ, θ') ≤ d(θ, θ'') + d(θ'', θ')`` and the theorem holds on each leg. With θ'' = sign·min(|θ|, |θ'|)
-("via-min") both legs are exact and the sum is never above the direct two-stream bound (docs/metrics.md),
-so it is computed for every pair; with sign changes it is the certificate ("via-zero" is reported too). The upper bound of a same-sign leg splits
-exactly over layers: ``Πhi − Πlo = Σ_k (Π_(j<k) lo_j)(hi_k − lo_k)(Π_(j>k) hi_j)`` along every path,
-layers in topological order (:func:`layer_shares`).
+("via-min") both legs are exact and their sum is never above the direct two-stream bound
+(docs/metrics.md), so it is computed for every non-exact pair; with sign changes it is the
+certificate ("via-zero" is reported too). The upper bound of a same-sign leg splits exactly over
+layers: ``Πhi − Πlo = Σ_k (Π_(j<k) lo_j)(hi_k − lo_k)(Π_(j>k) hi_j)`` along every path, layers in
+topological order (:func:`layer_shares`).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class LayerShare:
 
     def to_dict(self, total_log10: float) -> dict:
         share = 10.0 ** (self.log10 - total_log10) if math.isfinite(total_log10) else 0.0
-        return {"layer": self.layer, "op": self.op, "source": self.source, "value": _value(self.log10),
+        return {"layer": self.layer, "op": self.op, "source": self.source, "value": log10_value(self.log10),
                 "log10": _json(self.log10), "fraction": share}
 
 
@@ -71,8 +72,9 @@ class LayerShare:
 class PathMetric:
     """Bounds on ``d(θ, θ') = ‖Φ(θ) − Φ(θ')‖_1`` as log10 (``-inf`` for 0) and values (None past float64).
 
-    ``upper`` is the certified one: the direct two-stream bound when signs agree, else the smaller of
-    the two-leg routes (``routes``: route name → log10 of its bound; ``route``: the one taken)."""
+    ``upper`` is the certified one, the smallest route (``routes``: route name → log10 of its bound;
+    ``route``: the one taken): ``direct`` (the two-stream bound, same signs only) or ``via-min`` /
+    ``via-zero`` (two same-sign legs); ``shares``: each parameterised layer's exact part of it."""
 
     lower_log10: float
     upper_log10: float
@@ -87,11 +89,11 @@ class PathMetric:
 
     @property
     def lower(self) -> float | None:
-        return _value(self.lower_log10)
+        return log10_value(self.lower_log10)
 
     @property
     def upper(self) -> float | None:
-        return _value(self.upper_log10)
+        return log10_value(self.upper_log10)
 
     def bound_log10(self, r: float = 1.0) -> float:
         """log10 of the certified ``max(r, 1) · upper`` for inputs with ‖x‖_∞ ≤ r."""
@@ -102,9 +104,9 @@ class PathMetric:
         return {
             "lower": self.lower, "upper": self.upper, "lower_log10": j(self.lower_log10), "upper_log10": j(self.upper_log10),
             "exact": self.exact, "sign_consistent": self.sign_consistent, "route": self.route,
-            "routes": {k: _value(v) for k, v in self.routes.items()},
-            "input_linf": r, "bound": _value(self.bound_log10(r)), "bound_log10": j(self.bound_log10(r)),
-            "norm_a": _value(self.norm_a_log10), "norm_b": _value(self.norm_b_log10),
+            "routes": {k: log10_value(v) for k, v in self.routes.items()},
+            "input_linf": r, "bound": log10_value(self.bound_log10(r)), "bound_log10": j(self.bound_log10(r)),
+            "norm_a": log10_value(self.norm_a_log10), "norm_b": log10_value(self.norm_b_log10),
             "norm_a_log10": j(self.norm_a_log10), "norm_b_log10": j(self.norm_b_log10),
             "sign_violations": [s.__dict__ for s in self.signs if s.violations],
             "flipped_per_layer": {s.layer: s.violations for s in self.signs},
@@ -112,7 +114,8 @@ class PathMetric:
         }
 
 
-def _value(log10: float) -> float | None:
+def log10_value(log10: float) -> float | None:
+    """10**log10 (0 for -inf, None past float64)."""
     if log10 == -math.inf:
         return 0.0
     return 10.0**log10 if log10 < 308.25 else None
@@ -285,7 +288,8 @@ def _uppers(legs: list[Leg], providers=None) -> list[float]:
     return out
 
 
-def _log10_sum(logs: list[float]) -> float:
+def log10_sum(logs: list[float]) -> float:
+    """log10 Σ 10**l_i without overflow (-inf when every term is 0)."""
     top = max(logs)
     return top if top == -math.inf else top + math.log10(math.fsum(10.0 ** (v - top) for v in logs))
 
@@ -326,7 +330,7 @@ def layer_shares(legs: list[Leg], providers=None) -> list[LayerShare]:
         for (_, _, layer), v in zip(batch, _uppers([_isolated(*leg, k) for leg, k, _ in batch], providers)):
             parts.setdefault(layer.name, []).append(v)
             first.setdefault(layer.name, layer)
-    return [LayerShare(n, first[n].op, first[n].source, _log10_sum(v)) for n, v in parts.items()]
+    return [LayerShare(n, first[n].op, first[n].source, log10_sum(v)) for n, v in parts.items()]
 
 
 def path_metric(model_a: ModelSource | Dag, model_b: ModelSource | Dag, input_shape=None, providers=None,
@@ -353,7 +357,7 @@ def path_metric(model_a: ModelSource | Dag, model_b: ModelSource | Dag, input_sh
         routes["via-zero"] = [(a, zero, same), (zero, b, pairs)]
     legs = [leg for route in routes.values() for leg in route]
     logs = iter(_uppers(legs, providers))
-    bounds = {name: _log10_sum([next(logs) for _ in route]) for name, route in routes.items()}
+    bounds = {name: log10_sum([next(logs) for _ in route]) for name, route in routes.items()}
     route = min(bounds, key=bounds.__getitem__)  # the first of equal ones: direct
     upper = bounds[route]
     lower = _log10_diff(norm_a, norm_b)
@@ -470,7 +474,7 @@ def check_bound(model_a, model_b, dag_a: Dag, dag_b: Dag, metric: PathMetric, r:
     emitted_a = make_session(emit_model(dag_a), providers)  # same graph as B's below: same float32 rounding
     certified_b = make_session(emit_model(with_params_of(dag_a, dag_b, pairs)), providers)
     inputs = {name: dag_a.layer(name).shape for name in dag_a.inputs}
-    bound = _value(metric.bound_log10(r))
+    bound = log10_value(metric.bound_log10(r))
     run = _change(lambda x: [np.asarray(v, np.float64) for v in emitted_a.run(names, x)],
                   lambda x: [np.asarray(v, np.float64) for v in certified_b.run(names, x)])
     worst, ratio, violated = _verdict(_probe(run, inputs, r, samples, search, np.random.default_rng(seed)), bound)

@@ -9,9 +9,9 @@ a quantizer folded in), for every input with ‖x‖_∞ ≤ R (proof in docs/me
 v over the quantized neurons, b(v) the backward mass of v in F's bias-free lifted network (Σ over
 paths from v to the outputs of Π|w|) and ε(v) a bound on |Q(u_v) − g(u_v)| over the box: s/2 inside
 the quantizer's range, the distance to the range past it, with |u_v| bounded by the lifted forward
-mass of v (inputs R, biases, and s/2 added at every quantizer upstream) and u_v ≥ 0 where a sign
-analysis proves it. Both sums come from lifted passes of F with the errors injected as biases:
-``Σ_v b(v)·ε(v)`` is the lifted output of the bias-free F with input mass 0 and bias ε(v) added at v.
+mass of v in F cut after every quantizer (inputs fed R, each cut fed its range's largest magnitude)
+and u_v ≥ 0 where a sign analysis proves it. ``Σ_v b(v)·ε(v)`` is the lifted output of the bias-free
+F with input mass 0 and bias ε(v) added at v: two lifted passes in all.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .dag import ActivationQuantizer, Dag, Layer
+from .metric import log10_sum, log10_value, pair_layers, with_params_of, without_biases
 from .norm import LiftedSession, combine
 
 #: relative margin on lifted float32 masses (sums of non-negative terms, rounded to nearest)
@@ -42,9 +43,7 @@ class ActivationBound:
 
     @property
     def term(self) -> float | None:
-        if self.term_log10 is None:
-            return None
-        return 0.0 if self.term_log10 == -math.inf else (10.0 ** self.term_log10 if self.term_log10 < 308.25 else None)
+        return None if self.term_log10 is None else log10_value(self.term_log10)
 
 
 @dataclass(frozen=True)
@@ -190,7 +189,7 @@ def activation_bound(quantized: Dag, ref: Dag, pairs: dict[str, str], float_net:
     margin = math.log10(1 + MARGIN)
     logs = backward_sums(float_net, [eps] + [{p.layer: eps[p.layer]} for p in points], providers)
     for row, v in zip(rows, logs[1:]):  # each point's part Σ_(v∈k) b(v)·ε(v); they add up to the total
-        row["term"] = 10.0 ** (v + margin) if v < 300 else None
+        row["term"] = log10_value(v + margin)
     return ActivationBound(logs[0] + margin, None, rows)
 
 
@@ -203,8 +202,6 @@ def backward_sum(dag: Dag, eps: dict[str, np.ndarray], providers=None) -> float:
 
 def backward_sums(dag: Dag, eps_list: list[dict[str, np.ndarray]], providers=None) -> list[float]:
     """:func:`backward_sum` of several injections, one bundled pass."""
-    from .metric import without_biases
-
     bare = without_biases(dag)
     session = LiftedSession([(_injected(bare, eps), 1.0) for eps in eps_list], providers, per_sample=False)
     session.feeds = {n: np.zeros_like(v) for n, v in session.feeds.items()}  # paths start at the injections only
@@ -224,13 +221,11 @@ class Certificate:
 
     @property
     def total(self) -> float | None:
-        weight = 10.0**self.weight_log10 if self.weight_log10 < 308.25 else None
-        act = self.activation.term
+        weight, act = log10_value(self.weight_log10), self.activation.term
         return None if weight is None or act is None else weight + act
 
     def to_dict(self) -> dict:
-        weight = 10.0**self.weight_log10 if self.weight_log10 < 308.25 else None
-        return {"bound": self.total, "weight_term": weight, "activation_term": self.activation.term,
+        return {"bound": self.total, "weight_term": log10_value(self.weight_log10), "activation_term": self.activation.term,
                 "input_linf": self.r, "activation": {"quantized_points": self.quantized_points,
                                                      "certified": self.activation.term is not None,
                                                      "reason": self.activation.reason, "points": self.activation.points}}
@@ -253,7 +248,9 @@ def _stepped_over(dag: Dag, paired: set[str]) -> tuple[set[str], str | None]:
     """The ReLUs of ``dag`` that pairing stepped over, and why that is not sound when one of them is
     not a quantizer's folded ReLU (then the two architectures really differ)."""
     stepped = {layer.name for layer in dag.layers() if layer.op == "relu" and layer.name not in paired}
-    folded = {q.output_layer for q in dag.quantizers if q.output_layer != q.input_layer}
+    folding = [q for q in dag.quantizers if q.output_layer != q.input_layer]
+    # a ReLU the quantizer folds, or a ReLU right before it (relu then a clip at 0: one ReLU)
+    folded = {q.output_layer for q in folding} | {q.input_layer for q in folding if dag.layer(q.input_layer).op == "relu"}
     extra = sorted(stepped - folded)
     return stepped, (f"ReLU {extra[0]!r} is in one model only and is not a quantizer's" if extra else None)
 
@@ -264,8 +261,6 @@ def certify(dag_a: Dag, dag_b: Dag, weight_log10: float, r: float, providers=Non
     The float architecture F is A's without the ReLUs that only A's quantizers fold in (the lifted
     networks, hence d, do not see ReLUs); each model as shipped is F with its weights and its
     quantizers in place of F's identity or ReLU at those points."""
-    from .metric import pair_layers, with_params_of
-
     pairs = pair_layers(dag_a, dag_b)
     stepped_a, why_a = _stepped_over(dag_a, set(pairs))
     _, why_b = _stepped_over(dag_b, set(pairs.values()))
@@ -280,7 +275,5 @@ def certify(dag_a: Dag, dag_b: Dag, weight_log10: float, r: float, providers=Non
     reason = next((p.reason for p in parts if p.term_log10 is None), None)
     if reason is not None:
         return Certificate(weight_log10, ActivationBound(None, reason), r, n)
-    logs = [p.term_log10 for p in parts]
-    top = max(logs)
-    total = top if top == -math.inf else top + math.log10(sum(10.0 ** (v - top) for v in logs))
+    total = log10_sum([p.term_log10 for p in parts])
     return Certificate(weight_log10, ActivationBound(total, None, parts[0].points + parts[1].points), r, n)

@@ -238,3 +238,45 @@ def test_activation_bound_refuses_an_unplaceable_quantizer() -> None:
                                               q.q_min, q.q_max, q.axis, False)
     res = activation_bound(dag_b, dag_a, pairs, with_params_of(dag_a, dag_b, pairs), 1.0)
     assert res.term is None and "not undone" in res.reason
+
+
+def _hand_qdq(relu_before: bool, zero_point: int) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """A: Gemm → Relu → Gemm (float); B: the same weights with an int8 Q/DQ pair on the hidden layer,
+    after a kept ReLU (``relu_before``) or instead of it, zero point ``zero_point``."""
+    from conftest import make_model
+    from onnx import helper
+
+    rng = np.random.default_rng(5)
+    w = {"W1": rng.normal(size=(6, 4)).astype(np.float32), "B1": rng.normal(size=6).astype(np.float32),
+         "W2": rng.normal(size=(3, 6)).astype(np.float32), "B2": rng.normal(size=3).astype(np.float32)}
+    io = ([("x", [1, 4])], [("y", [1, 3])])
+    a = make_model([helper.make_node("Gemm", ["x", "W1", "B1"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["r"]),
+                    helper.make_node("Gemm", ["r", "W2", "B2"], ["y"], transB=1)], *io, w)
+    q = {"s": np.array(0.02, np.float32), "z": np.array(zero_point, np.int8)}
+    nodes = [helper.make_node("Gemm", ["x", "W1", "B1"], ["h"], transB=1)]
+    nodes += [helper.make_node("Relu", ["h"], ["r0"])] if relu_before else []
+    nodes += [helper.make_node("QuantizeLinear", ["r0" if relu_before else "h", "s", "z"], ["hq"]),
+              helper.make_node("DequantizeLinear", ["hq", "s", "z"], ["r"]),
+              helper.make_node("Gemm", ["r", "W2", "B2"], ["y"], transB=1)]
+    return a, make_model(nodes, *io, {**w, **q})
+
+
+@pytest.mark.parametrize("relu_before", [False, True])
+def test_hand_made_qdq_with_and_without_a_kept_relu(relu_before: bool) -> None:
+    """A ReLU folded into a range starting at 0, with or without the ReLU kept before it: certified,
+    and never exceeded (ranges [0, 5.1] clip hidden values of the box ‖x‖_∞ ≤ 2)."""
+    a, b = _hand_qdq(relu_before, -128)
+    bound, worst = _total_holds(a, b, 2.0, seed=5)
+    assert 0 < worst <= bound
+
+
+def test_a_relu_dropped_without_folding_is_refused() -> None:
+    """B quantizes the pre-ReLU value with a range around 0 (zero point 0) and has no ReLU: a different
+    architecture, which must not be certified as A's."""
+    a, b = _hand_qdq(False, 0)
+    dag_a, dag_b = import_model(a), import_model(b)
+    cert = certify(dag_a, dag_b, path_metric(dag_a, dag_b).bound_log10(1.0), 1.0)
+    assert cert.total is None and "is in one model only" in cert.activation.reason
+    x = {"x": np.full((1, 4), -1.0, np.float32)}
+    from test_metric import Runner
+    assert np.abs(Runner(a, ["y"])(x) - Runner(b, ["y"])(x)).sum() > 0  # they do differ
