@@ -167,8 +167,8 @@ def cmd_compare(args) -> int:
     violation = None
     if check is not None and check.violated:
         violation = CertificateViolation(
-            f"observed output change {check.max_observed:.6g} (B as shipped: {check.shipped_max_observed}) EXCEEDS the "
-            f"certified bound {check.bound:.6g} (total: {check.shipped_bound}): this is a bug (in onnx-pathlift or in "
+            f"observed output change {check.max_observed:.6g} (models as shipped: {check.shipped_max_observed}) EXCEEDS "
+            f"the certified bound {check.bound} (total: {check.shipped_bound}): this is a bug (in onnx-pathlift or in "
             "the theorem's preconditions); please report it with both models")
         result["error"] = violation.to_dict()
     if args.json:
@@ -209,7 +209,7 @@ def _print_certificate(metric, cert) -> None:
     elif cert.total is None:
         print(f"  certified (B's weights in A's float architecture): for every input with ‖x‖_∞ ≤ {r:g}, "
               f"‖A(x) − B(x)‖_1 ≤ {_fmt(metric.bound_log10(r))}")
-        print(f"  activation quantization NOT certified: {cert.activation.reason}")
+        print(f"  activation quantization NOT certified: {cert.activation.reason or 'the total exceeds float64'}")
     else:
         print(f"  certified: for every input with ‖x‖_∞ ≤ {r:g}, ‖A(x) − B(x)‖_1 ≤ {cert.total:.6g} (models as shipped)")
         print(f"    = weight term {_fmt(metric.bound_log10(r))} (max(R, 1)·upper) + activation term "
