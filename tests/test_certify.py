@@ -234,3 +234,19 @@ def test_layer_parts_are_skipped_beyond_the_pass_budget(monkeypatch, capsys) -> 
     assert json.loads(out)["layers"] == []
     rc, out, _ = run_main(capsys, "compare", a, b)
     assert rc == 0 and "per-layer parts not computed" in out and "certified: for every" in out
+
+
+def test_tightness_study_smoke() -> None:
+    """tools/tightness_study.py on the scikit-learn MLP with small budgets: every pair certified, the
+    found changes below the certificate, eq. (2) above it, the rescaled pair's eq. (2) larger still."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tightness_study", MODELS.parent / "tools" / "tightness_study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    rows = study.study(MODELS / "digits_mlp_sklearn.onnx", 1.0, 10, 10, 0)
+    assert [r["pair"] for r in rows] == ["pruned 50%", "fp16", "noisy + 5% flips", "rescaled"]  # no int8: Softmax head
+    for r in rows:
+        assert 0 <= r["sampled"] <= r["searched"] <= r["certificate"] < r["eq2"], r
+    assert all(r["eq2_rescaled"] > r["eq2"] for r in rows if "eq2_rescaled" in r)
+    assert "| digits_mlp_sklearn.onnx | fp16 |" in study.markdown(rows)
