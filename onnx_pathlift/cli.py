@@ -183,24 +183,28 @@ def cmd_lift(args) -> int:
 
 def cmd_compare(args) -> int:
     from .metric import check_bound, pair_layers, path_metric
+    from .quant_bound import certify
 
     a_model, a_prep, dag_a, _ = _load(args, args.model)
     b_model, b_prep, dag_b, _ = _load(args, args.other)
     pair_layers(dag_a, dag_b)  # says where the architectures differ before any work
-    metric = path_metric(dag_a, dag_b, providers=args.provider)
+    metric = path_metric(dag_a, dag_b, providers=args.provider, breakdown=True)
     r = args.input_linf
-    result = {"a": str(args.model), "b": str(args.other), **metric.to_dict(r),
+    cert = certify(dag_a, dag_b, metric.bound_log10(r), r, providers=args.provider)
+    result = {"a": str(args.model), "b": str(args.other), **metric.to_dict(r), **cert.to_dict(),
               "activation_quantization_in_b": dag_b.activation_qdq, "notes_b": dag_b.notes}
     check = None
     if args.check:
         check = check_bound(a_model, b_model, dag_a, dag_b, metric, r, args.check, a_prep.elem_types,
-                            b_prep.elem_types, providers=args.provider)
+                            b_prep.elem_types, providers=args.provider, search=args.check,
+                            activation=cert.activation.term)
         result["check"] = check.to_dict()
     violation = None
     if check is not None and check.violated:
         violation = CertificateViolation(
-            f"observed output change {check.max_observed:.6g} EXCEEDS the certified bound {check.bound:.6g}: "
-            "this is a bug (in onnx-pathlift or in the theorem's preconditions); please report it with both models")
+            f"observed output change {check.max_observed:.6g} (models as shipped: {check.shipped_max_observed}) EXCEEDS "
+            f"the certified bound {check.bound} (total: {check.shipped_bound}): this is a bug (in onnx-pathlift or in "
+            "the theorem's preconditions); please report it with both models")
         result["error"] = violation.to_dict()
     if args.json:
         print(json.dumps(result, indent=2))
@@ -209,25 +213,68 @@ def cmd_compare(args) -> int:
         print(f"  lower {_fmt(metric.lower_log10)}   upper {_fmt(metric.upper_log10)}"
               + ("   (exact: |B| ≤ |A| or |B| ≥ |A| everywhere)" if metric.exact else ""))
         print(f"  ‖Φ(A)‖_1 = {_fmt(metric.norm_a_log10)}, ‖Φ(B)‖_1 = {_fmt(metric.norm_b_log10)}")
-        if dag_b.activation_qdq:
-            print(f"  note: B quantizes activations ({dag_b.activation_qdq} QuantizeLinear→DequantizeLinear pairs); the "
-                  "certificate covers B's weights in A's float architecture, not the activation quantization")
-        if metric.sign_consistent:
-            print(f"  certified: for every input with ‖x‖_∞ ≤ {r:g}, ‖A(x) − B(x)‖_1 ≤ {_fmt(metric.bound_log10(r))}")
-        else:
+        if metric.sign_consistent and metric.route != "direct":
+            print(f"  upper through an intermediate model (route {metric.route}), below the direct two-stream "
+                  f"bound {_fmt(metric.routes['direct'])}")
+        if not metric.sign_consistent:
             bad = [s for s in metric.signs if s.violations]
-            print(f"  NOT certified: {sum(s.violations for s in bad)} parameter(s) change sign, in {len(bad)} layer(s):")
+            routes = ", ".join(f"{k} {_fmt(v)}" for k, v in metric.routes.items())
+            print(f"  {sum(s.violations for s in bad)} parameter(s) change sign, in {len(bad)} layer(s); the bound goes "
+                  f"through an intermediate model (route {metric.route}; routes: {routes}):")
             for s in bad[:20]:
-                print(f"    {s.layer}: {s.violations} of {s.size}")
+                print(f"    {s.layer!r}: {s.violations} of {s.size}")
+        _print_certificate(metric, cert)
         if check is not None:
             ratio = "n/a (no certificate)" if check.ratio is None else f"{check.ratio:.3g} of the bound"
             print(f"  check: largest observed ‖A(x) − B(x)‖_1 over {check.samples} inputs = {check.max_observed:.6g} ({ratio})")
             if check.shipped_max_observed is not None:
-                print(f"  B as shipped (not certified): largest observed change {check.shipped_max_observed:.6g}")
+                ratio = "" if check.shipped_ratio is None else f" ({check.shipped_ratio:.3g} of the total bound)"
+                print(f"  models as shipped (quantized activations): largest observed change {check.shipped_max_observed:.6g}{ratio}")
     if violation is not None:
         print(f"onnx-pathlift: error: {violation}", file=sys.stderr)
         return violation.exit_code
     return 0
+
+
+def _print_certificate(metric, cert) -> None:
+    """The certified bound, its weight and activation terms, and where the weight term comes from."""
+    r = cert.r
+    if not cert.quantized_points:
+        print(f"  certified: for every input with ‖x‖_∞ ≤ {r:g}, ‖A(x) − B(x)‖_1 ≤ {_fmt(metric.bound_log10(r))}")
+    elif cert.total is None:
+        print(f"  certified (B's weights in A's float architecture): for every input with ‖x‖_∞ ≤ {r:g}, "
+              f"‖A(x) − B(x)‖_1 ≤ {_fmt(metric.bound_log10(r))}")
+        print(f"  activation quantization NOT certified: {cert.activation.reason or 'the total exceeds float64'}")
+    else:
+        print(f"  certified: for every input with ‖x‖_∞ ≤ {r:g}, ‖A(x) − B(x)‖_1 ≤ {cert.total:.6g} (models as shipped)")
+        print(f"    = weight term {_fmt(metric.bound_log10(r))} (max(R, 1)·upper) + activation term "
+              f"{cert.activation.term:.6g} ({cert.quantized_points} quantized activation tensor(s))")
+        points = sorted((p for p in cert.activation.points if p["term"]), key=lambda p: -p["term"])
+        if points and cert.activation.term:
+            print("  where the activation term comes from (each quantizer's Σ b(v)·ε(v); ε: rounding, or clipping in the box):")
+            for p in points[:5]:
+                how = "clipping" if p["clipping"] else "rounding"
+                print(f"    {p['node']!r}: {p['term'] / cert.activation.term:.1%} ({p['term']:.6g}, ε ≤ {p['epsilon_max']:.3g}, {how})")
+    _print_shares(metric)
+
+
+def _print_shares(metric, top: int = 10) -> None:
+    """Each layer's exact part of the certified upper bound, largest first."""
+    from .metric import MAX_SHARE_PASSES
+
+    if not metric.shares:
+        print(f"  (per-layer parts not computed: they take one lifted pass per layer, more than {MAX_SHARE_PASSES})")
+        return
+    rows = sorted((sh for sh in metric.shares if sh.log10 > -math.inf), key=lambda sh: -sh.log10)
+    if not rows:
+        return
+    print("  where the weight bound comes from (each layer's part of it):")
+    for sh in rows[:top]:
+        print(f"    {sh.op} {sh.layer!r}: {10 ** (sh.log10 - metric.estimate_log10):.1%} ({_fmt(sh.log10)})")
+    if len(rows) > top:
+        print(f"    ... {len(rows) - top} more layer(s)")
+    if len(metric.shares) > len(rows):
+        print(f"    ({len(metric.shares) - len(rows)} parameterised layer(s) unchanged: no part)")
 
 
 def cmd_lipschitz(args) -> int:
@@ -541,7 +588,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(c)
     c.add_argument("other", help="the second .onnx file (same architecture)")
     c.add_argument("--input-linf", type=float, default=1.0, metavar="R", help="inputs with ‖x‖_∞ ≤ R (default 1)")
-    c.add_argument("--check", type=int, default=0, metavar="N", help="also run both models on N random inputs in the box")
+    c.add_argument("--check", type=int, default=0, metavar="N",
+                   help="also run both models on N random inputs in the box, then N steps of a search for the largest change")
     c.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="onnxruntime execution provider")
     c.set_defaults(func=cmd_compare, q=[1.0])
 

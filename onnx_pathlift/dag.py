@@ -37,6 +37,24 @@ class Layer:
         return int(sum(p.size for p in self.params.values()))
 
 
+@dataclass(frozen=True)
+class ActivationQuantizer:
+    """A QuantizeLinear→DequantizeLinear pair on an activation ``u`` (the layer ``input_layer``):
+    ``Q(u) = (clip(round(u/s) + z, q_min, q_max) − z)·s``, ``s`` and ``z`` per tensor or along ``axis``.
+    ``output_layer`` stands for ``Q(u)`` in the DAG (a ReLU when the range starts at 0, else
+    ``input_layer`` itself); ``undone``: the DequantizeLinear has the same scale and zero point."""
+
+    node: str
+    input_layer: str
+    output_layer: str
+    scale: np.ndarray
+    zero_point: np.ndarray
+    q_min: int
+    q_max: int
+    axis: int
+    undone: bool
+
+
 @dataclass
 class Dag:
     """A ReLU network as a DAG of layers, with its ordered graph inputs and analysed outputs."""
@@ -47,6 +65,7 @@ class Dag:
     opset: int = 17
     notes: list[str] = field(default_factory=list)
     activation_qdq: int = 0  # QuantizeLinear→DequantizeLinear pairs on activations, imported as identity
+    quantizers: list[ActivationQuantizer] = field(default_factory=list)  # those pairs, for the activation bound
 
     def add(self, layer: Layer, kind: str) -> Layer:
         """Add ``layer`` (its inputs must already be present) and the edges from its inputs."""

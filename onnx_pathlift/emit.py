@@ -77,12 +77,12 @@ def lift_bundle(jobs: Sequence[tuple[Dag, float]], static: bool = True) -> Model
 
 
 def lifted_bundle(jobs: Sequence[tuple[Dag, float]], static: bool = True,
-                  zero_inputs: frozenset[str] = frozenset()) -> tuple[BuiltModel, list[Budget]]:
+                  input_log2: dict[str, float] | None = None) -> tuple[BuiltModel, list[Budget]]:
     """Several lifted networks in one model (one session, one run): ``(dag, q)`` jobs whose DAGs share
     their inputs (names and shapes), e.g. one network at q = 1, 2, 4 and its bias-free variant. Job
     ``i``'s outputs are those of :func:`lift_model` prefixed with :func:`bundle_tag`; each job's
-    error :class:`~onnx_pathlift.budget.Budget` comes with the model. ``zero_inputs``: inputs that will
-    be fed zeros instead of ones (their neurons start no path: bound ``-inf``)."""
+    error :class:`~onnx_pathlift.budget.Budget` comes with the model. ``input_log2``: ``log2`` of the
+    largest value fed to an input, where that is not all ones (``-inf``: zeros, the input starts no path)."""
     for _, q in jobs:
         if not (math.isfinite(q) and q >= 1.0):
             raise UsageError(f"q must be a finite number ≥ 1 (got {q})")
@@ -97,7 +97,7 @@ def lifted_bundle(jobs: Sequence[tuple[Dag, float]], static: bool = True,
     outputs: list[tuple[str, tuple[int, ...] | None]] = []
     budgets: list[Budget] = []
     for (dag, q), tag in zip(jobs, tags):
-        lifted = lift_forward(dag, q, b, zero_inputs)
+        lifted = lift_forward(dag, q, b, input_log2)
         budgets.append(lifted.budget)
         for out, lname in dag.outputs.items():
             log2 = lifted.value[lname].log2
@@ -127,7 +127,7 @@ class Lifted:
     budget: Budget
 
 
-def lift_forward(dag: Dag, q: float, b: LiftBuilder, zero_inputs: frozenset[str] = frozenset()) -> Lifted:
+def lift_forward(dag: Dag, q: float, b: LiftBuilder, input_log2: dict[str, float] | None = None) -> Lifted:
     """Emit the lifted forward pass on ``b``. Static mode: each layer's exponent map comes from its
     static bound (:func:`_lift_static`); dynamic mode: tensors are renormalised where needed, and
     the analysed outputs at the end."""
@@ -147,7 +147,7 @@ def lift_forward(dag: Dag, q: float, b: LiftBuilder, zero_inputs: frozenset[str]
     for layer in layers:
         if layer.op == "input":
             value[layer.name] = Scaled(layer.name, 0 if b.static else b.scalar(0.0), 0.0)
-            bounds[layer.name] = np.asarray(-np.inf if layer.name in zero_inputs else 0.0)  # fed with ones (or zeros)
+            bounds[layer.name] = np.asarray((input_log2 or {}).get(layer.name, 0.0))  # fed with ones, unless told
             rho[layer.name] = 0.0
             continue
         handler = LAYER_OPS[layer.op]
@@ -161,7 +161,7 @@ def lift_forward(dag: Dag, q: float, b: LiftBuilder, zero_inputs: frozenset[str]
         value[layer.name] = b.normalize(y, len(layer.shape)) if y.bound > HEADROOM_LOG2 else y
         budget.add(layer.name, layer.inputs, handler.rounding_ops(layer, in_shapes) + 4, None)  # + renormalisation
     if not b.static:
-        bounds = static_bounds(layers, shapes, q, zero_inputs)
+        bounds = static_bounds(layers, shapes, q, input_log2)
     for out, lname in dag.outputs.items():
         if not b.static:
             clean(lname)
@@ -219,11 +219,11 @@ def _total_log2(bound: np.ndarray, shape: tuple[int, ...]) -> float:
 
 
 def static_bounds(layers: list[Layer], shapes: dict[str, tuple[int, ...]], q: float,
-                  zero_inputs: frozenset[str] = frozenset()) -> dict[str, np.ndarray]:
-    """Every layer's static upper bound on ``log2`` of its lifted values (inputs: all ones, or zeros)."""
+                  input_log2: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+    """Every layer's static upper bound on ``log2`` of its lifted values (inputs: all ones, or as told)."""
     bounds: dict[str, np.ndarray] = {}
     for layer in layers:
-        bounds[layer.name] = np.asarray(-np.inf if layer.name in zero_inputs else 0.0) if layer.op == "input" else LAYER_OPS[layer.op].bound(
+        bounds[layer.name] = np.asarray((input_log2 or {}).get(layer.name, 0.0)) if layer.op == "input" else LAYER_OPS[layer.op].bound(
             layer, [bounds[i] for i in layer.inputs], [shapes[i] for i in layer.inputs], q)
     return bounds
 

@@ -162,7 +162,7 @@ def _imported(trace: ImportTrace) -> list[Imported]:
         layer_sets = [s.split("+") if s else [] for s in sigs]
         if op_type in _QDQ:
             how = "activation-qdq"
-            note = "activation quantization imported as identity (or ReLU where its range starts at 0): not certified"
+            note = "activation quantization imported as identity (or ReLU where its range starts at 0); compare bounds it"
         elif all(not ls for ls in layer_sets):
             how, note = "identity", "imported as identity (no layer)"
         elif op_type != "Relu" and any("relu" in ls for ls in layer_sets):

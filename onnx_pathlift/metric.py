@@ -9,6 +9,14 @@ both sides equal when ``|θ'| ≤ |θ|`` (or ``≥``) coordinatewise. The upper 
 subtraction by a two-stream network: ``lo`` (weights ``min``) and ``Δ = hi − lo`` with
 ``Δ_out = f_hi_linear(Δ_in) + f_(hi−lo)(lo_in)``; it is built as an ordinary DAG (the per-op algebra is
 each handler's ``split_params``) and lifted like any other, so it runs in one onnxruntime pass.
+
+The bound may go through an intermediate θ'' same-signed with both (flipped coordinates 0):
+``d(θ, θ') ≤ d(θ, θ'') + d(θ'', θ')`` and the theorem holds on each leg. With θ'' = sign·min(|θ|, |θ'|)
+("via-min") both legs are exact and their sum is never above the direct two-stream bound
+(docs/metrics.md), so it is computed for every non-exact pair; with sign changes it is the
+certificate ("via-zero" is reported too). The upper bound of a same-sign leg splits exactly over
+layers: ``Πhi − Πlo = Σ_k (Π_(j<k) lo_j)(hi_k − lo_k)(Π_(j>k) hi_j)`` along every path, layers in
+topological order (:func:`layer_shares`).
 """
 
 from __future__ import annotations
@@ -22,11 +30,13 @@ from .dag import Dag, Layer
 from .errors import UsageError
 from .importer import import_model
 from .load import ModelSource
-from .norm import PathNormSession, combine_runs
+from .norm import LiftedSession, PathNorm, PathNormSession, combine_runs
 from .ops import LAYER_OPS
 
 _LOG10_2 = math.log10(2.0)
 DELTA = "__delta"
+#: parameters one onnxruntime session of bundled two-stream networks may hold (a network per leg)
+BUNDLE_PARAMS = 4_000_000
 
 
 class MismatchError(UsageError):
@@ -43,9 +53,28 @@ class LayerSigns:
     size: int
 
 
+@dataclass(frozen=True)
+class LayerShare:
+    """One parameterised layer's exact part of the certified upper bound (log10; ``-inf`` for 0)."""
+
+    layer: str
+    op: str
+    source: str
+    log10: float
+
+    def to_dict(self, total_log10: float) -> dict:
+        share = 10.0 ** (self.log10 - total_log10) if math.isfinite(total_log10) else 0.0
+        return {"layer": self.layer, "op": self.op, "source": self.source, "value": log10_value(self.log10),
+                "log10": _json(self.log10), "fraction": share}
+
+
 @dataclass
 class PathMetric:
-    """Bounds on ``d(θ, θ') = ‖Φ(θ) − Φ(θ')‖_1`` as log10 (``-inf`` for 0) and values (None past float64)."""
+    """Bounds on ``d(θ, θ') = ‖Φ(θ) − Φ(θ')‖_1`` as log10 (``-inf`` for 0) and values (None past float64).
+
+    ``upper`` is the certified one, the smallest route (``routes``: route name → log10 of its bound;
+    ``route``: the one taken): ``direct`` (the two-stream bound, same signs only) or ``via-min`` /
+    ``via-zero`` (two same-sign legs); ``shares``: each parameterised layer's exact part of it."""
 
     lower_log10: float
     upper_log10: float
@@ -54,15 +83,18 @@ class PathMetric:
     exact: bool
     sign_consistent: bool
     signs: list[LayerSigns] = field(default_factory=list)
-    estimate_log10: float = math.nan  # the computed upper-bound network's value (float32 accuracy), before outward rounding
+    route: str = "direct"
+    routes: dict[str, float] = field(default_factory=dict)
+    shares: list[LayerShare] = field(default_factory=list)
+    estimate_log10: float = math.nan  # the route's computed value (float32 accuracy), before outward rounding
 
     @property
     def lower(self) -> float | None:
-        return _value(self.lower_log10)
+        return log10_value(self.lower_log10)
 
     @property
     def upper(self) -> float | None:
-        return _value(self.upper_log10)
+        return log10_value(self.upper_log10)
 
     def bound_log10(self, r: float = 1.0) -> float:
         """log10 of the certified ``max(r, 1) · upper`` for inputs with ‖x‖_∞ ≤ r."""
@@ -70,20 +102,22 @@ class PathMetric:
 
     def to_dict(self, r: float = 1.0) -> dict:
         j = _json
-        certified = self.sign_consistent
         return {
             "lower": self.lower, "upper": self.upper, "lower_log10": j(self.lower_log10), "upper_log10": j(self.upper_log10),
-            "exact": self.exact, "sign_consistent": self.sign_consistent,
-            "input_linf": r, "bound": _value(self.bound_log10(r)) if certified else None,
-            "bound_log10": j(self.bound_log10(r)) if certified else None,
-            "norm_a": _value(self.norm_a_log10), "norm_b": _value(self.norm_b_log10),
+            "exact": self.exact, "sign_consistent": self.sign_consistent, "route": self.route,
+            "routes": {k: log10_value(v) for k, v in self.routes.items()},
+            "input_linf": r, "bound": log10_value(self.bound_log10(r)), "bound_log10": j(self.bound_log10(r)),
+            "norm_a": log10_value(self.norm_a_log10), "norm_b": log10_value(self.norm_b_log10),
             "norm_a_log10": j(self.norm_a_log10), "norm_b_log10": j(self.norm_b_log10),
-            "estimate": _value(self.estimate_log10) if not math.isnan(self.estimate_log10) else None,
+            "estimate": log10_value(self.estimate_log10) if not math.isnan(self.estimate_log10) else None,
             "sign_violations": [s.__dict__ for s in self.signs if s.violations],
+            "flipped_per_layer": {s.layer: s.violations for s in self.signs},
+            "layers": [sh.to_dict(self.estimate_log10) for sh in self.shares],  # parts of the computed value
         }
 
 
-def _value(log10: float) -> float | None:
+def log10_value(log10: float) -> float | None:
+    """10**log10 (0 for -inf, None past float64)."""
     if log10 == -math.inf:
         return 0.0
     return 10.0**log10 if log10 < 308.25 else None
@@ -214,31 +248,140 @@ def _log10_gap(a: float, b: float) -> float:
     return a + math.log10(-math.expm1((b - a) * math.log(10)))
 
 
-def path_metric(model_a: ModelSource | Dag, model_b: ModelSource | Dag, input_shape=None, providers=None) -> PathMetric:
-    """Bounds on the path-metric between two same-architecture models, and their sign consistency."""
+Leg = tuple[Dag, Dag, dict[str, str]]  # a same-sign pair (θ, θ') and its layer pairing
+
+
+def _with_params(a: Dag, params_of) -> Dag:
+    """A's architecture, each parameterised layer carrying ``params_of(layer)``."""
+    out = Dag(opset=a.opset, inputs=list(a.inputs), outputs=dict(a.outputs))
+    for layer in a.layers():
+        out.add(replace(layer, params=params_of(layer)) if layer.params else layer, a.graph.nodes[layer.name]["kind"])
+    return out
+
+
+def _signed(va: np.ndarray, vb: np.ndarray, pick) -> np.ndarray:
+    """``s·pick(|θ|, |θ'|)`` with the pair's common sign ``s`` (that of θ, or of θ' where θ is 0)."""
+    return np.where(va != 0, np.sign(va), np.sign(vb)) * pick(np.abs(va), np.abs(vb))
+
+
+def between(a: Dag, b: Dag, pairs: dict[str, str], how: str) -> Dag:
+    """An intermediate θ'' same-signed with θ (A) and θ' (B): flipped coordinates are 0, the others
+    keep θ (``how="zero"``) or take ``sign·min(|θ|, |θ'|)`` (``how="min"``)."""
+    def params(layer: Layer) -> dict[str, np.ndarray]:
+        pb = b.layer(pairs[layer.name]).params
+        out = {}
+        for k, va in layer.params.items():
+            keep = va if how == "zero" else _signed(va, pb[k], np.minimum)
+            out[k] = np.where(va * pb[k] < 0, 0.0, keep)
+        return out
+    return _with_params(a, params)
+
+
+def delta_norms(legs: list[Leg], providers=None) -> list[PathNorm]:
+    """The two-stream upper bound of each same-sign leg (DAGs of A's structure) as a norm with its
+    certified interval (``upper_log10``: rounded outward), bundled a few per onnxruntime session
+    (each bundled network holds three copies of the parameters)."""
+    chunk = max(1, min(8, BUNDLE_PARAMS // max(1, legs[0][0].n_params))) if legs else 1
+    out: list[PathNorm] = []
+    for i in range(0, len(legs), chunk):
+        dags = [two_stream_dag(a, b, pairs) for a, b, pairs in legs[i:i + chunk]]
+        zeros = {n: np.zeros(dags[0].layer(n).shape, np.float32) for n in dags[0].inputs if n.endswith(DELTA)}
+        session = LiftedSession([(dag, 1.0) for dag in dags], providers, feeds=zeros)
+        out += [combine_runs(1.0, [run.select([o for o in run.outputs if o.endswith(DELTA)]) for run in job]) for job in session.runs()]
+    return out
+
+
+def log10_sum(logs: list[float]) -> float:
+    """log10 Σ 10**l_i without overflow (-inf when every term is 0)."""
+    top = max(logs)
+    return top if top == -math.inf else top + math.log10(math.fsum(10.0 ** (v - top) for v in logs))
+
+
+def _isolated(a: Dag, b: Dag, pairs: dict[str, str], k: int) -> Leg:
+    """The pair of :func:`layer_shares` for the k-th parameterised layer: layers j < k both carry
+    ``sign·min(|θ_j|, |θ'_j|)``, layers j > k both ``sign·max``, layer k its two own parameter sets."""
+    order = {layer.name: i for i, layer in enumerate(x for x in a.layers() if x.params)}
+
+    def side(own_b: bool):
+        def params(layer: Layer) -> dict[str, np.ndarray]:
+            pb, i = b.layer(pairs[layer.name]).params, order[layer.name]
+            if i == k:
+                return pb if own_b else layer.params
+            pick = np.minimum if i < k else np.maximum
+            return {n: _signed(v, pb[n], pick) for n, v in layer.params.items()}
+        return params
+    return _with_params(a, side(False)), _with_params(a, side(True)), {n: n for n in a.graph.nodes}
+
+
+#: per-layer parts cost one lifted pass per parameterised layer and leg: skipped beyond this many
+MAX_SHARE_PASSES = 64
+
+
+def layer_shares(legs: list[Leg], providers=None) -> list[LayerShare]:
+    """Each parameterised layer's part of the summed upper bounds of ``legs`` (same-sign pairs).
+
+    Along a path, ``Πhi − Πlo = Σ_k (Π_(j<k) lo_j)(hi_k − lo_k)(Π_(j>k) hi_j)`` (layers in topological
+    order): the two-stream bound of :func:`_isolated`'s k-th pair is the k-th sum over all paths, and
+    these parts add up to the leg's bound exactly (up to float rounding). One pass per layer and leg,
+    bundled a few at a time (built lazily: each pass holds copies of the parameters)."""
+    todo = [(leg, k, layer) for leg in legs for k, layer in enumerate(x for x in leg[0].layers() if x.params)]
+    chunk = max(1, min(8, BUNDLE_PARAMS // max(1, legs[0][0].n_params))) if legs else 1
+    parts: dict[str, list[float]] = {}
+    first: dict[str, Layer] = {}
+    for i in range(0, len(todo), chunk):  # pairs built per chunk: each holds copies of the parameters
+        batch = todo[i:i + chunk]
+        for (_, _, layer), v in zip(batch, delta_norms([_isolated(*leg, k) for leg, k, _ in batch], providers)):
+            parts.setdefault(layer.name, []).append(v.log10)  # parts of the computed value (they add up to it)
+            first.setdefault(layer.name, layer)
+    return [LayerShare(n, first[n].op, first[n].source, log10_sum(v)) for n, v in parts.items()]
+
+
+def path_metric(model_a: ModelSource | Dag, model_b: ModelSource | Dag, input_shape=None, providers=None,
+                breakdown: bool = False) -> PathMetric:
+    """Bounds on the path-metric between two same-architecture models, their sign consistency and
+    the route of the certified upper bound (``breakdown``: also each layer's part of it, when that
+    takes at most :data:`MAX_SHARE_PASSES` lifted passes)."""
     a = model_a if isinstance(model_a, Dag) else import_model(model_a, input_shape)
     b = model_b if isinstance(model_b, Dag) else import_model(model_b, input_shape)
     pairs = pair_layers(a, b)
     signs, exact = sign_report(a, b, pairs)
     na = PathNormSession(a, 1.0, providers).run()
     nb = PathNormSession(b, 1.0, providers).run()
-    two = two_stream_dag(a, b, pairs)
-    runs = PathNormSession(two, 1.0, providers, zero_inputs=frozenset(n for n in two.inputs if n.endswith(DELTA))).runs()[0]
-    delta = combine_runs(1.0, [run.select([o for o in run.outputs if o.endswith(DELTA)]) for run in runs])
-    upper = delta.upper_log10  # rounded outward: the certificate's d
+    consistent = all(s.violations == 0 for s in signs)
+    same = {n: n for n in a.graph.nodes}
+    # two same-sign legs through an intermediate point (docs/metrics.md, "Sign changes"); via-min is
+    # never above the direct bound, and equal to it (then "direct" is kept) when the pair is exact
+    routes: dict[str, list[Leg]] = {"direct": [(a, b, pairs)]} if consistent else {}
+    if not (consistent and exact):  # else via-min equals the direct bound, which is d
+        low = between(a, b, pairs, "min")
+        routes["via-min"] = [(a, low, same), (low, b, pairs)]
+    if not consistent:
+        zero = between(a, b, pairs, "zero")
+        routes["via-zero"] = [(a, zero, same), (zero, b, pairs)]
+    legs = [leg for route in routes.values() for leg in route]
+    each = iter(delta_norms(legs, providers))
+    norms = {name: [next(each) for _ in route] for name, route in routes.items()}
+    bounds = {name: log10_sum([n.upper_log10 for n in legs_norms]) for name, legs_norms in norms.items()}  # certified: outward
+    route = min(bounds, key=bounds.__getitem__)  # the first of equal ones: direct
+    upper = bounds[route]
+    direct = norms.get("direct", [])
     # |‖Φ_A‖ − ‖Φ_B‖| ≤ d, from the certified intervals (rounded inward)
     lower = max(_log10_gap(na.lower_log10, nb.upper_log10), _log10_gap(nb.lower_log10, na.upper_log10))
-    consistent = all(s.violations == 0 for s in signs)
     exact = exact and consistent  # with a sign change, |θ'| ≤ |θ| no longer makes the sandwich tight
-    if exact:  # then d equals the (cancellation-free) upper bound, computed within its interval
-        lower = max(lower, delta.lower_log10)
-    return PathMetric(min(lower, upper), upper, na.log10, nb.log10, exact, consistent, signs, delta.log10)
+    if exact:  # then d equals the (cancellation-free) direct bound, computed within its certified interval
+        lower = max(lower, direct[0].lower_log10)
+    passes = sum(1 for leg in routes[route] for x in leg[0].layers() if x.params)
+    shares = layer_shares(routes[route], providers) if breakdown and passes <= MAX_SHARE_PASSES else []
+    estimate = log10_sum([n.log10 for n in norms[route]])
+    return PathMetric(min(lower, upper), upper, na.log10, nb.log10, exact, consistent, signs, route, bounds, shares, estimate)
 
 
 @dataclass(frozen=True)
 class CheckReport:
-    """Sampled check of the certificate: the largest observed ‖R_θ(x) − R_θ'(x)‖_1 over ``samples``
-    inputs with ‖x‖_∞ ≤ r, and its ratio to the certified bound (must be ≤ 1)."""
+    """Sampled and searched check of the certificate: the largest observed ‖R_θ(x) − R_θ'(x)‖_1 over
+    ``samples`` random inputs and ``searched`` search steps in the box ‖x‖_∞ ≤ r, and its ratio to the
+    certified bound (must be ≤ 1); for B as shipped (activation quantization), the same against the
+    total certificate ``shipped_bound`` (weight term + activation term)."""
 
     samples: int
     max_observed: float
@@ -246,6 +389,9 @@ class CheckReport:
     ratio: float | None
     violated: bool
     shipped_max_observed: float | None = None  # B as shipped, when it is not B's weights in A's architecture
+    shipped_bound: float | None = None
+    shipped_ratio: float | None = None
+    searched: int = 0
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
@@ -253,26 +399,79 @@ class CheckReport:
 
 def with_params_of(a: Dag, b: Dag, pairs: dict[str, str]) -> Dag:
     """A's architecture carrying B's parameters (what the certificate is about)."""
-    out = Dag(opset=a.opset, inputs=list(a.inputs), outputs=dict(a.outputs))
-    for layer in a.layers():
-        params = b.layer(pairs[layer.name]).params if layer.params else layer.params
-        out.add(replace(layer, params=params), a.graph.nodes[layer.name]["kind"])
-    return out
+    return _with_params(a, lambda layer: b.layer(pairs[layer.name]).params)
+
+
+Feeds = dict[str, np.ndarray]
+
+
+def _change(run_a, run_b):
+    """``x ↦ (‖A(x) − B(x)‖_1, noise)``: float32 evaluation noise is 1e-5 of the outputs' ℓ1 size."""
+    def change(feeds: Feeds) -> tuple[float, float]:
+        ya, yb = run_a(feeds), run_b(feeds)
+        diff = sum(float(np.abs(a - b).sum()) for a, b in zip(ya, yb))
+        return diff, 1e-5 * max(sum(float(np.abs(a).sum()) for a in ya), sum(float(np.abs(b).sum()) for b in yb))
+    return change
+
+
+def search_box(change, start: Feeds, r: float, steps: int, rng: np.random.Generator) -> list[tuple[float, float]]:
+    """Random coordinate ascent on ``change`` over the box ‖x‖_∞ ≤ r from ``start``: each step moves a
+    random block of coordinates (up to 10%) to random corners (or, one step in three, uniform values)
+    and keeps the move when the change grows. Returns every evaluation ``(diff, noise)``."""
+    best_x, best = start, change(start)
+    seen = [best]
+    for step in range(steps):
+        x = {n: v.copy() for n, v in best_x.items()}
+        for v in x.values():
+            idx = rng.choice(v.size, size=max(1, int(v.size * rng.uniform(0.0, 0.1))), replace=False)
+            v.flat[idx] = r * rng.choice([-1.0, 1.0], idx.size) if step % 3 else rng.uniform(-r, r, idx.size)
+        got = change(x)
+        seen.append(got)
+        if got[0] > best[0]:
+            best_x, best = x, got
+    return seen
+
+
+def _probe(change, inputs: dict[str, tuple[int, ...]], r: float, samples: int, search: int,
+           rng: np.random.Generator) -> list[tuple[float, float]]:
+    """``samples`` inputs (uniform, every other one at the box's corners), then ``search`` steps of
+    :func:`search_box` from the worst of them; every evaluation ``(diff, noise)``."""
+    seen, worst = [], (-1.0, None)
+    for k in range(samples):
+        feeds = {n: (rng.uniform(-r, r, shape) if k % 2 == 0 else r * rng.choice([-1.0, 1.0], shape)).astype(np.float32)
+                 for n, shape in inputs.items()}
+        seen.append(change(feeds))
+        worst = max(worst, (seen[-1][0], k), key=lambda t: t[0])
+        if worst[1] == k:
+            start = feeds
+    if search and samples:
+        seen += search_box(lambda x: change({n: v.astype(np.float32) for n, v in x.items()}),
+                           {n: v.astype(np.float64) for n, v in start.items()}, r, search, rng)
+    return seen
+
+
+def _verdict(seen: list[tuple[float, float]], bound: float | None) -> tuple[float, float | None, bool]:
+    """Largest change, its ratio to ``bound``, and whether some change exceeded bound + noise."""
+    worst = max((d for d, _ in seen), default=0.0)
+    violated = bound is not None and any(d > bound + n for d, n in seen)
+    ratio = None if bound is None or (bound == 0 and worst > 0) else (worst / bound if bound else 0.0)
+    return worst, ratio, violated
 
 
 def check_bound(model_a, model_b, dag_a: Dag, dag_b: Dag, metric: PathMetric, r: float, samples: int,
                 elem_types_a: dict[str, int] | None = None, elem_types_b: dict[str, int] | None = None,
-                seed: int = 0, providers=None) -> CheckReport:
+                seed: int = 0, providers=None, search: int = 0, activation: float | None = None) -> CheckReport:
     """Run A and B on ``samples`` random inputs in the box ‖x‖_∞ ≤ r (uniform, half of them at the
-    box's corners) and compare their analysed outputs with ``max(r, 1) · upper``.
+    box's corners) then ``search`` steps of a coordinate-ascent search for the largest change, and
+    compare their analysed outputs with ``max(r, 1) · upper``.
 
     Both run as re-emitted graphs of A's architecture (verified faithful by the re-emission check,
-    and with identical float32 rounding for identical weights), B with B's weights: the
-    certificate's subject. When that is not B as shipped (activation quantization), B as shipped is
-    also run and its largest observed change reported as ``shipped_max_observed``, outside the
-    certificate. The models run
-    in float32, so a change counts as a violation only past the bound plus 1e-5 of the outputs'
-    own ℓ1 size (evaluation noise, not a property of the models)."""
+    and with identical float32 rounding for identical weights), B with B's weights: the weight
+    certificate's subject. When B quantizes activations, B as shipped is also run against A and
+    checked against the total certificate ``max(r, 1)·upper + activation`` (``activation``: the
+    activation term of :mod:`onnx_pathlift.quant_bound`; None: not checked, only reported). The
+    models run in float32, so a change counts as a violation only past the bound plus 1e-5 of the
+    outputs' own ℓ1 size (evaluation noise, not a property of the models)."""
     from .emit import emit_model
     from .runtime import make_session
     from .verify import ModelRunner
@@ -281,28 +480,19 @@ def check_bound(model_a, model_b, dag_a: Dag, dag_b: Dag, metric: PathMetric, r:
     names = list(dag_a.outputs)
     emitted_a = make_session(emit_model(dag_a), providers)  # same graph as B's below: same float32 rounding
     certified_b = make_session(emit_model(with_params_of(dag_a, dag_b, pairs)), providers)
-    shipped = None
+    inputs = {name: dag_a.layer(name).shape for name in dag_a.inputs}
+    bound = log10_value(metric.bound_log10(r))
+    run = _change(lambda x: [np.asarray(v, np.float64) for v in emitted_a.run(names, x)],
+                  lambda x: [np.asarray(v, np.float64) for v in certified_b.run(names, x)])
+    worst, ratio, violated = _verdict(_probe(run, inputs, r, samples, search, np.random.default_rng(seed)), bound)
+    shipped: dict = {}
     if dag_b.activation_qdq or dag_a.activation_qdq:  # the shipped models differ from what is certified
-        shipped = (ModelRunner(model_a, names, elem_types_a or {}, providers),
-                   ModelRunner(model_b, list(dag_b.outputs), elem_types_b or {}, providers))
-    bound = _value(metric.bound_log10(r)) if metric.sign_consistent else None
-    rng = np.random.default_rng(seed)
-    worst = worst_shipped = 0.0
-    violated = False
-    for k in range(samples):
-        feeds = {}
-        for name in dag_a.inputs:
-            shape = dag_a.layer(name).shape
-            x = rng.uniform(-r, r, shape) if k % 2 == 0 else r * rng.choice([-1.0, 1.0], shape)
-            feeds[name] = x.astype(np.float32)
-        ya = [np.asarray(v, np.float64) for v in emitted_a.run(names, feeds)]
-        yb = [np.asarray(v, np.float64) for v in certified_b.run(names, feeds)]
-        diff = sum(float(np.abs(a - b).sum()) for a, b in zip(ya, yb))
-        noise = 1e-5 * max(sum(float(np.abs(a).sum()) for a in ya), sum(float(np.abs(b).sum()) for b in yb))
-        worst = max(worst, diff)
-        violated |= bound is not None and diff > bound + noise
-        if shipped is not None:
-            ys_a, ys_b = shipped[0](feeds), shipped[1]({nb: feeds[na] for na, nb in zip(dag_a.inputs, dag_b.inputs)})
-            worst_shipped = max(worst_shipped, sum(float(np.abs(a - b).sum()) for a, b in zip(ys_a, ys_b)))
-    ratio = None if bound is None or (bound == 0 and worst > 0) else (worst / bound if bound else 0.0)
-    return CheckReport(samples, worst, bound, ratio, violated, worst_shipped if shipped is not None else None)
+        ra = ModelRunner(model_a, names, elem_types_a or {}, providers)
+        rb = ModelRunner(model_b, list(dag_b.outputs), elem_types_b or {}, providers)
+        run_shipped = _change(ra, lambda x: rb({nb: x[na] for na, nb in zip(dag_a.inputs, dag_b.inputs)}))
+        total = None if activation is None or bound is None else bound + activation
+        seen = _probe(run_shipped, inputs, r, samples, search, np.random.default_rng(seed + 1))
+        top, top_ratio, top_violated = _verdict(seen, total)
+        shipped = {"shipped_max_observed": top, "shipped_bound": total, "shipped_ratio": top_ratio}
+        violated |= top_violated
+    return CheckReport(samples, worst, bound, ratio, violated, searched=search if samples else 0, **shipped)

@@ -89,6 +89,18 @@ class JobRun:
     def select(self, names: list[str]) -> JobRun:
         return JobRun({o: self.outputs[o] for o in names}, self.budget, self.copies_log2, self.sizes)
 
+    def neuron_upper(self, name: str) -> np.ndarray:
+        """A certified upper bound on every lifted neuron of output ``name`` (one sample): its computed
+        value rounded outward plus the output's whole underflow term, and never above the static
+        bound of the output's total."""
+        t, k = self.outputs[name]
+        g, factor = self.budget.gamma(), self.budget.underflow_factor_log2()
+        total = self.budget.bound_log2[name] + math.log2(1.0 + g)
+        lost = total + factor if factor is not None else total
+        with np.errstate(over="ignore"):
+            value = t.astype(np.float64) * np.exp2(np.asarray(k, dtype=np.float64) - self.copies_log2)
+        return np.minimum(value / (1.0 - g) + 2.0**lost, 2.0**total)
+
 
 def combine(q: float, outputs: dict[str, tuple[np.ndarray, np.ndarray | float]]) -> PathNorm:
     """‖Φ‖_q from lifted outputs ``{name: (T, k)}``: (Σ_o ΣT_o·2**k_o)**(1/q), without an interval."""
@@ -149,7 +161,7 @@ class LiftedSession:
     """
 
     def __init__(self, jobs: Sequence[tuple[Dag, float]], providers=None, scales: str = "auto", per_sample: bool = True,
-                 zero_inputs: frozenset[str] = frozenset()):
+                 feeds: dict[str, np.ndarray] | None = None):
         if scales not in ("auto", "static", "dynamic"):
             raise UsageError(f"scales must be auto, static or dynamic (got {scales!r})")
         by_dag: dict[int, tuple[Dag, int]] = {}  # one proof per DAG, however many q it is lifted at
@@ -161,14 +173,15 @@ class LiftedSession:
         self.copies = [copies for _, copies in twins]
         self.providers, self.scales, self.static = providers, scales, scales != "dynamic"
         first = self.jobs[0][0]
-        self.zero_inputs = frozenset(zero_inputs)  # fed zeros instead of ones (the Δ inputs of a two-stream DAG)
-        self.feeds = {name: (np.zeros if name in self.zero_inputs else np.ones)(first.layer(name).shape, np.float32)
-                      for name in first.inputs}
+        self.feeds = {name: np.ones(first.layer(name).shape, np.float32) for name in first.inputs}
+        for name, v in (feeds or {}).items():
+            self.feeds[name] = _one_sample_feed(name, np.asarray(v, np.float32), first.layer(name).shape)
+        self.input_log2 = {name: _log2_max(v) for name, v in self.feeds.items() if not np.all(v == 1)}
         self._build()
 
     def _build(self) -> None:
         self.built, self.budgets = lifted_bundle([(dag, lifted_q(q)) for dag, q in self.jobs], static=self.static,
-                                                 zero_inputs=self.zero_inputs)
+                                                 input_log2=self.input_log2)
         self.session = make_session(self.built, self.providers)
         tags = [bundle_tag(i, len(self.jobs)) for i in range(len(self.jobs))]
         self._names = [[(o, tag + o, tag + o + LOG2_SUFFIX) for o in dag.outputs] for (dag, _), tag in zip(self.jobs, tags)]
@@ -210,13 +223,30 @@ class LiftedSession:
         return [combine_runs(q, job) for (_, q), job in zip(self.jobs, self.runs())]
 
 
+def _one_sample_feed(name: str, v: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A non-negative feed for an input of ``shape`` (the one-sample twin's: a feed given for the whole
+    fixed batch must then be the same for every sample)."""
+    if v.shape != tuple(shape):
+        if v.shape[1:] != tuple(shape[1:]) or not np.all(v == v[:1]):
+            raise UsageError(f"input {name!r}: a feed of shape {v.shape} for a network analysed with shape {tuple(shape)}")
+        v = v[:shape[0]]
+    if not np.all(v >= 0):
+        raise UsageError(f"input {name!r}: a lifted network is fed non-negative values")
+    return np.ascontiguousarray(v)
+
+
+def _log2_max(v: np.ndarray) -> float:
+    top = float(v.max(initial=0.0))
+    return math.log2(top) if top > 0 else -math.inf
+
+
 class PathNormSession(LiftedSession):
     """The lifted network of one DAG and q, with its onnxruntime session built once (see
     :class:`LiftedSession` for ``scales`` and ``per_sample``)."""
 
     def __init__(self, dag: Dag, q: float = 1.0, providers=None, scales: str = "auto", per_sample: bool = True,
-                 zero_inputs: frozenset[str] = frozenset()):
-        super().__init__([(dag, q)], providers, scales, per_sample, zero_inputs)
+                 feeds: dict[str, np.ndarray] | None = None):
+        super().__init__([(dag, q)], providers, scales, per_sample, feeds)
         self.dag, self.q = self.jobs[0]
 
     def run(self) -> PathNorm:

@@ -4,15 +4,17 @@ Quantized *weights* (DequantizeLinear of a constant) are folded to float paramet
 A Q→DQ pair on an activation rounds and clips it to ``[(q_min − zp)·s, (q_max − zp)·s]``; that is
 not a weight change, so the theorem does not cover it. The pair is imported as the identity, or as a
 ReLU when its range starts at exactly 0 (``zp = q_min``: quantizers fold a preceding ReLU into the
-clipping this way), counted in ``Dag.activation_qdq``, and reports say it is not certified.
+clipping this way), counted in ``Dag.activation_qdq`` and recorded in ``Dag.quantizers`` (scale, zero
+point, range), from which :mod:`onnx_pathlift.quant_bound` bounds its effect on the outputs.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..dag import ActivationQuantizer
 from ..errors import RefuseNode
-from .base import ImportContext, imports
+from .base import ImportContext, attributes, imports
 
 
 def clips_at_zero(zero_point: np.ndarray | None) -> bool:
@@ -31,9 +33,35 @@ def import_qdq(node, ctx: ImportContext) -> None:
         ctx.dag.activation_qdq += 1
         if ctx.dag.activation_qdq == 1:
             ctx.dag.notes.append("QuantizeLinear→DequantizeLinear on activations imported as identity (or ReLU "
-                                 "where the range starts at 0): activation quantization is not certified")
+                                 "where the range starts at 0); compare bounds their effect separately (its activation term)")
         zero_point = ctx.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        source = ctx.act(node.input[0])
+        out = source
         if clips_at_zero(zero_point):
-            ctx.add(node, "relu", [ctx.act(node.input[0])], ctx.shape(node.output[0]))
+            out = ctx.add(node, "relu", [source], ctx.shape(node.output[0]))
+        ctx.dag.quantizers.append(_record(node, consumers, ctx, source, out))
+        if out != source:
             return
     ctx.alias(node.output[0], ctx.act(node.input[0]))
+
+
+def _qparams(node, ctx: ImportContext) -> tuple[np.ndarray | None, np.ndarray]:
+    """Scale (None if not a constant) and zero point (default uint8 0) of a Q or DQ node."""
+    scale = ctx.const(node.input[1]) if len(node.input) > 1 else None
+    zp = ctx.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    return scale, (np.zeros((), np.uint8) if zp is None else zp)
+
+
+def _record(node, consumers, ctx: ImportContext, source: str, out: str) -> ActivationQuantizer:
+    """The pair's parameters; ``undone`` when every DequantizeLinear reverses this QuantizeLinear (and
+    the integer type is the zero point's: no ``output_dtype``, no blocked quantization)."""
+    scale, zp = _qparams(node, ctx)
+    plain = not {"output_dtype", "block_size"} & set(attributes(node))
+    undone = plain and scale is not None and zp.dtype.kind in "iu" and all(
+        np.array_equal(_qparams(c, ctx)[0], scale) and np.array_equal(_qparams(c, ctx)[1], zp)
+        and attributes(c).get("axis", 1) == attributes(node).get("axis", 1) for c in consumers)
+    info = np.iinfo(zp.dtype) if zp.dtype.kind in "iu" else np.iinfo(np.int8)
+    return ActivationQuantizer(node.name or node.output[0], source, out,
+                               np.asarray(scale if scale is not None else np.nan, np.float64),
+                               np.asarray(zp, np.float64), int(info.min), int(info.max),
+                               int(attributes(node).get("axis", 1)), bool(undone))
