@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import networkx as nx
 from onnx import AttributeProto, NodeProto, TensorProto
 
 from .dag import Dag, Layer
@@ -64,31 +63,6 @@ def import_model(
 ) -> Dag:
     """Import an ONNX model (path, bytes or ModelProto) as a DAG of layers, within ``limits``."""
     return import_prepared(prepare(load_model(source, limits), input_shape, limits), outputs)
-
-
-def _order(nodes: list[NodeProto], known: set[str]) -> list[NodeProto]:
-    """Topological order of the nodes; refuses cycles, duplicate producers and dangling inputs."""
-    producer: dict[str, int] = {}
-    for i, node in enumerate(nodes):
-        for out in node.output:
-            if out in producer or (out and out in known):
-                raise InvalidModelError(f"tensor {out!r} is produced twice (node {node.name!r})")
-            if out:
-                producer[out] = i
-    g = nx.DiGraph()
-    g.add_nodes_from(range(len(nodes)))
-    for i, node in enumerate(nodes):
-        for name in node.input:
-            if not name or name in known:
-                continue
-            if name not in producer:
-                raise InvalidModelError(f"node {node.name!r} ({node.op_type}) reads {name!r}, which nothing produces")
-            g.add_edge(producer[name], i)
-    try:
-        return [nodes[i] for i in nx.lexicographical_topological_sort(g)]
-    except nx.NetworkXUnfeasible:
-        cycle = [nodes[v].name or nodes[v].op_type for v, _ in nx.find_cycle(g)]
-        raise InvalidModelError(f"the graph has a cycle through nodes {cycle}") from None
 
 
 def _head_input(node: NodeProto, consts: dict) -> str | None:
@@ -201,7 +175,7 @@ def import_prepared(p: Prepared, outputs: list[str] | None = None, trace: Import
         trace.dag = dag
     if p.folded:
         dag.notes.append(f"folded {p.folded} constant-valued node(s)")
-    nodes = _order(p.nodes, set(p.consts) | set(p.inputs))
+    nodes = p.nodes  # in topological order (load.topological_nodes)
     analysed = _analysed_outputs(p, nodes, outputs, dag.notes, trace)
     nodes = _live(nodes, analysed)
     if trace is not None:
