@@ -311,7 +311,8 @@ def _resolve_input_shapes(
         if not vi.type.HasField("tensor_type"):
             raise UsageError(f"input {vi.name!r} is not a tensor")
         if ttype.elem_type not in _FLOAT_TYPES:
-            raise UsageError(f"input {vi.name!r} has non-float type {_type_name(ttype.elem_type)}")
+            raise UnsupportedModelError([Refusal(vi.name, "input", f"it has the non-float type {_type_name(ttype.elem_type)}: "
+                                                 "an integer-typed network is outside the supported set")])
         dims = [d.dim_value if d.HasField("dim_value") else None for d in ttype.shape.dim]
         if vi.name in given:
             shape = given[vi.name]

@@ -1,15 +1,25 @@
-"""Exporter idioms (issue 14): nodes out of topological order (keras2onnx writes them reversed), against
-the brute-force oracle."""
+"""Exporter idioms (issue 14), against the brute-force oracle: nodes out of topological order (keras2onnx
+writes them reversed), Tile (Keras' UpSampling2D), Neg (tf2onnx's PReLU)."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
 import pytest
+from conftest import run_main
+from onnx import helper
 from oracle import brute_force_path_norm
+from test_ops import _net
+from test_ops_select import _i, _one, _sandwich
+from test_scores import sample, scored_initializers, zeroed
 from tiny_nets import conv_bn_pool, residual_concat
 
 import onnx_pathlift as pl
+from onnx_pathlift.importer import ImportTrace, import_prepared
+from onnx_pathlift.load import prepare
+from onnx_pathlift.norm import PathNormSession
+from onnx_pathlift.scores import path_magnitude
+from onnx_pathlift.verify import verify
 
 
 def _reversed(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -31,3 +41,107 @@ def test_nodes_in_reverse_order_give_the_same_path_norm(build) -> None:
         assert pl.path_norm(model, q=q).value == pytest.approx(want, rel=1e-6)
         assert pl.path_norm(backwards, q=q).value == pytest.approx(want, rel=1e-6)
     assert np.isfinite(pl.path_norm(backwards, q=4).log10)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tile (a copy op that duplicates neurons) and Neg (weight -1), alone and in the exporters' idioms
+# ---------------------------------------------------------------------------------------------
+
+
+def _keras_upsampling() -> onnx.ModelProto:
+    """Keras' UpSampling2D(2) as keras2onnx/tf2onnx write it: Unsqueeze → Tile → Reshape (nearest, x2)."""
+    nodes = [helper.make_node("Unsqueeze", ["r", "ua"], ["u"]), helper.make_node("Tile", ["u", "rp"], ["t"]),
+             helper.make_node("Reshape", ["t", "sh"], ["m"])]
+    return _sandwich(nodes, {"ua": _i(3, 5), "rp": _i(1, 1, 1, 2, 1, 2), "sh": _i(1, 3, 8, 10)})
+
+
+def _tf2onnx_prelu() -> onnx.ModelProto:
+    """Keras' PReLU as tf2onnx writes it on the conv output c: ``relu(c) − α·relu(−c)``, α per channel."""
+    nodes = [helper.make_node("Relu", ["c"], ["p"]), helper.make_node("Neg", ["c"], ["nc"]),
+             helper.make_node("Relu", ["nc"], ["rn"]), helper.make_node("Mul", ["rn", "al"], ["ma"]),
+             helper.make_node("Sub", ["p", "ma"], ["m"])]
+    return _sandwich(nodes, {"al": np.array([[[0.25]], [[-0.5]], [[1.5]]], np.float32)})
+
+
+IDIOMS = {
+    "tile_channels_and_width": lambda: _one("Tile", ["rp"], {"rp": _i(1, 2, 1, 3)}),
+    "tile_every_axis_but_batch": lambda: _one("Tile", ["rp"], {"rp": _i(1, 2, 3, 2)}),
+    "tile_batch_axis_dense": lambda: _one("Tile", ["rp"], {"rp": _i(3, 2)}, x_shape=(1, 3)),
+    "tile_all_ones_is_an_alias": lambda: _one("Tile", ["rp"], {"rp": _i(1, 1, 1, 1)}),
+    "keras_upsampling2d": _keras_upsampling,
+    "neg": lambda: _one("Neg", [], {}),
+    "neg_then_relu": lambda: _sandwich([helper.make_node("Neg", ["c"], ["n"]), helper.make_node("Relu", ["n"], ["m"])], {}),
+    "tf2onnx_prelu": _tf2onnx_prelu,
+}
+
+
+@pytest.mark.parametrize("case", sorted(IDIOMS))
+def test_idiom_against_oracle(case: str) -> None:
+    model = IDIOMS[case]()
+    dag = pl.import_model(model)
+    report = verify(model, dag, trials=3)
+    assert report.passed, report
+    for q in (1.0, 2.0, 4.0):
+        want = brute_force_path_norm(model, q)
+        assert pl.path_norm(dag, q=q).value == pytest.approx(want ** (1 / q), rel=1e-6), q
+        static = PathNormSession(dag, q, scales="static").run().log10
+        assert PathNormSession(dag, q, scales="dynamic").run().log10 == pytest.approx(static, rel=1e-6, abs=1e-7)
+
+
+@pytest.mark.parametrize("case", sorted(IDIOMS))
+def test_idiom_scores_are_the_brute_force_drops(case: str) -> None:
+    model = IDIOMS[case]()
+    scores = path_magnitude(model)
+    full = brute_force_path_norm(model, 1)
+    rng = np.random.default_rng(0)
+    for k in sorted(scored_initializers(model)):
+        f = scores.fraction[k]
+        for idx in sample(f, 4, rng):
+            want = (full - brute_force_path_norm(zeroed(model, k, idx), 1)) / full
+            assert abs(f[idx] - want) <= 1e-5 * abs(want) + 1e-9, (k, idx, f[idx], want)
+
+
+def test_tile_duplicates_neurons_and_neg_keeps_the_norm() -> None:
+    """Closed forms on a Gemm layer: tiling its output r times counts each path r times (×r to ‖Φ‖_q^q);
+    a Neg changes no |weight|."""
+    rng = np.random.default_rng(5)
+    w1 = rng.normal(size=(3, 4))
+    base = _net([1, 3], [helper.make_node("Gemm", ["x", "W"], ["y"])], [1, 4], {"W": w1})
+    tiled = _net([1, 3], [helper.make_node("Gemm", ["x", "W"], ["g"]), helper.make_node("Tile", ["g", "rp"], ["y"])],
+                 [1, 12], {"W": w1, "rp": _i(1, 3)})
+    negated = _net([1, 3], [helper.make_node("Gemm", ["x", "W"], ["g"]), helper.make_node("Neg", ["g"], ["y"])],
+                   [1, 4], {"W": w1})
+    w32 = np.abs(w1.astype(np.float32).astype(np.float64))
+    for q in (1.0, 2.0):
+        closed = float(np.sum(w32 ** q))
+        assert pl.path_norm(base, q=q).value ** q == pytest.approx(closed, rel=1e-6)
+        assert pl.path_norm(tiled, q=q).value ** q == pytest.approx(3 * closed, rel=1e-6)
+        assert pl.path_norm(negated, q=q).value ** q == pytest.approx(closed, rel=1e-6)
+
+
+def test_tile_with_data_dependent_repeats_is_refused() -> None:
+    """Repeats computed from the data (a Gemm's output cast to int64): the Cast is refused, the Tile behind
+    it is not imported."""
+    nodes = [helper.make_node("Gemm", ["x", "Wr"], ["g"]), helper.make_node("Cast", ["g"], ["gi"], to=onnx.TensorProto.INT64),
+             helper.make_node("Reshape", ["gi", "s"], ["rp"]), helper.make_node("Tile", ["x", "rp"], ["y"], name="tile0")]
+    model = _net([1, 3], nodes, None, {"Wr": np.ones((3, 2)), "s": _i(2)})
+    trace = ImportTrace()
+    with pytest.raises(pl.UnsupportedModelError) as err:
+        import_prepared(prepare(model), trace=trace)
+    assert [(r.node, r.op_type) for r in err.value.refusals] == [("gi", "Cast")]
+    assert "tile0" in [n.name for n in trace.blocked]
+
+
+def test_integer_typed_network_is_refused_with_exit_3(tmp_path, capsys) -> None:
+    """Token ids in, an integer network: outside the supported set (exit 3), not a usage error (exit 2)."""
+    g = helper.make_graph([helper.make_node("Tile", ["ids", "rp"], ["y"], name="tile0")], "ints",
+                          [helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, [1, 3])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.INT64, [1, 6])],
+                          [onnx.numpy_helper.from_array(_i(1, 2), "rp")])
+    path = tmp_path / "ints.onnx"
+    path.write_bytes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    with pytest.raises(pl.UnsupportedModelError) as err:
+        pl.import_model(path)
+    assert [(r.node, r.op_type) for r in err.value.refusals] == [("ids", "input")] and "INT64" in str(err.value)
+    rc, out, err_text = run_main(capsys, "norm", str(path))
+    assert rc == 3 and "'ids'" not in out and "ids" in err_text and "Traceback" not in err_text
