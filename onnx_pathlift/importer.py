@@ -29,7 +29,8 @@ PICKERS = {"ArgMax", "ArgMin", "TopK", "Hardmax"}
 LOOKUPS = {"ArrayFeatureExtractor": (0, 1), "Gather": (0, 1), "LabelEncoder": (None, 0)}
 #: carried along with a head (they reshape or retype labels and probabilities); cut only together with one,
 #: like the lookups
-CARRIERS = {"Identity", "Cast", "CastLike", "Reshape", "Squeeze", "Unsqueeze", "Flatten"}
+CARRIERS = {"Identity", "Cast", "CastLike", "Reshape", "Squeeze", "Unsqueeze", "Flatten",
+            "QuantizeLinear", "DequantizeLinear"}  # Q→DQ after the final Softmax: onnxruntime's quantize_static
 _HEAD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
 _FLOATS = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 
@@ -113,6 +114,10 @@ def _analysed_outputs(p: Prepared, nodes: list[NodeProto], wanted: list[str] | N
         inputs = [w for w in wanted if w in p.inputs]
         if inputs:
             raise UsageError(f"--output names graph inputs {inputs}: choose tensors the network computes")
+        integers = [w for w in wanted if p.elem_types.get(w, TensorProto.UNDEFINED) not in _FLOATS]
+        if integers:
+            raise UsageError(f"--output names tensors that are not float {integers} (a QuantizeLinear's output is "
+                             "an integer code: choose the DequantizeLinear after it)")
         return list(dict.fromkeys(wanted))
     chosen: list[str] = []
     for output in p.outputs:
