@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
+from .contrib import standard_nodes
 from .errors import InvalidModelError, PathliftError, Refusal, UnsupportedModelError, UsageError
 
 ModelSource = str | os.PathLike | bytes | ModelProto
@@ -731,7 +732,7 @@ def prepare(model: ModelProto, input_shape: tuple[int, ...] | dict[str, tuple[in
         except Exception as exc:
             raise InvalidModelError(f"initializer {tensor.name!r} cannot be read: {exc}") from exc
     shapes: dict[str, tuple[int, ...]] = dict(inputs)
-    nodes = topological_nodes(list(model.graph.node), set(consts) | set(inputs))
+    nodes = topological_nodes(standard_nodes(list(model.graph.node), opset), set(consts) | set(inputs))
     folded_total = 0
     folded_ops: Counter = Counter()
     types: dict[str, int] = {}

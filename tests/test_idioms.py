@@ -145,3 +145,53 @@ def test_integer_typed_network_is_refused_with_exit_3(tmp_path, capsys) -> None:
     assert [(r.node, r.op_type) for r in err.value.refusals] == [("ids", "input")] and "INT64" in str(err.value)
     rc, out, err_text = run_main(capsys, "norm", str(path))
     assert rc == 3 and "'ids'" not in out and "ids" in err_text and "Traceback" not in err_text
+
+
+# ---------------------------------------------------------------------------------------------
+# onnxruntime's fused contrib ops (ORT_ENABLE_EXTENDED): FusedConv / FusedGemm
+# ---------------------------------------------------------------------------------------------
+
+
+def _fused(activation: str, params: list[float], with_z: bool, fused: bool) -> onnx.ModelProto:
+    """x[1,2,5,5] → Conv(3x3, pad 1, bias) [+ z: a 1x1 conv of x] → activation → Flatten → Gemm → Relu
+    → Gemm: written with com.microsoft FusedConv/FusedGemm (``fused``) or with the standard ops."""
+    rng = np.random.default_rng(11)
+    inits = {"W": rng.normal(size=(3, 2, 3, 3)), "B": rng.normal(size=3), "Wz": rng.normal(size=(3, 2, 1, 1)),
+             "W2": rng.normal(size=(75, 4)), "B2": rng.normal(size=4), "W3": rng.normal(size=(4, 2)), "B3": rng.normal(size=2)}
+    z = [helper.make_node("Conv", ["x", "Wz"], ["z"], name="zconv")] if with_z else []
+    if fused:
+        conv = [helper.make_node("FusedConv", ["x", "W", "B", *(["z"] if with_z else [])], ["a"], domain="com.microsoft",
+                                 pads=[1, 1, 1, 1], kernel_shape=[3, 3], activation=activation,
+                                 **({"activation_params": params} if params else {}))]
+        gemm = [helper.make_node("FusedGemm", ["f", "W2", "B2"], ["r2"], domain="com.microsoft", activation="Relu")]
+    else:
+        conv = [helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1], kernel_shape=[3, 3])]
+        conv += [helper.make_node("Add", ["c", "z"], ["cz"])] if with_z else []
+        x = "cz" if with_z else "c"
+        if activation == "LeakyRelu":  # its DAG-ReLU form α·x + (1 − α)·relu(x), which the oracle can probe
+            inits.update(al=np.array(params[0]), oma=np.array(1 - params[0]))
+            conv += [helper.make_node("Relu", [x], ["rl"]), helper.make_node("Mul", [x, "al"], ["m1"]),
+                     helper.make_node("Mul", ["rl", "oma"], ["m2"]), helper.make_node("Add", ["m1", "m2"], ["a"])]
+        else:
+            conv += [helper.make_node(activation, [x], ["a"])]
+        gemm = [helper.make_node("Gemm", ["f", "W2", "B2"], ["g2"]), helper.make_node("Relu", ["g2"], ["r2"])]
+    nodes = z + conv + [helper.make_node("Flatten", ["a"], ["f"])] + gemm + [helper.make_node("Gemm", ["r2", "W3", "B3"], ["y"])]
+    model = _net([1, 2, 5, 5], nodes, [1, 2], inits)
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return model
+
+
+@pytest.mark.parametrize(("activation", "params", "with_z"), [("Relu", [], False), ("Relu", [], True),
+                                                              ("LeakyRelu", [0.125], True)])
+def test_onnxruntime_fused_ops_import_as_their_standard_ops(activation: str, params: list[float], with_z: bool) -> None:
+    fused, plain = _fused(activation, params, with_z, True), _fused(activation, params, with_z, False)
+    dag = pl.import_model(fused)
+    assert verify(fused, dag, trials=3).passed  # onnxruntime runs the contrib ops themselves
+    for q in (1.0, 2.0):
+        assert pl.path_norm(dag, q=q).value == pytest.approx(brute_force_path_norm(plain, q) ** (1 / q), rel=1e-6)
+
+
+def test_fused_conv_with_a_smooth_activation_is_refused_as_that_op() -> None:
+    with pytest.raises(pl.UnsupportedModelError) as err:
+        pl.import_model(_fused("Tanh", [], False, True))
+    assert [r.op_type for r in err.value.refusals] == ["Tanh"] and "not piecewise-linear" in str(err.value)

@@ -1,0 +1,204 @@
+"""``compare`` across spellings of one network (issue 14): a model and its BN-fused (by hand, in numpy),
+onnxsim-simplified and onnxruntime-optimised copies compare with d = 0 and the certificate 0; the
+canonical rewrites are exact (the canonical DAG, re-emitted, reproduces the source model); a genuinely
+different architecture is refused, naming the differing layer in each model. Oracles: exact zeros on
+dyadic parameters (every fusion is exact in float32 there, in any order), the signed brute-force
+path-metric of tests/test_metric.py on random parameters, onnxruntime runs of the source models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import run_main
+from onnx import TensorProto, helper, numpy_helper
+from test_metric import signed_path_metric, union_dags
+
+from onnx_pathlift import import_model
+from onnx_pathlift.canonical import canonical_form
+from onnx_pathlift.emit import emit_model
+from onnx_pathlift.metric import MismatchError, comparable, path_metric, with_params_of
+from onnx_pathlift.verify import verify
+
+
+def _dyadic(rng: np.random.Generator, shape, step: float = 1 / 16) -> np.ndarray:
+    return (rng.integers(-16, 17, size=shape) * step).astype(np.float32)
+
+
+def conv_bn_net(seed: int = 0, dyadic: bool = True) -> onnx.ModelProto:
+    """x[1,2,6,6] → Conv(3x3, bias) → BatchNormalization → Relu → MaxPool → Flatten → Reshape → Transpose
+    (identity) → Reshape → Gemm → y[1,3]. With ``dyadic``, every BN scale γ/√(var+ε) is ±2^k and the biases are multiples of
+    1/16: fusing the BN into the conv is exact in float32, whoever computes it."""
+    rng = np.random.default_rng(seed)
+    c = 4
+    if dyadic:
+        gamma = (rng.choice([-1.0, 1.0], c) * 2.0 ** rng.integers(-2, 3, c)).astype(np.float32)
+        var, eps = (4.0 ** rng.integers(-1, 2, c)).astype(np.float32), 0.0
+        beta, mean, b0 = _dyadic(rng, c), _dyadic(rng, c), _dyadic(rng, c)
+    else:
+        gamma, beta, mean = (rng.normal(size=c).astype(np.float32) for _ in range(3))
+        var, eps, b0 = rng.uniform(0.5, 2, c).astype(np.float32), 1e-5, rng.normal(size=c).astype(np.float32)
+    params = {"W0": rng.normal(size=(c, 2, 3, 3)).astype(np.float32), "B0": b0, "g": gamma, "be": beta, "mu": mean,
+              "var": var, "shape": np.array([1, 2, -1], np.int64), "shape2": np.array([1, -1], np.int64),
+              "W1": rng.normal(size=(3, c * 4)).astype(np.float32), "B1": rng.normal(size=3).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "W0", "B0"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("BatchNormalization", ["c", "g", "be", "mu", "var"], ["n"], epsilon=eps, name="bn"),
+             helper.make_node("Relu", ["n"], ["r"], name="relu"),
+             helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[3, 3], strides=[3, 3], name="pool"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+             helper.make_node("Reshape", ["f", "shape"], ["f1"], name="reshape"),
+             helper.make_node("Transpose", ["f1"], ["t"], perm=[0, 1, 2], name="transpose"),
+             helper.make_node("Reshape", ["t", "shape2"], ["f2"], name="reshape2"),
+             helper.make_node("Gemm", ["f2", "W1", "B1"], ["y"], transB=1, name="fc")]
+    g = helper.make_graph(nodes, "conv_bn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+                          [numpy_helper.from_array(v, k) for k, v in params.items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def fused_by_hand(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The BatchNormalization folded into the conv in numpy (float64, rounded once to float32); the
+    Flatten → Reshape → Transpose → Reshape chain written as one Reshape."""
+    p = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
+    eps = next(a.f for n in model.graph.node if n.op_type == "BatchNormalization" for a in n.attribute if a.name == "epsilon")
+    s = p["g"] / np.sqrt(p["var"] + eps)
+    w = (p["W0"] * s[:, None, None, None]).astype(np.float32)
+    b = ((p["B0"] - p["mu"]) * s + p["be"]).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "Wf", "Bf"], ["c"], pads=[1, 1, 1, 1], name="conv_fused"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[3, 3], strides=[3, 3], name="pool"),
+             helper.make_node("Reshape", ["p", "shape"], ["f2"], name="reshape"),
+             helper.make_node("Gemm", ["f2", "W1", "B1"], ["y"], transB=1, name="fc")]
+    inits = {"Wf": w, "Bf": b, "shape": p["shape2"].astype(np.int64), "W1": p["W1"].astype(np.float32),
+             "B1": p["B1"].astype(np.float32)}
+    g = helper.make_graph(nodes, "fused", list(model.graph.input), list(model.graph.output),
+                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def ort_optimised(model: onnx.ModelProto, level, path) -> onnx.ModelProto:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = level
+    so.optimized_model_filepath = str(path)
+    ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return onnx.load(path)
+
+
+def onnxsim_simplified(model: onnx.ModelProto) -> onnx.ModelProto:
+    onnxsim = pytest.importorskip("onnxsim", reason="onnxsim is not installed (pip install onnxsim)")
+    simplified, ok = onnxsim.simplify(model)
+    assert ok
+    return simplified
+
+
+def _copies(model: onnx.ModelProto, tmp_path) -> dict[str, onnx.ModelProto]:
+    return {"fused_by_hand": fused_by_hand(model),
+            "ort_basic": ort_optimised(model, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, tmp_path / "basic.onnx"),
+            "ort_extended": ort_optimised(model, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, tmp_path / "ext.onnx")}
+
+
+@pytest.mark.parametrize("copy", ["fused_by_hand", "ort_basic", "ort_extended", "onnxsim"])
+def test_spellings_of_one_network_compare_with_d_zero(copy: str, tmp_path, capsys) -> None:
+    a = conv_bn_net(0, dyadic=True)
+    b = onnxsim_simplified(a) if copy == "onnxsim" else _copies(a, tmp_path)[copy]
+    assert "BatchNormalization" not in [n.op_type for n in b.graph.node]  # the BN really is folded
+    m = path_metric(a, b)
+    assert (m.lower, m.upper) == (0.0, 0.0) and m.exact and m.sign_consistent
+    pa, pb = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    onnx.save(a, pa)
+    onnx.save(b, pb)
+    rc, out, err = run_main(capsys, "compare", pa, pb, "--json", "--check", "20")
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["upper"] == 0.0 and res["bound"] == 0.0 and res["check"]["violated"] is False
+    assert res["check"]["max_observed"] <= 1e-5
+    canon = res["canonicalised"]
+    assert any("folded the scale of affine" in line for line in canon["a"]), canon
+    rc, out, _ = run_main(capsys, "compare", pa, pb)
+    assert rc == 0 and "canonical form" in out and "folded the scale" in out
+
+
+def _pruned(model: onnx.ModelProto, name: str, fraction: float, seed: int) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for t in out.graph.initializer:
+        if t.name == name:
+            w = numpy_helper.to_array(t).copy()
+            w[np.random.default_rng(seed).random(w.shape) < fraction] = 0
+            t.CopyFrom(numpy_helper.from_array(w, name))
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_random_bn_fused_copy_has_d_at_rounding_level(seed: int, tmp_path, capsys) -> None:
+    """Generic BN parameters: the fused copy's float32 weights differ from the exact fold by one rounding,
+    so d is of the order of float32 rounding of ‖Φ‖_1, and the sampled check stays under the certificate."""
+    a = conv_bn_net(seed, dyadic=False)
+    m = path_metric(a, fused_by_hand(a))
+    assert m.sign_consistent and m.upper <= 1e-6 * 10 ** m.norm_a_log10
+    pa, pb = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    onnx.save(a, pa)
+    onnx.save(fused_by_hand(a), pb)
+    rc, out, err = run_main(capsys, "compare", pa, pb, "--json", "--check", "20")
+    assert rc == 0 and json.loads(out)["check"]["violated"] is False, err
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_canonical_metric_against_the_signed_brute_force_metric(seed: int) -> None:
+    """A against its fused copy with 30 % of the fused conv weights pruned: d in the canonical spelling
+    equals the signed brute-force path-metric of the two canonical networks (B's parameters placed in A's
+    canonical architecture, so that both have one neuron DAG), and is exact (|B| ≤ |A|)."""
+    a = conv_bn_net(seed, dyadic=True)
+    b = _pruned(fused_by_hand(a), "Wf", 0.3, seed)
+    da, db, pairs, applied_a, _ = comparable(import_model(a), import_model(b))
+    assert applied_a
+    m = path_metric(da, db)
+    d, n = signed_path_metric(*union_dags(emit_model(da), emit_model(with_params_of(da, db, pairs))))
+    assert n > 0 and d > 0
+    assert m.exact and m.upper == pytest.approx(d, rel=1e-5) and m.lower == m.upper
+    assert path_metric(a, b).upper == pytest.approx(m.upper, rel=1e-12)  # the API canonicalises the same way
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_canonical_rewrites_are_exact(seed: int, tmp_path) -> None:
+    """The canonical DAG, re-emitted with real activations, reproduces the source model; canonicalising
+    twice changes nothing more."""
+    for model in (conv_bn_net(seed, dyadic=False), *_copies(conv_bn_net(seed, dyadic=False), tmp_path).values()):
+        dag, applied = canonical_form(import_model(model))
+        assert verify(model, dag, trials=3).passed
+        again, more = canonical_form(dag)
+        assert more == [] and [la.name for la in again.layers()] == [la.name for la in dag.layers()]
+    dag, applied = canonical_form(import_model(conv_bn_net(seed)))
+    assert sorted(line.split(" '")[0] for line in applied) == ["dropped identity transpose", "folded the scale of affine",
+                                                              "merged affine", "merged reshape", "merged reshape"]
+    assert [la.op for la in dag.layers()] == ["input", "conv", "affine", "relu", "maxpool", "reshape", "dense", "affine"]
+
+
+def test_a_different_architecture_is_refused_naming_the_layers(tmp_path, capsys) -> None:
+    """A stride-2 pool instead of stride 3 (so the next dense layer differs too): refused, not canonicalised away."""
+    a = conv_bn_net(0)
+    b = fused_by_hand(a)
+    pool = next(n for n in b.graph.node if n.op_type == "MaxPool")
+    pool.ClearField("attribute")
+    pool.attribute.extend([helper.make_attribute("kernel_shape", [2, 2]), helper.make_attribute("strides", [3, 3])])
+    pool.name = "pool_2x2"
+    with pytest.raises(MismatchError) as err:
+        path_metric(a, b)
+    msg = str(err.value)
+    assert "'pool'" in msg and "'pool_2x2'" in msg and "kernel" in msg, msg
+    pa, pb = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    onnx.save(a, pa)
+    onnx.save(b, pb)
+    rc, out, _ = run_main(capsys, "compare", pa, pb, "--json")
+    assert rc == 2 and "pool_2x2" in json.loads(out)["message"]
+
+
+def test_same_spelling_is_compared_as_spelled() -> None:
+    """No rewrite when the two models pair as written (the metric of a model and its pruned copy keeps
+    its meaning: the BN stays a layer of its own)."""
+    a = import_model(conv_bn_net(0))
+    _, _, _, applied_a, applied_b = comparable(a, a)
+    assert applied_a == applied_b == []
