@@ -14,6 +14,14 @@ applying until nothing changes:
 * an affine scale right after a conv, conv-transpose or dense layer that feeds only it is folded into
   that layer's weights (``s·(W∗x) = (sW)∗x`` for a per-output-channel ``s``, the layer's
   ``absorb_scale``); the bias stays an affine layer after it;
+* an affine scale right before such a layer that reads only it, per input channel and without zeros, is
+  folded into that layer's weights along their input-channel axis (``W∗(s⊙x + t) = (W·s)∗(x + t/s)``,
+  the layer's ``absorb_input_scale``; onnxsim folds an input normalisation's Mul this way): what stays
+  before the layer is the bias ``t/s``, so zero padding still pads zeros;
+* a reshape that keeps the last axis is moved after the ReLU, the affine layer varying along the last
+  axis only, or the dense layer ``x @ W`` that reads only it (they act on each row of the last axis
+  alike; onnxruntime and onnxsim write a MatMul on a rank-4 tensor as Reshape → Gemm → Reshape), where
+  it meets the next reshape;
 * affine parameters are laid out at the layer's full rank (``(C,1,1)`` becomes ``(1,C,1,1)``).
 
 Every rewrite is exact on the function, so the certificate ``‖A(x) − B(x)‖_1 ≤ max(‖x‖_∞,1)·d``
@@ -30,6 +38,7 @@ import numpy as np
 
 from .dag import Dag, Layer
 from .ops import LAYER_OPS
+from .ops.base import varies_only_along
 
 _LINEAR = {"conv", "deconv", "dense"}
 
@@ -60,6 +69,13 @@ class _Work:
             if name in layer.inputs:
                 self.layers[n] = replace(layer, inputs=[by if i == name else i for i in layer.inputs])
         self.outputs = {o: by if v == name else v for o, v in self.outputs.items()}
+
+    def drop_alias(self, old: str, new: str) -> None:
+        """Whatever read layer ``old`` (but ``new`` itself) reads layer ``new``."""
+        for n, layer in self.layers.items():
+            if n != new and old in layer.inputs:
+                self.layers[n] = replace(layer, inputs=[new if i == old else i for i in layer.inputs])
+        self.outputs = {o: new if v == old else v for o, v in self.outputs.items()}
 
     def to_dag(self) -> Dag:
         out = Dag(opset=self.dag.opset, inputs=list(self.dag.inputs), outputs=self.outputs, notes=list(self.dag.notes),
@@ -134,7 +150,61 @@ def _one_rewrite(w: _Work) -> bool:
             else:
                 w.drop(name, src.name)
             return True
+        if _fold_forward(w, layer, src, readers) or _move_reshape(w, layer, src):
+            return True
     return False
+
+
+def _row_wise(layer: Layer) -> bool:
+    """Whether ``layer`` acts on each row of its input's last axis alike (so a reshape that keeps that
+    axis commutes with it)."""
+    if layer.op == "relu":
+        return True
+    if layer.op == "affine":
+        return all(varies_only_along(v, layer.shape, -1) for v in layer.params.values())
+    return layer.op == "dense" and layer.attrs["side"] == "right" and layer.params["W"].ndim == 2
+
+
+def _move_reshape(w: _Work, layer: Layer, src: Layer) -> bool:
+    """Move reshape ``src`` (keeping the last axis, feeding only ``layer``) after the row-wise ``layer``."""
+    if src.op != "reshape" or not _row_wise(layer) or not src.shape or src.shape[-1] != w.layers[src.inputs[0]].shape[-1]:
+        return False
+    rows = w.layers[src.inputs[0]].shape[:-1]
+    params = dict(layer.params) if layer.op == "dense" else \
+        {k: v.reshape((1,) * len(rows) + (v.size,)) if v.size > 1 else v.reshape(()) for k, v in layer.params.items()}
+    moved = replace(layer, inputs=list(src.inputs), shape=(*rows, layer.shape[-1]), params=params, origins={})
+    w.layers[layer.name] = moved
+    w.layers[src.name] = replace(src, inputs=[layer.name], shape=layer.shape)
+    w.layers = _reordered(w.layers, src.name, layer.name)
+    w.drop_alias(layer.name, src.name)
+    w.applied.append(f"moved reshape {src.name!r} after {layer.op} {layer.name!r}")
+    return True
+
+
+def _reordered(layers: dict[str, Layer], first: str, after: str) -> dict[str, Layer]:
+    """The layers with ``first`` moved to just after ``after`` (topological order kept)."""
+    order = [n for n in layers if n != first]
+    order.insert(order.index(after) + 1, first)
+    return {n: layers[n] for n in order}
+
+
+def _fold_forward(w: _Work, layer: Layer, src: Layer, readers: Counter) -> bool:
+    """Fold the scale of affine ``src`` (feeding only ``layer``, a linear layer) into ``layer``'s weights."""
+    if layer.op not in _LINEAR or src.op != "affine" or "scale" not in src.params or not w.only_feeds(src.name, readers):
+        return False
+    s = src.params["scale"]
+    if not np.all(s != 0):
+        return False
+    folded = LAYER_OPS[layer.op].absorb_input_scale(layer, s, src.shape)
+    if folded is None:
+        return False
+    w.layers[layer.name] = replace(folded, origins={})
+    w.applied.append(f"folded the scale of affine {src.name!r} into {layer.op} {layer.name!r} (input side)")
+    if "bias" in src.params:
+        w.layers[src.name] = replace(src, params={"bias": src.params["bias"] / s}, origins={})
+    else:
+        w.drop(src.name, src.inputs[0])
+    return True
 
 
 def _full_rank(layer: Layer) -> Layer:

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import tiny_nets
 from conftest import run_main
 from onnx import TensorProto, helper, numpy_helper
 from test_metric import signed_path_metric, union_dags
@@ -20,7 +21,7 @@ from test_metric import signed_path_metric, union_dags
 from onnx_pathlift import import_model
 from onnx_pathlift.canonical import canonical_form
 from onnx_pathlift.emit import emit_model
-from onnx_pathlift.metric import MismatchError, comparable, path_metric, with_params_of
+from onnx_pathlift.metric import MismatchError, check_bound, comparable, path_metric, with_params_of
 from onnx_pathlift.verify import verify
 
 
@@ -202,3 +203,51 @@ def test_same_spelling_is_compared_as_spelled() -> None:
     a = import_model(conv_bn_net(0))
     _, _, _, applied_a, applied_b = comparable(a, a)
     assert applied_a == applied_b == []
+
+
+OPTIMISERS = {
+    "onnxsim": lambda m, path: onnxsim_simplified(m),
+    "ort_basic": lambda m, path: ort_optimised(m, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, path),
+    "ort_extended": lambda m, path: ort_optimised(m, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, path),
+}
+
+
+@pytest.mark.parametrize("optimiser", sorted(OPTIMISERS))
+@pytest.mark.parametrize("name", sorted(tiny_nets.ALL_NETS))
+def test_tiny_nets_against_their_optimised_copies(name: str, optimiser: str, tmp_path) -> None:
+    """Every tiny net against its onnxsim / onnxruntime-optimised copy (BN and input normalisation folded
+    into convs, MatMul on rank-4 tensors written as Reshape → Gemm → Reshape, Conv+Relu fused): d is at
+    the float32 rounding level of the fused weights, the sampled check stays under the certificate, and
+    each canonical DAG reproduces its source model."""
+    a, _ = tiny_nets.ALL_NETS[name](0)
+    b = OPTIMISERS[optimiser](a, tmp_path / "b.onnx")
+    da, db, pairs, _, _ = comparable(import_model(a), import_model(b))
+    m = path_metric(da, db)
+    assert m.sign_consistent and m.upper <= 1e-6 * 10 ** m.norm_a_log10, (m.upper, 10 ** m.norm_a_log10)
+    assert verify(a, da, trials=2).passed and verify(b, db, trials=2).passed
+    report = check_bound(a, b, da, db, m, 1.0, 10)
+    assert not report.violated and report.max_observed <= 1e-5 * 10 ** m.norm_a_log10
+
+
+def test_input_side_folds_are_exact_on_grouped_and_transposed_layers() -> None:
+    """x → Mul(s, per channel) + t → grouped Conv → Relu → Mul(s') → grouped ConvTranspose → Relu →
+    Flatten → Mul(s'') → Gemm: every scale folds into the layer after it (input side), and the canonical
+    DAG reproduces the model."""
+    rng = np.random.default_rng(4)
+    p = {"s0": rng.uniform(0.5, 2, (1, 4, 1, 1)) * rng.choice([-1, 1], (1, 4, 1, 1)), "t0": rng.normal(size=(4, 1, 1)),
+         "W0": rng.normal(size=(6, 2, 3, 3)), "s1": rng.uniform(0.5, 2, (6, 1, 1)), "W1": rng.normal(size=(6, 2, 2, 2)),
+         "s2": rng.uniform(0.5, 2, 6 * 6 * 6), "W2": rng.normal(size=(6 * 6 * 6, 3))}
+    nodes = [helper.make_node("Mul", ["x", "s0"], ["a0"]), helper.make_node("Add", ["a0", "t0"], ["b0"]),
+             helper.make_node("Conv", ["b0", "W0"], ["c0"], group=2, pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c0"], ["r0"]),
+             helper.make_node("Mul", ["r0", "s1"], ["a1"]),
+             helper.make_node("ConvTranspose", ["a1", "W1"], ["c1"], group=3, strides=[1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]), helper.make_node("Flatten", ["r1"], ["f"]),
+             helper.make_node("Mul", ["f", "s2"], ["a2"]), helper.make_node("MatMul", ["a2", "W2"], ["y"])]
+    g = helper.make_graph(nodes, "folds", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 5, 5])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+                          [numpy_helper.from_array(v.astype(np.float32), k) for k, v in p.items()])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    dag, applied = canonical_form(import_model(model))
+    assert sum("(input side)" in line for line in applied) == 3, applied
+    assert [la.op for la in dag.layers()].count("affine") == 1  # the bias t0/s0 before the first conv
+    assert verify(model, dag, trials=3).passed
