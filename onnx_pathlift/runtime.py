@@ -40,11 +40,17 @@ def resolve_providers(providers: str | list[str] | None) -> list[str]:
     return resolved
 
 
-def make_session(model: ModelProto, providers: str | list[str] | None = None) -> ort.InferenceSession:
-    """An inference session on the requested providers, checked to really use the first of them."""
+def make_session(model: ModelProto, providers: str | list[str] | None = None, as_written: bool = False) -> ort.InferenceSession:
+    """An inference session on the requested providers, checked to really use the first of them.
+
+    ``as_written``: only onnxruntime's basic (semantics-preserving) graph rewrites, for running a source
+    model as its file says: the extended ones fuse DequantizeLinear → MatMul/Conv into integer kernels
+    that quantize a float activation on the fly, which the file does not do."""
     names = resolve_providers(providers)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if as_written:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     opts.intra_op_num_threads = _THREADS
     try:
         data = model.SerializeToString()

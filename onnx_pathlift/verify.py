@@ -109,7 +109,7 @@ class ModelRunner:
     def __init__(self, model: ModelProto, names: list[str], elem_types: dict[str, int], providers=None):
         exposed = _expose(model, names, elem_types)
         try:
-            self.session = make_session(exposed, providers)
+            self.session = make_session(exposed, providers, as_written=True)
         except PathliftError:
             raise
         except Exception as ort_error:

@@ -85,7 +85,8 @@ def float_twin(model: onnx.ModelProto, output: str) -> onnx.ModelProto:
                                     **{a.name: helper.get_attribute_value(a) for a in node.attribute})
             nodes.insert(0, node)
             need.update(node.input)
-    g = helper.make_graph(nodes, "twin", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+    x_vi = next(i for i in model.graph.input if i.name == "x")
+    g = helper.make_graph(nodes, "twin", [x_vi],
                           [helper.make_tensor_value_info(rename.get(output, output), TensorProto.FLOAT, None)],
                           [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items() if k in need])
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
@@ -142,3 +143,28 @@ def test_output_naming_an_integer_code_is_a_usage_error(qdq, tmp_path, capsys) -
     onnx.save(qdq, path)
     rc, _, err = run_main(capsys, "norm", path, "--output", q_out)
     assert rc == 2 and "not float" in err and "DequantizeLinear" in err
+
+
+def test_weights_only_qdq_is_verified_as_written(tmp_path, capsys) -> None:
+    """DequantizeLinear weights, float activations (a weights-only QDQ model): onnxruntime's extended
+    optimisations would run DQ → MatMul as an integer kernel that quantizes x on the fly (1e-2 off);
+    the re-emission check runs the source model as written, and the path-norm is the float twin's."""
+    rng = np.random.default_rng(0)
+    inits = {"Wq": rng.integers(-127, 128, (6, 8)).astype(np.int8), "s": np.array(0.01, np.float32), "z": np.array(0, np.int8),
+             "W2q": rng.integers(-127, 128, (8, 3)).astype(np.int8), "s2": rng.uniform(0.005, 0.02, 3).astype(np.float32),
+             "z2": np.zeros(3, np.int8)}
+    nodes = [helper.make_node("DequantizeLinear", ["Wq", "s", "z"], ["W"]), helper.make_node("MatMul", ["x", "W"], ["h"]),
+             helper.make_node("Relu", ["h"], ["r"]), helper.make_node("DequantizeLinear", ["W2q", "s2", "z2"], ["W2"], axis=1),
+             helper.make_node("MatMul", ["r", "W2"], ["logits"])]
+    g = helper.make_graph(nodes, "wq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])],
+                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "wq.onnx"
+    onnx.save(model, path)
+    rc, out, err = run_main(capsys, "norm", path, "--verify", "-q", "1", "-q", "4", "--json")
+    assert rc == 0, err
+    report = json.loads(out)
+    assert report["verify"]["passed"] is True and max(report["verify"]["max_rel_error"].values()) < 1e-6
+    for entry in report["norms"]:
+        assert entry["value"] == pytest.approx(_oracle(model, "logits", entry["q"]), rel=1e-6)
