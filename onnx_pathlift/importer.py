@@ -33,6 +33,9 @@ CARRIERS = {"Identity", "Cast", "CastLike", "Reshape", "Squeeze", "Unsqueeze", "
             "QuantizeLinear", "DequantizeLinear"}  # Q→DQ after the final Softmax: onnxruntime's quantize_static
 _HEAD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
 _FLOATS = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+#: an unknown type comes from behind an op that shape inference does not know: analysed, so that the import
+#: refuses that op by name
+_FLOATS_OR_UNKNOWN = _FLOATS | {TensorProto.UNDEFINED}
 
 
 @dataclass
@@ -114,7 +117,7 @@ def _analysed_outputs(p: Prepared, nodes: list[NodeProto], wanted: list[str] | N
         inputs = [w for w in wanted if w in p.inputs]
         if inputs:
             raise UsageError(f"--output names graph inputs {inputs}: choose tensors the network computes")
-        integers = [w for w in wanted if p.elem_types.get(w, TensorProto.UNDEFINED) not in _FLOATS]
+        integers = [w for w in wanted if p.elem_types.get(w, TensorProto.UNDEFINED) not in _FLOATS_OR_UNKNOWN]
         if integers:
             raise UsageError(f"--output names tensors that are not float {integers} (a QuantizeLinear's output is "
                              "an integer code: choose the DequantizeLinear after it)")
@@ -134,7 +137,7 @@ def _analysed_outputs(p: Prepared, nodes: list[NodeProto], wanted: list[str] | N
 
         if name in p.inputs:
             why, note = "it is a graph input", f"output {name!r} dropped: it is a graph input"
-        elif p.elem_types.get(name, TensorProto.UNDEFINED) not in _FLOATS:
+        elif p.elem_types.get(name, TensorProto.UNDEFINED) not in _FLOATS_OR_UNKNOWN:
             kind = TensorProto.DataType.Name(p.elem_types.get(name, TensorProto.UNDEFINED))
             why, note = f"not a float tensor ({kind})", f"output {name!r} ({kind}) dropped: not a float tensor (e.g. a class label)"
         elif name in p.consts:

@@ -195,3 +195,16 @@ def test_fused_conv_with_a_smooth_activation_is_refused_as_that_op() -> None:
     with pytest.raises(pl.UnsupportedModelError) as err:
         pl.import_model(_fused("Tanh", [], False, True))
     assert [r.op_type for r in err.value.refusals] == ["Tanh"] and "not piecewise-linear" in str(err.value)
+
+
+def test_output_behind_an_unknown_op_names_that_op() -> None:
+    """onnxruntime's ORT_ENABLE_ALL writes com.microsoft.nchwc ops, whose outputs ONNX shape inference
+    cannot type: the output is still analysed, and the refusal names the unknown ops (not 'no float output')."""
+    nodes = [helper.make_node("Gemm", ["x", "W"], ["g"]),
+             helper.make_node("ReorderOutput", ["g"], ["o"], domain="com.microsoft.nchwc", name="reorder"),
+             helper.make_node("Gemm", ["o", "W2"], ["y"])]
+    model = _net([1, 3], nodes, None, {"W": np.ones((3, 4)), "W2": np.ones((4, 2))})
+    model.opset_import.append(helper.make_opsetid("com.microsoft.nchwc", 1))
+    with pytest.raises(pl.UnsupportedModelError) as err:
+        pl.import_model(model)
+    assert [(r.node, r.op_type) for r in err.value.refusals] == [("reorder", "ReorderOutput")]
