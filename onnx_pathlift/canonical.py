@@ -5,8 +5,10 @@ BatchNormalization into the conv before it and merge reshapes; exporters add ide
 path-lifting Φ depends on the spelling, so :func:`canonical_form` brings a DAG to one spelling,
 applying until nothing changes:
 
+* a global pooling is written as the reduction it is (GlobalAveragePool = ReduceMean over the spatial
+  axes, keepdims; torch's dynamo exporter writes AdaptiveAvgPool2d(1) as the latter);
 * an identity is dropped: a reshape to its input's shape, a transpose by the identity permutation,
-  a one-input sum of sign +1;
+  a one-input sum of sign +1, a reduction over one element that keeps the shape;
 * a chain of two reshapes (transposes) becomes one reshape (one transpose of the composed
   permutation) when the first feeds only the second;
 * two affine layers in a row, the first feeding only the second, become one:
@@ -93,7 +95,18 @@ def _is_identity(layer: Layer, src: Layer) -> bool:
         return list(layer.attrs["perm"]) == list(range(len(layer.shape)))
     if layer.op == "sum":
         return len(layer.inputs) == 1 and layer.attrs["signs"][0] > 0 and tuple(layer.shape) == tuple(src.shape)
+    if layer.op == "reduce":
+        return layer.attrs["count"] == 1 and tuple(layer.shape) == tuple(src.shape)
     return False
+
+
+def _as_reduce(layer: Layer) -> Layer:
+    """A global pooling as the reduction over the spatial axes it computes (other layers unchanged)."""
+    if layer.op != "globalpool":
+        return layer
+    attrs = {"mode": "max" if layer.attrs["mode"] == "max" else "mean", "axes": list(range(2, len(layer.shape))),
+             "keepdims": 1, "count": int(np.prod(layer.attrs["in_spatial"]))}
+    return replace(layer, op="reduce", attrs=attrs)
 
 
 def _merged_affine(first: Layer, second: Layer) -> dict[str, np.ndarray]:
@@ -217,6 +230,8 @@ def _full_rank(layer: Layer) -> Layer:
 def canonical_form(dag: Dag) -> tuple[Dag, list[str]]:
     """The DAG in the canonical spelling (same function), and the rewrites applied, in order."""
     w = _Work(dag)
+    for name, layer in w.layers.items():
+        w.layers[name] = _as_reduce(layer)
     for _ in range(4 * len(w.layers) + 1):  # every rewrite removes a layer or a scale: bounded
         if not _one_rewrite(w):
             break

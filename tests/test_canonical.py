@@ -7,6 +7,8 @@ path-metric of tests/test_metric.py on random parameters, onnxruntime runs of th
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import numpy as np
@@ -16,6 +18,7 @@ import pytest
 import tiny_nets
 from conftest import run_main
 from onnx import TensorProto, helper, numpy_helper
+from test_exporter_corpus import _load
 from test_metric import signed_path_metric, union_dags
 
 from onnx_pathlift import import_model
@@ -251,3 +254,57 @@ def test_input_side_folds_are_exact_on_grouped_and_transposed_layers() -> None:
     assert sum("(input side)" in line for line in applied) == 3, applied
     assert [la.op for la in dag.layers()].count("affine") == 1  # the bias t0/s0 before the first conv
     assert verify(model, dag, trials=3).passed
+
+
+def _pooled(pool: str, spatial: int) -> onnx.ModelProto:
+    """x → Conv → Relu → (GlobalAveragePool | ReduceMean over H, W) → Flatten → Gemm."""
+    rng = np.random.default_rng(6)
+    if pool == "global":
+        nodes = [helper.make_node("GlobalAveragePool", ["r"], ["p"], name="gap")]
+        inits = {}
+    else:
+        nodes = [helper.make_node("ReduceMean", ["r", "ax"], ["p"], keepdims=1, name="mean")]
+        inits = {"ax": np.array([2, 3], np.int64)}
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"]), helper.make_node("Relu", ["c"], ["r"]), *nodes,
+             helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("Gemm", ["f", "W2"], ["y"])]
+    inits.update(W=rng.normal(size=(3, 2, spatial, spatial)).astype(np.float32), W2=rng.normal(size=(3, 2)).astype(np.float32))
+    g = helper.make_graph(nodes, "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 5, 5])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("spatial", [2, 5])
+def test_global_pool_and_reduce_mean_are_one_spelling(spatial: int) -> None:
+    """torch's TorchScript exporter writes AdaptiveAvgPool2d(1) as GlobalAveragePool, its dynamo exporter as
+    ReduceMean; over a 1x1 map (kernel 5) the pooling is an identity, which onnxsim removes."""
+    a, b = _pooled("global", spatial), _pooled("mean", spatial)
+    m = path_metric(a, b)
+    assert (m.upper, m.lower) == (0.0, 0.0)
+    if spatial == 5:
+        dropped = _pooled("global", 5)
+        del dropped.graph.node[2]
+        dropped.graph.node[2].input[0] = "r"
+        assert path_metric(b, dropped).upper == 0.0
+    for model in (a, b):
+        dag, _ = canonical_form(import_model(model))
+        assert verify(model, dag, trials=2).passed
+
+
+def test_both_torch_exporters_write_one_network(tmp_path) -> None:
+    """Each torch architecture of the exporter corpus, exported by TorchScript and by dynamo: d at the
+    float32 rounding level (the exporters fold BatchNorm differently), and the check under the certificate."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxscript")
+    for name, module, shape in _load("exporter_corpus")._torch_modules():
+        module.eval()
+        models = []
+        for dynamo in (False, True):
+            buf = io.BytesIO()
+            with contextlib.redirect_stdout(io.StringIO()):
+                torch.onnx.export(module, (torch.randn(*shape),), buf, dynamo=dynamo, input_names=["x"])
+            models.append(onnx.load_from_string(buf.getvalue()))
+        da, db, _, _, _ = comparable(import_model(models[0]), import_model(models[1]))
+        m = path_metric(da, db)
+        assert m.sign_consistent and m.upper <= 1e-6 * 10 ** m.norm_a_log10, name
+        assert not check_bound(models[0], models[1], da, db, m, 1.0, 6).violated, name

@@ -31,6 +31,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 Model = onnx.ModelProto
+_LINEAR_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add"}  # where onnxruntime's quantizer folds a Relu
 
 
 def _graph_model(nodes, x_shape, inits: dict[str, np.ndarray], opset: int = 13) -> Model:
@@ -174,9 +175,18 @@ def _quantized(model: Model, kind: str, folder: Path, rng) -> Model:
     return onnx.load(dst)
 
 
+def _clips_at_zero(model: Model, q: onnx.NodeProto) -> bool:
+    """Whether the QuantizeLinear's range starts at 0 (its zero point is the type's minimum, uint8 by default):
+    the quantizer folded a Relu into it."""
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    zp = inits.get(q.input[2]) if len(q.input) > 2 and q.input[2] else None
+    return zp is None or (zp.dtype.kind in "iu" and bool(np.all(zp == np.iinfo(zp.dtype).min)))
+
+
 def _weights_only(model: Model) -> Model:
     """A QDQ model without its activation QuantizeLinear → DequantizeLinear pairs: quantized weights, float
-    activations (what a weights-only QDQ export writes)."""
+    activations (what a weights-only QDQ export writes); a pair right after a linear op whose range starts at 0
+    (a Relu the quantizer folded into it) becomes that Relu again."""
     producer = {o: n for n in model.graph.node for o in n.output}
     rename: dict[str, str] = {}
     kept = []
@@ -184,6 +194,9 @@ def _weights_only(model: Model) -> Model:
         q = producer.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
         if q is not None and q.op_type == "QuantizeLinear":
             rename[node.output[0]] = q.input[0]
+            if _clips_at_zero(model, q) and getattr(producer.get(q.input[0]), "op_type", "") in _LINEAR_OPS:
+                rename[node.output[0]] = node.output[0] + "/relu"
+                kept.append(helper.make_node("Relu", [q.input[0]], [node.output[0] + "/relu"]))
         elif node.op_type != "QuantizeLinear":
             kept.append(node)
     out = Model()
