@@ -33,6 +33,8 @@ def _activation(node: NodeProto, x: str, a: dict, params: list[float], opset: in
     """The activation node(s) reading ``x`` and writing the fused node's output."""
     kind = a.get("activation", b"")
     kind = kind.decode() if isinstance(kind, bytes) else kind
+    if not isinstance(kind, str) or not kind.isidentifier():
+        raise ValueError(f"activation {kind!r} is not an op name")
     name, out = node.name or node.output[0], node.output[0]
     if not kind:
         return [helper.make_node("Identity", [x], [out], name=name)]
@@ -72,7 +74,10 @@ def standard_nodes(nodes: list[NodeProto], opset: int) -> list[NodeProto]:
         if node.domain == _MS and node.op_type in ("FusedConv", "FusedGemm"):
             if len(node.output) != 1:
                 raise InvalidModelError(f"node {node.name!r} ({node.op_type}) has {len(node.output)} outputs, expected 1")
-            out += _standard(node, opset)
+            try:
+                out += _standard(node, opset)
+            except (TypeError, ValueError, IndexError) as exc:  # mistyped attributes (activation not a string, ...)
+                raise InvalidModelError(f"node {node.name!r} ({node.op_type}) has invalid attributes: {exc}") from None
         else:
             out.append(node)
     return out

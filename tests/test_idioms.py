@@ -208,3 +208,14 @@ def test_output_behind_an_unknown_op_names_that_op() -> None:
     with pytest.raises(pl.UnsupportedModelError) as err:
         pl.import_model(model)
     assert [(r.node, r.op_type) for r in err.value.refusals] == [("reorder", "ReorderOutput")]
+
+
+def test_fused_conv_with_mistyped_attributes_is_an_invalid_model(tmp_path, capsys) -> None:
+    model = _fused("Relu", [], False, True)
+    conv = next(n for n in model.graph.node if n.op_type == "FusedConv")
+    del conv.attribute[[a.name for a in conv.attribute].index("activation")]
+    conv.attribute.append(helper.make_attribute("activation", 7))
+    path = tmp_path / "bad.onnx"
+    onnx.save(model, path)
+    rc, _, err = run_main(capsys, "norm", path)
+    assert rc == 4 and "FusedConv" in err and "activation" in err and "Traceback" not in err
