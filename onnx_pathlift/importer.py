@@ -111,6 +111,10 @@ def _analysed_outputs(p: Prepared, nodes: list[NodeProto], wanted: list[str] | N
     trace = trace if trace is not None else ImportTrace()
     producer = {out: node for node in nodes for out in node.output}
     if wanted:
+        constants = [w for w in wanted if w in p.consts]
+        if constants:
+            raise UsageError(f"--output names constants {constants} (folded weights or shape arithmetic): choose "
+                             "tensors the network computes")
         unknown = [w for w in wanted if w not in producer and w not in p.inputs]
         if unknown:
             raise UsageError(f"--output names unknown tensors: {unknown}")

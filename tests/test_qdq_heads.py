@@ -143,6 +143,9 @@ def test_output_naming_an_integer_code_is_a_usage_error(qdq, tmp_path, capsys) -
     onnx.save(qdq, path)
     rc, _, err = run_main(capsys, "norm", path, "--output", q_out)
     assert rc == 2 and "not float" in err and "DequantizeLinear" in err
+    weight = next(n.output[0] for n in qdq.graph.node if n.op_type == "DequantizeLinear" and n.input[0].startswith("W"))
+    rc, _, err = run_main(capsys, "norm", path, "--output", weight)
+    assert rc == 2 and "constants" in err and weight in err
 
 
 def test_weights_only_qdq_is_verified_as_written(tmp_path, capsys) -> None:
