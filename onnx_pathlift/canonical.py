@@ -40,7 +40,6 @@ import numpy as np
 
 from .dag import Dag, Layer
 from .ops import LAYER_OPS
-from .ops.base import varies_only_along
 
 _LINEAR = {"conv", "deconv", "dense"}
 
@@ -173,8 +172,8 @@ def _row_wise(layer: Layer) -> bool:
     axis commutes with it)."""
     if layer.op == "relu":
         return True
-    if layer.op == "affine":
-        return all(varies_only_along(v, layer.shape, -1) for v in layer.params.values())
+    if layer.op == "affine":  # each parameter constant along every axis but the last
+        return all(v.ndim <= len(layer.shape) and all(d == 1 for d in v.shape[:-1]) for v in layer.params.values())
     return layer.op == "dense" and layer.attrs["side"] == "right" and layer.params["W"].ndim == 2
 
 

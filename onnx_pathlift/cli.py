@@ -106,6 +106,9 @@ def cmd_norm(args) -> int:
             print(f"  note: {note}")
         for n in norms:
             print(f"  L{n.q:g} path-norm = {_fmt(n.log10)}  (log10 = {n.log10:.9g})")
+            if not n.certified:
+                print(f"    not certified: float32 underflow may have lost mass; the true value lies in "
+                      f"[{_fmt(n.lower_log10)}, {_fmt(n.upper_log10)}]")
         if report is not None:
             status = "passed" if report.passed else "FAILED"
             print(f"  re-emission check {status}: max relative error {max(report.max_rel_error.values()):.3g} "
@@ -117,10 +120,10 @@ def cmd_lift(args) -> int:
     _, _, dag, _ = _load(args)
     import onnx
 
-    from .emit import HEALTH, HEALTH_MIN_LOG2, LOG2_SUFFIX
+    from .emit import LOG2_SUFFIX
     from .norm import PathNormSession
 
-    session = PathNormSession(dag, args.q, per_sample=False)  # runs once: static scales if they are fine, else dynamic
+    session = PathNormSession(dag, args.q, per_sample=False)  # static scales if their budget certifies them, else dynamic
     norm = session.run()
     model = session.model
     onnx.checker.check_model(model)
@@ -128,20 +131,18 @@ def cmd_lift(args) -> int:
     onnx.save(model, str(out))
     info = {"written": str(out), "q": args.q, "scales": "static" if session.static else "dynamic",
             "inputs": {k: list(v) for k, v in dag.input_shapes().items()},
-            "outputs": [[o, o + LOG2_SUFFIX] for o in dag.outputs], "health_output": HEALTH if session.static else None,
-            "norm": norm.to_dict()}
+            "outputs": [[o, o + LOG2_SUFFIX] for o in dag.outputs], "norm": norm.to_dict()}
     if args.json:
         print(json.dumps(info, indent=2))
     else:
         print(f"wrote the lifted network (q={args.q:g}, {info['scales']} scales) to {out}")
-        print(f"run it with all-ones inputs; each analysed output o comes with a scalar o{LOG2_SUFFIX}, and")
-        print(f"  ||Phi||_q^q = sum over outputs o of  sum(o) * 2**o{LOG2_SUFFIX}     (here: {_fmt(norm.log10 * args.q)})")
-        if session.static:
-            print(f"  (valid when min({HEALTH}) >= 2**-{HEALTH_MIN_LOG2}, as it is for this model)")
+        print(f"run it with all-ones inputs; each analysed output o comes with an exponent o{LOG2_SUFFIX} (float64,")
+        print("broadcastable to o: one per channel or neuron with static scales), and")
+        print(f"  ||Phi||_q^q = sum over outputs o of  sum(o * 2**o{LOG2_SUFFIX})     (here: log10 {_fmt(norm.log10 * args.q)})")
         outs = ", ".join(repr(o) for o in dag.outputs)
         print("e.g.  python -c \"import onnxruntime as rt, numpy as np; s = rt.InferenceSession('%s'); "
               "r = dict(zip([o.name for o in s.get_outputs()], s.run(None, {i.name: np.ones(i.shape, np.float32) "
-              "for i in s.get_inputs()}))); print(sum(float(r[o].sum()) * 2.0 ** float(r[o + '%s']) for o in [%s]) "
+              "for i in s.get_inputs()}))); print(sum(float((r[o] * np.exp2(r[o + '%s'])).sum()) for o in [%s]) "
               "** (1 / %g))\"" % (out, LOG2_SUFFIX, outs, args.q))
     return 0
 
@@ -277,9 +278,17 @@ def cmd_prune(args) -> int:
     from .metric import path_metric
     from .scores import magnitude, path_magnitude
 
-    model, _, dag, _ = _load(args)
+    criteria = {"weight": ("path-magnitude", "magnitude"), "channel": ("path-mass", "l1-norm")}[args.structure]
+    args.criterion = args.criterion or criteria[0]
+    if args.criterion not in criteria:
+        raise UsageError(f"--structure {args.structure} takes --criterion {' or '.join(criteria)} (got {args.criterion})")
     if not 0.0 <= args.sparsity <= 1.0:
         raise UsageError(f"--sparsity must be in [0, 1] (got {args.sparsity})")
+    if args.structure == "channel":
+        return _prune_channels(args)
+    if args.masked:
+        raise UsageError("--masked goes with --structure channel (weight pruning writes its masked model to -o)")
+    model, _, dag, _ = _load(args)
     scores = path_magnitude(dag).fraction if args.criterion == "path-magnitude" else magnitude(dag)
     keep = prune.masks(prune.select(scores, args.layers), args.sparsity, args.scope)
     pruned, report = prune.apply(model, keep)
@@ -306,6 +315,78 @@ def cmd_prune(args) -> int:
               f"the outputs moved by at most {_fmt(metric.bound_log10(args.input_linf))} in ℓ1")
         if args.eval:
             print(f"  top-1 accuracy {result['accuracy_before']:.4f} → {result['accuracy_after']:.4f}")
+    return 0
+
+
+def _channel_report(args, model, prepared, dag, result) -> dict:
+    """The JSON record of ``prune --structure channel``: groups, costs, certificate, accuracy, latency."""
+    import numpy as np
+
+    from .importer import import_model
+    from .load import prepare
+    from .metric import path_metric
+    from .slim import float_parameters, latency, layer_costs
+
+    slim_prepared = prepare(result.slim, _input_shape(args.input_shape))
+    after = {c.node: c for c in layer_costs(slim_prepared)}
+    layers = [{"node": c.node, "op": c.op, "params_before": c.params, "params_after": after[c.node].params,
+               "macs_before": c.macs, "macs_after": after[c.node].macs} for c in layer_costs(prepared)]
+    metric = path_metric(dag, import_model(result.masked, _input_shape(args.input_shape)))  # sound: rounded outward
+    removable = result.graph.removable()
+    report = {"model": str(args.model), "written": args.out, "masked": args.masked, "structure": "channel",
+              "criterion": args.criterion, "scope": args.scope, "sparsity": args.sparsity,
+              "groups": {"total": len(result.graph.groups), "removable": len(removable), "removed": len(result.removed)},
+              "channels_removed": sum(len(result.graph.groups[i].channels) for i in result.removed),
+              "pinned": result.pinned(), "params_before": float_parameters(model),
+              "params_after": float_parameters(result.slim), "macs_before": sum(r["macs_before"] for r in layers),
+              "macs_after": sum(r["macs_after"] for r in layers), "layers": layers,
+              "slim_vs_masked_max_rel_error": result.slim_error, "metric": metric.to_dict(args.input_linf),
+              "latency_repeats": args.repeats, "latency_before_s": latency(model, prepared, args.repeats),
+              "latency_after_s": latency(result.slim, slim_prepared, args.repeats)}
+    if args.eval:
+        data = np.load(args.eval)
+        report["accuracy_before"], report["accuracy_after"] = _accuracy(model, dag, data), _accuracy(result.slim, dag, data)
+    return report
+
+
+def _prune_channels(args) -> int:
+    from .slim import prune_channels, save_atomic
+
+    if args.mask or args.layers:
+        raise UsageError("--mask and --layers go with --structure weight")
+    if args.repeats < 1:
+        raise UsageError(f"--repeats must be at least 1 (got {args.repeats})")
+    model, prepared, dag, _ = _load(args)
+    result = prune_channels(model, prepared, dag, args.sparsity, args.criterion, args.scope)
+    r = _channel_report(args, model, prepared, dag, result)
+    save_atomic(result.slim, args.out)
+    if args.masked:
+        save_atomic(result.masked, args.masked)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    g, m = r["groups"], r["metric"]
+    print(f"removed {g['removed']} of {g['removable']} removable channel groups ({r['channels_removed']} channels) by "
+          f"{args.criterion} ({args.scope}); {g['total'] - g['removable']} kept; wrote {args.out}"
+          + (f" and {args.masked}" if args.masked else ""))
+    for row in r["pinned"][:10]:
+        print(f"  kept {row['groups']} group(s): {row['reason']}")
+    print(f"  parameters {r['params_before']} → {r['params_after']} ({r['params_after'] / max(r['params_before'], 1):.1%}), "
+          f"MACs {r['macs_before']} → {r['macs_after']} ({r['macs_after'] / max(r['macs_before'], 1):.1%})")
+    for row in r["layers"]:
+        print(f"    {row['node']!r:40} {row['op']:18s} params {row['params_before']:>9} → {row['params_after']:<9} "
+              f"MACs {row['macs_before']:>11} → {row['macs_after']}")
+    print(f"  slim model = masked model to {r['slim_vs_masked_max_rel_error']:.2g} (max relative error, random inputs)")
+    d_log10 = m["upper_log10"] if m["upper_log10"] is not None else -math.inf
+    print(f"  {'exact ' if m['exact'] else ''}path-metric d(original, masked) ≤ {_fmt(d_log10)}: "
+          f"for every input with ‖x‖_∞ ≤ {args.input_linf:g}, the outputs moved by at most {m['bound']:.6g} in ℓ1")
+    if r["latency_before_s"] is None or r["latency_after_s"] is None:
+        print("  latency: n/a (onnxruntime cannot run this model)")
+    else:
+        print(f"  latency (onnxruntime, 1 thread, median of {args.repeats}): {r['latency_before_s'] * 1e3:.3f} ms → "
+              f"{r['latency_after_s'] * 1e3:.3f} ms ({r['latency_after_s'] / r['latency_before_s']:.2f}×)")
+    if args.eval:
+        print(f"  top-1 accuracy {r['accuracy_before']:.4f} → {r['accuracy_after']:.4f}")
     return 0
 
 
@@ -421,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     n = sub.add_parser("norm", help="Lq path-norms of a model")
     common(n)
-    n.add_argument("-q", type=float, action="append", help="norm exponent q ≥ 1 (repeatable; default 1 and 2)")
+    n.add_argument("-q", type=float, action="append", help="norm exponent q ≥ 1, or inf for the largest path product (repeatable; default 1 and 2)")
     n.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="onnxruntime execution provider")
     n.add_argument("--verify", action="store_true", help="also run the re-emission check")
     n.set_defaults(func=cmd_norm)
@@ -451,10 +532,17 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="onnxruntime execution provider")
     sc.set_defaults(func=cmd_scores, q=[1.0])
 
-    pr = sub.add_parser("prune", help="prune by path-magnitude (or magnitude) and certify the output change")
+    pr = sub.add_parser("prune", help="prune weights or whole channels by path-magnitude (or magnitude / L1) and certify the output change")
     common(pr)
-    pr.add_argument("--sparsity", type=float, required=True, help="fraction of the scored weights to zero")
-    pr.add_argument("--criterion", default="path-magnitude", choices=["path-magnitude", "magnitude"])
+    pr.add_argument("--sparsity", type=float, required=True,
+                    help="fraction of the scored weights to zero (--structure channel: of the removable channel groups)")
+    pr.add_argument("--structure", default="weight", choices=["weight", "channel"],
+                    help="weight: zero single weights (default); channel: remove whole channels, write a smaller model")
+    pr.add_argument("--criterion", choices=["path-magnitude", "magnitude", "path-mass", "l1-norm"],
+                    help="weight: path-magnitude (default) or magnitude; channel: path-mass (default) or l1-norm")
+    pr.add_argument("--masked", metavar="MASKED.onnx",
+                    help="--structure channel: also write the masked model (removed channels' outgoing weights zeroed)")
+    pr.add_argument("--repeats", type=int, default=20, help="--structure channel: latency runs per model (median)")
     pr.add_argument("--scope", default="global", choices=["global", "layer"])
     pr.add_argument("--layers", metavar="REGEX", help="only the weight tensors whose name matches")
     pr.add_argument("-o", "--out", required=True, help="where to write the pruned model")
@@ -495,8 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_q(qs: list[float]) -> None:
     for q in qs:
-        if not (math.isfinite(q) and q >= 1):
-            raise UsageError(f"q must be a finite number ≥ 1 (got {q})")
+        if not q >= 1:  # NaN fails too; inf is the largest path product
+            raise UsageError(f"q must be a number ≥ 1, or inf (got {q})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,24 +9,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 from onnx import ModelProto, NodeProto, helper
 
+from .budget import Budget
 from .dag import Dag, Layer
 from .errors import UsageError
-from .graph import HEADROOM_LOG2, GraphBuilder, LiftBuilder, Scaled
+from .graph import HEADROOM_LOG2, GraphBuilder, LiftBuilder, Scaled, compact
 from .ops import LAYER_OPS
+from .ops.base import ANY
 
 #: the emitted models use at least this opset (Max/Min/Sum broadcasting, MaxPool ceil_mode)
 MIN_OPSET = 13
 LOG2_SUFFIX = "__log2_scale"
-HEALTH = "pathlift__health"
-#: static scales are trusted when every checked tensor keeps max T ≥ 2**-HEALTH_MIN_LOG2
-HEALTH_MIN_LOG2 = 40
-_CHECKED = {"linear", "conv", "pool", "skip"}  # where a value can fall below its static bound
-_CHECK_PASSES = {"affine", "activation", "reshape"}  # no loss against the bound: check after them
 
 
 def emit_opset(dag: Dag) -> int:
@@ -61,12 +58,12 @@ def emit_layers(dag: Dag, b: GraphBuilder) -> dict[str, str]:
 def lift_model(dag: Dag, q: float, static: bool = True) -> ModelProto:
     """The lifted |W|**q network, kept in float32 range by exact power-of-two scales.
 
-    ``static=True``: constant scales from static upper bounds, folded by onnxruntime into the layers
-    (as fast as a plain inference), plus the output ``pathlift__health`` (``max T`` of every checked
-    tensor); if its minimum is below ``2**-HEALTH_MIN_LOG2`` use ``static=False``, the run-time
-    renormalised graph, which is always in range.
+    ``static=True``: exponents fixed at build time from static upper bounds, one per output channel
+    or neuron where a layer's weights can absorb them (as fast as a plain inference); the exponent
+    outputs are then constants, possibly maps broadcastable to their outputs. ``static=False``: the
+    run-time renormalised graph, one scalar exponent per tensor.
     """
-    return lift_bundle([(dag, q)], static)
+    return lifted_bundle([(dag, q)], static)[0]
 
 
 def bundle_tag(i: int, n: int) -> str:
@@ -75,9 +72,17 @@ def bundle_tag(i: int, n: int) -> str:
 
 
 def lift_bundle(jobs: Sequence[tuple[Dag, float]], static: bool = True) -> ModelProto:
+    """Several lifted networks in one model (see :func:`lifted_bundle`)."""
+    return lifted_bundle(jobs, static)[0]
+
+
+def lifted_bundle(jobs: Sequence[tuple[Dag, float]], static: bool = True,
+                  zero_inputs: frozenset[str] = frozenset()) -> tuple[ModelProto, list[Budget]]:
     """Several lifted networks in one model (one session, one run): ``(dag, q)`` jobs whose DAGs share
     their inputs (names and shapes), e.g. one network at q = 1, 2, 4 and its bias-free variant. Job
-    ``i``'s outputs are those of :func:`lift_model` prefixed with :func:`bundle_tag`."""
+    ``i``'s outputs are those of :func:`lift_model` prefixed with :func:`bundle_tag`; each job's
+    error :class:`~onnx_pathlift.budget.Budget` comes with the model. ``zero_inputs``: inputs that will
+    be fed zeros instead of ones (their neurons start no path: bound ``-inf``)."""
     for _, q in jobs:
         if not (math.isfinite(q) and q >= 1.0):
             raise UsageError(f"q must be a finite number ≥ 1 (got {q})")
@@ -85,40 +90,52 @@ def lift_bundle(jobs: Sequence[tuple[Dag, float]], static: bool = True) -> Model
     if any(dag.input_shapes() != first.input_shapes() for dag, _ in jobs):
         raise ValueError("the lifted networks of a bundle must share their inputs")
     tags = [bundle_tag(i, len(jobs)) for i in range(len(jobs))]
-    outs = {HEALTH} | {t + HEALTH for t in tags}
+    outs: set[str] = set()
     for (dag, _), tag in zip(jobs, tags):
         outs |= {tag + o for o in dag.outputs} | {tag + o + LOG2_SUFFIX for o in dag.outputs}
     b = LiftBuilder(emit_opset(first), taken=set(first.inputs) | outs, static=static)
     outputs: list[tuple[str, tuple[int, ...] | None]] = []
+    budgets: list[Budget] = []
     for (dag, q), tag in zip(jobs, tags):
-        b.health = []
-        _, value = lift_forward(dag, q, b)
+        lifted = lift_forward(dag, q, b, zero_inputs)
+        budgets.append(lifted.budget)
         for out, lname in dag.outputs.items():
-            log2 = value[lname].log2
-            b.nodes.append(identity_node(value[lname].tensor, tag + out))
-            b.nodes.append(identity_node(b.exponent(log2) if isinstance(log2, int) else log2, tag + out + LOG2_SUFFIX))
-            outputs += [(tag + out, dag.layer(lname).shape), (tag + out + LOG2_SUFFIX, None)]
-        if static:
-            health = b.op("Concat", b.health, "health", axis=0) if b.health else b.const(np.ones(1), "health")
-            b.nodes.append(identity_node(health, tag + HEALTH))
-            outputs.append((tag + HEALTH, (len(b.health) or 1,)))
+            log2 = lifted.value[lname].log2
+            b.nodes.append(identity_node(lifted.value[lname].tensor, tag + out))
+            if static:
+                k = np.asarray(log2, dtype=np.float64)
+                b.nodes.append(identity_node(b.const(k, "k", dtype=np.float64), tag + out + LOG2_SUFFIX))
+                outputs += [(tag + out, dag.layer(lname).shape), (tag + out + LOG2_SUFFIX, k.shape)]
+            else:
+                b.nodes.append(identity_node(log2, tag + out + LOG2_SUFFIX))
+                outputs += [(tag + out, dag.layer(lname).shape), (tag + out + LOG2_SUFFIX, None)]
     qs = ", ".join(f"{q:g}" for _, q in jobs)
-    doc = (
-        f"onnx-pathlift lifted network, q={qs}, {'static' if static else 'dynamic'} scales. Feed all-ones "
-        f"inputs; then ||Phi||_q^q = sum over outputs o of sum(o) * 2**o{LOG2_SUFFIX}"
-        + (f", valid when min({HEALTH}) >= 2**-{HEALTH_MIN_LOG2}." if static else ".")
-    )
-    return b.model([(n, first.layer(n).shape) for n in first.inputs], outputs, f"lifted_q{qs.replace(', ', '_')}", doc)
+    doc = (f"onnx-pathlift lifted network, q={qs}, {'static' if static else 'dynamic'} scales. Feed all-ones "
+           f"inputs; then ||Phi||_q^q = sum over outputs o of sum(o * 2**o{LOG2_SUFFIX}) (the exponent broadcasts against o).")
+    model = b.model([(n, first.layer(n).shape) for n in first.inputs], outputs, f"lifted_q{qs.replace(', ', '_')}", doc,
+                    double_outputs={name for name, _ in outputs if name.endswith(LOG2_SUFFIX)} if static else set())
+    return model, budgets
 
 
-def lift_forward(dag: Dag, q: float, b: LiftBuilder) -> tuple[list[Layer], dict[str, Scaled]]:
-    """Emit the lifted forward pass on ``b``; returns the (scale-folded) layers and every layer's
-    lifted value. The analysed outputs are renormalised (dynamic) and health-checked (static)."""
-    static = b.static
+@dataclass
+class Lifted:
+    """The lifted forward pass on a builder: the (scale-folded) layers, every layer's lifted value,
+    and the error budget of the static scales."""
+
+    layers: list[Layer]
+    value: dict[str, Scaled]
+    budget: Budget
+
+
+def lift_forward(dag: Dag, q: float, b: LiftBuilder, zero_inputs: frozenset[str] = frozenset()) -> Lifted:
+    """Emit the lifted forward pass on ``b``. Static mode: each layer's exponent map comes from its
+    static bound (:func:`_lift_static`); dynamic mode: tensors are renormalised where needed, and
+    the analysed outputs at the end."""
     value: dict[str, Scaled] = {}
     bounds: dict[str, np.ndarray] = {}
-    exact: dict[str, bool] = {}  # whether bounds[name] is the exact lifted value (then no check)
+    rho: dict[str, float] = {}
     shapes = {layer.name: layer.shape for layer in dag.layers()}
+    budget = Budget()
 
     def clean(name: str) -> Scaled:
         """The lifted value of layer ``name``, renormalised if it is not yet (once, shared)."""
@@ -126,47 +143,89 @@ def lift_forward(dag: Dag, q: float, b: LiftBuilder) -> tuple[list[Layer], dict[
             value[name] = b.normalize(value[name], len(shapes[name]))
         return value[name]
 
-    pending: set[str] = set()  # static mode: tensors whose health check is still to be emitted
-
-    def checked(name: str) -> Scaled:
-        if name in pending:
-            pending.discard(name)
-            b.check(value[name], len(shapes[name]))
-        return value[name]
-
     layers = _fold_scales(dag)
     for layer in layers:
         if layer.op == "input":
-            value[layer.name] = Scaled(layer.name, 0 if static else b.scalar(0.0), 0.0)
-            bounds[layer.name], exact[layer.name] = np.zeros(()), True  # fed with ones
+            value[layer.name] = Scaled(layer.name, 0 if b.static else b.scalar(0.0), 0.0)
+            bounds[layer.name] = np.asarray(-np.inf if layer.name in zero_inputs else 0.0)  # fed with ones (or zeros)
+            rho[layer.name] = 0.0
             continue
         handler = LAYER_OPS[layer.op]
-        passes_check_on = static and handler.kind in _CHECK_PASSES  # ratio to the bound cannot shrink here
-        if static and not passes_check_on:
-            for i in layer.inputs:
-                checked(i)
-        xs = [value[i] if handler.accepts_dirty or static else clean(i) for i in layer.inputs]
-        target = None
-        if static:
-            bs, in_shapes = [bounds[i] for i in layer.inputs], [shapes[i] for i in layer.inputs]
-            bounds[layer.name] = handler.bound(layer, bs, in_shapes, q)
-            exact[layer.name] = all(exact[i] for i in layer.inputs) and handler.bound_is_exact(layer, bs, in_shapes)
-            top = float(np.max(bounds[layer.name]))
-            target = math.ceil(top) if math.isfinite(top) else 0
-        b.begin(target)
-        y = handler.lift(b, layer, xs, q)
-        if static:
-            y = b.settle(y, target)
-            if (handler.kind in _CHECKED or (passes_check_on and pending & set(layer.inputs))) and not exact[layer.name]:
-                pending.add(layer.name)  # checked where it is consumed, so that the producer's ops can fuse
-        elif y.bound > HEADROOM_LOG2:
-            y = b.normalize(y, len(layer.shape))
-        value[layer.name] = y
-    for lname in set(dag.outputs.values()):
-        clean(lname)
-        if static:
-            checked(lname)
-    return layers, value
+        in_shapes = [shapes[i] for i in layer.inputs]
+        if b.static:
+            value[layer.name], bounds[layer.name], rho[layer.name] = _lift_static(b, layer, value, bounds, rho, in_shapes, q)
+            budget.add(layer.name, layer.inputs, handler.rounding_ops(layer, in_shapes), rho[layer.name])
+            continue
+        b.begin(None)
+        y = handler.lift(b, layer, [value[i] if handler.accepts_dirty else clean(i) for i in layer.inputs], q)
+        value[layer.name] = b.normalize(y, len(layer.shape)) if y.bound > HEADROOM_LOG2 else y
+        budget.add(layer.name, layer.inputs, handler.rounding_ops(layer, in_shapes) + 4, None)  # + renormalisation
+    if not b.static:
+        bounds = static_bounds(layers, shapes, q, zero_inputs)
+    for out, lname in dag.outputs.items():
+        if not b.static:
+            clean(lname)
+        budget.bound_log2[out] = _total_log2(bounds[lname], shapes[lname])
+    return Lifted(layers, value, budget)
+
+
+#: static scales: a layer's values are re-expressed at its target exponents once they drift this far
+#: (log2) from their bounds (either way); closer, they are left where they are (no extra operation)
+SETTLE_LOG2 = 30.0
+
+
+def _lift_static(b: LiftBuilder, layer: Layer, value: dict[str, Scaled], bounds: dict[str, np.ndarray],
+                 rho: dict[str, float], in_shapes: list[tuple[int, ...]], q: float) -> tuple[Scaled, np.ndarray, float]:
+    """One layer with static exponent maps: its inputs' maps collapsed to what its handler accepts,
+    its target ``ceil(bound)``, its lifted value; returns ``(value, bound, ρ)`` (see
+    :mod:`onnx_pathlift.budget`: ``ρ`` bounds ``log2(2**k / U)`` over every value the layer computes)."""
+    handler = LAYER_OPS[layer.op]
+    axis = handler.map_axis(layer)
+    xs = [value[i] for i in layer.inputs]
+    b.begin(None)
+    if axis == ANY:
+        if any(isinstance(x.log2, np.ndarray) for x in xs):  # maps at the inputs' full shapes
+            xs = [replace(x, log2=np.broadcast_to(np.asarray(x.log2, dtype=np.float64), s)) for x, s in zip(xs, in_shapes)]
+    else:
+        xs = [b.collapse(x, s, axis) for x, s in zip(xs, in_shapes)]
+    spread = b.spread
+    bound = handler.bound(layer, [bounds[i] for i in layer.inputs], in_shapes, q)
+    target = compact(np.ceil(np.asarray(bound, dtype=np.float64)), layer.shape)
+    b.begin(target)
+    y = handler.lift(b, layer, xs, q)
+    y = replace(y, log2=compact(y.log2, layer.shape))
+    lo, hi = _gap(y.log2, bound)
+    r = max(hi, max(rho[i] for i in layer.inputs) + spread)
+    if hi > SETTLE_LOG2 or lo < -SETTLE_LOG2:
+        y, r = b.settle(y, target), max(r, 1.0)
+    return y, bound, r
+
+
+def _gap(k, bound: np.ndarray) -> tuple[float, float]:
+    """The least and largest ``k − bound`` over neurons where both are finite (0, 0 if none)."""
+    k, bound = np.broadcast_arrays(np.asarray(k, dtype=np.float64), np.asarray(bound, dtype=np.float64))
+    ok = np.isfinite(k) & np.isfinite(bound)
+    if not ok.any():
+        return 0.0, 0.0
+    d = k[ok] - bound[ok]
+    return float(d.min()), float(d.max())
+
+
+def _total_log2(bound: np.ndarray, shape: tuple[int, ...]) -> float:
+    """``log2 Σ 2**bound`` over a tensor of ``shape`` (the bound broadcast to it)."""
+    full = np.broadcast_to(np.asarray(bound, dtype=np.float64), shape)
+    top = float(full.max(initial=-np.inf))
+    return top if top == -math.inf else top + math.log2(float(np.exp2(full - top).sum()))
+
+
+def static_bounds(layers: list[Layer], shapes: dict[str, tuple[int, ...]], q: float,
+                  zero_inputs: frozenset[str] = frozenset()) -> dict[str, np.ndarray]:
+    """Every layer's static upper bound on ``log2`` of its lifted values (inputs: all ones, or zeros)."""
+    bounds: dict[str, np.ndarray] = {}
+    for layer in layers:
+        bounds[layer.name] = np.asarray(-np.inf if layer.name in zero_inputs else 0.0) if layer.op == "input" else LAYER_OPS[layer.op].bound(
+            layer, [bounds[i] for i in layer.inputs], [shapes[i] for i in layer.inputs], q)
+    return bounds
 
 
 def _fold_scales(dag: Dag) -> list[Layer]:

@@ -16,6 +16,8 @@ import numpy as np
 import onnx
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
+from .errors import PathliftError
+
 #: a tensor whose static bound grows past 2**this is renormalised (float32 overflows at 2**128)
 HEADROOM_LOG2 = 60.0
 _INV_LN2 = 1.0 / math.log(2.0)
@@ -65,13 +67,17 @@ class GraphBuilder:
         outputs: list[tuple[str, tuple[int, ...] | None]],
         name: str,
         doc: str = "",
+        double_outputs: set[str] | None = None,
     ) -> ModelProto:
-        """Assemble a float32 model with the given inputs and outputs (shape None: scalar)."""
+        """Assemble a float32 model with the given inputs and outputs (shape None: scalar; the
+        outputs named in ``double_outputs`` are float64)."""
+        double = double_outputs or set()
         graph = helper.make_graph(
             self.nodes,
             name,
             [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s)) for n, s in inputs],
-            [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s) if s is not None else []) for n, s in outputs],
+            [helper.make_tensor_value_info(n, TensorProto.DOUBLE if n in double else TensorProto.FLOAT, list(s) if s is not None else [])
+             for n, s in outputs],
             [numpy_helper.from_array(v, k) for k, v in self.constants.items()],
             doc_string=doc,
         )
@@ -89,20 +95,24 @@ class Scaled:
     """
 
     tensor: str
-    log2: str | int  # a scalar tensor's name (dynamic mode) or a constant (static mode)
+    log2: str | Exponent  # a scalar tensor's name (dynamic mode) or a static exponent (map)
     bound: float = 1.0
     dirty: bool = False
 
 
 _POW_CACHE: list[tuple[np.ndarray, float, tuple[np.ndarray, int]]] = []
 
+#: a static exponent: an int, or a float64 map of integers broadcastable to its tensor (``-inf`` at
+#: neurons whose lifted value is known to be 0: they need no scale)
+Exponent = int | np.ndarray
+
 
 def pow_scaled(a: np.ndarray, q: float) -> tuple[np.ndarray, int]:
-    """``|a|**q`` as ``(m, e)`` with ``|a|**q = m · 2**e``, ``max m`` in [1, 2): no float64 overflow.
+    """``|a|**q`` as ``(m, e)`` with ``|a|**q = m · 2**e``, ``m`` float64 with ``max m`` in [1, 2).
 
-    Computed in the log domain when plain powers could leave float64's range (``|a| = 1e80, q = 4``).
-    Entries below ``2**-149`` of the largest underflow to 0 in float32 (they cannot carry a relative
-    weight float32 can represent). The last few results are memoised (lift and bound ask twice).
+    Computed in the log domain when plain powers could leave float64's range (``|a| = 1e80, q = 4``);
+    an entry below ``2**-1074`` of the largest underflows to 0 (:func:`lost_below` says whether any
+    could). The last few results are memoised (bound and adjoint ask twice).
     """
     for arr, qq, result in _POW_CACHE:
         if arr is a and qq == q:
@@ -118,14 +128,103 @@ def _pow_scaled(a: np.ndarray, q: float) -> tuple[np.ndarray, int]:
     if top == 0:
         return np.zeros(a.shape, np.float32), 0
     e = int(math.floor(q * math.log2(top)))
-    if abs(q * math.log2(top)) < 900:  # no overflow: |a|**q / 2**e directly (underflow to 0 is harmless)
-        m = (a if q == 1 else a**q) * math.ldexp(1.0, -e)
-    else:
-        lg = np.full(a.shape, -np.inf)
-        nz = a > 0
-        lg[nz] = q * np.log2(a[nz])
-        m = np.exp2(lg - e)
-    return m.astype(np.float32), e
+    with np.errstate(divide="ignore", under="ignore"):
+        if lost_below(a, q) or abs(q * math.log2(top)) >= 900:
+            return np.exp2(q * np.log2(a) - e), e
+        return (a if q == 1 else a**q) * math.ldexp(1.0, -e), e
+
+
+def lost_below(a: np.ndarray, q: float) -> bool:
+    """Whether ``|a|**q / max |a|**q`` can underflow float64 for some nonzero entry of ``a``."""
+    a = np.abs(np.asarray(a))
+    top = float(a.max(initial=0.0))
+    return top > 0 and q * (math.log2(top) - math.log2(float(a.min(where=a > 0, initial=np.inf)))) > 1000
+
+
+def scaled_power(a: np.ndarray, q: float, shift: np.ndarray) -> np.ndarray:
+    """``|a|**q · 2**shift`` in float32, each entry computed on its own (``shift`` broadcast against
+    ``a``; ``-inf`` gives 0): in the log domain where plain float64 powers could overflow or
+    underflow, so no entry is lost that float32 can hold. Raises if an entry overflows float32."""
+    a = np.abs(np.asarray(a, dtype=np.float64))
+    shift = np.asarray(shift, dtype=np.float64)
+    top, low = float(a.max(initial=0.0)), float(a.min(where=a > 0, initial=np.inf))
+    span = q * max(abs(math.log2(top)), abs(math.log2(low))) if top > 0 else 0.0
+    finite = shift[np.isfinite(shift)]
+    reach = float(np.abs(finite).max(initial=0.0))
+    with np.errstate(divide="ignore", over="ignore", under="ignore", invalid="ignore"):
+        if span + reach < 1000:
+            m = (a if q == 1 else a**q) * np.exp2(shift)
+        else:
+            m = np.exp2(q * np.log2(a) + shift)
+    m = np.where(np.isnan(m), 0.0, m)  # 0 · 2**inf cannot occur for a real neuron: a zero weight
+    if np.any(m >= 2.0**128):
+        raise PathliftError(f"a lifted parameter (|a|**{q:g} scaled) overflows float32 (max log2 {math.log2(float(m.max())):.1f})")
+    return m.astype(np.float32)
+
+
+def lifted_log2(a: np.ndarray, q: float) -> np.ndarray:
+    """``log2 |a|**q`` per entry in float64 (``-inf`` for 0)."""
+    with np.errstate(divide="ignore"):
+        return q * np.log2(np.abs(np.asarray(a, dtype=np.float64)))
+
+
+def exp_diff(a: Exponent, b: Exponent) -> Exponent:
+    """``a − b`` for exponents, ``-inf`` wherever either is ``-inf`` (a neuron known to be 0)."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a - b
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(a) & np.isfinite(b), a - b, -np.inf)
+
+
+def compact(k: Exponent, shape: tuple[int, ...] | None = None) -> Exponent:
+    """The same exponent map with every axis along which it is constant reduced to size 1, or an int
+    when it is one value (all ``-inf``: 0). ``shape``: the tensor's shape, to keep the map's rank."""
+    if isinstance(k, int):
+        return k
+    k = np.asarray(k, dtype=np.float64)
+    if shape is not None and k.ndim < len(shape):
+        k = k.reshape((1,) * (len(shape) - k.ndim) + k.shape)
+    finite = k[np.isfinite(k)]
+    if finite.size == 0:
+        return 0
+    if finite.size == k.size and finite.min() == finite.max():
+        return int(finite[0])
+    for axis in range(k.ndim):
+        if k.shape[axis] > 1:
+            first = np.take(k, [0], axis=axis)
+            if np.array_equal(np.broadcast_to(first, k.shape), k):
+                k = first
+    return k
+
+
+def exp_max(k: Exponent) -> float:
+    """The largest finite exponent of a map (-inf if none)."""
+    if isinstance(k, int):
+        return float(k)
+    finite = np.asarray(k)[np.isfinite(k)]
+    return float(finite.max()) if finite.size else -math.inf
+
+
+def exp_vector(k: Exponent, n: int, axis: int) -> np.ndarray:
+    """A map's largest exponent at each index of ``axis`` (a vector of ``n``; a map of lower rank,
+    or of size 1 along ``axis``, is constant along it)."""
+    if isinstance(k, int) or np.ndim(k) == 0:
+        return np.full(n, float(k))
+    k = np.asarray(k, dtype=np.float64)
+    if not -k.ndim <= axis < k.ndim or k.shape[axis] == 1:
+        return np.full(n, exp_max(k) if np.isfinite(k).any() else -np.inf)
+    v = np.moveaxis(k, axis, -1).reshape(-1, k.shape[axis]).max(axis=0)
+    return np.broadcast_to(v, (n,)).copy()
+
+
+def exp2_f32(k: Exponent) -> np.ndarray:
+    """``2**k`` as a float32 constant (0 at ``-inf`` and below float32's range)."""
+    with np.errstate(under="ignore"):
+        v = np.exp2(np.asarray(k, dtype=np.float64))
+    if np.any(v >= 2.0**128):
+        raise PathliftError("a power-of-two scale overflows float32")
+    return v.astype(np.float32)
 
 
 class LiftBuilder(GraphBuilder):
@@ -133,26 +232,25 @@ class LiftBuilder(GraphBuilder):
 
     Two modes share the handlers' code:
 
+    * static (``static=True``, the default path): exponents are fixed at build time from the static
+      upper bounds of every neuron, as an :data:`Exponent`: an int or a map (per output channel or
+      neuron, folded into the weights as exact powers of two), so a neuron far below the others of its
+      tensor keeps its own scale. ``target`` is the exponent map the current layer should settle at;
+      ``spread`` records how far a collapse of an input's map put neurons above their own exponent
+      (the error budget of :mod:`onnx_pathlift.budget` counts it).
     * dynamic (``static=False``): exponents ``k`` are scalar tensors; tensors are renormalised at run
-      time by ``2**-floor(log2 max T)``. Always correct, at the price of extra passes.
-    * static (``static=True``): exponents are Python ints fixed at build time from upper bounds
-      (``settle``), so every scale is a constant that onnxruntime folds into the conv/matmul.
-      ``check`` records ``max T`` of a tensor in the output ``HEALTH``; a value below
-      ``2**-HEALTH_MIN_LOG2`` means the static bound was too loose for float32 and the caller must
-      use the dynamic mode instead.
+      time by ``2**-floor(log2 max T)``, one scale per tensor.
     """
 
     def __init__(self, opset: int, taken: set[str] | None = None, static: bool = False):
         super().__init__(opset, taken)
         self.static = static
-        self.health: list[str] = []
-        self._weights: set[str] = set()
-        self.target: int | None = None  # static mode: the exponent the current layer settles at
-        self._start = 0  # index of the current layer's first node: later tensors are private to it
+        self.target: Exponent | None = None  # static mode: the exponent map the current layer settles at
+        self.spread = 0.0  # static mode: log2 of the largest factor a collapse put a neuron below its exponent
 
-    def begin(self, target: int | None) -> None:
-        """Start emitting one layer (static mode: whose output will have exponent ``target``)."""
-        self.target, self._start = target, len(self.nodes)
+    def begin(self, target: Exponent | None) -> None:
+        """Start emitting one layer (static mode: whose output should have exponent ``target``)."""
+        self.target, self.spread = target, 0.0
 
     def exponent(self, value: int) -> str:
         return self.scalar(float(value))
@@ -165,10 +263,86 @@ class LiftBuilder(GraphBuilder):
         return replace(y, log2=x.log2 + e if self.static else self.op("Add", [x.log2, self.exponent(e)], "k"))
 
     def scale_by(self, t: str, factor_log2) -> str:
-        """``t · 2**factor_log2`` (an int: a constant, skipped when 0; else a scalar tensor)."""
+        """``t · 2**factor_log2``: an int (a scalar constant, skipped when 0), a static exponent map
+        (a constant of the map's shape) or a scalar tensor (dynamic mode)."""
         if isinstance(factor_log2, int):
             return t if factor_log2 == 0 else self.op("Mul", [t, self.scalar(math.ldexp(1.0, factor_log2))], "scaled")
+        if isinstance(factor_log2, np.ndarray):
+            if not np.any(factor_log2):
+                return t
+            return self.op("Mul", [t, self.const(exp2_f32(factor_log2), "scales")], "scaled")
         return self.op("Mul", [t, self.power_of_two(factor_log2)], "scaled")
+
+    def settle(self, x: Scaled, target: Exponent) -> Scaled:
+        """Static mode: express ``x`` with exponent (map) ``target``: ``T · 2**(k − target)``. A factor
+        past float32's range (values far below their exponent: already lost to underflow) is
+        clipped to ``2**126`` and the exponent kept exact: ``k − 126``."""
+        shift = compact(exp_diff(x.log2, target))
+        if exp_max(shift) <= 126:
+            return Scaled(self.scale_by(x.tensor, shift), target, 0.0)
+        clipped = compact(np.minimum(shift, 126.0))
+        return Scaled(self.scale_by(x.tensor, clipped), compact(exp_diff(x.log2, clipped)), 0.0)
+
+    def collapse(self, x: Scaled, shape: tuple[int, ...], axis: int | None = None) -> Scaled:
+        """Static mode: ``x`` with an exponent map that varies along ``axis`` only (``None``: one
+        exponent), each index taking the largest exponent of its slice: ``T · 2**(k − K) `` with
+        factors ≤ 1 (a neuron far below its slice's largest may underflow: ``spread`` says how far)."""
+        if isinstance(x.log2, int):
+            return x
+        k = np.asarray(x.log2)
+        axis = None if axis is None else axis % len(shape)
+        if axis is None:
+            big = exp_max(k)
+            target: Exponent = int(big) if math.isfinite(big) else 0
+        else:
+            target = compact(on_axis(exp_vector(k.reshape((1,) * (len(shape) - k.ndim) + k.shape), shape[axis], axis), len(shape), axis), shape)
+        if isinstance(target, np.ndarray) and k.shape == target.shape and np.array_equal(k, target):
+            return x
+        gap = exp_diff(target, k)
+        self.spread = max(self.spread, exp_max(gap))
+        return self.settle(x, target)
+
+    def add_bias(self, x: Scaled, bias_log2: np.ndarray, rank: int, k_out: Exponent | None = None) -> Scaled:
+        """``T·2**k + t`` for a non-negative bias given as ``log2 t`` (``-inf`` for 0), brought to one exponent.
+
+        Static: at ``k_out`` (default: the layer's target, else ``max(k, ceil log2 t)``), each bias
+        entry computed on its own. Dynamic and not yet renormalised: ``K = max(k + floor(log2 max T),
+        e_bias)`` in the same pass; otherwise ``K = max(k, e_bias)``. Both factors are ≤ 2.
+        """
+        bias_log2 = np.asarray(bias_log2, dtype=np.float64)
+        if self.static:
+            if k_out is None:
+                k_out = self.target if self.target is not None else compact(np.maximum(x.log2, np.ceil(bias_log2)))
+            t = self.const(scaled_power(np.ones(()), 1.0, exp_diff(bias_log2, k_out)), "absBias")
+            return Scaled(self.op("Add", [self.scale_by(x.tensor, compact(exp_diff(x.log2, k_out))), t], "bias"), k_out,
+                          max(x.bound, 1.0) + 1.0)
+        e_bias = int(math.floor(exp_max(bias_log2)))
+        bias = scaled_power(np.ones(()), 1.0, bias_log2 - e_bias)
+        k_in = self.op("Add", [x.log2, self._floor_log2_max(x.tensor, rank)], "k") if x.dirty else x.log2
+        k_out = self.op("Max", [k_in, self.exponent(e_bias)], "k")
+        fx = self.op("Sub", [x.log2, k_out], "d")
+        ft = self.power_of_two(self.op("Sub", [self.exponent(e_bias), k_out], "d"))
+        y = self.op("Add", [self.scale_by(x.tensor, fx), self.op("Mul", [self.const(bias, "absBias"), ft], "bias")], "bias")
+        return Scaled(y, k_out, 2.0 if x.dirty else max(x.bound, 1.0) + 1.0)
+
+    def align(self, xs: list[Scaled]) -> tuple[list[str], str | Exponent]:
+        """Bring tensors to one common exponent ``s = max k_i`` (per neuron for static maps):
+        ``T_i · 2**(k_i − s)`` (factors ≤ 1)."""
+        if len(xs) == 1:
+            return [xs[0].tensor], xs[0].log2
+        if self.static:
+            maps = [x.log2 for x in xs]
+            if all(isinstance(k, int) for k in maps) and len(set(maps)) == 1:
+                return [x.tensor for x in xs], maps[0]
+            s = maps[0]
+            for k in maps[1:]:
+                s = np.maximum(s, k)
+            s = compact(s)
+            return [self.scale_by(x.tensor, compact(exp_diff(x.log2, s))) for x in xs], s
+        if len({x.log2 for x in xs}) == 1:
+            return [x.tensor for x in xs], xs[0].log2
+        s = self.op("Max", [x.log2 for x in xs], "k")
+        return [self.scale_by(x.tensor, self.op("Sub", [x.log2, s], "d")) for x in xs], s
 
     def _floor_log2_max(self, t: str, rank: int) -> str:
         """``e = floor(log2 max T)``, clipped to [-126, 126] (an all-zero tensor gives -126)."""
@@ -190,72 +364,13 @@ class LiftBuilder(GraphBuilder):
         t = self.op("Mul", [x.tensor, self.power_of_two(self.op("Neg", [e], "ne"))], "norm")
         return Scaled(t, self.op("Add", [x.log2, e], "k"), 1.0)
 
-    def settle(self, x: Scaled, target: int) -> Scaled:
-        """Static mode: express ``x`` with exponent ``target`` (a constant factor ``2**(k - target)``,
-        folded into the weights when ``x`` comes straight from a MatMul or Conv of this builder)."""
-        shift = x.log2 - target
-        if shift and self._fold_into_weight(x.tensor, shift):
-            shift = 0
-        return Scaled(self.scale_by(x.tensor, shift), target, 0.0)
-
-    def _fold_into_weight(self, tensor: str, shift: int) -> bool:
-        """Scale the weight of the MatMul/Conv that produced ``tensor`` by ``2**shift`` instead of
-        scaling ``tensor``: only for a tensor of the current layer, which nothing else reads yet."""
-        private = len(self.nodes) > self._start
-        node = self.nodes[-1] if private and self.nodes[-1].output[0] == tensor else None
-        if node is None or node.op_type not in ("MatMul", "Conv", "ConvTranspose"):
-            return False
-        weight = node.input[1] if node.op_type in ("Conv", "ConvTranspose") or node.input[1] in self._weights else node.input[0]
-        if weight not in self._weights:
-            return False
-        w = self.constants[weight]
-        if not -60 <= shift <= 60 or math.ldexp(float(w.max(initial=0.0)), shift) >= 2.0**127:
-            return False  # would leave float32's range: scale the output instead
-        self._weights.discard(weight)  # folded once: each weight constant feeds one node
-        self.constants[weight] = w * np.float32(math.ldexp(1.0, shift))  # exact: a power of two
-        return True
-
-    def weight(self, value: np.ndarray, hint: str) -> str:
-        """A non-negative constant feeding exactly one MatMul/Conv: a later constant scale may fold into it."""
-        name = self.const(value, hint)
-        self._weights.add(name)
-        return name
-
-    def check(self, x: Scaled, rank: int) -> None:
-        """Static mode: report ``max T`` of this tensor in the health output."""
-        m = self.op("ReduceMax", [self.op("GlobalMaxPool", [x.tensor], "chanmax") if 3 <= rank <= 5 else x.tensor], "max", keepdims=1)
-        self.health.append(self.op("Reshape", [m, self.const(np.ones(1), "one_shape", dtype=np.int64)], "health"))
-
-    def add_bias(self, x: Scaled, bias: np.ndarray, e_bias: int, rank: int) -> Scaled:
-        """``T·2**k + t·2**e_bias`` for a bias ``t`` with max in [1, 2), brought to one exponent.
-
-        Dynamic and not yet renormalised: ``K = max(k + floor(log2 max T), e_bias)`` in the same
-        pass. Otherwise ``K = max(k, e_bias)``. Both factors ``2**(k-K)``, ``2**(e_bias-K)`` are ≤ 2.
-        """
-        if self.static:
-            k_out = max(x.log2, e_bias) if self.target is None else self.target
-            shift = x.log2 - k_out
-            if shift and self._fold_into_weight(x.tensor, shift):
-                shift = 0
-            t = self.const(np.ldexp(bias.astype(np.float64), e_bias - k_out), "absBias")
-            return Scaled(self.op("Add", [self.scale_by(x.tensor, shift), t], "bias"), k_out, max(x.bound, 1.0) + 1.0)
-        k_in = self.op("Add", [x.log2, self._floor_log2_max(x.tensor, rank)], "k") if x.dirty else x.log2
-        k_out = self.op("Max", [k_in, self.exponent(e_bias)], "k")
-        fx = self.op("Sub", [x.log2, k_out], "d")
-        ft = self.power_of_two(self.op("Sub", [self.exponent(e_bias), k_out], "d"))
-        y = self.op("Add", [self.scale_by(x.tensor, fx), self.op("Mul", [self.const(bias, "absBias"), ft], "bias")], "bias")
-        return Scaled(y, k_out, 2.0 if x.dirty else max(x.bound, 1.0) + 1.0)
-
-    def align(self, xs: list[Scaled]) -> tuple[list[str], str | int]:
-        """Bring tensors to one common exponent ``s = max k_i``: ``T_i · 2**(k_i - s)`` (factors ≤ 1)."""
-        if len(xs) == 1 or len({x.log2 for x in xs}) == 1:
-            return [x.tensor for x in xs], xs[0].log2
-        if self.static:
-            s = max(x.log2 for x in xs)
-            return [self.scale_by(x.tensor, x.log2 - s) for x in xs], s
-        s = self.op("Max", [x.log2 for x in xs], "k")
-        return [self.scale_by(x.tensor, self.op("Sub", [x.log2, s], "d")) for x in xs], s
-
     def power_of_two(self, e: str) -> str:
         """``2**e`` for an integer-valued scalar tensor ``e`` (exact; 0 below 2**-149)."""
         return self.op("Pow", [self.scalar(2.0), e], "p")
+
+
+def on_axis(v: np.ndarray, rank: int, axis: int) -> np.ndarray:
+    """A vector laid along ``axis`` of a rank-``rank`` array (size 1 elsewhere)."""
+    shape = [1] * rank
+    shape[axis % rank] = -1
+    return np.asarray(v).reshape(shape)

@@ -26,8 +26,9 @@ _LOG10_2 = math.log10(2.0)
 class LipschitzBound:
     """log10 of the path-norm bound and of the naive layer-wise bound (values: None past float64)."""
 
-    path_norm_log10: float
+    path_norm_log10: float  # the certified bound: the upper end of ‖Φ_in‖_1's interval
     naive_log10: float
+    estimate_log10: float | None = None  # ‖Φ_in‖_1 as computed (float32 accuracy)
 
     def to_dict(self) -> dict:
         def value(x: float) -> float | None:
@@ -38,7 +39,8 @@ class LipschitzBound:
 
         return {"bound": value(self.path_norm_log10), "bound_log10": finite(self.path_norm_log10),
                 "naive": value(self.naive_log10), "naive_log10": finite(self.naive_log10),
-                "naive_over_bound_log10": finite(self.naive_log10 - self.path_norm_log10)}
+                "naive_over_bound_log10": finite(self.naive_log10 - self.path_norm_log10),
+                "estimate_log10": finite(self.estimate_log10) if self.estimate_log10 is not None else None}
 
 
 def naive_log2(dag: Dag) -> float:
@@ -62,5 +64,7 @@ def lipschitz(model: ModelSource | Dag, input_shape=None, providers=None) -> Lip
 
 
 def bound_from(dag: Dag, input_norm: PathNorm) -> LipschitzBound:
-    """The bounds of ``dag`` given its ``‖Φ_in‖_1`` (computed elsewhere, e.g. in a bundle with its path-norms)."""
-    return LipschitzBound(input_norm.log10, naive_log2(dag) * _LOG10_2)
+    """The bounds of ``dag`` given its ``‖Φ_in‖_1`` (computed elsewhere, e.g. in a bundle with its path-norms):
+    the certified upper end of its interval (rounded outward, see :mod:`onnx_pathlift.budget`)."""
+    upper = input_norm.log10 if input_norm.upper_log10 is None else input_norm.upper_log10
+    return LipschitzBound(upper, naive_log2(dag) * _LOG10_2, input_norm.log10)

@@ -23,7 +23,7 @@ from .dag import Dag, Layer
 from .errors import UsageError
 from .importer import import_model
 from .load import ModelSource
-from .norm import PathNormSession, combine
+from .norm import PathNormSession, combine_runs
 from .ops import LAYER_OPS
 
 _LOG10_2 = math.log10(2.0)
@@ -55,6 +55,7 @@ class PathMetric:
     exact: bool
     sign_consistent: bool
     signs: list[LayerSigns] = field(default_factory=list)
+    estimate_log10: float = math.nan  # the computed upper-bound network's value (float32 accuracy), before outward rounding
 
     @property
     def lower(self) -> float | None:
@@ -78,6 +79,7 @@ class PathMetric:
             "bound_log10": j(self.bound_log10(r)) if certified else None,
             "norm_a": _value(self.norm_a_log10), "norm_b": _value(self.norm_b_log10),
             "norm_a_log10": j(self.norm_a_log10), "norm_b_log10": j(self.norm_b_log10),
+            "estimate": _value(self.estimate_log10) if not math.isnan(self.estimate_log10) else None,
             "sign_violations": [s.__dict__ for s in self.signs if s.violations],
         }
 
@@ -218,12 +220,11 @@ def input_path_norm(dag: Dag, providers=None):
     return PathNormSession(without_biases(dag), 1.0, providers).run()
 
 
-def _log10_diff(a: float, b: float) -> float:
-    """log10 |10**a − 10**b| without overflow."""
-    hi, lo = max(a, b), min(a, b)
-    if hi == -math.inf or hi == lo:
+def _log10_gap(a: float, b: float) -> float:
+    """log10 (10**a − 10**b) when ``a > b``, else ``-inf``, without overflow."""
+    if a <= b:
         return -math.inf
-    return hi + math.log10(-math.expm1((lo - hi) * math.log(10)))
+    return a + math.log10(-math.expm1((b - a) * math.log(10)))
 
 
 def path_metric(model_a: ModelSource | Dag, model_b: ModelSource | Dag, input_shape=None, providers=None) -> PathMetric:
@@ -232,19 +233,19 @@ def path_metric(model_a: ModelSource | Dag, model_b: ModelSource | Dag, input_sh
     b = model_b if isinstance(model_b, Dag) else import_model(model_b, input_shape)
     a, b, pairs, _, _ = comparable(a, b)
     signs, exact = sign_report(a, b, pairs)
-    norm_a = PathNormSession(a, 1.0, providers).run().log10
-    norm_b = PathNormSession(b, 1.0, providers).run().log10
-    session = PathNormSession(two_stream_dag(a, b, pairs), 1.0, providers)
-    session.feeds = {n: (np.zeros_like(v) if n.endswith(DELTA) else v) for n, v in session.feeds.items()}
-    res = session.run_outputs()
-    delta = combine(1.0, {o: v for o, v in res.items() if o.endswith(DELTA)})
-    upper = delta.log10
-    lower = _log10_diff(norm_a, norm_b)
+    na = PathNormSession(a, 1.0, providers).run()
+    nb = PathNormSession(b, 1.0, providers).run()
+    two = two_stream_dag(a, b, pairs)
+    runs = PathNormSession(two, 1.0, providers, zero_inputs=frozenset(n for n in two.inputs if n.endswith(DELTA))).runs()[0]
+    delta = combine_runs(1.0, [run.select([o for o in run.outputs if o.endswith(DELTA)]) for run in runs])
+    upper = delta.upper_log10  # rounded outward: the certificate's d
+    # |‖Φ_A‖ − ‖Φ_B‖| ≤ d, from the certified intervals (rounded inward)
+    lower = max(_log10_gap(na.lower_log10, nb.upper_log10), _log10_gap(nb.lower_log10, na.upper_log10))
     consistent = all(s.violations == 0 for s in signs)
     exact = exact and consistent  # with a sign change, |θ'| ≤ |θ| no longer makes the sandwich tight
-    if exact:  # then d equals the (cancellation-free) upper bound
-        lower = upper
-    return PathMetric(min(lower, upper), upper, norm_a, norm_b, exact, consistent, signs)
+    if exact:  # then d equals the (cancellation-free) upper bound, computed within its interval
+        lower = max(lower, delta.lower_log10)
+    return PathMetric(min(lower, upper), upper, na.log10, nb.log10, exact, consistent, signs, delta.log10)
 
 
 @dataclass(frozen=True)

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from onnx import ModelProto
 
+from .budget import Budget, log2_sum
 from .dag import Dag
-from .emit import (
-    HEALTH,
-    HEALTH_MIN_LOG2,
-    LOG2_SUFFIX,
-    bundle_tag,
-    lift_bundle,
-    lift_model,
-)
+from .emit import LOG2_SUFFIX, bundle_tag, lift_model, lifted_bundle
 from .errors import PathliftError, UsageError
 from .importer import import_model
 from .load import ModelSource
@@ -30,57 +24,132 @@ _LOG10_MAX = math.log10(np.finfo(np.float64).max)
 
 @dataclass(frozen=True)
 class PathNorm:
-    """‖Φ(θ)‖_q as ``log10`` (always finite unless the norm is 0) and ``value`` (None past float64)."""
+    """‖Φ(θ)‖_q as ``log10`` (always finite unless the norm is 0) and ``value`` (None past float64),
+    with the certified interval ``[lower_log10, upper_log10]`` (see :mod:`onnx_pathlift.budget`; None
+    where no error budget applies) and ``certified``: whether the computed value is within float32
+    rounding of the truth (no mass lost to underflow beyond ``2**-20`` of it)."""
 
     q: float
     log10: float
     value: float | None
     per_output_log10: dict[str, float] = field(default_factory=dict)
+    lower_log10: float | None = None
+    upper_log10: float | None = None
+    certified: bool = False
+
+    @property
+    def upper(self) -> float | None:
+        """The certified upper bound on ‖Φ‖_q (None past float64, or without a budget)."""
+        return None if self.upper_log10 is None else _value(self.upper_log10)
 
     def to_dict(self) -> dict:
-        return {"q": self.q, "value": self.value, "log10": _json_float(self.log10),
+        return {"q": self.q if math.isfinite(self.q) else "inf", "value": self.value, "log10": _json_float(self.log10),
+                "lower_log10": _json_float(self.lower_log10), "upper_log10": _json_float(self.upper_log10),
+                "upper": self.upper, "certified": self.certified,
                 "per_output_log10": {k: _json_float(v) for k, v in self.per_output_log10.items()}}
 
 
-def _json_float(x: float) -> float | None:
-    return x if math.isfinite(x) else None
+def _json_float(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
 
 
-def _log2(s: float, k: float) -> float:
-    """log2(s · 2**k) for s ≥ 0 (-inf for 0)."""
-    return math.log2(s) + k if s > 0 else -math.inf
+def _value(log10: float) -> float | None:
+    if math.isnan(log10):
+        return None
+    return 0.0 if log10 == -math.inf else (10.0**log10 if log10 < _LOG10_MAX else None)
 
 
-def _log2_sum(logs: list[float]) -> float:
-    """log2 Σ 2**l_i without overflow (-inf when every term is 0)."""
-    top = max(logs)
-    if top == -math.inf or len(logs) == 1:
-        return top
-    return top + math.log2(math.fsum(math.exp2(v - top) for v in logs))
+def _log2_total(t: np.ndarray, k) -> float:
+    """log2 Σ T · 2**k for T ≥ 0 and an exponent (map) k broadcastable to T (-inf for 0)."""
+    t = np.asarray(t, dtype=np.float64)
+    k = np.asarray(k, dtype=np.float64)
+    if not np.isfinite(t).all():
+        return math.nan  # overflow or 0·inf: no estimate (the budget then gives the static bound alone)
+    if k.size == 1:
+        total = float(t.sum())
+        return math.log2(total) + float(k.reshape(-1)[0]) if total > 0 else -math.inf
+    mask = t > 0
+    if not mask.any():
+        return -math.inf
+    lg = np.log2(t[mask]) + np.broadcast_to(k, t.shape)[mask]
+    top = float(lg.max())
+    return top + math.log2(float(np.exp2(lg - top).sum()))
 
 
-def combine(q: float, outputs: dict[str, tuple[np.ndarray, float]]) -> PathNorm:
-    """‖Φ‖_q from the lifted outputs ``{name: (T, k)}``: (Σ_o ΣT_o·2**k_o)**(1/q)."""
-    logs = {o: _log2(float(t.sum(dtype=np.float64)), k) for o, (t, k) in outputs.items()}
-    log10 = _log2_sum(list(logs.values())) / q * _LOG10_2
-    value = 0.0 if log10 == -math.inf else (10.0 ** log10 if log10 < _LOG10_MAX else None)
-    return PathNorm(q, log10, value, {o: v / q * _LOG10_2 for o, v in logs.items()})
+@dataclass
+class JobRun:
+    """One lifted network's outputs ``{name: (T, k)}`` (value ``T · 2**k``, ``k`` including ``log2 N``
+    when one sample stands for ``N``), with the error budget of the graph that produced them."""
+
+    outputs: dict[str, tuple[np.ndarray, np.ndarray | float]]
+    budget: Budget
+    copies_log2: float = 0.0
+    sizes: dict[str, int] = field(default_factory=dict)  # analysed layer -> neurons (one sample)
+
+    def select(self, names: list[str]) -> JobRun:
+        return JobRun({o: self.outputs[o] for o in names}, self.budget, self.copies_log2, self.sizes)
+
+
+def combine(q: float, outputs: dict[str, tuple[np.ndarray, np.ndarray | float]]) -> PathNorm:
+    """‖Φ‖_q from lifted outputs ``{name: (T, k)}``: (Σ_o ΣT_o·2**k_o)**(1/q), without an interval."""
+    logs = {o: _log2_total(t, k) for o, (t, k) in outputs.items()}
+    log10 = math.nan if any(math.isnan(v) for v in logs.values()) else log2_sum(list(logs.values())) / q * _LOG10_2
+    return PathNorm(q, log10, _value(log10), {o: v / q * _LOG10_2 for o, v in logs.items()})
+
+
+#: q = ∞ (the largest path product) is the lifted network at this q: ‖Φ‖_Q ≥ ‖Φ‖_∞ ≥ ‖Φ‖_Q · P**(-1/Q)
+#: for P paths, an interval narrower than 1e-9 relative for any P below 2**1000
+Q_INF = 2.0**40
+
+
+def lifted_q(q: float) -> float:
+    """The q a lifted network is built at: q itself, or :data:`Q_INF` for q = ∞."""
+    return Q_INF if math.isinf(q) and q > 0 else q
+
+
+def combine_runs(q: float, runs: Sequence[JobRun]) -> PathNorm:
+    """‖Φ‖_q of the same outputs computed by one or more lifted graphs (static scales, then the
+    run-time renormalised fallback): the estimate of the last, the intersection of their certified
+    intervals, certified when one of them is."""
+    lowers, uppers, certified, norm, lq = [], [], False, None, lifted_q(q)
+    for run in runs:
+        candidate = combine(lq, run.outputs)
+        norm = candidate if norm is None or not math.isnan(candidate.log10) else norm
+        log2 = candidate.log10 * lq / _LOG10_2 - run.copies_log2
+        lo, hi, ok = run.budget.interval(log2, list(run.outputs))
+        lowers.append(lo + run.copies_log2)
+        uppers.append(hi + run.copies_log2)
+        certified |= ok
+    if math.isnan(norm.log10):
+        raise PathliftError("the lifted network produced non-finite values under every scale mode (please report it); "
+                            f"the static bound alone gives log10 ‖Φ‖_q ≤ {min(uppers) * _LOG10_2 / lq:.9g}")
+    scale = _LOG10_2 / lq
+    lower = max(lowers)
+    if lq != q:  # q = ∞: ‖Φ‖_∞ ≥ ‖Φ‖_Q / P**(1/Q)
+        lower -= runs[0].budget.paths_log2(runs[0].sizes) + runs[0].copies_log2
+    return replace(norm, q=q, lower_log10=lower * scale, upper_log10=min(uppers) * scale, certified=certified)
+
+
+#: the renormalised graph keeps its exponents in float32 (exact integers up to 2**24): beyond this q
+#: they could leave that range, and only the static graph (float64 exponents) is run
+DYNAMIC_MAX_Q = 2.0**14
 
 
 class LiftedSession:
     """Lifted networks of ``(dag, q)`` jobs sharing their inputs, in one onnxruntime session, run
     together (one network at several q and its bias-free variant cost one session and one pass).
 
-    ``scales="auto"`` (default) runs the static-scale graph (constant scales folded into the layers)
-    and falls back to the run-time renormalised graph when its health output says a static bound was
-    too loose for float32; ``"static"`` or ``"dynamic"`` force one of them.
+    ``scales="auto"`` (default) runs the static-scale graph (exponent maps folded into the layers)
+    and, when its error budget does not certify an output (static bounds too loose for float32),
+    also the run-time renormalised graph; ``"static"`` or ``"dynamic"`` run only one of them.
 
     ``per_sample=True`` (default): a network that stacks ``N`` independent samples along a fixed
     batch axis is run for one sample, its lifted outputs counting ``N`` times
     (:func:`onnx_pathlift.samples.one_sample`); ``self.model`` is then the one-sample lifted network.
     """
 
-    def __init__(self, jobs: Sequence[tuple[Dag, float]], providers=None, scales: str = "auto", per_sample: bool = True):
+    def __init__(self, jobs: Sequence[tuple[Dag, float]], providers=None, scales: str = "auto", per_sample: bool = True,
+                 zero_inputs: frozenset[str] = frozenset()):
         if scales not in ("auto", "static", "dynamic"):
             raise UsageError(f"scales must be auto, static or dynamic (got {scales!r})")
         by_dag: dict[int, tuple[Dag, int]] = {}  # one proof per DAG, however many q it is lifted at
@@ -91,50 +160,65 @@ class LiftedSession:
         self.jobs = [(twin, float(q)) for (twin, _), (_, q) in zip(twins, jobs)]
         self.copies = [copies for _, copies in twins]
         self.providers, self.scales, self.static = providers, scales, scales != "dynamic"
-        self._build()
         first = self.jobs[0][0]
-        self.feeds = {name: np.ones(first.layer(name).shape, np.float32) for name in first.inputs}
+        self.zero_inputs = frozenset(zero_inputs)  # fed zeros instead of ones (the Δ inputs of a two-stream DAG)
+        self.feeds = {name: (np.zeros if name in self.zero_inputs else np.ones)(first.layer(name).shape, np.float32)
+                      for name in first.inputs}
+        self._build()
 
     def _build(self) -> None:
-        self.model: ModelProto = lift_bundle(self.jobs, static=self.static)
+        self.model, self.budgets = lifted_bundle([(dag, lifted_q(q)) for dag, q in self.jobs], static=self.static,
+                                                 zero_inputs=self.zero_inputs)
         self.session = make_session(self.model, self.providers)
         tags = [bundle_tag(i, len(self.jobs)) for i in range(len(self.jobs))]
         self._names = [[(o, tag + o, tag + o + LOG2_SUFFIX) for o in dag.outputs] for (dag, _), tag in zip(self.jobs, tags)]
-        self._health = [tag + HEALTH for tag in tags] if self.static else []
-        self._fetch = [n for job in self._names for _, t, k in job for n in (t, k)] + self._health
+        self._fetch = [n for job in self._names for _, t, k in job for n in (t, k)]
 
-    def lifted_outputs(self) -> list[dict[str, tuple[np.ndarray, float]]]:
-        """One pass: per job, ``{output: (T, k)}`` with lifted value ``T · 2**k`` (``k`` includes
-        ``log2 N`` when one sample stands for ``N``)."""
+    def _run(self) -> list[JobRun]:
         res = dict(zip(self._fetch, self.session.run(self._fetch, self.feeds)))
-        if self._health:
-            health = min(float(res[h].min()) for h in self._health)
-            if health < 2.0 ** -HEALTH_MIN_LOG2:
-                if self.scales == "static":
-                    raise PathliftError(f"static scales too loose for float32 (health {health:.3g})")
-                self.static = False
-                self._build()
-                return self.lifted_outputs()
-        return [{o: (res[t], float(res[k]) + math.log2(copies)) for o, t, k in job} for job, copies in zip(self._names, self.copies)]
+        return [JobRun({o: (res[t], np.asarray(res[k], dtype=np.float64) + math.log2(copies)) for o, t, k in job}, budget,
+                       math.log2(copies), {lname: math.prod(dag.layer(lname).shape) for lname in dag.outputs.values()})
+                for job, copies, budget, (dag, _) in zip(self._names, self.copies, self.budgets, self.jobs)]
+
+    def runs(self) -> list[list[JobRun]]:
+        """Per job, its run by the static-scale graph and, where that graph's budget leaves an output
+        uncertified (``scales="auto"``), by the renormalised graph too."""
+        first = self._run()
+        if not self.static or self.scales == "static" or all(self._certified(run) for run in first) \
+                or any(lifted_q(q) > DYNAMIC_MAX_Q for _, q in self.jobs) \
+                or any(abs(v) > 2.0**22 for run in first for v in run.budget.bound_log2.values() if math.isfinite(v)):
+            return [[run] for run in first]
+        self.static = False
+        self._build()
+        return [[run, again] for run, again in zip(first, self._run())]
+
+    @staticmethod
+    def _certified(run: JobRun) -> bool:
+        return all(run.budget.interval(_log2_total(*run.outputs[o]) - run.copies_log2, [o])[2] for o in run.outputs)
+
+    def lifted_outputs(self) -> list[dict[str, tuple[np.ndarray, np.ndarray | float]]]:
+        """One pass: per job, ``{output: (T, k)}`` with lifted value ``T · 2**k`` (the last graph run)."""
+        return [job[-1].outputs for job in self.runs()]
 
     def norms(self) -> list[PathNorm]:
-        """‖Φ‖_q of every job, summed over its analysed outputs."""
-        return [combine(q, outs) for (_, q), outs in zip(self.jobs, self.lifted_outputs())]
+        """‖Φ‖_q of every job, summed over its analysed outputs, with its certified interval."""
+        return [combine_runs(q, job) for (_, q), job in zip(self.jobs, self.runs())]
 
 
 class PathNormSession(LiftedSession):
     """The lifted network of one DAG and q, with its onnxruntime session built once (see
     :class:`LiftedSession` for ``scales`` and ``per_sample``)."""
 
-    def __init__(self, dag: Dag, q: float = 1.0, providers=None, scales: str = "auto", per_sample: bool = True):
-        super().__init__([(dag, q)], providers, scales, per_sample)
+    def __init__(self, dag: Dag, q: float = 1.0, providers=None, scales: str = "auto", per_sample: bool = True,
+                 zero_inputs: frozenset[str] = frozenset()):
+        super().__init__([(dag, q)], providers, scales, per_sample, zero_inputs)
         self.dag, self.q = self.jobs[0]
 
     def run(self) -> PathNorm:
         """‖Φ‖_q summed over every analysed output."""
         return self.norms()[0]
 
-    def run_outputs(self) -> dict[str, tuple[np.ndarray, float]]:
+    def run_outputs(self) -> dict[str, tuple[np.ndarray, np.ndarray | float]]:
         """One pass of the lifted network: ``{output: (T, k)}`` with lifted value ``T · 2**k``."""
         return self.lifted_outputs()[0]
 

@@ -56,7 +56,9 @@ def make_session(model: ModelProto, providers: str | list[str] | None = None, as
         data = model.SerializeToString()
     except ValueError as exc:
         raise UsageError(f"model too large to serialize in memory (over 2 GB): {exc}") from exc
-    session = ort.InferenceSession(data, sess_options=opts, providers=names)
+    # TF32 would round products to 10-bit mantissas: the error budget (budget.py) assumes float32
+    options = [{"use_tf32": "0"} if name == PROVIDERS["cuda"] else {} for name in names]
+    session = ort.InferenceSession(data, sess_options=opts, providers=names, provider_options=options)
     if session.get_providers()[0] != names[0]:
         raise ProviderUnavailableError(
             f"onnxruntime fell back to {session.get_providers()[0]} instead of {names[0]} "

@@ -58,7 +58,8 @@ def scores_model(dag: Dag) -> tuple[ModelProto, list[tuple[str, str]]]:
     """The forward + adjoint graph. Outputs: each analysed output (and its exponent) and, per scored
     layer, ``<layer>__score`` (in the layer's W layout) with ``<layer>__score__log2_scale``."""
     b = LiftBuilder(emit_opset(dag), taken=set(dag.inputs) | set(dag.outputs) | {o + LOG2_SUFFIX for o in dag.outputs})
-    layers, value = lift_forward(dag, 1.0, b)
+    lifted = lift_forward(dag, 1.0, b)
+    layers, value = lifted.layers, lifted.value
     shapes = {layer.name: layer.shape for layer in layers}
 
     def clean(name: str) -> Scaled:

@@ -193,10 +193,10 @@ def _evaluate_lifted(path: Path, q: float) -> float:
     for s in scales:
         o = s[: -len("__log2_scale")]
         assert o in res
-        assert np.asarray(res[s]).size == 1
-        k = float(np.asarray(res[s]).reshape(()))
-        assert k == round(k)  # an exact power-of-two exponent
-        total += float(np.sum(res[o], dtype=np.float64)) * 2.0 ** k
+        k = np.asarray(res[s], dtype=np.float64)  # one exponent, or a map broadcastable to the output
+        assert np.all(k[np.isfinite(k)] == np.round(k[np.isfinite(k)]))  # exact powers of two
+        np.broadcast_shapes(k.shape, res[o].shape)
+        total += float(np.sum(res[o].astype(np.float64) * np.exp2(k)))
     return total ** (1.0 / q)
 
 

@@ -211,8 +211,8 @@ def test_metric_sandwich(case: str, kind: str, built) -> None:
     assert m.upper >= d * (1 - 1e-6)
     if kind == "prune":  # |θ'| ≤ |θ|: both bounds are d itself
         assert m.exact
-        assert m.upper == pytest.approx(d, rel=1e-6)
-        assert m.lower == pytest.approx(d, rel=1e-6)
+        assert d * (1 - 1e-9) <= m.upper <= d * (1 + 1e-4)  # the certified interval around d, rounded outward
+        assert d * (1 - 1e-4) <= m.lower <= d * (1 + 1e-9)
 
 
 @pytest.mark.parametrize("op, why", [("ReduceProd", "positively homogeneous"), ("ReduceL2", "not piecewise-linear"),

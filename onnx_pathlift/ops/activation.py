@@ -18,7 +18,7 @@ import numpy as np
 from ..dag import Layer
 from ..errors import RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled
-from .base import ImportContext, LayerOp, attributes, imports, layer_op
+from .base import ANY, ImportContext, LayerOp, attributes, imports, layer_op
 
 
 @layer_op
@@ -39,8 +39,8 @@ class Relu(LayerOp):
     def adjoint(self, b, layer, xs, g, in_shapes):
         return [g], {}
 
-    def bound_is_exact(self, layer, bs, shapes) -> bool:
-        return True
+    def map_axis(self, layer: Layer) -> str:
+        return ANY
 
 
 @imports("Relu")

@@ -18,8 +18,8 @@ import numpy as np
 
 from ..dag import Layer
 from ..errors import RefuseNode
-from ..graph import GraphBuilder, LiftBuilder, Scaled, pow_scaled
-from .base import ImportContext, LayerOp, imports, layer_op, unbroadcast
+from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, exp_diff, lifted_log2, pow_scaled, scaled_power
+from .base import ANY, ImportContext, LayerOp, imports, layer_op, unbroadcast
 
 
 @layer_op
@@ -38,15 +38,20 @@ class Affine(LayerOp):
             y = b.op("Add", [y, b.const(layer.params["bias"], "bias")], "bias")
         return y
 
+    def map_axis(self, layer: Layer) -> str:
+        return ANY
+
     def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
         x = xs[0]
-        if "scale" in layer.params:
+        if b.static and "scale" in layer.params:  # |s|**q · 2**(k_x − k_out), entry by entry
+            shift = compact(exp_diff(x.log2, b.target))
+            x = Scaled(b.op("Mul", [x.tensor, b.const(scaled_power(layer.params["scale"], q, shift), "absScale")], "scale"), b.target)
+        elif "scale" in layer.params:
             s, es = pow_scaled(layer.params["scale"], q)
             x = b.shift(replace(x, tensor=b.op("Mul", [x.tensor, b.const(s, "absScale")], "scale"), bound=x.bound + 1.0), es)
         if "bias" not in layer.params or not np.any(layer.params["bias"]):
             return x  # a zero bias starts no path (and must not drag the scale towards 2**0)
-        t, et = pow_scaled(layer.params["bias"], q)
-        return b.add_bias(x, t, et, len(layer.shape))
+        return b.add_bias(x, lifted_log2(layer.params["bias"], q), len(layer.shape))
 
     def bound(self, layer, bs, shapes, q):
         with np.errstate(divide="ignore"):
@@ -56,9 +61,6 @@ class Affine(LayerOp):
             if "bias" in layer.params:
                 lu = np.logaddexp2(lu, q * np.log2(np.abs(layer.params["bias"])))
         return lu
-
-    def bound_is_exact(self, layer, bs, shapes) -> bool:
-        return True
 
     def adjoint(self, b, layer, xs, g, in_shapes):
         y = g
@@ -120,8 +122,11 @@ class Sum(LayerOp):
     def adjoint(self, b, layer, xs, g, in_shapes):
         return [replace(g, tensor=unbroadcast(b, g.tensor, layer.shape, shape)) for shape in in_shapes], {}
 
-    def bound_is_exact(self, layer, bs, shapes) -> bool:
-        return True
+    def map_axis(self, layer: Layer) -> str:
+        return ANY
+
+    def rounding_ops(self, layer, in_shapes) -> int:
+        return len(in_shapes) + 3
 
 
 @imports("Add", "Sub", "Sum")

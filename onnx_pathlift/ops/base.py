@@ -21,7 +21,7 @@ from onnx import NodeProto, helper
 
 from ..dag import Dag, Layer
 from ..errors import RefuseNode
-from ..graph import GraphBuilder, LiftBuilder, Scaled, pow_scaled
+from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, lifted_log2
 from ..load import Prepared
 
 ImportRule = Callable[[NodeProto, "ImportContext"], None]
@@ -54,6 +54,19 @@ class LayerOp:
     #: weights of Conv / ConvTranspose / Gemm / MatMul; not BN scales, not biases)
     scored: ClassVar[bool] = False
 
+    def map_axis(self, layer: Layer) -> int | str | None:
+        """Static scales: the axis of its inputs along which an exponent map may vary when ``lift``
+        receives it (the map is collapsed along every other axis first), :data:`ANY` when ``lift``
+        carries maps itself, None for one exponent per input."""
+        return None
+
+    def rounding_ops(self, layer: Layer, in_shapes: list[tuple[int, ...]]) -> int:
+        """``c`` such that one output neuron is computed with relative rounding error at most ``c·2**-24``
+        (a dot product of ``n`` non-negative terms: ``n``, Higham's γ_n; plus a bias and scalings) and at
+        most ``2c`` underflows (absolute error 2**-126 in the units of its exponent each). It is also at
+        least the neuron's fan-in plus one. The error budget (:mod:`onnx_pathlift.budget`) sums them."""
+        return 4
+
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         """Emit the layer with its signed parameters and real activation; return the output name."""
         raise NotImplementedError
@@ -66,10 +79,6 @@ class LayerOp:
         """Static upper bound on ``log2`` of the lifted output, broadcastable to ``layer.shape``,
         given the inputs' bounds ``bs`` (same form) and shapes. Used to fix constant scales."""
         raise NotImplementedError
-
-    def bound_is_exact(self, layer: Layer, bs: list[np.ndarray], shapes: list[tuple[int, ...]]) -> bool:
-        """Whether ``bound`` is the exact lifted value (max over the tensor) when its inputs' are."""
-        return False
 
     def absorb_bias(self, layer: Layer, bias: np.ndarray) -> Layer | None:
         """This layer with a following per-output-channel bias as its own bias ``B``, or None."""
@@ -136,8 +145,16 @@ class MovesNeurons(LayerOp):
         """The inverse neuron movement, as ONNX nodes (the adjoint of a permutation is its inverse)."""
         raise NotImplementedError
 
+    def map_axis(self, layer: Layer) -> int | str | None:
+        return ANY
+
     def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
-        return replace(xs[0], tensor=self.emit(b, layer, [xs[0].tensor]))
+        """The same movement of the tensor and, for a static exponent map (given at the input's
+        full shape), of the map."""
+        k = xs[0].log2
+        if isinstance(k, np.ndarray):
+            k = compact(self.move(layer, np.asarray(k, dtype=np.float64)), layer.shape)
+        return replace(xs[0], tensor=self.emit(b, layer, [xs[0].tensor]), log2=k)
 
     def bound(self, layer: Layer, bs: list[np.ndarray], shapes: list[tuple[int, ...]], q: float) -> np.ndarray:
         if bs[0].size == 1:
@@ -156,15 +173,6 @@ class MovesNeurons(LayerOp):
         """The same neuron movement applied to a numpy array of the input's shape."""
         raise NotImplementedError
 
-    def bound_is_exact(self, layer, bs, shapes) -> bool:
-        return True
-
-
-def varies_only_along(lu: np.ndarray, shape: tuple[int, ...], axis: int) -> bool:
-    """Whether a bound broadcastable to ``shape`` is constant along every axis but ``axis``."""
-    lu = np.asarray(lu)
-    padded = (1,) * (len(shape) - lu.ndim) + lu.shape
-    return all(d == 1 for i, d in enumerate(padded) if i != axis % len(shape))
 
 
 def along_axis(lu: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray:
@@ -177,20 +185,42 @@ def along_axis(lu: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray:
     return np.broadcast_to(v, (shape[axis],)) if v.size == 1 else v
 
 
-def on_axis(v: np.ndarray, rank: int, axis: int) -> np.ndarray:
-    """A vector laid along ``axis`` of a rank-``rank`` array (size 1 elsewhere)."""
-    shape = [1] * rank
-    shape[axis % rank] = -1
-    return np.asarray(v).reshape(shape)
-
-
 def log2_weighted_sum(w: np.ndarray, lu: np.ndarray) -> np.ndarray:
-    """``log2(w @ 2**lu)`` for non-negative ``w`` (outputs × inputs), without overflow."""
+    """An upper bound on ``log2(w @ 2**lu)`` for non-negative float64 ``w`` (outputs × inputs) that
+    lost no entry to underflow, without overflow (terms ``2**(lu − max lu)`` that underflow are
+    bounded by :func:`log2_outward`)."""
     top = float(np.max(lu, initial=-np.inf))
     if not np.isfinite(top):
         return np.full(w.shape[0], -np.inf)
+    return log2_outward(w.astype(np.float64) @ np.exp2(lu - top), w.shape[1], 0.0, float(np.min(lu)) - top) + top
+
+
+def log2_rows(w: np.ndarray, q: float, lu: np.ndarray) -> np.ndarray:
+    """An upper bound on ``log2 Σ_c |w[o, c]|**q · 2**lu[o, c]`` per row ``o`` (``lu`` broadcast against
+    ``w``), entry by entry in the log domain (each row scaled by its own largest term, so nothing that
+    matters underflows), in chunks of rows to bound memory. For the ranges where one scale per
+    tensor would lose entries (large q, extreme weights)."""
+    out = np.empty(w.shape[0])
+    n = w.shape[1] if w.ndim > 1 else 1
+    step = max(1, 2**22 // max(n, 1))
+    lu = np.broadcast_to(lu, w.shape)
+    for i in range(0, w.shape[0], step):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lg = q * np.log2(np.abs(w[i:i + step].astype(np.float64))) + lu[i:i + step]
+        top = lg.max(axis=1, initial=-np.inf)
+        safe = np.where(np.isfinite(top), top, 0.0)
+        sums = np.exp2(lg - safe[:, None]).sum(axis=1)
+        out[i:i + step] = np.where(np.isfinite(top), log2_outward(sums, n, 1.0, 0.0) + safe, -np.inf)
+    return out
+
+
+def log2_outward(sums: np.ndarray, n: int, lost: float, low: float) -> np.ndarray:
+    """``log2`` of non-negative float64 sums of ``n`` products, rounded up: the sums' rounding
+    (``n·2**-52`` relative) and, where a factor may have underflowed (``lost`` > 0, or input terms
+    ``2**low`` below float64's range), ``n·2**-1070`` added."""
+    slack = n * 2.0**-1070 if (lost > 0 or low < -1000) else 0.0
     with np.errstate(divide="ignore"):
-        return np.log2(w.astype(np.float64) @ np.exp2(lu - top)) + top
+        return np.log2(sums * (1.0 + (n + 2) * 2.0**-52) + slack)
 
 
 def channel_vector(scale: np.ndarray, out_shape: tuple[int, ...], axis: int) -> np.ndarray | None:
@@ -203,6 +233,10 @@ def channel_vector(scale: np.ndarray, out_shape: tuple[int, ...], axis: int) -> 
     if any(d != 1 for i, d in enumerate(padded) if i != axis) or padded[axis] not in (1, out_shape[axis]):
         return None  # it varies along other axes, or widens this one (broadcasting the layer's output)
     return np.broadcast_to(s.reshape(-1), (out_shape[axis],))
+
+
+#: :meth:`LayerOp.map_axis` of a layer whose ``lift`` carries exponent maps itself
+ANY = "any"
 
 
 def layer_op(cls: type[LayerOp]) -> type[LayerOp]:
@@ -320,12 +354,12 @@ def split_pads(totals: list[int], odd_at_end: bool) -> list[int]:
     return small + large if odd_at_end else large + small
 
 
-def lift_bias(b: LiftBuilder, layer: Layer, y: Scaled, q: float) -> Scaled:
-    """Add the lifted bias ``|B|**q`` a conv or dense layer took over from the affine layer after it."""
+def lift_bias(b: LiftBuilder, layer: Layer, y: Scaled, q: float, k_out=None) -> Scaled:
+    """Add the lifted bias ``|B|**q`` a conv or dense layer took over from the affine layer after it
+    (static scales: at exponent ``k_out``, default the layer's target)."""
     if "B" not in layer.params or not np.any(layer.params["B"]):
         return y
-    t, et = pow_scaled(layer.params["B"], q)
-    return b.add_bias(y, t, et, len(layer.shape))
+    return b.add_bias(y, lifted_log2(layer.params["B"], q), len(layer.shape), k_out)
 
 
 def bias_bound(layer: Layer, lu: np.ndarray, q: float) -> np.ndarray:

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..dag import Layer
 from ..errors import PathliftError
-from ..graph import GraphBuilder, LiftBuilder, Scaled, pow_scaled
+from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, exp_diff, exp_vector, lost_below, on_axis, pow_scaled, scaled_power
 from .base import (
     ImportContext,
     LayerOp,
@@ -25,7 +25,8 @@ from .base import (
     imports,
     layer_op,
     lift_bias,
-    on_axis,
+    log2_outward,
+    log2_rows,
     product_exponent,
     spatial_attrs,
     split_weight,
@@ -50,9 +51,31 @@ class Conv(LayerOp):
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         return b.op(self.onnx_op, [xs[0], b.const(layer.params["W"], "W")], self.op, **layer.attrs)
 
+    def map_axis(self, layer: Layer) -> int:
+        return 1  # one exponent per input channel, folded into the kernel
+
+    def rounding_ops(self, layer, in_shapes) -> int:
+        w = layer.params["W"]
+        return int(np.prod(w.shape[1:])) + 3  # a dot product of C_in/group · kernel terms, the bias, a scaling
+
+    def kernel_channels(self, layer: Layer) -> tuple[np.ndarray, np.ndarray]:
+        """The input and output channel of each ``W[a, b]`` (layout ``(C_out, C_in/group, k...)``)."""
+        c_out, c_in_group = layer.params["W"].shape[:2]
+        o = np.arange(c_out)[:, None]
+        return (o // (c_out // layer.attrs["group"])) * c_in_group + np.arange(c_in_group)[None, :], np.broadcast_to(o, (c_out, c_in_group))
+
     def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
-        m, e = pow_scaled(layer.params["W"], q)
-        y = b.op(self.onnx_op, [xs[0].tensor, b.weight(m, "absW")], self.op, **layer.attrs)
+        w = layer.params["W"]
+        if b.static:  # |W|**q · 2**(k_in − k_out) per (output, input) channel pair
+            ins, outs = self.kernel_channels(layer)
+            k_in = exp_vector(xs[0].log2, int(ins.max()) + 1, 1)
+            t_out = exp_vector(b.target, layer.shape[1], 1)
+            shift = exp_diff(k_in[ins], t_out[outs]).reshape(ins.shape + (1,) * (w.ndim - 2))
+            y = b.op(self.onnx_op, [xs[0].tensor, b.const(scaled_power(w, q, shift), "absW")], self.op, **layer.attrs)
+            k_out = compact(on_axis(t_out, len(layer.shape), 1), layer.shape)
+            return lift_bias(b, layer, Scaled(y, k_out), q, k_out)
+        m, e = pow_scaled(w, q)
+        y = b.op(self.onnx_op, [xs[0].tensor, b.const(m, "absW")], self.op, **layer.attrs)
         y = b.shift(Scaled(y, xs[0].log2, xs[0].bound + max(self.gain_log2(m, layer.attrs), 0.0), dirty=True), e)
         return lift_bias(b, layer, y, q)
 
@@ -62,10 +85,14 @@ class Conv(LayerOp):
         v = along_axis(bs[0], shapes[0], 1)
         groups = np.arange(c_out) // (c_out // layer.attrs["group"])  # group of each output channel
         v_in = v[(groups[:, None] * c_in_group + np.arange(c_in_group)[None, :])]  # (c_out, c_in_group)
-        w = m.reshape(c_out, c_in_group, -1).sum(axis=2).astype(np.float64)
+        w = m.reshape(c_out, c_in_group, -1).sum(axis=2)
         top = float(np.max(v_in, initial=-np.inf))
-        with np.errstate(divide="ignore"):
-            out = np.log2((w * np.exp2(v_in - top)).sum(axis=1)) + top + e if np.isfinite(top) else np.full(c_out, -np.inf)
+        if not np.isfinite(top):
+            out = np.full(c_out, -np.inf)
+        elif lost_below(layer.params["W"], q) or float(np.min(v_in)) - top < -1000:  # one scale per output channel
+            out = log2_rows(layer.params["W"].reshape(c_out, -1), q, np.repeat(v_in, m[0, 0].size, axis=1))
+        else:
+            out = log2_outward((w * np.exp2(v_in - top)).sum(axis=1), m[0].size, 0.0, 0.0) + top + e
         return bias_bound(layer, on_axis(out, len(layer.shape), 1), q)
 
     def split_params(self, a: Layer, b: Layer):

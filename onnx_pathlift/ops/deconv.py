@@ -22,7 +22,7 @@ import numpy as np
 
 from ..dag import Layer
 from ..errors import RefuseNode
-from ..graph import GraphBuilder, Scaled, pow_scaled
+from ..graph import GraphBuilder, Scaled, lost_below, on_axis, pow_scaled
 from .base import (
     ImportContext,
     along_axis,
@@ -31,16 +31,17 @@ from .base import (
     channel_vector,
     imports,
     layer_op,
-    on_axis,
+    log2_outward,
     product_exponent,
     split_pads,
 )
 from .conv import Conv, add_kernel_layer
 
 
-def _log2_phase_gain(w: np.ndarray, attrs: dict, lu: np.ndarray) -> np.ndarray:
-    """Per output channel ``o``: ``log2 max_phase Σ_{i, k ∈ phase} w[i, o, k] · 2**lu[i]`` for a
-    non-negative kernel ``w`` and per-input-channel ``lu`` (the largest sum one output neuron gets)."""
+def _log2_phase_gain(w: np.ndarray, attrs: dict, lu: np.ndarray, lost: float = 0.0) -> np.ndarray:
+    """Per output channel ``o``: an upper bound on ``log2 max_phase Σ_{i, k ∈ phase} w[i, o, k] · 2**lu[i]``
+    for a non-negative kernel ``w`` and per-input-channel ``lu`` (the largest sum one output neuron
+    gets; ``lost`` as in :func:`~onnx_pathlift.ops.base.log2_weighted_sum`)."""
     c_in, c_out_group, kernel = w.shape[0], w.shape[1], w.shape[2:]
     strides, dilations, groups = attrs["strides"], attrs["dilations"], attrs["group"]
     taps = np.meshgrid(*[(np.arange(k) * d) % s for k, s, d in zip(kernel, strides, dilations)], indexing="ij")
@@ -51,8 +52,7 @@ def _log2_phase_gain(w: np.ndarray, attrs: dict, lu: np.ndarray) -> np.ndarray:
         return np.full(c_out_group * groups, -np.inf)
     sums = sums * np.exp2(lu - top)[:, None, None]
     per_channel = sums.reshape(groups, c_in // groups, c_out_group, -1).sum(axis=1).max(axis=-1)  # (group, C_out/g)
-    with np.errstate(divide="ignore"):
-        return np.log2(per_channel.reshape(-1)) + top
+    return log2_outward(per_channel.reshape(-1), c_in // groups * math.prod(kernel), lost, float(np.min(lu)) - top) + top
 
 
 def _crop(b: GraphBuilder, t: str, have: list[int], want: list[int]) -> str:
@@ -76,9 +76,20 @@ class ConvTranspose(Conv):
     def gain_log2(self, m: np.ndarray, attrs: dict) -> float:
         return float(np.max(_log2_phase_gain(m, attrs, np.zeros(m.shape[0]))))  # the largest phase sum
 
+    def rounding_ops(self, layer, in_shapes) -> int:
+        w = layer.params["W"]
+        return (w.shape[0] // layer.attrs["group"]) * int(np.prod(w.shape[2:])) + 3
+
+    def kernel_channels(self, layer: Layer) -> tuple[np.ndarray, np.ndarray]:
+        """Layout ``(C_in, C_out/group, k...)``: ``W[c, j]`` feeds output channel ``group(c)·C_out/g + j``."""
+        c_in, c_out_group = layer.params["W"].shape[:2]
+        c = np.arange(c_in)[:, None]
+        return np.broadcast_to(c, (c_in, c_out_group)), (c // (c_in // layer.attrs["group"])) * c_out_group + np.arange(c_out_group)[None, :]
+
     def bound(self, layer, bs, shapes, q):
         m, e = pow_scaled(layer.params["W"], q)
-        out = _log2_phase_gain(m, layer.attrs, along_axis(bs[0], shapes[0], 1)) + e
+        lost = float(lost_below(layer.params["W"], q))
+        out = _log2_phase_gain(m, layer.attrs, along_axis(bs[0], shapes[0], 1), lost) + e
         return bias_bound(layer, on_axis(out, len(layer.shape), 1), q)
 
     def adjoint(self, b, layer, xs, g, in_shapes):

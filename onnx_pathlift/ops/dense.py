@@ -15,7 +15,19 @@ import numpy as np
 
 from ..dag import Layer
 from ..errors import PathliftError, RefuseNode
-from ..graph import GraphBuilder, LiftBuilder, Scaled, pow_scaled
+from ..graph import (
+    GraphBuilder,
+    LiftBuilder,
+    Scaled,
+    compact,
+    exp_diff,
+    exp_max,
+    exp_vector,
+    lost_below,
+    on_axis,
+    pow_scaled,
+    scaled_power,
+)
 from .base import (
     ImportContext,
     LayerOp,
@@ -26,11 +38,11 @@ from .base import (
     imports,
     layer_op,
     lift_bias,
+    log2_outward,
+    log2_rows,
     log2_weighted_sum,
-    on_axis,
     product_exponent,
     split_weight,
-    varies_only_along,
 )
 
 
@@ -47,10 +59,23 @@ class Dense(LayerOp):
         args = [xs[0], w] if layer.attrs["side"] == "right" else [w, xs[0]]
         return b.op("MatMul", args, "dense")
 
+    def map_axis(self, layer: Layer) -> int | None:
+        if layer.params["W"].ndim != 2:
+            return None
+        return -1 if layer.attrs["side"] == "right" else -2  # the contracted axis of the input
+
+    def rounding_ops(self, layer, in_shapes) -> int:
+        w = layer.params["W"]
+        return int(w.shape[-2] if layer.attrs["side"] == "right" and w.ndim > 1 else w.shape[-1]) + 3
+
     def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
-        m, e = pow_scaled(layer.params["W"], q)
-        w = b.weight(m, "absW")
         right = layer.attrs["side"] == "right"
+        if b.static:
+            w, k_out = self._static_weight(b, layer, xs[0], q)
+            args = [xs[0].tensor, w] if right else [w, xs[0].tensor]
+            return lift_bias(b, layer, Scaled(b.op("MatMul", args, "dense"), k_out), q, k_out)
+        m, e = pow_scaled(layer.params["W"], q)
+        w = b.const(m, "absW")
         args = [xs[0].tensor, w] if right else [w, xs[0].tensor]
         # largest output ≤ (max input) · largest sum of the weights feeding one output
         sums = m.sum(axis=-2 if right and m.ndim > 1 else -1)
@@ -58,19 +83,39 @@ class Dense(LayerOp):
         y = b.shift(Scaled(b.op("MatMul", args, "dense"), xs[0].log2, xs[0].bound + growth, dirty=True), e)
         return lift_bias(b, layer, y, q)
 
+    def _static_weight(self, b: LiftBuilder, layer: Layer, x: Scaled, q: float):
+        """``|W|**q · 2**(k_in − k_out)`` entry by entry (input exponents along the contracted axis,
+        output exponents from the target along the output axis), and the output's exponent map."""
+        w, right, rank = layer.params["W"], layer.attrs["side"] == "right", len(layer.shape)
+        if w.ndim != 2:
+            k_out = int(math.ceil(exp_max(b.target))) if math.isfinite(exp_max(b.target)) else 0
+            return b.const(scaled_power(w, q, np.asarray(float(exp_diff(x.log2, k_out)))), "absW"), k_out
+        n_in, n_out = (w.shape[0], w.shape[1]) if right else (w.shape[1], w.shape[0])
+        axis = (-1 if right else -2) % rank  # the contracted axis of x, and the output axis
+        k_in = exp_vector(x.log2, n_in, axis)
+        t_out = exp_vector(b.target, n_out, axis)
+        shift = exp_diff(k_in[:, None], t_out[None, :]) if right else exp_diff(k_in[None, :], t_out[:, None])
+        k_out = compact(on_axis(t_out, rank, axis), layer.shape)
+        return b.const(scaled_power(w, q, shift), "absW"), k_out
+
     def bound(self, layer, bs, shapes, q):
-        m, e = pow_scaled(layer.params["W"], q)
+        w = layer.params["W"]
+        m, e = pow_scaled(w, q)
         right, rank = layer.attrs["side"] == "right", len(layer.shape)
+        lost = float(lost_below(w, q))
         if m.ndim != 2:  # batched or vector weight: one scalar bound
             sums = m.sum(axis=-2 if right and m.ndim > 1 else -1)
-            return bias_bound(layer, np.asarray(float(np.max(bs[0])) + e + math.log2(max(float(sums.max(initial=0.0)), 1e-300))), q)
+            n = w.shape[-2] if right and w.ndim > 1 else w.shape[-1]
+            top = float(np.max(bs[0]))
+            return bias_bound(layer, log2_outward(np.asarray(float(sums.max(initial=0.0))), n, lost, 0.0) + top + e, q)
         v = along_axis(bs[0], shapes[0], -1 if right else -2)
-        out = log2_weighted_sum(m.T if right else m, v) + e
+        finite = v[np.isfinite(v)]
+        spread = float(np.ptp(finite)) if finite.size else 0.0
+        if lost or spread > 1000:
+            out = log2_rows(w.T if right else w, q, v[None, :])  # one scale per output neuron
+        else:
+            out = log2_weighted_sum(m.T if right else m, v) + e
         return bias_bound(layer, on_axis(out, rank, -1 if right else -2), q)
-
-    def bound_is_exact(self, layer, bs, shapes) -> bool:
-        axis = -1 if layer.attrs["side"] == "right" else -2
-        return layer.params["W"].ndim == 2 and varies_only_along(bs[0], shapes[0], axis)
 
     def split_params(self, a: Layer, b: Layer):
         return split_weight(a, b)
@@ -100,7 +145,7 @@ class Dense(LayerOp):
             return None
         right = layer.attrs["side"] == "right"
         s = channel_vector(bias, layer.shape, -1 if right else -2)
-        return None if s is None else replace(layer, params={**layer.params, "B": s if right else s[:, None]})
+        return None if s is None else replace(layer, params={**layer.params, "B": on_axis(s, len(layer.shape), -1 if right else -2)})
 
     def absorb_scale(self, layer: Layer, scale: np.ndarray) -> Layer | None:
         w = layer.params["W"]

@@ -19,8 +19,8 @@ from onnx import TensorProto, helper
 
 from ..dag import Layer
 from ..errors import RefuseNode
-from ..graph import GraphBuilder, LiftBuilder, Scaled, pow_scaled
-from .base import ImportContext, LayerOp, along_axis, attributes, imports, layer_op, on_axis, spatial_attrs, transpose_attrs
+from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, exp_diff, exp_vector, on_axis, pow_scaled, scaled_power
+from .base import ImportContext, LayerOp, along_axis, attributes, imports, layer_op, spatial_attrs, transpose_attrs
 
 
 def _sum_pool_pads(layer: Layer) -> list[int]:
@@ -70,6 +70,12 @@ class MaxPool(LayerOp):
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         return b.op("MaxPool", xs, "maxpool", **_pool_attrs(layer, ("kernel_shape", "strides", "pads", "dilations", "ceil_mode")))
 
+    def map_axis(self, layer: Layer) -> int:
+        return 1
+
+    def rounding_ops(self, layer, in_shapes) -> int:
+        return int(np.prod(layer.attrs["kernel_shape"])) + 3
+
     def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
         y = _sum_pool(b, xs[0].tensor, layer, layer.shape[1])
         return replace(xs[0], tensor=y, bound=xs[0].bound + math.log2(np.prod(layer.attrs["kernel_shape"])))
@@ -90,8 +96,22 @@ class AveragePool(LayerOp):
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         return b.op("AveragePool", xs, "avgpool", **_pool_attrs(layer, self._ATTRS))
 
+    def map_axis(self, layer: Layer) -> int:
+        return 1
+
+    def rounding_ops(self, layer, in_shapes) -> int:
+        return int(np.prod(layer.attrs["kernel_shape"])) + 6  # and the divisor's power
+
     def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
         y = b.op("AveragePool", [xs[0].tensor], "avgpool", **_pool_attrs(layer, self._ATTRS))
+        div = _divisors_log2(layer.attrs, layer.shape[2:])
+        if b.static and div is not None:  # weight div**-q = AvgPool's 1/div · div**(1-q) · 2**(k_in − k_out), per position
+            c = layer.shape[1]
+            t_out = exp_vector(b.target, c, 1)
+            shift = exp_diff(exp_vector(xs[0].log2, c, 1), t_out).reshape(1, c, *([1] * len(div.shape)))
+            factor = scaled_power(np.ones(()), 1.0, (1.0 - q) * div[None, None] + shift)
+            k_out = compact(on_axis(t_out, len(layer.shape), 1), layer.shape)
+            return Scaled(b.op("Mul", [y, b.const(factor, "avgpool_q")], "avgpool_q"), k_out)
         if q != 1.0:  # weight (1/div)^q = AvgPool · div^(1-q)
             y = b.op("Mul", [y, b.op("Pow", [self._inverse_divisor(b, layer), b.scalar(q - 1.0)], "factor")], "avgpool_q")
         return Scaled(y, xs[0].log2, xs[0].bound, dirty=True)  # weights (1/div)**q ≤ 1 may shrink it
@@ -108,7 +128,7 @@ class AveragePool(LayerOp):
         return [replace(g, tensor=_sum_pool_adjoint(b, weighted, layer, in_shapes[0]))], {}
 
     def bound(self, layer, bs, shapes, q):
-        return _per_channel(bs[0], shapes[0])  # Σ_valid x / div**q ≤ max x since div ≥ the valid count
+        return _per_channel(bs[0], shapes[0]) + _avg_gain_log2(layer.attrs, layer.shape[2:], q)
 
 
 @layer_op
@@ -121,6 +141,12 @@ class GlobalPool(LayerOp):
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         return b.op("GlobalMaxPool" if layer.attrs["mode"] == "max" else "GlobalAveragePool", xs, "globalpool")
+
+    def map_axis(self, layer: Layer) -> int:
+        return 1
+
+    def rounding_ops(self, layer, in_shapes) -> int:
+        return int(np.prod(layer.attrs["in_spatial"])) + 3
 
     def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
         n = int(np.prod(layer.attrs["in_spatial"]))
@@ -138,6 +164,46 @@ class GlobalPool(LayerOp):
     def bound(self, layer, bs, shapes, q):
         n = float(np.prod(layer.attrs["in_spatial"]))
         return _per_channel(bs[0], shapes[0]) + (1.0 if layer.attrs["mode"] == "max" else 1.0 - q) * math.log2(n)
+
+
+def _window_counts(a: dict, out_spatial: tuple[int, ...]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """Per spatial axis, at each output index: the in-bounds taps of the window (``valid``) and
+    onnxruntime's divisor where it is known in closed form: ``valid`` without count_include_pad
+    (dilations allowed); with it, the whole kernel when every window lies inside the padded input and
+    there is no dilation; else None (the lifted graph then takes the divisors from onnxruntime)."""
+    n, axes = len(out_spatial), []
+    dil = a.get("dilations", [1] * n)
+    for i, size in enumerate(out_spatial):
+        k, s, d, hi = a["kernel_shape"][i], a["strides"][i], dil[i], a["pads"][n + i]
+        start = np.arange(size) * s - a["pads"][i]
+        taps = start[:, None] + np.arange(k)[None, :] * d
+        valid = ((taps >= 0) & (taps < a["in_spatial"][i])).sum(axis=1).astype(np.float64)
+        if not a["count_include_pad"]:
+            axes.append((valid, valid))
+        elif d == 1 and not np.any(start + k > a["in_spatial"][i] + hi):
+            axes.append((valid, np.full(size, float(k))))
+        else:
+            axes.append((valid, None))
+    return axes
+
+
+def _divisors_log2(a: dict, out_spatial: tuple[int, ...]) -> np.ndarray | None:
+    """``log2 div(p)`` at every output position (None where :func:`_window_counts` does not know it)."""
+    axes = _window_counts(a, out_spatial)
+    if any(div is None for _, div in axes):
+        return None
+    return np.sum(np.meshgrid(*[np.log2(div) for _, div in axes], indexing="ij"), axis=0)
+
+
+def _avg_gain_log2(a: dict, out_spatial: tuple[int, ...], q: float) -> float:
+    """``log2 max_p valid(p) · div(p)**-q``, the largest lifted weight sum of one window: a product
+    over the spatial axes, so the product of per-axis maxima. Where the divisor is not known in
+    closed form, ``div ≥ valid`` bounds it by ``(min valid)**(1−q)``."""
+    total = 0.0
+    for valid, div in _window_counts(a, out_spatial):
+        with np.errstate(divide="ignore"):
+            total += float(np.max(np.log2(valid) - q * np.log2(div))) if div is not None else (1.0 - q) * math.log2(valid.min())
+    return total
 
 
 def _ort_output_size(in_spatial, a) -> tuple[int, ...]:

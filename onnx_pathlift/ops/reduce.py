@@ -47,6 +47,9 @@ class Reduce(LayerOp):
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         return _reduce(b, _OP_TYPES[layer.attrs["mode"]], xs[0], layer)
 
+    def rounding_ops(self, layer, in_shapes) -> int:
+        return int(layer.attrs["count"]) + 3
+
     def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
         y = _reduce(b, "ReduceSum", xs[0].tensor, layer)
         growth = math.log2(layer.attrs["count"])

@@ -15,8 +15,8 @@ from onnx import TensorProto, helper
 
 from ..dag import Layer
 from ..errors import PathliftError, RefuseNode
-from ..graph import GraphBuilder, LiftBuilder, Scaled
-from .base import ImportContext, LayerOp, MovesNeurons, along_axis, attributes, imports, layer_op, on_axis
+from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, on_axis
+from .base import ANY, ImportContext, LayerOp, MovesNeurons, along_axis, attributes, imports, layer_op
 
 _FLOATS = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 
@@ -124,9 +124,18 @@ class Concat(LayerOp):
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         return b.op("Concat", xs, "concat", axis=layer.attrs["axis"])
 
+    def map_axis(self, layer: Layer) -> str:
+        return ANY
+
     def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
+        """Static maps (given at each input's full shape) are concatenated like the tensors; one
+        exponent per input (dynamic mode, or all ints) is aligned first."""
+        axis = layer.attrs["axis"]
+        if b.static and any(isinstance(x.log2, np.ndarray) for x in xs):
+            maps = np.concatenate([np.asarray(x.log2, dtype=np.float64) for x in xs], axis=axis)
+            return Scaled(b.op("Concat", [x.tensor for x in xs], "concat", axis=axis), compact(maps, layer.shape))
         tensors, k = b.align(xs)
-        return Scaled(b.op("Concat", tensors, "concat", axis=layer.attrs["axis"]), k, max(x.bound for x in xs))
+        return Scaled(b.op("Concat", tensors, "concat", axis=axis), k, max(x.bound for x in xs))
 
     def adjoint(self, b, layer, xs, g, in_shapes):
         axis = layer.attrs["axis"]
