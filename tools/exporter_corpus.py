@@ -256,10 +256,10 @@ def generate(folder: Path, seed: int = 0, with_torch: bool = True) -> tuple[list
     bases = {name: make(rng) for name, make in HANDWRITTEN.items()}
     if with_torch:
         bases.update(torch_models(skipped))
+    by_hand = {"tf2onnx": "; its idioms are written by hand instead (keras_upsampling, tf2onnx_prelu, keras2onnx_reversed)"}
     for package, what in (("tf2onnx", "Keras/TensorFlow"), ("jax2onnx", "JAX"), ("paddle2onnx", "PaddlePaddle")):
         if importlib.util.find_spec(package) is None:
-            skipped[f"{package} ({what})"] = ("not installed here; the idioms of the Keras exporters are written by hand "
-                                              "(keras_upsampling, tf2onnx_prelu, keras2onnx_reversed)")
+            skipped[f"{package} ({what})"] = "not installed here" + by_hand.get(package, "")
     files: list[Path] = []
     for name, base in bases.items():
         for variant, model in {"float": base, **variants(base, folder, rng, skipped, name)}.items():
