@@ -182,17 +182,18 @@ def cmd_lift(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .metric import check_bound, pair_layers, path_metric
+    from .metric import check_bound, comparable, path_metric
     from .quant_bound import certify
 
     a_model, a_prep, dag_a, _ = _load(args, args.model)
     b_model, b_prep, dag_b, _ = _load(args, args.other)
-    pair_layers(dag_a, dag_b)  # says where the architectures differ before any work
+    dag_a, dag_b, _, canon_a, canon_b = comparable(dag_a, dag_b)  # says where the architectures differ before any work
     metric = path_metric(dag_a, dag_b, providers=args.provider, breakdown=True)
     r = args.input_linf
     cert = certify(dag_a, dag_b, metric.bound_log10(r), r, providers=args.provider)
     result = {"a": str(args.model), "b": str(args.other), **metric.to_dict(r), **cert.to_dict(),
-              "activation_quantization_in_b": dag_b.activation_qdq, "notes_b": dag_b.notes}
+              "activation_quantization_in_b": dag_b.activation_qdq, "notes_b": dag_b.notes,
+              "canonicalised": {"a": canon_a, "b": canon_b} if canon_a or canon_b else None}
     check = None
     if args.check:
         check = check_bound(a_model, b_model, dag_a, dag_b, metric, r, args.check, a_prep.elem_types,
@@ -213,6 +214,7 @@ def cmd_compare(args) -> int:
         print(f"  lower {_fmt(metric.lower_log10)}   upper {_fmt(metric.upper_log10)}"
               + ("   (exact: |B| ≤ |A| or |B| ≥ |A| everywhere)" if metric.exact else ""))
         print(f"  ‖Φ(A)‖_1 = {_fmt(metric.norm_a_log10)}, ‖Φ(B)‖_1 = {_fmt(metric.norm_b_log10)}")
+        _print_canonical(canon_a, canon_b)
         if metric.sign_consistent and metric.route != "direct":
             print(f"  upper through an intermediate model (route {metric.route}), below the direct two-stream "
                   f"bound {_fmt(metric.routes['direct'])}")
@@ -275,6 +277,24 @@ def _print_shares(metric, top: int = 10) -> None:
         print(f"    ... {len(rows) - top} more layer(s)")
     if len(metric.shares) > len(rows):
         print(f"    ({len(metric.shares) - len(rows)} parameterised layer(s) unchanged: no part)")
+
+
+def _print_canonical(canon_a: list[str], canon_b: list[str]) -> None:
+    """The rewrites that brought A and B to one spelling (counts by kind, and the first few; layer names
+    are printed as repr, so model-supplied text reaches the terminal escaped)."""
+    from .canonical import summary
+
+    if not (canon_a or canon_b):
+        return
+    print("  spelled differently: both brought to the canonical form (exact rewrites; d is about the canonical "
+          "parameters)")
+    for who, applied in (("A", canon_a), ("B", canon_b)):
+        kinds = ", ".join(f"{n}× {k}" for k, n in summary(applied).items()) or "nothing to rewrite"
+        print(f"    {who}: {kinds}")
+        for line in applied[:5]:
+            print(f"      {line}")
+        if len(applied) > 5:
+            print(f"      ... and {len(applied) - 5} more (--json lists them all)")
 
 
 def cmd_lipschitz(args) -> int:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import networkx as nx
 from onnx import AttributeProto, NodeProto, TensorProto
 
 from .dag import Dag, Layer
@@ -30,9 +29,13 @@ PICKERS = {"ArgMax", "ArgMin", "TopK", "Hardmax"}
 LOOKUPS = {"ArrayFeatureExtractor": (0, 1), "Gather": (0, 1), "LabelEncoder": (None, 0)}
 #: carried along with a head (they reshape or retype labels and probabilities); cut only together with one,
 #: like the lookups
-CARRIERS = {"Identity", "Cast", "CastLike", "Reshape", "Squeeze", "Unsqueeze", "Flatten"}
+CARRIERS = {"Identity", "Cast", "CastLike", "Reshape", "Squeeze", "Unsqueeze", "Flatten",
+            "QuantizeLinear", "DequantizeLinear"}  # Q→DQ after the final Softmax: onnxruntime's quantize_static
 _HEAD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
 _FLOATS = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+#: an unknown type comes from behind an op that shape inference does not know: analysed, so that the import
+#: refuses that op by name
+_FLOATS_OR_UNKNOWN = _FLOATS | {TensorProto.UNDEFINED}
 
 
 @dataclass
@@ -64,31 +67,6 @@ def import_model(
 ) -> Dag:
     """Import an ONNX model (path, bytes or ModelProto) as a DAG of layers, within ``limits``."""
     return import_prepared(prepare(load_model(source, limits), input_shape, limits), outputs)
-
-
-def _order(nodes: list[NodeProto], known: set[str]) -> list[NodeProto]:
-    """Topological order of the nodes; refuses cycles, duplicate producers and dangling inputs."""
-    producer: dict[str, int] = {}
-    for i, node in enumerate(nodes):
-        for out in node.output:
-            if out in producer or (out and out in known):
-                raise InvalidModelError(f"tensor {out!r} is produced twice (node {node.name!r})")
-            if out:
-                producer[out] = i
-    g = nx.DiGraph()
-    g.add_nodes_from(range(len(nodes)))
-    for i, node in enumerate(nodes):
-        for name in node.input:
-            if not name or name in known:
-                continue
-            if name not in producer:
-                raise InvalidModelError(f"node {node.name!r} ({node.op_type}) reads {name!r}, which nothing produces")
-            g.add_edge(producer[name], i)
-    try:
-        return [nodes[i] for i in nx.lexicographical_topological_sort(g)]
-    except nx.NetworkXUnfeasible:
-        cycle = [nodes[v].name or nodes[v].op_type for v, _ in nx.find_cycle(g)]
-        raise InvalidModelError(f"the graph has a cycle through nodes {cycle}") from None
 
 
 def _head_input(node: NodeProto, consts: dict) -> str | None:
@@ -133,12 +111,20 @@ def _analysed_outputs(p: Prepared, nodes: list[NodeProto], wanted: list[str] | N
     trace = trace if trace is not None else ImportTrace()
     producer = {out: node for node in nodes for out in node.output}
     if wanted:
+        constants = [w for w in wanted if w in p.consts]
+        if constants:
+            raise UsageError(f"--output names constants {constants} (folded weights or shape arithmetic): choose "
+                             "tensors the network computes")
         unknown = [w for w in wanted if w not in producer and w not in p.inputs]
         if unknown:
             raise UsageError(f"--output names unknown tensors: {unknown}")
         inputs = [w for w in wanted if w in p.inputs]
         if inputs:
             raise UsageError(f"--output names graph inputs {inputs}: choose tensors the network computes")
+        integers = [w for w in wanted if p.elem_types.get(w, TensorProto.UNDEFINED) not in _FLOATS_OR_UNKNOWN]
+        if integers:
+            raise UsageError(f"--output names tensors that are not float {integers} (a QuantizeLinear's output is "
+                             "an integer code: choose the DequantizeLinear after it)")
         return list(dict.fromkeys(wanted))
     chosen: list[str] = []
     for output in p.outputs:
@@ -155,7 +141,7 @@ def _analysed_outputs(p: Prepared, nodes: list[NodeProto], wanted: list[str] | N
 
         if name in p.inputs:
             why, note = "it is a graph input", f"output {name!r} dropped: it is a graph input"
-        elif p.elem_types.get(name, TensorProto.UNDEFINED) not in _FLOATS:
+        elif p.elem_types.get(name, TensorProto.UNDEFINED) not in _FLOATS_OR_UNKNOWN:
             kind = TensorProto.DataType.Name(p.elem_types.get(name, TensorProto.UNDEFINED))
             why, note = f"not a float tensor ({kind})", f"output {name!r} ({kind}) dropped: not a float tensor (e.g. a class label)"
         elif name in p.consts:
@@ -201,7 +187,7 @@ def import_prepared(p: Prepared, outputs: list[str] | None = None, trace: Import
         trace.dag = dag
     if p.folded:
         dag.notes.append(f"folded {p.folded} constant-valued node(s)")
-    nodes = _order(p.nodes, set(p.consts) | set(p.inputs))
+    nodes = p.nodes  # in topological order (load.topological_nodes)
     analysed = _analysed_outputs(p, nodes, outputs, dag.notes, trace)
     nodes = _live(nodes, analysed)
     if trace is not None:

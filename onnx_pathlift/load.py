@@ -15,10 +15,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import networkx as nx
 import numpy as np
 import onnx
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
+from .contrib import standard_nodes
 from .errors import InvalidModelError, PathliftError, Refusal, UnsupportedModelError, UsageError
 
 ModelSource = str | os.PathLike | bytes | ModelProto
@@ -348,7 +350,8 @@ def _resolve_input_shapes(
         if not vi.type.HasField("tensor_type"):
             raise UsageError(f"input {vi.name!r} is not a tensor")
         if ttype.elem_type not in _FLOAT_TYPES:
-            raise UsageError(f"input {vi.name!r} has non-float type {_type_name(ttype.elem_type)}")
+            raise UnsupportedModelError([Refusal(vi.name, "input", f"it has the non-float type {_type_name(ttype.elem_type)}: "
+                                                 "an integer-typed network is outside the supported set")])
         dims = [d.dim_value if d.HasField("dim_value") else None for d in ttype.shape.dim]
         if vi.name in given:
             shape = given[vi.name]
@@ -733,6 +736,33 @@ def _check_spec_rules(nodes: list[NodeProto], consts: dict[str, np.ndarray], sha
             _legacy_broadcast(node, shapes)
 
 
+def topological_nodes(nodes: list[NodeProto], known: set[str]) -> list[NodeProto]:
+    """The nodes in a topological order, stable where the file's order already is one (keras2onnx writes
+    them reversed); ``known`` are the tensors no node produces (inputs, initializers). Refuses cycles,
+    duplicate producers and dangling inputs."""
+    producer: dict[str, int] = {}
+    for i, node in enumerate(nodes):
+        for out in node.output:
+            if out in producer or (out and out in known):
+                raise InvalidModelError(f"tensor {out!r} is produced twice (node {node.name!r})")
+            if out:
+                producer[out] = i
+    g = nx.DiGraph()
+    g.add_nodes_from(range(len(nodes)))
+    for i, node in enumerate(nodes):
+        for name in node.input:
+            if not name or name in known:
+                continue
+            if name not in producer:
+                raise InvalidModelError(f"node {node.name!r} ({node.op_type}) reads {name!r}, which nothing produces")
+            g.add_edge(producer[name], i)
+    try:
+        return [nodes[i] for i in nx.lexicographical_topological_sort(g)]
+    except nx.NetworkXUnfeasible:
+        cycle = [nodes[v].name or nodes[v].op_type for v, _ in nx.find_cycle(g)]
+        raise InvalidModelError(f"the graph has a cycle through nodes {cycle}") from None
+
+
 def prepare(model: ModelProto, input_shape: tuple[int, ...] | dict[str, tuple[int, ...]] | None = None,
             limits: Limits = DEFAULT_LIMITS) -> Prepared:
     """Fix input shapes, fold constant subgraphs and infer every tensor's static shape."""
@@ -747,7 +777,7 @@ def prepare(model: ModelProto, input_shape: tuple[int, ...] | dict[str, tuple[in
         except Exception as exc:
             raise InvalidModelError(f"initializer {tensor.name!r} cannot be read: {exc}") from exc
     shapes: dict[str, tuple[int, ...]] = dict(inputs)
-    nodes = list(model.graph.node)
+    nodes = topological_nodes(standard_nodes(list(model.graph.node), opset), set(consts) | set(inputs))
     folded_total = 0
     folded_ops: Counter = Counter()
     types: dict[str, int] = {}

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from .canonical import canonical_form
 from .dag import Dag, Layer
 from .errors import UsageError
 from .importer import import_model
@@ -174,6 +175,18 @@ def pair_layers(a: Dag, b: Dag) -> dict[str, str]:
     if [pairs.get(i) for i in a.inputs] != b.inputs:
         raise MismatchError("the graph inputs of A and B are not used in the same positions")
     return pairs
+
+
+def comparable(a: Dag, b: Dag) -> tuple[Dag, Dag, dict[str, str], list[str], list[str]]:
+    """The DAGs of A and B as compared, their layer pairing, and the rewrites applied to each: none
+    when they pair as spelled, else both are brought to the canonical spelling
+    (:mod:`onnx_pathlift.canonical`: exact rewrites, the certificate is about the canonical parameters)
+    and must pair then."""
+    try:
+        return a, b, pair_layers(a, b), [], []
+    except MismatchError:
+        (ca, applied_a), (cb, applied_b) = canonical_form(a), canonical_form(b)
+        return ca, cb, pair_layers(ca, cb), applied_a, applied_b
 
 
 def sign_report(a: Dag, b: Dag, pairs: dict[str, str]) -> tuple[list[LayerSigns], bool]:
@@ -343,7 +356,7 @@ def path_metric(model_a: ModelSource | Dag, model_b: ModelSource | Dag, input_sh
     takes at most :data:`MAX_SHARE_PASSES` lifted passes)."""
     a = model_a if isinstance(model_a, Dag) else import_model(model_a, input_shape)
     b = model_b if isinstance(model_b, Dag) else import_model(model_b, input_shape)
-    pairs = pair_layers(a, b)
+    a, b, pairs, _, _ = comparable(a, b)
     signs, exact = sign_report(a, b, pairs)
     na = PathNormSession(a, 1.0, providers).run()
     nb = PathNormSession(b, 1.0, providers).run()

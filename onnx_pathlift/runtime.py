@@ -41,13 +41,20 @@ def resolve_providers(providers: str | list[str] | None) -> list[str]:
     return resolved
 
 
-def make_session(model: ModelProto | BuiltModel, providers: str | list[str] | None = None) -> ort.InferenceSession:
+def make_session(model: ModelProto | BuiltModel, providers: str | list[str] | None = None,
+                 as_written: bool = False) -> ort.InferenceSession:
     """An inference session on the requested providers, checked to really use the first of them. The
     large constants of a :class:`~onnx_pathlift.graph.BuiltModel` go to onnxruntime as arrays (one
-    copy), not through protobuf."""
+    copy), not through protobuf.
+
+    ``as_written``: only onnxruntime's basic (semantics-preserving) graph rewrites, for running a source
+    model as its file says: the extended ones fuse DequantizeLinear → MatMul/Conv into integer kernels
+    that quantize a float activation on the fly, which the file does not do."""
     names = resolve_providers(providers)
     opts = ort.SessionOptions()
     opts.log_severity_level = 4  # fatal only: its errors reach us as exceptions, not coloured logs
+    if as_written:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     opts.intra_op_num_threads = _THREADS
     if isinstance(model, BuiltModel):
         if model.external:

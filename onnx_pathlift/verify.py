@@ -58,10 +58,11 @@ class _Reference:
         return self._ref.run(names, feeds)
 
 
-def without_activation_qdq(model: ModelProto) -> ModelProto:
+def without_activation_qdq(model: ModelProto, keep: list[str] | tuple[str, ...] = ()) -> ModelProto:
     """A copy of ``model`` whose QuantizeLinear→DequantizeLinear pairs on activations are bypassed,
     or replaced by a Relu when their range starts at 0: the float network the importer analyses
-    (weights stay quantized-then-dequantized)."""
+    (weights stay quantized-then-dequantized). The graph outputs and the tensors named in ``keep``
+    (an activation DequantizeLinear's output chosen with ``--output``) keep their names."""
     from .ops.quantize import clips_at_zero
 
     m = ModelProto()
@@ -94,9 +95,9 @@ def without_activation_qdq(model: ModelProto) -> ModelProto:
     for node in m.graph.node:  # the bypassed DequantizeLinear nodes now feed nothing
         if node.op_type == "DequantizeLinear" and node.output[0] in rename:
             node.output[0] += "__bypassed"
-    for out in m.graph.output:
-        if out.name in rename:  # keep the output's name: route it through an Identity
-            m.graph.node.append(onnx.helper.make_node("Identity", [rename[out.name]], [out.name]))
+    for name in dict.fromkeys([out.name for out in m.graph.output] + list(keep)):
+        if name in rename:  # keep the tensor's name: route it through an Identity
+            m.graph.node.append(onnx.helper.make_node("Identity", [rename[name]], [name]))
     return m
 
 
@@ -108,11 +109,15 @@ class ModelRunner:
     def __init__(self, model: ModelProto, names: list[str], elem_types: dict[str, int], providers=None):
         exposed = _expose(model, names, elem_types)
         try:
-            self.session = make_session(exposed, providers)
+            self.session = make_session(exposed, providers, as_written=True)
         except PathliftError:
             raise
-        except Exception:
-            self.session = _Reference(exposed)
+        except Exception as ort_error:
+            try:
+                self.session = _Reference(exposed)
+            except Exception as exc:
+                raise VerificationError(f"onnxruntime cannot run the source model ({ort_error}), nor can ONNX's "
+                                        f"reference evaluator ({type(exc).__name__}: {exc})") from None
         self.names = names
         self.inputs = {i.name: i for i in self.session.get_inputs()}
 
@@ -129,7 +134,7 @@ def verify(model: ModelProto, dag: Dag, elem_types: dict[str, int] | None = None
     """Run the source model and the re-emitted DAG on ``trials`` random inputs (uniform in [-1, 1])."""
     names = list(dag.outputs)
     if dag.activation_qdq:  # what is analysed is the float network with the quantized weights
-        model = without_activation_qdq(model)
+        model = without_activation_qdq(model, names)
     source = ModelRunner(model, names, elem_types or {}, providers)
     emitted = make_session(emit_model(dag), providers)
     rng = np.random.default_rng(seed)

@@ -3,12 +3,15 @@
 
 Usage::
 
-    python tools/coverage.py                                   # ../shared/zoo and the onnx wheel's light models
-    python tools/coverage.py PATH... -o OUT.md [--timeout S] [--jobs N]
+    python tools/coverage.py                                   # ../shared/zoo, the onnx wheel's light models, exporters
+    python tools/coverage.py PATH... -o OUT.md [--timeout S] [--jobs N] [--exporters]
 
 PATH is an .onnx file or a folder (searched recursively for *.onnx). Without PATH the tool covers
 every .onnx under ``../shared/zoo`` (beside the clone; skipped with a message when absent) and
 ``onnx/backend/test/data/light/*.onnx`` of the installed onnx wheel, and writes ``docs/coverage.md``.
+Without PATH (or with ``--exporters``) it also covers the exporter corpus of ``tools/exporter_corpus.py``,
+generated into a temporary folder: small ReLU networks from each installed exporter, simplified,
+optimised and quantized (what could not be produced is listed in the report, with why).
 
 Each model runs in its own forked worker through the Python API (``inspect_model``, then
 ``PathNormSession(q=1)`` and the re-emission check ``verify``), killed after ``--timeout`` seconds, so
@@ -28,6 +31,7 @@ import math
 import multiprocessing as mp
 import os
 import sys
+import tempfile
 import time
 import traceback
 from collections import Counter
@@ -216,7 +220,31 @@ def _refusal_text(refusals: list) -> str:
     return "<br>".join(_cell(p) for p in parts)
 
 
-def render(rows: list[dict], command: str) -> str:
+def exporter_rows(timeout: float, jobs: int, folder: Path) -> tuple[list[dict], dict[str, str]]:
+    """Generate the exporter corpus into ``folder`` and analyse it (rows labelled ``exporter``)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from exporter_corpus import generate
+
+    files, skipped = generate(folder)
+    rows = run_all(files, timeout, jobs)
+    for row, path in zip(rows, files):
+        row["source"], row["file"] = "exporter", path.name
+    return rows, skipped
+
+
+def _skipped_section(skipped: dict[str, str] | None) -> list[str]:
+    if skipped is None:
+        return []
+    lines = ["## Exporter corpus", "",
+             "Generated at run time by `tools/exporter_corpus.py` (files `ARCHITECTURE__VARIANT.onnx`: the float export,",
+             "`onnxsim`, `ort_basic` / `ort_extended` / `ort_all` (onnxruntime's offline optimiser), `qdq_*` / `qoperator_*` /",
+             "`dynamic_*` (onnxruntime's quantizer), `qdq_weights_only_per_channel`). Only files onnxruntime runs are",
+             "kept. Not produced:", ""]
+    lines += [f"- {_cell(k)}: {_cell(v)}" for k, v in sorted(skipped.items())] or ["- nothing"]
+    return lines + [""]
+
+
+def render(rows: list[dict], command: str, skipped: dict[str, str] | None = None) -> str:
     counts = Counter(r["status"] for r in rows)
     lines = [
         "# Coverage of real models",
@@ -225,7 +253,8 @@ def render(rows: list[dict], command: str) -> str:
         "(L1 path-norm of the imported DAG and the re-emission check: the DAG, emitted back with its signed",
         "weights and real activations, must reproduce the model's own outputs in onnxruntime). Sources: the",
         "shared zoo beside the clone (`../shared/zoo`, see its MANIFEST.txt) and the onnx wheel's light models",
-        "(`onnx/backend/test/data/light`: real architectures, weights built by ConstantOfShape). Regenerate it",
+        "(`onnx/backend/test/data/light`: real architectures, weights built by ConstantOfShape), and the exporter",
+        "corpus generated at run time (see below). Regenerate it",
         "after adding an op; statuses: ok / refused (operators outside the supported set, exit 3) / invalid",
         "(unreadable or invalid model, exit 4) / error (anything else: a usage problem, a failed re-emission",
         "check, a timeout).",
@@ -249,6 +278,7 @@ def render(rows: list[dict], command: str) -> str:
         for (op, reason), (n, files) in sorted(reasons.items(), key=lambda kv: (-len(kv[1][1]), kv[0])):
             lines.append(f"| {_cell(op)} | {_cell(reason)} | {n} | {len(files)} |")
         lines.append("")
+    lines += _skipped_section(skipped)
     other = [r for r in rows if r["status"] in ("invalid", "error")]
     if other:
         lines += ["## Invalid models and errors", ""]
@@ -275,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--out", type=Path, default=ROOT / "docs" / "coverage.md", help="where to write the table")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per model (default 600)")
     ap.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="models analysed at once")
+    ap.add_argument("--exporters", action="store_true", help="also the exporter corpus (the default without PATH)")
     args = ap.parse_args(argv)
     paths = expand(args.paths or default_paths())
     missing = [p for p in paths if not p.is_file()]
@@ -283,11 +314,16 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         ap.error("no .onnx file found")
     rows = run_all(paths, args.timeout, max(args.jobs, 1))
-    shown = ["python tools/coverage.py", *(str(p) for p in args.paths)]
+    skipped = None
+    if args.exporters or not args.paths:
+        with tempfile.TemporaryDirectory(prefix="pathlift-exporters-") as folder:
+            more, skipped = exporter_rows(args.timeout, max(args.jobs, 1), Path(folder))
+        rows += more
+    shown = ["python tools/coverage.py", *(str(p) for p in args.paths), *(["--exporters"] if args.exporters else [])]
     if args.out != ROOT / "docs" / "coverage.md":
         shown += ["-o", str(args.out)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(rows, " ".join(shown)))
+    args.out.write_text(render(rows, " ".join(shown), skipped))
     counts = Counter(r["status"] for r in rows)
     print(f"wrote {args.out}: " + ", ".join(f"{s} {counts.get(s, 0)}" for s in STATUSES), file=sys.stderr)
     return 0

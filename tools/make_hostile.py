@@ -574,7 +574,7 @@ proto("sparse_initializer", 3, "sparse tensors are not supported", "a (valid) sp
 
 # ---- inputs the user has to describe --------------------------------------------------------
 
-proto("int_input", 2, "input 'x' has non-float type INT64", "an integer input (token ids): no float network",
+proto("int_input", 3, "it has the non-float type INT64", "an integer input (token ids): no float network",
       lambda: with_mlp(lambda g: setattr(g.input[0].type.tensor_type, "elem_type", TensorProto.INT64)))
 def _symbolic_features(g: onnx.GraphProto) -> None:
     g.input[0].type.tensor_type.shape.dim[1].dim_param = "F"  # replaces the static 4

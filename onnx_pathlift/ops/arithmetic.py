@@ -2,7 +2,8 @@
 
 Affine algebra: ``y = s ⊙ x + t`` with constants ``s``, ``t`` broadcast against ``x``: every output
 neuron has one incoming edge (weight ``s``) and a bias ``t``; lifted: ``|s|**q ⊙ x + |t|**q``.
-Import: ``x + c``, ``x - c`` (t = -c), ``c - x`` (s = -1, t = c), ``x · c``, ``x / c`` (s = 1/c).
+Import: ``x + c``, ``x - c`` (t = -c), ``c - x`` (s = -1, t = c), ``-x`` (Neg: s = -1, so ``|s|**q = 1``),
+``x · c``, ``x / c`` (s = 1/c).
 
 Sum algebra: ``y = Σ ±x_i`` (Add, Sub, Sum of activations): weight ±1 edges; lifted: ``Σ x_i``, the
 inputs first brought to a common power-of-two scale.
@@ -164,6 +165,12 @@ def import_mul(node, ctx: ImportContext) -> None:
             raise RefuseNode("division by a constant that contains zeros")
         value = 1.0 / value
     ctx.add(node, "affine", [ctx.act(x)], ctx.shape(node.output[0]), _params(value, None))
+
+
+@imports("Neg")
+def import_neg(node, ctx: ImportContext) -> None:
+    """``-x``: an edge of weight -1 per neuron (tf2onnx writes Keras' PReLU as ``relu(x) - α·relu(-x)``)."""
+    ctx.add(node, "affine", [ctx.act(node.input[0])], ctx.shape(node.output[0]), _params(-1.0, None))
 
 
 def _params(scale, bias) -> dict[str, np.ndarray]:

@@ -125,6 +125,12 @@ class LayerOp:
         """
         return None
 
+    def absorb_input_scale(self, layer: Layer, scale: np.ndarray, in_shape: tuple[int, ...]) -> Layer | None:
+        """This layer with a preceding per-input-channel ``scale`` (``f(s ⊙ x)``) folded into its weights,
+        or None: ``W ∗ (s ⊙ x) = (W·s) ∗ x`` along the weight's input-channel axis. Exact on the function
+        for a linear layer (a zero pad stays zero either way); used by :mod:`onnx_pathlift.canonical`."""
+        return None
+
 
 class MovesNeurons(LayerOp):
     """A layer whose every output neuron copies one input neuron with weight 1 (reshape, transpose):

@@ -141,6 +141,15 @@ class Conv(LayerOp):
             return None
         return replace(layer, params={**layer.params, "W": layer.params["W"] * s.reshape((-1,) + (1,) * (layer.params["W"].ndim - 1))})
 
+    def absorb_input_scale(self, layer: Layer, scale: np.ndarray, in_shape: tuple[int, ...]) -> Layer | None:
+        s = channel_vector(scale, in_shape, 1)
+        if s is None:
+            return None
+        w = layer.params["W"]  # (C_out, C_in / g, k...): output channel o reads input channels of its group
+        group = layer.attrs.get("group", 1)
+        per_out = s.reshape(group, 1, -1).repeat(w.shape[0] // group, axis=1).reshape(w.shape[0], w.shape[1])
+        return replace(layer, params={**layer.params, "W": w * per_out.reshape(per_out.shape + (1,) * (w.ndim - 2))})
+
 
 def _pointwise_correlation(b: GraphBuilder, x: str, g: str, a: dict, x_shape, y_shape) -> str:
     """``Σ_p g[o, p] · x[i, p·stride]`` for a 1x1 kernel (one group): a single GEMM, shaped like W."""

@@ -129,6 +129,11 @@ class ConvTranspose(Conv):
         factor = s.reshape(groups, 1, w.shape[1], *([1] * (w.ndim - 2)))
         return replace(layer, params={**layer.params, "W": (grouped * factor).reshape(w.shape)})
 
+    def absorb_input_scale(self, layer: Layer, scale: np.ndarray, in_shape: tuple[int, ...]) -> Layer | None:
+        s = channel_vector(scale, in_shape, 1)
+        w = layer.params["W"]  # (C_in, C_out / g, k...): input channel c spreads through row c
+        return None if s is None else replace(layer, params={**layer.params, "W": w * s.reshape((-1,) + (1,) * (w.ndim - 1))})
+
 
 def _explicit_pads(a: dict, in_spatial: tuple[int, ...], kernel: tuple[int, ...], strides: list[int],
                    dilations: list[int], output_padding: list[int]) -> list[int]:

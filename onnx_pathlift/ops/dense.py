@@ -158,6 +158,16 @@ class Dense(LayerOp):
             return None
         return replace(layer, params={**layer.params, "W": w * (s[None, :] if right else s[:, None])})
 
+    def absorb_input_scale(self, layer: Layer, scale: np.ndarray, in_shape: tuple[int, ...]) -> Layer | None:
+        w = layer.params["W"]
+        if w.ndim != 2:
+            return None
+        right = layer.attrs["side"] == "right"  # x @ W reads x's last axis, W @ x its second to last
+        s = channel_vector(scale, in_shape, -1 if right else -2)
+        if s is None:
+            return None
+        return replace(layer, params={**layer.params, "W": w * (s[:, None] if right else s[None, :])})
+
 
 def _log2(x: float) -> float:
     return math.log2(x) if x > 0 else -math.inf

@@ -1,5 +1,6 @@
 """Layers whose output neurons copy chosen input neurons: Slice, Split, Gather, GatherND and
-GatherElements (constant indices), Resize and Upsample (mode ``nearest``), DepthToSpace and SpaceToDepth.
+GatherElements (constant indices), Resize and Upsample (mode ``nearest``), Tile (constant repeats),
+DepthToSpace and SpaceToDepth.
 
 Algebra: every output neuron ``v`` copies one input neuron ``u(v)`` (an edge of weight 1, no bias).
 An input neuron that no output copies (sliced away, skipped by a downsampling Resize) starts no path
@@ -8,13 +9,14 @@ weight-1 edge to each, so every path through it is counted once per copy. Hence 
 the same movement on the lifted tensor (paths multiply, weights ``1**q = 1``), and its adjoint (q = 1)
 is the transposed 0/1 map: each input neuron receives the sum of the backward masses of its copies.
 
-Slice, Split, Gather, Resize and Upsample select independently along each axis: output ``v`` copies
+Slice, Split, Gather, Resize, Upsample and Tile select independently along each axis: output ``v`` copies
 ``x[idx_0[v_0], idx_1[v_1], ...]`` for index lists ``idx_a`` fixed at import (the identity on the axes
-they do not touch). Slice and Split are re-emitted as Slice, Gather, Resize and Upsample as one Gather
-per moved axis with those lists. The Resize lists follow onnxruntime's nearest rule (its float32
-coordinate transform, rounding mode and clamping), so that the lifted form, the static bounds and the
-adjoint all use one index map, and the re-emission check against the source model's own Resize
-(``verify``) tests that map on every model. The adjoint along one axis is a zero Pad for a contiguous range,
+they do not touch; Tile repeats ``0..d-1`` ``r`` times, so every input neuron has ``r`` copies). Slice and
+Split are re-emitted as Slice; Gather, Resize, Upsample and Tile as one Gather per moved axis with those
+lists. The Resize lists follow onnxruntime's nearest rule (its float32 coordinate transform, rounding
+mode and clamping), so that the lifted form, the static bounds and the adjoint all use one index map,
+and the re-emission check against the source model's own Resize (``verify``) tests that map on every
+model. The adjoint along one axis is a zero Pad for a contiguous range,
 else a Gather of a table listing, for each input position, the outputs that copy it (an extra zero
 slot filling the short rows) summed by ReduceSum: exact sums of non-negative masses, no scatter.
 DepthToSpace and SpaceToDepth permute neurons (reshape, transpose, reshape): the adjoint is the
@@ -227,6 +229,20 @@ def import_gather(node, ctx: ImportContext) -> None:
     if flat.min() < -shape[axis] or flat.max() >= shape[axis]:
         raise RefuseNode(f"an index is out of range for an axis of {shape[axis]}")
     _add_selection(ctx, node, "select", [[axis, [int(i) for i in flat % shape[axis]], list(indices.shape)]], node.output[0])
+
+
+@imports("Tile")
+def import_tile(node, ctx: ImportContext) -> None:
+    """``y[i_0, i_1, ...] = x[i_0 mod d_0, i_1 mod d_1, ...]``: along axis ``a`` the positions ``0..d_a-1``
+    repeated ``repeats[a]`` times (Keras' UpSampling2D is Unsqueeze → Tile → Reshape)."""
+    if ctx.prepared.opset < 6:
+        raise RefuseNode("Tile-1 (tiles and axis inputs) is not supported; opset 6 and later give repeats per axis")
+    shape = ctx.shape(node.input[0])
+    repeats = _ints(ctx, node, 1, "repeats")
+    if len(repeats) != len(shape) or min(repeats, default=1) < 0:
+        raise RefuseNode(f"its repeats {repeats} do not fit an input of shape {shape}")
+    index = [[ax, list(range(d)) * r, [d * r]] for ax, (d, r) in enumerate(zip(shape, repeats)) if r != 1]
+    _add_selection(ctx, node, "select", index, node.output[0])
 
 
 def _round_half_away(x: np.ndarray) -> np.ndarray:
