@@ -146,8 +146,9 @@ def lift_forward(dag: Dag, q: float, b: LiftBuilder, input_log2: dict[str, float
     layers = _fold_scales(dag)
     for layer in layers:
         if layer.op == "input":
-            value[layer.name] = Scaled(layer.name, 0 if b.static else b.scalar(0.0), 0.0)
             bounds[layer.name] = np.asarray((input_log2 or {}).get(layer.name, 0.0))  # fed with ones, unless told
+            zero = bool(np.isneginf(bounds[layer.name]))  # fed zeros: its exponent -inf makes every weight from it 0
+            value[layer.name] = Scaled(layer.name, (np.full((), -np.inf) if zero else 0) if b.static else b.scalar(0.0), 0.0)
             rho[layer.name] = 0.0
             continue
         handler = LAYER_OPS[layer.op]

@@ -274,7 +274,8 @@ def exp_diff(a: Exponent, b: Exponent) -> Exponent:
 
 def compact(k: Exponent, shape: tuple[int, ...] | None = None) -> Exponent:
     """The same exponent map with every axis along which it is constant reduced to size 1, or an int
-    when it is one value (all ``-inf``: 0). ``shape``: the tensor's shape, to keep the map's rank."""
+    when it is one finite value (all ``-inf``: a 0-d ``-inf``). ``shape``: the tensor's shape, to keep
+    the map's rank."""
     if isinstance(k, int):
         return k
     k = np.asarray(k, dtype=np.float64)
@@ -282,7 +283,7 @@ def compact(k: Exponent, shape: tuple[int, ...] | None = None) -> Exponent:
         k = k.reshape((1,) * (len(shape) - k.ndim) + k.shape)
     finite = k[np.isfinite(k)]
     if finite.size == 0:
-        return 0
+        return np.full((), -np.inf)  # every neuron known to be 0: their weights onward are 0, not scaled by 2**0
     if finite.size == k.size and finite.min() == finite.max():
         return int(finite[0])
     for axis in range(k.ndim):

@@ -192,7 +192,8 @@ def log2_weighted_sum(w: np.ndarray, lu: np.ndarray) -> np.ndarray:
     top = float(np.max(lu, initial=-np.inf))
     if not np.isfinite(top):
         return np.full(w.shape[0], -np.inf)
-    return log2_outward(np.asarray(w, dtype=np.float64) @ np.exp2(lu - top), w.shape[1], 0.0, float(np.min(lu)) - top) + top
+    low = float(np.min(lu[np.isfinite(lu)]))  # -inf terms are exact zeros, not underflow
+    return log2_outward(np.asarray(w, dtype=np.float64) @ np.exp2(lu - top), w.shape[1], 0.0, low - top) + top
 
 
 def log2_rows(w: np.ndarray, q: float, lu: np.ndarray) -> np.ndarray:

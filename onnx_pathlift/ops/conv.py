@@ -90,7 +90,7 @@ class Conv(LayerOp):
         top = float(np.max(v_in, initial=-np.inf))
         if not np.isfinite(top):
             out = np.full(c_out, -np.inf)
-        elif lost_below(layer.params["W"], q) or float(np.min(v_in)) - top < -1000:  # one scale per output channel
+        elif lost_below(layer.params["W"], q) or float(np.min(v_in[np.isfinite(v_in)])) - top < -1000:  # one scale per output channel
             out = log2_rows(layer.params["W"].reshape(c_out, -1), q, np.repeat(v_in, m[0, 0].size, axis=1))
         else:
             out = log2_outward((w * np.exp2(v_in - top)).sum(axis=1), m[0].size, 0.0, 0.0) + top + e

@@ -52,7 +52,8 @@ def _log2_phase_gain(w: np.ndarray, attrs: dict, lu: np.ndarray, lost: float = 0
         return np.full(c_out_group * groups, -np.inf)
     sums = sums * np.exp2(lu - top)[:, None, None]
     per_channel = sums.reshape(groups, c_in // groups, c_out_group, -1).sum(axis=1).max(axis=-1)  # (group, C_out/g)
-    return log2_outward(per_channel.reshape(-1), c_in // groups * math.prod(kernel), lost, float(np.min(lu)) - top) + top
+    low = float(np.min(lu[np.isfinite(lu)]))  # -inf terms are exact zeros, not underflow
+    return log2_outward(per_channel.reshape(-1), c_in // groups * math.prod(kernel), lost, low - top) + top
 
 
 def _crop(b: GraphBuilder, t: str, have: list[int], want: list[int]) -> str:
