@@ -384,7 +384,7 @@ def cmd_audit(args) -> int:
     _check_q(args.qs or [])
     return run_command(args.paths, q=args.qs, input_shape=_input_shape(args.input_shape), jobs=args.jobs,
                        timeout=args.timeout, memory_mb=args.max_memory, db=args.db, html=args.report, csv=args.csv,
-                       as_json=args.json, scheduler=args.scheduler)
+                       as_json=args.json, scheduler=args.scheduler, fail_on=args.fail_on)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -469,6 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--csv", metavar="OUT.csv", help="write one CSV row per model")
     au.add_argument("--json", action="store_true", help="print JSON Lines (one object per model) on stdout")
     au.add_argument("--scheduler", metavar="ADDRESS", help="run on the Dask cluster at tcp://HOST:PORT")
+    au.add_argument("--fail-on", metavar="STATUS[,STATUS]",
+                    help="exit with code 6 when any model ends in one of these statuses (ok, unsupported, invalid, error, "
+                         "timeout; oom: an out-of-memory error), e.g. error,timeout,invalid to gate CI")
     au.set_defaults(func=cmd_audit, q=[1.0])  # -q lands in qs: main() would turn a missing q into [1, 2]
     return p
 
