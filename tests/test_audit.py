@@ -134,7 +134,7 @@ def test_cli_reports_json_csv_html_and_reuse(tmp_path, capsys):
     assert len(rows) == 6 and {"path", "status", "L1_log10", "L4", "lipschitz_log10", "peak_rss_mb"} <= set(rows[0])
     page = html.read_text()
     assert "http://" not in page and "https://" not in page and " src=" not in page and "<link" not in page
-    assert '<table class="sortable">' in page and page.count("<tr><td class=n") >= 6
+    assert '<table class="sortable fixed" id="models"' in page and page.count("<tr><td class=n") >= 6
     assert "<svg" in page and page.count('<rect class="bar"') >= 1 and "<script>" in page
     assert "Tanh" in page and "not an ONNX model" in page
 
