@@ -56,6 +56,7 @@ def _ppid(pid: int) -> str | None:
         return None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="counts processes through /proc")
 def test_analysis_processes_are_reused_across_tasks_and_audits(tmp_path):
     models = write_models(tmp_path / "m", [f"net{k}" for k in range(6)])
@@ -69,6 +70,7 @@ def test_analysis_processes_are_reused_across_tasks_and_audits(tmp_path):
     assert [r.norms for r in second.results] == [r.norms for r in first.results]
 
 
+@pytest.mark.slow
 def test_a_lost_worker_has_its_tasks_rescheduled(tmp_path, monkeypatch):
     n = 8
     models = write_models(tmp_path / "m", [f"net{k}" for k in range(n)])
@@ -94,6 +96,7 @@ def test_no_worker_at_all_ends_the_audit_with_a_message(tmp_path):
     assert "2 model(s) left" in err["message"] and "0 result(s)" in err["message"]
 
 
+@pytest.mark.slow
 def test_workers_gone_mid_audit_keep_the_partial_results_and_the_audit_resumes(tmp_path, monkeypatch):
     n = 6
     models = write_models(tmp_path / "m", [f"net{k}" for k in range(n)])

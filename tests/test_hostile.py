@@ -71,6 +71,7 @@ def run_capped(path: Path) -> tuple[subprocess.CompletedProcess, float]:
     return done, usage.ru_maxrss / 1024
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(make_hostile.CASES))
 def test_corpus_file_via_cli(corpus, name):
     root, expected = corpus
@@ -242,6 +243,7 @@ def test_activation_broadcast_after_conv():
     assert path_norm(model, 1).value == pytest.approx(80.0)  # 16 input neurons, each to 2 outputs of weight 2 and 3
 
 
+@pytest.mark.slow
 def test_audit_of_corpus_mixed_with_real_models(corpus, tmp_path):
     """An audit over the hostile corpus plus real models completes: each hostile file is reported
     (not ok) and every real model is analysed."""
