@@ -8,7 +8,7 @@ replaced, the Dask worker lives on. A Dask worker lost mid-task has its tasks re
 others by Dask. With no Dask worker at all for ``--timeout`` seconds (:data:`NO_WORKER_S` without
 one), the audit stops with an error; the results so far are in the database and the same command
 resumes from them. The workers must see the client's model paths (a shared file system) and have
-onnx-pathlift installed; the client writes every result (docs/design.md, "Dask").
+onnx-pathlift installed; the client writes every result (docs/dask.md).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def _collect(client, futures: dict, patience: float, address: str) -> Iterator[M
                 result = failure(task, "error", f"Dask task failed: {type(exc).__name__}: {exc}", 0.0, None)
             yielded += 1
             yield replace(result, path=task.path)
-        if client.nthreads():
+        if done or client.nthreads():  # results arriving: some worker is there
             alone_since = None
         elif alone_since is None:
             alone_since = time.monotonic()
