@@ -30,16 +30,16 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
         return super()._get_help_string(action)
 
 
-M = "models/digits_cnn_torch_bn.onnx"
+_MODEL = "models/digits_cnn_torch_bn.onnx"  # a shipped model: every example runs as written
 #: one example per command, shown at the end of its --help
 EXAMPLES = {
-    "norm": f"onnx-pathlift norm {M} -q 1 -q 2 --verify\nonnx-pathlift norm model.onnx --input-shape input:1,3,224,224 --json",
-    "lift": f"onnx-pathlift lift {M} -q 1 -o lifted.onnx   # then run it on all-ones inputs (see README)",
-    "compare": f"onnx-pathlift compare {M} models/digits_cnn_torch_bn_pruned50.onnx --check 100",
-    "lipschitz": f"onnx-pathlift lipschitz {M} --json",
-    "scores": f"onnx-pathlift scores {M} -o scores.npz",
-    "prune": f"onnx-pathlift prune {M} --sparsity 0.5 -o pruned.onnx --eval models/digits_test.npz",
-    "rescale": f"onnx-pathlift rescale {M} --seed 1 -o rescaled.onnx && onnx-pathlift norm rescaled.onnx",
+    "norm": f"onnx-pathlift norm {_MODEL} -q 1 -q 2 --verify\nonnx-pathlift norm model.onnx --input-shape input:1,3,224,224 --json",
+    "lift": f"onnx-pathlift lift {_MODEL} -q 1 -o lifted.onnx   # then run it on all-ones inputs (see README)",
+    "compare": f"onnx-pathlift compare {_MODEL} models/digits_cnn_torch_bn_pruned50.onnx --check 100",
+    "lipschitz": f"onnx-pathlift lipschitz {_MODEL} --json",
+    "scores": f"onnx-pathlift scores {_MODEL} -o scores.npz",
+    "prune": f"onnx-pathlift prune {_MODEL} --sparsity 0.5 -o pruned.onnx --eval models/digits_test.npz",
+    "rescale": f"onnx-pathlift rescale {_MODEL} --seed 1 -o rescaled.onnx && onnx-pathlift norm rescaled.onnx",
     "inspect": "onnx-pathlift inspect models/digits_mlp_sklearn.onnx",
     "audit": "onnx-pathlift audit models/ ../zoo/ --jobs 4 --timeout 300 --report report.html --fail-on error,timeout",
 }
