@@ -30,7 +30,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
         return super()._get_help_string(action)
 
 
-_MODEL = "models/digits_cnn_torch_bn.onnx"  # a shipped model: every example runs as written
+_MODEL = "models/digits_cnn_torch_bn.onnx"  # a shipped model (examples run from the repository root)
 #: one example per command, shown at the end of its --help
 EXAMPLES = {
     "norm": f"onnx-pathlift norm {_MODEL} -q 1 -q 2 --verify\nonnx-pathlift norm model.onnx --input-shape input:1,3,224,224 --json",
