@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 from test_audit import json_models, run_cli, write_models
@@ -9,6 +10,8 @@ from test_audit import json_models, run_cli, write_models
 from onnx_pathlift import cli
 from onnx_pathlift.audit.analyse import HOOK_ENV
 from onnx_pathlift.audit.command import FAIL_ON_EXIT
+from onnx_pathlift.audit.progress import Progress
+from onnx_pathlift.audit.record import ModelResult
 
 
 def test_fail_on_gates_the_exit_code_and_summarises(tmp_path, capsys, monkeypatch):
@@ -45,3 +48,21 @@ def test_fail_on_unknown_status_is_a_usage_error_before_any_work(tmp_path):
     err = json.loads(proc.stdout)
     assert err["exit_code"] == 2 and "'error,crashed'" in err["message"] and "timeout" in err["message"]
     assert run_cli(models, "--db", db, "--fail-on", ",").returncode == 2
+
+
+def test_progress_bar_line_is_ended_when_the_audit_stops_early():
+    """On a terminal the bar redraws one line; an audit that stops early (no Dask worker) ends it,
+    so that the error message gets a line of its own."""
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    progress = Progress(stream)
+    progress.start(3, 0)
+    progress.update(ModelResult("a.onnx", "", 0, "ok"))
+    assert not stream.getvalue().endswith("\n") and "1/3" in stream.getvalue()
+    progress.close()
+    assert stream.getvalue().endswith("\x1b[K\n")
+    progress.close()  # once only
+    assert not stream.getvalue().endswith("\n\n")

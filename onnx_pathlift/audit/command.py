@@ -48,8 +48,12 @@ def run_command(paths: Sequence[str], *, q: Sequence[float] | None = None, input
     gate = parse_fail_on(fail_on)
     settings = Settings(q=tuple(q or DEFAULT_Q), input_shape=input_shape)
     db_path = Path(db) if db else Path(html).with_suffix(".sqlite") if html else Path("audit.sqlite")
-    result = audit(paths, settings, jobs=jobs, timeout=timeout, memory_mb=memory_mb, db=db_path, scheduler=scheduler,
-                   listener=Progress())
+    progress = Progress()
+    try:
+        result = audit(paths, settings, jobs=jobs, timeout=timeout, memory_mb=memory_mb, db=db_path, scheduler=scheduler,
+                       listener=progress)
+    finally:
+        progress.close()
     if html:
         report.write_html(html, result, settings)
     if csv:
