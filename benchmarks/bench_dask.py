@@ -14,6 +14,9 @@ user runs it (``onnx-pathlift audit FOLDER --json``, interpreter start included)
            rounds reuse them: "cold" and "warm");
 (cluster)  ``--scheduler``: a ``distributed.LocalCluster(n_workers=N, threads_per_worker=1)``.
 
+``--preload`` starts both clusters' workers with ``--preload onnx_pathlift.audit.cluster`` (their
+analysis processes start with them, so round 1 is warm too).
+
 Rates count every file; the goal is rate(Dask) ≥ 0.8 × rate(local). Results must be identical.
 """
 
@@ -56,7 +59,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_separate(workers: int, folder: Path) -> tuple[str, list[subprocess.Popen]]:
+def start_separate(workers: int, folder: Path, preload: list[str]) -> tuple[str, list[subprocess.Popen]]:
     """A ``dask scheduler`` and ``workers`` ``dask worker`` processes on 127.0.0.1 (no dashboards)."""
     from distributed import Client
 
@@ -66,7 +69,7 @@ def start_separate(workers: int, folder: Path) -> tuple[str, list[subprocess.Pop
     procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
                                "--no-dashboard"], stdout=log, stderr=log)]
     procs += [subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--nworkers", "1", "--host", "127.0.0.1",
-                                "--no-dashboard"], stdout=log, stderr=log) for _ in range(workers)]
+                                "--no-dashboard", *preload], stdout=log, stderr=log) for _ in range(workers)]
     with Client(address, timeout=60) as client:
         client.wait_for_workers(workers, timeout=120)
     return address, procs
@@ -78,6 +81,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="local jobs = Dask workers (default 2)")
     parser.add_argument("--repeat", type=int, default=3, help="rounds (default 3)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--preload", action="store_true",
+                        help="start the Dask workers with --preload onnx_pathlift.audit.cluster (analysis processes ready)")
     args = parser.parse_args()
     from distributed import LocalCluster
 
@@ -87,9 +92,10 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_dask_"))
     times: dict[str, list[float]] = {"local": [], "separate": [], "cluster": []}
     answers = []
-    address, procs = start_separate(args.workers, tmp)
+    preload = ["onnx_pathlift.audit.cluster"] if args.preload else []
+    address, procs = start_separate(args.workers, tmp, [a for m in preload for a in ("--preload", m)])
     cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address=None)
+                           dashboard_address=":0", preload=preload)
     try:
         for k in range(args.repeat):
             for name, extra in (("local", ("--jobs", str(args.workers))), ("separate", ("--scheduler", address)),
@@ -107,7 +113,7 @@ def main() -> None:
     same = all(a == answers[0] for a in answers)
     load = os.getloadavg()
     local = statistics.median(times["local"])
-    figures = {"files": n, "workers": args.workers, "times_s": times, "identical_results": same,
+    figures = {"files": n, "workers": args.workers, "preload": args.preload, "times_s": times, "identical_results": same,
                "load_average_1_5_15": load}
     print(f"{n} files, {args.workers} workers, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; "
           f"results identical across all runs: {same}")

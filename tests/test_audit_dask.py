@@ -20,9 +20,9 @@ from onnx_pathlift.errors import PathliftError
 distributed = pytest.importorskip("distributed", reason="dask[distributed] not installed: pip install -e '.[dask]'")
 
 
-def local_cluster(workers: int):
+def local_cluster(workers: int, **kwargs):
     return distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                    dashboard_address=":0")
+                                    dashboard_address=":0", **kwargs)
 
 
 class After:
@@ -68,6 +68,20 @@ def test_analysis_processes_are_reused_across_tasks_and_audits(tmp_path):
     assert 1 <= len(pids) <= 2  # one per worker thread at most, for 12 models
     assert [r.status for r in first.results] == ["ok"] * 6
     assert [r.norms for r in second.results] == [r.norms for r in first.results]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="counts processes through /proc")
+def test_preload_starts_the_analysis_processes_with_the_worker(tmp_path):
+    """``--preload onnx_pathlift.audit.cluster``: one analysis process per thread before any audit,
+    and the audit uses those very processes."""
+    models = write_models(tmp_path / "m", ["a", "b", "c"])
+    with local_cluster(2, preload=["onnx_pathlift.audit.cluster"]) as cluster, \
+            distributed.Client(cluster.scheduler_address) as client:
+        before = analysis_pids(client)
+        result = audit([models], db=tmp_path / "a.sqlite", scheduler=cluster.scheduler_address)
+        assert analysis_pids(client) == before
+    assert len(before) == 2 and [r.status for r in result.results] == ["ok"] * 3
 
 
 @pytest.mark.slow

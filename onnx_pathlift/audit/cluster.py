@@ -163,5 +163,13 @@ def analyse_on_worker(task: Task, settings: Settings, timeout: float | None, mem
     return result
 
 
+def dask_setup(worker) -> None:
+    """``dask worker --preload onnx_pathlift.audit.cluster``: start the worker's analysis processes (one
+    per thread, no memory cap) with the worker, so that the first audit does not wait for their imports."""
+    started = [_Analyser(None) for _ in range(worker.state.nthreads)]
+    with _LOCK:
+        _IDLE.setdefault(None, []).extend(started)
+
+
 if __name__ == "__main__":  # an analysis process: python -m onnx_pathlift.audit.cluster FD MEMORY_MB
     serve(Connection(int(sys.argv[1])), None if sys.argv[2] == "None" else float(sys.argv[2]))
