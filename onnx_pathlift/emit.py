@@ -210,8 +210,8 @@ def describe_lifted(model: ModelProto, dag: Dag, q: float, static: bool, source_
 
     from . import __version__
 
-    read = (f"feed all-ones inputs; ||Phi||_q^q = sum over outputs o of sum(o) * 2**o{LOG2_SUFFIX}"
-            + (f"; valid when min({HEALTH}) >= 2**-{HEALTH_MIN_LOG2}" if static else ""))
+    read = (f"feed all-ones inputs; ||Phi||_q^q = sum over outputs o of sum(o * 2**o{LOG2_SUFFIX}) (the exponent "
+            "broadcasts to o)")
     props = {"onnx_pathlift.version": __version__, "onnx_pathlift.q": f"{q:g}",
              "onnx_pathlift.scales": "static" if static else "dynamic", "onnx_pathlift.how_to_read": read,
              "onnx_pathlift.outputs": json.dumps([[o, o + LOG2_SUFFIX] for o in dag.outputs])}
