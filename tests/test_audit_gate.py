@@ -11,7 +11,7 @@ from onnx_pathlift import cli
 from onnx_pathlift.audit.analyse import HOOK_ENV
 from onnx_pathlift.audit.command import FAIL_ON_EXIT
 from onnx_pathlift.audit.progress import Progress
-from onnx_pathlift.audit.record import ModelResult
+from onnx_pathlift.audit.record import STATUSES, ModelResult
 
 
 def test_fail_on_gates_the_exit_code_and_summarises(tmp_path, capsys, monkeypatch):
@@ -21,7 +21,7 @@ def test_fail_on_gates_the_exit_code_and_summarises(tmp_path, capsys, monkeypatc
     capsys.readouterr()
     assert cli.main(["audit", str(models), "--db", db, "--jobs", "2", "--json"]) == 0  # default: statuses never fail
     summary = json.loads(capsys.readouterr().out.splitlines()[-1])["summary"]
-    assert summary["status_counts"] == {"ok": 1, "unsupported": 1, "invalid": 1, "error": 1, "timeout": 0}
+    assert summary["status_counts"] == {**dict.fromkeys(STATUSES, 0), "ok": 1, "unsupported": 1, "invalid": 1, "error": 1}
     assert summary["files"] == 4 and summary["fail_on"] == [] and summary["failing"] == 0 and summary["exit_code"] == 0
 
     # everything is reused from here on: the gate reads the results, not what this run computed
