@@ -63,7 +63,7 @@ def audit_cli(folder: Path, db: Path, jobs: int) -> tuple[float, list[dict]]:
     elapsed = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"bench_audit: the audit failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return elapsed, [json.loads(line) for line in proc.stdout.splitlines()]
+    return elapsed, [r for r in map(json.loads, proc.stdout.splitlines()) if "summary" not in r]  # the last line sums up
 
 
 def serial_analysis(files: list[str]) -> float:

@@ -27,6 +27,30 @@ from .sanitise import terminal
 _JSON_MODE = False  # set by main() before parsing, so usage errors honour --json
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default (when it has a meaningful one) and keeps the examples' line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+_MODEL = "models/digits_cnn_torch_bn.onnx"  # a shipped model (examples run from the repository root)
+#: one example per command, shown at the end of its --help
+EXAMPLES = {
+    "norm": f"onnx-pathlift norm {_MODEL} -q 1 -q 2 --verify\nonnx-pathlift norm model.onnx --input-shape input:1,3,224,224 --json",
+    "lift": f"onnx-pathlift lift {_MODEL} -q 1 -o lifted.onnx   # then run it on all-ones inputs (see README)",
+    "compare": f"onnx-pathlift compare {_MODEL} models/digits_cnn_torch_bn_pruned50.onnx --check 100",
+    "lipschitz": f"onnx-pathlift lipschitz {_MODEL} --json",
+    "scores": f"onnx-pathlift scores {_MODEL} -o scores.npz",
+    "prune": f"onnx-pathlift prune {_MODEL} --sparsity 0.5 -o pruned.onnx --eval models/digits_test.npz",
+    "rescale": f"onnx-pathlift rescale {_MODEL} --seed 1 -o rescaled.onnx && onnx-pathlift norm rescaled.onnx",
+    "inspect": "onnx-pathlift inspect models/digits_mlp_sklearn.onnx",
+    "audit": "onnx-pathlift audit models/ ../zoo/ --jobs 4 --timeout 300 --report report.html --fail-on error,timeout",
+}
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # usage errors exit 2 with one clear line
         self.print_usage(sys.stderr)
@@ -56,20 +80,37 @@ class _TerminalSafe:
         return getattr(self.inner, name)
 
 
-def _input_shape(texts: list[str] | None):
-    """``--input-shape 1x3x224x224`` or ``--input-shape name=1x3x224x224`` (repeatable)."""
+SHAPE_FORMS = ("1x3x224x224, 1,3,224,224 or [1,3,224,224]; per input NAME=SHAPE, NAME:SHAPE or NAME:[1,3,224,224] "
+               "(repeat --input-shape for several inputs)")
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    """One shape in any accepted form (see :data:`SHAPE_FORMS`)."""
     from .load import parse_shape
 
+    inner = text.strip()
+    if inner[:1] + inner[-1:] in ("[]", "()"):
+        inner = inner[1:-1]
+    try:
+        return parse_shape(inner)
+    except UsageError as err:
+        raise UsageError(f"{err}; --input-shape accepts {SHAPE_FORMS}") from None
+
+
+def _input_shape(texts: list[str] | None):
+    """``--input-shape SHAPE`` or, per input, ``NAME=SHAPE`` / ``NAME:SHAPE`` (repeatable; forms in :data:`SHAPE_FORMS`).
+
+    A name is split off at the last ``=``, else at the last ``:`` (names such as ``input:0`` keep theirs)."""
     if not texts:
         return None
-    if len(texts) == 1 and "=" not in texts[0]:
-        return parse_shape(texts[0])
+    named = [text.rpartition("=") if "=" in text else text.rpartition(":") for text in texts]
+    if len(texts) == 1 and not named[0][1]:
+        return _shape(texts[0])
     shapes = {}
-    for text in texts:
-        if "=" not in text:
-            raise UsageError(f"with several --input-shape, write NAME=SHAPE (got {text!r})")
-        name, shape = text.rsplit("=", 1)
-        shapes[name] = parse_shape(shape)
+    for text, (name, sep, shape) in zip(texts, named):
+        if not sep or not name:
+            raise UsageError(f"with several --input-shape, name each input (got {text!r}); --input-shape accepts {SHAPE_FORMS}")
+        shapes[name] = _shape(shape)
     return shapes
 
 
@@ -154,12 +195,13 @@ def cmd_lift(args) -> int:
     _, _, dag, _ = _load(args)
     import onnx
 
-    from .emit import LOG2_SUFFIX
+    from .audit.files import task_for
+    from .emit import LOG2_SUFFIX, describe_lifted
     from .norm import PathNormSession
 
     session = PathNormSession(dag, args.q, per_sample=False)  # static scales if their budget certifies them, else dynamic
     norm = session.run()
-    model = session.model
+    model = describe_lifted(session.model, dag, args.q, session.static, task_for(args.model).sha256)
     onnx.checker.check_model(model)
     out = Path(args.out)
     _save_model(model, str(out))
@@ -325,17 +367,25 @@ def cmd_scores(args) -> int:
     elapsed = time.perf_counter() - t0
     if args.out:
         _save_npz(args.out, {k: v.astype(np.float32) for k, v in scores.fraction.items()})
+    rows = scores.summary()
+    total = sum(row["share"] for row in rows)
+    for row in rows:  # share: of ‖Φ‖_1, carried by the paths through the tensor; share_of_scores: sums to 1 over tensors
+        row["share_of_scores"] = row["share"] / total if total > 0 else 0.0
     summary = {"model": str(args.model), "l1_path_norm_log10": scores.log10_norm, "seconds": elapsed,
-               "written": args.out, "tensors": scores.summary()}
+               "written": args.out, "tensors": rows}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         print(f"{args.model}: path-magnitude scores of {len(scores.fraction)} weight tensors "
-              f"(fractions of ‖Φ‖_1 = {_fmt(scores.log10_norm)}), {elapsed:.3f} s")
-        for row in summary["tensors"]:
+              f"(each weight's score as a fraction of ‖Φ‖_1 = {_fmt(scores.log10_norm)}), {elapsed:.3f} s")
+        print("  'paths' is the fraction of ‖Φ‖_1 carried by paths through the tensor (a path crosses several tensors, so "
+              "these sum to more than 1); 'share' is the tensor's part of all scores (sums to 1)")
+        width = max([40, *(len(row["initializer"]) for row in rows)])
+        print(f"  {'tensor':{width}s} {'paths':>10s} {'share':>10s} {'median':>10s} {'max':>10s} {'zeros':>15s}")
+        for row in rows:
             q = row["quantiles"]
-            print(f"  {row['initializer']:40s} share {row['share']:.4g}  median {q['median']:.3g}  max {q['max']:.3g}"
-                  f"  zeros {row['zeros']}/{row['size']}")
+            print(f"  {row['initializer']:{width}s} {row['share']:10.4g} {row['share_of_scores']:10.4g} {q['median']:10.3g} "
+                  f"{q['max']:10.3g} {str(row['zeros']) + '/' + str(row['size']):>15s}")
         if args.out:
             print(f"wrote {args.out} (float32 fractions keyed by initializer name)")
     return 0
@@ -576,35 +626,42 @@ def cmd_audit(args) -> int:
     _check_q(args.qs or [])
     return run_command(args.paths, q=args.qs, input_shape=_input_shape(args.input_shape), jobs=args.jobs,
                        timeout=args.timeout, memory_mb=args.max_memory, db=args.db, html=args.report, csv=args.csv,
-                       as_json=args.json, scheduler=args.scheduler)
+                       as_json=args.json, scheduler=args.scheduler, fail_on=args.fail_on)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="onnx-pathlift", description="Path-norms of ONNX ReLU networks, computed in onnxruntime.")
+    p = _Parser(prog="onnx-pathlift", description="Path-norms of ONNX ReLU networks, computed in onnxruntime.",
+                formatter_class=_HelpFormatter, epilog="examples:\n  " + "\n  ".join(
+                    ["onnx-pathlift COMMAND --help   (options, defaults and an example of each command)", *(
+                        EXAMPLES[c].split("\n")[0] for c in ("norm", "inspect", "audit"))]))
     p.add_argument("--version", action="version", version=f"onnx-pathlift {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def command(name: str, help: str) -> _Parser:
+        return sub.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter,
+                              epilog="example:\n  " + EXAMPLES[name].replace("\n", "\n  "))
 
     def common(sp):
         sp.add_argument("model", help="path to an .onnx file")
         sp.add_argument("--input-shape", action="append", metavar="[NAME=]SHAPE",
-                        help="static input shape such as 1x3x224x224 (needed for symbolic dimensions)")
+                        help=f"static input shape (needed for symbolic dimensions other than the batch): {SHAPE_FORMS}")
         sp.add_argument("--output", action="append", metavar="NAME", help="tensor to analyse (repeatable)")
         sp.add_argument("--json", action="store_true", help="print one JSON object")
 
-    n = sub.add_parser("norm", help="Lq path-norms of a model")
+    n = command("norm", help="Lq path-norms of a model")
     common(n)
     n.add_argument("-q", type=float, action="append", help="norm exponent q ≥ 1, or inf for the largest path product (repeatable; default 1 and 2)")
     n.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="onnxruntime execution provider")
     n.add_argument("--verify", action="store_true", help="also run the re-emission check")
     n.set_defaults(func=cmd_norm)
 
-    lf = sub.add_parser("lift", help="write the lifted |W|^q network as an ONNX file")
+    lf = command("lift", help="write the lifted |W|^q network as an ONNX file")
     common(lf)
-    lf.add_argument("-q", type=float, default=1.0, help="norm exponent q ≥ 1 (default 1)")
+    lf.add_argument("-q", type=float, default=1.0, help="norm exponent q ≥ 1")
     lf.add_argument("-o", "--out", required=True, help="where to write the lifted model")
     lf.set_defaults(func=cmd_lift)
 
-    c = sub.add_parser("compare", help="path-metric between two same-architecture models and the certified output-change bound")
+    c = command("compare", help="path-metric between two same-architecture models and the certified output-change bound")
     common(c)
     c.add_argument("other", help="the second .onnx file (same architecture)")
     c.add_argument("--input-linf", type=float, default=1.0, metavar="R", help="inputs with ‖x‖_∞ ≤ R (default 1)")
@@ -613,18 +670,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="onnxruntime execution provider")
     c.set_defaults(func=cmd_compare, q=[1.0])
 
-    lp = sub.add_parser("lipschitz", help="input-space Lipschitz bound ‖Φ_in‖_1 (ℓ∞ → ℓ1)")
+    lp = command("lipschitz", help="input-space Lipschitz bound ‖Φ_in‖_1 (ℓ∞ → ℓ1)")
     common(lp)
     lp.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="onnxruntime execution provider")
     lp.set_defaults(func=cmd_lipschitz, q=[1.0])
 
-    sc = sub.add_parser("scores", help="path-magnitude scores of every Conv/Gemm/MatMul weight")
+    sc = command("scores", help="path-magnitude scores of every Conv/Gemm/MatMul weight")
     common(sc)
     sc.add_argument("-o", "--out", help="write the scores (fractions of ‖Φ‖_1) to this .npz")
     sc.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="onnxruntime execution provider")
     sc.set_defaults(func=cmd_scores, q=[1.0])
 
-    pr = sub.add_parser("prune", help="prune weights or whole channels by path-magnitude (or magnitude / L1) and certify the output change")
+    pr = command("prune", help="prune weights or whole channels by path-magnitude (or magnitude / L1) and certify the output change")
     common(pr)
     pr.add_argument("--sparsity", type=float, required=True,
                     help="fraction of the scored weights to zero (--structure channel: of the removable channel groups)")
@@ -635,7 +692,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--masked", metavar="MASKED.onnx",
                     help="--structure channel: also write the masked model (removed channels' outgoing weights zeroed)")
     pr.add_argument("--repeats", type=int, default=20, help="--structure channel: latency runs per model (median)")
-    pr.add_argument("--scope", default="global", choices=["global", "layer"])
+    pr.add_argument("--scope", default="global", choices=["global", "layer"],
+                    help="global: the lowest-scored weights (or channel groups) over all tensors together; layer: the same fraction in each tensor")
     pr.add_argument("--layers", metavar="REGEX", help="only the weight tensors whose name matches")
     pr.add_argument("-o", "--out", required=True, help="where to write the pruned model")
     pr.add_argument("--mask", help="also write the keep-masks (.npz keyed by initializer name)")
@@ -643,22 +701,24 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--input-linf", type=float, default=1.0, metavar="R", help="certify inputs with ‖x‖_∞ ≤ R")
     pr.set_defaults(func=cmd_prune, q=[1.0])
 
-    rs = sub.add_parser("rescale", help="random neuron-wise rescaling that keeps the function")
+    rs = command("rescale", help="random neuron-wise rescaling that keeps the function")
     common(rs)
-    rs.add_argument("--seed", type=int, default=0)
-    rs.add_argument("--range", type=float, nargs=2, default=[1 / 8, 8.0], metavar=("LO", "HI"))
+    rs.add_argument("--seed", type=int, default=0, help="seed of the random scale factors (and of the check's inputs)")
+    rs.add_argument("--range", type=float, nargs=2, default=[1 / 8, 8.0], metavar=("LO", "HI"),
+                    help="each hidden neuron's factor λ is drawn log-uniformly in [LO, HI]")
     rs.add_argument("-o", "--out", required=True, help="where to write the rescaled model")
     rs.set_defaults(func=cmd_rescale, q=[1.0])
 
-    ins = sub.add_parser("inspect", help="what the importer sees: op and layer counts, folded, decomposed, cut, refused")
+    ins = command("inspect", help="what the importer sees: op and layer counts, folded, decomposed, cut, refused")
     common(ins)
     ins.set_defaults(func=cmd_inspect, q=[1.0])
 
-    au = sub.add_parser("audit", help="audit many models (files, folders, globs) in isolated workers; resumable")
+    au = command("audit", help="audit many models (files, folders, globs) in isolated workers; resumable")
     au.add_argument("paths", nargs="+", metavar="PATH", help="an .onnx file, a folder (searched recursively) or a glob")
     au.add_argument("-q", dest="qs", type=float, action="append", metavar="Q",
                     help="norm exponent q ≥ 1 (repeatable; default 1, 2 and 4)")
-    au.add_argument("--input-shape", action="append", metavar="[NAME=]SHAPE", help="static input shape for every model")
+    au.add_argument("--input-shape", action="append", metavar="[NAME=]SHAPE",
+                    help=f"static input shape for every model: {SHAPE_FORMS}")
     au.add_argument("--jobs", type=int, help="local worker processes (default: one per CPU)")
     au.add_argument("--timeout", type=float, metavar="S", help="seconds per model before its worker is killed")
     au.add_argument("--max-memory", type=float, metavar="MB",
@@ -669,6 +729,9 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--csv", metavar="OUT.csv", help="write one CSV row per model")
     au.add_argument("--json", action="store_true", help="print JSON Lines (one object per model) on stdout")
     au.add_argument("--scheduler", metavar="ADDRESS", help="run on the Dask cluster at tcp://HOST:PORT")
+    au.add_argument("--fail-on", metavar="STATUS[,STATUS]",
+                    help="exit with code 6 when any model ends in one of these statuses (ok, unsupported, invalid, error, "
+                         "timeout; oom: an out-of-memory error), e.g. error,timeout,invalid to gate CI")
     au.set_defaults(func=cmd_audit, q=[1.0])  # -q lands in qs: main() would turn a missing q into [1, 2]
     return p
 

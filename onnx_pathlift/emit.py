@@ -261,3 +261,21 @@ def _fold_scales(dag: Dag) -> list[Layer]:
 
 def identity_node(src: str, dst: str) -> NodeProto:
     return helper.make_node("Identity", [src], [dst], name=dst)
+
+
+def describe_lifted(model: ModelProto, dag: Dag, q: float, static: bool, source_sha256: str | None = None) -> ModelProto:
+    """Record in ``model.metadata_props`` what a lifted model is: q, its scales, the source file's
+    sha256 when known, the analysed outputs with their exponent outputs, and how to read them."""
+    import json
+
+    from . import __version__
+
+    read = (f"feed all-ones inputs; ||Phi||_q^q = sum over outputs o of sum(o * 2**o{LOG2_SUFFIX}) (the exponent "
+            "broadcasts to o)")
+    props = {"onnx_pathlift.version": __version__, "onnx_pathlift.q": f"{q:g}",
+             "onnx_pathlift.scales": "static" if static else "dynamic", "onnx_pathlift.how_to_read": read,
+             "onnx_pathlift.outputs": json.dumps([[o, o + LOG2_SUFFIX] for o in dag.outputs])}
+    if source_sha256:
+        props["onnx_pathlift.source_sha256"] = source_sha256
+    helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, **props})
+    return model

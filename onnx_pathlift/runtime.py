@@ -35,7 +35,8 @@ def resolve_providers(providers: str | list[str] | None) -> list[str]:
         if full not in ort.get_available_providers():
             raise ProviderUnavailableError(
                 f"{full} is not available in this onnxruntime build (available: {ort.get_available_providers()}); "
-                "install the GPU build: pip install 'onnx-pathlift[gpu]' (onnxruntime-gpu) on a machine with CUDA"
+                "swap in the GPU build on a machine with CUDA: pip uninstall -y onnxruntime && pip install onnxruntime-gpu "
+                "(the two install the same module and conflict)"
             )
         resolved.append(full)
     return resolved

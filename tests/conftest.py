@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tracemalloc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -47,3 +50,16 @@ def run_main(capsys, *args) -> tuple[int, str, str]:
         rc = exc.code
     out = capsys.readouterr()
     return rc, out.out, out.err
+
+
+@contextmanager
+def traced_peak() -> Iterator[list[int]]:
+    """Yield a list that holds, after the block, the peak bytes allocated inside it through Python's
+    allocators (numpy arrays included): a counted bound for "refused before allocating"."""
+    peak: list[int] = []
+    tracemalloc.start()
+    try:
+        yield peak
+    finally:
+        peak.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()

@@ -4,7 +4,9 @@ these tests hold us to).
 
 Every corpus file runs as ``python -m onnx_pathlift.cli norm FILE --json`` in a subprocess capped at
 2 GB of address space (``RLIMIT_AS``) and must answer with its expected exit code and message, as
-one JSON document, in under 5 seconds, never with a traceback or an internal error.
+one JSON document, never with a traceback or an internal error, and within a peak resident memory
+far below what the hostile declarations ask for (a hang is caught at 60 s; there is no wall-clock
+bound tighter than that: it would fail on a busy machine).
 """
 
 from __future__ import annotations
@@ -12,15 +14,17 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
-import time
+import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from conftest import ROOT, make_model
+from conftest import ROOT, make_model, traced_peak
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_pathlift import import_model, path_norm
@@ -34,7 +38,8 @@ make_hostile = sys.modules["make_hostile"] = importlib.util.module_from_spec(_sp
 _spec.loader.exec_module(make_hostile)
 
 MEMORY_CAP = 2 << 30  # bytes of address space for each CLI run
-TIME_CAP = 5.0  # seconds for each CLI run, interpreter start included
+RSS_CAP_MB = 400  # peak resident memory of each CLI run (measured: 88-171 MB, long_chain the largest)
+HANG_S = 60  # a CLI run still going after this long is a hang
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +53,25 @@ def _cap_memory() -> None:
 
 
 def run_capped(path: Path) -> tuple[subprocess.CompletedProcess, float]:
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "onnx_pathlift.cli", "norm", str(path), "--json"],
-                          capture_output=True, text=True, timeout=60, preexec_fn=_cap_memory, cwd=path.parent,
-                          check=False)
-    return proc, time.perf_counter() - t0
+    """Run the CLI on ``path`` under the address-space cap; return the finished process and its peak
+    resident memory in MB (from ``wait4``'s resource usage of that child alone)."""
+    cmd = [sys.executable, "-m", "onnx_pathlift.cli", "norm", str(path), "--json"]
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, preexec_fn=_cap_memory, cwd=path.parent)
+        hang = threading.Timer(HANG_S, proc.kill)
+        hang.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            hang.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        done = subprocess.CompletedProcess(cmd, proc.returncode, out.read().decode(), err.read().decode())
+    return done, usage.ru_maxrss / 1024
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(make_hostile.CASES))
 def test_corpus_file_via_cli(corpus, name):
     root, expected = corpus
@@ -62,10 +79,11 @@ def test_corpus_file_via_cli(corpus, name):
     if rel not in expected:
         pytest.skip(f"{name} cannot be expressed on this platform (see the generator's stderr)")
     want = expected[rel]
-    proc, elapsed = run_capped(root / rel)
+    proc, peak_mb = run_capped(root / rel)
     where = f"{rel} ({want['why']}): rc={proc.returncode}\nstdout: {proc.stdout[-2000:]}\nstderr: {proc.stderr[-2000:]}"
+    assert proc.returncode != -signal.SIGKILL, f"{rel}: still running after {HANG_S} s (killed)"
     assert proc.returncode == want["exit_code"], where
-    assert elapsed < TIME_CAP, f"{rel} took {elapsed:.2f} s"
+    assert peak_mb < RSS_CAP_MB, f"{rel}: peak resident memory {peak_mb:.0f} MB"
     assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, where
     doc = json.loads(proc.stdout)  # exactly one JSON document, on success and on error
     if want["exit_code"]:
@@ -157,15 +175,14 @@ def test_limit_on_folded_constants():
         import_model(model, limits=Limits(max_total_bytes=100_000))
 
 
-def test_huge_header_refused_quickly():
+def test_huge_header_refused_without_allocating():
     model = mlp()
     t = next(t for t in model.graph.initializer if t.name == "W1")
     del t.dims[:]
     t.dims.extend([10**6, 10**6])
-    t0 = time.perf_counter()
-    with pytest.raises(InvalidModelError, match="declares 1000000000000 elements"):
+    with traced_peak() as peak, pytest.raises(InvalidModelError, match="declares 1000000000000 elements"):
         import_model(model.SerializeToString())
-    assert time.perf_counter() - t0 < 0.5
+    assert peak[0] < 16 << 20  # refused from the header: the declared 4 TB are never allocated
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,6 +243,7 @@ def test_activation_broadcast_after_conv():
     assert path_norm(model, 1).value == pytest.approx(80.0)  # 16 input neurons, each to 2 outputs of weight 2 and 3
 
 
+@pytest.mark.slow
 def test_audit_of_corpus_mixed_with_real_models(corpus, tmp_path):
     """An audit over the hostile corpus plus real models completes: each hostile file is reported
     (not ok) and every real model is analysed."""

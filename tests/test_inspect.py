@@ -385,6 +385,7 @@ def test_light_alexnet_lists_every_lrn(capsys):
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_coverage_tool_on_a_subset(tmp_path):
     refused = save(refused_model(), tmp_path / "refused.onnx")
     invalid = tmp_path / "invalid.onnx"

@@ -400,6 +400,7 @@ def test_theorem_on_shipped_models(path: Path) -> None:
     assert _theorem(model, 7, 150) >= 1500
 
 
+@pytest.mark.slow
 def test_theorem_on_zoo_models(zoo: Path) -> None:
     total = 0
     for rel in ZOO_RELU:
@@ -637,6 +638,7 @@ def _zero_one_weight(dag: Dag, layer_name: str, index: int) -> Dag:
     return out
 
 
+@pytest.mark.slow
 def test_one_zeroed_weight_in_light_resnet50() -> None:
     """``upper`` (= d, exact) against the float64 difference ‖Φ(θ)‖_1 − ‖Φ(θ')‖_1; the naive float32
     difference of two path_norm values cannot resolve it (the change is ~1e-7 of the norm)."""

@@ -78,6 +78,7 @@ def test_bn_fusion_changes_the_parameterization() -> None:
 
 @pytest.mark.parametrize("name", ["light_resnet50.onnx", "light_squeezenet.onnx", "light_densenet121.onnx",
                                   "light_shufflenet.onnx", "light_inception_v2.onnx"])
+@pytest.mark.slow
 def test_light_architectures(name: str) -> None:
     """Full-size architectures from the onnx wheel (ConstantOfShape weights folded first)."""
     dag = _check(LIGHT / name, trials=1)
@@ -99,6 +100,7 @@ ZOO_REFUSED = {
 }
 
 
+@pytest.mark.slow
 def test_zoo(zoo) -> None:
     """Every ReLU model of the shared zoo imports, re-emits faithfully and gets a path-norm; the
     others are refused with the exact node."""

@@ -253,6 +253,7 @@ def assert_fractions_close(got: dict[str, np.ndarray], want: dict[str, np.ndarra
 CAP = {"residual_concat": 8, "everything": 8, "conv_bn_pool": 24, "no_bias": 16}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("name", ALL)
 def test_fraction_is_the_drop_of_the_path_norm_brute_force(name: str, seed: int) -> None:

@@ -77,6 +77,7 @@ CASES = [pytest.param(name, exporter, id=f"{name}-{exporter}",
          for name in torch_archs.ARCHS for exporter in EXPORTERS]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "exporter"), CASES)
 def test_exported_architecture(name: str, exporter: str, tmp_path) -> None:
     model, shape = torch_archs.build(name, seed=list(torch_archs.ARCHS).index(name))  # the same weights each time

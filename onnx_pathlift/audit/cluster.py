@@ -1,37 +1,48 @@
 """Beyond one machine: the same analyses on an existing Dask distributed cluster (``--scheduler``).
 
-Each Dask task runs the analysis in a one-shot subprocess on its worker (``python -m
-onnx_pathlift.audit.worker``), so a crash, an out-of-memory kill or a hang (killed at the timeout)
-fails that model only and leaves the Dask worker alive. The workers must see the client's model
-paths (a shared file system) and have onnx-pathlift installed; the client writes every result.
+Each Dask worker keeps long-lived analysis processes, started on first use and reused by the
+following tasks (one per task running at once on that worker: its ``--nthreads``). They run the
+local pool's loop (:func:`~onnx_pathlift.audit.worker.serve`) over a socket pair, so a crash, an
+out-of-memory kill or a hang (killed at the timeout) fails that model only: the process is
+replaced, the Dask worker lives on. A Dask worker lost mid-task has its tasks rescheduled on the
+others by Dask. With no Dask worker at all for ``--timeout`` seconds (:data:`NO_WORKER_S` without
+one), the audit stops with an error; the results so far are in the database and the same command
+resumes from them. The workers must see the client's model paths (a shared file system) and have
+onnx-pathlift installed; the client writes every result (docs/dask.md).
 """
 
 from __future__ import annotations
 
-import base64
 import os
-import pickle
 import socket
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
+from multiprocessing.connection import Connection
 
 from ..errors import PathliftError, UsageError
 from .record import ModelResult, Settings, Task, failure
-from .worker import describe_exit
+from .worker import READY, describe_exit, serve
 
 #: seconds to wait for the scheduler to answer
 CONNECT_TIMEOUT_S = 20
+#: with no ``--timeout``, how long the audit waits for a Dask worker when there is none
+NO_WORKER_S = 60.0
+#: how often the client looks at the cluster while no result arrives
+POLL_S = 1.0
 
 
 def run_dask(tasks: Sequence[Task], settings: Settings, timeout: float | None, address: str,
              memory_mb: float | None = None) -> Iterator[ModelResult]:
-    """Submit one task per model to the Dask scheduler at ``address``; yield results as they finish."""
+    """Submit one task per model to the Dask scheduler at ``address``; yield results as they finish.
+
+    Raises :class:`PathliftError` when the cluster has had no worker for ``timeout`` seconds
+    (:data:`NO_WORKER_S` when None) with models left to analyse."""
     try:
-        from distributed import Client, as_completed
+        from distributed import Client
     except ImportError:
         raise UsageError("--scheduler needs Dask distributed: pip install 'onnx-pathlift[dask]'") from None
     try:
@@ -39,42 +50,126 @@ def run_dask(tasks: Sequence[Task], settings: Settings, timeout: float | None, a
     except (OSError, TimeoutError, ValueError) as exc:
         raise PathliftError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
     with client:
-        futures = {client.submit(analyse_in_subprocess, replace(t, path=os.path.abspath(t.path)), settings, timeout,
+        futures = {client.submit(analyse_on_worker, replace(t, path=os.path.abspath(t.path)), settings, timeout,
                                  memory_mb, pure=False): t for t in tasks}
         try:
-            for future in as_completed(futures):
-                task = futures[future]
-                try:
-                    result = future.result()
-                except Exception as exc:  # the Dask task itself failed (e.g. its worker died repeatedly)
-                    result = failure(task, "error", f"Dask task failed: {type(exc).__name__}: {exc}", 0.0, timeout)
-                yield replace(result, path=task.path)
+            yield from _collect(client, futures, timeout or NO_WORKER_S, address)
         finally:
             client.cancel(list(futures))
 
 
-def analyse_in_subprocess(task: Task, settings: Settings, timeout: float | None, memory_mb: float | None = None) -> ModelResult:
-    """Run on a Dask worker: analyse one model in a one-shot subprocess (capped at ``memory_mb``),
-    killed past ``timeout``."""
+def _collect(client, futures: dict, patience: float, address: str) -> Iterator[ModelResult]:
+    """Yield each future's result as it finishes; give up after ``patience`` seconds without a worker."""
+    from distributed import wait
+
+    pending, yielded, alone_since = set(futures), 0, None
+    while pending:
+        try:
+            done, pending = wait(pending, timeout=POLL_S, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            done = set()
+        for future in done:
+            task = futures[future]
+            try:
+                result = future.result()
+            except Exception as exc:  # the Dask task itself failed (e.g. its worker died repeatedly)
+                result = failure(task, "error", f"Dask task failed: {type(exc).__name__}: {exc}", 0.0, None)
+            yielded += 1
+            yield replace(result, path=task.path)
+        if done or client.nthreads():  # results arriving: some worker is there
+            alone_since = None
+        elif alone_since is None:
+            alone_since = time.monotonic()
+        elif time.monotonic() - alone_since > patience:
+            raise PathliftError(
+                f"no Dask worker connected to the scheduler at {address} for {patience:g} s, with {len(pending)} "
+                f"model(s) left: the audit stops; the {yielded} result(s) of this run are in the database, and the "
+                "same command resumes from them once workers are back")
+
+
+class _Analyser:
+    """A long-lived analysis process on a Dask worker: :func:`serve` over a socket pair."""
+
+    def __init__(self, memory_mb: float | None):
+        ours, theirs = socket.socketpair()
+        with theirs:
+            self.process = subprocess.Popen([sys.executable, "-m", __name__, str(theirs.fileno()), repr(memory_mb)],
+                                            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+        self.conn = Connection(ours.detach())
+        self.ready, self.memory_mb = False, memory_mb
+
+    def analyse(self, task: Task, settings: Settings, timeout: float | None) -> ModelResult:
+        """Analyse one model; a crash or the timeout kills this process (then :attr:`alive` is False)."""
+        if not self.ready:
+            self._wait_ready()
+        self.conn.send((task, settings))
+        t0 = time.monotonic()
+        if not self.conn.poll(timeout):
+            self.kill()
+            return failure(task, "timeout", f"no result within {timeout:g} s: the worker was killed",
+                           time.monotonic() - t0, timeout)
+        try:
+            return replace(self.conn.recv(), path=task.path, timeout_s=timeout)
+        except (EOFError, OSError):  # it died: its exit code says how
+            self.kill()
+            return failure(task, "error", describe_exit(self.process.returncode, self.memory_mb), time.monotonic() - t0, timeout)
+
+    def _wait_ready(self) -> None:
+        while not self.conn.poll(POLL_S):
+            if self.process.poll() is not None:
+                break
+        try:
+            self.ready = self.conn.recv() == READY
+        except (EOFError, OSError):
+            pass
+        if not self.ready:
+            self.kill()
+            raise PathliftError(f"an analysis process failed to start on {socket.gethostname()}: "
+                                f"{describe_exit(self.process.returncode)}")
+
+    @property
+    def alive(self) -> bool:
+        return not self.conn.closed
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        self.conn.close()
+
+
+#: idle analysis processes of this Dask worker, by memory cap (the module lives as long as the worker)
+_IDLE: dict[float | None, list[_Analyser]] = {}
+_LOCK = threading.Lock()
+
+
+def analyse_on_worker(task: Task, settings: Settings, timeout: float | None, memory_mb: float | None = None) -> ModelResult:
+    """Run on a Dask worker: analyse one model in one of the worker's analysis processes (an idle one,
+    else a new one, capped at ``memory_mb``), killed past ``timeout``."""
     if not os.path.isfile(task.path):
         return failure(task, "error", f"{task.path} is not visible on the Dask worker {socket.gethostname()} "
                        "(the workers must see the client's paths)", 0.0, timeout)
-    with tempfile.TemporaryFile() as err:
-        job = base64.b64encode(pickle.dumps((task, settings, memory_mb))).decode()
-        proc = subprocess.Popen([sys.executable, "-m", "onnx_pathlift.audit.worker", job], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=err, bufsize=0)
-        started = proc.stdout.read(1) == b"R"  # timeouts count once its imports are done
-        t0 = time.monotonic()
-        try:
-            out, _ = proc.communicate(timeout=timeout if started else None)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            return failure(task, "timeout", f"no result within {timeout:g} s: the worker subprocess was killed",
-                           time.monotonic() - t0, timeout)
-        if proc.returncode == 0 and out:
-            return replace(pickle.loads(out), timeout_s=timeout)
-        err.seek(0)
-        tail = err.read().decode(errors="replace").strip().splitlines()[-1:]
-        reason = describe_exit(proc.returncode, memory_mb) + (f": {tail[0]}" if tail else "")
-        return failure(task, "error", reason, time.monotonic() - t0, timeout)
+    with _LOCK:
+        idle = _IDLE.setdefault(memory_mb, [])
+        analyser = idle.pop() if idle else None
+    analyser = analyser or _Analyser(memory_mb)
+    try:
+        result = analyser.analyse(task, settings, timeout)
+    except BaseException:  # its state is unknown: it is not reused
+        analyser.kill()
+        raise
+    if analyser.alive:
+        with _LOCK:
+            _IDLE[memory_mb].append(analyser)
+    return result
+
+
+def dask_setup(worker) -> None:
+    """``dask worker --preload onnx_pathlift.audit.cluster``: start the worker's analysis processes (one
+    per thread, no memory cap) with the worker, so that the first audit does not wait for their imports."""
+    started = [_Analyser(None) for _ in range(worker.state.nthreads)]
+    with _LOCK:
+        _IDLE.setdefault(None, []).extend(started)
+
+
+if __name__ == "__main__":  # an analysis process: python -m onnx_pathlift.audit.cluster FD MEMORY_MB
+    serve(Connection(int(sys.argv[1])), None if sys.argv[2] == "None" else float(sys.argv[2]), parent=os.getppid())

@@ -2,39 +2,82 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..errors import UsageError
 from ..sanitise import terminal
 from . import report
 from .batch import Audit, audit
 from .progress import Progress
-from .record import DEFAULT_Q, STATUSES, InputShape, Settings
+from .record import DEFAULT_Q, STATUSES, InputShape, ModelResult, Settings
+
+#: the exit code of an audit in which some model ended in a status named by ``--fail-on``
+FAIL_ON_EXIT = 7  # 6 is an output that could not be written
+#: ``--fail-on oom`` names the errors that are out-of-memory failures (a cap or the OOM killer)
+OOM = "oom"
+
+
+def parse_fail_on(text: str | None) -> frozenset[str]:
+    """``--fail-on error,timeout``: the statuses that make the audit exit with :data:`FAIL_ON_EXIT`."""
+    if not text:
+        return frozenset()
+    names = {s.strip() for s in text.split(",") if s.strip()}
+    unknown = sorted(names - {*STATUSES, OOM})
+    if unknown or not names:
+        raise UsageError(f"--fail-on takes statuses separated by commas, among {', '.join((*STATUSES, OOM))} "
+                         f"(got {text!r})")
+    return frozenset(names)
+
+
+def failing(r: ModelResult, fail_on: frozenset[str]) -> bool:
+    """Whether ``r`` ends in one of the ``fail_on`` statuses (``oom``: an out-of-memory error)."""
+    return r.status in fail_on or (OOM in fail_on and r.out_of_memory)
 
 
 def run_command(paths: Sequence[str], *, q: Sequence[float] | None = None, input_shape: InputShape = None,
                 jobs: int | None = None, timeout: float | None = None, memory_mb: float | None = None, db: str | None = None,
                 html: str | None = None, csv: str | None = None, as_json: bool = False,
-                scheduler: str | None = None) -> int:
-    """The audit command; returns its exit code (0 once every model has a result, whatever its status).
+                scheduler: str | None = None, fail_on: str | None = None) -> int:
+    """The audit command; returns its exit code: 0 once every model has a result, whatever its status,
+    unless some model's status is in ``fail_on`` (:data:`FAIL_ON_EXIT`).
 
     The database defaults to the HTML report's name with ``.sqlite`` (else ``audit.sqlite`` here).
     """
+    gate = parse_fail_on(fail_on)
     settings = Settings(q=tuple(q or DEFAULT_Q), input_shape=input_shape)
     db_path = Path(db) if db else Path(html).with_suffix(".sqlite") if html else Path("audit.sqlite")
-    result = audit(paths, settings, jobs=jobs, timeout=timeout, memory_mb=memory_mb, db=db_path, scheduler=scheduler,
-                   listener=Progress())
+    progress = Progress()
+    try:
+        result = audit(paths, settings, jobs=jobs, timeout=timeout, memory_mb=memory_mb, db=db_path, scheduler=scheduler,
+                       listener=progress)
+    finally:
+        progress.close()
     if html:
         report.write_html(html, result, settings)
     if csv:
         report.write_csv(csv, result, settings)
+    bad = sum(failing(r, gate) for r in result.results)
+    code = FAIL_ON_EXIT if bad else 0
     if as_json:
         for line in report.json_lines(result):
             print(line)
+        print(json.dumps({"summary": {**summary(result), "fail_on": sorted(gate), "failing": bad, "exit_code": code}}))
     else:
         _print_summary(result, settings, html, csv)
-    return 0
+        if bad:
+            print(f"{bad} file(s) ended in a status named by --fail-on {','.join(sorted(gate))}: exit code {code}")
+    return code
+
+
+def summary(result: Audit) -> dict:
+    """Counts per status (every status, zeros included), files, models analysed and reused, the database."""
+    counts = Counter(r.status for r in result.results)
+    return {"files": len(result.results), "status_counts": {**dict.fromkeys(STATUSES, 0), **counts},
+            "out_of_memory": sum(r.out_of_memory for r in result.results), "analysed": result.analysed,
+            "reused": result.reused, "db": str(result.db)}
 
 
 def _print_summary(result: Audit, settings: Settings, html: str | None, csv: str | None) -> None:

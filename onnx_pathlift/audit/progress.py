@@ -37,6 +37,13 @@ class Progress:
         why = f": {result.brief()}" if result.reason else ""
         self._print(f"[{self.done}/{self.todo}] {result.status} {result.path} ({result.wall_s:.2f} s){why}")
 
+    def close(self) -> None:
+        """End an unfinished bar's line (the audit stopped early), so that what follows starts afresh."""
+        if self.tty and 0 < self.done < self.todo:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.todo = self.done  # the bar is over
+
     def _bar(self) -> None:
         elapsed = time.monotonic() - self.t0
         eta = elapsed / self.done * (self.todo - self.done)

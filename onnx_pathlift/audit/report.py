@@ -1,7 +1,9 @@
 """Audit reports: a self-contained HTML page, CSV and JSON Lines (one row / object per model file).
 
-The HTML page has no external resource: status counts, a histogram of log10 path-norms (inline
-SVG), failures grouped by op type, a sortable table (small inline script) and per-model details.
+The HTML page has no external resource: status counts, one histogram per norm (log10 ‖Φ‖_q for each
+q, the Lipschitz bound), log10 path-norm against log10 parameters coloured by producer (inline SVG),
+failures grouped by op type, a filterable, sortable table (small inline script; ``#filter=WORDS`` in
+the address pre-fills the filter) and per-model details; paths are relative to the folder holding them all.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -60,17 +63,27 @@ def json_lines(audit: Audit) -> Iterator[str]:
 # ------------------------------------------------------------------------------------------- HTML
 
 _CSS = """
-body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}
-h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em}
-table{border-collapse:collapse}td,th{padding:.2em .6em;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;max-width:1800px}
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.8em}
+table{border-collapse:collapse}td,th{padding:.2em .5em;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}
 th{background:#f4f4f4}table.sortable th{cursor:pointer}table.sortable th:hover{background:#e8e8e8}
+th[data-dir=asc]::after{content:" ▲"}th[data-dir=desc]::after{content:" ▼"}
+table.fixed{table-layout:fixed;width:100%;font-size:13px}table.fixed td{overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+table.fixed th{overflow-wrap:anywhere;vertical-align:bottom}
+@media (max-width:1250px){table.fixed .opt{display:none}}
+table.wrap{table-layout:fixed;width:100%}table.wrap td{overflow-wrap:anywhere}
 td.n{text-align:right;font-variant-numeric:tabular-nums}
+.scroll{overflow-x:auto}
 .ok{color:#1a7f37}.unsupported{color:#9a6700}.invalid{color:#8250df}.error{color:#cf222e}.timeout{color:#bc4c00}
 .counts span{display:inline-block;margin-right:1.5em;font-size:1.1em}
-details{margin:.3em 0}summary{cursor:pointer}pre{white-space:pre-wrap;margin:0}
+.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(380px,1fr));gap:1em}
+.charts figure{margin:0}.charts figcaption{font-weight:600}svg{width:100%;height:auto;max-width:720px}
+details{margin:.3em 0;overflow-wrap:anywhere}summary{cursor:pointer}pre{white-space:pre-wrap;overflow-wrap:anywhere;margin:0}
 .bar{fill:#4c78a8}.bar:hover{fill:#f58518}svg text{font:11px system-ui,sans-serif}
+#filter{font:inherit;padding:.3em .5em;width:24em;max-width:90%}
 """
 
+#: sort by clicking a header; filter the models table by words (also from the page's #filter=... fragment)
 _SCRIPT = """
 document.querySelectorAll('table.sortable').forEach(function (table) {
   table.querySelectorAll('th').forEach(function (th, col) {
@@ -92,7 +105,28 @@ document.querySelectorAll('table.sortable').forEach(function (table) {
     });
   });
 });
+(function () {
+  var box = document.getElementById('filter'), rows = document.getElementById('models').tBodies[0].rows;
+  var shown = document.getElementById('shown');
+  function apply() {
+    var words = box.value.toLowerCase().split(/\\s+/).filter(Boolean), n = 0;
+    Array.from(rows).forEach(function (tr) {
+      var text = (tr.textContent + ' ' + (tr.dataset.search || '')).toLowerCase();
+      var keep = words.every(function (w) { return text.indexOf(w) >= 0; });
+      tr.hidden = !keep;
+      n += keep ? 1 : 0;
+    });
+    shown.textContent = n + ' of ' + rows.length + ' models shown';
+  }
+  var m = /[#&]filter=([^&]*)/.exec(location.hash);
+  if (m) box.value = decodeURIComponent(m[1]);
+  box.addEventListener('input', apply);
+  apply();
+})();
 """
+
+#: colours of the scatter plot's producers (the rest share the last one)
+_PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#9d755d", "#bab0ac"]
 
 
 def write_html(path: str | Path, audit: Audit, settings: Settings) -> None:
@@ -102,36 +136,72 @@ def write_html(path: str | Path, audit: Audit, settings: Settings) -> None:
 def html_page(audit: Audit, settings: Settings) -> str:
     """The whole report as one self-contained HTML document."""
     results = audit.results
-    hist_q = 1.0 if 1.0 in settings.q else settings.q[0]
-    values = [v for r in results if r.status == "ok" and (v := r.norm_log10(hist_q)) is not None]
+    base = _base_folder(results)
     shape = "from each model" if settings.input_shape is None else escape(str(settings.input_shape))
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    ok = [r for r in results if r.status == "ok"]
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
         "<title>onnx-pathlift audit</title>", f"<style>{_CSS}</style></head><body>",
         "<h1>onnx-pathlift audit</h1>",
-        (f"<p>{len(results)} files; q = {', '.join(f'{q:g}' for q in settings.q)}; input shape {shape}; "
-         f"onnx-pathlift {escape(settings.version)}; database <code>{escape(str(audit.db))}</code> "
+        (f"<p>{len(results)} files under <code>{escape(base or '.')}</code> (paths below are relative to it); "
+         f"q = {', '.join(f'{q:g}' for q in settings.q)}; input shape {shape}; "
+         f"onnx-pathlift {escape(settings.version)}; database <code>{escape(Path(audit.db).name)}</code> "
          f"(run {audit.run_id}: {audit.analysed} models analysed, {audit.reused} reused); written {when}.</p>"),
         _counts(results),
-        f"<h2>log10 L{hist_q:g} path-norm of the {len(values)} ok models</h2>", _histogram(values, f"log10 ‖Φ‖_{hist_q:g}"),
-        "<h2>Why models fail</h2>", _failures(results),
-        "<h2>Models</h2><p>Click a column header to sort; click a path for details.</p>", _table(results, settings),
-        "<h2>Details</h2>", *(_detail(i, r) for i, r in enumerate(results)),
+        f"<h2>Distributions over the {len(ok)} ok models</h2>", _distributions(ok, settings),
+        "<h2>Path-norm against parameters</h2>", _scatter(ok, settings, base),
+        "<h2>Why models fail</h2>", _failures(results, base),
+        "<h2>Models</h2>",
+        ('<p><input id="filter" type="search" placeholder="filter: words in any column, e.g. error Conv" '
+         'aria-label="filter the models"> <span id="shown"></span>. Click a column header to sort; click a path for '
+         "details.</p>"),
+        f'<div class="scroll">{_table(results, settings, base)}</div>',
+        "<h2>Details</h2>", *(_detail(i, r, base) for i, r in enumerate(results)),
         f"<script>{_SCRIPT}</script></body></html>",
     ])
 
 
+def _base_folder(results: list[ModelResult]) -> str:
+    """The deepest folder holding every file (paths are shown relative to it; "" when there is none)."""
+    folders = [os.path.dirname(os.path.abspath(r.path)) for r in results]
+    try:
+        return os.path.commonpath(folders) if folders else ""
+    except ValueError:  # different drives
+        return ""
+
+
+def _rel(path: str, base: str) -> str:
+    return os.path.relpath(os.path.abspath(path), base) if base else path
+
+
+def _unbased(text: str, base: str) -> str:
+    """``text`` (a reason) with the base folder taken out of the paths it mentions."""
+    return text.replace(base.rstrip(os.sep) + os.sep, "") if base else text
+
+
 def _counts(results: list[ModelResult]) -> str:
     counts = Counter(r.status for r in results)
-    spans = "".join(f'<span class="{s}"><b>{counts[s]}</b> {s}</span>' for s in STATUSES)
+    spans = "".join(f'<span class="{s}"><b>{counts[s]}</b> {s}</span>' for s in (*STATUSES, *sorted(set(counts) - set(STATUSES))))
     return f'<p class="counts">{spans}</p>'
+
+
+def _distributions(ok: list[ModelResult], settings: Settings) -> str:
+    """One histogram per norm: log10 ‖Φ‖_q for every q, and the log10 Lipschitz bound."""
+    charts = [(f"log10 L{q:g} path-norm", f"log10 ‖Φ‖_{q:g}", [v for r in ok if (v := r.norm_log10(q)) is not None])
+              for q in settings.q]
+    charts.append(("log10 Lipschitz bound (ℓ∞ → ℓ1)", "log10 ‖Φ_in‖_1",
+                   [r.lipschitz_log10 for r in ok if r.lipschitz_log10 is not None]))
+    figures = [f"<figure><figcaption>{escape(title)} ({len(values)} models)</figcaption>{_histogram(values, label)}</figure>"
+               for title, label, values in charts]
+    return f'<div class="charts">{"".join(figures)}</div>'
 
 
 def _histogram(values: list[float], label: str) -> str:
     """Bars of unit width in log10 (wider when the range is large), as inline SVG."""
     if not values:
-        return "<p>No ok model.</p>"
+        return "<p>No value.</p>"
     lo, hi = math.floor(min(values)), math.ceil(max(values))
     hi = max(hi, lo + 1)
     step = max(1, math.ceil((hi - lo) / 40))
@@ -140,7 +210,7 @@ def _histogram(values: list[float], label: str) -> str:
     top = max(counts.values())
     w, h, left, bottom = 640, 220, 40, 40
     bw = (w - left - 10) / bins
-    parts = [f'<svg width="{w}" height="{h + bottom}" role="img" aria-label="histogram of {escape(label)}">',
+    parts = [f'<svg viewBox="0 0 {w} {h + bottom}" role="img" aria-label="histogram of {escape(label)}">',
              f'<line x1="{left}" y1="{h}" x2="{w - 10}" y2="{h}" stroke="#888"/>',
              f'<text x="{left - 6}" y="14" text-anchor="end">{top}</text>',
              f'<text x="{left - 6}" y="{h}" text-anchor="end">0</text>']
@@ -158,7 +228,53 @@ def _histogram(values: list[float], label: str) -> str:
     return "".join(parts)
 
 
-def _failures(results: list[ModelResult]) -> str:
+def producer_family(producer: str) -> str:
+    """The producer without its version ("pytorch 1.8" → "pytorch"; "" → "(none)")."""
+    words = producer.split()
+    while words and words[-1][:1].isdigit():
+        words.pop()
+    return " ".join(words) or "(none)"
+
+
+def _scatter(ok: list[ModelResult], settings: Settings, base: str) -> str:
+    """log10 ‖Φ‖_q (the smallest q) against log10 parameters, one dot per model, coloured by producer."""
+    q = settings.q[0]
+    points = [(math.log10(r.params), v, r) for r in ok if r.params and (v := r.norm_log10(q)) is not None]
+    if not points:
+        return "<p>No ok model with parameters and a nonzero norm.</p>"
+    families = [f for f, _ in Counter(producer_family(r.producer) for *_, r in points).most_common()]
+    colour = {f: _PALETTE[min(i, len(_PALETTE) - 1)] for i, f in enumerate(families)}
+    x0, x1 = math.floor(min(p[0] for p in points)), math.ceil(max(p[0] for p in points))
+    y0, y1 = math.floor(min(p[1] for p in points)), math.ceil(max(p[1] for p in points))
+    x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)
+    w, h, left, top, bottom = 720, 360, 50, 10, 40
+    sx, sy = (w - left - 180) / (x1 - x0), (h - top - bottom) / (y1 - y0)
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return left + (x - x0) * sx, h - bottom - (y - y0) * sy
+
+    parts = [f'<svg viewBox="0 0 {w} {h}" role="img" aria-label="log10 path-norm against log10 parameters">',
+             f'<rect x="{left}" y="{top}" width="{(x1 - x0) * sx:.1f}" height="{(y1 - y0) * sy:.1f}" fill="none" stroke="#888"/>']
+    for k in range(x0, x1 + 1, max(1, math.ceil((x1 - x0) / 10))):
+        parts.append(f'<text x="{at(k, y0)[0]:.1f}" y="{h - bottom + 14}" text-anchor="middle">{k}</text>')
+    for k in range(y0, y1 + 1, max(1, math.ceil((y1 - y0) / 10))):
+        parts.append(f'<text x="{left - 6}" y="{at(x0, k)[1] + 4:.1f}" text-anchor="end">{k}</text>')
+    for x, y, r in points:
+        cx, cy = at(x, y)
+        tip = f"{_rel(r.path, base)}: {r.params} parameters, log10 L{q:g} {y:.3f} ({r.producer or 'no producer'})"
+        parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="4" fill="{colour[producer_family(r.producer)]}" '
+                     f'fill-opacity=".8"><title>{escape(tip)}</title></circle>')
+    for i, f in enumerate(families[: len(_PALETTE)]):
+        name = f if i < len(_PALETTE) - 1 or len(families) == len(_PALETTE) else "other"
+        parts.append(f'<circle cx="{w - 170}" cy="{top + 10 + 18 * i}" r="5" fill="{colour[f]}"/>'
+                     f'<text x="{w - 160}" y="{top + 14 + 18 * i}">{escape(_clip(name, 26))}</text>')
+    parts.append(f'<text x="{left + (x1 - x0) * sx / 2:.0f}" y="{h - 6}" text-anchor="middle">log10 parameters</text>'
+                 f'<text transform="translate(12 {top + (y1 - y0) * sy / 2:.0f}) rotate(-90)" text-anchor="middle">'
+                 f"log10 ‖Φ‖_{q:g}</text></svg>")
+    return "".join(parts)
+
+
+def _failures(results: list[ModelResult], base: str) -> str:
     """Refused nodes grouped by op type, then every other failure with its reason."""
     nodes: Counter = Counter()
     models: dict[str, list[int]] = defaultdict(list)
@@ -173,38 +289,49 @@ def _failures(results: list[ModelResult]) -> str:
     if nodes:
         rows = []
         for op, n in sorted(nodes.items(), key=lambda kv: (-len(models[kv[0]]), kv[0])):
-            why = "<br>".join(f"{escape(k)} ({c})" for k, c in reasons[op].most_common(3))
+            why = "<br>".join(f"{escape(_clip(k, 300))} ({c})" for k, c in reasons[op].most_common(3))
             where = ", ".join(f'<a href="#m{i}">{escape(Path(results[i].path).name)}</a>' for i in models[op][:5])
             more = f" and {len(models[op]) - 5} more" if len(models[op]) > 5 else ""
             rows.append(f"<tr><td>{escape(op)}</td><td class=n>{len(models[op])}</td><td class=n>{n}</td>"
                         f"<td>{why}</td><td>{where}{more}</td></tr>")
-        out.append('<table class="sortable"><thead><tr><th>op type</th><th>models</th><th>nodes</th>'
+        out.append('<table class="sortable wrap"><colgroup><col style="width:12%"><col style="width:6em"><col style="width:6em">'
+                   '<col><col style="width:28%"></colgroup><thead><tr><th>op type</th><th>models</th><th>nodes</th>'
                    f"<th>reasons (nodes)</th><th>models</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
     others = [(i, r) for i, r in enumerate(results) if r.status not in ("ok", "unsupported")]
     if others:
-        rows = [f'<tr><td class="{r.status}">{r.status}</td><td><a href="#m{i}">{escape(r.path)}</a></td>'
-                f"<td>{escape(_clip(r.brief(), 200))}</td></tr>" for i, r in others]
-        out.append('<h3>Invalid models, errors and timeouts</h3><table class="sortable"><thead><tr><th>status</th>'
+        rows = [f'<tr><td class="{r.status}">{r.status}</td><td><a href="#m{i}">{escape(_rel(r.path, base))}</a></td>'
+                f"<td>{escape(_clip(_unbased(r.brief(), base), 200))}</td></tr>" for i, r in others]
+        out.append('<h3>Invalid models, errors and timeouts</h3><table class="sortable wrap"><colgroup><col style="width:7em">'
+                   '<col style="width:35%"><col></colgroup><thead><tr><th>status</th>'
                    f"<th>path</th><th>reason</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
     return "\n".join(out) or "<p>No failure.</p>"
 
 
-def _table(results: list[ModelResult], settings: Settings) -> str:
-    heads = ["#", "path", "status", "reason", "params", *(f"log10 L{q:g}" for q in settings.q), "log10 Lipschitz",
-             "opset", "producer", "KiB", "wall s", "peak MiB"]
+def _table(results: list[ModelResult], settings: Settings, base: str) -> str:
+    # (header, width, optional): a fixed layout, so long strings end in an ellipsis (the full text is the
+    # tooltip); the path takes what is left; optional columns are hidden on windows narrower than 1250 px
+    heads = [("#", "2.5em", 0), ("path", "auto", 0), ("status", "6.5em", 0), ("reason", "10em", 0), ("params", "5.5em", 0),
+             *((f"log10 L{q:g}", "6.8em", 0) for q in settings.q), ("log10 Lipschitz", "6.8em", 0), ("opset", "3.5em", 1),
+             ("producer", "8em", 0), ("KiB", "4.5em", 1), ("wall s", "4em", 1), ("peak MiB", "4em", 1)]
     rows = []
     for i, r in enumerate(results):
-        cells = [_num(i), f'<td><a href="#m{i}">{escape(r.path)}</a></td>', f'<td class="{r.status}">{r.status}</td>',
-                 f'<td title="{escape(r.reason)}">{escape(_clip(r.brief(), 80))}</td>', _num(r.params),
-                 *(_num(r.norm_log10(q), ".6f") for q in settings.q), _num(r.lipschitz_log10, ".6f"), _num(r.opset),
-                 f"<td>{escape(r.producer)}</td>", _num(r.size / 1024, ".1f"), _num(r.wall_s, ".3f"),
-                 _num(r.peak_rss_mb, ".0f")]
+        rel = _rel(r.path, base)
+        cells = [_num(i), f'<td title="{escape(rel)}"><a href="#m{i}">{escape(rel)}</a></td>',
+                 f'<td class="{r.status}">{r.status}</td>',
+                 f'<td title="{escape(_clip(_unbased(r.reason, base), 2000))}">{escape(_clip(_unbased(r.brief(), base), 120))}</td>',
+                 _num(r.params),
+                 *(_num(r.norm_log10(q), ".6f") for q in settings.q), _num(r.lipschitz_log10, ".6f"), _num(r.opset, cls="n opt"),
+                 f'<td title="{escape(r.producer)}">{escape(r.producer)}</td>', _num(r.size / 1024, ".1f", "n opt"),
+                 _num(r.wall_s, ".3f", "n opt"), _num(r.peak_rss_mb, ".0f", "n opt")]
         rows.append(f"<tr>{''.join(cells)}</tr>")
-    head = "".join(f"<th>{escape(h)}</th>" for h in heads)
-    return f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    opt = ' class="opt"'
+    cols = "".join(f'<col{opt if o else ""} style="width:{w}">' for _, w, o in heads)
+    head = "".join(f"<th{opt if o else ''}>{escape(h)}</th>" for h, _, o in heads)
+    return (f'<table class="sortable fixed" id="models"><colgroup>{cols}</colgroup>'
+            f'<thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
 
 
-def _detail(i: int, r: ModelResult) -> str:
+def _detail(i: int, r: ModelResult, base: str) -> str:
     items = [("status", f'<span class="{r.status}">{r.status}</span>'), ("sha256", f"<code>{r.sha256}</code>"),
              ("size", f"{r.size} bytes"), ("opset", r.opset), ("producer", escape(r.producer)), ("parameters", r.params),
              ("input shape", escape(json.dumps(r.input_shape))), ("analysed outputs", escape(", ".join(r.outputs))),
@@ -215,19 +342,21 @@ def _detail(i: int, r: ModelResult) -> str:
     items += [("Lipschitz bound log10 (ℓ∞ → ℓ1)", r.lipschitz_log10),
               ("notes", "<br>".join(escape(n) for n in r.notes)),
               ("refused nodes", "<br>".join(escape(f"{f['node']} ({f['op_type']}): {f['reason']}") for f in r.refusals)),
-              ("reason", f"<pre>{escape(r.reason)}</pre>" if r.reason else ""),
+              ("reason", f"<pre>{escape(_unbased(r.reason, base))}</pre>" if r.reason else ""),
               ("wall time", f"{r.wall_s:.3f} s" + (f" (timeout {r.timeout_s:g} s)" if r.timeout_s else "")),
               ("peak memory", None if r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f} MiB"),
               ("computed", f"{r.computed_at or ''} (run {r.run_id})")]
     rows = "".join(f"<tr><th>{k}</th><td>{'' if v is None else v}</td></tr>" for k, v in items if v not in ("", None, []))
-    return (f'<details id="m{i}"><summary><span class="{r.status}">{r.status}</span> {escape(r.path)}</summary>'
-            f"<table>{rows}</table></details>")
+    return (f'<details id="m{i}"><summary><span class="{r.status}">{r.status}</span> {escape(_rel(r.path, base))}</summary>'
+            f'<table class="wrap"><colgroup><col style="width:14em"><col></colgroup>{rows}</table></details>')
 
 
-def _num(x: float | None, fmt: str = "") -> str:
+def _num(x: float | None, fmt: str = "", cls: str = "n") -> str:
+    """A numeric cell; ``data-v`` holds the exact value the sort uses."""
+    attr = "class=n" if cls == "n" else f'class="{cls}"'
     if x is None:
-        return '<td class=n data-v=""></td>'
-    return f'<td class=n data-v="{x!r}">{format(x, fmt)}</td>'
+        return f'<td {attr} data-v=""></td>'
+    return f'<td {attr} data-v="{x!r}">{format(x, fmt)}</td>'
 
 
 def _clip(text: str, limit: int) -> str:

@@ -1,0 +1,7 @@
+"""``python -m onnx_pathlift``: the same command line as ``onnx-pathlift``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
