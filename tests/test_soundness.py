@@ -198,7 +198,25 @@ def _rescale_models() -> list[tuple[str, onnx.ModelProto]]:
         out.append((acas.name, onnx.load(acas)))
     rng = np.random.default_rng(2)
     out.append(("deep_mlp", _gemm_chain([rng.normal(0, 0.6, (16, 16)) for _ in range(30)], 16)))
+    out.append(("deep_cnn", _conv_chain(rng, 20)))
     return out
+
+
+def _conv_chain(rng: np.random.Generator, depth: int) -> onnx.ModelProto:
+    """3x3 Conv (bias) + BatchNormalization + Relu, ``depth`` times, 6 channels on a 6x6 image."""
+    nodes, inits, x = [], [], "x"
+    for i in range(depth):
+        inits += [numpy_helper.from_array(rng.normal(0, 0.3, (6, 6, 3, 3)).astype(np.float32), f"K{i}"),
+                  numpy_helper.from_array(rng.normal(0, 0.1, 6).astype(np.float32), f"B{i}")]
+        inits += [numpy_helper.from_array(v.astype(np.float32), f"bn{i}_{n}") for n, v in
+                  (("s", rng.uniform(0.5, 2, 6)), ("b", rng.normal(0, 0.1, 6)), ("m", rng.normal(0, 0.1, 6)), ("v", rng.uniform(0.5, 2, 6)))]
+        nodes += [helper.make_node("Conv", [x, f"K{i}", f"B{i}"], [f"c{i}"], pads=[1, 1, 1, 1]),
+                  helper.make_node("BatchNormalization", [f"c{i}", f"bn{i}_s", f"bn{i}_b", f"bn{i}_m", f"bn{i}_v"], [f"n{i}"]),
+                  helper.make_node("Relu", [f"n{i}"], [f"r{i}"])]
+        x = f"r{i}"
+    g = helper.make_graph(nodes, "deep_cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 6, 6])],
+                          [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 6, 6, 6])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
 @pytest.mark.parametrize("name,model", _rescale_models(), ids=lambda v: v if isinstance(v, str) else "")
