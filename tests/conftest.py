@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -63,3 +66,20 @@ def traced_peak() -> Iterator[list[int]]:
     finally:
         peak.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
+
+
+def run_measured(*args, cap_bytes: int | None = None, cwd: Path | None = None, hang_s: float = 600.0,
+                 ) -> tuple[subprocess.CompletedProcess, int]:
+    """Run the CLI with ``args`` from a fresh, small wrapper process, so that the wrapper's
+    RUSAGE_CHILDREN is this one run's peak resident memory (a child forked straight from a large
+    pytest process starts with pytest's resident size). ``cap_bytes``: an address-space limit for
+    the run; ``hang_s``: a hang detector, not a timing. Returns the run and its peak RSS in bytes."""
+    code = ("import json, resource, subprocess, sys; cap = int(sys.argv[1]); hang = float(sys.argv[2]); "
+            "pre = (lambda: resource.setrlimit(resource.RLIMIT_AS, (cap, cap))) if cap else None; "
+            "p = subprocess.run([sys.executable, '-m', 'onnx_pathlift.cli', *sys.argv[3:]], capture_output=True, "
+            "text=True, preexec_fn=pre, timeout=hang); "
+            "print(json.dumps([p.returncode, p.stdout, p.stderr, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss]))")
+    wrap = subprocess.run([sys.executable, "-c", code, str(cap_bytes or 0), str(hang_s), *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=hang_s + 60, check=True)
+    rc, out, err, kib = json.loads(wrap.stdout)
+    return subprocess.CompletedProcess(args, rc, out, err), kib * 1024

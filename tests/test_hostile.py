@@ -17,14 +17,12 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
-import threading
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from conftest import ROOT, make_model, traced_peak
+from conftest import ROOT, make_model, run_measured, traced_peak
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_pathlift import import_model, path_norm
@@ -48,27 +46,10 @@ def corpus(tmp_path_factory) -> tuple[Path, dict]:
     return root, make_hostile.generate(root)
 
 
-def _cap_memory() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
-
-
 def run_capped(path: Path) -> tuple[subprocess.CompletedProcess, float]:
-    """Run the CLI on ``path`` under the address-space cap; return the finished process and its peak
-    resident memory in MB (from ``wait4``'s resource usage of that child alone)."""
-    cmd = [sys.executable, "-m", "onnx_pathlift.cli", "norm", str(path), "--json"]
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, preexec_fn=_cap_memory, cwd=path.parent)
-        hang = threading.Timer(HANG_S, proc.kill)
-        hang.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            hang.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        done = subprocess.CompletedProcess(cmd, proc.returncode, out.read().decode(), err.read().decode())
-    return done, usage.ru_maxrss / 1024
+    """Run ``norm`` on ``path`` under the address-space cap; the run and its peak resident memory in MB."""
+    proc, peak = run_measured("norm", path, "--json", cap_bytes=MEMORY_CAP, cwd=path.parent, hang_s=HANG_S)
+    return proc, peak / 2**20
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import ROOT, make_model
+from conftest import ROOT, make_model, run_measured
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import helper
@@ -55,17 +55,6 @@ def cli(*args, limit_fsize: int | None = None, env: dict | None = None) -> subpr
 
     return subprocess.run([sys.executable, "-m", "onnx_pathlift.cli", *map(str, args)], capture_output=True, text=True,
                           preexec_fn=cap, env=env, timeout=HANG, check=False)
-
-
-def run_measured(*args) -> tuple[subprocess.CompletedProcess, int]:
-    """Run the CLI in a fresh wrapper process, so that RUSAGE_CHILDREN measures this one run only."""
-    code = ("import resource, subprocess, sys, json; "
-            "p = subprocess.run([sys.executable, '-m', 'onnx_pathlift.cli', *sys.argv[1:]], capture_output=True, text=True); "
-            "print(json.dumps([p.returncode, p.stdout, p.stderr, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss]))")
-    wrap = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=HANG,
-                          check=True)
-    rc, out, err, kib = json.loads(wrap.stdout)
-    return subprocess.CompletedProcess(args, rc, out, err), kib * 1024
 
 
 def big_mlp(width: int = 64) -> onnx.ModelProto:
