@@ -69,17 +69,9 @@ class GraphBuilder:
         self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
         return out
 
-    def model(
-        self,
-        inputs: list[tuple[str, tuple[int, ...]]],
-        outputs: list[tuple[str, tuple[int, ...] | None]],
-        name: str,
-        doc: str = "",
-        double_outputs: set[str] | None = None,
-    ) -> ModelProto:
-        """Assemble a float32 model with the given inputs and outputs (shape None: scalar; the
-        outputs named in ``double_outputs`` are float64), every constant stored in it."""
-        return self.build(inputs, outputs, name, doc, double_outputs, external_min_bytes=None).proto
+    def model(self, *args, **kwargs) -> ModelProto:
+        """:meth:`build` with every constant stored in the model: a standalone ``ModelProto``."""
+        return self.build(*args, external_min_bytes=None, **kwargs).proto
 
     def build(
         self,
@@ -90,8 +82,10 @@ class GraphBuilder:
         double_outputs: set[str] | None = None,
         external_min_bytes: int | None = EXTERNAL_MIN_BYTES,
     ) -> BuiltModel:
-        """As :meth:`model`, but constants of at least ``external_min_bytes`` stay numpy arrays beside
-        the model (referenced as external data at :data:`MEMORY`), for onnxruntime to take directly."""
+        """Assemble a float32 model with the given inputs and outputs (shape None: scalar; the outputs
+        named in ``double_outputs`` are float64). Constants of at least ``external_min_bytes`` stay
+        numpy arrays beside the model (external data at :data:`MEMORY`), for onnxruntime to take
+        directly (None: every constant in the model)."""
         double = double_outputs or set()
         inits, external = [], {}
         for k, v in self.constants.items():

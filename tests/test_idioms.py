@@ -11,14 +11,13 @@ from onnx import helper
 from oracle import brute_force_path_norm
 from test_ops import _net
 from test_ops_select import _i, _one, _sandwich
-from test_scores import sample, scored_initializers, zeroed
+from test_scores import assert_scores_are_brute_force_drops
 from tiny_nets import conv_bn_pool, residual_concat
 
 import onnx_pathlift as pl
 from onnx_pathlift.importer import ImportTrace, import_prepared
 from onnx_pathlift.load import prepare
 from onnx_pathlift.norm import PathNormSession
-from onnx_pathlift.scores import path_magnitude
 from onnx_pathlift.verify import verify
 
 
@@ -90,15 +89,7 @@ def test_idiom_against_oracle(case: str) -> None:
 
 @pytest.mark.parametrize("case", sorted(IDIOMS))
 def test_idiom_scores_are_the_brute_force_drops(case: str) -> None:
-    model = IDIOMS[case]()
-    scores = path_magnitude(model)
-    full = brute_force_path_norm(model, 1)
-    rng = np.random.default_rng(0)
-    for k in sorted(scored_initializers(model)):
-        f = scores.fraction[k]
-        for idx in sample(f, 4, rng):
-            want = (full - brute_force_path_norm(zeroed(model, k, idx), 1)) / full
-            assert abs(f[idx] - want) <= 1e-5 * abs(want) + 1e-9, (k, idx, f[idx], want)
+    assert_scores_are_brute_force_drops(IDIOMS[case]())
 
 
 def test_tile_duplicates_neurons_and_neg_keeps_the_norm() -> None:

@@ -12,12 +12,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from oracle import brute_force_path_norm
 from test_ops import _net
-from test_scores import sample, scored_initializers, zeroed
+from test_scores import assert_scores_are_brute_force_drops
 
 import onnx_pathlift as pl
 from onnx_pathlift.norm import PathNormSession
 from onnx_pathlift.ops.select import nearest_index
-from onnx_pathlift.scores import path_magnitude
 from onnx_pathlift.verify import verify
 
 I64 = np.iinfo(np.int64)
@@ -138,15 +137,7 @@ def test_select_op_against_oracle(case: str) -> None:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_select_op_scores_are_the_brute_force_drops(case: str) -> None:
-    model = CASES[case]()
-    scores = path_magnitude(model)
-    full = brute_force_path_norm(model, 1)
-    rng = np.random.default_rng(0)
-    for k in sorted(scored_initializers(model)):
-        f = scores.fraction[k]
-        for idx in sample(f, 4, rng):
-            want = (full - brute_force_path_norm(zeroed(model, k, idx), 1)) / full
-            assert abs(f[idx] - want) <= 1e-5 * abs(want) + 1e-9, (k, idx, f[idx], want)
+    assert_scores_are_brute_force_drops(CASES[case]())
 
 
 @pytest.mark.parametrize("case", ["gather_repeated_negative_indices", "resize_channels_too", "slice_negative_steps", "space_to_depth"])

@@ -237,6 +237,19 @@ def sample(f: np.ndarray, cap: int, rng: np.random.Generator) -> list[tuple[int,
     return [np.unravel_index(int(i), f.shape) for i in flat]
 
 
+def assert_scores_are_brute_force_drops(model: onnx.ModelProto, cap: int = 4) -> None:
+    """Each sampled weight's path-magnitude fraction equals the brute-force drop of ‖Φ‖_1 when it is
+    zeroed, divided by ‖Φ‖_1 (to 1e-5 relative)."""
+    scores = path_magnitude(model)
+    full = brute_force_path_norm(model, 1)
+    rng = np.random.default_rng(0)
+    for k in sorted(scored_initializers(model)):
+        f = scores.fraction[k]
+        for idx in sample(f, cap, rng):
+            want = (full - brute_force_path_norm(zeroed(model, k, idx), 1)) / full
+            assert abs(f[idx] - want) <= 1e-5 * abs(want) + 1e-9, (k, idx, f[idx], want)
+
+
 def assert_fractions_close(got: dict[str, np.ndarray], want: dict[str, np.ndarray], rtol: float, atol: float = 0.0):
     assert sorted(got) == sorted(want)
     for k, w in want.items():
