@@ -53,7 +53,7 @@ class Budget:
     inputs: dict[str, list[str]] = field(default_factory=dict)
     bound_log2: dict[str, float] = field(default_factory=dict)  # analysed output name -> log2 U_o
 
-    _cache: dict[str, float | None] = field(default_factory=dict, repr=False)  # gamma and the underflow factor
+    _cache: dict[str, float | None] = field(default_factory=dict, repr=False)  # gamma, the underflow factor, U per output set
 
     def add(self, name: str, inputs: list[str], ops: int, rho: float | None) -> None:
         self.ops[name], self.rho[name], self.inputs[name] = ops, rho, list(inputs)
@@ -96,15 +96,19 @@ class Budget:
         """``(lower, upper, certified)`` on ``log2 R`` for ``R`` summed over ``outputs``, from the
         computed ``log2 R_c``. ``certified``: the underflow term is below ``2**CERTIFIED_LOG2 · R_c``."""
         g = self.gamma()
-        if log2_sum([self.bound_log2[o] for o in outputs]) == -math.inf:
+        key = "U " + "\0".join(outputs)
+        if key not in self._cache:
+            self._cache[key] = log2_sum([self.bound_log2[o] for o in outputs])
+        total = self._cache[key]
+        if total == -math.inf:
             return -math.inf, -math.inf, True  # every output neuron is bounded by 0
-        u = log2_sum([self.bound_log2[o] for o in outputs]) + math.log2(1.0 + g)  # U, rounded up once more
+        u = total + math.log2(1.0 + g)  # U, rounded up once more
         lower = computed_log2 - math.log2(1.0 + g)
         factor = self.underflow_factor_log2()
         if math.isnan(computed_log2):  # no computed value: the static bound alone
             return -math.inf, u, False
         if factor is None:
             return min(lower, u), u, False
-        e = factor + log2_sum([self.bound_log2[o] for o in outputs]) + math.log2(1.0 + g)
+        e = factor + total + math.log2(1.0 + g)
         upper = min(u, log2_sum([computed_log2 - math.log2(1.0 - g), e]))
         return min(lower, upper), upper, e - computed_log2 <= CERTIFIED_LOG2

@@ -68,12 +68,13 @@ def _log2_total(t: np.ndarray, k) -> float:
     if k.size == 1:
         total = float(t.sum())
         return math.log2(total) + float(k.reshape(-1)[0]) if total > 0 else -math.inf
+    k = np.broadcast_to(k, t.shape)
     mask = t > 0
     if not mask.any():
         return -math.inf
-    lg = np.log2(t[mask]) + np.broadcast_to(k, t.shape)[mask]
-    top = float(lg.max())
-    return top + math.log2(float(np.exp2(lg - top).sum()))
+    top = float(k[mask].max())  # exact powers of two below it; a term 2**-1074 below the largest nonzero one is nothing
+    with np.errstate(under="ignore", invalid="ignore"):
+        return top + math.log2(float(np.where(mask, t * np.exp2(k - top), 0.0).sum()))
 
 
 @dataclass
@@ -85,9 +86,17 @@ class JobRun:
     budget: Budget
     copies_log2: float = 0.0
     sizes: dict[str, int] = field(default_factory=dict)  # analysed layer -> neurons (one sample)
+    _totals: dict[str, float] = field(default_factory=dict, repr=False)
+
+    def total_log2(self, name: str) -> float:
+        """log2 Σ T·2**k of one output (computed once)."""
+        if name not in self._totals:
+            self._totals[name] = _log2_total(*self.outputs[name])
+        return self._totals[name]
 
     def select(self, names: list[str]) -> JobRun:
-        return JobRun({o: self.outputs[o] for o in names}, self.budget, self.copies_log2, self.sizes)
+        return JobRun({o: self.outputs[o] for o in names}, self.budget, self.copies_log2, self.sizes,
+                      {o: v for o, v in self._totals.items() if o in names})
 
     def neuron_upper(self, name: str) -> np.ndarray:
         """A certified upper bound on every lifted neuron of output ``name`` (one sample): its computed
@@ -102,9 +111,12 @@ class JobRun:
         return np.minimum(value / (1.0 - g) + 2.0**lost, 2.0**total)
 
 
-def combine(q: float, outputs: dict[str, tuple[np.ndarray, np.ndarray | float]]) -> PathNorm:
-    """‖Φ‖_q from lifted outputs ``{name: (T, k)}``: (Σ_o ΣT_o·2**k_o)**(1/q), without an interval."""
-    logs = {o: _log2_total(t, k) for o, (t, k) in outputs.items()}
+def combine(q: float, outputs: dict[str, tuple[np.ndarray, np.ndarray | float]] | JobRun) -> PathNorm:
+    """‖Φ‖_q from lifted outputs ``{name: (T, k)}`` (or a run's): (Σ_o ΣT_o·2**k_o)**(1/q), without an interval."""
+    if isinstance(outputs, JobRun):
+        logs = {o: outputs.total_log2(o) for o in outputs.outputs}
+    else:
+        logs = {o: _log2_total(t, k) for o, (t, k) in outputs.items()}
     log10 = math.nan if any(math.isnan(v) for v in logs.values()) else log2_sum(list(logs.values())) / q * _LOG10_2
     return PathNorm(q, log10, _value(log10), {o: v / q * _LOG10_2 for o, v in logs.items()})
 
@@ -125,7 +137,7 @@ def combine_runs(q: float, runs: Sequence[JobRun]) -> PathNorm:
     intervals, certified when one of them is."""
     lowers, uppers, certified, norm, lq = [], [], False, None, lifted_q(q)
     for run in runs:
-        candidate = combine(lq, run.outputs)
+        candidate = combine(lq, run)
         norm = candidate if norm is None or not math.isnan(candidate.log10) else norm
         log2 = candidate.log10 * lq / _LOG10_2 - run.copies_log2
         lo, hi, ok = run.budget.interval(log2, list(run.outputs))
@@ -212,7 +224,7 @@ class LiftedSession:
 
     @staticmethod
     def _certified(run: JobRun) -> bool:
-        return all(run.budget.interval(_log2_total(*run.outputs[o]) - run.copies_log2, [o])[2] for o in run.outputs)
+        return all(run.budget.interval(run.total_log2(o) - run.copies_log2, [o])[2] for o in run.outputs)
 
     def lifted_outputs(self) -> list[dict[str, tuple[np.ndarray, np.ndarray | float]]]:
         """One pass: per job, ``{output: (T, k)}`` with lifted value ``T · 2**k`` (the last graph run)."""
