@@ -71,11 +71,6 @@ def bundle_tag(i: int, n: int) -> str:
     return "" if n == 1 else f"job{i}__"
 
 
-def lift_bundle(jobs: Sequence[tuple[Dag, float]], static: bool = True) -> ModelProto:
-    """Several lifted networks in one model (see :func:`lifted_bundle`)."""
-    return lifted_bundle(jobs, static)[0].standalone()
-
-
 def lifted_bundle(jobs: Sequence[tuple[Dag, float]], static: bool = True,
                   input_log2: dict[str, float] | None = None) -> tuple[BuiltModel, list[Budget]]:
     """Several lifted networks in one model (one session, one run): ``(dag, q)`` jobs whose DAGs share

@@ -226,10 +226,6 @@ class LiftedSession:
     def _certified(run: JobRun) -> bool:
         return all(run.budget.interval(run.total_log2(o) - run.copies_log2, [o])[2] for o in run.outputs)
 
-    def lifted_outputs(self) -> list[dict[str, tuple[np.ndarray, np.ndarray | float]]]:
-        """One pass: per job, ``{output: (T, k)}`` with lifted value ``T · 2**k`` (the last graph run)."""
-        return [job[-1].outputs for job in self.runs()]
-
     def norms(self) -> list[PathNorm]:
         """‖Φ‖_q of every job, summed over its analysed outputs, with its certified interval."""
         return [combine_runs(q, job) for (_, q), job in zip(self.jobs, self.runs())]
@@ -264,10 +260,6 @@ class PathNormSession(LiftedSession):
     def run(self) -> PathNorm:
         """‖Φ‖_q summed over every analysed output."""
         return self.norms()[0]
-
-    def run_outputs(self) -> dict[str, tuple[np.ndarray, np.ndarray | float]]:
-        """One pass of the lifted network: ``{output: (T, k)}`` with lifted value ``T · 2**k``."""
-        return self.lifted_outputs()[0]
 
 
 def path_norm(model: ModelSource | Dag, q: float = 1.0, input_shape=None, providers=None) -> PathNorm:
