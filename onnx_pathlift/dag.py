@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import networkx as nx
@@ -87,6 +87,16 @@ class Dag:
     @property
     def n_params(self) -> int:
         return sum(layer.n_params for layer in self.layers())
+
+    def float64_params(self) -> Dag:
+        """The same DAG with every parameter in float64 (weights import as float32, exactly; compare's
+        arithmetic on two parameter sets, ``|a| − |b|`` and signs of products, must not round)."""
+        out = Dag(opset=self.opset, inputs=list(self.inputs), outputs=dict(self.outputs), notes=list(self.notes),
+                  activation_qdq=self.activation_qdq, quantizers=list(self.quantizers))
+        for layer in self.layers():
+            params = {k: np.asarray(v, dtype=np.float64) for k, v in layer.params.items()}
+            out.add(replace(layer, params=params) if params else layer, self.graph.nodes[layer.name]["kind"])
+        return out
 
     def kind_counts(self) -> dict[str, int]:
         return dict(Counter(kind for _, kind in self.graph.nodes(data="kind")))

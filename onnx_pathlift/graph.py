@@ -10,6 +10,7 @@ rounding error; ``k`` is integer-valued and exact up to 2**24.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -153,7 +154,13 @@ class Scaled:
 
 
 _POW_CACHE: list[tuple[np.ndarray, float, tuple[np.ndarray, int]]] = []
-_RANGE_CACHE: list[tuple[np.ndarray, tuple[float, float]]] = []
+#: ``log2_range`` per array object: id -> (weak reference, result); an entry leaves with its array
+_RANGE_CACHE: dict[int, tuple[weakref.ref, tuple[float, float]]] = {}
+#: float64 entries per block of :func:`pow_row_reduce` (16 MiB)
+_BLOCK = 1 << 21
+#: unsigned integers of a float's width and the mask of its magnitude bits: for finite floats the
+#: masked bits order like ``|a|`` (subnormals included), so integer max/min give the range
+_MAGNITUDE_BITS = {4: (np.uint32, 0x7FFFFFFF), 8: (np.uint64, 0x7FFFFFFFFFFFFFFF)}
 
 #: a static exponent: an int, or a float64 map of integers broadcastable to its tensor (``-inf`` at
 #: neurons whose lifted value is known to be 0: they need no scale)
@@ -176,34 +183,68 @@ def pow_scaled(a: np.ndarray, q: float) -> tuple[np.ndarray, int]:
 
 
 def _pow_scaled(a: np.ndarray, q: float) -> tuple[np.ndarray, int]:
-    low, top = log2_range(a)
-    if top == -math.inf:
+    if log2_range(a)[1] == -math.inf:
         return np.zeros(np.shape(a)), 0
-    e = int(math.floor(q * top))
+    e, log_domain = pow_exponent(a, q)
+    return pow_block(a, q, e, log_domain), e
+
+
+def pow_exponent(a: np.ndarray, q: float) -> tuple[int, bool]:
+    """The ``e`` of :func:`pow_scaled` (``floor(q · log2 max |a|)``) and whether ``|a|**q · 2**-e``
+    must be computed in the log domain (plain float64 powers could overflow or lose entries)."""
+    top = log2_range(a)[1]
+    if top == -math.inf:
+        return 0, False
+    return int(math.floor(q * top)), lost_below(a, q) or abs(q * top) >= 900
+
+
+def pow_block(a: np.ndarray, q: float, e: int, log_domain: bool) -> np.ndarray:
+    """``|a|**q · 2**-e`` entry by entry in a new float64 array (see :func:`pow_exponent`)."""
     m = np.asarray(np.abs(np.asarray(a), dtype=np.float64))  # a 0-d array, not a scalar, for a 0-d parameter
     with np.errstate(divide="ignore", under="ignore"):
-        if lost_below(a, q) or abs(q * top) >= 900:
+        if log_domain:
             np.log2(m, out=m)
             m *= q
             m -= e
-            return np.exp2(m, out=m), e
+            return np.exp2(m, out=m)
         if q != 1:
             m **= q
         m *= math.ldexp(1.0, -e)
-        return m, e
+        return m
+
+
+def pow_row_reduce(a: np.ndarray, rows: np.ndarray, q: float, reduce) -> tuple[np.ndarray, int]:
+    """``reduce(|rows|**q · 2**-e)`` (one value per row) and ``e``, for ``rows`` a 2-D view of the
+    parameter ``a``: the values :func:`pow_scaled` gives, a block of rows at a time, so no float64
+    copy of the whole parameter is made."""
+    e, log_domain = pow_exponent(a, q)
+    step = max(1, _BLOCK // max(1, rows.shape[1]))
+    blocks = [reduce(pow_block(rows[i:i + step], q, e, log_domain)) for i in range(0, rows.shape[0], step)]
+    return (np.concatenate(blocks) if blocks else np.zeros(0)), e
 
 
 def log2_range(a: np.ndarray) -> tuple[float, float]:
-    """``(log2 min |a_i|, log2 max |a_i|)`` over the nonzero entries (``-inf`` twice if none);
-    memoised for the last few arrays (a weight is asked about by its bound and its lift)."""
-    for arr, result in _RANGE_CACHE:
-        if arr is a:
-            return result
+    """``(log2 min |a_i|, log2 max |a_i|)`` over the nonzero entries (``-inf`` twice if none), from
+    the magnitude bits of a float32/float64 array; memoised per array while it lives (a weight is
+    asked about by its bound and by its lift, at every q)."""
+    hit = _RANGE_CACHE.get(id(a))
+    if hit is not None and hit[0]() is a:
+        return hit[1]
     v = np.asarray(a)
-    top = max(float(v.max(initial=0.0)), -float(v.min(initial=0.0)))
-    low = min(float(v.min(where=v > 0, initial=np.inf)), -float(v.max(where=v < 0, initial=-np.inf)))
+    if v.dtype.kind == "f" and v.dtype.itemsize in _MAGNITUDE_BITS and v.size:
+        uint, mask = _MAGNITUDE_BITS[v.dtype.itemsize]
+        bits = np.bitwise_and(v.view(uint), uint(mask))
+        top = float(bits.max().view(v.dtype))
+        if top > 0:
+            bits -= uint(1)  # 0 wraps to the largest integer: the minimum is over the nonzero entries
+            low = float((bits.min() + uint(1)).view(v.dtype))
+    else:
+        top = max(float(v.max(initial=0.0)), -float(v.min(initial=0.0)))
+        low = min(float(v.min(where=v > 0, initial=np.inf)), -float(v.max(where=v < 0, initial=-np.inf)))
     result = (math.log2(low), math.log2(top)) if top > 0 else (-math.inf, -math.inf)
-    _RANGE_CACHE[:] = [(a, result)] + _RANGE_CACHE[:7]
+    if isinstance(a, np.ndarray):
+        key = id(a)
+        _RANGE_CACHE[key] = (weakref.ref(a, lambda _: _RANGE_CACHE.pop(key, None)), result)
     return result
 
 
@@ -218,15 +259,19 @@ def scaled_power(a: np.ndarray, q: float, *shifts: np.ndarray) -> np.ndarray:
     against ``a``, ``-inf`` giving 0, never ``+inf``: see :func:`neg_exp`; row and column exponents
     stay separate vectors, so no full-size exponent array is built): in the log domain where plain
     float64 powers could overflow or underflow, so no entry is lost that float32 can hold. One
-    float64 working copy of ``a``, updated in place. Raises if an entry overflows float32."""
+    float64 working copy of ``a``, updated in place (float32 for q = 1 and 2 where every partial
+    product is a normal float32: the same result, see :func:`_float32_power`). Raises if an entry
+    overflows float32."""
     low, top = log2_range(a)
+    parts = _balanced([np.asarray(s, dtype=np.float64) for s in shifts])
+    reach = sum(float(np.abs(s[np.isfinite(s)]).max(initial=0.0)) for s in parts)
+    if top == -math.inf or (q in (1.0, 2.0) and np.asarray(a).dtype == np.float32 and _normal_float32(q * low, q * top, parts)):
+        return _float32_power(a, q, parts)
     m = np.asarray(np.abs(np.asarray(a), dtype=np.float64, order="C"))  # the one copy (a transposed weight is laid out here)
-    parts = [np.asarray(s, dtype=np.float64) for s in shifts]
     shape = np.broadcast_shapes(m.shape, *(p.shape for p in parts))
     if shape != m.shape:  # a shift wider than ``a`` (a bias broadcast to its layer's exponent map)
         m = np.broadcast_to(m, shape).copy()
-    span = q * max(abs(top), abs(low)) if top > -math.inf else 0.0
-    reach = sum(float(np.abs(s[np.isfinite(s)]).max(initial=0.0)) for s in parts)
+    span = q * max(abs(top), abs(low))
     with np.errstate(divide="ignore", over="ignore", under="ignore", invalid="ignore"):
         if span + reach < 1000:  # every partial product stays inside float64's normal range
             if q != 1:
@@ -242,6 +287,49 @@ def scaled_power(a: np.ndarray, q: float, *shifts: np.ndarray) -> np.ndarray:
     if m.size and float(m.max()) >= 2.0**128:
         raise PathliftError(f"a lifted parameter (|a|**{q:g} scaled) overflows float32 (max log2 {math.log2(float(m.max())):.1f})")
     return m.astype(np.float32)
+
+
+def _balanced(shifts: list[np.ndarray]) -> list[np.ndarray]:
+    """The same total shift with every part but the last moved to a largest finite entry of 0 and
+    the last taking the difference (``k_in`` and ``−k_out`` of a deep network are both near 240;
+    their sum is small, so no partial product should leave the range)."""
+    out, carry = [], 0.0
+    for s in shifts[:-1]:
+        finite = s[np.isfinite(s)]
+        c = float(finite.max()) if finite.size else 0.0
+        out.append(s - c)
+        carry += c
+    return out + [shifts[-1] + carry] if shifts else []
+
+
+def _normal_float32(low: float, top: float, shifts: list[np.ndarray]) -> bool:
+    """Whether values in ``[2**low, 2**top]`` stay normal float32 numbers (or become 0 at a ``-inf``
+    shift) as each ``2**shift`` factor multiplies them in turn."""
+    for s in shifts:
+        finite = s[np.isfinite(s)]
+        if finite.size:
+            low, top = low + float(finite.min()), top + float(finite.max())
+        if low < -126 or top >= 127:
+            return False
+    return -126 <= low and top < 127
+
+
+def _float32_power(a: np.ndarray, q: float, shifts: list[np.ndarray]) -> np.ndarray:
+    """:func:`scaled_power` for a float32 ``a``, q ∈ {1, 2}, when ``|a|**q`` and every product with
+    the ``2**shift`` factors are normal float32 numbers (or 0): ``|a|`` is exact, ``a·a`` is the
+    correctly rounded square (the exact square has 48 bits, so float64 then float32 rounds the same
+    way once), and scaling by a power of two is exact; so this equals the float64 computation, in a
+    quarter of the memory traffic."""
+    m = np.abs(np.asarray(a), dtype=np.float32, order="C")
+    shape = np.broadcast_shapes(m.shape, *(s.shape for s in shifts))
+    if shape != m.shape:
+        m = np.broadcast_to(m, shape).copy()
+    if q == 2.0:
+        np.multiply(m, m, out=m)
+    with np.errstate(over="ignore", under="ignore"):
+        for s in shifts:
+            m *= np.exp2(s).astype(np.float32)  # exact: integers (or -inf: 0) in float32's normal exponent range
+    return m
 
 
 def neg_exp(k: np.ndarray) -> np.ndarray:

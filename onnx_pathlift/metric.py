@@ -356,7 +356,7 @@ def path_metric(model_a: ModelSource | Dag, model_b: ModelSource | Dag, input_sh
     takes at most :data:`MAX_SHARE_PASSES` lifted passes)."""
     a = model_a if isinstance(model_a, Dag) else import_model(model_a, input_shape)
     b = model_b if isinstance(model_b, Dag) else import_model(model_b, input_shape)
-    a, b, pairs, _, _ = comparable(a, b)
+    a, b, pairs, _, _ = comparable(a.float64_params(), b.float64_params())
     signs, exact = sign_report(a, b, pairs)
     na = PathNormSession(a, 1.0, providers).run()
     nb = PathNormSession(b, 1.0, providers).run()

@@ -90,7 +90,9 @@ def test_reemission_check_can_fail() -> None:
     model, _ = ALL_NETS["conv_bn_pool"](0)
     dag = pl.import_model(model)
     conv = next(layer for layer in dag.layers() if layer.op == "conv")
-    conv.params["W"].flat[0] *= -1
+    w = conv.params["W"].copy()  # imported weights are read-only views of the model's tensors
+    w.flat[0] *= -1
+    conv.params["W"] = w
     report = verify(model, dag, raise_on_failure=False)
     assert not report.passed
     with pytest.raises(pl.PathliftError):

@@ -124,6 +124,10 @@ def resnet50() -> nn.Module:
     return ResNet(Bottleneck, [3, 4, 6, 3])
 
 
+def resnet152() -> nn.Module:
+    return ResNet(Bottleneck, [3, 8, 36, 3])
+
+
 def resnext50_32x4d() -> nn.Module:
     return ResNet(Bottleneck, [3, 4, 6, 3], groups=32, width_per_group=4)
 
@@ -533,6 +537,10 @@ ARCHS = {
 }
 
 
+#: architectures that only the benchmarks build (too slow for the test suite)
+BENCHMARK_ONLY = {"resnet152": (resnet152, 64)}
+
+
 def randomise(model: nn.Module, seed: int) -> nn.Module:
     """Random BatchNorm statistics and affine parameters, random small biases where they are zero."""
     g = torch.Generator().manual_seed(seed)
@@ -551,7 +559,7 @@ def randomise(model: nn.Module, seed: int) -> nn.Module:
 
 def build(name: str, seed: int = 0) -> tuple[nn.Module, tuple[int, int, int, int]]:
     """The architecture ``name`` with seeded random weights, in eval mode, and its input shape."""
-    fn, size = ARCHS[name]
+    fn, size = {**ARCHS, **BENCHMARK_ONLY}[name]
     torch.manual_seed(seed)
     model = randomise(fn(), seed + 1).eval()
     return model, (1, 3, size, size)

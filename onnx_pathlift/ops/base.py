@@ -21,7 +21,7 @@ from onnx import NodeProto, helper
 
 from ..dag import Dag, Layer
 from ..errors import RefuseNode
-from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, lifted_log2
+from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, lifted_log2, pow_row_reduce
 from ..load import Prepared
 
 ImportRule = Callable[[NodeProto, "ImportContext"], None]
@@ -185,15 +185,18 @@ def along_axis(lu: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray:
     return np.broadcast_to(v, (shape[axis],)) if v.size == 1 else v
 
 
-def log2_weighted_sum(w: np.ndarray, lu: np.ndarray) -> np.ndarray:
-    """An upper bound on ``log2(w @ 2**lu)`` for non-negative float64 ``w`` (outputs × inputs) that
-    lost no entry to underflow, without overflow (terms ``2**(lu − max lu)`` that underflow are
-    bounded by :func:`log2_outward`)."""
+def log2_weighted_sum(a: np.ndarray, rows: np.ndarray, q: float, lu: np.ndarray) -> np.ndarray:
+    """An upper bound on ``log2(|rows|**q @ 2**lu)`` for ``rows`` (outputs × inputs, a view of the
+    parameter ``a``) whose powers lose no entry to underflow, without overflow (terms
+    ``2**(lu − max lu)`` that underflow are bounded by :func:`log2_outward`); float64, a block of rows
+    at a time (:func:`~onnx_pathlift.graph.pow_row_reduce`)."""
     top = float(np.max(lu, initial=-np.inf))
     if not np.isfinite(top):
-        return np.full(w.shape[0], -np.inf)
+        return np.full(rows.shape[0], -np.inf)
     low = float(np.min(lu[np.isfinite(lu)]))  # -inf terms are exact zeros, not underflow
-    return log2_outward(np.asarray(w, dtype=np.float64) @ np.exp2(lu - top), w.shape[1], 0.0, low - top) + top
+    weights = np.exp2(lu - top)
+    sums, e = pow_row_reduce(a, rows, q, lambda m: m @ weights)
+    return log2_outward(sums, rows.shape[1], 0.0, low - top) + top + e
 
 
 def log2_rows(w: np.ndarray, q: float, lu: np.ndarray) -> np.ndarray:
@@ -261,15 +264,21 @@ class ImportContext:
         """The folded constant value of a tensor, or None if it is an activation."""
         return self.prepared.consts.get(name) if name else None
 
-    def param(self, node: NodeProto, index: int, what: str) -> np.ndarray:
-        """Input ``index`` of ``node`` as a float64 parameter; refuses if it is not a constant."""
+    def param(self, node: NodeProto, index: int, what: str, weight: bool = False) -> np.ndarray:
+        """Input ``index`` of ``node`` as a float64 parameter; refuses if it is not a constant.
+
+        ``weight``: a kernel or weight matrix stored in float32 (or narrower) stays float32, without a
+        copy. Every float32 is exact in float64; each computation on weights that rounds upcasts first
+        (``pow_scaled``, ``scaled_power``, ``log2_rows``, the sums of ``linf_gain``, ``split_weight``),
+        and compare upcasts both networks (:func:`onnx_pathlift.dag.Dag.float64_params`)."""
         name = node.input[index] if index < len(node.input) else ""
         value = self.const(name)
         if value is None:
             raise RefuseNode(f"its {what} ({name!r}) is computed at run time, not a constant")
         if value.dtype.kind not in "fiu":
             raise RefuseNode(f"its {what} ({name!r}) has non-numeric type {value.dtype}")
-        value = np.asarray(value, dtype=np.float64)
+        narrow = weight and value.dtype.kind == "f" and value.dtype.itemsize <= 4
+        value = np.asarray(value, dtype=np.float32 if narrow else np.float64)
         if not np.all(np.isfinite(value)):
             bad = np.argwhere(~np.isfinite(value))[0]
             raise RefuseNode(f"its {what} ({name!r}) holds NaN/Inf (first at index {tuple(int(i) for i in bad)})")
@@ -373,7 +382,7 @@ def bias_bound(layer: Layer, lu: np.ndarray, q: float) -> np.ndarray:
 
 def split_weight(a: Layer, b: Layer, name: str = "W") -> tuple[dict, dict, dict]:
     """``split_params`` of a layer whose only parameter is the weight ``name`` (no bias)."""
-    wa, wb = np.abs(a.params[name]), np.abs(b.params[name])
+    wa, wb = np.abs(a.params[name], dtype=np.float64), np.abs(b.params[name], dtype=np.float64)
     lo, hi = np.minimum(wa, wb), np.maximum(wa, wb)
     return {name: lo}, {name: hi}, {name: hi - lo}
 

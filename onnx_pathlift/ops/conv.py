@@ -14,7 +14,19 @@ import numpy as np
 
 from ..dag import Layer
 from ..errors import PathliftError
-from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, exp_vector, lost_below, neg_exp, on_axis, pow_scaled, scaled_power
+from ..graph import (
+    GraphBuilder,
+    LiftBuilder,
+    Scaled,
+    compact,
+    exp_vector,
+    lost_below,
+    neg_exp,
+    on_axis,
+    pow_row_reduce,
+    pow_scaled,
+    scaled_power,
+)
 from .base import (
     ImportContext,
     LayerOp,
@@ -81,19 +93,21 @@ class Conv(LayerOp):
         return lift_bias(b, layer, y, q)
 
     def bound(self, layer, bs, shapes, q):
-        m, e = pow_scaled(layer.params["W"], q)
-        c_out, c_in_group = m.shape[:2]
+        kernel = layer.params["W"]
+        c_out, c_in_group = kernel.shape[:2]
+        taps = int(np.prod(kernel.shape[2:]))
         v = along_axis(bs[0], shapes[0], 1)
         groups = np.arange(c_out) // (c_out // layer.attrs["group"])  # group of each output channel
         v_in = v[(groups[:, None] * c_in_group + np.arange(c_in_group)[None, :])]  # (c_out, c_in_group)
-        w = m.reshape(c_out, c_in_group, -1).sum(axis=2)
+        sums, e = pow_row_reduce(kernel, kernel.reshape(c_out * c_in_group, taps), q, lambda m: m.sum(axis=1))
+        w = sums.reshape(c_out, c_in_group)
         top = float(np.max(v_in, initial=-np.inf))
         if not np.isfinite(top):
             out = np.full(c_out, -np.inf)
         elif lost_below(layer.params["W"], q) or float(np.min(v_in[np.isfinite(v_in)])) - top < -1000:  # one scale per output channel
-            out = log2_rows(layer.params["W"].reshape(c_out, -1), q, np.repeat(v_in, m[0, 0].size, axis=1))
+            out = log2_rows(kernel.reshape(c_out, -1), q, np.repeat(v_in, taps, axis=1))
         else:
-            out = log2_outward((w * np.exp2(v_in - top)).sum(axis=1), m[0].size, 0.0, 0.0) + top + e
+            out = log2_outward((w * np.exp2(v_in - top)).sum(axis=1), c_in_group * taps, 0.0, 0.0) + top + e
         return bias_bound(layer, on_axis(out, len(layer.shape), 1), q)
 
     def split_params(self, a: Layer, b: Layer):
@@ -128,7 +142,7 @@ class Conv(LayerOp):
 
     def linf_gain(self, layer: Layer) -> float:
         w = np.abs(layer.params["W"])
-        top = float(w.reshape(w.shape[0], -1).sum(axis=1).max(initial=0.0))  # interior positions: whole filter
+        top = float(w.reshape(w.shape[0], -1).sum(axis=1, dtype=np.float64).max(initial=0.0))  # interior positions: whole filter
         return math.log2(top) if top > 0 else -math.inf
 
     def absorb_bias(self, layer: Layer, bias: np.ndarray) -> Layer | None:
@@ -169,7 +183,7 @@ def _pointwise_correlation(b: GraphBuilder, x: str, g: str, a: dict, x_shape, y_
 
 @imports("Conv")
 def import_conv(node, ctx: ImportContext) -> None:
-    w = ctx.param(node, 1, "kernel")
+    w = ctx.param(node, 1, "kernel", weight=True)
     x_shape = ctx.shape(node.input[0])
     a = attributes(node)
     attrs = spatial_attrs(a, x_shape[2:], tuple(w.shape[2:]))

@@ -118,7 +118,7 @@ class ConvTranspose(Conv):
         return [b.shift(Scaled(gx, g.log2), e)], {"W": Scaled(s_w, product_exponent(b, xs[0], g, e))}
 
     def linf_gain(self, layer: Layer) -> float:
-        w = np.abs(layer.params["W"])
+        w = np.abs(layer.params["W"], dtype=np.float64)
         return float(np.max(_log2_phase_gain(w, layer.attrs, np.zeros(w.shape[0]))))  # interior positions
 
     def absorb_scale(self, layer: Layer, scale: np.ndarray) -> Layer | None:
@@ -163,7 +163,7 @@ def _explicit_pads(a: dict, in_spatial: tuple[int, ...], kernel: tuple[int, ...]
 
 @imports("ConvTranspose")
 def import_conv_transpose(node, ctx: ImportContext) -> None:
-    w = ctx.param(node, 1, "kernel")
+    w = ctx.param(node, 1, "kernel", weight=True)
     x_shape, out_shape = ctx.shape(node.input[0]), ctx.shape(node.output[0])
     a = attributes(node)
     kernel, n = tuple(w.shape[2:]), w.ndim - 2

@@ -101,10 +101,10 @@ class Dense(LayerOp):
 
     def bound(self, layer, bs, shapes, q):
         w = layer.params["W"]
-        m, e = pow_scaled(w, q)
         right, rank = layer.attrs["side"] == "right", len(layer.shape)
         lost = float(lost_below(w, q))
-        if m.ndim != 2:  # batched or vector weight: one scalar bound
+        if w.ndim != 2:  # batched or vector weight: one scalar bound
+            m, e = pow_scaled(w, q)
             sums = m.sum(axis=-2 if right and m.ndim > 1 else -1)
             n = w.shape[-2] if right and w.ndim > 1 else w.shape[-1]
             top = float(np.max(bs[0]))
@@ -115,7 +115,7 @@ class Dense(LayerOp):
         if lost or spread > 1000:
             out = log2_rows(w.T if right else w, q, v[None, :])  # one scale per output neuron
         else:
-            out = log2_weighted_sum(m.T if right else m, v) + e
+            out = log2_weighted_sum(w, w.T if right else w, q, v)
         return bias_bound(layer, on_axis(out, rank, -1 if right else -2), q)
 
     def split_params(self, a: Layer, b: Layer):
@@ -138,7 +138,7 @@ class Dense(LayerOp):
 
     def linf_gain(self, layer: Layer) -> float:
         w = np.abs(layer.params["W"])
-        sums = w.sum(axis=-2 if layer.attrs["side"] == "right" and w.ndim > 1 else -1)
+        sums = w.sum(axis=-2 if layer.attrs["side"] == "right" and w.ndim > 1 else -1, dtype=np.float64)
         return _log2(float(np.max(sums, initial=0.0)))
 
     def absorb_bias(self, layer: Layer, bias: np.ndarray) -> Layer | None:
@@ -179,7 +179,7 @@ def import_matmul(node, ctx: ImportContext) -> None:
     if a is None and w is None:
         raise RefuseNode("both operands are activations: a product of activations is not a ReLU network layer")
     side, x, wi = ("right", node.input[0], 1) if w is not None else ("left", node.input[1], 0)
-    ctx.add(node, "dense", [ctx.act(x)], ctx.shape(node.output[0]), {"W": ctx.param(node, wi, "weight")}, {"side": side},
+    ctx.add(node, "dense", [ctx.act(x)], ctx.shape(node.output[0]), {"W": ctx.param(node, wi, "weight", weight=True)}, {"side": side},
             origins={"W": (node.input[wi], False)})
 
 
@@ -195,8 +195,10 @@ def import_gemm(node, ctx: ImportContext) -> None:
         x, side, trans_x, trans_w, wi = node.input[0], "right", trans_a, trans_b, 1
     else:  # y = (alpha·A') @ B'
         x, side, trans_x, trans_w, wi = node.input[1], "left", trans_b, trans_a, 0
-    w = ctx.param(node, wi, "weight")
-    w = alpha * (w.T if trans_w else w)
+    w = ctx.param(node, wi, "weight", weight=True)
+    w = w.T if trans_w else w  # a view: no copy of the weight
+    if alpha != 1.0:
+        w = alpha * w.astype(np.float64)
     origins = {"W": (node.input[wi], bool(trans_w))}
     src = ctx.act(x)
     if trans_x:
