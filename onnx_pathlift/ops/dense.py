@@ -72,7 +72,9 @@ class Dense(LayerOp):
     def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
         right = layer.attrs["side"] == "right"
         if b.static:
-            w, k_out = self._static_weight(b, layer, xs[0], q)
+            w, k_out, stored_transposed = self._static_weight(b, layer, xs[0], q)
+            if stored_transposed:  # x @ Wᵀᵀ: Gemm reads the (out, in) layout as stored, no transposing copy
+                return lift_bias(b, layer, Scaled(b.op("Gemm", [xs[0].tensor, w], "dense", transB=1), k_out), q, k_out)
             args = [xs[0].tensor, w] if right else [w, xs[0].tensor]
             return lift_bias(b, layer, Scaled(b.op("MatMul", args, "dense"), k_out), q, k_out)
         m, e = pow_scaled(layer.params["W"], q)
@@ -86,18 +88,21 @@ class Dense(LayerOp):
 
     def _static_weight(self, b: LiftBuilder, layer: Layer, x: Scaled, q: float):
         """``|W|**q · 2**(k_in − k_out)`` entry by entry (input exponents along the contracted axis,
-        output exponents from the target along the output axis), and the output's exponent map."""
+        output exponents from the target along the output axis), the output's exponent map, and
+        whether the constant is ``Wᵀ`` (a Gemm ``transB`` weight of a 2-D product, kept as stored)."""
         w, right, rank = layer.params["W"], layer.attrs["side"] == "right", len(layer.shape)
         if w.ndim != 2:
             k_out = int(math.ceil(exp_max(b.target))) if math.isfinite(exp_max(b.target)) else 0
-            return b.const(scaled_power(w, q, np.asarray(float(exp_diff(x.log2, k_out)))), "absW"), k_out
+            return b.const(scaled_power(w, q, np.asarray(float(exp_diff(x.log2, k_out)))), "absW"), k_out, False
         n_in, n_out = (w.shape[0], w.shape[1]) if right else (w.shape[1], w.shape[0])
         axis = (-1 if right else -2) % rank  # the contracted axis of x, and the output axis
         k_in = exp_vector(x.log2, n_in, axis)
         t_out = exp_vector(b.target, n_out, axis)
-        shifts = (k_in[:, None], neg_exp(t_out)[None, :]) if right else (k_in[None, :], neg_exp(t_out)[:, None])
         k_out = compact(on_axis(t_out, rank, axis), layer.shape)
-        return b.const(scaled_power(w, q, *shifts), "absW"), k_out
+        if right and rank == 2 and w.T.flags.c_contiguous and not w.flags.c_contiguous:
+            return b.const(scaled_power(w.T, q, k_in[None, :], neg_exp(t_out)[:, None]), "absWT"), k_out, True
+        shifts = (k_in[:, None], neg_exp(t_out)[None, :]) if right else (k_in[None, :], neg_exp(t_out)[:, None])
+        return b.const(scaled_power(w, q, *shifts), "absW"), k_out, False
 
     def bound(self, layer, bs, shapes, q):
         w = layer.params["W"]
