@@ -180,7 +180,7 @@ def _lift_static(b: LiftBuilder, layer: Layer, value: dict[str, Scaled], bounds:
     xs = [value[i] for i in layer.inputs]
     b.begin(None)
     if axis == ANY:
-        if any(isinstance(x.log2, np.ndarray) for x in xs):  # maps at the inputs' full shapes
+        if handler.full_maps and any(isinstance(x.log2, np.ndarray) for x in xs):  # maps at the inputs' full shapes
             xs = [replace(x, log2=np.broadcast_to(np.asarray(x.log2, dtype=np.float64), s)) for x, s in zip(xs, in_shapes)]
     else:
         xs = [b.collapse(x, s, axis) for x, s in zip(xs, in_shapes)]

@@ -26,6 +26,7 @@ class Relu(LayerOp):
     op = "relu"
     kind = "activation"
     accepts_dirty = True
+    full_maps = False
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         return b.op("Relu", xs, "relu")

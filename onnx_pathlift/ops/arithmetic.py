@@ -29,6 +29,7 @@ class Affine(LayerOp):
     op = "affine"
     kind = "affine"
     accepts_dirty = True
+    full_maps = False
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         y = xs[0]
@@ -99,6 +100,7 @@ class Sum(LayerOp):
 
     op = "sum"
     kind = "skip"
+    full_maps = False
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         y = xs[0] if layer.attrs["signs"][0] > 0 else b.op("Neg", [xs[0]], "neg")

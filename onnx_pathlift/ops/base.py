@@ -21,7 +21,7 @@ from onnx import NodeProto, helper
 
 from ..dag import Dag, Layer
 from ..errors import RefuseNode
-from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, lifted_log2, pow_row_reduce
+from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, lifted_log2, log2_range, pow_row_reduce
 from ..load import Prepared
 
 ImportRule = Callable[[NodeProto, "ImportContext"], None]
@@ -50,6 +50,10 @@ class LayerOp:
     kind: ClassVar[str]
     #: whether ``lift`` takes inputs that are not renormalised yet (``Scaled.dirty``)
     accepts_dirty: ClassVar[bool] = False
+    #: static scales with map axis :data:`ANY`: whether ``lift`` needs its inputs' exponent maps at the
+    #: inputs' full shapes (a layer that moves neurons does); an elementwise layer takes them as they
+    #: are, broadcastable (per channel stays per channel: no full-size map is built and compacted)
+    full_maps: ClassVar[bool] = True
     #: whether its weight ``W`` gets path-magnitude scores and can be pruned (as in the paper: the
     #: weights of Conv / ConvTranspose / Gemm / MatMul; not BN scales, not biases)
     scored: ClassVar[bool] = False
@@ -193,10 +197,50 @@ def log2_weighted_sum(a: np.ndarray, rows: np.ndarray, q: float, lu: np.ndarray)
     top = float(np.max(lu, initial=-np.inf))
     if not np.isfinite(top):
         return np.full(rows.shape[0], -np.inf)
+    fast = log2_power_matvec32(a, rows, q, lu)
+    if fast is not None:
+        return fast
     low = float(np.min(lu[np.isfinite(lu)]))  # -inf terms are exact zeros, not underflow
     weights = np.exp2(lu - top)
     sums, e = pow_row_reduce(a, rows, q, lambda m: m @ weights)
     return log2_outward(sums, rows.shape[1], 0.0, low - top) + top + e
+
+
+#: float32 unit roundoff
+_U32 = 2.0**-24
+
+
+def log2_power_matvec32(a: np.ndarray, rows: np.ndarray, q: float, lu: np.ndarray) -> np.ndarray | None:
+    """An upper bound on ``log2(|rows|**q @ 2**lu)`` (``rows``: outputs × inputs, a view of the float32
+    parameter ``a``; ``lu`` per input) computed in float32, a block of rows at a time, or None where
+    this does not apply (then the float64 route is taken). For q = 1, 2 when every nonzero product
+    ``|w|**q · 2**(lu − max lu)`` is a normal float32 and no sum can overflow, with fewer than 2^20
+    inputs per output; a row of zero products gives ``-inf``, exactly.
+
+    Error (Higham, nonnegative terms, no underflow): with ``v = fl32(2**(lu − top))`` (relative error
+    ≤ u), ``|w|²`` rounded once (≤ u), and the float32 dot products of ``n`` terms (``ŝ ≥ s(1 − γ_n)``
+    in any summation order, ``γ_n = nu/(1 − nu)``): ``s ≤ ŝ / ((1 − u)² (1 − γ_n))``, rounded up once
+    more in float64."""
+    n = rows.shape[1]
+    top = float(np.max(lu, initial=-np.inf))
+    if q not in (1.0, 2.0) or a.dtype != np.float32 or not 0 < n < 2**20 or not np.isfinite(top):
+        return None
+    low_w, top_w = log2_range(a)
+    if top_w == -math.inf:
+        return np.full(rows.shape[0], -np.inf)
+    if q * top_w + math.log2(n) > 125 or q * low_w + float(lu[np.isfinite(lu)].min()) - top < -125:
+        return None
+    v = np.exp2(lu - top).astype(np.float32)
+    step = max(1, 2**22 // n)
+    sums = np.empty(rows.shape[0])
+    for i in range(0, rows.shape[0], step):
+        m = np.abs(rows[i:i + step])
+        if q == 2.0:
+            np.multiply(m, m, out=m)
+        sums[i:i + step] = m @ v
+    gamma = n * _U32 / (1.0 - n * _U32)
+    with np.errstate(divide="ignore"):
+        return np.log2(sums / ((1.0 - _U32) ** 2 * (1.0 - gamma)) * (1.0 + 2.0**-48)) + top
 
 
 def log2_rows(w: np.ndarray, q: float, lu: np.ndarray) -> np.ndarray:

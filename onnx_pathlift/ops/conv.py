@@ -38,6 +38,7 @@ from .base import (
     layer_op,
     lift_bias,
     log2_outward,
+    log2_power_matvec32,
     log2_rows,
     product_exponent,
     spatial_attrs,
@@ -83,7 +84,7 @@ class Conv(LayerOp):
             k_in = exp_vector(xs[0].log2, int(ins.max()) + 1, 1)
             t_out = exp_vector(b.target, layer.shape[1], 1)
             tail = (1,) * (w.ndim - 2)
-            shifts = k_in[ins].reshape(ins.shape + tail), neg_exp(t_out)[outs].reshape(ins.shape + tail)
+            shifts = _per_entry(k_in, ins, tail), _per_entry(neg_exp(t_out), outs, tail)
             y = b.op(self.onnx_op, [xs[0].tensor, b.const(scaled_power(w, q, *shifts), "absW")], self.op, **layer.attrs)
             k_out = compact(on_axis(t_out, len(layer.shape), 1), layer.shape)
             return lift_bias(b, layer, Scaled(y, k_out), q, k_out)
@@ -97,17 +98,23 @@ class Conv(LayerOp):
         c_out, c_in_group = kernel.shape[:2]
         taps = int(np.prod(kernel.shape[2:]))
         v = along_axis(bs[0], shapes[0], 1)
+        if layer.attrs["group"] == 1:  # every output reads every (input channel, tap): one product
+            fast = log2_power_matvec32(kernel, kernel.reshape(c_out, -1), q, np.repeat(v, taps))
+            if fast is not None:
+                return bias_bound(layer, on_axis(fast, len(layer.shape), 1), q)
         groups = np.arange(c_out) // (c_out // layer.attrs["group"])  # group of each output channel
-        v_in = v[(groups[:, None] * c_in_group + np.arange(c_in_group)[None, :])]  # (c_out, c_in_group)
+        # (c_out, c_in_group): the bound of the input channel each kernel row reads (one row for group 1)
+        v_in = v[None, :] if layer.attrs["group"] == 1 else v[(groups[:, None] * c_in_group + np.arange(c_in_group)[None, :])]
         sums, e = pow_row_reduce(kernel, kernel.reshape(c_out * c_in_group, taps), q, lambda m: m.sum(axis=1))
         w = sums.reshape(c_out, c_in_group)
         top = float(np.max(v_in, initial=-np.inf))
         if not np.isfinite(top):
             out = np.full(c_out, -np.inf)
         elif lost_below(layer.params["W"], q) or float(np.min(v_in[np.isfinite(v_in)])) - top < -1000:  # one scale per output channel
-            out = log2_rows(kernel.reshape(c_out, -1), q, np.repeat(v_in, taps, axis=1))
+            out = log2_rows(kernel.reshape(c_out, -1), q, np.repeat(np.broadcast_to(v_in, w.shape), taps, axis=1))
         else:
-            out = log2_outward((w * np.exp2(v_in - top)).sum(axis=1), c_in_group * taps, 0.0, 0.0) + top + e
+            sums = w @ np.exp2(v_in[0] - top) if v_in.shape[0] == 1 else (w * np.exp2(v_in - top)).sum(axis=1)
+            out = log2_outward(sums, c_in_group * taps, 0.0, 0.0) + top + e
         return bias_bound(layer, on_axis(out, len(layer.shape), 1), q)
 
     def split_params(self, a: Layer, b: Layer):
@@ -179,6 +186,16 @@ def _pointwise_correlation(b: GraphBuilder, x: str, g: str, a: dict, x_shape, y_
     g2 = b.op("Reshape", [g, b.const(np.array([y_shape[1], -1]), "shape", dtype=np.int64)], "g2")
     c = b.op("Gemm", [g2, x2], "corr", transB=1)
     return b.op("Reshape", [c, b.const(np.array([y_shape[1], x_shape[1], *([1] * n)]), "shape", dtype=np.int64)], "corr")
+
+
+def _per_entry(values: np.ndarray, index: np.ndarray, tail: tuple[int, ...]) -> np.ndarray:
+    """``values[index]`` shaped to broadcast against the kernel: a row or a column vector when
+    ``index`` (a channel per kernel entry ``[a, b]``) is the same along one of its axes (no group)."""
+    if (index == index[:1]).all():
+        return values[index[0]].reshape((1, -1) + tail)
+    if (index == index[:, :1]).all():
+        return values[index[:, 0]].reshape((-1, 1) + tail)
+    return values[index].reshape(index.shape + tail)
 
 
 @imports("Conv")
