@@ -553,6 +553,10 @@ def _add_audit(au: argparse.ArgumentParser) -> None:
                          "timeout; oom: an out-of-memory error), e.g. error,timeout,invalid to gate CI")
 
 
+def _no_options(sp: argparse.ArgumentParser) -> None:
+    """A command with only the common options."""
+
+
 #: each command: (help, whether it takes one model and the common options, its own options, what runs it)
 COMMANDS = {
     "norm": ("Lq path-norms of a model", True, _add_norm, cmd_norm),
@@ -564,7 +568,7 @@ COMMANDS = {
     "prune": ("prune weights or whole channels by path-magnitude (or magnitude / L1) and certify the output change",
               True, _add_prune, cmd_prune),
     "rescale": ("random neuron-wise rescaling that keeps the function", True, _add_rescale, cmd_rescale),
-    "inspect": ("what the importer sees: op and layer counts, folded, decomposed, cut, refused", True, lambda sp: None,
+    "inspect": ("what the importer sees: op and layer counts, folded, decomposed, cut, refused", True, _no_options,
                 cmd_inspect),
     "audit": ("audit many models (files, folders, globs) in isolated workers; resumable", False, _add_audit, cmd_audit),
 }

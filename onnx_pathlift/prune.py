@@ -3,6 +3,11 @@
 Only the scored weight tensors change (Conv / Gemm / MatMul weights, as in the paper; biases and BN
 are kept); every other byte of the model is the source's. Since the pruned weights satisfy
 ``|θ'| ≤ |θ|`` with the same signs, the path-metric is exact and certifies the output change.
+
+:func:`prune_weights` and :func:`prune_channel_groups` are ``onnx-pathlift prune`` (``--structure
+weight`` / ``channel``) as library calls: load, score, prune, write, certify, evaluate; the building
+blocks are :func:`select`, :func:`masks` and :func:`apply` (weights) and
+:func:`onnx_pathlift.slim.prune_channels` (channel groups).
 """
 
 from __future__ import annotations
