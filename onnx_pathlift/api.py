@@ -21,6 +21,7 @@ import hashlib
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .atomic import refuse_overwriting_input, write_bytes, write_with
@@ -179,7 +180,7 @@ def write_lifted(source: ModelSource, out: str | os.PathLike, q: float = 1.0, in
     model = describe_lifted(session.model, dag, q, session.static, _sha256(source))
     onnx.checker.check_model(model)
     save_model(model, out)
-    return LiftReport(str(out), q, session.static, dag, norm)
+    return LiftReport(str(Path(out)), q, session.static, dag, norm)
 
 
 @dataclass
