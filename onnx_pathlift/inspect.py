@@ -22,6 +22,7 @@ from typing import Any
 
 from onnx import ModelProto, TensorProto
 
+from .api import model_name
 from .errors import Refusal, UnsupportedModelError
 from .importer import ImportTrace, import_prepared
 from .load import DEFAULT_LIMITS, Limits, ModelSource, load_model, prepare
@@ -189,8 +190,7 @@ def inspect_model(source: ModelSource, input_shape=None, outputs: list[str] | No
     (``Inspection.error()`` is the error).
     """
     model = load_model(source, limits)
-    report = _base(model, name if name is not None else (str(source) if not isinstance(source, (bytes, ModelProto))
-                                                         else "<model>"))
+    report = _base(model, name if name is not None else model_name(source))
     try:
         prepared = prepare(model, input_shape, limits)
     except UnsupportedModelError as err:  # refused while preparing (opset, sparse tensors, ...)
