@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .atomic import refuse_overwriting_input, write_bytes, write_with
+from .audit.record import InputShape  # one static shape, or one per input name; None: as declared
 from .errors import CertificateViolation, UsageError, VerificationError
 
 if TYPE_CHECKING:
@@ -40,8 +41,6 @@ if TYPE_CHECKING:
     from .scores import Scores
     from .verify import VerifyReport
 
-#: one static shape for the only input, or one per input name; None: as declared (a symbolic batch becomes 1)
-InputShape = tuple[int, ...] | dict[str, tuple[int, ...]] | None
 
 
 def model_name(source: ModelSource) -> str:
