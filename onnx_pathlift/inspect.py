@@ -22,6 +22,7 @@ from typing import Any
 
 from onnx import ModelProto, TensorProto
 
+from .api import model_name
 from .errors import Refusal, UnsupportedModelError
 from .importer import ImportTrace, import_prepared
 from .load import DEFAULT_LIMITS, Limits, ModelSource, load_model, prepare
@@ -179,13 +180,17 @@ def inspect_model(source: ModelSource, input_shape=None, outputs: list[str] | No
                   limits: Limits = DEFAULT_LIMITS, name: str | None = None) -> Inspection:
     """Report what the importer sees in a model; never runs it.
 
-    Raises what loading raises for unreadable or invalid models (:class:`InvalidModelError`) and
-    for usage errors (:class:`UsageError`); a model with unsupported operators gets a report with
-    ``status == "refused"`` and every refusal listed (``Inspection.error()`` is the error).
+    ``source``: a path, bytes or ``ModelProto``; ``input_shape``: one static shape, or one per input
+    name (None: as declared, a symbolic batch becoming 1); ``outputs``: the tensors to analyse (None:
+    the graph outputs, heads cut); ``limits``: the resource limits of loading; ``name``: how the report
+    names the model (default: the path, or ``<model>``). Returns the :class:`Inspection` (``to_dict()``
+    is ``inspect --json``'s object). Raises what loading raises for unreadable or invalid models
+    (:class:`InvalidModelError`) and for usage errors (:class:`UsageError`); a model with unsupported
+    operators gets a report with ``status == "refused"`` and every refusal listed
+    (``Inspection.error()`` is the error).
     """
     model = load_model(source, limits)
-    report = _base(model, name if name is not None else (str(source) if not isinstance(source, (bytes, ModelProto))
-                                                         else "<model>"))
+    report = _base(model, name if name is not None else model_name(source))
     try:
         prepared = prepare(model, input_shape, limits)
     except UnsupportedModelError as err:  # refused while preparing (opset, sparse tensors, ...)

@@ -350,13 +350,16 @@ def layer_shares(legs: list[Leg], providers=None) -> list[LayerShare]:
 
 
 def path_metric(model_a: ModelSource | Dag, model_b: ModelSource | Dag, input_shape=None, providers=None,
-                breakdown: bool = False) -> PathMetric:
+                breakdown: bool = False, pairs: dict[str, str] | None = None) -> PathMetric:
     """Bounds on the path-metric between two same-architecture models, their sign consistency and
     the route of the certified upper bound (``breakdown``: also each layer's part of it, when that
-    takes at most :data:`MAX_SHARE_PASSES` lifted passes)."""
+    takes at most :data:`MAX_SHARE_PASSES` lifted passes). ``pairs``: the layer pairing of two DAGs
+    already brought to comparable form (:func:`comparable`); None: they are paired here."""
     a = model_a if isinstance(model_a, Dag) else import_model(model_a, input_shape)
     b = model_b if isinstance(model_b, Dag) else import_model(model_b, input_shape)
-    a, b, pairs, _, _ = comparable(a.float64_params(), b.float64_params())
+    a, b = a.float64_params(), b.float64_params()  # |a| − |b| and signs of products must not round
+    if pairs is None:
+        a, b, pairs, _, _ = comparable(a, b)
     signs, exact = sign_report(a, b, pairs)
     na = PathNormSession(a, 1.0, providers).run()
     nb = PathNormSession(b, 1.0, providers).run()
@@ -473,7 +476,8 @@ def _verdict(seen: list[tuple[float, float]], bound: float | None) -> tuple[floa
 
 def check_bound(model_a, model_b, dag_a: Dag, dag_b: Dag, metric: PathMetric, r: float, samples: int,
                 elem_types_a: dict[str, int] | None = None, elem_types_b: dict[str, int] | None = None,
-                seed: int = 0, providers=None, search: int = 0, activation: float | None = None) -> CheckReport:
+                seed: int = 0, providers=None, search: int = 0, activation: float | None = None,
+                pairs: dict[str, str] | None = None) -> CheckReport:
     """Run A and B on ``samples`` random inputs in the box ‖x‖_∞ ≤ r (uniform, half of them at the
     box's corners) then ``search`` steps of a coordinate-ascent search for the largest change, and
     compare their analysed outputs with ``max(r, 1) · upper``.
@@ -484,12 +488,13 @@ def check_bound(model_a, model_b, dag_a: Dag, dag_b: Dag, metric: PathMetric, r:
     checked against the total certificate ``max(r, 1)·upper + activation`` (``activation``: the
     activation term of :mod:`onnx_pathlift.quant_bound`; None: not checked, only reported). The
     models run in float32, so a change counts as a violation only past the bound plus 1e-5 of the
-    outputs' own ℓ1 size (evaluation noise, not a property of the models)."""
+    outputs' own ℓ1 size (evaluation noise, not a property of the models). ``pairs``: the layer
+    pairing of the two DAGs (:func:`pair_layers`), computed here when None."""
     from .emit import emit_model
     from .runtime import make_session
     from .verify import ModelRunner
 
-    pairs = pair_layers(dag_a, dag_b)
+    pairs = pair_layers(dag_a, dag_b) if pairs is None else pairs
     names = list(dag_a.outputs)
     emitted_a = make_session(emit_model(dag_a), providers)  # same graph as B's below: same float32 rounding
     certified_b = make_session(emit_model(with_params_of(dag_a, dag_b, pairs)), providers)

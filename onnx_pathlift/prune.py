@@ -3,17 +3,33 @@
 Only the scored weight tensors change (Conv / Gemm / MatMul weights, as in the paper; biases and BN
 are kept); every other byte of the model is the source's. Since the pruned weights satisfy
 ``|θ'| ≤ |θ|`` with the same signs, the path-metric is exact and certifies the output change.
+
+:func:`prune_weights` and :func:`prune_channel_groups` are ``onnx-pathlift prune`` (``--structure
+weight`` / ``channel``) as library calls: load, score, prune, write, certify, evaluate; the building
+blocks are :func:`select`, :func:`masks` and :func:`apply` (weights) and
+:func:`onnx_pathlift.slim.prune_channels` (channel groups).
 """
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from onnx import ModelProto, numpy_helper
 
+from .api import Loaded, load, model_name, save_model, save_npz
+from .atomic import refuse_overwriting_input
 from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .dag import Dag
+    from .load import ModelSource, Prepared
+    from .metric import PathMetric
+    from .slim import ChannelPrune
 
 
 @dataclass
@@ -88,3 +104,166 @@ def apply(model: ModelProto, keep: dict[str, np.ndarray]) -> tuple[ModelProto, P
         inits[name].CopyFrom(numpy_helper.from_array(w, name))
         done.append(name)
     return out, PruneReport(zeros / total if total else 0.0, pruned, total, done, skipped)
+
+
+def top1_accuracy(model: ModelProto, dag: Dag, data: Mapping[str, np.ndarray]) -> float:
+    """Top-1 accuracy of ``model`` (run as written) on ``data["x"]`` (one sample per row, reshaped to
+    the DAG's first input) against the labels ``data["y"]``: argmax of the first analysed output."""
+    from .verify import ModelRunner
+
+    x, y = data["x"], data["y"]
+    shape = dag.layer(dag.inputs[0]).shape
+    run = ModelRunner(model, [next(iter(dag.outputs))], {})
+    pred = [int(np.argmax(run({dag.inputs[0]: xi.reshape(shape).astype(np.float32)})[0])) for xi in x]
+    return float(np.mean(np.asarray(pred) == np.asarray(y)))
+
+
+#: evaluation data: an ``.npz`` path or a mapping, with arrays ``x`` (samples) and ``y`` (labels)
+Data = str | os.PathLike | Mapping[str, np.ndarray] | None
+
+
+def _check_arguments(structure: str, criterion: str | None, sparsity: float, source, out, *extras) -> str:
+    """The criterion (default: the structure's first), after the checks both structures share."""
+    criteria = {"weight": ("path-magnitude", "magnitude"), "channel": ("path-mass", "l1-norm")}[structure]
+    criterion = criterion or criteria[0]
+    if criterion not in criteria:
+        raise UsageError(f"--structure {structure} takes --criterion {' or '.join(criteria)} (got {criterion})")
+    if isinstance(source, (str, os.PathLike)):
+        refuse_overwriting_input(out, source)
+        for extra in extras:
+            if extra:
+                refuse_overwriting_input(extra, source, out)
+    if not 0.0 <= sparsity <= 1.0:
+        raise UsageError(f"--sparsity must be in [0, 1] (got {sparsity})")
+    return criterion
+
+
+def _data(data: Data) -> Mapping[str, np.ndarray] | None:
+    return np.load(data) if isinstance(data, (str, os.PathLike)) else data
+
+
+@dataclass
+class WeightPruning:
+    """``onnx-pathlift prune`` (``--structure weight``): the pruned model, its masks and certificate."""
+
+    model: str
+    written: str
+    criterion: str
+    scope: str
+    report: PruneReport
+    metric: PathMetric  # exact path-metric d(original, pruned)
+    input_linf: float
+    pruned: ModelProto
+    keep: dict[str, np.ndarray]  # keep-masks by initializer name
+    accuracy: tuple[float, float] | None = None  # top-1 before, after
+
+    def to_dict(self) -> dict:
+        r = self.report
+        d = {"model": self.model, "written": self.written, "criterion": self.criterion, "scope": self.scope,
+             "sparsity": r.sparsity, "pruned": r.pruned, "weights": r.total, "tensors": r.tensors,
+             "skipped": r.skipped, "metric": self.metric.to_dict(self.input_linf)}
+        if self.accuracy is not None:
+            d["accuracy_before"], d["accuracy_after"] = self.accuracy
+        return d
+
+
+def prune_weights(source: ModelSource, sparsity: float, out: str | os.PathLike, criterion: str | None = None,
+                  scope: str = "global", layers: str | None = None, mask_out: str | os.PathLike | None = None,
+                  input_shape=None, outputs: list[str] | None = None, input_linf: float = 1.0,
+                  eval_data: Data = None) -> WeightPruning:
+    """Zero the ``sparsity`` fraction (in [0, 1]) of the lowest-scored Conv/Gemm/MatMul weights of
+    ``source`` (``criterion``: ``path-magnitude``, the default, or ``magnitude``; ``scope``: ``global``
+    over all tensors or the same fraction per ``layer``; ``layers``: a regular expression on the
+    initializer names), write the model to ``out`` and the keep-masks to ``mask_out`` (``.npz``), and
+    certify the output change by the exact path-metric: ``‖R(x) − R'(x)‖_1 ≤ max(input_linf, 1)·d``
+    for ``‖x‖_∞ ≤ input_linf``. With ``eval_data`` (an ``.npz`` path or arrays ``x``, ``y``), top-1
+    accuracy before and after. Raises :class:`UsageError` for a bad criterion, sparsity, scope or
+    pattern and when an output names the input."""
+    from .importer import import_model
+    from .metric import path_metric
+    from .scores import magnitude, path_magnitude
+
+    criterion = _check_arguments("weight", criterion, sparsity, source, out, mask_out)
+    loaded = load(source, input_shape, outputs)
+    dag = loaded.dag
+    scores = path_magnitude(dag).fraction if criterion == "path-magnitude" else magnitude(dag)
+    keep = masks(select(scores, layers), sparsity, scope)
+    pruned, report = apply(loaded.model, keep)
+    save_model(pruned, out)
+    if mask_out:
+        save_npz(mask_out, {k: v for k, v in keep.items() if k in report.tensors})
+    metric = path_metric(dag, import_model(pruned, input_shape))
+    result = WeightPruning(model_name(source), str(out), criterion, scope, report, metric, input_linf, pruned, keep)
+    data = _data(eval_data)
+    if data is not None:
+        result.accuracy = top1_accuracy(loaded.model, dag, data), top1_accuracy(pruned, dag, data)
+    return result
+
+
+@dataclass
+class ChannelPruning:
+    """``onnx-pathlift prune --structure channel``: the slim and masked models and ``record``, the
+    command's JSON object (groups, parameters and MACs per layer, certificate, latency, accuracy)."""
+
+    result: ChannelPrune
+    record: dict[str, Any]
+
+    def to_dict(self) -> dict:
+        return self.record
+
+
+def _costs(loaded: Loaded, result: ChannelPrune, input_shape) -> tuple[dict[str, Any], Prepared]:
+    """Groups, parameters and MACs before and after (per Conv/Gemm/MatMul/BN node), the slim-vs-masked
+    check; and the slim model prepared."""
+    from .load import prepare
+    from .slim import float_parameters, layer_costs
+
+    slim_prepared = prepare(result.slim, input_shape)
+    after = {c.node: c for c in layer_costs(slim_prepared)}
+    layers = [{"node": c.node, "op": c.op, "params_before": c.params, "params_after": after[c.node].params,
+               "macs_before": c.macs, "macs_after": after[c.node].macs} for c in layer_costs(loaded.prepared)]
+    g = result.graph
+    return {"groups": {"total": len(g.groups), "removable": len(g.removable()), "removed": len(result.removed)},
+            "channels_removed": sum(len(g.groups[i].channels) for i in result.removed), "pinned": result.pinned(),
+            "params_before": float_parameters(loaded.model), "params_after": float_parameters(result.slim),
+            "macs_before": sum(r["macs_before"] for r in layers), "macs_after": sum(r["macs_after"] for r in layers),
+            "layers": layers, "slim_vs_masked_max_rel_error": result.slim_error}, slim_prepared
+
+
+def prune_channel_groups(source: ModelSource, sparsity: float, out: str | os.PathLike, criterion: str | None = None,
+                         scope: str = "global", masked_out: str | os.PathLike | None = None, input_shape=None,
+                         outputs: list[str] | None = None, input_linf: float = 1.0, eval_data: Data = None,
+                         repeats: int = 20) -> ChannelPruning:
+    """Remove the ``sparsity`` fraction (in [0, 1]) of the removable channel groups of ``source`` with
+    the lowest ``criterion`` (``path-mass``, the default and rescaling-invariant, or ``l1-norm``;
+    ``scope``: ``global`` or per ``layer``), write the smaller model to ``out`` (checked to compute the
+    masked model) and the masked model to ``masked_out``; certify the change by the path-metric
+    between the original and the masked model (``‖x‖_∞ ≤ input_linf``); measure onnxruntime latency
+    (median of ``repeats`` runs, seconds) and, with ``eval_data``, top-1 accuracy. Raises
+    :class:`UsageError` for a bad criterion, sparsity or ``repeats`` < 1 and when an output names
+    the input; :class:`~onnx_pathlift.errors.VerificationError` when the slim model does not
+    reproduce the masked one."""
+    from .importer import import_model
+    from .metric import path_metric
+    from .slim import latency, prune_channels
+
+    criterion = _check_arguments("channel", criterion, sparsity, source, out, masked_out)
+    if repeats < 1:
+        raise UsageError(f"--repeats must be at least 1 (got {repeats})")
+    loaded = load(source, input_shape, outputs)
+    result = prune_channels(loaded.model, loaded.prepared, loaded.dag, sparsity, criterion, scope)
+    costs, slim_prepared = _costs(loaded, result, input_shape)
+    metric = path_metric(loaded.dag, import_model(result.masked, input_shape))  # sound: rounded outward
+    record = {"model": model_name(source), "written": str(out), "masked": None if masked_out is None else str(masked_out),
+              "structure": "channel", "criterion": criterion, "scope": scope, "sparsity": sparsity, **costs,
+              "metric": metric.to_dict(input_linf), "latency_repeats": repeats,
+              "latency_before_s": latency(loaded.model, loaded.prepared, repeats),
+              "latency_after_s": latency(result.slim, slim_prepared, repeats)}
+    data = _data(eval_data)
+    if data is not None:
+        record["accuracy_before"] = top1_accuracy(loaded.model, loaded.dag, data)
+        record["accuracy_after"] = top1_accuracy(result.slim, loaded.dag, data)
+    save_model(result.slim, out)
+    if masked_out:
+        save_model(result.masked, masked_out)
+    return ChannelPruning(result, record)

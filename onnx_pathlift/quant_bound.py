@@ -255,13 +255,15 @@ def _stepped_over(dag: Dag, paired: set[str]) -> tuple[set[str], str | None]:
     return stepped, (f"ReLU {extra[0]!r} is in one model only and is not a quantizer's" if extra else None)
 
 
-def certify(dag_a: Dag, dag_b: Dag, weight_log10: float, r: float, providers=None) -> Certificate:
+def certify(dag_a: Dag, dag_b: Dag, weight_log10: float, r: float, providers=None,
+            pairs: dict[str, str] | None = None) -> Certificate:
     """Weight term ``weight_log10`` (log10 of ``max(r, 1)·d``) plus both models' activation terms.
 
     The float architecture F is A's without the ReLUs that only A's quantizers fold in (the lifted
     networks, hence d, do not see ReLUs); each model as shipped is F with its weights and its
-    quantizers in place of F's identity or ReLU at those points."""
-    pairs = pair_layers(dag_a, dag_b)
+    quantizers in place of F's identity or ReLU at those points. ``pairs``: the layer pairing of the
+    two DAGs (:func:`~onnx_pathlift.metric.pair_layers`), computed here when None."""
+    pairs = pair_layers(dag_a, dag_b) if pairs is None else pairs
     stepped_a, why_a = _stepped_over(dag_a, set(pairs))
     _, why_b = _stepped_over(dag_b, set(pairs.values()))
     n = len(dag_a.quantizers) + len(dag_b.quantizers)

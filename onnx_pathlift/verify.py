@@ -3,6 +3,7 @@ must reproduce the source model's own outputs in onnxruntime on random inputs.""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,25 +130,52 @@ class ModelRunner:
         return [np.asarray(r, np.float64) for r in self.session.run(self.names, full)]
 
 
+Run = Callable[[dict[str, np.ndarray]], list]
+
+
+def _worst_errors(reference: Run, candidate: Run, dag: Dag, trials: int, seed: int, what: str) -> dict[str, float]:
+    """Per analysed output, the largest relative deviation ``max|a−b| / max|a|`` of ``candidate`` from
+    ``reference`` over ``trials`` inputs drawn uniformly in [-1, 1] (``numpy`` generator ``seed``)."""
+    names = list(dag.outputs)
+    rng = np.random.default_rng(seed)
+    worst = dict.fromkeys(names, 0.0)
+    for _ in range(trials):
+        feeds = {n: rng.uniform(-1, 1, dag.layer(n).shape).astype(np.float32) for n in dag.inputs}
+        for n, a, b in zip(names, reference(feeds), candidate(feeds)):
+            b = np.asarray(b, np.float64)
+            if a.shape != b.shape:
+                raise VerificationError(f"output {n!r}: source shape {a.shape}, {what} {b.shape}")
+            scale = max(float(np.max(np.abs(a), initial=0.0)), 1e-30)
+            worst[n] = max(worst[n], float(np.max(np.abs(a - b), initial=0.0)) / scale)
+    return worst
+
+
 def verify(model: ModelProto, dag: Dag, elem_types: dict[str, int] | None = None, trials: int = 3,
            seed: int = 0, rtol: float = 1e-4, providers=None, raise_on_failure: bool = True) -> VerifyReport:
-    """Run the source model and the re-emitted DAG on ``trials`` random inputs (uniform in [-1, 1])."""
+    """Run the source model and the re-emitted DAG on ``trials`` random inputs (uniform in [-1, 1]).
+
+    Raises :class:`VerificationError` when some output deviates by more than ``rtol`` (relative to
+    the source output's largest magnitude) and ``raise_on_failure``; else the report says so."""
     names = list(dag.outputs)
     if dag.activation_qdq:  # what is analysed is the float network with the quantized weights
         model = without_activation_qdq(model, names)
     source = ModelRunner(model, names, elem_types or {}, providers)
     emitted = make_session(emit_model(dag), providers)
-    rng = np.random.default_rng(seed)
-    worst = dict.fromkeys(names, 0.0)
-    for _ in range(trials):
-        feeds = {n: rng.uniform(-1, 1, dag.layer(n).shape).astype(np.float32) for n in dag.inputs}
-        for n, a, b in zip(names, source(feeds), emitted.run(names, feeds)):
-            b = np.asarray(b, np.float64)
-            if a.shape != b.shape:
-                raise VerificationError(f"output {n!r}: source shape {a.shape}, re-emitted {b.shape}")
-            scale = max(float(np.max(np.abs(a), initial=0.0)), 1e-30)
-            worst[n] = max(worst[n], float(np.max(np.abs(a - b), initial=0.0)) / scale)
+    worst = _worst_errors(source, lambda feeds: emitted.run(names, feeds), dag, trials, seed, "re-emitted")
     report = VerifyReport(all(e <= rtol for e in worst.values()), worst, trials, rtol)
     if raise_on_failure and not report.passed:
         raise VerificationError(f"re-emitted DAG does not reproduce the model: max relative error {worst} > {rtol}")
     return report
+
+
+def same_function(model: ModelProto, other: ModelProto, dag: Dag, trials: int = 1, seed: int = 0,
+                  rtol: float = 1e-4, providers=None) -> VerifyReport:
+    """Whether ``other`` (e.g. a rescaled copy of ``model``) computes ``model``'s analysed outputs
+    (``dag``: ``model`` imported): both run as written on ``trials`` random inputs uniform in [-1, 1]
+    (``seed``); passed when each output's ``max|a−b| / max|a|`` is at most ``rtol``. Never raises on
+    a deviation (the report says it); raises :class:`VerificationError` when neither onnxruntime nor
+    ONNX's reference evaluator can run a model."""
+    names = list(dag.outputs)
+    worst = _worst_errors(ModelRunner(model, names, {}, providers), ModelRunner(other, names, {}, providers), dag,
+                          trials, seed, "other model")
+    return VerifyReport(all(e <= rtol for e in worst.values()), worst, trials, rtol)

@@ -48,9 +48,14 @@ def audit(paths: Sequence[str | Path], settings: Settings | None = None, *, jobs
     """Audit every model under ``paths`` (files, folders, globs), each in an isolated worker process.
 
     ``settings`` default to q = 1, 2, 4 and each model's own input shape; ``jobs`` local workers
-    (default: one per CPU), or the Dask cluster at ``scheduler``; ``timeout`` seconds per model
-    (default: none); ``memory_mb`` caps each worker's memory (default: none). Results are committed to
-    ``db`` as each model finishes.
+    (default: one per CPU), or the Dask cluster at ``scheduler`` (``tcp://HOST:PORT``); ``timeout``
+    seconds per model (default: none); ``memory_mb`` caps each worker's data segment in MB (default:
+    none); ``listener`` is told of each result (progress display). Results are committed to the SQLite
+    file ``db`` as each model finishes, and results already there under the same settings and file hash
+    are reused. Returns the :class:`Audit` (one :class:`ModelResult` per file, whatever its status: a
+    model's failure is its result, not an exception). Raises :class:`UsageError` for bad arguments, no
+    file found or a corrupt database, and :class:`~onnx_pathlift.errors.OutputError` when the database
+    cannot be written.
     """
     settings = settings or Settings()
     if jobs is not None and jobs < 1:

@@ -41,10 +41,15 @@ def run_command(paths: Sequence[str], *, q: Sequence[float] | None = None, input
                 jobs: int | None = None, timeout: float | None = None, memory_mb: float | None = None, db: str | None = None,
                 html: str | None = None, csv: str | None = None, as_json: bool = False,
                 scheduler: str | None = None, fail_on: str | None = None) -> int:
-    """The audit command; returns its exit code: 0 once every model has a result, whatever its status,
-    unless some model's status is in ``fail_on`` (:data:`FAIL_ON_EXIT`).
-
-    The database defaults to the HTML report's name with ``.sqlite`` (else ``audit.sqlite`` here).
+    """``onnx-pathlift audit``: :func:`~onnx_pathlift.audit.audit` with a progress display on stderr,
+    then the reports (``html``: a self-contained HTML page, ``csv``: one row per model) and the results
+    printed (``as_json``: JSON Lines, one object per model, then a summary line). Returns the exit
+    code: 0 once every model has a result, whatever its status, unless some model's status is in
+    ``fail_on`` (statuses separated by commas, ``oom`` for out-of-memory errors): then
+    :data:`FAIL_ON_EXIT`. ``q``, ``input_shape``, ``jobs``, ``timeout`` (seconds), ``memory_mb`` (MB)
+    and ``scheduler`` are :func:`~onnx_pathlift.audit.audit`'s. The database ``db`` defaults to the HTML
+    report's name with ``.sqlite`` (else ``audit.sqlite`` here). Raises what
+    :func:`~onnx_pathlift.audit.audit` raises, and :class:`UsageError` for an unknown ``fail_on`` status.
     """
     gate = parse_fail_on(fail_on)
     settings = Settings(q=tuple(q or DEFAULT_Q), input_shape=input_shape)
