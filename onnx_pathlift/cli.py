@@ -86,7 +86,7 @@ SHAPE_FORMS = ("1x3x224x224, 1,3,224,224 or [1,3,224,224]; per input NAME=SHAPE,
 
 def _shape(text: str) -> tuple[int, ...]:
     """One shape in any accepted form (see :data:`SHAPE_FORMS`)."""
-    from .load import parse_shape
+    from .prepare import parse_shape
 
     inner = text.strip()
     if inner[:1] + inner[-1:] in ("[]", "()"):
@@ -116,7 +116,8 @@ def _input_shape(texts: list[str] | None):
 
 def _load(args, path=None):
     from .importer import import_prepared
-    from .load import load_model, prepare
+    from .load import load_model
+    from .prepare import prepare
 
     t0 = time.perf_counter()
     model = load_model(path or args.model)
@@ -459,8 +460,8 @@ def _channel_report(args, model, prepared, dag, result) -> dict:
     import numpy as np
 
     from .importer import import_model
-    from .load import prepare
     from .metric import path_metric
+    from .prepare import prepare
     from .slim import float_parameters, latency, layer_costs
 
     slim_prepared = prepare(result.slim, _input_shape(args.input_shape))

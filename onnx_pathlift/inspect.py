@@ -24,7 +24,9 @@ from onnx import ModelProto, TensorProto
 
 from .errors import Refusal, UnsupportedModelError
 from .importer import ImportTrace, import_prepared
-from .load import DEFAULT_LIMITS, Limits, ModelSource, load_model, prepare
+from .load import ModelSource, load_model
+from .prepare import prepare
+from .read import DEFAULT_LIMITS, Limits
 
 #: why an op type imported as one layer is worth a word
 _KEPT = {

@@ -25,7 +25,7 @@ from onnx import ModelProto, helper, numpy_helper
 
 from .channels import ChannelGraph, Entry
 from .errors import VerificationError
-from .load import Prepared
+from .prepare import Prepared
 from .verify import ModelRunner
 
 

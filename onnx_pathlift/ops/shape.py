@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 from ..dag import Layer
 from ..errors import PathliftError, RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, on_axis
-from .base import ANY, ImportContext, LayerOp, MovesNeurons, along_axis, attributes, imports, layer_op
+from .base import ANY, ImportContext, LayerOp, MovesNeurons, along_axis, attributes, imports, layer_op, operand, spec_rule
 
 _FLOATS = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 
@@ -157,6 +157,15 @@ def import_reshape(node, ctx: ImportContext) -> None:
     if node.op_type == "Reshape" and ctx.const(node.input[1]) is None:
         raise RefuseNode("its target shape is computed at run time from activations")
     ctx.add(node, "reshape", [ctx.act(node.input[0])], out_shape)
+
+
+@spec_rule("Transpose")
+def transpose_spec(node, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]], opset: int) -> str | None:
+    """``perm`` is a permutation of the input's axes."""
+    x, perm = operand(node, 0, shapes), attributes(node).get("perm")
+    if x is not None and perm is not None and sorted(perm) != list(range(len(x))):
+        return f"its perm {list(perm)} is not a permutation of the axes of its input {x}"
+    return None
 
 
 @imports("Transpose")
