@@ -22,7 +22,7 @@ topological order (:func:`layer_shares`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -32,10 +32,9 @@ from .errors import UsageError
 from .importer import import_model
 from .load import ModelSource
 from .norm import LiftedSession, PathNorm, PathNormSession, combine_runs
-from .ops import LAYER_OPS
+from .transforms import DELTA, two_stream_dag, with_params, with_params_of, without_biases
 
 _LOG10_2 = math.log10(2.0)
-DELTA = "__delta"
 #: parameters one onnxruntime session of bundled two-stream networks may hold (a network per leg)
 BUNDLE_PARAMS = 4_000_000
 
@@ -209,46 +208,6 @@ def sign_report(a: Dag, b: Dag, pairs: dict[str, str]) -> tuple[list[LayerSigns]
     return signs, le or ge
 
 
-def two_stream_dag(a: Dag, b: Dag, pairs: dict[str, str]) -> Dag:
-    """The DAG whose lifted network (q = 1) carries ``lo`` under the original names and ``Δ`` under
-    ``name + DELTA``; the Δ inputs are extra graph inputs fed with zeros."""
-    out = Dag(opset=a.opset)
-
-    def add(layer: Layer) -> None:
-        out.add(layer, LAYER_OPS[layer.op].kind if layer.op in LAYER_OPS else "input")
-
-    for layer in a.layers():
-        d = layer.name + DELTA
-        if layer.op == "input":
-            add(layer)
-            add(replace(layer, name=d))
-            out.inputs += [layer.name, d]
-            continue
-        handler = LAYER_OPS[layer.op]
-        split = handler.split_params(layer, b.layer(pairs[layer.name])) if layer.params else None
-        if split is None:
-            add(layer)
-            add(replace(layer, name=d, inputs=[i + DELTA for i in layer.inputs]))
-            continue
-        lo, hi_linear, diff = split
-        add(replace(layer, params=lo))
-        add(replace(layer, name=d + "_hi", params=hi_linear, inputs=[i + DELTA for i in layer.inputs]))
-        add(replace(layer, name=d + "_diff", params=diff))
-        add(Layer(d, "sum", [d + "_hi", d + "_diff"], layer.shape, attrs={"signs": [1, 1]}, source=layer.source))
-    for o, lname in a.outputs.items():
-        out.outputs[o] = lname
-        out.outputs[o + DELTA] = lname + DELTA
-    return out
-
-
-def without_biases(dag: Dag) -> Dag:
-    out = Dag(opset=dag.opset, inputs=list(dag.inputs), outputs=dict(dag.outputs))
-    for layer in dag.layers():
-        out.add(LAYER_OPS[layer.op].without_bias(layer) if layer.op in LAYER_OPS else layer,
-                dag.graph.nodes[layer.name]["kind"])
-    return out
-
-
 def input_path_norm(dag: Dag, providers=None):
     """‖Φ_in(θ)‖_1: the L1 path-norm over paths that start at input neurons (biases removed)."""
     return PathNormSession(without_biases(dag), 1.0, providers).run()
@@ -262,14 +221,6 @@ def _log10_gap(a: float, b: float) -> float:
 
 
 Leg = tuple[Dag, Dag, dict[str, str]]  # a same-sign pair (θ, θ') and its layer pairing
-
-
-def _with_params(a: Dag, params_of) -> Dag:
-    """A's architecture, each parameterised layer carrying ``params_of(layer)``."""
-    out = Dag(opset=a.opset, inputs=list(a.inputs), outputs=dict(a.outputs))
-    for layer in a.layers():
-        out.add(replace(layer, params=params_of(layer)) if layer.params else layer, a.graph.nodes[layer.name]["kind"])
-    return out
 
 
 def _signed(va: np.ndarray, vb: np.ndarray, pick) -> np.ndarray:
@@ -287,7 +238,7 @@ def between(a: Dag, b: Dag, pairs: dict[str, str], how: str) -> Dag:
             keep = va if how == "zero" else _signed(va, pb[k], np.minimum)
             out[k] = np.where(va * pb[k] < 0, 0.0, keep)
         return out
-    return _with_params(a, params)
+    return with_params(a, params)
 
 
 def delta_norms(legs: list[Leg], providers=None) -> list[PathNorm]:
@@ -323,7 +274,7 @@ def _isolated(a: Dag, b: Dag, pairs: dict[str, str], k: int) -> Leg:
             pick = np.minimum if i < k else np.maximum
             return {n: _signed(v, pb[n], pick) for n, v in layer.params.items()}
         return params
-    return _with_params(a, side(False)), _with_params(a, side(True)), {n: n for n in a.graph.nodes}
+    return with_params(a, side(False)), with_params(a, side(True)), {n: n for n in a.graph.nodes}
 
 
 #: per-layer parts cost one lifted pass per parameterised layer and leg: skipped beyond this many
@@ -408,11 +359,6 @@ class CheckReport:
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
-
-
-def with_params_of(a: Dag, b: Dag, pairs: dict[str, str]) -> Dag:
-    """A's architecture carrying B's parameters (what the certificate is about)."""
-    return _with_params(a, lambda layer: b.layer(pairs[layer.name]).params)
 
 
 Feeds = dict[str, np.ndarray]

@@ -26,9 +26,9 @@ from ..errors import InvalidModelError, PathliftError, UnsupportedModelError
 from ..importer import import_prepared
 from ..lipschitz_bound import bound_from
 from ..load import load_model
-from ..metric import without_biases
 from ..norm import LiftedSession
 from ..prepare import main_opset, prepare
+from ..transforms import without_biases
 from .record import OUT_OF_MEMORY, ModelResult, Settings, Task
 
 HOOK_ENV = "ONNX_PATHLIFT_AUDIT_TEST_HOOK"
