@@ -20,13 +20,13 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from onnx import ModelProto, TensorProto
+from onnx import ModelProto
 
 from .errors import Refusal, UnsupportedModelError
 from .importer import ImportTrace, import_prepared
 from .load import ModelSource, load_model
 from .prepare import prepare
-from .read import DEFAULT_LIMITS, Limits
+from .read import DEFAULT_LIMITS, FLOAT_TYPES, Limits
 
 #: why an op type imported as one layer is worth a word
 _KEPT = {
@@ -116,10 +116,9 @@ def _declared(model: ModelProto) -> dict[str, list]:
 
 
 def _stored_float_elements(model: ModelProto) -> int:
-    floats = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
     n = 0
     for t in model.graph.initializer:
-        if t.data_type in floats:
+        if t.data_type in FLOAT_TYPES:
             size = 1
             for d in t.dims:
                 size *= d

@@ -19,13 +19,13 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 from onnx import ModelProto, helper, numpy_helper
 
 from .channels import ChannelGraph, Entry
 from .errors import VerificationError
 from .prepare import Prepared
+from .read import FLOAT_TYPES
 from .verify import ModelRunner
 
 
@@ -229,8 +229,7 @@ def float_parameters(model: ModelProto) -> int:
     """Elements of the float initializers and Constant tensors (the model's parameters)."""
     tensors = list(model.graph.initializer) + [a.t for n in model.graph.node if n.op_type == "Constant"
                                                 for a in n.attribute if a.name == "value"]
-    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
-    return sum(math.prod(t.dims) for t in tensors if t.data_type in floats)
+    return sum(math.prod(t.dims) for t in tensors if t.data_type in FLOAT_TYPES)
 
 
 @dataclass

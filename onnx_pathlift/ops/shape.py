@@ -16,9 +16,8 @@ from onnx import TensorProto, helper
 from ..dag import Layer
 from ..errors import PathliftError, RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, on_axis
+from ..read import FLOAT_TYPES
 from .base import ANY, ImportContext, LayerOp, MovesNeurons, along_axis, attributes, imports, layer_op, operand, spec_rule
-
-_FLOATS = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 
 
 @layer_op
@@ -193,6 +192,6 @@ def import_alias(node, ctx: ImportContext) -> None:
             raise RefuseNode("training_mode=True drops neurons at random")
     if node.op_type == "Cast":
         to = int(attributes(node)["to"])
-        if to not in _FLOATS or ctx.prepared.elem_types.get(node.input[0]) not in _FLOATS:
+        if to not in FLOAT_TYPES or ctx.prepared.elem_types.get(node.input[0]) not in FLOAT_TYPES:
             raise RefuseNode(f"casts an activation to {TensorProto.DataType.Name(to)}: not a float-to-float copy")
     ctx.alias(node.output[0], ctx.act(node.input[0]))
