@@ -32,6 +32,7 @@ from .errors import UsageError
 from .importer import import_model
 from .load import ModelSource
 from .norm import LiftedSession, PathNorm, PathNormSession, combine_runs
+from .numeric import json_float, log10_value
 from .transforms import DELTA, two_stream_dag, with_params, with_params_of, without_biases
 
 _LOG10_2 = math.log10(2.0)
@@ -65,7 +66,7 @@ class LayerShare:
     def to_dict(self, total_log10: float) -> dict:
         share = 10.0 ** (self.log10 - total_log10) if math.isfinite(total_log10) else 0.0
         return {"layer": self.layer, "op": self.op, "source": self.source, "value": log10_value(self.log10),
-                "log10": _json(self.log10), "fraction": share}
+                "log10": json_float(self.log10), "fraction": share}
 
 
 @dataclass
@@ -101,7 +102,7 @@ class PathMetric:
         return math.log10(max(r, 1.0)) + self.upper_log10
 
     def to_dict(self, r: float = 1.0) -> dict:
-        j = _json
+        j = json_float
         return {
             "lower": self.lower, "upper": self.upper, "lower_log10": j(self.lower_log10), "upper_log10": j(self.upper_log10),
             "exact": self.exact, "sign_consistent": self.sign_consistent, "route": self.route,
@@ -114,17 +115,6 @@ class PathMetric:
             "flipped_per_layer": {s.layer: s.violations for s in self.signs},
             "layers": [sh.to_dict(self.estimate_log10) for sh in self.shares],  # parts of the computed value
         }
-
-
-def log10_value(log10: float) -> float | None:
-    """10**log10 (0 for -inf, None past float64)."""
-    if log10 == -math.inf:
-        return 0.0
-    return 10.0**log10 if log10 < 308.25 else None
-
-
-def _json(x: float) -> float | None:
-    return x if math.isfinite(x) else None
 
 
 def _describe(layer: Layer) -> str:

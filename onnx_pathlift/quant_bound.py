@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .dag import ActivationQuantizer, Dag
-from .metric import log10_sum, log10_value, pair_layers
+from .metric import log10_sum, pair_layers
 from .norm import LiftedSession, combine_runs
+from .numeric import log10_value
 from .transforms import CUT, MASS, bypassed, cut_at, injected, with_params_of, without_biases
 
 #: relative margin on lifted float32 masses (sums of non-negative terms, rounded to nearest)
