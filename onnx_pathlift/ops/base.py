@@ -32,17 +32,22 @@ IMPORTERS: dict[str, ImportRule] = {}
 LAYER_OPS: dict[str, LayerOp] = {}
 
 
-def imports(*op_types: str) -> Callable[[ImportRule], ImportRule]:
-    """Register an import rule for ONNX op types (default domain)."""
+def _registrar(table: dict[str, Callable], what: str, op_types: tuple[str, ...]) -> Callable[[Callable], Callable]:
+    """A decorator that enters its function in ``table`` under each op type, once per op type."""
 
-    def register(fn: ImportRule) -> ImportRule:
+    def register(fn: Callable) -> Callable:
         for op_type in op_types:
-            if op_type in IMPORTERS:
-                raise ValueError(f"two import rules for {op_type}")
-            IMPORTERS[op_type] = fn
+            if op_type in table:
+                raise ValueError(f"two {what} for {op_type}")
+            table[op_type] = fn
         return fn
 
     return register
+
+
+def imports(*op_types: str) -> Callable[[ImportRule], ImportRule]:
+    """Register an import rule for ONNX op types (default domain)."""
+    return _registrar(IMPORTERS, "import rules", op_types)
 
 
 #: ``(node, consts, shapes, opset) -> problem or None``: a rule of the ONNX spec that ONNX shape
@@ -54,15 +59,7 @@ SPEC_RULES: dict[str, SpecRule] = {}
 
 def spec_rule(*op_types: str) -> Callable[[SpecRule], SpecRule]:
     """Register the spec rule of ONNX op types (default domain), next to their import rule."""
-
-    def register(fn: SpecRule) -> SpecRule:
-        for op_type in op_types:
-            if op_type in SPEC_RULES:
-                raise ValueError(f"two spec rules for {op_type}")
-            SPEC_RULES[op_type] = fn
-        return fn
-
-    return register
+    return _registrar(SPEC_RULES, "spec rules", op_types)
 
 
 class LayerOp:
