@@ -44,6 +44,7 @@ class Prepared:
 
 
 def main_opset(model: ModelProto) -> int:
+    """The version of the default ONNX domain the model imports; refused when it imports none."""
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):
             return int(imp.version)
@@ -62,6 +63,7 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def _activation_inputs(model: ModelProto) -> list[onnx.ValueInfoProto]:
+    """The graph inputs that are not initializers (IR < 4 lists initializers as inputs too)."""
     init = {t.name for t in model.graph.initializer}
     return [vi for vi in model.graph.input if vi.name not in init]
 
@@ -115,6 +117,7 @@ def _resolve_input_shapes(
 
 
 def _type_name(elem_type: int) -> str:
+    """``FLOAT``, ``INT64``, ... or ``<unknown N>`` for an element type ONNX does not define."""
     return TensorProto.DataType.Name(elem_type) if elem_type in TensorProto.DataType.values() else f"<unknown {elem_type}>"
 
 
@@ -142,6 +145,7 @@ def _check_schema(node: NodeProto, opset: int) -> None:
 
 
 def _attr_type_name(attr_type: int) -> str:
+    """``FLOAT``, ``INTS``, ... or ``<unknown N>`` for an attribute type ONNX does not define."""
     names = onnx.AttributeProto.AttributeType
     return names.Name(attr_type) if attr_type in names.values() else f"<unknown {attr_type}>"
 
@@ -258,7 +262,13 @@ def topological_nodes(nodes: list[NodeProto], known: set[str]) -> list[NodeProto
 
 def prepare(model: ModelProto, input_shape: tuple[int, ...] | dict[str, tuple[int, ...]] | None = None,
             limits: Limits = DEFAULT_LIMITS) -> Prepared:
-    """Fix input shapes, fold constant subgraphs and infer every tensor's static shape."""
+    """Fix input shapes, fold constant subgraphs and infer every tensor's static shape.
+
+    ``input_shape``: one shape for a single-input model, or a shape per input name; by default the
+    model's own (batch 1 for a symbolic batch). Raises :class:`InvalidModelError` for a model that
+    breaks the ONNX spec or ``limits``, :class:`UnsupportedModelError` for a valid one outside the
+    supported set (a newer opset, integer inputs, sparse tensors), :class:`UsageError` for a shape
+    that contradicts the model or a symbolic shape left unresolved."""
     opset = main_opset(model)
     _check_graph(model, opset, limits)
     inputs = _resolve_input_shapes(model, input_shape)

@@ -117,6 +117,7 @@ def _graphs(model: ModelProto):
 
 
 def _all_nodes(model: ModelProto):
+    """Every node: of the main graph, its subgraphs and the model's functions."""
     for graph in _graphs(model):
         yield from graph.node
     for function in model.functions:
