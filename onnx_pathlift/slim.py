@@ -26,7 +26,7 @@ from .channels import ChannelGraph, Entry
 from .errors import VerificationError
 from .prepare import Prepared
 from .read import FLOAT_TYPES
-from .verify import ModelRunner
+from .verify import ModelRunner, relative_error
 
 
 def _copy(model: ModelProto) -> ModelProto:
@@ -171,8 +171,7 @@ def check_slim(masked: ModelProto, slim: ModelProto, prepared: Prepared, names: 
     for t in range(trials):
         feeds = random_feeds(prepared, t)
         for x, y in zip(a(feeds), b(feeds)):
-            scale = max(float(np.abs(x).max(initial=0.0)), float(np.abs(y).max(initial=0.0)), 1e-30)
-            worst = max(worst, float(np.abs(x - y).max(initial=0.0)) / scale)
+            worst = max(worst, relative_error(x, y, symmetric=True))
     if not worst <= tolerance:
         raise VerificationError(f"the slim model does not reproduce the masked model (max relative error {worst:.3g})")
     return worst

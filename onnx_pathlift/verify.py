@@ -129,6 +129,13 @@ class ModelRunner:
         return [np.asarray(r, np.float64) for r in self.session.run(self.names, full)]
 
 
+def relative_error(a: np.ndarray, b: np.ndarray, symmetric: bool = False) -> float:
+    """``max|a − b| / max|a|``, relative to the reference ``a`` (``/ max(max|a|, max|b|)`` when
+    ``symmetric``); the denominator is at least 1e-30, so two all-zero tensors differ by 0."""
+    scale = max(float(np.max(np.abs(a), initial=0.0)), float(np.max(np.abs(b), initial=0.0)) if symmetric else 0.0, 1e-30)
+    return float(np.max(np.abs(a - b), initial=0.0)) / scale
+
+
 def verify(model: ModelProto, dag: Dag, elem_types: dict[str, int] | None = None, trials: int = 3,
            seed: int = 0, rtol: float = 1e-4, providers=None, raise_on_failure: bool = True) -> VerifyReport:
     """Run the source model and the re-emitted DAG on ``trials`` random inputs (uniform in [-1, 1])."""
@@ -145,8 +152,7 @@ def verify(model: ModelProto, dag: Dag, elem_types: dict[str, int] | None = None
             b = np.asarray(b, np.float64)
             if a.shape != b.shape:
                 raise VerificationError(f"output {n!r}: source shape {a.shape}, re-emitted {b.shape}")
-            scale = max(float(np.max(np.abs(a), initial=0.0)), 1e-30)
-            worst[n] = max(worst[n], float(np.max(np.abs(a - b), initial=0.0)) / scale)
+            worst[n] = max(worst[n], relative_error(a, b))
     report = VerifyReport(all(e <= rtol for e in worst.values()), worst, trials, rtol)
     if raise_on_failure and not report.passed:
         raise VerificationError(f"re-emitted DAG does not reproduce the model: max relative error {worst} > {rtol}")
