@@ -34,8 +34,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 import torch_archs  # noqa: E402
 
 from onnx_pathlift.importer import import_model, import_prepared  # noqa: E402
-from onnx_pathlift.load import load_model, prepare  # noqa: E402
+from onnx_pathlift.load import load_model  # noqa: E402
 from onnx_pathlift.metric import path_metric  # noqa: E402
+from onnx_pathlift.prepare import prepare  # noqa: E402
 from onnx_pathlift.slim import cpu_session, float_parameters, layer_costs, prune_channels, random_feeds  # noqa: E402
 
 MODELS = {"resnet18": 32, "mobilenet_v2": 224, "densenet121": 224}

@@ -58,7 +58,8 @@ import json, resource, sys, time
 import numpy as np
 t = [time.perf_counter()]
 def mark(): t.append(time.perf_counter()); return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-from onnx_pathlift.load import load_model, prepare
+from onnx_pathlift.load import load_model
+from onnx_pathlift.prepare import prepare
 from onnx_pathlift.importer import import_prepared
 from onnx_pathlift.emit import lifted_bundle
 from onnx_pathlift.runtime import make_session

@@ -34,9 +34,10 @@ if TYPE_CHECKING:
 
     from .dag import Dag
     from .lipschitz_bound import LipschitzBound
-    from .load import ModelSource, Prepared
+    from .load import ModelSource
     from .metric import CheckReport, PathMetric
     from .norm import PathNorm
+    from .prepare import Prepared
     from .quant_bound import Certificate
     from .scores import Scores
     from .verify import VerifyReport
@@ -62,7 +63,8 @@ def load(source: ModelSource, input_shape: InputShape = None, outputs: list[str]
     """Read ``source`` (path, bytes or ``ModelProto``), fix its input shapes (``input_shape``: one
     shape, or one per input name) and import the tensors ``outputs`` (None: every analysed output)."""
     from .importer import import_prepared
-    from .load import load_model, prepare
+    from .load import load_model
+    from .prepare import prepare
 
     t0 = time.perf_counter()
     model = load_model(source)

@@ -36,7 +36,7 @@ from onnx import ModelProto, NodeProto, helper
 
 from .dag import Dag
 from .errors import UsageError
-from .load import Prepared
+from .prepare import Prepared
 
 #: one removable piece of a constant: (tensor name, axis, first index, end index)
 Entry = tuple[str, int, int, int]
@@ -388,7 +388,7 @@ def _components(n: int, joins: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarra
 
 
 def channel_graph(model: ModelProto, prepared: Prepared) -> ChannelGraph:
-    """The channel groups of ``model`` (``prepared`` is its :func:`load.prepare` form)."""
+    """The channel groups of ``model`` (``prepared`` is its :func:`prepare.prepare` form)."""
     b = _Builder(model, prepared)
     for name, shape in prepared.inputs.items():
         if len(shape) >= 2:

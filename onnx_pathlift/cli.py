@@ -86,7 +86,7 @@ SHAPE_FORMS = ("1x3x224x224, 1,3,224,224 or [1,3,224,224]; per input NAME=SHAPE,
 
 def _shape(text: str) -> tuple[int, ...]:
     """One shape in any accepted form (see :data:`SHAPE_FORMS`)."""
-    from .load import parse_shape
+    from .prepare import parse_shape
 
     inner = text.strip()
     if inner[:1] + inner[-1:] in ("[]", "()"):

@@ -122,6 +122,14 @@ class Lifted:
     budget: Budget
 
 
+def settled(b: LiftBuilder, value: dict[str, Scaled], name: str, rank: int) -> Scaled:
+    """The lifted value of layer ``name``, renormalised in ``value`` if it is not yet (once, shared by
+    every consumer)."""
+    if value[name].dirty:
+        value[name] = b.normalize(value[name], rank)
+    return value[name]
+
+
 def lift_forward(dag: Dag, q: float, b: LiftBuilder, input_log2: dict[str, float] | None = None) -> Lifted:
     """Emit the lifted forward pass on ``b``. Static mode: each layer's exponent map comes from its
     static bound (:func:`_lift_static`); dynamic mode: tensors are renormalised where needed, and
@@ -133,10 +141,7 @@ def lift_forward(dag: Dag, q: float, b: LiftBuilder, input_log2: dict[str, float
     budget = Budget()
 
     def clean(name: str) -> Scaled:
-        """The lifted value of layer ``name``, renormalised if it is not yet (once, shared)."""
-        if value[name].dirty:
-            value[name] = b.normalize(value[name], len(shapes[name]))
-        return value[name]
+        return settled(b, value, name, len(shapes[name]))
 
     layers = _fold_scales(dag)
     for layer in layers:

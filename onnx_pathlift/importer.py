@@ -18,8 +18,10 @@ from onnx import AttributeProto, NodeProto, TensorProto
 
 from .dag import Dag, Layer
 from .errors import InvalidModelError, Refusal, RefuseNode, UnsupportedModelError, UsageError
-from .load import DEFAULT_LIMITS, Limits, ModelSource, Prepared, load_model, prepare
+from .load import ModelSource, load_model
 from .ops import IMPORTERS, ImportContext, reason_for
+from .prepare import Prepared, prepare
+from .read import DEFAULT_LIMITS, FLOAT_TYPES, Limits
 
 #: ops cut off when they end the network: monotone heads that do not change which class wins
 HEADS = {"Softmax", "LogSoftmax", "Sigmoid", "ZipMap"}
@@ -32,10 +34,9 @@ LOOKUPS = {"ArrayFeatureExtractor": (0, 1), "Gather": (0, 1), "LabelEncoder": (N
 CARRIERS = {"Identity", "Cast", "CastLike", "Reshape", "Squeeze", "Unsqueeze", "Flatten",
             "QuantizeLinear", "DequantizeLinear"}  # Q→DQ after the final Softmax: onnxruntime's quantize_static
 _HEAD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
-_FLOATS = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 #: an unknown type comes from behind an op that shape inference does not know: analysed, so that the import
 #: refuses that op by name
-_FLOATS_OR_UNKNOWN = _FLOATS | {TensorProto.UNDEFINED}
+_FLOATS_OR_UNKNOWN = FLOAT_TYPES | {TensorProto.UNDEFINED}
 
 
 @dataclass
@@ -187,7 +188,7 @@ def import_prepared(p: Prepared, outputs: list[str] | None = None, trace: Import
         trace.dag = dag
     if p.folded:
         dag.notes.append(f"folded {p.folded} constant-valued node(s)")
-    nodes = p.nodes  # in topological order (load.topological_nodes)
+    nodes = p.nodes  # in topological order (prepare.topological_nodes)
     analysed = _analysed_outputs(p, nodes, outputs, dag.notes, trace)
     nodes = _live(nodes, analysed)
     if trace is not None:

@@ -20,12 +20,14 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from onnx import ModelProto, TensorProto
+from onnx import ModelProto
 
 from .api import model_name
 from .errors import Refusal, UnsupportedModelError
 from .importer import ImportTrace, import_prepared
-from .load import DEFAULT_LIMITS, Limits, ModelSource, load_model, prepare
+from .load import ModelSource, load_model
+from .prepare import prepare
+from .read import DEFAULT_LIMITS, FLOAT_TYPES, Limits
 
 #: why an op type imported as one layer is worth a word
 _KEPT = {
@@ -115,10 +117,9 @@ def _declared(model: ModelProto) -> dict[str, list]:
 
 
 def _stored_float_elements(model: ModelProto) -> int:
-    floats = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
     n = 0
     for t in model.graph.initializer:
-        if t.data_type in floats:
+        if t.data_type in FLOAT_TYPES:
             size = 1
             for d in t.dims:
                 size *= d

@@ -17,6 +17,7 @@ from .importer import import_model
 from .load import ModelSource
 from .metric import input_path_norm
 from .norm import PathNorm
+from .numeric import json_float, log10_value
 from .ops import LAYER_OPS
 
 _LOG10_2 = math.log10(2.0)
@@ -31,16 +32,10 @@ class LipschitzBound:
     estimate_log10: float | None = None  # ‖Φ_in‖_1 as computed (float32 accuracy)
 
     def to_dict(self) -> dict:
-        def value(x: float) -> float | None:
-            return 0.0 if x == -math.inf else (10.0**x if x < 308.25 else None)
-
-        def finite(x: float) -> float | None:
-            return x if math.isfinite(x) else None
-
-        return {"bound": value(self.path_norm_log10), "bound_log10": finite(self.path_norm_log10),
-                "naive": value(self.naive_log10), "naive_log10": finite(self.naive_log10),
-                "naive_over_bound_log10": finite(self.naive_log10 - self.path_norm_log10),
-                "estimate_log10": finite(self.estimate_log10) if self.estimate_log10 is not None else None}
+        return {"bound": log10_value(self.path_norm_log10), "bound_log10": json_float(self.path_norm_log10),
+                "naive": log10_value(self.naive_log10), "naive_log10": json_float(self.naive_log10),
+                "naive_over_bound_log10": json_float(self.naive_log10 - self.path_norm_log10),
+                "estimate_log10": json_float(self.estimate_log10)}
 
 
 def naive_log2(dag: Dag) -> float:

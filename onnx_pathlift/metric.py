@@ -22,7 +22,7 @@ topological order (:func:`layer_shares`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -32,10 +32,10 @@ from .errors import UsageError
 from .importer import import_model
 from .load import ModelSource
 from .norm import LiftedSession, PathNorm, PathNormSession, combine_runs
-from .ops import LAYER_OPS
+from .numeric import json_float, log10_value
+from .transforms import DELTA, two_stream_dag, with_params, with_params_of, without_biases
 
 _LOG10_2 = math.log10(2.0)
-DELTA = "__delta"
 #: parameters one onnxruntime session of bundled two-stream networks may hold (a network per leg)
 BUNDLE_PARAMS = 4_000_000
 
@@ -66,7 +66,7 @@ class LayerShare:
     def to_dict(self, total_log10: float) -> dict:
         share = 10.0 ** (self.log10 - total_log10) if math.isfinite(total_log10) else 0.0
         return {"layer": self.layer, "op": self.op, "source": self.source, "value": log10_value(self.log10),
-                "log10": _json(self.log10), "fraction": share}
+                "log10": json_float(self.log10), "fraction": share}
 
 
 @dataclass
@@ -102,7 +102,7 @@ class PathMetric:
         return math.log10(max(r, 1.0)) + self.upper_log10
 
     def to_dict(self, r: float = 1.0) -> dict:
-        j = _json
+        j = json_float
         return {
             "lower": self.lower, "upper": self.upper, "lower_log10": j(self.lower_log10), "upper_log10": j(self.upper_log10),
             "exact": self.exact, "sign_consistent": self.sign_consistent, "route": self.route,
@@ -115,17 +115,6 @@ class PathMetric:
             "flipped_per_layer": {s.layer: s.violations for s in self.signs},
             "layers": [sh.to_dict(self.estimate_log10) for sh in self.shares],  # parts of the computed value
         }
-
-
-def log10_value(log10: float) -> float | None:
-    """10**log10 (0 for -inf, None past float64)."""
-    if log10 == -math.inf:
-        return 0.0
-    return 10.0**log10 if log10 < 308.25 else None
-
-
-def _json(x: float) -> float | None:
-    return x if math.isfinite(x) else None
 
 
 def _describe(layer: Layer) -> str:
@@ -209,46 +198,6 @@ def sign_report(a: Dag, b: Dag, pairs: dict[str, str]) -> tuple[list[LayerSigns]
     return signs, le or ge
 
 
-def two_stream_dag(a: Dag, b: Dag, pairs: dict[str, str]) -> Dag:
-    """The DAG whose lifted network (q = 1) carries ``lo`` under the original names and ``Δ`` under
-    ``name + DELTA``; the Δ inputs are extra graph inputs fed with zeros."""
-    out = Dag(opset=a.opset)
-
-    def add(layer: Layer) -> None:
-        out.add(layer, LAYER_OPS[layer.op].kind if layer.op in LAYER_OPS else "input")
-
-    for layer in a.layers():
-        d = layer.name + DELTA
-        if layer.op == "input":
-            add(layer)
-            add(replace(layer, name=d))
-            out.inputs += [layer.name, d]
-            continue
-        handler = LAYER_OPS[layer.op]
-        split = handler.split_params(layer, b.layer(pairs[layer.name])) if layer.params else None
-        if split is None:
-            add(layer)
-            add(replace(layer, name=d, inputs=[i + DELTA for i in layer.inputs]))
-            continue
-        lo, hi_linear, diff = split
-        add(replace(layer, params=lo))
-        add(replace(layer, name=d + "_hi", params=hi_linear, inputs=[i + DELTA for i in layer.inputs]))
-        add(replace(layer, name=d + "_diff", params=diff))
-        add(Layer(d, "sum", [d + "_hi", d + "_diff"], layer.shape, attrs={"signs": [1, 1]}, source=layer.source))
-    for o, lname in a.outputs.items():
-        out.outputs[o] = lname
-        out.outputs[o + DELTA] = lname + DELTA
-    return out
-
-
-def without_biases(dag: Dag) -> Dag:
-    out = Dag(opset=dag.opset, inputs=list(dag.inputs), outputs=dict(dag.outputs))
-    for layer in dag.layers():
-        out.add(LAYER_OPS[layer.op].without_bias(layer) if layer.op in LAYER_OPS else layer,
-                dag.graph.nodes[layer.name]["kind"])
-    return out
-
-
 def input_path_norm(dag: Dag, providers=None):
     """‖Φ_in(θ)‖_1: the L1 path-norm over paths that start at input neurons (biases removed)."""
     return PathNormSession(without_biases(dag), 1.0, providers).run()
@@ -262,14 +211,6 @@ def _log10_gap(a: float, b: float) -> float:
 
 
 Leg = tuple[Dag, Dag, dict[str, str]]  # a same-sign pair (θ, θ') and its layer pairing
-
-
-def _with_params(a: Dag, params_of) -> Dag:
-    """A's architecture, each parameterised layer carrying ``params_of(layer)``."""
-    out = Dag(opset=a.opset, inputs=list(a.inputs), outputs=dict(a.outputs))
-    for layer in a.layers():
-        out.add(replace(layer, params=params_of(layer)) if layer.params else layer, a.graph.nodes[layer.name]["kind"])
-    return out
 
 
 def _signed(va: np.ndarray, vb: np.ndarray, pick) -> np.ndarray:
@@ -287,7 +228,7 @@ def between(a: Dag, b: Dag, pairs: dict[str, str], how: str) -> Dag:
             keep = va if how == "zero" else _signed(va, pb[k], np.minimum)
             out[k] = np.where(va * pb[k] < 0, 0.0, keep)
         return out
-    return _with_params(a, params)
+    return with_params(a, params)
 
 
 def delta_norms(legs: list[Leg], providers=None) -> list[PathNorm]:
@@ -323,7 +264,7 @@ def _isolated(a: Dag, b: Dag, pairs: dict[str, str], k: int) -> Leg:
             pick = np.minimum if i < k else np.maximum
             return {n: _signed(v, pb[n], pick) for n, v in layer.params.items()}
         return params
-    return _with_params(a, side(False)), _with_params(a, side(True)), {n: n for n in a.graph.nodes}
+    return with_params(a, side(False)), with_params(a, side(True)), {n: n for n in a.graph.nodes}
 
 
 #: per-layer parts cost one lifted pass per parameterised layer and leg: skipped beyond this many
@@ -411,11 +352,6 @@ class CheckReport:
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
-
-
-def with_params_of(a: Dag, b: Dag, pairs: dict[str, str]) -> Dag:
-    """A's architecture carrying B's parameters (what the certificate is about)."""
-    return _with_params(a, lambda layer: b.layer(pairs[layer.name]).params)
 
 
 Feeds = dict[str, np.ndarray]

@@ -15,11 +15,11 @@ from .emit import LOG2_SUFFIX, bundle_tag, lift_model, lifted_bundle
 from .errors import PathliftError, UsageError
 from .importer import import_model
 from .load import ModelSource
+from .numeric import json_float, log10_value
 from .runtime import make_session
 from .samples import one_sample
 
 _LOG10_2 = math.log10(2.0)
-_LOG10_MAX = math.log10(np.finfo(np.float64).max)
 
 
 @dataclass(frozen=True)
@@ -40,23 +40,13 @@ class PathNorm:
     @property
     def upper(self) -> float | None:
         """The certified upper bound on ‖Φ‖_q (None past float64, or without a budget)."""
-        return None if self.upper_log10 is None else _value(self.upper_log10)
+        return None if self.upper_log10 is None else log10_value(self.upper_log10)
 
     def to_dict(self) -> dict:
-        return {"q": self.q if math.isfinite(self.q) else "inf", "value": self.value, "log10": _json_float(self.log10),
-                "lower_log10": _json_float(self.lower_log10), "upper_log10": _json_float(self.upper_log10),
+        return {"q": self.q if math.isfinite(self.q) else "inf", "value": self.value, "log10": json_float(self.log10),
+                "lower_log10": json_float(self.lower_log10), "upper_log10": json_float(self.upper_log10),
                 "upper": self.upper, "certified": self.certified,
-                "per_output_log10": {k: _json_float(v) for k, v in self.per_output_log10.items()}}
-
-
-def _json_float(x: float | None) -> float | None:
-    return x if x is not None and math.isfinite(x) else None
-
-
-def _value(log10: float) -> float | None:
-    if math.isnan(log10):
-        return None
-    return 0.0 if log10 == -math.inf else (10.0**log10 if log10 < _LOG10_MAX else None)
+                "per_output_log10": {k: json_float(v) for k, v in self.per_output_log10.items()}}
 
 
 def _log2_total(t: np.ndarray, k) -> float:
@@ -118,7 +108,7 @@ def combine(q: float, outputs: dict[str, tuple[np.ndarray, np.ndarray | float]] 
     else:
         logs = {o: _log2_total(t, k) for o, (t, k) in outputs.items()}
     log10 = math.nan if any(math.isnan(v) for v in logs.values()) else log2_sum(list(logs.values())) / q * _LOG10_2
-    return PathNorm(q, log10, _value(log10), {o: v / q * _LOG10_2 for o, v in logs.items()})
+    return PathNorm(q, log10, log10_value(log10), {o: v / q * _LOG10_2 for o, v in logs.items()})
 
 
 #: q = ∞ (the largest path product) is the lifted network at this q: ‖Φ‖_Q ≥ ‖Φ‖_∞ ≥ ‖Φ‖_Q · P**(-1/Q)

@@ -27,8 +27,9 @@ from .errors import UsageError
 
 if TYPE_CHECKING:
     from .dag import Dag
-    from .load import ModelSource, Prepared
+    from .load import ModelSource
     from .metric import PathMetric
+    from .prepare import Prepared
     from .slim import ChannelPrune
 
 
@@ -215,7 +216,7 @@ class ChannelPruning:
 def _costs(loaded: Loaded, result: ChannelPrune, input_shape) -> tuple[dict[str, Any], Prepared]:
     """Groups, parameters and MACs before and after (per Conv/Gemm/MatMul/BN node), the slim-vs-masked
     check; and the slim model prepared."""
-    from .load import prepare
+    from .prepare import prepare
     from .slim import float_parameters, layer_costs
 
     slim_prepared = prepare(result.slim, input_shape)

@@ -17,17 +17,18 @@ F with input mass 0 and bias ε(v) added at v: two lifted passes in all.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from .dag import ActivationQuantizer, Dag, Layer
-from .metric import log10_sum, log10_value, pair_layers, with_params_of, without_biases
+from .dag import ActivationQuantizer, Dag
+from .metric import log10_sum, pair_layers
 from .norm import LiftedSession, combine_runs
+from .numeric import log10_value
+from .transforms import CUT, MASS, bypassed, cut_at, injected, with_params_of, without_biases
 
 #: relative margin on lifted float32 masses (sums of non-negative terms, rounded to nearest)
 MARGIN = 1e-3
-_PROBE = "__mass__"
 # ops whose output is ≥ 0 when every input is (ReLU always): pools, reductions, moves of neurons
 _KEEPS_SIGN = {"maxpool", "avgpool", "globalpool", "reduce", "reshape", "transpose", "slice", "select",
                "flat_select", "depth_space", "concat"}
@@ -79,35 +80,6 @@ def _points(quantized: Dag, ref: Dag, pairs: dict[str, str]) -> list[_Point] | s
     return points
 
 
-def _injected(dag: Dag, eps: dict[str, np.ndarray]) -> Dag:
-    """``dag`` with ``+ eps[name]`` (an affine layer's bias) after each layer ``name``."""
-    out = Dag(opset=dag.opset, inputs=list(dag.inputs))
-    rename: dict[str, str] = {}
-    for layer in dag.layers():
-        out.add(replace(layer, inputs=[rename.get(i, i) for i in layer.inputs]), dag.graph.nodes[layer.name]["kind"])
-        if layer.name in eps:
-            name = layer.name + "__eps"
-            out.add(Layer(name, "affine", [layer.name], layer.shape, {"bias": eps[layer.name]}, source=layer.source), "affine")
-            rename[layer.name] = name
-    out.outputs = {o: rename.get(lname, lname) for o, lname in dag.outputs.items()}
-    return out
-
-
-def _cut(dag: Dag, cuts: set[str]) -> Dag:
-    """``dag`` whose layers in ``cuts`` feed their consumers through new graph inputs ``<name>__cut``;
-    outputs: each cut layer that is not a graph input, as ``__mass__<name>`` (its own output)."""
-    out = Dag(opset=dag.opset, inputs=list(dag.inputs))
-    rename: dict[str, str] = {}
-    for layer in dag.layers():
-        out.add(replace(layer, inputs=[rename.get(i, i) for i in layer.inputs]), dag.graph.nodes[layer.name]["kind"])
-        if layer.name in cuts:
-            rename[layer.name] = layer.name + "__cut"
-            out.add(Layer(rename[layer.name], "input", [], layer.shape, source=layer.source), "input")
-            out.inputs.append(rename[layer.name])
-    out.outputs = {_PROBE + n: n for n in cuts if dag.layer(n).op != "input"}
-    return out
-
-
 def _magnitudes(float_net: Dag, points: list[_Point], r: float, providers) -> dict[str, np.ndarray]:
     """Per point, a bound M on |u| over the box in the quantized network: the lifted forward mass of
     u when the graph is cut after every quantizer (a quantized value satisfies |Q(u)| ≤ max(|lo|, |hi|)
@@ -119,14 +91,14 @@ def _magnitudes(float_net: Dag, points: list[_Point], r: float, providers) -> di
         limit[p.layer] = np.maximum(np.abs((p.q.q_min - zp) * s), np.abs((p.q.q_max - zp) * s))
     out = {p.layer: np.full(float_net.layer(p.layer).shape, float(r)) for p in points
            if float_net.layer(p.layer).op == "input"}
-    cut = _cut(float_net, set(limit))
+    cut = cut_at(float_net, set(limit))
     if not cut.outputs:
         return out
-    feeds = {n: (limit[n[:-len("__cut")]] if n.endswith("__cut") else np.full(cut.layer(n).shape, float(r))).astype(np.float32)
+    feeds = {n: (limit[n[:-len(CUT)]] if n.endswith(CUT) else np.full(cut.layer(n).shape, float(r))).astype(np.float32)
              for n in cut.inputs}
     runs = LiftedSession([(cut, 1.0)], providers, per_sample=False, feeds=feeds).runs()[0]
     for o in runs[0].outputs:  # each run's bound is certified (norm.JobRun.neuron_upper): keep the smallest
-        out[o[len(_PROBE):]] = np.minimum.reduce([run.neuron_upper(o) for run in runs]) * (1 + MARGIN)
+        out[o[len(MASS):]] = np.minimum.reduce([run.neuron_upper(o) for run in runs]) * (1 + MARGIN)
     return out
 
 
@@ -204,7 +176,7 @@ def backward_sums(dag: Dag, eps_list: list[dict[str, np.ndarray]], providers=Non
     """:func:`backward_sum` of several injections, one bundled pass."""
     bare = without_biases(dag)
     zeros = {n: np.zeros(bare.layer(n).shape, np.float32) for n in bare.inputs}  # paths start at the injections only
-    session = LiftedSession([(_injected(bare, eps), 1.0) for eps in eps_list], providers, per_sample=False, feeds=zeros)
+    session = LiftedSession([(injected(bare, eps), 1.0) for eps in eps_list], providers, per_sample=False, feeds=zeros)
     return [combine_runs(1.0, job).upper_log10 for job in session.runs()]  # certified: rounded outward
 
 
@@ -229,19 +201,6 @@ class Certificate:
                 "input_linf": self.r, "activation": {"quantized_points": self.quantized_points,
                                                      "certified": self.activation.term is not None,
                                                      "reason": self.activation.reason, "points": self.activation.points}}
-
-
-def _bypassed(dag: Dag, names: set[str]) -> Dag:
-    """``dag`` without the (one-input) layers ``names``: their consumers read their input instead."""
-    out = Dag(opset=dag.opset, inputs=list(dag.inputs))
-    source: dict[str, str] = {}
-    for layer in dag.layers():
-        if layer.name in names:
-            source[layer.name] = source.get(layer.inputs[0], layer.inputs[0])
-            continue
-        out.add(replace(layer, inputs=[source.get(i, i) for i in layer.inputs]), dag.graph.nodes[layer.name]["kind"])
-    out.outputs = {o: source.get(lname, lname) for o, lname in dag.outputs.items()}
-    return out
 
 
 def _stepped_over(dag: Dag, paired: set[str]) -> tuple[set[str], str | None]:
@@ -269,7 +228,7 @@ def certify(dag_a: Dag, dag_b: Dag, weight_log10: float, r: float, providers=Non
     n = len(dag_a.quantizers) + len(dag_b.quantizers)
     if why_a or why_b:
         return Certificate(weight_log10, ActivationBound(None, why_a or why_b), r, n)
-    ref = _bypassed(dag_a, stepped_a)
+    ref = bypassed(dag_a, stepped_a)
     on_ref = {k: v for k, v in pairs.items() if k not in stepped_a}
     same = {k: k for k in on_ref}
     parts = [activation_bound(dag_b, ref, on_ref, with_params_of(ref, dag_b, on_ref), r, providers),

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .dag import Dag, Layer
-from .emit import LOG2_SUFFIX, emit_opset, identity_node, lift_forward
+from .emit import LOG2_SUFFIX, emit_opset, identity_node, lift_forward, settled
 from .graph import BuiltModel, LiftBuilder, Scaled
 from .importer import import_model
 from .load import ModelSource
@@ -62,9 +62,7 @@ def scores_model(dag: Dag) -> tuple[BuiltModel, list[tuple[str, str]]]:
     shapes = {layer.name: layer.shape for layer in layers}
 
     def clean(name: str) -> Scaled:
-        if value[name].dirty:
-            value[name] = b.normalize(value[name], len(shapes[name]))
-        return value[name]
+        return settled(b, value, name, len(shapes[name]))
 
     grads: dict[str, list[Scaled]] = {}
     for lname in dag.outputs.values():  # the output neurons' backward mass is 1

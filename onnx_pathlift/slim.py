@@ -19,14 +19,14 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 from onnx import ModelProto, helper, numpy_helper
 
 from .channels import ChannelGraph, Entry
 from .errors import VerificationError
-from .load import Prepared
-from .verify import ModelRunner
+from .prepare import Prepared
+from .read import FLOAT_TYPES
+from .verify import ModelRunner, relative_error
 
 
 def _copy(model: ModelProto) -> ModelProto:
@@ -171,8 +171,7 @@ def check_slim(masked: ModelProto, slim: ModelProto, prepared: Prepared, names: 
     for t in range(trials):
         feeds = random_feeds(prepared, t)
         for x, y in zip(a(feeds), b(feeds)):
-            scale = max(float(np.abs(x).max(initial=0.0)), float(np.abs(y).max(initial=0.0)), 1e-30)
-            worst = max(worst, float(np.abs(x - y).max(initial=0.0)) / scale)
+            worst = max(worst, relative_error(x, y, symmetric=True))
     if not worst <= tolerance:
         raise VerificationError(f"the slim model does not reproduce the masked model (max relative error {worst:.3g})")
     return worst
@@ -229,8 +228,7 @@ def float_parameters(model: ModelProto) -> int:
     """Elements of the float initializers and Constant tensors (the model's parameters)."""
     tensors = list(model.graph.initializer) + [a.t for n in model.graph.node if n.op_type == "Constant"
                                                 for a in n.attribute if a.name == "value"]
-    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
-    return sum(math.prod(t.dims) for t in tensors if t.data_type in floats)
+    return sum(math.prod(t.dims) for t in tensors if t.data_type in FLOAT_TYPES)
 
 
 @dataclass

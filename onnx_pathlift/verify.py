@@ -133,9 +133,16 @@ class ModelRunner:
 Run = Callable[[dict[str, np.ndarray]], list]
 
 
+def relative_error(a: np.ndarray, b: np.ndarray, symmetric: bool = False) -> float:
+    """``max|a − b| / max|a|``, relative to the reference ``a`` (``/ max(max|a|, max|b|)`` when
+    ``symmetric``); the denominator is at least 1e-30, so two all-zero tensors differ by 0."""
+    scale = max(float(np.max(np.abs(a), initial=0.0)), float(np.max(np.abs(b), initial=0.0)) if symmetric else 0.0, 1e-30)
+    return float(np.max(np.abs(a - b), initial=0.0)) / scale
+
+
 def _worst_errors(reference: Run, candidate: Run, dag: Dag, trials: int, seed: int, what: str) -> dict[str, float]:
-    """Per analysed output, the largest relative deviation ``max|a−b| / max|a|`` of ``candidate`` from
-    ``reference`` over ``trials`` inputs drawn uniformly in [-1, 1] (``numpy`` generator ``seed``)."""
+    """Per analysed output, the largest :func:`relative_error` of ``candidate`` from ``reference``
+    over ``trials`` inputs drawn uniformly in [-1, 1] (``numpy`` generator ``seed``)."""
     names = list(dag.outputs)
     rng = np.random.default_rng(seed)
     worst = dict.fromkeys(names, 0.0)
@@ -145,8 +152,7 @@ def _worst_errors(reference: Run, candidate: Run, dag: Dag, trials: int, seed: i
             b = np.asarray(b, np.float64)
             if a.shape != b.shape:
                 raise VerificationError(f"output {n!r}: source shape {a.shape}, {what} {b.shape}")
-            scale = max(float(np.max(np.abs(a), initial=0.0)), 1e-30)
-            worst[n] = max(worst[n], float(np.max(np.abs(a - b), initial=0.0)) / scale)
+            worst[n] = max(worst[n], relative_error(a, b))
     return worst
 
 

@@ -24,7 +24,8 @@ from test_metric import signed_path_metric, union_dags
 from onnx_pathlift import import_model
 from onnx_pathlift.canonical import canonical_form
 from onnx_pathlift.emit import emit_model
-from onnx_pathlift.metric import MismatchError, check_bound, comparable, path_metric, with_params_of
+from onnx_pathlift.metric import MismatchError, check_bound, comparable, path_metric
+from onnx_pathlift.transforms import with_params_of
 from onnx_pathlift.verify import verify
 
 

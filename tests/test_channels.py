@@ -17,8 +17,9 @@ from onnx import helper, numpy_helper
 
 from onnx_pathlift.channels import channel_graph, choose, group_scores
 from onnx_pathlift.importer import import_prepared
-from onnx_pathlift.load import load_model, prepare
+from onnx_pathlift.load import load_model
 from onnx_pathlift.metric import path_metric
+from onnx_pathlift.prepare import prepare
 from onnx_pathlift.rescale import rescale
 from onnx_pathlift.slim import masked_model, prune_channels, slim_model
 

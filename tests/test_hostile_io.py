@@ -33,7 +33,8 @@ from onnx_pathlift.audit import Settings, audit
 from onnx_pathlift.audit.analyse import HOOK_ENV
 from onnx_pathlift.errors import OutputError
 from onnx_pathlift.graph import GraphBuilder
-from onnx_pathlift.load import DEFAULT_LIMITS, load_model
+from onnx_pathlift.load import load_model
+from onnx_pathlift.read import DEFAULT_LIMITS
 from onnx_pathlift.sanitise import csv_cell, html, terminal
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="FIFOs, rlimits, signals and /dev/full are POSIX")

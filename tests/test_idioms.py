@@ -16,8 +16,8 @@ from tiny_nets import conv_bn_pool, residual_concat
 
 import onnx_pathlift as pl
 from onnx_pathlift.importer import ImportTrace, import_prepared
-from onnx_pathlift.load import prepare
 from onnx_pathlift.norm import PathNormSession
+from onnx_pathlift.prepare import prepare
 from onnx_pathlift.verify import verify
 
 

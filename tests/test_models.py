@@ -17,7 +17,8 @@ from oracle import dp_path_norm_from_dag, neuron_dag
 import onnx_pathlift as pl
 from onnx_pathlift.errors import InvalidModelError, UnsupportedModelError
 from onnx_pathlift.importer import import_prepared
-from onnx_pathlift.load import load_model, prepare
+from onnx_pathlift.load import load_model
+from onnx_pathlift.prepare import prepare
 from onnx_pathlift.verify import verify
 
 SHIPPED = sorted(p.name for p in MODELS.glob("*.onnx"))

@@ -26,8 +26,9 @@ from test_metric import param_roles
 
 from onnx_pathlift import import_model
 from onnx_pathlift.dag import ActivationQuantizer
-from onnx_pathlift.metric import check_bound, pair_layers, path_metric, with_params_of
+from onnx_pathlift.metric import check_bound, pair_layers, path_metric
 from onnx_pathlift.quant_bound import _Point, activation_bound, backward_sum, certify, epsilon
+from onnx_pathlift.transforms import with_params_of
 
 NETS = sorted(tiny_nets.ALL_NETS)
 DIGITS = np.load(MODELS / "digits_test.npz")["x"]

@@ -20,7 +20,8 @@ import pytest
 
 import onnx_pathlift as pl
 from onnx_pathlift.importer import import_prepared
-from onnx_pathlift.load import load_model, prepare
+from onnx_pathlift.load import load_model
+from onnx_pathlift.prepare import prepare
 from onnx_pathlift.verify import verify
 
 torch = pytest.importorskip("torch")

@@ -98,7 +98,8 @@ def analyse(path: str) -> dict:
         )
         from onnx_pathlift.importer import import_prepared
         from onnx_pathlift.inspect import inspect_model
-        from onnx_pathlift.load import load_model, prepare
+        from onnx_pathlift.load import load_model
+        from onnx_pathlift.prepare import prepare
     except Exception as err:  # noqa: BLE001  (a broken installation: every row says so)
         row["reason"] = f"cannot import onnx_pathlift: {type(err).__name__}: {err}"
         return row

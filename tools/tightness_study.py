@@ -38,10 +38,11 @@ from onnx import numpy_helper
 
 from onnx_pathlift import import_model
 from onnx_pathlift.dag import Dag
-from onnx_pathlift.metric import check_bound, pair_layers, path_metric, with_params_of
+from onnx_pathlift.metric import check_bound, pair_layers, path_metric
 from onnx_pathlift.ops import LAYER_OPS
 from onnx_pathlift.quant_bound import certify
 from onnx_pathlift.rescale import rescale
+from onnx_pathlift.transforms import with_params_of
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "models" / "digits_test.npz"

@@ -25,9 +25,10 @@ import numpy as np
 from ..errors import InvalidModelError, PathliftError, UnsupportedModelError
 from ..importer import import_prepared
 from ..lipschitz_bound import bound_from
-from ..load import load_model, main_opset, prepare
-from ..metric import without_biases
+from ..load import load_model
 from ..norm import LiftedSession
+from ..prepare import main_opset, prepare
+from ..transforms import without_biases
 from .record import OUT_OF_MEMORY, ModelResult, Settings, Task
 
 HOOK_ENV = "ONNX_PATHLIFT_AUDIT_TEST_HOOK"

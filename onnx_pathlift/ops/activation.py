@@ -18,7 +18,7 @@ import numpy as np
 from ..dag import Layer
 from ..errors import RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled
-from .base import ANY, ImportContext, LayerOp, attributes, imports, layer_op
+from .base import ANY, ImportContext, LayerOp, attributes, broadcasts_to, imports, layer_op, operand, spec_rule
 
 
 @layer_op
@@ -58,6 +58,15 @@ def _affine(ctx: ImportContext, node, x: str, scale: float | np.ndarray | None, 
     return ctx.add(node, "affine", [x], ctx.shape(node.output[0]), params, suffix=suffix)
 
 
+@spec_rule("PRelu")
+def prelu_spec(node, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]], opset: int) -> str | None:
+    """The slope broadcasts to the input (one way)."""
+    x, slope = operand(node, 0, shapes), operand(node, 1, shapes)
+    if x is not None and slope is not None and not broadcasts_to(slope, x):
+        return f"its slope of shape {slope} does not broadcast to its input {x}"
+    return None
+
+
 @imports("LeakyRelu", "PRelu")
 def import_leaky(node, ctx: ImportContext) -> None:
     """``α·x + (1 − α)·relu(x)``: two paths per neuron, weights α and 1 − α."""
@@ -83,6 +92,15 @@ def _clip_bounds(node, ctx: ImportContext) -> tuple[float | None, float | None]:
     lo = None if lo is None or lo <= -3.0e38 else float(lo)
     hi = None if hi is None or hi >= 3.0e38 else float(hi)
     return lo, hi
+
+
+@spec_rule("Clip")
+def clip_spec(node, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]], opset: int) -> str | None:
+    """``min`` and ``max`` inputs (opset ≥ 11) are scalars."""
+    for i, what in ((1, "min"), (2, "max")):
+        if operand(node, i, shapes) not in (None, ()):
+            return f"its {what} {node.input[i]!r} has shape {shapes[node.input[i]]}, not a scalar"
+    return None
 
 
 @imports("Clip")

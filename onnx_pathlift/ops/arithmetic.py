@@ -17,9 +17,9 @@ from dataclasses import replace
 import numpy as np
 
 from ..dag import Layer
-from ..errors import RefuseNode
+from ..errors import Refusal, RefuseNode, UnsupportedModelError
 from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, exp_diff, lifted_log2, pow_scaled, scaled_power
-from .base import ANY, ImportContext, LayerOp, imports, layer_op, unbroadcast
+from .base import ANY, ImportContext, LayerOp, attributes, imports, layer_op, operand, spec_rule, unbroadcast
 
 
 @layer_op
@@ -129,6 +129,22 @@ class Sum(LayerOp):
 
     def rounding_ops(self, layer, in_shapes) -> int:
         return len(in_shapes) + 3
+
+
+@spec_rule("Add", "Sub", "Mul", "Div")
+def legacy_broadcast_spec(node, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]], opset: int) -> str | None:
+    """Before opset 7: equal shapes, or ``broadcast=1`` with B laid along ``axis`` of A. Only the
+    trailing alignment (numpy's, which the import uses) is accepted; another axis is refused."""
+    a, b = operand(node, 0, shapes), operand(node, 1, shapes)
+    if opset >= 7 or a is None or b is None or a == b:
+        return None
+    attrs = attributes(node)
+    if not attrs.get("broadcast"):
+        return f"operands of shapes {a} and {b} differ and broadcast is not set (opset < 7)"
+    if attrs.get("axis", len(a) - len(b)) % max(len(a), 1) != len(a) - len(b):
+        raise UnsupportedModelError([Refusal(node.name or node.output[0], node.op_type, f"opset < 7 broadcast of {b} "
+                                             f"along axis {attrs['axis']} of {a} (only trailing alignment is supported)")])
+    return None
 
 
 @imports("Add", "Sub", "Sum")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from onnx import NodeProto, helper
@@ -22,7 +22,9 @@ from onnx import NodeProto, helper
 from ..dag import Dag, Layer
 from ..errors import RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, lifted_log2, log2_range, pow_row_reduce
-from ..load import Prepared
+
+if TYPE_CHECKING:  # prepare imports this registry (SPEC_RULES) at run time
+    from ..prepare import Prepared
 
 ImportRule = Callable[[NodeProto, "ImportContext"], None]
 
@@ -30,17 +32,34 @@ IMPORTERS: dict[str, ImportRule] = {}
 LAYER_OPS: dict[str, LayerOp] = {}
 
 
-def imports(*op_types: str) -> Callable[[ImportRule], ImportRule]:
-    """Register an import rule for ONNX op types (default domain)."""
+def _registrar(table: dict[str, Callable], what: str, op_types: tuple[str, ...]) -> Callable[[Callable], Callable]:
+    """A decorator that enters its function in ``table`` under each op type, once per op type."""
 
-    def register(fn: ImportRule) -> ImportRule:
+    def register(fn: Callable) -> Callable:
         for op_type in op_types:
-            if op_type in IMPORTERS:
-                raise ValueError(f"two import rules for {op_type}")
-            IMPORTERS[op_type] = fn
+            if op_type in table:
+                raise ValueError(f"two {what} for {op_type}")
+            table[op_type] = fn
         return fn
 
     return register
+
+
+def imports(*op_types: str) -> Callable[[ImportRule], ImportRule]:
+    """Register an import rule for ONNX op types (default domain)."""
+    return _registrar(IMPORTERS, "import rules", op_types)
+
+
+#: ``(node, consts, shapes, opset) -> problem or None``: a rule of the ONNX spec that ONNX shape
+#: inference does not check (onnxruntime refuses such models); ``prepare`` raises
+#: :class:`~onnx_pathlift.errors.InvalidModelError` naming the node and the problem
+SpecRule = Callable[[NodeProto, dict[str, np.ndarray], dict[str, tuple[int, ...]], int], "str | None"]
+SPEC_RULES: dict[str, SpecRule] = {}
+
+
+def spec_rule(*op_types: str) -> Callable[[SpecRule], SpecRule]:
+    """Register the spec rule of ONNX op types (default domain), next to their import rule."""
+    return _registrar(SPEC_RULES, "spec rules", op_types)
 
 
 class LayerOp:
@@ -379,6 +398,25 @@ class ImportContext:
 
 def attributes(node: NodeProto) -> dict[str, Any]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def operand(node: NodeProto, i: int, table: dict):
+    """``table``'s entry (a shape or a constant) for the node's input ``i``, None if absent or unknown."""
+    return table.get(node.input[i]) if i < len(node.input) and node.input[i] else None
+
+
+def broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    """Whether ``shape`` broadcasts to ``target`` one way (ONNX unidirectional broadcasting)."""
+    return len(shape) <= len(target) and all(d in (1, t) for d, t in zip(shape[::-1], target[::-1]))
+
+
+def pads_problem(a: dict[str, Any]) -> str | None:
+    """A conv or pool node may not set both explicit ``pads`` and an ``auto_pad`` other than NOTSET."""
+    auto_pad = a.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode(errors="replace") if isinstance(auto_pad, bytes) else auto_pad
+    if "pads" in a and auto_pad not in ("", "NOTSET"):
+        return f"it sets both pads {a['pads']} and auto_pad {auto_pad!r}"
+    return None
 
 
 def spatial_attrs(a: dict[str, Any], in_spatial: tuple[int, ...], kernel: tuple[int, ...]) -> dict[str, list[int]]:

@@ -9,7 +9,18 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InvalidModelError, RefuseNode
-from .base import ImportContext, attributes, imports
+from .base import ImportContext, attributes, imports, operand, spec_rule
+
+
+@spec_rule("BatchNormalization")
+def batchnorm_spec(node, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]], opset: int) -> str | None:
+    """Constant scale, bias, mean and variance of shape ``(C,)`` for an input of ``C`` channels."""
+    x = operand(node, 0, shapes)
+    for i, what in enumerate(("scale", "bias", "mean", "var"), start=1):
+        v = operand(node, i, consts)
+        if x is not None and len(x) > 1 and v is not None and v.shape != x[1:2]:
+            return f"its {what} {node.input[i]!r} has shape {v.shape}, its input {x} needs ({x[1]},)"
+    return None
 
 
 @imports("BatchNormalization")

@@ -40,8 +40,11 @@ from .base import (
     log2_outward,
     log2_power_matvec32,
     log2_rows,
+    operand,
+    pads_problem,
     product_exponent,
     spatial_attrs,
+    spec_rule,
     split_weight,
     transpose_attrs,
 )
@@ -196,6 +199,28 @@ def _per_entry(values: np.ndarray, index: np.ndarray, tail: tuple[int, ...]) -> 
     if (index == index[:, :1]).all():
         return values[index[:, 0]].reshape((-1, 1) + tail)
     return values[index].reshape(index.shape + tail)
+
+
+@spec_rule("Conv")
+def conv_spec(node, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]], opset: int) -> str | None:
+    """Kernel and input of one rank (≥ 3), ``group`` dividing the output channels and the input's
+    channels ``= W.shape[1]·group``, a bias of shape ``(C_out,)``, ``kernel_shape`` = the kernel's."""
+    x, w, b = operand(node, 0, shapes), operand(node, 1, consts), operand(node, 2, consts)
+    if x is None or w is None:
+        return None
+    a = attributes(node)
+    group = a.get("group", 1)
+    if w.ndim != len(x) or w.ndim < 3:
+        return f"its kernel {w.shape} and its input {x} differ in rank"
+    if group < 1 or w.shape[0] % group:
+        return f"group {group} does not divide the kernel's {w.shape[0]} output channels"
+    if x[1] != w.shape[1] * group:
+        return f"its input has {x[1]} channels, its kernel {w.shape} with group {group} takes {w.shape[1] * group}"
+    if b is not None and b.shape != w.shape[:1]:
+        return f"its bias has shape {b.shape}, its kernel {w.shape} needs ({w.shape[0]},)"
+    if list(a.get("kernel_shape", w.shape[2:])) != list(w.shape[2:]):
+        return f"its kernel_shape {a['kernel_shape']} differs from its kernel {w.shape}"
+    return pads_problem(a)
 
 
 @imports("Conv")

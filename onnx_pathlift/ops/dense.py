@@ -35,6 +35,7 @@ from .base import (
     along_axis,
     attributes,
     bias_bound,
+    broadcasts_to,
     channel_vector,
     imports,
     layer_op,
@@ -42,7 +43,9 @@ from .base import (
     log2_outward,
     log2_rows,
     log2_weighted_sum,
+    operand,
     product_exponent,
+    spec_rule,
     split_weight,
 )
 
@@ -186,6 +189,22 @@ def import_matmul(node, ctx: ImportContext) -> None:
     side, x, wi = ("right", node.input[0], 1) if w is not None else ("left", node.input[1], 0)
     ctx.add(node, "dense", [ctx.act(x)], ctx.shape(node.output[0]), {"W": ctx.param(node, wi, "weight", weight=True)}, {"side": side},
             origins={"W": (node.input[wi], False)})
+
+
+@spec_rule("Gemm")
+def gemm_spec(node, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]], opset: int) -> str | None:
+    """``A'`` (m×k) and ``B'`` (k×n) chain after ``transA``/``transB``; ``C`` broadcasts to (m, n)."""
+    a, b = operand(node, 0, shapes), operand(node, 1, shapes)
+    if a is None or b is None or len(a) != 2 or len(b) != 2:
+        return None  # shape inference refuses other ranks
+    attrs = attributes(node)
+    (m, k), (k2, n) = a[::-1] if attrs.get("transA") else a, b[::-1] if attrs.get("transB") else b
+    if k != k2:
+        return f"its operands {a} and {b} (transA={attrs.get('transA', 0)}, transB={attrs.get('transB', 0)}) do not chain"
+    c = operand(node, 2, shapes)
+    if c is not None and not broadcasts_to(c, (m, n)):
+        return f"its bias of shape {c} does not broadcast to the output ({m}, {n})"
+    return None
 
 
 @imports("Gemm")

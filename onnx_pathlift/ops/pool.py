@@ -20,7 +20,19 @@ from onnx import TensorProto, helper
 from ..dag import Layer
 from ..errors import RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, exp_diff, exp_vector, on_axis, pow_scaled, scaled_power
-from .base import ImportContext, LayerOp, along_axis, attributes, imports, layer_op, spatial_attrs, transpose_attrs
+from .base import (
+    ImportContext,
+    LayerOp,
+    along_axis,
+    attributes,
+    imports,
+    layer_op,
+    operand,
+    pads_problem,
+    spatial_attrs,
+    spec_rule,
+    transpose_attrs,
+)
 
 
 def _sum_pool_pads(layer: Layer) -> list[int]:
@@ -217,6 +229,19 @@ def _ort_output_size(in_spatial, a) -> tuple[int, ...]:
             out -= 1
         sizes.append(out)
     return tuple(sizes)
+
+
+@spec_rule("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")
+def pool_spec(node, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]], opset: int) -> str | None:
+    """An input with a spatial dimension; every pad smaller than the kernel (the spec's bound)."""
+    x = operand(node, 0, shapes)
+    if x is not None and len(x) < 3:
+        return f"its input {x} has no spatial dimension"
+    a = attributes(node)
+    kernel, pads = list(a.get("kernel_shape", [])), list(a.get("pads", []))
+    if kernel and len(pads) == 2 * len(kernel) and any(p >= k for p, k in zip(pads, kernel + kernel)):
+        return f"its pads {pads} are not all smaller than its kernel {kernel} (the spec's bound)"
+    return pads_problem(a)
 
 
 @imports("MaxPool", "AveragePool")

@@ -16,9 +16,8 @@ from onnx import TensorProto, helper
 from ..dag import Layer
 from ..errors import PathliftError, RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, on_axis
-from .base import ANY, ImportContext, LayerOp, MovesNeurons, along_axis, attributes, imports, layer_op
-
-_FLOATS = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+from ..read import FLOAT_TYPES
+from .base import ANY, ImportContext, LayerOp, MovesNeurons, along_axis, attributes, imports, layer_op, operand, spec_rule
 
 
 @layer_op
@@ -159,6 +158,15 @@ def import_reshape(node, ctx: ImportContext) -> None:
     ctx.add(node, "reshape", [ctx.act(node.input[0])], out_shape)
 
 
+@spec_rule("Transpose")
+def transpose_spec(node, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]], opset: int) -> str | None:
+    """``perm`` is a permutation of the input's axes."""
+    x, perm = operand(node, 0, shapes), attributes(node).get("perm")
+    if x is not None and perm is not None and sorted(perm) != list(range(len(x))):
+        return f"its perm {list(perm)} is not a permutation of the axes of its input {x}"
+    return None
+
+
 @imports("Transpose")
 def import_transpose(node, ctx: ImportContext) -> None:
     x_shape = ctx.shape(node.input[0])
@@ -184,6 +192,6 @@ def import_alias(node, ctx: ImportContext) -> None:
             raise RefuseNode("training_mode=True drops neurons at random")
     if node.op_type == "Cast":
         to = int(attributes(node)["to"])
-        if to not in _FLOATS or ctx.prepared.elem_types.get(node.input[0]) not in _FLOATS:
+        if to not in FLOAT_TYPES or ctx.prepared.elem_types.get(node.input[0]) not in FLOAT_TYPES:
             raise RefuseNode(f"casts an activation to {TensorProto.DataType.Name(to)}: not a float-to-float copy")
     ctx.alias(node.output[0], ctx.act(node.input[0]))
