@@ -122,17 +122,19 @@ def compute_norms(source: ModelSource, q: list[float] | tuple[float, ...] = (1.0
     from .norm import LiftedSession
 
     loaded = load(source, input_shape, outputs)
+    dag, seconds = loaded.dag, loaded.seconds
+    source_model = (loaded.model, loaded.prepared.elem_types) if verify else None
+    del loaded  # without the check, the parsed file is not needed again: free it before lifting
     t0 = time.perf_counter()
-    session = LiftedSession([(loaded.dag, x) for x in q], providers)  # every q: one lifted model, one pass
+    session = LiftedSession([(dag, x) for x in q], providers)  # every q: one lifted model, one pass
     t1 = time.perf_counter()
     norms = session.norms()
-    timings = {"import_s": loaded.seconds, "session_s": t1 - t0, "run_s": time.perf_counter() - t1}
-    report = NormsReport(model_name(source), loaded.dag, providers, norms, timings)
-    if verify:
+    timings = {"import_s": seconds, "session_s": t1 - t0, "run_s": time.perf_counter() - t1}
+    report = NormsReport(model_name(source), dag, providers, norms, timings)
+    if source_model is not None:
         from .verify import verify as check
 
-        report.verify = check(loaded.model, loaded.dag, loaded.prepared.elem_types, providers=providers,
-                              raise_on_failure=False)
+        report.verify = check(source_model[0], dag, source_model[1], providers=providers, raise_on_failure=False)
     return report
 
 
