@@ -37,6 +37,7 @@ from onnx import ModelProto, NodeProto, helper
 from .dag import Dag
 from .errors import UsageError
 from .load import Prepared
+from .ops import require
 
 #: one removable piece of a constant: (tensor name, axis, first index, end index)
 Entry = tuple[str, int, int, int]
@@ -440,6 +441,7 @@ def group_scores(cg: ChannelGraph, prepared: Prepared, criterion: str, dag: Dag 
         return out
     from .scores import path_magnitude
 
+    require(dag, "channel-prune")
     fraction = path_magnitude(dag, providers=providers).fraction
     for i in live:
         g = cg.groups[i]

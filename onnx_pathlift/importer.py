@@ -196,7 +196,7 @@ def import_prepared(p: Prepared, outputs: list[str] | None = None, trace: Import
     ctx.used = {n for node in nodes for n in node.input} | set(analysed)
     for name, shape in p.inputs.items():
         if name in ctx.used:
-            dag.add(Layer(name, "input", [], shape, source=name), "input")
+            dag.add(Layer(name, "input", [], shape, source=name))
             dag.inputs.append(name)
             ctx.producer[name] = name
     refusals: list[Refusal] = trace.refusals if trace is not None else []

@@ -32,7 +32,7 @@ from .errors import UsageError
 from .importer import import_model
 from .load import ModelSource
 from .norm import LiftedSession, PathNorm, PathNormSession, combine_runs
-from .ops import LAYER_OPS
+from .ops import LAYER_OPS, require
 
 _LOG10_2 = math.log10(2.0)
 DELTA = "__delta"
@@ -147,8 +147,8 @@ def pair_layers(a: Dag, b: Dag) -> dict[str, str]:
     while stack:
         na, nb = stack.pop()
         la, lb = a.layer(na), b.layer(nb)
-        while quantized and (la.op == "relu") != (lb.op == "relu"):  # a QDQ quantizer folds ReLUs into clips
-            if la.op == "relu":
+        while quantized and la.op != lb.op and (_folds(la) or _folds(lb)):
+            if _folds(la):
                 na, la = la.inputs[0], a.layer(la.inputs[0])
             else:
                 nb, lb = lb.inputs[0], b.layer(lb.inputs[0])
@@ -177,11 +177,18 @@ def pair_layers(a: Dag, b: Dag) -> dict[str, str]:
     return pairs
 
 
+def _folds(layer: Layer) -> bool:
+    """Whether a QDQ activation quantizer may have folded ``layer`` into its clipping range (a ReLU)."""
+    return LAYER_OPS[layer.op].folds_into_quantizer
+
+
 def comparable(a: Dag, b: Dag) -> tuple[Dag, Dag, dict[str, str], list[str], list[str]]:
     """The DAGs of A and B as compared, their layer pairing, and the rewrites applied to each: none
     when they pair as spelled, else both are brought to the canonical spelling
     (:mod:`onnx_pathlift.canonical`: exact rewrites, the certificate is about the canonical parameters)
-    and must pair then."""
+    and must pair then. Refuses up front a layer op that cannot be split into two streams."""
+    require(a, "metric")
+    require(b, "metric")
     try:
         return a, b, pair_layers(a, b), [], []
     except MismatchError:
@@ -212,29 +219,19 @@ def sign_report(a: Dag, b: Dag, pairs: dict[str, str]) -> tuple[list[LayerSigns]
 def two_stream_dag(a: Dag, b: Dag, pairs: dict[str, str]) -> Dag:
     """The DAG whose lifted network (q = 1) carries ``lo`` under the original names and ``Δ`` under
     ``name + DELTA``; the Δ inputs are extra graph inputs fed with zeros."""
-    out = Dag(opset=a.opset)
-
-    def add(layer: Layer) -> None:
-        out.add(layer, LAYER_OPS[layer.op].kind if layer.op in LAYER_OPS else "input")
-
+    out = Dag(opset=a.opset, inputs=[n for i in a.inputs for n in (i, i + DELTA)])
     for layer in a.layers():
         d = layer.name + DELTA
-        if layer.op == "input":
-            add(layer)
-            add(replace(layer, name=d))
-            out.inputs += [layer.name, d]
-            continue
-        handler = LAYER_OPS[layer.op]
-        split = handler.split_params(layer, b.layer(pairs[layer.name])) if layer.params else None
+        split = LAYER_OPS[layer.op].split_params(layer, b.layer(pairs[layer.name])) if layer.params else None
         if split is None:
-            add(layer)
-            add(replace(layer, name=d, inputs=[i + DELTA for i in layer.inputs]))
+            out.add(layer)
+            out.add(replace(layer, name=d, inputs=[i + DELTA for i in layer.inputs]))
             continue
         lo, hi_linear, diff = split
-        add(replace(layer, params=lo))
-        add(replace(layer, name=d + "_hi", params=hi_linear, inputs=[i + DELTA for i in layer.inputs]))
-        add(replace(layer, name=d + "_diff", params=diff))
-        add(Layer(d, "sum", [d + "_hi", d + "_diff"], layer.shape, attrs={"signs": [1, 1]}, source=layer.source))
+        out.add(replace(layer, params=lo))
+        out.add(replace(layer, name=d + "_hi", params=hi_linear, inputs=[i + DELTA for i in layer.inputs]))
+        out.add(replace(layer, name=d + "_diff", params=diff))
+        out.add(Layer(d, "sum", [d + "_hi", d + "_diff"], layer.shape, attrs={"signs": [1, 1]}, source=layer.source))
     for o, lname in a.outputs.items():
         out.outputs[o] = lname
         out.outputs[o + DELTA] = lname + DELTA
@@ -244,8 +241,7 @@ def two_stream_dag(a: Dag, b: Dag, pairs: dict[str, str]) -> Dag:
 def without_biases(dag: Dag) -> Dag:
     out = Dag(opset=dag.opset, inputs=list(dag.inputs), outputs=dict(dag.outputs))
     for layer in dag.layers():
-        out.add(LAYER_OPS[layer.op].without_bias(layer) if layer.op in LAYER_OPS else layer,
-                dag.graph.nodes[layer.name]["kind"])
+        out.add(LAYER_OPS[layer.op].without_bias(layer))
     return out
 
 
@@ -268,7 +264,7 @@ def _with_params(a: Dag, params_of) -> Dag:
     """A's architecture, each parameterised layer carrying ``params_of(layer)``."""
     out = Dag(opset=a.opset, inputs=list(a.inputs), outputs=dict(a.outputs))
     for layer in a.layers():
-        out.add(replace(layer, params=params_of(layer)) if layer.params else layer, a.graph.nodes[layer.name]["kind"])
+        out.add(replace(layer, params=params_of(layer)) if layer.params else layer)
     return out
 
 

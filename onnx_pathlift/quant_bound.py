@@ -84,10 +84,10 @@ def _injected(dag: Dag, eps: dict[str, np.ndarray]) -> Dag:
     out = Dag(opset=dag.opset, inputs=list(dag.inputs))
     rename: dict[str, str] = {}
     for layer in dag.layers():
-        out.add(replace(layer, inputs=[rename.get(i, i) for i in layer.inputs]), dag.graph.nodes[layer.name]["kind"])
+        out.add(replace(layer, inputs=[rename.get(i, i) for i in layer.inputs]))
         if layer.name in eps:
             name = layer.name + "__eps"
-            out.add(Layer(name, "affine", [layer.name], layer.shape, {"bias": eps[layer.name]}, source=layer.source), "affine")
+            out.add(Layer(name, "affine", [layer.name], layer.shape, {"bias": eps[layer.name]}, source=layer.source))
             rename[layer.name] = name
     out.outputs = {o: rename.get(lname, lname) for o, lname in dag.outputs.items()}
     return out
@@ -99,10 +99,10 @@ def _cut(dag: Dag, cuts: set[str]) -> Dag:
     out = Dag(opset=dag.opset, inputs=list(dag.inputs))
     rename: dict[str, str] = {}
     for layer in dag.layers():
-        out.add(replace(layer, inputs=[rename.get(i, i) for i in layer.inputs]), dag.graph.nodes[layer.name]["kind"])
+        out.add(replace(layer, inputs=[rename.get(i, i) for i in layer.inputs]))
         if layer.name in cuts:
             rename[layer.name] = layer.name + "__cut"
-            out.add(Layer(rename[layer.name], "input", [], layer.shape, source=layer.source), "input")
+            out.add(Layer(rename[layer.name], "input", [], layer.shape, source=layer.source))
             out.inputs.append(rename[layer.name])
     out.outputs = {_PROBE + n: n for n in cuts if dag.layer(n).op != "input"}
     return out
@@ -239,7 +239,7 @@ def _bypassed(dag: Dag, names: set[str]) -> Dag:
         if layer.name in names:
             source[layer.name] = source.get(layer.inputs[0], layer.inputs[0])
             continue
-        out.add(replace(layer, inputs=[source.get(i, i) for i in layer.inputs]), dag.graph.nodes[layer.name]["kind"])
+        out.add(replace(layer, inputs=[source.get(i, i) for i in layer.inputs]))
     out.outputs = {o: source.get(lname, lname) for o, lname in dag.outputs.items()}
     return out
 

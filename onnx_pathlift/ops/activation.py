@@ -18,14 +18,16 @@ import numpy as np
 from ..dag import Layer
 from ..errors import RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled
-from .base import ANY, ImportContext, LayerOp, attributes, imports, layer_op
+from .base import ANY, ImportContext, OneLipschitz, ParameterFree, attributes, imports, layer_op
 
 
 @layer_op
-class Relu(LayerOp):
+class Relu(ParameterFree, OneLipschitz):
     op = "relu"
     kind = "activation"
     accepts_dirty = True
+    rescale_role = "per_channel"  # relu(λx) = λ·relu(x) for λ > 0
+    folds_into_quantizer = True  # a quantizer whose range starts at 0 clips like a ReLU
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         return b.op("Relu", xs, "relu")

@@ -19,7 +19,7 @@ import numpy as np
 from ..dag import Layer
 from ..errors import RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, exp_diff, lifted_log2, pow_scaled, scaled_power
-from .base import ANY, ImportContext, LayerOp, imports, layer_op, unbroadcast
+from .base import ANY, ImportContext, LayerOp, OneLipschitz, ParameterFree, imports, layer_op, unbroadcast
 
 
 @layer_op
@@ -29,6 +29,7 @@ class Affine(LayerOp):
     op = "affine"
     kind = "affine"
     accepts_dirty = True
+    rescale_role = "per_channel"
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         y = xs[0]
@@ -94,7 +95,7 @@ class Affine(LayerOp):
 
 
 @layer_op
-class Sum(LayerOp):
+class Sum(ParameterFree, OneLipschitz):
     """``y = Σ sign_i · x_i`` over activations (residual connections)."""
 
     op = "sum"
@@ -127,6 +128,10 @@ class Sum(LayerOp):
 
     def rounding_ops(self, layer, in_shapes) -> int:
         return len(in_shapes) + 3
+
+    def linf_combine(self, ins: list[float]) -> float:
+        """``‖Σ ±x_i‖_∞ ≤ Σ ‖x_i‖_∞``: the branches' bounds add."""
+        return float(np.logaddexp2.reduce(ins))
 
 
 @imports("Add", "Sub", "Sum")

@@ -18,6 +18,7 @@ from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, exp_vector, lost
 from .base import (
     ImportContext,
     LayerOp,
+    RescaleAxes,
     along_axis,
     attributes,
     bias_bound,
@@ -42,6 +43,12 @@ class Conv(LayerOp):
     kind = "conv"
     scored = True
     onnx_op = "Conv"  # the emitted op (ConvTranspose for the subclass); attrs are passed through
+    rescale_role = "weights"
+
+    def rescale_axes(self, layer: Layer) -> RescaleAxes:
+        """Channels on axis 1; ``W`` is ``(C_out, C_in/group, k...)``: a grouped conv's input channels
+        share filters with other channels' (no 1/λ per input channel)."""
+        return RescaleAxes(1, 0, 1 if layer.attrs["group"] == 1 else None, False)
 
     def gain_log2(self, m: np.ndarray, attrs: dict) -> float:
         """``log2`` of the largest lifted output on an all-ones input of ``|W|**q = m``: a whole filter's sum."""

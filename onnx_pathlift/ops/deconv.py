@@ -73,6 +73,7 @@ class ConvTranspose(Conv):
     op = "deconv"
     kind = "conv"
     onnx_op = "ConvTranspose"
+    rescale_role = None  # not rescaled (its W is (C_in, C_out/group, k...), not Conv's layout)
 
     def gain_log2(self, m: np.ndarray, attrs: dict) -> float:
         return float(np.max(_log2_phase_gain(m, attrs, np.zeros(m.shape[0]))))  # the largest phase sum

@@ -32,6 +32,7 @@ from ..graph import (
 from .base import (
     ImportContext,
     LayerOp,
+    RescaleAxes,
     along_axis,
     attributes,
     bias_bound,
@@ -54,6 +55,14 @@ class Dense(LayerOp):
     op = "dense"
     kind = "linear"
     scored = True
+    rescale_role = "weights"
+
+    def rescale_axes(self, layer: Layer) -> RescaleAxes | None:
+        """``x @ W`` with a 2-D ``W`` (in × out): features on the last axis, of any layout upstream
+        (a flatten spreads one channel over consecutive rows)."""
+        if layer.attrs["side"] != "right" or layer.params["W"].ndim != 2:
+            return None
+        return RescaleAxes(len(layer.shape) - 1, 1, 0, True)
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         w = b.const(layer.params["W"], "W")

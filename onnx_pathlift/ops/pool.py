@@ -20,7 +20,7 @@ from onnx import TensorProto, helper
 from ..dag import Layer
 from ..errors import RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, exp_diff, exp_vector, on_axis, pow_scaled, scaled_power
-from .base import ImportContext, LayerOp, along_axis, attributes, imports, layer_op, spatial_attrs, transpose_attrs
+from .base import ImportContext, OneLipschitz, ParameterFree, along_axis, attributes, imports, layer_op, spatial_attrs, transpose_attrs
 
 
 def _sum_pool_pads(layer: Layer) -> list[int]:
@@ -62,9 +62,10 @@ def _pool_attrs(layer: Layer, names: tuple[str, ...]) -> dict:
 
 
 @layer_op
-class MaxPool(LayerOp):
+class MaxPool(ParameterFree, OneLipschitz):
     op = "maxpool"
     kind = "pool"
+    rescale_role = "per_channel"
     accepts_dirty = True
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
@@ -88,9 +89,10 @@ class MaxPool(LayerOp):
 
 
 @layer_op
-class AveragePool(LayerOp):
+class AveragePool(ParameterFree, OneLipschitz):
     op = "avgpool"
     kind = "pool"
+    rescale_role = "per_channel"
     _ATTRS = ("kernel_shape", "strides", "pads", "dilations", "ceil_mode", "count_include_pad")
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
@@ -132,11 +134,12 @@ class AveragePool(LayerOp):
 
 
 @layer_op
-class GlobalPool(LayerOp):
+class GlobalPool(ParameterFree, OneLipschitz):
     """Global max (lifted: sum) or average (lifted: N**-q · sum) pooling over spatial axes."""
 
     op = "globalpool"
     kind = "pool"
+    rescale_role = "per_channel"
     accepts_dirty = True
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:

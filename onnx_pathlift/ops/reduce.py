@@ -18,7 +18,7 @@ import numpy as np
 
 from ..dag import Layer
 from ..graph import GraphBuilder, LiftBuilder, Scaled, pow_scaled
-from .base import ImportContext, LayerOp, attributes, imports, layer_op
+from .base import ImportContext, ParameterFree, attributes, imports, layer_op
 
 _OP_TYPES = {"sum": "ReduceSum", "mean": "ReduceMean", "max": "ReduceMax", "min": "ReduceMin"}
 
@@ -37,7 +37,7 @@ def _reduce(b: GraphBuilder, op_type: str, x: str, layer: Layer) -> str:
 
 
 @layer_op
-class Reduce(LayerOp):
+class Reduce(ParameterFree):
     """Reduction over ``axes``; attrs mode (sum, mean, max, min), axes, keepdims and count (``N``)."""
 
     op = "reduce"

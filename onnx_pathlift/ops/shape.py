@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 from ..dag import Layer
 from ..errors import PathliftError, RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, on_axis
-from .base import ANY, ImportContext, LayerOp, MovesNeurons, along_axis, attributes, imports, layer_op
+from .base import ANY, ImportContext, MovesNeurons, OneLipschitz, ParameterFree, along_axis, attributes, imports, layer_op
 
 _FLOATS = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 
@@ -25,6 +25,7 @@ _FLOATS = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorPro
 class Reshape(MovesNeurons):
     op = "reshape"
     kind = "reshape"
+    rescale_role = "flatten"
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         return b.op("Reshape", [xs[0], b.const(np.array(layer.shape), "shape", dtype=np.int64)], "reshape")
@@ -117,7 +118,7 @@ def import_pad(node, ctx: ImportContext) -> None:
 
 
 @layer_op
-class Concat(LayerOp):
+class Concat(ParameterFree, OneLipschitz):
     op = "concat"
     kind = "skip"
 
