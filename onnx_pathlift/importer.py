@@ -20,17 +20,8 @@ from .dag import Dag, Layer
 from .errors import InvalidModelError, Refusal, RefuseNode, UnsupportedModelError, UsageError
 from .load import DEFAULT_LIMITS, Limits, ModelSource, Prepared, load_model, prepare
 from .ops import IMPORTERS, ImportContext, reason_for
+from .ops.base import HEAD_ROLES, LOOKUPS
 
-#: ops cut off when they end the network: monotone heads that do not change which class wins
-HEADS = {"Softmax", "LogSoftmax", "Sigmoid", "ZipMap"}
-#: class-picking heads, cut off when they end the network: the index, value or one-hot of the winner
-PICKERS = {"ArgMax", "ArgMin", "TopK", "Hardmax"}
-#: label lookups after a picker: a constant class table indexed by the picked class (data input -> index input)
-LOOKUPS = {"ArrayFeatureExtractor": (0, 1), "Gather": (0, 1), "LabelEncoder": (None, 0)}
-#: carried along with a head (they reshape or retype labels and probabilities); cut only together with one,
-#: like the lookups
-CARRIERS = {"Identity", "Cast", "CastLike", "Reshape", "Squeeze", "Unsqueeze", "Flatten",
-            "QuantizeLinear", "DequantizeLinear"}  # Q→DQ after the final Softmax: onnxruntime's quantize_static
 _HEAD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
 _FLOATS = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 #: an unknown type comes from behind an op that shape inference does not know: analysed, so that the import
@@ -74,7 +65,7 @@ def _head_input(node: NodeProto, consts: dict) -> str | None:
     if node.domain not in _HEAD_DOMAINS or not node.input:
         return None
     op = node.op_type
-    if op in HEADS | PICKERS | CARRIERS:
+    if op in HEAD_ROLES:
         return node.input[0]
     if op in LOOKUPS:
         table, index = LOOKUPS[op]
@@ -98,7 +89,7 @@ def _cut_head(name: str, producer: dict[str, NodeProto], consts: dict) -> tuple[
             break
         pending.append(node)
         name = nxt
-        if node.op_type in HEADS | PICKERS or all(n.op_type == "Identity" for n in pending):
+        if HEAD_ROLES.get(node.op_type) in ("head", "picker") or all(n.op_type == "Identity" for n in pending):
             cut += pending
             pending = []
             cut_at = name

@@ -32,19 +32,41 @@ ImportRule = Callable[[NodeProto, "ImportContext"], None]
 
 IMPORTERS: dict[str, ImportRule] = {}
 LAYER_OPS: dict[str, LayerOp] = {}
+#: ONNX op type -> why importing it as its own layer is worth a word (``onnx-pathlift inspect``)
+IMPORT_NOTES: dict[str, str] = {}
+#: what an ONNX op does when it ends a network (the importer cuts such a head off and analyses the
+#: logits): "head" (monotone: the winning class is unchanged), "picker" (the index, value or one-hot of
+#: the winner), "carrier" (reshapes or retypes labels and probabilities: cut only behind a head or picker)
+HEAD_ROLES: dict[str, str] = {}
+#: label lookups after a picker: op type -> (input index of its constant class table, or None; of the picked index)
+LOOKUPS: dict[str, tuple[int | None, int]] = {}
 
 
-def imports(*op_types: str) -> Callable[[ImportRule], ImportRule]:
-    """Register an import rule for ONNX op types (default domain)."""
+def imports(*op_types: str, note: str = "") -> Callable[[ImportRule], ImportRule]:
+    """Register an import rule for ONNX op types (default domain); ``note``: see :data:`IMPORT_NOTES`."""
 
     def register(fn: ImportRule) -> ImportRule:
         for op_type in op_types:
             if op_type in IMPORTERS:
                 raise ValueError(f"two import rules for {op_type}")
             IMPORTERS[op_type] = fn
+            if note:
+                IMPORT_NOTES[op_type] = note
         return fn
 
     return register
+
+
+def head_role(role: str, *op_types: str) -> None:
+    """Declare the role of ONNX op types at the end of a network (see :data:`HEAD_ROLES`)."""
+    if role not in ("head", "picker", "carrier"):
+        raise ValueError(f"unknown head role {role!r}")
+    HEAD_ROLES.update(dict.fromkeys(op_types, role))
+
+
+def label_lookup(op_type: str, table: int | None, index: int) -> None:
+    """Declare ``op_type`` a label lookup after a picker (see :data:`LOOKUPS`)."""
+    LOOKUPS[op_type] = (table, index)
 
 
 #: what a layer op can do: lifted (re-emitted, lifted, statically bounded), transposed (path-magnitude

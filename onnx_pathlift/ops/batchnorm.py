@@ -12,7 +12,7 @@ from ..errors import InvalidModelError, RefuseNode
 from .base import ImportContext, attributes, imports
 
 
-@imports("BatchNormalization")
+@imports("BatchNormalization", note="kept as its own per-channel affine layer (not fused into the layer before)")
 def import_batchnorm(node, ctx: ImportContext) -> None:
     a = attributes(node)
     if int(a.get("training_mode", 0)):

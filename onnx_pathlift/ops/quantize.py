@@ -14,7 +14,7 @@ import numpy as np
 
 from ..dag import ActivationQuantizer
 from ..errors import RefuseNode
-from .base import ImportContext, attributes, imports
+from .base import ImportContext, attributes, head_role, imports
 
 
 def clips_at_zero(zero_point: np.ndarray | None) -> bool:
@@ -22,6 +22,9 @@ def clips_at_zero(zero_point: np.ndarray | None) -> bool:
     if zero_point is None:  # default zero point: uint8 0
         return True
     return bool(np.all(zero_point == np.iinfo(zero_point.dtype).min)) if zero_point.dtype.kind in "iu" else False
+
+
+head_role("carrier", "QuantizeLinear", "DequantizeLinear")  # Q→DQ after the final Softmax: onnxruntime's quantize_static
 
 
 @imports("QuantizeLinear", "DequantizeLinear")

@@ -34,7 +34,7 @@ import numpy as np
 from ..dag import Layer
 from ..errors import RefuseNode
 from ..graph import GraphBuilder
-from .base import ImportContext, MovesNeurons, attributes, imports, layer_op
+from .base import ImportContext, MovesNeurons, attributes, imports, label_lookup, layer_op
 
 _F32 = np.float32
 _INT64_MIN = int(np.iinfo(np.int64).min)
@@ -216,6 +216,9 @@ def _constant_indices(ctx: ImportContext, node) -> np.ndarray:
     if indices.dtype.kind not in "iu":
         raise RefuseNode(f"its indices have type {indices.dtype}: not integers")
     return indices.astype(np.int64)
+
+
+label_lookup("Gather", 0, 1)  # a constant class table indexed by a picked class: a label lookup
 
 
 @imports("Gather")

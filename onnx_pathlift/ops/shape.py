@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 from ..dag import Layer
 from ..errors import PathliftError, RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, on_axis
-from .base import ANY, ImportContext, MovesNeurons, OneLipschitz, ParameterFree, along_axis, attributes, imports, layer_op
+from .base import ANY, ImportContext, MovesNeurons, OneLipschitz, ParameterFree, along_axis, attributes, head_role, imports, layer_op
 
 _FLOATS = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 
@@ -175,6 +175,9 @@ def import_concat(node, ctx: ImportContext) -> None:
     if any(ctx.const(n) is not None for n in inputs):
         raise RefuseNode("concatenates a constant with activations (constant neurons are not supported)")
     ctx.add(node, "concat", [ctx.act(n) for n in inputs], out_shape, attrs={"axis": axis})
+
+
+head_role("carrier", "Identity", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
 
 
 @imports("Identity", "Dropout", "Cast")
