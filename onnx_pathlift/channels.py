@@ -32,12 +32,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
-from onnx import ModelProto, NodeProto, helper
+from onnx import ModelProto, NodeProto
 
 from .dag import Dag
 from .errors import UsageError
 from .load import Prepared
 from .ops import require
+from .ops.base import attributes
 
 #: one removable piece of a constant: (tensor name, axis, first index, end index)
 Entry = tuple[str, int, int, int]
@@ -90,10 +91,6 @@ class ChannelGraph:
         return [i for i, g in enumerate(self.groups) if not g.pinned]
 
 
-def _attrs(node: NodeProto) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
 class _Builder:
     """Walks the graph once, assigning slots, joining them and recording entries and pins."""
 
@@ -144,6 +141,10 @@ class _Builder:
             self.pin(layout, f"{node.op_type} node {node.name!r}: parameter {bad[0]!r} is shared or computed")
         return not bad
 
+    def attrs(self, node: NodeProto) -> dict:
+        """The node's attributes, normalised as the import rules read them."""
+        return attributes(node, self.p.opset)
+
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.p.shapes[name])
 
@@ -166,7 +167,7 @@ class _Builder:
 
     def conv(self, node: NodeProto, x: Layout) -> None:
         w, bias = node.input[1], (node.input[2] if len(node.input) > 2 and node.input[2] else None)
-        weight, group = self.p.consts[w], int(_attrs(node).get("group", 1))
+        weight, group = self.p.consts[w], int(self.attrs(node).get("group", 1))
         out = self.new(node.output[0], weight.shape[0], 1)
         params = [w] + ([bias] if bias else [])
         if x.axis != 1 or x.block != 1:
@@ -207,7 +208,7 @@ class _Builder:
 
     def dense(self, node: NodeProto, x: Layout) -> None:
         """Gemm (transA 0) or MatMul with a constant right operand: sinks are weight rows/columns."""
-        a = _attrs(node)
+        a = self.attrs(node)
         w = node.input[1]
         weight = self.p.consts[w]
         trans = int(a.get("transB", 0)) if node.op_type == "Gemm" else 0
@@ -256,7 +257,7 @@ class _Builder:
         """Flatten (axis 1) / Reshape to (N, C·rest): channel c becomes a block of ``rest`` features."""
         shape_in, shape_out = self.shape(node.input[0]), self.shape(node.output[0])
         rest = math.prod(shape_in[2:])
-        if node.op_type == "Flatten" and int(_attrs(node).get("axis", 1)) != 1 or x.axis != 1 \
+        if node.op_type == "Flatten" and int(self.attrs(node).get("axis", 1)) != 1 or x.axis != 1 \
                 or len(shape_out) != 2 or shape_out[0] != shape_in[0]:
             return self.opaque(node)
         out = self.new(node.output[0], x.n, 1, x.block * rest)
@@ -272,7 +273,7 @@ class _Builder:
     def spatial(self, node: NodeProto, x: Layout) -> None:
         """Squeeze/Unsqueeze/Reduce* over axes after the channel axis keep the channels (a reduction
         without axes reduces all of them: not per channel)."""
-        axes = _attrs(node).get("axes")
+        axes = self.attrs(node).get("axes")
         if axes is None and len(node.input) > 1 and node.input[1]:
             axes = self.p.consts.get(node.input[1])
         rank = max(len(self.shape(node.input[0])), len(self.shape(node.output[0])))
@@ -282,7 +283,7 @@ class _Builder:
 
     def concat(self, node: NodeProto, xs: list[Layout]) -> None:
         rank = len(self.shape(node.output[0]))
-        axis = int(_attrs(node)["axis"]) % rank
+        axis = int(self.attrs(node)["axis"]) % rank
         if any(i not in self.layouts for i in node.input) or any(x.axis != axis or x.block != 1 for x in xs):
             return self.opaque(node)
         out = self.new(node.output[0], sum(x.n for x in xs), axis)
@@ -293,7 +294,7 @@ class _Builder:
 
     def split(self, node: NodeProto, x: Layout) -> None:
         """Split on the channel axis with explicit sizes: output k takes the next sizes[k] channels."""
-        a, outs = _attrs(node), list(node.output)
+        a, outs = self.attrs(node), list(node.output)
         axis = int(a.get("axis", 0)) % len(self.shape(node.input[0]))
         if axis != x.axis or x.block != 1 or not all(outs):
             return self.opaque(node)
@@ -361,7 +362,7 @@ class _Builder:
             self.opaque(node)
 
     def _pad_keeps_channels(self, node: NodeProto, x: Layout) -> bool:
-        pads = _attrs(node).get("pads")
+        pads = self.attrs(node).get("pads")
         if pads is None and len(node.input) > 1:
             pads = self.p.consts.get(node.input[1])
         rank = len(self.shape(node.input[0]))

@@ -26,7 +26,7 @@ from onnx_pathlift.load import load_model, prepare
 from onnx_pathlift.metric import path_metric
 from onnx_pathlift.norm import path_norm
 from onnx_pathlift.ops import ANALYSES, IMPORTERS, LAYER_OPS, LayerOp
-from onnx_pathlift.ops.base import ADJOINT, CAPABILITY_METHODS, LIFT, LIPSCHITZ, RESCALE, TWO_STREAM
+from onnx_pathlift.ops.base import ADJOINT, CAPABILITY_METHODS, LIFT, LIPSCHITZ, RESCALE, TWO_STREAM, attributes
 from onnx_pathlift.ops.capabilities import missing
 from onnx_pathlift.ops.unsupported import REASONS
 from onnx_pathlift.rescale import rescale
@@ -201,3 +201,17 @@ def test_an_op_with_only_the_lifted_form_still_gets_a_path_norm(bare_dag: Dag) -
 
 def test_refusal_reasons_and_import_rules_share_no_op_type() -> None:
     assert not set(REASONS) & set(IMPORTERS)
+
+
+def test_attributes_are_decoded_and_filled_from_the_schema_of_the_models_opset() -> None:
+    """One normalisation for every rule: strings decoded, omitted attributes at their schema default
+    (float32, as onnxruntime reads them), only those the schema of that opset version has."""
+    conv = onnx.helper.make_node("Conv", ["x", "w"], ["y"], auto_pad="SAME_UPPER")
+    a = attributes(conv, 17)
+    assert a["auto_pad"] == "SAME_UPPER" and a["group"] == 1 and "strides" not in a  # strides: no schema default
+    leaky = attributes(onnx.helper.make_node("LeakyRelu", ["x"], ["y"]), 17)
+    assert leaky["alpha"] == float(np.float32(0.01))
+    assert "training_mode" in attributes(onnx.helper.make_node("BatchNormalization", list("xsbmv"), ["y"]), 15)
+    assert "training_mode" not in attributes(onnx.helper.make_node("BatchNormalization", list("xsbmv"), ["y"]), 9)
+    given = attributes(onnx.helper.make_node("Resize", ["x"], ["y"], mode="linear"), 13)
+    assert given["mode"] == "linear" and given["nearest_mode"] == "round_prefer_floor"

@@ -18,7 +18,7 @@ import numpy as np
 from ..dag import Layer
 from ..errors import RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled
-from .base import ANY, ImportContext, OneLipschitz, ParameterFree, attributes, imports, layer_op
+from .base import ANY, ImportContext, OneLipschitz, ParameterFree, imports, layer_op
 
 
 @layer_op
@@ -63,7 +63,7 @@ def _affine(ctx: ImportContext, node, x: str, scale: float | np.ndarray | None, 
 def import_leaky(node, ctx: ImportContext) -> None:
     """``α·x + (1 − α)·relu(x)``: two paths per neuron, weights α and 1 − α."""
     if node.op_type == "LeakyRelu":
-        alpha = np.asarray(float(attributes(node).get("alpha", 0.01)))
+        alpha = np.asarray(float(ctx.attrs(node)["alpha"]))
     else:
         alpha = ctx.param(node, 1, "slope")
     x = ctx.act(node.input[0])
@@ -76,7 +76,7 @@ def import_leaky(node, ctx: ImportContext) -> None:
 
 def _clip_bounds(node, ctx: ImportContext) -> tuple[float | None, float | None]:
     if ctx.prepared.opset < 11:
-        a = attributes(node)
+        a = ctx.attrs(node)
         lo, hi = a.get("min"), a.get("max")
     else:
         lo = float(ctx.param(node, 1, "minimum")) if len(node.input) > 1 and node.input[1] else None

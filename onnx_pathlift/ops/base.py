@@ -18,10 +18,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import replace
+from functools import cache
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
-from onnx import NodeProto, helper
+from onnx import AttributeProto, NodeProto, defs, helper
 
 from ..dag import Dag, Layer
 from ..errors import RefuseNode
@@ -380,6 +381,10 @@ class ImportContext:
             raise RefuseNode(f"tensor {name!r} has no static shape (try --input-shape)")
         return shape
 
+    def attrs(self, node: NodeProto) -> dict[str, Any]:
+        """The node's attributes, normalised (:func:`attributes` at the model's opset)."""
+        return attributes(node, self.prepared.opset)
+
     def activations(self, node: NodeProto) -> list[str]:
         """Names of the node's inputs that are activations (not constants, not empty)."""
         return [n for n in node.input if n and n not in self.prepared.consts]
@@ -417,17 +422,42 @@ class ImportContext:
         self.producer[tensor] = layer
 
 
-def attributes(node: NodeProto) -> dict[str, Any]:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+def _decoded(value: Any) -> Any:
+    """An attribute value with its strings (bytes in the protobuf) decoded."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, list):
+        return [_decoded(v) for v in value]
+    return value
+
+
+@cache
+def _schema_defaults(op_type: str, domain: str, opset: int) -> dict[str, Any]:
+    """The defaults the op's schema (the version in force at ``opset``) gives its attributes."""
+    try:
+        schema = defs.get_schema(op_type, opset, domain)
+    except defs.SchemaError:
+        return {}
+    return {name: _decoded(helper.get_attribute_value(attr.default_value))
+            for name, attr in schema.attributes.items() if attr.default_value.type != AttributeProto.UNDEFINED}
+
+
+def attributes(node: NodeProto, opset: int) -> dict[str, Any]:
+    """The node's attributes as Python values, normalised once: strings decoded, and every attribute
+    its ONNX schema at ``opset`` has a default for filled with that default when the node omits it
+    (float defaults are float32 values, as the runtime reads them)."""
+    given = {a.name: _decoded(helper.get_attribute_value(a)) for a in node.attribute}
+    defaults = _schema_defaults(node.op_type, node.domain if node.domain != "ai.onnx" else "", opset)
+    return {**{k: list(v) if isinstance(v, list) else v for k, v in defaults.items()}, **given}
 
 
 def spatial_attrs(a: dict[str, Any], in_spatial: tuple[int, ...], kernel: tuple[int, ...]) -> dict[str, list[int]]:
-    """Strides, dilations and explicit pads (``auto_pad`` resolved) of a conv or pool node."""
+    """Strides, dilations and explicit pads (``auto_pad`` resolved) of a conv or pool node (``a``: its
+    normalised attributes)."""
     n = len(kernel)
     strides = list(a.get("strides", [1] * n))
     dilations = list(a.get("dilations", [1] * n))
-    auto_pad = a.get("auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    auto_pad = a["auto_pad"]
     if auto_pad in ("", "NOTSET"):
         pads = list(a.get("pads", [0] * (2 * n)))
     elif auto_pad == "VALID":
@@ -478,8 +508,8 @@ def unbroadcast(b: GraphBuilder, t: str, shape: tuple[int, ...], to: tuple[int, 
     padded = (1,) * (len(shape) - len(to)) + tuple(to)
     axes = [i for i, (s, d) in enumerate(zip(shape, padded)) if d == 1 and s != 1]
     if axes:
-        t = b.op("ReduceSum", [t, b.const(np.array(axes), "axes", dtype=np.int64)], "unbroadcast", keepdims=1)
-    return b.op("Reshape", [t, b.const(np.array(to), "shape", dtype=np.int64)], "unbroadcast")
+        t = b.op("ReduceSum", [t, b.ints(axes, "axes")], "unbroadcast", keepdims=1)
+    return b.op("Reshape", [t, b.ints(to, "shape")], "unbroadcast")
 
 
 def product_exponent(b: LiftBuilder, x: Scaled, g: Scaled, e: int) -> str:

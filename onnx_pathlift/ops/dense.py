@@ -34,7 +34,6 @@ from .base import (
     LayerOp,
     RescaleAxes,
     along_axis,
-    attributes,
     bias_bound,
     channel_vector,
     imports,
@@ -139,8 +138,8 @@ class Dense(LayerOp):
         gx = b.shift(Scaled(b.op("MatMul", [g.tensor, wt] if right else [wt, g.tensor], "adj"), g.log2), e)
         # y = x W: Σ over rows of x_k g_n;  y = W x: Σ over columns of g_m x_k
         lead = -1 if right else -2  # the axes before these are summed over (batch, rows)
-        x3 = b.op("Reshape", [xs[0].tensor, b.const(np.array([-1, *in_shapes[0][lead:]]), "shape", dtype=np.int64)], "x3")
-        g3 = b.op("Reshape", [g.tensor, b.const(np.array([-1, *layer.shape[lead:]]), "shape", dtype=np.int64)], "g3")
+        x3 = b.op("Reshape", [xs[0].tensor, b.ints([-1, *in_shapes[0][lead:]], "shape")], "x3")
+        g3 = b.op("Reshape", [g.tensor, b.ints([-1, *layer.shape[lead:]], "shape")], "g3")
         c = b.op("Einsum", [x3, g3], "corr", equation="bk,bn->kn" if right else "bkn,bmn->mk")
         s = b.op("Mul", [c, b.const(m, "absW")], "score")
         return [gx], {"W": Scaled(s, product_exponent(b, xs[0], g, e))}
@@ -194,9 +193,9 @@ def import_matmul(node, ctx: ImportContext) -> None:
 
 @imports("Gemm")
 def import_gemm(node, ctx: ImportContext) -> None:
-    a = attributes(node)
-    alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
-    trans_a, trans_b = int(a.get("transA", 0)), int(a.get("transB", 0))
+    a = ctx.attrs(node)
+    alpha, beta = float(a["alpha"]), float(a["beta"])
+    trans_a, trans_b = int(a["transA"]), int(a["transB"])
     out_shape = ctx.shape(node.output[0])
     if ctx.const(node.input[0]) is None and ctx.const(node.input[1]) is None:
         raise RefuseNode("both operands are activations: a product of activations is not a ReLU network layer")

@@ -20,7 +20,7 @@ from onnx import TensorProto, helper
 from ..dag import Layer
 from ..errors import RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, exp_diff, exp_vector, on_axis, pow_scaled, scaled_power
-from .base import ImportContext, OneLipschitz, ParameterFree, along_axis, attributes, imports, layer_op, spatial_attrs, transpose_attrs
+from .base import ImportContext, OneLipschitz, ParameterFree, along_axis, imports, layer_op, spatial_attrs, transpose_attrs
 
 
 def _sum_pool_pads(layer: Layer) -> list[int]:
@@ -120,7 +120,7 @@ class AveragePool(ParameterFree, OneLipschitz):
 
     def _inverse_divisor(self, b: GraphBuilder, layer: Layer) -> str:
         """1/div(p) = AvgPool(1)[p] / SumPool(1)[p] on one channel: onnxruntime's own divisors."""
-        shape = b.const(np.array((1, 1, *layer.attrs["in_spatial"])), "ones_shape", dtype=np.int64)
+        shape = b.ints((1, 1, *layer.attrs["in_spatial"]), "ones_shape")
         ones = b.op("ConstantOfShape", [shape], "ones", value=helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0]))
         return b.op("Div", [b.op("AveragePool", [ones], "avg1", **_pool_attrs(layer, self._ATTRS)),
                             _sum_pool(b, ones, layer, 1)], "inv_div")
@@ -162,7 +162,7 @@ class GlobalPool(ParameterFree, OneLipschitz):
     def adjoint(self, b, layer, xs, g, in_shapes):
         n = float(np.prod(layer.attrs["in_spatial"]))
         t = g.tensor if layer.attrs["mode"] == "max" else b.op("Mul", [g.tensor, b.scalar(1.0 / n)], "adj")
-        return [replace(g, tensor=b.op("Expand", [t, b.const(np.array(in_shapes[0]), "shape", dtype=np.int64)], "adj"))], {}
+        return [replace(g, tensor=b.op("Expand", [t, b.ints(in_shapes[0], "shape")], "adj"))], {}
 
     def bound(self, layer, bs, shapes, q):
         n = float(np.prod(layer.attrs["in_spatial"]))
@@ -224,7 +224,7 @@ def _ort_output_size(in_spatial, a) -> tuple[int, ...]:
 
 @imports("MaxPool", "AveragePool")
 def import_pool(node, ctx: ImportContext) -> None:
-    a = attributes(node)
+    a = ctx.attrs(node)  # ceil_mode from opset 10, count_include_pad from 7: absent before
     if node.op_type == "MaxPool":
         ctx.only_first_output(node, "argmax indices")
     x_shape, out_shape = ctx.shape(node.input[0]), ctx.shape(node.output[0])
