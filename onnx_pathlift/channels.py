@@ -38,12 +38,10 @@ from .dag import Dag
 from .errors import UsageError
 from .load import Prepared
 from .ops import require
-from .ops.base import attributes
+from .ops.base import CHANNEL_RULES, attributes
 
 #: one removable piece of a constant: (tensor name, axis, first index, end index)
 Entry = tuple[str, int, int, int]
-PASSTHROUGH = {"Relu", "LeakyRelu", "Clip", "Identity", "Dropout", "Cast", "MaxPool", "AveragePool",
-               "GlobalAveragePool", "GlobalMaxPool", "Pad"}
 CRITERIA = ("path-mass", "l1-norm", "random")
 
 
@@ -331,32 +329,33 @@ class _Builder:
             self.crops[node.name or node.output[0]] = (ins[1], ins[2], hit[0], node.input[0], lo)
 
     def node(self, node: NodeProto) -> None:
-        op = node.op_type
+        """Join or pin the channels ``node`` touches, by the channel rule its op type declares (``ops/``)."""
         xs = [self.layouts[i] for i in node.input if i in self.layouts]
         acts = [i for i in node.input if i and not self.is_const(i)]
         if node.domain not in ("", "ai.onnx") or len(xs) != len(acts) or not xs:
             return self.opaque(node)
-        x = xs[0]
-        single = len(acts) == 1 and node.input[0] == acts[0] and len([o for o in node.output if o]) == 1
-        if op == "Conv" and single:
+        x, rule = xs[0], CHANNEL_RULES.get(node.op_type)
+        first = node.input[0] == acts[0]
+        single = len(acts) == 1 and first and len([o for o in node.output if o]) == 1
+        if rule == "conv" and single:
             self.conv(node, x)
-        elif op in ("Gemm", "MatMul") and single and self.is_const(node.input[1]):
+        elif rule == "dense" and single and self.is_const(node.input[1]):
             self.dense(node, x)
-        elif op in ("Add", "Sub", "Mul", "Div", "Sum", "PRelu") and (node.input[0] == acts[0] or op != "PRelu"):
+        elif rule == "elementwise" or (rule == "elementwise_on_first" and first):
             self.elementwise(node, xs)
-        elif op == "BatchNormalization" and single:
+        elif rule == "batchnorm" and single:
             self.batchnorm(node, x)
-        elif op in ("Flatten", "Reshape") and single:
+        elif rule == "flatten" and single:
             self.flatten(node, x)
-        elif op in ("Squeeze", "Unsqueeze", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin") and single:
+        elif rule == "spatial" and single:
             self.spatial(node, x)
-        elif op == "Concat":
+        elif rule == "concat":
             self.concat(node, xs)
-        elif op == "Split" and len(acts) == 1 and node.input[0] == acts[0]:
+        elif rule == "split" and len(acts) == 1 and first:
             self.split(node, x)
-        elif op == "Slice" and single and len(node.input) >= 3:
+        elif rule == "crop" and single and len(node.input) >= 3:
             self.crop(node, x)
-        elif op in PASSTHROUGH and single and (op != "Pad" or self._pad_keeps_channels(node, x)):
+        elif single and (rule == "same" or (rule == "pad" and self._pad_keeps_channels(node, x))):
             self.same(node, x)
         else:
             self.opaque(node)

@@ -26,7 +26,16 @@ from onnx_pathlift.load import load_model, prepare
 from onnx_pathlift.metric import path_metric
 from onnx_pathlift.norm import path_norm
 from onnx_pathlift.ops import ANALYSES, IMPORTERS, LAYER_OPS, LayerOp
-from onnx_pathlift.ops.base import ADJOINT, CAPABILITY_METHODS, LIFT, LIPSCHITZ, RESCALE, TWO_STREAM, attributes
+from onnx_pathlift.ops.base import (
+    ADJOINT,
+    CAPABILITY_METHODS,
+    CHANNEL_RULES,
+    LIFT,
+    LIPSCHITZ,
+    RESCALE,
+    TWO_STREAM,
+    attributes,
+)
 from onnx_pathlift.ops.capabilities import missing
 from onnx_pathlift.ops.unsupported import REASONS
 from onnx_pathlift.rescale import rescale
@@ -215,3 +224,10 @@ def test_attributes_are_decoded_and_filled_from_the_schema_of_the_models_opset()
     assert "training_mode" not in attributes(onnx.helper.make_node("BatchNormalization", list("xsbmv"), ["y"]), 9)
     given = attributes(onnx.helper.make_node("Resize", ["x"], ["y"], mode="linear"), 13)
     assert given["mode"] == "linear" and given["nearest_mode"] == "round_prefer_floor"
+
+
+def test_channel_rules_are_declared_for_imported_op_types_only() -> None:
+    """Structured pruning scores channels by path mass, so it slices only ops the importer imports."""
+    assert CHANNEL_RULES and set(CHANNEL_RULES) <= set(IMPORTERS)
+    assert set(CHANNEL_RULES.values()) <= {"same", "pad", "conv", "dense", "elementwise", "elementwise_on_first",
+                                           "batchnorm", "flatten", "spatial", "concat", "split", "crop"}

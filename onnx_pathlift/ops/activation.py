@@ -18,7 +18,7 @@ import numpy as np
 from ..dag import Layer
 from ..errors import RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled
-from .base import ANY, ImportContext, OneLipschitz, ParameterFree, imports, layer_op
+from .base import ANY, ImportContext, OneLipschitz, ParameterFree, channel_rule, imports, layer_op
 
 
 @layer_op
@@ -43,6 +43,10 @@ class Relu(ParameterFree, OneLipschitz):
 
     def map_axis(self, layer: Layer) -> str:
         return ANY
+
+
+channel_rule("same", "Relu", "LeakyRelu", "Clip")  # commute with slicing channels
+channel_rule("elementwise_on_first", "PRelu")  # its per-channel slope is sliced with them
 
 
 @imports("Relu")

@@ -19,7 +19,7 @@ import numpy as np
 from ..dag import Layer
 from ..errors import RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, exp_diff, lifted_log2, pow_scaled, scaled_power
-from .base import ANY, ImportContext, LayerOp, OneLipschitz, ParameterFree, imports, layer_op, unbroadcast
+from .base import ANY, ImportContext, LayerOp, OneLipschitz, ParameterFree, channel_rule, imports, layer_op, unbroadcast
 
 
 @layer_op
@@ -132,6 +132,9 @@ class Sum(ParameterFree, OneLipschitz):
     def linf_combine(self, ins: list[float]) -> float:
         """``‖Σ ±x_i‖_∞ ≤ Σ ‖x_i‖_∞``: the branches' bounds add."""
         return float(np.logaddexp2.reduce(ins))
+
+
+channel_rule("elementwise", "Add", "Sub", "Sum", "Mul", "Div")  # a skip joins its operands' channels
 
 
 @imports("Add", "Sub", "Sum")

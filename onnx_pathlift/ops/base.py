@@ -41,6 +41,12 @@ IMPORT_NOTES: dict[str, str] = {}
 HEAD_ROLES: dict[str, str] = {}
 #: label lookups after a picker: op type -> (input index of its constant class table, or None; of the picked index)
 LOOKUPS: dict[str, tuple[int | None, int]] = {}
+#: how structured pruning slices an ONNX op's channels (:mod:`onnx_pathlift.channels`, which pins the
+#: channels of every op without a rule): "same" (each channel maps to itself), "pad" (the same when no
+#: channel padding), "conv", "dense", "elementwise" (joins its operands' channels; constants sliced),
+#: "elementwise_on_first" (the same, the activation first: PRelu's slope), "batchnorm", "flatten",
+#: "spatial" (squeezes or reduces non-channel axes), "concat", "split", "crop" (a Slice)
+CHANNEL_RULES: dict[str, str] = {}
 
 
 def imports(*op_types: str, note: str = "") -> Callable[[ImportRule], ImportRule]:
@@ -63,6 +69,11 @@ def head_role(role: str, *op_types: str) -> None:
     if role not in ("head", "picker", "carrier"):
         raise ValueError(f"unknown head role {role!r}")
     HEAD_ROLES.update(dict.fromkeys(op_types, role))
+
+
+def channel_rule(rule: str, *op_types: str) -> None:
+    """Declare how structured pruning slices the channels of ONNX op types (see :data:`CHANNEL_RULES`)."""
+    CHANNEL_RULES.update(dict.fromkeys(op_types, rule))
 
 
 def label_lookup(op_type: str, table: int | None, index: int) -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InvalidModelError, RefuseNode
-from .base import ImportContext, imports
+from .base import ImportContext, channel_rule, imports
+
+channel_rule("batchnorm", "BatchNormalization")
 
 
 @imports("BatchNormalization", note="kept as its own per-channel affine layer (not fused into the layer before)")

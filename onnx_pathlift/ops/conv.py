@@ -21,6 +21,7 @@ from .base import (
     RescaleAxes,
     along_axis,
     bias_bound,
+    channel_rule,
     channel_vector,
     imports,
     layer_op,
@@ -171,6 +172,9 @@ def _pointwise_correlation(b: GraphBuilder, x: str, g: str, a: dict, x_shape, y_
     g2 = b.op("Reshape", [g, b.ints([y_shape[1], -1], "shape")], "g2")
     c = b.op("Gemm", [g2, x2], "corr", transB=1)
     return b.op("Reshape", [c, b.ints([y_shape[1], x_shape[1], *([1] * n)], "shape")], "corr")
+
+
+channel_rule("conv", "Conv")
 
 
 @imports("Conv")

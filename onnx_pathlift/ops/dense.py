@@ -35,6 +35,7 @@ from .base import (
     RescaleAxes,
     along_axis,
     bias_bound,
+    channel_rule,
     channel_vector,
     imports,
     layer_op,
@@ -179,6 +180,9 @@ class Dense(LayerOp):
 
 def _log2(x: float) -> float:
     return math.log2(x) if x > 0 else -math.inf
+
+
+channel_rule("dense", "MatMul", "Gemm")
 
 
 @imports("MatMul")

@@ -20,7 +20,7 @@ from onnx import TensorProto, helper
 from ..dag import Layer
 from ..errors import RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, exp_diff, exp_vector, on_axis, pow_scaled, scaled_power
-from .base import ImportContext, OneLipschitz, ParameterFree, along_axis, imports, layer_op, spatial_attrs, transpose_attrs
+from .base import ImportContext, OneLipschitz, ParameterFree, along_axis, channel_rule, imports, layer_op, spatial_attrs, transpose_attrs
 
 
 def _sum_pool_pads(layer: Layer) -> list[int]:
@@ -220,6 +220,9 @@ def _ort_output_size(in_spatial, a) -> tuple[int, ...]:
             out -= 1
         sizes.append(out)
     return tuple(sizes)
+
+
+channel_rule("same", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")  # per channel
 
 
 @imports("MaxPool", "AveragePool")

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..dag import Layer
 from ..graph import GraphBuilder, LiftBuilder, Scaled, pow_scaled
-from .base import ImportContext, ParameterFree, imports, layer_op
+from .base import ImportContext, ParameterFree, channel_rule, imports, layer_op
 
 _OP_TYPES = {"sum": "ReduceSum", "mean": "ReduceMean", "max": "ReduceMax", "min": "ReduceMin"}
 
@@ -79,6 +79,9 @@ class Reduce(ParameterFree):
 
     def linf_gain(self, layer: Layer) -> float:
         return math.log2(layer.attrs["count"]) if layer.attrs["mode"] == "sum" else 0.0
+
+
+channel_rule("spatial", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin")
 
 
 @imports("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin")

@@ -34,7 +34,7 @@ import numpy as np
 from ..dag import Layer
 from ..errors import RefuseNode
 from ..graph import GraphBuilder
-from .base import ImportContext, MovesNeurons, imports, label_lookup, layer_op
+from .base import ImportContext, MovesNeurons, channel_rule, imports, label_lookup, layer_op
 
 _F32 = np.float32
 _INT64_MIN = int(np.iinfo(np.int64).min)
@@ -149,6 +149,10 @@ def _add_selection(ctx: ImportContext, node, op: str, index: list[list], out: st
         ctx.alias(out, ctx.act(node.input[0]))
         return
     ctx.alias(out, ctx.add(node, op, [ctx.act(node.input[0])], shape, attrs={"index": index}, suffix=suffix))
+
+
+channel_rule("crop", "Slice")
+channel_rule("split", "Split")
 
 
 @imports("Slice")

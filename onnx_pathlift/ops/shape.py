@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 from ..dag import Layer
 from ..errors import PathliftError, RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, on_axis
-from .base import ANY, ImportContext, MovesNeurons, OneLipschitz, ParameterFree, along_axis, head_role, imports, layer_op
+from .base import ANY, ImportContext, MovesNeurons, OneLipschitz, ParameterFree, along_axis, channel_rule, head_role, imports, layer_op
 
 _FLOATS = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 
@@ -147,6 +147,13 @@ class Concat(ParameterFree, OneLipschitz):
     def bound(self, layer, bs, shapes, q):
         axis, rank = layer.attrs["axis"], len(layer.shape)
         return np.concatenate([on_axis(along_axis(lu, shape, axis), rank, axis) for lu, shape in zip(bs, shapes)], axis=axis)
+
+
+channel_rule("flatten", "Flatten", "Reshape")
+channel_rule("spatial", "Squeeze", "Unsqueeze")
+channel_rule("concat", "Concat")
+channel_rule("same", "Identity", "Dropout", "Cast")
+channel_rule("pad", "Pad")
 
 
 @imports("Flatten", "Reshape", "Squeeze", "Unsqueeze")
