@@ -14,6 +14,7 @@ from functools import cache
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import numpy_helper, parser
 
@@ -108,12 +109,20 @@ def _fraction_ok(scores) -> bool:
     return all(0.0 <= float(f.sum()) <= 1.0 + 1e-5 and np.all(f >= 0) for f in scores.fraction.values())
 
 
+def _outputs(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
 def _rescale_keeps_norm(s: Sample) -> bool:
-    """The rescaled model has the same path-norm (Φ is rescaling-invariant); the convnet's channels
-    are rescaled (the shapes sample has no weights)."""
+    """The rescaled model computes the same function (onnxruntime, random input) and has the same
+    path-norm (Φ is rescaling-invariant). In the convnet, the channels of the conv → conv, conv →
+    conv-transpose and conv-transpose → dense chains are rescaled; the shapes sample has no weights."""
     out, report = rescale(s.model, s.dag, seed=1)
-    rescaled = report.neurons > 0 or s.dag is sample("shapes").dag
-    return math.isclose(path_norm(out).log10, path_norm(s.dag).log10, abs_tol=1e-5) and rescaled
+    x = np.random.default_rng(2).normal(size=s.dag.layer(s.dag.inputs[0]).shape).astype(np.float32)
+    same = np.allclose(_outputs(out, x), _outputs(s.model, x), rtol=1e-4, atol=1e-5)
+    expected = 0 if s.dag is sample("shapes").dag else 3
+    return same and report.layers == expected and math.isclose(path_norm(out).log10, path_norm(s.dag).log10, abs_tol=1e-5)
 
 
 #: per analysis: its public entry point on a sample, and what its result must satisfy
@@ -175,7 +184,7 @@ class _Bare(LayerOp):
 def test_capabilities_are_derived_from_the_methods_overridden() -> None:
     assert _Bare.capabilities == {LIFT}
     assert LAYER_OPS["relu"].capabilities == {LIFT, ADJOINT, TWO_STREAM, LIPSCHITZ, RESCALE}
-    assert RESCALE not in LAYER_OPS["deconv"].capabilities  # Conv's subclass, declared without a rescale role
+    assert RESCALE not in LAYER_OPS["sum"].capabilities  # no rescale role declared
     for op in LAYER_OPS.values():
         for cap, methods in CAPABILITY_METHODS.items():
             assert (cap in op.capabilities) == all(getattr(type(op), m) is not getattr(LayerOp, m) for m in methods)

@@ -25,6 +25,7 @@ from ..errors import RefuseNode
 from ..graph import GraphBuilder, Scaled, lost_below, on_axis, pow_scaled
 from .base import (
     ImportContext,
+    RescaleAxes,
     along_axis,
     bias_bound,
     channel_vector,
@@ -72,7 +73,11 @@ class ConvTranspose(Conv):
     op = "deconv"
     kind = "conv"
     onnx_op = "ConvTranspose"
-    rescale_role = None  # not rescaled (its W is (C_in, C_out/group, k...), not Conv's layout)
+
+    def rescale_axes(self, layer: Layer) -> RescaleAxes | None:
+        """``W`` is ``(C_in, C_out/group, k...)``: output channels on axis 1 (whole only when group = 1),
+        input channels on axis 0."""
+        return RescaleAxes(1, 1, 0, False) if layer.attrs["group"] == 1 else None
 
     def gain_log2(self, m: np.ndarray, attrs: dict) -> float:
         return float(np.max(_log2_phase_gain(m, attrs, np.zeros(m.shape[0]))))  # the largest phase sum
