@@ -231,7 +231,8 @@ class ParameterFree(LayerOp):
 
 class OneLipschitz(LayerOp):
     """A layer op that is 1-Lipschitz in ℓ∞ on each input branch: ReLU, max/average pools, neuron
-    moves (reshape, transpose, pad, selections), concat, sum (its branches add: :meth:`linf_combine`)."""
+    moves (reshape, transpose, pad, selections), concat, sum (its branches add: :meth:`linf_combine`),
+    a graph input (the reference: gain 1)."""
 
     def linf_gain(self, layer: Layer) -> float:
         return 0.0
