@@ -82,8 +82,7 @@ class _Work:
         out = Dag(opset=self.dag.opset, inputs=list(self.dag.inputs), outputs=self.outputs, notes=list(self.dag.notes),
                   activation_qdq=self.dag.activation_qdq)
         for layer in self.layers.values():
-            out.add(layer, self.dag.graph.nodes[layer.name]["kind"] if layer.name in self.dag.graph
-                    else LAYER_OPS[layer.op].kind)
+            out.add(layer)
         return out
 
 

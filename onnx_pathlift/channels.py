@@ -32,16 +32,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
-from onnx import ModelProto, NodeProto, helper
+from onnx import ModelProto, NodeProto
 
 from .dag import Dag
 from .errors import UsageError
+from .ops import require
+from .ops.base import CHANNEL_RULES, attributes
 from .prepare import Prepared
 
 #: one removable piece of a constant: (tensor name, axis, first index, end index)
 Entry = tuple[str, int, int, int]
-PASSTHROUGH = {"Relu", "LeakyRelu", "Clip", "Identity", "Dropout", "Cast", "MaxPool", "AveragePool",
-               "GlobalAveragePool", "GlobalMaxPool", "Pad"}
 CRITERIA = ("path-mass", "l1-norm", "random")
 
 
@@ -87,10 +87,6 @@ class ChannelGraph:
 
     def removable(self) -> list[int]:
         return [i for i, g in enumerate(self.groups) if not g.pinned]
-
-
-def _attrs(node: NodeProto) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 class _Builder:
@@ -143,6 +139,10 @@ class _Builder:
             self.pin(layout, f"{node.op_type} node {node.name!r}: parameter {bad[0]!r} is shared or computed")
         return not bad
 
+    def attrs(self, node: NodeProto) -> dict:
+        """The node's attributes, normalised as the import rules read them."""
+        return attributes(node, self.p.opset)
+
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.p.shapes[name])
 
@@ -165,7 +165,7 @@ class _Builder:
 
     def conv(self, node: NodeProto, x: Layout) -> None:
         w, bias = node.input[1], (node.input[2] if len(node.input) > 2 and node.input[2] else None)
-        weight, group = self.p.consts[w], int(_attrs(node).get("group", 1))
+        weight, group = self.p.consts[w], int(self.attrs(node).get("group", 1))
         out = self.new(node.output[0], weight.shape[0], 1)
         params = [w] + ([bias] if bias else [])
         if x.axis != 1 or x.block != 1:
@@ -206,7 +206,7 @@ class _Builder:
 
     def dense(self, node: NodeProto, x: Layout) -> None:
         """Gemm (transA 0) or MatMul with a constant right operand: sinks are weight rows/columns."""
-        a = _attrs(node)
+        a = self.attrs(node)
         w = node.input[1]
         weight = self.p.consts[w]
         trans = int(a.get("transB", 0)) if node.op_type == "Gemm" else 0
@@ -255,7 +255,7 @@ class _Builder:
         """Flatten (axis 1) / Reshape to (N, C·rest): channel c becomes a block of ``rest`` features."""
         shape_in, shape_out = self.shape(node.input[0]), self.shape(node.output[0])
         rest = math.prod(shape_in[2:])
-        if node.op_type == "Flatten" and int(_attrs(node).get("axis", 1)) != 1 or x.axis != 1 \
+        if node.op_type == "Flatten" and int(self.attrs(node).get("axis", 1)) != 1 or x.axis != 1 \
                 or len(shape_out) != 2 or shape_out[0] != shape_in[0]:
             return self.opaque(node)
         out = self.new(node.output[0], x.n, 1, x.block * rest)
@@ -271,7 +271,7 @@ class _Builder:
     def spatial(self, node: NodeProto, x: Layout) -> None:
         """Squeeze/Unsqueeze/Reduce* over axes after the channel axis keep the channels (a reduction
         without axes reduces all of them: not per channel)."""
-        axes = _attrs(node).get("axes")
+        axes = self.attrs(node).get("axes")
         if axes is None and len(node.input) > 1 and node.input[1]:
             axes = self.p.consts.get(node.input[1])
         rank = max(len(self.shape(node.input[0])), len(self.shape(node.output[0])))
@@ -281,7 +281,7 @@ class _Builder:
 
     def concat(self, node: NodeProto, xs: list[Layout]) -> None:
         rank = len(self.shape(node.output[0]))
-        axis = int(_attrs(node)["axis"]) % rank
+        axis = int(self.attrs(node)["axis"]) % rank
         if any(i not in self.layouts for i in node.input) or any(x.axis != axis or x.block != 1 for x in xs):
             return self.opaque(node)
         out = self.new(node.output[0], sum(x.n for x in xs), axis)
@@ -292,7 +292,7 @@ class _Builder:
 
     def split(self, node: NodeProto, x: Layout) -> None:
         """Split on the channel axis with explicit sizes: output k takes the next sizes[k] channels."""
-        a, outs = _attrs(node), list(node.output)
+        a, outs = self.attrs(node), list(node.output)
         axis = int(a.get("axis", 0)) % len(self.shape(node.input[0]))
         if axis != x.axis or x.block != 1 or not all(outs):
             return self.opaque(node)
@@ -329,38 +329,39 @@ class _Builder:
             self.crops[node.name or node.output[0]] = (ins[1], ins[2], hit[0], node.input[0], lo)
 
     def node(self, node: NodeProto) -> None:
-        op = node.op_type
+        """Join or pin the channels ``node`` touches, by the channel rule its op type declares (``ops/``)."""
         xs = [self.layouts[i] for i in node.input if i in self.layouts]
         acts = [i for i in node.input if i and not self.is_const(i)]
         if node.domain not in ("", "ai.onnx") or len(xs) != len(acts) or not xs:
             return self.opaque(node)
-        x = xs[0]
-        single = len(acts) == 1 and node.input[0] == acts[0] and len([o for o in node.output if o]) == 1
-        if op == "Conv" and single:
+        x, rule = xs[0], CHANNEL_RULES.get(node.op_type)
+        first = node.input[0] == acts[0]
+        single = len(acts) == 1 and first and len([o for o in node.output if o]) == 1
+        if rule == "conv" and single:
             self.conv(node, x)
-        elif op in ("Gemm", "MatMul") and single and self.is_const(node.input[1]):
+        elif rule == "dense" and single and self.is_const(node.input[1]):
             self.dense(node, x)
-        elif op in ("Add", "Sub", "Mul", "Div", "Sum", "PRelu") and (node.input[0] == acts[0] or op != "PRelu"):
+        elif rule == "elementwise" or (rule == "elementwise_on_first" and first):
             self.elementwise(node, xs)
-        elif op == "BatchNormalization" and single:
+        elif rule == "batchnorm" and single:
             self.batchnorm(node, x)
-        elif op in ("Flatten", "Reshape") and single:
+        elif rule == "flatten" and single:
             self.flatten(node, x)
-        elif op in ("Squeeze", "Unsqueeze", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin") and single:
+        elif rule == "spatial" and single:
             self.spatial(node, x)
-        elif op == "Concat":
+        elif rule == "concat":
             self.concat(node, xs)
-        elif op == "Split" and len(acts) == 1 and node.input[0] == acts[0]:
+        elif rule == "split" and len(acts) == 1 and first:
             self.split(node, x)
-        elif op == "Slice" and single and len(node.input) >= 3:
+        elif rule == "crop" and single and len(node.input) >= 3:
             self.crop(node, x)
-        elif op in PASSTHROUGH and single and (op != "Pad" or self._pad_keeps_channels(node, x)):
+        elif single and (rule == "same" or (rule == "pad" and self._pad_keeps_channels(node, x))):
             self.same(node, x)
         else:
             self.opaque(node)
 
     def _pad_keeps_channels(self, node: NodeProto, x: Layout) -> bool:
-        pads = _attrs(node).get("pads")
+        pads = self.attrs(node).get("pads")
         if pads is None and len(node.input) > 1:
             pads = self.p.consts.get(node.input[1])
         rank = len(self.shape(node.input[0]))
@@ -440,6 +441,7 @@ def group_scores(cg: ChannelGraph, prepared: Prepared, criterion: str, dag: Dag 
         return out
     from .scores import path_magnitude
 
+    require(dag, "channel-prune")
     fraction = path_magnitude(dag, providers=providers).fraction
     for i in live:
         g = cg.groups[i]

@@ -1,6 +1,6 @@
 """The intermediate representation: typed layer records on a ``networkx.DiGraph``.
 
-Every DAG node is one :class:`Layer` (stored under the node attribute ``"layer"``, with its
+Every DAG node is one :class:`Layer` (stored under the node attribute ``"layer"``, with its op's
 ``kind`` copied to ``"kind"`` for plain networkx users). Edges run from producer to consumer and
 carry the consumer's input ``slot``; ``Layer.inputs`` keeps the ordered list. Parameters are float64
 numpy arrays holding the *signed* values of the source model; shapes are static and include the
@@ -67,11 +67,14 @@ class Dag:
     activation_qdq: int = 0  # QuantizeLinear→DequantizeLinear pairs on activations, imported as identity
     quantizers: list[ActivationQuantizer] = field(default_factory=list)  # those pairs, for the activation bound
 
-    def add(self, layer: Layer, kind: str) -> Layer:
-        """Add ``layer`` (its inputs must already be present) and the edges from its inputs."""
+    def add(self, layer: Layer) -> Layer:
+        """Add ``layer`` (its inputs must already be present) and the edges from its inputs; its
+        ``kind`` is its layer op's (:mod:`onnx_pathlift.ops`)."""
+        from .ops import LAYER_OPS  # the op registry imports this module
+
         if layer.name in self.graph:
             raise ValueError(f"duplicate layer name {layer.name!r}")
-        self.graph.add_node(layer.name, layer=layer, kind=kind)
+        self.graph.add_node(layer.name, layer=layer, kind=LAYER_OPS[layer.op].kind)
         for slot, src in enumerate(layer.inputs):
             self.graph.add_edge(src, layer.name, slot=slot)
         return layer
@@ -95,7 +98,7 @@ class Dag:
                   activation_qdq=self.activation_qdq, quantizers=list(self.quantizers))
         for layer in self.layers():
             params = {k: np.asarray(v, dtype=np.float64) for k, v in layer.params.items()}
-            out.add(replace(layer, params=params) if params else layer, self.graph.nodes[layer.name]["kind"])
+            out.add(replace(layer, params=params) if params else layer)
         return out
 
     def kind_counts(self) -> dict[str, int]:

@@ -18,7 +18,7 @@ from .budget import Budget
 from .dag import Dag, Layer
 from .errors import UsageError
 from .graph import HEADROOM_LOG2, BuiltModel, GraphBuilder, LiftBuilder, Scaled, compact
-from .ops import LAYER_OPS
+from .ops import LAYER_OPS, require
 from .ops.base import ANY
 
 #: the emitted models use at least this opset (Max/Min/Sum broadcasting, MaxPool ceil_mode)
@@ -48,10 +48,7 @@ def emit_layers(dag: Dag, b: GraphBuilder) -> dict[str, str]:
     """Emit every layer as itself on ``b``; returns the tensor name of each layer's output."""
     value: dict[str, str] = {}
     for layer in dag.layers():
-        if layer.op == "input":
-            value[layer.name] = layer.name
-        else:
-            value[layer.name] = LAYER_OPS[layer.op].emit(b, layer, [value[i] for i in layer.inputs])
+        value[layer.name] = LAYER_OPS[layer.op].emit(b, layer, [value[i] for i in layer.inputs])
     return value
 
 
@@ -78,7 +75,8 @@ def lifted_bundle(jobs: Sequence[tuple[Dag, float]], static: bool = True,
     ``i``'s outputs are those of :func:`lift_model` prefixed with :func:`bundle_tag`; each job's
     error :class:`~onnx_pathlift.budget.Budget` comes with the model. ``input_log2``: ``log2`` of the
     largest value fed to an input, where that is not all ones (``-inf``: zeros, the input starts no path)."""
-    for _, q in jobs:
+    for dag, q in jobs:
+        require(dag, "norm")
         if not (math.isfinite(q) and q >= 1.0):
             raise UsageError(f"q must be a finite number ≥ 1 (got {q})")
     first = jobs[0][0]
@@ -143,16 +141,15 @@ def lift_forward(dag: Dag, q: float, b: LiftBuilder, input_log2: dict[str, float
     def clean(name: str) -> Scaled:
         return settled(b, value, name, len(shapes[name]))
 
-    layers = _fold_scales(dag)
+    layers = [replace(layer, attrs={**layer.attrs, "log2_max": input_log2[layer.name]})
+              if layer.name in (input_log2 or {}) else layer for layer in _fold_scales(dag)]  # fed with ones, unless told
     for layer in layers:
-        if layer.op == "input":
-            bounds[layer.name] = np.asarray((input_log2 or {}).get(layer.name, 0.0))  # fed with ones, unless told
-            zero = bool(np.isneginf(bounds[layer.name]))  # fed zeros: its exponent -inf makes every weight from it 0
-            value[layer.name] = Scaled(layer.name, (np.full((), -np.inf) if zero else 0) if b.static else b.scalar(0.0), 0.0)
-            rho[layer.name] = 0.0
-            continue
         handler = LAYER_OPS[layer.op]
         in_shapes = [shapes[i] for i in layer.inputs]
+        if not layer.inputs:  # a graph input: fed, so exact (nothing rounded, no scale to settle)
+            bounds[layer.name] = handler.bound(layer, [], [], q)
+            value[layer.name], rho[layer.name] = handler.lift(b, layer, [], q), 0.0
+            continue
         if b.static:
             value[layer.name], bounds[layer.name], rho[layer.name] = _lift_static(b, layer, value, bounds, rho, in_shapes, q)
             budget.add(layer.name, layer.inputs, handler.rounding_ops(layer, in_shapes), rho[layer.name])
@@ -162,7 +159,7 @@ def lift_forward(dag: Dag, q: float, b: LiftBuilder, input_log2: dict[str, float
         value[layer.name] = b.normalize(y, len(layer.shape)) if y.bound > HEADROOM_LOG2 else y
         budget.add(layer.name, layer.inputs, handler.rounding_ops(layer, in_shapes) + 4, None)  # + renormalisation
     if not b.static:
-        bounds = static_bounds(layers, shapes, q, input_log2)
+        bounds = static_bounds(layers, shapes, q)
     for out, lname in dag.outputs.items():
         if not b.static:
             clean(lname)
@@ -219,13 +216,13 @@ def _total_log2(bound: np.ndarray, shape: tuple[int, ...]) -> float:
     return top if top == -math.inf else top + math.log2(float(np.exp2(full - top).sum()))
 
 
-def static_bounds(layers: list[Layer], shapes: dict[str, tuple[int, ...]], q: float,
-                  input_log2: dict[str, float] | None = None) -> dict[str, np.ndarray]:
-    """Every layer's static upper bound on ``log2`` of its lifted values (inputs: all ones, or as told)."""
+def static_bounds(layers: list[Layer], shapes: dict[str, tuple[int, ...]], q: float) -> dict[str, np.ndarray]:
+    """Every layer's static upper bound on ``log2`` of its lifted values (inputs: all ones, or as their
+    ``log2_max`` attribute tells)."""
     bounds: dict[str, np.ndarray] = {}
     for layer in layers:
-        bounds[layer.name] = np.asarray((input_log2 or {}).get(layer.name, 0.0)) if layer.op == "input" else LAYER_OPS[layer.op].bound(
-            layer, [bounds[i] for i in layer.inputs], [shapes[i] for i in layer.inputs], q)
+        bounds[layer.name] = LAYER_OPS[layer.op].bound(layer, [bounds[i] for i in layer.inputs],
+                                                       [shapes[i] for i in layer.inputs], q)
     return bounds
 
 
@@ -246,7 +243,7 @@ def _fold_scales(dag: Dag) -> list[Layer]:
             if layer.op != "affine" or key not in layer.params or (key == "bias" and "scale" in layer.params):
                 continue
             src = layers[index[layer.inputs[0]]]
-            if src.op not in LAYER_OPS or consumers.get(src.name) != 1 or src.name in dag.outputs.values():
+            if consumers.get(src.name) != 1 or src.name in dag.outputs.values():
                 continue
             handler = LAYER_OPS[src.op]
             folded = (handler.absorb_scale if key == "scale" else handler.absorb_bias)(src, layer.params[key])

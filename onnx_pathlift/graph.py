@@ -57,6 +57,10 @@ class GraphBuilder:
         self.constants[name] = np.asarray(value, dtype=dtype, order="C")  # no copy of a ready float32 array
         return name
 
+    def ints(self, values, hint: str) -> str:
+        """Store integers (a shape, axes, pads, indices) as an int64 initializer; return its name."""
+        return self.const(values, hint, dtype=np.int64)
+
     def scalar(self, value: float) -> str:
         """A float32 scalar constant, shared between uses."""
         key = (float(value), "f")
@@ -534,7 +538,7 @@ class LiftBuilder(GraphBuilder):
         if 3 <= rank <= 5:  # per-channel max first: stays in onnxruntime's blocked conv layout (1-3 spatial axes)
             t = self.op("GlobalMaxPool", [t], "chanmax")
         m = self.op("ReduceMax", [t], "max", keepdims=0)  # onnxruntime returns shape [1]
-        return self.op("Reshape", [m, self.const(np.zeros(0), "scalar_shape", dtype=np.int64)], "max")
+        return self.op("Reshape", [m, self.ints(np.zeros(0), "scalar_shape")], "max")
 
     def normalize(self, x: Scaled, rank: int) -> Scaled:
         """Dynamic mode: divide ``T`` by ``2**floor(log2 max T)`` (exactly) and add that to ``k``."""

@@ -20,19 +20,10 @@ from .dag import Dag, Layer
 from .errors import InvalidModelError, Refusal, RefuseNode, UnsupportedModelError, UsageError
 from .load import ModelSource, load_model
 from .ops import IMPORTERS, ImportContext, reason_for
+from .ops.base import HEAD_ROLES, LOOKUPS
 from .prepare import Prepared, prepare
 from .read import DEFAULT_LIMITS, FLOAT_TYPES, Limits
 
-#: ops cut off when they end the network: monotone heads that do not change which class wins
-HEADS = {"Softmax", "LogSoftmax", "Sigmoid", "ZipMap"}
-#: class-picking heads, cut off when they end the network: the index, value or one-hot of the winner
-PICKERS = {"ArgMax", "ArgMin", "TopK", "Hardmax"}
-#: label lookups after a picker: a constant class table indexed by the picked class (data input -> index input)
-LOOKUPS = {"ArrayFeatureExtractor": (0, 1), "Gather": (0, 1), "LabelEncoder": (None, 0)}
-#: carried along with a head (they reshape or retype labels and probabilities); cut only together with one,
-#: like the lookups
-CARRIERS = {"Identity", "Cast", "CastLike", "Reshape", "Squeeze", "Unsqueeze", "Flatten",
-            "QuantizeLinear", "DequantizeLinear"}  # Q→DQ after the final Softmax: onnxruntime's quantize_static
 _HEAD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
 #: an unknown type comes from behind an op that shape inference does not know: analysed, so that the import
 #: refuses that op by name
@@ -75,7 +66,7 @@ def _head_input(node: NodeProto, consts: dict) -> str | None:
     if node.domain not in _HEAD_DOMAINS or not node.input:
         return None
     op = node.op_type
-    if op in HEADS | PICKERS | CARRIERS:
+    if op in HEAD_ROLES:
         return node.input[0]
     if op in LOOKUPS:
         table, index = LOOKUPS[op]
@@ -99,7 +90,7 @@ def _cut_head(name: str, producer: dict[str, NodeProto], consts: dict) -> tuple[
             break
         pending.append(node)
         name = nxt
-        if node.op_type in HEADS | PICKERS or all(n.op_type == "Identity" for n in pending):
+        if HEAD_ROLES.get(node.op_type) in ("head", "picker") or all(n.op_type == "Identity" for n in pending):
             cut += pending
             pending = []
             cut_at = name
@@ -197,7 +188,7 @@ def import_prepared(p: Prepared, outputs: list[str] | None = None, trace: Import
     ctx.used = {n for node in nodes for n in node.input} | set(analysed)
     for name, shape in p.inputs.items():
         if name in ctx.used:
-            dag.add(Layer(name, "input", [], shape, source=name), "input")
+            dag.add(Layer(name, "input", [], shape, source=name))
             dag.inputs.append(name)
             ctx.producer[name] = name
     refusals: list[Refusal] = trace.refusals if trace is not None else []

@@ -26,13 +26,10 @@ from .api import model_name
 from .errors import Refusal, UnsupportedModelError
 from .importer import ImportTrace, import_prepared
 from .load import ModelSource, load_model
+from .ops.base import IMPORT_NOTES
 from .prepare import prepare
 from .read import DEFAULT_LIMITS, FLOAT_TYPES, Limits
 
-#: why an op type imported as one layer is worth a word
-_KEPT = {
-    "BatchNormalization": "kept as its own per-channel affine layer (not fused into the layer before)",
-}
 #: why an op type folded into constants is worth a word
 _FOLDED = {
     "DequantizeLinear": "quantized weights dequantized to float parameters",
@@ -169,8 +166,8 @@ def _imported(trace: ImportTrace) -> list[Imported]:
             how, note = "identity", "imported as identity (no layer)"
         elif op_type != "Relu" and any("relu" in ls for ls in layer_sets):
             how, note = "decomposed", "exact DAG-ReLU form (ReLU, affine and sum layers)"
-        elif op_type in _KEPT:
-            how, note = "kept", _KEPT[op_type]
+        elif op_type in IMPORT_NOTES:
+            how, note = "kept", IMPORT_NOTES[op_type]
         else:
             how, note = "layer", ""
         out.append(Imported(op_type, n, {s or "(identity)": c for s, c in sigs.most_common()}, how, note))

@@ -18,7 +18,7 @@ from .load import ModelSource
 from .metric import input_path_norm
 from .norm import PathNorm
 from .numeric import json_float, log10_value
-from .ops import LAYER_OPS
+from .ops import LAYER_OPS, require
 
 _LOG10_2 = math.log10(2.0)
 
@@ -39,15 +39,12 @@ class LipschitzBound:
 
 
 def naive_log2(dag: Dag) -> float:
-    """log2 of Σ_o size(o) · Π (ℓ∞ operator norms) along the DAG (the non-invariant bound)."""
+    """log2 of Σ_o size(o) · Π (ℓ∞ operator norms) along the DAG (the non-invariant bound): each
+    layer's gain on the combination of its inputs' (:meth:`~onnx_pathlift.ops.LayerOp.linf_combine`)."""
     gain: dict[str, float] = {}
     for layer in dag.layers():
-        if layer.op == "input":
-            gain[layer.name] = 0.0
-            continue
-        ins = [gain[i] for i in layer.inputs]
-        combined = float(np.logaddexp2.reduce(ins)) if layer.op == "sum" else max(ins)
-        gain[layer.name] = combined + LAYER_OPS[layer.op].linf_gain(layer)
+        handler = LAYER_OPS[layer.op]
+        gain[layer.name] = handler.linf_combine([gain[i] for i in layer.inputs]) + handler.linf_gain(layer)
     terms = [gain[lname] + math.log2(math.prod(dag.layer(lname).shape)) for lname in dag.outputs.values()]
     return float(np.logaddexp2.reduce(terms))
 
@@ -55,11 +52,13 @@ def naive_log2(dag: Dag) -> float:
 def lipschitz(model: ModelSource | Dag, input_shape=None, providers=None) -> LipschitzBound:
     """The input-space Lipschitz bound ``‖Φ_in‖_1`` (ℓ∞ → ℓ1) and the naive layer-wise one."""
     dag = model if isinstance(model, Dag) else import_model(model, input_shape)
+    require(dag, "lipschitz")
     return bound_from(dag, input_path_norm(dag, providers))
 
 
 def bound_from(dag: Dag, input_norm: PathNorm) -> LipschitzBound:
     """The bounds of ``dag`` given its ``‖Φ_in‖_1`` (computed elsewhere, e.g. in a bundle with its path-norms):
     the certified upper end of its interval (rounded outward, see :mod:`onnx_pathlift.budget`)."""
+    require(dag, "lipschitz")
     upper = input_norm.log10 if input_norm.upper_log10 is None else input_norm.upper_log10
     return LipschitzBound(upper, naive_log2(dag) * _LOG10_2, input_norm.log10)

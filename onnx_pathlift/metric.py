@@ -33,6 +33,7 @@ from .importer import import_model
 from .load import ModelSource
 from .norm import LiftedSession, PathNorm, PathNormSession, combine_runs
 from .numeric import json_float, log10_value
+from .ops import LAYER_OPS, require
 from .transforms import DELTA, two_stream_dag, with_params, with_params_of, without_biases
 
 _LOG10_2 = math.log10(2.0)
@@ -136,8 +137,8 @@ def pair_layers(a: Dag, b: Dag) -> dict[str, str]:
     while stack:
         na, nb = stack.pop()
         la, lb = a.layer(na), b.layer(nb)
-        while quantized and (la.op == "relu") != (lb.op == "relu"):  # a QDQ quantizer folds ReLUs into clips
-            if la.op == "relu":
+        while quantized and la.op != lb.op and (_folds(la) or _folds(lb)):
+            if _folds(la):
                 na, la = la.inputs[0], a.layer(la.inputs[0])
             else:
                 nb, lb = lb.inputs[0], b.layer(lb.inputs[0])
@@ -166,11 +167,18 @@ def pair_layers(a: Dag, b: Dag) -> dict[str, str]:
     return pairs
 
 
+def _folds(layer: Layer) -> bool:
+    """Whether a QDQ activation quantizer may have folded ``layer`` into its clipping range (a ReLU)."""
+    return LAYER_OPS[layer.op].folds_into_quantizer
+
+
 def comparable(a: Dag, b: Dag) -> tuple[Dag, Dag, dict[str, str], list[str], list[str]]:
     """The DAGs of A and B as compared, their layer pairing, and the rewrites applied to each: none
     when they pair as spelled, else both are brought to the canonical spelling
     (:mod:`onnx_pathlift.canonical`: exact rewrites, the certificate is about the canonical parameters)
-    and must pair then."""
+    and must pair then. Refuses up front a layer op that cannot be split into two streams."""
+    require(a, "metric")
+    require(b, "metric")
     try:
         return a, b, pair_layers(a, b), [], []
     except MismatchError:

@@ -5,7 +5,8 @@ For a hidden channel of a conv/dense layer C whose only way onward is a chain of
 C's incoming weights and every bias on the chain by λ > 0 and D's weights from that channel by 1/λ.
 ReLU and pools commute with a positive per-channel factor, so the function is unchanged, and so is
 the path-lifting Φ; the weights' magnitudes are not. Channels on other structures (skips, concats,
-grouped convs downstream) are left alone and counted.
+grouped convs downstream) are left alone and counted. Each layer op declares its part
+(:attr:`~onnx_pathlift.ops.LayerOp.rescale_role`, :meth:`~onnx_pathlift.ops.LayerOp.rescale_axes`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import numpy as np
 from onnx import ModelProto, numpy_helper
 
 from .dag import Dag, Layer
-
-_PER_CHANNEL = {"affine", "relu", "maxpool", "avgpool", "globalpool"}
+from .ops import LAYER_OPS, require
+from .ops.base import RescaleAxes
 
 
 @dataclass
@@ -26,8 +27,13 @@ class RescaleReport:
     layers: int  # conv/dense layers whose output channels were rescaled
 
 
-def _axis_of(layer: Layer) -> int:
-    return 1 if layer.op == "conv" else len(layer.shape) - 1
+def _role(layer: Layer) -> str | None:
+    return LAYER_OPS[layer.op].rescale_role
+
+
+def _axes(layer: Layer) -> RescaleAxes | None:
+    """Where a per-channel factor goes in ``layer``'s weight, None if it has no "weights" role."""
+    return LAYER_OPS[layer.op].rescale_axes(layer) if _role(layer) == "weights" else None
 
 
 def _chain(dag: Dag, c: Layer, consumers: dict[str, list[str]]) -> tuple[list[Layer], Layer, int] | None:
@@ -35,19 +41,19 @@ def _chain(dag: Dag, c: Layer, consumers: dict[str, list[str]]) -> tuple[list[La
     in that layer's input (a flatten spreads one channel over its spatial positions)."""
     path, cur, block = [], c, 1
     outputs = set(dag.outputs.values())
+    axis = _axes(c).channel
     while True:
         if cur.name in outputs or len(consumers.get(cur.name, [])) != 1:
             return None
         nxt = dag.layer(consumers[cur.name][0])
-        if nxt.op in _PER_CHANNEL:
+        into = _axes(nxt)
+        if _role(nxt) == "per_channel":
             path.append(nxt)
-        elif nxt.op == "reshape" and len(nxt.shape) == 2 and len(cur.shape) >= 2 and nxt.shape[0] == cur.shape[0] \
-                and _axis_of(c) == 1:
+        elif _role(nxt) == "flatten" and len(nxt.shape) == 2 and len(cur.shape) >= 2 and nxt.shape[0] == cur.shape[0] \
+                and axis == 1:
             block = int(np.prod(cur.shape[2:]))  # (N, C, ...) flattened to (N, C·S): channel o → o·S ... o·S+S−1
             path.append(nxt)
-        elif nxt.op == "conv" and nxt.attrs["group"] == 1 and block == 1 and _axis_of(c) == 1:
-            return path, nxt, block
-        elif nxt.op == "dense" and nxt.attrs["side"] == "right" and nxt.params["W"].ndim == 2:
+        elif into is not None and into.into is not None and (into.flat or (block == 1 and axis == into.channel)):
             return path, nxt, block
         else:
             return None
@@ -70,6 +76,7 @@ def _scale_initializer(arrays: dict[str, np.ndarray], origin: tuple[str, bool], 
 
 def rescale(model: ModelProto, dag: Dag, seed: int = 0, low: float = 1 / 8, high: float = 8.0) -> tuple[ModelProto, RescaleReport]:
     """A copy of ``model`` with random per-channel factors λ ~ log-uniform[low, high]."""
+    require(dag, "rescale")
     rng = np.random.default_rng(seed)
     out = ModelProto()
     out.CopyFrom(model)
@@ -81,9 +88,8 @@ def rescale(model: ModelProto, dag: Dag, seed: int = 0, low: float = 1 / 8, high
             consumers.setdefault(i, []).append(layer.name)
     neurons = layers = 0
     for c in list(dag.layers()):
-        if c.op not in ("conv", "dense") or "W" not in c.origins or c.origins["W"][0] not in arrays:
-            continue
-        if c.op == "dense" and (c.attrs["side"] != "right" or c.params["W"].ndim != 2):
+        axes = _axes(c)
+        if axes is None or "W" not in c.origins or c.origins["W"][0] not in arrays:
             continue
         found = _chain(dag, c, consumers)
         if found is None:
@@ -94,17 +100,17 @@ def rescale(model: ModelProto, dag: Dag, seed: int = 0, low: float = 1 / 8, high
             continue  # a bias we cannot trace back to an initializer
         if any(layer.origins[key][0] not in arrays for layer, key in biases) or d.origins.get("W", ("", False))[0] not in arrays:
             continue
-        channels = c.shape[_axis_of(c)]
+        channels = c.shape[axes.channel]
         lam = np.exp(rng.uniform(np.log(low), np.log(high), channels))
         try:
             staged = dict(arrays)
-            _scale_initializer(staged, c.origins["W"], lam, 0 if c.op == "conv" else 1)
+            _scale_initializer(staged, c.origins["W"], lam, axes.out)
             for layer, key in biases:
                 name = layer.origins[key][0]
-                axis = staged[name].ndim - (len(layer.shape) - _axis_of(c))  # channel axis in the broadcast constant
+                axis = staged[name].ndim - (len(layer.shape) - axes.channel)  # channel axis in the broadcast constant
                 _scale_initializer(staged, (name, False), lam, axis)
             inv = np.repeat(1.0 / lam, block)
-            _scale_initializer(staged, d.origins["W"], inv, 1 if d.op == "conv" else 0)
+            _scale_initializer(staged, d.origins["W"], inv, _axes(d).into)
         except ValueError:
             continue  # a broadcast layout this rule does not handle: leave the channel alone
         arrays = staged

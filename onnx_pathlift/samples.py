@@ -39,7 +39,7 @@ def one_sample(dag: Dag) -> tuple[Dag, int]:
     twin = Dag(opset=dag.opset, inputs=list(dag.inputs), outputs=dict(dag.outputs), notes=list(dag.notes),
                activation_qdq=dag.activation_qdq)
     for layer in layers:
-        twin.add(replace(layer, shape=(1, *layer.shape[1:])), dag.graph.nodes[layer.name]["kind"])
+        twin.add(replace(layer, shape=(1, *layer.shape[1:])))
     return (twin, n) if _consistent(twin) else (dag, 1)
 
 

@@ -27,7 +27,7 @@ from .graph import BuiltModel, LiftBuilder, Scaled
 from .importer import import_model
 from .load import ModelSource
 from .norm import combine
-from .ops import LAYER_OPS
+from .ops import LAYER_OPS, require
 from .runtime import make_session
 from .samples import one_sample
 
@@ -56,6 +56,7 @@ class Scores:
 def scores_model(dag: Dag) -> tuple[BuiltModel, list[tuple[str, str]]]:
     """The forward + adjoint graph. Outputs: each analysed output (and its exponent) and, per scored
     layer, ``<layer>__score`` (in the layer's W layout) with ``<layer>__score__log2_scale``."""
+    require(dag, "scores")
     b = LiftBuilder(emit_opset(dag), taken=set(dag.inputs) | set(dag.outputs) | {o + LOG2_SUFFIX for o in dag.outputs})
     lifted = lift_forward(dag, 1.0, b)
     layers, value = lifted.layers, lifted.value
@@ -70,7 +71,7 @@ def scores_model(dag: Dag) -> tuple[BuiltModel, list[tuple[str, str]]]:
     scored: list[tuple[str, str]] = []
     outputs: list[tuple[str, tuple[int, ...] | None]] = []
     for layer in reversed(layers):
-        if layer.op == "input" or layer.name not in grads:
+        if layer.name not in grads:
             continue
         tensors, k = b.align(grads.pop(layer.name))
         g = tensors[0]
@@ -80,7 +81,7 @@ def scores_model(dag: Dag) -> tuple[BuiltModel, list[tuple[str, str]]]:
         xs = [clean(i) for i in layer.inputs]
         g_in, scores = LAYER_OPS[layer.op].adjoint(b, layer, xs, g, [shapes[i] for i in layer.inputs])
         for name, gi in zip(layer.inputs, g_in):
-            if dag.layer(name).op != "input":
+            if dag.layer(name).inputs:  # a graph input passes no mass further back
                 grads.setdefault(name, []).append(gi)
         if LAYER_OPS[layer.op].scored:
             s = scores["W"]
@@ -136,7 +137,7 @@ def magnitude(dag: Dag) -> dict[str, np.ndarray]:
     holds them (a Gemm's ``alpha`` included)."""
     out: dict[str, np.ndarray] = {}
     for layer in dag.layers():
-        if layer.op != "input" and LAYER_OPS[layer.op].scored:
+        if LAYER_OPS[layer.op].scored:
             name, w = _to_initializer_layout(layer, np.abs(layer.params["W"]))
             out[name] = w
     return out

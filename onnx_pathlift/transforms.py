@@ -29,29 +29,19 @@ MASS = "__mass__"
 def two_stream_dag(a: Dag, b: Dag, pairs: dict[str, str]) -> Dag:
     """The DAG whose lifted network (q = 1) carries ``lo`` under the original names and ``Δ`` under
     ``name + DELTA``; the Δ inputs are extra graph inputs fed with zeros."""
-    out = Dag(opset=a.opset)
-
-    def add(layer: Layer) -> None:
-        out.add(layer, LAYER_OPS[layer.op].kind if layer.op in LAYER_OPS else "input")
-
+    out = Dag(opset=a.opset, inputs=[n for i in a.inputs for n in (i, i + DELTA)])
     for layer in a.layers():
         d = layer.name + DELTA
-        if layer.op == "input":
-            add(layer)
-            add(replace(layer, name=d))
-            out.inputs += [layer.name, d]
-            continue
-        handler = LAYER_OPS[layer.op]
-        split = handler.split_params(layer, b.layer(pairs[layer.name])) if layer.params else None
+        split = LAYER_OPS[layer.op].split_params(layer, b.layer(pairs[layer.name])) if layer.params else None
         if split is None:
-            add(layer)
-            add(replace(layer, name=d, inputs=[i + DELTA for i in layer.inputs]))
+            out.add(layer)
+            out.add(replace(layer, name=d, inputs=[i + DELTA for i in layer.inputs]))
             continue
         lo, hi_linear, diff = split
-        add(replace(layer, params=lo))
-        add(replace(layer, name=d + "_hi", params=hi_linear, inputs=[i + DELTA for i in layer.inputs]))
-        add(replace(layer, name=d + "_diff", params=diff))
-        add(Layer(d, "sum", [d + "_hi", d + "_diff"], layer.shape, attrs={"signs": [1, 1]}, source=layer.source))
+        out.add(replace(layer, params=lo))
+        out.add(replace(layer, name=d + "_hi", params=hi_linear, inputs=[i + DELTA for i in layer.inputs]))
+        out.add(replace(layer, name=d + "_diff", params=diff))
+        out.add(Layer(d, "sum", [d + "_hi", d + "_diff"], layer.shape, attrs={"signs": [1, 1]}, source=layer.source))
     for o, lname in a.outputs.items():
         out.outputs[o] = lname
         out.outputs[o + DELTA] = lname + DELTA
@@ -63,8 +53,7 @@ def without_biases(dag: Dag) -> Dag:
     only the paths that start at input neurons."""
     out = Dag(opset=dag.opset, inputs=list(dag.inputs), outputs=dict(dag.outputs))
     for layer in dag.layers():
-        out.add(LAYER_OPS[layer.op].without_bias(layer) if layer.op in LAYER_OPS else layer,
-                dag.graph.nodes[layer.name]["kind"])
+        out.add(LAYER_OPS[layer.op].without_bias(layer))
     return out
 
 
@@ -72,7 +61,7 @@ def with_params(a: Dag, params_of: Callable[[Layer], dict[str, np.ndarray]]) -> 
     """A's architecture, each parameterised layer carrying ``params_of(layer)``."""
     out = Dag(opset=a.opset, inputs=list(a.inputs), outputs=dict(a.outputs))
     for layer in a.layers():
-        out.add(replace(layer, params=params_of(layer)) if layer.params else layer, a.graph.nodes[layer.name]["kind"])
+        out.add(replace(layer, params=params_of(layer)) if layer.params else layer)
     return out
 
 
@@ -86,10 +75,10 @@ def injected(dag: Dag, eps: dict[str, np.ndarray]) -> Dag:
     out = Dag(opset=dag.opset, inputs=list(dag.inputs))
     rename: dict[str, str] = {}
     for layer in dag.layers():
-        out.add(replace(layer, inputs=[rename.get(i, i) for i in layer.inputs]), dag.graph.nodes[layer.name]["kind"])
+        out.add(replace(layer, inputs=[rename.get(i, i) for i in layer.inputs]))
         if layer.name in eps:
             name = layer.name + "__eps"
-            out.add(Layer(name, "affine", [layer.name], layer.shape, {"bias": eps[layer.name]}, source=layer.source), "affine")
+            out.add(Layer(name, "affine", [layer.name], layer.shape, {"bias": eps[layer.name]}, source=layer.source))
             rename[layer.name] = name
     out.outputs = {o: rename.get(lname, lname) for o, lname in dag.outputs.items()}
     return out
@@ -101,10 +90,10 @@ def cut_at(dag: Dag, cuts: set[str]) -> Dag:
     out = Dag(opset=dag.opset, inputs=list(dag.inputs))
     rename: dict[str, str] = {}
     for layer in dag.layers():
-        out.add(replace(layer, inputs=[rename.get(i, i) for i in layer.inputs]), dag.graph.nodes[layer.name]["kind"])
+        out.add(replace(layer, inputs=[rename.get(i, i) for i in layer.inputs]))
         if layer.name in cuts:
             rename[layer.name] = layer.name + CUT
-            out.add(Layer(rename[layer.name], "input", [], layer.shape, source=layer.source), "input")
+            out.add(Layer(rename[layer.name], "input", [], layer.shape, source=layer.source))
             out.inputs.append(rename[layer.name])
     out.outputs = {MASS + n: n for n in cuts if dag.layer(n).op != "input"}
     return out
@@ -118,6 +107,6 @@ def bypassed(dag: Dag, names: set[str]) -> Dag:
         if layer.name in names:
             source[layer.name] = source.get(layer.inputs[0], layer.inputs[0])
             continue
-        out.add(replace(layer, inputs=[source.get(i, i) for i in layer.inputs]), dag.graph.nodes[layer.name]["kind"])
+        out.add(replace(layer, inputs=[source.get(i, i) for i in layer.inputs]))
     out.outputs = {o: source.get(lname, lname) for o, lname in dag.outputs.items()}
     return out

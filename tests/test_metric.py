@@ -634,7 +634,7 @@ def _zero_one_weight(dag: Dag, layer_name: str, index: int) -> Dag:
             assert w.flat[index] != 0
             w.flat[index] = 0.0
             layer = dataclasses.replace(layer, params={**layer.params, "W": w})
-        out.add(layer, dag.graph.nodes[layer.name]["kind"])
+        out.add(layer)
     return out
 
 

@@ -18,15 +18,28 @@ import numpy as np
 from ..dag import Layer
 from ..errors import RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled
-from .base import ANY, ImportContext, LayerOp, attributes, broadcasts_to, imports, layer_op, operand, spec_rule
+from .base import (
+    ANY,
+    ImportContext,
+    OneLipschitz,
+    ParameterFree,
+    broadcasts_to,
+    channel_rule,
+    imports,
+    layer_op,
+    operand,
+    spec_rule,
+)
 
 
 @layer_op
-class Relu(LayerOp):
+class Relu(ParameterFree, OneLipschitz):
     op = "relu"
     kind = "activation"
     accepts_dirty = True
     full_maps = False
+    rescale_role = "per_channel"  # relu(λx) = λ·relu(x) for λ > 0
+    folds_into_quantizer = True  # a quantizer whose range starts at 0 clips like a ReLU
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         return b.op("Relu", xs, "relu")
@@ -42,6 +55,10 @@ class Relu(LayerOp):
 
     def map_axis(self, layer: Layer) -> str:
         return ANY
+
+
+channel_rule("same", "Relu", "LeakyRelu", "Clip")  # commute with slicing channels
+channel_rule("elementwise_on_first", "PRelu")  # its per-channel slope is sliced with them
 
 
 @imports("Relu")
@@ -71,7 +88,7 @@ def prelu_spec(node, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int,
 def import_leaky(node, ctx: ImportContext) -> None:
     """``α·x + (1 − α)·relu(x)``: two paths per neuron, weights α and 1 − α."""
     if node.op_type == "LeakyRelu":
-        alpha = np.asarray(float(attributes(node).get("alpha", 0.01)))
+        alpha = np.asarray(float(ctx.attrs(node)["alpha"]))
     else:
         alpha = ctx.param(node, 1, "slope")
     x = ctx.act(node.input[0])
@@ -84,7 +101,7 @@ def import_leaky(node, ctx: ImportContext) -> None:
 
 def _clip_bounds(node, ctx: ImportContext) -> tuple[float | None, float | None]:
     if ctx.prepared.opset < 11:
-        a = attributes(node)
+        a = ctx.attrs(node)
         lo, hi = a.get("min"), a.get("max")
     else:
         lo = float(ctx.param(node, 1, "minimum")) if len(node.input) > 1 and node.input[1] else None

@@ -19,7 +19,20 @@ import numpy as np
 from ..dag import Layer
 from ..errors import Refusal, RefuseNode, UnsupportedModelError
 from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, exp_diff, lifted_log2, pow_scaled, scaled_power
-from .base import ANY, ImportContext, LayerOp, attributes, imports, layer_op, operand, spec_rule, unbroadcast
+from .base import (
+    ANY,
+    ImportContext,
+    LayerOp,
+    OneLipschitz,
+    ParameterFree,
+    attributes,
+    channel_rule,
+    imports,
+    layer_op,
+    operand,
+    spec_rule,
+    unbroadcast,
+)
 
 
 @layer_op
@@ -30,6 +43,7 @@ class Affine(LayerOp):
     kind = "affine"
     accepts_dirty = True
     full_maps = False
+    rescale_role = "per_channel"
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         y = xs[0]
@@ -95,7 +109,7 @@ class Affine(LayerOp):
 
 
 @layer_op
-class Sum(LayerOp):
+class Sum(ParameterFree, OneLipschitz):
     """``y = Σ sign_i · x_i`` over activations (residual connections)."""
 
     op = "sum"
@@ -130,6 +144,13 @@ class Sum(LayerOp):
     def rounding_ops(self, layer, in_shapes) -> int:
         return len(in_shapes) + 3
 
+    def linf_combine(self, ins: list[float]) -> float:
+        """``‖Σ ±x_i‖_∞ ≤ Σ ‖x_i‖_∞``: the branches' bounds add."""
+        return float(np.logaddexp2.reduce(ins))
+
+
+channel_rule("elementwise", "Add", "Sub", "Sum", "Mul", "Div")  # a skip joins its operands' channels
+
 
 @spec_rule("Add", "Sub", "Mul", "Div")
 def legacy_broadcast_spec(node, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]], opset: int) -> str | None:
@@ -138,7 +159,7 @@ def legacy_broadcast_spec(node, consts: dict[str, np.ndarray], shapes: dict[str,
     a, b = operand(node, 0, shapes), operand(node, 1, shapes)
     if opset >= 7 or a is None or b is None or a == b:
         return None
-    attrs = attributes(node)
+    attrs = attributes(node, opset)
     if not attrs.get("broadcast"):
         return f"operands of shapes {a} and {b} differ and broadcast is not set (opset < 7)"
     if attrs.get("axis", len(a) - len(b)) % max(len(a), 1) != len(a) - len(b):

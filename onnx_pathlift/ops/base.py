@@ -7,6 +7,10 @@ An op module registers, in one place, everything about one family of layers:
 * a :class:`LayerOp` subclass per layer type, registered with ``@layer_op``, that re-emits the
   layer as itself (``emit``: signed weights, real activations) and as its lifted form
   (``lift``: ``|w|**q``, activations removed) on a :class:`~onnx_pathlift.graph.LiftBuilder`.
+
+A layer op's :data:`capabilities <LayerOp.capabilities>` are derived from the methods it overrides
+(:data:`CAPABILITY_METHODS`); every analysis checks a DAG against them before it emits anything
+(:func:`onnx_pathlift.ops.capabilities.require`).
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, ClassVar
+from functools import cache
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import numpy as np
-from onnx import NodeProto, helper
+from onnx import AttributeProto, NodeProto, defs, helper
 
 from ..dag import Dag, Layer
 from ..errors import RefuseNode
@@ -30,24 +35,42 @@ ImportRule = Callable[[NodeProto, "ImportContext"], None]
 
 IMPORTERS: dict[str, ImportRule] = {}
 LAYER_OPS: dict[str, LayerOp] = {}
+#: ONNX op type -> why importing it as its own layer is worth a word (``onnx-pathlift inspect``)
+IMPORT_NOTES: dict[str, str] = {}
+#: what an ONNX op does when it ends a network (the importer cuts such a head off and analyses the
+#: logits): "head" (monotone: the winning class is unchanged), "picker" (the index, value or one-hot of
+#: the winner), "carrier" (reshapes or retypes labels and probabilities: cut only behind a head or picker)
+HEAD_ROLES: dict[str, str] = {}
+#: label lookups after a picker: op type -> (input index of its constant class table, or None; of the picked index)
+LOOKUPS: dict[str, tuple[int | None, int]] = {}
+#: how structured pruning slices an ONNX op's channels (:mod:`onnx_pathlift.channels`, which pins the
+#: channels of every op without a rule): "same" (each channel maps to itself), "pad" (the same when no
+#: channel padding), "conv", "dense", "elementwise" (joins its operands' channels; constants sliced),
+#: "elementwise_on_first" (the same, the activation first: PRelu's slope), "batchnorm", "flatten",
+#: "spatial" (squeezes or reduces non-channel axes), "concat", "split", "crop" (a Slice)
+CHANNEL_RULES: dict[str, str] = {}
 
 
-def _registrar(table: dict[str, Callable], what: str, op_types: tuple[str, ...]) -> Callable[[Callable], Callable]:
-    """A decorator that enters its function in ``table`` under each op type, once per op type."""
+def _registrar(table: dict[str, Callable], what: str, op_types: tuple[str, ...],
+               notes: dict[str, str] | None = None, note: str = "") -> Callable[[Callable], Callable]:
+    """A decorator that enters its function in ``table`` under each op type, once per op type (and
+    ``note`` in ``notes``, when given)."""
 
     def register(fn: Callable) -> Callable:
         for op_type in op_types:
             if op_type in table:
                 raise ValueError(f"two {what} for {op_type}")
             table[op_type] = fn
+            if note and notes is not None:
+                notes[op_type] = note
         return fn
 
     return register
 
 
-def imports(*op_types: str) -> Callable[[ImportRule], ImportRule]:
-    """Register an import rule for ONNX op types (default domain)."""
-    return _registrar(IMPORTERS, "import rules", op_types)
+def imports(*op_types: str, note: str = "") -> Callable[[ImportRule], ImportRule]:
+    """Register an import rule for ONNX op types (default domain); ``note``: see :data:`IMPORT_NOTES`."""
+    return _registrar(IMPORTERS, "import rules", op_types, IMPORT_NOTES, note)
 
 
 #: ``(node, consts, shapes, opset) -> problem or None``: a rule of the ONNX spec that ONNX shape
@@ -62,11 +85,48 @@ def spec_rule(*op_types: str) -> Callable[[SpecRule], SpecRule]:
     return _registrar(SPEC_RULES, "spec rules", op_types)
 
 
+def head_role(role: str, *op_types: str) -> None:
+    """Declare the role of ONNX op types at the end of a network (see :data:`HEAD_ROLES`)."""
+    if role not in ("head", "picker", "carrier"):
+        raise ValueError(f"unknown head role {role!r}")
+    HEAD_ROLES.update(dict.fromkeys(op_types, role))
+
+
+def channel_rule(rule: str, *op_types: str) -> None:
+    """Declare how structured pruning slices the channels of ONNX op types (see :data:`CHANNEL_RULES`)."""
+    CHANNEL_RULES.update(dict.fromkeys(op_types, rule))
+
+
+def label_lookup(op_type: str, table: int | None, index: int) -> None:
+    """Declare ``op_type`` a label lookup after a picker (see :data:`LOOKUPS`)."""
+    LOOKUPS[op_type] = (table, index)
+
+
+#: what a layer op can do: lifted (re-emitted, lifted, statically bounded), transposed (path-magnitude
+#: scores), split into two streams (path-metric bound), bounded in ℓ∞ (naive Lipschitz bound),
+#: rescaled per channel (:mod:`onnx_pathlift.rescale`)
+LIFT, ADJOINT, TWO_STREAM, LIPSCHITZ, RESCALE = "lift", "adjoint", "two-stream", "lipschitz", "rescale"
+#: each capability and the :class:`LayerOp` methods that provide it (a layer op has it when it overrides
+#: them all); :data:`RESCALE` is a declared :attr:`LayerOp.rescale_role` instead
+CAPABILITY_METHODS: dict[str, tuple[str, ...]] = {
+    LIFT: ("emit", "lift", "bound"),
+    ADJOINT: ("adjoint",),
+    TWO_STREAM: ("split_params",),
+    LIPSCHITZ: ("linf_gain",),
+}
+
+
 class LayerOp:
-    """One layer type: how it is re-emitted as itself and as its lifted form."""
+    """One layer type: how it is re-emitted as itself and as its lifted form.
+
+    The methods of :data:`CAPABILITY_METHODS` raise :class:`NotImplementedError` here; a subclass
+    overrides those it supports, and :attr:`capabilities` (set when the subclass is defined) names
+    them, so an analysis refuses a DAG up front instead of failing mid-run."""
 
     op: ClassVar[str]
     kind: ClassVar[str]
+    #: the capabilities this op provides (derived from the methods it overrides; see :data:`CAPABILITY_METHODS`)
+    capabilities: ClassVar[frozenset[str]] = frozenset()
     #: whether ``lift`` takes inputs that are not renormalised yet (``Scaled.dirty``)
     accepts_dirty: ClassVar[bool] = False
     #: static scales with map axis :data:`ANY`: whether ``lift`` needs its inputs' exponent maps at the
@@ -76,6 +136,20 @@ class LayerOp:
     #: whether its weight ``W`` gets path-magnitude scores and can be pruned (as in the paper: the
     #: weights of Conv / ConvTranspose / Gemm / MatMul; not BN scales, not biases)
     scored: ClassVar[bool] = False
+    #: role in a random neuron-wise rescaling (:mod:`onnx_pathlift.rescale`): "weights" (its output
+    #: channels take a factor λ on their incoming weights, its input channels 1/λ: :meth:`rescale_axes`),
+    #: "per_channel" (commutes with a positive per-channel factor: bias, BatchNormalization, ReLU, pools),
+    #: "flatten" (may flatten channels into a dense layer's rows); None: a rescaled chain stops here
+    rescale_role: ClassVar[str | None] = None
+    #: whether an activation quantizer (QuantizeLinear→DequantizeLinear) may fold this layer into its
+    #: clipping range, so that two spellings of one model differ by it (a ReLU; see :func:`onnx_pathlift.metric.pair_layers`)
+    folds_into_quantizer: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        derived = {cap for cap, methods in CAPABILITY_METHODS.items()
+                   if all(getattr(cls, m) is not getattr(LayerOp, m) for m in methods)}
+        cls.capabilities = frozenset(derived | ({RESCALE} if cls.rescale_role else set()))
 
     def map_axis(self, layer: Layer) -> int | str | None:
         """Static scales: the axis of its inputs along which an exponent map may vary when ``lift``
@@ -92,16 +166,16 @@ class LayerOp:
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         """Emit the layer with its signed parameters and real activation; return the output name."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{layer.op} has no {LIFT!r} capability")
 
     def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
         """Emit the lifted layer (``|w|**q``, activations → identity) on scaled tensors."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{layer.op} has no {LIFT!r} capability")
 
     def bound(self, layer: Layer, bs: list[np.ndarray], shapes: list[tuple[int, ...]], q: float) -> np.ndarray:
         """Static upper bound on ``log2`` of the lifted output, broadcastable to ``layer.shape``,
         given the inputs' bounds ``bs`` (same form) and shapes. Used to fix constant scales."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{layer.op} has no {LIFT!r} capability")
 
     def absorb_bias(self, layer: Layer, bias: np.ndarray) -> Layer | None:
         """This layer with a following per-output-channel bias as its own bias ``B``, or None."""
@@ -116,7 +190,7 @@ class LayerOp:
         for each weight, ``|w| ⊙ ∂‖Φ‖_1/∂|w|`` (forward mass × backward mass, summed over the
         positions sharing the weight), all as scaled tensors.
         """
-        raise NotImplementedError(f"no adjoint for {layer.op}")
+        raise NotImplementedError(f"{layer.op} has no {ADJOINT!r} capability")
 
     def split_params(self, a: Layer, b: Layer) -> tuple[dict, dict, dict] | None:
         """Two-stream form, for two parameter sets of this layer (path-metric upper bound).
@@ -124,21 +198,30 @@ class LayerOp:
         Returns ``(lo, hi_linear, diff)``: the parameters ``min(|θ|, |θ'|)``, ``max(|θ|, |θ'|)``
         without biases, and ``max − min`` (biases included), so that with ``f_p`` the layer under
         parameters ``p``: ``f_hi(hi) − f_lo(lo) = f_hi_linear(Δ) + f_diff(lo)``, ``Δ = hi − lo``.
-        None for a layer without parameters (then ``Δ_out = f(Δ)``).
+        None for a layer without parameters (then ``Δ_out = f(Δ)``; see :class:`ParameterFree`).
         """
-        return None
+        raise NotImplementedError(f"{a.op} has no {TWO_STREAM!r} capability")
 
     def without_bias(self, layer: Layer) -> Layer:
-        """The layer with its biases removed (paths that start at input neurons only)."""
+        """The layer with its biases removed (paths that start at input neurons only). The layer
+        itself by default: imported layers hold biases only in their own affine layers."""
         return layer
 
     def linf_gain(self, layer: Layer) -> float:
-        """``log2`` of the layer's ℓ∞ → ℓ∞ operator norm (the naive Lipschitz bound's factor).
+        """``log2`` of the layer's ℓ∞ → ℓ∞ operator norm (the naive Lipschitz bound's factor), per
+        input branch (see :meth:`linf_combine`; 0 for a 1-Lipschitz op: :class:`OneLipschitz`)."""
+        raise NotImplementedError(f"{layer.op} has no {LIPSCHITZ!r} capability")
 
-        0 by default: ReLU, max/average pools and reshapes are 1-Lipschitz in ℓ∞; a sum's or a
-        concat's branches are combined by the DAG recursion (:mod:`onnx_pathlift.lipschitz_bound`).
-        """
-        return 0.0
+    def linf_combine(self, ins: list[float]) -> float:
+        """Given ``log2`` bounds on the ℓ∞ norms of the layer's inputs (per unit of the network's input),
+        one that :meth:`linf_gain` multiplies: the largest, as each output neuron reads the neurons of
+        one input (a concat, any one-input layer). A sum overrides it."""
+        return max(ins)
+
+    def rescale_axes(self, layer: Layer) -> RescaleAxes | None:
+        """For :attr:`rescale_role` "weights": where a per-channel factor goes in this layer's ``W``
+        (DAG layout), or None when this layer's channels cannot be rescaled."""
+        raise NotImplementedError(f"{layer.op} has no {RESCALE!r} capability")
 
     def absorb_scale(self, layer: Layer, scale: np.ndarray) -> Layer | None:
         """This layer with a following per-output-channel ``scale`` folded into its weights, or None.
@@ -155,7 +238,32 @@ class LayerOp:
         return None
 
 
-class MovesNeurons(LayerOp):
+class RescaleAxes(NamedTuple):
+    """Where a per-channel factor goes in a "weights" layer (:meth:`LayerOp.rescale_axes`)."""
+
+    channel: int  #: the channel axis (≥ 0) of its input and output activations
+    out: int  #: the axis of ``W`` along its output channels (λ multiplies them)
+    into: int | None  #: the axis of ``W`` along its input channels (1/λ), None if they cannot take it
+    flat: bool  #: whether it reads channels flattened over spatial positions (a dense layer's rows)
+
+
+class ParameterFree(LayerOp):
+    """A layer op without parameters: its two-stream form is itself on each stream (``Δ_out = f(Δ)``)."""
+
+    def split_params(self, a: Layer, b: Layer) -> None:
+        return None
+
+
+class OneLipschitz(LayerOp):
+    """A layer op that is 1-Lipschitz in ℓ∞ on each input branch: ReLU, max/average pools, neuron
+    moves (reshape, transpose, pad, selections), concat, sum (its branches add: :meth:`linf_combine`),
+    a graph input (the reference: gain 1)."""
+
+    def linf_gain(self, layer: Layer) -> float:
+        return 0.0
+
+
+class MovesNeurons(ParameterFree, OneLipschitz):
     """A layer whose every output neuron copies one input neuron with weight 1 (reshape, transpose):
     its lifted form is the op itself on the lifted tensor, scale unchanged."""
 
@@ -359,6 +467,10 @@ class ImportContext:
             raise RefuseNode(f"tensor {name!r} has no static shape (try --input-shape)")
         return shape
 
+    def attrs(self, node: NodeProto) -> dict[str, Any]:
+        """The node's attributes, normalised (:func:`attributes` at the model's opset)."""
+        return attributes(node, self.prepared.opset)
+
     def activations(self, node: NodeProto) -> list[str]:
         """Names of the node's inputs that are activations (not constants, not empty)."""
         return [n for n in node.input if n and n not in self.prepared.consts]
@@ -380,7 +492,7 @@ class ImportContext:
             name += "'"
         layer = Layer(name, op, inputs, tuple(shape), params or {}, attrs or {}, source=node.name or node.output[0],
                       origins=origins or {})
-        self.dag.add(layer, LAYER_OPS[op].kind)
+        self.dag.add(layer)
         if not suffix:
             self.producer[node.output[0]] = name
         return name
@@ -396,8 +508,33 @@ class ImportContext:
         self.producer[tensor] = layer
 
 
-def attributes(node: NodeProto) -> dict[str, Any]:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+def _decoded(value: Any) -> Any:
+    """An attribute value with its strings (bytes in the protobuf) decoded."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, list):
+        return [_decoded(v) for v in value]
+    return value
+
+
+@cache
+def _schema_defaults(op_type: str, domain: str, opset: int) -> dict[str, Any]:
+    """The defaults the op's schema (the version in force at ``opset``) gives its attributes."""
+    try:
+        schema = defs.get_schema(op_type, opset, domain)
+    except defs.SchemaError:
+        return {}
+    return {name: _decoded(helper.get_attribute_value(attr.default_value))
+            for name, attr in schema.attributes.items() if attr.default_value.type != AttributeProto.UNDEFINED}
+
+
+def attributes(node: NodeProto, opset: int) -> dict[str, Any]:
+    """The node's attributes as Python values, normalised once: strings decoded, and every attribute
+    its ONNX schema at ``opset`` has a default for filled with that default when the node omits it
+    (float defaults are float32 values, as the runtime reads them)."""
+    given = {a.name: _decoded(helper.get_attribute_value(a)) for a in node.attribute}
+    defaults = _schema_defaults(node.op_type, node.domain if node.domain != "ai.onnx" else "", opset)
+    return {**{k: list(v) if isinstance(v, list) else v for k, v in defaults.items()}, **given}
 
 
 def operand(node: NodeProto, i: int, table: dict):
@@ -420,12 +557,12 @@ def pads_problem(a: dict[str, Any]) -> str | None:
 
 
 def spatial_attrs(a: dict[str, Any], in_spatial: tuple[int, ...], kernel: tuple[int, ...]) -> dict[str, list[int]]:
-    """Strides, dilations and explicit pads (``auto_pad`` resolved) of a conv or pool node."""
+    """Strides, dilations and explicit pads (``auto_pad`` resolved) of a conv or pool node (``a``: its
+    normalised attributes)."""
     n = len(kernel)
     strides = list(a.get("strides", [1] * n))
     dilations = list(a.get("dilations", [1] * n))
-    auto_pad = a.get("auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    auto_pad = a["auto_pad"]
     if auto_pad in ("", "NOTSET"):
         pads = list(a.get("pads", [0] * (2 * n)))
     elif auto_pad == "VALID":
@@ -476,8 +613,8 @@ def unbroadcast(b: GraphBuilder, t: str, shape: tuple[int, ...], to: tuple[int, 
     padded = (1,) * (len(shape) - len(to)) + tuple(to)
     axes = [i for i, (s, d) in enumerate(zip(shape, padded)) if d == 1 and s != 1]
     if axes:
-        t = b.op("ReduceSum", [t, b.const(np.array(axes), "axes", dtype=np.int64)], "unbroadcast", keepdims=1)
-    return b.op("Reshape", [t, b.const(np.array(to), "shape", dtype=np.int64)], "unbroadcast")
+        t = b.op("ReduceSum", [t, b.ints(axes, "axes")], "unbroadcast", keepdims=1)
+    return b.op("Reshape", [t, b.ints(to, "shape")], "unbroadcast")
 
 
 def product_exponent(b: LiftBuilder, x: Scaled, g: Scaled, e: int) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InvalidModelError, RefuseNode
-from .base import ImportContext, attributes, imports, operand, spec_rule
+from .base import ImportContext, channel_rule, imports, operand, spec_rule
 
 
 @spec_rule("BatchNormalization")
@@ -23,9 +23,12 @@ def batchnorm_spec(node, consts: dict[str, np.ndarray], shapes: dict[str, tuple[
     return None
 
 
-@imports("BatchNormalization")
+channel_rule("batchnorm", "BatchNormalization")
+
+
+@imports("BatchNormalization", note="kept as its own per-channel affine layer (not fused into the layer before)")
 def import_batchnorm(node, ctx: ImportContext) -> None:
-    a = attributes(node)
+    a = ctx.attrs(node)
     if int(a.get("training_mode", 0)):
         raise RefuseNode("training_mode=1 normalizes with batch statistics, which is not a fixed affine map")
     if int(a.get("spatial", 1)) == 0:
@@ -37,7 +40,7 @@ def import_batchnorm(node, ctx: ImportContext) -> None:
         if v.size != channels:
             raise InvalidModelError(f"node {node.name!r}: BatchNormalization {what} has {v.size} entries but its "
                                     f"input has {channels} channels (onnxruntime rejects this model too)")
-    eps = float(a.get("epsilon", 1e-5))
+    eps = float(a["epsilon"])
     if np.any(var + eps <= 0):
         raise RefuseNode("variance + epsilon is not positive")
     s = gamma / np.sqrt(var + eps)

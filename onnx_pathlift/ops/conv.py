@@ -30,9 +30,11 @@ from ..graph import (
 from .base import (
     ImportContext,
     LayerOp,
+    RescaleAxes,
     along_axis,
     attributes,
     bias_bound,
+    channel_rule,
     channel_vector,
     imports,
     layer_op,
@@ -58,6 +60,12 @@ class Conv(LayerOp):
     kind = "conv"
     scored = True
     onnx_op = "Conv"  # the emitted op (ConvTranspose for the subclass); attrs are passed through
+    rescale_role = "weights"
+
+    def rescale_axes(self, layer: Layer) -> RescaleAxes:
+        """Channels on axis 1; ``W`` is ``(C_out, C_in/group, k...)``: a grouped conv's input channels
+        share filters with other channels' (no 1/λ per input channel)."""
+        return RescaleAxes(1, 0, 1 if layer.attrs["group"] == 1 else None, False)
 
     def gain_log2(self, m: np.ndarray, attrs: dict) -> float:
         """``log2`` of the largest lifted output on an all-ones input of ``|W|**q = m``: a whole filter's sum."""
@@ -138,14 +146,14 @@ class Conv(LayerOp):
             return [b.shift(Scaled(gx, g.log2), e)], {"W": Scaled(b.op("Mul", [c, w], "score"), product_exponent(b, xs[0], g, e))}
         # kernel scores: correlate the padded forward masses with the backward masses, group by group
         pads = a["pads"]
-        xp = b.op("Pad", [xs[0].tensor, b.const(np.array([0, 0, *pads[:n], 0, 0, *pads[n:]]), "pads", dtype=np.int64)], "xpad")
+        xp = b.op("Pad", [xs[0].tensor, b.ints([0, 0, *pads[:n], 0, 0, *pads[n:]], "pads")], "xpad")
         sp = [x_shape[2 + i] + pads[i] + pads[n + i] for i in range(n)]
-        xg = b.op("Reshape", [xp, b.const(np.array([groups, x_shape[1] // groups, *sp]), "shape", dtype=np.int64)], "xg")
+        xg = b.op("Reshape", [xp, b.ints([groups, x_shape[1] // groups, *sp], "shape")], "xg")
         xg = b.op("Transpose", [xg], "xg", perm=[1, 0, *range(2, 2 + n)])
-        kg = b.op("Reshape", [g.tensor, b.const(np.array([y_shape[1], 1, *y_shape[2:]]), "shape", dtype=np.int64)], "gk")
+        kg = b.op("Reshape", [g.tensor, b.ints([y_shape[1], 1, *y_shape[2:]], "shape")], "gk")
         c = b.op("Conv", [xg, kg], "corr", strides=a["dilations"], dilations=a["strides"], group=groups)
-        c = b.op("Slice", [c, b.const(np.zeros(n), "starts", dtype=np.int64), b.const(np.array(m.shape[2:]), "ends", dtype=np.int64),
-                           b.const(np.arange(2, 2 + n), "axes", dtype=np.int64)], "corr")
+        c = b.op("Slice", [c, b.ints(np.zeros(n), "starts"), b.ints(m.shape[2:], "ends"),
+                           b.ints(np.arange(2, 2 + n), "axes")], "corr")
         c = b.op("Transpose", [c], "corr", perm=[1, 0, *range(2, 2 + n)])
         s = b.op("Mul", [c, w], "score")
         return [b.shift(Scaled(gx, g.log2), e)], {"W": Scaled(s, product_exponent(b, xs[0], g, e))}
@@ -180,15 +188,18 @@ def _pointwise_correlation(b: GraphBuilder, x: str, g: str, a: dict, x_shape, y_
     n = len(x_shape) - 2
     pads = a["pads"]
     if any(pads):
-        x = b.op("Pad", [x, b.const(np.array([0, 0, *pads[:n], 0, 0, *pads[n:]]), "pads", dtype=np.int64)], "xpad")
+        x = b.op("Pad", [x, b.ints([0, 0, *pads[:n], 0, 0, *pads[n:]], "pads")], "xpad")
     ends = [(y_shape[2 + i] - 1) * a["strides"][i] + 1 for i in range(n)]
     if any(s != 1 for s in a["strides"]) or any(e != x_shape[2 + i] + pads[i] + pads[n + i] for i, e in enumerate(ends)):
-        x = b.op("Slice", [x, b.const(np.zeros(n), "starts", dtype=np.int64), b.const(np.array(ends), "ends", dtype=np.int64),
-                           b.const(np.arange(2, 2 + n), "axes", dtype=np.int64), b.const(np.array(a["strides"]), "steps", dtype=np.int64)], "xsub")
-    x2 = b.op("Reshape", [x, b.const(np.array([x_shape[1], -1]), "shape", dtype=np.int64)], "x2")
-    g2 = b.op("Reshape", [g, b.const(np.array([y_shape[1], -1]), "shape", dtype=np.int64)], "g2")
+        x = b.op("Slice", [x, b.ints(np.zeros(n), "starts"), b.ints(ends, "ends"),
+                           b.ints(np.arange(2, 2 + n), "axes"), b.ints(a["strides"], "steps")], "xsub")
+    x2 = b.op("Reshape", [x, b.ints([x_shape[1], -1], "shape")], "x2")
+    g2 = b.op("Reshape", [g, b.ints([y_shape[1], -1], "shape")], "g2")
     c = b.op("Gemm", [g2, x2], "corr", transB=1)
-    return b.op("Reshape", [c, b.const(np.array([y_shape[1], x_shape[1], *([1] * n)]), "shape", dtype=np.int64)], "corr")
+    return b.op("Reshape", [c, b.ints([y_shape[1], x_shape[1], *([1] * n)], "shape")], "corr")
+
+
+channel_rule("conv", "Conv")
 
 
 def _per_entry(values: np.ndarray, index: np.ndarray, tail: tuple[int, ...]) -> np.ndarray:
@@ -208,7 +219,7 @@ def conv_spec(node, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, 
     x, w, b = operand(node, 0, shapes), operand(node, 1, consts), operand(node, 2, consts)
     if x is None or w is None:
         return None
-    a = attributes(node)
+    a = attributes(node, opset)
     group = a.get("group", 1)
     if w.ndim != len(x) or w.ndim < 3:
         return f"its kernel {w.shape} and its input {x} differ in rank"
@@ -227,9 +238,9 @@ def conv_spec(node, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, 
 def import_conv(node, ctx: ImportContext) -> None:
     w = ctx.param(node, 1, "kernel", weight=True)
     x_shape = ctx.shape(node.input[0])
-    a = attributes(node)
+    a = ctx.attrs(node)
     attrs = spatial_attrs(a, x_shape[2:], tuple(w.shape[2:]))
-    attrs["group"] = int(a.get("group", 1))
+    attrs["group"] = int(a["group"])
     add_kernel_layer(ctx, node, "conv", w, attrs)
 
 

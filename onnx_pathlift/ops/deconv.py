@@ -25,8 +25,8 @@ from ..errors import RefuseNode
 from ..graph import GraphBuilder, Scaled, lost_below, on_axis, pow_scaled
 from .base import (
     ImportContext,
+    RescaleAxes,
     along_axis,
-    attributes,
     bias_bound,
     channel_vector,
     imports,
@@ -61,8 +61,8 @@ def _crop(b: GraphBuilder, t: str, have: list[int], want: list[int]) -> str:
     if have == want:
         return t
     n = len(want)
-    return b.op("Slice", [t, b.const(np.zeros(n), "starts", dtype=np.int64), b.const(np.array(want), "ends", dtype=np.int64),
-                          b.const(np.arange(2, 2 + n), "axes", dtype=np.int64)], "crop")
+    return b.op("Slice", [t, b.ints(np.zeros(n), "starts"), b.ints(want, "ends"),
+                          b.ints(np.arange(2, 2 + n), "axes")], "crop")
 
 
 @layer_op
@@ -73,6 +73,11 @@ class ConvTranspose(Conv):
     op = "deconv"
     kind = "conv"
     onnx_op = "ConvTranspose"
+
+    def rescale_axes(self, layer: Layer) -> RescaleAxes | None:
+        """``W`` is ``(C_in, C_out/group, k...)``: output channels on axis 1 (whole only when group = 1),
+        input channels on axis 0."""
+        return RescaleAxes(1, 1, 0, False) if layer.attrs["group"] == 1 else None
 
     def gain_log2(self, m: np.ndarray, attrs: dict) -> float:
         return float(np.max(_log2_phase_gain(m, attrs, np.zeros(m.shape[0]))))  # the largest phase sum
@@ -107,9 +112,9 @@ class ConvTranspose(Conv):
         # scores[i, o, k] = |W[i, o, k]| · Σ_{batch, j} x[i, j] · g_padded[o, j·s + k·d]: the backward masses as
         # images (C_out/g, group·N), the forward masses as kernels (C_in, N), one group per ConvTranspose group
         batch, c_out_g = y_shape[0], y_shape[1] // groups
-        img = b.op("Reshape", [g.tensor, b.const(np.array([batch, groups, c_out_g, *y_shape[2:]]), "shape", dtype=np.int64)], "gimg")
+        img = b.op("Reshape", [g.tensor, b.ints([batch, groups, c_out_g, *y_shape[2:]], "shape")], "gimg")
         img = b.op("Transpose", [img], "gimg", perm=[2, 1, 0, *range(3, 3 + n)])
-        img = b.op("Reshape", [img, b.const(np.array([c_out_g, groups * batch, *y_shape[2:]]), "shape", dtype=np.int64)], "gimg")
+        img = b.op("Reshape", [img, b.ints([c_out_g, groups * batch, *y_shape[2:]], "shape")], "gimg")
         kx = b.op("Transpose", [xs[0].tensor], "xk", perm=[1, 0, *range(2, 2 + n)])
         c = b.op("Conv", [img, kx], "corr", strides=d, dilations=s, pads=pads[:n] + ends, group=groups)
         c = _crop(b, c, [(padded[i] - s[i] * (x_shape[2 + i] - 1) - 1) // d[i] + 1 for i in range(n)], kernel)
@@ -142,8 +147,7 @@ def _explicit_pads(a: dict, in_spatial: tuple[int, ...], kernel: tuple[int, ...]
     for the target ``out`` (``output_shape``, or ``in·s`` under SAME_*), split with the odd unit at
     the end for SAME_UPPER and at the beginning otherwise (clamped at 0 under SAME_*)."""
     n = len(kernel)
-    auto_pad = a.get("auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    auto_pad = a["auto_pad"]
     if auto_pad not in ("", "NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
         raise RefuseNode(f"unknown auto_pad {auto_pad!r}")
     if "output_shape" in a:
@@ -165,7 +169,7 @@ def _explicit_pads(a: dict, in_spatial: tuple[int, ...], kernel: tuple[int, ...]
 def import_conv_transpose(node, ctx: ImportContext) -> None:
     w = ctx.param(node, 1, "kernel", weight=True)
     x_shape, out_shape = ctx.shape(node.input[0]), ctx.shape(node.output[0])
-    a = attributes(node)
+    a = ctx.attrs(node)
     kernel, n = tuple(w.shape[2:]), w.ndim - 2
     if len(x_shape) != n + 2:
         raise RefuseNode(f"input of rank {len(x_shape)} does not match a {n}-D kernel")
@@ -183,5 +187,5 @@ def import_conv_transpose(node, ctx: ImportContext) -> None:
                   for i in range(n))
     if sizes != tuple(out_shape[2:]):
         raise RefuseNode(f"ONNX shape inference gives spatial size {tuple(out_shape[2:])}, onnxruntime computes {sizes}")
-    attrs = {"strides": strides, "pads": pads, "dilations": dilations, "output_padding": output_padding, "group": int(a.get("group", 1))}
+    attrs = {"strides": strides, "pads": pads, "dilations": dilations, "output_padding": output_padding, "group": int(a["group"])}
     add_kernel_layer(ctx, node, "deconv", w, attrs)

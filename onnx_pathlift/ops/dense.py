@@ -32,10 +32,12 @@ from ..graph import (
 from .base import (
     ImportContext,
     LayerOp,
+    RescaleAxes,
     along_axis,
     attributes,
     bias_bound,
     broadcasts_to,
+    channel_rule,
     channel_vector,
     imports,
     layer_op,
@@ -57,6 +59,14 @@ class Dense(LayerOp):
     op = "dense"
     kind = "linear"
     scored = True
+    rescale_role = "weights"
+
+    def rescale_axes(self, layer: Layer) -> RescaleAxes | None:
+        """``x @ W`` with a 2-D ``W`` (in × out): features on the last axis, of any layout upstream
+        (a flatten spreads one channel over consecutive rows)."""
+        if layer.attrs["side"] != "right" or layer.params["W"].ndim != 2:
+            return None
+        return RescaleAxes(len(layer.shape) - 1, 1, 0, True)
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         w = b.const(layer.params["W"], "W")
@@ -138,8 +148,8 @@ class Dense(LayerOp):
         gx = b.shift(Scaled(b.op("MatMul", [g.tensor, wt] if right else [wt, g.tensor], "adj"), g.log2), e)
         # y = x W: Σ over rows of x_k g_n;  y = W x: Σ over columns of g_m x_k
         lead = -1 if right else -2  # the axes before these are summed over (batch, rows)
-        x3 = b.op("Reshape", [xs[0].tensor, b.const(np.array([-1, *in_shapes[0][lead:]]), "shape", dtype=np.int64)], "x3")
-        g3 = b.op("Reshape", [g.tensor, b.const(np.array([-1, *layer.shape[lead:]]), "shape", dtype=np.int64)], "g3")
+        x3 = b.op("Reshape", [xs[0].tensor, b.ints([-1, *in_shapes[0][lead:]], "shape")], "x3")
+        g3 = b.op("Reshape", [g.tensor, b.ints([-1, *layer.shape[lead:]], "shape")], "g3")
         c = b.op("Einsum", [x3, g3], "corr", equation="bk,bn->kn" if right else "bkn,bmn->mk")
         s = b.op("Mul", [c, b.const(m, "absW")], "score")
         return [gx], {"W": Scaled(s, product_exponent(b, xs[0], g, e))}
@@ -181,6 +191,9 @@ def _log2(x: float) -> float:
     return math.log2(x) if x > 0 else -math.inf
 
 
+channel_rule("dense", "MatMul", "Gemm")
+
+
 @imports("MatMul")
 def import_matmul(node, ctx: ImportContext) -> None:
     a, w = ctx.const(node.input[0]), ctx.const(node.input[1])
@@ -197,7 +210,7 @@ def gemm_spec(node, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, 
     a, b = operand(node, 0, shapes), operand(node, 1, shapes)
     if a is None or b is None or len(a) != 2 or len(b) != 2:
         return None  # shape inference refuses other ranks
-    attrs = attributes(node)
+    attrs = attributes(node, opset)
     (m, k), (k2, n) = a[::-1] if attrs.get("transA") else a, b[::-1] if attrs.get("transB") else b
     if k != k2:
         return f"its operands {a} and {b} (transA={attrs.get('transA', 0)}, transB={attrs.get('transB', 0)}) do not chain"
@@ -209,9 +222,9 @@ def gemm_spec(node, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, 
 
 @imports("Gemm")
 def import_gemm(node, ctx: ImportContext) -> None:
-    a = attributes(node)
-    alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
-    trans_a, trans_b = int(a.get("transA", 0)), int(a.get("transB", 0))
+    a = ctx.attrs(node)
+    alpha, beta = float(a["alpha"]), float(a["beta"])
+    trans_a, trans_b = int(a["transA"]), int(a["transB"])
     out_shape = ctx.shape(node.output[0])
     if ctx.const(node.input[0]) is None and ctx.const(node.input[1]) is None:
         raise RefuseNode("both operands are activations: a product of activations is not a ReLU network layer")

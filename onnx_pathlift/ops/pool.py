@@ -22,9 +22,11 @@ from ..errors import RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, exp_diff, exp_vector, on_axis, pow_scaled, scaled_power
 from .base import (
     ImportContext,
-    LayerOp,
+    OneLipschitz,
+    ParameterFree,
     along_axis,
     attributes,
+    channel_rule,
     imports,
     layer_op,
     operand,
@@ -74,9 +76,10 @@ def _pool_attrs(layer: Layer, names: tuple[str, ...]) -> dict:
 
 
 @layer_op
-class MaxPool(LayerOp):
+class MaxPool(ParameterFree, OneLipschitz):
     op = "maxpool"
     kind = "pool"
+    rescale_role = "per_channel"
     accepts_dirty = True
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
@@ -100,9 +103,10 @@ class MaxPool(LayerOp):
 
 
 @layer_op
-class AveragePool(LayerOp):
+class AveragePool(ParameterFree, OneLipschitz):
     op = "avgpool"
     kind = "pool"
+    rescale_role = "per_channel"
     _ATTRS = ("kernel_shape", "strides", "pads", "dilations", "ceil_mode", "count_include_pad")
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
@@ -130,7 +134,7 @@ class AveragePool(LayerOp):
 
     def _inverse_divisor(self, b: GraphBuilder, layer: Layer) -> str:
         """1/div(p) = AvgPool(1)[p] / SumPool(1)[p] on one channel: onnxruntime's own divisors."""
-        shape = b.const(np.array((1, 1, *layer.attrs["in_spatial"])), "ones_shape", dtype=np.int64)
+        shape = b.ints((1, 1, *layer.attrs["in_spatial"]), "ones_shape")
         ones = b.op("ConstantOfShape", [shape], "ones", value=helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0]))
         return b.op("Div", [b.op("AveragePool", [ones], "avg1", **_pool_attrs(layer, self._ATTRS)),
                             _sum_pool(b, ones, layer, 1)], "inv_div")
@@ -144,11 +148,12 @@ class AveragePool(LayerOp):
 
 
 @layer_op
-class GlobalPool(LayerOp):
+class GlobalPool(ParameterFree, OneLipschitz):
     """Global max (lifted: sum) or average (lifted: N**-q · sum) pooling over spatial axes."""
 
     op = "globalpool"
     kind = "pool"
+    rescale_role = "per_channel"
     accepts_dirty = True
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
@@ -171,7 +176,7 @@ class GlobalPool(LayerOp):
     def adjoint(self, b, layer, xs, g, in_shapes):
         n = float(np.prod(layer.attrs["in_spatial"]))
         t = g.tensor if layer.attrs["mode"] == "max" else b.op("Mul", [g.tensor, b.scalar(1.0 / n)], "adj")
-        return [replace(g, tensor=b.op("Expand", [t, b.const(np.array(in_shapes[0]), "shape", dtype=np.int64)], "adj"))], {}
+        return [replace(g, tensor=b.op("Expand", [t, b.ints(in_shapes[0], "shape")], "adj"))], {}
 
     def bound(self, layer, bs, shapes, q):
         n = float(np.prod(layer.attrs["in_spatial"]))
@@ -237,16 +242,19 @@ def pool_spec(node, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, 
     x = operand(node, 0, shapes)
     if x is not None and len(x) < 3:
         return f"its input {x} has no spatial dimension"
-    a = attributes(node)
+    a = attributes(node, opset)
     kernel, pads = list(a.get("kernel_shape", [])), list(a.get("pads", []))
     if kernel and len(pads) == 2 * len(kernel) and any(p >= k for p, k in zip(pads, kernel + kernel)):
         return f"its pads {pads} are not all smaller than its kernel {kernel} (the spec's bound)"
     return pads_problem(a)
 
 
+channel_rule("same", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")  # per channel
+
+
 @imports("MaxPool", "AveragePool")
 def import_pool(node, ctx: ImportContext) -> None:
-    a = attributes(node)
+    a = ctx.attrs(node)  # ceil_mode from opset 10, count_include_pad from 7: absent before
     if node.op_type == "MaxPool":
         ctx.only_first_output(node, "argmax indices")
     x_shape, out_shape = ctx.shape(node.input[0]), ctx.shape(node.output[0])

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..dag import ActivationQuantizer
 from ..errors import RefuseNode
-from .base import ImportContext, attributes, imports
+from .base import ImportContext, head_role, imports
 
 
 def clips_at_zero(zero_point: np.ndarray | None) -> bool:
@@ -22,6 +22,9 @@ def clips_at_zero(zero_point: np.ndarray | None) -> bool:
     if zero_point is None:  # default zero point: uint8 0
         return True
     return bool(np.all(zero_point == np.iinfo(zero_point.dtype).min)) if zero_point.dtype.kind in "iu" else False
+
+
+head_role("carrier", "QuantizeLinear", "DequantizeLinear")  # Q→DQ after the final Softmax: onnxruntime's quantize_static
 
 
 @imports("QuantizeLinear", "DequantizeLinear")
@@ -56,12 +59,13 @@ def _record(node, consumers, ctx: ImportContext, source: str, out: str) -> Activ
     """The pair's parameters; ``undone`` when every DequantizeLinear reverses this QuantizeLinear (and
     the integer type is the zero point's: no ``output_dtype``, no blocked quantization)."""
     scale, zp = _qparams(node, ctx)
-    plain = not {"output_dtype", "block_size"} & set(attributes(node))
+    a = ctx.attrs(node)
+    plain = not a.get("output_dtype", 0) and not a.get("block_size", 0)  # opset 21; 0: none
     undone = plain and scale is not None and zp.dtype.kind in "iu" and all(
         np.array_equal(_qparams(c, ctx)[0], scale) and np.array_equal(_qparams(c, ctx)[1], zp)
-        and attributes(c).get("axis", 1) == attributes(node).get("axis", 1) for c in consumers)
+        and ctx.attrs(c).get("axis", 1) == a.get("axis", 1) for c in consumers)  # axis: opset 13
     info = np.iinfo(zp.dtype) if zp.dtype.kind in "iu" else np.iinfo(np.int8)
     return ActivationQuantizer(node.name or node.output[0], source, out,
                                np.asarray(scale if scale is not None else np.nan, np.float64),
                                np.asarray(zp, np.float64), int(info.min), int(info.max),
-                               int(attributes(node).get("axis", 1)), bool(undone))
+                               int(a.get("axis", 1)), bool(undone))

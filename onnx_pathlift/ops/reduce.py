@@ -18,7 +18,7 @@ import numpy as np
 
 from ..dag import Layer
 from ..graph import GraphBuilder, LiftBuilder, Scaled, pow_scaled
-from .base import ImportContext, LayerOp, attributes, imports, layer_op
+from .base import ImportContext, ParameterFree, channel_rule, imports, layer_op
 
 _OP_TYPES = {"sum": "ReduceSum", "mean": "ReduceMean", "max": "ReduceMax", "min": "ReduceMin"}
 
@@ -32,12 +32,12 @@ def _reduce(b: GraphBuilder, op_type: str, x: str, layer: Layer) -> str:
     """One reduction node over the layer's axes, in the form of the builder's opset."""
     axes, keepdims = layer.attrs["axes"], layer.attrs["keepdims"]
     if _axes_are_input(op_type, b.opset):
-        return b.op(op_type, [x, b.const(np.array(axes), "axes", dtype=np.int64)], "reduce", keepdims=keepdims)
+        return b.op(op_type, [x, b.ints(axes, "axes")], "reduce", keepdims=keepdims)
     return b.op(op_type, [x], "reduce", axes=axes, keepdims=keepdims)
 
 
 @layer_op
-class Reduce(LayerOp):
+class Reduce(ParameterFree):
     """Reduction over ``axes``; attrs mode (sum, mean, max, min), axes, keepdims and count (``N``)."""
 
     op = "reduce"
@@ -74,16 +74,19 @@ class Reduce(LayerOp):
             t = b.op("Mul", [t, b.scalar(1.0 / layer.attrs["count"])], "adj")
         if not layer.attrs["keepdims"]:
             kept = [1 if i in layer.attrs["axes"] else d for i, d in enumerate(in_shape)]
-            t = b.op("Reshape", [t, b.const(np.array(kept), "shape", dtype=np.int64)], "adj")
-        return [replace(g, tensor=b.op("Expand", [t, b.const(np.array(in_shape), "shape", dtype=np.int64)], "adj"))], {}
+            t = b.op("Reshape", [t, b.ints(kept, "shape")], "adj")
+        return [replace(g, tensor=b.op("Expand", [t, b.ints(in_shape, "shape")], "adj"))], {}
 
     def linf_gain(self, layer: Layer) -> float:
         return math.log2(layer.attrs["count"]) if layer.attrs["mode"] == "sum" else 0.0
 
 
+channel_rule("spatial", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin")
+
+
 @imports("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin")
 def import_reduce(node, ctx: ImportContext) -> None:
-    a = attributes(node)
+    a = ctx.attrs(node)
     x_shape = ctx.shape(node.input[0])
     if _axes_are_input(node.op_type, ctx.prepared.opset):
         given = ctx.param(node, 1, "axes") if len(node.input) > 1 and node.input[1] else []
@@ -93,6 +96,6 @@ def import_reduce(node, ctx: ImportContext) -> None:
         ctx.alias(node.output[0], ctx.act(node.input[0]))
         return
     axes = sorted({int(ax) % len(x_shape) for ax in given} or range(len(x_shape)))
-    attrs = {"mode": node.op_type[len("Reduce"):].lower(), "axes": axes, "keepdims": int(a.get("keepdims", 1)),
+    attrs = {"mode": node.op_type[len("Reduce"):].lower(), "axes": axes, "keepdims": int(a["keepdims"]),
              "count": math.prod(x_shape[ax] for ax in axes)}
     ctx.add(node, "reduce", [ctx.act(node.input[0])], ctx.shape(node.output[0]), attrs=attrs)

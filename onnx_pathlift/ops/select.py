@@ -34,7 +34,7 @@ import numpy as np
 from ..dag import Layer
 from ..errors import RefuseNode
 from ..graph import GraphBuilder
-from .base import ImportContext, MovesNeurons, attributes, imports, layer_op
+from .base import ImportContext, MovesNeurons, channel_rule, imports, label_lookup, layer_op
 
 _F32 = np.float32
 _INT64_MIN = int(np.iinfo(np.int64).min)
@@ -43,10 +43,6 @@ _COORDINATE_MODES = {"half_pixel", "half_pixel_symmetric", "pytorch_half_pixel",
 _NEAREST_MODES = {"round_prefer_floor", "round_prefer_ceil", "floor", "ceil"}
 _POLICIES = {"stretch", "not_larger", "not_smaller"}
 _FLAT_MAX = 1 << 24  # neurons a GatherND/GatherElements copy map may span (8 bytes each)
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _ints(ctx: ImportContext, node, index: int, what: str) -> list[int]:
@@ -65,18 +61,18 @@ def _gather_adjoint(b: GraphBuilder, t: str, idx: list[int], axis: int, size: in
     pads = np.zeros(2 * rank, dtype=np.int64)
     if np.array_equal(idx_a, np.arange(idx_a[0], idx_a[0] + n)):  # a contiguous range: zero-pad back
         pads[axis], pads[rank + axis] = idx_a[0], size - idx_a[0] - n
-        return t if not pads.any() else b.op("Pad", [t, b.const(pads, "pads", dtype=np.int64)], "adj")
+        return t if not pads.any() else b.op("Pad", [t, b.ints(pads, "pads")], "adj")
     order = np.argsort(idx_a, kind="stable")
     ranked = idx_a[order]
     width = int(np.bincount(idx_a, minlength=size).max())
     table = np.full((size, width), n, dtype=np.int64)  # n: the zero slot appended below
     table[ranked, np.arange(n) - np.searchsorted(ranked, ranked)] = order
     pads[rank + axis] = 1
-    padded = b.op("Pad", [t, b.const(pads, "pads", dtype=np.int64)], "adj")
+    padded = b.op("Pad", [t, b.ints(pads, "pads")], "adj")
     if width == 1:
-        return b.op("Gather", [padded, b.const(table[:, 0], "table", dtype=np.int64)], "adj", axis=axis)
-    copies = b.op("Gather", [padded, b.const(table, "table", dtype=np.int64)], "adj", axis=axis)
-    return b.op("ReduceSum", [copies, b.const(np.array([axis + 1]), "axes", dtype=np.int64)], "adj", keepdims=0)
+        return b.op("Gather", [padded, b.ints(table[:, 0], "table")], "adj", axis=axis)
+    copies = b.op("Gather", [padded, b.ints(table, "table")], "adj", axis=axis)
+    return b.op("ReduceSum", [copies, b.ints([axis + 1], "axes")], "adj", keepdims=0)
 
 
 @layer_op
@@ -91,7 +87,7 @@ class Select(MovesNeurons):
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         t = xs[0]
         for axis, idx, idx_shape in layer.attrs["index"]:
-            t = b.op("Gather", [t, b.const(np.reshape(idx, idx_shape), "indices", dtype=np.int64)], "select", axis=axis)
+            t = b.op("Gather", [t, b.ints(np.reshape(idx, idx_shape), "indices")], "select", axis=axis)
         return t
 
     def move(self, layer: Layer, values: np.ndarray) -> np.ndarray:
@@ -107,7 +103,7 @@ class Select(MovesNeurons):
         for axis, idx, _ in layer.attrs["index"]:
             kept[axis] = len(idx)
         if tuple(kept) != tuple(layer.shape):  # a Gather's scalar or multi-axis indices
-            t = b.op("Reshape", [t, b.const(np.array(kept), "shape", dtype=np.int64)], "adj")
+            t = b.op("Reshape", [t, b.ints(kept, "shape")], "adj")
         for axis, idx, _ in layer.attrs["index"]:
             t = _gather_adjoint(b, t, idx, axis, in_shape[axis], len(in_shape))
         return t
@@ -125,7 +121,7 @@ class Slice(Select):
             step = idx[1] - idx[0] if len(idx) > 1 else 1
             end = idx[-1] + step  # a negative end would count from the back: INT64_MIN is "before index 0"
             rows.append((idx[0], end if end >= 0 else _INT64_MIN, axis, step))
-        ins = [b.const(np.array(col), name, dtype=np.int64) for col, name in zip(zip(*rows), ("starts", "ends", "axes", "steps"))]
+        ins = [b.ints(col, name) for col, name in zip(zip(*rows), ("starts", "ends", "axes", "steps"))]
         return b.op("Slice", [xs[0], *ins], "slice")
 
 
@@ -155,12 +151,16 @@ def _add_selection(ctx: ImportContext, node, op: str, index: list[list], out: st
     ctx.alias(out, ctx.add(node, op, [ctx.act(node.input[0])], shape, attrs={"index": index}, suffix=suffix))
 
 
+channel_rule("crop", "Slice")
+channel_rule("split", "Split")
+
+
 @imports("Slice")
 def import_slice(node, ctx: ImportContext) -> None:
     shape = ctx.shape(node.input[0])
     rank = len(shape)
     if ctx.prepared.opset < 10:
-        a = attributes(node)
+        a = ctx.attrs(node)
         starts, ends = [int(v) for v in a["starts"]], [int(v) for v in a["ends"]]
         axes, steps = [int(v) for v in a.get("axes", range(len(starts)))], [1] * len(starts)
     else:
@@ -183,8 +183,8 @@ def import_slice(node, ctx: ImportContext) -> None:
 
 @imports("Split")
 def import_split(node, ctx: ImportContext) -> None:
-    shape, a = ctx.shape(node.input[0]), attributes(node)
-    axis = int(a.get("axis", 0)) % len(shape)
+    shape, a = ctx.shape(node.input[0]), ctx.attrs(node)
+    axis = int(a["axis"]) % len(shape)
     dim, n = shape[axis], len(node.output)
     if ctx.prepared.opset < 13:
         sizes = [int(s) for s in a["split"]] if "split" in a else None
@@ -218,10 +218,13 @@ def _constant_indices(ctx: ImportContext, node) -> np.ndarray:
     return indices.astype(np.int64)
 
 
+label_lookup("Gather", 0, 1)  # a constant class table indexed by a picked class: a label lookup
+
+
 @imports("Gather")
 def import_gather(node, ctx: ImportContext) -> None:
     shape = ctx.shape(node.input[0])
-    axis = int(attributes(node).get("axis", 0)) % len(shape)
+    axis = int(ctx.attrs(node)["axis"]) % len(shape)
     indices = _constant_indices(ctx, node)
     if indices.size == 0:
         raise RefuseNode("its indices are empty: it selects no neuron")
@@ -317,10 +320,10 @@ def _resize_geometry(in_shape: tuple[int, ...], scales: list[float], sizes: list
 
 @imports("Resize", "Upsample")
 def import_resize(node, ctx: ImportContext) -> None:
-    a, opset = attributes(node), ctx.prepared.opset
+    a, opset = ctx.attrs(node), ctx.prepared.opset
     in_shape = ctx.shape(node.input[0])
     rank = len(in_shape)
-    mode = _text(a.get("mode", "nearest"))
+    mode = a["mode"]
     if mode != "nearest":
         raise RefuseNode(f"mode {mode!r} interpolates: each output neuron is a fixed weighted sum of input neurons, linear "
                          "in x, so it could be lifted like a convolution with |weights|**q, but that is not implemented; "
@@ -331,9 +334,8 @@ def import_resize(node, ctx: ImportContext) -> None:
         scales = [float(s) for s in a["scales"]] if node.op_type == "Upsample" and opset < 9 else \
             [float(s) for s in ctx.param(node, 1, "scales").reshape(-1)]
     else:
-        coordinate = _text(a.get("coordinate_transformation_mode", "half_pixel"))
-        nearest = _text(a.get("nearest_mode", "round_prefer_floor"))
-        policy = _text(a.get("keep_aspect_ratio_policy", "stretch"))
+        coordinate, nearest = a["coordinate_transformation_mode"], a["nearest_mode"]
+        policy = a.get("keep_aspect_ratio_policy", "stretch")  # opset 18
         if coordinate not in _COORDINATE_MODES or nearest not in _NEAREST_MODES or policy not in _POLICIES:
             raise RefuseNode(f"unknown coordinate_transformation_mode {coordinate!r}, nearest_mode {nearest!r} or "
                              f"keep_aspect_ratio_policy {policy!r}")
@@ -396,16 +398,16 @@ class DepthSpace(MovesNeurons):
 
     def move_back(self, b, layer, t, in_shape):
         stage, perm = _depth_space_stage(layer.attrs, in_shape)
-        t = b.op("Reshape", [t, b.const(np.array([stage[p] for p in perm]), "shape", dtype=np.int64)], "adj")
+        t = b.op("Reshape", [t, b.ints([stage[p] for p in perm], "shape")], "adj")
         t = b.op("Transpose", [t], "adj", perm=[int(p) for p in np.argsort(perm)])
-        return b.op("Reshape", [t, b.const(np.array(in_shape), "shape", dtype=np.int64)], "adj")
+        return b.op("Reshape", [t, b.ints(in_shape, "shape")], "adj")
 
 
 @imports("DepthToSpace", "SpaceToDepth")
 def import_depth_space(node, ctx: ImportContext) -> None:
-    a, shape = attributes(node), ctx.shape(node.input[0])
+    a, shape = ctx.attrs(node), ctx.shape(node.input[0])
     k = int(a["blocksize"])
-    mode = "S2D" if node.op_type == "SpaceToDepth" else _text(a.get("mode", "DCR"))
+    mode = "S2D" if node.op_type == "SpaceToDepth" else a.get("mode", "DCR")  # opset 11
     if len(shape) != 4 or mode not in ("DCR", "CRD", "S2D") or k < 1:
         raise RefuseNode(f"input of rank {len(shape)}, mode {mode!r}, blocksize {k}: not a valid {node.op_type}")
     if (mode == "S2D" and (shape[2] % k or shape[3] % k)) or (mode != "S2D" and shape[1] % (k * k)):
@@ -424,17 +426,17 @@ class FlatSelect(MovesNeurons):
     kind = "reshape"
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
-        flat = b.op("Reshape", [xs[0], b.const(np.array([-1]), "shape", dtype=np.int64)], "flat")
-        return b.op("Gather", [flat, b.const(layer.attrs["flat"], "indices", dtype=np.int64)], "select", axis=0)
+        flat = b.op("Reshape", [xs[0], b.ints([-1], "shape")], "flat")
+        return b.op("Gather", [flat, b.ints(layer.attrs["flat"], "indices")], "select", axis=0)
 
     def move(self, layer: Layer, values: np.ndarray) -> np.ndarray:
         return values.reshape(-1)[layer.attrs["flat"]]
 
     def move_back(self, b, layer, t, in_shape):
-        t = b.op("Reshape", [t, b.const(np.array([-1]), "shape", dtype=np.int64)], "adj")
+        t = b.op("Reshape", [t, b.ints([-1], "shape")], "adj")
         size = int(np.prod(in_shape))
         t = _gather_adjoint(b, t, [int(i) for i in layer.attrs["flat"].reshape(-1)], 0, size, 1)
-        return b.op("Reshape", [t, b.const(np.array(in_shape), "shape", dtype=np.int64)], "adj")
+        return b.op("Reshape", [t, b.ints(in_shape, "shape")], "adj")
 
 
 @imports("GatherND", "GatherElements")
@@ -446,10 +448,10 @@ def import_gather_nd(node, ctx: ImportContext) -> None:
     positions = np.arange(math.prod(shape), dtype=np.int64).reshape(shape)
     try:
         if node.op_type == "GatherElements":
-            axis = int(attributes(node).get("axis", 0)) % len(shape)
+            axis = int(ctx.attrs(node)["axis"]) % len(shape)
             flat = np.take_along_axis(positions, np.where(indices < 0, indices + shape[axis], indices), axis=axis)
         else:
-            if int(attributes(node).get("batch_dims", 0)) != 0:
+            if int(ctx.attrs(node).get("batch_dims", 0)) != 0:  # opset 12
                 raise RefuseNode("batch_dims ≠ 0 is not supported yet (the exporters we know write 0)")
             k = indices.shape[-1]
             idx = np.where(indices < 0, indices + np.array(shape[:k]), indices)

@@ -17,16 +17,31 @@ from ..dag import Layer
 from ..errors import PathliftError, RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, on_axis
 from ..read import FLOAT_TYPES
-from .base import ANY, ImportContext, LayerOp, MovesNeurons, along_axis, attributes, imports, layer_op, operand, spec_rule
+from .base import (
+    ANY,
+    ImportContext,
+    MovesNeurons,
+    OneLipschitz,
+    ParameterFree,
+    along_axis,
+    attributes,
+    channel_rule,
+    head_role,
+    imports,
+    layer_op,
+    operand,
+    spec_rule,
+)
 
 
 @layer_op
 class Reshape(MovesNeurons):
     op = "reshape"
     kind = "reshape"
+    rescale_role = "flatten"
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
-        return b.op("Reshape", [xs[0], b.const(np.array(layer.shape), "shape", dtype=np.int64)], "reshape")
+        return b.op("Reshape", [xs[0], b.ints(layer.shape, "shape")], "reshape")
 
     def move(self, layer: Layer, values: np.ndarray) -> np.ndarray:
         return values.reshape(layer.shape)
@@ -35,7 +50,7 @@ class Reshape(MovesNeurons):
         return len(layer.shape) > 0 and layer.shape[0] == in_shape[0]
 
     def move_back(self, b, layer, t, in_shape):
-        return b.op("Reshape", [t, b.const(np.array(in_shape), "shape", dtype=np.int64)], "adj")
+        return b.op("Reshape", [t, b.ints(in_shape, "shape")], "adj")
 
 
 @layer_op
@@ -65,7 +80,7 @@ class Pad(MovesNeurons):
     kind = "reshape"
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
-        pads = b.const(np.array(layer.attrs["pads"]), "pads", dtype=np.int64)
+        pads = b.ints(layer.attrs["pads"], "pads")
         return b.op("Pad", [xs[0], pads], "pad", mode=layer.attrs["mode"])
 
     def move(self, layer: Layer, values: np.ndarray) -> np.ndarray:
@@ -80,14 +95,13 @@ class Pad(MovesNeurons):
             raise PathliftError(f"layer {layer.name!r}: scores through {layer.attrs['mode']} padding are not supported")
         n = len(in_shape)
         starts = np.array(layer.attrs["pads"][:n])
-        return b.op("Slice", [t, b.const(starts, "starts", dtype=np.int64), b.const(starts + np.array(in_shape), "ends", dtype=np.int64)], "adj")
+        return b.op("Slice", [t, b.ints(starts, "starts"), b.ints(starts + np.array(in_shape), "ends")], "adj")
 
 
 @imports("Pad")
 def import_pad(node, ctx: ImportContext) -> None:
-    a = attributes(node)
-    mode = a.get("mode", b"constant")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
+    a = ctx.attrs(node)
+    mode = a["mode"]
     rank = len(ctx.shape(node.input[0]))
     if ctx.prepared.opset < 11:
         pads, value = [int(p) for p in a.get("pads", a.get("paddings", []))], float(a.get("value", 0.0))
@@ -116,7 +130,7 @@ def import_pad(node, ctx: ImportContext) -> None:
 
 
 @layer_op
-class Concat(LayerOp):
+class Concat(ParameterFree, OneLipschitz):
     op = "concat"
     kind = "skip"
 
@@ -138,7 +152,7 @@ class Concat(LayerOp):
 
     def adjoint(self, b, layer, xs, g, in_shapes):
         axis = layer.attrs["axis"]
-        sizes = b.const(np.array([shape[axis] for shape in in_shapes]), "split", dtype=np.int64)
+        sizes = b.ints([shape[axis] for shape in in_shapes], "split")
         parts = [b.fresh("adj") for _ in in_shapes]
         b.nodes.append(helper.make_node("Split", [g.tensor, sizes], parts, name=parts[0], axis=axis))
         return [replace(g, tensor=t) for t in parts], {}
@@ -146,6 +160,13 @@ class Concat(LayerOp):
     def bound(self, layer, bs, shapes, q):
         axis, rank = layer.attrs["axis"], len(layer.shape)
         return np.concatenate([on_axis(along_axis(lu, shape, axis), rank, axis) for lu, shape in zip(bs, shapes)], axis=axis)
+
+
+channel_rule("flatten", "Flatten", "Reshape")
+channel_rule("spatial", "Squeeze", "Unsqueeze")
+channel_rule("concat", "Concat")
+channel_rule("same", "Identity", "Dropout", "Cast")
+channel_rule("pad", "Pad")
 
 
 @imports("Flatten", "Reshape", "Squeeze", "Unsqueeze")
@@ -161,7 +182,7 @@ def import_reshape(node, ctx: ImportContext) -> None:
 @spec_rule("Transpose")
 def transpose_spec(node, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]], opset: int) -> str | None:
     """``perm`` is a permutation of the input's axes."""
-    x, perm = operand(node, 0, shapes), attributes(node).get("perm")
+    x, perm = operand(node, 0, shapes), attributes(node, opset).get("perm")
     if x is not None and perm is not None and sorted(perm) != list(range(len(x))):
         return f"its perm {list(perm)} is not a permutation of the axes of its input {x}"
     return None
@@ -170,18 +191,21 @@ def transpose_spec(node, consts: dict[str, np.ndarray], shapes: dict[str, tuple[
 @imports("Transpose")
 def import_transpose(node, ctx: ImportContext) -> None:
     x_shape = ctx.shape(node.input[0])
-    perm = [int(p) for p in attributes(node).get("perm", list(reversed(range(len(x_shape)))))]
+    perm = [int(p) for p in ctx.attrs(node).get("perm", list(reversed(range(len(x_shape)))))]
     ctx.add(node, "transpose", [ctx.act(node.input[0])], ctx.shape(node.output[0]), attrs={"perm": perm})
 
 
 @imports("Concat")
 def import_concat(node, ctx: ImportContext) -> None:
     out_shape = ctx.shape(node.output[0])
-    axis = int(attributes(node)["axis"]) % len(out_shape)
+    axis = int(ctx.attrs(node)["axis"]) % len(out_shape)
     inputs = [n for n in node.input if n]
     if any(ctx.const(n) is not None for n in inputs):
         raise RefuseNode("concatenates a constant with activations (constant neurons are not supported)")
     ctx.add(node, "concat", [ctx.act(n) for n in inputs], out_shape, attrs={"axis": axis})
+
+
+head_role("carrier", "Identity", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
 
 
 @imports("Identity", "Dropout", "Cast")
@@ -191,7 +215,7 @@ def import_alias(node, ctx: ImportContext) -> None:
         if len(node.input) > 2 and node.input[2] and bool(np.asarray(ctx.const(node.input[2])).all()):
             raise RefuseNode("training_mode=True drops neurons at random")
     if node.op_type == "Cast":
-        to = int(attributes(node)["to"])
+        to = int(ctx.attrs(node)["to"])
         if to not in FLOAT_TYPES or ctx.prepared.elem_types.get(node.input[0]) not in FLOAT_TYPES:
             raise RefuseNode(f"casts an activation to {TensorProto.DataType.Name(to)}: not a float-to-float copy")
     ctx.alias(node.output[0], ctx.act(node.input[0]))

@@ -1,8 +1,11 @@
-"""Why an op without an import rule cannot be part of a ReLU network (the text users see)."""
+"""Why an op without an import rule cannot be part of a ReLU network (the text users see), and the
+role at the end of a network of those that end classifiers (the importer cuts them off there)."""
 
 from __future__ import annotations
 
 from onnx import NodeProto
+
+from .base import head_role, label_lookup
 
 _SMOOTH = "a smooth nonlinearity is not piecewise-linear, so the network is not a DAG-ReLU network"
 _NORM = "normalizes by statistics of its own input, which is not positively homogeneous"
@@ -22,6 +25,11 @@ REASONS: dict[str, str] = {
     "ReduceL1": "a sum of |x| is piecewise-linear but not yet supported (each |x| needs two ReLUs)",
     **dict.fromkeys(["ReduceLogSum", "ReduceLogSumExp"], _SMOOTH),
 }
+head_role("head", "Softmax", "LogSoftmax", "Sigmoid", "ZipMap")
+head_role("picker", "ArgMax", "ArgMin", "TopK", "Hardmax")
+head_role("carrier", "CastLike")
+label_lookup("ArrayFeatureExtractor", 0, 1)
+label_lookup("LabelEncoder", None, 0)
 
 
 def reason_for(node: NodeProto) -> str:
