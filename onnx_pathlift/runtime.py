@@ -10,6 +10,8 @@ from .graph import BuiltModel
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 _THREADS = 0  # onnxruntime's intra-op threads for new sessions (0: its default, one per core)
+#: lifted weights from this size on (bytes, all constants together) are not prepacked by onnxruntime
+NO_PREPACK_BYTES = 1 << 26
 
 
 def set_threads(n: int) -> None:
@@ -54,9 +56,10 @@ def make_session(model: ModelProto | BuiltModel, providers: str | list[str] | No
     names = resolve_providers(providers)
     opts = ort.SessionOptions()
     opts.log_severity_level = 4  # fatal only: its errors reach us as exceptions, not coloured logs
-    # our sessions run a handful of times: packing every weight matrix for faster GEMMs costs more
-    # than it saves (light VGG-11-BN lifted at q = 1, 2: 11 s of session build with it, 4 s without)
-    opts.add_session_config_entry("session.disable_prepacking", "1")
+    if isinstance(model, BuiltModel) and sum(v.nbytes for v in model.external.values()) >= NO_PREPACK_BYTES:
+        # our sessions run a handful of times: packing large weight matrices for faster GEMMs costs more
+        # than it saves (VGG-11-BN lifted at q = 1, 2: 11 s of session build with it, 4 s without)
+        opts.add_session_config_entry("session.disable_prepacking", "1")
     if as_written:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     opts.intra_op_num_threads = _THREADS

@@ -23,7 +23,7 @@ from onnx_pathlift.dag import Dag, Layer
 from onnx_pathlift.errors import UnsupportedModelError
 from onnx_pathlift.importer import import_prepared
 from onnx_pathlift.lipschitz_bound import lipschitz
-from onnx_pathlift.load import load_model, prepare
+from onnx_pathlift.load import load_model
 from onnx_pathlift.metric import path_metric
 from onnx_pathlift.norm import path_norm
 from onnx_pathlift.ops import ANALYSES, IMPORTERS, LAYER_OPS, LayerOp
@@ -39,6 +39,7 @@ from onnx_pathlift.ops.base import (
 )
 from onnx_pathlift.ops.capabilities import missing
 from onnx_pathlift.ops.unsupported import REASONS
+from onnx_pathlift.prepare import prepare
 from onnx_pathlift.rescale import rescale
 from onnx_pathlift.scores import path_magnitude
 
