@@ -520,3 +520,71 @@ def log10_mlp_path_norm(weights: list[np.ndarray], biases: list[np.ndarray], q: 
             v = np.logaddexp(np.logaddexp.reduce(v[:, None] + lw, axis=0), lb)
     total = float(v.max()) if inf else float(np.logaddexp.reduce(v))
     return total / (1.0 if inf else q) / math.log(10)
+
+
+# ---------------------------------------------------------------------------------------------
+# Signed path-metric of two models on their neuron DAGs
+# ---------------------------------------------------------------------------------------------
+
+
+def union_dags(model_a, model_b):
+    """Neuron DAGs of both models (same tensor names), the union of their edges, the outputs."""
+    Ga, outs_a = neuron_dag(model_a)
+    Gb, outs_b = neuron_dag(model_b)
+    assert outs_a == outs_b
+    assert set(Ga.nodes) == set(Gb.nodes)
+    assert all(Ga.nodes[v]["kind"] == Gb.nodes[v]["kind"] for v in Ga)
+    edges = {}
+    for u, v in set(Ga.edges) | set(Gb.edges):
+        wa = Ga.edges[u, v]["w"] if Ga.has_edge(u, v) else 0.0
+        wb = Gb.edges[u, v]["w"] if Gb.has_edge(u, v) else 0.0
+        edges[u, v] = (wa, wb)
+    return Ga, Gb, outs_a, edges
+
+
+def neuron_signs_agree(Ga, Gb, edges) -> bool:
+    """The theorem's precondition at neuron level: every weight and bias keeps its sign (or is 0)."""
+    return all(wa * wb >= 0 for wa, wb in edges.values()) and all(
+        Ga.nodes[v]["b"] * Gb.nodes[v]["b"] >= 0 for v in Ga)
+
+
+def signed_path_metric(Ga, Gb, outputs, edges) -> tuple[float, int]:
+    """``Σ_p |Φ_p(θ) − Φ_p(θ')|`` by explicit enumeration (same path definition as the oracle:
+    paths end at output neurons and start at input neurons, or at any neuron with a bias in either
+    model, the bias multiplying in), float64, summed with fsum. Also returns the path count."""
+    union = nx.DiGraph()
+    union.add_nodes_from(Ga.nodes)
+    union.add_edges_from(edges)
+    out_set = set(outputs)
+    alive = set(out_set)
+    for o in out_set:
+        alive |= nx.ancestors(union, o)
+    succ = {v: [] for v in alive}
+    for (u, v), (wa, wb) in edges.items():
+        if u in alive and v in alive:
+            succ[u].append((v, wa, wb))
+    terms = []
+    for s in alive:
+        da, db = Ga.nodes[s], Gb.nodes[s]
+        if da["kind"] == "input":
+            stack = [(s, 1.0, 1.0)]
+        elif da["b"] != 0.0 or db["b"] != 0.0:
+            stack = [(s, da["b"], db["b"])]
+        else:
+            continue
+        while stack:
+            v, pa, pb = stack.pop()
+            if v in out_set:
+                terms.append(abs(pa - pb))
+            stack.extend((u, pa * wa, pb * wb) for u, wa, wb in succ[v])
+    return math.fsum(terms), len(terms)
+
+
+def one_hidden_layer_path_norm(u: np.ndarray, b: np.ndarray, v: np.ndarray, c: np.ndarray, q: float) -> float:
+    """The closed form of ``y = v relu(u x + b) + c`` (``u``: hidden x input, ``v``: output x hidden):
+    ``(Σ_k [Σ_j |v_kj|^q (||u_j||_q^q + |b_j|^q) + |c_k|^q])^(1/q)``, in float64."""
+    u, b, v, c = (np.abs(np.asarray(a, np.float64)) for a in (u, b, v, c))
+    total = 0.0
+    for k in range(v.shape[0]):
+        total += sum(v[k, j] ** q * ((u[j] ** q).sum() + b[j] ** q) for j in range(u.shape[0])) + c[k] ** q
+    return total ** (1.0 / q)

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import make_model, traced_peak
+from builders import W1, hand_mlp, make_model
+from conftest import traced_peak
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_pathlift
@@ -27,20 +28,7 @@ MODELS = Path(__file__).resolve().parent.parent / "models"
 # --------------------------------------------------------------------------------------------
 
 
-W1 = np.array([[1, -2, 0, 3], [2, 1, -1, 0], [0, 0, 1, 1]], np.float32)
-B1 = np.array([1, -1, 2], np.float32)
-W2 = np.array([[1, 2, -1], [-3, 0, 1]], np.float32)
-B2 = np.array([1, -2], np.float32)
 L1_EXPECTED = 49.0  # Σ_k Σ_j |W2_kj| (||W1_j||_1 + |b1_j|) + |b2_k|
-
-
-def small_mlp() -> onnx.ModelProto:
-    nodes = [
-        helper.make_node("Gemm", ["x", "W1", "b1"], ["h"], name="fc1", transB=1),
-        helper.make_node("Relu", ["h"], ["r"], name="relu1"),
-        helper.make_node("Gemm", ["r", "W2", "b2"], ["y"], name="fc2", transB=1),
-    ]
-    return make_model(nodes, [("x", [1, 4])], [("y", [1, 2])], {"W1": W1, "b1": B1, "W2": W2, "b2": B2})
 
 
 def cli_exit(capsys, *args) -> tuple[int, str]:
@@ -56,7 +44,7 @@ def cli_exit(capsys, *args) -> tuple[int, str]:
 
 
 def test_sources_path_str_bytes_modelproto_agree(tmp_path):
-    model = small_mlp()
+    model = hand_mlp(out_shape=[1, 2])
     path = tmp_path / "m.onnx"
     onnx.save(model, str(path))
     data = path.read_bytes()
@@ -105,7 +93,7 @@ def external(tmp_path):
     folder = tmp_path / "model"
     folder.mkdir()
     path = folder / "m.onnx"
-    onnx.save_model(small_mlp(), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+    onnx.save_model(hand_mlp(out_shape=[1, 2]), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location="weights.bin", size_threshold=0)
     raw = onnx.load(str(path), load_external_data=False)
     return folder, path, raw
@@ -134,7 +122,7 @@ def test_external_data_roundtrip(external):
         numpy_helper.to_array(next(t for t in loaded.graph.initializer if t.name == "W1")), W1
     )
     for q in (1, 2, 3):
-        assert path_norm(path, q).value == path_norm(small_mlp(), q).value
+        assert path_norm(path, q).value == path_norm(hand_mlp(out_shape=[1, 2]), q).value
     assert path_norm(str(path), 1).value == pytest.approx(L1_EXPECTED, rel=1e-9)
 
 

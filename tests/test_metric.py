@@ -19,15 +19,16 @@ import json
 import math
 from pathlib import Path
 
-import networkx as nx
 import numpy as np
 import onnx
-import onnxruntime as ort
 import oracle
 import pytest
 import tiny_nets
-from conftest import LIGHT, MODELS, make_model, run_main
-from onnx import TensorProto, helper, numpy_helper
+from builders import dropped, inits, make_model, noise, param_roles, replace_inits
+from checks import Runner
+from conftest import LIGHT, MODELS, run_main
+from onnx import helper, numpy_helper
+from oracle import neuron_signs_agree, signed_path_metric, union_dags
 
 from onnx_pathlift import import_model, path_norm
 from onnx_pathlift import metric as metric_mod
@@ -51,73 +52,6 @@ ZOO_RELU = [
 # ---------------------------------------------------------------------------------------------
 
 
-def inits(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-
-
-def replace_inits(model: onnx.ModelProto, new: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of ``model`` with the named initializers replaced (each keeps its own dtype)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for init in out.graph.initializer:
-        if init.name in new:
-            dtype = numpy_helper.to_array(init).dtype
-            init.CopyFrom(numpy_helper.from_array(np.asarray(new[init.name]).astype(dtype), init.name))
-    return out
-
-
-def param_roles(model: onnx.ModelProto) -> tuple[list[str], list[str], list[list[str]]]:
-    """Initializers that are Conv/Gemm/MatMul weights, their biases, and BN (γ, β, μ, var) names."""
-    names = {i.name for i in model.graph.initializer
-             if numpy_helper.to_array(i).dtype.kind == "f"}
-    weights, biases, bns = [], [], []
-    for node in model.graph.node:
-        ins = list(node.input)
-        if node.op_type == "Conv":
-            weights += [n for n in ins[1:2] if n in names]
-            biases += [n for n in ins[2:3] if n in names]
-        elif node.op_type in ("Gemm", "MatMul"):
-            weights += [n for n in ins[:2] if n in names]
-            if node.op_type == "Gemm":
-                biases += [n for n in ins[2:3] if n in names]
-        elif node.op_type == "BatchNormalization":
-            bns.append(ins[1:5])
-    return list(dict.fromkeys(weights)), list(dict.fromkeys(biases)), bns
-
-
-def prune(model, rng, frac: float = 0.3) -> onnx.ModelProto:
-    """Zero a random ``frac`` of every Conv/Gemm/MatMul weight tensor."""
-    p = inits(model)
-    weights, _, _ = param_roles(model)
-    assert weights
-    new = {}
-    for n in weights:
-        w = p[n].astype(np.float64)
-        w[rng.random(w.shape) < frac] = 0.0
-        new[n] = w
-    return replace_inits(model, new)
-
-
-def noise(model, rng, everything: bool = True) -> onnx.ModelProto:
-    """Multiplicative noise U(0.5, 1.5) per coordinate: signs are kept.
-
-    ``everything``: every float initializer (weights, biases, Sub/Mul/Add constants); otherwise only
-    Conv/Gemm/MatMul weights and biases. BatchNormalization is imported as ``s = γ/√(var+ε)``,
-    ``t = β − μ s``: noise on γ alone could flip the sign of ``t``, so γ and β get the *same*
-    per-channel factor (then ``s`` and ``t`` both scale by it) and μ, var stay."""
-    p = inits(model)
-    weights, biases, bns = param_roles(model)
-    bn_fixed = {n for bn in bns for n in bn}
-    targets = weights + biases
-    if everything:
-        targets += [n for n, v in p.items() if v.dtype.kind == "f" and n not in bn_fixed]
-    new = {n: p[n].astype(np.float64) * rng.uniform(0.5, 1.5, p[n].shape) for n in dict.fromkeys(targets)}
-    for gamma, beta, _, _ in bns:
-        f = rng.uniform(0.5, 1.5, p[gamma].shape)
-        new[gamma], new[beta] = p[gamma] * f, p[beta] * f
-    return replace_inits(model, new)
-
-
 def quantize(model, mode: str = "trunc") -> onnx.ModelProto:
     """Symmetric int8-style per-tensor quantization of the Conv/Gemm/MatMul weights: ``trunc``
     rounds toward zero (so ``|θ'| ≤ |θ|``), ``nearest`` to the nearest level."""
@@ -133,87 +67,10 @@ def quantize(model, mode: str = "trunc") -> onnx.ModelProto:
 
 
 PERTURB = {
-    "prune": lambda m, rng: prune(m, rng, 0.3),
+    "prune": lambda m, rng: dropped(m, rng, 0.3),
     "noise": lambda m, rng: noise(m, rng),
     "trunc": lambda m, rng: quantize(m, "trunc"),
 }
-
-
-class Runner:
-    """onnxruntime session of an ONNX file exposing the given tensors as outputs (float32 run)."""
-
-    def __init__(self, model: onnx.ModelProto, names: list[str]):
-        m = onnx.ModelProto()
-        m.CopyFrom(model)
-        del m.graph.output[:]
-        for n in names:
-            m.graph.output.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, None))
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.log_severity_level = 3
-        self.sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        self.names = names
-
-    def __call__(self, feeds) -> np.ndarray:
-        return np.concatenate([np.asarray(v, np.float64).ravel() for v in self.sess.run(self.names, feeds)])
-
-
-# ---------------------------------------------------------------------------------------------
-# signed brute-force path-metric on neuron DAGs
-# ---------------------------------------------------------------------------------------------
-
-
-def union_dags(model_a, model_b):
-    """Neuron DAGs of both models (same tensor names), the union of their edges, the outputs."""
-    Ga, outs_a = oracle.neuron_dag(model_a)
-    Gb, outs_b = oracle.neuron_dag(model_b)
-    assert outs_a == outs_b
-    assert set(Ga.nodes) == set(Gb.nodes)
-    assert all(Ga.nodes[v]["kind"] == Gb.nodes[v]["kind"] for v in Ga)
-    edges = {}
-    for u, v in set(Ga.edges) | set(Gb.edges):
-        wa = Ga.edges[u, v]["w"] if Ga.has_edge(u, v) else 0.0
-        wb = Gb.edges[u, v]["w"] if Gb.has_edge(u, v) else 0.0
-        edges[u, v] = (wa, wb)
-    return Ga, Gb, outs_a, edges
-
-
-def neuron_signs_agree(Ga, Gb, edges) -> bool:
-    """The theorem's precondition at neuron level: every weight and bias keeps its sign (or is 0)."""
-    return all(wa * wb >= 0 for wa, wb in edges.values()) and all(
-        Ga.nodes[v]["b"] * Gb.nodes[v]["b"] >= 0 for v in Ga)
-
-
-def signed_path_metric(Ga, Gb, outputs, edges) -> tuple[float, int]:
-    """``Σ_p |Φ_p(θ) − Φ_p(θ')|`` by explicit enumeration (same path definition as the oracle:
-    paths end at output neurons and start at input neurons, or at any neuron with a bias in either
-    model, the bias multiplying in), float64, summed with fsum. Also returns the path count."""
-    union = nx.DiGraph()
-    union.add_nodes_from(Ga.nodes)
-    union.add_edges_from(edges)
-    out_set = set(outputs)
-    alive = set(out_set)
-    for o in out_set:
-        alive |= nx.ancestors(union, o)
-    succ = {v: [] for v in alive}
-    for (u, v), (wa, wb) in edges.items():
-        if u in alive and v in alive:
-            succ[u].append((v, wa, wb))
-    terms = []
-    for s in alive:
-        da, db = Ga.nodes[s], Gb.nodes[s]
-        if da["kind"] == "input":
-            stack = [(s, 1.0, 1.0)]
-        elif da["b"] != 0.0 or db["b"] != 0.0:
-            stack = [(s, da["b"], db["b"])]
-        else:
-            continue
-        while stack:
-            v, pa, pb = stack.pop()
-            if v in out_set:
-                terms.append(abs(pa - pb))
-            stack.extend((u, pa * wa, pb * wb) for u, wa, wb in succ[v])
-    return math.fsum(terms), len(terms)
 
 
 def test_signed_enumerator_on_a_closed_form() -> None:
@@ -338,9 +195,9 @@ def test_exact_is_never_claimed_across_sign_changes() -> None:
 def _pairs(model: onnx.ModelProto, seed: int) -> list[tuple[str, onnx.ModelProto]]:
     rng = np.random.default_rng(seed)
     return [
-        ("prune10", prune(model, rng, 0.1)),
-        ("prune90", prune(model, rng, 0.9)),
-        (f"prune{int(100 * (f := rng.uniform(0.1, 0.9)))}", prune(model, rng, f)),
+        ("prune10", dropped(model, rng, 0.1)),
+        ("prune90", dropped(model, rng, 0.9)),
+        (f"prune{int(100 * (f := rng.uniform(0.1, 0.9)))}", dropped(model, rng, f)),
         ("noise", noise(model, rng, everything=False)),
         ("quant_nearest", quantize(model, "nearest")),
         ("quant_trunc", quantize(model, "trunc")),
@@ -443,7 +300,7 @@ def test_theorem_is_tight_on_one_dense_layer(r: float) -> None:
 @pytest.mark.parametrize("r", [0.5, 1.0, 3.0])
 def test_compare_check_cli(r: float, tmp_path: Path, capsys) -> None:
     model_a = onnx.load(MODELS / "digits_cnn_torch_bn.onnx")
-    model_b = noise(prune(model_a, np.random.default_rng(1), 0.5), np.random.default_rng(2))
+    model_b = noise(dropped(model_a, np.random.default_rng(1), 0.5), np.random.default_rng(2))
     a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
     onnx.save(model_a, a)
     onnx.save(model_b, b)
@@ -466,7 +323,7 @@ def pruned_pair(tmp_path: Path) -> tuple[Path, Path]:
     model_a = onnx.load(MODELS / "digits_mlp_sklearn.onnx")
     a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
     onnx.save(model_a, a)
-    onnx.save(prune(model_a, np.random.default_rng(0), 0.5), b)
+    onnx.save(dropped(model_a, np.random.default_rng(0), 0.5), b)
     return a, b
 
 

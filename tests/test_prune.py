@@ -545,7 +545,7 @@ def test_qdq_weights_are_skipped(work) -> None:
 
 
 def test_no_scored_weights_is_not_an_internal_error(work) -> None:
-    from conftest import make_model
+    from builders import make_model
     from onnx import helper
 
     assert masks({}, 0.3, "layer") == {}

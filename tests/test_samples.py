@@ -8,19 +8,15 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import make_model
+from builders import make_model, weight_stream
 from onnx import helper, numpy_helper
 from oracle import brute_force_path_norm, brute_force_path_norm_inputs_only
 
 import onnx_pathlift as pl
 from onnx_pathlift.samples import one_sample
 
-RNG = np.random.default_rng(7)
 N = 3
-
-
-def w(*shape) -> np.ndarray:
-    return RNG.normal(size=shape).astype(np.float32)
+w = weight_stream(7)
 
 
 def _mlp():

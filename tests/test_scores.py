@@ -25,9 +25,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from builders import inits, make_model, replace_inits, zeroed
+from checks import sample, scored_initializers
+from onnx import helper, numpy_helper
 from oracle import brute_force_path_norm, neuron_dag, path_starts
-from tiny_nets import ALL_NETS, get_params, with_params
+from tiny_nets import ALL_NETS
 
 import onnx_pathlift as pl
 from onnx_pathlift.rescale import rescale
@@ -41,21 +43,6 @@ SCORED_OPS = ("Conv", "Gemm", "MatMul")
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-
-
-def _model(name: str, nodes, inputs, outputs, params: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """Opset-17 model; float params are stored as float32, integer ones (Reshape shapes) as int64."""
-    inits = [numpy_helper.from_array(v.astype(np.int64) if v.dtype.kind in "iu" else v.astype(np.float32), k)
-             for k, v in params.items()]
-    graph = helper.make_graph(
-        nodes, name,
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs],
-        inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="test_scores")
-    model.ir_version = 8
-
-    return model
 
 
 def _w(rng, shape, fan_in):
@@ -89,7 +76,7 @@ def strided_grouped(seed: int) -> onnx.ModelProto:
         helper.make_node("Flatten", ["m"], ["f"]),
         helper.make_node("Gemm", ["f", "Wf", "bf"], ["y"], transB=1, alpha=0.6, beta=1.5),
     ]
-    return _model("strided_grouped", nodes, [("x", [1, 4, 8, 7])], ["y"], p)
+    return make_model(nodes, [("x", [1, 4, 8, 7])], [("y", None)], p, name="strided_grouped", producer="test_scores")
 
 
 def conv1d_avgpools(seed: int) -> onnx.ModelProto:
@@ -110,7 +97,7 @@ def conv1d_avgpools(seed: int) -> onnx.ModelProto:
         helper.make_node("MatMul", ["f", "W3"], ["h"]),
         helper.make_node("Add", ["h", "b3"], ["y"]),
     ]
-    return _model("conv1d_avgpools", nodes, [("x", [1, 2, 9])], ["y"], p)
+    return make_model(nodes, [("x", [1, 2, 9])], [("y", None)], p, name="conv1d_avgpools", producer="test_scores")
 
 
 def bn_residual_concat_gmp(seed: int) -> onnx.ModelProto:
@@ -133,7 +120,7 @@ def bn_residual_concat_gmp(seed: int) -> onnx.ModelProto:
         helper.make_node("Flatten", ["g"], ["f"]),
         helper.make_node("Gemm", ["f", "Wf", "bf"], ["y"], transB=1, alpha=2.5),
     ]
-    return _model("bn_residual_concat_gmp", nodes, [("x", [1, 2, 4, 4])], ["y"], p)
+    return make_model(nodes, [("x", [1, 2, 4, 4])], [("y", None)], p, name="bn_residual_concat_gmp", producer="test_scores")
 
 
 def left_matmul_transpose(seed: int) -> onnx.ModelProto:
@@ -152,7 +139,7 @@ def left_matmul_transpose(seed: int) -> onnx.ModelProto:
         helper.make_node("Reshape", ["r2", "shape"], ["f"]),
         helper.make_node("Gemm", ["f", "Wg", "bg"], ["y"], alpha=0.8, beta=0.5),
     ]
-    return _model("left_matmul_transpose", nodes, [("x", [1, 3, 4])], ["y"], p)
+    return make_model(nodes, [("x", [1, 3, 4])], [("y", None)], p, name="left_matmul_transpose", producer="test_scores")
 
 
 def gemm_left(seed: int) -> onnx.ModelProto:
@@ -165,7 +152,7 @@ def gemm_left(seed: int) -> onnx.ModelProto:
         helper.make_node("Relu", ["h"], ["r"]),
         helper.make_node("Gemm", ["V", "r"], ["y"]),
     ]
-    return _model("gemm_left", nodes, [("x", [4, 2])], ["y"], p)
+    return make_model(nodes, [("x", [4, 2])], [("y", None)], p, name="gemm_left", producer="test_scores")
 
 
 def no_bias(seed: int) -> onnx.ModelProto:
@@ -184,7 +171,7 @@ def no_bias(seed: int) -> onnx.ModelProto:
         helper.make_node("Flatten", ["a2"], ["f"]),
         helper.make_node("MatMul", ["f", "W3"], ["y"]),
     ]
-    return _model("no_bias", nodes, [("x", [1, 2, 5, 5])], ["y"], p)
+    return make_model(nodes, [("x", [1, 2, 5, 5])], [("y", None)], p, name="no_bias", producer="test_scores")
 
 
 EXTRA_NETS = {"strided_grouped": strided_grouped, "conv1d_avgpools": conv1d_avgpools,
@@ -199,55 +186,6 @@ def build(name: str, seed: int) -> onnx.ModelProto:
 
 
 ALL = [*ALL_NETS, *EXTRA_NETS]
-
-
-def scored_initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """The weight initializers of Conv / Gemm / MatMul nodes (input 1, or the constant MatMul operand)."""
-    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    out = {}
-    for node in model.graph.node:
-        if node.op_type == "Conv":
-            out[node.input[1]] = inits[node.input[1]]
-        elif node.op_type in ("Gemm", "MatMul"):
-            for i in node.input[:2]:
-                if i in inits:
-                    out[i] = inits[i]
-    return out
-
-
-def zeroed(model: onnx.ModelProto, name: str, index: tuple[int, ...]) -> onnx.ModelProto:
-    """A copy of ``model`` with one entry of one initializer set to 0 (every other byte kept)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for t in out.graph.initializer:
-        if t.name == name:
-            w = numpy_helper.to_array(t).copy()
-            w[index] = 0
-            t.CopyFrom(numpy_helper.from_array(w, name))
-    return out
-
-
-def sample(f: np.ndarray, cap: int, rng: np.random.Generator) -> list[tuple[int, ...]]:
-    """Every index of ``f`` if it has at most ``cap`` entries, else the largest, the smallest and random others."""
-    flat = np.arange(f.size)
-    if f.size > cap:
-        ends = {int(np.argmax(f)), int(np.argmin(f))}
-        rest = rng.choice(np.setdiff1d(flat, list(ends)), cap - len(ends), replace=False)
-        flat = np.sort(np.concatenate([list(ends), rest]))
-    return [np.unravel_index(int(i), f.shape) for i in flat]
-
-
-def assert_scores_are_brute_force_drops(model: onnx.ModelProto, cap: int = 4) -> None:
-    """Each sampled weight's path-magnitude fraction equals the brute-force drop of ‖Φ‖_1 when it is
-    zeroed, divided by ‖Φ‖_1 (to 1e-5 relative)."""
-    scores = path_magnitude(model)
-    full = brute_force_path_norm(model, 1)
-    rng = np.random.default_rng(0)
-    for k in sorted(scored_initializers(model)):
-        f = scores.fraction[k]
-        for idx in sample(f, cap, rng):
-            want = (full - brute_force_path_norm(zeroed(model, k, idx), 1)) / full
-            assert abs(f[idx] - want) <= 1e-5 * abs(want) + 1e-9, (k, idx, f[idx], want)
 
 
 def assert_fractions_close(got: dict[str, np.ndarray], want: dict[str, np.ndarray], rtol: float, atol: float = 0.0):
@@ -306,10 +244,10 @@ def test_transposed_gemm_scores_come_back_in_the_initializer_layout() -> None:
 
 def test_zero_weight_has_zero_score_and_dead_branches_score_zero() -> None:
     model = build("matmul_net", 0)
-    q = get_params(model)
+    q = inits(model, np.float64)
     q["W1"][1, 2] = 0.0
     q["W2"][4, :] = 0.0  # hidden neuron 4 leads nowhere: its incoming weights score 0 too
-    f = path_magnitude(with_params(model, q)).fraction
+    f = path_magnitude(replace_inits(model, q)).fraction
     assert f["W1"][1, 2] == 0.0
     assert np.all(f["W2"][4] == 0.0)
     assert np.all(f["W1"][:, 4] == 0.0)
@@ -353,7 +291,7 @@ def _shared_weight_net() -> onnx.ModelProto:
     p = {"W": _w(rng, (3, 3), 3), "b": rng.normal(0, 0.5, 3)}
     nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "b"], ["a"]),
              helper.make_node("Relu", ["a"], ["r"]), helper.make_node("MatMul", ["r", "W"], ["y"])]
-    return _model("shared", nodes, [("x", [1, 3])], ["y"], p)
+    return make_model(nodes, [("x", [1, 3])], [("y", None)], p, name="shared", producer="test_scores")
 
 
 def test_shared_weight_is_not_scored() -> None:
@@ -539,7 +477,7 @@ def _deep_chain(depth: int, width: int, seed: int) -> tuple[onnx.ModelProto, lis
         nodes += [helper.make_node("Conv", [x, f"W{i}"], [f"c{i}"], kernel_shape=[1, 1]),
                   helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
         x = f"r{i}"
-    return _model("deep", nodes, [("x", [1, width, 3, 3])], [x], params), ws
+    return make_model(nodes, [("x", [1, width, 3, 3])], [(x, None)], params, name="deep", producer="test_scores"), ws
 
 
 def _log_domain_fractions(ws: list[np.ndarray], positions: int) -> tuple[float, list[np.ndarray]]:
@@ -580,7 +518,7 @@ def test_scores_of_a_net_with_tiny_path_norm() -> None:
     depth, width = 150, 8
     model, ws = _deep_chain(depth, width, 4)
     small = [w / 65536.0 for w in ws]
-    model = with_params(model, {f"W{i}": w[:, :, None, None] for i, w in enumerate(small)})
+    model = replace_inits(model, {f"W{i}": w[:, :, None, None] for i, w in enumerate(small)})
     log10_norm, want = _log_domain_fractions(small, 9)
     assert log10_norm < -320
     scores = path_magnitude(model)
@@ -596,7 +534,7 @@ def _diagonal_chain(depth: int, small: float) -> onnx.ModelProto:
         params[f"W{i}"] = np.diag([small, 1.0])
         nodes += [helper.make_node("MatMul", [x, f"W{i}"], [f"h{i}"]), helper.make_node("Relu", [f"h{i}"], [f"r{i}"])]
         x = f"r{i}"
-    return _model("diagonal", nodes, [("x", [1, 2])], [x], params)
+    return make_model(nodes, [("x", [1, 2])], [(x, None)], params, name="diagonal", producer="test_scores")
 
 
 def test_small_shares_within_float32_range_are_exact() -> None:

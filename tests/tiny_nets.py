@@ -18,13 +18,12 @@ from collections.abc import Callable
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from builders import inits, make_model, replace_inits
+from onnx import helper
 
 RescaleFn = Callable[[onnx.ModelProto, np.random.Generator], onnx.ModelProto]
 Builder = Callable[..., tuple[onnx.ModelProto, RescaleFn]]
 
-OPSET = 17
-IR_VERSION = 8
 LAMBDA_RANGE = (1.0 / 8.0, 8.0)
 
 
@@ -46,46 +45,6 @@ def lambdas(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def _normal(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int) -> np.ndarray:
     return rng.normal(0.0, 1.0 / np.sqrt(fan_in), size=shape)
-
-
-def _init(name: str, arr: np.ndarray) -> onnx.TensorProto:
-    return numpy_helper.from_array(np.asarray(arr, dtype=np.float32), name)
-
-
-def _model(
-    name: str,
-    nodes: list[onnx.NodeProto],
-    inputs: list[tuple[str, list[int]]],
-    outputs: list[tuple[str, list[int]]],
-    params: dict[str, np.ndarray],
-) -> onnx.ModelProto:
-    graph = helper.make_graph(
-        nodes,
-        name,
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
-        initializer=[_init(k, v) for k, v in params.items()],
-    )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="tiny_nets"
-    )
-    model.ir_version = IR_VERSION
-    return model
-
-
-def get_params(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """All initializers, as float64 copies."""
-    return {i.name: numpy_helper.to_array(i).astype(np.float64) for i in model.graph.initializer}
-
-
-def with_params(model: onnx.ModelProto, params: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of ``model`` whose initializers named in ``params`` are replaced (as float32)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for init in out.graph.initializer:
-        if init.name in params:
-            init.CopyFrom(_init(init.name, params[init.name]))
-    return out
 
 
 def _conv_io_scale(w: np.ndarray, out_scale: np.ndarray, in_scale: np.ndarray, group: int = 1):
@@ -150,15 +109,15 @@ def mlp(rng: np.random.Generator | int | None = 0) -> tuple[onnx.ModelProto, Res
         helper.make_node("Relu", ["g1"], ["r1"]),
         helper.make_node("Gemm", ["r1", "B2", "C2"], ["y"]),
     ]
-    model = _model("mlp", nodes, [("x", [1, d])], [("y", [1, o])], p)
+    model = make_model(nodes, [("x", [1, d])], [("y", [1, o])], p, name="mlp", producer="tiny_nets")
 
     def rescale(m: onnx.ModelProto, rng: np.random.Generator) -> onnx.ModelProto:
-        q = get_params(m)
+        q = inits(m, np.float64)
         lam = lambdas(rng, h)
         q["B1"] *= lam[:, None]
         q["C1"] *= lam
         q["B2"] /= lam[:, None]
-        return with_params(m, q)
+        return replace_inits(m, q)
 
     return model, rescale
 
@@ -187,16 +146,16 @@ def conv_bn_pool(rng: np.random.Generator | int | None = 0) -> tuple[onnx.ModelP
         helper.make_node("Flatten", ["a1"], ["f1"], axis=1),
         helper.make_node("Gemm", ["f1", "Wf", "bf"], ["y"], transB=1),
     ]
-    model = _model("conv_bn_pool", nodes, [("x", [1, c_in, 6, 6])], [("y", [1, o])], p)
+    model = make_model(nodes, [("x", [1, c_in, 6, 6])], [("y", [1, o])], p, name="conv_bn_pool", producer="tiny_nets")
 
     def rescale(m: onnx.ModelProto, rng: np.random.Generator) -> onnx.ModelProto:
-        q = get_params(m)
+        q = inits(m, np.float64)
         lam, kap = lambdas(rng, c), lambdas(rng, c)
         q["W1"] *= lam[:, None, None, None]
         q["b1"] *= lam
         _bn_rescale(q, "bn", lam, kap)
         q["Wf"] = _cols_by_channel(q["Wf"], kap, 4)
-        return with_params(m, q)
+        return replace_inits(m, q)
 
     return model, rescale
 
@@ -232,10 +191,10 @@ def residual_concat(
         helper.make_node("Flatten", ["gap"], ["f"]),
         helper.make_node("Gemm", ["f", "Wf", "bf"], ["y"], transB=1),
     ]
-    model = _model("residual_concat", nodes, [("x", [1, c_in, 5, 5])], [("y", [1, o])], p)
+    model = make_model(nodes, [("x", [1, c_in, 5, 5])], [("y", [1, o])], p, name="residual_concat", producer="tiny_nets")
 
     def rescale(m: onnx.ModelProto, rng: np.random.Generator) -> onnx.ModelProto:
-        q = get_params(m)
+        q = inits(m, np.float64)
         lam, nu = lambdas(rng, c), lambdas(rng, c3)
         q["W1"] *= lam[:, None, None, None]
         q["b1"] *= lam
@@ -245,7 +204,7 @@ def residual_concat(
         q["W3"] = _conv_io_scale(q["W3"], nu, lam)
         q["b3"] *= nu
         q["Wf"] = _cols_by_channel(q["Wf"], np.concatenate([lam, nu]), 1)
-        return with_params(m, q)
+        return replace_inits(m, q)
 
     return model, rescale
 
@@ -290,10 +249,10 @@ def everything(rng: np.random.Generator | int | None = 0) -> tuple[onnx.ModelPro
         helper.make_node("Flatten", ["cat"], ["f"]),
         helper.make_node("Gemm", ["f", "Wf", "bf"], ["y"], transB=1),
     ]
-    model = _model("everything", nodes, [("x", [1, c_in, 5, 5])], [("y", [1, o])], p)
+    model = make_model(nodes, [("x", [1, c_in, 5, 5])], [("y", [1, o])], p, name="everything", producer="tiny_nets")
 
     def rescale(m: onnx.ModelProto, rng: np.random.Generator) -> onnx.ModelProto:
-        q = get_params(m)
+        q = inits(m, np.float64)
         sig, lam, kap, nu = lambdas(rng, c_in), lambdas(rng, c), lambdas(rng, c), lambdas(rng, c3)
         q["scale"] *= sig[None, :, None, None]  # the Mul neurons (the Sub ones are not free)
         q["W1"] = _conv_io_scale(q["W1"], lam, sig)
@@ -304,7 +263,7 @@ def everything(rng: np.random.Generator | int | None = 0) -> tuple[onnx.ModelPro
         q["W3"] = _conv_io_scale(q["W3"], nu, kap)
         q["b3"] *= nu
         q["Wf"] = _cols_by_channel(q["Wf"], np.concatenate([kap, nu]), hw)
-        return with_params(m, q)
+        return replace_inits(m, q)
 
     return model, rescale
 
@@ -327,15 +286,15 @@ def matmul_net(rng: np.random.Generator | int | None = 0) -> tuple[onnx.ModelPro
         helper.make_node("MatMul", ["r1", "W2"], ["h2"]),
         helper.make_node("Add", ["b2", "h2"], ["y"]),
     ]
-    model = _model("matmul_net", nodes, [("x", [1, 2, 3, d])], [("y", [1, 2, 3, o])], p)
+    model = make_model(nodes, [("x", [1, 2, 3, d])], [("y", [1, 2, 3, o])], p, name="matmul_net", producer="tiny_nets")
 
     def rescale(m: onnx.ModelProto, rng: np.random.Generator) -> onnx.ModelProto:
-        q = get_params(m)
+        q = inits(m, np.float64)
         lam = lambdas(rng, h)
         q["W1"] *= lam[None, :]
         q["b1"] *= lam
         q["W2"] /= lam[:, None]
-        return with_params(m, q)
+        return replace_inits(m, q)
 
     return model, rescale
 
