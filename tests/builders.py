@@ -42,14 +42,18 @@ def _value_info(spec: tuple | onnx.ValueInfoProto) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, elem[0] if elem else TensorProto.FLOAT, None if shape is None else list(shape))
 
 
+def _tensors(inits: Mapping[str, object] | Iterable[onnx.TensorProto]) -> list[onnx.TensorProto]:
+    return [initializer(k, v) for k, v in inits.items()] if isinstance(inits, Mapping) else list(inits)
+
+
 def make_model(nodes: Sequence[onnx.NodeProto], inputs: Iterable[tuple], outputs: Iterable[tuple],
-          inits: Mapping[str, object] | None = None, *, opset: int = OPSET, name: str = "g", producer: str = "",
+          inits: Mapping[str, object] | Iterable[onnx.TensorProto] | None = None, *, opset: int = OPSET, name: str = "g", producer: str = "",
           extra_opsets: Mapping[str, int] | None = None) -> onnx.ModelProto:
     """A model of ``nodes`` with the given graph ``inputs``/``outputs`` (``(name, shape[, elem_type])``)
-    and initializers ``inits`` (``{name: array}``, see ``initializer``). ``extra_opsets``: other
-    domains' versions (``{"ai.onnx.ml": 1}``)."""
+    and initializers ``inits`` (``{name: array}``, see ``initializer``, or ready ``TensorProto``s).
+    ``extra_opsets``: other domains' versions (``{"ai.onnx.ml": 1}``)."""
     graph = helper.make_graph(list(nodes), name, [_value_info(s) for s in inputs], [_value_info(s) for s in outputs],
-                              [initializer(k, v) for k, v in (inits or {}).items()])
+                              _tensors(inits or {}))
     opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, v) for d, v in (extra_opsets or {}).items()]
     out = helper.make_model(graph, opset_imports=opsets, **({"producer_name": producer} if producer else {}))
     out.ir_version = max(IR_VERSION, helper.find_min_ir_version_for(opsets))

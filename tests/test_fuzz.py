@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 import pytest
 import tiny_nets
+from builders import make_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
@@ -75,9 +76,7 @@ def shape_arith_net() -> onnx.ModelProto:
         helper.make_node("Dropout", ["logits"], ["d"], name="dropout"),
         helper.make_node("Softmax", ["d"], ["y"], name="softmax", axis=-1),
     ]
-    graph = helper.make_graph(nodes, "shape_arith", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = make_model(nodes, [("x", [1, 2, 8, 8])], [("y", [1, 5])], inits, name="shape_arith")
     model.ir_version = 8
     return model
 
@@ -98,13 +97,7 @@ def piecewise_net() -> onnx.ModelProto:
         helper.make_node("Flatten", ["m"], ["f"], name="flatten"),
         helper.make_node("Gemm", ["f", "Wf", "bf"], ["y"], name="fc", transB=1),
     ]
-    graph = helper.make_graph(nodes, "piecewise", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
-                              [numpy_helper.from_array(np.asarray(v, np.int64 if k == "pads" else np.float32), k)
-                               for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+    return make_model(nodes, [("x", [1, 2, 6, 6])], [("y", [1, 4])], inits, name="piecewise")
 
 
 def seed_models() -> list[onnx.ModelProto]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from builders import ints, net, one_op, sandwich
+from builders import ints, make_model, net, one_op, sandwich
 from checks import assert_scores_are_brute_force_drops
 from conftest import run_main
 from onnx import helper
@@ -124,12 +124,10 @@ def test_tile_with_data_dependent_repeats_is_refused() -> None:
 
 def test_integer_typed_network_is_refused_with_exit_3(tmp_path, capsys) -> None:
     """Token ids in, an integer network: outside the supported set (exit 3), not a usage error (exit 2)."""
-    g = helper.make_graph([helper.make_node("Tile", ["ids", "rp"], ["y"], name="tile0")], "ints",
-                          [helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, [1, 3])],
-                          [helper.make_tensor_value_info("y", onnx.TensorProto.INT64, [1, 6])],
-                          [onnx.numpy_helper.from_array(ints(1, 2), "rp")])
+    model = make_model([helper.make_node("Tile", ["ids", "rp"], ["y"], name="tile0")], [("ids", [1, 3], onnx.TensorProto.INT64)],
+                       [("y", [1, 6], onnx.TensorProto.INT64)], {"rp": ints(1, 2)}, name="ints")
     path = tmp_path / "ints.onnx"
-    path.write_bytes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    path.write_bytes(model.SerializeToString())
     with pytest.raises(pl.UnsupportedModelError) as err:
         pl.import_model(path)
     assert [(r.node, r.op_type) for r in err.value.refusals] == [("ids", "input")] and "INT64" in str(err.value)

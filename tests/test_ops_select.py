@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from builders import floats, ints, net, one_op, sandwich
+from builders import floats, ints, make_model, net, one_op, sandwich
 from checks import assert_scores_are_brute_force_drops
 from onnx import TensorProto, helper, numpy_helper
 from oracle import brute_force_path_norm
@@ -143,10 +143,7 @@ def _ort_resize_index(length: int, coordinate: str, nearest: str, scale: float |
         inputs = ["x", "", "sc"] if size is None else ["x", "", "", "sz"]
         inits, attrs = [given], {"coordinate_transformation_mode": coordinate, "nearest_mode": nearest}
     node = helper.make_node("Resize", inputs, ["y"], mode="nearest", **attrs)
-    g = helper.make_graph([node], "r", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, length])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-    m.ir_version = 8
+    m = make_model([node], [("x", [1, length])], [("y", None)], inits, opset=opset, name="r")
     sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
     return [int(v) for v in sess.run(None, {"x": np.arange(length, dtype=np.float32)[None]})[0][0]]
 

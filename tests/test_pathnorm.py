@@ -8,9 +8,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from builders import make_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 from oracle import brute_force_path_norm
 from tiny_nets import ALL_NETS
 
@@ -38,10 +39,9 @@ def test_matches_brute_force_enumeration(name: str, seed: int) -> None:
 def _one_hidden(u, b, v, c) -> onnx.ModelProto:
     nodes = [helper.make_node("Gemm", ["x", "U", "b"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["r"]),
              helper.make_node("Gemm", ["r", "V", "c"], ["y"], transB=1)]
-    inits = [numpy_helper.from_array(np.asarray(a, np.float32), n) for n, a in (("U", u), ("b", b), ("V", v), ("c", c))]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, u.shape[1]])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, v.shape[0]])], inits)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    inits = {"U": np.asarray(u, np.float32), "b": np.asarray(b, np.float32), "V": np.asarray(v, np.float32),
+             "c": np.asarray(c, np.float32)}
+    return make_model(nodes, [("x", [1, u.shape[1]])], [("y", [1, v.shape[0]])], inits)
 
 
 @pytest.mark.parametrize("q", [1.0, 2.0, 3.0, 4.0])
@@ -133,10 +133,7 @@ def test_tensors_of_rank_six_are_scaled_and_checked(scales: str) -> None:
              helper.make_node("Reshape", ["ra", "s2"], ["f"]), helper.make_node("Gemm", ["f", "G"], ["y"])]
     inits = {"W": rng.normal(size=(3, 2, 1, 1)), "s6": np.array([1, 3, 2, 2, 2, 2]), "ax": np.array([5]),
              "s2": np.array([1, 24]), "G": rng.normal(size=(24, 2))}
-    graph = helper.make_graph(nodes, "r6", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
-                              [numpy_helper.from_array(v.astype(np.float32) if v.dtype.kind == "f" else v, k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = make_model(nodes, [("x", [1, 2, 4, 4])], [("y", [1, 2])], inits, name="r6")
     dag = pl.import_model(model)
     got = pl.PathNormSession(dag, 1.0, scales=scales).run().value
     assert got == pytest.approx(brute_force_path_norm(model, 1.0), rel=1e-6)

@@ -274,12 +274,12 @@ def test_apply_rejects_a_mask_of_the_wrong_shape_and_skips_unknown_tensors() -> 
 
 
 def test_apply_keeps_float64_and_float16_dtypes() -> None:
-    from onnx import TensorProto, helper
+    from builders import make_model
+    from onnx import TensorProto
 
     w64 = np.arange(1, 7, dtype=np.float64).reshape(2, 3)
     w16 = np.arange(1, 7, dtype=np.float16).reshape(3, 2)
-    g = helper.make_graph([], "g", [], [], [numpy_helper.from_array(w64, "w64"), numpy_helper.from_array(w16, "w16")])
-    model = helper.make_model(g)
+    model = make_model([], [], [], [numpy_helper.from_array(w64, "w64"), numpy_helper.from_array(w16, "w16")])
     keep = {"w64": np.array([[True, False, True], [False, True, True]]), "w16": np.ones((3, 2), bool)}
     keep["w16"][2, 1] = False
     out, report = apply(model, keep)
