@@ -104,6 +104,27 @@ def save(built: onnx.ModelProto, path: Path) -> Path:
     return path
 
 
+def normal(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int) -> np.ndarray:
+    """N(0, 1/fan_in) weights of ``shape``."""
+    return rng.normal(0.0, 1.0 / np.sqrt(fan_in), size=shape)
+
+
+def bn_params(rng: np.random.Generator, prefix: str, c: int) -> dict[str, np.ndarray]:
+    """Random BatchNormalization parameters ``<prefix>_gamma`` (either sign), ``_beta``, ``_mean``, ``_var`` (> 0)."""
+    return {
+        f"{prefix}_gamma": rng.uniform(0.5, 1.5, c) * rng.choice([-1.0, 1.0], c),
+        f"{prefix}_beta": rng.normal(0.2, 0.5, c),
+        f"{prefix}_mean": rng.normal(0.0, 0.5, c),
+        f"{prefix}_var": rng.uniform(0.5, 2.0, c),
+    }
+
+
+def bn_node(prefix: str, x: str, y: str) -> onnx.NodeProto:
+    """BatchNormalization ``x → y`` (ε = 1e-3) on the parameters ``bn_params`` names."""
+    return helper.make_node("BatchNormalization", [x, f"{prefix}_gamma", f"{prefix}_beta", f"{prefix}_mean", f"{prefix}_var"],
+                            [y], epsilon=1e-3)
+
+
 # --------------------------------------------------------------------------------------------
 # small networks several modules use
 # --------------------------------------------------------------------------------------------

@@ -16,9 +16,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 import tiny_nets
-from builders import dropped, make_model
+from builders import dropped, inits, make_model
 from conftest import load_tool, run_main
-from onnx import helper, numpy_helper
+from onnx import helper
 from oracle import signed_path_metric, union_dags
 
 from onnx_pathlift import import_model
@@ -63,7 +63,7 @@ def conv_bn_net(seed: int = 0, dyadic: bool = True) -> onnx.ModelProto:
 def fused_by_hand(model: onnx.ModelProto) -> onnx.ModelProto:
     """The BatchNormalization folded into the conv in numpy (float64, rounded once to float32); the
     Flatten → Reshape → Transpose → Reshape chain written as one Reshape."""
-    p = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
+    p = inits(model, np.float64)
     eps = next(a.f for n in model.graph.node if n.op_type == "BatchNormalization" for a in n.attribute if a.name == "epsilon")
     s = p["g"] / np.sqrt(p["var"] + eps)
     w = (p["W0"] * s[:, None, None, None]).astype(np.float32)
@@ -73,9 +73,9 @@ def fused_by_hand(model: onnx.ModelProto) -> onnx.ModelProto:
              helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[3, 3], strides=[3, 3], name="pool"),
              helper.make_node("Reshape", ["p", "shape"], ["f2"], name="reshape"),
              helper.make_node("Gemm", ["f2", "W1", "B1"], ["y"], transB=1, name="fc")]
-    inits = {"Wf": w, "Bf": b, "shape": p["shape2"].astype(np.int64), "W1": p["W1"].astype(np.float32),
+    fused = {"Wf": w, "Bf": b, "shape": p["shape2"].astype(np.int64), "W1": p["W1"].astype(np.float32),
              "B1": p["B1"].astype(np.float32)}
-    return make_model(nodes, model.graph.input, model.graph.output, inits, name="fused")
+    return make_model(nodes, model.graph.input, model.graph.output, fused, name="fused")
 
 
 def ort_optimised(model: onnx.ModelProto, level, path) -> onnx.ModelProto:

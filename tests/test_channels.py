@@ -183,11 +183,11 @@ def test_masked_changes_only_sink_columns_and_slim_only_group_constants() -> Non
     p, dag, cg = analyse(model)
     removed = [group_of(cg, "c1", 1)]
     masked, slim = masked_model(model, cg, removed), slim_model(model, cg, removed)
-    before = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    after = {t.name: numpy_helper.to_array(t) for t in masked.graph.initializer}
+    before = inits(model)
+    after = inits(masked)
     assert [n for n in before if not np.array_equal(before[n], after[n])] == ["Wf"]
     assert not after["Wf"][:, 4:8].any() and np.array_equal(after["Wf"][:, :4], before["Wf"][:, :4])
-    cut = {t.name: numpy_helper.to_array(t) for t in slim.graph.initializer}
+    cut = inits(slim)
     assert cut["W1"].shape == (3, 2, 3, 3) and cut["Wf"].shape == (3, 12) and cut["bn_var"].shape == (3,)
     assert np.array_equal(cut["bf"], before["bf"])
     assert [n.SerializeToString() for n in slim.graph.node] == [n.SerializeToString() for n in model.graph.node]

@@ -578,7 +578,7 @@ def test_metric_is_invariant_under_a_common_rescaling(name: str, kind: str) -> N
     model_b = PERTURB[kind](model_a, np.random.default_rng(5))
     ra, rb = rescale(model_a, np.random.default_rng(9)), rescale(model_b, np.random.default_rng(9))
     # the same seed draws the same λ: every parameter is multiplied by the same factor in A and B
-    pa, pb, qa, qb = (tiny_nets.get_params(m) for m in (model_a, model_b, ra, rb))
+    pa, pb, qa, qb = (inits(m, np.float64) for m in (model_a, model_b, ra, rb))
     changed = 0
     for k in pa:
         ok = (pa[k] != 0) & (pb[k] != 0)

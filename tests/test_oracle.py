@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from builders import make_model
+from builders import inits, make_model
 from onnx import helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -173,8 +173,8 @@ def test_tiny_net_rescaling_invariance(name: str) -> None:
     onnx.checker.check_model(model, full_check=True)
     rescaled = rescale(model, np.random.default_rng(12))
     onnx.checker.check_model(rescaled, full_check=True)
-    p0 = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    p1 = {i.name: numpy_helper.to_array(i) for i in rescaled.graph.initializer}
+    p0 = inits(model)
+    p1 = inits(rescaled)
     changed = [k for k in p0 if not np.array_equal(p0[k], p1[k])]
     assert changed, "the rescaling changed nothing"
 

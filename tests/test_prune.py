@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from builders import inits
 from onnx import numpy_helper
 
 import onnx_pathlift as pl
@@ -56,12 +57,8 @@ def run_json(*args) -> tuple[int, dict]:
     return rc, json.loads(out)
 
 
-def inits(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+def tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return {t.name: t for t in model.graph.initializer}
-
-
-def arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
 
 
 def session(model: onnx.ModelProto | Path) -> ort.InferenceSession:
@@ -181,14 +178,14 @@ def test_select() -> None:
 def test_already_zero_weights_are_pruned_first(criterion: str) -> None:
     model = onnx.load(str(CNN))
     rng = np.random.default_rng(0)
-    params = arrays(model)
+    params = inits(model)
     zeros = {}
     for k in CNN_WEIGHTS:
         w = params[k].copy()
         idx = rng.choice(w.size, 3 + w.size // 20, replace=False)
         w.reshape(-1)[idx] = 0
         zeros[k] = np.sort(idx)
-        inits(model)[k].CopyFrom(numpy_helper.from_array(w, k))
+        tensors(model)[k].CopyFrom(numpy_helper.from_array(w, k))
     dag = pl.import_model(model)
     scores = path_magnitude(dag).fraction if criterion == "path-magnitude" else magnitude(dag)
     n = sum(s.size for s in scores.values())
@@ -211,8 +208,8 @@ def test_pruning_a_pruned_model_below_its_sparsity_prunes_nothing_new() -> None:
     out, report = apply(model, keep)
     assert report.pruned == 0
     assert report.sparsity > 0.45
-    got = arrays(out)
-    for k, a in arrays(model).items():
+    got = inits(out)
+    for k, a in inits(model).items():
         np.testing.assert_array_equal(got[k], a, err_msg=k)
 
 
@@ -233,7 +230,7 @@ def test_apply_changes_only_the_masked_initializers(path: Path, weights: list[st
     out, report = apply(model, keep)
     assert isinstance(report, PruneReport)
     assert model.SerializeToString() == original  # the source is not modified
-    before, after = arrays(model), arrays(out)
+    before, after = inits(model), inits(out)
     n = sum(before[k].size for k in weights)
     assert report.total == n
     assert sorted(report.tensors) == weights and report.skipped == {}
@@ -244,7 +241,7 @@ def test_apply_changes_only_the_masked_initializers(path: Path, weights: list[st
         np.testing.assert_array_equal(after[k][keep[k]], before[k][keep[k]])
         assert np.all(after[k][~keep[k]] == 0)
     # every other initializer byte-identical, and so is the whole model once the pruned tensors are restored
-    a, b = inits(model), inits(out)
+    a, b = tensors(model), tensors(out)
     assert [t.name for t in out.graph.initializer] == [t.name for t in model.graph.initializer]
     for k in a:
         if k not in weights:
@@ -283,12 +280,12 @@ def test_apply_keeps_float64_and_float16_dtypes() -> None:
     keep = {"w64": np.array([[True, False, True], [False, True, True]]), "w16": np.ones((3, 2), bool)}
     keep["w16"][2, 1] = False
     out, report = apply(model, keep)
-    got = arrays(out)
+    got = inits(out)
     assert got["w64"].dtype == np.float64 and got["w16"].dtype == np.float16
     np.testing.assert_array_equal(got["w64"], [[1, 0, 3], [0, 5, 6]])
     np.testing.assert_array_equal(got["w16"], [[1, 2], [3, 4], [5, 0]])
     assert report.pruned == 3 and report.total == 12 and report.sparsity == pytest.approx(3 / 12)
-    assert inits(out)["w16"].data_type == TensorProto.FLOAT16
+    assert tensors(out)["w16"].data_type == TensorProto.FLOAT16
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,7 +338,7 @@ def test_prune_cli_json_mask_and_eval(pruned_cli, path: Path, weights: list[str]
     with np.load(mask_file) as mf:
         keep = {k: mf[k] for k in mf.files}
     assert sorted(keep) == weights
-    src, got = arrays(onnx.load(str(path))), arrays(onnx.load(str(out)))
+    src, got = inits(onnx.load(str(path))), inits(onnx.load(str(out)))
     assert sum(int((~m).sum()) for m in keep.values()) == res["pruned"]
     for k, m in keep.items():
         assert m.dtype == bool and m.shape == src[k].shape
@@ -363,7 +360,7 @@ def test_prune_cli_layers_and_scope(work) -> None:
     rc, res = run_json("prune", CNN, "--sparsity", 0.5, "--layers", r"^head\.", "--scope", "layer", "-o", o)
     assert rc == 0, res
     assert sorted(res["tensors"]) == ["head.0.weight", "head.4.weight"]
-    src, got = arrays(onnx.load(str(CNN))), arrays(onnx.load(str(o)))
+    src, got = inits(onnx.load(str(CNN))), inits(onnx.load(str(o)))
     for k in src:
         if k.startswith("head.") and k.endswith("weight"):
             assert int((got[k] == 0).sum()) == round(0.5 * got[k].size), k  # layer scope: half of each
@@ -449,7 +446,7 @@ def test_rescale_cli_keeps_the_function(rescaled) -> None:
     # block.conv1 (8 channels, through bn1 and relu into conv2) and head.0 (16, through relu, the global
     # pool and the flatten into head.4); the stem feeds a skip and conv2 an Add: left alone
     assert (res["neurons"], res["layers"]) == (24, 2)
-    src, got = arrays(onnx.load(str(CNN))), arrays(onnx.load(str(o)))
+    src, got = inits(onnx.load(str(CNN))), inits(onnx.load(str(o)))
     assert sorted(src) == sorted(got)
     changed = sorted(k for k in src if not np.array_equal(src[k], got[k]))
     assert changed == ["block.bn1.bias", "block.bn1.running_mean", "block.conv1.weight", "block.conv2.weight",

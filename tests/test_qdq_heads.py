@@ -11,7 +11,7 @@ import json
 import numpy as np
 import onnx
 import pytest
-from builders import make_model
+from builders import inits, make_model
 from conftest import run_main
 from onnx import TensorProto, helper, numpy_helper
 from oracle import brute_force_path_norm
@@ -67,12 +67,12 @@ def _dequantized(node: onnx.NodeProto, inits: dict[str, np.ndarray]) -> np.ndarr
 
 def float_twin(model: onnx.ModelProto, output: str) -> onnx.ModelProto:
     """The float network a QDQ model computes up to ``output``, without activation quantization."""
-    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    arrays = inits(model)
     weights, rename, kept = {}, {}, []
     producer = {o: n for n in model.graph.node for o in n.output}
     for node in model.graph.node:
-        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
-            weights[node.output[0]] = _dequantized(node, inits)
+        if node.op_type == "DequantizeLinear" and node.input[0] in arrays:
+            weights[node.output[0]] = _dequantized(node, arrays)
         elif node.op_type == "DequantizeLinear":
             rename[node.output[0]] = producer[node.input[0]].input[0]
         elif node.op_type != "QuantizeLinear":

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from builders import inits, make_model, replace_inits, zeroed
+from builders import bn_node, bn_params, inits, make_model, normal, replace_inits, zeroed
 from checks import sample, scored_initializers
 from onnx import helper, numpy_helper
 from oracle import brute_force_path_norm, neuron_dag, path_starts
@@ -40,32 +40,13 @@ SHIPPED = ["digits_cnn_torch_bn.onnx", "digits_mlp_sklearn.onnx", "digits_cnn_to
            "digits_cnn_torch_bn_pruned50.onnx"]
 SCORED_OPS = ("Conv", "Gemm", "MatMul")
 
-# --------------------------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------------------------
-
-
-def _w(rng, shape, fan_in):
-    return rng.normal(0.0, 1.0 / math.sqrt(fan_in), shape)
-
-
-def _bn(rng, prefix, c):
-    return {f"{prefix}_g": rng.uniform(0.5, 1.5, c) * rng.choice([-1.0, 1.0], c), f"{prefix}_b": rng.normal(0.2, 0.5, c),
-            f"{prefix}_m": rng.normal(0.0, 0.5, c), f"{prefix}_v": rng.uniform(0.5, 2.0, c)}
-
-
-def _bn_node(prefix, x, y):
-    return helper.make_node("BatchNormalization", [x, f"{prefix}_g", f"{prefix}_b", f"{prefix}_m", f"{prefix}_v"], [y],
-                            epsilon=1e-3)
-
-
 def strided_grouped(seed: int) -> onnx.ModelProto:
     """x[1,4,8,7] -> Conv(3x3, stride 2, dilation 2, group 2, pads 1,0,2,1, bias) -> Relu
     -> depthwise Conv(2x2, pads 1,1,0,0, bias) -> Relu -> MaxPool([3,2], stride 2, ceil_mode)
     -> Flatten -> Gemm(transB=1, alpha=0.6, beta=1.5) -> y[1,3]."""
     rng = np.random.default_rng(seed)
-    p = {"W1": _w(rng, (4, 2, 3, 3), 18), "b1": rng.normal(0, 0.5, 4), "W2": _w(rng, (4, 1, 2, 2), 4),
-         "b2": rng.normal(0, 0.5, 4), "Wf": _w(rng, (3, 8), 8), "bf": rng.normal(0, 0.5, 3)}
+    p = {"W1": normal(rng, (4, 2, 3, 3), 18), "b1": rng.normal(0, 0.5, 4), "W2": normal(rng, (4, 1, 2, 2), 4),
+         "b2": rng.normal(0, 0.5, 4), "Wf": normal(rng, (3, 8), 8), "bf": rng.normal(0, 0.5, 3)}
     nodes = [
         helper.make_node("Conv", ["x", "W1", "b1"], ["c1"], kernel_shape=[3, 3], strides=[2, 2], dilations=[2, 2],
                          group=2, pads=[1, 0, 2, 1]),  # -> [1,4,4,2]
@@ -83,8 +64,8 @@ def conv1d_avgpools(seed: int) -> onnx.ModelProto:
     """x[1,2,9] -> Conv1d(3, pads 1, bias) -> Relu -> AveragePool(3, stride 2, pads 1, count_include_pad=0)
     -> Conv1d(2) -> Relu -> AveragePool(2, pads 1,0, count_include_pad=1) -> Reshape[1,16] -> MatMul -> Add."""
     rng = np.random.default_rng(seed)
-    p = {"W1": _w(rng, (3, 2, 3), 6), "b1": rng.normal(0, 0.5, 3), "W2": _w(rng, (4, 3, 2), 6),
-         "shape": np.array([1, 16]), "W3": _w(rng, (16, 2), 16), "b3": rng.normal(0, 0.5, 2)}
+    p = {"W1": normal(rng, (3, 2, 3), 6), "b1": rng.normal(0, 0.5, 3), "W2": normal(rng, (4, 3, 2), 6),
+         "shape": np.array([1, 16]), "W3": normal(rng, (16, 2), 16), "b3": rng.normal(0, 0.5, 2)}
     nodes = [
         helper.make_node("Conv", ["x", "W1", "b1"], ["c1"], kernel_shape=[3], pads=[1, 1]),  # [1,3,9]
         helper.make_node("Relu", ["c1"], ["r1"]),
@@ -104,12 +85,12 @@ def bn_residual_concat_gmp(seed: int) -> onnx.ModelProto:
     """x[1,2,4,4] -> Conv(2x2, pads 0,0,1,1) -> BN -> Relu = a; s = a + Relu(Conv1x1(a));
     Concat(s, Conv(2x2, pads 1,1,0,0)(a)) -> GlobalMaxPool -> Flatten -> Gemm(transB=1, alpha=2.5) -> y[1,2]."""
     rng = np.random.default_rng(seed)
-    p = {"W1": _w(rng, (3, 2, 2, 2), 8), **_bn(rng, "bn", 3), "W2": _w(rng, (3, 3, 1, 1), 3),
-         "b2": rng.normal(0, 0.5, 3), "W3": _w(rng, (2, 3, 2, 2), 12), "Wf": _w(rng, (2, 5), 5),
+    p = {"W1": normal(rng, (3, 2, 2, 2), 8), **bn_params(rng, "bn", 3), "W2": normal(rng, (3, 3, 1, 1), 3),
+         "b2": rng.normal(0, 0.5, 3), "W3": normal(rng, (2, 3, 2, 2), 12), "Wf": normal(rng, (2, 5), 5),
          "bf": rng.normal(0, 0.5, 2)}
     nodes = [
         helper.make_node("Conv", ["x", "W1"], ["c1"], kernel_shape=[2, 2], pads=[0, 0, 1, 1]),
-        _bn_node("bn", "c1", "n1"),
+        bn_node("bn", "c1", "n1"),
         helper.make_node("Relu", ["n1"], ["a"]),
         helper.make_node("Conv", ["a", "W2", "b2"], ["c2"], kernel_shape=[1, 1]),
         helper.make_node("Relu", ["c2"], ["r2"]),
@@ -127,8 +108,8 @@ def left_matmul_transpose(seed: int) -> onnx.ModelProto:
     """x[1,3,4] -> MatMul(Wl[5,3], x) (constant on the left) -> Add(bl[5,1]) -> Relu -> Transpose(0,2,1)
     -> MatMul(W2[5,3]) -> Relu -> Reshape[1,12] -> Gemm(W[12,2], alpha=0.8, beta=0.5) -> y[1,2]."""
     rng = np.random.default_rng(seed)
-    p = {"Wl": _w(rng, (5, 3), 3), "bl": rng.normal(0, 0.5, (5, 1)), "W2": _w(rng, (5, 3), 5),
-         "shape": np.array([1, 12]), "Wg": _w(rng, (12, 2), 12), "bg": rng.normal(0, 0.5, 2)}
+    p = {"Wl": normal(rng, (5, 3), 3), "bl": rng.normal(0, 0.5, (5, 1)), "W2": normal(rng, (5, 3), 5),
+         "shape": np.array([1, 12]), "Wg": normal(rng, (12, 2), 12), "bg": rng.normal(0, 0.5, 2)}
     nodes = [
         helper.make_node("MatMul", ["Wl", "x"], ["h1"]),  # [1,5,4]
         helper.make_node("Add", ["h1", "bl"], ["g1"]),
@@ -146,7 +127,7 @@ def gemm_left(seed: int) -> onnx.ModelProto:
     """x[4,2] -> Gemm(A=W[4,3] constant, transA=1, alpha=1.5, C[3,1]) = W^T x -> Relu -> Gemm(V[2,3], r) -> y[2,2]
     (the weight on the left, stored transposed)."""
     rng = np.random.default_rng(seed)
-    p = {"W": _w(rng, (4, 3), 4), "c": rng.normal(0, 0.5, (3, 1)), "V": _w(rng, (2, 3), 3)}
+    p = {"W": normal(rng, (4, 3), 4), "c": rng.normal(0, 0.5, (3, 1)), "V": normal(rng, (2, 3), 3)}
     nodes = [
         helper.make_node("Gemm", ["W", "x", "c"], ["h"], transA=1, alpha=1.5),
         helper.make_node("Relu", ["h"], ["r"]),
@@ -160,7 +141,7 @@ def no_bias(seed: int) -> onnx.ModelProto:
     x[1,2,5,5] -> Conv(3x3, pad 1) -> Relu -> MaxPool(2, stride 2, ceil) -> Conv(2x2) -> Relu
     -> AveragePool(2, stride 1, pads 0,0,1,1) -> Flatten -> MatMul -> y[1,3]."""
     rng = np.random.default_rng(seed)
-    p = {"W1": _w(rng, (3, 2, 3, 3), 18), "W2": _w(rng, (4, 3, 2, 2), 12), "W3": _w(rng, (16, 3), 16)}
+    p = {"W1": normal(rng, (3, 2, 3, 3), 18), "W2": normal(rng, (4, 3, 2, 2), 12), "W3": normal(rng, (16, 3), 16)}
     nodes = [
         helper.make_node("Conv", ["x", "W1"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c1"], ["r1"]),
@@ -288,7 +269,7 @@ def _shared_weight_net() -> onnx.ModelProto:
     """x[1,3] -> MatMul(W) -> Add(b) -> Relu -> MatMul(W) -> y: one initializer used by two layers, so
     paths through W[i, i] on both layers use that parameter twice."""
     rng = np.random.default_rng(0)
-    p = {"W": _w(rng, (3, 3), 3), "b": rng.normal(0, 0.5, 3)}
+    p = {"W": normal(rng, (3, 3), 3), "b": rng.normal(0, 0.5, 3)}
     nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "b"], ["a"]),
              helper.make_node("Relu", ["a"], ["r"]), helper.make_node("MatMul", ["r", "W"], ["y"])]
     return make_model(nodes, [("x", [1, 3])], [("y", None)], p, name="shared", producer="test_scores")

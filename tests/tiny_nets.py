@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 import onnx
-from builders import inits, make_model, replace_inits
+from builders import bn_node, bn_params, inits, make_model, normal, replace_inits
 from onnx import helper
 
 RescaleFn = Callable[[onnx.ModelProto, np.random.Generator], onnx.ModelProto]
@@ -43,10 +43,6 @@ def lambdas(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.exp(rng.uniform(np.log(lo), np.log(hi), size=n))
 
 
-def _normal(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int) -> np.ndarray:
-    return rng.normal(0.0, 1.0 / np.sqrt(fan_in), size=shape)
-
-
 def _conv_io_scale(w: np.ndarray, out_scale: np.ndarray, in_scale: np.ndarray, group: int = 1):
     """``W[o, j] * out_scale[o] / in_scale[input channel of (o, j)]`` for a (grouped) conv."""
     c_out, c_in_g = w.shape[:2]
@@ -66,24 +62,6 @@ def _bn_rescale(p: dict[str, np.ndarray], prefix: str, lam_in: np.ndarray, kap_o
     p[f"{prefix}_beta"] = p[f"{prefix}_beta"] * kap_out
 
 
-def _bn_params(rng: np.random.Generator, prefix: str, c: int) -> dict[str, np.ndarray]:
-    return {
-        f"{prefix}_gamma": rng.uniform(0.5, 1.5, c) * rng.choice([-1.0, 1.0], c),
-        f"{prefix}_beta": rng.normal(0.2, 0.5, c),
-        f"{prefix}_mean": rng.normal(0.0, 0.5, c),
-        f"{prefix}_var": rng.uniform(0.5, 2.0, c),
-    }
-
-
-def _bn_node(prefix: str, x: str, y: str) -> onnx.NodeProto:
-    return helper.make_node(
-        "BatchNormalization",
-        [x, f"{prefix}_gamma", f"{prefix}_beta", f"{prefix}_mean", f"{prefix}_var"],
-        [y],
-        epsilon=1e-3,
-    )
-
-
 def _cols_by_channel(w: np.ndarray, scale: np.ndarray, block: int) -> np.ndarray:
     """Divide the Gemm (transB=1) columns of channel ``c`` (``block`` features each) by scale[c]."""
     return w / np.repeat(scale, block)[None, :]
@@ -99,9 +77,9 @@ def mlp(rng: np.random.Generator | int | None = 0) -> tuple[onnx.ModelProto, Res
     rng = as_rng(rng)
     d, h, o = 6, 8, 3
     p = {
-        "B1": _normal(rng, (h, d), d),
+        "B1": normal(rng, (h, d), d),
         "C1": rng.normal(0.1, 0.5, h),
-        "B2": _normal(rng, (h, o), h),
+        "B2": normal(rng, (h, o), h),
         "C2": rng.normal(0.0, 0.5, (1, o)),
     }
     nodes = [
@@ -128,16 +106,16 @@ def conv_bn_pool(rng: np.random.Generator | int | None = 0) -> tuple[onnx.ModelP
     rng = as_rng(rng)
     c_in, c, o = 2, 4, 3
     p = {
-        "W1": _normal(rng, (c, c_in, 3, 3), c_in * 9),
+        "W1": normal(rng, (c, c_in, 3, 3), c_in * 9),
         "b1": rng.normal(0.0, 0.5, c),
-        **_bn_params(rng, "bn", c),
-        "Wf": _normal(rng, (o, c * 4), c * 4),
+        **bn_params(rng, "bn", c),
+        "Wf": normal(rng, (o, c * 4), c * 4),
         "bf": rng.normal(0.0, 0.5, o),
     }
     nodes = [
         helper.make_node("Conv", ["x", "W1", "b1"], ["c1"], kernel_shape=[3, 3],
                          strides=[1, 1], pads=[1, 1, 1, 1]),
-        _bn_node("bn", "c1", "n1"),
+        bn_node("bn", "c1", "n1"),
         helper.make_node("Relu", ["n1"], ["r1"]),
         helper.make_node("MaxPool", ["r1"], ["m1"], kernel_shape=[3, 3], strides=[2, 2],
                          pads=[1, 1, 1, 1], ceil_mode=1),  # 6x6 -> 4x4
@@ -168,13 +146,13 @@ def residual_concat(
     rng = as_rng(rng)
     c_in, c, c3, o = 2, 3, 2, 3
     p = {
-        "W1": _normal(rng, (c, c_in, 3, 3), c_in * 9),
+        "W1": normal(rng, (c, c_in, 3, 3), c_in * 9),
         "b1": rng.normal(0.1, 0.5, c),
-        "W2": _normal(rng, (c, c, 3, 3), c * 9),
+        "W2": normal(rng, (c, c, 3, 3), c * 9),
         "b2": rng.normal(0.0, 0.5, c),
-        "W3": _normal(rng, (c3, c, 1, 1), c),
+        "W3": normal(rng, (c3, c, 1, 1), c),
         "b3": rng.normal(0.0, 0.5, c3),
-        "Wf": _normal(rng, (o, c + c3), c + c3),
+        "Wf": normal(rng, (o, c + c3), c + c3),
         "bf": rng.normal(0.0, 0.5, o),
     }
     nodes = [
@@ -219,14 +197,14 @@ def everything(rng: np.random.Generator | int | None = 0) -> tuple[onnx.ModelPro
     p = {
         "mean": rng.normal(0.0, 0.5, (1, c_in, 1, 1)),
         "scale": rng.uniform(0.5, 2.0, (1, c_in, 1, 1)) * rng.choice([-1.0, 1.0], (1, c_in, 1, 1)),
-        "W1": _normal(rng, (c, c_in, 2, 2), c_in * 4),
+        "W1": normal(rng, (c, c_in, 2, 2), c_in * 4),
         "b1": rng.normal(0.0, 0.5, c),
-        **_bn_params(rng, "bn", c),
-        "W2": _normal(rng, (c, c // 2, 3, 3), c // 2 * 9),
+        **bn_params(rng, "bn", c),
+        "W2": normal(rng, (c, c // 2, 3, 3), c // 2 * 9),
         "b2": rng.normal(0.0, 0.5, c),
-        "W3": _normal(rng, (c3, c, 1, 1), c),
+        "W3": normal(rng, (c3, c, 1, 1), c),
         "b3": rng.normal(0.0, 0.5, c3),
-        "Wf": _normal(rng, (o, (c + c3) * hw), (c + c3) * hw),
+        "Wf": normal(rng, (o, (c + c3) * hw), (c + c3) * hw),
         "bf": rng.normal(0.0, 0.5, o),
     }
     nodes = [
@@ -234,7 +212,7 @@ def everything(rng: np.random.Generator | int | None = 0) -> tuple[onnx.ModelPro
         helper.make_node("Mul", ["x0", "scale"], ["x1"]),
         helper.make_node("Conv", ["x1", "W1", "b1"], ["c1"], kernel_shape=[2, 2],
                          pads=[0, 0, 1, 1]),  # 5x5 -> 5x5
-        _bn_node("bn", "c1", "n1"),
+        bn_node("bn", "c1", "n1"),
         helper.make_node("Relu", ["n1"], ["r1"]),
         helper.make_node("MaxPool", ["r1"], ["m"], kernel_shape=[2, 2], strides=[2, 2],
                          ceil_mode=1),  # 5x5 -> 3x3
@@ -274,9 +252,9 @@ def matmul_net(rng: np.random.Generator | int | None = 0) -> tuple[onnx.ModelPro
     rng = as_rng(rng)
     d, h, o = 4, 6, 3
     p = {
-        "W1": _normal(rng, (d, h), d),
+        "W1": normal(rng, (d, h), d),
         "b1": rng.normal(0.1, 0.5, h),
-        "W2": _normal(rng, (h, o), h),
+        "W2": normal(rng, (h, o), h),
         "b2": rng.normal(0.0, 0.5, o),
     }
     nodes = [
