@@ -100,7 +100,7 @@ def test_tile_duplicates_neurons_and_neg_keeps_the_norm() -> None:
     tiled = net([1, 3], [helper.make_node("Gemm", ["x", "W"], ["g"]), helper.make_node("Tile", ["g", "rp"], ["y"])],
                  [1, 12], {"W": w1, "rp": ints(1, 3)})
     negated = net([1, 3], [helper.make_node("Gemm", ["x", "W"], ["g"]), helper.make_node("Neg", ["g"], ["y"])],
-                   [1, 4], {"W": w1})
+                  [1, 4], {"W": w1})
     w32 = np.abs(w1.astype(np.float32).astype(np.float64))
     for q in (1.0, 2.0):
         closed = float(np.sum(w32 ** q))

@@ -19,12 +19,12 @@ w = weight_stream(123)
 
 def _conv(x_shape, w_shape, out_shape, **attrs):
     return net(x_shape, [helper.make_node("Conv", ["x", "W", "B"], ["c"], **attrs), helper.make_node("Relu", ["c"], ["y"])],
-                out_shape, {"W": w(*w_shape), "B": w(w_shape[0])})
+               out_shape, {"W": w(*w_shape), "B": w(w_shape[0])})
 
 
 def _pool(op, x_shape, out_shape, **attrs):
     return net(x_shape, [helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
-                          helper.make_node(op, ["c"], ["y"], **attrs)], out_shape, {"W": w(2, x_shape[1], 3, 3)})
+                         helper.make_node(op, ["c"], ["y"], **attrs)], out_shape, {"W": w(2, x_shape[1], 3, 3)})
 
 
 CASES = {
@@ -43,23 +43,23 @@ CASES = {
     "global_max_pool": lambda: _pool("GlobalMaxPool", [1, 2, 4, 4], [1, 2, 1, 1]),
     "global_avg_pool": lambda: _pool("GlobalAveragePool", [1, 2, 4, 4], [1, 2, 1, 1]),
     "gemm_transA_alpha_beta": lambda: net([4, 1], [helper.make_node("Gemm", ["x", "W", "C"], ["y"], transA=1, alpha=0.5, beta=2.0)],
-                                           [1, 3], {"W": w(4, 3), "C": w(1, 3)}),
+                                          [1, 3], {"W": w(4, 3), "C": w(1, 3)}),
     "gemm_constant_left": lambda: net([4, 2], [helper.make_node("Gemm", ["W", "x", "C"], ["y"], transA=1)], [3, 2],
-                                       {"W": w(4, 3), "C": w(3, 1)}),
+                                      {"W": w(4, 3), "C": w(3, 1)}),
     "matmul_constant_left": lambda: net([1, 4, 2], [helper.make_node("MatMul", ["W", "x"], ["m"]),
-                                                     helper.make_node("Relu", ["m"], ["y"])], [1, 3, 2], {"W": w(3, 4)}),
+                                                    helper.make_node("Relu", ["m"], ["y"])], [1, 3, 2], {"W": w(3, 4)}),
     "sub_div_mul_constants": lambda: net([1, 3], [helper.make_node("Sub", ["c", "x"], ["a"]),
-                                                   helper.make_node("Div", ["a", "d"], ["b"]),
-                                                   helper.make_node("Mul", ["m", "b"], ["e"]),
-                                                   helper.make_node("Sub", ["e", "s"], ["y"])], [1, 3],
-                                      {"c": w(3), "d": w(1, 3), "m": w(3), "s": w(3)}),
+                                                  helper.make_node("Div", ["a", "d"], ["b"]),
+                                                  helper.make_node("Mul", ["m", "b"], ["e"]),
+                                                  helper.make_node("Sub", ["e", "s"], ["y"])], [1, 3],
+                                         {"c": w(3), "d": w(1, 3), "m": w(3), "s": w(3)}),
     "sum_three_with_constant": lambda: net([1, 3], [helper.make_node("MatMul", ["x", "W"], ["a"]), helper.make_node("Relu", ["x"], ["r"]),
-                                                     helper.make_node("Sum", ["a", "r", "x", "c"], ["y"])], [1, 3],
-                                        {"W": w(3, 3), "c": w(3)}),
+                                                    helper.make_node("Sum", ["a", "r", "x", "c"], ["y"])], [1, 3],
+                                           {"W": w(3, 3), "c": w(3)}),
     "sub_of_activations": lambda: net([1, 3], [helper.make_node("MatMul", ["x", "W"], ["a"]),
-                                                helper.make_node("Sub", ["x", "a"], ["y"])], [1, 3], {"W": w(3, 3)}),
+                                               helper.make_node("Sub", ["x", "a"], ["y"])], [1, 3], {"W": w(3, 3)}),
     "broadcast_bias_grows_tensor": lambda: net([1, 1], [helper.make_node("Add", ["x", "c"], ["a"]),
-                                                         helper.make_node("Relu", ["a"], ["y"])], [2, 3], {"c": w(2, 3)}),
+                                                        helper.make_node("Relu", ["a"], ["y"])], [2, 3], {"c": w(2, 3)}),
     "squeeze_unsqueeze_transpose_flatten": lambda: net(
         [1, 2, 3], [helper.make_node("Unsqueeze", ["x", "ax"], ["u"]), helper.make_node("Transpose", ["u"], ["t"], perm=[0, 3, 2, 1]),
                     helper.make_node("Squeeze", ["t", "ax0"], ["s"]), helper.make_node("Flatten", ["s"], ["f"], axis=1),
@@ -82,16 +82,16 @@ CASES = {
                  helper.make_node("Relu", ["n"], ["y"])], [1, 4],
         {"g": w(4), "b": w(4), "m": w(4), "v": np.abs(w(4)) + 0.1}),
     "pad_zero_then_conv": lambda: net([1, 2, 4, 4], [helper.make_node("Pad", ["x", "pads"], ["p"]),
-                                                      helper.make_node("Conv", ["p", "W"], ["c"]), helper.make_node("Relu", ["c"], ["y"])],
-                                       [1, 3, 4, 4], {"pads": np.array([0, 0, 1, 0, 0, 0, 0, 1], np.int64), "W": w(3, 2, 2, 2)}),
+                                                     helper.make_node("Conv", ["p", "W"], ["c"]), helper.make_node("Relu", ["c"], ["y"])],
+                                      [1, 3, 4, 4], {"pads": np.array([0, 0, 1, 0, 0, 0, 0, 1], np.int64), "W": w(3, 2, 2, 2)}),
     "pad_edge": lambda: net([1, 2, 3, 3], [helper.make_node("Conv", ["x", "W"], ["c"]),
-                                            helper.make_node("Pad", ["c", "pads"], ["y"], mode="edge")],
-                             [1, 2, 5, 4], {"W": w(2, 2, 1, 1), "pads": np.array([0, 0, 1, 0, 0, 0, 1, 1], np.int64)}),
+                                           helper.make_node("Pad", ["c", "pads"], ["y"], mode="edge")],
+                            [1, 2, 5, 4], {"W": w(2, 2, 1, 1), "pads": np.array([0, 0, 1, 0, 0, 0, 1, 1], np.int64)}),
     "pad_reflect": lambda: net([1, 1, 4, 4], [helper.make_node("Conv", ["x", "W"], ["c"]),
-                                               helper.make_node("Pad", ["c", "pads"], ["y"], mode="reflect")],
-                                [1, 2, 6, 6], {"W": w(2, 1, 1, 1), "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)}),
+                                              helper.make_node("Pad", ["c", "pads"], ["y"], mode="reflect")],
+                               [1, 2, 6, 6], {"W": w(2, 1, 1, 1), "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)}),
     "old_opset_9": lambda: net([1, 3], [helper.make_node("Gemm", ["x", "W", "B"], ["g"], transB=1),
-                                         helper.make_node("Relu", ["g"], ["y"])], [1, 2], {"W": w(2, 3), "B": w(2)}, opset=9),
+                                        helper.make_node("Relu", ["g"], ["y"])], [1, 2], {"W": w(2, 3), "B": w(2)}, opset=9),
 }
 
 
@@ -119,8 +119,8 @@ def test_shape_arithmetic_is_folded() -> None:
 
 def test_refusals_list_every_node() -> None:
     model = net([1, 3], [helper.make_node("Sigmoid", ["x"], ["a"], name="sig"), helper.make_node("Tanh", ["x"], ["b"], name="th"),
-                          helper.make_node("Mul", ["a", "b"], ["c"], name="prod"), helper.make_node("Relu", ["x"], ["r"]),
-                          helper.make_node("Mul", ["r", "r"], ["y"], name="square")], [1, 3], {})
+                         helper.make_node("Mul", ["a", "b"], ["c"], name="prod"), helper.make_node("Relu", ["x"], ["r"]),
+                         helper.make_node("Mul", ["r", "r"], ["y"], name="square")], [1, 3], {})
     model.graph.output.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, 3]))
     with pytest.raises(pl.UnsupportedModelError) as err:
         pl.import_model(model)
@@ -131,7 +131,7 @@ def test_refusals_list_every_node() -> None:
 def test_maxpool_ceil_window_in_padding_is_refused() -> None:
     """onnxruntime drops a ceil_mode window that starts in the end padding; ONNX shape inference keeps it."""
     model = net([1, 1, 4, 4], [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2],
-                                                 pads=[0, 0, 1, 1], ceil_mode=1, name="mp")], [1, 1, 3, 3], {})
+                                                pads=[0, 0, 1, 1], ceil_mode=1, name="mp")], [1, 1, 3, 3], {})
     with pytest.raises(pl.UnsupportedModelError, match="onnxruntime computes"):
         pl.import_model(model)
 
@@ -221,7 +221,7 @@ def test_pointwise_conv_scores(attrs: dict) -> None:
     from onnx_pathlift.scores import path_magnitude
 
     model = net([1, 3, 5, 5], [helper.make_node("Conv", ["x", "W"], ["c"], **attrs), helper.make_node("Relu", ["c"], ["r"]),
-                                helper.make_node("GlobalAveragePool", ["r"], ["y"])], [1, 2, 1, 1], {"W": w(2, 3, 1, 1)})
+                               helper.make_node("GlobalAveragePool", ["r"], ["y"])], [1, 2, 1, 1], {"W": w(2, 3, 1, 1)})
     total = brute_force_path_norm(model, 1)
     scores = path_magnitude(model).fraction["W"]
     for idx in np.ndindex(scores.shape):

@@ -33,7 +33,7 @@ def _deconv(x_shape: list[int], w_shape: tuple[int, ...], before: int = 3, **att
              helper.make_node("ConvTranspose", ["r", "W", "B"], ["d"], **attrs), helper.make_node("Relu", ["d"], ["r2"]),
              helper.make_node("Conv", ["r2", "W2", "B2"], ["y"])]
     return inferred_net(x_shape, nodes, {"W0": w(c_in, x_shape[1], *[before] * n), "W": w(*w_shape), "B": w(c_out),
-                                   "W2": w(2, c_out, *[1] * n), "B2": w(2)})
+                                         "W2": w(2, c_out, *[1] * n), "B2": w(2)})
 
 
 def _reduce(op: str, axes: list[int], keepdims: int, opset: int, after: list, params: dict, **attrs) -> onnx.ModelProto:
@@ -221,7 +221,7 @@ def test_deconv_output_shape_beyond_the_full_size_is_refused() -> None:
 def test_deconv_output_padding_of_the_stride_is_refused() -> None:
     """onnxruntime refuses output_padding ≥ stride, even below the dilation."""
     model = net([1, 1, 3], [helper.make_node("ConvTranspose", ["x", "W"], ["y"], dilations=[2], output_padding=[1])], None,
-                 {"W": w(1, 1, 2)})
+                {"W": w(1, 1, 2)})
     with pytest.raises(UnsupportedModelError, match="not below the strides"):
         pl.import_model(model)
 

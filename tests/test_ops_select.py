@@ -38,7 +38,7 @@ def _resize(opset: int, scales=None, sizes=None, **attrs) -> onnx.ModelProto:
         return one_op("Resize", ["", "", "sz"] if opset >= 13 else ["roi", "sc", "sz"],
                     {"sz": ints(*sizes), **({} if opset >= 13 else {"roi": floats(), "sc": floats()})}, opset=opset, **attrs)
     return one_op("Resize", ["", "sc"] if opset >= 13 else ["roi", "sc"], {"sc": floats(*scales), **({} if opset >= 13 else {"roi": floats()})},
-                opset=opset, **attrs)
+                  opset=opset, **attrs)
 
 
 def _depth_to_space(mode: str) -> onnx.ModelProto:
@@ -64,14 +64,14 @@ CASES = {
     "gather_2d_indices_last_axis": lambda: one_op("Gather", ["ix"], {"ix": np.array([[1, 1], [4, 0]], np.int32)}, axis=-1),
     "gather_batch_axis_dense": lambda: one_op("Gather", ["ix"], {"ix": ints(1, 1, 0, 3)}, axis=0, x_shape=(4, 3)),
     "slice_batch_axis_dense": lambda: one_op("Slice", ["st", "en", "ax", "sp"], {"st": ints(-1), "en": ints(0), "ax": ints(0), "sp": ints(-2)},
-                                           x_shape=(4, 3)),
+                                             x_shape=(4, 3)),
     "gather_nd_pairs_repeated": lambda: one_op("GatherND", ["ix"], {"ix": ints([[0, 2], [0, 0]], [[0, 1], [0, 2]])}),
     "gather_nd_full_index_negative": lambda: one_op("GatherND", ["ix"], {"ix": ints([0, 1, 2, 3], [0, -1, 0, 0], [0, 0, 3, -1])}),
     "gather_nd_after_transpose_like_dynamo": lambda: sandwich(
         [helper.make_node("Transpose", ["r"], ["t"], perm=[2, 3, 0, 1]), helper.make_node("GatherND", ["t", "ix"], ["m"])],
         {"ix": ints([[0, 1], [1, 2]], [[2, 3], [3, 4]])}),
     "gather_elements_axis_2": lambda: one_op("GatherElements", ["ix"], {"ix": np.random.default_rng(3).integers(-4, 4, (1, 3, 2, 5))},
-                                           axis=2),
+                                             axis=2),
     "depth_to_space_dcr": lambda: _depth_to_space("DCR"),
     "depth_to_space_crd": lambda: _depth_to_space("CRD"),
     "space_to_depth": lambda: one_op("SpaceToDepth", [], {}, x_shape=(1, 2, 5, 7), blocksize=2),
@@ -91,7 +91,7 @@ CASES = {
     "resize_sizes_unchanged_is_a_copy": lambda: _resize(13, scales=(1, 1, 1.2, 1.1)),  # onnxruntime copies: out == in
     "resize_one_axis_keeps_size_but_remaps": lambda: _resize(13, scales=(1, 1, 1.2, 2)),
     "resize_axes_not_larger_opset18": lambda: one_op("Resize", ["", "", "sz"], {"sz": ints(9, 20)}, opset=18, axes=[2, 3],
-                                                   keep_aspect_ratio_policy="not_larger"),
+                                                     keep_aspect_ratio_policy="not_larger"),
     "resize_half_pixel_symmetric_opset19": lambda: _resize(19, sizes=(1, 3, 7, 3), coordinate_transformation_mode="half_pixel_symmetric"),
 }
 
@@ -184,8 +184,8 @@ def test_nearest_index_rule_of_resize_10_matches_onnxruntime() -> None:
 def _refused(nodes: list, params: dict, extra_inputs=(), opset: int = 18) -> tuple[str, str, str]:
     """Import x[1,2,5,6] → Conv → Relu = r → ``nodes`` (r → … → y); return the single refusal (node, op, message)."""
     model = net([1, 2, 5, 6], [helper.make_node("Conv", ["x", "W1"], ["c"], kernel_shape=[2, 2]),
-                                helper.make_node("Relu", ["c"], ["r"]), *nodes], None,
-                 {"W1": np.ones((3, 2, 2, 2)), **params}, opset=opset)
+                               helper.make_node("Relu", ["c"], ["r"]), *nodes], None,
+                {"W1": np.ones((3, 2, 2, 2)), **params}, opset=opset)
     model.graph.input.extend(helper.make_tensor_value_info(n, t, s) for n, t, s in extra_inputs)
     with pytest.raises(pl.UnsupportedModelError) as err:
         pl.import_model(model)
