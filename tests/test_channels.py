@@ -13,7 +13,7 @@ import pytest
 import tiny_nets
 from builders import inits, ints, make_model, replace_inits
 from checks import analyse, group_of, run, slim_error
-from conftest import run_main
+from conftest import ROOT, run_main
 from onnx import helper, numpy_helper
 
 from onnx_pathlift.channels import choose, group_scores
@@ -23,7 +23,6 @@ from onnx_pathlift.metric import path_metric
 from onnx_pathlift.rescale import rescale
 from onnx_pathlift.slim import masked_model, prune_channels, slim_model
 
-ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((ROOT / "models").glob("*.onnx"))
 
 

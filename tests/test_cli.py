@@ -20,12 +20,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 from builders import B1, B2, W1, W2, hand_mlp, hand_norm, make_model, save
-from conftest import norms_by_q, run_main
+from conftest import MODELS, norms_by_q, run_main
 from onnx import helper
 
 import onnx_pathlift
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
 CNN = MODELS / "digits_cnn_torch.onnx"
 MLP = MODELS / "digits_mlp_sklearn.onnx"
 SHIPPED = {"cnn": CNN, "mlp": MLP}

@@ -12,16 +12,13 @@ import numpy as np
 import onnx
 import pytest
 from builders import W1, hand_mlp, make_model
-from conftest import traced_peak
+from conftest import MODELS, traced_peak
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_pathlift
 from onnx_pathlift import cli, import_model, path_norm
 from onnx_pathlift.errors import InvalidModelError, PathliftError, UnsupportedModelError
 from onnx_pathlift.load import load_model
-
-MODELS = Path(__file__).resolve().parent.parent / "models"
-
 
 # --------------------------------------------------------------------------------------------
 # helpers

@@ -21,6 +21,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from builders import inits
+from conftest import MODELS
 from onnx import numpy_helper
 
 import onnx_pathlift as pl
@@ -29,7 +30,6 @@ from onnx_pathlift.errors import UsageError
 from onnx_pathlift.prune import PruneReport, apply, masks, select
 from onnx_pathlift.scores import magnitude, path_magnitude
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
 CNN = MODELS / "digits_cnn_torch_bn.onnx"
 MLP = MODELS / "digits_mlp_sklearn.onnx"
 QDQ = MODELS / "digits_cnn_torch_bn_int8.onnx"

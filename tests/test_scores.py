@@ -19,7 +19,6 @@ Conv / Gemm / MatMul weight, returned in the initializer's own layout. Checked a
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -27,6 +26,7 @@ import onnxruntime as ort
 import pytest
 from builders import bn_node, bn_params, inits, make_model, normal, replace_inits, zeroed
 from checks import sample, scored_initializers
+from conftest import MODELS
 from onnx import helper, numpy_helper
 from oracle import brute_force_path_norm, neuron_dag, path_starts
 from tiny_nets import ALL_NETS
@@ -35,7 +35,6 @@ import onnx_pathlift as pl
 from onnx_pathlift.rescale import rescale
 from onnx_pathlift.scores import Scores, magnitude, path_magnitude
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
 SHIPPED = ["digits_cnn_torch_bn.onnx", "digits_mlp_sklearn.onnx", "digits_cnn_torch.onnx",
            "digits_cnn_torch_bn_pruned50.onnx"]
 SCORED_OPS = ("Conv", "Gemm", "MatMul")

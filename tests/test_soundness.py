@@ -9,13 +9,13 @@ interval: it must contain the truth, whatever the scales did.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import tiny_nets
 from builders import make_model
+from conftest import MODELS, ZOO
 from onnx import helper, numpy_helper
 from oracle import log10_mlp_path_norm, log10_path_norm
 
@@ -184,9 +184,8 @@ def test_inf_on_a_deep_mlp_against_max_plus() -> None:
 
 def _rescale_models() -> list[tuple[str, onnx.ModelProto]]:
     """The shipped float models, ACAS Xu from the zoo when it is there, and deep test nets."""
-    root = Path(__file__).resolve().parents[1]
-    out = [(p.name, onnx.load(p)) for p in sorted((root / "models").glob("*.onnx")) if "int8" not in p.name]
-    acas = root.parent / "shared" / "zoo" / "vnncomp2021" / "acasxu" / "ACASXU_run2a_1_1_batch_2000.onnx"
+    out = [(p.name, onnx.load(p)) for p in sorted(MODELS.glob("*.onnx")) if "int8" not in p.name]
+    acas = ZOO / "vnncomp2021" / "acasxu" / "ACASXU_run2a_1_1_batch_2000.onnx"
     if acas.exists():
         out.append((acas.name, onnx.load(acas)))
     rng = np.random.default_rng(2)
