@@ -8,7 +8,7 @@ Independent oracles used here:
 * onnxruntime runs of the two ONNX files themselves (not the package's re-emission) for the theorem
   ``‖R_θ(x) − R_θ'(x)‖_1 ≤ max(‖x‖_∞, 1)·d(θ, θ')`` on shipped and zoo models;
 * a float64 torch evaluator of the lifted network written from the path-lifting definitions
-  (``_torch_lifted``), validated against the brute-force oracle on the tiny nets, for the
+  (``torch_lifted.lifted_norm``), validated against the brute-force oracle on the tiny nets, for the
   light ResNet-50 where the difference of two nearly equal path-norms is needed.
 """
 
@@ -29,6 +29,7 @@ from checks import Runner
 from conftest import LIGHT, MODELS, run_main
 from onnx import helper, numpy_helper
 from oracle import neuron_signs_agree, signed_path_metric, union_dags
+from torch_lifted import lifted_norm
 
 from onnx_pathlift import import_model, path_norm
 from onnx_pathlift import metric as metric_mod
@@ -385,101 +386,17 @@ def test_self_compare_check_is_clean(capsys) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _pad_spec(pads: list[int], n: int, ends: list[int] | None = None) -> list[int]:
-    """torch F.pad spec (last axis first) for ONNX pads [b_1..b_n, e_1..e_n]."""
-    ends = ends if ends is not None else pads[n:]
-    spec = []
-    for i in reversed(range(n)):
-        spec += [pads[i], ends[i]]
-    return spec
-
-
-def _window_sum(torch, F, x, kernel, strides, dilations, pads, out_sp):
-    """Σ over each pooling window (window o covers o·s − pad_begin + k·d, zero outside the input)."""
-    n = len(kernel)
-    ends = [max((out_sp[i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - x.shape[2 + i] - pads[i], 0)
-            for i in range(n)]
-    xp = F.pad(x, _pad_spec(pads, n, ends))
-    c = x.shape[1]
-    ones = torch.ones((c, 1, *kernel), dtype=torch.float64)
-    conv = (F.conv1d, F.conv2d, F.conv3d)[n - 1]
-    y = conv(xp, ones, stride=strides, dilation=dilations, groups=c)
-    return y[(slice(None), slice(None), *[slice(0, o) for o in out_sp])]
-
-
-def _torch_lifted(dag: Dag) -> float:
-    """‖Φ(θ)‖_1 in float64: the lifted network (|w|, activations removed, max-pool → sum over its
-    window, average-pool → 1/divisor per valid position) on all-ones inputs, summed over the outputs."""
-    torch = pytest.importorskip("torch")
-    F = torch.nn.functional
-    vals = {}
-    with torch.no_grad():
-        for layer in dag.layers():
-            p = {k: torch.from_numpy(np.abs(np.asarray(v, np.float64))) for k, v in layer.params.items()}
-            xs = [vals[i] for i in layer.inputs]
-            a, op = layer.attrs, layer.op
-            if op == "input":
-                y = torch.ones(layer.shape, dtype=torch.float64)
-            elif op == "conv":
-                n = p["W"].ndim - 2
-                x = F.pad(xs[0], _pad_spec(a["pads"], n))
-                y = (F.conv1d, F.conv2d, F.conv3d)[n - 1](x, p["W"], stride=a["strides"], dilation=a["dilations"],
-                                                         groups=a["group"])
-            elif op == "dense":
-                y = xs[0] @ p["W"] if a["side"] == "right" else p["W"] @ xs[0]
-            elif op == "affine":
-                y = xs[0] * p.get("scale", 1.0) + p.get("bias", 0.0)
-            elif op == "relu":
-                y = xs[0]
-            elif op == "sum":
-                y = sum(xs)
-            elif op == "maxpool":
-                y = _window_sum(torch, F, xs[0], a["kernel_shape"], a["strides"], a.get("dilations", [1] * len(a["kernel_shape"])),
-                                a["pads"], layer.shape[2:])
-            elif op == "avgpool":
-                k, n = a["kernel_shape"], len(a["kernel_shape"])
-                dil = a.get("dilations", [1] * n)
-                s = _window_sum(torch, F, xs[0], k, a["strides"], dil, a["pads"], layer.shape[2:])
-                if a["count_include_pad"]:  # positions inside the padded extent
-                    ext = [xs[0].shape[2 + i] + a["pads"][i] + a["pads"][n + i] for i in range(n)]
-                    div = _window_sum(torch, F, torch.ones((1, 1, *ext), dtype=torch.float64), k, a["strides"], dil,
-                                      [0] * (2 * n), layer.shape[2:])
-                else:  # valid positions only
-                    div = _window_sum(torch, F, torch.ones((1, 1, *xs[0].shape[2:]), dtype=torch.float64), k,
-                                      a["strides"], dil, a["pads"], layer.shape[2:])
-                y = s / div
-            elif op == "globalpool":
-                dims = tuple(range(2, xs[0].ndim))
-                y = xs[0].sum(dim=dims, keepdim=True)
-                if a["mode"] == "average":
-                    y = y / math.prod(xs[0].shape[2:])
-            elif op == "reshape":
-                y = xs[0].reshape(layer.shape)
-            elif op == "transpose":
-                y = xs[0].permute(*a["perm"])
-            elif op == "concat":
-                y = torch.cat(xs, dim=a["axis"])
-            else:
-                raise AssertionError(f"the torch oracle does not know layer op {op!r}")
-            if "B" in p and op in ("conv", "dense"):
-                y = y + p["B"]
-            y = torch.broadcast_to(y, layer.shape)
-            assert tuple(y.shape) == tuple(layer.shape), (layer.name, y.shape, layer.shape)
-            vals[layer.name] = y
-        return math.fsum(float(vals[n].sum()) for n in dag.outputs.values())
-
-
 @pytest.mark.parametrize("name", NETS)
 def test_torch_oracle_matches_brute_force(name: str) -> None:
     """The float64 torch evaluator is itself an oracle: check it on every tiny net."""
     model, _ = tiny_nets.ALL_NETS[name](3)
-    assert _torch_lifted(import_model(model)) == pytest.approx(oracle.brute_force_path_norm(model, 1.0), rel=1e-6)
+    assert lifted_norm(import_model(model)) == pytest.approx(oracle.brute_force_path_norm(model, 1.0), rel=1e-6)
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_torch_oracle_matches_path_norm_on_shipped(path: Path) -> None:
     dag = import_model(path)
-    assert _torch_lifted(dag) == pytest.approx(path_norm(dag).value, rel=1e-5)
+    assert lifted_norm(dag) == pytest.approx(path_norm(dag).value, rel=1e-5)
 
 
 def _zero_one_weight(dag: Dag, layer_name: str, index: int) -> Dag:
@@ -507,7 +424,7 @@ def test_one_zeroed_weight_in_light_resnet50() -> None:
     convs = [layer for layer in dag_a.layers() if layer.op == "conv"]
     target = convs[len(convs) // 2]
     dag_b = _zero_one_weight(dag_a, target.name, 17)
-    ref_a, ref_b = _torch_lifted(dag_a), _torch_lifted(dag_b)
+    ref_a, ref_b = lifted_norm(dag_a), lifted_norm(dag_b)
     ref = ref_a - ref_b  # float64: the change is ~1e-7 of the norm, so ~1e-9 relative error at worst
     assert ref > 0 and ref / ref_a < 1e-5
     m = path_metric(dag_a, dag_b)
@@ -557,7 +474,7 @@ def test_one_zeroed_weight_in_a_deep_residual_conv_net() -> None:
     w.flat[5] = 0.0
     model_b = replace_inits(model_a, {"W10": w})
     dag_a, dag_b = import_model(model_a), import_model(model_b)
-    ref_a, ref_b = _torch_lifted(dag_a), _torch_lifted(dag_b)
+    ref_a, ref_b = lifted_norm(dag_a), lifted_norm(dag_b)
     ref = ref_a - ref_b
     assert ref > 0
     m = path_metric(model_a, model_b)

@@ -30,6 +30,7 @@ from conftest import MODELS
 from onnx import helper, numpy_helper
 from oracle import brute_force_path_norm, neuron_dag, path_starts
 from tiny_nets import ALL_NETS
+from torch_lifted import lifted_fractions
 
 import onnx_pathlift as pl
 from onnx_pathlift.rescale import rescale
@@ -315,104 +316,11 @@ def test_shipped_scores_match_finite_differences(file: str) -> None:
         assert scores.fraction[k][idx] == pytest.approx(want, rel=1e-3), (k, idx)
 
 
-def _torch_lifted_fractions(dag: pl.Dag) -> dict[str, np.ndarray]:
-    """Independent float64 re-implementation of the lifted network (q = 1, all-ones inputs) in torch;
-    scores = |W| · ∂‖Φ‖_1/∂|W| by autograd; returned as fractions in the initializer layout."""
-    import torch
-    import torch.nn.functional as F
-
-    def t(a):
-        return torch.as_tensor(np.abs(np.asarray(a, np.float64)))
-
-    def pad(x, begin, end, value=0.0):
-        spec = []
-        for b_, e_ in zip(reversed(begin), reversed(end)):
-            spec += [int(b_), int(e_)]
-        return F.pad(x, spec, value=value)
-
-    def window_sum(x, layer, kernel_pads_value=0.0):
-        """Sum over each pool window (pads then the ceil-mode end extension filled with zeros)."""
-        a = layer.attrs
-        k, n = a["kernel_shape"], len(a["kernel_shape"])
-        strides, dil = a["strides"], a.get("dilations", [1] * n)
-        begin, end = a["pads"][:n], a["pads"][n:]
-        x = pad(x, begin, end, kernel_pads_value)
-        out = layer.shape[2:]
-        extra = [max(0, (out[i] - 1) * strides[i] + (k[i] - 1) * dil[i] + 1 - x.shape[2 + i]) for i in range(n)]
-        x = pad(x, [0] * n, extra, 0.0)
-        c = x.shape[1]
-        conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[n]
-        y = conv(x, torch.ones((c, 1, *k), dtype=torch.float64), stride=strides, dilation=dil, groups=c)
-        return y[(slice(None), slice(None), *[slice(0, o) for o in out])]
-
-    value, leaves = {}, {}
-    for layer in dag.layers():
-        xs = [value[i] for i in layer.inputs]
-        op, p, a = layer.op, layer.params, layer.attrs
-        if op == "input":
-            y = torch.ones(layer.shape, dtype=torch.float64)
-        elif op == "conv":
-            w = t(p["W"]).requires_grad_(True)
-            leaves[layer.name] = w
-            n = w.dim() - 2
-            x = pad(xs[0], a["pads"][:n], a["pads"][n:])
-            conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[n]
-            y = conv(x, w, stride=a["strides"], dilation=a["dilations"], groups=a["group"])
-            if "B" in p:
-                y = y + t(p["B"]).reshape(1, -1, *[1] * n)
-        elif op == "dense":
-            w = t(p["W"]).requires_grad_(True)
-            leaves[layer.name] = w
-            y = xs[0] @ w if a["side"] == "right" else w @ xs[0]
-            if "B" in p:
-                y = y + t(p["B"])
-        elif op == "affine":
-            y = xs[0]
-            if "scale" in p:
-                y = y * t(p["scale"])
-            if "bias" in p:
-                y = y + t(p["bias"])
-        elif op == "relu":
-            y = xs[0]
-        elif op == "maxpool":
-            y = window_sum(xs[0], layer)
-        elif op == "avgpool":
-            ones = torch.ones_like(xs[0])
-            div = window_sum(ones, layer, 1.0 if a.get("count_include_pad", 0) else 0.0)
-            y = window_sum(xs[0], layer) / div
-        elif op == "globalpool":
-            dims = tuple(range(2, xs[0].dim()))
-            y = xs[0].sum(dim=dims, keepdim=True)
-            if a["mode"] != "max":
-                y = y / float(np.prod(a["in_spatial"]))
-        elif op == "sum":
-            y = sum(xs[1:], xs[0])
-        elif op == "concat":
-            y = torch.cat(xs, dim=a["axis"])
-        elif op == "reshape":
-            y = xs[0].reshape(layer.shape)
-        elif op == "transpose":
-            y = xs[0].permute(*a["perm"])
-        else:
-            raise NotImplementedError(op)
-        assert tuple(y.shape) == tuple(layer.shape), (layer.name, tuple(y.shape), layer.shape)
-        value[layer.name] = y
-    norm = sum(value[name].sum() for name in dag.outputs.values())
-    norm.backward()
-    norm = norm.item()
-    out = {}
-    for lname, w in leaves.items():
-        frac = (w * w.grad).detach().numpy() / norm
-        name, transposed = dag.layer(lname).origins.get("W", (lname, False))
-        out[name] = out.get(name, 0) + (frac.T if transposed else frac)
-    return out
-
-
 @pytest.mark.parametrize("file", ["digits_cnn_torch_bn.onnx", "digits_mlp_sklearn.onnx"])
 def test_shipped_scores_match_torch_autograd_float64(file: str) -> None:
     pytest.importorskip("torch")
     dag = pl.import_model(str(MODELS / file))
-    want = _torch_lifted_fractions(dag)
+    want = lifted_fractions(dag)
     got = path_magnitude(dag).fraction
     # atol: mlp_sklearn has weights whose shares are ~1e-47..1e-52 (dead input pixels), below float32's range
     # next to their tensor's largest share; they come back flushed or rounded (see the xfail tests below)
@@ -427,7 +335,7 @@ def test_shipped_scores_match_torch_autograd_float64(file: str) -> None:
 def test_shipped_mlp_tiny_shares_match_torch_autograd_without_absolute_floor() -> None:
     pytest.importorskip("torch")
     dag = pl.import_model(str(MODELS / "digits_mlp_sklearn.onnx"))
-    assert_fractions_close(path_magnitude(dag).fraction, _torch_lifted_fractions(dag), rtol=1e-5, atol=0.0)
+    assert_fractions_close(path_magnitude(dag).fraction, lifted_fractions(dag), rtol=1e-5, atol=0.0)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -436,7 +344,7 @@ def test_tiny_net_scores_match_torch_autograd_float64(name: str) -> None:
     check of every entry, cheap enough to cover the entries the brute-force test samples out."""
     pytest.importorskip("torch")
     dag = pl.import_model(build(name, 0))
-    assert_fractions_close(path_magnitude(dag).fraction, _torch_lifted_fractions(dag), rtol=1e-5, atol=1e-12)
+    assert_fractions_close(path_magnitude(dag).fraction, lifted_fractions(dag), rtol=1e-5, atol=1e-12)
 
 
 # --------------------------------------------------------------------------------------------
