@@ -246,7 +246,28 @@ def neuron_dag(model: onnx.ModelProto) -> tuple[nx.DiGraph, list[Neuron]]:
     }
     shapes: dict[str, tuple[int, ...]] = {}
     G = nx.DiGraph()
+    _add_input_neurons(G, graph, consts, shapes)
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            raise OracleError(f"node {node.name!r}: domain {node.domain!r} not supported")
+        if node.op_type in ("If", "Loop", "Scan"):
+            raise OracleError(f"node {node.name!r}: control flow not supported")
+        act_names = list(dict.fromkeys(i for i in node.input if i and i not in consts))
+        missing = [a for a in act_names if a not in shapes]
+        if missing:
+            raise OracleError(f"node {node.name!r}: inputs {missing} unknown (graph not sorted?)")
+        if not act_names:  # constant folding: Constant nodes and nodes of constants only
+            names, vals = _eval_constant_node(node, consts, out_types, model)
+            for name, v in zip(names, vals):
+                consts[name] = v
+            continue
+        _probe_node(G, node, {a: shapes[a] for a in act_names}, consts, out_types, model, shapes)
+    return G, _mark_outputs(G, graph, shapes)
 
+
+def _add_input_neurons(G: nx.DiGraph, graph: onnx.GraphProto, consts: Mapping[str, np.ndarray],
+                       shapes: dict[str, tuple[int, ...]]) -> None:
+    """One ``"input"`` neuron per element of each float32 graph input that is not an initializer."""
     for vi in graph.input:
         if vi.name in consts:
             continue
@@ -257,65 +278,64 @@ def neuron_dag(model: onnx.ModelProto) -> tuple[nx.DiGraph, list[Neuron]]:
         for i in range(int(np.prod(shape, dtype=np.int64))):
             G.add_node((vi.name, i), b=0.0, kind="input", op="", tensor=vi.name)
 
-    for node in graph.node:
-        if node.domain not in ("", "ai.onnx"):
-            raise OracleError(f"node {node.name!r}: domain {node.domain!r} not supported")
-        if node.op_type in ("If", "Loop", "Scan"):
-            raise OracleError(f"node {node.name!r}: control flow not supported")
-        act_names = list(dict.fromkeys(i for i in node.input if i and i not in consts))
-        missing = [a for a in act_names if a not in shapes]
-        if missing:
-            raise OracleError(f"node {node.name!r}: inputs {missing} unknown (graph not sorted?)")
-        act_shapes = {a: shapes[a] for a in act_names}
 
-        if not act_names:  # constant folding: Constant nodes and nodes of constants only
-            names, vals = _eval_constant_node(node, consts, out_types, model)
-            for name, v in zip(names, vals):
-                consts[name] = v
-            continue
+def _probe_node(G: nx.DiGraph, node: onnx.NodeProto, act_shapes: dict[str, tuple[int, ...]],
+                consts: Mapping[str, np.ndarray], out_types: Mapping[str, int], model: onnx.ModelProto,
+                shapes: dict[str, tuple[int, ...]]) -> None:
+    """The output neurons of ``node`` (bias ``f(0)``) and their incoming edges, one activation input
+    at a time; records the output shapes in ``shapes``."""
+    runner, f0 = _make_runner(node, act_shapes, consts, out_types, model)
+    out_flat0 = [z.reshape(-1).astype(np.float64) for z in f0]
+    for name, z in zip(runner.outputs, f0):
+        shapes[name] = tuple(z.shape)
+    for name, b in zip(runner.outputs, out_flat0):
+        if not np.all(np.isfinite(b)):
+            raise OracleError(f"node {node.name!r}: f(0) not finite")
+        for i, bi in enumerate(b):
+            G.add_node((name, i), b=float(bi), kind="hidden", op=node.op_type, tensor=name)
+    for a in act_shapes:
+        _add_edges(G, node, runner, act_shapes, a, f0, out_flat0)
 
-        runner, f0 = _make_runner(node, act_shapes, consts, out_types, model)
-        s = PROBE_AMPLITUDE
-        out_flat0 = [z.reshape(-1).astype(np.float64) for z in f0]
-        for name, z in zip(runner.outputs, f0):
-            shapes[name] = tuple(z.shape)
-        for name, b in zip(runner.outputs, out_flat0):
-            if not np.all(np.isfinite(b)):
-                raise OracleError(f"node {node.name!r}: f(0) not finite")
-            for i, bi in enumerate(b):
-                G.add_node((name, i), b=float(bi), kind="hidden", op=node.op_type, tensor=name)
 
-        for a in act_names:
-            n_in = int(np.prod(act_shapes[a], dtype=np.int64))
-            eye = np.eye(n_in)
-            basis = np.concatenate([eye * s, eye * -s, eye])
-            probes = _probe_outputs(runner, act_shapes, a, basis, f0)
-            for name, b, p in zip(runner.outputs, out_flat0, probes):
-                plus = (p[:n_in] - b) / s  # (n_in, n_out): row i is column i of J
-                minus = (p[n_in : 2 * n_in] - b) / s
-                unit = p[2 * n_in :] - b
-                if not all(np.all(np.isfinite(z)) for z in (plus, minus, unit)):
-                    raise OracleError(f"node {node.name!r}: probe not finite")
-                # positive homogeneity: the same column from amplitudes s and 1
-                tol = 1e-6 * (np.abs(plus) + np.abs(unit) + np.abs(b)) + 1e-300
-                homogeneous = np.all(np.abs(plus - unit) <= tol)
-                # affinity (given homogeneity): f(-s e_i) - f(0) = -(f(s e_i) - f(0))
-                tol = 1e-6 * (np.abs(plus) + np.abs(minus) + 2.0 * np.abs(b) / s) + 1e-300
-                affine = homogeneous and np.all(np.abs(plus + minus) <= tol)
-                if not affine:
-                    if not homogeneous or node.op_type not in MAX_LIKE_OPS:
-                        raise OracleError(
-                            f"node {node.name!r}: {node.op_type} is neither affine nor a "
-                            "ReLU/max-pooling neuron"
-                        )
-                    if np.any(b != 0) or np.any((plus != 0) & (plus != 1)):
-                        raise OracleError(f"node {node.name!r}: not a max-type neuron")
-                src, dst = np.nonzero(plus)
-                G.add_edges_from(
-                    ((a, int(i)), (name, int(v)), {"w": float(plus[i, v])})
-                    for i, v in zip(src, dst)
+def _add_edges(G: nx.DiGraph, node: onnx.NodeProto, runner: _NodeRunner, act_shapes: dict[str, tuple[int, ...]],
+               a: str, f0: list[np.ndarray], out_flat0: list[np.ndarray]) -> None:
+    """The edges from input ``a``'s neurons: ``J[:, i] = (f(s e_i) − f(0)) / s``, checked homogeneous
+    (the same from amplitude 1) and affine (``f(−s e_i) − f(0) = −(f(s e_i) − f(0))``), or else a
+    ReLU / max-pool neuron (unit edges, no bias)."""
+    s = PROBE_AMPLITUDE
+    n_in = int(np.prod(act_shapes[a], dtype=np.int64))
+    eye = np.eye(n_in)
+    basis = np.concatenate([eye * s, eye * -s, eye])
+    probes = _probe_outputs(runner, act_shapes, a, basis, f0)
+    for name, b, p in zip(runner.outputs, out_flat0, probes):
+        plus = (p[:n_in] - b) / s  # (n_in, n_out): row i is column i of J
+        minus = (p[n_in : 2 * n_in] - b) / s
+        unit = p[2 * n_in :] - b
+        if not all(np.all(np.isfinite(z)) for z in (plus, minus, unit)):
+            raise OracleError(f"node {node.name!r}: probe not finite")
+        # positive homogeneity: the same column from amplitudes s and 1
+        tol = 1e-6 * (np.abs(plus) + np.abs(unit) + np.abs(b)) + 1e-300
+        homogeneous = np.all(np.abs(plus - unit) <= tol)
+        # affinity (given homogeneity): f(-s e_i) - f(0) = -(f(s e_i) - f(0))
+        tol = 1e-6 * (np.abs(plus) + np.abs(minus) + 2.0 * np.abs(b) / s) + 1e-300
+        affine = homogeneous and np.all(np.abs(plus + minus) <= tol)
+        if not affine:
+            if not homogeneous or node.op_type not in MAX_LIKE_OPS:
+                raise OracleError(
+                    f"node {node.name!r}: {node.op_type} is neither affine nor a "
+                    "ReLU/max-pooling neuron"
                 )
+            if np.any(b != 0) or np.any((plus != 0) & (plus != 1)):
+                raise OracleError(f"node {node.name!r}: not a max-type neuron")
+        src, dst = np.nonzero(plus)
+        G.add_edges_from(
+            ((a, int(i)), (name, int(v)), {"w": float(plus[i, v])})
+            for i, v in zip(src, dst)
+        )
 
+
+def _mark_outputs(G: nx.DiGraph, graph: onnx.GraphProto, shapes: Mapping[str, tuple[int, ...]]) -> list[Neuron]:
+    """The output neurons in order (graph outputs, flattened elements), marked ``"output"`` unless inputs."""
     outputs: list[Neuron] = []
     for vi in graph.output:
         if vi.name not in shapes:
@@ -324,7 +344,7 @@ def neuron_dag(model: onnx.ModelProto) -> tuple[nx.DiGraph, list[Neuron]]:
             outputs.append((vi.name, i))
             if G.nodes[(vi.name, i)]["kind"] != "input":
                 G.nodes[(vi.name, i)]["kind"] = "output"
-    return G, outputs
+    return outputs
 
 
 def _eval_constant_node(
