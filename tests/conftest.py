@@ -5,13 +5,14 @@ database, the scripts of tools/. Models are built in builders.py."""
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import sqlite3
 import subprocess
 import sys
 import tracemalloc
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import onnx
@@ -41,6 +42,15 @@ def run_main(capsys, *args) -> tuple[int, str, str]:
         rc = exc.code
     out = capsys.readouterr()
     return rc, out.out, out.err
+
+
+def run_captured(*args) -> tuple[int, str, str]:
+    """``onnx_pathlift.cli.main(ARGS)`` in-process with its output captured (no pytest fixture needed):
+    (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = cli.main([str(a) for a in args])
+    return rc, out.getvalue(), err.getvalue()
 
 
 @contextmanager

@@ -12,11 +12,11 @@ import numpy as np
 import onnx
 import pytest
 from builders import W1, hand_mlp, make_model
-from conftest import MODELS, traced_peak
+from conftest import MODELS, run_main, traced_peak
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_pathlift
-from onnx_pathlift import cli, import_model, path_norm
+from onnx_pathlift import import_model, path_norm
 from onnx_pathlift.errors import InvalidModelError, PathliftError, UnsupportedModelError
 from onnx_pathlift.load import load_model
 
@@ -26,13 +26,6 @@ from onnx_pathlift.load import load_model
 
 
 L1_EXPECTED = 49.0  # Σ_k Σ_j |W2_kj| (||W1_j||_1 + |b1_j|) + |b2_k|
-
-
-def cli_exit(capsys, *args) -> tuple[int, str]:
-    """Exit code and stderr of ``onnx_pathlift.cli.main(ARGS)``."""
-    capsys.readouterr()
-    rc = cli.main([str(a) for a in args])
-    return rc, capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,7 +157,7 @@ def test_external_data_escaping_the_folder_is_refused(capsys, external, kind):
     for fn in (path_norm, import_model):
         with pytest.raises(InvalidModelError):
             fn(path)
-    rc, err = cli_exit(capsys, "norm", path)
+    rc, _, err = run_main(capsys, "norm", path)
     assert rc == 4
     assert err.startswith("onnx-pathlift: error:") and "'W1'" in err and "Traceback" not in err
 
@@ -174,7 +167,7 @@ def test_external_data_missing_file(capsys, external):
     path = relocated(raw, "gone.bin", folder / "missing.onnx")
     with pytest.raises(InvalidModelError, match=r"'W1'.*'gone\.bin'.*not found"):
         load_model(path)
-    rc, err = cli_exit(capsys, "norm", path)
+    rc, _, err = run_main(capsys, "norm", path)
     assert rc == 4 and "gone.bin" in err
 
 
@@ -184,7 +177,7 @@ def test_external_data_file_too_short(capsys, external):
     path = relocated(raw, "short.bin", folder / "short.onnx")
     with pytest.raises(InvalidModelError, match=r"'W1'.*8 bytes, needs 48"):
         load_model(path)
-    rc, err = cli_exit(capsys, "norm", path)
+    rc, _, err = run_main(capsys, "norm", path)
     assert rc == 4 and "short.bin" in err
 
 
@@ -255,7 +248,7 @@ def test_malformed_graph_raises_invalid_model(capsys, tmp_path, kind):
         path_norm(model.SerializeToString(), 1)
     path = tmp_path / f"{kind}.onnx"
     path.write_bytes(model.SerializeToString())
-    rc, err = cli_exit(capsys, "norm", path)
+    rc, _, err = run_main(capsys, "norm", path)
     assert rc == 4
     assert err.startswith("onnx-pathlift: error:") and "Traceback" not in err
 
@@ -291,7 +284,7 @@ def test_huge_constant_of_shape_refused_without_allocating(capsys, tmp_path, via
     path = tmp_path / "huge.onnx"
     path.write_bytes(model.SerializeToString())
     with traced_peak() as peak:
-        rc, err = cli_exit(capsys, "norm", path)
+        rc, _, err = run_main(capsys, "norm", path)
     assert peak[0] < 64 << 20
     assert rc == 4 and "huge_cos" in err
 
@@ -322,7 +315,7 @@ def test_nonfinite_gemm_weight_refused(capsys, tmp_path, bad):
     assert info.value.exit_code == 3
     path = tmp_path / "nan.onnx"
     path.write_bytes(model.SerializeToString())
-    rc, err = cli_exit(capsys, "norm", path)
+    rc, _, err = run_main(capsys, "norm", path)
     assert rc == 3
     assert "nan_gemm" in err and "NaN" in err and "Traceback" not in err
 

@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 from pathlib import Path
@@ -21,11 +19,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 from builders import inits
-from conftest import MODELS
+from conftest import MODELS, run_captured
 from onnx import numpy_helper
 
 import onnx_pathlift as pl
-from onnx_pathlift import cli
 from onnx_pathlift.errors import UsageError
 from onnx_pathlift.prune import PruneReport, apply, masks, select
 from onnx_pathlift.scores import magnitude, path_magnitude
@@ -43,16 +40,8 @@ MLP_WEIGHTS = ["coefficient", "coefficient1", "coefficient2"]
 # --------------------------------------------------------------------------------------------
 
 
-def run(*args) -> tuple[int, str, str]:
-    """``onnx_pathlift.cli.main`` in-process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = cli.main([str(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
-
-
 def run_json(*args) -> tuple[int, dict]:
-    rc, out, err = run(*args, "--json")
+    rc, out, err = run_captured(*args, "--json")
     assert out.strip(), err
     return rc, json.loads(out)
 
@@ -350,7 +339,7 @@ def test_prune_cli_json_mask_and_eval(pruned_cli, path: Path, weights: list[str]
 
 
 def test_prune_cli_text_output(work) -> None:
-    rc, out, err = run("prune", CNN, "--sparsity", 0.2, "-o", work / "t.onnx", "--eval", DATA)
+    rc, out, err = run_captured("prune", CNN, "--sparsity", 0.2, "-o", work / "t.onnx", "--eval", DATA)
     assert rc == 0, err
     assert "pruned" in out and "accuracy" in out and "path-metric" in out
 
@@ -387,7 +376,7 @@ def test_prune_cli_usage_errors_exit_2(work, args) -> None:
     argv = ["prune", CNN, "-o", work / "never.onnx", *args]
     if "--sparsity" not in args:
         argv += ["--sparsity", "0.3"]
-    rc, out, err = run(*argv)
+    rc, out, err = run_captured(*argv)
     assert rc == 2, (out, err)
     assert "error" in err and "Traceback" not in err
     rc, res = run_json(*argv)
@@ -465,12 +454,12 @@ def test_rescale_cli_keeps_the_function(rescaled) -> None:
 
 
 def test_rescale_cli_text_and_bad_range(work) -> None:
-    rc, out, err = run("rescale", MLP, "-o", work / "mlp_r.onnx")
+    rc, out, err = run_captured("rescale", MLP, "-o", work / "mlp_r.onnx")
     assert rc == 0, err
     assert "rescaled" in out and "neurons" in out
-    rc, out, err = run("rescale", MLP, "--range", 0, 1, "-o", work / "bad.onnx")
+    rc, out, err = run_captured("rescale", MLP, "--range", 0, 1, "-o", work / "bad.onnx")
     assert rc == 2
-    rc, out, err = run("rescale", MLP, "--range", 8, 1, "-o", work / "bad.onnx")
+    rc, out, err = run_captured("rescale", MLP, "--range", 8, 1, "-o", work / "bad.onnx")
     assert rc == 2
     assert not (work / "bad.onnx").exists()
 
@@ -532,7 +521,7 @@ def test_qdq_weights_are_skipped(work) -> None:
     out, report = apply(model, keep)
     assert report.tensors == [] and sorted(report.skipped) == sorted(keep)
     assert out.SerializeToString() == model.SerializeToString()
-    rc, out_text, _ = run("prune", QDQ, "--sparsity", 0.3, "-o", o)
+    rc, out_text, _ = run_captured("prune", QDQ, "--sparsity", 0.3, "-o", o)
     assert rc == 0 and "skipped" in out_text
 
 
@@ -554,5 +543,5 @@ def test_no_scored_weights_is_not_an_internal_error(work) -> None:
                        [("x", [1, 4])], [("y", [1, 4])], {"b": np.ones(4, np.float32)})
     src = work / "no_weights.onnx"
     onnx.save(model, str(src))
-    rc, _, err = run("prune", src, "--sparsity", 0.3, "-o", work / "no_weights_p.onnx")
+    rc, _, err = run_captured("prune", src, "--sparsity", 0.3, "-o", work / "no_weights_p.onnx")
     assert rc in (0, 2) and "internal error" not in err, err

@@ -26,7 +26,7 @@ import onnxruntime as ort
 import pytest
 from builders import bn_node, bn_params, inits, make_model, normal, replace_inits, zeroed
 from checks import sample, scored_initializers
-from conftest import MODELS
+from conftest import MODELS, run_captured
 from onnx import helper, numpy_helper
 from oracle import brute_force_path_norm, neuron_dag, path_starts
 from tiny_nets import ALL_NETS
@@ -531,24 +531,12 @@ def test_deterministic_and_dag_or_model() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _cli(*args) -> tuple[int, str, str]:
-    import contextlib
-    import io
-
-    from onnx_pathlift import cli
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = cli.main([str(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
-
-
 @pytest.mark.parametrize("file", ["digits_cnn_torch_bn.onnx", "digits_mlp_sklearn.onnx"])
 def test_scores_cli_json_and_npz(tmp_path, file: str) -> None:
     import json
 
     npz = tmp_path / "s.npz"
-    rc, out, err = _cli("scores", MODELS / file, "-o", npz, "--json")
+    rc, out, err = run_captured("scores", MODELS / file, "-o", npz, "--json")
     assert rc == 0, err
     res = json.loads(out)
     assert {"model", "l1_path_norm_log10", "seconds", "written", "tensors"} <= set(res)
@@ -567,5 +555,5 @@ def test_scores_cli_json_and_npz(tmp_path, file: str) -> None:
         for k in z.files:
             assert z[k].dtype == np.float32 and z[k].shape == api.fraction[k].shape
             np.testing.assert_array_equal(z[k], api.fraction[k].astype(np.float32))  # float32 by design
-    rc, out, err = _cli("scores", MODELS / file)
+    rc, out, err = run_captured("scores", MODELS / file)
     assert rc == 0 and "path-magnitude scores" in out
