@@ -1,6 +1,7 @@
 """Shared locations (the shipped models, the shared zoo beside the clone, the onnx wheel's light models)
-and shared runners: the CLI in-process and in a measured subprocess, the ``audit`` command and its
-database, the scripts of tools/. Models are built in builders.py."""
+and shared runners: the CLI in-process (``run_main``, ``run_captured``), in a subprocess (``run_cli``)
+and in a measured one (``run_measured``); the ``audit`` command's output and database; the scripts of
+tools/. Models are built in builders.py."""
 
 from __future__ import annotations
 
@@ -97,10 +98,10 @@ def norms_by_q(result: dict) -> dict[float, float]:
     return {float(n["q"]): n["value"] for n in result["norms"]}
 
 
-def run_audit(*args, env: dict | None = None, timeout: float = 110) -> subprocess.CompletedProcess:
-    """``onnx_pathlift audit ARGS`` in a subprocess (``timeout``: a hang detector)."""
-    return subprocess.run([sys.executable, "-m", "onnx_pathlift.cli", "audit", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=env, check=False)
+def run_cli(*args, cwd: Path | None = None, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``python -m onnx_pathlift.cli ARGS`` in a subprocess, text output captured (``timeout``: a hang detector)."""
+    return subprocess.run([sys.executable, "-m", "onnx_pathlift.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env=env, check=False)
 
 
 def json_models(stdout: str) -> list[dict]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from builders import write_mlps
-from conftest import MODELS, json_models, query, run_audit, stored
+from conftest import MODELS, json_models, query, run_cli, stored
 
 from onnx_pathlift import cli, path_norm
 from onnx_pathlift.audit import Settings, audit
@@ -33,7 +33,7 @@ def runs(db: Path) -> list[tuple]:
 
 def test_zoo_audit_accounts_for_every_file_with_path_norm_numbers(zoo, tmp_path):
     files = sorted(p.resolve() for p in zoo.rglob("*.onnx"))
-    proc = run_audit(zoo, "--jobs", "2", "--json", "--db", tmp_path / "zoo.sqlite", timeout=600)  # a hang detector only
+    proc = run_cli("audit", zoo, "--jobs", "2", "--json", "--db", tmp_path / "zoo.sqlite", timeout=600)  # a hang detector only
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stdout + proc.stderr
     results = json_models(proc.stdout)

@@ -6,7 +6,7 @@ import io
 import json
 
 from builders import write_mlps
-from conftest import json_models, run_audit
+from conftest import json_models, run_cli
 
 from onnx_pathlift import cli
 from onnx_pathlift.audit.analyse import HOOK_ENV
@@ -44,11 +44,11 @@ def test_fail_on_gates_the_exit_code_and_summarises(tmp_path, capsys, monkeypatc
 def test_fail_on_unknown_status_is_a_usage_error_before_any_work(tmp_path):
     models = write_mlps(tmp_path / "m", ["a"])
     db = tmp_path / "a.sqlite"
-    proc = run_audit(models, "--db", db, "--fail-on", "error,crashed", "--json")
+    proc = run_cli("audit", models, "--db", db, "--fail-on", "error,crashed", "--json")
     assert proc.returncode == 2 and not db.exists()
     err = json.loads(proc.stdout)
     assert err["exit_code"] == 2 and "'error,crashed'" in err["message"] and "timeout" in err["message"]
-    assert run_audit(models, "--db", db, "--fail-on", ",").returncode == 2
+    assert run_cli("audit", models, "--db", db, "--fail-on", ",").returncode == 2
 
 
 def test_progress_bar_line_is_ended_when_the_audit_stops_early():

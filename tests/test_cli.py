@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from builders import B1, B2, W1, W2, hand_mlp, hand_norm, make_model, save
-from conftest import MODELS, norms_by_q, run_main
+from conftest import MODELS, norms_by_q, run_cli, run_main
 from onnx import helper
 
 import onnx_pathlift
@@ -32,14 +30,6 @@ SHIPPED = {"cnn": CNN, "mlp": MLP}
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-
-
-def run_cli(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """``python -m onnx_pathlift.cli ARGS`` in a subprocess (text output captured)."""
-    return subprocess.run(
-        [sys.executable, "-m", "onnx_pathlift.cli", *map(str, args)],
-        capture_output=True, text=True, timeout=120, cwd=cwd, check=False,
-    )
 
 
 def hidden_closed_form_qq(q: float) -> float:
