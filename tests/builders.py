@@ -48,15 +48,16 @@ def _tensors(inits: Mapping[str, object] | Iterable[onnx.TensorProto]) -> list[o
 
 def make_model(nodes: Sequence[onnx.NodeProto], inputs: Iterable[tuple], outputs: Iterable[tuple],
           inits: Mapping[str, object] | Iterable[onnx.TensorProto] | None = None, *, opset: int = OPSET, name: str = "g", producer: str = "",
-          extra_opsets: Mapping[str, int] | None = None) -> onnx.ModelProto:
+          extra_opsets: Mapping[str, int] | None = None, ir_version: int | None = None) -> onnx.ModelProto:
     """A model of ``nodes`` with the given graph ``inputs``/``outputs`` (``(name, shape[, elem_type])``)
     and initializers ``inits`` (``{name: array}``, see ``initializer``, or ready ``TensorProto``s).
-    ``extra_opsets``: other domains' versions (``{"ai.onnx.ml": 1}``)."""
+    ``extra_opsets``: other domains' versions (``{"ai.onnx.ml": 1}``); ``ir_version``: default 8, or
+    the minimum the opsets need."""
     graph = helper.make_graph(list(nodes), name, [_value_info(s) for s in inputs], [_value_info(s) for s in outputs],
                               _tensors(inits or {}))
     opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, v) for d, v in (extra_opsets or {}).items()]
     out = helper.make_model(graph, opset_imports=opsets, **({"producer_name": producer} if producer else {}))
-    out.ir_version = max(IR_VERSION, helper.find_min_ir_version_for(opsets))
+    out.ir_version = ir_version or max(IR_VERSION, helper.find_min_ir_version_for(opsets))
     return out
 
 

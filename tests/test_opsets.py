@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from builders import make_model
+from onnx import helper, numpy_helper
 from oracle import brute_force_path_norm
 
 import onnx_pathlift as pl
@@ -82,7 +83,7 @@ def _split_add_reduce(opset: int, nodes: list, inits: list) -> None:
 def _net(opset: int, explicit_clip: bool = False) -> onnx.ModelProto:
     """x (1,1,4,4) → Conv → BN → Clip(0,6) → MaxPool → Pad → Upsample/Resize ×2 → Split in two channel
     halves → Add → ReduceMean over H,W → Squeeze → Gemm, with the IR version of its time (3 before
-    opset 9: every initializer also a graph input; built with onnx.helper for that reason)."""
+    opset 9: every initializer also a graph input)."""
     rng = np.random.default_rng(opset)
     f32 = {"W": rng.normal(size=(4, 1, 3, 3)), "B": rng.normal(size=4), "gamma": rng.uniform(0.5, 2, 4),
            "beta": rng.normal(size=4), "mean": rng.normal(size=4), "var": rng.uniform(0.5, 2, 4),
@@ -95,13 +96,11 @@ def _net(opset: int, explicit_clip: bool = False) -> onnx.ModelProto:
     _pad_and_upsample(opset, nodes, inits)
     _split_add_reduce(opset, nodes, inits)
     nodes.append(helper.make_node("Gemm", ["sq", "G", "C"], ["y"], transB=1))
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])]
+    inputs = [("x", [1, 1, 4, 4])]
     if opset < 9:  # IR version 3 (Caffe2-era files): every initializer is also a graph input
-        inputs += [helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in inits]
-    graph = helper.make_graph(nodes, f"opset{opset}", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
-                              inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 3 if opset < 9 else 7 if opset < 15 else 8
+        inputs += [(t.name, t.dims, t.data_type) for t in inits]
+    model = make_model(nodes, inputs, [("y", [1, 3])], inits, opset=opset, name=f"opset{opset}",
+                       ir_version=3 if opset < 9 else 7 if opset < 15 else 8)
     onnx.checker.check_model(model, full_check=True)
     return model
 
