@@ -67,6 +67,7 @@ def test_ir_version_is_8_or_what_the_opset_needs(opset: int, ir: int) -> None:
     model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", [1, 2])], [("y", [1, 2])], opset=opset)
     assert model.ir_version == ir
     onnx.checker.check_model(model, full_check=True)
+    assert make_model([], [], [], opset=opset, ir_version=7).ir_version == 7  # asked for: kept
 
 
 def test_zeroed_sets_exactly_one_entry() -> None:
