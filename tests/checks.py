@@ -115,9 +115,21 @@ def analyse(model: onnx.ModelProto):
     return p, import_prepared(p, None), channel_graph(model, p)
 
 
+def session(model: onnx.ModelProto) -> ort.InferenceSession:
+    """An onnxruntime CPU session of ``model`` (warnings off)."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def outputs(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
+    """Every output of ``model`` on ``feeds``, as onnxruntime returns them."""
+    return session(model).run(None, feeds)
+
+
 def run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
     """Every float output of ``model`` on ``feeds`` (onnxruntime), as float64."""
-    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    s = session(model)
     names = [o.name for o in s.get_outputs() if o.type == "tensor(float)"]
     return [np.asarray(v, np.float64) for v in s.run(names, feeds)]
 

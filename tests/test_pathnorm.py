@@ -9,6 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from builders import make_model
+from checks import outputs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import helper, numpy_helper
@@ -17,11 +18,6 @@ from tiny_nets import ALL_NETS
 
 import onnx_pathlift as pl
 from onnx_pathlift.verify import verify
-
-
-def _run(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, {sess.get_inputs()[0].name: x})
 
 
 @pytest.mark.parametrize("name", sorted(ALL_NETS))
@@ -67,7 +63,8 @@ def test_rescaling_invariance(name: str, seed: int, rseed: int, q: float) -> Non
     scaled = rescale(model, np.random.default_rng(rseed))
     x = np.random.default_rng(seed).uniform(-1, 1, pl.import_model(model).input_shapes()[model.graph.input[0].name])
     x = x.astype(np.float32)
-    a, b = _run(model, x)[0], _run(pl.emit_model(pl.import_model(scaled)), x)[0]
+    feeds = {model.graph.input[0].name: x}
+    a, b = outputs(model, feeds)[0], outputs(pl.emit_model(pl.import_model(scaled)), feeds)[0]
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * np.abs(a).max())
     assert pl.path_norm(scaled, q=q).log10 == pytest.approx(pl.path_norm(model, q=q).log10, abs=1e-6)
     w0 = np.concatenate([numpy_helper.to_array(t).ravel() for t in model.graph.initializer])

@@ -22,10 +22,9 @@ import math
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from builders import bn_node, bn_params, inits, make_model, normal, replace_inits, zeroed
-from checks import sample, scored_initializers
+from checks import outputs, sample, scored_initializers
 from conftest import MODELS, run_captured
 from onnx import helper, numpy_helper
 from oracle import brute_force_path_norm, neuron_dag, path_starts
@@ -452,13 +451,6 @@ def test_small_shares_below_float32_range_are_not_flushed_to_zero() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _run(model: onnx.ModelProto, feeds) -> list[np.ndarray]:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    s = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return s.run(None, feeds)
-
-
 def _feeds(model: onnx.ModelProto, dag: pl.Dag, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {n: rng.uniform(-1, 1, dag.layer(n).shape).astype(np.float32) for n in dag.inputs}
@@ -473,7 +465,7 @@ def test_fractions_are_invariant_under_rescale(source: str) -> None:
         assert report.neurons > 0 and report.layers > 0
     # the function is unchanged
     feeds = _feeds(model, dag)
-    for a, b in zip(_run(model, feeds), _run(out, feeds)):
+    for a, b in zip(outputs(model, feeds), outputs(out, feeds)):
         if a.dtype.kind == "f":
             np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * float(np.abs(a).max()))
         else:
