@@ -1,19 +1,23 @@
-"""Shared locations: the shipped models, the shared zoo beside the clone, the onnx wheel's light models."""
+"""Shared locations (the shipped models, the shared zoo beside the clone, the onnx wheel's light models)
+and shared runners: the CLI in-process (``run_main``, ``run_captured``), in a subprocess (``run_cli``)
+and in a measured one (``run_measured``); the ``audit`` command's output and database; the scripts of
+tools/. Models are built in builders.py."""
 
 from __future__ import annotations
 
+import importlib.util
+import io
 import json
+import sqlite3
 import subprocess
 import sys
 import tracemalloc
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from onnx_pathlift import cli
 
@@ -30,20 +34,6 @@ def zoo() -> Path:
     return ZOO
 
 
-def make_model(nodes, inputs, outputs, inits=None) -> onnx.ModelProto:
-    """A float32 opset-17 model; ``inputs``/``outputs`` are ``(name, shape)`` (shape None: unknown)."""
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
-        [numpy_helper.from_array(np.asarray(v), k) for k, v in (inits or {}).items()],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
-
-
 def run_main(capsys, *args) -> tuple[int, str, str]:
     """``onnx_pathlift.cli.main(ARGS)`` in-process; argparse's SystemExit becomes the return code."""
     capsys.readouterr()  # drop anything printed before
@@ -53,6 +43,15 @@ def run_main(capsys, *args) -> tuple[int, str, str]:
         rc = exc.code
     out = capsys.readouterr()
     return rc, out.out, out.err
+
+
+def run_captured(*args) -> tuple[int, str, str]:
+    """``onnx_pathlift.cli.main(ARGS)`` in-process with its output captured (no pytest fixture needed):
+    (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = cli.main([str(a) for a in args])
+    return rc, out.getvalue(), err.getvalue()
 
 
 @contextmanager
@@ -83,3 +82,44 @@ def run_measured(*args, cap_bytes: int | None = None, cwd: Path | None = None, h
                           text=True, cwd=cwd, timeout=hang_s + 60, check=True)
     rc, out, err, kib = json.loads(wrap.stdout)
     return subprocess.CompletedProcess(args, rc, out, err), kib * 1024
+
+
+def load_tool(name: str):
+    """The script ``tools/<name>.py`` as a module (registered in ``sys.modules``, loaded once)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)  # dataclasses look it up there
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+def norms_by_q(result: dict) -> dict[float, float]:
+    """``{q: value}`` of a ``norm --json`` result."""
+    return {float(n["q"]): n["value"] for n in result["norms"]}
+
+
+def run_cli(*args, cwd: Path | None = None, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``python -m onnx_pathlift.cli ARGS`` in a subprocess, text output captured (``timeout``: a hang detector)."""
+    return subprocess.run([sys.executable, "-m", "onnx_pathlift.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env=env, check=False)
+
+
+def json_models(stdout: str) -> list[dict]:
+    """The model objects of ``audit --json``'s output (its last line is the ``summary`` object)."""
+    *models, last = (json.loads(line) for line in stdout.splitlines())
+    assert set(last) == {"summary"} and last["summary"]["files"] == len(models), last
+    return models
+
+
+def query(db: Path, sql: str) -> list[tuple]:
+    with closing(sqlite3.connect(db)) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def stored(db: Path) -> dict[str, tuple[int, str]]:
+    """``{sha256: (run_id, computed_at)}`` of every stored result (empty while the database is not there)."""
+    try:
+        rows = query(db, "SELECT sha256, run_id, computed_at FROM results") if db.exists() else []
+    except sqlite3.OperationalError:  # the audit has not created its tables yet
+        rows = []
+    return {sha: (run, at) for sha, run, at in rows}

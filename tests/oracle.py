@@ -246,7 +246,28 @@ def neuron_dag(model: onnx.ModelProto) -> tuple[nx.DiGraph, list[Neuron]]:
     }
     shapes: dict[str, tuple[int, ...]] = {}
     G = nx.DiGraph()
+    _add_input_neurons(G, graph, consts, shapes)
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            raise OracleError(f"node {node.name!r}: domain {node.domain!r} not supported")
+        if node.op_type in ("If", "Loop", "Scan"):
+            raise OracleError(f"node {node.name!r}: control flow not supported")
+        act_names = list(dict.fromkeys(i for i in node.input if i and i not in consts))
+        missing = [a for a in act_names if a not in shapes]
+        if missing:
+            raise OracleError(f"node {node.name!r}: inputs {missing} unknown (graph not sorted?)")
+        if not act_names:  # constant folding: Constant nodes and nodes of constants only
+            names, vals = _eval_constant_node(node, consts, out_types, model)
+            for name, v in zip(names, vals):
+                consts[name] = v
+            continue
+        _probe_node(G, node, {a: shapes[a] for a in act_names}, consts, out_types, model, shapes)
+    return G, _mark_outputs(G, graph, shapes)
 
+
+def _add_input_neurons(G: nx.DiGraph, graph: onnx.GraphProto, consts: Mapping[str, np.ndarray],
+                       shapes: dict[str, tuple[int, ...]]) -> None:
+    """One ``"input"`` neuron per element of each float32 graph input that is not an initializer."""
     for vi in graph.input:
         if vi.name in consts:
             continue
@@ -257,65 +278,64 @@ def neuron_dag(model: onnx.ModelProto) -> tuple[nx.DiGraph, list[Neuron]]:
         for i in range(int(np.prod(shape, dtype=np.int64))):
             G.add_node((vi.name, i), b=0.0, kind="input", op="", tensor=vi.name)
 
-    for node in graph.node:
-        if node.domain not in ("", "ai.onnx"):
-            raise OracleError(f"node {node.name!r}: domain {node.domain!r} not supported")
-        if node.op_type in ("If", "Loop", "Scan"):
-            raise OracleError(f"node {node.name!r}: control flow not supported")
-        act_names = list(dict.fromkeys(i for i in node.input if i and i not in consts))
-        missing = [a for a in act_names if a not in shapes]
-        if missing:
-            raise OracleError(f"node {node.name!r}: inputs {missing} unknown (graph not sorted?)")
-        act_shapes = {a: shapes[a] for a in act_names}
 
-        if not act_names:  # constant folding: Constant nodes and nodes of constants only
-            names, vals = _eval_constant_node(node, consts, out_types, model)
-            for name, v in zip(names, vals):
-                consts[name] = v
-            continue
+def _probe_node(G: nx.DiGraph, node: onnx.NodeProto, act_shapes: dict[str, tuple[int, ...]],
+                consts: Mapping[str, np.ndarray], out_types: Mapping[str, int], model: onnx.ModelProto,
+                shapes: dict[str, tuple[int, ...]]) -> None:
+    """The output neurons of ``node`` (bias ``f(0)``) and their incoming edges, one activation input
+    at a time; records the output shapes in ``shapes``."""
+    runner, f0 = _make_runner(node, act_shapes, consts, out_types, model)
+    out_flat0 = [z.reshape(-1).astype(np.float64) for z in f0]
+    for name, z in zip(runner.outputs, f0):
+        shapes[name] = tuple(z.shape)
+    for name, b in zip(runner.outputs, out_flat0):
+        if not np.all(np.isfinite(b)):
+            raise OracleError(f"node {node.name!r}: f(0) not finite")
+        for i, bi in enumerate(b):
+            G.add_node((name, i), b=float(bi), kind="hidden", op=node.op_type, tensor=name)
+    for a in act_shapes:
+        _add_edges(G, node, runner, act_shapes, a, f0, out_flat0)
 
-        runner, f0 = _make_runner(node, act_shapes, consts, out_types, model)
-        s = PROBE_AMPLITUDE
-        out_flat0 = [z.reshape(-1).astype(np.float64) for z in f0]
-        for name, z in zip(runner.outputs, f0):
-            shapes[name] = tuple(z.shape)
-        for name, b in zip(runner.outputs, out_flat0):
-            if not np.all(np.isfinite(b)):
-                raise OracleError(f"node {node.name!r}: f(0) not finite")
-            for i, bi in enumerate(b):
-                G.add_node((name, i), b=float(bi), kind="hidden", op=node.op_type, tensor=name)
 
-        for a in act_names:
-            n_in = int(np.prod(act_shapes[a], dtype=np.int64))
-            eye = np.eye(n_in)
-            basis = np.concatenate([eye * s, eye * -s, eye])
-            probes = _probe_outputs(runner, act_shapes, a, basis, f0)
-            for name, b, p in zip(runner.outputs, out_flat0, probes):
-                plus = (p[:n_in] - b) / s  # (n_in, n_out): row i is column i of J
-                minus = (p[n_in : 2 * n_in] - b) / s
-                unit = p[2 * n_in :] - b
-                if not all(np.all(np.isfinite(z)) for z in (plus, minus, unit)):
-                    raise OracleError(f"node {node.name!r}: probe not finite")
-                # positive homogeneity: the same column from amplitudes s and 1
-                tol = 1e-6 * (np.abs(plus) + np.abs(unit) + np.abs(b)) + 1e-300
-                homogeneous = np.all(np.abs(plus - unit) <= tol)
-                # affinity (given homogeneity): f(-s e_i) - f(0) = -(f(s e_i) - f(0))
-                tol = 1e-6 * (np.abs(plus) + np.abs(minus) + 2.0 * np.abs(b) / s) + 1e-300
-                affine = homogeneous and np.all(np.abs(plus + minus) <= tol)
-                if not affine:
-                    if not homogeneous or node.op_type not in MAX_LIKE_OPS:
-                        raise OracleError(
-                            f"node {node.name!r}: {node.op_type} is neither affine nor a "
-                            "ReLU/max-pooling neuron"
-                        )
-                    if np.any(b != 0) or np.any((plus != 0) & (plus != 1)):
-                        raise OracleError(f"node {node.name!r}: not a max-type neuron")
-                src, dst = np.nonzero(plus)
-                G.add_edges_from(
-                    ((a, int(i)), (name, int(v)), {"w": float(plus[i, v])})
-                    for i, v in zip(src, dst)
+def _add_edges(G: nx.DiGraph, node: onnx.NodeProto, runner: _NodeRunner, act_shapes: dict[str, tuple[int, ...]],
+               a: str, f0: list[np.ndarray], out_flat0: list[np.ndarray]) -> None:
+    """The edges from input ``a``'s neurons: ``J[:, i] = (f(s e_i) − f(0)) / s``, checked homogeneous
+    (the same from amplitude 1) and affine (``f(−s e_i) − f(0) = −(f(s e_i) − f(0))``), or else a
+    ReLU / max-pool neuron (unit edges, no bias)."""
+    s = PROBE_AMPLITUDE
+    n_in = int(np.prod(act_shapes[a], dtype=np.int64))
+    eye = np.eye(n_in)
+    basis = np.concatenate([eye * s, eye * -s, eye])
+    probes = _probe_outputs(runner, act_shapes, a, basis, f0)
+    for name, b, p in zip(runner.outputs, out_flat0, probes):
+        plus = (p[:n_in] - b) / s  # (n_in, n_out): row i is column i of J
+        minus = (p[n_in : 2 * n_in] - b) / s
+        unit = p[2 * n_in :] - b
+        if not all(np.all(np.isfinite(z)) for z in (plus, minus, unit)):
+            raise OracleError(f"node {node.name!r}: probe not finite")
+        # positive homogeneity: the same column from amplitudes s and 1
+        tol = 1e-6 * (np.abs(plus) + np.abs(unit) + np.abs(b)) + 1e-300
+        homogeneous = np.all(np.abs(plus - unit) <= tol)
+        # affinity (given homogeneity): f(-s e_i) - f(0) = -(f(s e_i) - f(0))
+        tol = 1e-6 * (np.abs(plus) + np.abs(minus) + 2.0 * np.abs(b) / s) + 1e-300
+        affine = homogeneous and np.all(np.abs(plus + minus) <= tol)
+        if not affine:
+            if not homogeneous or node.op_type not in MAX_LIKE_OPS:
+                raise OracleError(
+                    f"node {node.name!r}: {node.op_type} is neither affine nor a "
+                    "ReLU/max-pooling neuron"
                 )
+            if np.any(b != 0) or np.any((plus != 0) & (plus != 1)):
+                raise OracleError(f"node {node.name!r}: not a max-type neuron")
+        src, dst = np.nonzero(plus)
+        G.add_edges_from(
+            ((a, int(i)), (name, int(v)), {"w": float(plus[i, v])})
+            for i, v in zip(src, dst)
+        )
 
+
+def _mark_outputs(G: nx.DiGraph, graph: onnx.GraphProto, shapes: Mapping[str, tuple[int, ...]]) -> list[Neuron]:
+    """The output neurons in order (graph outputs, flattened elements), marked ``"output"`` unless inputs."""
     outputs: list[Neuron] = []
     for vi in graph.output:
         if vi.name not in shapes:
@@ -324,7 +344,7 @@ def neuron_dag(model: onnx.ModelProto) -> tuple[nx.DiGraph, list[Neuron]]:
             outputs.append((vi.name, i))
             if G.nodes[(vi.name, i)]["kind"] != "input":
                 G.nodes[(vi.name, i)]["kind"] = "output"
-    return G, outputs
+    return outputs
 
 
 def _eval_constant_node(
@@ -520,3 +540,71 @@ def log10_mlp_path_norm(weights: list[np.ndarray], biases: list[np.ndarray], q: 
             v = np.logaddexp(np.logaddexp.reduce(v[:, None] + lw, axis=0), lb)
     total = float(v.max()) if inf else float(np.logaddexp.reduce(v))
     return total / (1.0 if inf else q) / math.log(10)
+
+
+# ---------------------------------------------------------------------------------------------
+# Signed path-metric of two models on their neuron DAGs
+# ---------------------------------------------------------------------------------------------
+
+
+def union_dags(model_a, model_b):
+    """Neuron DAGs of both models (same tensor names), the union of their edges, the outputs."""
+    Ga, outs_a = neuron_dag(model_a)
+    Gb, outs_b = neuron_dag(model_b)
+    assert outs_a == outs_b
+    assert set(Ga.nodes) == set(Gb.nodes)
+    assert all(Ga.nodes[v]["kind"] == Gb.nodes[v]["kind"] for v in Ga)
+    edges = {}
+    for u, v in set(Ga.edges) | set(Gb.edges):
+        wa = Ga.edges[u, v]["w"] if Ga.has_edge(u, v) else 0.0
+        wb = Gb.edges[u, v]["w"] if Gb.has_edge(u, v) else 0.0
+        edges[u, v] = (wa, wb)
+    return Ga, Gb, outs_a, edges
+
+
+def neuron_signs_agree(Ga, Gb, edges) -> bool:
+    """The theorem's precondition at neuron level: every weight and bias keeps its sign (or is 0)."""
+    return all(wa * wb >= 0 for wa, wb in edges.values()) and all(
+        Ga.nodes[v]["b"] * Gb.nodes[v]["b"] >= 0 for v in Ga)
+
+
+def signed_path_metric(Ga, Gb, outputs, edges) -> tuple[float, int]:
+    """``Σ_p |Φ_p(θ) − Φ_p(θ')|`` by explicit enumeration (same path definition as the oracle:
+    paths end at output neurons and start at input neurons, or at any neuron with a bias in either
+    model, the bias multiplying in), float64, summed with fsum. Also returns the path count."""
+    union = nx.DiGraph()
+    union.add_nodes_from(Ga.nodes)
+    union.add_edges_from(edges)
+    out_set = set(outputs)
+    alive = set(out_set)
+    for o in out_set:
+        alive |= nx.ancestors(union, o)
+    succ = {v: [] for v in alive}
+    for (u, v), (wa, wb) in edges.items():
+        if u in alive and v in alive:
+            succ[u].append((v, wa, wb))
+    terms = []
+    for s in alive:
+        da, db = Ga.nodes[s], Gb.nodes[s]
+        if da["kind"] == "input":
+            stack = [(s, 1.0, 1.0)]
+        elif da["b"] != 0.0 or db["b"] != 0.0:
+            stack = [(s, da["b"], db["b"])]
+        else:
+            continue
+        while stack:
+            v, pa, pb = stack.pop()
+            if v in out_set:
+                terms.append(abs(pa - pb))
+            stack.extend((u, pa * wa, pb * wb) for u, wa, wb in succ[v])
+    return math.fsum(terms), len(terms)
+
+
+def one_hidden_layer_path_norm(u: np.ndarray, b: np.ndarray, v: np.ndarray, c: np.ndarray, q: float) -> float:
+    """The closed form of ``y = v relu(u x + b) + c`` (``u``: hidden x input, ``v``: output x hidden):
+    ``(Σ_k [Σ_j |v_kj|^q (||u_j||_q^q + |b_j|^q) + |c_k|^q])^(1/q)``, in float64."""
+    u, b, v, c = (np.abs(np.asarray(a, np.float64)) for a in (u, b, v, c))
+    total = 0.0
+    for k in range(v.shape[0]):
+        total += sum(v[k, j] ** q * ((u[j] ** q).sum() + b[j] ** q) for j in range(u.shape[0])) + c[k] ** q
+    return total ** (1.0 / q)

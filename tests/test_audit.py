@@ -8,73 +8,21 @@ Small models are built here with ``onnx.helper``; the worker misbehaves on cue t
 from __future__ import annotations
 
 import csv
-import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
-from contextlib import closing
 from pathlib import Path
 
-import numpy as np
 import pytest
-from conftest import MODELS, make_model
-from onnx import helper
+from builders import write_mlps
+from conftest import MODELS, json_models, query, run_cli, stored
 
 from onnx_pathlift import cli, path_norm
 from onnx_pathlift.audit import Settings, audit
 from onnx_pathlift.audit.analyse import HOOK_ENV
 from onnx_pathlift.errors import UsageError
-
-
-def mlp(seed: int, activation: str = "Relu"):
-    """A 4 → 8 → 3 network (Gemm, activation, Gemm) with random weights."""
-    rng = np.random.default_rng(seed)
-    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"]), helper.make_node(activation, ["h"], ["a"]),
-             helper.make_node("Gemm", ["a", "w2", "b2"], ["y"])]
-    weights = {"w1": rng.standard_normal((4, 8)), "b1": rng.standard_normal(8), "w2": rng.standard_normal((8, 3)),
-               "b2": rng.standard_normal(3)}
-    return make_model(nodes, [("x", [1, 4])], [("y", [1, 3])], {k: v.astype(np.float32) for k, v in weights.items()})
-
-
-def write_models(folder: Path, names: list[str], unsupported: int = 0, invalid: int = 0) -> Path:
-    """``names``: distinct ReLU MLPs; then ``unsupported`` Tanh nets and ``invalid`` non-ONNX files."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for seed, name in enumerate(names):
-        (folder / f"{name}.onnx").write_bytes(mlp(seed).SerializeToString())
-    for k in range(unsupported):
-        (folder / f"tanh_{k}.onnx").write_bytes(mlp(100 + k, "Tanh").SerializeToString())
-    for k in range(invalid):
-        (folder / f"garbage_{k}.onnx").write_bytes(b"this is not an ONNX model")
-    return folder
-
-
-def run_cli(*args, env: dict | None = None, timeout: float = 110) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "onnx_pathlift.cli", "audit", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=env, check=False)
-
-
-def json_models(stdout: str) -> list[dict]:
-    """The model objects of ``audit --json``'s output (its last line is the ``summary`` object)."""
-    *models, last = (json.loads(line) for line in stdout.splitlines())
-    assert set(last) == {"summary"} and last["summary"]["files"] == len(models), last
-    return models
-
-
-def query(db: Path, sql: str) -> list[tuple]:
-    with closing(sqlite3.connect(db)) as conn:
-        return conn.execute(sql).fetchall()
-
-
-def stored(db: Path) -> dict[str, tuple[int, str]]:
-    """``{sha256: (run_id, computed_at)}`` of every stored result (empty while the database is not there)."""
-    try:
-        rows = query(db, "SELECT sha256, run_id, computed_at FROM results") if db.exists() else []
-    except sqlite3.OperationalError:  # the audit has not created its tables yet
-        rows = []
-    return {sha: (run, at) for sha, run, at in rows}
 
 
 def runs(db: Path) -> list[tuple]:
@@ -85,7 +33,7 @@ def runs(db: Path) -> list[tuple]:
 
 def test_zoo_audit_accounts_for_every_file_with_path_norm_numbers(zoo, tmp_path):
     files = sorted(p.resolve() for p in zoo.rglob("*.onnx"))
-    proc = run_cli(zoo, "--jobs", "2", "--json", "--db", tmp_path / "zoo.sqlite", timeout=600)  # a hang detector only
+    proc = run_cli("audit", zoo, "--jobs", "2", "--json", "--db", tmp_path / "zoo.sqlite", timeout=600)  # a hang detector only
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stdout + proc.stderr
     results = json_models(proc.stdout)
@@ -105,7 +53,7 @@ def test_zoo_audit_accounts_for_every_file_with_path_norm_numbers(zoo, tmp_path)
 # ----------------------------------------------------------------------------- reports, CLI, reuse
 
 def test_cli_reports_json_csv_html_and_reuse(tmp_path, capsys):
-    models = write_models(tmp_path / "m", ["a", "b", "c"], unsupported=1, invalid=1)
+    models = write_mlps(tmp_path / "m", ["a", "b", "c"], unsupported=1, invalid=1)
     (models / "sub").mkdir()
     (models / "sub" / "copy_of_a.onnx").write_bytes((models / "a.onnx").read_bytes())
     html, table = tmp_path / "report.html", tmp_path / "out.csv"
@@ -148,8 +96,8 @@ def test_cli_reports_json_csv_html_and_reuse(tmp_path, capsys):
 
 
 def test_paths_files_folders_globs_and_usage_errors(tmp_path, capsys):
-    models = write_models(tmp_path / "m", ["a", "b"])
-    write_models(tmp_path / "m" / "deep", ["c"])
+    models = write_mlps(tmp_path / "m", ["a", "b"])
+    write_mlps(tmp_path / "m" / "deep", ["c"])
     (tmp_path / "m" / "notes.txt").write_text("not a model")
     db = tmp_path / "a.sqlite"
     rc = cli.main(["audit", str(models / "a.onnx"), str(tmp_path / "m" / "*.onnx"), str(models / "deep"),
@@ -175,7 +123,7 @@ def test_shipped_models_audit(tmp_path):
 # ----------------------------------------------------------------------------------------- isolation
 
 def test_crash_hang_and_oom_fail_only_their_model(tmp_path, monkeypatch):
-    models = write_models(tmp_path / "m", ["ok_a", "crashme", "ok_b", "hangme", "oomme", "ok_c"])
+    models = write_mlps(tmp_path / "m", ["ok_a", "crashme", "ok_b", "hangme", "oomme", "ok_c"])
     monkeypatch.setenv(HOOK_ENV, "abort:crashme,hang:hangme,oom:oomme")
     t0 = time.monotonic()
     result = audit([models], db=tmp_path / "a.sqlite", jobs=2, timeout=3)
@@ -189,7 +137,7 @@ def test_crash_hang_and_oom_fail_only_their_model(tmp_path, monkeypatch):
 
 
 def test_timeout_retried_only_under_a_longer_limit(tmp_path, monkeypatch):
-    models = write_models(tmp_path / "m", ["slow_a"])
+    models = write_mlps(tmp_path / "m", ["slow_a"])
     db = tmp_path / "a.sqlite"
     monkeypatch.setenv(HOOK_ENV, "slow:slow")
     assert audit([models], db=db, jobs=1, timeout=0.2).results[0].status == "timeout"
@@ -203,7 +151,7 @@ def test_memory_cap_fails_only_the_greedy_model_and_a_larger_cap_retries_it(tmp_
     """--max-memory caps each worker (RLIMIT_DATA): a model allocating 8 GiB fails as out of memory,
     the others (real onnxruntime sessions under the same cap) are analysed; the stored failure is
     reused under the same cap and retried under a larger one or none."""
-    models = write_models(tmp_path / "m", ["ok_a", "greedy", "ok_b"])
+    models = write_mlps(tmp_path / "m", ["ok_a", "greedy", "ok_b"])
     db = tmp_path / "a.sqlite"
     monkeypatch.setenv(HOOK_ENV, "alloc:greedy")
     assert cli.main(["audit", str(models), "--db", str(db), "--jobs", "2", "--max-memory", "1024", "--json"]) == 0
@@ -221,7 +169,7 @@ def test_memory_cap_fails_only_the_greedy_model_and_a_larger_cap_retries_it(tmp_
 
 def test_kill_9_mid_run_then_resume_recomputes_nothing(tmp_path):
     n = 12
-    models = write_models(tmp_path / "m", [f"net{k:02d}" for k in range(n)])
+    models = write_mlps(tmp_path / "m", [f"net{k:02d}" for k in range(n)])
     db = tmp_path / "a.sqlite"
     cmd = [sys.executable, "-m", "onnx_pathlift.cli", "audit", str(models), "--jobs", "1", "--db", str(db)]
     with open(tmp_path / "first.log", "w") as log:
@@ -251,7 +199,7 @@ def test_kill_9_mid_run_then_resume_recomputes_nothing(tmp_path):
 
 def test_dask_local_cluster_same_isolation_and_database(tmp_path, monkeypatch):
     distributed = pytest.importorskip("distributed", reason="dask[distributed] not installed: pip install -e '.[dask]'")
-    models = write_models(tmp_path / "m", ["ok_a", "crashme", "ok_b", "hangme"], unsupported=1)
+    models = write_mlps(tmp_path / "m", ["ok_a", "crashme", "ok_b", "hangme"], unsupported=1)
     db = tmp_path / "a.sqlite"
     monkeypatch.setenv(HOOK_ENV, "abort:crashme,hang:hangme")  # inherited by the cluster's worker processes
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
@@ -271,7 +219,7 @@ def test_dask_local_cluster_same_isolation_and_database(tmp_path, monkeypatch):
 
 
 def test_scheduler_without_dask_is_a_usage_error(tmp_path, monkeypatch, capsys):
-    models = write_models(tmp_path / "m", ["a"])
+    models = write_mlps(tmp_path / "m", ["a"])
     monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed now raises ImportError
     rc = cli.main(["audit", str(models), "--scheduler", "tcp://127.0.0.1:1", "--db", str(tmp_path / "a.sqlite")])
     assert rc == 2 and "pip install 'onnx-pathlift[dask]'" in capsys.readouterr().err

@@ -11,7 +11,8 @@ import subprocess
 import sys
 
 import pytest
-from test_audit import stored, write_models
+from builders import write_mlps
+from conftest import stored
 
 from onnx_pathlift.audit import audit
 from onnx_pathlift.audit.analyse import HOOK_ENV
@@ -59,7 +60,7 @@ def _ppid(pid: int) -> str | None:
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="counts processes through /proc")
 def test_analysis_processes_are_reused_across_tasks_and_audits(tmp_path):
-    models = write_models(tmp_path / "m", [f"net{k}" for k in range(6)])
+    models = write_mlps(tmp_path / "m", [f"net{k}" for k in range(6)])
     with local_cluster(2) as cluster, distributed.Client(cluster.scheduler_address) as client:
         first = audit([models], db=tmp_path / "a.sqlite", scheduler=cluster.scheduler_address)
         pids = analysis_pids(client)
@@ -75,7 +76,7 @@ def test_analysis_processes_are_reused_across_tasks_and_audits(tmp_path):
 def test_preload_starts_the_analysis_processes_with_the_worker(tmp_path):
     """``--preload onnx_pathlift.audit.cluster``: one analysis process per thread before any audit,
     and the audit uses those very processes."""
-    models = write_models(tmp_path / "m", ["a", "b", "c"])
+    models = write_mlps(tmp_path / "m", ["a", "b", "c"])
     with local_cluster(2, preload=["onnx_pathlift.audit.cluster"]) as cluster, \
             distributed.Client(cluster.scheduler_address) as client:
         before = analysis_pids(client)
@@ -87,7 +88,7 @@ def test_preload_starts_the_analysis_processes_with_the_worker(tmp_path):
 @pytest.mark.slow
 def test_a_lost_worker_has_its_tasks_rescheduled(tmp_path, monkeypatch):
     n = 8
-    models = write_models(tmp_path / "m", [f"net{k}" for k in range(n)])
+    models = write_mlps(tmp_path / "m", [f"net{k}" for k in range(n)])
     monkeypatch.setenv(HOOK_ENV, "slow:")  # 0.5 s a model: the worker dies with a task in hand
     with local_cluster(2) as cluster, distributed.Client(cluster.scheduler_address) as client:
         victim = next(iter(client.run(os.getpid).values()))
@@ -98,7 +99,7 @@ def test_a_lost_worker_has_its_tasks_rescheduled(tmp_path, monkeypatch):
 
 
 def test_no_worker_at_all_ends_the_audit_with_a_message(tmp_path):
-    models = write_models(tmp_path / "m", ["a", "b"])
+    models = write_mlps(tmp_path / "m", ["a", "b"])
     db = tmp_path / "a.sqlite"
     with local_cluster(0) as cluster:
         proc = subprocess.run([sys.executable, "-m", "onnx_pathlift", "audit", str(models), "--scheduler",
@@ -113,7 +114,7 @@ def test_no_worker_at_all_ends_the_audit_with_a_message(tmp_path):
 @pytest.mark.slow
 def test_workers_gone_mid_audit_keep_the_partial_results_and_the_audit_resumes(tmp_path, monkeypatch):
     n = 6
-    models = write_models(tmp_path / "m", [f"net{k}" for k in range(n)])
+    models = write_mlps(tmp_path / "m", [f"net{k}" for k in range(n)])
     db = tmp_path / "a.sqlite"
     monkeypatch.setenv(HOOK_ENV, "slow:")
     with local_cluster(1) as cluster:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 import json
 
-from test_audit import json_models, run_cli, write_models
+from builders import write_mlps
+from conftest import json_models, run_cli
 
 from onnx_pathlift import cli
 from onnx_pathlift.audit.analyse import HOOK_ENV
@@ -15,7 +16,7 @@ from onnx_pathlift.audit.record import STATUSES, ModelResult
 
 
 def test_fail_on_gates_the_exit_code_and_summarises(tmp_path, capsys, monkeypatch):
-    models = write_models(tmp_path / "m", ["a", "crashme"], unsupported=1, invalid=1)
+    models = write_mlps(tmp_path / "m", ["a", "crashme"], unsupported=1, invalid=1)
     db = str(tmp_path / "a.sqlite")
     monkeypatch.setenv(HOOK_ENV, "abort:crashme")
     capsys.readouterr()
@@ -41,13 +42,13 @@ def test_fail_on_gates_the_exit_code_and_summarises(tmp_path, capsys, monkeypatc
 
 
 def test_fail_on_unknown_status_is_a_usage_error_before_any_work(tmp_path):
-    models = write_models(tmp_path / "m", ["a"])
+    models = write_mlps(tmp_path / "m", ["a"])
     db = tmp_path / "a.sqlite"
-    proc = run_cli(models, "--db", db, "--fail-on", "error,crashed", "--json")
+    proc = run_cli("audit", models, "--db", db, "--fail-on", "error,crashed", "--json")
     assert proc.returncode == 2 and not db.exists()
     err = json.loads(proc.stdout)
     assert err["exit_code"] == 2 and "'error,crashed'" in err["message"] and "timeout" in err["message"]
-    assert run_cli(models, "--db", db, "--fail-on", ",").returncode == 2
+    assert run_cli("audit", models, "--db", db, "--fail-on", ",").returncode == 2
 
 
 def test_progress_bar_line_is_ended_when_the_audit_stops_early():

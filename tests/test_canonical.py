@@ -16,10 +16,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 import tiny_nets
-from conftest import run_main
-from onnx import TensorProto, helper, numpy_helper
-from test_exporter_corpus import _load
-from test_metric import signed_path_metric, union_dags
+from builders import dropped, inits, make_model
+from conftest import load_tool, run_main
+from onnx import helper
+from oracle import signed_path_metric, union_dags
 
 from onnx_pathlift import import_model
 from onnx_pathlift.canonical import canonical_form
@@ -58,16 +58,13 @@ def conv_bn_net(seed: int = 0, dyadic: bool = True) -> onnx.ModelProto:
              helper.make_node("Transpose", ["f1"], ["t"], perm=[0, 1, 2], name="transpose"),
              helper.make_node("Reshape", ["t", "shape2"], ["f2"], name="reshape2"),
              helper.make_node("Gemm", ["f2", "W1", "B1"], ["y"], transB=1, name="fc")]
-    g = helper.make_graph(nodes, "conv_bn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, 6])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
-                          [numpy_helper.from_array(v, k) for k, v in params.items()])
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    return make_model(nodes, [("x", [1, 2, 6, 6])], [("y", [1, 3])], params, name="conv_bn")
 
 
 def fused_by_hand(model: onnx.ModelProto) -> onnx.ModelProto:
     """The BatchNormalization folded into the conv in numpy (float64, rounded once to float32); the
     Flatten → Reshape → Transpose → Reshape chain written as one Reshape."""
-    p = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
+    p = inits(model, np.float64)
     eps = next(a.f for n in model.graph.node if n.op_type == "BatchNormalization" for a in n.attribute if a.name == "epsilon")
     s = p["g"] / np.sqrt(p["var"] + eps)
     w = (p["W0"] * s[:, None, None, None]).astype(np.float32)
@@ -77,11 +74,9 @@ def fused_by_hand(model: onnx.ModelProto) -> onnx.ModelProto:
              helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[3, 3], strides=[3, 3], name="pool"),
              helper.make_node("Reshape", ["p", "shape"], ["f2"], name="reshape"),
              helper.make_node("Gemm", ["f2", "W1", "B1"], ["y"], transB=1, name="fc")]
-    inits = {"Wf": w, "Bf": b, "shape": p["shape2"].astype(np.int64), "W1": p["W1"].astype(np.float32),
+    fused = {"Wf": w, "Bf": b, "shape": p["shape2"].astype(np.int64), "W1": p["W1"].astype(np.float32),
              "B1": p["B1"].astype(np.float32)}
-    g = helper.make_graph(nodes, "fused", list(model.graph.input), list(model.graph.output),
-                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    return make_model(nodes, model.graph.input, model.graph.output, fused, name="fused")
 
 
 def ort_optimised(model: onnx.ModelProto, level, path) -> onnx.ModelProto:
@@ -126,17 +121,6 @@ def test_spellings_of_one_network_compare_with_d_zero(copy: str, tmp_path, capsy
     assert rc == 0 and "canonical form" in out and "folded the scale" in out
 
 
-def _pruned(model: onnx.ModelProto, name: str, fraction: float, seed: int) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for t in out.graph.initializer:
-        if t.name == name:
-            w = numpy_helper.to_array(t).copy()
-            w[np.random.default_rng(seed).random(w.shape) < fraction] = 0
-            t.CopyFrom(numpy_helper.from_array(w, name))
-    return out
-
-
 @pytest.mark.parametrize("seed", [1, 2])
 def test_random_bn_fused_copy_has_d_at_rounding_level(seed: int, tmp_path, capsys) -> None:
     """Generic BN parameters: the fused copy's float32 weights differ from the exact fold by one rounding,
@@ -157,7 +141,7 @@ def test_canonical_metric_against_the_signed_brute_force_metric(seed: int) -> No
     equals the signed brute-force path-metric of the two canonical networks (B's parameters placed in A's
     canonical architecture, so that both have one neuron DAG), and is exact (|B| ≤ |A|)."""
     a = conv_bn_net(seed, dyadic=True)
-    b = _pruned(fused_by_hand(a), "Wf", 0.3, seed)
+    b = dropped(fused_by_hand(a), np.random.default_rng(seed), 0.3, ["Wf"])
     da, db, pairs, applied_a, _ = comparable(import_model(a), import_model(b))
     assert applied_a
     m = path_metric(da, db)
@@ -248,10 +232,7 @@ def test_input_side_folds_are_exact_on_grouped_and_transposed_layers() -> None:
              helper.make_node("ConvTranspose", ["a1", "W1"], ["c1"], group=3, strides=[1, 1]),
              helper.make_node("Relu", ["c1"], ["r1"]), helper.make_node("Flatten", ["r1"], ["f"]),
              helper.make_node("Mul", ["f", "s2"], ["a2"]), helper.make_node("MatMul", ["a2", "W2"], ["y"])]
-    g = helper.make_graph(nodes, "folds", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 5, 5])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
-                          [numpy_helper.from_array(v.astype(np.float32), k) for k, v in p.items()])
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model = make_model(nodes, [("x", [1, 4, 5, 5])], [("y", [1, 3])], p, name="folds")
     dag, applied = canonical_form(import_model(model))
     assert sum("(input side)" in line for line in applied) == 3, applied
     assert [la.op for la in dag.layers()].count("affine") == 1  # the bias t0/s0 before the first conv
@@ -270,10 +251,7 @@ def _pooled(pool: str, spatial: int) -> onnx.ModelProto:
     nodes = [helper.make_node("Conv", ["x", "W"], ["c"]), helper.make_node("Relu", ["c"], ["r"]), *nodes,
              helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("Gemm", ["f", "W2"], ["y"])]
     inits.update(W=rng.normal(size=(3, 2, spatial, spatial)).astype(np.float32), W2=rng.normal(size=(3, 2)).astype(np.float32))
-    g = helper.make_graph(nodes, "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 5, 5])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
-                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    return make_model(nodes, [("x", [1, 2, 5, 5])], [("y", [1, 2])], inits, opset=18, name="pool")
 
 
 @pytest.mark.parametrize("spatial", [2, 5])
@@ -298,7 +276,7 @@ def test_both_torch_exporters_write_one_network(tmp_path) -> None:
     float32 rounding level (the exporters fold BatchNorm differently), and the check under the certificate."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnxscript")
-    for name, module, shape in _load("exporter_corpus")._torch_modules():
+    for name, module, shape in load_tool("exporter_corpus")._torch_modules():
         module.eval()
         models = []
         for dynamo in (False, True):

@@ -1,6 +1,6 @@
 """Certificates for any two checkpoints: sign flips (two-leg routes) and each layer's part of the bound.
 
-Oracles: the signed brute-force path enumerator of ``test_metric`` (``d = Σ_p |Φ_p(θ) − Φ_p(θ')|`` in
+Oracles: the signed brute-force path enumerator of ``oracle`` (``d = Σ_p |Φ_p(θ) − Φ_p(θ')|`` in
 float64, and the two legs of a route through an explicit intermediate ONNX model), and onnxruntime
 runs of the two ONNX files on sampled inputs and on a coordinate-ascent search of the input box.
 """
@@ -14,43 +14,18 @@ import numpy as np
 import onnx
 import pytest
 import tiny_nets
-from conftest import MODELS, run_main
+from builders import dropped, flip, inits, noise, noisy_flip, param_roles, replace_inits
+from checks import sample_and_search
+from conftest import MODELS, load_tool, run_main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_metric import (
-    Runner,
-    inits,
-    noise,
-    param_roles,
-    prune,
-    replace_inits,
-    signed_path_metric,
-    union_dags,
-)
+from oracle import signed_path_metric, union_dags
 
 from onnx_pathlift import import_model
-from onnx_pathlift.metric import _change, check_bound, path_metric, search_box
+from onnx_pathlift.metric import check_bound, path_metric
 
 NETS = sorted(tiny_nets.ALL_NETS)
 FLOAT_SHIPPED = [p for p in sorted(MODELS.glob("*.onnx")) if param_roles(onnx.load(p))[0]]
-
-
-def flip(model: onnx.ModelProto, rng: np.random.Generator, frac: float) -> tuple[onnx.ModelProto, dict]:
-    """Flip the sign of a random ``frac`` of every Conv/Gemm/MatMul weight (at least one per
-    tensor); also return the boolean masks of the flipped coordinates."""
-    p = inits(model)
-    new, masks = {}, {}
-    for n in param_roles(model)[0]:
-        w = p[n].astype(np.float64)
-        mask = (rng.random(w.shape) < frac) & (w != 0)
-        mask.flat[rng.choice(np.flatnonzero(w))] = True
-        new[n], masks[n] = np.where(mask, -w, w), mask
-    return replace_inits(model, new), masks
-
-
-def noisy_flip(model: onnx.ModelProto, rng: np.random.Generator, frac: float) -> onnx.ModelProto:
-    """Multiplicative noise on every parameter, then sign flips: a fine-tuning-like pair."""
-    return flip(noise(model, rng), rng, frac)[0]
 
 
 def weight_noise(model: onnx.ModelProto, rng: np.random.Generator) -> onnx.ModelProto:
@@ -76,21 +51,6 @@ def _with_weights(model: onnx.ModelProto, how: str, other: onnx.ModelProto) -> o
         keep = wa if how == "zero" else np.sign(wa) * np.minimum(np.abs(wa), np.abs(wb))
         new[n] = np.where(wa * wb < 0, 0.0, keep)
     return replace_inits(model, new)
-
-
-def _sample_and_search(model_a, model_b, dag, bound: float, r: float, rng, samples: int = 20, steps: int = 40) -> float:
-    """Largest ‖A(x) − B(x)‖_1 over samples and a search of the box, running the ONNX files themselves;
-    asserts the bound holds at every evaluation (float32 noise allowed)."""
-    names = list(dag.outputs)
-    run_a, run_b = Runner(model_a, names), Runner(model_b, names)
-    change = _change(lambda x: [run_a(x)], lambda x: [run_b(x)])
-    shapes = {n: dag.layer(n).shape for n in dag.inputs}
-    seen = [change({n: rng.uniform(-r, r, s).astype(np.float32) for n, s in shapes.items()}) for _ in range(samples)]
-    corner = {n: r * rng.choice([-1.0, 1.0], s) for n, s in shapes.items()}
-    seen += search_box(lambda x: change({n: v.astype(np.float32) for n, v in x.items()}), corner, r, steps, rng)
-    for diff, slack in seen:
-        assert diff <= bound * (1 + 1e-6) + slack, (diff, bound)
-    return max(d for d, _ in seen)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,13 +80,13 @@ def test_sign_flip_routes_against_brute_force_and_inputs(name: str, seed: int, f
     assert legs * (1 - 1e-9) <= 10.0 ** m.routes["via-min"] <= legs * (1 + 1e-4)  # certified: rounded outward
     zero = _with_weights(model_a, "zero", model_b)
     assert 10.0 ** m.routes["via-zero"] >= (_brute_d(model_a, zero) + _brute_d(zero, model_b)) * (1 - 1e-6)
-    _sample_and_search(model_a, model_b, import_model(model_a), max(r, 1.0) * m.upper, r, rng)
+    sample_and_search(model_a, model_b, import_model(model_a), max(r, 1.0) * m.upper, r, rng)
 
 
 @pytest.mark.parametrize("name", NETS)
 def test_direct_route_unchanged_and_exact_for_pruning(name: str) -> None:
     model_a, _ = tiny_nets.ALL_NETS[name](4)
-    model_b = prune(model_a, np.random.default_rng(4), 0.4)
+    model_b = dropped(model_a, np.random.default_rng(4), 0.4)
     m = path_metric(model_a, model_b)
     assert m.sign_consistent and m.exact and m.route == "direct" and set(m.routes) == {"direct"}
     low = _with_weights(model_a, "min", model_b)  # via-min would be equal: θ'' = θ', one leg 0
@@ -151,7 +111,7 @@ def test_via_min_is_never_above_direct_on_same_sign_pairs(name: str, seed: int, 
         legs = _brute_d(model_a, low) + _brute_d(low, model_b)
         assert legs * (1 - 1e-9) <= 10.0 ** m.routes["via-min"] <= legs * (1 + 1e-4)  # certified: rounded outward
     assert _brute_d(model_a, model_b) <= m.upper * (1 + 1e-6)
-    _sample_and_search(model_a, model_b, import_model(model_a), m.upper, 1.0, rng, 10, 20)
+    sample_and_search(model_a, model_b, import_model(model_a), m.upper, 1.0, rng, 10, 20)
 
 
 @pytest.mark.parametrize("path", FLOAT_SHIPPED, ids=lambda p: p.name)
@@ -240,11 +200,7 @@ def test_layer_parts_are_skipped_beyond_the_pass_budget(monkeypatch, capsys) -> 
 def test_tightness_study_smoke() -> None:
     """tools/tightness_study.py on the scikit-learn MLP with small budgets: every pair certified, the
     found changes below the certificate, eq. (2) above it, the rescaled pair's eq. (2) larger still."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("tightness_study", MODELS.parent / "tools" / "tightness_study.py")
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    study = load_tool("tightness_study")
     rows = study.study(MODELS / "digits_mlp_sklearn.onnx", 1.0, 10, 10, 0)
     # the int8 pairs import since the head cut walks back through the Q/DQ pair after the Softmax
     assert {"pruned 50%", "fp16", "noisy + 5% flips", "rescaled", "int8 weights only", "int8 QDQ"} <= {r["pair"] for r in rows}

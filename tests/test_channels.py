@@ -8,14 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import oracle
 import pytest
 import tiny_nets
-from conftest import run_main
+from builders import inits, ints, make_model, replace_inits
+from checks import analyse, group_of, run, slim_error
+from conftest import ROOT, run_main
 from onnx import helper, numpy_helper
 
-from onnx_pathlift.channels import channel_graph, choose, group_scores
+from onnx_pathlift.channels import choose, group_scores
 from onnx_pathlift.importer import import_prepared
 from onnx_pathlift.load import load_model
 from onnx_pathlift.metric import path_metric
@@ -23,34 +24,7 @@ from onnx_pathlift.prepare import prepare
 from onnx_pathlift.rescale import rescale
 from onnx_pathlift.slim import masked_model, prune_channels, slim_model
 
-ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((ROOT / "models").glob("*.onnx"))
-
-
-def analyse(model: onnx.ModelProto):
-    p = prepare(model)
-    return p, import_prepared(p, None), channel_graph(model, p)
-
-
-def run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
-    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    names = [o.name for o in s.get_outputs() if o.type == "tensor(float)"]
-    return [np.asarray(v, np.float64) for v in s.run(names, feeds)]
-
-
-def slim_error(masked: onnx.ModelProto, slim: onnx.ModelProto, p, trials: int = 3) -> float:
-    """max |masked − slim| / max |masked| over random inputs, in independent onnxruntime sessions."""
-    rng = np.random.default_rng(123)
-    worst = 0.0
-    for _ in range(trials):
-        feeds = {n: rng.normal(0, 1, s).astype(np.float32) for n, s in p.inputs.items()}
-        for a, b in zip(run(masked, feeds), run(slim, feeds)):
-            worst = max(worst, float(np.abs(a - b).max() / np.abs(a).max()))
-    return worst
-
-
-def group_of(cg, tensor: str, channel: int) -> int:
-    return int(cg.group_of[cg.layouts[tensor].base + channel])
 
 
 # --- scores against brute force -------------------------------------------------------------------
@@ -99,12 +73,7 @@ def _mobile_net(seed: int = 0) -> onnx.ModelProto:
              helper.make_node("GlobalAveragePool", ["r3"], ["g"]),
              helper.make_node("Flatten", ["g"], ["f"]),
              helper.make_node("Gemm", ["f", "Wf", "bf"], ["y"], transB=1)]
-    inits = [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in p.items()]
-    graph = helper.make_graph(nodes, "mobile", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+    return make_model(nodes, [("x", [1, 3, 8, 8])], [("y", [1, 3])], p, name="mobile")
 
 
 def test_path_mass_equals_the_exact_path_metric_on_a_depthwise_net() -> None:
@@ -214,11 +183,11 @@ def test_masked_changes_only_sink_columns_and_slim_only_group_constants() -> Non
     p, dag, cg = analyse(model)
     removed = [group_of(cg, "c1", 1)]
     masked, slim = masked_model(model, cg, removed), slim_model(model, cg, removed)
-    before = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    after = {t.name: numpy_helper.to_array(t) for t in masked.graph.initializer}
+    before = inits(model)
+    after = inits(masked)
     assert [n for n in before if not np.array_equal(before[n], after[n])] == ["Wf"]
     assert not after["Wf"][:, 4:8].any() and np.array_equal(after["Wf"][:, :4], before["Wf"][:, :4])
-    cut = {t.name: numpy_helper.to_array(t) for t in slim.graph.initializer}
+    cut = inits(slim)
     assert cut["W1"].shape == (3, 2, 3, 3) and cut["Wf"].shape == (3, 12) and cut["bn_var"].shape == (3,)
     assert np.array_equal(cut["bf"], before["bf"])
     assert [n.SerializeToString() for n in slim.graph.node] == [n.SerializeToString() for n in model.graph.node]
@@ -332,10 +301,10 @@ def test_a_removed_constant_channel_never_reaches_the_slim_model() -> None:
     zeroes its outgoing columns in the masked model (its bias paths are the whole of its path mass),
     and the slim model, without that channel, computes the masked model."""
     model, _ = tiny_nets.conv_bn_pool(0)
-    params = tiny_nets.get_params(model)
+    params = inits(model, np.float64)
     params["W1"][1] = 0.0
     params["b1"][1] = 2.0
-    model = tiny_nets.with_params(model, params)
+    model = replace_inits(model, params)
     p, dag, cg = analyse(model)
     g = group_of(cg, "c1", 1)
     rng = np.random.default_rng(0)
@@ -404,11 +373,9 @@ def _split_slice_net(opset: int, seed: int = 0) -> onnx.ModelProto:
     p = {"W": rng.normal(0, 0.5, (8, 2, 3, 3)), "B": rng.normal(0.2, 0.3, 8), "Wa": rng.normal(0, 0.5, (4, 3, 1, 1)),
          "Wb": rng.normal(0, 0.5, (4, 5, 1, 1)), "Wc": rng.normal(0, 0.5, (4, 5, 1, 1)), "Bc": rng.normal(0, 0.3, 4),
          "Wf": rng.normal(0, 0.5, (3, 8)), "Bf": rng.normal(0, 0.3, 3)}
-    inits = [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in p.items()]
-    ints = {"c0": [2], "c1": [7], "ax": [1], "h0": [1, 1], "h1": [5, 5], "hax": [2, 3]}
-    inits += [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in ints.items()]
+    p.update(c0=ints(2), c1=ints(7), ax=ints(1), h0=ints(1, 1), h1=ints(5, 5), hax=ints(2, 3))
     if opset >= 13:
-        inits.append(numpy_helper.from_array(np.array([3, 5], np.int64), "sizes"))
+        p["sizes"] = ints(3, 5)
         split = helper.make_node("Split", ["r", "sizes"], ["s1", "s2"], axis=1)
     else:
         split = helper.make_node("Split", ["r"], ["s1", "s2"], axis=1, split=[3, 5])
@@ -423,11 +390,7 @@ def _split_slice_net(opset: int, seed: int = 0) -> onnx.ModelProto:
              helper.make_node("Slice", ["cat", "h0", "h1", "hax"], ["crop"]),
              helper.make_node("GlobalAveragePool", ["crop"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
              helper.make_node("Gemm", ["f", "Wf", "Bf"], ["y"], transB=1)]
-    graph = helper.make_graph(nodes, "split_slice", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2, 6, 6])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 7
-    return model
+    return make_model(nodes, [("x", [1, 2, 6, 6])], [("y", [1, 3])], p, opset=opset, name="split_slice")
 
 
 @pytest.mark.parametrize("opset", [11, 17])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from test_channels import analyse, group_of, slim_error
+from checks import analyse, group_of, slim_error
 
 from onnx_pathlift.load import load_model
 from onnx_pathlift.slim import prune_channels

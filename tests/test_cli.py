@@ -11,20 +11,18 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import make_model, run_main
+from builders import B1, B2, W1, W2, hand_mlp, hand_norm, make_model, save
+from conftest import MODELS, norms_by_q, run_cli, run_main
 from onnx import helper
 
 import onnx_pathlift
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
 CNN = MODELS / "digits_cnn_torch.onnx"
 MLP = MODELS / "digits_mlp_sklearn.onnx"
 SHIPPED = {"cnn": CNN, "mlp": MLP}
@@ -32,52 +30,6 @@ SHIPPED = {"cnn": CNN, "mlp": MLP}
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-
-
-def run_cli(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """``python -m onnx_pathlift.cli ARGS`` in a subprocess (text output captured)."""
-    return subprocess.run(
-        [sys.executable, "-m", "onnx_pathlift.cli", *map(str, args)],
-        capture_output=True, text=True, timeout=120, cwd=cwd, check=False,
-    )
-
-
-def norms_by_q(result: dict) -> dict[float, float]:
-    return {float(n["q"]): n["value"] for n in result["norms"]}
-
-
-def save(model: onnx.ModelProto, path: Path) -> Path:
-    onnx.save(model, str(path))
-    return path
-
-
-# the hand-computable network  y = W2 relu(W1 x + b1) + b2  (Gemm with transB=1: rows are neurons)
-W1 = np.array([[1, -2, 0, 3], [2, 1, -1, 0], [0, 0, 1, 1]], np.float32)  # hidden x input: u_j = W1[j]
-B1 = np.array([1, -1, 2], np.float32)
-W2 = np.array([[1, 2, -1], [-3, 0, 1]], np.float32)  # output x hidden: v_j (per output k) = W2[k, j]
-B2 = np.array([1, -2], np.float32)
-
-
-def hand_mlp(input_shape=(1, 4), softmax: bool = False) -> onnx.ModelProto:
-    nodes = [
-        helper.make_node("Gemm", ["x", "W1", "b1"], ["h"], name="fc1", transB=1),
-        helper.make_node("Relu", ["h"], ["r"], name="relu1"),
-        helper.make_node("Gemm", ["r", "W2", "b2"], ["y"], name="fc2", transB=1),
-    ]
-    out = "y"
-    if softmax:
-        nodes.append(helper.make_node("Softmax", ["y"], ["p"], name="head_softmax", axis=1))
-        out = "p"
-    return make_model(nodes, [("x", list(input_shape))], [(out, None)], {"W1": W1, "b1": B1, "W2": W2, "b2": B2})
-
-
-def closed_form(q: float) -> float:
-    """(Σ_k [Σ_j |v_kj|^q (||u_j||_q^q + |b_j|^q) + |c_k|^q])^(1/q), in exact float64."""
-    u, b, v, c = (np.abs(a.astype(np.float64)) for a in (W1, B1, W2, B2))
-    total = 0.0
-    for k in range(v.shape[0]):
-        total += sum(v[k, j] ** q * ((u[j] ** q).sum() + b[j] ** q) for j in range(u.shape[0])) + c[k] ** q
-    return total ** (1.0 / q)
 
 
 def hidden_closed_form_qq(q: float) -> float:
@@ -165,13 +117,13 @@ def test_norm_text_output(capsys):
 
 
 def test_hand_computable_closed_form(capsys, hand_path):
-    assert closed_form(1) == 49.0  # the arithmetic of the fixture itself
+    assert hand_norm(1) == 49.0  # the arithmetic of the fixture itself
     rc, out, err = run_main(capsys, "norm", hand_path, "-q", 1, "-q", 2, "-q", 3, "--json")
     assert rc == 0, err
     result = json.loads(out)
     got = norms_by_q(result)
     for q in (1.0, 2.0, 3.0):
-        assert got[q] == pytest.approx(closed_form(q), rel=1e-6, abs=1e-6), q
+        assert got[q] == pytest.approx(hand_norm(q), rel=1e-6, abs=1e-6), q
     assert result["parameters"] == W1.size + B1.size + W2.size + B2.size
     assert result["outputs"] == ["y"]
     assert result["input_shapes"] == {"x": [1, 4]}
@@ -218,7 +170,7 @@ def test_lift_matches_norm(capsys, tmp_path, which, q):
     expected = norms_by_q(json.loads(stdout))[float(q)]
     assert lifted == pytest.approx(expected, rel=1e-5)
     if which == "hand":
-        assert lifted == pytest.approx(closed_form(q), rel=1e-6)
+        assert lifted == pytest.approx(hand_norm(q), rel=1e-6)
 
 
 def test_lift_subprocess_text(tmp_path, hand_path):
@@ -226,7 +178,7 @@ def test_lift_subprocess_text(tmp_path, hand_path):
     proc = run_cli("lift", hand_path, "-o", out)
     assert proc.returncode == 0, proc.stderr
     assert out.is_file() and str(out) in proc.stdout
-    assert _evaluate_lifted(out, 1.0) == pytest.approx(closed_form(1), rel=1e-6)
+    assert _evaluate_lifted(out, 1.0) == pytest.approx(hand_norm(1), rel=1e-6)
 
 
 # --------------------------------------------------------------------------------------------
@@ -407,8 +359,8 @@ def _assert_hand_norms_batch_1(capsys, path, *extra) -> None:
     result = json.loads(out)
     assert result["input_shapes"] == {"x": [1, 4]}
     got = norms_by_q(result)
-    assert got[1.0] == pytest.approx(closed_form(1), rel=1e-6)
-    assert got[2.0] == pytest.approx(closed_form(2), rel=1e-6)
+    assert got[1.0] == pytest.approx(hand_norm(1), rel=1e-6)
+    assert got[2.0] == pytest.approx(hand_norm(2), rel=1e-6)
 
 
 def test_symbolic_feature_dim_needs_input_shape(capsys, tmp_path):
@@ -422,7 +374,7 @@ def test_symbolic_feature_dim_needs_input_shape(capsys, tmp_path):
     # the NAME=SHAPE form works too
     rc, out, err = run_main(capsys, "norm", path, "--input-shape", "x=1x4", "-q", 1, "--json")
     assert rc == 0, err
-    assert norms_by_q(json.loads(out))[1.0] == pytest.approx(closed_form(1), rel=1e-6)
+    assert norms_by_q(json.loads(out))[1.0] == pytest.approx(hand_norm(1), rel=1e-6)
     rc, out, err = run_main(capsys, "norm", path, "--input-shape", "nope=1x4")
     assert rc == 2 and "nope" in err
 
@@ -471,7 +423,7 @@ def test_trailing_softmax_is_cut(capsys, tmp_path):
     assert res_sm["outputs"] == ["y"]
     for q in (1.0, 2.0):
         assert norms_by_q(res_sm)[q] == pytest.approx(norms_by_q(res_plain)[q], rel=1e-12)
-    assert norms_by_q(res_sm)[1.0] == pytest.approx(closed_form(1), rel=1e-6)
+    assert norms_by_q(res_sm)[1.0] == pytest.approx(hand_norm(1), rel=1e-6)
 
 
 def test_output_selects_intermediate_tensor(capsys, hand_path):
@@ -493,7 +445,7 @@ def test_several_outputs_add_their_qth_powers(capsys, hand_path):
     assert result["outputs"] == ["h", "y"]
     got = norms_by_q(result)
     for q in (1.0, 2.0):
-        want = (hidden_closed_form_qq(q) + closed_form(q) ** q) ** (1 / q)
+        want = (hidden_closed_form_qq(q) + hand_norm(q) ** q) ** (1 / q)
         assert got[q] == pytest.approx(want, rel=1e-6)
     per = result["norms"][0]["per_output_log10"]
     assert per["h"] == pytest.approx(math.log10(16.0), rel=1e-9)
@@ -537,4 +489,4 @@ def test_failed_verification_exits_1(capsys, monkeypatch, hand_path):
     assert rc == 1, err
     result = json.loads(out)
     assert result["verify"]["passed"] is False
-    assert norms_by_q(result)[1.0] == pytest.approx(closed_form(1), rel=1e-6)  # the numbers still come out
+    assert norms_by_q(result)[1.0] == pytest.approx(hand_norm(1), rel=1e-6)  # the numbers still come out

@@ -13,9 +13,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import MODELS, run_main
+from builders import hand_mlp, hand_norm, save
+from conftest import MODELS, norms_by_q, run_main
 from onnx import helper
-from test_cli import closed_form, hand_mlp, norms_by_q, save
 
 from onnx_pathlift import cli
 
@@ -27,7 +27,7 @@ def test_python_dash_m_is_the_cli(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "onnx_pathlift", "norm", str(path), "-q", "1", "--json"],
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert norms_by_q(json.loads(proc.stdout))[1.0] == pytest.approx(closed_form(1), rel=1e-6)
+    assert norms_by_q(json.loads(proc.stdout))[1.0] == pytest.approx(hand_norm(1), rel=1e-6)
     usage = subprocess.run([sys.executable, "-m", "onnx_pathlift"], capture_output=True, text=True, timeout=120, check=False)
     assert usage.returncode == 2 and "usage: onnx-pathlift" in usage.stderr
 
@@ -39,7 +39,7 @@ def test_input_shape_forms(capsys, tmp_path, form):
     rc, out, err = run_main(capsys, "norm", path, "--input-shape", form, "-q", 1, "--json")
     assert rc == 0, err
     result = json.loads(out)
-    assert result["input_shapes"] == {"x": [1, 4]} and norms_by_q(result)[1.0] == pytest.approx(closed_form(1), rel=1e-6)
+    assert result["input_shapes"] == {"x": [1, 4]} and norms_by_q(result)[1.0] == pytest.approx(hand_norm(1), rel=1e-6)
 
 
 def test_input_shape_name_with_a_colon(capsys, tmp_path):
@@ -114,7 +114,7 @@ def test_lifted_model_metadata_says_what_it_is(capsys, tmp_path):
     got = dict(zip([o.name for o in session.get_outputs()],
                    session.run(None, {i.name: np.ones(i.shape, np.float32) for i in session.get_inputs()})))
     total = sum(float((got[o].astype(np.float64) * np.exp2(got[e].astype(np.float64))).sum()) for o, e in pairs)
-    assert total ** 0.5 == pytest.approx(closed_form(2), rel=1e-6)
+    assert total ** 0.5 == pytest.approx(hand_norm(2), rel=1e-6)
     assert helper.printable_graph(model.graph)  # a well-formed model, with its metadata
 
 

@@ -5,31 +5,21 @@ with the re-emission check passing, or refused with the offending nodes named; n
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = sys.modules[name] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_tool
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> tuple[list[Path], dict[str, str]]:
     pytest.importorskip("onnxruntime.quantization")
-    return _load("exporter_corpus").generate(tmp_path_factory.mktemp("corpus"), with_torch=False)
+    return load_tool("exporter_corpus").generate(tmp_path_factory.mktemp("corpus"), with_torch=False)
 
 
 def test_exporter_corpus_imports_or_refuses_by_name(corpus) -> None:
     files, skipped = corpus
-    coverage = _load("coverage")
+    coverage = load_tool("coverage")
     variants = {f.name.split("__")[1].removesuffix(".onnx") for f in files}
     assert {"float", "ort_basic", "ort_extended", "ort_all", "qdq_per_tensor", "qdq_per_channel",
             "qdq_weights_only_per_channel", "qoperator_per_tensor", "dynamic_per_tensor"} <= variants, (variants, skipped)

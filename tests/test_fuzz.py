@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 import pytest
 import tiny_nets
+from builders import make_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
@@ -75,9 +76,7 @@ def shape_arith_net() -> onnx.ModelProto:
         helper.make_node("Dropout", ["logits"], ["d"], name="dropout"),
         helper.make_node("Softmax", ["d"], ["y"], name="softmax", axis=-1),
     ]
-    graph = helper.make_graph(nodes, "shape_arith", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = make_model(nodes, [("x", [1, 2, 8, 8])], [("y", [1, 5])], inits, name="shape_arith")
     model.ir_version = 8
     return model
 
@@ -98,13 +97,7 @@ def piecewise_net() -> onnx.ModelProto:
         helper.make_node("Flatten", ["m"], ["f"], name="flatten"),
         helper.make_node("Gemm", ["f", "Wf", "bf"], ["y"], name="fc", transB=1),
     ]
-    graph = helper.make_graph(nodes, "piecewise", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
-                              [numpy_helper.from_array(np.asarray(v, np.int64 if k == "pads" else np.float32), k)
-                               for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+    return make_model(nodes, [("x", [1, 2, 6, 6])], [("y", [1, 4])], inits, name="piecewise")
 
 
 def seed_models() -> list[onnx.ModelProto]:
@@ -224,7 +217,139 @@ def _random_attribute(c: Chooser, name: str, attr_type: int | None) -> Attribute
     return helper.make_attribute(name, body)
 
 
+def _mutate_attr(c: Chooser, m: onnx.ModelProto, node, names: list[str]) -> None:
+    """Set (a schema attribute, mostly) to a random value, or drop it."""
+    if node is None:
+        return
+    schema = _schema_attributes(node, m.opset_import[0].version)
+    name = c.choice(sorted(schema) or ATTR_NAMES) if c.int(0, 3) else c.choice(ATTR_NAMES)
+    kept = [a for a in node.attribute if a.name != name]
+    del node.attribute[:]
+    node.attribute.extend(kept + ([_random_attribute(c, name, schema.get(name))] if c.int(0, 4) else []))
+
+
+def _mutate_dims(c: Chooser, m: onnx.ModelProto, node, names: list[str]) -> None:
+    """Set, add or drop one dimension of an initializer (its data left as it is)."""
+    if not len(m.graph.initializer):
+        return
+    t = c.choice(m.graph.initializer)
+    dims = list(t.dims)
+    op = c.choice(["set", "add", "drop"])
+    if op == "set" and dims:
+        dims[c.int(0, len(dims) - 1)] = c.small_or_boundary_int()
+    elif op == "add":
+        dims.insert(c.int(0, len(dims)), c.small_or_boundary_int())
+    elif dims:
+        dims.pop(c.int(0, len(dims) - 1))
+    del t.dims[:]
+    t.dims.extend(dims)
+
+
+def _mutate_input_dims(c: Chooser, m: onnx.ModelProto, node, names: list[str]) -> None:
+    """One dimension of the first graph input: a boundary value or a symbolic name."""
+    if not len(m.graph.input):
+        return
+    shape = m.graph.input[0].type.tensor_type.shape
+    if len(shape.dim):
+        dim = shape.dim[c.int(0, len(shape.dim) - 1)]
+        if c.int(0, 3):
+            dim.dim_value = c.small_or_boundary_int()
+        else:
+            dim.dim_param = c.choice(["N", "", "batch"])
+
+
+def _mutate_dtype(c: Chooser, m: onnx.ModelProto, node, names: list[str]) -> None:
+    if len(m.graph.initializer):
+        c.choice(m.graph.initializer).data_type = c.choice(DTYPES)
+
+
+def _mutate_input_dtype(c: Chooser, m: onnx.ModelProto, node, names: list[str]) -> None:
+    if len(m.graph.input):
+        m.graph.input[0].type.tensor_type.elem_type = c.choice(DTYPES)
+
+
+def _mutate_inputs(c: Chooser, m: onnx.ModelProto, node, names: list[str]) -> None:
+    """Drop, duplicate, empty, rename or swap a node's inputs."""
+    if node is None:
+        return
+    ins = list(node.input)
+    op = c.choice(["drop", "duplicate", "empty", "rename", "swap"])
+    if op == "drop" and ins:
+        ins.pop(c.int(0, len(ins) - 1))
+    elif op == "duplicate" and ins:
+        ins.insert(c.int(0, len(ins)), c.choice(ins))
+    elif op == "empty" and ins:
+        ins[c.int(0, len(ins) - 1)] = ""
+    elif op == "rename" and ins:
+        ins[c.int(0, len(ins) - 1)] = c.choice(names + ["ghost"])
+    elif len(ins) > 1:
+        i, j = c.int(0, len(ins) - 1), c.int(0, len(ins) - 1)
+        ins[i], ins[j] = ins[j], ins[i]
+    del node.input[:]
+    node.input.extend(ins)
+
+
+def _mutate_op_type(c: Chooser, m: onnx.ModelProto, node, names: list[str]) -> None:
+    if node is not None:
+        node.op_type = c.choice(OP_TYPES)
+
+
+def _mutate_node(c: Chooser, m: onnx.ModelProto, node, names: list[str]) -> None:
+    """Remove or duplicate a node, or rename its first output."""
+    if node is None:
+        return
+    op = c.choice(["remove", "duplicate", "rename_output"])
+    if op == "remove":
+        m.graph.node.remove(node)
+    elif op == "duplicate":
+        m.graph.node.insert(c.int(0, len(m.graph.node)), node)
+    elif len(node.output):
+        node.output[0] = c.choice(names + ["fresh"])
+
+
+def _mutate_opset(c: Chooser, m: onnx.ModelProto, node, names: list[str]) -> None:
+    m.opset_import[0].version = c.choice([0, 1, 6, 7, 11, 13, 17, 21, 99, -5])
+
+
+def _mutate_values(c: Chooser, m: onnx.ModelProto, node, names: list[str]) -> None:
+    """One entry of an initializer set to a boundary or random float (cast to its own dtype)."""
+    if not len(m.graph.initializer):
+        return
+    t = c.choice(m.graph.initializer)
+    try:
+        arr = numpy_helper.to_array(t).astype(np.float64)
+    except Exception:  # noqa: BLE001 (a tensor an earlier mutation broke: leave it)
+        return
+    if arr.size:
+        flat = arr.reshape(-1)
+        flat[c.int(0, flat.size - 1)] = c.float()
+        with np.errstate(all="ignore"):
+            t.CopyFrom(numpy_helper.from_array(flat.reshape(arr.shape).astype(helper.tensor_dtype_to_np_dtype(
+                t.data_type)), t.name))
+
+
+def _mutate_outputs(c: Chooser, m: onnx.ModelProto, node, names: list[str]) -> None:
+    """Drop a graph output, or add a ghost, an input or a duplicate as one."""
+    g = m.graph
+    op = c.choice(["drop", "ghost", "input", "duplicate"])
+    if op == "drop" and len(g.output):
+        g.output.pop()
+    elif op == "ghost":
+        g.output.append(helper.make_tensor_value_info("ghost_out", TensorProto.FLOAT, None))
+    elif op == "input" and len(g.input):
+        g.output.append(helper.make_tensor_value_info(g.input[0].name, TensorProto.FLOAT, None))
+    elif len(g.output):
+        g.output.append(g.output[0])
+
+
+#: the structural mutations, by name (a name listed twice is drawn twice as often)
+MUTATIONS = {"attr": _mutate_attr, "dims": _mutate_dims, "input_dims": _mutate_input_dims, "dtype": _mutate_dtype,
+             "input_dtype": _mutate_input_dtype, "inputs": _mutate_inputs, "op_type": _mutate_op_type, "node": _mutate_node,
+             "opset": _mutate_opset, "values": _mutate_values, "outputs": _mutate_outputs}
+
+
 def mutate_structure(c: Chooser, model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` with 1-3 random structural mutations (each on a random node where it needs one)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
@@ -233,86 +358,7 @@ def mutate_structure(c: Chooser, model: onnx.ModelProto) -> onnx.ModelProto:
         kind = c.choice(["attr", "attr", "dims", "input_dims", "dtype", "input_dtype", "inputs", "inputs", "op_type",
                          "node", "opset", "values", "outputs"])
         node = c.choice(g.node) if len(g.node) else None
-        if kind == "attr" and node is not None:
-            schema = _schema_attributes(node, m.opset_import[0].version)
-            name = c.choice(sorted(schema) or ATTR_NAMES) if c.int(0, 3) else c.choice(ATTR_NAMES)
-            kept = [a for a in node.attribute if a.name != name]
-            del node.attribute[:]
-            node.attribute.extend(kept + ([_random_attribute(c, name, schema.get(name))] if c.int(0, 4) else []))
-        elif kind == "dims" and len(g.initializer):
-            t = c.choice(g.initializer)
-            dims = list(t.dims)
-            op = c.choice(["set", "add", "drop"])
-            if op == "set" and dims:
-                dims[c.int(0, len(dims) - 1)] = c.small_or_boundary_int()
-            elif op == "add":
-                dims.insert(c.int(0, len(dims)), c.small_or_boundary_int())
-            elif dims:
-                dims.pop(c.int(0, len(dims) - 1))
-            del t.dims[:]
-            t.dims.extend(dims)
-        elif kind == "input_dims" and len(g.input):
-            shape = g.input[0].type.tensor_type.shape
-            if len(shape.dim):
-                dim = shape.dim[c.int(0, len(shape.dim) - 1)]
-                if c.int(0, 3):
-                    dim.dim_value = c.small_or_boundary_int()
-                else:
-                    dim.dim_param = c.choice(["N", "", "batch"])
-        elif kind == "dtype" and len(g.initializer):
-            c.choice(g.initializer).data_type = c.choice(DTYPES)
-        elif kind == "input_dtype" and len(g.input):
-            g.input[0].type.tensor_type.elem_type = c.choice(DTYPES)
-        elif kind == "inputs" and node is not None:
-            ins = list(node.input)
-            op = c.choice(["drop", "duplicate", "empty", "rename", "swap"])
-            if op == "drop" and ins:
-                ins.pop(c.int(0, len(ins) - 1))
-            elif op == "duplicate" and ins:
-                ins.insert(c.int(0, len(ins)), c.choice(ins))
-            elif op == "empty" and ins:
-                ins[c.int(0, len(ins) - 1)] = ""
-            elif op == "rename" and ins:
-                ins[c.int(0, len(ins) - 1)] = c.choice(names + ["ghost"])
-            elif len(ins) > 1:
-                i, j = c.int(0, len(ins) - 1), c.int(0, len(ins) - 1)
-                ins[i], ins[j] = ins[j], ins[i]
-            del node.input[:]
-            node.input.extend(ins)
-        elif kind == "op_type" and node is not None:
-            node.op_type = c.choice(OP_TYPES)
-        elif kind == "node" and node is not None:
-            op = c.choice(["remove", "duplicate", "rename_output"])
-            if op == "remove":
-                g.node.remove(node)
-            elif op == "duplicate":
-                g.node.insert(c.int(0, len(g.node)), node)
-            elif len(node.output):
-                node.output[0] = c.choice(names + ["fresh"])
-        elif kind == "opset":
-            m.opset_import[0].version = c.choice([0, 1, 6, 7, 11, 13, 17, 21, 99, -5])
-        elif kind == "values" and len(g.initializer):
-            t = c.choice(g.initializer)
-            try:
-                arr = numpy_helper.to_array(t).astype(np.float64)
-            except Exception:  # noqa: BLE001, S112 (a tensor an earlier mutation broke: leave it)
-                continue
-            if arr.size:
-                flat = arr.reshape(-1)
-                flat[c.int(0, flat.size - 1)] = c.float()
-                with np.errstate(all="ignore"):
-                    t.CopyFrom(numpy_helper.from_array(flat.reshape(arr.shape).astype(helper.tensor_dtype_to_np_dtype(
-                        t.data_type)), t.name))
-        elif kind == "outputs":
-            op = c.choice(["drop", "ghost", "input", "duplicate"])
-            if op == "drop" and len(g.output):
-                g.output.pop()
-            elif op == "ghost":
-                g.output.append(helper.make_tensor_value_info("ghost_out", TensorProto.FLOAT, None))
-            elif op == "input" and len(g.input):
-                g.output.append(helper.make_tensor_value_info(g.input[0].name, TensorProto.FLOAT, None))
-            elif len(g.output):
-                g.output.append(g.output[0])
+        MUTATIONS[kind](c, m, node, names)
     return m
 
 

@@ -11,7 +11,6 @@ bound tighter than that: it would fail on a busy machine).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -22,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import ROOT, make_model, run_measured, traced_peak
+from builders import make_model
+from conftest import ROOT, load_tool, run_measured, traced_peak
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_pathlift import import_model, path_norm
@@ -32,9 +32,7 @@ from onnx_pathlift.read import DEFAULT_LIMITS, Limits
 
 resource = pytest.importorskip("resource", reason="RLIMIT_AS needs a POSIX system")
 
-_spec = importlib.util.spec_from_file_location("make_hostile", ROOT / "tools" / "make_hostile.py")
-make_hostile = sys.modules["make_hostile"] = importlib.util.module_from_spec(_spec)  # dataclasses look it up there
-_spec.loader.exec_module(make_hostile)
+make_hostile = load_tool("make_hostile")
 
 MEMORY_CAP = 2 << 30  # bytes of address space for each CLI run
 RSS_CAP_MB = 400  # peak resident memory of each CLI run (measured: 88-171 MB, long_chain the largest)

@@ -8,7 +8,6 @@ counts; subprocess timeouts are hang detectors (≥ 60 s), never performance ass
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import resource
@@ -23,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import ROOT, make_model, run_measured
+from builders import make_model
+from conftest import load_tool, run_measured
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import helper
@@ -39,10 +39,7 @@ from onnx_pathlift.sanitise import csv_cell, html, terminal
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="FIFOs, rlimits, signals and /dev/full are POSIX")
 
-_spec = importlib.util.spec_from_file_location("make_hostile", ROOT / "tools" / "make_hostile.py")
-make_hostile = sys.modules.setdefault("make_hostile", importlib.util.module_from_spec(_spec))
-if not hasattr(make_hostile, "CASES"):
-    _spec.loader.exec_module(make_hostile)
+make_hostile = load_tool("make_hostile")
 
 HANG = 120  # seconds: a hang detector for each subprocess, not a performance bound
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0

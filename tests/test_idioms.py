@@ -6,12 +6,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from builders import ints, make_model, net, one_op, sandwich
+from checks import assert_scores_are_brute_force_drops
 from conftest import run_main
 from onnx import helper
 from oracle import brute_force_path_norm
-from test_ops import _net
-from test_ops_select import _i, _one, _sandwich
-from test_scores import assert_scores_are_brute_force_drops
 from tiny_nets import conv_bn_pool, residual_concat
 
 import onnx_pathlift as pl
@@ -51,7 +50,7 @@ def _keras_upsampling() -> onnx.ModelProto:
     """Keras' UpSampling2D(2) as keras2onnx/tf2onnx write it: Unsqueeze → Tile → Reshape (nearest, x2)."""
     nodes = [helper.make_node("Unsqueeze", ["r", "ua"], ["u"]), helper.make_node("Tile", ["u", "rp"], ["t"]),
              helper.make_node("Reshape", ["t", "sh"], ["m"])]
-    return _sandwich(nodes, {"ua": _i(3, 5), "rp": _i(1, 1, 1, 2, 1, 2), "sh": _i(1, 3, 8, 10)})
+    return sandwich(nodes, {"ua": ints(3, 5), "rp": ints(1, 1, 1, 2, 1, 2), "sh": ints(1, 3, 8, 10)})
 
 
 def _tf2onnx_prelu() -> onnx.ModelProto:
@@ -59,17 +58,17 @@ def _tf2onnx_prelu() -> onnx.ModelProto:
     nodes = [helper.make_node("Relu", ["c"], ["p"]), helper.make_node("Neg", ["c"], ["nc"]),
              helper.make_node("Relu", ["nc"], ["rn"]), helper.make_node("Mul", ["rn", "al"], ["ma"]),
              helper.make_node("Sub", ["p", "ma"], ["m"])]
-    return _sandwich(nodes, {"al": np.array([[[0.25]], [[-0.5]], [[1.5]]], np.float32)})
+    return sandwich(nodes, {"al": np.array([[[0.25]], [[-0.5]], [[1.5]]], np.float32)})
 
 
 IDIOMS = {
-    "tile_channels_and_width": lambda: _one("Tile", ["rp"], {"rp": _i(1, 2, 1, 3)}),
-    "tile_every_axis_but_batch": lambda: _one("Tile", ["rp"], {"rp": _i(1, 2, 3, 2)}),
-    "tile_batch_axis_dense": lambda: _one("Tile", ["rp"], {"rp": _i(3, 2)}, x_shape=(1, 3)),
-    "tile_all_ones_is_an_alias": lambda: _one("Tile", ["rp"], {"rp": _i(1, 1, 1, 1)}),
+    "tile_channels_and_width": lambda: one_op("Tile", ["rp"], {"rp": ints(1, 2, 1, 3)}),
+    "tile_every_axis_but_batch": lambda: one_op("Tile", ["rp"], {"rp": ints(1, 2, 3, 2)}),
+    "tile_batch_axis_dense": lambda: one_op("Tile", ["rp"], {"rp": ints(3, 2)}, x_shape=(1, 3)),
+    "tile_all_ones_is_an_alias": lambda: one_op("Tile", ["rp"], {"rp": ints(1, 1, 1, 1)}),
     "keras_upsampling2d": _keras_upsampling,
-    "neg": lambda: _one("Neg", [], {}),
-    "neg_then_relu": lambda: _sandwich([helper.make_node("Neg", ["c"], ["n"]), helper.make_node("Relu", ["n"], ["m"])], {}),
+    "neg": lambda: one_op("Neg", [], {}),
+    "neg_then_relu": lambda: sandwich([helper.make_node("Neg", ["c"], ["n"]), helper.make_node("Relu", ["n"], ["m"])], {}),
     "tf2onnx_prelu": _tf2onnx_prelu,
 }
 
@@ -97,11 +96,11 @@ def test_tile_duplicates_neurons_and_neg_keeps_the_norm() -> None:
     a Neg changes no |weight|."""
     rng = np.random.default_rng(5)
     w1 = rng.normal(size=(3, 4))
-    base = _net([1, 3], [helper.make_node("Gemm", ["x", "W"], ["y"])], [1, 4], {"W": w1})
-    tiled = _net([1, 3], [helper.make_node("Gemm", ["x", "W"], ["g"]), helper.make_node("Tile", ["g", "rp"], ["y"])],
-                 [1, 12], {"W": w1, "rp": _i(1, 3)})
-    negated = _net([1, 3], [helper.make_node("Gemm", ["x", "W"], ["g"]), helper.make_node("Neg", ["g"], ["y"])],
-                   [1, 4], {"W": w1})
+    base = net([1, 3], [helper.make_node("Gemm", ["x", "W"], ["y"])], [1, 4], {"W": w1})
+    tiled = net([1, 3], [helper.make_node("Gemm", ["x", "W"], ["g"]), helper.make_node("Tile", ["g", "rp"], ["y"])],
+                 [1, 12], {"W": w1, "rp": ints(1, 3)})
+    negated = net([1, 3], [helper.make_node("Gemm", ["x", "W"], ["g"]), helper.make_node("Neg", ["g"], ["y"])],
+                  [1, 4], {"W": w1})
     w32 = np.abs(w1.astype(np.float32).astype(np.float64))
     for q in (1.0, 2.0):
         closed = float(np.sum(w32 ** q))
@@ -115,7 +114,7 @@ def test_tile_with_data_dependent_repeats_is_refused() -> None:
     it is not imported."""
     nodes = [helper.make_node("Gemm", ["x", "Wr"], ["g"]), helper.make_node("Cast", ["g"], ["gi"], to=onnx.TensorProto.INT64),
              helper.make_node("Reshape", ["gi", "s"], ["rp"]), helper.make_node("Tile", ["x", "rp"], ["y"], name="tile0")]
-    model = _net([1, 3], nodes, None, {"Wr": np.ones((3, 2)), "s": _i(2)})
+    model = net([1, 3], nodes, None, {"Wr": np.ones((3, 2)), "s": ints(2)})
     trace = ImportTrace()
     with pytest.raises(pl.UnsupportedModelError) as err:
         import_prepared(prepare(model), trace=trace)
@@ -125,12 +124,10 @@ def test_tile_with_data_dependent_repeats_is_refused() -> None:
 
 def test_integer_typed_network_is_refused_with_exit_3(tmp_path, capsys) -> None:
     """Token ids in, an integer network: outside the supported set (exit 3), not a usage error (exit 2)."""
-    g = helper.make_graph([helper.make_node("Tile", ["ids", "rp"], ["y"], name="tile0")], "ints",
-                          [helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, [1, 3])],
-                          [helper.make_tensor_value_info("y", onnx.TensorProto.INT64, [1, 6])],
-                          [onnx.numpy_helper.from_array(_i(1, 2), "rp")])
+    model = make_model([helper.make_node("Tile", ["ids", "rp"], ["y"], name="tile0")], [("ids", [1, 3], onnx.TensorProto.INT64)],
+                       [("y", [1, 6], onnx.TensorProto.INT64)], {"rp": ints(1, 2)}, name="ints")
     path = tmp_path / "ints.onnx"
-    path.write_bytes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    path.write_bytes(model.SerializeToString())
     with pytest.raises(pl.UnsupportedModelError) as err:
         pl.import_model(path)
     assert [(r.node, r.op_type) for r in err.value.refusals] == [("ids", "input")] and "INT64" in str(err.value)
@@ -167,7 +164,7 @@ def _fused(activation: str, params: list[float], with_z: bool, fused: bool) -> o
             conv += [helper.make_node(activation, [x], ["a"])]
         gemm = [helper.make_node("Gemm", ["f", "W2", "B2"], ["g2"]), helper.make_node("Relu", ["g2"], ["r2"])]
     nodes = z + conv + [helper.make_node("Flatten", ["a"], ["f"])] + gemm + [helper.make_node("Gemm", ["r2", "W3", "B3"], ["y"])]
-    model = _net([1, 2, 5, 5], nodes, [1, 2], inits)
+    model = net([1, 2, 5, 5], nodes, [1, 2], inits)
     model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return model
 
@@ -194,7 +191,7 @@ def test_output_behind_an_unknown_op_names_that_op() -> None:
     nodes = [helper.make_node("Gemm", ["x", "W"], ["g"]),
              helper.make_node("ReorderOutput", ["g"], ["o"], domain="com.microsoft.nchwc", name="reorder"),
              helper.make_node("Gemm", ["o", "W2"], ["y"])]
-    model = _net([1, 3], nodes, None, {"W": np.ones((3, 4)), "W2": np.ones((4, 2))})
+    model = net([1, 3], nodes, None, {"W": np.ones((3, 4)), "W2": np.ones((4, 2))})
     model.opset_import.append(helper.make_opsetid("com.microsoft.nchwc", 1))
     with pytest.raises(pl.UnsupportedModelError) as err:
         pl.import_model(model)

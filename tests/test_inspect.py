@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from builders import HAND, hand_nodes, make_model, save
 from conftest import LIGHT, MODELS, ROOT, run_main
 from onnx import TensorProto, helper, numpy_helper
 
@@ -26,34 +26,15 @@ from onnx_pathlift.inspect import inspect_model
 
 SHIPPED = sorted(MODELS.glob("*.onnx"))
 
-W1 = np.array([[1, -2, 0, 3], [2, 1, -1, 0], [0, 0, 1, 1]], np.float32)  # Gemm transB=1: hidden x input
-B1 = np.array([1, -1, 2], np.float32)
-W2 = np.array([[1, 2, -1], [-3, 0, 1]], np.float32)  # output x hidden
-B2 = np.array([1, -2], np.float32)
-INITS = {"W1": W1, "b1": B1, "W2": W2, "b2": B2}
-BODY = [
-    helper.make_node("Gemm", ["x", "W1", "b1"], ["h"], name="fc1", transB=1),
-    helper.make_node("Relu", ["h"], ["r"], name="relu1"),
-    helper.make_node("Gemm", ["r", "W2", "b2"], ["logits"], name="fc2", transB=1),
-]
+BODY = hand_nodes("logits")
 
 
 def build(nodes, outputs, inits=None, x_shape=(1, 4), ml: bool = False) -> onnx.ModelProto:
-    """A float32 opset-17 model on input ``x``; ``outputs`` are ``(name, elem_type)``."""
-    inits = {**INITS, **(inits or {})}
-    graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
-        [helper.make_tensor_value_info(n, t, None) for n, t in outputs],
-        [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
-    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid("ai.onnx.ml", 1)] if ml else [])
-    model = helper.make_model(graph, opset_imports=opsets, producer_name="test_inspect", producer_version="0")
-    model.ir_version = 8
+    """The hand network's weights and ``inits`` on input ``x``; ``outputs`` are ``(name, elem_type)``."""
+    model = make_model(nodes, [("x", x_shape)], [(n, None, t) for n, t in outputs], {**HAND, **(inits or {})},
+                       producer="test_inspect", extra_opsets={"ai.onnx.ml": 1} if ml else None)
+    model.producer_version = "0"
     return model
-
-
-def save(model: onnx.ModelProto, path: Path) -> Path:
-    onnx.save(model, str(path))
-    return path
 
 
 def inspect_json(capsys, path, *extra) -> tuple[int, dict, str]:

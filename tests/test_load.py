@@ -11,43 +11,21 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import make_model, traced_peak
+from builders import W1, hand_mlp, make_model
+from conftest import MODELS, run_main, traced_peak
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_pathlift
-from onnx_pathlift import cli, import_model, path_norm
+from onnx_pathlift import import_model, path_norm
 from onnx_pathlift.errors import InvalidModelError, PathliftError, UnsupportedModelError
 from onnx_pathlift.load import load_model
-
-MODELS = Path(__file__).resolve().parent.parent / "models"
-
 
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
 
 
-W1 = np.array([[1, -2, 0, 3], [2, 1, -1, 0], [0, 0, 1, 1]], np.float32)
-B1 = np.array([1, -1, 2], np.float32)
-W2 = np.array([[1, 2, -1], [-3, 0, 1]], np.float32)
-B2 = np.array([1, -2], np.float32)
 L1_EXPECTED = 49.0  # Σ_k Σ_j |W2_kj| (||W1_j||_1 + |b1_j|) + |b2_k|
-
-
-def small_mlp() -> onnx.ModelProto:
-    nodes = [
-        helper.make_node("Gemm", ["x", "W1", "b1"], ["h"], name="fc1", transB=1),
-        helper.make_node("Relu", ["h"], ["r"], name="relu1"),
-        helper.make_node("Gemm", ["r", "W2", "b2"], ["y"], name="fc2", transB=1),
-    ]
-    return make_model(nodes, [("x", [1, 4])], [("y", [1, 2])], {"W1": W1, "b1": B1, "W2": W2, "b2": B2})
-
-
-def cli_exit(capsys, *args) -> tuple[int, str]:
-    """Exit code and stderr of ``onnx_pathlift.cli.main(ARGS)``."""
-    capsys.readouterr()
-    rc = cli.main([str(a) for a in args])
-    return rc, capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------
@@ -56,7 +34,7 @@ def cli_exit(capsys, *args) -> tuple[int, str]:
 
 
 def test_sources_path_str_bytes_modelproto_agree(tmp_path):
-    model = small_mlp()
+    model = hand_mlp(out_shape=[1, 2])
     path = tmp_path / "m.onnx"
     onnx.save(model, str(path))
     data = path.read_bytes()
@@ -105,7 +83,7 @@ def external(tmp_path):
     folder = tmp_path / "model"
     folder.mkdir()
     path = folder / "m.onnx"
-    onnx.save_model(small_mlp(), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+    onnx.save_model(hand_mlp(out_shape=[1, 2]), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location="weights.bin", size_threshold=0)
     raw = onnx.load(str(path), load_external_data=False)
     return folder, path, raw
@@ -134,7 +112,7 @@ def test_external_data_roundtrip(external):
         numpy_helper.to_array(next(t for t in loaded.graph.initializer if t.name == "W1")), W1
     )
     for q in (1, 2, 3):
-        assert path_norm(path, q).value == path_norm(small_mlp(), q).value
+        assert path_norm(path, q).value == path_norm(hand_mlp(out_shape=[1, 2]), q).value
     assert path_norm(str(path), 1).value == pytest.approx(L1_EXPECTED, rel=1e-9)
 
 
@@ -179,7 +157,7 @@ def test_external_data_escaping_the_folder_is_refused(capsys, external, kind):
     for fn in (path_norm, import_model):
         with pytest.raises(InvalidModelError):
             fn(path)
-    rc, err = cli_exit(capsys, "norm", path)
+    rc, _, err = run_main(capsys, "norm", path)
     assert rc == 4
     assert err.startswith("onnx-pathlift: error:") and "'W1'" in err and "Traceback" not in err
 
@@ -189,7 +167,7 @@ def test_external_data_missing_file(capsys, external):
     path = relocated(raw, "gone.bin", folder / "missing.onnx")
     with pytest.raises(InvalidModelError, match=r"'W1'.*'gone\.bin'.*not found"):
         load_model(path)
-    rc, err = cli_exit(capsys, "norm", path)
+    rc, _, err = run_main(capsys, "norm", path)
     assert rc == 4 and "gone.bin" in err
 
 
@@ -199,7 +177,7 @@ def test_external_data_file_too_short(capsys, external):
     path = relocated(raw, "short.bin", folder / "short.onnx")
     with pytest.raises(InvalidModelError, match=r"'W1'.*8 bytes, needs 48"):
         load_model(path)
-    rc, err = cli_exit(capsys, "norm", path)
+    rc, _, err = run_main(capsys, "norm", path)
     assert rc == 4 and "short.bin" in err
 
 
@@ -270,7 +248,7 @@ def test_malformed_graph_raises_invalid_model(capsys, tmp_path, kind):
         path_norm(model.SerializeToString(), 1)
     path = tmp_path / f"{kind}.onnx"
     path.write_bytes(model.SerializeToString())
-    rc, err = cli_exit(capsys, "norm", path)
+    rc, _, err = run_main(capsys, "norm", path)
     assert rc == 4
     assert err.startswith("onnx-pathlift: error:") and "Traceback" not in err
 
@@ -306,7 +284,7 @@ def test_huge_constant_of_shape_refused_without_allocating(capsys, tmp_path, via
     path = tmp_path / "huge.onnx"
     path.write_bytes(model.SerializeToString())
     with traced_peak() as peak:
-        rc, err = cli_exit(capsys, "norm", path)
+        rc, _, err = run_main(capsys, "norm", path)
     assert peak[0] < 64 << 20
     assert rc == 4 and "huge_cos" in err
 
@@ -337,7 +315,7 @@ def test_nonfinite_gemm_weight_refused(capsys, tmp_path, bad):
     assert info.value.exit_code == 3
     path = tmp_path / "nan.onnx"
     path.write_bytes(model.SerializeToString())
-    rc, err = cli_exit(capsys, "norm", path)
+    rc, _, err = run_main(capsys, "norm", path)
     assert rc == 3
     assert "nan_gemm" in err and "NaN" in err and "Traceback" not in err
 

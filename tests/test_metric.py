@@ -8,7 +8,7 @@ Independent oracles used here:
 * onnxruntime runs of the two ONNX files themselves (not the package's re-emission) for the theorem
   ``‖R_θ(x) − R_θ'(x)‖_1 ≤ max(‖x‖_∞, 1)·d(θ, θ')`` on shipped and zoo models;
 * a float64 torch evaluator of the lifted network written from the path-lifting definitions
-  (``_torch_lifted``), validated against the brute-force oracle on the tiny nets, for the
+  (``torch_lifted.lifted_norm``), validated against the brute-force oracle on the tiny nets, for the
   light ResNet-50 where the difference of two nearly equal path-norms is needed.
 """
 
@@ -19,15 +19,17 @@ import json
 import math
 from pathlib import Path
 
-import networkx as nx
 import numpy as np
 import onnx
-import onnxruntime as ort
 import oracle
 import pytest
 import tiny_nets
-from conftest import LIGHT, MODELS, make_model, run_main
-from onnx import TensorProto, helper, numpy_helper
+from builders import dropped, inits, make_model, noise, param_roles, replace_inits
+from checks import Runner
+from conftest import LIGHT, MODELS, run_main
+from onnx import helper, numpy_helper
+from oracle import neuron_signs_agree, signed_path_metric, union_dags
+from torch_lifted import lifted_norm
 
 from onnx_pathlift import import_model, path_norm
 from onnx_pathlift import metric as metric_mod
@@ -51,73 +53,6 @@ ZOO_RELU = [
 # ---------------------------------------------------------------------------------------------
 
 
-def inits(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-
-
-def replace_inits(model: onnx.ModelProto, new: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of ``model`` with the named initializers replaced (each keeps its own dtype)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for init in out.graph.initializer:
-        if init.name in new:
-            dtype = numpy_helper.to_array(init).dtype
-            init.CopyFrom(numpy_helper.from_array(np.asarray(new[init.name]).astype(dtype), init.name))
-    return out
-
-
-def param_roles(model: onnx.ModelProto) -> tuple[list[str], list[str], list[list[str]]]:
-    """Initializers that are Conv/Gemm/MatMul weights, their biases, and BN (γ, β, μ, var) names."""
-    names = {i.name for i in model.graph.initializer
-             if numpy_helper.to_array(i).dtype.kind == "f"}
-    weights, biases, bns = [], [], []
-    for node in model.graph.node:
-        ins = list(node.input)
-        if node.op_type == "Conv":
-            weights += [n for n in ins[1:2] if n in names]
-            biases += [n for n in ins[2:3] if n in names]
-        elif node.op_type in ("Gemm", "MatMul"):
-            weights += [n for n in ins[:2] if n in names]
-            if node.op_type == "Gemm":
-                biases += [n for n in ins[2:3] if n in names]
-        elif node.op_type == "BatchNormalization":
-            bns.append(ins[1:5])
-    return list(dict.fromkeys(weights)), list(dict.fromkeys(biases)), bns
-
-
-def prune(model, rng, frac: float = 0.3) -> onnx.ModelProto:
-    """Zero a random ``frac`` of every Conv/Gemm/MatMul weight tensor."""
-    p = inits(model)
-    weights, _, _ = param_roles(model)
-    assert weights
-    new = {}
-    for n in weights:
-        w = p[n].astype(np.float64)
-        w[rng.random(w.shape) < frac] = 0.0
-        new[n] = w
-    return replace_inits(model, new)
-
-
-def noise(model, rng, everything: bool = True) -> onnx.ModelProto:
-    """Multiplicative noise U(0.5, 1.5) per coordinate: signs are kept.
-
-    ``everything``: every float initializer (weights, biases, Sub/Mul/Add constants); otherwise only
-    Conv/Gemm/MatMul weights and biases. BatchNormalization is imported as ``s = γ/√(var+ε)``,
-    ``t = β − μ s``: noise on γ alone could flip the sign of ``t``, so γ and β get the *same*
-    per-channel factor (then ``s`` and ``t`` both scale by it) and μ, var stay."""
-    p = inits(model)
-    weights, biases, bns = param_roles(model)
-    bn_fixed = {n for bn in bns for n in bn}
-    targets = weights + biases
-    if everything:
-        targets += [n for n, v in p.items() if v.dtype.kind == "f" and n not in bn_fixed]
-    new = {n: p[n].astype(np.float64) * rng.uniform(0.5, 1.5, p[n].shape) for n in dict.fromkeys(targets)}
-    for gamma, beta, _, _ in bns:
-        f = rng.uniform(0.5, 1.5, p[gamma].shape)
-        new[gamma], new[beta] = p[gamma] * f, p[beta] * f
-    return replace_inits(model, new)
-
-
 def quantize(model, mode: str = "trunc") -> onnx.ModelProto:
     """Symmetric int8-style per-tensor quantization of the Conv/Gemm/MatMul weights: ``trunc``
     rounds toward zero (so ``|θ'| ≤ |θ|``), ``nearest`` to the nearest level."""
@@ -133,87 +68,10 @@ def quantize(model, mode: str = "trunc") -> onnx.ModelProto:
 
 
 PERTURB = {
-    "prune": lambda m, rng: prune(m, rng, 0.3),
+    "prune": lambda m, rng: dropped(m, rng, 0.3),
     "noise": lambda m, rng: noise(m, rng),
     "trunc": lambda m, rng: quantize(m, "trunc"),
 }
-
-
-class Runner:
-    """onnxruntime session of an ONNX file exposing the given tensors as outputs (float32 run)."""
-
-    def __init__(self, model: onnx.ModelProto, names: list[str]):
-        m = onnx.ModelProto()
-        m.CopyFrom(model)
-        del m.graph.output[:]
-        for n in names:
-            m.graph.output.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, None))
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.log_severity_level = 3
-        self.sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        self.names = names
-
-    def __call__(self, feeds) -> np.ndarray:
-        return np.concatenate([np.asarray(v, np.float64).ravel() for v in self.sess.run(self.names, feeds)])
-
-
-# ---------------------------------------------------------------------------------------------
-# signed brute-force path-metric on neuron DAGs
-# ---------------------------------------------------------------------------------------------
-
-
-def union_dags(model_a, model_b):
-    """Neuron DAGs of both models (same tensor names), the union of their edges, the outputs."""
-    Ga, outs_a = oracle.neuron_dag(model_a)
-    Gb, outs_b = oracle.neuron_dag(model_b)
-    assert outs_a == outs_b
-    assert set(Ga.nodes) == set(Gb.nodes)
-    assert all(Ga.nodes[v]["kind"] == Gb.nodes[v]["kind"] for v in Ga)
-    edges = {}
-    for u, v in set(Ga.edges) | set(Gb.edges):
-        wa = Ga.edges[u, v]["w"] if Ga.has_edge(u, v) else 0.0
-        wb = Gb.edges[u, v]["w"] if Gb.has_edge(u, v) else 0.0
-        edges[u, v] = (wa, wb)
-    return Ga, Gb, outs_a, edges
-
-
-def neuron_signs_agree(Ga, Gb, edges) -> bool:
-    """The theorem's precondition at neuron level: every weight and bias keeps its sign (or is 0)."""
-    return all(wa * wb >= 0 for wa, wb in edges.values()) and all(
-        Ga.nodes[v]["b"] * Gb.nodes[v]["b"] >= 0 for v in Ga)
-
-
-def signed_path_metric(Ga, Gb, outputs, edges) -> tuple[float, int]:
-    """``Σ_p |Φ_p(θ) − Φ_p(θ')|`` by explicit enumeration (same path definition as the oracle:
-    paths end at output neurons and start at input neurons, or at any neuron with a bias in either
-    model, the bias multiplying in), float64, summed with fsum. Also returns the path count."""
-    union = nx.DiGraph()
-    union.add_nodes_from(Ga.nodes)
-    union.add_edges_from(edges)
-    out_set = set(outputs)
-    alive = set(out_set)
-    for o in out_set:
-        alive |= nx.ancestors(union, o)
-    succ = {v: [] for v in alive}
-    for (u, v), (wa, wb) in edges.items():
-        if u in alive and v in alive:
-            succ[u].append((v, wa, wb))
-    terms = []
-    for s in alive:
-        da, db = Ga.nodes[s], Gb.nodes[s]
-        if da["kind"] == "input":
-            stack = [(s, 1.0, 1.0)]
-        elif da["b"] != 0.0 or db["b"] != 0.0:
-            stack = [(s, da["b"], db["b"])]
-        else:
-            continue
-        while stack:
-            v, pa, pb = stack.pop()
-            if v in out_set:
-                terms.append(abs(pa - pb))
-            stack.extend((u, pa * wa, pb * wb) for u, wa, wb in succ[v])
-    return math.fsum(terms), len(terms)
 
 
 def test_signed_enumerator_on_a_closed_form() -> None:
@@ -338,9 +196,9 @@ def test_exact_is_never_claimed_across_sign_changes() -> None:
 def _pairs(model: onnx.ModelProto, seed: int) -> list[tuple[str, onnx.ModelProto]]:
     rng = np.random.default_rng(seed)
     return [
-        ("prune10", prune(model, rng, 0.1)),
-        ("prune90", prune(model, rng, 0.9)),
-        (f"prune{int(100 * (f := rng.uniform(0.1, 0.9)))}", prune(model, rng, f)),
+        ("prune10", dropped(model, rng, 0.1)),
+        ("prune90", dropped(model, rng, 0.9)),
+        (f"prune{int(100 * (f := rng.uniform(0.1, 0.9)))}", dropped(model, rng, f)),
         ("noise", noise(model, rng, everything=False)),
         ("quant_nearest", quantize(model, "nearest")),
         ("quant_trunc", quantize(model, "trunc")),
@@ -443,7 +301,7 @@ def test_theorem_is_tight_on_one_dense_layer(r: float) -> None:
 @pytest.mark.parametrize("r", [0.5, 1.0, 3.0])
 def test_compare_check_cli(r: float, tmp_path: Path, capsys) -> None:
     model_a = onnx.load(MODELS / "digits_cnn_torch_bn.onnx")
-    model_b = noise(prune(model_a, np.random.default_rng(1), 0.5), np.random.default_rng(2))
+    model_b = noise(dropped(model_a, np.random.default_rng(1), 0.5), np.random.default_rng(2))
     a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
     onnx.save(model_a, a)
     onnx.save(model_b, b)
@@ -466,7 +324,7 @@ def pruned_pair(tmp_path: Path) -> tuple[Path, Path]:
     model_a = onnx.load(MODELS / "digits_mlp_sklearn.onnx")
     a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
     onnx.save(model_a, a)
-    onnx.save(prune(model_a, np.random.default_rng(0), 0.5), b)
+    onnx.save(dropped(model_a, np.random.default_rng(0), 0.5), b)
     return a, b
 
 
@@ -528,101 +386,17 @@ def test_self_compare_check_is_clean(capsys) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _pad_spec(pads: list[int], n: int, ends: list[int] | None = None) -> list[int]:
-    """torch F.pad spec (last axis first) for ONNX pads [b_1..b_n, e_1..e_n]."""
-    ends = ends if ends is not None else pads[n:]
-    spec = []
-    for i in reversed(range(n)):
-        spec += [pads[i], ends[i]]
-    return spec
-
-
-def _window_sum(torch, F, x, kernel, strides, dilations, pads, out_sp):
-    """Σ over each pooling window (window o covers o·s − pad_begin + k·d, zero outside the input)."""
-    n = len(kernel)
-    ends = [max((out_sp[i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - x.shape[2 + i] - pads[i], 0)
-            for i in range(n)]
-    xp = F.pad(x, _pad_spec(pads, n, ends))
-    c = x.shape[1]
-    ones = torch.ones((c, 1, *kernel), dtype=torch.float64)
-    conv = (F.conv1d, F.conv2d, F.conv3d)[n - 1]
-    y = conv(xp, ones, stride=strides, dilation=dilations, groups=c)
-    return y[(slice(None), slice(None), *[slice(0, o) for o in out_sp])]
-
-
-def _torch_lifted(dag: Dag) -> float:
-    """‖Φ(θ)‖_1 in float64: the lifted network (|w|, activations removed, max-pool → sum over its
-    window, average-pool → 1/divisor per valid position) on all-ones inputs, summed over the outputs."""
-    torch = pytest.importorskip("torch")
-    F = torch.nn.functional
-    vals = {}
-    with torch.no_grad():
-        for layer in dag.layers():
-            p = {k: torch.from_numpy(np.abs(np.asarray(v, np.float64))) for k, v in layer.params.items()}
-            xs = [vals[i] for i in layer.inputs]
-            a, op = layer.attrs, layer.op
-            if op == "input":
-                y = torch.ones(layer.shape, dtype=torch.float64)
-            elif op == "conv":
-                n = p["W"].ndim - 2
-                x = F.pad(xs[0], _pad_spec(a["pads"], n))
-                y = (F.conv1d, F.conv2d, F.conv3d)[n - 1](x, p["W"], stride=a["strides"], dilation=a["dilations"],
-                                                         groups=a["group"])
-            elif op == "dense":
-                y = xs[0] @ p["W"] if a["side"] == "right" else p["W"] @ xs[0]
-            elif op == "affine":
-                y = xs[0] * p.get("scale", 1.0) + p.get("bias", 0.0)
-            elif op == "relu":
-                y = xs[0]
-            elif op == "sum":
-                y = sum(xs)
-            elif op == "maxpool":
-                y = _window_sum(torch, F, xs[0], a["kernel_shape"], a["strides"], a.get("dilations", [1] * len(a["kernel_shape"])),
-                                a["pads"], layer.shape[2:])
-            elif op == "avgpool":
-                k, n = a["kernel_shape"], len(a["kernel_shape"])
-                dil = a.get("dilations", [1] * n)
-                s = _window_sum(torch, F, xs[0], k, a["strides"], dil, a["pads"], layer.shape[2:])
-                if a["count_include_pad"]:  # positions inside the padded extent
-                    ext = [xs[0].shape[2 + i] + a["pads"][i] + a["pads"][n + i] for i in range(n)]
-                    div = _window_sum(torch, F, torch.ones((1, 1, *ext), dtype=torch.float64), k, a["strides"], dil,
-                                      [0] * (2 * n), layer.shape[2:])
-                else:  # valid positions only
-                    div = _window_sum(torch, F, torch.ones((1, 1, *xs[0].shape[2:]), dtype=torch.float64), k,
-                                      a["strides"], dil, a["pads"], layer.shape[2:])
-                y = s / div
-            elif op == "globalpool":
-                dims = tuple(range(2, xs[0].ndim))
-                y = xs[0].sum(dim=dims, keepdim=True)
-                if a["mode"] == "average":
-                    y = y / math.prod(xs[0].shape[2:])
-            elif op == "reshape":
-                y = xs[0].reshape(layer.shape)
-            elif op == "transpose":
-                y = xs[0].permute(*a["perm"])
-            elif op == "concat":
-                y = torch.cat(xs, dim=a["axis"])
-            else:
-                raise AssertionError(f"the torch oracle does not know layer op {op!r}")
-            if "B" in p and op in ("conv", "dense"):
-                y = y + p["B"]
-            y = torch.broadcast_to(y, layer.shape)
-            assert tuple(y.shape) == tuple(layer.shape), (layer.name, y.shape, layer.shape)
-            vals[layer.name] = y
-        return math.fsum(float(vals[n].sum()) for n in dag.outputs.values())
-
-
 @pytest.mark.parametrize("name", NETS)
 def test_torch_oracle_matches_brute_force(name: str) -> None:
     """The float64 torch evaluator is itself an oracle: check it on every tiny net."""
     model, _ = tiny_nets.ALL_NETS[name](3)
-    assert _torch_lifted(import_model(model)) == pytest.approx(oracle.brute_force_path_norm(model, 1.0), rel=1e-6)
+    assert lifted_norm(import_model(model)) == pytest.approx(oracle.brute_force_path_norm(model, 1.0), rel=1e-6)
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_torch_oracle_matches_path_norm_on_shipped(path: Path) -> None:
     dag = import_model(path)
-    assert _torch_lifted(dag) == pytest.approx(path_norm(dag).value, rel=1e-5)
+    assert lifted_norm(dag) == pytest.approx(path_norm(dag).value, rel=1e-5)
 
 
 def _zero_one_weight(dag: Dag, layer_name: str, index: int) -> Dag:
@@ -650,7 +424,7 @@ def test_one_zeroed_weight_in_light_resnet50() -> None:
     convs = [layer for layer in dag_a.layers() if layer.op == "conv"]
     target = convs[len(convs) // 2]
     dag_b = _zero_one_weight(dag_a, target.name, 17)
-    ref_a, ref_b = _torch_lifted(dag_a), _torch_lifted(dag_b)
+    ref_a, ref_b = lifted_norm(dag_a), lifted_norm(dag_b)
     ref = ref_a - ref_b  # float64: the change is ~1e-7 of the norm, so ~1e-9 relative error at worst
     assert ref > 0 and ref / ref_a < 1e-5
     m = path_metric(dag_a, dag_b)
@@ -700,7 +474,7 @@ def test_one_zeroed_weight_in_a_deep_residual_conv_net() -> None:
     w.flat[5] = 0.0
     model_b = replace_inits(model_a, {"W10": w})
     dag_a, dag_b = import_model(model_a), import_model(model_b)
-    ref_a, ref_b = _torch_lifted(dag_a), _torch_lifted(dag_b)
+    ref_a, ref_b = lifted_norm(dag_a), lifted_norm(dag_b)
     ref = ref_a - ref_b
     assert ref > 0
     m = path_metric(model_a, model_b)
@@ -721,7 +495,7 @@ def test_metric_is_invariant_under_a_common_rescaling(name: str, kind: str) -> N
     model_b = PERTURB[kind](model_a, np.random.default_rng(5))
     ra, rb = rescale(model_a, np.random.default_rng(9)), rescale(model_b, np.random.default_rng(9))
     # the same seed draws the same λ: every parameter is multiplied by the same factor in A and B
-    pa, pb, qa, qb = (tiny_nets.get_params(m) for m in (model_a, model_b, ra, rb))
+    pa, pb, qa, qb = (inits(m, np.float64) for m in (model_a, model_b, ra, rb))
     changed = 0
     for k in pa:
         ok = (pa[k] != 0) & (pb[k] != 0)

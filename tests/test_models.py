@@ -10,8 +10,8 @@ import math
 import numpy as np
 import onnx
 import pytest
+from builders import inits
 from conftest import LIGHT, MODELS
-from onnx import numpy_helper
 from oracle import dp_path_norm_from_dag, neuron_dag
 
 import onnx_pathlift as pl
@@ -59,7 +59,7 @@ def test_shipped_cnn_against_neuron_level_oracle(name: str) -> None:
 def test_shipped_mlp_against_numpy() -> None:
     """skl2onnx MLP: MatMul + Add layers; the lifted forward pass in float64 numpy."""
     model = onnx.load(MODELS / "digits_mlp_sklearn.onnx")
-    init = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
+    init = inits(model, np.float64)
     layers = [(init[w], init[b]) for w, b in (("coefficient", "intercepts"), ("coefficient1", "intercepts1"),
                                               ("coefficient2", "intercepts2"))]
     for q in (1.0, 2.0, 4.0):

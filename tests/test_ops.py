@@ -6,35 +6,25 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from builders import net, weight_stream
+from checks import drop_fraction
+from onnx import TensorProto, helper
 from oracle import brute_force_path_norm
 
 import onnx_pathlift as pl
 from onnx_pathlift.verify import verify
 
-RNG = np.random.default_rng(123)
-
-
-def _net(x_shape, nodes, out_shape, params, out="y", opset=17) -> onnx.ModelProto:
-    inits = [numpy_helper.from_array(np.asarray(v, np.float32) if np.asarray(v).dtype.kind == "f" else np.asarray(v), k)
-             for k, v in params.items()]
-    g = helper.make_graph(nodes, "op", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
-                          [helper.make_tensor_value_info(out, TensorProto.FLOAT, out_shape)], inits)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-
-
-def w(*shape) -> np.ndarray:
-    return RNG.normal(size=shape).astype(np.float32)
+w = weight_stream(123)
 
 
 def _conv(x_shape, w_shape, out_shape, **attrs):
-    return _net(x_shape, [helper.make_node("Conv", ["x", "W", "B"], ["c"], **attrs), helper.make_node("Relu", ["c"], ["y"])],
-                out_shape, {"W": w(*w_shape), "B": w(w_shape[0])})
+    return net(x_shape, [helper.make_node("Conv", ["x", "W", "B"], ["c"], **attrs), helper.make_node("Relu", ["c"], ["y"])],
+               out_shape, {"W": w(*w_shape), "B": w(w_shape[0])})
 
 
 def _pool(op, x_shape, out_shape, **attrs):
-    return _net(x_shape, [helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
-                          helper.make_node(op, ["c"], ["y"], **attrs)], out_shape, {"W": w(2, x_shape[1], 3, 3)})
+    return net(x_shape, [helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
+                         helper.make_node(op, ["c"], ["y"], **attrs)], out_shape, {"W": w(2, x_shape[1], 3, 3)})
 
 
 CASES = {
@@ -52,56 +42,56 @@ CASES = {
                                          pads=[1, 1, 1, 1]),
     "global_max_pool": lambda: _pool("GlobalMaxPool", [1, 2, 4, 4], [1, 2, 1, 1]),
     "global_avg_pool": lambda: _pool("GlobalAveragePool", [1, 2, 4, 4], [1, 2, 1, 1]),
-    "gemm_transA_alpha_beta": lambda: _net([4, 1], [helper.make_node("Gemm", ["x", "W", "C"], ["y"], transA=1, alpha=0.5, beta=2.0)],
-                                           [1, 3], {"W": w(4, 3), "C": w(1, 3)}),
-    "gemm_constant_left": lambda: _net([4, 2], [helper.make_node("Gemm", ["W", "x", "C"], ["y"], transA=1)], [3, 2],
-                                       {"W": w(4, 3), "C": w(3, 1)}),
-    "matmul_constant_left": lambda: _net([1, 4, 2], [helper.make_node("MatMul", ["W", "x"], ["m"]),
-                                                     helper.make_node("Relu", ["m"], ["y"])], [1, 3, 2], {"W": w(3, 4)}),
-    "sub_div_mul_constants": lambda: _net([1, 3], [helper.make_node("Sub", ["c", "x"], ["a"]),
-                                                   helper.make_node("Div", ["a", "d"], ["b"]),
-                                                   helper.make_node("Mul", ["m", "b"], ["e"]),
-                                                   helper.make_node("Sub", ["e", "s"], ["y"])], [1, 3],
-                                      {"c": w(3), "d": w(1, 3), "m": w(3), "s": w(3)}),
-    "sum_three_with_constant": lambda: _net([1, 3], [helper.make_node("MatMul", ["x", "W"], ["a"]), helper.make_node("Relu", ["x"], ["r"]),
-                                                     helper.make_node("Sum", ["a", "r", "x", "c"], ["y"])], [1, 3],
-                                        {"W": w(3, 3), "c": w(3)}),
-    "sub_of_activations": lambda: _net([1, 3], [helper.make_node("MatMul", ["x", "W"], ["a"]),
-                                                helper.make_node("Sub", ["x", "a"], ["y"])], [1, 3], {"W": w(3, 3)}),
-    "broadcast_bias_grows_tensor": lambda: _net([1, 1], [helper.make_node("Add", ["x", "c"], ["a"]),
-                                                         helper.make_node("Relu", ["a"], ["y"])], [2, 3], {"c": w(2, 3)}),
-    "squeeze_unsqueeze_transpose_flatten": lambda: _net(
+    "gemm_transA_alpha_beta": lambda: net([4, 1], [helper.make_node("Gemm", ["x", "W", "C"], ["y"], transA=1, alpha=0.5, beta=2.0)],
+                                          [1, 3], {"W": w(4, 3), "C": w(1, 3)}),
+    "gemm_constant_left": lambda: net([4, 2], [helper.make_node("Gemm", ["W", "x", "C"], ["y"], transA=1)], [3, 2],
+                                      {"W": w(4, 3), "C": w(3, 1)}),
+    "matmul_constant_left": lambda: net([1, 4, 2], [helper.make_node("MatMul", ["W", "x"], ["m"]),
+                                                    helper.make_node("Relu", ["m"], ["y"])], [1, 3, 2], {"W": w(3, 4)}),
+    "sub_div_mul_constants": lambda: net([1, 3], [helper.make_node("Sub", ["c", "x"], ["a"]),
+                                                  helper.make_node("Div", ["a", "d"], ["b"]),
+                                                  helper.make_node("Mul", ["m", "b"], ["e"]),
+                                                  helper.make_node("Sub", ["e", "s"], ["y"])], [1, 3],
+                                         {"c": w(3), "d": w(1, 3), "m": w(3), "s": w(3)}),
+    "sum_three_with_constant": lambda: net([1, 3], [helper.make_node("MatMul", ["x", "W"], ["a"]), helper.make_node("Relu", ["x"], ["r"]),
+                                                    helper.make_node("Sum", ["a", "r", "x", "c"], ["y"])], [1, 3],
+                                           {"W": w(3, 3), "c": w(3)}),
+    "sub_of_activations": lambda: net([1, 3], [helper.make_node("MatMul", ["x", "W"], ["a"]),
+                                               helper.make_node("Sub", ["x", "a"], ["y"])], [1, 3], {"W": w(3, 3)}),
+    "broadcast_bias_grows_tensor": lambda: net([1, 1], [helper.make_node("Add", ["x", "c"], ["a"]),
+                                                        helper.make_node("Relu", ["a"], ["y"])], [2, 3], {"c": w(2, 3)}),
+    "squeeze_unsqueeze_transpose_flatten": lambda: net(
         [1, 2, 3], [helper.make_node("Unsqueeze", ["x", "ax"], ["u"]), helper.make_node("Transpose", ["u"], ["t"], perm=[0, 3, 2, 1]),
                     helper.make_node("Squeeze", ["t", "ax0"], ["s"]), helper.make_node("Flatten", ["s"], ["f"], axis=1),
                     helper.make_node("MatMul", ["f", "W"], ["y"])], [3, 5],
         {"ax": np.array([1], np.int64), "ax0": np.array([0], np.int64), "W": w(2, 5)}),
-    "reshape_from_shape_arithmetic": lambda: _net(  # the oracle folds constants only, so it sees no Shape
+    "reshape_from_shape_arithmetic": lambda: net(  # the oracle folds constants only, so it sees no Shape
         [1, 2, 2, 2], [helper.make_node("Shape", ["x"], ["sh"]), helper.make_node("Gather", ["sh", "i0"], ["n"], axis=0),
                        helper.make_node("Concat", ["n", "m1"], ["ns"], axis=0), helper.make_node("Reshape", ["x", "ns"], ["r"]),
                        helper.make_node("Gemm", ["r", "W", "B"], ["y"])], [1, 3],
         {"i0": np.array([0], np.int64), "m1": np.array([-1], np.int64), "W": w(8, 3), "B": w(3)}),
-    "reshape_to_constant_shape": lambda: _net(
+    "reshape_to_constant_shape": lambda: net(
         [1, 2, 2, 2], [helper.make_node("Reshape", ["x", "ns"], ["r"]), helper.make_node("Gemm", ["r", "W", "B"], ["y"])],
         [1, 3], {"ns": np.array([1, -1], np.int64), "W": w(8, 3), "B": w(3)}),
-    "concat_and_dropout_identity": lambda: _net(
+    "concat_and_dropout_identity": lambda: net(
         [1, 2, 3, 3], [helper.make_node("Conv", ["x", "W"], ["a"]), helper.make_node("Dropout", ["x"], ["d"]),
                        helper.make_node("Identity", ["d"], ["i"]), helper.make_node("Concat", ["a", "i"], ["y"], axis=1)],
         [1, 4, 3, 3], {"W": w(2, 2, 1, 1)}),
-    "batchnorm_1d_input": lambda: _net(
+    "batchnorm_1d_input": lambda: net(
         [1, 4], [helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["n"], epsilon=1e-3),
                  helper.make_node("Relu", ["n"], ["y"])], [1, 4],
         {"g": w(4), "b": w(4), "m": w(4), "v": np.abs(w(4)) + 0.1}),
-    "pad_zero_then_conv": lambda: _net([1, 2, 4, 4], [helper.make_node("Pad", ["x", "pads"], ["p"]),
-                                                      helper.make_node("Conv", ["p", "W"], ["c"]), helper.make_node("Relu", ["c"], ["y"])],
-                                       [1, 3, 4, 4], {"pads": np.array([0, 0, 1, 0, 0, 0, 0, 1], np.int64), "W": w(3, 2, 2, 2)}),
-    "pad_edge": lambda: _net([1, 2, 3, 3], [helper.make_node("Conv", ["x", "W"], ["c"]),
-                                            helper.make_node("Pad", ["c", "pads"], ["y"], mode="edge")],
-                             [1, 2, 5, 4], {"W": w(2, 2, 1, 1), "pads": np.array([0, 0, 1, 0, 0, 0, 1, 1], np.int64)}),
-    "pad_reflect": lambda: _net([1, 1, 4, 4], [helper.make_node("Conv", ["x", "W"], ["c"]),
-                                               helper.make_node("Pad", ["c", "pads"], ["y"], mode="reflect")],
-                                [1, 2, 6, 6], {"W": w(2, 1, 1, 1), "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)}),
-    "old_opset_9": lambda: _net([1, 3], [helper.make_node("Gemm", ["x", "W", "B"], ["g"], transB=1),
-                                         helper.make_node("Relu", ["g"], ["y"])], [1, 2], {"W": w(2, 3), "B": w(2)}, opset=9),
+    "pad_zero_then_conv": lambda: net([1, 2, 4, 4], [helper.make_node("Pad", ["x", "pads"], ["p"]),
+                                                     helper.make_node("Conv", ["p", "W"], ["c"]), helper.make_node("Relu", ["c"], ["y"])],
+                                      [1, 3, 4, 4], {"pads": np.array([0, 0, 1, 0, 0, 0, 0, 1], np.int64), "W": w(3, 2, 2, 2)}),
+    "pad_edge": lambda: net([1, 2, 3, 3], [helper.make_node("Conv", ["x", "W"], ["c"]),
+                                           helper.make_node("Pad", ["c", "pads"], ["y"], mode="edge")],
+                            [1, 2, 5, 4], {"W": w(2, 2, 1, 1), "pads": np.array([0, 0, 1, 0, 0, 0, 1, 1], np.int64)}),
+    "pad_reflect": lambda: net([1, 1, 4, 4], [helper.make_node("Conv", ["x", "W"], ["c"]),
+                                              helper.make_node("Pad", ["c", "pads"], ["y"], mode="reflect")],
+                               [1, 2, 6, 6], {"W": w(2, 1, 1, 1), "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)}),
+    "old_opset_9": lambda: net([1, 3], [helper.make_node("Gemm", ["x", "W", "B"], ["g"], transB=1),
+                                        helper.make_node("Relu", ["g"], ["y"])], [1, 2], {"W": w(2, 3), "B": w(2)}, opset=9),
 }
 
 
@@ -119,18 +109,18 @@ def test_op_against_oracle(case: str) -> None:
 
 
 def test_shape_arithmetic_is_folded() -> None:
-    global RNG
-    RNG = np.random.default_rng(5)
+    global w
+    w = weight_stream(5)
     folded = CASES["reshape_from_shape_arithmetic"]()
-    RNG = np.random.default_rng(5)
+    w = weight_stream(5)
     plain = CASES["reshape_to_constant_shape"]()
     assert pl.path_norm(folded, q=2).value == pytest.approx(pl.path_norm(plain, q=2).value, rel=1e-12)
 
 
 def test_refusals_list_every_node() -> None:
-    model = _net([1, 3], [helper.make_node("Sigmoid", ["x"], ["a"], name="sig"), helper.make_node("Tanh", ["x"], ["b"], name="th"),
-                          helper.make_node("Mul", ["a", "b"], ["c"], name="prod"), helper.make_node("Relu", ["x"], ["r"]),
-                          helper.make_node("Mul", ["r", "r"], ["y"], name="square")], [1, 3], {})
+    model = net([1, 3], [helper.make_node("Sigmoid", ["x"], ["a"], name="sig"), helper.make_node("Tanh", ["x"], ["b"], name="th"),
+                         helper.make_node("Mul", ["a", "b"], ["c"], name="prod"), helper.make_node("Relu", ["x"], ["r"]),
+                         helper.make_node("Mul", ["r", "r"], ["y"], name="square")], [1, 3], {})
     model.graph.output.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, 3]))
     with pytest.raises(pl.UnsupportedModelError) as err:
         pl.import_model(model)
@@ -140,8 +130,8 @@ def test_refusals_list_every_node() -> None:
 
 def test_maxpool_ceil_window_in_padding_is_refused() -> None:
     """onnxruntime drops a ceil_mode window that starts in the end padding; ONNX shape inference keeps it."""
-    model = _net([1, 1, 4, 4], [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2],
-                                                 pads=[0, 0, 1, 1], ceil_mode=1, name="mp")], [1, 1, 3, 3], {})
+    model = net([1, 1, 4, 4], [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2],
+                                                pads=[0, 0, 1, 1], ceil_mode=1, name="mp")], [1, 1, 3, 3], {})
     with pytest.raises(pl.UnsupportedModelError, match="onnxruntime computes"):
         pl.import_model(model)
 
@@ -152,7 +142,7 @@ def _act_net(act_nodes: list, extra: dict) -> onnx.ModelProto:
     params = {"W1": rng.normal(size=(4, 3)), "b1": rng.normal(size=4), "W2": rng.normal(size=(2, 4)), **extra}
     nodes = [helper.make_node("Gemm", ["x", "W1", "b1"], ["h"], transB=1), *act_nodes,
              helper.make_node("Gemm", ["a", "W2"], ["y"], transB=1)]
-    return _net([1, 3], nodes, [1, 2], params)
+    return net([1, 3], nodes, [1, 2], params)
 
 
 def _c(v) -> np.ndarray:
@@ -211,18 +201,7 @@ def test_relu6_form_does_not_double_paths() -> None:
     value = 1.0  # per neuron: S ← 0.5·S + 2·6 (q = 1)
     for _ in range(depth):
         value = 0.5 * value + 12.0
-    assert pl.path_norm(_net([1, width], nodes, [1, width], params), q=1).value == pytest.approx(width * value, rel=1e-6)
-
-
-def _drop_fraction(model: onnx.ModelProto, name: str, idx: tuple[int, ...], total: float) -> float:
-    """(‖Φ(θ)‖_1 − ‖Φ(θ with this weight zeroed)‖_1) / ‖Φ(θ)‖_1 by brute force: the score's definition."""
-    zeroed = onnx.ModelProto()
-    zeroed.CopyFrom(model)
-    init = next(t for t in zeroed.graph.initializer if t.name == name)
-    weights = numpy_helper.to_array(init).copy()
-    weights[idx] = 0
-    init.CopyFrom(numpy_helper.from_array(weights, name))
-    return (total - brute_force_path_norm(zeroed, 1)) / total
+    assert pl.path_norm(net([1, width], nodes, [1, width], params), q=1).value == pytest.approx(width * value, rel=1e-6)
 
 
 def test_scores_through_zero_padding() -> None:
@@ -233,7 +212,7 @@ def test_scores_through_zero_padding() -> None:
     total = brute_force_path_norm(model, 1)
     scores = path_magnitude(model).fraction["W"]
     for idx in [(0, 0, 0, 0), (1, 1, 1, 0), (2, 0, 1, 1)]:
-        assert scores[idx] == pytest.approx(_drop_fraction(model, "W", idx, total), rel=1e-5)
+        assert scores[idx] == pytest.approx(drop_fraction(model, "W", idx, total), rel=1e-5)
 
 
 @pytest.mark.parametrize("attrs", [{"strides": [2, 2], "pads": [1, 0, 0, 1]}, {"strides": [1, 1]}, {"strides": [3, 2]}])
@@ -241,9 +220,9 @@ def test_pointwise_conv_scores(attrs: dict) -> None:
     """1x1 convolutions take the GEMM path of the adjoint: scores equal the brute-force drops."""
     from onnx_pathlift.scores import path_magnitude
 
-    model = _net([1, 3, 5, 5], [helper.make_node("Conv", ["x", "W"], ["c"], **attrs), helper.make_node("Relu", ["c"], ["r"]),
-                                helper.make_node("GlobalAveragePool", ["r"], ["y"])], [1, 2, 1, 1], {"W": w(2, 3, 1, 1)})
+    model = net([1, 3, 5, 5], [helper.make_node("Conv", ["x", "W"], ["c"], **attrs), helper.make_node("Relu", ["c"], ["r"]),
+                               helper.make_node("GlobalAveragePool", ["r"], ["y"])], [1, 2, 1, 1], {"W": w(2, 3, 1, 1)})
     total = brute_force_path_norm(model, 1)
     scores = path_magnitude(model).fraction["W"]
     for idx in np.ndindex(scores.shape):
-        assert scores[idx] == pytest.approx(_drop_fraction(model, "W", idx, total), rel=1e-5)
+        assert scores[idx] == pytest.approx(drop_fraction(model, "W", idx, total), rel=1e-5)

@@ -12,27 +12,17 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from builders import dropped, inferred_net, inits, ints, net, noise, replace_inits, weight_stream
+from checks import drop_fraction
 from onnx import helper
-from oracle import brute_force_path_norm
-from test_metric import inits, noise, replace_inits, signed_path_metric, union_dags
-from test_ops import _drop_fraction, _net, w
+from oracle import brute_force_path_norm, signed_path_metric, union_dags
 
 import onnx_pathlift as pl
 from onnx_pathlift.errors import UnsupportedModelError
 from onnx_pathlift.metric import path_metric
 from onnx_pathlift.verify import verify
 
-
-def _i64(*v: int) -> np.ndarray:
-    return np.array(v, np.int64)
-
-
-def _model(x_shape: list[int], nodes: list, params: dict, opset: int = 17) -> onnx.ModelProto:
-    """test_ops' ``_net`` with the output "y" typed by ONNX shape inference."""
-    model = _net(x_shape, nodes, None, params, opset=opset)
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    model.graph.output[0].CopyFrom(next(v for v in inferred.graph.output if v.name == "y"))
-    return model
+w = weight_stream(123)  # this module's own stream of weights
 
 
 def _deconv(x_shape: list[int], w_shape: tuple[int, ...], before: int = 3, **attrs) -> onnx.ModelProto:
@@ -42,8 +32,8 @@ def _deconv(x_shape: list[int], w_shape: tuple[int, ...], before: int = 3, **att
     nodes = [helper.make_node("Conv", ["x", "W0"], ["a"], pads=[before // 2] * (2 * n)), helper.make_node("Relu", ["a"], ["r"]),
              helper.make_node("ConvTranspose", ["r", "W", "B"], ["d"], **attrs), helper.make_node("Relu", ["d"], ["r2"]),
              helper.make_node("Conv", ["r2", "W2", "B2"], ["y"])]
-    return _model(x_shape, nodes, {"W0": w(c_in, x_shape[1], *[before] * n), "W": w(*w_shape), "B": w(c_out),
-                                   "W2": w(2, c_out, *[1] * n), "B2": w(2)})
+    return inferred_net(x_shape, nodes, {"W0": w(c_in, x_shape[1], *[before] * n), "W": w(*w_shape), "B": w(c_out),
+                                         "W2": w(2, c_out, *[1] * n), "B2": w(2)})
 
 
 def _reduce(op: str, axes: list[int], keepdims: int, opset: int, after: list, params: dict, **attrs) -> onnx.ModelProto:
@@ -53,8 +43,8 @@ def _reduce(op: str, axes: list[int], keepdims: int, opset: int, after: list, pa
                    else helper.make_node(op, ["r"], ["red"], axes=axes, keepdims=keepdims, **attrs))
     nodes = [helper.make_node("Conv", ["x", "W0", "B0"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
              reduce_node, *after]
-    extra = {"ax": _i64(*axes)} if axes_as_input and axes else {}
-    return _model([1, 2, 3, 3], nodes, {"W0": w(3, 2, 3, 3), "B0": w(3), **extra, **params}, opset=opset)
+    extra = {"ax": ints(*axes)} if axes_as_input and axes else {}
+    return inferred_net([1, 2, 3, 3], nodes, {"W0": w(3, 2, 3, 3), "B0": w(3), **extra, **params}, opset=opset)
 
 
 def _gemm_after(n_in: int) -> tuple[list, dict]:
@@ -78,8 +68,8 @@ def _max_twin(op: str, axes: list[int], keepdims: int) -> tuple[onnx.ModelProto,
         helper.make_node(negate, ["r0"], ["r"]), helper.make_node("Transpose", ["r"], ["t"], perm=kept + axes),
         helper.make_node("Reshape", ["t", "s3"], ["t3"]), helper.make_node("GlobalMaxPool", ["t3"], ["m"]),
         helper.make_node(negate, ["m"], ["m2"]), helper.make_node("Reshape", ["m2", "so"], ["red"]), *after]
-    twin_params = {**inits(model), "s3": _i64(1, int(np.prod(kept_sizes)), -1), "so": _i64(*out_shape)}
-    twin = _model([1, 2, 3, 3], twin_nodes, twin_params, opset=18)
+    twin_params = {**inits(model), "s3": ints(1, int(np.prod(kept_sizes)), -1), "so": ints(*out_shape)}
+    twin = inferred_net([1, 2, 3, 3], twin_nodes, twin_params, opset=18)
     return model, twin
 
 
@@ -90,11 +80,11 @@ def _pad_net(pads: list[int], value: float, opset: int = 17) -> onnx.ModelProto:
         extra = {}
     else:
         pad = helper.make_node("Pad", ["r", "pads", "cv"], ["p"])
-        extra = {"pads": _i64(*pads), "cv": np.array(value, np.float32)}
+        extra = {"pads": ints(*pads), "cv": np.array(value, np.float32)}
     c_pad = 2 + pads[1] + pads[5]
     nodes = [helper.make_node("Conv", ["x", "W0"], ["c"]), helper.make_node("Relu", ["c"], ["r"]), pad,
              helper.make_node("Conv", ["p", "W2", "B2"], ["c2"]), helper.make_node("Relu", ["c2"], ["y"])]
-    return _model([1, 2, 3, 3], nodes, {"W0": w(2, 2, 1, 1), **extra, "W2": w(2, c_pad, 2, 2), "B2": w(2)}, opset=opset)
+    return inferred_net([1, 2, 3, 3], nodes, {"W0": w(2, 2, 1, 1), **extra, "W2": w(2, c_pad, 2, 2), "B2": w(2)}, opset=opset)
 
 
 def _plain(build):
@@ -109,7 +99,7 @@ CASES = {
     "deconv_dilation_output_padding": _plain(lambda: _deconv([1, 1, 3, 3], (2, 2, 2, 2), strides=[2, 3], dilations=[2, 2],
                                                              output_padding=[1, 2], pads=[0, 1, 2, 0])),
     "deconv_groups": _plain(lambda: _deconv([1, 2, 2, 3], (4, 1, 3, 2), strides=[2, 2], group=2, pads=[0, 1, 1, 0])),
-    "deconv_groups_batchnorm": _plain(lambda: _model([1, 2, 2, 2], [  # BN's scale folds into the grouped kernel
+    "deconv_groups_batchnorm": _plain(lambda: inferred_net([1, 2, 2, 2], [  # BN's scale folds into the grouped kernel
         helper.make_node("Conv", ["x", "W0"], ["a"]), helper.make_node("Relu", ["a"], ["r"]),
         helper.make_node("ConvTranspose", ["r", "W", "B"], ["d"], strides=[2, 1], group=2),
         helper.make_node("BatchNormalization", ["d", "g", "b", "m", "v"], ["n"]), helper.make_node("Relu", ["n"], ["y"])],
@@ -119,11 +109,11 @@ CASES = {
     "deconv_same_lower": _plain(lambda: _deconv([1, 2, 3, 3], (2, 2, 3, 2), strides=[2, 1], auto_pad="SAME_LOWER")),
     "deconv_1d": _plain(lambda: _deconv([1, 2, 5], (2, 3, 4), strides=[3], pads=[1, 2])),
     "deconv_3d": _plain(lambda: _deconv([1, 1, 2, 2, 2], (2, 2, 2, 1, 3), before=1, strides=[2, 1, 2], output_padding=[1, 0, 0])),
-    "deconv_batch2": _plain(lambda: _model([2, 2, 2, 3], [  # Conv's own scores are batch-1 only: affine layers around
+    "deconv_batch2": _plain(lambda: inferred_net([2, 2, 2, 3], [  # Conv's own scores are batch-1 only: affine layers around
         helper.make_node("Add", ["x", "t"], ["a"]), helper.make_node("Relu", ["a"], ["r"]),
         helper.make_node("ConvTranspose", ["r", "W"], ["d"], strides=[2, 2], pads=[1, 0, 0, 0]), helper.make_node("Relu", ["d"], ["r2"]),
         helper.make_node("ReduceSum", ["r2", "ax"], ["s"], keepdims=0), helper.make_node("Mul", ["s", "k"], ["y"])],
-        {"t": w(2, 1, 1), "W": w(2, 2, 3, 2), "ax": _i64(1, 3), "k": w(4)})),
+        {"t": w(2, 1, 1), "W": w(2, 2, 3, 2), "ax": ints(1, 3), "k": w(4)})),
     "reduce_sum_spatial_keepdims": _plain(lambda: _reduce("ReduceSum", [2, 3], 1, 17, [
         helper.make_node("Conv", ["red", "Wc", "Bc"], ["y"])], {"Wc": w(2, 3, 1, 1), "Bc": w(2)})),
     "reduce_sum_opset11_attribute": _plain(lambda: _reduce("ReduceSum", [-1], 0, 11, *_gemm_after(9))),
@@ -182,17 +172,14 @@ def test_scores(case: str, built) -> None:
     for name in weights:
         f = scores.fraction[name]
         for idx in np.ndindex(f.shape) if name == "W" else _sample(f.shape, rng):  # every ConvTranspose kernel entry
-            assert f[idx] == pytest.approx(_drop_fraction(oracle_model, name, idx, total), rel=1e-5, abs=1e-9), (name, idx)
+            assert f[idx] == pytest.approx(drop_fraction(oracle_model, name, idx, total), rel=1e-5, abs=1e-9), (name, idx)
 
 
-def _prune_all(model: onnx.ModelProto, rng: np.random.Generator) -> onnx.ModelProto:
-    """Zero a random 30% of every float initializer with more than one entry, but BatchNormalization's
-    (zeroing a variance enlarges γ/√(var+ε)) and scalars (a pad constant's zero changes the architecture)."""
+def _prunable(model: onnx.ModelProto) -> list[str]:
+    """Every float initializer with more than one entry, but BatchNormalization's (zeroing a variance
+    enlarges γ/√(var+ε)) and scalars (a pad constant's zero changes the architecture)."""
     bn = {i for node in model.graph.node if node.op_type == "BatchNormalization" for i in node.input}
-    arrays = {k: v.astype(np.float64) for k, v in inits(model).items() if v.dtype.kind == "f" and v.size > 1 and k not in bn}
-    for v in arrays.values():
-        v[rng.random(v.shape) < 0.3] = 0.0
-    return replace_inits(model, arrays)
+    return [k for k, v in inits(model).items() if v.dtype.kind == "f" and v.size > 1 and k not in bn]
 
 
 @pytest.mark.parametrize("kind", ["prune", "noise"])
@@ -200,7 +187,7 @@ def _prune_all(model: onnx.ModelProto, rng: np.random.Generator) -> onnx.ModelPr
 def test_metric_sandwich(case: str, kind: str, built) -> None:
     model_a, oracle_a = built[case]
     rng = np.random.default_rng(3)
-    model_b = _prune_all(model_a, rng) if kind == "prune" else noise(model_a, rng)
+    model_b = dropped(model_a, rng, 0.3, _prunable(model_a)) if kind == "prune" else noise(model_a, rng)
     oracle_b = replace_inits(oracle_a, inits(model_b))
     Ga, Gb, outs, edges = union_dags(oracle_a, oracle_b)
     d, n_paths = signed_path_metric(Ga, Gb, outs, edges)
@@ -219,22 +206,22 @@ def test_metric_sandwich(case: str, kind: str, built) -> None:
                                      ("ReduceL1", "two ReLUs"), ("ReduceLogSumExp", "smooth"),
                                      ("ReduceSumSquare", "positively homogeneous")])
 def test_other_reductions_are_refused(op: str, why: str) -> None:
-    model = _net([1, 3], [helper.make_node(op, ["x"], ["y"], axes=[1], name="red")], None, {}, opset=11)
+    model = net([1, 3], [helper.make_node(op, ["x"], ["y"], axes=[1], name="red")], None, {}, opset=11)
     with pytest.raises(UnsupportedModelError, match=why):
         pl.import_model(model)
 
 
 def test_deconv_output_shape_beyond_the_full_size_is_refused() -> None:
     """onnxruntime refuses an output_shape larger than the full transposed convolution."""
-    model = _net([1, 1, 4], [helper.make_node("ConvTranspose", ["x", "W"], ["y"], output_shape=[9])], None, {"W": w(1, 1, 3)})
+    model = net([1, 1, 4], [helper.make_node("ConvTranspose", ["x", "W"], ["y"], output_shape=[9])], None, {"W": w(1, 1, 3)})
     with pytest.raises(UnsupportedModelError, match="larger than the full"):
         pl.import_model(model)
 
 
 def test_deconv_output_padding_of_the_stride_is_refused() -> None:
     """onnxruntime refuses output_padding ≥ stride, even below the dilation."""
-    model = _net([1, 1, 3], [helper.make_node("ConvTranspose", ["x", "W"], ["y"], dilations=[2], output_padding=[1])], None,
-                 {"W": w(1, 1, 2)})
+    model = net([1, 1, 3], [helper.make_node("ConvTranspose", ["x", "W"], ["y"], dilations=[2], output_padding=[1])], None,
+                {"W": w(1, 1, 2)})
     with pytest.raises(UnsupportedModelError, match="not below the strides"):
         pl.import_model(model)
 
@@ -244,7 +231,7 @@ def test_deconv_linf_gain_is_the_largest_phase_sum() -> None:
     from onnx_pathlift.lipschitz_bound import naive_log2
 
     kernel = np.array([1.0, -4.0, 2.0], np.float32).reshape(1, 1, 3)
-    model = _net([1, 1, 3], [helper.make_node("ConvTranspose", ["x", "W"], ["y"], strides=[2])], None, {"W": kernel})
+    model = net([1, 1, 3], [helper.make_node("ConvTranspose", ["x", "W"], ["y"], strides=[2])], None, {"W": kernel})
     dag = pl.import_model(model)
     assert naive_log2(dag) == pytest.approx(np.log2(4.0 * 7), rel=1e-12)  # gain 4, output size 7
 
@@ -265,7 +252,7 @@ def test_deconv_bound_is_the_largest_output_of_each_channel(seed: int) -> None:
     kernel_abs = np.abs(rng.normal(size=(c_in, 2, *kernel)))
     lu = rng.normal(size=c_in)
     x = np.broadcast_to(np.exp2(lu).reshape(1, c_in, *[1] * n), (1, c_in, *[7] * n)).astype(np.float32)
-    model = _net(list(x.shape), [helper.make_node("ConvTranspose", ["x", "W"], ["y"], **attrs)], None, {"W": kernel_abs})
+    model = net(list(x.shape), [helper.make_node("ConvTranspose", ["x", "W"], ["y"], **attrs)], None, {"W": kernel_abs})
     y = make_session(model).run(None, {"x": x})[0]
     layer = Layer("d", "deconv", ["x"], y.shape, {"W": kernel_abs}, attrs)
     bound = LAYER_OPS["deconv"].bound(layer, [lu.reshape(1, c_in, *[1] * n)], [x.shape], 1.0)

@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from builders import make_model
+from onnx import helper, numpy_helper
 from oracle import brute_force_path_norm
 
 import onnx_pathlift as pl
@@ -20,17 +21,9 @@ def _ints(name: str, values) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(values, np.int64), name)
 
 
-def _net(opset: int, explicit_clip: bool = False) -> onnx.ModelProto:
-    """x (1,1,4,4) → Conv → BN → Clip(0,6) → MaxPool → Pad → Upsample/Resize ×2 → Split in two channel
-    halves → Add → ReduceMean over H,W → Squeeze → Gemm."""
-    rng = np.random.default_rng(opset)
-    f32 = {"W": rng.normal(size=(4, 1, 3, 3)), "B": rng.normal(size=4), "gamma": rng.uniform(0.5, 2, 4),
-           "beta": rng.normal(size=4), "mean": rng.normal(size=4), "var": rng.uniform(0.5, 2, 4),
-           "G": rng.normal(size=(3, 2)), "C": rng.normal(size=3)}
-    inits = [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in f32.items()]
+def _clip(opset: int, explicit_clip: bool, nodes: list, inits: list) -> None:
+    """bn → Clip(0, 6) → r, in the opset's spelling (or the oracle's explicit form)."""
     node = helper.make_node
-    nodes = [node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1]),
-             node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["bn"], epsilon=1e-3)]
     if explicit_clip:  # the oracle's form of Clip(0, 6) (notes §2): 6 − relu(6 − relu(x))
         inits.append(numpy_helper.from_array(np.full((1, 1, 1, 1), 6, np.float32), "six"))
         nodes += [node("Relu", ["bn"], ["r0"]), node("Sub", ["six", "r0"], ["r1"]), node("Relu", ["r1"], ["r2"]),
@@ -40,7 +33,11 @@ def _net(opset: int, explicit_clip: bool = False) -> onnx.ModelProto:
     else:
         inits += [numpy_helper.from_array(np.float32(0), "lo"), numpy_helper.from_array(np.float32(6), "hi")]
         nodes.append(node("Clip", ["bn", "lo", "hi"], ["r"]))
-    nodes.append(node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]))  # (1,4,2,2)
+
+
+def _pad_and_upsample(opset: int, nodes: list, inits: list) -> None:
+    """p → Pad → pd → Upsample/Resize ×2 → u, in the opset's spelling."""
+    node = helper.make_node
     if opset < 11:
         nodes.append(node("Pad", ["p"], ["pd"], pads=[0, 0, 1, 0, 0, 0, 0, 1], mode="constant"))
     else:
@@ -58,6 +55,11 @@ def _net(opset: int, explicit_clip: bool = False) -> onnx.ModelProto:
     else:  # roi is a required input in opsets 11-12, optional after
         inits += [numpy_helper.from_array(scales, "scales"), numpy_helper.from_array(np.zeros(0, np.float32), "roi")]
         nodes.append(node("Resize", ["pd", "roi" if opset < 13 else "", "scales"], ["u"], mode="nearest"))  # (1,4,6,6)
+
+
+def _split_add_reduce(opset: int, nodes: list, inits: list) -> None:
+    """u → Split in two channel halves → Add → ReduceMean over H,W → Squeeze → sq, in the opset's spelling."""
+    node = helper.make_node
     if opset < 13:
         nodes.append(node("Split", ["u"], ["s1", "s2"], axis=1, split=[2, 2]))
     elif opset < 18:
@@ -76,14 +78,29 @@ def _net(opset: int, explicit_clip: bool = False) -> onnx.ModelProto:
     else:
         inits.append(_ints("saxes", [2, 3]))
         nodes.append(node("Squeeze", ["m", "saxes"], ["sq"]))
-    nodes.append(node("Gemm", ["sq", "G", "C"], ["y"], transB=1))
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])]
+
+
+def _net(opset: int, explicit_clip: bool = False) -> onnx.ModelProto:
+    """x (1,1,4,4) → Conv → BN → Clip(0,6) → MaxPool → Pad → Upsample/Resize ×2 → Split in two channel
+    halves → Add → ReduceMean over H,W → Squeeze → Gemm, with the IR version of its time (3 before
+    opset 9: every initializer also a graph input)."""
+    rng = np.random.default_rng(opset)
+    f32 = {"W": rng.normal(size=(4, 1, 3, 3)), "B": rng.normal(size=4), "gamma": rng.uniform(0.5, 2, 4),
+           "beta": rng.normal(size=4), "mean": rng.normal(size=4), "var": rng.uniform(0.5, 2, 4),
+           "G": rng.normal(size=(3, 2)), "C": rng.normal(size=3)}
+    inits = [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in f32.items()]
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["bn"], epsilon=1e-3)]
+    _clip(opset, explicit_clip, nodes, inits)
+    nodes.append(helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]))  # (1,4,2,2)
+    _pad_and_upsample(opset, nodes, inits)
+    _split_add_reduce(opset, nodes, inits)
+    nodes.append(helper.make_node("Gemm", ["sq", "G", "C"], ["y"], transB=1))
+    inputs = [("x", [1, 1, 4, 4])]
     if opset < 9:  # IR version 3 (Caffe2-era files): every initializer is also a graph input
-        inputs += [helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in inits]
-    graph = helper.make_graph(nodes, f"opset{opset}", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
-                              inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 3 if opset < 9 else 7 if opset < 15 else 8
+        inputs += [(t.name, t.dims, t.data_type) for t in inits]
+    model = make_model(nodes, inputs, [("y", [1, 3])], inits, opset=opset, name=f"opset{opset}",
+                       ir_version=3 if opset < 9 else 7 if opset < 15 else 8)
     onnx.checker.check_model(model, full_check=True)
     return model
 

@@ -10,7 +10,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from builders import inits, make_model
+from onnx import helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -37,20 +38,8 @@ def _f32(a: np.ndarray) -> np.ndarray:
 
 
 def _model(nodes, inputs, outputs, params) -> onnx.ModelProto:
-    graph = helper.make_graph(
-        nodes,
-        "t",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
-        initializer=[
-            numpy_helper.from_array(
-                np.asarray(v, dtype=np.float32) if np.asarray(v).dtype.kind == "f" else v, k
-            )
-            for k, v in params.items()
-        ],
-    )
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
+    """``builders.make_model``, checked by ``onnx.checker`` (the oracle's inputs are valid models)."""
+    m = make_model(nodes, inputs, outputs, params, name="t")
     onnx.checker.check_model(m, full_check=True)
     return m
 
@@ -148,14 +137,7 @@ def test_maxpool_ceil_windows(size, kernel, stride, pads, ceil, windows) -> None
                          strides=[stride] * 2, pads=pads, ceil_mode=ceil),
         helper.make_node("Add", ["m", "beta"], ["y"]),
     ]
-    graph = helper.make_graph(
-        nodes, "mp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, size, size])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        initializer=[numpy_helper.from_array(np.array(c, np.float32), "c"),
-                     numpy_helper.from_array(np.array(beta, np.float32), "beta")],
-    )
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
+    m = make_model(nodes, [("x", [1, 1, size, size])], [("y", None)], {"c": np.float32(c), "beta": np.float32(beta)}, name="mp")
     G, outs = neuron_dag(m)
     assert len(outs) == n_out**2
     indeg = sorted(G.in_degree(("m", i)) for i in range(n_out**2))
@@ -191,8 +173,8 @@ def test_tiny_net_rescaling_invariance(name: str) -> None:
     onnx.checker.check_model(model, full_check=True)
     rescaled = rescale(model, np.random.default_rng(12))
     onnx.checker.check_model(rescaled, full_check=True)
-    p0 = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    p1 = {i.name: numpy_helper.to_array(i) for i in rescaled.graph.initializer}
+    p0 = inits(model)
+    p1 = inits(rescaled)
     changed = [k for k in p0 if not np.array_equal(p0[k], p1[k])]
     assert changed, "the rescaling changed nothing"
 

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from builders import make_model
+from onnx import helper, numpy_helper
 from oracle import log10_mlp_path_norm
 
 import onnx_pathlift as pl
@@ -36,9 +37,7 @@ def _chain(kind: str, depth: int, width: int, c: float, beta: float, bn: tuple[f
         nodes.append(helper.make_node("Relu", [y], [f"r{i}"]))
         x = f"r{i}"
     shape = [1, width] if kind == "dense" else [1, width, 3, 3]
-    g = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                          [helper.make_tensor_value_info(x, TensorProto.FLOAT, shape)], inits)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    return make_model(nodes, [("x", shape)], [(x, shape)], inits, name="chain")
 
 
 def _closed_form_log10(kind, depth, width, c, beta, bn, q) -> float:
@@ -89,9 +88,7 @@ def test_deep_random_mlp_against_log_domain_oracle(q: float) -> None:
         nodes += [helper.make_node("MatMul", [x, f"W{i}"], [f"m{i}"]), helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"]),
                   helper.make_node("Relu", [f"a{i}"], [f"r{i}"])]
         x = f"r{i}"
-    g = helper.make_graph(nodes, "deep", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width])],
-                          [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, width])], inits)
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model = make_model(nodes, [("x", [1, width])], [(x, [1, width])], inits, name="deep")
     want = log10_mlp_path_norm([w.astype(np.float64) for w in ws], [b.astype(np.float64) for b in bs], q)
     got = pl.path_norm(model, q=q)
     assert want > 40
@@ -114,9 +111,7 @@ def test_loose_static_bounds_fall_back_to_dynamic_scales() -> None:
         inits.append(numpy_helper.from_array(kernel, f"W{i}"))
         nodes += [helper.make_node("Conv", [x, f"W{i}"], [f"c{i}"], pads=[1, 1, 1, 1]), helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
         x = f"r{i}"
-    g = helper.make_graph(nodes, "centre", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 1, 1])],
-                          [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 1, 1, 1])], inits)
-    dag = pl.import_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    dag = pl.import_model(make_model(nodes, [("x", [1, 1, 1, 1])], [(x, [1, 1, 1, 1])], inits, name="centre"))
     session = pl.PathNormSession(dag, q=1.0)
     got = session.run()
     assert not session.static  # fell back

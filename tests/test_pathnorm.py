@@ -8,19 +8,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from builders import make_model
+from checks import outputs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 from oracle import brute_force_path_norm
 from tiny_nets import ALL_NETS
 
 import onnx_pathlift as pl
 from onnx_pathlift.verify import verify
-
-
-def _run(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, {sess.get_inputs()[0].name: x})
 
 
 @pytest.mark.parametrize("name", sorted(ALL_NETS))
@@ -38,10 +35,9 @@ def test_matches_brute_force_enumeration(name: str, seed: int) -> None:
 def _one_hidden(u, b, v, c) -> onnx.ModelProto:
     nodes = [helper.make_node("Gemm", ["x", "U", "b"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["r"]),
              helper.make_node("Gemm", ["r", "V", "c"], ["y"], transB=1)]
-    inits = [numpy_helper.from_array(np.asarray(a, np.float32), n) for n, a in (("U", u), ("b", b), ("V", v), ("c", c))]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, u.shape[1]])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, v.shape[0]])], inits)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    inits = {"U": np.asarray(u, np.float32), "b": np.asarray(b, np.float32), "V": np.asarray(v, np.float32),
+             "c": np.asarray(c, np.float32)}
+    return make_model(nodes, [("x", [1, u.shape[1]])], [("y", [1, v.shape[0]])], inits)
 
 
 @pytest.mark.parametrize("q", [1.0, 2.0, 3.0, 4.0])
@@ -67,7 +63,8 @@ def test_rescaling_invariance(name: str, seed: int, rseed: int, q: float) -> Non
     scaled = rescale(model, np.random.default_rng(rseed))
     x = np.random.default_rng(seed).uniform(-1, 1, pl.import_model(model).input_shapes()[model.graph.input[0].name])
     x = x.astype(np.float32)
-    a, b = _run(model, x)[0], _run(pl.emit_model(pl.import_model(scaled)), x)[0]
+    feeds = {model.graph.input[0].name: x}
+    a, b = outputs(model, feeds)[0], outputs(pl.emit_model(pl.import_model(scaled)), feeds)[0]
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * np.abs(a).max())
     assert pl.path_norm(scaled, q=q).log10 == pytest.approx(pl.path_norm(model, q=q).log10, abs=1e-6)
     w0 = np.concatenate([numpy_helper.to_array(t).ravel() for t in model.graph.initializer])
@@ -135,10 +132,7 @@ def test_tensors_of_rank_six_are_scaled_and_checked(scales: str) -> None:
              helper.make_node("Reshape", ["ra", "s2"], ["f"]), helper.make_node("Gemm", ["f", "G"], ["y"])]
     inits = {"W": rng.normal(size=(3, 2, 1, 1)), "s6": np.array([1, 3, 2, 2, 2, 2]), "ax": np.array([5]),
              "s2": np.array([1, 24]), "G": rng.normal(size=(24, 2))}
-    graph = helper.make_graph(nodes, "r6", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
-                              [numpy_helper.from_array(v.astype(np.float32) if v.dtype.kind == "f" else v, k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = make_model(nodes, [("x", [1, 2, 4, 4])], [("y", [1, 2])], inits, name="r6")
     dag = pl.import_model(model)
     got = pl.PathNormSession(dag, 1.0, scales=scales).run().value
     assert got == pytest.approx(brute_force_path_norm(model, 1.0), rel=1e-6)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from builders import inits
 from conftest import MODELS
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
@@ -26,14 +27,14 @@ FLOAT = MODELS / "digits_cnn_torch_bn.onnx"
 
 def _dequantized_twin(model: onnx.ModelProto) -> onnx.ModelProto:
     """Weights: DequantizeLinear of constants evaluated; activations: Q→DQ pairs bypassed."""
-    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    arrays = inits(model)
     rename: dict[str, str] = {}
     nodes, new_inits = [], {}
     producers = {o: n for n in model.graph.node for o in n.output}
     for node in model.graph.node:
-        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
+        if node.op_type == "DequantizeLinear" and node.input[0] in arrays:
             single = helper.make_graph([node], "dq", [], [helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT, None)],
-                                       [numpy_helper.from_array(inits[n], n) for n in node.input if n])
+                                       [numpy_helper.from_array(arrays[n], n) for n in node.input if n])
             # opset 21: the reference evaluator's DequantizeLinear (the same int8 semantics as opset 13)
             value = ReferenceEvaluator(helper.make_model(single, opset_imports=[helper.make_opsetid("", 21)])).run(None, {})[0]
             new_inits[node.output[0]] = value.astype(np.float32)

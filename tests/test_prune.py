@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 from pathlib import Path
@@ -20,15 +18,15 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from builders import inits
+from conftest import MODELS, run_captured
 from onnx import numpy_helper
 
 import onnx_pathlift as pl
-from onnx_pathlift import cli
 from onnx_pathlift.errors import UsageError
 from onnx_pathlift.prune import PruneReport, apply, masks, select
 from onnx_pathlift.scores import magnitude, path_magnitude
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
 CNN = MODELS / "digits_cnn_torch_bn.onnx"
 MLP = MODELS / "digits_mlp_sklearn.onnx"
 QDQ = MODELS / "digits_cnn_torch_bn_int8.onnx"
@@ -42,26 +40,14 @@ MLP_WEIGHTS = ["coefficient", "coefficient1", "coefficient2"]
 # --------------------------------------------------------------------------------------------
 
 
-def run(*args) -> tuple[int, str, str]:
-    """``onnx_pathlift.cli.main`` in-process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = cli.main([str(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
-
-
 def run_json(*args) -> tuple[int, dict]:
-    rc, out, err = run(*args, "--json")
+    rc, out, err = run_captured(*args, "--json")
     assert out.strip(), err
     return rc, json.loads(out)
 
 
-def inits(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+def tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return {t.name: t for t in model.graph.initializer}
-
-
-def arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
 
 
 def session(model: onnx.ModelProto | Path) -> ort.InferenceSession:
@@ -181,14 +167,14 @@ def test_select() -> None:
 def test_already_zero_weights_are_pruned_first(criterion: str) -> None:
     model = onnx.load(str(CNN))
     rng = np.random.default_rng(0)
-    params = arrays(model)
+    params = inits(model)
     zeros = {}
     for k in CNN_WEIGHTS:
         w = params[k].copy()
         idx = rng.choice(w.size, 3 + w.size // 20, replace=False)
         w.reshape(-1)[idx] = 0
         zeros[k] = np.sort(idx)
-        inits(model)[k].CopyFrom(numpy_helper.from_array(w, k))
+        tensors(model)[k].CopyFrom(numpy_helper.from_array(w, k))
     dag = pl.import_model(model)
     scores = path_magnitude(dag).fraction if criterion == "path-magnitude" else magnitude(dag)
     n = sum(s.size for s in scores.values())
@@ -211,8 +197,8 @@ def test_pruning_a_pruned_model_below_its_sparsity_prunes_nothing_new() -> None:
     out, report = apply(model, keep)
     assert report.pruned == 0
     assert report.sparsity > 0.45
-    got = arrays(out)
-    for k, a in arrays(model).items():
+    got = inits(out)
+    for k, a in inits(model).items():
         np.testing.assert_array_equal(got[k], a, err_msg=k)
 
 
@@ -233,7 +219,7 @@ def test_apply_changes_only_the_masked_initializers(path: Path, weights: list[st
     out, report = apply(model, keep)
     assert isinstance(report, PruneReport)
     assert model.SerializeToString() == original  # the source is not modified
-    before, after = arrays(model), arrays(out)
+    before, after = inits(model), inits(out)
     n = sum(before[k].size for k in weights)
     assert report.total == n
     assert sorted(report.tensors) == weights and report.skipped == {}
@@ -244,7 +230,7 @@ def test_apply_changes_only_the_masked_initializers(path: Path, weights: list[st
         np.testing.assert_array_equal(after[k][keep[k]], before[k][keep[k]])
         assert np.all(after[k][~keep[k]] == 0)
     # every other initializer byte-identical, and so is the whole model once the pruned tensors are restored
-    a, b = inits(model), inits(out)
+    a, b = tensors(model), tensors(out)
     assert [t.name for t in out.graph.initializer] == [t.name for t in model.graph.initializer]
     for k in a:
         if k not in weights:
@@ -274,21 +260,21 @@ def test_apply_rejects_a_mask_of_the_wrong_shape_and_skips_unknown_tensors() -> 
 
 
 def test_apply_keeps_float64_and_float16_dtypes() -> None:
-    from onnx import TensorProto, helper
+    from builders import make_model
+    from onnx import TensorProto
 
     w64 = np.arange(1, 7, dtype=np.float64).reshape(2, 3)
     w16 = np.arange(1, 7, dtype=np.float16).reshape(3, 2)
-    g = helper.make_graph([], "g", [], [], [numpy_helper.from_array(w64, "w64"), numpy_helper.from_array(w16, "w16")])
-    model = helper.make_model(g)
+    model = make_model([], [], [], [numpy_helper.from_array(w64, "w64"), numpy_helper.from_array(w16, "w16")])
     keep = {"w64": np.array([[True, False, True], [False, True, True]]), "w16": np.ones((3, 2), bool)}
     keep["w16"][2, 1] = False
     out, report = apply(model, keep)
-    got = arrays(out)
+    got = inits(out)
     assert got["w64"].dtype == np.float64 and got["w16"].dtype == np.float16
     np.testing.assert_array_equal(got["w64"], [[1, 0, 3], [0, 5, 6]])
     np.testing.assert_array_equal(got["w16"], [[1, 2], [3, 4], [5, 0]])
     assert report.pruned == 3 and report.total == 12 and report.sparsity == pytest.approx(3 / 12)
-    assert inits(out)["w16"].data_type == TensorProto.FLOAT16
+    assert tensors(out)["w16"].data_type == TensorProto.FLOAT16
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,7 +327,7 @@ def test_prune_cli_json_mask_and_eval(pruned_cli, path: Path, weights: list[str]
     with np.load(mask_file) as mf:
         keep = {k: mf[k] for k in mf.files}
     assert sorted(keep) == weights
-    src, got = arrays(onnx.load(str(path))), arrays(onnx.load(str(out)))
+    src, got = inits(onnx.load(str(path))), inits(onnx.load(str(out)))
     assert sum(int((~m).sum()) for m in keep.values()) == res["pruned"]
     for k, m in keep.items():
         assert m.dtype == bool and m.shape == src[k].shape
@@ -353,7 +339,7 @@ def test_prune_cli_json_mask_and_eval(pruned_cli, path: Path, weights: list[str]
 
 
 def test_prune_cli_text_output(work) -> None:
-    rc, out, err = run("prune", CNN, "--sparsity", 0.2, "-o", work / "t.onnx", "--eval", DATA)
+    rc, out, err = run_captured("prune", CNN, "--sparsity", 0.2, "-o", work / "t.onnx", "--eval", DATA)
     assert rc == 0, err
     assert "pruned" in out and "accuracy" in out and "path-metric" in out
 
@@ -363,7 +349,7 @@ def test_prune_cli_layers_and_scope(work) -> None:
     rc, res = run_json("prune", CNN, "--sparsity", 0.5, "--layers", r"^head\.", "--scope", "layer", "-o", o)
     assert rc == 0, res
     assert sorted(res["tensors"]) == ["head.0.weight", "head.4.weight"]
-    src, got = arrays(onnx.load(str(CNN))), arrays(onnx.load(str(o)))
+    src, got = inits(onnx.load(str(CNN))), inits(onnx.load(str(o)))
     for k in src:
         if k.startswith("head.") and k.endswith("weight"):
             assert int((got[k] == 0).sum()) == round(0.5 * got[k].size), k  # layer scope: half of each
@@ -390,7 +376,7 @@ def test_prune_cli_usage_errors_exit_2(work, args) -> None:
     argv = ["prune", CNN, "-o", work / "never.onnx", *args]
     if "--sparsity" not in args:
         argv += ["--sparsity", "0.3"]
-    rc, out, err = run(*argv)
+    rc, out, err = run_captured(*argv)
     assert rc == 2, (out, err)
     assert "error" in err and "Traceback" not in err
     rc, res = run_json(*argv)
@@ -450,7 +436,7 @@ def test_rescale_cli_keeps_the_function(rescaled) -> None:
     # block.conv1 (8 channels, through bn1 and relu into conv2) and head.0 (16, through relu, the global
     # pool and the flatten into head.4); the stem feeds a skip and conv2 an Add: left alone
     assert (res["neurons"], res["layers"]) == (24, 2)
-    src, got = arrays(onnx.load(str(CNN))), arrays(onnx.load(str(o)))
+    src, got = inits(onnx.load(str(CNN))), inits(onnx.load(str(o)))
     assert sorted(src) == sorted(got)
     changed = sorted(k for k in src if not np.array_equal(src[k], got[k]))
     assert changed == ["block.bn1.bias", "block.bn1.running_mean", "block.conv1.weight", "block.conv2.weight",
@@ -469,12 +455,12 @@ def test_rescale_cli_keeps_the_function(rescaled) -> None:
 
 
 def test_rescale_cli_text_and_bad_range(work) -> None:
-    rc, out, err = run("rescale", MLP, "-o", work / "mlp_r.onnx")
+    rc, out, err = run_captured("rescale", MLP, "-o", work / "mlp_r.onnx")
     assert rc == 0, err
     assert "rescaled" in out and "neurons" in out
-    rc, out, err = run("rescale", MLP, "--range", 0, 1, "-o", work / "bad.onnx")
+    rc, out, err = run_captured("rescale", MLP, "--range", 0, 1, "-o", work / "bad.onnx")
     assert rc == 2
-    rc, out, err = run("rescale", MLP, "--range", 8, 1, "-o", work / "bad.onnx")
+    rc, out, err = run_captured("rescale", MLP, "--range", 8, 1, "-o", work / "bad.onnx")
     assert rc == 2
     assert not (work / "bad.onnx").exists()
 
@@ -536,7 +522,7 @@ def test_qdq_weights_are_skipped(work) -> None:
     out, report = apply(model, keep)
     assert report.tensors == [] and sorted(report.skipped) == sorted(keep)
     assert out.SerializeToString() == model.SerializeToString()
-    rc, out_text, _ = run("prune", QDQ, "--sparsity", 0.3, "-o", o)
+    rc, out_text, _ = run_captured("prune", QDQ, "--sparsity", 0.3, "-o", o)
     assert rc == 0 and "skipped" in out_text
 
 
@@ -546,7 +532,7 @@ def test_qdq_weights_are_skipped(work) -> None:
 
 
 def test_no_scored_weights_is_not_an_internal_error(work) -> None:
-    from conftest import make_model
+    from builders import make_model
     from onnx import helper
 
     assert masks({}, 0.3, "layer") == {}
@@ -558,5 +544,5 @@ def test_no_scored_weights_is_not_an_internal_error(work) -> None:
                        [("x", [1, 4])], [("y", [1, 4])], {"b": np.ones(4, np.float32)})
     src = work / "no_weights.onnx"
     onnx.save(model, str(src))
-    rc, _, err = run("prune", src, "--sparsity", 0.3, "-o", work / "no_weights_p.onnx")
+    rc, _, err = run_captured("prune", src, "--sparsity", 0.3, "-o", work / "no_weights_p.onnx")
     assert rc in (0, 2) and "internal error" not in err, err

@@ -11,6 +11,7 @@ import json
 import numpy as np
 import onnx
 import pytest
+from builders import inits, make_model
 from conftest import run_main
 from onnx import TensorProto, helper, numpy_helper
 from oracle import brute_force_path_norm
@@ -27,9 +28,7 @@ def _float_mlp(rng: np.random.Generator) -> onnx.ModelProto:
     nodes = [helper.make_node("Gemm", ["x", "W1", "B1"], ["h1"]), helper.make_node("Relu", ["h1"], ["r1"]),
              helper.make_node("Gemm", ["r1", "W2", "B2"], ["h2"]), helper.make_node("Relu", ["h2"], ["r2"]),
              helper.make_node("Gemm", ["r2", "W3", "B3"], ["logits"]), helper.make_node("Softmax", ["logits"], ["probs"], axis=1)]
-    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                          [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 3])], inits)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    return make_model(nodes, [("x", [1, 4])], [("probs", [1, 3])], inits, name="mlp")
 
 
 class _Calibration(quantization.CalibrationDataReader):
@@ -68,12 +67,12 @@ def _dequantized(node: onnx.NodeProto, inits: dict[str, np.ndarray]) -> np.ndarr
 
 def float_twin(model: onnx.ModelProto, output: str) -> onnx.ModelProto:
     """The float network a QDQ model computes up to ``output``, without activation quantization."""
-    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    arrays = inits(model)
     weights, rename, kept = {}, {}, []
     producer = {o: n for n in model.graph.node for o in n.output}
     for node in model.graph.node:
-        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
-            weights[node.output[0]] = _dequantized(node, inits)
+        if node.op_type == "DequantizeLinear" and node.input[0] in arrays:
+            weights[node.output[0]] = _dequantized(node, arrays)
         elif node.op_type == "DequantizeLinear":
             rename[node.output[0]] = producer[node.input[0]].input[0]
         elif node.op_type != "QuantizeLinear":
@@ -86,10 +85,8 @@ def float_twin(model: onnx.ModelProto, output: str) -> onnx.ModelProto:
             nodes.insert(0, node)
             need.update(node.input)
     x_vi = next(i for i in model.graph.input if i.name == "x")
-    g = helper.make_graph(nodes, "twin", [x_vi],
-                          [helper.make_tensor_value_info(rename.get(output, output), TensorProto.FLOAT, None)],
-                          [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items() if k in need])
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    return make_model(nodes, [x_vi], [(rename.get(output, output), None)],
+                      {k: v.astype(np.float32) for k, v in weights.items() if k in need}, name="twin")
 
 
 def _oracle(model: onnx.ModelProto, output: str, q: float) -> float:
@@ -159,10 +156,7 @@ def test_weights_only_qdq_is_verified_as_written(tmp_path, capsys) -> None:
     nodes = [helper.make_node("DequantizeLinear", ["Wq", "s", "z"], ["W"]), helper.make_node("MatMul", ["x", "W"], ["h"]),
              helper.make_node("Relu", ["h"], ["r"]), helper.make_node("DequantizeLinear", ["W2q", "s2", "z2"], ["W2"], axis=1),
              helper.make_node("MatMul", ["r", "W2"], ["logits"])]
-    g = helper.make_graph(nodes, "wq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])],
-                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])],
-                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model = make_model(nodes, [("x", [1, 6])], [("logits", [1, 3])], inits, name="wq")
     path = tmp_path / "wq.onnx"
     onnx.save(model, path)
     rc, out, err = run_main(capsys, "norm", path, "--verify", "-q", "1", "-q", "4", "--json")

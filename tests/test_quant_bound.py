@@ -18,11 +18,11 @@ import onnx
 import oracle
 import pytest
 import tiny_nets
+from builders import make_model, noisy_flip, param_roles
+from checks import Runner, sample_and_search
 from conftest import MODELS, run_main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_certify import _sample_and_search, noisy_flip
-from test_metric import param_roles
 
 from onnx_pathlift import import_model
 from onnx_pathlift.dag import ActivationQuantizer
@@ -123,7 +123,7 @@ def _total_holds(model_a, model_b, r: float, seed: int) -> tuple[float, float]:
     cert = certify(dag_a, dag_b, m.bound_log10(r), r)
     assert cert.activation.term is not None, cert.activation.reason
     assert cert.total == pytest.approx(max(r, 1.0) * m.upper + cert.activation.term, rel=1e-9)
-    worst = _sample_and_search(model_a, model_b, dag_a, cert.total, r, np.random.default_rng(seed), 30, 90)
+    worst = sample_and_search(model_a, model_b, dag_a, cert.total, r, np.random.default_rng(seed), 30, 90)
     rep = check_bound(model_a, model_b, dag_a, dag_b, m, r, 20, seed=seed, search=40, activation=cert.activation.term)
     assert not rep.violated and rep.shipped_ratio is not None and rep.shipped_ratio <= 1.0
     assert rep.ratio is not None and rep.ratio <= 1.0  # B's int8 weights in A's float architecture
@@ -244,7 +244,6 @@ def test_activation_bound_refuses_an_unplaceable_quantizer() -> None:
 def _hand_qdq(relu_before: bool, zero_point: int) -> tuple[onnx.ModelProto, onnx.ModelProto]:
     """A: Gemm → Relu → Gemm (float); B: the same weights with an int8 Q/DQ pair on the hidden layer,
     after a kept ReLU (``relu_before``) or instead of it, zero point ``zero_point``."""
-    from conftest import make_model
     from onnx import helper
 
     rng = np.random.default_rng(5)
@@ -279,5 +278,4 @@ def test_a_relu_dropped_without_folding_is_refused() -> None:
     cert = certify(dag_a, dag_b, path_metric(dag_a, dag_b).bound_log10(1.0), 1.0)
     assert cert.total is None and "is in one model only" in cert.activation.reason
     x = {"x": np.full((1, 4), -1.0, np.float32)}
-    from test_metric import Runner
     assert np.abs(Runner(a, ["y"])(x) - Runner(b, ["y"])(x)).sum() > 0  # they do differ

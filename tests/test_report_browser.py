@@ -15,7 +15,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from test_audit import mlp, write_models
+from builders import random_mlp, write_mlps
 
 from onnx_pathlift.audit import Settings, audit
 from onnx_pathlift.audit.report import write_html
@@ -41,13 +41,13 @@ def report(tmp_path_factory) -> Path:
     """A report of 8 files: ok models (one with a 400-character producer, one with a 150-character
     name in a deep folder), an unsupported one and an invalid one."""
     root = tmp_path_factory.mktemp("report")
-    models = write_models(root / "m", ["a", "b", "c", "d"], unsupported=1, invalid=1)
-    long = mlp(7)
+    models = write_mlps(root / "m", ["a", "b", "c", "d"], unsupported=1, invalid=1)
+    long = random_mlp(7)
     long.producer_name = LONG_PRODUCER
     (models / "long_producer.onnx").write_bytes(long.SerializeToString())
     deep = models / "a folder" / "deeper still" / "and deeper"
     deep.mkdir(parents=True)
-    (deep / ("x" * 150 + ".onnx")).write_bytes(mlp(8).SerializeToString())
+    (deep / ("x" * 150 + ".onnx")).write_bytes(random_mlp(8).SerializeToString())
     result = audit([models], Settings(), db=root / "a.sqlite", jobs=2)
     assert len(result.results) == 8 and {r.status for r in result.results} == {"ok", "unsupported", "invalid"}
     page = root / "report.html"

@@ -8,19 +8,16 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import make_model
+from builders import make_model, weight_stream, zeroed
+from checks import sample, scored_initializers
 from onnx import helper, numpy_helper
 from oracle import brute_force_path_norm, brute_force_path_norm_inputs_only
 
 import onnx_pathlift as pl
 from onnx_pathlift.samples import one_sample
 
-RNG = np.random.default_rng(7)
 N = 3
-
-
-def w(*shape) -> np.ndarray:
-    return RNG.normal(size=shape).astype(np.float32)
+w = weight_stream(7)
 
 
 def _mlp():
@@ -116,8 +113,6 @@ def test_lipschitz_and_metric_use_the_shortcut_consistently() -> None:
 def test_scores_of_stacked_samples_are_the_brute_force_drops(name: str) -> None:
     """Scores of a fixed-batch network (one sample analysed): each equals the drop of the
     whole-batch ‖Φ‖_1 when that weight is zeroed, as a fraction of ‖Φ‖_1."""
-    from test_scores import sample, scored_initializers, zeroed
-
     model = STACKED[name]()
     scores = pl.path_magnitude(model)
     total = brute_force_path_norm(model, 1.0)

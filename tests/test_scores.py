@@ -19,66 +19,33 @@ Conv / Gemm / MatMul weight, returned in the initializer's own layout. Checked a
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from builders import bn_node, bn_params, inits, make_model, normal, replace_inits, zeroed
+from checks import outputs, sample, scored_initializers
+from conftest import MODELS, run_captured
+from onnx import helper, numpy_helper
 from oracle import brute_force_path_norm, neuron_dag, path_starts
-from tiny_nets import ALL_NETS, get_params, with_params
+from tiny_nets import ALL_NETS
+from torch_lifted import lifted_fractions
 
 import onnx_pathlift as pl
 from onnx_pathlift.rescale import rescale
 from onnx_pathlift.scores import Scores, magnitude, path_magnitude
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
 SHIPPED = ["digits_cnn_torch_bn.onnx", "digits_mlp_sklearn.onnx", "digits_cnn_torch.onnx",
            "digits_cnn_torch_bn_pruned50.onnx"]
 SCORED_OPS = ("Conv", "Gemm", "MatMul")
-
-# --------------------------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------------------------
-
-
-def _model(name: str, nodes, inputs, outputs, params: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """Opset-17 model; float params are stored as float32, integer ones (Reshape shapes) as int64."""
-    inits = [numpy_helper.from_array(v.astype(np.int64) if v.dtype.kind in "iu" else v.astype(np.float32), k)
-             for k, v in params.items()]
-    graph = helper.make_graph(
-        nodes, name,
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs],
-        inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="test_scores")
-    model.ir_version = 8
-
-    return model
-
-
-def _w(rng, shape, fan_in):
-    return rng.normal(0.0, 1.0 / math.sqrt(fan_in), shape)
-
-
-def _bn(rng, prefix, c):
-    return {f"{prefix}_g": rng.uniform(0.5, 1.5, c) * rng.choice([-1.0, 1.0], c), f"{prefix}_b": rng.normal(0.2, 0.5, c),
-            f"{prefix}_m": rng.normal(0.0, 0.5, c), f"{prefix}_v": rng.uniform(0.5, 2.0, c)}
-
-
-def _bn_node(prefix, x, y):
-    return helper.make_node("BatchNormalization", [x, f"{prefix}_g", f"{prefix}_b", f"{prefix}_m", f"{prefix}_v"], [y],
-                            epsilon=1e-3)
-
 
 def strided_grouped(seed: int) -> onnx.ModelProto:
     """x[1,4,8,7] -> Conv(3x3, stride 2, dilation 2, group 2, pads 1,0,2,1, bias) -> Relu
     -> depthwise Conv(2x2, pads 1,1,0,0, bias) -> Relu -> MaxPool([3,2], stride 2, ceil_mode)
     -> Flatten -> Gemm(transB=1, alpha=0.6, beta=1.5) -> y[1,3]."""
     rng = np.random.default_rng(seed)
-    p = {"W1": _w(rng, (4, 2, 3, 3), 18), "b1": rng.normal(0, 0.5, 4), "W2": _w(rng, (4, 1, 2, 2), 4),
-         "b2": rng.normal(0, 0.5, 4), "Wf": _w(rng, (3, 8), 8), "bf": rng.normal(0, 0.5, 3)}
+    p = {"W1": normal(rng, (4, 2, 3, 3), 18), "b1": rng.normal(0, 0.5, 4), "W2": normal(rng, (4, 1, 2, 2), 4),
+         "b2": rng.normal(0, 0.5, 4), "Wf": normal(rng, (3, 8), 8), "bf": rng.normal(0, 0.5, 3)}
     nodes = [
         helper.make_node("Conv", ["x", "W1", "b1"], ["c1"], kernel_shape=[3, 3], strides=[2, 2], dilations=[2, 2],
                          group=2, pads=[1, 0, 2, 1]),  # -> [1,4,4,2]
@@ -89,15 +56,15 @@ def strided_grouped(seed: int) -> onnx.ModelProto:
         helper.make_node("Flatten", ["m"], ["f"]),
         helper.make_node("Gemm", ["f", "Wf", "bf"], ["y"], transB=1, alpha=0.6, beta=1.5),
     ]
-    return _model("strided_grouped", nodes, [("x", [1, 4, 8, 7])], ["y"], p)
+    return make_model(nodes, [("x", [1, 4, 8, 7])], [("y", None)], p, name="strided_grouped", producer="test_scores")
 
 
 def conv1d_avgpools(seed: int) -> onnx.ModelProto:
     """x[1,2,9] -> Conv1d(3, pads 1, bias) -> Relu -> AveragePool(3, stride 2, pads 1, count_include_pad=0)
     -> Conv1d(2) -> Relu -> AveragePool(2, pads 1,0, count_include_pad=1) -> Reshape[1,16] -> MatMul -> Add."""
     rng = np.random.default_rng(seed)
-    p = {"W1": _w(rng, (3, 2, 3), 6), "b1": rng.normal(0, 0.5, 3), "W2": _w(rng, (4, 3, 2), 6),
-         "shape": np.array([1, 16]), "W3": _w(rng, (16, 2), 16), "b3": rng.normal(0, 0.5, 2)}
+    p = {"W1": normal(rng, (3, 2, 3), 6), "b1": rng.normal(0, 0.5, 3), "W2": normal(rng, (4, 3, 2), 6),
+         "shape": np.array([1, 16]), "W3": normal(rng, (16, 2), 16), "b3": rng.normal(0, 0.5, 2)}
     nodes = [
         helper.make_node("Conv", ["x", "W1", "b1"], ["c1"], kernel_shape=[3], pads=[1, 1]),  # [1,3,9]
         helper.make_node("Relu", ["c1"], ["r1"]),
@@ -110,19 +77,19 @@ def conv1d_avgpools(seed: int) -> onnx.ModelProto:
         helper.make_node("MatMul", ["f", "W3"], ["h"]),
         helper.make_node("Add", ["h", "b3"], ["y"]),
     ]
-    return _model("conv1d_avgpools", nodes, [("x", [1, 2, 9])], ["y"], p)
+    return make_model(nodes, [("x", [1, 2, 9])], [("y", None)], p, name="conv1d_avgpools", producer="test_scores")
 
 
 def bn_residual_concat_gmp(seed: int) -> onnx.ModelProto:
     """x[1,2,4,4] -> Conv(2x2, pads 0,0,1,1) -> BN -> Relu = a; s = a + Relu(Conv1x1(a));
     Concat(s, Conv(2x2, pads 1,1,0,0)(a)) -> GlobalMaxPool -> Flatten -> Gemm(transB=1, alpha=2.5) -> y[1,2]."""
     rng = np.random.default_rng(seed)
-    p = {"W1": _w(rng, (3, 2, 2, 2), 8), **_bn(rng, "bn", 3), "W2": _w(rng, (3, 3, 1, 1), 3),
-         "b2": rng.normal(0, 0.5, 3), "W3": _w(rng, (2, 3, 2, 2), 12), "Wf": _w(rng, (2, 5), 5),
+    p = {"W1": normal(rng, (3, 2, 2, 2), 8), **bn_params(rng, "bn", 3), "W2": normal(rng, (3, 3, 1, 1), 3),
+         "b2": rng.normal(0, 0.5, 3), "W3": normal(rng, (2, 3, 2, 2), 12), "Wf": normal(rng, (2, 5), 5),
          "bf": rng.normal(0, 0.5, 2)}
     nodes = [
         helper.make_node("Conv", ["x", "W1"], ["c1"], kernel_shape=[2, 2], pads=[0, 0, 1, 1]),
-        _bn_node("bn", "c1", "n1"),
+        bn_node("bn", "c1", "n1"),
         helper.make_node("Relu", ["n1"], ["a"]),
         helper.make_node("Conv", ["a", "W2", "b2"], ["c2"], kernel_shape=[1, 1]),
         helper.make_node("Relu", ["c2"], ["r2"]),
@@ -133,15 +100,15 @@ def bn_residual_concat_gmp(seed: int) -> onnx.ModelProto:
         helper.make_node("Flatten", ["g"], ["f"]),
         helper.make_node("Gemm", ["f", "Wf", "bf"], ["y"], transB=1, alpha=2.5),
     ]
-    return _model("bn_residual_concat_gmp", nodes, [("x", [1, 2, 4, 4])], ["y"], p)
+    return make_model(nodes, [("x", [1, 2, 4, 4])], [("y", None)], p, name="bn_residual_concat_gmp", producer="test_scores")
 
 
 def left_matmul_transpose(seed: int) -> onnx.ModelProto:
     """x[1,3,4] -> MatMul(Wl[5,3], x) (constant on the left) -> Add(bl[5,1]) -> Relu -> Transpose(0,2,1)
     -> MatMul(W2[5,3]) -> Relu -> Reshape[1,12] -> Gemm(W[12,2], alpha=0.8, beta=0.5) -> y[1,2]."""
     rng = np.random.default_rng(seed)
-    p = {"Wl": _w(rng, (5, 3), 3), "bl": rng.normal(0, 0.5, (5, 1)), "W2": _w(rng, (5, 3), 5),
-         "shape": np.array([1, 12]), "Wg": _w(rng, (12, 2), 12), "bg": rng.normal(0, 0.5, 2)}
+    p = {"Wl": normal(rng, (5, 3), 3), "bl": rng.normal(0, 0.5, (5, 1)), "W2": normal(rng, (5, 3), 5),
+         "shape": np.array([1, 12]), "Wg": normal(rng, (12, 2), 12), "bg": rng.normal(0, 0.5, 2)}
     nodes = [
         helper.make_node("MatMul", ["Wl", "x"], ["h1"]),  # [1,5,4]
         helper.make_node("Add", ["h1", "bl"], ["g1"]),
@@ -152,20 +119,20 @@ def left_matmul_transpose(seed: int) -> onnx.ModelProto:
         helper.make_node("Reshape", ["r2", "shape"], ["f"]),
         helper.make_node("Gemm", ["f", "Wg", "bg"], ["y"], alpha=0.8, beta=0.5),
     ]
-    return _model("left_matmul_transpose", nodes, [("x", [1, 3, 4])], ["y"], p)
+    return make_model(nodes, [("x", [1, 3, 4])], [("y", None)], p, name="left_matmul_transpose", producer="test_scores")
 
 
 def gemm_left(seed: int) -> onnx.ModelProto:
     """x[4,2] -> Gemm(A=W[4,3] constant, transA=1, alpha=1.5, C[3,1]) = W^T x -> Relu -> Gemm(V[2,3], r) -> y[2,2]
     (the weight on the left, stored transposed)."""
     rng = np.random.default_rng(seed)
-    p = {"W": _w(rng, (4, 3), 4), "c": rng.normal(0, 0.5, (3, 1)), "V": _w(rng, (2, 3), 3)}
+    p = {"W": normal(rng, (4, 3), 4), "c": rng.normal(0, 0.5, (3, 1)), "V": normal(rng, (2, 3), 3)}
     nodes = [
         helper.make_node("Gemm", ["W", "x", "c"], ["h"], transA=1, alpha=1.5),
         helper.make_node("Relu", ["h"], ["r"]),
         helper.make_node("Gemm", ["V", "r"], ["y"]),
     ]
-    return _model("gemm_left", nodes, [("x", [4, 2])], ["y"], p)
+    return make_model(nodes, [("x", [4, 2])], [("y", None)], p, name="gemm_left", producer="test_scores")
 
 
 def no_bias(seed: int) -> onnx.ModelProto:
@@ -173,7 +140,7 @@ def no_bias(seed: int) -> onnx.ModelProto:
     x[1,2,5,5] -> Conv(3x3, pad 1) -> Relu -> MaxPool(2, stride 2, ceil) -> Conv(2x2) -> Relu
     -> AveragePool(2, stride 1, pads 0,0,1,1) -> Flatten -> MatMul -> y[1,3]."""
     rng = np.random.default_rng(seed)
-    p = {"W1": _w(rng, (3, 2, 3, 3), 18), "W2": _w(rng, (4, 3, 2, 2), 12), "W3": _w(rng, (16, 3), 16)}
+    p = {"W1": normal(rng, (3, 2, 3, 3), 18), "W2": normal(rng, (4, 3, 2, 2), 12), "W3": normal(rng, (16, 3), 16)}
     nodes = [
         helper.make_node("Conv", ["x", "W1"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c1"], ["r1"]),
@@ -184,7 +151,7 @@ def no_bias(seed: int) -> onnx.ModelProto:
         helper.make_node("Flatten", ["a2"], ["f"]),
         helper.make_node("MatMul", ["f", "W3"], ["y"]),
     ]
-    return _model("no_bias", nodes, [("x", [1, 2, 5, 5])], ["y"], p)
+    return make_model(nodes, [("x", [1, 2, 5, 5])], [("y", None)], p, name="no_bias", producer="test_scores")
 
 
 EXTRA_NETS = {"strided_grouped": strided_grouped, "conv1d_avgpools": conv1d_avgpools,
@@ -199,55 +166,6 @@ def build(name: str, seed: int) -> onnx.ModelProto:
 
 
 ALL = [*ALL_NETS, *EXTRA_NETS]
-
-
-def scored_initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """The weight initializers of Conv / Gemm / MatMul nodes (input 1, or the constant MatMul operand)."""
-    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    out = {}
-    for node in model.graph.node:
-        if node.op_type == "Conv":
-            out[node.input[1]] = inits[node.input[1]]
-        elif node.op_type in ("Gemm", "MatMul"):
-            for i in node.input[:2]:
-                if i in inits:
-                    out[i] = inits[i]
-    return out
-
-
-def zeroed(model: onnx.ModelProto, name: str, index: tuple[int, ...]) -> onnx.ModelProto:
-    """A copy of ``model`` with one entry of one initializer set to 0 (every other byte kept)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for t in out.graph.initializer:
-        if t.name == name:
-            w = numpy_helper.to_array(t).copy()
-            w[index] = 0
-            t.CopyFrom(numpy_helper.from_array(w, name))
-    return out
-
-
-def sample(f: np.ndarray, cap: int, rng: np.random.Generator) -> list[tuple[int, ...]]:
-    """Every index of ``f`` if it has at most ``cap`` entries, else the largest, the smallest and random others."""
-    flat = np.arange(f.size)
-    if f.size > cap:
-        ends = {int(np.argmax(f)), int(np.argmin(f))}
-        rest = rng.choice(np.setdiff1d(flat, list(ends)), cap - len(ends), replace=False)
-        flat = np.sort(np.concatenate([list(ends), rest]))
-    return [np.unravel_index(int(i), f.shape) for i in flat]
-
-
-def assert_scores_are_brute_force_drops(model: onnx.ModelProto, cap: int = 4) -> None:
-    """Each sampled weight's path-magnitude fraction equals the brute-force drop of ‖Φ‖_1 when it is
-    zeroed, divided by ‖Φ‖_1 (to 1e-5 relative)."""
-    scores = path_magnitude(model)
-    full = brute_force_path_norm(model, 1)
-    rng = np.random.default_rng(0)
-    for k in sorted(scored_initializers(model)):
-        f = scores.fraction[k]
-        for idx in sample(f, cap, rng):
-            want = (full - brute_force_path_norm(zeroed(model, k, idx), 1)) / full
-            assert abs(f[idx] - want) <= 1e-5 * abs(want) + 1e-9, (k, idx, f[idx], want)
 
 
 def assert_fractions_close(got: dict[str, np.ndarray], want: dict[str, np.ndarray], rtol: float, atol: float = 0.0):
@@ -306,10 +224,10 @@ def test_transposed_gemm_scores_come_back_in_the_initializer_layout() -> None:
 
 def test_zero_weight_has_zero_score_and_dead_branches_score_zero() -> None:
     model = build("matmul_net", 0)
-    q = get_params(model)
+    q = inits(model, np.float64)
     q["W1"][1, 2] = 0.0
     q["W2"][4, :] = 0.0  # hidden neuron 4 leads nowhere: its incoming weights score 0 too
-    f = path_magnitude(with_params(model, q)).fraction
+    f = path_magnitude(replace_inits(model, q)).fraction
     assert f["W1"][1, 2] == 0.0
     assert np.all(f["W2"][4] == 0.0)
     assert np.all(f["W1"][:, 4] == 0.0)
@@ -350,10 +268,10 @@ def _shared_weight_net() -> onnx.ModelProto:
     """x[1,3] -> MatMul(W) -> Add(b) -> Relu -> MatMul(W) -> y: one initializer used by two layers, so
     paths through W[i, i] on both layers use that parameter twice."""
     rng = np.random.default_rng(0)
-    p = {"W": _w(rng, (3, 3), 3), "b": rng.normal(0, 0.5, 3)}
+    p = {"W": normal(rng, (3, 3), 3), "b": rng.normal(0, 0.5, 3)}
     nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "b"], ["a"]),
              helper.make_node("Relu", ["a"], ["r"]), helper.make_node("MatMul", ["r", "W"], ["y"])]
-    return _model("shared", nodes, [("x", [1, 3])], ["y"], p)
+    return make_model(nodes, [("x", [1, 3])], [("y", None)], p, name="shared", producer="test_scores")
 
 
 def test_shared_weight_is_not_scored() -> None:
@@ -397,104 +315,11 @@ def test_shipped_scores_match_finite_differences(file: str) -> None:
         assert scores.fraction[k][idx] == pytest.approx(want, rel=1e-3), (k, idx)
 
 
-def _torch_lifted_fractions(dag: pl.Dag) -> dict[str, np.ndarray]:
-    """Independent float64 re-implementation of the lifted network (q = 1, all-ones inputs) in torch;
-    scores = |W| · ∂‖Φ‖_1/∂|W| by autograd; returned as fractions in the initializer layout."""
-    import torch
-    import torch.nn.functional as F
-
-    def t(a):
-        return torch.as_tensor(np.abs(np.asarray(a, np.float64)))
-
-    def pad(x, begin, end, value=0.0):
-        spec = []
-        for b_, e_ in zip(reversed(begin), reversed(end)):
-            spec += [int(b_), int(e_)]
-        return F.pad(x, spec, value=value)
-
-    def window_sum(x, layer, kernel_pads_value=0.0):
-        """Sum over each pool window (pads then the ceil-mode end extension filled with zeros)."""
-        a = layer.attrs
-        k, n = a["kernel_shape"], len(a["kernel_shape"])
-        strides, dil = a["strides"], a.get("dilations", [1] * n)
-        begin, end = a["pads"][:n], a["pads"][n:]
-        x = pad(x, begin, end, kernel_pads_value)
-        out = layer.shape[2:]
-        extra = [max(0, (out[i] - 1) * strides[i] + (k[i] - 1) * dil[i] + 1 - x.shape[2 + i]) for i in range(n)]
-        x = pad(x, [0] * n, extra, 0.0)
-        c = x.shape[1]
-        conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[n]
-        y = conv(x, torch.ones((c, 1, *k), dtype=torch.float64), stride=strides, dilation=dil, groups=c)
-        return y[(slice(None), slice(None), *[slice(0, o) for o in out])]
-
-    value, leaves = {}, {}
-    for layer in dag.layers():
-        xs = [value[i] for i in layer.inputs]
-        op, p, a = layer.op, layer.params, layer.attrs
-        if op == "input":
-            y = torch.ones(layer.shape, dtype=torch.float64)
-        elif op == "conv":
-            w = t(p["W"]).requires_grad_(True)
-            leaves[layer.name] = w
-            n = w.dim() - 2
-            x = pad(xs[0], a["pads"][:n], a["pads"][n:])
-            conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[n]
-            y = conv(x, w, stride=a["strides"], dilation=a["dilations"], groups=a["group"])
-            if "B" in p:
-                y = y + t(p["B"]).reshape(1, -1, *[1] * n)
-        elif op == "dense":
-            w = t(p["W"]).requires_grad_(True)
-            leaves[layer.name] = w
-            y = xs[0] @ w if a["side"] == "right" else w @ xs[0]
-            if "B" in p:
-                y = y + t(p["B"])
-        elif op == "affine":
-            y = xs[0]
-            if "scale" in p:
-                y = y * t(p["scale"])
-            if "bias" in p:
-                y = y + t(p["bias"])
-        elif op == "relu":
-            y = xs[0]
-        elif op == "maxpool":
-            y = window_sum(xs[0], layer)
-        elif op == "avgpool":
-            ones = torch.ones_like(xs[0])
-            div = window_sum(ones, layer, 1.0 if a.get("count_include_pad", 0) else 0.0)
-            y = window_sum(xs[0], layer) / div
-        elif op == "globalpool":
-            dims = tuple(range(2, xs[0].dim()))
-            y = xs[0].sum(dim=dims, keepdim=True)
-            if a["mode"] != "max":
-                y = y / float(np.prod(a["in_spatial"]))
-        elif op == "sum":
-            y = sum(xs[1:], xs[0])
-        elif op == "concat":
-            y = torch.cat(xs, dim=a["axis"])
-        elif op == "reshape":
-            y = xs[0].reshape(layer.shape)
-        elif op == "transpose":
-            y = xs[0].permute(*a["perm"])
-        else:
-            raise NotImplementedError(op)
-        assert tuple(y.shape) == tuple(layer.shape), (layer.name, tuple(y.shape), layer.shape)
-        value[layer.name] = y
-    norm = sum(value[name].sum() for name in dag.outputs.values())
-    norm.backward()
-    norm = norm.item()
-    out = {}
-    for lname, w in leaves.items():
-        frac = (w * w.grad).detach().numpy() / norm
-        name, transposed = dag.layer(lname).origins.get("W", (lname, False))
-        out[name] = out.get(name, 0) + (frac.T if transposed else frac)
-    return out
-
-
 @pytest.mark.parametrize("file", ["digits_cnn_torch_bn.onnx", "digits_mlp_sklearn.onnx"])
 def test_shipped_scores_match_torch_autograd_float64(file: str) -> None:
     pytest.importorskip("torch")
     dag = pl.import_model(str(MODELS / file))
-    want = _torch_lifted_fractions(dag)
+    want = lifted_fractions(dag)
     got = path_magnitude(dag).fraction
     # atol: mlp_sklearn has weights whose shares are ~1e-47..1e-52 (dead input pixels), below float32's range
     # next to their tensor's largest share; they come back flushed or rounded (see the xfail tests below)
@@ -509,7 +334,7 @@ def test_shipped_scores_match_torch_autograd_float64(file: str) -> None:
 def test_shipped_mlp_tiny_shares_match_torch_autograd_without_absolute_floor() -> None:
     pytest.importorskip("torch")
     dag = pl.import_model(str(MODELS / "digits_mlp_sklearn.onnx"))
-    assert_fractions_close(path_magnitude(dag).fraction, _torch_lifted_fractions(dag), rtol=1e-5, atol=0.0)
+    assert_fractions_close(path_magnitude(dag).fraction, lifted_fractions(dag), rtol=1e-5, atol=0.0)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -518,7 +343,7 @@ def test_tiny_net_scores_match_torch_autograd_float64(name: str) -> None:
     check of every entry, cheap enough to cover the entries the brute-force test samples out."""
     pytest.importorskip("torch")
     dag = pl.import_model(build(name, 0))
-    assert_fractions_close(path_magnitude(dag).fraction, _torch_lifted_fractions(dag), rtol=1e-5, atol=1e-12)
+    assert_fractions_close(path_magnitude(dag).fraction, lifted_fractions(dag), rtol=1e-5, atol=1e-12)
 
 
 # --------------------------------------------------------------------------------------------
@@ -539,7 +364,7 @@ def _deep_chain(depth: int, width: int, seed: int) -> tuple[onnx.ModelProto, lis
         nodes += [helper.make_node("Conv", [x, f"W{i}"], [f"c{i}"], kernel_shape=[1, 1]),
                   helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
         x = f"r{i}"
-    return _model("deep", nodes, [("x", [1, width, 3, 3])], [x], params), ws
+    return make_model(nodes, [("x", [1, width, 3, 3])], [(x, None)], params, name="deep", producer="test_scores"), ws
 
 
 def _log_domain_fractions(ws: list[np.ndarray], positions: int) -> tuple[float, list[np.ndarray]]:
@@ -580,7 +405,7 @@ def test_scores_of_a_net_with_tiny_path_norm() -> None:
     depth, width = 150, 8
     model, ws = _deep_chain(depth, width, 4)
     small = [w / 65536.0 for w in ws]
-    model = with_params(model, {f"W{i}": w[:, :, None, None] for i, w in enumerate(small)})
+    model = replace_inits(model, {f"W{i}": w[:, :, None, None] for i, w in enumerate(small)})
     log10_norm, want = _log_domain_fractions(small, 9)
     assert log10_norm < -320
     scores = path_magnitude(model)
@@ -596,7 +421,7 @@ def _diagonal_chain(depth: int, small: float) -> onnx.ModelProto:
         params[f"W{i}"] = np.diag([small, 1.0])
         nodes += [helper.make_node("MatMul", [x, f"W{i}"], [f"h{i}"]), helper.make_node("Relu", [f"h{i}"], [f"r{i}"])]
         x = f"r{i}"
-    return _model("diagonal", nodes, [("x", [1, 2])], [x], params)
+    return make_model(nodes, [("x", [1, 2])], [(x, None)], params, name="diagonal", producer="test_scores")
 
 
 def test_small_shares_within_float32_range_are_exact() -> None:
@@ -626,13 +451,6 @@ def test_small_shares_below_float32_range_are_not_flushed_to_zero() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _run(model: onnx.ModelProto, feeds) -> list[np.ndarray]:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    s = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return s.run(None, feeds)
-
-
 def _feeds(model: onnx.ModelProto, dag: pl.Dag, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {n: rng.uniform(-1, 1, dag.layer(n).shape).astype(np.float32) for n in dag.inputs}
@@ -647,7 +465,7 @@ def test_fractions_are_invariant_under_rescale(source: str) -> None:
         assert report.neurons > 0 and report.layers > 0
     # the function is unchanged
     feeds = _feeds(model, dag)
-    for a, b in zip(_run(model, feeds), _run(out, feeds)):
+    for a, b in zip(outputs(model, feeds), outputs(out, feeds)):
         if a.dtype.kind == "f":
             np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * float(np.abs(a).max()))
         else:
@@ -705,24 +523,12 @@ def test_deterministic_and_dag_or_model() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _cli(*args) -> tuple[int, str, str]:
-    import contextlib
-    import io
-
-    from onnx_pathlift import cli
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = cli.main([str(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
-
-
 @pytest.mark.parametrize("file", ["digits_cnn_torch_bn.onnx", "digits_mlp_sklearn.onnx"])
 def test_scores_cli_json_and_npz(tmp_path, file: str) -> None:
     import json
 
     npz = tmp_path / "s.npz"
-    rc, out, err = _cli("scores", MODELS / file, "-o", npz, "--json")
+    rc, out, err = run_captured("scores", MODELS / file, "-o", npz, "--json")
     assert rc == 0, err
     res = json.loads(out)
     assert {"model", "l1_path_norm_log10", "seconds", "written", "tensors"} <= set(res)
@@ -741,5 +547,5 @@ def test_scores_cli_json_and_npz(tmp_path, file: str) -> None:
         for k in z.files:
             assert z[k].dtype == np.float32 and z[k].shape == api.fraction[k].shape
             np.testing.assert_array_equal(z[k], api.fraction[k].astype(np.float32))  # float32 by design
-    rc, out, err = _cli("scores", MODELS / file)
+    rc, out, err = run_captured("scores", MODELS / file)
     assert rc == 0 and "path-magnitude scores" in out

@@ -9,13 +9,14 @@ interval: it must contain the truth, whatever the scales did.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import tiny_nets
-from onnx import TensorProto, helper, numpy_helper
+from builders import make_model
+from conftest import MODELS, ZOO
+from onnx import helper, numpy_helper
 from oracle import log10_mlp_path_norm, log10_path_norm
 
 import onnx_pathlift as pl
@@ -40,9 +41,7 @@ def _gemm_chain(weights: list[np.ndarray], n_in: int, conv: bool = False) -> onn
         x = f"r{i}"
     shape_in = [1, n_in, 2, 2] if conv else [1, n_in]
     shape_out = [1, weights[-1].shape[1], 2, 2] if conv else [1, weights[-1].shape[1]]
-    g = helper.make_graph(nodes, "towers", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape_in)],
-                          [helper.make_tensor_value_info(x, TensorProto.FLOAT, shape_out)], inits)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    return make_model(nodes, [("x", shape_in)], [(x, shape_out)], inits, name="towers")
 
 
 def towers(two_inputs: bool = False, last: tuple[float, float] = (0.0, 1.0), conv: bool = False) -> onnx.ModelProto:
@@ -93,9 +92,7 @@ def test_residual_and_concat_towers_keep_both_branches() -> None:
              helper.make_node("MatMul", ["c", "Wa"], ["o"])]
     wa = np.array([[0.0], [1e30], [1.0], [0.0]], np.float32)  # small branch ×1e30, big branch ×1
     inits = [numpy_helper.from_array(w_split, "Ws"), numpy_helper.from_array(wa, "Wa")]
-    g = helper.make_graph(nodes, "skip", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
-                          [helper.make_tensor_value_info("o", TensorProto.FLOAT, [1, 1])], inits)
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model = make_model(nodes, [("x", [1, 1])], [("o", [1, 1])], inits, name="skip")
     for q in (1.0, 3.0):
         got = pl.path_norm(model, q=q)
         want = log10_path_norm(model, q)
@@ -113,9 +110,7 @@ def test_spatial_dynamic_range_is_never_wrong() -> None:
         inits.append(numpy_helper.from_array(k, f"K{i}"))
         nodes += [helper.make_node("Conv", [x, f"K{i}"], [f"c{i}"], pads=[1, 1, 1, 1]), helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
         x = f"r{i}"
-    g = helper.make_graph(nodes, "spatial", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 3])],
-                          [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 2, 3, 3])], inits)
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model = make_model(nodes, [("x", [1, 2, 3, 3])], [(x, [1, 2, 3, 3])], inits, name="spatial")
     for q in (1.0, 4.0):
         want = log10_path_norm(model, q)
         for scales in ("static", "auto"):
@@ -179,9 +174,7 @@ def test_inf_on_a_deep_mlp_against_max_plus() -> None:
         inits += [numpy_helper.from_array(w.astype(np.float32), f"W{i}"), numpy_helper.from_array(b.astype(np.float32), f"b{i}")]
         nodes += [helper.make_node("Gemm", [x, f"W{i}", f"b{i}"], [f"g{i}"]), helper.make_node("Relu", [f"g{i}"], [f"r{i}"])]
         x = f"r{i}"
-    g = helper.make_graph(nodes, "deep", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 10])],
-                          [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 10])], inits)
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model = make_model(nodes, [("x", [1, 10])], [(x, [1, 10])], inits, name="deep")
     want = log10_mlp_path_norm([w.astype(np.float32).astype(np.float64) for w in ws],
                                [b.astype(np.float32).astype(np.float64) for b in bs], math.inf)
     got = pl.path_norm(model, q=math.inf)
@@ -191,9 +184,8 @@ def test_inf_on_a_deep_mlp_against_max_plus() -> None:
 
 def _rescale_models() -> list[tuple[str, onnx.ModelProto]]:
     """The shipped float models, ACAS Xu from the zoo when it is there, and deep test nets."""
-    root = Path(__file__).resolve().parents[1]
-    out = [(p.name, onnx.load(p)) for p in sorted((root / "models").glob("*.onnx")) if "int8" not in p.name]
-    acas = root.parent / "shared" / "zoo" / "vnncomp2021" / "acasxu" / "ACASXU_run2a_1_1_batch_2000.onnx"
+    out = [(p.name, onnx.load(p)) for p in sorted(MODELS.glob("*.onnx")) if "int8" not in p.name]
+    acas = ZOO / "vnncomp2021" / "acasxu" / "ACASXU_run2a_1_1_batch_2000.onnx"
     if acas.exists():
         out.append((acas.name, onnx.load(acas)))
     rng = np.random.default_rng(2)
@@ -214,9 +206,7 @@ def _conv_chain(rng: np.random.Generator, depth: int) -> onnx.ModelProto:
                   helper.make_node("BatchNormalization", [f"c{i}", f"bn{i}_s", f"bn{i}_b", f"bn{i}_m", f"bn{i}_v"], [f"n{i}"]),
                   helper.make_node("Relu", [f"n{i}"], [f"r{i}"])]
         x = f"r{i}"
-    g = helper.make_graph(nodes, "deep_cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 6, 6])],
-                          [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 6, 6, 6])], inits)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    return make_model(nodes, [("x", [1, 6, 6, 6])], [(x, [1, 6, 6, 6])], inits, name="deep_cnn")
 
 
 @pytest.mark.parametrize("name,model", _rescale_models(), ids=lambda v: v if isinstance(v, str) else "")

@@ -18,13 +18,12 @@ from collections.abc import Callable
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from builders import bn_node, bn_params, inits, make_model, normal, replace_inits
+from onnx import helper
 
 RescaleFn = Callable[[onnx.ModelProto, np.random.Generator], onnx.ModelProto]
 Builder = Callable[..., tuple[onnx.ModelProto, RescaleFn]]
 
-OPSET = 17
-IR_VERSION = 8
 LAMBDA_RANGE = (1.0 / 8.0, 8.0)
 
 
@@ -42,50 +41,6 @@ def lambdas(rng: np.random.Generator, n: int) -> np.ndarray:
     """``n`` factors log-uniform in ``[1/8, 8]``."""
     lo, hi = LAMBDA_RANGE
     return np.exp(rng.uniform(np.log(lo), np.log(hi), size=n))
-
-
-def _normal(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int) -> np.ndarray:
-    return rng.normal(0.0, 1.0 / np.sqrt(fan_in), size=shape)
-
-
-def _init(name: str, arr: np.ndarray) -> onnx.TensorProto:
-    return numpy_helper.from_array(np.asarray(arr, dtype=np.float32), name)
-
-
-def _model(
-    name: str,
-    nodes: list[onnx.NodeProto],
-    inputs: list[tuple[str, list[int]]],
-    outputs: list[tuple[str, list[int]]],
-    params: dict[str, np.ndarray],
-) -> onnx.ModelProto:
-    graph = helper.make_graph(
-        nodes,
-        name,
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
-        initializer=[_init(k, v) for k, v in params.items()],
-    )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="tiny_nets"
-    )
-    model.ir_version = IR_VERSION
-    return model
-
-
-def get_params(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """All initializers, as float64 copies."""
-    return {i.name: numpy_helper.to_array(i).astype(np.float64) for i in model.graph.initializer}
-
-
-def with_params(model: onnx.ModelProto, params: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of ``model`` whose initializers named in ``params`` are replaced (as float32)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for init in out.graph.initializer:
-        if init.name in params:
-            init.CopyFrom(_init(init.name, params[init.name]))
-    return out
 
 
 def _conv_io_scale(w: np.ndarray, out_scale: np.ndarray, in_scale: np.ndarray, group: int = 1):
@@ -107,24 +62,6 @@ def _bn_rescale(p: dict[str, np.ndarray], prefix: str, lam_in: np.ndarray, kap_o
     p[f"{prefix}_beta"] = p[f"{prefix}_beta"] * kap_out
 
 
-def _bn_params(rng: np.random.Generator, prefix: str, c: int) -> dict[str, np.ndarray]:
-    return {
-        f"{prefix}_gamma": rng.uniform(0.5, 1.5, c) * rng.choice([-1.0, 1.0], c),
-        f"{prefix}_beta": rng.normal(0.2, 0.5, c),
-        f"{prefix}_mean": rng.normal(0.0, 0.5, c),
-        f"{prefix}_var": rng.uniform(0.5, 2.0, c),
-    }
-
-
-def _bn_node(prefix: str, x: str, y: str) -> onnx.NodeProto:
-    return helper.make_node(
-        "BatchNormalization",
-        [x, f"{prefix}_gamma", f"{prefix}_beta", f"{prefix}_mean", f"{prefix}_var"],
-        [y],
-        epsilon=1e-3,
-    )
-
-
 def _cols_by_channel(w: np.ndarray, scale: np.ndarray, block: int) -> np.ndarray:
     """Divide the Gemm (transB=1) columns of channel ``c`` (``block`` features each) by scale[c]."""
     return w / np.repeat(scale, block)[None, :]
@@ -140,9 +77,9 @@ def mlp(rng: np.random.Generator | int | None = 0) -> tuple[onnx.ModelProto, Res
     rng = as_rng(rng)
     d, h, o = 6, 8, 3
     p = {
-        "B1": _normal(rng, (h, d), d),
+        "B1": normal(rng, (h, d), d),
         "C1": rng.normal(0.1, 0.5, h),
-        "B2": _normal(rng, (h, o), h),
+        "B2": normal(rng, (h, o), h),
         "C2": rng.normal(0.0, 0.5, (1, o)),
     }
     nodes = [
@@ -150,15 +87,15 @@ def mlp(rng: np.random.Generator | int | None = 0) -> tuple[onnx.ModelProto, Res
         helper.make_node("Relu", ["g1"], ["r1"]),
         helper.make_node("Gemm", ["r1", "B2", "C2"], ["y"]),
     ]
-    model = _model("mlp", nodes, [("x", [1, d])], [("y", [1, o])], p)
+    model = make_model(nodes, [("x", [1, d])], [("y", [1, o])], p, name="mlp", producer="tiny_nets")
 
     def rescale(m: onnx.ModelProto, rng: np.random.Generator) -> onnx.ModelProto:
-        q = get_params(m)
+        q = inits(m, np.float64)
         lam = lambdas(rng, h)
         q["B1"] *= lam[:, None]
         q["C1"] *= lam
         q["B2"] /= lam[:, None]
-        return with_params(m, q)
+        return replace_inits(m, q)
 
     return model, rescale
 
@@ -169,16 +106,16 @@ def conv_bn_pool(rng: np.random.Generator | int | None = 0) -> tuple[onnx.ModelP
     rng = as_rng(rng)
     c_in, c, o = 2, 4, 3
     p = {
-        "W1": _normal(rng, (c, c_in, 3, 3), c_in * 9),
+        "W1": normal(rng, (c, c_in, 3, 3), c_in * 9),
         "b1": rng.normal(0.0, 0.5, c),
-        **_bn_params(rng, "bn", c),
-        "Wf": _normal(rng, (o, c * 4), c * 4),
+        **bn_params(rng, "bn", c),
+        "Wf": normal(rng, (o, c * 4), c * 4),
         "bf": rng.normal(0.0, 0.5, o),
     }
     nodes = [
         helper.make_node("Conv", ["x", "W1", "b1"], ["c1"], kernel_shape=[3, 3],
                          strides=[1, 1], pads=[1, 1, 1, 1]),
-        _bn_node("bn", "c1", "n1"),
+        bn_node("bn", "c1", "n1"),
         helper.make_node("Relu", ["n1"], ["r1"]),
         helper.make_node("MaxPool", ["r1"], ["m1"], kernel_shape=[3, 3], strides=[2, 2],
                          pads=[1, 1, 1, 1], ceil_mode=1),  # 6x6 -> 4x4
@@ -187,16 +124,16 @@ def conv_bn_pool(rng: np.random.Generator | int | None = 0) -> tuple[onnx.ModelP
         helper.make_node("Flatten", ["a1"], ["f1"], axis=1),
         helper.make_node("Gemm", ["f1", "Wf", "bf"], ["y"], transB=1),
     ]
-    model = _model("conv_bn_pool", nodes, [("x", [1, c_in, 6, 6])], [("y", [1, o])], p)
+    model = make_model(nodes, [("x", [1, c_in, 6, 6])], [("y", [1, o])], p, name="conv_bn_pool", producer="tiny_nets")
 
     def rescale(m: onnx.ModelProto, rng: np.random.Generator) -> onnx.ModelProto:
-        q = get_params(m)
+        q = inits(m, np.float64)
         lam, kap = lambdas(rng, c), lambdas(rng, c)
         q["W1"] *= lam[:, None, None, None]
         q["b1"] *= lam
         _bn_rescale(q, "bn", lam, kap)
         q["Wf"] = _cols_by_channel(q["Wf"], kap, 4)
-        return with_params(m, q)
+        return replace_inits(m, q)
 
     return model, rescale
 
@@ -209,13 +146,13 @@ def residual_concat(
     rng = as_rng(rng)
     c_in, c, c3, o = 2, 3, 2, 3
     p = {
-        "W1": _normal(rng, (c, c_in, 3, 3), c_in * 9),
+        "W1": normal(rng, (c, c_in, 3, 3), c_in * 9),
         "b1": rng.normal(0.1, 0.5, c),
-        "W2": _normal(rng, (c, c, 3, 3), c * 9),
+        "W2": normal(rng, (c, c, 3, 3), c * 9),
         "b2": rng.normal(0.0, 0.5, c),
-        "W3": _normal(rng, (c3, c, 1, 1), c),
+        "W3": normal(rng, (c3, c, 1, 1), c),
         "b3": rng.normal(0.0, 0.5, c3),
-        "Wf": _normal(rng, (o, c + c3), c + c3),
+        "Wf": normal(rng, (o, c + c3), c + c3),
         "bf": rng.normal(0.0, 0.5, o),
     }
     nodes = [
@@ -232,10 +169,10 @@ def residual_concat(
         helper.make_node("Flatten", ["gap"], ["f"]),
         helper.make_node("Gemm", ["f", "Wf", "bf"], ["y"], transB=1),
     ]
-    model = _model("residual_concat", nodes, [("x", [1, c_in, 5, 5])], [("y", [1, o])], p)
+    model = make_model(nodes, [("x", [1, c_in, 5, 5])], [("y", [1, o])], p, name="residual_concat", producer="tiny_nets")
 
     def rescale(m: onnx.ModelProto, rng: np.random.Generator) -> onnx.ModelProto:
-        q = get_params(m)
+        q = inits(m, np.float64)
         lam, nu = lambdas(rng, c), lambdas(rng, c3)
         q["W1"] *= lam[:, None, None, None]
         q["b1"] *= lam
@@ -245,7 +182,7 @@ def residual_concat(
         q["W3"] = _conv_io_scale(q["W3"], nu, lam)
         q["b3"] *= nu
         q["Wf"] = _cols_by_channel(q["Wf"], np.concatenate([lam, nu]), 1)
-        return with_params(m, q)
+        return replace_inits(m, q)
 
     return model, rescale
 
@@ -260,14 +197,14 @@ def everything(rng: np.random.Generator | int | None = 0) -> tuple[onnx.ModelPro
     p = {
         "mean": rng.normal(0.0, 0.5, (1, c_in, 1, 1)),
         "scale": rng.uniform(0.5, 2.0, (1, c_in, 1, 1)) * rng.choice([-1.0, 1.0], (1, c_in, 1, 1)),
-        "W1": _normal(rng, (c, c_in, 2, 2), c_in * 4),
+        "W1": normal(rng, (c, c_in, 2, 2), c_in * 4),
         "b1": rng.normal(0.0, 0.5, c),
-        **_bn_params(rng, "bn", c),
-        "W2": _normal(rng, (c, c // 2, 3, 3), c // 2 * 9),
+        **bn_params(rng, "bn", c),
+        "W2": normal(rng, (c, c // 2, 3, 3), c // 2 * 9),
         "b2": rng.normal(0.0, 0.5, c),
-        "W3": _normal(rng, (c3, c, 1, 1), c),
+        "W3": normal(rng, (c3, c, 1, 1), c),
         "b3": rng.normal(0.0, 0.5, c3),
-        "Wf": _normal(rng, (o, (c + c3) * hw), (c + c3) * hw),
+        "Wf": normal(rng, (o, (c + c3) * hw), (c + c3) * hw),
         "bf": rng.normal(0.0, 0.5, o),
     }
     nodes = [
@@ -275,7 +212,7 @@ def everything(rng: np.random.Generator | int | None = 0) -> tuple[onnx.ModelPro
         helper.make_node("Mul", ["x0", "scale"], ["x1"]),
         helper.make_node("Conv", ["x1", "W1", "b1"], ["c1"], kernel_shape=[2, 2],
                          pads=[0, 0, 1, 1]),  # 5x5 -> 5x5
-        _bn_node("bn", "c1", "n1"),
+        bn_node("bn", "c1", "n1"),
         helper.make_node("Relu", ["n1"], ["r1"]),
         helper.make_node("MaxPool", ["r1"], ["m"], kernel_shape=[2, 2], strides=[2, 2],
                          ceil_mode=1),  # 5x5 -> 3x3
@@ -290,10 +227,10 @@ def everything(rng: np.random.Generator | int | None = 0) -> tuple[onnx.ModelPro
         helper.make_node("Flatten", ["cat"], ["f"]),
         helper.make_node("Gemm", ["f", "Wf", "bf"], ["y"], transB=1),
     ]
-    model = _model("everything", nodes, [("x", [1, c_in, 5, 5])], [("y", [1, o])], p)
+    model = make_model(nodes, [("x", [1, c_in, 5, 5])], [("y", [1, o])], p, name="everything", producer="tiny_nets")
 
     def rescale(m: onnx.ModelProto, rng: np.random.Generator) -> onnx.ModelProto:
-        q = get_params(m)
+        q = inits(m, np.float64)
         sig, lam, kap, nu = lambdas(rng, c_in), lambdas(rng, c), lambdas(rng, c), lambdas(rng, c3)
         q["scale"] *= sig[None, :, None, None]  # the Mul neurons (the Sub ones are not free)
         q["W1"] = _conv_io_scale(q["W1"], lam, sig)
@@ -304,7 +241,7 @@ def everything(rng: np.random.Generator | int | None = 0) -> tuple[onnx.ModelPro
         q["W3"] = _conv_io_scale(q["W3"], nu, kap)
         q["b3"] *= nu
         q["Wf"] = _cols_by_channel(q["Wf"], np.concatenate([kap, nu]), hw)
-        return with_params(m, q)
+        return replace_inits(m, q)
 
     return model, rescale
 
@@ -315,9 +252,9 @@ def matmul_net(rng: np.random.Generator | int | None = 0) -> tuple[onnx.ModelPro
     rng = as_rng(rng)
     d, h, o = 4, 6, 3
     p = {
-        "W1": _normal(rng, (d, h), d),
+        "W1": normal(rng, (d, h), d),
         "b1": rng.normal(0.1, 0.5, h),
-        "W2": _normal(rng, (h, o), h),
+        "W2": normal(rng, (h, o), h),
         "b2": rng.normal(0.0, 0.5, o),
     }
     nodes = [
@@ -327,15 +264,15 @@ def matmul_net(rng: np.random.Generator | int | None = 0) -> tuple[onnx.ModelPro
         helper.make_node("MatMul", ["r1", "W2"], ["h2"]),
         helper.make_node("Add", ["b2", "h2"], ["y"]),
     ]
-    model = _model("matmul_net", nodes, [("x", [1, 2, 3, d])], [("y", [1, 2, 3, o])], p)
+    model = make_model(nodes, [("x", [1, 2, 3, d])], [("y", [1, 2, 3, o])], p, name="matmul_net", producer="tiny_nets")
 
     def rescale(m: onnx.ModelProto, rng: np.random.Generator) -> onnx.ModelProto:
-        q = get_params(m)
+        q = inits(m, np.float64)
         lam = lambdas(rng, h)
         q["W1"] *= lam[None, :]
         q["b1"] *= lam
         q["W2"] /= lam[:, None]
-        return with_params(m, q)
+        return replace_inits(m, q)
 
     return model, rescale
 
