@@ -13,8 +13,8 @@ from oracle import brute_force_path_norm
 
 from onnx_pathlift.channels import channel_graph
 from onnx_pathlift.importer import import_prepared
-from onnx_pathlift.load import prepare
 from onnx_pathlift.metric import _change, search_box
+from onnx_pathlift.prepare import prepare
 from onnx_pathlift.scores import path_magnitude
 
 # --------------------------------------------------------------------------------------------

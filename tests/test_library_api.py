@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import make_model, run_main
+from builders import make_model
+from conftest import run_main
 from onnx import helper
 
 from onnx_pathlift import api, cli, metric, path_norm, quant_bound
