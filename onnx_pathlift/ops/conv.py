@@ -24,7 +24,6 @@ from ..graph import (
     neg_exp,
     on_axis,
     pow_row_reduce,
-    pow_scaled,
     scaled_power,
 )
 from .base import (
@@ -67,9 +66,12 @@ class Conv(LayerOp):
         share filters with other channels' (no 1/λ per input channel)."""
         return RescaleAxes(1, 0, 1 if layer.attrs["group"] == 1 else None, False)
 
-    def gain_log2(self, m: np.ndarray, attrs: dict) -> float:
-        """``log2`` of the largest lifted output on an all-ones input of ``|W|**q = m``: a whole filter's sum."""
-        growth = float(m.reshape(m.shape[0], -1).sum(axis=1).max(initial=0.0))
+    def gain_log2(self, layer: Layer, q: float) -> float:
+        """``log2`` of the largest lifted output on an all-ones input of ``|W|**q · 2**-e`` (``e`` of
+        :func:`~onnx_pathlift.graph.pow_exponent`): a whole filter's sum."""
+        w = layer.params["W"]
+        sums, _ = pow_row_reduce(w, w.reshape(w.shape[0], -1), q, lambda m: m.sum(axis=1))
+        growth = float(sums.max(initial=0.0))
         return math.log2(growth) if growth > 0 else -math.inf
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
@@ -99,9 +101,9 @@ class Conv(LayerOp):
             y = b.op(self.onnx_op, [xs[0].tensor, b.const(scaled_power(w, q, *shifts), "absW")], self.op, **layer.attrs)
             k_out = compact(on_axis(t_out, len(layer.shape), 1), layer.shape)
             return lift_bias(b, layer, Scaled(y, k_out), q, k_out)
-        m, e = pow_scaled(w, q)
-        y = b.op(self.onnx_op, [xs[0].tensor, b.const(m, "absW")], self.op, **layer.attrs)
-        y = b.shift(Scaled(y, xs[0].log2, xs[0].bound + max(self.gain_log2(m, layer.attrs), 0.0), dirty=True), e)
+        c, e = b.abs_power(w, q, "absW")
+        y = b.op(self.onnx_op, [xs[0].tensor, c], self.op, **layer.attrs)
+        y = b.shift(Scaled(y, xs[0].log2, xs[0].bound + max(self.gain_log2(layer, q), 0.0), dirty=True), e)
         return lift_bias(b, layer, y, q)
 
     def bound(self, layer, bs, shapes, q):
@@ -132,8 +134,8 @@ class Conv(LayerOp):
         return split_weight(a, b)
 
     def adjoint(self, b, layer, xs, g, in_shapes):
-        m, e = pow_scaled(layer.params["W"], 1.0)
-        w = b.const(m, "absW")
+        m = layer.params["W"]  # its shape; the constant |W| · 2**-e is shared with the forward pass
+        w, e = b.abs_power(m, 1.0, "absW")
         a, x_shape, y_shape = layer.attrs, in_shapes[0], layer.shape
         if x_shape[0] != 1:  # the kernel correlation below sums over positions of one sample
             raise PathliftError(f"layer {layer.name!r}: kernel scores of a conv layer are computed for batch 1, and this "

@@ -79,8 +79,9 @@ class ConvTranspose(Conv):
         input channels on axis 0."""
         return RescaleAxes(1, 1, 0, False) if layer.attrs["group"] == 1 else None
 
-    def gain_log2(self, m: np.ndarray, attrs: dict) -> float:
-        return float(np.max(_log2_phase_gain(m, attrs, np.zeros(m.shape[0]))))  # the largest phase sum
+    def gain_log2(self, layer: Layer, q: float) -> float:
+        m, _ = pow_scaled(layer.params["W"], q)
+        return float(np.max(_log2_phase_gain(m, layer.attrs, np.zeros(m.shape[0]))))  # the largest phase sum
 
     def rounding_ops(self, layer, in_shapes) -> int:
         w = layer.params["W"]
@@ -99,8 +100,8 @@ class ConvTranspose(Conv):
         return bias_bound(layer, on_axis(out, len(layer.shape), 1), q)
 
     def adjoint(self, b, layer, xs, g, in_shapes):
-        m, e = pow_scaled(layer.params["W"], 1.0)
-        w = b.const(m, "absW")
+        m = layer.params["W"]  # its shape; the constant |W| · 2**-e is shared with the forward pass
+        w, e = b.abs_power(m, 1.0, "absW")
         a, x_shape, y_shape = layer.attrs, in_shapes[0], layer.shape
         n, kernel, groups = len(x_shape) - 2, list(m.shape[2:]), a["group"]
         s, d, pads = a["strides"], a["dilations"], a["pads"]

@@ -26,6 +26,7 @@ from ..graph import (
     lost_below,
     neg_exp,
     on_axis,
+    pow_row_reduce,
     pow_scaled,
     scaled_power,
 )
@@ -90,14 +91,20 @@ class Dense(LayerOp):
                 return lift_bias(b, layer, Scaled(b.op("Gemm", [xs[0].tensor, w], "dense", transB=1), k_out), q, k_out)
             args = [xs[0].tensor, w] if right else [w, xs[0].tensor]
             return lift_bias(b, layer, Scaled(b.op("MatMul", args, "dense"), k_out), q, k_out)
-        m, e = pow_scaled(layer.params["W"], q)
-        w = b.const(m, "absW")
-        args = [xs[0].tensor, w] if right else [w, xs[0].tensor]
+        w = layer.params["W"]
+        stored = _stored_transposed(layer)
+        c, e = b.abs_power(w.T if stored else w, q, "absW")
+        if stored:  # the (out, in) layout as stored: x @ Wᵀᵀ
+            y = b.op("Gemm", [xs[0].tensor, c], "dense", transB=1)
+        else:
+            y = b.op("MatMul", [xs[0].tensor, c] if right else [c, xs[0].tensor], "dense")
         # largest output ≤ (max input) · largest sum of the weights feeding one output
-        sums = m.sum(axis=-2 if right and m.ndim > 1 else -1)
+        if w.ndim == 2:
+            sums, _ = pow_row_reduce(w, w.T if right else w, q, lambda m: m.sum(axis=1))
+        else:
+            sums = pow_scaled(w, q)[0].sum(axis=-2 if right and w.ndim > 1 else -1)
         growth = math.log2(max(float(np.max(sums, initial=0.0)), 1.0))
-        y = b.shift(Scaled(b.op("MatMul", args, "dense"), xs[0].log2, xs[0].bound + growth, dirty=True), e)
-        return lift_bias(b, layer, y, q)
+        return lift_bias(b, layer, b.shift(Scaled(y, xs[0].log2, xs[0].bound + growth, dirty=True), e), q)
 
     def _static_weight(self, b: LiftBuilder, layer: Layer, x: Scaled, q: float):
         """``|W|**q · 2**(k_in − k_out)`` entry by entry (input exponents along the contracted axis,
@@ -112,7 +119,7 @@ class Dense(LayerOp):
         k_in = exp_vector(x.log2, n_in, axis)
         t_out = exp_vector(b.target, n_out, axis)
         k_out = compact(on_axis(t_out, rank, axis), layer.shape)
-        if right and rank == 2 and w.T.flags.c_contiguous and not w.flags.c_contiguous:
+        if _stored_transposed(layer):
             return b.const(scaled_power(w.T, q, k_in[None, :], neg_exp(t_out)[:, None]), "absWT"), k_out, True
         shifts = (k_in[:, None], neg_exp(t_out)[None, :]) if right else (k_in[None, :], neg_exp(t_out)[:, None])
         return b.const(scaled_power(w, q, *shifts), "absW"), k_out, False
@@ -140,18 +147,23 @@ class Dense(LayerOp):
         return split_weight(a, b)
 
     def adjoint(self, b, layer, xs, g, in_shapes):
-        m, e = pow_scaled(layer.params["W"], 1.0)
-        if m.ndim != 2:
+        w = layer.params["W"]
+        if w.ndim != 2:
             raise PathliftError(f"layer {layer.name!r}: scores of a batched constant MatMul are not supported")
-        right = layer.attrs["side"] == "right"
-        wt = b.const(m.T, "absWT")
-        gx = b.shift(Scaled(b.op("MatMul", [g.tensor, wt] if right else [wt, g.tensor], "adj"), g.log2), e)
+        right, stored = layer.attrs["side"] == "right", _stored_transposed(layer)
+        c, e = b.abs_power(w.T if stored else w, 1.0, "absW")  # the forward pass's constant
+        if stored:  # c = |W|ᵀ as stored: g @ Wᵀ = g @ c, and |W| = cᵀ
+            gx, absw = b.op("MatMul", [g.tensor, c], "adj"), b.op("Transpose", [c], "absW", perm=[1, 0])
+        else:
+            wt = b.op("Transpose", [c], "absWT", perm=[1, 0])
+            gx, absw = b.op("MatMul", [g.tensor, wt] if right else [wt, g.tensor], "adj"), c
+        gx = b.shift(Scaled(gx, g.log2), e)
         # y = x W: Σ over rows of x_k g_n;  y = W x: Σ over columns of g_m x_k
         lead = -1 if right else -2  # the axes before these are summed over (batch, rows)
         x3 = b.op("Reshape", [xs[0].tensor, b.ints([-1, *in_shapes[0][lead:]], "shape")], "x3")
         g3 = b.op("Reshape", [g.tensor, b.ints([-1, *layer.shape[lead:]], "shape")], "g3")
-        c = b.op("Einsum", [x3, g3], "corr", equation="bk,bn->kn" if right else "bkn,bmn->mk")
-        s = b.op("Mul", [c, b.const(m, "absW")], "score")
+        corr = b.op("Einsum", [x3, g3], "corr", equation="bk,bn->kn" if right else "bkn,bmn->mk")
+        s = b.op("Mul", [corr, absw], "score")
         return [gx], {"W": Scaled(s, product_exponent(b, xs[0], g, e))}
 
     def linf_gain(self, layer: Layer) -> float:
@@ -185,6 +197,13 @@ class Dense(LayerOp):
         if s is None:
             return None
         return replace(layer, params={**layer.params, "W": w * (s[:, None] if right else s[None, :])})
+
+
+def _stored_transposed(layer: Layer) -> bool:
+    """Whether ``W`` of ``x @ W`` (2-D ``x``) is a transposed view of an ``(out, in)`` array (a Gemm
+    ``transB`` weight): lifted weights keep that layout, read by Gemm ``transB`` (no transposing copy)."""
+    w = layer.params["W"]
+    return layer.attrs["side"] == "right" and len(layer.shape) == 2 and w.ndim == 2 and w.T.flags.c_contiguous and not w.flags.c_contiguous
 
 
 def _log2(x: float) -> float:
