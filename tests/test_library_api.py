@@ -47,6 +47,20 @@ def closed_form(q: float) -> float:
     return float(total ** (1.0 / q))
 
 
+def test_compute_norms_one_session_per_q_gives_the_same_certified_norms(tmp_path, monkeypatch) -> None:
+    """Large models get one lifted session per q (less memory at once): same values and intervals,
+    and both match the closed form."""
+    path = tmp_path / "mlp.onnx"
+    onnx.save(mlp(), path)
+    together = api.compute_norms(str(path), [1.0, 2.0, 3.0]).norms
+    monkeypatch.setattr(api, "ONE_SESSION_BYTES", 0)
+    apart = api.compute_norms(str(path), [1.0, 2.0, 3.0]).norms
+    assert [n.q for n in apart] == [1.0, 2.0, 3.0]
+    for a, b in zip(together, apart):
+        assert (a.lower_log10, a.log10, a.upper_log10, a.certified) == (b.lower_log10, b.log10, b.upper_log10, b.certified)
+        assert b.value == pytest.approx(closed_form(b.q), rel=1e-6)
+
+
 def test_compute_norms_matches_the_closed_form_and_the_cli_json(tmp_path, capsys) -> None:
     path = tmp_path / "mlp.onnx"
     onnx.save(mlp(), path)
