@@ -236,12 +236,7 @@ def log2_range(a: np.ndarray) -> tuple[float, float]:
         return hit[1]
     v = np.asarray(a)
     if v.dtype.kind == "f" and v.dtype.itemsize in _MAGNITUDE_BITS and v.size:
-        uint, mask = _MAGNITUDE_BITS[v.dtype.itemsize]
-        bits = np.bitwise_and(v.view(uint), uint(mask))
-        top = float(bits.max().view(v.dtype))
-        if top > 0:
-            bits -= uint(1)  # 0 wraps to the largest integer: the minimum is over the nonzero entries
-            low = float((bits.min() + uint(1)).view(v.dtype))
+        low, top = _magnitude_range(v)
     else:
         top = max(float(v.max(initial=0.0)), -float(v.min(initial=0.0)))
         low = min(float(v.min(where=v > 0, initial=np.inf)), -float(v.max(where=v < 0, initial=-np.inf)))
@@ -250,6 +245,25 @@ def log2_range(a: np.ndarray) -> tuple[float, float]:
         key = id(a)
         _RANGE_CACHE[key] = (weakref.ref(a, lambda _: _RANGE_CACHE.pop(key, None)), result)
     return result
+
+
+def _magnitude_range(v: np.ndarray) -> tuple[float, float]:
+    """``(min nonzero |v|, max |v|)`` of a float32/float64 array from its magnitude bits, a block at a
+    time through one small buffer (a transposed view is read in its memory order)."""
+    uint, mask = _MAGNITUDE_BITS[v.dtype.itemsize]
+    flat = (v.T if v.flags.f_contiguous else v).reshape(-1).view(uint)  # a view unless v is scattered
+    step = min(flat.size, _BLOCK)
+    buf = np.empty(step, dtype=uint)
+    top, low = uint(0), uint(np.iinfo(uint).max)
+    for i in range(0, flat.size, step):
+        bits = np.bitwise_and(flat[i:i + step], uint(mask), out=buf[:min(step, flat.size - i)])
+        top = max(top, bits.max())
+        bits -= uint(1)  # 0 wraps to the largest integer: the minimum is over the nonzero entries
+        low = min(low, bits.min())
+    as_float = np.zeros(2, dtype=uint)
+    as_float[:] = (low + uint(1) if top else 0, top)
+    lo, hi = (float(x) for x in as_float.view(v.dtype))
+    return lo, hi
 
 
 def lost_below(a: np.ndarray, q: float) -> bool:
