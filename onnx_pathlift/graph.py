@@ -443,17 +443,18 @@ class LiftBuilder(GraphBuilder):
         self.static = static
         self.target: Exponent | None = None  # static mode: the exponent map the current layer settles at
         self.spread = 0.0  # static mode: log2 of the largest factor a collapse put a neuron below its exponent
-        self._powers: dict[tuple[int, float], tuple[np.ndarray, str, int]] = {}  # see abs_power
+        self._powers: dict[tuple[int, float, bool], tuple[np.ndarray, str, int]] = {}  # see abs_power
 
-    def abs_power(self, a: np.ndarray, q: float, hint: str) -> tuple[str, int]:
-        """``|a|**q · 2**-e`` as a float32 constant and ``e`` (:func:`pow_exponent`): the values of
-        :func:`pow_scaled`, rounded once to float32, built once per parameter array and q (a lifted
-        layer and its adjoint share one constant)."""
-        hit = self._powers.get((id(a), q))
+    def abs_power(self, a: np.ndarray, q: float, hint: str, transposed: bool = False) -> tuple[str, int]:
+        """``|a|**q · 2**-e`` (of ``aᵀ`` when ``transposed``) as a float32 constant and ``e``
+        (:func:`pow_exponent`): the values of :func:`pow_scaled`, rounded once to float32, built once
+        per parameter array and q (a lifted layer and its adjoint share one constant)."""
+        key = (id(a), q, transposed)
+        hit = self._powers.get(key)
         if hit is None or hit[0] is not a:
             e = pow_exponent(a, q)[0]
-            hit = (a, self.const(scaled_power(a, q, np.asarray(float(-e))), hint), e)
-            self._powers[(id(a), q)] = hit
+            hit = (a, self.const(scaled_power(a.T if transposed else a, q, np.asarray(float(-e))), hint), e)
+            self._powers[key] = hit
         return hit[1], hit[2]
 
     def begin(self, target: Exponent | None) -> None:

@@ -93,7 +93,7 @@ class Dense(LayerOp):
             return lift_bias(b, layer, Scaled(b.op("MatMul", args, "dense"), k_out), q, k_out)
         w = layer.params["W"]
         stored = _stored_transposed(layer)
-        c, e = b.abs_power(w.T if stored else w, q, "absW")
+        c, e = b.abs_power(w, q, "absW", transposed=stored)
         if stored:  # the (out, in) layout as stored: x @ Wᵀᵀ
             y = b.op("Gemm", [xs[0].tensor, c], "dense", transB=1)
         else:
@@ -151,7 +151,7 @@ class Dense(LayerOp):
         if w.ndim != 2:
             raise PathliftError(f"layer {layer.name!r}: scores of a batched constant MatMul are not supported")
         right, stored = layer.attrs["side"] == "right", _stored_transposed(layer)
-        c, e = b.abs_power(w.T if stored else w, 1.0, "absW")  # the forward pass's constant
+        c, e = b.abs_power(w, 1.0, "absW", transposed=stored)  # the forward pass's constant
         if stored:  # c = |W|ᵀ as stored: g @ Wᵀ = g @ c, and |W| = cᵀ
             gx, absw = b.op("MatMul", [g.tensor, c], "adj"), b.op("Transpose", [c], "absW", perm=[1, 0])
         else:
