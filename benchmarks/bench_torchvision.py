@@ -271,7 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows = {}
     for name in args.models or (GROWTH if args.stages else MODELS):
-        path = Path(child("export", name, str(args.workdir))["path"])
+        if name.endswith(".onnx"):  # a model file (for --stages: the small end of the growth table)
+            path, name = Path(name), Path(name).stem
+        else:
+            path = Path(child("export", name, str(args.workdir))["path"])
         print(f"{name}: {path.stat().st_size / 2**20:.0f} MB", file=sys.stderr, flush=True)
         if args.stages:
             rows[name] = stages(path)
