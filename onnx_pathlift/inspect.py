@@ -145,7 +145,7 @@ def _imported(trace: ImportTrace) -> list[Imported]:
     if dag is not None:
         for _, data in dag.graph.nodes(data=True):
             layer = data["layer"]
-            if layer.op != "input":
+            if layer.inputs:  # graph inputs are layers without inputs, not imported nodes
                 by_source.setdefault(layer.source, []).append(layer.op)
     refused, blocked = {r.node for r in trace.refusals}, {id(n) for n in trace.blocked}
     groups: dict[str, Counter] = {}
@@ -218,9 +218,9 @@ def inspect_model(source: ModelSource, input_shape=None, outputs: list[str] | No
     if dag is not None:
         report.notes = list(dag.notes)
         report.activation_qdq = dag.activation_qdq
-        report.layer_kinds = {k: v for k, v in sorted(dag.kind_counts().items(), key=lambda kv: -kv[1]) if k != "input"}
-        ops = Counter(data["layer"].op for _, data in dag.graph.nodes(data=True))
-        ops.pop("input", None)
+        layers = [data["layer"] for _, data in dag.graph.nodes(data=True) if data["layer"].inputs]  # not graph inputs
+        report.layer_kinds = dict(Counter(data["kind"] for _, data in dag.graph.nodes(data=True) if data["layer"].inputs).most_common())
+        ops = Counter(layer.op for layer in layers)
         report.layer_ops = dict(ops.most_common())
         report.layers = sum(ops.values())
         if report.status == "ok":

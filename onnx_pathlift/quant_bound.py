@@ -25,13 +25,11 @@ from .dag import ActivationQuantizer, Dag
 from .metric import log10_sum, pair_layers
 from .norm import LiftedSession, combine_runs
 from .numeric import log10_value
+from .ops import LAYER_OPS
 from .transforms import CUT, MASS, bypassed, cut_at, injected, with_params_of, without_biases
 
 #: relative margin on lifted float32 masses (sums of non-negative terms, rounded to nearest)
 MARGIN = 1e-3
-# ops whose output is ≥ 0 when every input is (ReLU always): pools, reductions, moves of neurons
-_KEEPS_SIGN = {"maxpool", "avgpool", "globalpool", "reduce", "reshape", "transpose", "slice", "select",
-               "flat_select", "depth_space", "concat"}
 
 
 @dataclass
@@ -68,7 +66,7 @@ def _points(quantized: Dag, ref: Dag, pairs: dict[str, str]) -> list[_Point] | s
             return f"quantizer {q.node!r} has a scale or zero point that does not fit its tensor"
         if q.output_layer != q.input_layer and q.output_layer in inv:
             point = _Point(inv[q.output_layer], True, q)
-            if ref.layer(point.layer).op != "relu":
+            if not LAYER_OPS[ref.layer(point.layer).op].folds_into_quantizer:
                 return f"quantizer {q.node!r} folds a ReLU the float architecture does not have there"
         elif q.input_layer in inv:
             point = _Point(inv[q.input_layer], False, q)
@@ -90,7 +88,7 @@ def _magnitudes(float_net: Dag, points: list[_Point], r: float, providers) -> di
         s, zp = _on_layer(p.q.scale, p.q, shape), _on_layer(p.q.zero_point, p.q, shape)
         limit[p.layer] = np.maximum(np.abs((p.q.q_min - zp) * s), np.abs((p.q.q_max - zp) * s))
     out = {p.layer: np.full(float_net.layer(p.layer).shape, float(r)) for p in points
-           if float_net.layer(p.layer).op == "input"}
+           if not float_net.layer(p.layer).inputs}  # graph inputs
     cut = cut_at(float_net, set(limit))
     if not cut.outputs:
         return out
@@ -116,12 +114,7 @@ def _nonnegative(dag: Dag, points: list[_Point]) -> set[str]:
     (a quantizer is monotone with Q(0) = 0, so it keeps u ≥ 0; a folded ReLU makes it so)."""
     pos: set[str] = {p.layer for p in points if p.relu}
     for layer in dag.layers():
-        ins = all(i in pos for i in layer.inputs) and bool(layer.inputs)
-        if layer.op == "relu" or (layer.op in _KEEPS_SIGN and ins):
-            pos.add(layer.name)
-        elif layer.op == "sum" and ins and all(s > 0 for s in layer.attrs.get("signs", [1] * len(layer.inputs))):
-            pos.add(layer.name)
-        elif layer.op == "affine" and ins and all(np.all(v >= 0) for v in layer.params.values()):
+        if LAYER_OPS[layer.op].nonnegative(layer, all(i in pos for i in layer.inputs) and bool(layer.inputs)):
             pos.add(layer.name)
     return pos
 
@@ -206,10 +199,10 @@ class Certificate:
 def _stepped_over(dag: Dag, paired: set[str]) -> tuple[set[str], str | None]:
     """The ReLUs of ``dag`` that pairing stepped over, and why that is not sound when one of them is
     not a quantizer's folded ReLU (then the two architectures really differ)."""
-    stepped = {layer.name for layer in dag.layers() if layer.op == "relu" and layer.name not in paired}
+    stepped = {layer.name for layer in dag.layers() if LAYER_OPS[layer.op].folds_into_quantizer and layer.name not in paired}
     folding = [q for q in dag.quantizers if q.output_layer != q.input_layer]
     # a ReLU the quantizer folds, or a ReLU right before it (relu then a clip at 0: one ReLU)
-    folded = {q.output_layer for q in folding} | {q.input_layer for q in folding if dag.layer(q.input_layer).op == "relu"}
+    folded = {q.output_layer for q in folding} | {q.input_layer for q in folding if LAYER_OPS[dag.layer(q.input_layer).op].folds_into_quantizer}
     extra = sorted(stepped - folded)
     return stepped, (f"ReLU {extra[0]!r} is in one model only and is not a quantizer's" if extra else None)
 

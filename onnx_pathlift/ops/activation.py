@@ -41,6 +41,9 @@ class Relu(ParameterFree, OneLipschitz):
     rescale_role = "per_channel"  # relu(λx) = λ·relu(x) for λ > 0
     folds_into_quantizer = True  # a quantizer whose range starts at 0 clips like a ReLU
 
+    def nonnegative(self, layer: Layer, inputs: bool) -> bool:
+        return True
+
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         return b.op("Relu", xs, "relu")
 

@@ -53,6 +53,9 @@ class Affine(LayerOp):
             y = b.op("Add", [y, b.const(layer.params["bias"], "bias")], "bias")
         return y
 
+    def nonnegative(self, layer: Layer, inputs: bool) -> bool:
+        return inputs and all(np.all(v >= 0) for v in layer.params.values())
+
     def map_axis(self, layer: Layer) -> str:
         return ANY
 
@@ -121,6 +124,9 @@ class Sum(ParameterFree, OneLipschitz):
         for x, sign in zip(xs[1:], layer.attrs["signs"][1:]):
             y = b.op("Add" if sign > 0 else "Sub", [y, x], "sum")
         return y
+
+    def nonnegative(self, layer: Layer, inputs: bool) -> bool:
+        return inputs and all(s > 0 for s in layer.attrs.get("signs", [1] * len(layer.inputs)))
 
     def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
         tensors, k = b.align(xs)

@@ -144,12 +144,20 @@ class LayerOp:
     #: whether an activation quantizer (QuantizeLinear→DequantizeLinear) may fold this layer into its
     #: clipping range, so that two spellings of one model differ by it (a ReLU; see :func:`onnx_pathlift.metric.pair_layers`)
     folds_into_quantizer: ClassVar[bool] = False
+    #: whether its output is ≥ 0 whenever every input is (it moves, pools or reduces them): see
+    #: :meth:`nonnegative`
+    keeps_sign: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         derived = {cap for cap, methods in CAPABILITY_METHODS.items()
                    if all(getattr(cls, m) is not getattr(LayerOp, m) for m in methods)}
         cls.capabilities = frozenset(derived | ({RESCALE} if cls.rescale_role else set()))
+
+    def nonnegative(self, layer: Layer, inputs: bool) -> bool:
+        """Whether the output is ≥ 0 for every input, given whether all its inputs are ≥ 0 (``inputs``):
+        the activation-quantization bound (:mod:`onnx_pathlift.quant_bound`) uses it."""
+        return self.keeps_sign and inputs
 
     def map_axis(self, layer: Layer) -> int | str | None:
         """Static scales: the axis of its inputs along which an exponent map may vary when ``lift``
@@ -268,6 +276,7 @@ class MovesNeurons(ParameterFree, OneLipschitz):
     its lifted form is the op itself on the lifted tensor, scale unchanged."""
 
     accepts_dirty = True
+    keeps_sign = True
 
     def adjoint(self, b, layer, xs, g, in_shapes):
         return [replace(g, tensor=self.move_back(b, layer, g.tensor, in_shapes[0]))], {}

@@ -78,6 +78,7 @@ def _pool_attrs(layer: Layer, names: tuple[str, ...]) -> dict:
 @layer_op
 class MaxPool(ParameterFree, OneLipschitz):
     op = "maxpool"
+    keeps_sign = True
     kind = "pool"
     rescale_role = "per_channel"
     accepts_dirty = True
@@ -105,6 +106,7 @@ class MaxPool(ParameterFree, OneLipschitz):
 @layer_op
 class AveragePool(ParameterFree, OneLipschitz):
     op = "avgpool"
+    keeps_sign = True
     kind = "pool"
     rescale_role = "per_channel"
     _ATTRS = ("kernel_shape", "strides", "pads", "dilations", "ceil_mode", "count_include_pad")
@@ -152,6 +154,7 @@ class GlobalPool(ParameterFree, OneLipschitz):
     """Global max (lifted: sum) or average (lifted: N**-q · sum) pooling over spatial axes."""
 
     op = "globalpool"
+    keeps_sign = True
     kind = "pool"
     rescale_role = "per_channel"
     accepts_dirty = True

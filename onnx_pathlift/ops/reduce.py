@@ -41,6 +41,7 @@ class Reduce(ParameterFree):
     """Reduction over ``axes``; attrs mode (sum, mean, max, min), axes, keepdims and count (``N``)."""
 
     op = "reduce"
+    keeps_sign = True
     kind = "pool"
     accepts_dirty = True
 

@@ -77,6 +77,7 @@ class Pad(MovesNeurons):
     the lifted layer is the same Pad."""
 
     op = "pad"
+    keeps_sign = False  # as analysed by the activation bound: a padding constant may be negative
     kind = "reshape"
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
@@ -132,6 +133,7 @@ def import_pad(node, ctx: ImportContext) -> None:
 @layer_op
 class Concat(ParameterFree, OneLipschitz):
     op = "concat"
+    keeps_sign = True
     kind = "skip"
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
