@@ -283,7 +283,8 @@ def scaled_power(a: np.ndarray, q: float, *shifts: np.ndarray) -> np.ndarray:
     low, top = log2_range(a)
     parts = _balanced([np.asarray(s, dtype=np.float64) for s in shifts])
     reach = sum(float(np.abs(s[np.isfinite(s)]).max(initial=0.0)) for s in parts)
-    if top == -math.inf or (q in (1.0, 2.0) and np.asarray(a).dtype == np.float32 and _normal_float32(q * low, q * top, parts)):
+    if top == -math.inf or (q in (1.0, 2.0) and np.asarray(a).dtype == np.float32 and _normal_float32(q * low, q * top, parts)
+                            and all(np.array_equal(p[np.isfinite(p)], np.round(p[np.isfinite(p)])) for p in parts)):
         return _float32_power(a, q, parts)
     m = np.asarray(np.abs(np.asarray(a), dtype=np.float64, order="C"))  # the one copy (a transposed weight is laid out here)
     shape = np.broadcast_shapes(m.shape, *(p.shape for p in parts))
@@ -333,8 +334,8 @@ def _normal_float32(low: float, top: float, shifts: list[np.ndarray]) -> bool:
 
 
 def _float32_power(a: np.ndarray, q: float, shifts: list[np.ndarray]) -> np.ndarray:
-    """:func:`scaled_power` for a float32 ``a``, q ∈ {1, 2}, when ``|a|**q`` and every product with
-    the ``2**shift`` factors are normal float32 numbers (or 0): ``|a|`` is exact, ``a·a`` is the
+    """:func:`scaled_power` for a float32 ``a``, q ∈ {1, 2} and integer shifts, when ``|a|**q`` and every
+    product with the ``2**shift`` factors are normal float32 numbers (or 0): ``|a|`` is exact, ``a·a`` is the
     correctly rounded square (the exact square has 48 bits, so float64 then float32 rounds the same
     way once), and scaling by a power of two is exact; so this equals the float64 computation, in a
     quarter of the memory traffic."""

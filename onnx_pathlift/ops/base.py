@@ -356,7 +356,8 @@ def log2_power_matvec32(a: np.ndarray, rows: np.ndarray, q: float, lu: np.ndarra
     Error (Higham, nonnegative terms, no underflow): with ``v = fl32(2**(lu − top))`` (relative error
     ≤ u), ``|w|²`` rounded once (≤ u), and the float32 dot products of ``n`` terms (``ŝ ≥ s(1 − γ_n)``
     in any summation order, ``γ_n = nu/(1 − nu)``): ``s ≤ ŝ / ((1 − u)² (1 − γ_n))``, rounded up once
-    more in float64."""
+    more in float64 (``1 + 2**-48`` covers float64's ``exp2`` and this formula), and ``2**-40`` added to
+    the log2 (its own rounding)."""
     n = rows.shape[1]
     top = float(np.max(lu, initial=-np.inf))
     if q not in (1.0, 2.0) or a.dtype != np.float32 or not 0 < n < 2**20 or not np.isfinite(top):
@@ -364,7 +365,8 @@ def log2_power_matvec32(a: np.ndarray, rows: np.ndarray, q: float, lu: np.ndarra
     low_w, top_w = log2_range(a)
     if top_w == -math.inf:
         return np.full(rows.shape[0], -np.inf)
-    if q * top_w + math.log2(n) > 125 or q * low_w + float(lu[np.isfinite(lu)].min()) - top < -125:
+    spread = float(lu[np.isfinite(lu)].min()) - top  # each factor 2**(lu − top) and each product: normal float32
+    if q * top_w + math.log2(n) > 125 or spread < -125 or q * low_w + spread < -125:
         return None
     v = np.exp2(lu - top).astype(np.float32)
     step = max(1, 2**22 // n)
@@ -376,7 +378,7 @@ def log2_power_matvec32(a: np.ndarray, rows: np.ndarray, q: float, lu: np.ndarra
         sums[i:i + step] = m @ v
     gamma = n * _U32 / (1.0 - n * _U32)
     with np.errstate(divide="ignore"):
-        return np.log2(sums / ((1.0 - _U32) ** 2 * (1.0 - gamma)) * (1.0 + 2.0**-48)) + top
+        return np.log2(sums / ((1.0 - _U32) ** 2 * (1.0 - gamma)) * (1.0 + 2.0**-48)) + (top + 2.0**-40)
 
 
 def log2_rows(w: np.ndarray, q: float, lu: np.ndarray) -> np.ndarray:

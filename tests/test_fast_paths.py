@@ -1,0 +1,92 @@
+"""The float32 fast paths of the lift (issue 12) against the float64 routes they replace.
+
+* ``scaled_power`` on a float32 weight, q = 1 and 2, integer shifts: bit-identical to the float64
+  computation rounded once to float32, including weights and shifts at the edges of float32's normal
+  range (where the fast path must step aside);
+* ``log2_power_matvec32`` (static bounds of dense and ungrouped conv layers): never below the exact
+  ``log2 Σ |w|^q 2^lu`` (math.fsum on exact float64 terms), and within 2·n·u of it;
+* ``log2_range`` from magnitude bits equals ``log2`` of numpy's min/max of ``|a|`` over nonzero entries.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from onnx_pathlift import graph
+from onnx_pathlift.graph import log2_range, scaled_power
+from onnx_pathlift.ops.base import log2_power_matvec32
+
+FLOAT32_POWER = graph._float32_power
+
+
+def _weights(rng: np.random.Generator, shape: tuple[int, ...], low: float, high: float) -> np.ndarray:
+    """float32 weights with log2 magnitudes uniform in [low, high], random signs and some zeros."""
+    w = np.exp2(rng.uniform(low, high, shape)) * rng.choice([-1.0, 1.0], shape)
+    w[rng.random(shape) < 0.05] = 0.0
+    return w.astype(np.float32)
+
+
+def _float64_route(w: np.ndarray, q: float, *shifts: np.ndarray) -> np.ndarray:
+    """|w|^q · 2^(Σ shifts) entry by entry in float64 (exact for q ≤ 2 on float32 values), then float32."""
+    m = np.abs(w.astype(np.float64)) ** q
+    for s in shifts:
+        m = m * np.exp2(s)
+    return m.astype(np.float32)
+
+
+@pytest.mark.parametrize("q", [1.0, 2.0])
+@pytest.mark.parametrize("low, high, reach", [(-20, 4, 10), (-60, -40, 5), (-10, 10, 60), (-70, 0, 0), (30, 60, 5)])
+def test_scaled_power_is_the_float64_computation_rounded_once(q: float, low: float, high: float, reach: int, monkeypatch) -> None:
+    fast = []
+    monkeypatch.setattr(graph, "_float32_power", lambda *args: fast.append(1) or FLOAT32_POWER(*args))
+    rng = np.random.default_rng(abs(int(100 * q) + low + high + reach))
+    w = _weights(rng, (37, 53), low, high)
+    rows = rng.integers(-reach, reach + 1, (37, 1)).astype(np.float64) + 200.0  # k_in − k_out of a deep network:
+    cols = rng.integers(-reach, reach + 1, (1, 53)).astype(np.float64) - 200.0  # both near ±200, the sum small
+    cols[0, 3] = -np.inf  # a neuron known to be 0
+    got = scaled_power(w, q, rows, cols)
+    want = _float64_route(w, q, rows + cols)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+    if (low, high, reach) == (-20, 4, 10) or ((low, high, reach) == (-70, 0, 0) and q == 1.0):
+        assert fast, "the float32 path should have been taken"
+    if (low, high, reach) == (-70, 0, 0) and q == 2.0:
+        assert not fast, "(2^-70)² is subnormal: the float64 route must be taken"
+
+
+@pytest.mark.parametrize("q", [1.0, 2.0])
+@pytest.mark.parametrize("low, high, spread", [(-12, 2, 8), (-30, -2, 30), (-50, -40, 20), (0, 20, 90)])
+def test_float32_bound_is_an_upper_bound_within_its_error_term(q: float, low: float, high: float, spread: float) -> None:
+    rng = np.random.default_rng(abs(int(10 * q) + low + high + int(spread)))
+    w = _weights(rng, (24, 700), low, high)
+    lu = rng.uniform(-spread, 0.0, 700) + 37.25
+    lu[5] = -np.inf
+    got = log2_power_matvec32(w, w, q, lu)
+    if got is None:  # outside float32's normal range: the float64 route is taken
+        assert q * low + (-spread) < -125 or q * high + math.log2(700) > 125 or spread > 125
+        return
+    for row, bound in zip(w.astype(np.float64), got):
+        terms = [abs(x) ** q * 2.0 ** (v - 37.25) for x, v in zip(row, lu) if x != 0 and np.isfinite(v)]
+        exact = math.log2(math.fsum(terms)) + 37.25 if terms else -math.inf
+        assert bound >= exact
+        assert bound - exact <= 2 * 700 * 2.0**-24 + 1e-9
+
+
+def test_float32_bound_steps_aside_where_products_would_be_subnormal() -> None:
+    w = np.full((2, 3), 2.0**-70, np.float32)
+    assert log2_power_matvec32(w, w, 2.0, np.zeros(3)) is None  # (2^-70)² is below float32's normal range
+    assert log2_power_matvec32(w, w, 1.0, np.array([0.0, -40.0, -56.0])) is None  # 2^-70 · 2^-56
+    assert log2_power_matvec32(w, w, 1.0, np.array([0.0, -40.0, -50.0])) is not None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_log2_range_from_magnitude_bits(dtype) -> None:
+    rng = np.random.default_rng(7)
+    for a in (_weights(rng, (300, 41), -140, 20).astype(dtype), _weights(rng, (41, 300), -30, 3).astype(dtype).T,
+              np.zeros((3, 4), dtype), np.array(-0.0, dtype), _weights(rng, (9, 8, 7), -5, 5).astype(dtype)[::2, ::3]):
+        nz = np.abs(a[a != 0]).astype(np.float64)
+        want = (math.log2(nz.min()), math.log2(nz.max())) if nz.size else (-math.inf, -math.inf)
+        assert log2_range(a) == want
