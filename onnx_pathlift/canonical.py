@@ -41,8 +41,6 @@ import numpy as np
 from .dag import Dag, Layer
 from .ops import LAYER_OPS
 
-_LINEAR = {"conv", "deconv", "dense"}
-
 
 class _Work:
     """A mutable copy of a DAG: layers in topological order, the analysed outputs, what was done."""
@@ -149,8 +147,8 @@ def _one_rewrite(w: _Work) -> bool:
             del w.layers[src.name]
             w.applied.append(f"merged affine {src.name!r} into affine {name!r}")
             return True
-        if layer.op == "affine" and src.op in _LINEAR and "scale" in layer.params:
-            folded = LAYER_OPS[src.op].absorb_scale(src, layer.params["scale"])
+        if layer.op == "affine" and "scale" in layer.params:
+            folded = LAYER_OPS[src.op].absorb_scale(src, layer.params["scale"])  # None unless src is linear
             if folded is None:
                 continue
             w.layers[src.name] = replace(folded, origins={})
@@ -201,7 +199,7 @@ def _reordered(layers: dict[str, Layer], first: str, after: str) -> dict[str, La
 
 def _fold_forward(w: _Work, layer: Layer, src: Layer, readers: Counter) -> bool:
     """Fold the scale of affine ``src`` (feeding only ``layer``, a linear layer) into ``layer``'s weights."""
-    if layer.op not in _LINEAR or src.op != "affine" or "scale" not in src.params or not w.only_feeds(src.name, readers):
+    if src.op != "affine" or "scale" not in src.params or not w.only_feeds(src.name, readers):
         return False
     s = src.params["scale"]
     if not np.all(s != 0):

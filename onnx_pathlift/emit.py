@@ -240,7 +240,7 @@ def _fold_scales(dag: Dag) -> list[Layer]:
     def fold(key: str) -> None:
         """Fold parameter ``key`` of each affine layer into the conv/dense layer feeding only it."""
         for i, layer in enumerate(layers):
-            if layer.op != "affine" or key not in layer.params or (key == "bias" and "scale" in layer.params):
+            if not LAYER_OPS[layer.op].folds_into_previous or key not in layer.params or (key == "bias" and "scale" in layer.params):
                 continue
             src = layers[index[layer.inputs[0]]]
             if consumers.get(src.name) != 1 or src.name in dag.outputs.values():

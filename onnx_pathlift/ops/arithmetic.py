@@ -41,6 +41,7 @@ class Affine(LayerOp):
 
     op = "affine"
     kind = "affine"
+    folds_into_previous = True
     accepts_dirty = True
     full_maps = False
     rescale_role = "per_channel"

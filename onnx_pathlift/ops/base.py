@@ -147,6 +147,9 @@ class LayerOp:
     #: whether its output is ≥ 0 whenever every input is (it moves, pools or reduces them): see
     #: :meth:`nonnegative`
     keeps_sign: ClassVar[bool] = False
+    #: a per-channel ``scale ⊙ x + bias`` whose parameters the lifted network folds into the linear
+    #: layer before it (``absorb_scale`` / ``absorb_bias`` of that layer's op)
+    folds_into_previous: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
