@@ -43,14 +43,30 @@ class Scores:
     skipped: dict[str, str] = field(default_factory=dict)  # initializer -> why it has no score
 
     def summary(self) -> list[dict]:
-        """Per weight tensor: its share of ‖Φ‖_1 and quantiles of the per-weight fractions."""
+        """Per weight tensor: its share of ‖Φ‖_1 and quantiles of the per-weight fractions (min and max
+        exact, the others from the fractions rounded to float32: :func:`_quantiles`)."""
         rows = []
         for name, f in self.fraction.items():
-            q = np.quantile(f, [0.0, 0.5, 0.9, 0.99, 1.0]) if f.size else [0.0] * 5
+            q = [float(f.min()), *_quantiles(f, (0.5, 0.9, 0.99)), float(f.max())] if f.size else [0.0] * 5
             rows.append({"initializer": name, "layer": self.layers[name], "size": int(f.size),
                          "share": float(f.sum()), "zeros": int(np.count_nonzero(f == 0)),
                          "quantiles": dict(zip(["min", "median", "p90", "p99", "max"], map(float, q)))})
         return rows
+
+
+def _quantiles(f: np.ndarray, ps: tuple[float, ...]) -> list[float]:
+    """numpy's linear quantiles of ``f`` rounded to float32, from one float32 copy partitioned in place
+    (``np.quantile`` would flatten a float64 copy first: half the memory and time on 10⁸ weights)."""
+    x = (f.T if f.flags.f_contiguous else f).astype(np.float32).reshape(-1)  # memory order: a view, no copy
+    pos = [(x.size - 1) * p for p in ps]
+    kth = sorted({k for h in pos for k in (math.floor(h), min(math.floor(h) + 1, x.size - 1))})
+    x.partition(kth)
+    out = []
+    for h in pos:
+        lo = math.floor(h)
+        a, b = float(x[lo]), float(x[min(lo + 1, x.size - 1)])
+        out.append(a + (h - lo) * (b - a))
+    return out
 
 
 def scores_model(dag: Dag) -> tuple[BuiltModel, list[tuple[str, str]]]:
@@ -109,7 +125,7 @@ def path_magnitude(model: ModelSource | Dag, input_shape=None, providers=None) -
     # N independent samples: every path, and so every score, counts N times; fractions are unchanged
     dag, copies = one_sample(dag)
     proto, scored = scores_model(dag)
-    session = make_session(proto, providers)
+    session = make_session(proto, providers, quick_build=True)
     feeds = {n: np.ones(dag.layer(n).shape, np.float32) for n in dag.inputs}
     names = [o.name for o in session.get_outputs()]
     res = dict(zip(names, session.run(None, feeds)))
@@ -125,7 +141,7 @@ def path_magnitude(model: ModelSource | Dag, input_shape=None, providers=None) -
                for n, k in uses.items() if k > 1}
     for lname, out in scored:
         shift = float(res[out + LOG2_SUFFIX]) - log2_norm
-        f = res[out].astype(np.float64) * np.exp2(shift) if math.isfinite(shift) else np.zeros(res[out].shape)
+        f = np.multiply(res[out], np.exp2(shift), dtype=np.float64) if math.isfinite(shift) else np.zeros(res[out].shape)
         name, f = _to_initializer_layout(dag.layer(lname), f)
         if name not in skipped:
             fraction[name], layers[name] = f, lname
