@@ -160,10 +160,13 @@ class LiftedSession:
     ``per_sample=True`` (default): a network that stacks ``N`` independent samples along a fixed
     batch axis is run for one sample, its lifted outputs counting ``N`` times
     (:func:`onnx_pathlift.samples.one_sample`); ``self.model`` is then the one-sample lifted network.
+
+    ``quick_build=True``: onnxruntime's basic graph rewrites only, for a session run once or twice
+    (:func:`onnx_pathlift.runtime.make_session`); the default suits repeated runs.
     """
 
     def __init__(self, jobs: Sequence[tuple[Dag, float]], providers=None, scales: str = "auto", per_sample: bool = True,
-                 feeds: dict[str, np.ndarray] | None = None):
+                 feeds: dict[str, np.ndarray] | None = None, quick_build: bool = False):
         if scales not in ("auto", "static", "dynamic"):
             raise UsageError(f"scales must be auto, static or dynamic (got {scales!r})")
         by_dag: dict[int, tuple[Dag, int]] = {}  # one proof per DAG, however many q it is lifted at
@@ -174,6 +177,7 @@ class LiftedSession:
         self.jobs = [(twin, float(q)) for (twin, _), (_, q) in zip(twins, jobs)]
         self.copies = [copies for _, copies in twins]
         self.providers, self.scales, self.static = providers, scales, scales != "dynamic"
+        self.quick_build = quick_build  # for a session run once or twice: see runtime.make_session
         first = self.jobs[0][0]
         self.feeds = {name: np.ones(first.layer(name).shape, np.float32) for name in first.inputs}
         for name, v in (feeds or {}).items():
@@ -184,7 +188,7 @@ class LiftedSession:
     def _build(self) -> None:
         self.built, self.budgets = lifted_bundle([(dag, lifted_q(q)) for dag, q in self.jobs], static=self.static,
                                                  input_log2=self.input_log2)
-        self.session = make_session(self.built, self.providers)
+        self.session = make_session(self.built, self.providers, quick_build=self.quick_build)
         tags = [bundle_tag(i, len(self.jobs)) for i in range(len(self.jobs))]
         self._names = [[(o, tag + o, tag + o + LOG2_SUFFIX) for o in dag.outputs] for (dag, _), tag in zip(self.jobs, tags)]
         self._fetch = [n for job in self._names for _, t, k in job for n in (t, k)]

@@ -54,8 +54,10 @@ def make_session(model: ModelProto | BuiltModel, providers: str | list[str] | No
     model as its file says: the extended ones fuse DequantizeLinear → MatMul/Conv into integer kernels
     that quantize a float activation on the fly, which the file does not do.
 
-    ``quick_build``: basic graph rewrites too, for a large graph run once (the scores graph: building
-    it with the extended rewrites took longer than they save; VGG-11-BN 3.5 + 2.5 s → 1.7 + 0.5 s)."""
+    ``quick_build``: basic graph rewrites too, for a graph run once or twice (the CLI's
+    lifted networks, the scores graph): the extended rewrites (blocked layouts, fusions) cost more to
+    build than they save in one run (``benchmarks/bench_session_levels.py``: lifted ResNet-50 at q = 1, 2
+    0.35 + 0.08 s → 0.05 + 0.06 s; VGG-11-BN scores 1.9 + 1.2 s → 1.6 + 0.7 s)."""
     names = resolve_providers(providers)
     opts = ort.SessionOptions()
     opts.log_severity_level = 4  # fatal only: its errors reach us as exceptions, not coloured logs
