@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .atomic import refuse_overwriting_input, write_bytes, write_with
-from .audit.record import InputShape  # one static shape, or one per input name; None: as declared
 from .errors import CertificateViolation, UsageError, VerificationError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # (the audit package is not imported at run time: norm's start-up does without it)
     import numpy as np
     from onnx import ModelProto
 
+    from .audit.record import InputShape  # one static shape, or one per input name; None: as declared
     from .dag import Dag
     from .lipschitz_bound import LipschitzBound
     from .load import ModelSource
