@@ -121,7 +121,8 @@ ONE_SESSION_BYTES = 1 << 24
 def compute_norms(source: ModelSource, q: list[float] | tuple[float, ...] = (1.0, 2.0), input_shape: InputShape = None,
                   outputs: list[str] | None = None, providers: str = "cpu", verify: bool = False) -> NormsReport:
     """Lq path-norms ``‖Φ‖_q`` of ``source`` for every exponent in ``q`` (each ≥ 1, or ``inf``), from one
-    lifted onnxruntime session (``providers``: ``"cpu"`` or ``"cuda"``). With ``verify``, also the
+    lifted onnxruntime session, or one per q once their lifted weights pass :data:`ONE_SESSION_BYTES`
+    (``providers``: ``"cpu"`` or ``"cuda"``). With ``verify``, also the
     re-emission check (3 random inputs, relative tolerance 1e-4); a failed check is in the report, not
     raised. Raises :class:`~onnx_pathlift.errors.ProviderUnavailableError` when ``"cuda"`` is unavailable."""
     from .norm import LiftedSession

@@ -282,7 +282,6 @@ def scaled_power(a: np.ndarray, q: float, *shifts: np.ndarray) -> np.ndarray:
     overflows float32."""
     low, top = log2_range(a)
     parts = _balanced([np.asarray(s, dtype=np.float64) for s in shifts])
-    reach = sum(float(np.abs(s[np.isfinite(s)]).max(initial=0.0)) for s in parts)
     if top == -math.inf or (q in (1.0, 2.0) and np.asarray(a).dtype == np.float32 and _normal_float32(q * low, q * top, parts)
                             and all(np.array_equal(p[np.isfinite(p)], np.round(p[np.isfinite(p)])) for p in parts)):
         return _float32_power(a, q, parts)
@@ -291,6 +290,7 @@ def scaled_power(a: np.ndarray, q: float, *shifts: np.ndarray) -> np.ndarray:
     if shape != m.shape:  # a shift wider than ``a`` (a bias broadcast to its layer's exponent map)
         m = np.broadcast_to(m, shape).copy()
     span = q * max(abs(top), abs(low))
+    reach = sum(float(np.abs(s[np.isfinite(s)]).max(initial=0.0)) for s in parts)
     with np.errstate(divide="ignore", over="ignore", under="ignore", invalid="ignore"):
         if span + reach < 1000:  # every partial product stays inside float64's normal range
             if q != 1:

@@ -57,7 +57,7 @@ class Scores:
 def _quantiles(f: np.ndarray, ps: tuple[float, ...]) -> list[float]:
     """numpy's linear quantiles of ``f`` rounded to float32, from one float32 copy partitioned in place
     (``np.quantile`` would flatten a float64 copy first: half the memory and time on 10⁸ weights)."""
-    x = (f.T if f.flags.f_contiguous else f).astype(np.float32).reshape(-1)  # memory order: a view, no copy
+    x = (f.T if f.flags.f_contiguous else f).astype(np.float32).reshape(-1)  # the one copy, in memory order
     pos = [(x.size - 1) * p for p in ps]
     kth = sorted({k for h in pos for k in (math.floor(h), min(math.floor(h) + 1, x.size - 1))})
     x.partition(kth)

@@ -84,20 +84,12 @@ class Dense(LayerOp):
         return int(w.shape[-2] if layer.attrs["side"] == "right" and w.ndim > 1 else w.shape[-1]) + 3
 
     def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
-        right = layer.attrs["side"] == "right"
+        w, right, stored = layer.params["W"], layer.attrs["side"] == "right", _stored_transposed(layer)
         if b.static:
-            w, k_out, stored_transposed = self._static_weight(b, layer, xs[0], q)
-            if stored_transposed:  # x @ Wᵀᵀ: Gemm reads the (out, in) layout as stored, no transposing copy
-                return lift_bias(b, layer, Scaled(b.op("Gemm", [xs[0].tensor, w], "dense", transB=1), k_out), q, k_out)
-            args = [xs[0].tensor, w] if right else [w, xs[0].tensor]
-            return lift_bias(b, layer, Scaled(b.op("MatMul", args, "dense"), k_out), q, k_out)
-        w = layer.params["W"]
-        stored = _stored_transposed(layer)
+            c, k_out = self._static_weight(b, layer, xs[0], q, stored)
+            return lift_bias(b, layer, Scaled(_product(b, layer, xs[0].tensor, c, stored), k_out), q, k_out)
         c, e = b.abs_power(w, q, "absW", transposed=stored)
-        if stored:  # the (out, in) layout as stored: x @ Wᵀᵀ
-            y = b.op("Gemm", [xs[0].tensor, c], "dense", transB=1)
-        else:
-            y = b.op("MatMul", [xs[0].tensor, c] if right else [c, xs[0].tensor], "dense")
+        y = _product(b, layer, xs[0].tensor, c, stored)
         # largest output ≤ (max input) · largest sum of the weights feeding one output
         if w.ndim == 2:
             sums, _ = pow_row_reduce(w, w.T if right else w, q, lambda m: m.sum(axis=1))
@@ -106,23 +98,23 @@ class Dense(LayerOp):
         growth = math.log2(max(float(np.max(sums, initial=0.0)), 1.0))
         return lift_bias(b, layer, b.shift(Scaled(y, xs[0].log2, xs[0].bound + growth, dirty=True), e), q)
 
-    def _static_weight(self, b: LiftBuilder, layer: Layer, x: Scaled, q: float):
+    def _static_weight(self, b: LiftBuilder, layer: Layer, x: Scaled, q: float, stored: bool):
         """``|W|**q · 2**(k_in − k_out)`` entry by entry (input exponents along the contracted axis,
-        output exponents from the target along the output axis), the output's exponent map, and
-        whether the constant is ``Wᵀ`` (a Gemm ``transB`` weight of a 2-D product, kept as stored)."""
+        output exponents from the target along the output axis; ``Wᵀ`` as stored when ``stored``, see
+        :func:`_stored_transposed`), and the output's exponent map."""
         w, right, rank = layer.params["W"], layer.attrs["side"] == "right", len(layer.shape)
         if w.ndim != 2:
             k_out = int(math.ceil(exp_max(b.target))) if math.isfinite(exp_max(b.target)) else 0
-            return b.const(scaled_power(w, q, np.asarray(float(exp_diff(x.log2, k_out)))), "absW"), k_out, False
+            return b.const(scaled_power(w, q, np.asarray(float(exp_diff(x.log2, k_out)))), "absW"), k_out
         n_in, n_out = (w.shape[0], w.shape[1]) if right else (w.shape[1], w.shape[0])
         axis = (-1 if right else -2) % rank  # the contracted axis of x, and the output axis
         k_in = exp_vector(x.log2, n_in, axis)
         t_out = exp_vector(b.target, n_out, axis)
         k_out = compact(on_axis(t_out, rank, axis), layer.shape)
-        if _stored_transposed(layer):
-            return b.const(scaled_power(w.T, q, k_in[None, :], neg_exp(t_out)[:, None]), "absWT"), k_out, True
+        if stored:
+            return b.const(scaled_power(w.T, q, k_in[None, :], neg_exp(t_out)[:, None]), "absWT"), k_out
         shifts = (k_in[:, None], neg_exp(t_out)[None, :]) if right else (k_in[None, :], neg_exp(t_out)[:, None])
-        return b.const(scaled_power(w, q, *shifts), "absW"), k_out, False
+        return b.const(scaled_power(w, q, *shifts), "absW"), k_out
 
     def bound(self, layer, bs, shapes, q):
         w = layer.params["W"]
@@ -197,6 +189,14 @@ class Dense(LayerOp):
         if s is None:
             return None
         return replace(layer, params={**layer.params, "W": w * (s[:, None] if right else s[None, :])})
+
+
+def _product(b: LiftBuilder, layer: Layer, x: str, c: str, stored: bool) -> str:
+    """The lifted layer's product of ``x`` with its constant ``c``: ``x @ c`` or ``c @ x``, or, for ``c``
+    holding ``|W|ᵀ`` as stored, a Gemm ``transB`` (onnxruntime reads that layout, no transposing copy)."""
+    if stored:
+        return b.op("Gemm", [x, c], "dense", transB=1)
+    return b.op("MatMul", [x, c] if layer.attrs["side"] == "right" else [c, x], "dense")
 
 
 def _stored_transposed(layer: Layer) -> bool:
