@@ -3,8 +3,9 @@
 
 For each model: the lifted network (q = 1 and 2, static scales) and the scores graph (forward +
 adjoint), each built into an ``InferenceSession`` at every optimisation level, then run once;
-prints session build and run seconds. This is what chose ``make_session(..., quick_build=True)``
-(basic rewrites) for the scores graph and kept the default (all rewrites) for lifted networks.
+prints session build and run seconds. This is what chose ``make_session(..., rewrites=...)``: no
+rewrites for the scores graph, basic ones for lifted networks run once (``norm``), all of them for
+sessions run many times.
 
     python benchmarks/bench_session_levels.py MODEL.onnx [MODEL.onnx ...]
 """

@@ -188,7 +188,7 @@ class LiftedSession:
     def _build(self) -> None:
         self.built, self.budgets = lifted_bundle([(dag, lifted_q(q)) for dag, q in self.jobs], static=self.static,
                                                  input_log2=self.input_log2)
-        self.session = make_session(self.built, self.providers, quick_build=self.quick_build)
+        self.session = make_session(self.built, self.providers, "basic" if self.quick_build else "all")
         tags = [bundle_tag(i, len(self.jobs)) for i in range(len(self.jobs))]
         self._names = [[(o, tag + o, tag + o + LOG2_SUFFIX) for o in dag.outputs] for (dag, _), tag in zip(self.jobs, tags)]
         self._fetch = [n for job in self._names for _, t, k in job for n in (t, k)]

@@ -44,20 +44,28 @@ def resolve_providers(providers: str | list[str] | None) -> list[str]:
     return resolved
 
 
+#: onnxruntime's graph-rewrite levels by name (see :func:`make_session`)
+REWRITES = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
+
+
 def make_session(model: ModelProto | BuiltModel, providers: str | list[str] | None = None,
-                 as_written: bool = False, quick_build: bool = False) -> ort.InferenceSession:
+                 rewrites: str = "all") -> ort.InferenceSession:
     """An inference session on the requested providers, checked to really use the first of them. The
     large constants of a :class:`~onnx_pathlift.graph.BuiltModel` go to onnxruntime as arrays (one
     copy), not through protobuf.
 
-    ``as_written``: only onnxruntime's basic (semantics-preserving) graph rewrites, for running a source
-    model as its file says: the extended ones fuse DequantizeLinear → MatMul/Conv into integer kernels
-    that quantize a float activation on the fly, which the file does not do.
+    ``rewrites``: onnxruntime's graph rewrites, measured by ``benchmarks/bench_session_levels.py``.
 
-    ``quick_build``: basic graph rewrites too, for a graph run once or twice (the CLI's
-    lifted networks, the scores graph): the extended rewrites (blocked layouts, fusions) cost more to
-    build than they save in one run (``benchmarks/bench_session_levels.py``: lifted ResNet-50 at q = 1, 2
-    0.35 + 0.08 s → 0.05 + 0.06 s; VGG-11-BN scores 1.9 + 1.2 s → 1.6 + 0.7 s)."""
+    * ``"all"``: for sessions run many times.
+    * ``"basic"`` (semantics-preserving rewrites only): for running a source model as its file says
+      (the extended ones fuse DequantizeLinear → MatMul/Conv into integer kernels that quantize a
+      float activation on the fly, which the file does not do), and for lifted networks run once
+      (blocked layouts and fusions cost more to build than they save in one run: lifted ResNet-50 at
+      q = 1, 2 0.35 + 0.08 s → 0.05 + 0.06 s).
+    * ``"none"``: for the scores graph, whose whole backward pass depends on constants only; basic
+      constant folding would run it while building, single-threaded (DenseNet-121 1.00 + 0.37 s →
+      0.30 + 0.48 s)."""
     names = resolve_providers(providers)
     opts = ort.SessionOptions()
     opts.log_severity_level = 4  # fatal only: its errors reach us as exceptions, not coloured logs
@@ -65,8 +73,7 @@ def make_session(model: ModelProto | BuiltModel, providers: str | list[str] | No
         # our sessions run a handful of times: packing large weight matrices for faster GEMMs costs more
         # than it saves (VGG-11-BN lifted at q = 1, 2: 11 s of session build with it, 4 s without)
         opts.add_session_config_entry("session.disable_prepacking", "1")
-    if as_written or quick_build:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.graph_optimization_level = REWRITES[rewrites]
     opts.intra_op_num_threads = _THREADS
     if isinstance(model, BuiltModel):
         if model.external:

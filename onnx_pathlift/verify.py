@@ -110,7 +110,7 @@ class ModelRunner:
     def __init__(self, model: ModelProto, names: list[str], elem_types: dict[str, int], providers=None):
         exposed = _expose(model, names, elem_types)
         try:
-            self.session = make_session(exposed, providers, as_written=True)
+            self.session = make_session(exposed, providers, rewrites="basic")
         except PathliftError:
             raise
         except Exception as ort_error:

@@ -549,3 +549,39 @@ def test_scores_cli_json_and_npz(tmp_path, file: str) -> None:
             np.testing.assert_array_equal(z[k], api.fraction[k].astype(np.float32))  # float32 by design
     rc, out, err = run_captured("scores", MODELS / file)
     assert rc == 0 and "path-magnitude scores" in out
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "strided"])
+def test_summary_quantiles_are_numpys_of_the_float32_fractions(layout: str) -> None:
+    """Median, p90 and p99 of a tensor's fractions are numpy's linear quantiles of the fractions
+    rounded to float32 (ties, zeros, any memory layout); min and max are exact."""
+    rng = np.random.default_rng(3)
+    f = rng.random((37, 53)) ** 4
+    f[::5] = 0.0  # ties at zero
+    f[3, :7] = f[4, 0]  # and elsewhere
+    f = {"C": f, "F": np.asfortranarray(f), "strided": f[:, ::2]}[layout]
+    row = Scores({"W": f}, 0.0, {"W": "layer"}).summary()[0]["quantiles"]
+    want = np.quantile(f.astype(np.float32).astype(np.float64), [0.5, 0.9, 0.99])
+    assert [row["median"], row["p90"], row["p99"]] == pytest.approx(list(want), rel=1e-12, abs=0)
+    assert (row["min"], row["max"]) == (f.min(), f.max())
+
+
+@pytest.mark.parametrize("trans_a", [0, 1])
+def test_weights_on_the_left_score_as_their_drop(trans_a: int) -> None:
+    """``y = W x`` (Gemm with W as operand A, transposed or not, then MatMul(W2, h)): the adjoint
+    reads |W| through Gemm ``transA`` instead of a transposed copy; each score is the drop of ‖Φ‖_1
+    when its weight is zeroed, in the initializer's layout."""
+    rng = np.random.default_rng(trans_a)
+    w1 = normal(rng, (4, 3), 3)
+    p = {"W1": w1.T.copy() if trans_a else w1, "b1": rng.normal(0, 0.5, (4, 1)), "W2": normal(rng, (2, 4), 4)}
+    nodes = [helper.make_node("Gemm", ["W1", "x", "b1"], ["h"], transA=trans_a), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["W2", "r"], ["y"])]
+    model = make_model(nodes, [("x", [3, 1])], [("y", None)], p, name="left", producer="test_scores")
+    scores = path_magnitude(model)
+    full = brute_force_path_norm(model, 1)
+    for k in ("W1", "W2"):
+        f = scores.fraction[k]
+        assert f.shape == p[k].shape
+        for idx in np.ndindex(f.shape):
+            want = (full - brute_force_path_norm(zeroed(model, k, idx), 1)) / full
+            assert abs(f[idx] - want) <= 1e-5 * abs(want) + 1e-9, (k, idx, f[idx], want)

@@ -26,7 +26,7 @@ from onnx import AttributeProto, NodeProto, defs, helper
 
 from ..dag import Dag, Layer
 from ..errors import RefuseNode
-from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, lifted_log2, log2_range, pow_row_reduce
+from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, lifted_log2, log2_range, pow_exponent, pow_row_reduce
 
 if TYPE_CHECKING:  # prepare imports this registry (SPEC_RULES) at run time
     from ..prepare import Prepared
@@ -343,6 +343,14 @@ def log2_weighted_sum(a: np.ndarray, rows: np.ndarray, q: float, lu: np.ndarray)
     weights = np.exp2(lu - top)
     sums, e = pow_row_reduce(a, rows, q, lambda m: m @ weights)
     return log2_outward(sums, rows.shape[1], 0.0, low - top) + top + e
+
+
+def log2_max_row_sum(a: np.ndarray, rows: np.ndarray, q: float) -> float:
+    """An upper bound on ``log2 max_o Σ_i |rows[o, i]|**q · 2**-e`` (``e`` of
+    :func:`~onnx_pathlift.graph.pow_exponent`; ``rows`` a 2-D view of the parameter ``a``): the
+    largest lifted output of ``|a|**q · 2**-e`` on an all-ones input (``-inf`` when ``a`` is 0)."""
+    top = float(np.max(log2_weighted_sum(a, rows, q, np.zeros(rows.shape[1])), initial=-np.inf))
+    return top - pow_exponent(a, q)[0] if np.isfinite(top) else -math.inf
 
 
 #: float32 unit roundoff

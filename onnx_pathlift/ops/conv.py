@@ -24,7 +24,6 @@ from ..graph import (
     neg_exp,
     on_axis,
     pow_row_reduce,
-    scaled_power,
 )
 from .base import (
     ImportContext,
@@ -38,6 +37,7 @@ from .base import (
     imports,
     layer_op,
     lift_bias,
+    log2_max_row_sum,
     log2_outward,
     log2_power_matvec32,
     log2_rows,
@@ -70,9 +70,7 @@ class Conv(LayerOp):
         """``log2`` of the largest lifted output on an all-ones input of ``|W|**q · 2**-e`` (``e`` of
         :func:`~onnx_pathlift.graph.pow_exponent`): a whole filter's sum."""
         w = layer.params["W"]
-        sums, _ = pow_row_reduce(w, w.reshape(w.shape[0], -1), q, lambda m: m.sum(axis=1))
-        growth = float(sums.max(initial=0.0))
-        return math.log2(growth) if growth > 0 else -math.inf
+        return log2_max_row_sum(w, w.reshape(w.shape[0], -1), q)
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         return b.op(self.onnx_op, [xs[0], b.const(layer.params["W"], "W")], self.op, **layer.attrs)
@@ -98,7 +96,8 @@ class Conv(LayerOp):
             t_out = exp_vector(b.target, layer.shape[1], 1)
             tail = (1,) * (w.ndim - 2)
             shifts = _per_entry(k_in, ins, tail), _per_entry(neg_exp(t_out), outs, tail)
-            y = b.op(self.onnx_op, [xs[0].tensor, b.const(scaled_power(w, q, *shifts), "absW")], self.op, **layer.attrs)
+            floor = _per_entry(b.floors(0, len(k_in), 1), ins, tail)
+            y = b.op(self.onnx_op, [xs[0].tensor, b.weight(w, q, "absW", *shifts, floor=floor)], self.op, **layer.attrs)
             k_out = compact(on_axis(t_out, len(layer.shape), 1), layer.shape)
             return lift_bias(b, layer, Scaled(y, k_out), q, k_out)
         c, e = b.abs_power(w, q, "absW")
