@@ -17,7 +17,7 @@ from onnx import ModelProto, NodeProto, helper
 from .budget import Budget
 from .dag import Dag, Layer
 from .errors import UsageError
-from .graph import HEADROOM_LOG2, BuiltModel, GraphBuilder, LiftBuilder, Scaled, compact, exp_diff
+from .graph import HEADROOM_LOG2, BuiltModel, GraphBuilder, LiftBuilder, Scaled, compact
 from .ops import LAYER_OPS, require
 from .ops.base import ANY
 
@@ -189,7 +189,7 @@ def _lift_static(b: LiftBuilder, layer: Layer, value: dict[str, Scaled], bounds:
     spread = b.spread
     bound = handler.bound(layer, [bounds[i] for i in layer.inputs], in_shapes, q)
     target = compact(np.ceil(np.asarray(bound, dtype=np.float64)), layer.shape)
-    b.begin(target, [exp_diff(bounds[i], x.log2) for i, x in zip(layer.inputs, xs)])  # not compacted: not integers
+    b.begin(target, [(bounds[i], x.log2) for i, x in zip(layer.inputs, xs)])
     y = handler.lift(b, layer, xs, q)
     y = replace(y, log2=compact(y.log2, layer.shape))
     lo, hi = _gap(y.log2, bound)

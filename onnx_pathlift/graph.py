@@ -466,7 +466,7 @@ class LiftBuilder(GraphBuilder):
         self.static = static
         self.target: Exponent | None = None  # static mode: the exponent map the current layer settles at
         self.spread = 0.0  # static mode: log2 of the largest factor a collapse put a neuron below its exponent
-        self.headroom: list[Exponent] | None = None  # static mode: per input, bound − exponent (see begin)
+        self.inputs: list[tuple[np.ndarray, Exponent]] | None = None  # static mode: per input, (bound, exponent)
         self._powers: dict[tuple[int, float, bool], tuple[np.ndarray, str, int]] = {}  # see abs_power
 
     def abs_power(self, a: np.ndarray, q: float, hint: str, transposed: bool = False) -> tuple[str, int]:
@@ -481,11 +481,11 @@ class LiftBuilder(GraphBuilder):
             self._powers[key] = hit
         return hit[1], hit[2]
 
-    def begin(self, target: Exponent | None, headroom: list[Exponent] | None = None) -> None:
+    def begin(self, target: Exponent | None, inputs: list[tuple[np.ndarray, Exponent]] | None = None) -> None:
         """Start emitting one layer (static mode: whose output should have exponent ``target``;
-        ``headroom``: per input, a map of ``bound − k``, how far its values' static bound is above
-        their exponent, so that its values ``T`` are at most ``2**headroom · (1 + γ)``)."""
-        self.target, self.spread, self.headroom = target, 0.0, headroom
+        ``inputs``: per input, its static bound map and exponent map, whose difference, the headroom,
+        says how far its values ``T`` can be above 1: ``T ≤ 2**(bound − k) · (1 + γ)``)."""
+        self.target, self.spread, self.inputs = target, 0.0, inputs
 
     def floors(self, i: int, n: int, axis: int | None) -> np.ndarray:
         """``log2`` of the lifted weights that may be set to 0 (:meth:`weight`) per index of ``axis`` of
@@ -493,9 +493,9 @@ class LiftBuilder(GraphBuilder):
         so that such a weight times a value of that index is below ``2**-126`` in the output's units
         (``γ < 1``: budget.py), and never above ``-126`` (only subnormal weights go); ``-inf`` (none)
         where the headroom is not known."""
-        if self.headroom is None:
+        if self.inputs is None:
             return np.full(n, -np.inf)
-        h = np.asarray(self.headroom[i], dtype=np.float64)
+        h = np.asarray(exp_diff(*self.inputs[i]), dtype=np.float64)
         h = exp_vector(h, n, axis) if axis is not None else np.full(n, h.max(initial=-np.inf))  # NaN stays NaN
         with np.errstate(invalid="ignore"):
             return np.where(np.isnan(h), -np.inf, np.minimum(-127.0 - np.ceil(h), -126.0))

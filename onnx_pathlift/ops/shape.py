@@ -143,12 +143,19 @@ class Concat(ParameterFree, OneLipschitz):
         return ANY
 
     def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
-        """Static maps (given at each input's full shape) are concatenated like the tensors; one
-        exponent per input (dynamic mode, or all ints) is aligned first."""
+        """Static maps (given at each input's full shape, as broadcast views) are concatenated like the
+        tensors, each at the size it repeats (stride 0) elsewhere; one exponent per input (dynamic
+        mode, or all ints) is aligned first."""
         axis = layer.attrs["axis"]
         if b.static and any(isinstance(x.log2, np.ndarray) for x in xs):
-            maps = np.concatenate([np.asarray(x.log2, dtype=np.float64) for x in xs], axis=axis)
-            return Scaled(b.op("Concat", [x.tensor for x in xs], "concat", axis=axis), compact(maps, layer.shape))
+            rank = len(layer.shape)
+            axis %= rank
+            maps = [np.asarray(x.log2, dtype=np.float64) for x in xs]
+            maps = [m[tuple(slice(None) if d == axis or m.strides[d] else slice(0, 1) for d in range(rank))] for m in maps]
+            common = [max(m.shape[d] for m in maps) for d in range(rank)]
+            maps = [np.broadcast_to(m, tuple(m.shape[d] if d == axis else common[d] for d in range(rank))) for m in maps]
+            return Scaled(b.op("Concat", [x.tensor for x in xs], "concat", axis=axis),
+                          compact(np.concatenate(maps, axis=axis), layer.shape))
         tensors, k = b.align(xs)
         return Scaled(b.op("Concat", tensors, "concat", axis=axis), k, max(x.bound for x in xs))
 
