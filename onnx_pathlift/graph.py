@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -272,7 +273,8 @@ def lost_below(a: np.ndarray, q: float) -> bool:
     return top > -math.inf and q * (top - low) > 1000
 
 
-def scaled_power(a: np.ndarray, q: float, *shifts: np.ndarray, floor_log2: np.ndarray | None = None) -> np.ndarray:
+def scaled_power(a: np.ndarray, q: float, *shifts: np.ndarray,
+                 floor_log2: np.ndarray | Callable[[], np.ndarray] | None = None) -> np.ndarray:
     """``|a|**q · 2**(Σ shifts)`` in float32, each entry computed on its own (each shift broadcast
     against ``a``, ``-inf`` giving 0, never ``+inf``: see :func:`neg_exp`; row and column exponents
     stay separate vectors, so no full-size exponent array is built): in the log domain where plain
@@ -289,17 +291,17 @@ def scaled_power(a: np.ndarray, q: float, *shifts: np.ndarray, floor_log2: np.nd
     return _floored(_float64_power(a, q, parts, low, top), floor_log2, q * low, parts)
 
 
-def _floored(m: np.ndarray, floor_log2: np.ndarray | None, low: float, parts: list[np.ndarray]) -> np.ndarray:
-    """``m`` (a new float32 array) with its entries below ``2**floor_log2`` set to 0, in place; skipped
-    when ``2**low`` times the smallest factors ``2**part`` cannot be below the highest floor."""
-    if floor_log2 is None:
+def _floored(m: np.ndarray, floor_log2: np.ndarray | Callable[[], np.ndarray] | None, low: float,
+             parts: list[np.ndarray]) -> np.ndarray:
+    """``m`` (a new float32 array) with its entries below ``2**floor_log2`` (never above ``2**-126``;
+    a callable is asked only when needed) set to 0, in place; skipped when ``2**low`` times the
+    smallest factors ``2**part`` cannot be subnormal."""
+    # the least nonzero entry is at least 2**(low + Σ least finite part) (an all -inf part: every entry is 0)
+    if floor_log2 is None or low + sum(float(np.min(p[np.isfinite(p)], initial=np.inf)) for p in parts) >= -126:
         return m
-    floor = np.asarray(floor_log2, dtype=np.float64)
-    top = float(np.max(floor, initial=-np.inf))
-    if top == -np.inf or low + sum(float(np.min(p[np.isfinite(p)], initial=0.0)) for p in parts) >= top:
-        return m
+    floor = np.asarray(floor_log2() if callable(floor_log2) else floor_log2, dtype=np.float64)
     with np.errstate(under="ignore"):
-        limit = np.exp2(np.maximum(floor, -150.0)).astype(np.float32)  # exact powers of two; below 2**-149: 0
+        limit = np.exp2(np.clip(floor, -150.0, -126.0)).astype(np.float32)  # exact powers of two; below 2**-149: 0
     m[m < limit] = 0.0
     return m
 
@@ -500,9 +502,11 @@ class LiftBuilder(GraphBuilder):
         with np.errstate(invalid="ignore"):
             return np.where(np.isnan(h), -np.inf, np.minimum(-127.0 - np.ceil(h), -126.0))
 
-    def weight(self, a: np.ndarray, q: float, hint: str, *shifts: np.ndarray, floor: np.ndarray | None = None) -> str:
+    def weight(self, a: np.ndarray, q: float, hint: str, *shifts: np.ndarray,
+               floor: Callable[[], np.ndarray] | None = None) -> str:
         """The constant ``|a|**q · 2**(Σ shifts)`` of a static lifted layer (:func:`scaled_power`), with
-        every entry below ``2**floor`` (broadcast like the shifts; see :meth:`floors`) set to 0. Each
+        every entry below ``2**floor()`` (broadcast like the shifts, asked only where an entry may be
+        subnormal; see :meth:`floors`) set to 0. Each
         such entry times its input is below ``2**-126`` in the output's units: one underflow of that
         product, which the error budget already counts (:mod:`onnx_pathlift.budget`), while subnormal
         operands make float32 GEMMs several times slower (DenseNet-121's lifted run at q = 1: 0.10 →

@@ -96,7 +96,10 @@ class Conv(LayerOp):
             t_out = exp_vector(b.target, layer.shape[1], 1)
             tail = (1,) * (w.ndim - 2)
             shifts = _per_entry(k_in, ins, tail), _per_entry(neg_exp(t_out), outs, tail)
-            floor = _per_entry(b.floors(0, len(k_in), 1), ins, tail)
+
+            def floor() -> np.ndarray:
+                return _per_entry(b.floors(0, len(k_in), 1), ins, tail)
+
             y = b.op(self.onnx_op, [xs[0].tensor, b.weight(w, q, "absW", *shifts, floor=floor)], self.op, **layer.attrs)
             k_out = compact(on_axis(t_out, len(layer.shape), 1), layer.shape)
             return lift_bias(b, layer, Scaled(y, k_out), q, k_out)

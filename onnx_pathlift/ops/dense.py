@@ -103,17 +103,22 @@ class Dense(LayerOp):
         w, right, rank = layer.params["W"], layer.attrs["side"] == "right", len(layer.shape)
         if w.ndim != 2:
             k_out = int(math.ceil(exp_max(b.target))) if math.isfinite(exp_max(b.target)) else 0
-            floor = b.floors(0, 1, None).reshape(())
-            return b.weight(w, q, "absW", np.asarray(float(exp_diff(x.log2, k_out))), floor=floor), k_out
+            return b.weight(w, q, "absW", np.asarray(float(exp_diff(x.log2, k_out))),
+                            floor=lambda: b.floors(0, 1, None).reshape(())), k_out
         n_in, n_out = (w.shape[0], w.shape[1]) if right else (w.shape[1], w.shape[0])
         axis = (-1 if right else -2) % rank  # the contracted axis of x, and the output axis
-        k_in, floor = exp_vector(x.log2, n_in, axis), b.floors(0, n_in, axis)
+        k_in = exp_vector(x.log2, n_in, axis)
         t_out = exp_vector(b.target, n_out, axis)
         k_out = compact(on_axis(t_out, rank, axis), layer.shape)
+
+        def floor() -> np.ndarray:  # along the contracted axis of the constant's layout
+            v = b.floors(0, n_in, axis)
+            return v[:, None] if right and not stored else v[None, :]
+
         if stored:
-            return b.weight(w.T, q, "absWT", k_in[None, :], neg_exp(t_out)[:, None], floor=floor[None, :]), k_out
+            return b.weight(w.T, q, "absWT", k_in[None, :], neg_exp(t_out)[:, None], floor=floor), k_out
         shifts = (k_in[:, None], neg_exp(t_out)[None, :]) if right else (k_in[None, :], neg_exp(t_out)[:, None])
-        return b.weight(w, q, "absW", *shifts, floor=floor[:, None] if right else floor[None, :]), k_out
+        return b.weight(w, q, "absW", *shifts, floor=floor), k_out
 
     def bound(self, layer, bs, shapes, q):
         w = layer.params["W"]
