@@ -134,6 +134,19 @@ class BuiltModel:
         return out
 
 
+    def fed(self) -> ModelProto:
+        """The model with its large constants as graph inputs instead, to be fed with every run: a
+        session built on it copies none of them (``runtime.make_session``)."""
+        out = ModelProto()
+        out.CopyFrom(self.proto)
+        kept = [t for t in out.graph.initializer if t.name not in self.external]
+        del out.graph.initializer[:]
+        out.graph.initializer.extend(kept)
+        out.graph.input.extend(helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
+                               for k, v in self.external.items())
+        return out
+
+
 def _memory_reference(name: str, value: np.ndarray) -> TensorProto:
     """A float initializer declared as external data at :data:`MEMORY` (its values come separately)."""
     t = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(value.dtype), dims=value.shape)

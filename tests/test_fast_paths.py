@@ -8,7 +8,10 @@
 * ``log2_range`` from magnitude bits equals ``log2`` of numpy's min/max of ``|a|`` over nonzero entries;
 * lifted weights below their floor (subnormal, whose products the error budget counts as underflows)
   are set to 0, on both routes, and nothing else changes; a network built to have them (two towers
-  2**140 apart merged by one layer) keeps its exact, certified path-norm and loses its subnormals.
+  2**140 apart merged by one layer) keeps its exact, certified path-norm and loses its subnormals;
+* sessions run once take their large constants as feeds (no copy while building): the same outputs
+  as with the constants as initializers up to the order of float32 sums, and certified norms that
+  hold each other's values.
 """
 
 from __future__ import annotations
@@ -16,11 +19,19 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
+from builders import make_model
+from onnx import helper, numpy_helper
 
-from onnx_pathlift import graph
+from onnx_pathlift import graph, path_norm, runtime
+from onnx_pathlift.emit import lift_model, lifted_bundle
 from onnx_pathlift.graph import log2_range, scaled_power
+from onnx_pathlift.importer import import_model
+from onnx_pathlift.norm import LiftedSession
 from onnx_pathlift.ops.base import log2_power_matvec32
+from onnx_pathlift.scores import scores_model
 
 FLOAT32_POWER = graph._float32_power
 
@@ -118,13 +129,6 @@ def test_subnormal_lifted_weights_are_dropped_and_the_norm_stays_certified() -> 
     lifted weight for the small tower is about 2**-140 of its output's scale, a subnormal float32
     (several times slower in a GEMM). It is set to 0; ‖Φ‖_1 = 1e21 + 1e-21 stays exact to float32
     rounding and its certified interval holds the truth."""
-    from builders import make_model
-    from onnx import helper, numpy_helper
-
-    from onnx_pathlift import path_norm
-    from onnx_pathlift.emit import lift_model
-    from onnx_pathlift.importer import import_model
-
     ws = [np.diag([1e3, 1e-3])] * 7 + [np.array([[1.0], [1.0]])]
     nodes, inits, x = [], [], "x"
     for i, w in enumerate(ws):
@@ -140,3 +144,46 @@ def test_subnormal_lifted_weights_are_dropped_and_the_norm_stays_certified() -> 
     assert got.certified
     assert got.lower_log10 <= truth <= got.upper_log10
     assert got.log10 == pytest.approx(truth, abs=1e-6)
+
+
+def _wide_mlp() -> onnx.ModelProto:
+    """x[1, 256] → Gemm (256 × 128, 128 KiB: a constant handed to onnxruntime as an array) → Relu →
+    Gemm (128 × 10)."""
+    rng = np.random.default_rng(11)
+    p = {"W1": rng.normal(0, 0.1, (256, 128)), "b1": rng.normal(0, 0.1, 128), "W2": rng.normal(0, 0.3, (128, 10))}
+    nodes = [helper.make_node("Gemm", ["x", "W1", "b1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "W2"], ["y"])]
+    return make_model(nodes, [("x", [1, 256])], [("y", [1, 10])], p, name="wide")
+
+
+@pytest.mark.parametrize("graph_kind", ["lifted", "scores"])
+def test_fed_constants_give_the_same_outputs_as_initializers(graph_kind: str) -> None:
+    """A session run once (basic or no graph rewrites) is fed its large constants instead of copying
+    them as initializers: a :class:`FedSession` whose outputs equal those of a session of the same
+    graph and level holding them as initializers, up to the order of float32 sums (onnxruntime's
+    kernels for constant weights sum in another order; the error budget holds for any order)."""
+    dag = import_model(_wide_mlp())
+    built = lifted_bundle([(dag, 1.0), (dag, 2.0)])[0] if graph_kind == "lifted" else scores_model(dag)[0]
+    rewrites = "basic" if graph_kind == "lifted" else "none"
+    assert built.external  # W1 is handed over as an array
+    fed = runtime.make_session(built, rewrites=rewrites)
+    assert isinstance(fed, runtime.FedSession)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = runtime.REWRITES[rewrites]
+    opts.add_session_config_entry("session.disable_prepacking", "1")  # feeds are never prepacked
+    opts.add_external_initializers(list(built.external), [ort.OrtValue.ortvalue_from_numpy(v) for v in built.external.values()])
+    kept = ort.InferenceSession(built.proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    feeds = {"x": np.ones((1, 256), np.float32)}
+    for a, b in zip(fed.run(None, feeds), kept.run(None, feeds)):
+        np.testing.assert_allclose(a, b, rtol=300 * 2.0**-24, atol=0)  # γ of 256-term dot products, twice
+
+
+def test_fed_session_norms_are_certified_around_the_initializer_ones() -> None:
+    """``norm``'s one-run sessions (fed constants, basic rewrites) and repeated-run sessions
+    (initializers, all rewrites) give certified intervals that each hold the other's value."""
+    dag = import_model(_wide_mlp())
+    once = LiftedSession([(dag, 1.0), (dag, 2.0)], quick_build=True)
+    assert isinstance(once.session, runtime.FedSession)
+    for a, b in zip(once.norms(), LiftedSession([(dag, 1.0), (dag, 2.0)]).norms()):
+        assert a.certified and b.certified
+        assert a.lower_log10 <= b.log10 <= a.upper_log10 and b.lower_log10 <= a.log10 <= b.upper_log10

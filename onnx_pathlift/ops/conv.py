@@ -83,10 +83,11 @@ class Conv(LayerOp):
         return int(np.prod(w.shape[1:])) + 3  # a dot product of C_in/group · kernel terms, the bias, a scaling
 
     def kernel_channels(self, layer: Layer) -> tuple[np.ndarray, np.ndarray]:
-        """The input and output channel of each ``W[a, b]`` (layout ``(C_out, C_in/group, k...)``)."""
+        """The input and output channel of each ``W[a, b]`` (layout ``(C_out, C_in/group, k...)``), as
+        integer arrays broadcastable to ``(C_out, C_in/group)`` (a row or a column where they can be)."""
         c_out, c_in_group = layer.params["W"].shape[:2]
-        o = np.arange(c_out)[:, None]
-        return (o // (c_out // layer.attrs["group"])) * c_in_group + np.arange(c_in_group)[None, :], np.broadcast_to(o, (c_out, c_in_group))
+        o, i = np.arange(c_out)[:, None], np.arange(c_in_group)[None, :]
+        return (i if layer.attrs["group"] == 1 else (o // (c_out // layer.attrs["group"])) * c_in_group + i), o
 
     def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
         w = layer.params["W"]
@@ -207,12 +208,8 @@ channel_rule("conv", "Conv")
 
 
 def _per_entry(values: np.ndarray, index: np.ndarray, tail: tuple[int, ...]) -> np.ndarray:
-    """``values[index]`` shaped to broadcast against the kernel: a row or a column vector when
-    ``index`` (a channel per kernel entry ``[a, b]``) is the same along one of its axes (no group)."""
-    if (index == index[:1]).all():
-        return values[index[0]].reshape((1, -1) + tail)
-    if (index == index[:, :1]).all():
-        return values[index[:, 0]].reshape((-1, 1) + tail)
+    """``values[index]`` (``index``: a channel per kernel entry ``[a, b]``, broadcastable) shaped to
+    broadcast against the kernel."""
     return values[index].reshape(index.shape + tail)
 
 

@@ -90,8 +90,8 @@ class ConvTranspose(Conv):
     def kernel_channels(self, layer: Layer) -> tuple[np.ndarray, np.ndarray]:
         """Layout ``(C_in, C_out/group, k...)``: ``W[c, j]`` feeds output channel ``group(c)·C_out/g + j``."""
         c_in, c_out_group = layer.params["W"].shape[:2]
-        c = np.arange(c_in)[:, None]
-        return np.broadcast_to(c, (c_in, c_out_group)), (c // (c_in // layer.attrs["group"])) * c_out_group + np.arange(c_out_group)[None, :]
+        c, j = np.arange(c_in)[:, None], np.arange(c_out_group)[None, :]
+        return c, (j if layer.attrs["group"] == 1 else (c // (c_in // layer.attrs["group"])) * c_out_group + j)
 
     def bound(self, layer, bs, shapes, q):
         m, e = pow_scaled(layer.params["W"], q)
