@@ -106,7 +106,8 @@ def make_session(model: ModelProto | BuiltModel, providers: str | list[str] | No
 
 class FedSession:
     """An onnxruntime session whose large constants are graph inputs, fed with every run from the
-    arrays the model was built with (see :func:`make_session`); otherwise the session itself."""
+    arrays the model was built with (see :func:`make_session`); every other attribute is the
+    session's own."""
 
     def __init__(self, session: ort.InferenceSession, constants: dict[str, np.ndarray]):
         self._session, self._constants = session, constants
