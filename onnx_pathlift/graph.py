@@ -622,8 +622,7 @@ class LiftBuilder(GraphBuilder):
         """``e = floor(log2 max T)``, clipped to [-126, 126] (an all-zero tensor gives -126)."""
         m = self._max(t, rank)
         lg = self.op("Mul", [self.op("Log", [m], "log"), self.scalar(_INV_LN2)], "log2")
-        e = self.op("Floor", [lg], "e")
-        return self.op("Min", [self.op("Max", [e, self.scalar(-126.0)], "e"), self.scalar(126.0)], "e")
+        return self.op("Clip", [self.op("Floor", [lg], "e"), self.scalar(-126.0), self.scalar(126.0)], "e")
 
     def _max(self, t: str, rank: int) -> str:
         """``max T`` as a scalar tensor."""
@@ -635,7 +634,7 @@ class LiftBuilder(GraphBuilder):
     def normalize(self, x: Scaled, rank: int) -> Scaled:
         """Dynamic mode: divide ``T`` by ``2**floor(log2 max T)`` (exactly) and add that to ``k``."""
         e = self._floor_log2_max(x.tensor, rank)
-        t = self.op("Mul", [x.tensor, self.power_of_two(self.op("Neg", [e], "ne"))], "norm")
+        t = self.op("Mul", [x.tensor, self.op("Pow", [self.scalar(0.5), e], "p")], "norm")  # 2**-e, exact
         return Scaled(t, self.op("Add", [x.log2, e], "k"), 1.0)
 
     def power_of_two(self, e: str) -> str:

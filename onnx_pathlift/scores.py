@@ -94,7 +94,7 @@ def scores_model(dag: Dag) -> tuple[BuiltModel, list[tuple[str, str, bool]]]:
         g = tensors[0]
         for t in tensors[1:]:
             g = b.op("Add", [g, t], "grad")
-        g = b.normalize(Scaled(g, k), len(layer.shape))
+        g = Scaled(g, k) if LAYER_OPS[layer.op].adjoint_moves else b.normalize(Scaled(g, k), len(layer.shape))
         xs = [clean(i) for i in layer.inputs]
         g_in, scores = LAYER_OPS[layer.op].adjoint(b, layer, xs, g, [shapes[i] for i in layer.inputs])
         for name, gi in zip(layer.inputs, g_in):

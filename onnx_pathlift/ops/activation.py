@@ -37,6 +37,7 @@ class Relu(ParameterFree, OneLipschitz):
     op = "relu"
     kind = "activation"
     accepts_dirty = True
+    adjoint_moves = True  # the lifted ReLU is the identity
     full_maps = False
     rescale_role = "per_channel"  # relu(λx) = λ·relu(x) for λ > 0
     folds_into_quantizer = True  # a quantizer whose range starts at 0 clips like a ReLU

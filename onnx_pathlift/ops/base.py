@@ -129,6 +129,9 @@ class LayerOp:
     capabilities: ClassVar[frozenset[str]] = frozenset()
     #: whether ``lift`` takes inputs that are not renormalised yet (``Scaled.dirty``)
     accepts_dirty: ClassVar[bool] = False
+    #: whether ``adjoint`` only moves, copies or splits the backward masses (no arithmetic), so that the
+    #: scores graph need not renormalise them first (the next layer that computes does)
+    adjoint_moves: ClassVar[bool] = False
     #: static scales with map axis :data:`ANY`: whether ``lift`` needs its inputs' exponent maps at the
     #: inputs' full shapes (a layer that moves neurons does); an elementwise layer takes them as they
     #: are, broadcastable (per channel stays per channel: no full-size map is built and compacted)
@@ -279,6 +282,7 @@ class MovesNeurons(ParameterFree, OneLipschitz):
     its lifted form is the op itself on the lifted tensor, scale unchanged."""
 
     accepts_dirty = True
+    adjoint_moves = True
     keeps_sign = True
 
     def adjoint(self, b, layer, xs, g, in_shapes):

@@ -134,6 +134,7 @@ def import_pad(node, ctx: ImportContext) -> None:
 class Concat(ParameterFree, OneLipschitz):
     op = "concat"
     keeps_sign = True
+    adjoint_moves = True  # a split
     kind = "skip"
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
