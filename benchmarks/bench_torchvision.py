@@ -69,7 +69,7 @@ prepared = prepare(model); rss.append(mark())
 dag = import_prepared(prepared); rss.append(mark())
 del model, prepared
 built, _ = lifted_bundle([(dag, 1.0), (dag, 2.0)]); rss.append(mark())
-session = make_session(built); rss.append(mark())
+session = make_session(built, rewrites="basic"); rss.append(mark())  # as norm's run-once sessions
 session.run(None, {n: np.ones(dag.layer(n).shape, np.float32) for n in dag.inputs}); rss.append(mark())
 names = ["python imports", "load", "fold + shapes", "import", "lift", "session", "run"]
 print(json.dumps({"stages": {n: [t[i + 1] - t[i], r] for i, (n, r) in enumerate(zip(names, rss))}, "params": dag.n_params}))
