@@ -507,12 +507,13 @@ class LiftBuilder(GraphBuilder):
         input ``i`` (``n`` of them; ``axis=None``: one for the whole input): ``-127 − ceil(headroom)``,
         so that such a weight times a value of that index is below ``2**-126`` in the output's units
         (``γ < 1``: budget.py), and never above ``-126`` (only subnormal weights go); ``-inf`` (none)
-        where the headroom is not known."""
+        where the headroom is not known or not finite."""
         if self.inputs is None:
             return np.full(n, -np.inf)
-        h = np.asarray(exp_diff(*self.inputs[i]), dtype=np.float64)
-        h = exp_vector(h, n, axis) if axis is not None else np.full(n, h.max(initial=-np.inf))  # NaN stays NaN
-        with np.errstate(invalid="ignore"):
+        bound, k = self.inputs[i]
+        with np.errstate(invalid="ignore"):  # an unbounded value (+inf) or unknown exponent gives +inf: no floor
+            h = np.subtract(np.asarray(bound, dtype=np.float64), np.asarray(k, dtype=np.float64))
+            h = exp_vector(h, n, axis) if axis is not None else np.full(n, h.max(initial=-np.inf))  # NaN stays NaN
             return np.where(np.isnan(h), -np.inf, np.minimum(-127.0 - np.ceil(h), -126.0))
 
     def weight(self, a: np.ndarray, q: float, hint: str, *shifts: np.ndarray,

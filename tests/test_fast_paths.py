@@ -187,3 +187,26 @@ def test_fed_session_norms_are_certified_around_the_initializer_ones() -> None:
     for a, b in zip(once.norms(), LiftedSession([(dag, 1.0), (dag, 2.0)]).norms()):
         assert a.certified and b.certified
         assert a.lower_log10 <= b.log10 <= a.upper_log10 and b.lower_log10 <= a.log10 <= b.upper_log10
+
+
+def test_weight_floors_keep_every_dropped_product_below_the_underflow_unit() -> None:
+    """The floor per input channel follows its headroom ``h = bound − k`` (the channel's values are at
+    most ``2**h · (1 + γ)``): ``-127 − ceil(h)``, never above ``-126``, ``-inf`` (nothing dropped) where
+    the headroom is unknown or unbounded; and a dropped weight times the largest value it can meet, with ``γ``
+    up to 0.99, stays below ``2**-126``: the one underflow the budget counts for that product."""
+    b = graph.LiftBuilder(13, static=True)
+    bound = np.array([[10.0], [3.5], [-4.2], [np.inf], [7.0]]).reshape(1, 5, 1, 1)
+    k = np.array([10.0, 0.0, 0.0, 3.0, -np.inf]).reshape(1, 5, 1, 1)
+    b.begin(0, [(bound, k)])
+    floors = b.floors(0, 5, 1)
+    assert list(floors[:3]) == [-127.0, -131.0, -126.0]  # h = 0, 3.5, -4.2
+    assert floors[3] == -np.inf  # an unbounded channel: nothing dropped
+    assert floors[4] == -np.inf  # no exponent (k = -inf, its weights scale to 0 anyway): nothing dropped
+    b.begin(0, None)
+    assert (b.floors(0, 3, 1) == -np.inf).all()  # the dynamic lift drops nothing
+    rng = np.random.default_rng(5)
+    for h in rng.uniform(-10, 40, 200):
+        f = min(-127.0 - math.ceil(h), -126.0)
+        w = np.nextafter(np.float32(2.0**f), np.float32(0))  # the largest weight that is dropped
+        t = 2.0**h * 1.99  # the largest value it can meet
+        assert float(w) * t < 2.0**-126
