@@ -133,7 +133,6 @@ class BuiltModel:
                 init.CopyFrom(numpy_helper.from_array(self.external[init.name], init.name))
         return out
 
-
     def fed(self) -> ModelProto:
         """The model with its large constants as graph inputs instead, to be fed with every run: a
         session built on it copies none of them (``runtime.make_session``)."""
@@ -294,8 +293,8 @@ def scaled_power(a: np.ndarray, q: float, *shifts: np.ndarray,
     float64 powers could overflow or underflow, so no entry is lost that float32 can hold. One
     float64 working copy of ``a``, updated in place (float32 for q = 1 and 2 where every partial
     product is a normal float32: the same result, see :func:`_float32_power`). ``floor_log2`` (broadcast
-    like the shifts): entries below ``2**floor_log2`` are set to 0 (see :meth:`LiftBuilder.weight`). Raises if an entry
-    overflows float32."""
+    like the shifts, or a callable giving it): entries below ``2**floor_log2`` are set to 0 (see
+    :meth:`LiftBuilder.weight`). Raises if an entry overflows float32."""
     low, top = log2_range(a)
     parts = _balanced([np.asarray(s, dtype=np.float64) for s in shifts])
     if top == -math.inf or (q in (1.0, 2.0) and np.asarray(a).dtype == np.float32 and _normal_float32(q * low, q * top, parts)
@@ -520,11 +519,10 @@ class LiftBuilder(GraphBuilder):
                floor: Callable[[], np.ndarray] | None = None) -> str:
         """The constant ``|a|**q · 2**(Σ shifts)`` of a static lifted layer (:func:`scaled_power`), with
         every entry below ``2**floor()`` (broadcast like the shifts, asked only where an entry may be
-        subnormal; see :meth:`floors`) set to 0. Each
-        such entry times its input is below ``2**-126`` in the output's units: one underflow of that
-        product, which the error budget already counts (:mod:`onnx_pathlift.budget`), while subnormal
-        operands make float32 GEMMs several times slower (DenseNet-121's lifted run at q = 1: 0.10 →
-        0.04 s, its sum unchanged)."""
+        subnormal; see :meth:`floors`) set to 0. Each such entry times its input is below ``2**-126``
+        in the output's units: one underflow of that product, which the error budget already counts
+        (:mod:`onnx_pathlift.budget`), while subnormal operands make float32 GEMMs several times slower
+        (DenseNet-121's lifted run at q = 1: 0.10 → 0.04 s, its sum unchanged)."""
         return self.const(scaled_power(a, q, *shifts, floor_log2=floor), hint)
 
     def exponent(self, value: int) -> str:
