@@ -244,11 +244,11 @@ def _log2_max(v: np.ndarray) -> float:
 
 class PathNormSession(LiftedSession):
     """The lifted network of one DAG and q, with its onnxruntime session built once (see
-    :class:`LiftedSession` for ``scales`` and ``per_sample``)."""
+    :class:`LiftedSession` for ``scales``, ``per_sample`` and ``quick_build``)."""
 
     def __init__(self, dag: Dag, q: float = 1.0, providers=None, scales: str = "auto", per_sample: bool = True,
-                 feeds: dict[str, np.ndarray] | None = None):
-        super().__init__([(dag, q)], providers, scales, per_sample, feeds)
+                 feeds: dict[str, np.ndarray] | None = None, quick_build: bool = False):
+        super().__init__([(dag, q)], providers, scales, per_sample, feeds, quick_build)
         self.dag, self.q = self.jobs[0]
 
     def run(self) -> PathNorm:
@@ -259,7 +259,7 @@ class PathNormSession(LiftedSession):
 def path_norm(model: ModelSource | Dag, q: float = 1.0, input_shape=None, providers=None) -> PathNorm:
     """‖Φ(θ)‖_q of an ONNX ReLU network (path, bytes, ModelProto or an imported :class:`Dag`)."""
     dag = model if isinstance(model, Dag) else import_model(model, input_shape)
-    return PathNormSession(dag, q, providers).run()
+    return PathNormSession(dag, q, providers, quick_build=True).run()  # run once
 
 
 def lift(model: ModelSource | Dag, q: float = 1.0, input_shape=None) -> ModelProto:
