@@ -17,7 +17,7 @@ from onnx import ModelProto, NodeProto, helper
 from .budget import Budget
 from .dag import Dag, Layer
 from .errors import UsageError
-from .graph import HEADROOM_LOG2, BuiltModel, GraphBuilder, LiftBuilder, Scaled, compact
+from .graph import HEADROOM_LOG2, SETTLE_LOG2, BuiltModel, GraphBuilder, LiftBuilder, Scaled, compact, forget_powers
 from .ops import LAYER_OPS, require
 from .ops.base import ANY
 
@@ -164,12 +164,8 @@ def lift_forward(dag: Dag, q: float, b: LiftBuilder, input_log2: dict[str, float
         if not b.static:
             clean(lname)
         budget.bound_log2[out] = _total_log2(bounds[lname], shapes[lname])
+    forget_powers()
     return Lifted(layers, value, budget)
-
-
-#: static scales: a layer's values are re-expressed at its target exponents once they drift this far
-#: (log2) from their bounds (either way); closer, they are left where they are (no extra operation)
-SETTLE_LOG2 = 30.0
 
 
 def _lift_static(b: LiftBuilder, layer: Layer, value: dict[str, Scaled], bounds: dict[str, np.ndarray],

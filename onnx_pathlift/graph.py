@@ -22,6 +22,9 @@ from .errors import PathliftError
 
 #: a tensor whose static bound grows past 2**this is renormalised (float32 overflows at 2**128)
 HEADROOM_LOG2 = 60.0
+#: static scales: a layer's values are re-expressed at its target exponents once they drift this far
+#: (log2) from their bounds (either way); closer, they are left where they are (no extra operation)
+SETTLE_LOG2 = 30.0
 _INV_LN2 = 1.0 / math.log(2.0)
 #: constants of at least this many bytes are handed to onnxruntime as arrays, not serialised into the model
 EXTERNAL_MIN_BYTES = 1 << 16
@@ -375,16 +378,50 @@ def _float32_power(a: np.ndarray, q: float, shifts: list[np.ndarray]) -> np.ndar
     correctly rounded square (the exact square has 48 bits, so float64 then float32 rounds the same
     way once), and scaling by a power of two is exact; so this equals the float64 computation, in a
     quarter of the memory traffic."""
-    m = np.abs(np.asarray(a), dtype=np.float32, order="C")
+    m = power32(np.asarray(a), q)
     shape = np.broadcast_shapes(m.shape, *(s.shape for s in shifts))
     if shape != m.shape:
         m = np.broadcast_to(m, shape).copy()
-    if q == 2.0:
-        np.multiply(m, m, out=m)
     with np.errstate(over="ignore", under="ignore"):
         for s in shifts:
             m *= np.exp2(s).astype(np.float32)  # exact: integers (or -inf: 0) in float32's normal exponent range
     return m
+
+
+#: the last ``|a|**q`` that :func:`power32` was asked to keep: ``(a, q, powers)``, one at a time
+_POWER_SLOT: list[tuple[np.ndarray, float, np.ndarray]] = []
+
+
+def power32(a: np.ndarray, q: float, keep: bool = False) -> np.ndarray:
+    """``|a|**q`` of a float32 array for q ∈ {1, 2}, as a new C-ordered float32 array of ``a``'s shape:
+    ``|a|`` exactly, ``a·a`` correctly rounded. ``keep``: also held (one array at a time, until
+    :func:`forget_powers`) for the next call on the same memory and q, which takes it instead of
+    computing it again: a layer's static bound and its lifted weight then read the weights once."""
+    if _POWER_SLOT and _POWER_SLOT[0][1] == q and _same_memory(_POWER_SLOT[0][0], a):
+        m = _POWER_SLOT.pop()[2].reshape(a.shape)
+    else:
+        m = np.square(a, dtype=np.float32, order="C") if q == 2.0 else np.abs(a, dtype=np.float32, order="C")
+    if keep:
+        _POWER_SLOT[:] = [(a, q, m)]
+    return m
+
+
+def bias_values(bias_log2: np.ndarray, k: Exponent) -> np.ndarray:
+    """A non-negative bias given as ``log2 t`` at exponent (map) ``k``: ``2**(log2 t − k)`` in float32,
+    entry by entry (broadcast against ``k``; 0 where either is ``-inf``)."""
+    return scaled_power(np.ones(()), 1.0, exp_diff(bias_log2, k))
+
+
+def forget_powers() -> None:
+    """Drop the array :func:`power32` keeps (the end of a lift)."""
+    _POWER_SLOT.clear()
+
+
+def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two arrays hold the same elements in the same order: C-contiguous, one dtype, one size,
+    one start address (the first is held alive by the slot, so its memory cannot be reused)."""
+    return (a.dtype == b.dtype and a.size == b.size and a.flags.c_contiguous and b.flags.c_contiguous
+            and a.ctypes.data == b.ctypes.data)
 
 
 def neg_exp(k: np.ndarray) -> np.ndarray:
@@ -525,6 +562,16 @@ class LiftBuilder(GraphBuilder):
         (DenseNet-121's lifted run at q = 1: 0.10 → 0.04 s, its sum unchanged)."""
         return self.const(scaled_power(a, q, *shifts, floor_log2=floor), hint)
 
+    def near_target(self, k: Exponent) -> bool:
+        """Static mode: whether values held at exponent map ``k`` may stay there: within
+        :data:`SETTLE_LOG2` − 1 of the layer's target (its bound rounded up) at every neuron, and
+        ``-inf`` (known to be 0) only where the target is."""
+        k, t = np.broadcast_arrays(np.asarray(k, dtype=np.float64), np.asarray(self.target, dtype=np.float64))
+        if np.any(np.isneginf(k) & np.isfinite(t)):  # -inf: known to be 0, which a neuron of finite bound is not
+            return False
+        d = np.abs(k - t)[np.isfinite(k) & np.isfinite(t)]
+        return not d.size or float(d.max()) <= SETTLE_LOG2 - 1.0
+
     def exponent(self, value: int) -> str:
         return self.scalar(float(value))
 
@@ -586,7 +633,7 @@ class LiftBuilder(GraphBuilder):
         if self.static:
             if k_out is None:
                 k_out = self.target if self.target is not None else compact(np.maximum(x.log2, np.ceil(bias_log2)))
-            t = self.const(scaled_power(np.ones(()), 1.0, exp_diff(bias_log2, k_out)), "absBias")
+            t = self.const(bias_values(bias_log2, k_out), "absBias")
             return Scaled(self.op("Add", [self.scale_by(x.tensor, compact(exp_diff(x.log2, k_out))), t], "bias"), k_out,
                           max(x.bound, 1.0) + 1.0)
         e_bias = int(math.floor(exp_max(bias_log2)))

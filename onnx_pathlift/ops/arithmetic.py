@@ -18,7 +18,7 @@ import numpy as np
 
 from ..dag import Layer
 from ..errors import Refusal, RefuseNode, UnsupportedModelError
-from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, exp_diff, lifted_log2, pow_scaled, scaled_power
+from ..graph import Exponent, GraphBuilder, LiftBuilder, Scaled, compact, exp_diff, lifted_log2, pow_scaled, scaled_power
 from .base import (
     ANY,
     ImportContext,
@@ -62,7 +62,10 @@ class Affine(LayerOp):
 
     def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
         x = xs[0]
-        if b.static and "scale" in layer.params:  # |s|**q · 2**(k_x − k_out), entry by entry
+        kept = self._kept_exponent(b, layer, x, q) if b.static else None
+        if kept is not None:  # no multiplication: |s|**q = 2**j folded into the exponent, exactly
+            x = Scaled(x.tensor, kept)
+        elif b.static and "scale" in layer.params:  # |s|**q · 2**(k_x − k_out), entry by entry
             shift = compact(exp_diff(x.log2, b.target))
             x = Scaled(b.op("Mul", [x.tensor, b.const(scaled_power(layer.params["scale"], q, shift), "absScale")], "scale"), b.target)
         elif "scale" in layer.params:
@@ -70,7 +73,21 @@ class Affine(LayerOp):
             x = b.shift(replace(x, tensor=b.op("Mul", [x.tensor, b.const(s, "absScale")], "scale"), bound=x.bound + 1.0), es)
         if "bias" not in layer.params or not np.any(layer.params["bias"]):
             return x  # a zero bias starts no path (and must not drag the scale towards 2**0)
-        return b.add_bias(x, lifted_log2(layer.params["bias"], q), len(layer.shape))
+        return b.add_bias(x, lifted_log2(layer.params["bias"], q), len(layer.shape), kept)
+
+    @staticmethod
+    def _kept_exponent(b: LiftBuilder, layer: Layer, x: Scaled, q: float) -> Exponent | None:
+        """Static scales: when every ``|s|**q`` is a power of two ``2**j`` (or 0, or there is no scale,
+        as for the flips of an imported Clip: s = −1), the output's exponent map ``k_x + j`` holds the
+        product exactly with no operation; kept where it stays near the layer's target, else None."""
+        j = 0.0
+        if "scale" in layer.params:
+            j = lifted_log2(layer.params["scale"], q)
+            finite = j[np.isfinite(j)]
+            if not np.array_equal(finite, np.round(finite)):
+                return None
+        k = compact(np.add(np.asarray(x.log2, dtype=np.float64), j), layer.shape)
+        return k if b.near_target(k) else None
 
     def bound(self, layer, bs, shapes, q):
         with np.errstate(divide="ignore"):

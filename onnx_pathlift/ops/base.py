@@ -26,7 +26,19 @@ from onnx import AttributeProto, NodeProto, defs, helper
 
 from ..dag import Dag, Layer
 from ..errors import RefuseNode
-from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, lifted_log2, log2_range, pow_exponent, pow_row_reduce
+from ..graph import (
+    Exponent,
+    GraphBuilder,
+    LiftBuilder,
+    Scaled,
+    bias_values,
+    compact,
+    lifted_log2,
+    log2_range,
+    pow_exponent,
+    pow_row_reduce,
+    power32,
+)
 
 if TYPE_CHECKING:  # prepare imports this registry (SPEC_RULES) at run time
     from ..prepare import Prepared
@@ -383,17 +395,25 @@ def log2_power_matvec32(a: np.ndarray, rows: np.ndarray, q: float, lu: np.ndarra
     spread = float(lu[np.isfinite(lu)].min()) - top  # each factor 2**(lu − top) and each product: normal float32
     if q * top_w + math.log2(n) > 125 or spread < -125 or q * low_w + spread < -125:
         return None
-    v = np.exp2(lu - top).astype(np.float32)
-    step = max(1, 2**22 // n)
-    sums = np.empty(rows.shape[0])
-    for i in range(0, rows.shape[0], step):
-        m = np.abs(rows[i:i + step])
-        if q == 2.0:
-            np.multiply(m, m, out=m)
-        sums[i:i + step] = m @ v
+    sums = _power_matvec(rows, q, np.exp2(lu - top).astype(np.float32))
     gamma = n * _U32 / (1.0 - n * _U32)
     with np.errstate(divide="ignore"):
         return np.log2(sums / ((1.0 - _U32) ** 2 * (1.0 - gamma)) * (1.0 + 2.0**-48)) + (top + 2.0**-40)
+
+
+def _power_matvec(rows: np.ndarray, q: float, v: np.ndarray) -> np.ndarray:
+    """``|rows|**q @ v`` in float32, returned in float64. Rows laid out contiguously (or their
+    transpose) are powered whole, in memory order, and the powers kept for the lift of the same
+    weights (:func:`~onnx_pathlift.graph.power32`); other layouts a block of rows at a time."""
+    for src, transposed in ((rows, False), (rows.T, True)):
+        if src.flags.c_contiguous:
+            m = power32(src, q, keep=True)
+            return np.asarray(v @ m if transposed else m @ v, dtype=np.float64)
+    step = max(1, 2**22 // rows.shape[1])
+    sums = np.empty(rows.shape[0])
+    for i in range(0, rows.shape[0], step):
+        sums[i:i + step] = power32(rows[i:i + step], q) @ v
+    return sums
 
 
 def log2_rows(w: np.ndarray, q: float, lu: np.ndarray) -> np.ndarray:
@@ -615,6 +635,24 @@ def lift_bias(b: LiftBuilder, layer: Layer, y: Scaled, q: float, k_out=None) -> 
     if "B" not in layer.params or not np.any(layer.params["B"]):
         return y
     return b.add_bias(y, lifted_log2(layer.params["B"], q), len(layer.shape), k_out)
+
+
+def channel_bias(layer: Layer, q: float, k_out: Exponent, axis: int) -> np.ndarray | None:
+    """Static scales: the lifted bias ``|B|**q`` of a conv or dense layer at its output's exponent map
+    ``k_out``, as the 1-D constant (one value per index of output ``axis``) that Conv's ``B`` or Gemm's
+    ``C`` input takes; None where the layer has no bias or it varies along another axis (then
+    :func:`lift_bias` adds it). The same values and the same one rounding of the sum as that Add,
+    without its pass over the output."""
+    if "B" not in layer.params or not np.any(layer.params["B"]):
+        return None
+    t = bias_values(lifted_log2(layer.params["B"], q), k_out)
+    rank = len(layer.shape)
+    if t.ndim > rank:
+        return None
+    t = t.reshape((1,) * (rank - t.ndim) + t.shape)
+    if any(n != 1 for i, n in enumerate(t.shape) if i != axis):
+        return None
+    return np.ascontiguousarray(np.broadcast_to(t.reshape(-1), (layer.shape[axis],)))
 
 
 def bias_bound(layer: Layer, lu: np.ndarray, q: float) -> np.ndarray:

@@ -32,6 +32,7 @@ from .base import (
     along_axis,
     attributes,
     bias_bound,
+    channel_bias,
     channel_rule,
     channel_vector,
     imports,
@@ -101,9 +102,11 @@ class Conv(LayerOp):
             def floor() -> np.ndarray:
                 return _per_entry(b.floors(0, len(k_in), 1), ins, tail)
 
-            y = b.op(self.onnx_op, [xs[0].tensor, b.weight(w, q, "absW", *shifts, floor=floor)], self.op, **layer.attrs)
             k_out = compact(on_axis(t_out, len(layer.shape), 1), layer.shape)
-            return lift_bias(b, layer, Scaled(y, k_out), q, k_out)
+            bias = channel_bias(layer, q, k_out, 1)
+            ins = [xs[0].tensor, b.weight(w, q, "absW", *shifts, floor=floor)] + ([] if bias is None else [b.const(bias, "absBias")])
+            y = Scaled(b.op(self.onnx_op, ins, self.op, **layer.attrs), k_out, 2.0)
+            return y if bias is not None else lift_bias(b, layer, y, q, k_out)
         c, e = b.abs_power(w, q, "absW")
         y = b.op(self.onnx_op, [xs[0].tensor, c], self.op, **layer.attrs)
         y = b.shift(Scaled(y, xs[0].log2, xs[0].bound + max(self.gain_log2(layer, q), 0.0), dirty=True), e)

@@ -36,6 +36,7 @@ from .base import (
     attributes,
     bias_bound,
     broadcasts_to,
+    channel_bias,
     channel_rule,
     channel_vector,
     imports,
@@ -86,7 +87,10 @@ class Dense(LayerOp):
         w, right, stored = layer.params["W"], layer.attrs["side"] == "right", _stored_transposed(layer)
         if b.static:
             c, k_out = self._static_weight(b, layer, xs[0], q, stored)
-            return lift_bias(b, layer, Scaled(_product(b, layer, xs[0].tensor, c, stored), k_out), q, k_out)
+            rank = len(layer.shape)
+            bias = channel_bias(layer, q, k_out, 1) if right and rank == 2 and w.ndim == 2 else None
+            y = Scaled(_product(b, layer, xs[0].tensor, c, stored, None if bias is None else b.const(bias, "absBias")), k_out, 2.0)
+            return y if bias is not None else lift_bias(b, layer, y, q, k_out)
         c, e = b.abs_power(w, q, "absW", transposed=stored)
         y = _product(b, layer, xs[0].tensor, c, stored)
         # largest output ≤ (max input) · largest sum of the weights feeding one output
@@ -208,11 +212,12 @@ class Dense(LayerOp):
         return replace(layer, params={**layer.params, "W": w * (s[:, None] if right else s[None, :])})
 
 
-def _product(b: LiftBuilder, layer: Layer, x: str, c: str, stored: bool) -> str:
+def _product(b: LiftBuilder, layer: Layer, x: str, c: str, stored: bool, bias: str | None = None) -> str:
     """The lifted layer's product of ``x`` with its constant ``c``: ``x @ c`` or ``c @ x``, or, for ``c``
-    holding ``|W|ᵀ`` as stored, a Gemm ``transB`` (onnxruntime reads that layout, no transposing copy)."""
-    if stored:
-        return b.op("Gemm", [x, c], "dense", transB=1)
+    holding ``|W|ᵀ`` as stored, a Gemm ``transB`` (onnxruntime reads that layout, no transposing copy);
+    with a ``bias`` (a 2-D ``x @ c`` only), the Gemm ``x @ c + bias``."""
+    if stored or bias is not None:
+        return b.op("Gemm", [x, c] + ([] if bias is None else [bias]), "dense", transB=int(stored))
     return b.op("MatMul", [x, c] if layer.attrs["side"] == "right" else [c, x], "dense")
 
 
