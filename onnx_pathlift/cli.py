@@ -19,7 +19,7 @@ import math
 import signal
 import sys
 
-from . import __version__
+from . import __version__, prefetch
 from .errors import PathliftError, UsageError
 from .sanitise import terminal
 
@@ -598,7 +598,10 @@ def _check_q(qs: list[float]) -> None:
 
 
 def _run(args) -> int:
-    """The command, its text output escaped for the terminal (``--json`` output is escaped by json.dumps)."""
+    """The command, its text output escaped for the terminal (``--json`` output is escaped by json.dumps);
+    a model file is read on a thread while the command imports its analyses (:mod:`onnx_pathlift.prefetch`)."""
+    if isinstance(getattr(args, "model", None), str):
+        prefetch.start(args.model)
     if args.json:
         return args.func(args)
     with contextlib.redirect_stdout(_TerminalSafe(sys.stdout)):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from onnx import ModelProto
 
+from . import prefetch
 from .errors import InvalidModelError
 from .read import DEFAULT_LIMITS, Limits, check_sizes, load_external_data, parse_model, refuse_external
 
@@ -36,7 +37,7 @@ def load_model(source: ModelSource, limits: Limits = DEFAULT_LIMITS) -> ModelPro
     if not path.is_file():
         raise InvalidModelError(f"{path}: no such file")
     try:
-        data = path.read_bytes()
+        data = prefetch.take(path) or path.read_bytes()
     except OSError as exc:
         raise InvalidModelError(f"{path}: cannot read: {exc.strerror}") from exc
     model = parse_model(data, str(path))

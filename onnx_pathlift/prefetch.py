@@ -1,0 +1,59 @@
+"""Read a model file on a thread while the command imports its analyses.
+
+A command's imports (numpy, onnx, networkx, onnxruntime: about 0.2 s) are Python work under the
+interpreter lock; reading the file is a system call that runs without it. The command line starts
+the read first (:func:`start`) and :func:`~onnx_pathlift.load.load_model` takes the bytes
+(:func:`take`) instead of reading the file again, if it is still the same file (size, modification
+time, inode); on any doubt or error it reads the file itself, as it would have. Standard library only:
+this module is imported before the analyses are.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+
+#: path (absolute) -> (the file's identity when the read started, the reading thread, its result box)
+_PENDING: dict[str, tuple[tuple[int, ...], threading.Thread, list]] = {}
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def start(path: str | os.PathLike) -> None:
+    """Start reading the regular file ``path`` on a daemon thread (nothing happens for anything else)."""
+    key = os.path.abspath(path)
+    try:
+        st = os.stat(key)
+    except (OSError, ValueError):
+        return
+    if not stat.S_ISREG(st.st_mode) or key in _PENDING:
+        return
+    box: list = []
+
+    def read() -> None:
+        try:
+            with open(key, "rb") as f:
+                box.append(f.read())
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=read, name="onnx-pathlift-prefetch", daemon=True)
+    _PENDING[key] = (_identity(st), thread, box)
+    thread.start()
+
+
+def take(path: str | os.PathLike) -> bytes | None:
+    """The bytes :func:`start` read for ``path``, once, if the file is unchanged since; else None."""
+    entry = _PENDING.pop(os.path.abspath(path), None)
+    if entry is None:
+        return None
+    identity, thread, box = entry
+    thread.join()
+    try:
+        same = _identity(os.stat(os.path.abspath(path))) == identity
+    except OSError:
+        return None
+    return box[0] if same and box and len(box[0]) == identity[2] else None
