@@ -132,7 +132,7 @@ def in_process(path: Path, repeat: int) -> dict:
     """import + lift + session + run against session + run; lifted run against one inference."""
     import onnxruntime as ort
 
-    import onnx_pathlift as pl
+    from onnx_pathlift.api import compute_norms
     from onnx_pathlift.norm import LiftedSession
 
     x = np.random.default_rng(0).random([1, 3, SIZE, SIZE], dtype=np.float32)
@@ -141,7 +141,7 @@ def in_process(path: Path, repeat: int) -> dict:
     feeds = {plain.get_inputs()[0].name: x}
     plain.run(None, feeds)
     t1 = time.perf_counter()
-    report = pl.compute_norms(str(path), [1.0, 2.0])  # what a user calls: one import, sessions built to run once
+    report = compute_norms(str(path), [1.0, 2.0])  # what a user calls: one import, sessions built to run once
     t4 = time.perf_counter()
     norms = report.norms
     session = LiftedSession([(report.dag, 1.0), (report.dag, 2.0)])  # a session for repeated runs, all rewrites
