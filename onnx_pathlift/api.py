@@ -51,25 +51,29 @@ def model_name(source: ModelSource) -> str:
 
 @dataclass
 class Loaded:
-    """A model as read (``model``), prepared (static shapes, constants folded) and imported."""
+    """A model as read (``model``; None where only its weights were needed), prepared (static shapes,
+    constants folded) and imported."""
 
-    model: ModelProto
+    model: ModelProto | None
     prepared: Prepared
     dag: Dag
     seconds: float  # wall time of the three steps
 
 
-def load(source: ModelSource, input_shape: InputShape = None, outputs: list[str] | None = None) -> Loaded:
+def load(source: ModelSource, input_shape: InputShape = None, outputs: list[str] | None = None,
+         whole: bool = True) -> Loaded:
     """Read ``source`` (path, bytes or ``ModelProto``), fix its input shapes (``input_shape``: one
-    shape, or one per input name) and import the tensors ``outputs`` (None: every analysed output)."""
+    shape, or one per input name) and import the tensors ``outputs`` (None: every analysed output).
+    ``whole=False``, for analyses of the DAG alone: a file's large weights are read straight into
+    arrays (:func:`~onnx_pathlift.load.load_split`) and ``model`` is None."""
     from .importer import import_prepared
-    from .load import load_model
+    from .load import load_model, load_split
     from .prepare import prepare
 
     t0 = time.perf_counter()
-    model = load_model(source)
-    prepared = prepare(model, input_shape)
-    return Loaded(model, prepared, import_prepared(prepared, outputs or None), time.perf_counter() - t0)
+    model, stored = (load_model(source), None) if whole else load_split(source)
+    prepared = prepare(model, input_shape, stored=stored)
+    return Loaded(model if whole else None, prepared, import_prepared(prepared, outputs or None), time.perf_counter() - t0)
 
 
 def save_model(model: ModelProto, out: str | os.PathLike) -> None:
@@ -127,7 +131,7 @@ def compute_norms(source: ModelSource, q: list[float] | tuple[float, ...] = (1.0
     raised. Raises :class:`~onnx_pathlift.errors.ProviderUnavailableError` when ``"cuda"`` is unavailable."""
     from .norm import LiftedSession
 
-    loaded = load(source, input_shape, outputs)
+    loaded = load(source, input_shape, outputs, whole=verify)
     dag, seconds = loaded.dag, loaded.seconds
     source_model = (loaded.model, loaded.prepared.elem_types) if verify else None
     del loaded  # without the check, the parsed file is not needed again: free it before lifting
@@ -190,7 +194,7 @@ def write_lifted(source: ModelSource, out: str | os.PathLike, q: float = 1.0, in
 
     if isinstance(source, (str, os.PathLike)):
         refuse_overwriting_input(out, source)
-    dag = load(source, input_shape, outputs).dag
+    dag = load(source, input_shape, outputs, whole=False).dag
     session = PathNormSession(dag, q, per_sample=False)  # static scales if their budget certifies them, else dynamic
     norm = session.run()
     model = describe_lifted(session.model, dag, q, session.static, _sha256(source))
@@ -280,7 +284,7 @@ def lipschitz_report(source: ModelSource, input_shape: InputShape = None, output
     product of the layers' ℓ∞ operator norms."""
     from .lipschitz_bound import lipschitz
 
-    return LipschitzReport(model_name(source), lipschitz(load(source, input_shape, outputs).dag, providers=providers))
+    return LipschitzReport(model_name(source), lipschitz(load(source, input_shape, outputs, whole=False).dag, providers=providers))
 
 
 @dataclass
@@ -311,7 +315,7 @@ def score_weights(source: ModelSource, out: str | os.PathLike | None = None, inp
 
     if out and isinstance(source, (str, os.PathLike)):
         refuse_overwriting_input(out, source)
-    dag = load(source, input_shape, outputs).dag
+    dag = load(source, input_shape, outputs, whole=False).dag
     t0 = time.perf_counter()
     scores = path_magnitude(dag, providers=providers)
     elapsed = time.perf_counter() - t0

@@ -18,7 +18,7 @@ from onnx import AttributeProto, NodeProto, TensorProto
 
 from .dag import Dag, Layer
 from .errors import InvalidModelError, Refusal, RefuseNode, UnsupportedModelError, UsageError
-from .load import ModelSource, load_model
+from .load import ModelSource, load_split
 from .ops import IMPORTERS, ImportContext, reason_for
 from .ops.base import HEAD_ROLES, LOOKUPS
 from .prepare import Prepared, prepare
@@ -57,8 +57,10 @@ def import_model(
     outputs: list[str] | None = None,
     limits: Limits = DEFAULT_LIMITS,
 ) -> Dag:
-    """Import an ONNX model (path, bytes or ModelProto) as a DAG of layers, within ``limits``."""
-    return import_prepared(prepare(load_model(source, limits), input_shape, limits), outputs)
+    """Import an ONNX model (path, bytes or ModelProto) as a DAG of layers, within ``limits`` (a file's
+    large weights read straight into arrays: :func:`~onnx_pathlift.load.load_split`)."""
+    model, stored = load_split(source, limits)
+    return import_prepared(prepare(model, input_shape, limits, stored), outputs)
 
 
 def _head_input(node: NodeProto, consts: dict) -> str | None:

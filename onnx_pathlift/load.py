@@ -7,14 +7,19 @@ limits, external data), :mod:`onnx_pathlift.fold` (constant folding) and
 
 from __future__ import annotations
 
+import io
+import math
 import os
+import sys
 from pathlib import Path
 
-from onnx import ModelProto
+import numpy as np
+from onnx import ModelProto, TensorProto, helper
 
 from . import prefetch
 from .errors import InvalidModelError
 from .read import DEFAULT_LIMITS, Limits, check_sizes, load_external_data, parse_model, refuse_external
+from .wire import split_file
 
 ModelSource = str | os.PathLike | bytes | ModelProto
 
@@ -45,3 +50,54 @@ def load_model(source: ModelSource, limits: Limits = DEFAULT_LIMITS) -> ModelPro
     load_external_data(model, path.resolve().parent)
     return model
 
+
+
+#: initializer types whose payload is read straight into an array (raw little-endian, as numpy reads them)
+_SPLIT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.DOUBLE})
+
+
+def load_split(source: ModelSource, limits: Limits = DEFAULT_LIMITS) -> tuple[ModelProto, dict[int, np.ndarray]]:
+    """For the analyses, which read a model's weights but never run, write or re-serialise the model
+    itself: the model with its large float32/float64 initializers left without data, and those
+    initializers as read-only arrays by index in ``graph.initializer``, read from the file straight
+    into aligned arrays (:mod:`onnx_pathlift.wire`: one copy of the weights instead of three). A
+    source that is not a path, or a file the splitter leaves to protobuf, is loaded whole
+    (:func:`load_model`, no arrays); so is any initializer whose payload does not fit its declared
+    shape exactly, which then meets the usual checks."""
+    if isinstance(source, (ModelProto, bytes, bytearray)) or sys.byteorder != "little":
+        return load_model(source, limits), {}
+    path = Path(source)
+    data = prefetch.take(path)
+    try:
+        if data is not None:
+            split = split_file(io.BytesIO(data), len(data))
+        else:
+            with open(path, "rb") as f:
+                split = split_file(f, os.fstat(f.fileno()).st_size)
+    except OSError:
+        split = None
+    del data
+    if split is None:
+        return load_model(source, limits), {}
+    model, payloads = parse_model(split[0], str(path)), split[1]
+    for index in [i for i in payloads if model.graph.initializer[i].data_location != TensorProto.DEFAULT]:
+        model.graph.initializer[index].raw_data = payloads.pop(index).tobytes()  # external data replaces it, as it would have
+    check_sizes(model, limits)
+    load_external_data(model, path.resolve().parent)
+    return model, _arrays(model, payloads)
+
+
+def _arrays(model: ModelProto, payloads: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """Each payload as its initializer's array, where type, shape and size agree; any other goes back
+    into its tensor's ``raw_data``, as the file had it."""
+    arrays = {}
+    for index, payload in payloads.items():
+        tensor = model.graph.initializer[index]
+        dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type) if tensor.data_type in _SPLIT_TYPES else None
+        if dtype is None or payload.nbytes != math.prod(tensor.dims) * dtype.itemsize:
+            tensor.raw_data = payload.tobytes()
+            continue
+        array = payload.view(dtype).reshape(tuple(tensor.dims))
+        array.flags.writeable = False
+        arrays[index] = array
+    return arrays

@@ -27,7 +27,8 @@ from .read import DEFAULT_LIMITS, FLOAT_TYPES, MAX_RANK, Limits, check_sizes, re
 
 @dataclass
 class Prepared:
-    """A model with static input shapes, constants folded and every tensor's shape known."""
+    """A model with static input shapes, constants folded and every tensor's shape known (``consts``
+    holds every initializer: those read apart from ``model`` have no data there)."""
 
     model: ModelProto
     opset: int
@@ -261,22 +262,23 @@ def topological_nodes(nodes: list[NodeProto], known: set[str]) -> list[NodeProto
 
 
 def prepare(model: ModelProto, input_shape: tuple[int, ...] | dict[str, tuple[int, ...]] | None = None,
-            limits: Limits = DEFAULT_LIMITS) -> Prepared:
+            limits: Limits = DEFAULT_LIMITS, stored: dict[int, np.ndarray] | None = None) -> Prepared:
     """Fix input shapes, fold constant subgraphs and infer every tensor's static shape.
 
     ``input_shape``: one shape for a single-input model, or a shape per input name; by default the
     model's own (batch 1 for a symbolic batch). Raises :class:`InvalidModelError` for a model that
     breaks the ONNX spec or ``limits``, :class:`UnsupportedModelError` for a valid one outside the
     supported set (a newer opset, integer inputs, sparse tensors), :class:`UsageError` for a shape
-    that contradicts the model or a symbolic shape left unresolved."""
+    that contradicts the model or a symbolic shape left unresolved. ``stored``: initializers read
+    apart from the model, by index (:func:`onnx_pathlift.load.load_split`)."""
     opset = main_opset(model)
     _check_graph(model, opset, limits)
     inputs = _resolve_input_shapes(model, input_shape)
     _check_activations(inputs, {}, limits)  # before shape inference sees them
     consts: dict[str, np.ndarray] = {}
-    for tensor in model.graph.initializer:
+    for index, tensor in enumerate(model.graph.initializer):
         try:
-            consts[tensor.name] = numpy_helper.to_array(tensor)
+            consts[tensor.name] = stored[index] if stored and index in stored else numpy_helper.to_array(tensor)
         except Exception as exc:
             raise InvalidModelError(f"initializer {tensor.name!r} cannot be read: {exc}") from exc
     shapes: dict[str, tuple[int, ...]] = dict(inputs)

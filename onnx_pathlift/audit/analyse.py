@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import InvalidModelError, PathliftError, UnsupportedModelError
 from ..importer import import_prepared
 from ..lipschitz_bound import bound_from
-from ..load import load_model
+from ..load import load_split
 from ..norm import LiftedSession
 from ..prepare import main_opset, prepare
 from ..transforms import without_biases
@@ -58,10 +58,10 @@ def analyse(task: Task, settings: Settings) -> ModelResult:
     facts: dict = {}
     try:
         _test_hook(task.path)
-        model = load_model(task.path)
+        model, stored = load_split(task.path)  # the weights straight into arrays: the model is not run or written
         facts["producer"] = f"{model.producer_name} {model.producer_version}".strip()
         facts["opset"] = _opset(model)
-        prepared = prepare(model, settings.input_shape)
+        prepared = prepare(model, settings.input_shape, stored=stored)
         facts["input_shape"] = {k: list(v) for k, v in prepared.inputs.items()}
         dag = import_prepared(prepared)
         facts.update(params=dag.n_params, kinds=dag.kind_counts(), outputs=list(dag.outputs), notes=list(dag.notes))

@@ -1,0 +1,152 @@
+"""Reading a file's large weights straight into arrays (onnx_pathlift.wire, load.load_split) against
+protobuf's own reading of the whole file.
+
+* on every model of the shipped set, the shared zoo and the onnx wheel's light models: the same
+  initializers, bit for bit, in the same order, the other fields of each tensor unchanged;
+* protobuf parses kilobytes, not the weights (counted: the bytes handed to it);
+* hostile files (cut anywhere, lengths past their message, overlong varints, groups, a second graph
+  or raw_data field, a payload that does not fit its shape, external data beside it): the same
+  outcome as reading the file whole, the same arrays or the same error.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from builders import net
+from conftest import LIGHT, MODELS
+from onnx import helper, numpy_helper
+
+from onnx_pathlift import load, wire
+from onnx_pathlift.errors import PathliftError
+from onnx_pathlift.importer import import_model
+
+EXTERNAL = "w.bin"
+
+
+def _outcome(read, path: Path):
+    """``("ok", initializer name -> (dtype, shape, bytes), the tensors without their data)`` or
+    ``("error", class, message)``."""
+    try:
+        model, stored = read(path)
+        arrays = {t.name: stored[i] if i in stored else numpy_helper.to_array(t) for i, t in enumerate(model.graph.initializer)}
+    except (PathliftError, ValueError) as exc:  # to_array: a payload that does not fit its dims
+        return "error", type(exc).__name__, str(exc)
+    rest = []
+    for t in model.graph.initializer:
+        a = arrays[t.name]
+        arrays[t.name] = (a.dtype.str, a.shape, a.tobytes())
+        bare = onnx.TensorProto()
+        bare.CopyFrom(t)
+        bare.ClearField("raw_data")
+        rest.append(bare.SerializeToString())
+    return "ok", arrays, rest
+
+
+def _whole(path: Path):
+    return load.load_model(path), {}
+
+
+def _files() -> list[Path]:
+    zoo = Path(__file__).resolve().parents[2] / "shared" / "zoo"
+    found = sorted(MODELS.glob("*.onnx")) + sorted(LIGHT.glob("*.onnx")) + sorted(zoo.rglob("*.onnx"))
+    return [p for p in found if p.stat().st_size < 64 << 20]
+
+
+@pytest.mark.parametrize("path", _files(), ids=lambda p: p.name)
+def test_the_same_initializers_as_protobuf_reads(path: Path) -> None:
+    whole = _outcome(_whole, path)
+    assert _outcome(load.load_split, path) == whole
+
+
+def _big_model(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("Gemm", ["x", "W1", "B1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "W2", "B2"], ["y"])]
+    return net([1, 256], nodes, [1, 10], {"W1": rng.normal(size=(256, 512)), "B1": rng.normal(size=512),
+                                          "W2": rng.normal(size=(512, 10)), "B2": rng.normal(size=10)})
+
+
+def test_protobuf_parses_the_structure_not_the_weights(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "big.onnx"
+    path.write_bytes(_big_model().SerializeToString())
+    parsed = []
+    monkeypatch.setattr(load, "parse_model", lambda data, where: parsed.append(len(data)) or onnx.load_from_string(data))
+    model, stored = load.load_split(path)
+    assert sorted(a.size for a in stored.values()) == [512 * 10, 256 * 512]  # the biases are below MIN_PAYLOAD
+    assert len(parsed) == 1 and parsed[0] < 8 << 10 and path.stat().st_size > 500 << 10
+    assert all(not a.flags.writeable and a.ctypes.data % a.itemsize == 0 for a in stored.values())
+    dag = import_model(path)
+    assert dag.n_params == 256 * 512 + 512 + 512 * 10 + 10
+
+
+def _varint(v: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((v & 0x7F) | (0x80 if v > 0x7F else 0))
+        v >>= 7
+        if not v:
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _hostile(base: bytes) -> dict[str, bytes]:
+    """Variants of a valid file that the splitter must leave to protobuf, or read exactly as it does."""
+    model = onnx.load_from_string(base)
+    graph = model.graph.SerializeToString()
+    head = model.SerializeToString().replace(_field(7, graph), b"")  # the model's fields but its graph
+    tensor = model.graph.initializer[0]
+
+    def extra(name: str) -> onnx.TensorProto:
+        t = onnx.TensorProto()
+        t.CopyFrom(tensor)
+        t.name = name
+        return t
+
+    first, rest = onnx.GraphProto(), onnx.GraphProto()  # the initializers split between two graph fields
+    first.initializer.extend(model.graph.initializer[:1])
+    rest.CopyFrom(model.graph)
+    del rest.initializer[:1]
+    doubled_bytes = extra("doubled").SerializeToString() + _field(9, tensor.raw_data[::-1])  # a second raw_data: the last wins
+    short = extra("short")
+    short.raw_data = tensor.raw_data[:-4]  # one element fewer than the dims say
+    external = extra("external")  # raw_data in the file, and external data in EXTERNAL (which wins)
+    external.data_location = onnx.TensorProto.EXTERNAL
+    external.external_data.add(key="location", value=EXTERNAL)
+    return {
+        **{f"cut_{n}": base[:n] for n in (1, 5, 17, len(base) // 3, len(base) // 2, len(base) - 1)},
+        "two_graphs": head + _field(7, first.SerializeToString()) + _field(7, rest.SerializeToString()),  # merged
+        "graph_past_end": head + _varint(7 << 3 | 2) + _varint(len(graph) + 10) + graph,
+        "overlong_varint": head + _varint(7 << 3 | 2) + b"\xff" * 10 + b"\x01" + graph,
+        "group": head + _varint(9 << 3 | 3) + _varint(9 << 3 | 4) + _field(7, graph),
+        "second_raw_data": head + _field(7, graph + _field(5, doubled_bytes)),
+        "short_payload": head + _field(7, graph + _field(5, short.SerializeToString())),
+        "external_and_raw": head + _field(7, graph + _field(5, external.SerializeToString())),
+        "empty": b"",
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_hostile(_big_model().SerializeToString())))
+def test_hostile_files_read_as_protobuf_reads_them(case: str, tmp_path: Path) -> None:
+    path = tmp_path / "m.onnx"
+    path.write_bytes(_hostile(_big_model().SerializeToString())[case])
+    (tmp_path / EXTERNAL).write_bytes(onnx.load_from_string(_big_model().SerializeToString()).graph.initializer[0].raw_data[::-1])
+    assert _outcome(load.load_split, path) == _outcome(_whole, path)
+
+
+def test_a_file_that_shrinks_while_read_is_left_to_protobuf(tmp_path: Path) -> None:
+    path = tmp_path / "m.onnx"
+    data = _big_model().SerializeToString()
+    path.write_bytes(data)
+    with open(path, "rb") as f:
+        assert wire.split_file(f, len(data) + 100) is None  # told a size the file does not have
+        f.seek(0)
+        assert wire.split_file(f, len(data)) is not None
+    assert os.path.getsize(path) == len(data)
