@@ -602,10 +602,13 @@ def _run(args) -> int:
     a model file is read on a thread while the command imports its analyses (:mod:`onnx_pathlift.prefetch`)."""
     if isinstance(getattr(args, "model", None), str):
         prefetch.start(args.model)
-    if args.json:
-        return args.func(args)
-    with contextlib.redirect_stdout(_TerminalSafe(sys.stdout)):
-        return args.func(args)
+    try:
+        if args.json:
+            return args.func(args)
+        with contextlib.redirect_stdout(_TerminalSafe(sys.stdout)):
+            return args.func(args)
+    finally:
+        prefetch.forget()
 
 
 def main(argv: list[str] | None = None) -> int:

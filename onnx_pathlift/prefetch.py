@@ -57,3 +57,8 @@ def take(path: str | os.PathLike) -> bytes | None:
     except OSError:
         return None
     return box[0] if same and box and len(box[0]) == identity[2] else None
+
+
+def forget() -> None:
+    """Drop every read not taken (a command that failed, or did not read its model, before its end)."""
+    _PENDING.clear()

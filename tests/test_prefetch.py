@@ -31,14 +31,17 @@ def test_a_file_changed_after_the_read_started_is_read_again(tmp_path: Path) -> 
 
 
 def test_nothing_is_read_for_what_is_not_a_regular_file(tmp_path: Path) -> None:
+    prefetch.forget()
     for target in (tmp_path, tmp_path / "absent.onnx", "\0bad"):
         prefetch.start(target)
         assert prefetch.take(target) is None
     assert not prefetch._PENDING
 
 
-def test_the_command_line_consumes_its_prefetch(capsys) -> None:
+def test_the_command_line_keeps_no_read_after_a_command(capsys) -> None:
     assert cli.main(["norm", str(MODEL), "--json"]) == 0
+    assert not prefetch._PENDING
+    assert cli.main(["norm", str(MODEL), "-q", "0.5", "--json"]) == 2  # refused before the model is read
     assert not prefetch._PENDING
     assert cli.main(["norm", str(MODEL.parent / "absent.onnx"), "--json"]) == 4  # errors as before
     assert '"error"' in capsys.readouterr().out
