@@ -174,8 +174,9 @@ class Scaled:
 
 
 _POW_CACHE: list[tuple[np.ndarray, float, tuple[np.ndarray, int]]] = []
-#: ``log2_range`` per array object: id -> (weak reference, result); an entry leaves with its array
-_RANGE_CACHE: dict[int, tuple[weakref.ref, tuple[float, float]]] = {}
+#: ``log2_range`` per block of memory: (id of the array owning it, address, bytes, dtype) -> (weak
+#: reference to that array, result); an entry leaves with its array
+_RANGE_CACHE: dict[tuple, tuple[weakref.ref, tuple[float, float]]] = {}
 #: float64 entries per block of :func:`pow_row_reduce` (16 MiB)
 _BLOCK = 1 << 21
 #: unsigned integers of a float's width and the mask of its magnitude bits: for finite floats the
@@ -245,12 +246,16 @@ def pow_row_reduce(a: np.ndarray, rows: np.ndarray, q: float, reduce) -> tuple[n
 
 def log2_range(a: np.ndarray) -> tuple[float, float]:
     """``(log2 min |a_i|, log2 max |a_i|)`` over the nonzero entries (``-inf`` twice if none), from
-    the magnitude bits of a float32/float64 array; memoised per array while it lives (a weight is
-    asked about by its bound and by its lift, at every q)."""
-    hit = _RANGE_CACHE.get(id(a))
-    if hit is not None and hit[0]() is a:
-        return hit[1]
+    the magnitude bits of a float32/float64 array; memoised while the array's memory lives (a
+    weight is asked about by its bound and by its lift, at every q; a contiguous view, such as the
+    transpose a Gemm ``transB`` weight is lifted as, shares its entry with the array it views)."""
     v = np.asarray(a)
+    whole = v.flags.c_contiguous or v.flags.f_contiguous  # its elements: one block of memory, in some order
+    owner = v.base if whole and isinstance(v.base, np.ndarray) else v  # numpy points a view at the array owning it
+    key = (id(owner), v.ctypes.data, v.nbytes, v.dtype.str)
+    hit = _RANGE_CACHE.get(key)
+    if hit is not None and hit[0]() is owner:
+        return hit[1]
     if v.dtype.kind == "f" and v.dtype.itemsize in _MAGNITUDE_BITS and v.size:
         low, top = _magnitude_range(v)
     else:
@@ -258,8 +263,7 @@ def log2_range(a: np.ndarray) -> tuple[float, float]:
         low = min(float(v.min(where=v > 0, initial=np.inf)), -float(v.max(where=v < 0, initial=-np.inf)))
     result = (math.log2(low), math.log2(top)) if top > 0 else (-math.inf, -math.inf)
     if isinstance(a, np.ndarray):
-        key = id(a)
-        _RANGE_CACHE[key] = (weakref.ref(a, lambda _: _RANGE_CACHE.pop(key, None)), result)
+        _RANGE_CACHE[key] = (weakref.ref(owner, lambda _: _RANGE_CACHE.pop(key, None)), result)
     return result
 
 

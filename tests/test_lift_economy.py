@@ -126,3 +126,16 @@ def test_the_kept_power_never_answers_for_other_memory_or_another_q() -> None:
     assert graph.power32(a.copy(), 2.0).tobytes() == kept.tobytes() and graph._POWER_SLOT  # other memory: computed
     assert graph.power32(a.reshape(4, 3), 2.0).base is kept  # the same elements in the same order: taken
     graph.forget_powers()
+
+
+def test_a_weight_and_its_transpose_share_one_range(monkeypatch) -> None:
+    """The range of a Gemm transB weight is read once, for the bound (W) and the lift (Wᵀ); a part of
+    it is a block of its own."""
+    calls = []
+    real = graph._magnitude_range
+    monkeypatch.setattr(graph, "_magnitude_range", lambda v: calls.append(v.size) or real(v))
+    w = np.ascontiguousarray(np.arange(1, 13, dtype=np.float32).reshape(3, 4).T)  # (4, 3) C-ordered
+    assert graph.log2_range(w) == graph.log2_range(w.T) == graph.log2_range(w.T.T) == (0.0, np.log2(12.0))
+    assert calls == [12]
+    assert graph.log2_range(w[1:]) == (np.log2(2.0), np.log2(12.0)) and calls == [12, 9]  # rows 1..3: no 1
+    assert graph.log2_range(w[:, :1]) == (0.0, np.log2(4.0))  # a strided column: its own entry

@@ -105,7 +105,7 @@ class Conv(LayerOp):
             k_out = compact(on_axis(t_out, len(layer.shape), 1), layer.shape)
             bias = channel_bias(layer, q, k_out, 1)
             ins = [xs[0].tensor, b.weight(w, q, "absW", *shifts, floor=floor)] + ([] if bias is None else [b.const(bias, "absBias")])
-            y = Scaled(b.op(self.onnx_op, ins, self.op, **layer.attrs), k_out, 2.0)
+            y = Scaled(b.op(self.onnx_op, ins, self.op, **layer.attrs), k_out)
             return y if bias is not None else lift_bias(b, layer, y, q, k_out)
         c, e = b.abs_power(w, q, "absW")
         y = b.op(self.onnx_op, [xs[0].tensor, c], self.op, **layer.attrs)
