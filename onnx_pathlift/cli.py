@@ -16,7 +16,6 @@ import builtins
 import contextlib
 import json
 import math
-import os
 import signal
 import sys
 
@@ -613,11 +612,6 @@ def _run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # numpy asks the kernel for transparent huge pages for every large array; where the kernel then
-    # compacts memory on the fault itself (THP defrag "madvise", as on these machines), a fresh GB of
-    # weights costs seconds, unpredictably (VGG-11-BN norm 2.6-4.4 s; with ordinary pages 2.0 s). Read
-    # when numpy is imported, after this; an explicit setting is kept.
-    os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
     argv = sys.argv[1:] if argv is None else argv
     json_mode = "--json" in argv  # usage errors honour --json too
     if hasattr(signal, "SIGXFSZ"):  # past a file size limit (ulimit -f), a write fails (exit 6) instead of killing us

@@ -1,11 +1,9 @@
-"""The command line's process: it reads a model file on a thread while it imports (the bytes are used
-only if the file is still the one read: onnx_pathlift.prefetch), and gives large arrays ordinary pages."""
+"""The command line reads a model file on a thread while it imports; the bytes are used only if the
+file is still the one read (onnx_pathlift.prefetch)."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from onnx_pathlift import cli, prefetch
@@ -48,14 +46,3 @@ def test_the_command_line_keeps_no_read_after_a_command(capsys) -> None:
     assert cli.main(["norm", str(MODEL.parent / "absent.onnx"), "--json"]) == 4  # errors as before
     assert '"error"' in capsys.readouterr().out
 
-
-def test_the_command_line_gives_large_arrays_ordinary_pages(tmp_path: Path) -> None:
-    """numpy's huge-page advice is off in the command's process (set before numpy is imported), unless
-    the user set it."""
-    probe = ("import sys; from onnx_pathlift import cli; cli.main(['inspect', sys.argv[1], '--json']); "
-             "import numpy; print(numpy._core.multiarray._get_madvise_hugepage())")
-    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
-    for setting, want in ((None, "False"), ("1", "True")):
-        run_env = env if setting is None else {**env, "NUMPY_MADVISE_HUGEPAGE": setting}
-        out = subprocess.run([sys.executable, "-c", probe, str(MODEL)], env=run_env, capture_output=True, text=True, check=True)
-        assert out.stdout.strip().splitlines()[-1] == want
