@@ -42,10 +42,15 @@ class _Reader:
         self.pos += n
         return data
 
-    def into(self, out: np.ndarray) -> None:
-        if self.pos + out.nbytes > self.end or self.f.readinto(memoryview(out).cast("B")) != out.nbytes:
+    def array(self, n: int) -> np.ndarray:
+        """The next ``n`` bytes as a new (aligned) array, allocated only once they are known to be there."""
+        if self.pos + n > self.end:
             raise _NotSimple
-        self.pos += out.nbytes
+        out = np.empty(n, dtype=np.uint8)
+        if self.f.readinto(memoryview(out).cast("B")) != n:
+            raise _NotSimple
+        self.pos += n
+        return out
 
     def varint(self) -> tuple[int, bytes]:
         """A varint's value and its bytes as read."""
@@ -103,47 +108,44 @@ def split_file(f: BinaryIO, size: int) -> tuple[bytes, dict[int, np.ndarray]] | 
     """The model file ``f`` (``size`` bytes) without the payloads of its main graph's large
     initializers, and those payloads as byte arrays by initializer index; None where the file is
     not laid out simply (see the module's docstring)."""
-    r = _Reader(f, size)
-    payloads: dict[int, np.ndarray] = {}
-    graphs = 0
-
-    def tensor(index: int, key_bytes: bytes, length: int) -> list[bytes]:
-        found = []
-
-        def raw(number: int, _key: bytes, n: int) -> list[bytes] | None:
-            if number != _TENSOR_RAW_DATA:
-                return None
-            if found:  # a second raw_data: protobuf keeps the last; leave that to it
-                raise _NotSimple
-            found.append(n)
-            if n < MIN_PAYLOAD:
-                return None
-            if r.pos + n > r.end:  # checked before anything is allocated
-                raise _NotSimple
-            payloads[index] = np.empty(n, dtype=np.uint8)
-            r.into(payloads[index])
-            return []
-
-        return _message(key_bytes, _fields(r, length, raw))
-
-    def graph(number: int, key_bytes: bytes, length: int) -> list[bytes] | None:
-        nonlocal graphs
-        if number != _MODEL_GRAPH:
-            return None
-        graphs += 1
-        if graphs > 1:  # protobuf merges repeated occurrences of a message field
-            raise _NotSimple
-        count = [0]
-
-        def initializer(n: int, key: bytes, length: int) -> list[bytes] | None:
-            if n != _GRAPH_INITIALIZER:
-                return None
-            count[0] += 1
-            return tensor(count[0] - 1, key, length)
-
-        return _message(key_bytes, _fields(r, length, initializer))
-
+    splitter = _Splitter(_Reader(f, size))
     try:
-        return b"".join(_fields(r, size, graph)), payloads
+        return b"".join(_fields(splitter.r, size, splitter.graph)), splitter.payloads
     except _NotSimple:
         return None
+
+
+class _Splitter:
+    """The ``on_len`` handlers of :func:`_fields` at each level, ``ModelProto`` → graph → initializer
+    → raw_data, and what they collect."""
+
+    def __init__(self, r: _Reader):
+        self.r, self.graphs, self.initializers = r, 0, 0
+        self.payloads: dict[int, np.ndarray] = {}
+        self.raw_found = False
+
+    def graph(self, number: int, key_bytes: bytes, length: int) -> list[bytes] | None:
+        if number != _MODEL_GRAPH:
+            return None
+        self.graphs += 1
+        if self.graphs > 1:  # protobuf merges repeated occurrences of a message field
+            raise _NotSimple
+        return _message(key_bytes, _fields(self.r, length, self.initializer))
+
+    def initializer(self, number: int, key_bytes: bytes, length: int) -> list[bytes] | None:
+        if number != _GRAPH_INITIALIZER:
+            return None
+        self.initializers += 1
+        self.raw_found = False
+        return _message(key_bytes, _fields(self.r, length, self.raw_data))
+
+    def raw_data(self, number: int, _key: bytes, n: int) -> list[bytes] | None:
+        if number != _TENSOR_RAW_DATA:
+            return None
+        if self.raw_found:  # a second raw_data: protobuf keeps the last; leave that to it
+            raise _NotSimple
+        self.raw_found = True
+        if n < MIN_PAYLOAD:
+            return None
+        self.payloads[self.initializers - 1] = self.r.array(n)
+        return []
