@@ -410,12 +410,6 @@ def power32(a: np.ndarray, q: float, keep: bool = False) -> np.ndarray:
     return m
 
 
-def bias_values(bias_log2: np.ndarray, k: Exponent) -> np.ndarray:
-    """A non-negative bias given as ``log2 t`` at exponent (map) ``k``: ``2**(log2 t − k)`` in float32,
-    entry by entry (broadcast against ``k``; 0 where either is ``-inf``)."""
-    return scaled_power(np.ones(()), 1.0, exp_diff(bias_log2, k))
-
-
 def forget_powers() -> None:
     """Drop the array :func:`power32` keeps (the end of a lift)."""
     _POWER_SLOT.clear()
@@ -426,6 +420,12 @@ def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
     one start address (the first is held alive by the slot, so its memory cannot be reused)."""
     return (a.dtype == b.dtype and a.size == b.size and a.flags.c_contiguous and b.flags.c_contiguous
             and a.ctypes.data == b.ctypes.data)
+
+
+def bias_values(bias_log2: np.ndarray, k: Exponent) -> np.ndarray:
+    """A non-negative bias given as ``log2 t`` at exponent (map) ``k``: ``2**(log2 t − k)`` in float32,
+    entry by entry (broadcast against ``k``; 0 where either is ``-inf``)."""
+    return scaled_power(np.ones(()), 1.0, exp_diff(bias_log2, k))
 
 
 def neg_exp(k: np.ndarray) -> np.ndarray:

@@ -51,7 +51,6 @@ def load_model(source: ModelSource, limits: Limits = DEFAULT_LIMITS) -> ModelPro
     return model
 
 
-
 #: initializer types whose payload is read straight into an array (raw little-endian, as numpy reads them)
 _SPLIT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.DOUBLE})
 

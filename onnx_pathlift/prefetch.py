@@ -47,13 +47,14 @@ def start(path: str | os.PathLike) -> None:
 
 def take(path: str | os.PathLike) -> bytes | None:
     """The bytes :func:`start` read for ``path``, once, if the file is unchanged since; else None."""
-    entry = _PENDING.pop(os.path.abspath(path), None)
+    key = os.path.abspath(path)
+    entry = _PENDING.pop(key, None)
     if entry is None:
         return None
     identity, thread, box = entry
     thread.join()
     try:
-        same = _identity(os.stat(os.path.abspath(path))) == identity
+        same = _identity(os.stat(key)) == identity
     except OSError:
         return None
     return box[0] if same and box and len(box[0]) == identity[2] else None

@@ -87,8 +87,7 @@ class Dense(LayerOp):
         w, right, stored = layer.params["W"], layer.attrs["side"] == "right", _stored_transposed(layer)
         if b.static:
             c, k_out = self._static_weight(b, layer, xs[0], q, stored)
-            rank = len(layer.shape)
-            bias = channel_bias(layer, q, k_out, 1) if right and rank == 2 and w.ndim == 2 else None
+            bias = channel_bias(layer, q, k_out, 1) if right and len(layer.shape) == 2 and w.ndim == 2 else None
             y = Scaled(_product(b, layer, xs[0].tensor, c, stored, None if bias is None else b.const(bias, "absBias")), k_out)
             return y if bias is not None else lift_bias(b, layer, y, q, k_out)
         c, e = b.abs_power(w, q, "absW", transposed=stored)
