@@ -109,8 +109,10 @@ class NormsReport:
         return self.verify is None or self.verify.passed
 
     def to_dict(self) -> dict:
+        from .ops import kind_counts
+
         d = {"model": self.model, "input_shapes": _shapes(self.dag), "outputs": list(self.dag.outputs),
-             "notes": self.dag.notes, "parameters": self.dag.n_params, "layers": self.dag.kind_counts(),
+             "notes": self.dag.notes, "parameters": self.dag.n_params, "layers": kind_counts(self.dag),
              "provider": self.provider, "norms": [n.to_dict() for n in self.norms], "timings": self.timings}
         if self.verify is not None:
             d["verify"] = self.verify.to_dict()

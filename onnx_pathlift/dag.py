@@ -9,7 +9,6 @@ batch dimension.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -68,13 +67,10 @@ class Dag:
     quantizers: list[ActivationQuantizer] = field(default_factory=list)  # those pairs, for the activation bound
 
     def add(self, layer: Layer) -> Layer:
-        """Add ``layer`` (its inputs must already be present) and the edges from its inputs; its
-        ``kind`` is its layer op's (:mod:`onnx_pathlift.ops`)."""
-        from .ops import LAYER_OPS  # the op registry imports this module
-
+        """Add ``layer`` (its inputs must already be present) and the edges from its inputs."""
         if layer.name in self.graph:
             raise ValueError(f"duplicate layer name {layer.name!r}")
-        self.graph.add_node(layer.name, layer=layer, kind=LAYER_OPS[layer.op].kind)
+        self.graph.add_node(layer.name, layer=layer)
         for slot, src in enumerate(layer.inputs):
             self.graph.add_edge(src, layer.name, slot=slot)
         return layer
@@ -100,9 +96,6 @@ class Dag:
             params = {k: np.asarray(v, dtype=np.float64) for k, v in layer.params.items()}
             out.add(replace(layer, params=params) if params else layer)
         return out
-
-    def kind_counts(self) -> dict[str, int]:
-        return dict(Counter(kind for _, kind in self.graph.nodes(data="kind")))
 
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
         return {name: self.layer(name).shape for name in self.inputs}

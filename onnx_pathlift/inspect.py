@@ -26,7 +26,7 @@ from .api import model_name
 from .errors import Refusal, UnsupportedModelError
 from .importer import ImportTrace, import_prepared
 from .load import ModelSource, load_model
-from .ops.base import IMPORT_NOTES
+from .ops.base import IMPORT_NOTES, kind_counts
 from .prepare import prepare
 from .read import DEFAULT_LIMITS, FLOAT_TYPES, Limits
 
@@ -219,7 +219,7 @@ def inspect_model(source: ModelSource, input_shape=None, outputs: list[str] | No
         report.notes = list(dag.notes)
         report.activation_qdq = dag.activation_qdq
         layers = [data["layer"] for _, data in dag.graph.nodes(data=True) if data["layer"].inputs]  # not graph inputs
-        report.layer_kinds = dict(Counter(data["kind"] for _, data in dag.graph.nodes(data=True) if data["layer"].inputs).most_common())
+        report.layer_kinds = dict(Counter(kind_counts(dag, graph_inputs=False)).most_common())
         ops = Counter(layer.op for layer in layers)
         report.layer_ops = dict(ops.most_common())
         report.layers = sum(ops.values())

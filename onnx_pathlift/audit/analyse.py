@@ -27,6 +27,7 @@ from ..importer import import_prepared
 from ..lipschitz_bound import bound_from
 from ..load import load_split
 from ..norm import LiftedSession
+from ..ops import kind_counts
 from ..prepare import main_opset, prepare
 from ..transforms import without_biases
 from .record import OUT_OF_MEMORY, ModelResult, Settings, Task
@@ -64,7 +65,7 @@ def analyse(task: Task, settings: Settings) -> ModelResult:
         prepared = prepare(model, settings.input_shape, stored=stored)
         facts["input_shape"] = {k: list(v) for k, v in prepared.inputs.items()}
         dag = import_prepared(prepared)
-        facts.update(params=dag.n_params, kinds=dag.kind_counts(), outputs=list(dag.outputs), notes=list(dag.notes))
+        facts.update(params=dag.n_params, kinds=kind_counts(dag), outputs=list(dag.outputs), notes=list(dag.notes))
         # one lifted model, one session and one pass: the path-norms and ‖Φ_in‖_1 (Lipschitz bound); a
         # session run once, as `norm` builds it (constants fed, basic rewrites: the same numbers)
         jobs = [(dag, q) for q in settings.q] + [(without_biases(dag), 1.0)]

@@ -16,6 +16,7 @@ A layer op's :data:`capabilities <LayerOp.capabilities>` are derived from the me
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from functools import cache
@@ -466,6 +467,13 @@ def layer_op(cls: type[LayerOp]) -> type[LayerOp]:
         raise ValueError(f"two layer ops named {cls.op}")
     LAYER_OPS[cls.op] = cls()
     return cls
+
+
+def kind_counts(dag: Dag, graph_inputs: bool = True) -> dict[str, int]:
+    """How many layers of each kind (:attr:`LayerOp.kind`) the DAG holds, in order of first appearance
+    (graph inputs, kind ``"input"``, left out when ``graph_inputs`` is false)."""
+    layers = (data["layer"] for _, data in dag.graph.nodes(data=True))
+    return dict(Counter(LAYER_OPS[layer.op].kind for layer in layers if graph_inputs or layer.inputs))
 
 
 class ImportContext:
