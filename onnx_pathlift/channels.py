@@ -37,7 +37,8 @@ from onnx import ModelProto, NodeProto
 from .dag import Dag
 from .errors import UsageError
 from .ops import require
-from .ops.base import CHANNEL_RULES, attributes
+from .ops.context import attributes
+from .ops.registry import CHANNEL_RULES
 from .prepare import Prepared
 
 #: one removable piece of a constant: (tensor name, axis, first index, end index)

@@ -19,7 +19,7 @@ from .dag import Dag, Layer
 from .errors import UsageError
 from .graph import HEADROOM_LOG2, SETTLE_LOG2, BuiltModel, GraphBuilder, LiftBuilder, Scaled, compact, forget_powers
 from .ops import LAYER_OPS, require
-from .ops.base import ANY
+from .ops.layer_op import ANY
 
 #: the emitted models use at least this opset (Max/Min/Sum broadcasting, MaxPool ceil_mode)
 MIN_OPSET = 13

@@ -20,7 +20,7 @@ from .dag import Dag, Layer
 from .errors import InvalidModelError, Refusal, RefuseNode, UnsupportedModelError, UsageError
 from .load import ModelSource, load_split
 from .ops import IMPORTERS, ImportContext, reason_for
-from .ops.base import HEAD_ROLES, LOOKUPS
+from .ops.registry import HEAD_ROLES, LOOKUPS
 from .prepare import Prepared, prepare
 from .read import DEFAULT_LIMITS, FLOAT_TYPES, Limits
 

@@ -26,7 +26,7 @@ from .api import model_name
 from .errors import Refusal, UnsupportedModelError
 from .importer import ImportTrace, import_prepared
 from .load import ModelSource, load_model
-from .ops.base import IMPORT_NOTES, kind_counts
+from .ops.registry import IMPORT_NOTES, kind_counts
 from .prepare import prepare
 from .read import DEFAULT_LIMITS, FLOAT_TYPES, Limits
 

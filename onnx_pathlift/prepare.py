@@ -21,7 +21,7 @@ from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 from .contrib import standard_nodes
 from .errors import InvalidModelError, Refusal, UnsupportedModelError, UsageError
 from .fold import INFER_VALUES_UP_TO, fold
-from .ops.base import SPEC_RULES  # importing ops registers every op's rules
+from .ops.registry import SPEC_RULES
 from .read import DEFAULT_LIMITS, FLOAT_TYPES, MAX_RANK, Limits, check_sizes, refuse_external
 
 

@@ -18,7 +18,7 @@ from onnx import ModelProto, numpy_helper
 
 from .dag import Dag, Layer
 from .ops import LAYER_OPS, require
-from .ops.base import RescaleAxes
+from .ops.layer_op import RescaleAxes
 
 
 @dataclass

@@ -26,11 +26,11 @@ from builders import make_model
 from onnx import helper, numpy_helper
 
 from onnx_pathlift import graph, path_norm, runtime
+from onnx_pathlift.bounds import log2_power_matvec32
 from onnx_pathlift.emit import lift_model, lifted_bundle
 from onnx_pathlift.graph import log2_range, scaled_power
 from onnx_pathlift.importer import import_model
 from onnx_pathlift.norm import LiftedSession
-from onnx_pathlift.ops.base import log2_power_matvec32
 from onnx_pathlift.scores import scores_model
 
 FLOAT32_POWER = graph._float32_power

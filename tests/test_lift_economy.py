@@ -23,9 +23,9 @@ from onnx import helper
 from oracle import brute_force_path_norm
 
 from onnx_pathlift import graph, path_norm
+from onnx_pathlift.bounds import log2_power_matvec32
 from onnx_pathlift.emit import lift_model
 from onnx_pathlift.importer import import_model
-from onnx_pathlift.ops.base import log2_power_matvec32
 
 
 def _ops(model: onnx.ModelProto) -> Counter:

@@ -27,17 +27,10 @@ from onnx_pathlift.load import load_model
 from onnx_pathlift.metric import path_metric
 from onnx_pathlift.norm import path_norm
 from onnx_pathlift.ops import ANALYSES, IMPORTERS, LAYER_OPS, LayerOp
-from onnx_pathlift.ops.base import (
-    ADJOINT,
-    CAPABILITY_METHODS,
-    CHANNEL_RULES,
-    LIFT,
-    LIPSCHITZ,
-    RESCALE,
-    TWO_STREAM,
-    attributes,
-)
 from onnx_pathlift.ops.capabilities import missing
+from onnx_pathlift.ops.context import attributes
+from onnx_pathlift.ops.layer_op import ADJOINT, CAPABILITY_METHODS, LIFT, LIPSCHITZ, RESCALE, TWO_STREAM
+from onnx_pathlift.ops.registry import CHANNEL_RULES
 from onnx_pathlift.ops.unsupported import REASONS
 from onnx_pathlift.prepare import prepare
 from onnx_pathlift.rescale import rescale

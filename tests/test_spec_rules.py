@@ -14,7 +14,7 @@ from onnx_pathlift.errors import InvalidModelError, UnsupportedModelError
 from onnx_pathlift.importer import import_model
 from onnx_pathlift.numeric import LOG10_VALUE_MAX, json_float, log10_value
 from onnx_pathlift.ops import IMPORTERS
-from onnx_pathlift.ops.base import SPEC_RULES
+from onnx_pathlift.ops.registry import SPEC_RULES
 from onnx_pathlift.prepare import prepare
 
 

@@ -18,18 +18,9 @@ import numpy as np
 from ..dag import Layer
 from ..errors import RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled
-from .base import (
-    ANY,
-    ImportContext,
-    OneLipschitz,
-    ParameterFree,
-    broadcasts_to,
-    channel_rule,
-    imports,
-    layer_op,
-    operand,
-    spec_rule,
-)
+from .context import ImportContext, broadcasts_to, operand
+from .layer_op import ANY, OneLipschitz, ParameterFree
+from .registry import channel_rule, imports, layer_op, spec_rule
 
 
 @layer_op

@@ -19,20 +19,10 @@ import numpy as np
 from ..dag import Layer
 from ..errors import Refusal, RefuseNode, UnsupportedModelError
 from ..graph import Exponent, GraphBuilder, LiftBuilder, Scaled, compact, exp_diff, lifted_log2, pow_scaled, scaled_power
-from .base import (
-    ANY,
-    ImportContext,
-    LayerOp,
-    OneLipschitz,
-    ParameterFree,
-    attributes,
-    channel_rule,
-    imports,
-    layer_op,
-    operand,
-    spec_rule,
-    unbroadcast,
-)
+from .context import ImportContext, attributes, operand
+from .forms import unbroadcast
+from .layer_op import ANY, LayerOp, OneLipschitz, ParameterFree
+from .registry import channel_rule, imports, layer_op, spec_rule
 
 
 @layer_op

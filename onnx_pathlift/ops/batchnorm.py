@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InvalidModelError, RefuseNode
-from .base import ImportContext, channel_rule, imports, operand, spec_rule
+from .context import ImportContext, operand
+from .registry import channel_rule, imports, spec_rule
 
 
 @spec_rule("BatchNormalization")

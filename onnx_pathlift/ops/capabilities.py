@@ -1,7 +1,7 @@
 """What each analysis needs from the layer ops of a DAG, and the one up-front check of it.
 
 Every analysis calls :func:`require` on its DAG before it emits anything, so a layer op that lacks
-a capability (:data:`~onnx_pathlift.ops.base.CAPABILITY_METHODS`) is refused by name, with the
+a capability (:data:`~onnx_pathlift.ops.layer_op.CAPABILITY_METHODS`) is refused by name, with the
 missing capability, as an unsupported model (exit code 3), instead of failing mid-run.
 """
 
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from ..dag import Dag
 from ..errors import Refusal, UnsupportedModelError
-from .base import ADJOINT, CAPABILITY_METHODS, LAYER_OPS, LIFT, LIPSCHITZ, TWO_STREAM
+from .layer_op import ADJOINT, CAPABILITY_METHODS, LIFT, LIPSCHITZ, TWO_STREAM
+from .registry import LAYER_OPS
 
 #: each analysis and the capabilities it needs of every layer op in the DAG. Rescaling needs the lifted
 #: and re-emitted networks (a layer without a rescale role only ends a rescaled chain); channel pruning

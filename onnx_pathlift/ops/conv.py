@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from ..bounds import along_axis, channel_vector, log2_max_row_sum, log2_outward, log2_power_matvec32, log2_rows
 from ..dag import Layer
 from ..errors import PathliftError
 from ..graph import (
@@ -25,31 +26,11 @@ from ..graph import (
     on_axis,
     pow_row_reduce,
 )
-from .base import (
-    ImportContext,
-    LayerOp,
-    RescaleAxes,
-    along_axis,
-    attributes,
-    bias_bound,
-    channel_bias,
-    channel_rule,
-    channel_vector,
-    imports,
-    layer_op,
-    lift_bias,
-    log2_max_row_sum,
-    log2_outward,
-    log2_power_matvec32,
-    log2_rows,
-    operand,
-    pads_problem,
-    product_exponent,
-    spatial_attrs,
-    spec_rule,
-    split_weight,
-    transpose_attrs,
-)
+from .context import ImportContext, attributes, operand
+from .forms import bias_bound, channel_bias, lift_bias, product_exponent, split_weight, transpose_attrs
+from .geometry import pads_problem, spatial_attrs
+from .layer_op import LayerOp, RescaleAxes
+from .registry import channel_rule, imports, layer_op, spec_rule
 
 
 @layer_op

@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from ..bounds import along_axis, channel_vector, log2_max_row_sum, log2_outward, log2_rows, log2_weighted_sum
 from ..dag import Layer
 from ..errors import PathliftError, RefuseNode
 from ..graph import (
@@ -28,29 +29,10 @@ from ..graph import (
     on_axis,
     pow_scaled,
 )
-from .base import (
-    ImportContext,
-    LayerOp,
-    RescaleAxes,
-    along_axis,
-    attributes,
-    bias_bound,
-    broadcasts_to,
-    channel_bias,
-    channel_rule,
-    channel_vector,
-    imports,
-    layer_op,
-    lift_bias,
-    log2_max_row_sum,
-    log2_outward,
-    log2_rows,
-    log2_weighted_sum,
-    operand,
-    product_exponent,
-    spec_rule,
-    split_weight,
-)
+from .context import ImportContext, attributes, broadcasts_to, operand
+from .forms import bias_bound, channel_bias, lift_bias, product_exponent, split_weight
+from .layer_op import LayerOp, RescaleAxes
+from .registry import channel_rule, imports, layer_op, spec_rule
 
 
 @layer_op

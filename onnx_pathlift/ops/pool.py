@@ -17,24 +17,15 @@ from dataclasses import replace
 import numpy as np
 from onnx import TensorProto, helper
 
+from ..bounds import along_axis
 from ..dag import Layer
 from ..errors import RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, exp_diff, exp_vector, on_axis, pow_scaled, scaled_power
-from .base import (
-    ImportContext,
-    OneLipschitz,
-    ParameterFree,
-    along_axis,
-    attributes,
-    channel_rule,
-    imports,
-    layer_op,
-    operand,
-    pads_problem,
-    spatial_attrs,
-    spec_rule,
-    transpose_attrs,
-)
+from .context import ImportContext, attributes, operand
+from .forms import transpose_attrs
+from .geometry import pads_problem, spatial_attrs
+from .layer_op import OneLipschitz, ParameterFree
+from .registry import channel_rule, imports, layer_op, spec_rule
 
 
 def _sum_pool_pads(layer: Layer) -> list[int]:

@@ -14,7 +14,8 @@ import numpy as np
 
 from ..dag import ActivationQuantizer
 from ..errors import RefuseNode
-from .base import ImportContext, head_role, imports
+from .context import ImportContext
+from .registry import head_role, imports
 
 
 def clips_at_zero(zero_point: np.ndarray | None) -> bool:

@@ -18,7 +18,9 @@ import numpy as np
 
 from ..dag import Layer
 from ..graph import GraphBuilder, LiftBuilder, Scaled, pow_scaled
-from .base import ImportContext, ParameterFree, channel_rule, imports, layer_op
+from .context import ImportContext
+from .layer_op import ParameterFree
+from .registry import channel_rule, imports, layer_op
 
 _OP_TYPES = {"sum": "ReduceSum", "mean": "ReduceMean", "max": "ReduceMax", "min": "ReduceMin"}
 

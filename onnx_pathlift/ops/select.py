@@ -34,7 +34,9 @@ import numpy as np
 from ..dag import Layer
 from ..errors import RefuseNode
 from ..graph import GraphBuilder
-from .base import ImportContext, MovesNeurons, channel_rule, imports, label_lookup, layer_op
+from .context import ImportContext
+from .layer_op import MovesNeurons
+from .registry import channel_rule, imports, label_lookup, layer_op
 
 _F32 = np.float32
 _INT64_MIN = int(np.iinfo(np.int64).min)

@@ -13,25 +13,14 @@ from dataclasses import replace
 import numpy as np
 from onnx import TensorProto, helper
 
+from ..bounds import along_axis
 from ..dag import Layer
 from ..errors import PathliftError, RefuseNode
 from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, on_axis
 from ..read import FLOAT_TYPES
-from .base import (
-    ANY,
-    ImportContext,
-    MovesNeurons,
-    OneLipschitz,
-    ParameterFree,
-    along_axis,
-    attributes,
-    channel_rule,
-    head_role,
-    imports,
-    layer_op,
-    operand,
-    spec_rule,
-)
+from .context import ImportContext, attributes, operand
+from .layer_op import ANY, MovesNeurons, OneLipschitz, ParameterFree
+from .registry import channel_rule, head_role, imports, layer_op, spec_rule
 
 
 @layer_op

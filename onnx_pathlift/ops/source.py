@@ -13,7 +13,8 @@ import numpy as np
 
 from ..dag import Layer
 from ..graph import GraphBuilder, LiftBuilder, Scaled
-from .base import OneLipschitz, ParameterFree, layer_op
+from .layer_op import OneLipschitz, ParameterFree
+from .registry import layer_op
 
 
 @layer_op

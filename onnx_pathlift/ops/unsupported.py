@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from onnx import NodeProto
 
-from .base import head_role, label_lookup
+from .registry import head_role, label_lookup
 
 _SMOOTH = "a smooth nonlinearity is not piecewise-linear, so the network is not a DAG-ReLU network"
 _NORM = "normalizes by statistics of its own input, which is not positively homogeneous"

@@ -1,0 +1,102 @@
+"""The op registry: the tables every op module fills by declaration (import rules, spec rules, layer ops,
+head roles, label lookups, channel rules) and the decorators that fill them."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+from onnx import NodeProto
+
+from ..dag import Dag
+from .layer_op import LayerOp
+
+if TYPE_CHECKING:
+    from .context import ImportContext
+
+ImportRule = Callable[[NodeProto, "ImportContext"], None]
+
+IMPORTERS: dict[str, ImportRule] = {}
+LAYER_OPS: dict[str, LayerOp] = {}
+#: ONNX op type -> why importing it as its own layer is worth a word (``onnx-pathlift inspect``)
+IMPORT_NOTES: dict[str, str] = {}
+#: what an ONNX op does when it ends a network (the importer cuts such a head off and analyses the
+#: logits): "head" (monotone: the winning class is unchanged), "picker" (the index, value or one-hot of
+#: the winner), "carrier" (reshapes or retypes labels and probabilities: cut only behind a head or picker)
+HEAD_ROLES: dict[str, str] = {}
+#: label lookups after a picker: op type -> (input index of its constant class table, or None; of the picked index)
+LOOKUPS: dict[str, tuple[int | None, int]] = {}
+#: how structured pruning slices an ONNX op's channels (:mod:`onnx_pathlift.channels`, which pins the
+#: channels of every op without a rule): "same" (each channel maps to itself), "pad" (the same when no
+#: channel padding), "conv", "dense", "elementwise" (joins its operands' channels; constants sliced),
+#: "elementwise_on_first" (the same, the activation first: PRelu's slope), "batchnorm", "flatten",
+#: "spatial" (squeezes or reduces non-channel axes), "concat", "split", "crop" (a Slice)
+CHANNEL_RULES: dict[str, str] = {}
+
+
+def _registrar(table: dict[str, Callable], what: str, op_types: tuple[str, ...],
+               notes: dict[str, str] | None = None, note: str = "") -> Callable[[Callable], Callable]:
+    """A decorator that enters its function in ``table`` under each op type, once per op type (and
+    ``note`` in ``notes``, when given)."""
+
+    def register(fn: Callable) -> Callable:
+        for op_type in op_types:
+            if op_type in table:
+                raise ValueError(f"two {what} for {op_type}")
+            table[op_type] = fn
+            if note and notes is not None:
+                notes[op_type] = note
+        return fn
+
+    return register
+
+
+def imports(*op_types: str, note: str = "") -> Callable[[ImportRule], ImportRule]:
+    """Register an import rule for ONNX op types (default domain); ``note``: see :data:`IMPORT_NOTES`."""
+    return _registrar(IMPORTERS, "import rules", op_types, IMPORT_NOTES, note)
+
+
+#: ``(node, consts, shapes, opset) -> problem or None``: a rule of the ONNX spec that ONNX shape
+#: inference does not check (onnxruntime refuses such models); ``prepare`` raises
+#: :class:`~onnx_pathlift.errors.InvalidModelError` naming the node and the problem
+SpecRule = Callable[[NodeProto, dict[str, np.ndarray], dict[str, tuple[int, ...]], int], "str | None"]
+SPEC_RULES: dict[str, SpecRule] = {}
+
+
+def spec_rule(*op_types: str) -> Callable[[SpecRule], SpecRule]:
+    """Register the spec rule of ONNX op types (default domain), next to their import rule."""
+    return _registrar(SPEC_RULES, "spec rules", op_types)
+
+
+def head_role(role: str, *op_types: str) -> None:
+    """Declare the role of ONNX op types at the end of a network (see :data:`HEAD_ROLES`)."""
+    if role not in ("head", "picker", "carrier"):
+        raise ValueError(f"unknown head role {role!r}")
+    HEAD_ROLES.update(dict.fromkeys(op_types, role))
+
+
+def channel_rule(rule: str, *op_types: str) -> None:
+    """Declare how structured pruning slices the channels of ONNX op types (see :data:`CHANNEL_RULES`)."""
+    CHANNEL_RULES.update(dict.fromkeys(op_types, rule))
+
+
+def label_lookup(op_type: str, table: int | None, index: int) -> None:
+    """Declare ``op_type`` a label lookup after a picker (see :data:`LOOKUPS`)."""
+    LOOKUPS[op_type] = (table, index)
+
+
+def layer_op(cls: type[LayerOp]) -> type[LayerOp]:
+    """Register a :class:`LayerOp` subclass under its ``op`` key."""
+    if cls.op in LAYER_OPS:
+        raise ValueError(f"two layer ops named {cls.op}")
+    LAYER_OPS[cls.op] = cls()
+    return cls
+
+
+def kind_counts(dag: Dag, graph_inputs: bool = True) -> dict[str, int]:
+    """How many layers of each kind (:attr:`LayerOp.kind`) the DAG holds, in order of first appearance
+    (graph inputs, kind ``"input"``, left out when ``graph_inputs`` is false)."""
+    layers = (data["layer"] for _, data in dag.graph.nodes(data=True))
+    return dict(Counter(LAYER_OPS[layer.op].kind for layer in layers if graph_inputs or layer.inputs))
