@@ -7,12 +7,7 @@ import math
 
 import numpy as np
 
-from .graph import (
-    log2_range,
-    pow_exponent,
-    pow_row_reduce,
-    power32,
-)
+from .exponents import log2_range, pow_exponent, pow_row_reduce, power32
 
 
 def along_axis(lu: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray:
@@ -29,7 +24,7 @@ def log2_weighted_sum(a: np.ndarray, rows: np.ndarray, q: float, lu: np.ndarray)
     """An upper bound on ``log2(|rows|**q @ 2**lu)`` for ``rows`` (outputs × inputs, a view of the
     parameter ``a``) whose powers lose no entry to underflow, without overflow (terms
     ``2**(lu − max lu)`` that underflow are bounded by :func:`log2_outward`); float64, a block of rows
-    at a time (:func:`~onnx_pathlift.graph.pow_row_reduce`)."""
+    at a time (:func:`~onnx_pathlift.exponents.pow_row_reduce`)."""
     top = float(np.max(lu, initial=-np.inf))
     if not np.isfinite(top):
         return np.full(rows.shape[0], -np.inf)
@@ -44,7 +39,7 @@ def log2_weighted_sum(a: np.ndarray, rows: np.ndarray, q: float, lu: np.ndarray)
 
 def log2_max_row_sum(a: np.ndarray, rows: np.ndarray, q: float) -> float:
     """An upper bound on ``log2 max_o Σ_i |rows[o, i]|**q · 2**-e`` (``e`` of
-    :func:`~onnx_pathlift.graph.pow_exponent`; ``rows`` a 2-D view of the parameter ``a``): the
+    :func:`~onnx_pathlift.exponents.pow_exponent`; ``rows`` a 2-D view of the parameter ``a``): the
     largest lifted output of ``|a|**q · 2**-e`` on an all-ones input (``-inf`` when ``a`` is 0)."""
     top = float(np.max(log2_weighted_sum(a, rows, q, np.zeros(rows.shape[1])), initial=-np.inf))
     return top - pow_exponent(a, q)[0] if np.isfinite(top) else -math.inf
@@ -85,7 +80,7 @@ def log2_power_matvec32(a: np.ndarray, rows: np.ndarray, q: float, lu: np.ndarra
 def _power_matvec(rows: np.ndarray, q: float, v: np.ndarray) -> np.ndarray:
     """``|rows|**q @ v`` in float32, returned in float64. Rows laid out contiguously (or their
     transpose) are powered whole, in memory order, and the powers kept for the lift of the same
-    weights (:func:`~onnx_pathlift.graph.power32`); other layouts a block of rows at a time."""
+    weights (:func:`~onnx_pathlift.exponents.power32`); other layouts a block of rows at a time."""
     for src, transposed in ((rows, False), (rows.T, True)):
         if src.flags.c_contiguous:
             m = power32(src, q, keep=True)

@@ -17,7 +17,8 @@ from onnx import ModelProto, NodeProto, helper
 from .budget import Budget
 from .dag import Dag, Layer
 from .errors import UsageError
-from .graph import HEADROOM_LOG2, SETTLE_LOG2, BuiltModel, GraphBuilder, LiftBuilder, Scaled, compact, forget_powers
+from .exponents import compact, forget_powers
+from .graph import HEADROOM_LOG2, SETTLE_LOG2, BuiltModel, GraphBuilder, LiftBuilder, Scaled
 from .ops import LAYER_OPS, require
 from .ops.layer_op import ANY
 

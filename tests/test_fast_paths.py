@@ -25,15 +25,15 @@ import pytest
 from builders import make_model
 from onnx import helper, numpy_helper
 
-from onnx_pathlift import graph, path_norm, runtime
+from onnx_pathlift import exponents, graph, path_norm, runtime
 from onnx_pathlift.bounds import log2_power_matvec32
 from onnx_pathlift.emit import lift_model, lifted_bundle
-from onnx_pathlift.graph import log2_range, scaled_power
+from onnx_pathlift.exponents import log2_range, scaled_power
 from onnx_pathlift.importer import import_model
 from onnx_pathlift.norm import LiftedSession
 from onnx_pathlift.scores import scores_model
 
-FLOAT32_POWER = graph._float32_power
+FLOAT32_POWER = exponents._float32_power
 
 
 def _weights(rng: np.random.Generator, shape: tuple[int, ...], low: float, high: float) -> np.ndarray:
@@ -55,7 +55,7 @@ def _float64_route(w: np.ndarray, q: float, *shifts: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("low, high, reach", [(-20, 4, 10), (-60, -40, 5), (-10, 10, 60), (-70, 0, 0), (30, 60, 5)])
 def test_scaled_power_is_the_float64_computation_rounded_once(q: float, low: float, high: float, reach: int, monkeypatch) -> None:
     fast = []
-    monkeypatch.setattr(graph, "_float32_power", lambda *args: fast.append(1) or FLOAT32_POWER(*args))
+    monkeypatch.setattr(exponents, "_float32_power", lambda *args: fast.append(1) or FLOAT32_POWER(*args))
     rng = np.random.default_rng(abs(int(100 * q) + low + high + reach))
     w = _weights(rng, (37, 53), low, high)
     rows = rng.integers(-reach, reach + 1, (37, 1)).astype(np.float64) + 200.0  # k_in − k_out of a deep network:
@@ -111,7 +111,7 @@ def test_scaled_power_floor_zeroes_only_entries_below_it(route: str, monkeypatch
     """Entries below ``2**floor`` (a floor per column here, ``-inf``: none) become 0, the others are
     bit-identical to the unfloored result; on the float32 fast path and the float64 route."""
     if route == "float64":
-        monkeypatch.setattr(graph, "_normal_float32", lambda *a: False)
+        monkeypatch.setattr(exponents, "_normal_float32", lambda *a: False)
     rng = np.random.default_rng(7)
     w = _weights(rng, (40, 6), -20.0, 0.0)
     shift = np.array([[-100.0, -110.0, -120.0, -125.0, -128.0, 0.0]])  # column 4: subnormal results

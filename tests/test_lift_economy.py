@@ -22,7 +22,7 @@ from builders import net, sandwich
 from onnx import helper
 from oracle import brute_force_path_norm
 
-from onnx_pathlift import graph, path_norm
+from onnx_pathlift import exponents, path_norm
 from onnx_pathlift.bounds import log2_power_matvec32
 from onnx_pathlift.emit import lift_model
 from onnx_pathlift.importer import import_model
@@ -106,12 +106,12 @@ def test_the_bound_and_the_lift_share_one_power_bit_for_bit(layout: str, q: floa
     w = np.ascontiguousarray(base.T) if layout == "transposed" else base
     rows = w.T if layout == "transposed" else w
     shifts = (np.arange(w.shape[0], dtype=np.float64)[:, None] % 5 - 2, -np.arange(w.shape[1], dtype=np.float64)[None, :] % 3)
-    graph.forget_powers()
-    fresh = graph.scaled_power(w, q, *shifts)
+    exponents.forget_powers()
+    fresh = exponents.scaled_power(w, q, *shifts)
     bound = log2_power_matvec32(w, rows, q, np.zeros(rows.shape[1]))
-    assert graph._POWER_SLOT, "the bound keeps its powers for the lift"
-    shared = graph.scaled_power(w, q, *shifts)
-    assert not graph._POWER_SLOT, "the lift takes them"
+    assert exponents._POWER_SLOT, "the bound keeps its powers for the lift"
+    shared = exponents.scaled_power(w, q, *shifts)
+    assert not exponents._POWER_SLOT, "the lift takes them"
     assert shared.tobytes() == fresh.tobytes()
     exact = np.log2([np.sum(np.abs(r.astype(np.float64)) ** q) for r in rows])
     assert np.all(bound >= exact) and np.all(bound - exact < 1e-5)
@@ -119,23 +119,23 @@ def test_the_bound_and_the_lift_share_one_power_bit_for_bit(layout: str, q: floa
 
 def test_the_kept_power_never_answers_for_other_memory_or_another_q() -> None:
     a = np.arange(1, 13, dtype=np.float32).reshape(3, 4)
-    graph.forget_powers()
-    kept = graph.power32(a, 2.0, keep=True)
-    assert graph.power32(a[:2], 2.0) is not kept  # same start, fewer elements
-    assert graph.power32(a, 1.0).tobytes() == np.abs(a).tobytes()  # another q
-    assert graph.power32(a.copy(), 2.0).tobytes() == kept.tobytes() and graph._POWER_SLOT  # other memory: computed
-    assert graph.power32(a.reshape(4, 3), 2.0).base is kept  # the same elements in the same order: taken
-    graph.forget_powers()
+    exponents.forget_powers()
+    kept = exponents.power32(a, 2.0, keep=True)
+    assert exponents.power32(a[:2], 2.0) is not kept  # same start, fewer elements
+    assert exponents.power32(a, 1.0).tobytes() == np.abs(a).tobytes()  # another q
+    assert exponents.power32(a.copy(), 2.0).tobytes() == kept.tobytes() and exponents._POWER_SLOT  # other memory: computed
+    assert exponents.power32(a.reshape(4, 3), 2.0).base is kept  # the same elements in the same order: taken
+    exponents.forget_powers()
 
 
 def test_a_weight_and_its_transpose_share_one_range(monkeypatch) -> None:
     """The range of a Gemm transB weight is read once, for the bound (W) and the lift (Wᵀ); a part of
     it is a block of its own."""
     calls = []
-    real = graph._magnitude_range
-    monkeypatch.setattr(graph, "_magnitude_range", lambda v: calls.append(v.size) or real(v))
+    real = exponents._magnitude_range
+    monkeypatch.setattr(exponents, "_magnitude_range", lambda v: calls.append(v.size) or real(v))
     w = np.ascontiguousarray(np.arange(1, 13, dtype=np.float32).reshape(3, 4).T)  # (4, 3) C-ordered
-    assert graph.log2_range(w) == graph.log2_range(w.T) == graph.log2_range(w.T.T) == (0.0, np.log2(12.0))
+    assert exponents.log2_range(w) == exponents.log2_range(w.T) == exponents.log2_range(w.T.T) == (0.0, np.log2(12.0))
     assert calls == [12]
-    assert graph.log2_range(w[1:]) == (np.log2(2.0), np.log2(12.0)) and calls == [12, 9]  # rows 1..3: no 1
-    assert graph.log2_range(w[:, :1]) == (0.0, np.log2(4.0))  # a strided column: its own entry
+    assert exponents.log2_range(w[1:]) == (np.log2(2.0), np.log2(12.0)) and calls == [12, 9]  # rows 1..3: no 1
+    assert exponents.log2_range(w[:, :1]) == (0.0, np.log2(4.0))  # a strided column: its own entry

@@ -18,7 +18,8 @@ import numpy as np
 
 from ..dag import Layer
 from ..errors import Refusal, RefuseNode, UnsupportedModelError
-from ..graph import Exponent, GraphBuilder, LiftBuilder, Scaled, compact, exp_diff, lifted_log2, pow_scaled, scaled_power
+from ..exponents import Exponent, compact, exp_diff, lifted_log2, pow_scaled, scaled_power
+from ..graph import GraphBuilder, LiftBuilder, Scaled
 from .context import ImportContext, attributes, operand
 from .forms import unbroadcast
 from .layer_op import ANY, LayerOp, OneLipschitz, ParameterFree

@@ -23,7 +23,8 @@ import numpy as np
 from ..bounds import along_axis, channel_vector, log2_outward
 from ..dag import Layer
 from ..errors import RefuseNode
-from ..graph import GraphBuilder, Scaled, lost_below, on_axis, pow_scaled
+from ..exponents import lost_below, pow_scaled
+from ..graph import GraphBuilder, Scaled, on_axis
 from .context import ImportContext
 from .conv import Conv, add_kernel_layer
 from .forms import bias_bound, product_exponent

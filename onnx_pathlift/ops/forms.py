@@ -7,14 +7,8 @@ from typing import Any
 import numpy as np
 
 from ..dag import Layer
-from ..graph import (
-    Exponent,
-    GraphBuilder,
-    LiftBuilder,
-    Scaled,
-    bias_values,
-    lifted_log2,
-)
+from ..exponents import Exponent, bias_values, lifted_log2
+from ..graph import GraphBuilder, LiftBuilder, Scaled
 
 
 def lift_bias(b: LiftBuilder, layer: Layer, y: Scaled, q: float, k_out=None) -> Scaled:

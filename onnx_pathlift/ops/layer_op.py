@@ -13,12 +13,8 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 
 from ..dag import Layer
-from ..graph import (
-    GraphBuilder,
-    LiftBuilder,
-    Scaled,
-    compact,
-)
+from ..exponents import compact
+from ..graph import GraphBuilder, LiftBuilder, Scaled
 
 #: what a layer op can do: lifted (re-emitted, lifted, statically bounded), transposed (path-magnitude
 #: scores), split into two streams (path-metric bound), bounded in ℓ∞ (naive Lipschitz bound),

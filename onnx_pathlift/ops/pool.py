@@ -20,7 +20,8 @@ from onnx import TensorProto, helper
 from ..bounds import along_axis
 from ..dag import Layer
 from ..errors import RefuseNode
-from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, exp_diff, exp_vector, on_axis, pow_scaled, scaled_power
+from ..exponents import compact, exp_diff, exp_vector, pow_scaled, scaled_power
+from ..graph import GraphBuilder, LiftBuilder, Scaled, on_axis
 from .context import ImportContext, attributes, operand
 from .forms import transpose_attrs
 from .geometry import pads_problem, spatial_attrs

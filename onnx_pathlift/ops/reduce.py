@@ -17,7 +17,8 @@ from dataclasses import replace
 import numpy as np
 
 from ..dag import Layer
-from ..graph import GraphBuilder, LiftBuilder, Scaled, pow_scaled
+from ..exponents import pow_scaled
+from ..graph import GraphBuilder, LiftBuilder, Scaled
 from .context import ImportContext
 from .layer_op import ParameterFree
 from .registry import channel_rule, imports, layer_op

@@ -16,7 +16,8 @@ from onnx import TensorProto, helper
 from ..bounds import along_axis
 from ..dag import Layer
 from ..errors import PathliftError, RefuseNode
-from ..graph import GraphBuilder, LiftBuilder, Scaled, compact, on_axis
+from ..exponents import compact
+from ..graph import GraphBuilder, LiftBuilder, Scaled, on_axis
 from ..read import FLOAT_TYPES
 from .context import ImportContext, attributes, operand
 from .layer_op import ANY, MovesNeurons, OneLipschitz, ParameterFree
