@@ -49,8 +49,8 @@ PROBE_AMPLITUDE = 1024.0
 BATCH_PROBES = True
 """Run the unit-vector probes of a node as one batch when the op allows it (else one run each)."""
 
-MAX_LIKE_OPS = frozenset({"Relu", "MaxPool", "GlobalMaxPool"})
-"""The only non-affine ops accepted: ReLU neurons and (k-)max-pooling neurons."""
+MAX_LIKE_OPS = frozenset({"Relu", "MaxPool", "GlobalMaxPool", "Max"})
+"""The only non-affine ops accepted: ReLU neurons and (k-)max neurons (max-pooling, an elementwise Max)."""
 
 _FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.DOUBLE)
 _STATS = {"batched": 0, "looped": 0, "float64": 0, "float32": 0}

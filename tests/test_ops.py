@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 from builders import net, weight_stream
-from checks import drop_fraction
+from checks import assert_scores_are_brute_force_drops, drop_fraction
 from onnx import TensorProto, helper
 from oracle import brute_force_path_norm
 
@@ -90,6 +90,12 @@ CASES = {
     "pad_reflect": lambda: net([1, 1, 4, 4], [helper.make_node("Conv", ["x", "W"], ["c"]),
                                               helper.make_node("Pad", ["c", "pads"], ["y"], mode="reflect")],
                                [1, 2, 6, 6], {"W": w(2, 1, 1, 1), "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)}),
+    "max_of_two_branches": lambda: net([1, 2, 3, 3], [helper.make_node("Conv", ["x", "W"], ["a"]), helper.make_node("Relu", ["a"], ["r"]),
+                                                      helper.make_node("Conv", ["x", "V", "B"], ["b"]), helper.make_node("Max", ["r", "b"], ["m"]),
+                                                      helper.make_node("Conv", ["m", "U"], ["y"])],
+                                       [1, 2, 2, 2], {"W": w(3, 2, 1, 1), "V": w(3, 2, 1, 1), "B": w(3), "U": w(2, 3, 2, 2)}),
+    "max_of_three": lambda: net([1, 3], [helper.make_node("MatMul", ["x", "W"], ["a"]), helper.make_node("Relu", ["x"], ["r"]),
+                                         helper.make_node("Max", ["a", "r", "x"], ["y"])], [1, 3], {"W": w(3, 3)}),
     "old_opset_9": lambda: net([1, 3], [helper.make_node("Gemm", ["x", "W", "B"], ["g"], transB=1),
                                         helper.make_node("Relu", ["g"], ["y"])], [1, 2], {"W": w(2, 3), "B": w(2)}, opset=9),
 }
@@ -226,3 +232,19 @@ def test_pointwise_conv_scores(attrs: dict) -> None:
     scores = path_magnitude(model).fraction["W"]
     for idx in np.ndindex(scores.shape):
         assert scores[idx] == pytest.approx(drop_fraction(model, "W", idx, total), rel=1e-5)
+
+
+def test_max_scores_compare_and_refusals() -> None:
+    """An elementwise Max (a k-max neuron) through every analysis: scores are brute-force drops, a
+    model compared with itself is at distance 0; a constant or broadcast operand is refused by name."""
+    model = CASES["max_of_two_branches"]()
+    assert_scores_are_brute_force_drops(model)
+    assert pl.path_metric(model, model).upper == 0.0
+    constant = net([1, 3], [helper.make_node("Max", ["x", "c"], ["y"], name="mx")], [1, 3], {"c": w(1, 3)})
+    broadcast = net([2, 3], [helper.make_node("MatMul", ["x", "W"], ["r"]),
+                             helper.make_node("ReduceSum", ["r"], ["s"], keepdims=1, axes=[0]),
+                             helper.make_node("Max", ["r", "s"], ["y"], name="mx")], [2, 3], {"W": w(3, 3)}, opset=11)
+    for bad, why in ((constant, "constant operand"), (broadcast, "broadcasts")):
+        with pytest.raises(pl.UnsupportedModelError) as err:
+            pl.import_model(bad)
+        assert [(r.node, r.op_type) for r in err.value.refusals] == [("mx", "Max")] and why in err.value.refusals[0].reason

@@ -7,6 +7,11 @@ reduces, one of ReduceMean weight-``1/N`` edges: lifted ``Σ x`` and ``N**-q · 
 neuron is a max-pooling neuron over its ``N`` inputs (weight-1 edges; the path-norm counts every path
 through it), and ``min(x) = −max(−x)`` is one with weight −1 edges in and out: both lift to ``Σ x``.
 No bias. Empty axes reduce every axis, or, with ``noop_with_empty_axes=1``, make the identity.
+
+The elementwise ``Max(x_1, ..., x_k)`` of activations of one shape is the same neuron over its ``k``
+inputs: stacked on a new leading axis (each input reshaped to ``(1, *shape)``, concatenated) and reduced
+by a ReduceMax over that axis, so every input's paths reach the output with weight 1, as through a
+max-pool window (lifted ``Σ_i x_i``).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..dag import Layer
+from ..errors import RefuseNode
 from ..exponents import pow_scaled
 from ..graph import GraphBuilder, LiftBuilder, Scaled
 from .context import ImportContext
@@ -103,3 +109,20 @@ def import_reduce(node, ctx: ImportContext) -> None:
     attrs = {"mode": node.op_type[len("Reduce"):].lower(), "axes": axes, "keepdims": int(a["keepdims"]),
              "count": math.prod(x_shape[ax] for ax in axes)}
     ctx.add(node, "reduce", [ctx.act(node.input[0])], ctx.shape(node.output[0]), attrs=attrs)
+
+
+@imports("Max", note="a max over its stacked inputs (ReduceMax over a new axis): every path counts, as in a max-pool window")
+def import_max(node, ctx: ImportContext) -> None:
+    """``max(x_1, ..., x_k)``: Reshape each input to ``(1, *shape)``, Concat on axis 0, ReduceMax over it."""
+    inputs = [t for t in node.input if t]
+    shape = ctx.shape(node.output[0])
+    if any(ctx.const(t) is not None for t in inputs):
+        raise RefuseNode("Max with a constant operand is not imported yet (its exact form is c + relu(x − c))")
+    if any(ctx.shape(t) != shape for t in inputs):
+        raise RefuseNode(f"Max of inputs of shapes {[ctx.shape(t) for t in inputs]} broadcasts: only inputs of one shape are imported")
+    if len(inputs) == 1:
+        ctx.alias(node.output[0], ctx.act(inputs[0]))
+        return
+    stacked = [ctx.add(node, "reshape", [ctx.act(t)], (1, *shape), suffix=f"/stack{i}") for i, t in enumerate(inputs)]
+    both = ctx.add(node, "concat", stacked, (len(inputs), *shape), attrs={"axis": 0}, suffix="/concat")
+    ctx.add(node, "reduce", [both], shape, attrs={"mode": "max", "axes": [0], "keepdims": 0, "count": len(inputs)})
