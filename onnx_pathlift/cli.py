@@ -57,12 +57,33 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _fail(err: PathliftError, json_mode: bool) -> int:
+def _fail(err: PathliftError, json_mode: bool, argv: list[str] | None = None) -> int:
+    """Print the error (one JSON object with ``--json``); a refusal that names analysable tensors gets the
+    command that analyses them: ``argv`` with its ``--output`` options replaced."""
+    command = _way_out(err, argv)
     if json_mode:
-        print(json.dumps(err.to_dict(), indent=2))
+        print(json.dumps({**err.to_dict(), **({"command": command} if command else {})}, indent=2))
     else:
         print(f"onnx-pathlift: error: {terminal(err, keep_newlines=True)}", file=sys.stderr)
+        if command:
+            print(f"  try: {terminal(command)}", file=sys.stderr)
     return err.exit_code
+
+
+def _way_out(err: PathliftError, argv: list[str] | None) -> str | None:
+    """``onnx-pathlift ARGV`` with ``--output`` set to the refusal's analysable tensors (None without them)."""
+    import shlex
+
+    outputs = getattr(err, "analysable", None)
+    if not outputs or not argv or argv[0] == "audit":
+        return None
+    kept, rest = [], iter(argv)
+    for arg in rest:
+        if arg == "--output":
+            next(rest, None)
+        elif not arg.startswith("--output="):
+            kept.append(arg)
+    return shlex.join(["onnx-pathlift", *kept, *(x for o in outputs for x in ("--output", o))])
 
 
 class _TerminalSafe:
@@ -438,6 +459,9 @@ def _print_inspection(r) -> None:
             print(f"    - {ref}")
         if r.blocked:
             print("  not imported (behind a refused node): " + ", ".join(f"{op} {n}" for op, n in r.blocked.items()))
+        if r.analysable_outputs:
+            print("  analysable instead (the nearest tensors before the refusal): "
+                  + " ".join(f"--output {o}" for o in r.analysable_outputs))
     for note in r.notes:  # the cuts and the folding are listed above
         if not note.startswith(("cut ", "folded ")):
             print(f"  note: {note}")
@@ -458,6 +482,9 @@ def cmd_inspect(args) -> int:
         if err is not None:
             print(f"onnx-pathlift: error: {len(err.refusals)} node(s) cannot be represented as a ReLU network "
                   "(listed above)", file=sys.stderr)
+            shapes = [x for shape in args.input_shape or [] for x in ("--input-shape", shape)]
+            if command := _way_out(err, ["norm", args.model, *shapes]):
+                print(f"  try: {terminal(command)}", file=sys.stderr)
     return 0 if err is None else err.exit_code
 
 
@@ -597,6 +624,16 @@ def _check_q(qs: list[float]) -> None:
             raise UsageError(f"q must be a number ≥ 1, or inf (got {q})")
 
 
+def _not_a_folder(args) -> None:
+    """A single-model command given a folder says so (and names the command for folders)."""
+    import os
+
+    for path in (getattr(args, "model", None), getattr(args, "other", None)):
+        if isinstance(path, str) and os.path.isdir(path):
+            raise UsageError(f"{path} is a folder: {args.command} reads one .onnx file (`onnx-pathlift audit "
+                             f"{path}` analyses every model in a folder)")
+
+
 def _run(args) -> int:
     """The command, its text output escaped for the terminal (``--json`` output is escaped by json.dumps);
     a model file is read on a thread while the command imports its analyses (:mod:`onnx_pathlift.prefetch`)."""
@@ -619,9 +656,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         json_mode = args.json
+        _not_a_folder(args)
         return _run(args)
     except PathliftError as err:
-        return _fail(err, json_mode)
+        return _fail(err, json_mode, argv)
     except KeyboardInterrupt:
         print("onnx-pathlift: interrupted", file=sys.stderr)
         return 130

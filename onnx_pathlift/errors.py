@@ -82,14 +82,19 @@ class UnsupportedModelError(PathliftError):
 
     exit_code = 3
 
-    def __init__(self, refusals: list[Refusal]):
+    def __init__(self, refusals: list[Refusal], analysable: list[str] | None = None):
         self.refusals = list(refusals)
+        #: the nearest tensors that do import (checked): ``--output`` each of them analyses the rest
+        self.analysable = list(analysable or [])
         lines = "\n".join(f"  - {r}" for r in self.refusals)
-        super().__init__(f"{len(self.refusals)} node(s) cannot be represented as a ReLU network:\n{lines}")
+        way_out = ("\nanalysable instead (the nearest tensors before the refusal): "
+                   + " ".join(f"--output {terminal(o)}" for o in self.analysable)) if self.analysable else ""
+        super().__init__(f"{len(self.refusals)} node(s) cannot be represented as a ReLU network:\n{lines}{way_out}")
 
     def to_dict(self) -> dict:
         d = super().to_dict()
         d["refusals"] = [r.__dict__ for r in self.refusals]
+        d["analysable_outputs"] = self.analysable
         return d
 
 
