@@ -16,6 +16,7 @@ import builtins
 import contextlib
 import json
 import math
+import shlex
 import signal
 import sys
 
@@ -72,8 +73,6 @@ def _fail(err: PathliftError, json_mode: bool, argv: list[str] | None = None) ->
 
 def _way_out(err: PathliftError, argv: list[str] | None) -> str | None:
     """``onnx-pathlift ARGV`` with ``--output`` set to the refusal's analysable tensors (None without them)."""
-    import shlex
-
     outputs = getattr(err, "analysable", None)
     if not outputs or not argv or argv[0] == "audit":
         return None
@@ -183,24 +182,40 @@ def cmd_norm(args) -> int:
 
 
 def _print_lift(r) -> None:
+    """Where the lifted network went and a recipe that reads the norm off it (run as printed: tested)."""
     from .emit import LOG2_SUFFIX
+    from .norm import Q_INF
 
     print(f"wrote the lifted network (q={r.q:g}, {'static' if r.static else 'dynamic'} scales) to {r.written}")
     print(f"run it with all-ones inputs; each analysed output o comes with an exponent o{LOG2_SUFFIX} (float64,")
     print("broadcastable to o: one per channel or neuron with static scales), and")
-    print(f"  ||Phi||_q^q = sum over outputs o of  sum(o * 2**o{LOG2_SUFFIX})     (here: log10 {_fmt(r.norm.log10 * r.q)})")
     outs = ", ".join(repr(o) for o in r.dag.outputs)
-    print("e.g.  python -c \"import onnxruntime as rt, numpy as np; s = rt.InferenceSession('%s'); "
-          "r = dict(zip([o.name for o in s.get_outputs()], s.run(None, {i.name: np.ones(i.shape, np.float32) "
-          "for i in s.get_inputs()}))); print(sum(float((r[o] * np.exp2(r[o + '%s'])).sum()) for o in [%s]) "
-          "** (1 / %g))\"" % (r.written, LOG2_SUFFIX, outs, r.q))
+    run = ("import onnxruntime as rt, numpy as np; s = rt.InferenceSession(%r); r = dict(zip([o.name for o in "
+           "s.get_outputs()], s.run(None, {i.name: np.ones(i.shape, np.float32) for i in s.get_inputs()}))); " % r.written)
+    if math.isinf(r.q):
+        print(f"  ||Phi||_inf = max over outputs o of  max((o * 2**o{LOG2_SUFFIX}) ** (1/Q)),  Q = 2**{math.log2(Q_INF):g}")
+        print("  (lifted at q = Q: the largest path product to a relative 1e-9; in logs, since 2**o"
+              f"{LOG2_SUFFIX} overflows)     (here: {_fmt(r.norm.log10)})")
+        code = run + ("np.seterr(divide='ignore'); print(max(float(np.exp2(((np.log2(r[o].astype(np.float64)) + r[o + %r]) "
+                      "/ %r).max())) for o in [%s]))" % (LOG2_SUFFIX, Q_INF, outs))
+    else:
+        print(f"  ||Phi||_q^q = sum over outputs o of  sum(o * 2**o{LOG2_SUFFIX})     (here: {_fmt(r.norm.log10 * r.q)}, "
+              f"so ||Phi||_q = {_fmt(r.norm.log10)})")
+        code = run + ("print(sum(float((r[o] * np.exp2(r[o + %r])).sum()) for o in [%s]) ** (1 / %r))"
+                      % (LOG2_SUFFIX, outs, r.q))
+    quoted = f'"{code}"' if not set(code) & set('"$`\\!') else shlex.quote(code)  # as the shell reads it
+    print(f"e.g.  python -c {quoted}")
 
 
 def cmd_lift(args) -> int:
     from .api import write_lifted
 
-    _check_q([args.q])
-    _show(args, write_lifted(args.model, args.out, args.q, **_model_args(args)), _print_lift)
+    qs = args.q or [1.0]
+    if len(qs) > 1:
+        raise UsageError(f"lift writes one lifted network: give one -q (got {', '.join(f'{q:g}' for q in qs)}; "
+                         "run lift once per q, each with its own -o)")
+    _check_q(qs)
+    _show(args, write_lifted(args.model, args.out, qs[0], **_model_args(args)), _print_lift)
     return 0
 
 
@@ -517,7 +532,8 @@ def _add_norm(n: argparse.ArgumentParser) -> None:
 
 
 def _add_lift(lf: argparse.ArgumentParser) -> None:
-    lf.add_argument("-q", type=float, default=1.0, help="norm exponent q ≥ 1")
+    lf.add_argument("-q", type=float, action="append",
+                    help="norm exponent q ≥ 1, or inf for the largest path product (default 1; one q: lift writes one network)")
     lf.add_argument("-o", "--out", required=True, help="where to write the lifted model")
 
 
