@@ -6,7 +6,8 @@ Each command parses its arguments, calls one library function (:mod:`onnx_pathli
 report it returns: its ``to_dict()`` with ``--json``, else a text form.
 
 Exit codes: 0 ok, 1 anything else, 2 usage, 3 unsupported operators, 4 unreadable or invalid model,
-5 a certificate exceeded by ``compare --check``, 6 an output could not be written, 7 ``audit --fail-on``.
+5 a certificate exceeded by ``compare --check``, 6 an output could not be written, 7 ``audit --fail-on``;
+130 Ctrl-C, 143 SIGTERM (one line each), 141 stdout closed by its reader (quiet).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import math
 import shlex
 import signal
 import sys
+import threading
 
 from . import __version__, prefetch
 from .errors import PathliftError, UsageError
@@ -582,17 +584,19 @@ def _add_audit(au: argparse.ArgumentParser) -> None:
     au.add_argument("--input-shape", action="append", metavar="[NAME=]SHAPE",
                     help=f"static input shape for every model: {SHAPE_FORMS}")
     au.add_argument("--jobs", type=int, help="local worker processes (default: one per CPU)")
-    au.add_argument("--timeout", type=float, metavar="S", help="seconds per model before its worker is killed")
+    au.add_argument("--timeout", type=float, metavar="S",
+                    help="seconds per model before its worker is killed (default: none, no time limit)")
     au.add_argument("--max-memory", type=float, metavar="MB",
                     help="memory cap per worker process (its data segment, imports included: ~150 MB); a model "
-                         "needing more fails with 'out of memory' and the audit goes on")
+                         "needing more fails with 'out of memory' and the audit goes on; rerun those with a larger "
+                         "cap (default: none, no cap)")
     au.add_argument("--db", help="SQLite results database (default: beside --report, else audit.sqlite)")
     au.add_argument("--report", metavar="REPORT.html", help="write a self-contained HTML report")
     au.add_argument("--csv", metavar="OUT.csv", help="write one CSV row per model")
     au.add_argument("--json", action="store_true", help="print JSON Lines (one object per model) on stdout")
     au.add_argument("--scheduler", metavar="ADDRESS", help="run on the Dask cluster at tcp://HOST:PORT")
     au.add_argument("--fail-on", metavar="STATUS[,STATUS]",
-                    help="exit with code 6 when any model ends in one of these statuses (ok, unsupported, invalid, error, "
+                    help="exit with code 7 when any model ends in one of these statuses (ok, unsupported, invalid, error, "
                          "timeout; oom: an out-of-memory error), e.g. error,timeout,invalid to gate CI")
 
 
@@ -664,18 +668,45 @@ def _run(args) -> int:
         prefetch.forget()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is so that it unwinds as on Ctrl-C (an audit keeps its results)."""
+
+
+def _terminate(signum: int, frame) -> None:
+    raise Terminated
+
+
+def _quiet_stdout() -> int:
+    """stdout's reader went away (``| head -1``): point stdout at /dev/null so that nothing more fails;
+    the exit code of a process killed by SIGPIPE (128 + 13)."""
+    import os
+
+    with contextlib.suppress(OSError, ValueError):  # a stdout without a file descriptor (captured) needs nothing
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     json_mode = "--json" in argv  # usage errors honour --json too
     if hasattr(signal, "SIGXFSZ"):  # past a file size limit (ulimit -f), a write fails (exit 6) instead of killing us
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         args = build_parser().parse_args(argv)
         json_mode = args.json
         _not_a_folder(args)
-        return _run(args)
+        code = _run(args)
+        sys.stdout.flush()  # a closed pipe fails here, not at the interpreter's exit
+        return code
     except PathliftError as err:
         return _fail(err, json_mode, argv)
+    except BrokenPipeError:
+        return _quiet_stdout()
+    except Terminated:
+        print("onnx-pathlift: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("onnx-pathlift: interrupted", file=sys.stderr)
         return 130
@@ -684,6 +715,9 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(UsageError(f"{err.filename}: cannot read: {err.strerror or err}"), json_mode)
         print(f"onnx-pathlift: internal error: {type(err).__name__}: {terminal(err)}", file=sys.stderr)
         return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 if __name__ == "__main__":

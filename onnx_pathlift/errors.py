@@ -10,6 +10,8 @@
 | 5 | ``compare --check`` observed an output change above the certified bound (a bug) |
 | 6 | an output could not be written (missing or read-only folder, a folder as target, disk full,
       file size limit); the file that was there before is left untouched |
+| 7 | ``audit --fail-on``: some model ended in one of the named statuses |
+| 130, 143, 141 | Ctrl-C, SIGTERM (one line on stderr), stdout closed by its reader (quiet) |
 """
 
 from __future__ import annotations

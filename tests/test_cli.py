@@ -384,7 +384,6 @@ def test_lift_prints_a_recipe_that_runs(capsys, tmp_path, which, q):
         assert float(total) == pytest.approx(value ** float(q), rel=1e-5) and float(norm) == pytest.approx(value, rel=1e-5)
 
 
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_q_inf_is_not_an_internal_error(capsys, hand_path):
     rc, _, err = run_main(capsys, "norm", hand_path, "-q", "inf")
     assert rc in (0, 2), err
