@@ -243,15 +243,16 @@ def _print_check(check) -> None:
         print(f"  models as shipped (quantized activations): largest observed change {check.shipped_max_observed:.6g}{ratio}")
 
 
-def _print_comparison(c) -> None:
+def _print_comparison(c, quiet: bool = False) -> None:
     metric = c.metric
     print(f"path-metric d(A, B) = ‖Φ(A) − Φ(B)‖_1 between {c.a} and {c.b}:")
     print(f"  lower {_fmt(metric.lower_log10)}   upper {_fmt(metric.upper_log10)}"
           + ("   (exact: |B| ≤ |A| or |B| ≥ |A| everywhere)" if metric.exact else ""))
     print(f"  ‖Φ(A)‖_1 = {_fmt(metric.norm_a_log10)}, ‖Φ(B)‖_1 = {_fmt(metric.norm_b_log10)}")
-    _print_canonical(c.canonical_a, c.canonical_b)
+    if not quiet:
+        _print_canonical(c.canonical_a, c.canonical_b)
     _print_signs(metric)
-    _print_certificate(metric, c.certificate)
+    _print_certificate(metric, c.certificate, quiet)
     if c.check is not None:
         _print_check(c.check)
 
@@ -261,7 +262,7 @@ def cmd_compare(args) -> int:
 
     result = compare_models(args.model, args.other, r=args.input_linf, check=args.check, providers=args.provider,
                             **_model_args(args))
-    _show(args, result, _print_comparison)
+    _show(args, result, lambda c: _print_comparison(c, args.quiet))
     violation = result.violation
     if violation is not None:
         print(f"onnx-pathlift: error: {violation}", file=sys.stderr)
@@ -269,7 +270,7 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def _print_certificate(metric, cert) -> None:
+def _print_certificate(metric, cert, quiet: bool = False) -> None:
     """The certified bound, its weight and activation terms, and where the weight term comes from."""
     r = cert.r
     if not cert.quantized_points:
@@ -288,7 +289,8 @@ def _print_certificate(metric, cert) -> None:
             for p in points[:5]:
                 how = "clipping" if p["clipping"] else "rounding"
                 print(f"    {p['node']!r}: {p['term'] / cert.activation.term:.1%} ({p['term']:.6g}, ε ≤ {p['epsilon_max']:.3g}, {how})")
-    _print_shares(metric)
+    if not quiet:
+        _print_shares(metric)
 
 
 def _print_shares(metric, top: int = 10) -> None:
@@ -341,14 +343,17 @@ def cmd_lipschitz(args) -> int:
     return 0
 
 
-def _print_scores(r) -> None:
+def _print_scores(r, quiet: bool = False) -> None:
     print(f"{r.model}: path-magnitude scores of {len(r.scores.fraction)} weight tensors "
           f"(each weight's score as a fraction of ‖Φ‖_1 = {_fmt(r.scores.log10_norm)}), {r.seconds:.3f} s")
     print("  'paths' is the fraction of ‖Φ‖_1 carried by paths through the tensor (a path crosses several tensors, so "
           "these sum to more than 1); 'share' is the tensor's part of all scores (sums to 1)")
     width = max([40, *(len(row["initializer"]) for row in r.rows)])
-    print(f"  {'tensor':{width}s} {'paths':>10s} {'share':>10s} {'median':>10s} {'max':>10s} {'zeros':>15s}")
-    for row in r.rows:
+    if quiet:
+        print(f"  (the table of {len(r.rows)} tensors left out: --quiet)")
+    else:
+        print(f"  {'tensor':{width}s} {'paths':>10s} {'share':>10s} {'median':>10s} {'max':>10s} {'zeros':>15s}")
+    for row in [] if quiet else r.rows:
         q = row["quantiles"]
         print(f"  {row['initializer']:{width}s} {row['share']:10.4g} {row['share_of_scores']:10.4g} {q['median']:10.3g} "
               f"{q['max']:10.3g} {str(row['zeros']) + '/' + str(row['size']):>15s}")
@@ -359,7 +364,8 @@ def _print_scores(r) -> None:
 def cmd_scores(args) -> int:
     from .api import score_weights
 
-    _show(args, score_weights(args.model, args.out, providers=args.provider, **_model_args(args)), _print_scores)
+    _show(args, score_weights(args.model, args.out, providers=args.provider, **_model_args(args)),
+          lambda r: _print_scores(r, args.quiet))
     return 0
 
 
@@ -375,17 +381,26 @@ def _print_weight_pruning(r) -> None:
         print(f"  top-1 accuracy {r.accuracy[0]:.4f} → {r.accuracy[1]:.4f}")
 
 
-def _print_channel_pruning(report) -> None:
+def _speed(before: float, after: float) -> str:
+    """``speed-up 1.40×`` when ``after`` is the shorter time, ``slower 1.19×`` when it is the longer."""
+    if after < before:
+        return f"speed-up {before / after:.2f}×"
+    return f"slower {after / before:.2f}×" if after > before else "same time"
+
+
+def _print_channel_pruning(report, quiet: bool = False) -> None:
     r = report.record
     g, m = r["groups"], r["metric"]
     print(f"removed {g['removed']} of {g['removable']} removable channel groups ({r['channels_removed']} channels) by "
           f"{r['criterion']} ({r['scope']}); {g['total'] - g['removable']} kept; wrote {r['written']}"
           + (f" and {r['masked']}" if r["masked"] else ""))
-    for row in r["pinned"][:10]:
+    for row in [] if quiet else r["pinned"][:10]:
         print(f"  kept {row['groups']} group(s): {row['reason']}")
     print(f"  parameters {r['params_before']} → {r['params_after']} ({r['params_after'] / max(r['params_before'], 1):.1%}), "
           f"MACs {r['macs_before']} → {r['macs_after']} ({r['macs_after'] / max(r['macs_before'], 1):.1%})")
-    for row in r["layers"]:
+    if quiet:
+        print(f"    (the table of {len(r['layers'])} layers left out: --quiet)")
+    for row in [] if quiet else r["layers"]:
         print(f"    {row['node']!r:40} {row['op']:18s} params {row['params_before']:>9} → {row['params_after']:<9} "
               f"MACs {row['macs_before']:>11} → {row['macs_after']}")
     print(f"  slim model = masked model to {r['slim_vs_masked_max_rel_error']:.2g} (max relative error, random inputs)")
@@ -397,7 +412,7 @@ def _print_channel_pruning(report) -> None:
         print("  latency: n/a (onnxruntime cannot run this model)")
     else:
         print(f"  latency (onnxruntime, 1 thread, median of {repeats}): {before * 1e3:.3f} ms → "
-              f"{after * 1e3:.3f} ms ({after / before:.2f}×)")
+              f"{after * 1e3:.3f} ms ({_speed(before, after)})")
     if "accuracy_before" in r:
         print(f"  top-1 accuracy {r['accuracy_before']:.4f} → {r['accuracy_after']:.4f}")
 
@@ -412,7 +427,7 @@ def cmd_prune(args) -> int:
             raise UsageError("--mask and --layers go with --structure weight")
         report = prune_channel_groups(args.model, args.sparsity, args.out, masked_out=args.masked,
                                       repeats=args.repeats, **common)
-        _show(args, report, _print_channel_pruning)
+        _show(args, report, lambda r: _print_channel_pruning(r, args.quiet))
         return 0
     if args.masked:
         raise UsageError("--masked goes with --structure channel (weight pruning writes its masked model to -o)")
@@ -521,6 +536,8 @@ def _common(sp: argparse.ArgumentParser) -> None:
                     help=f"static input shape (needed for symbolic dimensions other than the batch): {SHAPE_FORMS}")
     sp.add_argument("--output", action="append", metavar="NAME", help="tensor to analyse (repeatable)")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
+    sp.add_argument("--quiet", action="store_true",
+                    help="text output: the summary lines only, without the per-layer / per-tensor tables")
 
 
 def _provider(sp: argparse.ArgumentParser) -> None:

@@ -1,10 +1,11 @@
 """No noise and no small lies on the command line: no RuntimeWarning on stderr (``-W error`` makes one fatal),
 a closed stdout (``| head -1``) ends quietly, SIGTERM ends with one line, ``audit --help`` tells the defaults
-and the ``--fail-on`` exit code."""
+and the ``--fail-on`` exit code, ``--quiet`` leaves out the long tables, a latency change says speed-up or slower."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from conftest import MODELS, run_cli
 
 from onnx_pathlift.audit.analyse import HOOK_ENV
 from onnx_pathlift.audit.command import FAIL_ON_EXIT
+from onnx_pathlift.cli import _speed
 
 CNN = MODELS / "digits_cnn_torch_bn.onnx"
 
@@ -72,3 +74,26 @@ def test_audit_help_tells_defaults_and_the_fail_on_code():
     assert f"exit with code {FAIL_ON_EXIT} when any model" in text
     assert "--timeout S seconds per model before its worker is killed (default: none" in text
     assert "(default: none, no cap)" in text and "retried" not in text
+
+
+def test_quiet_leaves_out_the_long_tables(tmp_path):
+    """``--quiet``: the summary lines only. Channel pruning's per-layer table and kept-group lines, the scores'
+    per-tensor table, compare's per-layer shares go; the summary lines stay, word for word."""
+    cases = {"prune": ["prune", CNN, "--structure", "channel", "--sparsity", "0.3", "-o", tmp_path / "s.onnx", "--repeats", "3"],
+             "scores": ["scores", CNN],
+             "compare": ["compare", CNN, MODELS / "digits_cnn_torch_bn_pruned50.onnx"]}
+    outputs = {}
+    for name, args in cases.items():
+        full, quiet = run_cli(*args), run_cli(*args, "--quiet")
+        assert full.returncode == quiet.returncode == 0, quiet.stderr
+        full_lines, outputs[name] = full.stdout.splitlines(), quiet.stdout.splitlines()
+        assert len(outputs[name]) < len(full_lines) and len(outputs[name]) <= 8, quiet.stdout
+        timed = ("latency", "scores of", "left out: --quiet")  # measured times differ between runs
+        stable = [line for line in outputs[name] if not any(word in line for word in timed)]
+        assert set(stable) <= set(full_lines), (name, set(stable) - set(full_lines))
+    latency = next(line for line in outputs["prune"] if "latency" in line)
+    assert re.search(r"ms → [\d.]+ ms \((speed-up \d+\.\d\d×|slower \d+\.\d\d×|same time)\)$", latency), latency
+
+
+def test_speed_wording():
+    assert _speed(2.0, 1.0) == "speed-up 2.00×" and _speed(1.0, 1.19) == "slower 1.19×" and _speed(1.0, 1.0) == "same time"
