@@ -160,7 +160,9 @@ def _wanted_outputs(p: Prepared, producer: dict[str, NodeProto], wanted: list[st
     for w in wanted:
         name, cut = _cut_head(w, producer, p.consts)
         shown = [n for n in reversed(cut) if n.op_type != "Identity"]
-        if shown:
+        if not shown:  # the tensor asked for, even behind an Identity
+            name = w
+        else:
             chain = " → ".join(f"{n.op_type} {n.name or n.output[0]!r}" for n in shown)
             notes.append(f"--output {w!r} is the output of {chain}, a head outside ReLU networks: analysing its "
                          f"input {name!r} (the logits)")

@@ -270,7 +270,7 @@ def _histogram(values: list[float], label: str) -> tuple[str, str]:
     label_every = math.ceil(bins / 10)
     for i in range(bins + 1):
         x = left + i * bw
-        if i % label_every == 0 or i == bins:
+        if i % label_every == 0:
             parts.append(f'<text x="{x:.1f}" y="{h + 16}" text-anchor="middle">{round(lo + i * step, 10):g}</text>')
         if i < bins and counts[i]:
             bh = (h - 10) * counts[i] / top
@@ -374,7 +374,7 @@ def _table(results: list[ModelResult], settings: Settings, base: str) -> str:
     300 px beside them (media queries computed from the widths). ``data-key`` names a column for the filter."""
     heads = [("#", "row", 2.5, 0), ("path", "path", None, 0), ("status", "status", 8, 0), ("reason", "reason", 10, 0),
              ("params", "params", 5.5, 0), *((f"log10 L{q:g}", f"l{q:g}", 6.8, int(k > 0)) for k, q in enumerate(settings.q)),
-             ("log10 Lipschitz", "lipschitz", 6.8, 1), ("opset", "opset", 3.5, 2), ("producer", "producer", 8, 1),
+             ("log10 Lipschitz", "lipschitz", 6.8, 1), ("opset", "opset", 4.2, 2), ("producer", "producer", 8, 1),
              ("KiB", "kib", 4.5, 2), ("wall s", "wall", 4, 2), ("peak MiB", "peak", 4, 2)]
     tier = [f"t{t}" if t else "" for *_, t in heads]
     rows = []
