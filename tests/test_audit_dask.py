@@ -114,6 +114,35 @@ def test_an_unreachable_scheduler_fails_fast(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_a_server_that_is_not_dask_fails_cleanly(tmp_path):
+    """Something else answers at the address (an HTTP server): one clear error, no MemoryError from reading its
+    reply as a Dask frame, no traceback."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:  # closed: the test is over
+                return
+            with conn:
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n" * 64)
+
+    threading.Thread(target=answer, daemon=True).start()
+    models = write_mlps(tmp_path / "m", ["a"])
+    try:
+        proc = subprocess.run([sys.executable, "-m", "onnx_pathlift", "audit", str(models), "--scheduler",
+                               f"tcp://127.0.0.1:{server.getsockname()[1]}", "--db", str(tmp_path / "a.sqlite")],
+                              capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        server.close()
+    assert proc.returncode == 1 and "cannot reach the Dask scheduler" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+
+
 def test_no_worker_at_all_ends_the_audit_with_a_message(tmp_path):
     models = write_mlps(tmp_path / "m", ["a", "b"])
     db = tmp_path / "a.sqlite"

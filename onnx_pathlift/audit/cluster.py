@@ -51,6 +51,9 @@ def run_dask(tasks: Sequence[Task], settings: Settings, timeout: float | None, a
         client = Client(address, timeout=CONNECT_TIMEOUT_S)
     except (OSError, TimeoutError, ValueError) as exc:
         raise PathliftError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
+    except Exception as exc:  # something answered, not as a Dask scheduler (its reply read as a huge frame: MemoryError)
+        raise PathliftError(f"cannot reach the Dask scheduler at {address}: what answers there is not a Dask "
+                            f"scheduler ({type(exc).__name__}: {exc})") from exc
     with client:
         futures = {client.submit(analyse_on_worker, replace(t, path=os.path.abspath(t.path)), settings, timeout,
                                  memory_mb, pure=False): t for t in tasks}
