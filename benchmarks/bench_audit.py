@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -125,7 +126,7 @@ def main() -> None:
         "ratio_audit_over_bare": t_bare / t_audit, "ratio_audit_over_bare_script": t_script / t_audit, "goal": GOAL, "foreign_cpu_share": noise,
         "slowest": [{"path": r["path"], "wall_s": r["wall_s"], "status": r["status"]} for r in slowest],
     }
-    print(f"{n} files in {folder} ({', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))}); "
+    print(f"{n} files in {os.path.relpath(folder)} ({', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))}); "
           f"{figures['machine']['usable_cores']} usable cores, onnxruntime {ort.__version__}")
     print(f"(a) bare onnxruntime loop:      {t_bare:8.2f} s  {rate(t_bare):8.0f} models/min  ({skipped} skipped)")
     print(f"(a') the same loop as a command: {t_script:5.2f} s  {rate(t_script):8.0f} models/min  (interpreter start included)")

@@ -170,7 +170,7 @@ class LiftReport:
     def to_dict(self) -> dict:
         from .emit import LOG2_SUFFIX
 
-        return {"written": self.written, "q": self.q, "scales": "static" if self.static else "dynamic",
+        return {"written": self.written, "q": self.q if self.q != float("inf") else "inf", "scales": "static" if self.static else "dynamic",
                 "inputs": _shapes(self.dag), "outputs": [[o, o + LOG2_SUFFIX] for o in self.dag.outputs],
                 "norm": self.norm.to_dict()}
 

@@ -6,7 +6,8 @@ Each command parses its arguments, calls one library function (:mod:`onnx_pathli
 report it returns: its ``to_dict()`` with ``--json``, else a text form.
 
 Exit codes: 0 ok, 1 anything else, 2 usage, 3 unsupported operators, 4 unreadable or invalid model,
-5 a certificate exceeded by ``compare --check``, 6 an output could not be written, 7 ``audit --fail-on``.
+5 a certificate exceeded by ``compare --check``, 6 an output could not be written, 7 ``audit --fail-on``;
+130 Ctrl-C, 143 SIGTERM (one line each), 141 stdout closed by its reader (quiet).
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import builtins
 import contextlib
 import json
 import math
+import shlex
 import signal
 import sys
+import threading
 
 from . import __version__, prefetch
 from .errors import PathliftError, UsageError
@@ -57,12 +60,31 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _fail(err: PathliftError, json_mode: bool) -> int:
+def _fail(err: PathliftError, json_mode: bool, argv: list[str] | None = None) -> int:
+    """Print the error (one JSON object with ``--json``); a refusal that names analysable tensors gets the
+    command that analyses them: ``argv`` with its ``--output`` options replaced."""
+    command = _way_out(err, argv)
     if json_mode:
-        print(json.dumps(err.to_dict(), indent=2))
+        print(json.dumps({**err.to_dict(), **({"command": command} if command else {})}, indent=2))
     else:
         print(f"onnx-pathlift: error: {terminal(err, keep_newlines=True)}", file=sys.stderr)
+        if command:
+            print(f"  try: {terminal(command)}", file=sys.stderr)
     return err.exit_code
+
+
+def _way_out(err: PathliftError, argv: list[str] | None) -> str | None:
+    """``onnx-pathlift ARGV`` with ``--output`` set to the refusal's analysable tensors (None without them)."""
+    outputs = getattr(err, "analysable", None)
+    if not outputs or not argv or argv[0] == "audit":
+        return None
+    kept, rest = [], iter(argv)
+    for arg in rest:
+        if arg == "--output":
+            next(rest, None)
+        elif not arg.startswith("--output="):
+            kept.append(arg)
+    return shlex.join(["onnx-pathlift", *kept, *(x for o in outputs for x in ("--output", o))])
 
 
 class _TerminalSafe:
@@ -162,24 +184,40 @@ def cmd_norm(args) -> int:
 
 
 def _print_lift(r) -> None:
+    """Where the lifted network went and a recipe that reads the norm off it (run as printed: tested)."""
     from .emit import LOG2_SUFFIX
+    from .norm import Q_INF
 
     print(f"wrote the lifted network (q={r.q:g}, {'static' if r.static else 'dynamic'} scales) to {r.written}")
     print(f"run it with all-ones inputs; each analysed output o comes with an exponent o{LOG2_SUFFIX} (float64,")
     print("broadcastable to o: one per channel or neuron with static scales), and")
-    print(f"  ||Phi||_q^q = sum over outputs o of  sum(o * 2**o{LOG2_SUFFIX})     (here: log10 {_fmt(r.norm.log10 * r.q)})")
     outs = ", ".join(repr(o) for o in r.dag.outputs)
-    print("e.g.  python -c \"import onnxruntime as rt, numpy as np; s = rt.InferenceSession('%s'); "
-          "r = dict(zip([o.name for o in s.get_outputs()], s.run(None, {i.name: np.ones(i.shape, np.float32) "
-          "for i in s.get_inputs()}))); print(sum(float((r[o] * np.exp2(r[o + '%s'])).sum()) for o in [%s]) "
-          "** (1 / %g))\"" % (r.written, LOG2_SUFFIX, outs, r.q))
+    run = ("import onnxruntime as rt, numpy as np; s = rt.InferenceSession(%r); r = dict(zip([o.name for o in "
+           "s.get_outputs()], s.run(None, {i.name: np.ones(i.shape, np.float32) for i in s.get_inputs()}))); " % r.written)
+    if math.isinf(r.q):
+        print(f"  ||Phi||_inf = max over outputs o of  max((o * 2**o{LOG2_SUFFIX}) ** (1/Q)),  Q = 2**{math.log2(Q_INF):g}")
+        print("  (lifted at q = Q: the largest path product to a relative 1e-9; in logs, since 2**o"
+              f"{LOG2_SUFFIX} overflows)     (here: {_fmt(r.norm.log10)})")
+        code = run + ("np.seterr(divide='ignore'); print(max(float(np.exp2(((np.log2(r[o].astype(np.float64)) + r[o + %r]) "
+                      "/ %r).max())) for o in [%s]))" % (LOG2_SUFFIX, Q_INF, outs))
+    else:
+        print(f"  ||Phi||_q^q = sum over outputs o of  sum(o * 2**o{LOG2_SUFFIX})     (here: {_fmt(r.norm.log10 * r.q)}, "
+              f"so ||Phi||_q = {_fmt(r.norm.log10)})")
+        code = run + ("print(sum(float((r[o] * np.exp2(r[o + %r])).sum()) for o in [%s]) ** (1 / %r))"
+                      % (LOG2_SUFFIX, outs, r.q))
+    quoted = f'"{code}"' if not set(code) & set('"$`\\!') else shlex.quote(code)  # as the shell reads it
+    print(f"e.g.  python -c {quoted}")
 
 
 def cmd_lift(args) -> int:
     from .api import write_lifted
 
-    _check_q([args.q])
-    _show(args, write_lifted(args.model, args.out, args.q, **_model_args(args)), _print_lift)
+    qs = args.q or [1.0]
+    if len(qs) > 1:
+        raise UsageError(f"lift writes one lifted network: give one -q (got {', '.join(f'{q:g}' for q in qs)}; "
+                         "run lift once per q, each with its own -o)")
+    _check_q(qs)
+    _show(args, write_lifted(args.model, args.out, qs[0], **_model_args(args)), _print_lift)
     return 0
 
 
@@ -205,15 +243,16 @@ def _print_check(check) -> None:
         print(f"  models as shipped (quantized activations): largest observed change {check.shipped_max_observed:.6g}{ratio}")
 
 
-def _print_comparison(c) -> None:
+def _print_comparison(c, quiet: bool = False) -> None:
     metric = c.metric
     print(f"path-metric d(A, B) = ‖Φ(A) − Φ(B)‖_1 between {c.a} and {c.b}:")
     print(f"  lower {_fmt(metric.lower_log10)}   upper {_fmt(metric.upper_log10)}"
           + ("   (exact: |B| ≤ |A| or |B| ≥ |A| everywhere)" if metric.exact else ""))
     print(f"  ‖Φ(A)‖_1 = {_fmt(metric.norm_a_log10)}, ‖Φ(B)‖_1 = {_fmt(metric.norm_b_log10)}")
-    _print_canonical(c.canonical_a, c.canonical_b)
+    if not quiet:
+        _print_canonical(c.canonical_a, c.canonical_b)
     _print_signs(metric)
-    _print_certificate(metric, c.certificate)
+    _print_certificate(metric, c.certificate, quiet)
     if c.check is not None:
         _print_check(c.check)
 
@@ -223,7 +262,7 @@ def cmd_compare(args) -> int:
 
     result = compare_models(args.model, args.other, r=args.input_linf, check=args.check, providers=args.provider,
                             **_model_args(args))
-    _show(args, result, _print_comparison)
+    _show(args, result, lambda c: _print_comparison(c, args.quiet))
     violation = result.violation
     if violation is not None:
         print(f"onnx-pathlift: error: {violation}", file=sys.stderr)
@@ -231,7 +270,7 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def _print_certificate(metric, cert) -> None:
+def _print_certificate(metric, cert, quiet: bool = False) -> None:
     """The certified bound, its weight and activation terms, and where the weight term comes from."""
     r = cert.r
     if not cert.quantized_points:
@@ -250,7 +289,8 @@ def _print_certificate(metric, cert) -> None:
             for p in points[:5]:
                 how = "clipping" if p["clipping"] else "rounding"
                 print(f"    {p['node']!r}: {p['term'] / cert.activation.term:.1%} ({p['term']:.6g}, ε ≤ {p['epsilon_max']:.3g}, {how})")
-    _print_shares(metric)
+    if not quiet:
+        _print_shares(metric)
 
 
 def _print_shares(metric, top: int = 10) -> None:
@@ -303,14 +343,17 @@ def cmd_lipschitz(args) -> int:
     return 0
 
 
-def _print_scores(r) -> None:
+def _print_scores(r, quiet: bool = False) -> None:
     print(f"{r.model}: path-magnitude scores of {len(r.scores.fraction)} weight tensors "
           f"(each weight's score as a fraction of ‖Φ‖_1 = {_fmt(r.scores.log10_norm)}), {r.seconds:.3f} s")
     print("  'paths' is the fraction of ‖Φ‖_1 carried by paths through the tensor (a path crosses several tensors, so "
           "these sum to more than 1); 'share' is the tensor's part of all scores (sums to 1)")
     width = max([40, *(len(row["initializer"]) for row in r.rows)])
-    print(f"  {'tensor':{width}s} {'paths':>10s} {'share':>10s} {'median':>10s} {'max':>10s} {'zeros':>15s}")
-    for row in r.rows:
+    if quiet:
+        print(f"  (the table of {len(r.rows)} tensors left out: --quiet)")
+    else:
+        print(f"  {'tensor':{width}s} {'paths':>10s} {'share':>10s} {'median':>10s} {'max':>10s} {'zeros':>15s}")
+    for row in [] if quiet else r.rows:
         q = row["quantiles"]
         print(f"  {row['initializer']:{width}s} {row['share']:10.4g} {row['share_of_scores']:10.4g} {q['median']:10.3g} "
               f"{q['max']:10.3g} {str(row['zeros']) + '/' + str(row['size']):>15s}")
@@ -321,7 +364,8 @@ def _print_scores(r) -> None:
 def cmd_scores(args) -> int:
     from .api import score_weights
 
-    _show(args, score_weights(args.model, args.out, providers=args.provider, **_model_args(args)), _print_scores)
+    _show(args, score_weights(args.model, args.out, providers=args.provider, **_model_args(args)),
+          lambda r: _print_scores(r, args.quiet))
     return 0
 
 
@@ -337,17 +381,26 @@ def _print_weight_pruning(r) -> None:
         print(f"  top-1 accuracy {r.accuracy[0]:.4f} → {r.accuracy[1]:.4f}")
 
 
-def _print_channel_pruning(report) -> None:
+def _speed(before: float, after: float) -> str:
+    """``speed-up 1.40×`` when ``after`` is the shorter time, ``slower 1.19×`` when it is the longer."""
+    if after < before:
+        return f"speed-up {before / after:.2f}×"
+    return f"slower {after / before:.2f}×" if after > before else "same time"
+
+
+def _print_channel_pruning(report, quiet: bool = False) -> None:
     r = report.record
     g, m = r["groups"], r["metric"]
     print(f"removed {g['removed']} of {g['removable']} removable channel groups ({r['channels_removed']} channels) by "
           f"{r['criterion']} ({r['scope']}); {g['total'] - g['removable']} kept; wrote {r['written']}"
           + (f" and {r['masked']}" if r["masked"] else ""))
-    for row in r["pinned"][:10]:
+    for row in [] if quiet else r["pinned"][:10]:
         print(f"  kept {row['groups']} group(s): {row['reason']}")
     print(f"  parameters {r['params_before']} → {r['params_after']} ({r['params_after'] / max(r['params_before'], 1):.1%}), "
           f"MACs {r['macs_before']} → {r['macs_after']} ({r['macs_after'] / max(r['macs_before'], 1):.1%})")
-    for row in r["layers"]:
+    if quiet:
+        print(f"    (the table of {len(r['layers'])} layers left out: --quiet)")
+    for row in [] if quiet else r["layers"]:
         print(f"    {row['node']!r:40} {row['op']:18s} params {row['params_before']:>9} → {row['params_after']:<9} "
               f"MACs {row['macs_before']:>11} → {row['macs_after']}")
     print(f"  slim model = masked model to {r['slim_vs_masked_max_rel_error']:.2g} (max relative error, random inputs)")
@@ -359,7 +412,7 @@ def _print_channel_pruning(report) -> None:
         print("  latency: n/a (onnxruntime cannot run this model)")
     else:
         print(f"  latency (onnxruntime, 1 thread, median of {repeats}): {before * 1e3:.3f} ms → "
-              f"{after * 1e3:.3f} ms ({after / before:.2f}×)")
+              f"{after * 1e3:.3f} ms ({_speed(before, after)})")
     if "accuracy_before" in r:
         print(f"  top-1 accuracy {r['accuracy_before']:.4f} → {r['accuracy_after']:.4f}")
 
@@ -374,7 +427,7 @@ def cmd_prune(args) -> int:
             raise UsageError("--mask and --layers go with --structure weight")
         report = prune_channel_groups(args.model, args.sparsity, args.out, masked_out=args.masked,
                                       repeats=args.repeats, **common)
-        _show(args, report, _print_channel_pruning)
+        _show(args, report, lambda r: _print_channel_pruning(r, args.quiet))
         return 0
     if args.masked:
         raise UsageError("--masked goes with --structure channel (weight pruning writes its masked model to -o)")
@@ -438,6 +491,9 @@ def _print_inspection(r) -> None:
             print(f"    - {ref}")
         if r.blocked:
             print("  not imported (behind a refused node): " + ", ".join(f"{op} {n}" for op, n in r.blocked.items()))
+        if r.analysable_outputs:
+            print("  analysable instead (the nearest tensors before the refusal): "
+                  + " ".join(f"--output {o}" for o in r.analysable_outputs))
     for note in r.notes:  # the cuts and the folding are listed above
         if not note.startswith(("cut ", "folded ")):
             print(f"  note: {note}")
@@ -458,6 +514,9 @@ def cmd_inspect(args) -> int:
         if err is not None:
             print(f"onnx-pathlift: error: {len(err.refusals)} node(s) cannot be represented as a ReLU network "
                   "(listed above)", file=sys.stderr)
+            shapes = [x for shape in args.input_shape or [] for x in ("--input-shape", shape)]
+            if command := _way_out(err, ["norm", args.model, *shapes]):
+                print(f"  try: {terminal(command)}", file=sys.stderr)
     return 0 if err is None else err.exit_code
 
 
@@ -477,6 +536,8 @@ def _common(sp: argparse.ArgumentParser) -> None:
                     help=f"static input shape (needed for symbolic dimensions other than the batch): {SHAPE_FORMS}")
     sp.add_argument("--output", action="append", metavar="NAME", help="tensor to analyse (repeatable)")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
+    sp.add_argument("--quiet", action="store_true",
+                    help="text output: the summary lines only, without the per-layer / per-tensor tables")
 
 
 def _provider(sp: argparse.ArgumentParser) -> None:
@@ -490,7 +551,8 @@ def _add_norm(n: argparse.ArgumentParser) -> None:
 
 
 def _add_lift(lf: argparse.ArgumentParser) -> None:
-    lf.add_argument("-q", type=float, default=1.0, help="norm exponent q ≥ 1")
+    lf.add_argument("-q", type=float, action="append",
+                    help="norm exponent q ≥ 1, or inf for the largest path product (default 1; one q: lift writes one network)")
     lf.add_argument("-o", "--out", required=True, help="where to write the lifted model")
 
 
@@ -539,17 +601,19 @@ def _add_audit(au: argparse.ArgumentParser) -> None:
     au.add_argument("--input-shape", action="append", metavar="[NAME=]SHAPE",
                     help=f"static input shape for every model: {SHAPE_FORMS}")
     au.add_argument("--jobs", type=int, help="local worker processes (default: one per CPU)")
-    au.add_argument("--timeout", type=float, metavar="S", help="seconds per model before its worker is killed")
+    au.add_argument("--timeout", type=float, metavar="S",
+                    help="seconds per model before its worker is killed (default: none, no time limit)")
     au.add_argument("--max-memory", type=float, metavar="MB",
                     help="memory cap per worker process (its data segment, imports included: ~150 MB); a model "
-                         "needing more fails with 'out of memory' and the audit goes on")
+                         "needing more fails with 'out of memory' and the audit goes on; rerun those with a larger "
+                         "cap (default: none, no cap)")
     au.add_argument("--db", help="SQLite results database (default: beside --report, else audit.sqlite)")
     au.add_argument("--report", metavar="REPORT.html", help="write a self-contained HTML report")
     au.add_argument("--csv", metavar="OUT.csv", help="write one CSV row per model")
     au.add_argument("--json", action="store_true", help="print JSON Lines (one object per model) on stdout")
     au.add_argument("--scheduler", metavar="ADDRESS", help="run on the Dask cluster at tcp://HOST:PORT")
     au.add_argument("--fail-on", metavar="STATUS[,STATUS]",
-                    help="exit with code 6 when any model ends in one of these statuses (ok, unsupported, invalid, error, "
+                    help="exit with code 7 when any model ends in one of these statuses (ok, unsupported, invalid, error, "
                          "timeout; oom: an out-of-memory error), e.g. error,timeout,invalid to gate CI")
 
 
@@ -597,6 +661,16 @@ def _check_q(qs: list[float]) -> None:
             raise UsageError(f"q must be a number ≥ 1, or inf (got {q})")
 
 
+def _not_a_folder(args) -> None:
+    """A single-model command given a folder says so (and names the command for folders)."""
+    import os
+
+    for path in (getattr(args, "model", None), getattr(args, "other", None)):
+        if isinstance(path, str) and os.path.isdir(path):
+            raise UsageError(f"{path} is a folder: {args.command} reads one .onnx file (`onnx-pathlift audit "
+                             f"{path}` analyses every model in a folder)")
+
+
 def _run(args) -> int:
     """The command, its text output escaped for the terminal (``--json`` output is escaped by json.dumps);
     a model file is read on a thread while the command imports its analyses (:mod:`onnx_pathlift.prefetch`)."""
@@ -611,17 +685,45 @@ def _run(args) -> int:
         prefetch.forget()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is so that it unwinds as on Ctrl-C (an audit keeps its results)."""
+
+
+def _terminate(signum: int, frame) -> None:
+    raise Terminated
+
+
+def _quiet_stdout() -> int:
+    """stdout's reader went away (``| head -1``): point stdout at /dev/null so that nothing more fails;
+    the exit code of a process killed by SIGPIPE (128 + 13)."""
+    import os
+
+    with contextlib.suppress(OSError, ValueError):  # a stdout without a file descriptor (captured) needs nothing
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     json_mode = "--json" in argv  # usage errors honour --json too
     if hasattr(signal, "SIGXFSZ"):  # past a file size limit (ulimit -f), a write fails (exit 6) instead of killing us
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         args = build_parser().parse_args(argv)
         json_mode = args.json
-        return _run(args)
+        _not_a_folder(args)
+        code = _run(args)
+        sys.stdout.flush()  # a closed pipe fails here, not at the interpreter's exit
+        return code
     except PathliftError as err:
-        return _fail(err, json_mode)
+        return _fail(err, json_mode, argv)
+    except BrokenPipeError:
+        return _quiet_stdout()
+    except Terminated:
+        print("onnx-pathlift: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("onnx-pathlift: interrupted", file=sys.stderr)
         return 130
@@ -630,6 +732,9 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(UsageError(f"{err.filename}: cannot read: {err.strerror or err}"), json_mode)
         print(f"onnx-pathlift: internal error: {type(err).__name__}: {terminal(err)}", file=sys.stderr)
         return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 if __name__ == "__main__":

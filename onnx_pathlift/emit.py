@@ -266,6 +266,9 @@ def describe_lifted(model: ModelProto, dag: Dag, q: float, static: bool, source_
 
     read = (f"feed all-ones inputs; ||Phi||_q^q = sum over outputs o of sum(o * 2**o{LOG2_SUFFIX}) (the exponent "
             "broadcasts to o)")
+    if math.isinf(q):
+        read = (f"feed all-ones inputs; lifted at q = Q = 2**40, ||Phi||_inf = max over outputs o of max((o * "
+                f"2**o{LOG2_SUFFIX}) ** (1/Q)) to a relative 1e-9 (compute it in logs: 2**o{LOG2_SUFFIX} overflows)")
     props = {"onnx_pathlift.version": __version__, "onnx_pathlift.q": f"{q:g}",
              "onnx_pathlift.scales": "static" if static else "dynamic", "onnx_pathlift.how_to_read": read,
              "onnx_pathlift.outputs": json.dumps([[o, o + LOG2_SUFFIX] for o in dag.outputs])}

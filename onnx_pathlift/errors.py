@@ -10,6 +10,8 @@
 | 5 | ``compare --check`` observed an output change above the certified bound (a bug) |
 | 6 | an output could not be written (missing or read-only folder, a folder as target, disk full,
       file size limit); the file that was there before is left untouched |
+| 7 | ``audit --fail-on``: some model ended in one of the named statuses |
+| 130, 143, 141 | Ctrl-C, SIGTERM (one line on stderr), stdout closed by its reader (quiet) |
 """
 
 from __future__ import annotations
@@ -82,14 +84,19 @@ class UnsupportedModelError(PathliftError):
 
     exit_code = 3
 
-    def __init__(self, refusals: list[Refusal]):
+    def __init__(self, refusals: list[Refusal], analysable: list[str] | None = None):
         self.refusals = list(refusals)
+        #: the nearest tensors that do import (checked): ``--output`` each of them analyses the rest
+        self.analysable = list(analysable or [])
         lines = "\n".join(f"  - {r}" for r in self.refusals)
-        super().__init__(f"{len(self.refusals)} node(s) cannot be represented as a ReLU network:\n{lines}")
+        way_out = ("\nanalysable instead (the nearest tensors before the refusal): "
+                   + " ".join(f"--output {terminal(o)}" for o in self.analysable)) if self.analysable else ""
+        super().__init__(f"{len(self.refusals)} node(s) cannot be represented as a ReLU network:\n{lines}{way_out}")
 
     def to_dict(self) -> dict:
         d = super().to_dict()
         d["refusals"] = [r.__dict__ for r in self.refusals]
+        d["analysable_outputs"] = self.analysable
         return d
 
 

@@ -11,13 +11,14 @@ for its op type. Every refusal is collected, so one error lists all offending no
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass, field
 
 from onnx import AttributeProto, NodeProto, TensorProto
 
 from .dag import Dag, Layer
-from .errors import InvalidModelError, Refusal, RefuseNode, UnsupportedModelError, UsageError
+from .errors import InvalidModelError, PathliftError, Refusal, RefuseNode, UnsupportedModelError, UsageError
 from .load import ModelSource, load_split
 from .ops import IMPORTERS, ImportContext, reason_for
 from .ops.registry import HEAD_ROLES, LOOKUPS
@@ -105,21 +106,7 @@ def _analysed_outputs(p: Prepared, nodes: list[NodeProto], wanted: list[str] | N
     trace = trace if trace is not None else ImportTrace()
     producer = {out: node for node in nodes for out in node.output}
     if wanted:
-        constants = [w for w in wanted if w in p.consts]
-        if constants:
-            raise UsageError(f"--output names constants {constants} (folded weights or shape arithmetic): choose "
-                             "tensors the network computes")
-        unknown = [w for w in wanted if w not in producer and w not in p.inputs]
-        if unknown:
-            raise UsageError(f"--output names unknown tensors: {unknown}")
-        inputs = [w for w in wanted if w in p.inputs]
-        if inputs:
-            raise UsageError(f"--output names graph inputs {inputs}: choose tensors the network computes")
-        integers = [w for w in wanted if p.elem_types.get(w, TensorProto.UNDEFINED) not in _FLOATS_OR_UNKNOWN]
-        if integers:
-            raise UsageError(f"--output names tensors that are not float {integers} (a QuantizeLinear's output is "
-                             "an integer code: choose the DequantizeLinear after it)")
-        return list(dict.fromkeys(wanted))
+        return _wanted_outputs(p, producer, wanted, notes, trace)
     chosen: list[str] = []
     for output in p.outputs:
         if output not in producer and output not in p.inputs and output not in p.consts:
@@ -146,8 +133,81 @@ def _analysed_outputs(p: Prepared, nodes: list[NodeProto], wanted: list[str] | N
         notes.append(note)
         trace.dropped.append({"output": output, "tensor": name, "reason": why})
     if not chosen:
-        raise UnsupportedModelError([Refusal("<graph>", "-", "no float output tensor left to analyse")])
+        sources = [t for d in trace.dropped for t in _float_sources(p, producer, d["tensor"])]
+        raise UnsupportedModelError([Refusal("<graph>", "-", "no float output tensor left to analyse")],
+                                    _importable(p, list(dict.fromkeys(sources))))
     return list(dict.fromkeys(chosen))
+
+
+def _wanted_outputs(p: Prepared, producer: dict[str, NodeProto], wanted: list[str], notes: list[str],
+                    trace: ImportTrace) -> list[str]:
+    """``--output`` names checked (each wrong one named, with the valid ones), a head behind one cut off (the
+    model's own Softmax output analyses the logits before it, with a note)."""
+    constants = [w for w in wanted if w in p.consts]
+    if constants:
+        raise UsageError(f"--output names constants {constants} (folded weights or shape arithmetic): choose "
+                         "tensors the network computes")
+    unknown = [w for w in wanted if w not in producer and w not in p.inputs]
+    if unknown:
+        near = [m for w in unknown for m in difflib.get_close_matches(w, list(producer), n=3)]
+        raise UsageError(f"--output names unknown tensors {unknown}: the graph outputs are {p.outputs}"
+                         + (f"; near names: {list(dict.fromkeys(near))}" if near else "")
+                         + " (any tensor a node computes can be named; `onnx-pathlift inspect MODEL` shows the analysed ones)")
+    inputs = [w for w in wanted if w in p.inputs]
+    if inputs:
+        raise UsageError(f"--output names graph inputs {inputs}: choose tensors the network computes")
+    chosen = []
+    for w in wanted:
+        name, cut = _cut_head(w, producer, p.consts)
+        shown = [n for n in reversed(cut) if n.op_type != "Identity"]
+        if not shown:  # the tensor asked for, even behind an Identity
+            name = w
+        else:
+            chain = " → ".join(f"{n.op_type} {n.name or n.output[0]!r}" for n in shown)
+            notes.append(f"--output {w!r} is the output of {chain}, a head outside ReLU networks: analysing its "
+                         f"input {name!r} (the logits)")
+            trace.cuts.append({"output": w, "analysed": name, "nodes": [(n.op_type, n.name or n.output[0]) for n in shown]})
+            trace.cut_nodes += cut
+        chosen.append(name)
+    integers = [w for w in chosen if p.elem_types.get(w, TensorProto.UNDEFINED) not in _FLOATS_OR_UNKNOWN]
+    if integers:
+        near = [t for w in integers for t in _float_sources(p, producer, w)]
+        raise UsageError(f"--output names tensors that are not float {integers} (a QuantizeLinear's output is "
+                         "an integer code: choose the DequantizeLinear after it)"
+                         + (f"; the nearest float tensors before them: {list(dict.fromkeys(near))}" if near else ""))
+    return list(dict.fromkeys(chosen))
+
+
+def _float_sources(p: Prepared, producer: dict[str, NodeProto], name: str) -> list[str]:
+    """The nearest float tensors that nodes compute, walking back from ``name`` through non-float ones
+    (a UNet's float mask behind its Greater → Cast)."""
+    found: list[str] = []
+    seen, todo = {name}, [name]
+    while todo:
+        node = producer.get(todo.pop(0))
+        for t in node.input if node is not None else []:
+            if not t or t in seen or t in p.consts or t in p.inputs:
+                continue
+            seen.add(t)
+            (found if p.elem_types.get(t, TensorProto.UNDEFINED) in FLOAT_TYPES else todo).append(t)
+    return found
+
+
+def _importable(p: Prepared, candidates: list[str], most: int = 8) -> list[str]:
+    """Of the first ``most`` candidate output tensors: all of them if they import together, else those that
+    import alone (each checked by importing it: a suggestion is never a guess)."""
+    candidates = candidates[:most]
+
+    def imports(outputs: list[str]) -> bool:
+        try:
+            import_prepared(p, outputs, suggest=False)
+        except PathliftError:
+            return False
+        return True
+
+    if not candidates or imports(candidates):
+        return candidates
+    return [c for c in candidates if imports([c])] if len(candidates) > 1 else []
 
 
 def _check_finite_attributes(node: NodeProto) -> None:
@@ -170,8 +230,11 @@ def _live(nodes: list[NodeProto], outputs: list[str]) -> list[NodeProto]:
     return live[::-1]
 
 
-def import_prepared(p: Prepared, outputs: list[str] | None = None, trace: ImportTrace | None = None) -> Dag:
-    """Import a prepared model; raises :class:`UnsupportedModelError` listing every refusal.
+def import_prepared(p: Prepared, outputs: list[str] | None = None, trace: ImportTrace | None = None,
+                    suggest: bool = True) -> Dag:
+    """Import a prepared model; raises :class:`UnsupportedModelError` listing every refusal and (with
+    ``suggest``) the nearest tensors that do import: the analysed outputs untouched by the refusals and the
+    refused nodes' computed inputs, checked by importing them.
 
     With ``trace``, records what was cut or dropped, the live nodes, the DAG (each layer's ``source``
     names its ONNX node), the nodes left behind a refused one and every refusal (all filled before
@@ -194,6 +257,7 @@ def import_prepared(p: Prepared, outputs: list[str] | None = None, trace: Import
             dag.inputs.append(name)
             ctx.producer[name] = name
     refusals: list[Refusal] = trace.refusals if trace is not None else []
+    refused: list[NodeProto] = []
     blocked: set[str] = set()
     for node in nodes:
         rule = IMPORTERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
@@ -209,9 +273,12 @@ def import_prepared(p: Prepared, outputs: list[str] | None = None, trace: Import
             rule(node, ctx)
         except RefuseNode as refusal:
             refusals.append(Refusal(node.name or node.output[0], node.op_type, refusal.reason))
+            refused.append(node)
             blocked.update(node.output)
     if refusals:
-        raise UnsupportedModelError(refusals)
+        before = [t for t in analysed if t in ctx.producer] + [t for n in refused for t in n.input
+                                                               if t in ctx.producer and t not in p.inputs]
+        raise UnsupportedModelError(refusals, _importable(p, list(dict.fromkeys(before))) if suggest else [])
     missing = [o for o in analysed if o not in ctx.producer]
     if missing:
         raise UnsupportedModelError([Refusal("<graph>", "-", f"output {o!r} does not depend on any input") for o in missing])

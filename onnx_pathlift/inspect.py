@@ -10,8 +10,9 @@
   DequantizeLinear and fp16 weights behind Cast end up here), heads **cut** (Softmax, ArgMax →
   ArrayFeatureExtractor, ...), outputs **dropped**, and how each remaining op type was **imported**
   (one layer, several layers — e.g. Clip/LeakyRelu/PRelu as DAG-ReLU chains —, or none: identity);
-* every **refusal** (node name, op type, reason), and the nodes left out because they sit behind a
-  refused one. A refused model still gets its report (``status == "refused"``).
+* every **refusal** (node name, op type, reason), the nodes left out because they sit behind a
+  refused one, and the nearest tensors that do import (``--output`` them to analyse the rest). A refused
+  model still gets its report (``status == "refused"``).
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class Inspection:
     activation_qdq: int = 0
     unreached: dict[str, int] = field(default_factory=dict)  # nodes no analysed output depends on
     refusals: list[Refusal] = field(default_factory=list)
+    analysable_outputs: list[str] = field(default_factory=list)  # refused: the nearest tensors that import (--output)
     blocked: dict[str, int] = field(default_factory=dict)  # live nodes behind a refused node
     notes: list[str] = field(default_factory=list)
 
@@ -98,7 +100,7 @@ class Inspection:
 
     def error(self) -> UnsupportedModelError | None:
         """The error a refused model raises elsewhere (exit code 3), or None."""
-        return UnsupportedModelError(self.refusals) if self.refusals else None
+        return UnsupportedModelError(self.refusals, self.analysable_outputs) if self.refusals else None
 
 
 def _declared(model: ModelProto) -> dict[str, list]:
@@ -207,7 +209,7 @@ def inspect_model(source: ModelSource, input_shape=None, outputs: list[str] | No
         dag = import_prepared(prepared, outputs, trace)
     except UnsupportedModelError as err:
         report.status, dag = "refused", trace.dag
-        report.refusals = list(err.refusals)
+        report.refusals, report.analysable_outputs = list(err.refusals), list(err.analysable)
     report.analysed_outputs = list(trace.analysed)
     report.cut, report.dropped = trace.cuts, trace.dropped
     report.imported = _imported(trace)

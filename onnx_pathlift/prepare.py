@@ -80,7 +80,8 @@ def _resolve_input_shapes(
     if isinstance(input_shape, dict):
         unknown = set(input_shape) - {vi.name for vi in inputs}
         if unknown:
-            raise UsageError(f"--input-shape names unknown inputs {sorted(unknown)}")
+            raise UsageError(f"--input-shape names unknown inputs {sorted(unknown)}: the model's inputs are "
+                             f"{[vi.name for vi in inputs]}")
         given = {k: tuple(v) for k, v in input_shape.items()}
     elif input_shape is not None:
         if len(inputs) != 1:

@@ -1,4 +1,4 @@
-"""Shared locations (the shipped models, the shared zoo beside the clone, the onnx wheel's light models)
+"""Shared locations (the shipped models, the shared zoo beside the clone or at $ONNX_PATHLIFT_ZOO, the onnx wheel's light models)
 and shared runners: the CLI in-process (``run_main``, ``run_captured``), in a subprocess (``run_cli``)
 and in a measured one (``run_measured``); the ``audit`` command's output and database; the scripts of
 tools/. Models are built in builders.py."""
@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -23,14 +24,18 @@ from onnx_pathlift import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
-ZOO = ROOT.parent / "shared" / "zoo"
+#: the shared model zoo: the folder this environment variable names, else ``../shared/zoo`` beside the clone
+ZOO_ENV = "ONNX_PATHLIFT_ZOO"
+ZOO = Path(os.environ[ZOO_ENV]).expanduser().resolve() if os.environ.get(ZOO_ENV) else ROOT.parent / "shared" / "zoo"
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 
 
 @pytest.fixture(scope="session")
 def zoo() -> Path:
     if not (ZOO / "MANIFEST.txt").is_file():
-        pytest.skip(f"the shared model zoo is not at {ZOO} (it sits beside the clone in CI)")
+        if os.environ.get(ZOO_ENV):  # asked for: a wrong folder is an error, not a silent skip
+            pytest.fail(f"${ZOO_ENV} names {ZOO}, which holds no MANIFEST.txt: not the shared model zoo")
+        pytest.skip(f"the shared model zoo is not at {ZOO} (it sits beside the clone in CI; ${ZOO_ENV} names another folder)")
     return ZOO
 
 

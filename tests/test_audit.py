@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from onnx_pathlift import cli, path_norm
 from onnx_pathlift.api import compute_norms
 from onnx_pathlift.audit import Settings, audit
 from onnx_pathlift.audit.analyse import HOOK_ENV
+from onnx_pathlift.audit.report import _histogram, histogram_range, html_page
 from onnx_pathlift.errors import UsageError
 
 
@@ -92,7 +94,7 @@ def test_cli_reports_json_csv_html_and_reuse(tmp_path, capsys):
     assert len(rows) == 6 and {"path", "status", "L1_log10", "L4", "lipschitz_log10", "peak_rss_mb"} <= set(rows[0])
     page = html.read_text()
     assert "http://" not in page and "https://" not in page and " src=" not in page and "<link" not in page
-    assert '<table class="sortable fixed" id="models"' in page and page.count("<tr><td class=n") >= 6
+    assert '<table class="sortable fixed" id="models"' in page and page.count('<tr data-i="') == 6
     assert "<svg" in page and page.count('<rect class="bar"') >= 1 and "<script>" in page
     assert "Tanh" in page and "not an ONNX model" in page
 
@@ -103,6 +105,30 @@ def test_cli_reports_json_csv_html_and_reuse(tmp_path, capsys):
     rc = cli.main(["audit", str(models / "a.onnx"), "--db", str(db), "-q", "3"])  # other settings: computed
     assert rc == 0 and "1 models analysed, 0 reused" in capsys.readouterr().out
     assert query(db, "SELECT count(*) FROM results") == [(6,)]
+
+
+def test_histogram_clips_an_outlier_and_says_so():
+    """A Lipschitz column from -22 to 11 with the rest between 1 and 3: the bars cover the bulk, the two
+    outliers are counted in the end bars (every value counted once) and the caption names them."""
+    values = [-22.0, 11.0] + [1 + 0.1 * k for k in range(21)]
+    lo, hi = histogram_range(values)
+    assert -22 < lo <= 1 and 3 <= hi < 11  # Tukey's far fences: Q1 = 1.5, Q3 = 2.5, w = 1
+    svg, note = _histogram(values, "x")
+    counts = [int(c) for c in re.findall(r"\): (\d+) model", svg)]
+    assert sum(counts) == len(values) and svg.count('class="bar clipped"') == 2
+    assert "1 below" in note and "1 above" in note
+    ticks = [float(t) for t in re.findall(r'text-anchor="middle">(-?[\d.]+)</text>', svg)]
+    assert min(ticks) > -22 and max(ticks) < 11
+    assert _histogram([1.0, 2.0, 3.0], "x")[1] == ""  # nothing clipped, nothing said
+
+
+def test_details_show_six_significant_digits(tmp_path):
+    models = write_mlps(tmp_path / "m", ["a"])
+    result = audit([models], db=tmp_path / "a.sqlite", jobs=1)
+    page = html_page(result, Settings())
+    details = page[page.index('<details id="m0">'):]
+    numbers = re.findall(r"-?\d+\.\d+(?:e[-+]\d+)?", details[: details.index("wall time")])
+    assert numbers and max(len(re.sub(r"e.*|[-.]", "", n).lstrip("0")) for n in numbers) <= 6, numbers
 
 
 def test_paths_files_folders_globs_and_usage_errors(tmp_path, capsys):

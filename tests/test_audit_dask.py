@@ -86,7 +86,7 @@ def test_preload_starts_the_analysis_processes_with_the_worker(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_lost_worker_has_its_tasks_rescheduled(tmp_path, monkeypatch):
+def test_a_lost_worker_has_its_tasks_rescheduled(tmp_path, monkeypatch, capsys):
     n = 8
     models = write_mlps(tmp_path / "m", [f"net{k}" for k in range(n)])
     monkeypatch.setenv(HOOK_ENV, "slow:")  # 0.5 s a model: the worker dies with a task in hand
@@ -96,6 +96,51 @@ def test_a_lost_worker_has_its_tasks_rescheduled(tmp_path, monkeypatch):
                        listener=After(1, lambda: os.kill(victim, signal.SIGKILL)))
     assert [r.status for r in result.results] == ["ok"] * n and result.analysed == n
     assert len(stored(tmp_path / "a.sqlite")) == n
+    assert "was lost; Dask reschedules the models it held" in capsys.readouterr().err  # said, not silent
+
+
+def test_an_unreachable_scheduler_fails_fast(tmp_path):
+    """Nothing listens at the address: a clear error at once, not after Dask's retries (60 s: a hang detector)."""
+    import socket
+
+    with socket.socket() as s:  # a free port, closed again: a refused connection
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    models = write_mlps(tmp_path / "m", ["a"])
+    proc = subprocess.run([sys.executable, "-m", "onnx_pathlift", "audit", str(models), "--scheduler",
+                           f"tcp://127.0.0.1:{port}", "--db", str(tmp_path / "a.sqlite")],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1 and "cannot reach the Dask scheduler" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_server_that_is_not_dask_fails_cleanly(tmp_path):
+    """Something else answers at the address (an HTTP server): one clear error, no MemoryError from reading its
+    reply as a Dask frame, no traceback."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:  # closed: the test is over
+                return
+            with conn:
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n" * 64)
+
+    threading.Thread(target=answer, daemon=True).start()
+    models = write_mlps(tmp_path / "m", ["a"])
+    try:
+        proc = subprocess.run([sys.executable, "-m", "onnx_pathlift", "audit", str(models), "--scheduler",
+                               f"tcp://127.0.0.1:{server.getsockname()[1]}", "--db", str(tmp_path / "a.sqlite")],
+                              capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        server.close()
+    assert proc.returncode == 1 and "cannot reach the Dask scheduler" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
 
 
 def test_no_worker_at_all_ends_the_audit_with_a_message(tmp_path):

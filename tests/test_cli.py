@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,7 @@ import pytest
 from builders import B1, B2, W1, W2, hand_mlp, hand_norm, make_model, save
 from conftest import MODELS, norms_by_q, run_cli, run_main
 from onnx import helper
+from oracle import log10_path_norm
 
 import onnx_pathlift
 
@@ -344,9 +348,42 @@ def test_bad_q_exits_2_subprocess(hand_path):
 def test_lift_bad_q_exits_2(capsys, tmp_path, hand_path):
     rc, _, err = run_main(capsys, "lift", hand_path, "-q", "0.5", "-o", tmp_path / "o.onnx")
     assert rc == 2, err
+    rc, _, err = run_main(capsys, "lift", hand_path, "-q", "2", "-q", "1", "-o", tmp_path / "o.onnx")
+    assert rc == 2 and "give one -q (got 2, 1" in err and not (tmp_path / "o.onnx").exists()
 
 
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def _run_recipe(stdout: str) -> float:
+    """Run the ``python -c`` line that ``lift`` prints, as a shell would split it; its printed number."""
+    line = next(x for x in stdout.splitlines() if x.startswith("e.g.  python -c "))
+    argv = shlex.split(line[len("e.g.  "):])
+    proc = subprocess.run([sys.executable, *argv[1:]], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0 and not proc.stderr, proc.stderr
+    return float(proc.stdout)
+
+
+@pytest.mark.parametrize("which", ["hand", "cnn"])
+@pytest.mark.parametrize("q", ["1", "3", "inf"])
+def test_lift_prints_a_recipe_that_runs(capsys, tmp_path, which, q):
+    """The printed recipe, executed, gives the norm (q = inf: the largest path product, by the log-domain
+    oracle); the value beside the formula is its value (‖Φ‖_q^q), not a log."""
+    src = save(hand_mlp(), tmp_path / "hand.onnx") if which == "hand" else SHIPPED[which]
+    rc, out, err = run_main(capsys, "lift", src, "-q", q, "-o", tmp_path / "it's lifted.onnx")
+    assert rc == 0, err
+    got = _run_recipe(out)
+    expected = 10 ** log10_path_norm(onnx.load(str(src)), float(q)) if which == "hand" else None
+    rc, norm_out, _ = run_main(capsys, "norm", src, "-q", q, "--json")
+    value = json.loads(norm_out)["norms"][0]["value"]
+    assert got == pytest.approx(value, rel=1e-6)
+    if expected is not None:
+        assert got == pytest.approx(expected, rel=1e-6)
+    here = out[out.index("(here: ") + 7:].split(")")[0]
+    if q == "inf":
+        assert float(here) == pytest.approx(value, rel=1e-5)
+    else:
+        total, norm = here.split(", so ||Phi||_q = ")
+        assert float(total) == pytest.approx(value ** float(q), rel=1e-5) and float(norm) == pytest.approx(value, rel=1e-5)
+
+
 def test_q_inf_is_not_an_internal_error(capsys, hand_path):
     rc, _, err = run_main(capsys, "norm", hand_path, "-q", "inf")
     assert rc in (0, 2), err

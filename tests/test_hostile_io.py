@@ -356,7 +356,8 @@ def test_model_strings_reach_no_terminal_raw(tmp_path):
     proc = cli("norm", path)
     assert proc.returncode == 3
     assert "\x1b" not in proc.stderr and "\x07" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 2, proc.stderr  # the summary line and one refused node
+    lines = proc.stderr.strip().splitlines()  # the summary line, one refused node, the way out and its command
+    assert len(lines) == 4 and lines[2].startswith("analysable instead") and lines[3].startswith("  try: "), proc.stderr
     assert "tanh\\nTraceback" in proc.stderr
     m = make_hostile.injecting()
     m.graph.node[0].op_type = "Evil\nTraceback (most recent call last):"  # op types are model strings too

@@ -216,7 +216,8 @@ def test_inspect_refused_model_lists_every_refusal(capsys, tmp_path):
     for name, op in got:
         assert f"- {name} ({op}): " in out
     assert err.strip().splitlines() == [
-        "onnx-pathlift: error: 4 node(s) cannot be represented as a ReLU network (listed above)"]
+        "onnx-pathlift: error: 4 node(s) cannot be represented as a ReLU network (listed above)",
+        f"  try: onnx-pathlift norm {path} --output h"]  # the tensor before the refused nodes
 
 
 def test_inspect_refused_while_preparing(capsys, tmp_path):

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import pytest
 from builders import net
-from conftest import LIGHT, MODELS
+from conftest import LIGHT, MODELS, ZOO
 from onnx import helper, numpy_helper
 
 from onnx_pathlift import load, wire
@@ -52,8 +52,7 @@ def _whole(path: Path):
 
 
 def _files() -> list[Path]:
-    zoo = Path(__file__).resolve().parents[2] / "shared" / "zoo"
-    found = sorted(MODELS.glob("*.onnx")) + sorted(LIGHT.glob("*.onnx")) + sorted(zoo.rglob("*.onnx"))
+    found = sorted(MODELS.glob("*.onnx")) + sorted(LIGHT.glob("*.onnx")) + sorted(ZOO.rglob("*.onnx"))
     return [p for p in found if p.stat().st_size < 64 << 20]
 
 

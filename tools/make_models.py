@@ -509,10 +509,11 @@ def _onnx_accuracy(path: Path, split: DigitsSplit) -> float:
     return float(np.mean(logits.argmax(axis=1) == split.y_test))
 
 
-def build_variants(split: DigitsSplit, out_dir: Path) -> list[ModelInfo]:
+def build_variants(split: DigitsSplit, out_dir: Path, n_params: int) -> list[ModelInfo]:
     """Models derived from ``digits_cnn_torch_bn.onnx`` by other tools, for path-metric examples:
     onnxruntime's static QDQ int8 quantizer (per-channel weights, calibrated on 100 training images)
-    and global magnitude pruning of 50% of the Conv/Gemm weights (same signs, |θ'| ≤ |θ|)."""
+    and global magnitude pruning of 50% of the Conv/Gemm weights (same signs, |θ'| ≤ |θ|). ``n_params``:
+    the source's parameter count, which both keep (same architecture; pruned weights still count)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     source = out_dir / CNN_BN_FILE
@@ -544,10 +545,10 @@ def build_variants(split: DigitsSplit, out_dir: Path) -> list[ModelInfo]:
     return [
         describe(int8, description="digits_cnn_torch_bn quantized by onnxruntime's static QDQ int8 quantizer",
                  architecture="same as digits_cnn_torch_bn; QuantizeLinear/DequantizeLinear on weights and activations",
-                 test_accuracy=_onnx_accuracy(int8, split), n_params=0, max_abs_diff=float("nan")),
+                 test_accuracy=_onnx_accuracy(int8, split), n_params=n_params, max_abs_diff=float("nan")),
         describe(pruned, description="digits_cnn_torch_bn with 50% of its Conv/Gemm weights zeroed (global magnitude)",
                  architecture="same as digits_cnn_torch_bn", test_accuracy=_onnx_accuracy(pruned, split),
-                 n_params=0, max_abs_diff=float("nan")),
+                 n_params=n_params, max_abs_diff=float("nan")),
     ]
 
 
@@ -621,7 +622,8 @@ def write_readme(
         "- `digits_cnn_torch.onnx` outputs `logits` (float32 [batch, 10]); exported with",
         "  `torch.onnx.export(dynamo=False)` in eval mode, so each BatchNorm after a",
         "  convolution is folded into that convolution.",
-        "- `params` is the trainable parameter count in the source framework; the ONNX",
+        "- `params` is the trainable parameter count in the source framework (the int8 and",
+        "  pruned variants: their source's, the same architecture); the ONNX",
         "  files hold the following number of float weights (after BN folding):",
     ]
     lines += [f"  `{info.file}`: {info.n_onnx_weights}." for info in infos]
@@ -680,7 +682,7 @@ def main(argv: list[str] | None = None) -> int:
     save_test_split(test_path, split.x_test, split.y_test)
 
     infos = [build_sklearn_mlp(split, out_dir), *build_torch_cnn(split, out_dir)]
-    infos += build_variants(split, out_dir)
+    infos += build_variants(split, out_dir, next(i.n_params for i in infos if i.file == CNN_BN_FILE))
 
     versions = library_versions()
     n_test = len(split.y_test)

@@ -24,11 +24,12 @@ from dataclasses import replace
 from multiprocessing.connection import Connection
 
 from ..errors import PathliftError, UsageError
+from ..sanitise import terminal
 from .record import ModelResult, Settings, Task, failure
 from .worker import READY, describe_exit, serve
 
-#: seconds to wait for the scheduler to answer
-CONNECT_TIMEOUT_S = 20
+#: seconds to wait for the scheduler to answer (a refused connection fails at once)
+CONNECT_TIMEOUT_S = 5
 #: with no ``--timeout``, how long the audit waits for a Dask worker when there is none
 NO_WORKER_S = 60.0
 #: how often the client looks at the cluster while no result arrives
@@ -46,9 +47,13 @@ def run_dask(tasks: Sequence[Task], settings: Settings, timeout: float | None, a
     except ImportError:
         raise UsageError("--scheduler needs Dask distributed: pip install 'onnx-pathlift[dask]'") from None
     try:
+        _reachable(address)
         client = Client(address, timeout=CONNECT_TIMEOUT_S)
     except (OSError, TimeoutError, ValueError) as exc:
         raise PathliftError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
+    except Exception as exc:  # something answered, not as a Dask scheduler (its reply read as a huge frame: MemoryError)
+        raise PathliftError(f"cannot reach the Dask scheduler at {address}: what answers there is not a Dask "
+                            f"scheduler ({type(exc).__name__}: {exc})") from exc
     with client:
         futures = {client.submit(analyse_on_worker, replace(t, path=os.path.abspath(t.path)), settings, timeout,
                                  memory_mb, pure=False): t for t in tasks}
@@ -58,22 +63,45 @@ def run_dask(tasks: Sequence[Task], settings: Settings, timeout: float | None, a
             client.cancel(list(futures))
 
 
+def _reachable(address: str) -> None:
+    """A TCP scheduler address answers a connection within :data:`CONNECT_TIMEOUT_S` (else OSError), before Dask's
+    client retries it for its whole timeout."""
+    from distributed.comm import parse_address, parse_host_port
+
+    scheme, location = parse_address(address)
+    if scheme in ("tcp", "tls"):
+        with socket.create_connection(parse_host_port(location), timeout=CONNECT_TIMEOUT_S):
+            pass
+
+
+def _say_lost(client, known: set[str]) -> set[str]:
+    """The cluster's workers now; a worker gone since ``known`` is said on stderr (Dask reschedules its models,
+    including results it held and not yet delivered)."""
+    workers = set(client.scheduler_info().get("workers", {}))
+    for gone in sorted(known - workers):
+        print(terminal(f"audit: Dask worker {gone} was lost; Dask reschedules the models it held"), file=sys.stderr,
+              flush=True)
+    return workers
+
+
 def _collect(client, futures: dict, patience: float, address: str) -> Iterator[ModelResult]:
     """Yield each future's result as it finishes; give up after ``patience`` seconds without a worker."""
     from distributed import wait
 
-    pending, yielded, alone_since = set(futures), 0, None
+    pending, yielded, alone_since, workers = set(futures), 0, None, set()
     while pending:
+        workers = _say_lost(client, workers)
         try:
             done, pending = wait(pending, timeout=POLL_S, return_when="FIRST_COMPLETED")
         except TimeoutError:
             done = set()
         for future in done:
-            task = futures[future]
+            task = futures.pop(future)
             try:
                 result = future.result()
             except Exception as exc:  # the Dask task itself failed (e.g. its worker died repeatedly)
                 result = failure(task, "error", f"Dask task failed: {type(exc).__name__}: {exc}", 0.0, None)
+            future.release()  # collected: a lost worker holding it does not make Dask compute it again
             yielded += 1
             yield replace(result, path=task.path)
         if done or client.nthreads():  # results arriving: some worker is there

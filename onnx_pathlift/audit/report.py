@@ -3,7 +3,10 @@
 The HTML page has no external resource: status counts, one histogram per norm (log10 ‖Φ‖_q for each
 q, the Lipschitz bound), log10 path-norm against log10 parameters coloured by producer (inline SVG),
 failures grouped by op type, a filterable, sortable table (small inline script; ``#filter=WORDS`` in
-the address pre-fills the filter) and per-model details; paths are relative to the folder holding them all.
+the address pre-fills the filter, ``status:ok`` filters one column, the status counts are links to that
+filter) and per-model details that follow the filter; paths are relative to the folder holding them all.
+The table keeps its path column readable from 700 px: optional columns give way first, paths wrap at
+their slashes (the full path is also the tooltip).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import csv
 import json
 import math
 import os
+import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -69,22 +73,23 @@ table{border-collapse:collapse}td,th{padding:.2em .5em;border-bottom:1px solid #
 th{background:#f4f4f4}table.sortable th{cursor:pointer}table.sortable th:hover{background:#e8e8e8}
 th[data-dir=asc]::after{content:" ▲"}th[data-dir=desc]::after{content:" ▼"}
 table.fixed{table-layout:fixed;width:100%;font-size:13px}table.fixed td{overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
-table.fixed th{overflow-wrap:anywhere;vertical-align:bottom}
-@media (max-width:1250px){table.fixed .opt{display:none}}
+table.fixed th{overflow-wrap:anywhere;vertical-align:bottom}table.fixed td.path{white-space:normal;overflow-wrap:anywhere}
 table.wrap{table-layout:fixed;width:100%}table.wrap td{overflow-wrap:anywhere}
 td.n{text-align:right;font-variant-numeric:tabular-nums}
 .scroll{overflow-x:auto}
 .ok{color:#1a7f37}.unsupported{color:#9a6700}.invalid{color:#8250df}.error{color:#cf222e}.timeout{color:#bc4c00}
-.counts span{display:inline-block;margin-right:1.5em;font-size:1.1em}
-.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(380px,1fr));gap:1em}
-.charts figure{margin:0}.charts figcaption{font-weight:600}svg{width:100%;height:auto;max-width:720px}
+.counts a,.counts span{display:inline-block;margin-right:1.5em;font-size:1.1em;text-decoration:none}
+.counts a:hover{text-decoration:underline}
+.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,560px),1fr));gap:1em}
+.charts figure{margin:0}.charts figcaption{font-weight:600}.charts small{font-weight:normal}
+svg{width:100%;height:auto;max-width:720px}
 details{margin:.3em 0;overflow-wrap:anywhere}summary{cursor:pointer}pre{white-space:pre-wrap;overflow-wrap:anywhere;margin:0}
-.bar{fill:#4c78a8}.bar:hover{fill:#f58518}svg text{font:11px system-ui,sans-serif}
+.bar{fill:#4c78a8}.bar.clipped{fill:#9ecae9}.bar:hover{fill:#f58518}svg text{font:13px system-ui,sans-serif}
 #filter{font:inherit;padding:.3em .5em;width:24em;max-width:90%}
 """
 
 #: sort by clicking a header; filter the models table by words (also from the page's #filter=... fragment)
-_SCRIPT = """
+_SCRIPT = r"""
 document.querySelectorAll('table.sortable').forEach(function (table) {
   table.querySelectorAll('th').forEach(function (th, col) {
     th.addEventListener('click', function () {
@@ -106,22 +111,39 @@ document.querySelectorAll('table.sortable').forEach(function (table) {
   });
 });
 (function () {
-  var box = document.getElementById('filter'), rows = document.getElementById('models').tBodies[0].rows;
-  var shown = document.getElementById('shown');
+  var box = document.getElementById('filter'), table = document.getElementById('models');
+  var rows = table.tBodies[0].rows, shown = document.getElementById('shown');
+  var keys = Array.from(table.tHead.rows[0].cells).map(function (th) { return th.dataset.key; });
+  // whole-token matching: 'ok' matches the token ok, not book; 'a/b.onnx' matches the tokens a b onnx in a row
+  function tokens(s) { return ' ' + s.toLowerCase().split(/[^\p{L}\p{N}]+/u).filter(Boolean).join(' ') + ' '; }
   function apply() {
-    var words = box.value.toLowerCase().split(/\\s+/).filter(Boolean), n = 0;
+    var unknown = [], tests = box.value.split(/\s+/).filter(Boolean).map(function (w) {
+      var m = /^([a-z0-9_]+):(.*)$/i.exec(w), col = -1;
+      if (m) { col = keys.indexOf(m[1].toLowerCase()); if (col < 0) unknown.push(m[1]); else w = m[2]; }
+      return {col: col, t: tokens(w)};
+    }).filter(function (x) { return x.t.trim(); }), n = 0;
     Array.from(rows).forEach(function (tr) {
-      var text = (tr.textContent + ' ' + (tr.dataset.search || '')).toLowerCase();
-      var keep = words.every(function (w) { return text.indexOf(w) >= 0; });
+      var cells = Array.from(tr.cells).map(function (c) { return tokens(c.title || c.textContent); });
+      var whole = cells.join('');
+      var keep = !unknown.length && tests.every(function (x) { return (x.col < 0 ? whole : cells[x.col]).indexOf(x.t) >= 0; });
       tr.hidden = !keep;
+      document.getElementById('m' + tr.dataset.i).hidden = !keep;
       n += keep ? 1 : 0;
     });
-    shown.textContent = n + ' of ' + rows.length + ' models shown';
+    shown.textContent = unknown.length ? 'no column named ' + unknown.join(', ') + ' (columns: ' + keys.join(', ') + ')'
+      : n + ' of ' + rows.length + ' models shown';
   }
-  var m = /[#&]filter=([^&]*)/.exec(location.hash);
-  if (m) box.value = decodeURIComponent(m[1]);
+  function fromHash() {
+    var m = /[#&]filter=([^&]*)/.exec(location.hash);
+    if (m) { box.value = decodeURIComponent(m[1]); apply(); }
+  }
+  document.querySelectorAll('.counts a').forEach(function (a) {
+    a.addEventListener('click', function () { box.value = a.dataset.filter; apply(); });
+  });
   box.addEventListener('input', apply);
+  window.addEventListener('hashchange', fromHash);
   apply();
+  fromHash();
 })();
 """
 
@@ -154,11 +176,12 @@ def html_page(audit: Audit, settings: Settings) -> str:
         "<h2>Path-norm against parameters</h2>", _scatter(ok, settings, base),
         "<h2>Why models fail</h2>", _failures(results, base),
         "<h2>Models</h2>",
-        ('<p><input id="filter" type="search" placeholder="filter: words in any column, e.g. error Conv" '
-         'aria-label="filter the models"> <span id="shown"></span>. Click a column header to sort; click a path for '
-         "details.</p>"),
+        ('<p><input id="filter" type="search" placeholder="filter: whole words, or column:word, e.g. status:error Conv" '
+         'aria-label="filter the models"> <span id="shown"></span>. Words match whole words in any column; '
+         "<code>status:ok</code> matches in one column (the headers' tooltips name them). Click a column header to sort; "
+         "click a path for details.</p>"),
         f'<div class="scroll">{_table(results, settings, base)}</div>',
-        "<h2>Details</h2>", *(_detail(i, r, base) for i, r in enumerate(results)),
+        "<h2>Details</h2><p>The models the filter shows.</p>", *(_detail(i, r, base) for i, r in enumerate(results)),
         f"<script>{_SCRIPT}</script></body></html>",
     ])
 
@@ -183,7 +206,12 @@ def _unbased(text: str, base: str) -> str:
 
 def _counts(results: list[ModelResult]) -> str:
     counts = Counter(r.status for r in results)
-    spans = "".join(f'<span class="{s}"><b>{counts[s]}</b> {s}</span>' for s in (*STATUSES, *sorted(set(counts) - set(STATUSES))))
+    def link(s: str) -> str:
+        if not counts[s]:
+            return f'<span class="{s}"><b>0</b> {s}</span>'
+        return (f'<a class="{s}" href="#filter=status:{s}" data-filter="status:{s}" title="show the {s} models">'
+                f"<b>{counts[s]}</b> {s}</a>")
+    spans = "".join(link(s) for s in (*STATUSES, *sorted(set(counts) - set(STATUSES))))
     return f'<p class="counts">{spans}</p>'
 
 
@@ -193,39 +221,68 @@ def _distributions(ok: list[ModelResult], settings: Settings) -> str:
               for q in settings.q]
     charts.append(("log10 Lipschitz bound (ℓ∞ → ℓ1)", "log10 ‖Φ_in‖_1",
                    [r.lipschitz_log10 for r in ok if r.lipschitz_log10 is not None]))
-    figures = [f"<figure><figcaption>{escape(title)} ({len(values)} models)</figcaption>{_histogram(values, label)}</figure>"
-               for title, label, values in charts]
+    figures = []
+    for title, label, values in charts:
+        svg, note = _histogram(values, label)
+        figures.append(f"<figure><figcaption>{escape(title)} ({len(values)} models){note}</figcaption>{svg}</figure>")
     return f'<div class="charts">{"".join(figures)}</div>'
 
 
-def _histogram(values: list[float], label: str) -> str:
-    """Bars of unit width in log10 (wider when the range is large), as inline SVG."""
+def histogram_range(values: list[float]) -> tuple[float, float]:
+    """The range a histogram shows: the values' range cut to Tukey's far fences Q1 − 3·w, Q3 + 3·w with
+    w = max(IQR, 1) (one decade at least), so one outlier does not squash the other bars."""
+    lo, hi = min(values), max(values)
+    if len(values) < 4:
+        return lo, hi
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    w = max(q3 - q1, 1.0)
+    return max(lo, q1 - 3 * w), min(hi, q3 + 3 * w)
+
+
+def _nice_step(span: float) -> float:
+    """The smallest of 0.1, 0.2, 0.5, 1, 2, 5, 10, ... giving at most 30 bins over ``span``."""
+    k = -1
+    while True:
+        for m in (1, 2, 5):
+            if span <= 30 * m * 10.0 ** k:
+                return round(m * 10.0 ** k, 10)
+        k += 1
+
+
+def _histogram(values: list[float], label: str) -> tuple[str, str]:
+    """Bars over :func:`histogram_range` as inline SVG, and a caption note: values outside the range are
+    counted in the end bars (drawn lighter), and the note says how many."""
     if not values:
-        return "<p>No value.</p>"
-    lo, hi = math.floor(min(values)), math.ceil(max(values))
-    hi = max(hi, lo + 1)
-    step = max(1, math.ceil((hi - lo) / 40))
-    bins = math.ceil((hi - lo) / step)
-    counts = Counter(min(int((v - lo) // step), bins - 1) for v in values)
+        return "<p>No value.</p>", ""
+    vmin, vmax = histogram_range(values)
+    step = _nice_step(vmax - vmin)
+    lo = math.floor(vmin / step) * step
+    bins = math.floor((vmax - lo) / step) + 1  # vmax falls in the last bar
+    below, above = sum(v < vmin for v in values), sum(v > vmax for v in values)
+    counts = Counter(min(max(int((v - lo) // step), 0), bins - 1) for v in values)
     top = max(counts.values())
-    w, h, left, bottom = 640, 220, 40, 40
+    w, h, left, bottom = 560, 200, 44, 44
     bw = (w - left - 10) / bins
     parts = [f'<svg viewBox="0 0 {w} {h + bottom}" role="img" aria-label="histogram of {escape(label)}">',
              f'<line x1="{left}" y1="{h}" x2="{w - 10}" y2="{h}" stroke="#888"/>',
-             f'<text x="{left - 6}" y="14" text-anchor="end">{top}</text>',
+             f'<text x="{left - 6}" y="16" text-anchor="end">{top}</text>',
              f'<text x="{left - 6}" y="{h}" text-anchor="end">0</text>']
-    label_every = math.ceil(bins / 16)
+    label_every = math.ceil(bins / 10)
     for i in range(bins + 1):
         x = left + i * bw
         if i % label_every == 0:
-            parts.append(f'<text x="{x:.1f}" y="{h + 14}" text-anchor="middle">{lo + i * step}</text>')
+            parts.append(f'<text x="{x:.1f}" y="{h + 16}" text-anchor="middle">{round(lo + i * step, 10):g}</text>')
         if i < bins and counts[i]:
             bh = (h - 10) * counts[i] / top
-            a, b = lo + i * step, lo + (i + 1) * step
-            parts.append(f'<rect class="bar" x="{x + 1:.1f}" y="{h - bh:.1f}" width="{max(bw - 2, 1):.1f}" '
-                         f'height="{bh:.1f}"><title>[{a}, {b}): {counts[i]} model(s)</title></rect>')
-    parts.append(f'<text x="{(left + w) / 2:.0f}" y="{h + 34}" text-anchor="middle">{escape(label)}</text></svg>')
-    return "".join(parts)
+            a, b = round(lo + i * step, 10), round(lo + (i + 1) * step, 10)
+            extra = [f"{below} below {vmin:.4g}"] * (i == 0 and below > 0) + [f"{above} above {vmax:.4g}"] * (i == bins - 1 and above > 0)
+            tip = f"[{a:g}, {b:g}): {counts[i]} model(s)" + (f", with {' and '.join(extra)}" if extra else "")
+            parts.append(f'<rect class="bar{" clipped" if extra else ""}" x="{x + 1:.1f}" y="{h - bh:.1f}" '
+                         f'width="{max(bw - 2, 1):.1f}" height="{bh:.1f}"><title>{escape(tip)}</title></rect>')
+    parts.append(f'<text x="{(left + w) / 2:.0f}" y="{h + 38}" text-anchor="middle">{escape(label)}</text></svg>')
+    clipped = [f"{below} below {vmin:.4g}"] * (below > 0) + [f"{above} above {vmax:.4g}"] * (above > 0)
+    note = f" <small>outliers counted in the end bars: {' and '.join(clipped)}</small>" if clipped else ""
+    return "".join(parts), note
 
 
 def producer_family(producer: str) -> str:
@@ -307,27 +364,38 @@ def _failures(results: list[ModelResult], base: str) -> str:
     return "\n".join(out) or "<p>No failure.</p>"
 
 
+#: the models table's font size in px (its column widths are in em)
+_TABLE_PX = 13
+
+
 def _table(results: list[ModelResult], settings: Settings, base: str) -> str:
-    # (header, width, optional): a fixed layout, so long strings end in an ellipsis (the full text is the
-    # tooltip); the path takes what is left; optional columns are hidden on windows narrower than 1250 px
-    heads = [("#", "2.5em", 0), ("path", "auto", 0), ("status", "6.5em", 0), ("reason", "10em", 0), ("params", "5.5em", 0),
-             *((f"log10 L{q:g}", "6.8em", 0) for q in settings.q), ("log10 Lipschitz", "6.8em", 0), ("opset", "3.5em", 1),
-             ("producer", "8em", 0), ("KiB", "4.5em", 1), ("wall s", "4em", 1), ("peak MiB", "4em", 1)]
+    """A fixed layout: long strings end in an ellipsis (the full text is the tooltip), but the path wraps at its
+    slashes and takes what is left. Tier-1 then tier-2 columns are hidden on windows too narrow to leave the path
+    300 px beside them (media queries computed from the widths). ``data-key`` names a column for the filter."""
+    heads = [("#", "row", 2.5, 0), ("path", "path", None, 0), ("status", "status", 8, 0), ("reason", "reason", 10, 0),
+             ("params", "params", 5.5, 0), *((f"log10 L{q:g}", f"l{q:g}", 6.8, int(k > 0)) for k, q in enumerate(settings.q)),
+             ("log10 Lipschitz", "lipschitz", 6.8, 1), ("opset", "opset", 4.2, 2), ("producer", "producer", 8, 1),
+             ("KiB", "kib", 4.5, 2), ("wall s", "wall", 4, 2), ("peak MiB", "peak", 4, 2)]
+    tier = [f"t{t}" if t else "" for *_, t in heads]
     rows = []
     for i, r in enumerate(results):
-        rel = _rel(r.path, base)
-        cells = [_num(i), f'<td title="{escape(rel)}"><a href="#m{i}">{escape(rel)}</a></td>',
+        rel = escape(_rel(r.path, base))
+        cells = [_num(i), f'<td class="path" title="{rel}"><a href="#m{i}">{rel.replace("/", "/<wbr>")}</a></td>',
                  f'<td class="{r.status}">{r.status}</td>',
                  f'<td title="{escape(_clip(_unbased(r.reason, base), 2000))}">{escape(_clip(_unbased(r.brief(), base), 120))}</td>',
-                 _num(r.params),
-                 *(_num(r.norm_log10(q), ".6f") for q in settings.q), _num(r.lipschitz_log10, ".6f"), _num(r.opset, cls="n opt"),
-                 f'<td title="{escape(r.producer)}">{escape(r.producer)}</td>', _num(r.size / 1024, ".1f", "n opt"),
-                 _num(r.wall_s, ".3f", "n opt"), _num(r.peak_rss_mb, ".0f", "n opt")]
-        rows.append(f"<tr>{''.join(cells)}</tr>")
-    opt = ' class="opt"'
-    cols = "".join(f'<col{opt if o else ""} style="width:{w}">' for _, w, o in heads)
-    head = "".join(f"<th{opt if o else ''}>{escape(h)}</th>" for h, _, o in heads)
-    return (f'<table class="sortable fixed" id="models"><colgroup>{cols}</colgroup>'
+                 _num(r.params), *(_num(r.norm_log10(q), ".6f", f"n {tier[5 + k]}") for k, q in enumerate(settings.q)),
+                 _num(r.lipschitz_log10, ".6f", "n t1"), _num(r.opset, cls="n t2"),
+                 f'<td class="t1" title="{escape(r.producer)}">{escape(r.producer)}</td>', _num(r.size / 1024, ".1f", "n t2"),
+                 _num(r.wall_s, ".3f", "n t2"), _num(r.peak_rss_mb, ".0f", "n t2")]
+        rows.append(f'<tr data-i="{i}">{"".join(cells)}</tr>')
+    cols = "".join(f'<col class="{c}" style="width:{"auto" if w is None else f"{w}em"}">' for (_, _, w, _), c in zip(heads, tier))
+    head = "".join(f'<th class="{c}" data-key="{k}" title="filter this column: {k}:WORD">{escape(h)}</th>'
+                   for (h, k, _, _), c in zip(heads, tier))
+    media = []
+    for t in (2, 1):  # the window width (page margins and a scroll bar included) below which tier t goes
+        ems = sum(w for *_, w, tt in heads if w is not None and tt <= t)
+        media.append(f"@media (max-width:{math.ceil(ems * _TABLE_PX + 60 + 300)}px){{table.fixed .t{t}{{display:none}}}}")
+    return (f'<style>{"".join(media)}</style><table class="sortable fixed" id="models"><colgroup>{cols}</colgroup>'
             f'<thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
 
 
@@ -337,9 +405,10 @@ def _detail(i: int, r: ModelResult, base: str) -> str:
              ("input shape", escape(json.dumps(r.input_shape))), ("analysed outputs", escape(", ".join(r.outputs))),
              ("layer kinds", escape(", ".join(f"{k} {v}" for k, v in sorted(r.kinds.items()))))]
     for n in r.norms:
-        per_output = ", ".join(f"{escape(o)}: {v}" for o, v in n.get("per_output_log10", {}).items())
-        items.append((f"L{n['q']:g} path-norm", f"{n['value']} (log10 {n['log10']}; per output log10 {per_output})"))
-    items += [("Lipschitz bound log10 (ℓ∞ → ℓ1)", r.lipschitz_log10),
+        per_output = ", ".join(f"{escape(o)}: {_g6(v)}" for o, v in n.get("per_output_log10", {}).items())
+        items.append((f"L{n['q']:g} path-norm",
+                       f"{_g6(n['value']) or 'beyond float64'} (log10 {_g6(n['log10'])}; per output log10 {per_output})"))
+    items += [("Lipschitz bound log10 (ℓ∞ → ℓ1)", _g6(r.lipschitz_log10)),
               ("notes", "<br>".join(escape(n) for n in r.notes)),
               ("refused nodes", "<br>".join(escape(f"{f['node']} ({f['op_type']}): {f['reason']}") for f in r.refusals)),
               ("reason", f"<pre>{escape(_unbased(r.reason, base))}</pre>" if r.reason else ""),
@@ -353,10 +422,15 @@ def _detail(i: int, r: ModelResult, base: str) -> str:
 
 def _num(x: float | None, fmt: str = "", cls: str = "n") -> str:
     """A numeric cell; ``data-v`` holds the exact value the sort uses."""
-    attr = "class=n" if cls == "n" else f'class="{cls}"'
+    attr = "class=n" if cls == "n" else f'class="{cls.strip()}"'
     if x is None:
         return f'<td {attr} data-v=""></td>'
     return f'<td {attr} data-v="{x!r}">{format(x, fmt)}</td>'
+
+
+def _g6(x: float | None) -> str | None:
+    """At most 6 significant digits (None stays None: past float64 range)."""
+    return None if x is None else format(x, ".6g")
 
 
 def _clip(text: str, limit: int) -> str:
