@@ -29,12 +29,12 @@ from onnx_pathlift.errors import UsageError
 
 
 def assert_norm_numbers(path, q: float, log10: float) -> None:
-    """The audit's log10 ‖Φ‖_q is what ``onnx-pathlift norm`` computes (the same run-once lifted
-    sessions) to 1e-9, and lies in ``path_norm``'s certified interval (a session with every graph
-    rewrite, which sums in another order)."""
-    assert abs(compute_norms(str(path), [q]).norms[0].log10 - log10) <= 1e-9, (path, q)
-    ref = path_norm(str(path), q)
-    assert ref.lower_log10 <= log10 <= ref.upper_log10, (path, q, ref)
+    """The audit's log10 ‖Φ‖_q lies in the certified interval of what ``onnx-pathlift norm`` computes
+    (the same run-once lifted sessions; a worker's thread count may split float32 sums otherwise: 3.6e-9
+    in log10 was seen on a loaded machine) and in ``path_norm``'s (a session with every graph rewrite,
+    which sums in another order)."""
+    for ref in (compute_norms(str(path), [q]).norms[0], path_norm(str(path), q)):
+        assert ref.lower_log10 <= log10 <= ref.upper_log10, (path, q, ref)
 
 
 def runs(db: Path) -> list[tuple]:
