@@ -362,6 +362,8 @@ def _print_channel_pruning(report) -> None:
               f"{after * 1e3:.3f} ms ({after / before:.2f}×)")
     if "accuracy_before" in r:
         print(f"  top-1 accuracy {r['accuracy_before']:.4f} → {r['accuracy_after']:.4f}")
+    for warning in r["warnings"]:
+        print(f"  warning: {warning}")
 
 
 def cmd_prune(args) -> int:
@@ -370,14 +372,15 @@ def cmd_prune(args) -> int:
     common = {"criterion": args.criterion, "scope": args.scope, "input_linf": args.input_linf, "eval_data": args.eval,
               **_model_args(args)}
     if args.structure == "channel":
-        if args.mask or args.layers:
-            raise UsageError("--mask and --layers go with --structure weight")
-        report = prune_channel_groups(args.model, args.sparsity, args.out, masked_out=args.masked,
-                                      repeats=args.repeats, **common)
+        if args.mask:
+            raise UsageError("--mask goes with --structure weight")
+        report = prune_channel_groups(args.model, args.sparsity, args.out, masked_out=args.masked, repeats=args.repeats,
+                                      target=args.target, round_to=args.round_to, min_keep=args.min_keep,
+                                      layers=args.layers, **common)
         _show(args, report, _print_channel_pruning)
         return 0
-    if args.masked:
-        raise UsageError("--masked goes with --structure channel (weight pruning writes its masked model to -o)")
+    if args.masked or args.target != "groups" or args.round_to is not None or args.min_keep is not None:
+        raise UsageError("--masked, --target, --round-to and --min-keep go with --structure channel")
     report = prune_weights(args.model, args.sparsity, args.out, layers=args.layers, mask_out=args.mask, **common)
     _show(args, report, _print_weight_pruning)
     return 0
@@ -519,7 +522,15 @@ def _add_prune(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--repeats", type=int, default=20, help="--structure channel: latency runs per model (median)")
     pr.add_argument("--scope", default="global", choices=["global", "layer"],
                     help="global: the lowest-scored weights (or channel groups) over all tensors together; layer: the same fraction in each tensor")
-    pr.add_argument("--layers", metavar="REGEX", help="only the weight tensors whose name matches")
+    pr.add_argument("--layers", metavar="REGEX",
+                    help="only the weight tensors whose name matches (channel: the groups touching a matching tensor or weight)")
+    pr.add_argument("--target", default="groups", choices=["groups", "params", "macs", "latency"],
+                    help="--structure channel: what --sparsity is a fraction of: removable groups (default), parameters, "
+                         "MACs, or onnxruntime latency (per-node kernel times of the original, scaled by the work kept)")
+    pr.add_argument("--round-to", type=int, metavar="N",
+                    help="--structure channel: keep a multiple of N channels per layer (default 1; see docs/pruning.md)")
+    pr.add_argument("--min-keep", type=float, metavar="F",
+                    help="--structure channel: each layer keeps at least max(N, ⌈F·width⌉) channels (default 0.1)")
     pr.add_argument("-o", "--out", required=True, help="where to write the pruned model")
     pr.add_argument("--mask", help="also write the keep-masks (.npz keyed by initializer name)")
     pr.add_argument("--eval", metavar="DATA.npz", help="arrays x, y: top-1 accuracy before and after")

@@ -398,6 +398,9 @@ class Selection:
     min_keep: float = MIN_KEEP
     layers: str | None = None  # regular expression: only groups touching a matching tensor or weight
     seed: int = 0
+    #: remove in this many equal steps, path mass recomputed on the masked model after each (a removed
+    #: group then scores 0 and a layer's remaining groups score higher: :func:`channels.normalise`)
+    steps: int = 1
 
 
 def _restrict(cg: ChannelGraph, scores: np.ndarray, pattern: str | None) -> np.ndarray:
@@ -428,13 +431,19 @@ def prune_channels(model: ModelProto, prepared: Prepared, dag, sparsity: float, 
     they stay equal."""
     from .channels import channel_graph, choose, group_scores
 
+    from .importer import import_prepared
+
     sel = selection or Selection(criterion, scope, seed=seed)
     untied, origin = untie(model)
     p = prepare(untied, prepared.inputs) if origin else prepared
     cg = channel_graph(untied, p)
-    scores = group_scores(cg, p, sel.criterion, dag, sel.seed, providers)
     costs = channel_costs(cg, p, sel.target, repeats)
-    removed = choose(cg, _restrict(cg, scores, sel.layers), sparsity, sel.scope, sel.round_to, sel.min_keep, costs)
+    removed: list[int] = []
+    for step in range(1, sel.steps + 1):
+        at = dag if step == 1 and not origin else import_prepared(prepare(masked_model(untied, cg, removed), p.inputs), None)
+        scores = group_scores(cg, p, sel.criterion, at, sel.seed, providers)
+        removed = choose(cg, _restrict(cg, scores, sel.layers), sparsity * step / sel.steps, sel.scope, sel.round_to,
+                         sel.min_keep, costs)
     masked = retie(masked_model(untied, cg, removed), origin)
     slim = retie(slim_model(untied, cg, removed), origin)
     return ChannelPrune(cg, scores, removed, masked, slim, check_slim(masked, slim, prepared, list(dag.outputs)))
