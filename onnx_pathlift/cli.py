@@ -523,7 +523,7 @@ def _add_prune(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--scope", default="global", choices=["global", "layer"],
                     help="global: the lowest-scored weights (or channel groups) over all tensors together; layer: the same fraction in each tensor")
     pr.add_argument("--layers", metavar="REGEX",
-                    help="only the weight tensors whose name matches (channel: the groups touching a matching tensor or weight)")
+                    help="only the weight tensors whose name matches (channel: the groups whose tensors or writing weights match)")
     pr.add_argument("--target", default="groups", choices=["groups", "params", "macs", "latency"],
                     help="--structure channel: what --sparsity is a fraction of: removable groups (default), parameters, "
                          "MACs, or onnxruntime latency (per-node kernel times of the original, scaled by the work kept)")

@@ -310,9 +310,9 @@ def retie(model: ModelProto, origin: dict[str, str]) -> ModelProto:
 
 
 def node_times(model: ModelProto, prepared: Prepared, repeats: int = 20) -> dict[str, float]:
-    """Median onnxruntime kernel time (seconds) of each named node, one thread, graph optimisations
-    off (so that each node runs as its own kernel, under its own name); empty when onnxruntime
-    cannot run the model."""
+    """Median onnxruntime kernel time (seconds) of each node, by its first output's name: one thread,
+    graph optimisations off (each node runs as its own kernel); empty when onnxruntime cannot run
+    the model."""
     import json
     import os
     import tempfile
@@ -322,10 +322,13 @@ def node_times(model: ModelProto, prepared: Prepared, repeats: int = 20) -> dict
     opts.intra_op_num_threads = opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.enable_profiling = True
+    named = _copy(model)
+    for k, node in enumerate(named.graph.node):  # names onnxruntime reports back, one per node
+        node.name = f"n{k}"
     with tempfile.TemporaryDirectory() as tmp:
         opts.profile_file_prefix = os.path.join(tmp, "profile")
         try:
-            session = ort.InferenceSession(model.SerializeToString(), sess_options=opts,
+            session = ort.InferenceSession(named.SerializeToString(), sess_options=opts,
                                            providers=["CPUExecutionProvider"])
         except Exception:  # onnxruntime's own errors have no common base class
             return {}
@@ -338,7 +341,8 @@ def node_times(model: ModelProto, prepared: Prepared, repeats: int = 20) -> dict
     for e in events:
         if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time"):
             runs[e["name"][: -len("_kernel_time")]].append(float(e["dur"]) * 1e-6)
-    return {name: float(np.median(ts[2:] or ts)) for name, ts in runs.items()}
+    outputs = {f"n{k}": node.output[0] for k, node in enumerate(named.graph.node) if node.output}
+    return {outputs[name]: float(np.median(ts[2:] or ts)) for name, ts in runs.items() if name in outputs}
 
 
 def _work(cg: ChannelGraph, prepared: Prepared, node, full: dict) -> tuple:
@@ -382,7 +386,7 @@ def channel_costs(cg: ChannelGraph, prepared: Prepared, target: str, repeats: in
         times = node_times(prepared.model, prepared, repeats)
         if not times:
             raise UsageError("--target latency: onnxruntime cannot run this model")
-        items = [(times.get(n.name, 0.0), _work(cg, prepared, n, full)) for n in prepared.nodes]
+        items = [(times.get(n.output[0], 0.0), _work(cg, prepared, n, full)) for n in prepared.nodes if n.output]
         return Costs(sum(times.values()), items, full)
     return None
 
@@ -396,7 +400,7 @@ class Selection:
     target: str = "groups"
     round_to: int = 1
     min_keep: float = MIN_KEEP
-    layers: str | None = None  # regular expression: only groups touching a matching tensor or weight
+    layers: str | None = None  # regular expression: only groups with a matching tensor or writing weight
     seed: int = 0
     #: remove in this many equal steps, path mass recomputed on the masked model after each (a removed
     #: group then scores 0 and a layer's remaining groups score higher: :func:`channels.normalise`)
@@ -404,7 +408,8 @@ class Selection:
 
 
 def _restrict(cg: ChannelGraph, scores: np.ndarray, pattern: str | None) -> np.ndarray:
-    """Scores of the groups none of whose tensors or weight constants match ``pattern`` set to NaN."""
+    """Scores set to NaN for the groups none of whose tensors and none of whose writing weights
+    (sources: conv filters, dense rows, depthwise filters) match ``pattern``."""
     if pattern is None:
         return scores
     try:
@@ -413,7 +418,7 @@ def _restrict(cg: ChannelGraph, scores: np.ndarray, pattern: str | None) -> np.n
         raise UsageError(f"bad --layers pattern {pattern!r}: {exc}") from None
     out = scores.copy()
     for i, g in enumerate(cg.groups):
-        names = {t for t, _ in g.channels} | {e[0] for e in g.sinks + g.sources}
+        names = {t for t, _ in g.channels} | {e[0] for e in g.sources}
         if not any(rx.search(n) for n in names):
             out[i] = np.nan
     if np.all(np.isnan(out)):
@@ -430,7 +435,6 @@ def prune_channels(model: ModelProto, prepared: Prepared, dag, sparsity: float, 
     those read through an Identity are copied for each reader (:func:`untie`) and merged back where
     they stay equal."""
     from .channels import channel_graph, choose, group_scores
-
     from .importer import import_prepared
 
     sel = selection or Selection(criterion, scope, seed=seed)
