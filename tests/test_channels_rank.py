@@ -14,11 +14,12 @@ import pytest
 import tiny_nets
 from builders import inits, make_model, normal
 from checks import analyse, run, sample_and_search
-from conftest import ROOT, run_main
+from conftest import ROOT, load_tool, run_main
 from onnx import helper
 
 from onnx_pathlift.channels import MIN_KEEP, choose, group_scores
 from onnx_pathlift.importer import import_prepared
+from onnx_pathlift.load import load_model
 from onnx_pathlift.metric import path_metric
 from onnx_pathlift.prepare import prepare
 from onnx_pathlift.slim import Selection, channel_costs, float_parameters, kept_channels, layer_costs, masked_model, prune_channels, untie
@@ -215,3 +216,32 @@ def test_iterative_steps_rescore_the_masked_model() -> None:
     assert len(four.removed) == len(one.removed) and four.slim_error <= 1e-5
     rescored = group_scores(cg, p, "path-mass", import_prepared(prepare(masked_model(model, cg, four.removed)), None))
     assert all(rescored[i] == 0 for i in four.removed)
+
+
+# --- the benchmark's digits nets (tools/digits_nets.py, trained at test time) ---------------------
+
+@pytest.fixture(scope="session")
+def digits_nets(tmp_path_factory):
+    """The three digits nets, trained 2 epochs on one thread (selection, not accuracy, is tested)."""
+    tool = load_tool("digits_nets")
+    out, data = tmp_path_factory.mktemp("digits_nets"), tool.digits16()
+    return {arch: tool.make(arch, out, 2, data)[0] for arch in tool.ARCHS}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["resnet", "mobilenet", "vgg"])
+def test_digits_nets_keep_every_layer_and_round(digits_nets, arch: str) -> None:
+    """Global 70 %: the raw one-shot ranking strips some layer to one channel; the normalised one keeps
+    every layer at its floor or above, at multiples of 8, and the slim model reproduces the masked one."""
+    model = load_model(digits_nets[arch])
+    p, dag, cg = analyse(model)
+    raw = group_scores(cg, p, "path-mass", dag)
+    layers = {cg.groups[i].layer for i in cg.removable()}
+    old = kept_channels(cg, one_shot_raw(cg, raw, 0.7))
+    assert min(old[t] for t in layers) == 1
+    result = prune_channels(model, p, dag, 0.7, selection=Selection(round_to=8))
+    kept = kept_channels(cg, result.removed)
+    for t in layers:
+        n = cg.layouts[t].n
+        assert kept[t] == n or (kept[t] % 8 == 0 and kept[t] >= max(8, math.ceil(MIN_KEEP * n))), (t, kept[t], n)
+    assert result.slim_error <= 1e-4 and len(result.removed) > 0
