@@ -584,28 +584,38 @@ def _greedy(cg: ChannelGraph, units: list[tuple], tally: _Tally, goal: float) ->
     return chosen
 
 
-def _per_layer(cg: ChannelGraph, units: list[tuple], tally: _Tally, goal: float, counts: dict[str, int]) -> list[int]:
-    """The same fraction ``f`` of each layer's groups (as near as its units allow), ``f`` found by
-    bisection so that the removed amount reaches ``goal``."""
-    def take(f: float) -> tuple[list[int], float]:
-        fresh = _Tally(cg, tally.costs, [])
-        fresh.total = tally.total
-        width = {t: layout.n for t, layout in cg.layouts.items()}
-        done: Counter = Counter()
-        chosen: list[int] = []
-        for _, _, layer, unit in units:
-            want = f * counts[layer]
-            if abs(done[layer] + len(unit) - want) < abs(done[layer] - want) and _fits(cg, unit, width):
-                done[layer] += len(unit)
-                chosen += unit
-                fresh.add(*fresh.delta(unit))
-        return chosen, fresh.done
+def _layer_fraction(cg: ChannelGraph, units: list[tuple], tally: _Tally, counts: dict[str, int],
+                    f: float) -> tuple[list[int], float]:
+    """Each layer's units in order while they bring its removed groups nearer ``f`` × its groups
+    (half rounds up); the groups and the amount removed."""
+    fresh = _Tally(cg, tally.costs, [])
+    width = {t: layout.n for t, layout in cg.layouts.items()}
+    done: Counter = Counter()
+    stopped: set[str] = set()
+    chosen: list[int] = []
+    for _, _, layer, unit in units:
+        want = f * counts[layer]
+        if layer in stopped or abs(done[layer] + len(unit) - want) > abs(done[layer] - want) \
+                or not _fits(cg, unit, width):
+            stopped.add(layer)
+            continue
+        done[layer] += len(unit)
+        chosen += unit
+        fresh.add(*fresh.delta(unit))
+    return chosen, fresh.done
 
+
+def _per_layer(cg: ChannelGraph, units: list[tuple], tally: _Tally, goal: float, counts: dict[str, int],
+               sparsity: float) -> list[int]:
+    """The same fraction of each layer's groups (as near as its units allow): ``sparsity`` for the
+    groups target, else found by bisection so that the removed cost reaches ``goal``."""
+    if tally.costs is None:
+        return _layer_fraction(cg, units, tally, counts, sparsity)[0]
     lo, hi = 0.0, 1.0
     for _ in range(30):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if take(mid)[1] < goal else (lo, mid)
-    return take(hi)[0]
+        lo, hi = (mid, hi) if _layer_fraction(cg, units, tally, counts, mid)[1] < goal else (lo, mid)
+    return _layer_fraction(cg, units, tally, counts, hi)[0]
 
 
 def choose(cg: ChannelGraph, scores: np.ndarray, sparsity: float, scope: str = "global", round_to: int = 1,
@@ -630,4 +640,4 @@ def choose(cg: ChannelGraph, scores: np.ndarray, sparsity: float, scope: str = "
     if scope == "global":
         return sorted(_greedy(cg, units, tally, goal))
     counts = Counter(cg.groups[i].layer for i in live)
-    return sorted(_per_layer(cg, units, tally, goal, counts))
+    return sorted(_per_layer(cg, units, tally, goal, counts, sparsity))

@@ -341,7 +341,8 @@ def _print_channel_pruning(report) -> None:
     r = report.record
     g, m = r["groups"], r["metric"]
     print(f"removed {g['removed']} of {g['removable']} removable channel groups ({r['channels_removed']} channels) by "
-          f"{r['criterion']} ({r['scope']}); {g['total'] - g['removable']} kept; wrote {r['written']}"
+          f"{r['criterion']} ({r['scope']}; {r['achieved']:.1%} of the {r['target']}); {g['total'] - g['removable']} kept; "
+          f"wrote {r['written']}"
           + (f" and {r['masked']}" if r["masked"] else ""))
     for row in r["pinned"][:10]:
         print(f"  kept {row['groups']} group(s): {row['reason']}")
@@ -528,7 +529,7 @@ def _add_prune(pr: argparse.ArgumentParser) -> None:
                     help="--structure channel: what --sparsity is a fraction of: removable groups (default), parameters, "
                          "MACs, or onnxruntime latency (per-node kernel times of the original, scaled by the work kept)")
     pr.add_argument("--round-to", type=int, metavar="N",
-                    help="--structure channel: keep a multiple of N channels per layer (default 1; see docs/pruning.md)")
+                    help="--structure channel: keep a multiple of N channels per layer (default 8, measured: docs/pruning.md)")
     pr.add_argument("--min-keep", type=float, metavar="F",
                     help="--structure channel: each layer keeps at least max(N, ⌈F·width⌉) channels (default 0.1)")
     pr.add_argument("-o", "--out", required=True, help="where to write the pruned model")

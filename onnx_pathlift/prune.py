@@ -235,16 +235,22 @@ def _costs(loaded: Loaded, result: ChannelPrune, input_shape) -> tuple[dict[str,
 #: ``prune --structure channel`` warns when top-1 on ``--eval`` drops by more than this (10 points)
 ACCURACY_WARNING = 0.10
 #: default ``--round-to`` (chosen by measurement: docs/pruning.md)
-ROUND_TO = 1
+ROUND_TO = 8
 
 
-def _accuracy_warnings(record: dict[str, Any]) -> list[str]:
-    """A warning when the slim model's top-1 is more than :data:`ACCURACY_WARNING` below the original's."""
+def _warnings(record: dict[str, Any]) -> list[str]:
+    """A warning when the slim model's top-1 is more than :data:`ACCURACY_WARNING` below the original's,
+    and when the width floors and ``--round-to`` left the target short by more than 5 points."""
+    out = []
+    if record["achieved"] < record["sparsity"] - 0.05:
+        out.append(f"removed {record['achieved']:.1%} of the {record['target']}, not {record['sparsity']:.1%}: "
+                   f"each layer keeps a multiple of --round-to {record['round_to']} channels and at least "
+                   f"max(--round-to, ⌈{record['min_keep']:g}·width⌉)")
     drop = record.get("accuracy_before", 0.0) - record.get("accuracy_after", 0.0)
-    if "accuracy_before" not in record or drop <= ACCURACY_WARNING:
-        return []
-    return [f"top-1 accuracy dropped by {drop * 100:.1f} points ({record['accuracy_before']:.4f} → "
-            f"{record['accuracy_after']:.4f}): prune less, per layer (--scope layer), or fine-tune"]
+    if "accuracy_before" in record and drop > ACCURACY_WARNING:
+        out.append(f"top-1 accuracy dropped by {drop * 100:.1f} points ({record['accuracy_before']:.4f} → "
+                   f"{record['accuracy_after']:.4f}): prune less, per layer (--scope layer), or fine-tune")
+    return out
 
 
 def prune_channel_groups(source: ModelSource, sparsity: float, out: str | os.PathLike, criterion: str | None = None,
@@ -261,8 +267,8 @@ def prune_channel_groups(source: ModelSource, sparsity: float, out: str | os.Pat
     tensors or writing weights match are candidates. Write the smaller model to ``out`` (checked to compute the
     masked model) and the masked model to ``masked_out``; certify the change by the path-metric
     between the original and the masked model (``‖x‖_∞ ≤ input_linf``); measure onnxruntime latency
-    (median of ``repeats`` runs, seconds) and, with ``eval_data``, top-1 accuracy (a ``warnings`` entry
-    when it drops by more than :data:`ACCURACY_WARNING`). Raises
+    (median of ``repeats`` runs, seconds) and, with ``eval_data``, top-1 accuracy (``warnings``: when it drops
+    by more than :data:`ACCURACY_WARNING`, or the floors leave the target short). Raises
     :class:`UsageError` for a bad criterion, sparsity or ``repeats`` < 1 and when an output names
     the input; :class:`~onnx_pathlift.errors.VerificationError` when the slim model does not
     reproduce the masked one."""
@@ -281,7 +287,8 @@ def prune_channel_groups(source: ModelSource, sparsity: float, out: str | os.Pat
     metric = path_metric(loaded.dag, import_model(result.masked, input_shape))  # sound: rounded outward
     record = {"model": model_name(source), "written": str(out), "masked": None if masked_out is None else str(masked_out),
               "structure": "channel", "criterion": criterion, "scope": scope, "sparsity": sparsity, "target": target,
-              "round_to": round_to, "min_keep": selection.min_keep, "layers": layers, **costs,
+              "round_to": round_to, "min_keep": selection.min_keep, "layers": layers, "achieved": result.achieved,
+              **costs,
               "metric": metric.to_dict(input_linf), "latency_repeats": repeats,
               "latency_before_s": latency(loaded.model, loaded.prepared, repeats),
               "latency_after_s": latency(result.slim, slim_prepared, repeats)}
@@ -289,7 +296,7 @@ def prune_channel_groups(source: ModelSource, sparsity: float, out: str | os.Pat
     if data is not None:
         record["accuracy_before"] = top1_accuracy(loaded.model, loaded.dag, data)
         record["accuracy_after"] = top1_accuracy(result.slim, loaded.dag, data)
-    record["warnings"] = _accuracy_warnings(record)
+    record["warnings"] = _warnings(record)
     save_model(result.slim, out)
     if masked_out:
         save_model(result.masked, masked_out)

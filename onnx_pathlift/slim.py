@@ -242,6 +242,8 @@ class ChannelPrune:
     masked: ModelProto
     slim: ModelProto
     slim_error: float  # max relative difference slim vs masked on random inputs
+    #: the fraction of the target removed: of the candidate groups, or of the cost's total
+    achieved: float = 0.0
 
     def pinned(self) -> list[dict]:
         """Kept groups by reason: how many groups and channels each reason keeps."""
@@ -450,4 +452,18 @@ def prune_channels(model: ModelProto, prepared: Prepared, dag, sparsity: float, 
                          sel.min_keep, costs)
     masked = retie(masked_model(untied, cg, removed), origin)
     slim = retie(slim_model(untied, cg, removed), origin)
-    return ChannelPrune(cg, scores, removed, masked, slim, check_slim(masked, slim, prepared, list(dag.outputs)))
+    return ChannelPrune(cg, scores, removed, masked, slim, check_slim(masked, slim, prepared, list(dag.outputs)),
+                        _achieved(cg, costs, removed, _restrict(cg, scores, sel.layers)))
+
+
+def _achieved(cg: ChannelGraph, costs: Costs | None, removed: list[int], scores: np.ndarray) -> float:
+    """The fraction of the removable scored groups in ``removed``, or of ``costs.total`` it removes."""
+    if costs is None:
+        live = [i for i in cg.removable() if not np.isnan(scores[i])]
+        return len(removed) / len(live) if live else 0.0
+    kept = dict(costs.full)
+    for i in removed:
+        for key, k in costs.touches(cg.groups[i]).items():
+            if key in kept:
+                kept[key] -= k
+    return costs.removed(kept) / costs.total if costs.total > 0 else 0.0
