@@ -262,7 +262,7 @@ def prune_channel_groups(source: ModelSource, sparsity: float, out: str | os.Pat
     the lowest ``criterion`` (``path-mass``, the default and rescaling-invariant, or ``l1-norm``;
     ``scope``: ``global`` or per ``layer``; scores normalised by their layer's mean), or the ``sparsity``
     fraction of the ``target`` cost (``params``, ``macs``, ``latency``); each layer keeps a multiple of
-    ``round_to`` channels and at least ``max(round_to, ⌈min_keep·width⌉)`` (default
+    ``round_to`` channels (default :data:`ROUND_TO`, 8) and at least ``max(round_to, ⌈min_keep·width⌉)`` (default
     :data:`~onnx_pathlift.channels.MIN_KEEP`); ``layers``: a regular expression, only the groups whose
     tensors or writing weights match are candidates. Write the smaller model to ``out`` (checked to compute the
     masked model) and the masked model to ``masked_out``; certify the change by the path-metric
