@@ -362,12 +362,14 @@ def _work(cg: ChannelGraph, prepared: Prepared, node, full: dict) -> tuple:
     return ()
 
 
-def channel_costs(cg: ChannelGraph, prepared: Prepared, target: str, repeats: int = 20) -> Costs | None:
+def channel_costs(cg: ChannelGraph, prepared: Prepared, target: str, repeats: int = 20,
+                  original: ModelProto | None = None) -> Costs | None:
     """The :class:`~onnx_pathlift.channels.Costs` of ``target``: ``params`` (every float constant a
     group cuts, its size; total: all float parameters), ``macs`` (each Conv/Gemm/MatMul/BN node's
     :func:`layer_costs` MACs, scaled by its weight's or output's kept fraction), ``latency`` (each node's
     onnxruntime kernel time from :func:`node_times`, scaled the same way; total: their sum); None
-    for ``groups``."""
+    for ``groups``. ``original``: the model whose parameters are the total (default: ``prepared``'s;
+    :func:`prune_channels` passes the model before :func:`untie`'s copies)."""
     if target not in TARGETS:
         raise UsageError(f"--target must be one of {', '.join(TARGETS)} (got {target!r})")
     full: dict = {}
@@ -379,7 +381,7 @@ def channel_costs(cg: ChannelGraph, prepared: Prepared, target: str, repeats: in
             keys = tuple(("c", name, a) for a in range(len(shape)))
             full.update(zip(keys, shape))
             items.append((float(prepared.consts[name].size), keys))
-        return Costs(float(float_parameters(prepared.model)), items, full)
+        return Costs(float(float_parameters(original or prepared.model)), items, full)
     if target == "macs":
         nodes = [n for n in prepared.nodes if n.op_type in ("Conv", "Gemm", "MatMul", "BatchNormalization")]
         items = [(float(c.macs), _work(cg, prepared, n, full)) for n, c in zip(nodes, layer_costs(prepared))]
@@ -443,7 +445,7 @@ def prune_channels(model: ModelProto, prepared: Prepared, dag, sparsity: float, 
     untied, origin = untie(model)
     p = prepare(untied, prepared.inputs) if origin else prepared
     cg = channel_graph(untied, p)
-    costs = channel_costs(cg, p, sel.target, repeats)
+    costs = channel_costs(cg, p, sel.target, repeats, model)
     removed: list[int] = []
     for step in range(1, sel.steps + 1):
         at = dag if step == 1 and not origin else import_prepared(prepare(masked_model(untied, cg, removed), p.inputs), None)
