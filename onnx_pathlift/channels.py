@@ -619,20 +619,20 @@ def _per_layer(cg: ChannelGraph, units: list[tuple], tally: _Tally, goal: float,
 
 
 def choose(cg: ChannelGraph, scores: np.ndarray, sparsity: float, scope: str = "global", round_to: int = 1,
-           min_keep: float = MIN_KEEP, costs: Costs | None = None) -> list[int]:
+           min_keep: float = MIN_KEEP, costs: Costs | None = None, normalised: bool = True) -> list[int]:
     """The groups to remove, by :func:`normalise`\ d score: ``global`` takes the lowest-scored groups
     of the whole model, ``layer`` the same fraction of each layer's groups, until the removed amount
     reaches ``sparsity`` × the total: of the removable groups, or of ``costs.total`` (parameters,
     MACs, latency). Every layer keeps a multiple of ``round_to`` channels (or all of them) and at
     least ``max(round_to, ⌈min_keep·width⌉, 1)``; a tensor keeps a channel. Ties broken by group
-    index (deterministic)."""
+    index (deterministic). ``normalised=False`` ranks the raw scores (with the same floors)."""
     if not 0.0 <= sparsity <= 1.0:
         raise UsageError(f"sparsity must be in [0, 1] (got {sparsity})")
     if scope not in ("global", "layer"):
         raise UsageError(f"scope must be global or layer (got {scope!r})")
     if round_to < 1 or not 0.0 <= min_keep <= 1.0:
         raise UsageError(f"--round-to must be ≥ 1 and --min-keep in [0, 1] (got {round_to}, {min_keep})")
-    norm = normalise(cg, scores)
+    norm = normalise(cg, scores) if normalised else np.asarray(scores, np.float64)
     live = [i for i in cg.removable() if not math.isnan(norm[i])]
     units = sorted(_units(cg, norm, live, round_to, min_keep), key=lambda u: (u[0], u[1]))
     tally = _Tally(cg, costs, live)

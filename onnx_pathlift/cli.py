@@ -341,7 +341,8 @@ def _print_channel_pruning(report) -> None:
     r = report.record
     g, m = r["groups"], r["metric"]
     print(f"removed {g['removed']} of {g['removable']} removable channel groups ({r['channels_removed']} channels) by "
-          f"{r['criterion']} ({r['scope']}; {r['achieved']:.1%} of the {r['target']}); {g['total'] - g['removable']} kept; "
+          f"{r['criterion']} ({r['scope']}, {r['ranking']}, {r['steps']} step(s); {r['achieved']:.1%} of the {r['target']}); "
+          f"{g['total'] - g['removable']} kept; "
           f"wrote {r['written']}"
           + (f" and {r['masked']}" if r["masked"] else ""))
     for row in r["pinned"][:10]:
@@ -377,11 +378,11 @@ def cmd_prune(args) -> int:
             raise UsageError("--mask goes with --structure weight")
         report = prune_channel_groups(args.model, args.sparsity, args.out, masked_out=args.masked, repeats=args.repeats,
                                       target=args.target, round_to=args.round_to, min_keep=args.min_keep,
-                                      layers=args.layers, **common)
+                                      layers=args.layers, ranking=args.ranking, steps=args.steps, **common)
         _show(args, report, _print_channel_pruning)
         return 0
-    if args.masked or args.target != "groups" or args.round_to is not None or args.min_keep is not None:
-        raise UsageError("--masked, --target, --round-to and --min-keep go with --structure channel")
+    if args.masked or args.target != "groups" or {args.round_to, args.min_keep, args.ranking, args.steps} != {None}:
+        raise UsageError("--masked, --target, --round-to, --min-keep, --ranking and --steps go with --structure channel")
     report = prune_weights(args.model, args.sparsity, args.out, layers=args.layers, mask_out=args.mask, **common)
     _show(args, report, _print_weight_pruning)
     return 0
@@ -530,6 +531,11 @@ def _add_prune(pr: argparse.ArgumentParser) -> None:
                          "MACs, or onnxruntime latency (per-node kernel times of the original, scaled by the work kept)")
     pr.add_argument("--round-to", type=int, metavar="N",
                     help="--structure channel: keep a multiple of N channels per layer (default 8, measured: docs/pruning.md)")
+    pr.add_argument("--ranking", choices=["raw", "normalised"],
+                    help="--structure channel: rank raw scores or scores divided by their layer's mean "
+                         "(default: raw for path-mass, normalised for l1-norm)")
+    pr.add_argument("--steps", type=int, metavar="K", help="--structure channel: remove in K steps, path mass "
+                    "recomputed on the masked model after each (default 8 for path-mass, 1 for l1-norm)")
     pr.add_argument("--min-keep", type=float, metavar="F",
                     help="--structure channel: each layer keeps at least max(N, ⌈F·width⌉) channels (default 0.1)")
     pr.add_argument("-o", "--out", required=True, help="where to write the pruned model")

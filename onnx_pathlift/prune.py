@@ -238,6 +238,17 @@ ACCURACY_WARNING = 0.10
 ROUND_TO = 8
 
 
+def _ranking(criterion: str, ranking: str | None, steps: int | None) -> tuple[str, int]:
+    """The ranking and steps, by default ``raw`` in 8 steps for path-mass (recomputed after each step, a
+    narrowed layer's channels gain mass: measured in docs/pruning.md), ``normalised`` in one for l1-norm
+    (its scores do not change)."""
+    ranking = ranking or ("raw" if criterion == "path-mass" else "normalised")
+    steps = (8 if criterion == "path-mass" else 1) if steps is None else steps
+    if ranking not in ("raw", "normalised") or steps < 1:
+        raise UsageError(f"--ranking must be raw or normalised and --steps at least 1 (got {ranking}, {steps})")
+    return ranking, steps
+
+
 def _warnings(record: dict[str, Any]) -> list[str]:
     """A warning when the slim model's top-1 is more than :data:`ACCURACY_WARNING` below the original's,
     and when the width floors and ``--round-to`` left the target short by more than 5 points."""
@@ -257,10 +268,12 @@ def prune_channel_groups(source: ModelSource, sparsity: float, out: str | os.Pat
                          scope: str = "global", masked_out: str | os.PathLike | None = None, input_shape=None,
                          outputs: list[str] | None = None, input_linf: float = 1.0, eval_data: Data = None,
                          repeats: int = 20, target: str = "groups", round_to: int | None = None,
-                         min_keep: float | None = None, layers: str | None = None) -> ChannelPruning:
+                         min_keep: float | None = None, layers: str | None = None, ranking: str | None = None,
+                         steps: int | None = None) -> ChannelPruning:
     """Remove the ``sparsity`` fraction (in [0, 1]) of the removable channel groups of ``source`` with
     the lowest ``criterion`` (``path-mass``, the default and rescaling-invariant, or ``l1-norm``;
-    ``scope``: ``global`` or per ``layer``; scores normalised by their layer's mean), or the ``sparsity``
+    ``scope``: ``global`` or per ``layer``; ``ranking``: ``raw`` scores or ``normalised`` by their layer's
+    mean; ``steps``: removed in that many steps, scores recomputed after each), or the ``sparsity``
     fraction of the ``target`` cost (``params``, ``macs``, ``latency``); each layer keeps a multiple of
     ``round_to`` channels (default :data:`ROUND_TO`, 8) and at least ``max(round_to, ⌈min_keep·width⌉)`` (default
     :data:`~onnx_pathlift.channels.MIN_KEEP`); ``layers``: a regular expression, only the groups whose
@@ -281,13 +294,16 @@ def prune_channel_groups(source: ModelSource, sparsity: float, out: str | os.Pat
         raise UsageError(f"--repeats must be at least 1 (got {repeats})")
     loaded = load(source, input_shape, outputs)
     round_to = ROUND_TO if round_to is None else round_to
-    selection = Selection(criterion, scope, target, round_to, MIN_KEEP if min_keep is None else min_keep, layers)
+    ranking, steps = _ranking(criterion, ranking, steps)
+    selection = Selection(criterion, scope, target, round_to, MIN_KEEP if min_keep is None else min_keep, layers,
+                          steps=steps, normalised=ranking == "normalised")
     result = prune_channels(loaded.model, loaded.prepared, loaded.dag, sparsity, selection=selection, repeats=repeats)
     costs, slim_prepared = _costs(loaded, result, input_shape)
     metric = path_metric(loaded.dag, import_model(result.masked, input_shape))  # sound: rounded outward
     record = {"model": model_name(source), "written": str(out), "masked": None if masked_out is None else str(masked_out),
               "structure": "channel", "criterion": criterion, "scope": scope, "sparsity": sparsity, "target": target,
-              "round_to": round_to, "min_keep": selection.min_keep, "layers": layers, "achieved": result.achieved,
+              "round_to": round_to, "min_keep": selection.min_keep, "layers": layers, "ranking": ranking, "steps": steps,
+              "achieved": result.achieved,
               **costs,
               "metric": metric.to_dict(input_linf), "latency_repeats": repeats,
               "latency_before_s": latency(loaded.model, loaded.prepared, repeats),

@@ -409,6 +409,7 @@ class Selection:
     #: remove in this many equal steps, path mass recomputed on the masked model after each (a removed
     #: group then scores 0 and a layer's remaining groups score higher: :func:`channels.normalise`)
     steps: int = 1
+    normalised: bool = True  # rank scores divided by their layer's mean (:func:`channels.normalise`)
 
 
 def _restrict(cg: ChannelGraph, scores: np.ndarray, pattern: str | None) -> np.ndarray:
@@ -451,7 +452,7 @@ def prune_channels(model: ModelProto, prepared: Prepared, dag, sparsity: float, 
         at = dag if step == 1 and not origin else import_prepared(prepare(masked_model(untied, cg, removed), p.inputs), None)
         scores = group_scores(cg, p, sel.criterion, at, sel.seed, providers)
         removed = choose(cg, _restrict(cg, scores, sel.layers), sparsity * step / sel.steps, sel.scope, sel.round_to,
-                         sel.min_keep, costs)
+                         sel.min_keep, costs, sel.normalised)
     masked = retie(masked_model(untied, cg, removed), origin)
     slim = retie(slim_model(untied, cg, removed), origin)
     return ChannelPrune(cg, scores, removed, masked, slim, check_slim(masked, slim, prepared, list(dag.outputs)),

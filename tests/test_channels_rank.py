@@ -70,6 +70,20 @@ def test_global_ranking_no_longer_collapses_the_widest_layer() -> None:
     assert kept_channels(cg, choose(cg, raw, 0.9))["g2"] >= 10
 
 
+@pytest.mark.parametrize("sparsity", [0.5, 0.9])
+def test_iterative_raw_ranking_keeps_every_layer(sparsity: float) -> None:
+    """The command's path-mass default: raw masses, 8 steps, recomputed on the masked model; a narrowed
+    layer's channels gain mass, so no layer goes below its floor and the wide one is not emptied first."""
+    model = chain()
+    p, dag, cg = analyse(model)
+    result = prune_channels(model, p, dag, sparsity, selection=Selection(steps=8, normalised=False))
+    kept = kept_channels(cg, result.removed)
+    assert len(result.removed) == min(round(sparsity * 112), 7 + 86 + 7) and result.slim_error <= 1e-5  # floors 1, 10, 1
+    for layer, width in (("g1", 8), ("g2", 96), ("g3", 8)):
+        assert kept[layer] >= max(1, math.ceil(MIN_KEEP * width)), kept
+    assert kept["g2"] > 1
+
+
 @pytest.mark.parametrize("min_keep", [0.0, 0.25, 0.5])
 @pytest.mark.parametrize("round_to", [1, 4, 8])
 def test_floors_and_multiples_of_round_to(round_to: int, min_keep: float) -> None:
