@@ -222,8 +222,9 @@ def test_a_target_the_floors_cannot_reach_warns(tmp_path, capsys) -> None:
                              "channels and at least max(--round-to, ⌈0.1·width⌉)"]
 
 
-@pytest.mark.parametrize("args", [["--round-to", "0"], ["--min-keep", "1.5"], ["--target", "weights"],
-                                  ["--structure", "weight", "--round-to", "4"]])
+@pytest.mark.parametrize("args", [["--round-to", "0"], ["--min-keep", "1.5"], ["--target", "weights"], ["--steps", "0"],
+                                  ["--ranking", "sum"], ["--structure", "weight", "--round-to", "4"],
+                                  ["--structure", "weight", "--steps", "2"]])
 def test_selection_usage_errors(tmp_path, capsys, args) -> None:
     rc, out, _ = run_main(capsys, "prune", SHIPPED_CNN, "--structure", "channel", "--sparsity", "0.5",
                           "-o", tmp_path / "o.onnx", *args, "--json")
