@@ -454,32 +454,191 @@ def group_scores(cg: ChannelGraph, prepared: Prepared, criterion: str, dag: Dag 
     return out
 
 
-def choose(cg: ChannelGraph, scores: np.ndarray, sparsity: float, scope: str = "global") -> list[int]:
-    """The groups to remove: the ``sparsity`` fraction of removable groups with the lowest scores,
-    over the whole model (``global``) or within each layer (``layer``); a layer always keeps at
-    least one group and a tensor at least one channel. Ties broken by group index (deterministic)."""
+#: default floor on a layer's kept width, as a fraction of its width (``prune --min-keep``)
+MIN_KEEP = 0.1
+TARGETS = ("groups", "params", "macs", "latency")
+#: a cost counter: ("c", constant, axis) (that axis's length) or ("t", tensor) (its channel count)
+Key = tuple
+
+
+@dataclass
+class Costs:
+    """A cost that removing channels lowers: ``cost = fixed + Σ_items w·Π_{k ∈ keys} kept[k]/full[k]``
+    (parameters: a constant's size is the product of its axes; MACs: a weight's size times the
+    positions it is applied at; latency: a node's measured time times the fraction of its work kept).
+    ``total`` is the cost of the whole model."""
+
+    total: float
+    items: list[tuple[float, tuple[Key, ...]]]
+    full: dict[Key, int]
+
+    def touches(self, group: Group) -> Counter:
+        """How much removing ``group`` lowers each counter."""
+        out: Counter = Counter()
+        for name, axis, lo, hi in group.sinks + group.sources + group.slices:
+            out[("c", name, axis)] += hi - lo
+        for tensor, _ in group.channels:
+            out[("t", tensor)] += 1
+        return out
+
+    def removed(self, kept: dict[Key, int], keys: set | None = None) -> float:
+        """``Σ w·(1 − Π kept/full)`` over the items reading one of ``keys`` (None: all)."""
+        total = 0.0
+        for w, item in self.items:
+            if keys is None or keys.intersection(item):
+                total += w * (1.0 - math.prod(kept.get(k, self.full[k]) / self.full[k] for k in item))
+        return total
+
+
+def normalise(cg: ChannelGraph, scores: np.ndarray) -> np.ndarray:
+    """Each score divided by the mean score of its layer's scored groups (Torch-Pruning's ``mean``
+    group normalisation): a layer's groups then average 1 whatever its width, so that a global ranking
+    compares channels within their layer's distribution (raw path masses of a width-``n`` layer in a
+    chain average about ‖Φ‖_1/n, which ranks the widest layer first). Order-preserving within a layer."""
+    out = np.array(scores, dtype=np.float64)
+    layers: dict[str, list[int]] = {}
+    for i in np.flatnonzero(~np.isnan(out)):
+        layers.setdefault(cg.groups[i].layer, []).append(int(i))
+    for members in layers.values():
+        mean = float(np.mean(out[members]))
+        if mean > 0:
+            out[members] /= mean
+    return out
+
+
+def _width(cg: ChannelGraph, layer: str, members: list[int]) -> tuple[list[int], int]:
+    """Channels of the layer's tensor each member takes (its full width ``n``)."""
+    return [sum(1 for t, _ in cg.groups[i].channels if t == layer) for i in members], cg.layouts[layer].n
+
+
+def _units(cg: ChannelGraph, scores: np.ndarray, live: list[int], round_to: int, min_keep: float) -> list[tuple]:
+    """Per layer, its groups by ascending score cut into removal units: removing units 1..k leaves a
+    kept width that is a multiple of ``round_to`` and at least ``max(round_to, ⌈min_keep·n⌉, 1)``.
+    A unit is ``(mean score, position in its layer, layer, groups)``."""
+    layers: dict[str, list[int]] = {}
+    for i in sorted(live, key=lambda i: (scores[i], i)):
+        layers.setdefault(cg.groups[i].layer, []).append(i)
+    units = []
+    for layer, members in layers.items():
+        takes, n = _width(cg, layer, members)
+        floor = max(round_to, math.ceil(min_keep * n), 1)
+        kept, start = n, 0
+        for j, k in enumerate(takes):
+            kept -= k
+            if kept < floor:
+                break
+            if kept % round_to == 0:
+                chunk = members[start:j + 1]
+                units.append((float(np.mean(scores[chunk])), len(units), layer, chunk))
+                start = j + 1
+    return units
+
+
+def _fits(cg: ChannelGraph, unit: list[int], width: dict[str, int]) -> bool:
+    """Every tensor keeps a channel after removing ``unit``; if so, count the removal in ``width``."""
+    takes = Counter(t for i in unit for t, _ in cg.groups[i].channels)
+    if any(width[t] <= k for t, k in takes.items()):
+        return False
+    for t, k in takes.items():
+        width[t] -= k
+    return True
+
+
+class _Tally:
+    """The removed amount of the target so far: groups, or a :class:`Costs`' removed cost."""
+
+    def __init__(self, cg: ChannelGraph, costs: Costs | None, live: list[int]):
+        self.cg, self.costs, self.done = cg, costs, 0.0
+        self.total = float(len(live)) if costs is None else costs.total
+        self.kept: dict[Key, int] = {}
+
+    def delta(self, unit: list[int]) -> tuple[float, dict]:
+        if self.costs is None:
+            return float(len(unit)), {}
+        touches = Counter()
+        for i in unit:
+            touches.update(self.costs.touches(self.cg.groups[i]))
+        new = {k: self.kept.get(k, self.costs.full[k]) - v for k, v in touches.items() if k in self.costs.full}
+        keys = set(new)
+        return self.costs.removed({**self.kept, **new}, keys) - self.costs.removed(self.kept, keys), new
+
+    def add(self, amount: float, new: dict) -> None:
+        self.done += amount
+        self.kept.update(new)
+
+
+def _greedy(cg: ChannelGraph, units: list[tuple], tally: _Tally, goal: float) -> list[int]:
+    """Take units in order while the removed amount is below ``goal``, a unit of a layer only after
+    the layer's earlier ones (a skipped unit blocks the rest of its layer)."""
+    width = {t: layout.n for t, layout in cg.layouts.items()}
+    blocked: set[str] = set()
+    chosen: list[int] = []
+    for _, _, layer, unit in units:
+        if tally.done >= goal - 1e-9 * max(tally.total, 1.0):
+            break
+        amount, new = tally.delta(unit)
+        if layer in blocked or not _fits(cg, unit, width):
+            blocked.add(layer)
+            continue
+        chosen += unit
+        tally.add(amount, new)
+    return chosen
+
+
+def _layer_fraction(cg: ChannelGraph, units: list[tuple], tally: _Tally, counts: dict[str, int],
+                    f: float) -> tuple[list[int], float]:
+    """Each layer's units in order while they bring its removed groups nearer ``f`` × its groups
+    (half rounds up); the groups and the amount removed."""
+    fresh = _Tally(cg, tally.costs, [])
+    width = {t: layout.n for t, layout in cg.layouts.items()}
+    done: Counter = Counter()
+    stopped: set[str] = set()
+    chosen: list[int] = []
+    for _, _, layer, unit in units:
+        want = f * counts[layer]
+        if layer in stopped or abs(done[layer] + len(unit) - want) > abs(done[layer] - want) \
+                or not _fits(cg, unit, width):
+            stopped.add(layer)
+            continue
+        done[layer] += len(unit)
+        chosen += unit
+        fresh.add(*fresh.delta(unit))
+    return chosen, fresh.done
+
+
+def _per_layer(cg: ChannelGraph, units: list[tuple], tally: _Tally, goal: float, counts: dict[str, int],
+               sparsity: float) -> list[int]:
+    """The same fraction of each layer's groups (as near as its units allow): ``sparsity`` for the
+    groups target, else found by bisection so that the removed cost reaches ``goal``."""
+    if tally.costs is None:
+        return _layer_fraction(cg, units, tally, counts, sparsity)[0]
+    lo, hi = 0.0, 1.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _layer_fraction(cg, units, tally, counts, mid)[1] < goal else (lo, mid)
+    return _layer_fraction(cg, units, tally, counts, hi)[0]
+
+
+def choose(cg: ChannelGraph, scores: np.ndarray, sparsity: float, scope: str = "global", round_to: int = 1,
+           min_keep: float = MIN_KEEP, costs: Costs | None = None, normalised: bool = True) -> list[int]:
+    """The groups to remove, by :func:`normalise`\ d score: ``global`` takes the lowest-scored groups
+    of the whole model, ``layer`` the same fraction of each layer's groups, until the removed amount
+    reaches ``sparsity`` × the total: of the removable groups, or of ``costs.total`` (parameters,
+    MACs, latency). Every layer keeps a multiple of ``round_to`` channels (or all of them) and at
+    least ``max(round_to, ⌈min_keep·width⌉, 1)``; a tensor keeps a channel. Ties broken by group
+    index (deterministic). ``normalised=False`` ranks the raw scores (with the same floors)."""
     if not 0.0 <= sparsity <= 1.0:
         raise UsageError(f"sparsity must be in [0, 1] (got {sparsity})")
     if scope not in ("global", "layer"):
         raise UsageError(f"scope must be global or layer (got {scope!r})")
-    live = [i for i in cg.removable() if not math.isnan(scores[i])]
-    layers = Counter(cg.groups[i].layer for i in live)
-    ranked = sorted(live, key=lambda i: (scores[i], i))
-    left = dict(layers)
-    width = {t: layout.n for t, layout in cg.layouts.items()}  # channels left per tensor
-    chosen: list[int] = []
+    if round_to < 1 or not 0.0 <= min_keep <= 1.0:
+        raise UsageError(f"--round-to must be ≥ 1 and --min-keep in [0, 1] (got {round_to}, {min_keep})")
+    norm = normalise(cg, scores) if normalised else np.asarray(scores, np.float64)
+    live = [i for i in cg.removable() if not math.isnan(norm[i])]
+    units = sorted(_units(cg, norm, live, round_to, min_keep), key=lambda u: (u[0], u[1]))
+    tally = _Tally(cg, costs, live)
+    goal = sparsity * tally.total if costs is not None else float(round(sparsity * len(live)))
     if scope == "global":
-        quota = {None: int(round(sparsity * len(live)))}
-    else:
-        quota = {name: min(int(round(sparsity * n)), n - 1) for name, n in layers.items()}
-    for i in ranked:
-        layer = cg.groups[i].layer
-        key = None if scope == "global" else layer
-        takes = Counter(t for t, _ in cg.groups[i].channels)
-        if quota[key] > 0 and left[layer] > 1 and all(width[t] > k for t, k in takes.items()):
-            chosen.append(i)
-            quota[key] -= 1
-            left[layer] -= 1
-            for t, k in takes.items():
-                width[t] -= k
-    return sorted(chosen)
+        return sorted(_greedy(cg, units, tally, goal))
+    counts = Counter(cg.groups[i].layer for i in live)
+    return sorted(_per_layer(cg, units, tally, goal, counts, sparsity))

@@ -392,7 +392,9 @@ def _print_channel_pruning(report, quiet: bool = False) -> None:
     r = report.record
     g, m = r["groups"], r["metric"]
     print(f"removed {g['removed']} of {g['removable']} removable channel groups ({r['channels_removed']} channels) by "
-          f"{r['criterion']} ({r['scope']}); {g['total'] - g['removable']} kept; wrote {r['written']}"
+          f"{r['criterion']} ({r['scope']}, {r['ranking']}, {r['steps']} step(s); {r['achieved']:.1%} of the {r['target']}); "
+          f"{g['total'] - g['removable']} kept; "
+          f"wrote {r['written']}"
           + (f" and {r['masked']}" if r["masked"] else ""))
     for row in [] if quiet else r["pinned"][:10]:
         print(f"  kept {row['groups']} group(s): {row['reason']}")
@@ -415,6 +417,8 @@ def _print_channel_pruning(report, quiet: bool = False) -> None:
               f"{after * 1e3:.3f} ms ({_speed(before, after)})")
     if "accuracy_before" in r:
         print(f"  top-1 accuracy {r['accuracy_before']:.4f} → {r['accuracy_after']:.4f}")
+    for warning in r["warnings"]:
+        print(f"  warning: {warning}")
 
 
 def cmd_prune(args) -> int:
@@ -423,14 +427,15 @@ def cmd_prune(args) -> int:
     common = {"criterion": args.criterion, "scope": args.scope, "input_linf": args.input_linf, "eval_data": args.eval,
               **_model_args(args)}
     if args.structure == "channel":
-        if args.mask or args.layers:
-            raise UsageError("--mask and --layers go with --structure weight")
-        report = prune_channel_groups(args.model, args.sparsity, args.out, masked_out=args.masked,
-                                      repeats=args.repeats, **common)
+        if args.mask:
+            raise UsageError("--mask goes with --structure weight")
+        report = prune_channel_groups(args.model, args.sparsity, args.out, masked_out=args.masked, repeats=args.repeats,
+                                      target=args.target, round_to=args.round_to, min_keep=args.min_keep,
+                                      layers=args.layers, ranking=args.ranking, steps=args.steps, **common)
         _show(args, report, lambda r: _print_channel_pruning(r, args.quiet))
         return 0
-    if args.masked:
-        raise UsageError("--masked goes with --structure channel (weight pruning writes its masked model to -o)")
+    if args.masked or args.target != "groups" or {args.round_to, args.min_keep, args.ranking, args.steps} != {None}:
+        raise UsageError("--masked, --target, --round-to, --min-keep, --ranking and --steps go with --structure channel")
     report = prune_weights(args.model, args.sparsity, args.out, layers=args.layers, mask_out=args.mask, **common)
     _show(args, report, _print_weight_pruning)
     return 0
@@ -581,7 +586,20 @@ def _add_prune(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--repeats", type=int, default=20, help="--structure channel: latency runs per model (median)")
     pr.add_argument("--scope", default="global", choices=["global", "layer"],
                     help="global: the lowest-scored weights (or channel groups) over all tensors together; layer: the same fraction in each tensor")
-    pr.add_argument("--layers", metavar="REGEX", help="only the weight tensors whose name matches")
+    pr.add_argument("--layers", metavar="REGEX",
+                    help="only the weight tensors whose name matches (channel: the groups whose tensors or writing weights match)")
+    pr.add_argument("--target", default="groups", choices=["groups", "params", "macs", "latency"],
+                    help="--structure channel: what --sparsity is a fraction of: removable groups (default), parameters, "
+                         "MACs, or onnxruntime latency (per-node kernel times of the original, scaled by the work kept)")
+    pr.add_argument("--round-to", type=int, metavar="N",
+                    help="--structure channel: keep a multiple of N channels per layer (default 8, measured: docs/pruning.md)")
+    pr.add_argument("--ranking", choices=["raw", "normalised"],
+                    help="--structure channel: rank raw scores or scores divided by their layer's mean "
+                         "(default: raw for path-mass, normalised for l1-norm)")
+    pr.add_argument("--steps", type=int, metavar="K", help="--structure channel: remove in K steps, path mass "
+                    "recomputed on the masked model after each (default 8 for path-mass, 1 for l1-norm)")
+    pr.add_argument("--min-keep", type=float, metavar="F",
+                    help="--structure channel: each layer keeps at least max(N, ⌈F·width⌉) channels (default 0.1)")
     pr.add_argument("-o", "--out", required=True, help="where to write the pruned model")
     pr.add_argument("--mask", help="also write the keep-masks (.npz keyed by initializer name)")
     pr.add_argument("--eval", metavar="DATA.npz", help="arrays x, y: top-1 accuracy before and after")

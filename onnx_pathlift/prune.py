@@ -23,6 +23,7 @@ from onnx import ModelProto, numpy_helper
 
 from .api import Loaded, load, model_name, save_model, save_npz
 from .atomic import refuse_overwriting_input
+from .channels import MIN_KEEP
 from .errors import UsageError
 
 if TYPE_CHECKING:
@@ -231,32 +232,79 @@ def _costs(loaded: Loaded, result: ChannelPrune, input_shape) -> tuple[dict[str,
             "layers": layers, "slim_vs_masked_max_rel_error": result.slim_error}, slim_prepared
 
 
+#: ``prune --structure channel`` warns when top-1 on ``--eval`` drops by more than this (10 points)
+ACCURACY_WARNING = 0.10
+#: default ``--round-to`` (chosen by measurement: docs/pruning.md)
+ROUND_TO = 8
+
+
+def _ranking(criterion: str, ranking: str | None, steps: int | None) -> tuple[str, int]:
+    """The ranking and steps, by default ``raw`` in 8 steps for path-mass (recomputed after each step, a
+    narrowed layer's channels gain mass: measured in docs/pruning.md), ``normalised`` in one for l1-norm
+    (its scores do not change)."""
+    ranking = ranking or ("raw" if criterion == "path-mass" else "normalised")
+    steps = (8 if criterion == "path-mass" else 1) if steps is None else steps
+    if ranking not in ("raw", "normalised") or steps < 1:
+        raise UsageError(f"--ranking must be raw or normalised and --steps at least 1 (got {ranking}, {steps})")
+    return ranking, steps
+
+
+def _warnings(record: dict[str, Any]) -> list[str]:
+    """A warning when the slim model's top-1 is more than :data:`ACCURACY_WARNING` below the original's,
+    and when the width floors and ``--round-to`` left the target short by more than 5 points."""
+    out = []
+    if record["achieved"] < record["sparsity"] - 0.05:
+        out.append(f"removed {record['achieved']:.1%} of the {record['target']}, not {record['sparsity']:.1%}: "
+                   f"each layer keeps a multiple of --round-to {record['round_to']} channels and at least "
+                   f"max(--round-to, ⌈{record['min_keep']:g}·width⌉)")
+    drop = record.get("accuracy_before", 0.0) - record.get("accuracy_after", 0.0)
+    if "accuracy_before" in record and drop > ACCURACY_WARNING:
+        out.append(f"top-1 accuracy dropped by {drop * 100:.1f} points ({record['accuracy_before']:.4f} → "
+                   f"{record['accuracy_after']:.4f}): prune less, per layer (--scope layer), or fine-tune")
+    return out
+
+
 def prune_channel_groups(source: ModelSource, sparsity: float, out: str | os.PathLike, criterion: str | None = None,
                          scope: str = "global", masked_out: str | os.PathLike | None = None, input_shape=None,
                          outputs: list[str] | None = None, input_linf: float = 1.0, eval_data: Data = None,
-                         repeats: int = 20) -> ChannelPruning:
+                         repeats: int = 20, target: str = "groups", round_to: int | None = None,
+                         min_keep: float | None = None, layers: str | None = None, ranking: str | None = None,
+                         steps: int | None = None) -> ChannelPruning:
     """Remove the ``sparsity`` fraction (in [0, 1]) of the removable channel groups of ``source`` with
     the lowest ``criterion`` (``path-mass``, the default and rescaling-invariant, or ``l1-norm``;
-    ``scope``: ``global`` or per ``layer``), write the smaller model to ``out`` (checked to compute the
+    ``scope``: ``global`` or per ``layer``; ``ranking``: ``raw`` scores or ``normalised`` by their layer's
+    mean; ``steps``: removed in that many steps, scores recomputed after each), or the ``sparsity``
+    fraction of the ``target`` cost (``params``, ``macs``, ``latency``); each layer keeps a multiple of
+    ``round_to`` channels (default :data:`ROUND_TO`, 8) and at least ``max(round_to, ⌈min_keep·width⌉)`` (default
+    :data:`~onnx_pathlift.channels.MIN_KEEP`); ``layers``: a regular expression, only the groups whose
+    tensors or writing weights match are candidates. Write the smaller model to ``out`` (checked to compute the
     masked model) and the masked model to ``masked_out``; certify the change by the path-metric
     between the original and the masked model (``‖x‖_∞ ≤ input_linf``); measure onnxruntime latency
-    (median of ``repeats`` runs, seconds) and, with ``eval_data``, top-1 accuracy. Raises
+    (median of ``repeats`` runs, seconds) and, with ``eval_data``, top-1 accuracy (``warnings``: when it drops
+    by more than :data:`ACCURACY_WARNING`, or the floors leave the target short). Raises
     :class:`UsageError` for a bad criterion, sparsity or ``repeats`` < 1 and when an output names
     the input; :class:`~onnx_pathlift.errors.VerificationError` when the slim model does not
     reproduce the masked one."""
     from .importer import import_model
     from .metric import path_metric
-    from .slim import latency, prune_channels
+    from .slim import Selection, latency, prune_channels
 
     criterion = _check_arguments("channel", criterion, sparsity, source, out, masked_out)
     if repeats < 1:
         raise UsageError(f"--repeats must be at least 1 (got {repeats})")
     loaded = load(source, input_shape, outputs)
-    result = prune_channels(loaded.model, loaded.prepared, loaded.dag, sparsity, criterion, scope)
+    round_to = ROUND_TO if round_to is None else round_to
+    ranking, steps = _ranking(criterion, ranking, steps)
+    selection = Selection(criterion, scope, target, round_to, MIN_KEEP if min_keep is None else min_keep, layers,
+                          steps=steps, normalised=ranking == "normalised")
+    result = prune_channels(loaded.model, loaded.prepared, loaded.dag, sparsity, selection=selection, repeats=repeats)
     costs, slim_prepared = _costs(loaded, result, input_shape)
     metric = path_metric(loaded.dag, import_model(result.masked, input_shape))  # sound: rounded outward
     record = {"model": model_name(source), "written": str(out), "masked": None if masked_out is None else str(masked_out),
-              "structure": "channel", "criterion": criterion, "scope": scope, "sparsity": sparsity, **costs,
+              "structure": "channel", "criterion": criterion, "scope": scope, "sparsity": sparsity, "target": target,
+              "round_to": round_to, "min_keep": selection.min_keep, "layers": layers, "ranking": ranking, "steps": steps,
+              "achieved": result.achieved,
+              **costs,
               "metric": metric.to_dict(input_linf), "latency_repeats": repeats,
               "latency_before_s": latency(loaded.model, loaded.prepared, repeats),
               "latency_after_s": latency(result.slim, slim_prepared, repeats)}
@@ -264,6 +312,7 @@ def prune_channel_groups(source: ModelSource, sparsity: float, out: str | os.Pat
     if data is not None:
         record["accuracy_before"] = top1_accuracy(loaded.model, loaded.dag, data)
         record["accuracy_after"] = top1_accuracy(result.slim, loaded.dag, data)
+    record["warnings"] = _warnings(record)
     save_model(result.slim, out)
     if masked_out:
         save_model(result.masked, masked_out)

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -22,9 +23,9 @@ import numpy as np
 import onnxruntime as ort
 from onnx import ModelProto, helper, numpy_helper
 
-from .channels import ChannelGraph, Entry
-from .errors import VerificationError
-from .prepare import Prepared
+from .channels import MIN_KEEP, TARGETS, ChannelGraph, Costs, Entry
+from .errors import UsageError, VerificationError
+from .prepare import Prepared, prepare
 from .read import FLOAT_TYPES
 from .verify import ModelRunner, relative_error
 
@@ -241,6 +242,8 @@ class ChannelPrune:
     masked: ModelProto
     slim: ModelProto
     slim_error: float  # max relative difference slim vs masked on random inputs
+    #: the fraction of the target removed: of the candidate groups, or of the cost's total
+    achieved: float = 0.0
 
     def pinned(self) -> list[dict]:
         """Kept groups by reason: how many groups and channels each reason keeps."""
@@ -253,16 +256,217 @@ class ChannelPrune:
         return [{"reason": r, "groups": n, "channels": k} for r, (n, k) in sorted(rows.items(), key=lambda x: -x[1][0])]
 
 
+def untie(model: ModelProto) -> tuple[ModelProto, dict[str, str]]:
+    """``model`` with every initializer read by one node input only: each further reader of a shared
+    initializer, and each reader of an Identity of an initializer, gets its own copy (the Identity,
+    left unread, is dropped). Returns the model and ``{copy: initializer}``; :func:`retie` undoes the
+    copies that stay equal. Models of IR version < 4 (initializers listed as inputs) are returned as is."""
+    out = _copy(model)
+    if model.ir_version < 4:
+        return out, {}
+    inits = {t.name: t for t in out.graph.initializer}
+    outputs = {o.name for o in out.graph.output}
+    alias = {n.output[0]: n.input[0] for n in out.graph.node
+             if n.op_type == "Identity" and n.input and n.input[0] in inits and n.output[0] not in outputs}
+    origin: dict[str, str] = {}
+    seen: set[str] = set()
+    taken = set(inits) | {o for n in out.graph.node for o in n.output} | {i.name for i in out.graph.input}
+    for node in out.graph.node:
+        if node.op_type == "Identity" and node.output and node.output[0] in alias:
+            continue
+        for j, name in enumerate(node.input):
+            base = alias.get(name, name)
+            if base not in inits or (base not in seen and name == base and base not in outputs):
+                seen.add(base)
+                continue
+            k = 1
+            while f"{base}.copy{k}" in taken:
+                k += 1
+            copy = f"{base}.copy{k}"
+            taken.add(copy)
+            out.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[base]), copy))
+            node.input[j], origin[copy] = copy, base
+    read = {i for n in out.graph.node for i in n.input} | outputs
+    keep = [n for n in out.graph.node if not (n.op_type == "Identity" and n.output and n.output[0] in alias
+                                               and n.output[0] not in read)]
+    del out.graph.node[:]
+    out.graph.node.extend(keep)
+    return out, origin
+
+
+def retie(model: ModelProto, origin: dict[str, str]) -> ModelProto:
+    """Readers of a copy made by :func:`untie` read the original again where both still hold the same
+    tensor (same type, shape and bytes); the copy is dropped. Edits ``model`` in place and returns it."""
+    inits = {t.name: t for t in model.graph.initializer}
+    same = {c for c, b in origin.items() if c in inits and b in inits
+            and inits[c].data_type == inits[b].data_type and list(inits[c].dims) == list(inits[b].dims)
+            and numpy_helper.to_array(inits[c]).tobytes() == numpy_helper.to_array(inits[b]).tobytes()}
+    for node in model.graph.node:
+        for j, name in enumerate(node.input):
+            if name in same:
+                node.input[j] = origin[name]
+    keep = [t for t in model.graph.initializer if t.name not in same]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    return model
+
+
+def node_times(model: ModelProto, prepared: Prepared, repeats: int = 20) -> dict[str, float]:
+    """Median onnxruntime kernel time (seconds) of each node, by its first output's name: one thread,
+    graph optimisations off (each node runs as its own kernel); empty when onnxruntime cannot run
+    the model."""
+    import json
+    import os
+    import tempfile
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.enable_profiling = True
+    named = _copy(model)
+    for k, node in enumerate(named.graph.node):  # names onnxruntime reports back, one per node
+        node.name = f"n{k}"
+    with tempfile.TemporaryDirectory() as tmp:
+        opts.profile_file_prefix = os.path.join(tmp, "profile")
+        try:
+            session = ort.InferenceSession(named.SerializeToString(), sess_options=opts,
+                                           providers=["CPUExecutionProvider"])
+        except Exception:  # onnxruntime's own errors have no common base class
+            return {}
+        feeds = random_feeds(prepared)
+        for _ in range(repeats + 2):
+            session.run(None, feeds)
+        with open(session.end_profiling()) as f:
+            events = json.load(f)
+    runs: dict[str, list[float]] = defaultdict(list)
+    for e in events:
+        if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time"):
+            runs[e["name"][: -len("_kernel_time")]].append(float(e["dur"]) * 1e-6)
+    outputs = {f"n{k}": node.output[0] for k, node in enumerate(named.graph.node) if node.output}
+    return {outputs[name]: float(np.median(ts[2:] or ts)) for name, ts in runs.items() if name in outputs}
+
+
+def _work(cg: ChannelGraph, prepared: Prepared, node, full: dict) -> tuple:
+    """The counters a node's work is proportional to: its weight's axes (Conv/Gemm/MatMul with a
+    constant weight), else its output's channel count (a per-channel op), else none (fixed)."""
+    if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in prepared.consts:
+        shape = prepared.consts[node.input[1]].shape
+        keys = tuple(("c", node.input[1], a) for a in range(len(shape)))
+        full.update(zip(keys, shape))
+        return keys
+    out = node.output[0] if node.output else ""
+    if out in cg.layouts:
+        full[("t", out)] = cg.layouts[out].n
+        return (("t", out),)
+    return ()
+
+
+def channel_costs(cg: ChannelGraph, prepared: Prepared, target: str, repeats: int = 20,
+                  original: ModelProto | None = None) -> Costs | None:
+    """The :class:`~onnx_pathlift.channels.Costs` of ``target``: ``params`` (every float constant a
+    group cuts, its size; total: all float parameters), ``macs`` (each Conv/Gemm/MatMul/BN node's
+    :func:`layer_costs` MACs, scaled by its weight's or output's kept fraction), ``latency`` (each node's
+    onnxruntime kernel time from :func:`node_times`, scaled the same way; total: their sum); None
+    for ``groups``. ``original``: the model whose parameters are the total (default: ``prepared``'s;
+    :func:`prune_channels` passes the model before :func:`untie`'s copies)."""
+    if target not in TARGETS:
+        raise UsageError(f"--target must be one of {', '.join(TARGETS)} (got {target!r})")
+    full: dict = {}
+    items: list = []
+    if target == "params":
+        names = {e[0] for g in cg.groups for e in g.sinks + g.sources + g.slices}
+        for name in sorted(n for n in names if prepared.consts[n].dtype.kind == "f"):
+            shape = prepared.consts[name].shape
+            keys = tuple(("c", name, a) for a in range(len(shape)))
+            full.update(zip(keys, shape))
+            items.append((float(prepared.consts[name].size), keys))
+        return Costs(float(float_parameters(original or prepared.model)), items, full)
+    if target == "macs":
+        nodes = [n for n in prepared.nodes if n.op_type in ("Conv", "Gemm", "MatMul", "BatchNormalization")]
+        items = [(float(c.macs), _work(cg, prepared, n, full)) for n, c in zip(nodes, layer_costs(prepared))]
+        return Costs(sum(w for w, _ in items), items, full)
+    if target == "latency":
+        times = node_times(prepared.model, prepared, repeats)
+        if not times:
+            raise UsageError("--target latency: onnxruntime cannot run this model")
+        items = [(times.get(n.output[0], 0.0), _work(cg, prepared, n, full)) for n in prepared.nodes if n.output]
+        return Costs(sum(times.values()), items, full)
+    return None
+
+
+@dataclass
+class Selection:
+    """How :func:`prune_channels` picks groups (``prune --structure channel``'s options)."""
+
+    criterion: str = "path-mass"
+    scope: str = "global"
+    target: str = "groups"
+    round_to: int = 1
+    min_keep: float = MIN_KEEP
+    layers: str | None = None  # regular expression: only groups with a matching tensor or writing weight
+    seed: int = 0
+    #: remove in this many equal steps, path mass recomputed on the masked model after each (a removed
+    #: group then scores 0 and a layer's remaining groups score higher: :func:`channels.normalise`)
+    steps: int = 1
+    normalised: bool = True  # rank scores divided by their layer's mean (:func:`channels.normalise`)
+
+
+def _restrict(cg: ChannelGraph, scores: np.ndarray, pattern: str | None) -> np.ndarray:
+    """Scores set to NaN for the groups none of whose tensors and none of whose writing weights
+    (sources: conv filters, dense rows, depthwise filters) match ``pattern``."""
+    if pattern is None:
+        return scores
+    try:
+        rx = re.compile(pattern)
+    except re.error as exc:
+        raise UsageError(f"bad --layers pattern {pattern!r}: {exc}") from None
+    out = scores.copy()
+    for i, g in enumerate(cg.groups):
+        names = {t for t, _ in g.channels} | {e[0] for e in g.sources}
+        if not any(rx.search(n) for n in names):
+            out[i] = np.nan
+    if np.all(np.isnan(out)):
+        raise UsageError(f"--layers {pattern!r} matches no removable channel group")
+    return out
+
+
 def prune_channels(model: ModelProto, prepared: Prepared, dag, sparsity: float, criterion: str = "path-mass",
-                   scope: str = "global", seed: int = 0, providers=None) -> ChannelPrune:
-    """Score the channel groups of ``model``, remove the ``sparsity`` fraction of the removable ones
-    with the lowest scores, and build the masked and the slim model (checked against each other)."""
+                   scope: str = "global", seed: int = 0, providers=None, selection: Selection | None = None,
+                   repeats: int = 20) -> ChannelPrune:
+    """Score the channel groups of ``model`` and remove the ``sparsity`` fraction of the removable ones
+    (or of a cost: ``selection.target``) with the lowest normalised scores (:func:`channels.choose`),
+    and build the masked and the slim model (checked against each other). Shared initializers and
+    those read through an Identity are copied for each reader (:func:`untie`) and merged back where
+    they stay equal."""
     from .channels import channel_graph, choose, group_scores
+    from .importer import import_prepared
 
-    cg = channel_graph(model, prepared)
-    scores = group_scores(cg, prepared, criterion, dag, seed, providers)
-    removed = choose(cg, scores, sparsity, scope)
-    masked, slim = masked_model(model, cg, removed), slim_model(model, cg, removed)
-    return ChannelPrune(cg, scores, removed, masked, slim, check_slim(masked, slim, prepared, list(dag.outputs)))
+    sel = selection or Selection(criterion, scope, seed=seed)
+    untied, origin = untie(model)
+    p = prepare(untied, prepared.inputs) if origin else prepared
+    cg = channel_graph(untied, p)
+    costs = channel_costs(cg, p, sel.target, repeats, model)
+    removed: list[int] = []
+    for step in range(1, sel.steps + 1):
+        at = dag if step == 1 and not origin else import_prepared(prepare(masked_model(untied, cg, removed), p.inputs), None)
+        scores = group_scores(cg, p, sel.criterion, at, sel.seed, providers)
+        removed = choose(cg, _restrict(cg, scores, sel.layers), sparsity * step / sel.steps, sel.scope, sel.round_to,
+                         sel.min_keep, costs, sel.normalised)
+    masked = retie(masked_model(untied, cg, removed), origin)
+    slim = retie(slim_model(untied, cg, removed), origin)
+    return ChannelPrune(cg, scores, removed, masked, slim, check_slim(masked, slim, prepared, list(dag.outputs)),
+                        _achieved(cg, costs, removed, _restrict(cg, scores, sel.layers)))
 
 
+def _achieved(cg: ChannelGraph, costs: Costs | None, removed: list[int], scores: np.ndarray) -> float:
+    """The fraction of the removable scored groups in ``removed``, or of ``costs.total`` it removes."""
+    if costs is None:
+        live = [i for i in cg.removable() if not np.isnan(scores[i])]
+        return len(removed) / len(live) if live else 0.0
+    kept = dict(costs.full)
+    for i in removed:
+        for key, k in costs.touches(cg.groups[i]).items():
+            if key in kept:
+                kept[key] -= k
+    return costs.removed(kept) / costs.total if costs.total > 0 else 0.0

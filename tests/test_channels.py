@@ -213,7 +213,7 @@ def test_compare_original_masked_is_exact_and_its_bound_holds(tmp_path, capsys) 
     model, _ = tiny_nets.residual_concat(2)
     src = tmp_path / "net.onnx"
     onnx.save(model, src)
-    rc, out, _ = run_main(capsys, "prune", src, "--structure", "channel", "--sparsity", "0.5",
+    rc, out, _ = run_main(capsys, "prune", src, "--structure", "channel", "--sparsity", "0.5", "--round-to", "1",
                           "-o", tmp_path / "slim.onnx", "--masked", tmp_path / "masked.onnx", "--json")
     assert rc == 0
     report = json.loads(out)
