@@ -9,12 +9,13 @@ import sys
 import numpy as np
 import onnx
 import pytest
-import torch
 from builders import make_model
 from checks import outputs
 from conftest import MODELS, ROOT, load_tool
 from onnx import helper
 
+torch = pytest.importorskip("torch", reason="torch is not installed: pip install -e '.[tools]'")
+pytest.importorskip("torch_pruning", reason="torch-pruning is not installed: pip install -e '.[tools]'")
 onnx_torch = load_tool("onnx_torch")
 
 
