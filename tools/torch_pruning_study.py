@@ -324,7 +324,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def meta(args: argparse.Namespace, wall_s: float) -> dict:
-    return {"command": "python tools/torch_pruning_study.py " + " ".join(sys.argv[1:]), "nets": args.nets,
+    return {"command": " ".join(["python tools/torch_pruning_study.py", *sys.argv[1:]]), "nets": args.nets,
             "sparsities": args.sparsities, "scopes": args.scopes, "epochs": args.epochs,
             "finetune_epochs": args.finetune_epochs, "finetune_lr": args.finetune_lr, "seed": dn.SEED,
             "repeats": args.repeats, "ours_args": args.ours_args, "tolerance": TOLERANCE,
