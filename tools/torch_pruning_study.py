@@ -34,7 +34,7 @@ Writes ``--out`` (default ``docs/torch_pruning_study.json``) and prints markdown
 
     python tools/torch_pruning_study.py                       # the three nets, 50 and 70 %
     python tools/torch_pruning_study.py --quick               # one net, one sparsity (development)
-    python tools/torch_pruning_study.py --ours-args '{"round_to": 8}'
+    python tools/torch_pruning_study.py --ours-args '{"round_to": 8}'   # once prune_channel_groups takes it
 """
 
 from __future__ import annotations
