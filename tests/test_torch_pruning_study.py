@@ -62,6 +62,22 @@ def test_rebuild_trains_weights_only_and_round_trips(tmp_path):
     assert np.abs(ours - _rebuilt_outputs(model, x.numpy())[0]).max() > 1e-2  # the weights did change
 
 
+def test_inserted_batchnorms_start_as_the_identity():
+    """``bn_after_conv``: one trainable BatchNorm per conv; after ``calibrate`` the rebuild still reproduces
+    onnxruntime in eval mode, and in training mode on the calibration batch (its statistics are the running ones)."""
+    model = onnx.load(MODELS / "digits_cnn_torch.onnx")  # BN folded by the exporter
+    x = onnx_torch.input_batch(model, np.load(MODELS / "digits_test.npz")["x"])
+    module = onnx_torch.OnnxModule(model, bn_after_conv=True)
+    assert len(module.norms) == sum(n.op_type == "Conv" for n in model.graph.node) > 0
+    module.calibrate(torch.from_numpy(x))
+    assert onnx_torch.max_abs_error(module, model, x) <= 1e-4
+    with torch.no_grad():
+        trained_mode = module.train()(torch.from_numpy(x)).numpy()
+    (expected,) = outputs(model, {"input": x})
+    assert np.abs(trained_mode - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max())
+    assert all(p.requires_grad for bn in module.norms.values() for p in bn.parameters())
+
+
 def _every_op_model() -> onnx.ModelProto:
     """Every supported op, with asymmetric conv pads, a padded ceil-mode max-pool, an average pool without
     the pads in its count, a depthwise conv, a Clip with only a lower bound, Gemm with alpha/beta and no

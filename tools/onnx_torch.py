@@ -14,6 +14,10 @@ Anything else (or an attribute we do not implement: ``auto_pad`` SAME_*, asymmet
 MaxPool indices, a BN in training mode) raises :class:`UnsupportedOnnx` naming the node. Nothing is
 written back: :func:`max_abs_error` checks the rebuild against onnxruntime before it is trusted.
 
+``bn_after_conv=True`` inserts a trainable ``nn.BatchNorm2d`` after every 2-D conv (for fine-tuning a model
+whose BatchNorm was folded by the exporter); :meth:`OnnxModule.calibrate` makes them the identity on data
+first, so the rebuilt function is unchanged until training moves them.
+
 Usage::
 
     python tools/onnx_torch.py MODEL.onnx DATA.npz    # prints the max |torch - onnxruntime| on DATA's x
@@ -162,7 +166,7 @@ def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
 class OnnxModule(nn.Module):
     """A torch module computing an ONNX graph; weights of Conv/Gemm/MatMul/BatchNormalization are parameters."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, bn_after_conv: bool = False) -> None:
         super().__init__()
         graph = model.graph
         consts = _constants(graph)
@@ -187,6 +191,8 @@ class OnnxModule(nn.Module):
         self.inputs = [i.name for i in graph.input if i.name not in consts]
         self.outputs = [o.name for o in graph.output]
         self.attrs = [_attrs(n) for n in self.nodes]
+        self.norms = nn.ModuleDict({f"n{i}": nn.BatchNorm2d(consts[n.input[1]].shape[0]) for i, n in enumerate(self.nodes)
+                                    if bn_after_conv and n.op_type == "Conv" and consts[n.input[1]].ndim == 4})
 
     def _value(self, name: str, env: dict):
         if not name:
@@ -198,13 +204,37 @@ class OnnxModule(nn.Module):
         key = self.keys[name]
         return self.weights[key] if key in self.weights else getattr(self, key)
 
-    def forward(self, *xs: torch.Tensor):
+    def _run(self, xs: tuple[torch.Tensor, ...], stats: dict | None = None):
+        """The graph on ``xs``; with ``stats``, the inserted BatchNorms are skipped and the per-channel mean and
+        (biased) variance of their inputs recorded instead."""
         env = dict(zip(self.inputs, xs))
-        for node, a in zip(self.nodes, self.attrs):
-            out = OPS[node.op_type]([self._value(i, env) for i in node.input], a, node)
+        for i, (node, a) in enumerate(zip(self.nodes, self.attrs)):
+            out = OPS[node.op_type]([self._value(name, env) for name in node.input], a, node)
+            if f"n{i}" in self.norms:
+                if stats is None:
+                    out = self.norms[f"n{i}"](out)
+                else:
+                    stats[f"n{i}"] = out.mean(dim=(0, 2, 3)), out.var(dim=(0, 2, 3), unbiased=False)
             env[node.output[0]] = out
         outs = [env[o] for o in self.outputs]
         return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def forward(self, *xs: torch.Tensor):
+        return self._run(xs)
+
+    def calibrate(self, *xs: torch.Tensor) -> None:
+        """Make each BatchNorm inserted after a conv (``bn_after_conv``) the identity on ``xs``: running mean m and
+        variance v = the conv output's statistics, scale √(v + ε), shift m; so eval mode computes the graph's
+        function, and training mode on a batch with those statistics too."""
+        stats: dict = {}
+        with torch.no_grad():
+            self._run(xs, stats)
+            for key, bn in self.norms.items():
+                mean, var = stats[key]
+                bn.running_mean.copy_(mean)
+                bn.running_var.copy_(var)
+                bn.weight.copy_(torch.sqrt(var + bn.eps))
+                bn.bias.copy_(mean)
 
 
 def onnxruntime_outputs(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:

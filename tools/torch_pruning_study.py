@@ -26,7 +26,8 @@ input, ``onnx_pathlift.slim.latency``) are counted on the ONNX files of both too
 Accuracy: top-1 on the test split (a) of the pruned ONNX model in onnxruntime, no fine-tuning; (b) after
 ``--finetune-epochs`` of ``digits_nets.train`` (Adam, cosine, batches of 64, same seed, ``--finetune-lr``) of
 the model rebuilt in torch from ITS ONNX FILE by ``tools/onnx_torch.py`` (both tools the same way: BN
-folded, every Conv/Gemm weight and bias trained), measured in torch. The rebuild must reproduce onnxruntime
+folded, every Conv/Gemm weight and bias trained; ``--finetune-bn``: with a BatchNorm inserted after each conv,
+the identity at the start), measured in torch. The rebuild must reproduce onnxruntime
 on the test split (max abs error ≤ 1e-4) or the study stops. For one model (the first fine-tuned one) the
 fine-tuned module is exported again and run in onnxruntime: the round trip.
 
@@ -136,9 +137,12 @@ def onnx_costs(model: onnx.ModelProto, data: dn.Digits16, repeats: int) -> dict:
             "latency_s": latency(model, prepared, repeats), "top1_pruned": float((logits.argmax(1) == data.y_test).mean())}
 
 
-def finetune(model: onnx.ModelProto, data: dn.Digits16, epochs: int, lr: float) -> tuple[dict, nn.Module]:
-    """Rebuild ``model`` in torch, check it against onnxruntime on the test split, fine-tune, measure top-1."""
-    module = OnnxModule(model)
+def finetune(model: onnx.ModelProto, data: dn.Digits16, epochs: int, lr: float, bn: bool = False) -> tuple[dict, nn.Module]:
+    """Rebuild ``model`` in torch (``bn``: with a BatchNorm after each conv, the identity on the training split),
+    check it against onnxruntime on the test split, fine-tune, measure top-1."""
+    module = OnnxModule(model, bn_after_conv=bn)
+    if bn:
+        module.calibrate(torch.from_numpy(data.x_train))
     error = max_abs_error(module, model, data.x_test)
     if not error <= REBUILD_TOLERANCE:
         raise RuntimeError(f"the torch rebuild differs from onnxruntime by {error:.3g} > {REBUILD_TOLERANCE}")
@@ -197,7 +201,7 @@ def ours_prune(net: Net, sparsity: float, criterion: str, scope: str, ours_args:
 def evaluate(net: Net, model: onnx.ModelProto, row: dict, args: argparse.Namespace) -> dict:
     """Costs, accuracy before and after fine-tuning of one pruned ONNX model; the module is kept for the round trip."""
     row.update(onnx_costs(model, net.data, args.repeats))
-    ft, row["_module"] = finetune(model, net.data, args.finetune_epochs, args.finetune_lr)
+    ft, row["_module"] = finetune(model, net.data, args.finetune_epochs, args.finetune_lr, args.finetune_bn)
     return {**row, **ft}
 
 
@@ -310,6 +314,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=15, help="training epochs of the dense nets")
     parser.add_argument("--finetune-epochs", type=int, default=3)
     parser.add_argument("--finetune-lr", type=float, default=1e-3)
+    parser.add_argument("--finetune-bn", action="store_true",
+                        help="fine-tune with a BatchNorm after each rebuilt conv (the identity at the start), both tools")
     parser.add_argument("--repeats", type=int, default=200, help="onnxruntime runs per latency (median)")
     parser.add_argument("--ours-args", type=json.loads, default={},
                         help="JSON object of extra keyword arguments for prune_channel_groups, passed unchanged")
@@ -326,7 +332,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def meta(args: argparse.Namespace, wall_s: float) -> dict:
     return {"command": " ".join(["python tools/torch_pruning_study.py", *sys.argv[1:]]), "nets": args.nets,
             "sparsities": args.sparsities, "scopes": args.scopes, "epochs": args.epochs,
-            "finetune_epochs": args.finetune_epochs, "finetune_lr": args.finetune_lr, "seed": dn.SEED,
+            "finetune_epochs": args.finetune_epochs, "finetune_lr": args.finetune_lr, "finetune_bn": args.finetune_bn,
+            "seed": dn.SEED,
             "repeats": args.repeats, "ours_args": args.ours_args, "tolerance": TOLERANCE,
             "rebuild_tolerance": REBUILD_TOLERANCE, "importances": list(IMPORTANCES), "threads": 1,
             "versions": {"torch": torch.__version__, "torch_pruning": tp.__version__, "onnx": onnx.__version__,
