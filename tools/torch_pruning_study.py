@@ -44,7 +44,6 @@ import argparse
 import copy
 import json
 import math
-import os
 import platform
 import sys
 import tempfile
@@ -72,7 +71,6 @@ from onnx_pathlift.prepare import prepare  # noqa: E402
 from onnx_pathlift.prune import prune_channel_groups  # noqa: E402
 from onnx_pathlift.slim import float_parameters, latency, layer_costs  # noqa: E402
 
-OURS = ("path-mass", "l1-norm")
 SCOPES = ("layer", "global")
 IMPORTANCES: dict[str, Callable[[], object]] = {
     "L1": lambda: tp.importance.MagnitudeImportance(p=1),
@@ -366,5 +364,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     sys.exit(main())
