@@ -362,6 +362,22 @@ def _print_channel_pruning(report) -> None:
               f"{after * 1e3:.3f} ms ({after / before:.2f}×)")
     if "accuracy_before" in r:
         print(f"  top-1 accuracy {r['accuracy_before']:.4f} → {r['accuracy_after']:.4f}")
+    if "recovery" in r:
+        _print_recovery(r["recovery"], m)
+
+
+def _print_recovery(rec: dict, metric: dict) -> None:
+    print(f"  recovered from {rec['samples']} calibration samples: {rec['refit']} layer(s) re-fitted by least squares, "
+          f"{rec['shifted']} bias-shifted; the certificate above is for the recovered model (weights re-fitted: "
+          f"not the pruning-exact case, route {metric['route']})")
+    for name, table in (("calibration", rec["calibration"]), ("eval", rec["eval"])):
+        if table is None:
+            continue
+        for k in ("pruned", "recovered"):
+            row = table[k]
+            top1 = f"top-1 {row['top1']:.4f} (original {table['original']['top1']:.4f}), " if "top1" in row else ""
+            print(f"    {name:11s} {k:9s}: {top1}output error {row['output_rel_error']:.4g} (relative), "
+                  f"{row['output_mean_l1']:.4g} (mean ℓ1)")
 
 
 def cmd_prune(args) -> int:
@@ -373,9 +389,11 @@ def cmd_prune(args) -> int:
         if args.mask or args.layers:
             raise UsageError("--mask and --layers go with --structure weight")
         report = prune_channel_groups(args.model, args.sparsity, args.out, masked_out=args.masked,
-                                      repeats=args.repeats, **common)
+                                      repeats=args.repeats, calibration=args.calibration, **common)
         _show(args, report, _print_channel_pruning)
         return 0
+    if args.calibration:
+        raise UsageError("--calibration goes with --structure channel")
     if args.masked:
         raise UsageError("--masked goes with --structure channel (weight pruning writes its masked model to -o)")
     report = prune_weights(args.model, args.sparsity, args.out, layers=args.layers, mask_out=args.mask, **common)
@@ -523,6 +541,9 @@ def _add_prune(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("-o", "--out", required=True, help="where to write the pruned model")
     pr.add_argument("--mask", help="also write the keep-masks (.npz keyed by initializer name)")
     pr.add_argument("--eval", metavar="DATA.npz", help="arrays x, y: top-1 accuracy before and after")
+    pr.add_argument("--calibration", metavar="DATA.npz",
+                    help="--structure channel: arrays x (optional y): path-mass weighted by the activations seen, and the "
+                         "slim model re-fitted to reproduce the original's outputs (least squares, no training)")
     pr.add_argument("--input-linf", type=float, default=1.0, metavar="R", help="certify inputs with ‖x‖_∞ ≤ R")
 
 

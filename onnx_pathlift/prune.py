@@ -201,6 +201,29 @@ def prune_weights(source: ModelSource, sparsity: float, out: str | os.PathLike, 
     return result
 
 
+def _calibration(loaded: Loaded, data: Data):
+    """The calibration samples and labels, checked (None without calibration data)."""
+    if data is None:
+        return None
+    from .calibration import read_calibration
+
+    return read_calibration(data, loaded.dag.layer(loaded.dag.inputs[0]).shape)
+
+
+def _recover(loaded: Loaded, result: ChannelPrune, calib, eval_data: Data):
+    """Recover ``result``'s slim model in place (slim, masked, slim-vs-masked error) and return the
+    :class:`~onnx_pathlift.recover.Recovery`."""
+    from .calibration import read_calibration
+    from .recover import recover
+
+    shape = loaded.dag.layer(loaded.dag.inputs[0]).shape
+    evaluation = None if eval_data is None else read_calibration(eval_data, shape, "--eval")
+    recovery = recover(loaded.model, result.slim, result.masked, result.graph, result.removed, loaded.prepared,
+                       list(loaded.dag.outputs), calib, evaluation)
+    result.slim, result.masked, result.slim_error = recovery.slim, recovery.masked, recovery.slim_error
+    return recovery
+
+
 @dataclass
 class ChannelPruning:
     """``onnx-pathlift prune --structure channel``: the slim and masked models and ``record``, the
@@ -234,13 +257,16 @@ def _costs(loaded: Loaded, result: ChannelPrune, input_shape) -> tuple[dict[str,
 def prune_channel_groups(source: ModelSource, sparsity: float, out: str | os.PathLike, criterion: str | None = None,
                          scope: str = "global", masked_out: str | os.PathLike | None = None, input_shape=None,
                          outputs: list[str] | None = None, input_linf: float = 1.0, eval_data: Data = None,
-                         repeats: int = 20) -> ChannelPruning:
+                         repeats: int = 20, calibration: Data = None) -> ChannelPruning:
     """Remove the ``sparsity`` fraction (in [0, 1]) of the removable channel groups of ``source`` with
     the lowest ``criterion`` (``path-mass``, the default and rescaling-invariant, or ``l1-norm``;
     ``scope``: ``global`` or per ``layer``), write the smaller model to ``out`` (checked to compute the
     masked model) and the masked model to ``masked_out``; certify the change by the path-metric
     between the original and the masked model (``‖x‖_∞ ≤ input_linf``); measure onnxruntime latency
-    (median of ``repeats`` runs, seconds) and, with ``eval_data``, top-1 accuracy. Raises
+    (median of ``repeats`` runs, seconds) and, with ``eval_data``, top-1 accuracy. With
+    ``calibration`` (arrays ``x``, optional ``y``): ``path-mass`` becomes the data-aware path mass
+    and the slim model is recovered by least squares (:mod:`onnx_pathlift.recover`); the model
+    written, the masked model and the certificate are then the recovered ones. Raises
     :class:`UsageError` for a bad criterion, sparsity or ``repeats`` < 1 and when an output names
     the input; :class:`~onnx_pathlift.errors.VerificationError` when the slim model does not
     reproduce the masked one."""
@@ -252,14 +278,26 @@ def prune_channel_groups(source: ModelSource, sparsity: float, out: str | os.Pat
     if repeats < 1:
         raise UsageError(f"--repeats must be at least 1 (got {repeats})")
     loaded = load(source, input_shape, outputs)
-    result = prune_channels(loaded.model, loaded.prepared, loaded.dag, sparsity, criterion, scope)
+    calib, recovery = _calibration(loaded, calibration), None
+    scorer = None
+    if calib is not None and criterion == "path-mass":
+        from .recover import data_aware_mass
+
+        def scorer(cg):
+            return data_aware_mass(cg, loaded.model, loaded.prepared, calib[0])
+    result = prune_channels(loaded.model, loaded.prepared, loaded.dag, sparsity, criterion, scope, scorer=scorer)
+    if calib is not None:
+        recovery = _recover(loaded, result, calib, eval_data)
     costs, slim_prepared = _costs(loaded, result, input_shape)
-    metric = path_metric(loaded.dag, import_model(result.masked, input_shape))  # sound: rounded outward
+    reference = loaded.dag if recovery is None else import_model(recovery.reference, input_shape)
+    metric = path_metric(reference, import_model(result.masked, input_shape))  # sound: rounded outward
     record = {"model": model_name(source), "written": str(out), "masked": None if masked_out is None else str(masked_out),
               "structure": "channel", "criterion": criterion, "scope": scope, "sparsity": sparsity, **costs,
               "metric": metric.to_dict(input_linf), "latency_repeats": repeats,
               "latency_before_s": latency(loaded.model, loaded.prepared, repeats),
               "latency_after_s": latency(result.slim, slim_prepared, repeats)}
+    if recovery is not None:
+        record["recovery"] = recovery.to_dict()
     data = _data(eval_data)
     if data is not None:
         record["accuracy_before"] = top1_accuracy(loaded.model, loaded.dag, data)

@@ -254,13 +254,14 @@ class ChannelPrune:
 
 
 def prune_channels(model: ModelProto, prepared: Prepared, dag, sparsity: float, criterion: str = "path-mass",
-                   scope: str = "global", seed: int = 0, providers=None) -> ChannelPrune:
-    """Score the channel groups of ``model``, remove the ``sparsity`` fraction of the removable ones
-    with the lowest scores, and build the masked and the slim model (checked against each other)."""
+                   scope: str = "global", seed: int = 0, providers=None, scorer=None) -> ChannelPrune:
+    """Score the channel groups of ``model`` (``scorer(cg)``, when given, replaces ``criterion``'s
+    scores), remove the ``sparsity`` fraction of the removable ones with the lowest scores, and build
+    the masked and the slim model (checked against each other)."""
     from .channels import channel_graph, choose, group_scores
 
     cg = channel_graph(model, prepared)
-    scores = group_scores(cg, prepared, criterion, dag, seed, providers)
+    scores = scorer(cg) if scorer is not None else group_scores(cg, prepared, criterion, dag, seed, providers)
     removed = choose(cg, scores, sparsity, scope)
     masked, slim = masked_model(model, cg, removed), slim_model(model, cg, removed)
     return ChannelPrune(cg, scores, removed, masked, slim, check_slim(masked, slim, prepared, list(dag.outputs)))
