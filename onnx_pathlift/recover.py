@@ -159,7 +159,7 @@ class _Recoverer:
         if node.op_type == "Gemm" and (int(a.get("transA", 0)) or w.ndim != 2 or not a.get("alpha", 1.0)):
             return self.shift(node, "Gemm with transA or alpha 0: bias shift only")
         if node.op_type == "MatMul" and w.ndim != 2:
-            return LayerFit(node.name, node.op_type, "kept", note="batched MatMul weight")
+            return LayerFit(node.name or node.output[0], node.op_type, "kept", note="batched MatMul weight")
         x, (y, active) = self.slim_value(node.input[0]), self.target(node)
         if node.op_type == "Conv":
             return self.refit_conv(node, w, x, y, a, active)
@@ -199,7 +199,7 @@ class _Recoverer:
     def shift(self, node: NodeProto, note: str) -> LayerFit:
         """``b += mean(Y − Ŷ)`` per output channel (Conv, Gemm; a MatMul has no bias: kept)."""
         if node.op_type == "MatMul" or (node.op_type == "Gemm" and not float(self.attrs(node).get("beta", 1.0))):
-            return LayerFit(node.name, node.op_type, "kept", note="no bias to shift")
+            return LayerFit(node.name or node.output[0], node.op_type, "kept", note="no bias to shift")
         y, active = self.target(node)
         y, y_hat = y[:, : y.shape[1] // 2] if active else y, self.slim_value(node.output[0])
         axes = tuple(k for k in range(y.ndim) if k != 1)
@@ -208,7 +208,7 @@ class _Recoverer:
         shape[1] = -1
         scale = float(self.attrs(node).get("beta", 1.0)) if node.op_type == "Gemm" else 1.0
         self.write_bias(node, self.bias(node, y.shape[1]) + delta / scale)
-        return LayerFit(node.name, node.op_type, "shift", y.size // y.shape[1], None, _relative(y, y_hat),
+        return LayerFit(node.name or node.output[0], node.op_type, "shift", y.size // y.shape[1], None, _relative(y, y_hat),
                         _relative(y, y_hat + delta.reshape(shape)), note)
 
     def bias(self, node: NodeProto, n: int) -> np.ndarray:
@@ -241,7 +241,7 @@ def _summary(node: NodeProto, fits: list[Fit]) -> LayerFit:
     """A layer's fits in one row: rows and errors summed over groups, the median λ of those refit."""
     yy = max(sum(f.yy for f in fits), 1e-300)
     lams = [f.ridge for f in fits if f.ridge is not None]
-    return LayerFit(node.name, node.op_type, "refit", sum(f.rows for f in fits), float(np.median(lams)) if lams else None,
+    return LayerFit(node.name or node.output[0], node.op_type, "refit", sum(f.rows for f in fits), float(np.median(lams)) if lams else None,
                     math.sqrt(sum(f.err0 for f in fits) / yy), math.sqrt(sum(f.err1 for f in fits) / yy),
                     f"{len(fits)} groups" if len(fits) > 1 else "")
 
