@@ -148,7 +148,7 @@ def fit(rows: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]], beta0: np.nda
     return Fit(beta, lam, max(ne.error(beta0, g, c, yy), 0.0), max(ne.error(beta, g, c, yy), 0.0), yy, ne.rows)
 
 
-ACTIVE_STEPS = 12  # re-targeting steps of an activation-aware fit
+ACTIVE_STEPS = 4  # re-targeting steps of an activation-aware fit
 
 
 def activation_aware(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], beta0: np.ndarray,
