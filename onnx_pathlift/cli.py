@@ -367,9 +367,10 @@ def _print_channel_pruning(report) -> None:
 
 
 def _print_recovery(rec: dict, metric: dict) -> None:
+    exact = "the pruning-exact case" if metric["exact"] else "not the pruning-exact case"
     print(f"  recovered from {rec['samples']} calibration samples: {rec['refit']} layer(s) re-fitted by least squares, "
-          f"{rec['shifted']} bias-shifted; the certificate above is for the recovered model (weights re-fitted: "
-          f"not the pruning-exact case, route {metric['route']})")
+          f"{rec['shifted']} bias-shifted; the certificate above is for the recovered model ({exact}, route "
+          f"{metric['route']})")
     for name, table in (("calibration", rec["calibration"]), ("eval", rec["eval"])):
         if table is None:
             continue

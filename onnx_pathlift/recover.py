@@ -46,6 +46,7 @@ from .refit import Fit, conv_rows, dense_rows, fit
 from .slim import _Constants, _copy, _cuts, check_slim, removed_channels
 
 FIT_SAMPLES = 2048  # calibration samples the fits use (a fixed random subset when there are more)
+TENSOR_BYTES = 1 << 28  # the most one collected float32 tensor may take: fewer samples for large layers
 
 
 @dataclass
@@ -78,8 +79,8 @@ class _Recoverer:
         self.consts = _Constants(self.slim)
         self.gone = removed_channels(cg, removed)
         self.sinks = {e[0] for i in removed for e in cg.groups[i].sinks}
-        pick = np.sort(np.random.default_rng(0).choice(len(x), FIT_SAMPLES, replace=False)) if len(x) > FIT_SAMPLES else slice(None)
-        self.x, self.input_name = x[pick], input_name
+        self.all_x = x[np.random.default_rng(0).permutation(len(x))[:FIT_SAMPLES]]
+        self.x, self.input_name = self.all_x, input_name
         self.written: dict[str, np.ndarray] = {}  # slim-size values of the constants written
         self.added: dict[str, tuple[str, np.ndarray]] = {}  # added bias -> (node output, kept output channels)
         self.readers()
@@ -151,7 +152,13 @@ class _Recoverer:
         (value,) = collect(self.slim, [name], self.x, self.input_name, self.p.elem_types)
         return value
 
+    def use_samples(self, node: NodeProto) -> None:
+        """Fit ``node`` on as many of the samples as keep its input and output within :data:`TENSOR_BYTES`."""
+        per = max(math.prod(self.p.shapes.get(t, (1,))[1:]) for t in (node.input[0], node.output[0]))
+        self.x = self.all_x[: max(16, min(len(self.all_x), TENSOR_BYTES // (4 * max(per, 1))))]
+
     def refit(self, node: NodeProto) -> LayerFit:
+        self.use_samples(node)
         a = self.attrs(node)
         w = self.consts.get(node.input[1])
         if node.op_type == "Conv" and w.ndim != 4:
@@ -198,6 +205,7 @@ class _Recoverer:
 
     def shift(self, node: NodeProto, note: str) -> LayerFit:
         """``b += mean(Y − Ŷ)`` per output channel (Conv, Gemm; a MatMul has no bias: kept)."""
+        self.use_samples(node)
         if node.op_type == "MatMul" or (node.op_type == "Gemm" and not float(self.attrs(node).get("beta", 1.0))):
             return LayerFit(node.name or node.output[0], node.op_type, "kept", note="no bias to shift")
         y, active = self.target(node)
