@@ -33,7 +33,7 @@ had none is added, zero, to the original too (a zero bias starts no path: same `
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -42,7 +42,7 @@ from onnx import ModelProto, NodeProto, helper, numpy_helper
 from .calibration import active_range, collect, evaluate, fresh_name, gated_model
 from .channels import ChannelGraph, group_scores
 from .prepare import Prepared
-from .refit import Fit, conv_rows, dense_rows, fit
+from .refit import Fit, activation_aware, conv_rows, dense_rows, fit
 from .slim import _Constants, _copy, _cuts, check_slim, removed_channels
 
 FIT_SAMPLES = 2048  # calibration samples the fits use (a fixed random subset when there are more)
@@ -65,13 +65,9 @@ class LayerFit:
     note: str = ""
 
 
-def _relative(y: np.ndarray, y_hat: np.ndarray) -> float:
-    return float(np.linalg.norm((y - y_hat).ravel()) / max(float(np.linalg.norm(y.ravel())), 1e-300))
-
-
 class _Recoverer:
-    """Walks the slim model's Conv/Gemm/MatMul nodes in order, refitting the sinks of the removed
-    groups and shifting the biases of the other layers whose input changed."""
+    """Walks the slim model's Conv/Gemm/MatMul nodes in order, refitting those that read a removed
+    group (the sinks) or a tensor changed upstream; a layer that cannot be refit gets a bias shift."""
 
     def __init__(self, original: ModelProto, slim: ModelProto, cg: ChannelGraph, removed: list[int],
                  prepared: Prepared, x: np.ndarray, input_name: str):
@@ -86,19 +82,18 @@ class _Recoverer:
         self.readers()
 
     def run(self) -> list[LayerFit]:
+        """Refit (or shift) each weight layer that reads a removed group or a changed tensor, in order."""
         changed: set[str] = set()
         fits = []
         for node in self.slim.graph.node:
             acts = [i for i in node.input if i and i not in self.p.consts]
-            if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in self.p.consts:
-                if node.input[1] in self.sinks:
-                    fits.append(self.refit(node))
-                elif changed.intersection(acts):
-                    fits.append(self.refit(node))
-                else:
-                    continue
+            weight = node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in self.p.consts
+            if weight and (node.input[1] in self.sinks or changed.intersection(acts)):
+                stored = node.input[1] in self.consts.init or node.input[1] in self.consts.node
+                fits.append(self.refit(node) if stored else LayerFit(node.name or node.output[0], node.op_type, "kept",
+                                                                     note="weight computed in the graph"))
                 changed.update(node.output)
-            elif changed.intersection(acts):
+            elif not weight and changed.intersection(acts):
                 changed.update(node.output)
         return fits
 
@@ -204,20 +199,25 @@ class _Recoverer:
         return _summary(node, [result])
 
     def shift(self, node: NodeProto, note: str) -> LayerFit:
-        """``b += mean(Y − Ŷ)`` per output channel (Conv, Gemm; a MatMul has no bias: kept)."""
+        """Refit the bias alone (weights kept): per output channel the constant ``b`` with ``Ŷ − b₀ + b``
+        closest to the target (:func:`refit.activation_aware` on a column of ones, the weights' part as
+        the offset: λ chosen on held-out samples, through the Relu/Clip that reads the layer, if any;
+        without one the loss is the squared error and the fit the mean shift); a MatMul has no bias."""
         self.use_samples(node)
-        if node.op_type == "MatMul" or (node.op_type == "Gemm" and not float(self.attrs(node).get("beta", 1.0))):
+        scale = float(self.attrs(node).get("beta", 1.0)) if node.op_type == "Gemm" else 1.0
+        if node.op_type == "MatMul" or not scale:
             return LayerFit(node.name or node.output[0], node.op_type, "kept", note="no bias to shift")
         y, active = self.target(node)
-        y, y_hat = y[:, : y.shape[1] // 2] if active else y, self.slim_value(node.output[0])
-        axes = tuple(k for k in range(y.ndim) if k != 1)
-        delta = np.mean(y.astype(np.float64) - y_hat, axis=axes)
-        shape = [1] * y.ndim
-        shape[1] = -1
-        scale = float(self.attrs(node).get("beta", 1.0)) if node.op_type == "Gemm" else 1.0
-        self.write_bias(node, self.bias(node, y.shape[1]) + delta / scale)
-        return LayerFit(node.name or node.output[0], node.op_type, "shift", y.size // y.shape[1], None, _relative(y, y_hat),
-                        _relative(y, y_hat + delta.reshape(shape)), note)
+        y_hat = self.slim_value(node.output[0])
+        c = y_hat.shape[1]
+        b0 = self.bias(node, c) * scale
+        rest = y_hat - b0.reshape((1, c) + (1,) * (y.ndim - 2))  # what the weights give: Ŷ = rest + b
+        t, o = (y[:, :c], y[:, c:]) if active else (y, np.zeros_like(y))
+        both = np.moveaxis(np.concatenate([t - rest, o + rest], axis=1), 1, -1)
+        rows = dense_rows(np.ones(both.shape[:-1] + (1,), np.float32), both, False)
+        result = activation_aware(list(rows), b0[None, :], active or (-math.inf, math.inf))
+        self.write_bias(node, result.beta[0] / scale)
+        return replace(_summary(node, [result]), action="shift", note=note)
 
     def bias(self, node: NodeProto, n: int) -> np.ndarray:
         """The node's bias as a vector of ``n`` (zeros when it has none)."""
@@ -236,8 +236,7 @@ class _Recoverer:
             if old.size == value.size:
                 return self.write(node.input[2], value)
         name = fresh_name(self.slim, f"{node.output[0]}__recovered_bias")
-        dtype = numpy_helper.to_array(next(t for t in self.slim.graph.initializer if t.name == node.input[1])).dtype \
-            if any(t.name == node.input[1] for t in self.slim.graph.initializer) else np.float32
+        dtype = self.consts.get(node.input[1]).dtype
         _add_bias(self.slim, node, name, value.astype(dtype))
         self.consts = _Constants(self.slim)
         self.written[name] = value.astype(dtype)

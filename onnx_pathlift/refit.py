@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-RIDGE_GRID = (1e-8, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+RIDGE_GRID = (1e-8, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 ROW_CAP = 1 << 15  # sampled output positions per conv fit
 
 

@@ -116,6 +116,29 @@ def test_recovery_reduces_held_out_error_and_its_certificate_holds(tmp_path) -> 
     sample_and_search(model, masked, dag, metric["bound"], 1.0, np.random.default_rng(3), samples=5, steps=10)
 
 
+def test_a_layer_that_cannot_be_refit_gets_its_bias_mean_shifted(tmp_path) -> None:
+    """1-D convs (not refit: im2col is 2-D) read by a Flatten → Gemm head: the second conv reads pruned
+    channels and is bias-shifted (its error can only fall: the mean is the least-squares constant),
+    the head is refit; the recovered output is closer to the original's."""
+    rng = np.random.default_rng(7)
+    p = {"W1": normal(rng, (6, 2, 3), 6), "b1": rng.normal(0, 0.3, 6), "W2": normal(rng, (6, 6, 3), 18),
+         "b2": rng.normal(0, 0.3, 6), "Wf": normal(rng, (3, 72), 72), "bf": rng.normal(0, 0.3, 3)}
+    nodes = [helper.make_node("Conv", ["x", "W1", "b1"], ["c1"], kernel_shape=[3], pads=[1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "W2", "b2"], ["c2"], kernel_shape=[3], pads=[1, 1]),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("Flatten", ["r2"], ["f"]),
+             helper.make_node("Gemm", ["f", "Wf", "bf"], ["y"], transB=1)]
+    model = make_model(nodes, [("x", ["N", 2, 12])], [("y", ["N", 3])], p, name="conv1d", producer="test")
+    x = rng.normal(0.5, 1.0, (400, 2, 12)).astype(np.float32)
+    r = prune_channel_groups(model, 0.5, tmp_path / "s.onnx", scope="layer", input_shape=[1, 2, 12],
+                             calibration={"x": x}, repeats=1).record["recovery"]
+    actions = {f["node"]: f for f in r["layers"]}
+    assert actions["c2"]["action"] == "shift" and actions["c2"]["error_after"] <= actions["c2"]["error_before"]
+    assert actions["y"]["action"] == "refit"
+    assert r["calibration"]["recovered"]["output_rel_error"] < r["calibration"]["pruned"]["output_rel_error"]
+
+
 def test_cli_reports_recovery_in_text_and_json(tmp_path, capsys) -> None:
     model = _conv_net(4)
     src = tmp_path / "net.onnx"
