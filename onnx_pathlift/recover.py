@@ -17,8 +17,9 @@ Two refinements of the target: a layer whose only reader is a residual Add whose
 already final fits ``Y_add − X_other`` (the original sum minus the slim skip: it also absorbs the
 skip's error; otherwise its own output, as for a projection shortcut computed later); a layer read
 by a Relu / Clip fits what the activation passes on (:func:`refit.activation_aware`). A layer that
-cannot be refit (a conv that is not 2-D, a Gemm with ``transA``) gets a per-channel mean shift of its
-bias, ``b += mean(Y − Ŷ)``, the least-squares constant. A layer without a bias gets one.
+cannot be refit (a conv that is not 2-D, a Gemm with ``transA``) gets its bias refit alone, the
+weights kept (bias correction: without an activation, the mean shift ``b += mean(Y − Ŷ)``). A layer
+without a bias gets one.
 
 The certificate of the recovered model is a pair like any other: the *recovered masked* model is
 the original with each refit tensor written back at full size (kept rows × kept columns; the
@@ -51,7 +52,7 @@ TENSOR_BYTES = 1 << 28  # the most one collected float32 tensor may take: fewer 
 
 @dataclass
 class LayerFit:
-    """What recovery did to one layer: ``refit`` (ridge least squares), ``shift`` (bias mean shift) or
+    """What recovery did to one layer: ``refit`` (ridge least squares), ``shift`` (the bias alone refit) or
     ``kept``; ``rows`` fitted, ``ridge`` the λ chosen (None: ∞ or not a fit), the relative error
     ``‖Y − Ŷ‖/‖Y‖`` of the layer's output against the original's on the calibration rows."""
 
