@@ -368,6 +368,8 @@ def _print_channel_pruning(report) -> None:
 
 def _print_recovery(rec: dict, metric: dict) -> None:
     exact = "the pruning-exact case" if metric["exact"] else "not the pruning-exact case"
+    if rec["data_aware_scores"]:
+        print("  scores: path mass weighted by the activations seen on the calibration samples (data-aware)")
     print(f"  recovered from {rec['samples']} calibration samples: {rec['refit']} layer(s) re-fitted by least squares, "
           f"{rec['shifted']} bias-shifted; the certificate above is for the recovered model ({exact}, route "
           f"{metric['route']})")

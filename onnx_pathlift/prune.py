@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .load import ModelSource
     from .metric import PathMetric
     from .prepare import Prepared
+    from .recover import Recovery
     from .slim import ChannelPrune
 
 
@@ -201,7 +202,7 @@ def prune_weights(source: ModelSource, sparsity: float, out: str | os.PathLike, 
     return result
 
 
-def _calibration(loaded: Loaded, data: Data):
+def _calibration(loaded: Loaded, data: Data) -> tuple[np.ndarray, np.ndarray | None] | None:
     """The calibration samples and labels, checked (None without calibration data)."""
     if data is None:
         return None
@@ -210,7 +211,8 @@ def _calibration(loaded: Loaded, data: Data):
     return read_calibration(data, loaded.dag.layer(loaded.dag.inputs[0]).shape)
 
 
-def _recover(loaded: Loaded, result: ChannelPrune, calib, eval_data: Data):
+def _recover(loaded: Loaded, result: ChannelPrune, calib: tuple[np.ndarray, np.ndarray | None],
+             eval_data: Data) -> Recovery:
     """Recover ``result``'s slim model in place (slim, masked, slim-vs-masked error) and return the
     :class:`~onnx_pathlift.recover.Recovery`."""
     from .calibration import read_calibration
@@ -297,7 +299,7 @@ def prune_channel_groups(source: ModelSource, sparsity: float, out: str | os.Pat
               "latency_before_s": latency(loaded.model, loaded.prepared, repeats),
               "latency_after_s": latency(result.slim, slim_prepared, repeats)}
     if recovery is not None:
-        record["recovery"] = recovery.to_dict()
+        record["recovery"] = {"data_aware_scores": scorer is not None, **recovery.to_dict()}
     data = _data(eval_data)
     if data is not None:
         record["accuracy_before"] = top1_accuracy(loaded.model, loaded.dag, data)

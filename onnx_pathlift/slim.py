@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -254,7 +255,8 @@ class ChannelPrune:
 
 
 def prune_channels(model: ModelProto, prepared: Prepared, dag, sparsity: float, criterion: str = "path-mass",
-                   scope: str = "global", seed: int = 0, providers=None, scorer=None) -> ChannelPrune:
+                   scope: str = "global", seed: int = 0, providers=None,
+                   scorer: Callable[[ChannelGraph], np.ndarray] | None = None) -> ChannelPrune:
     """Score the channel groups of ``model`` (``scorer(cg)``, when given, replaces ``criterion``'s
     scores), remove the ``sparsity`` fraction of the removable ones with the lowest scores, and build
     the masked and the slim model (checked against each other)."""

@@ -150,10 +150,11 @@ def test_cli_reports_recovery_in_text_and_json(tmp_path, capsys) -> None:
     rc, out, err = run_main(capsys, *args, "-o", tmp_path / "a.onnx")
     assert rc == 0, err
     assert "not the pruning-exact case" in out and "calibration recovered: top-1" in out and "eval" in out
+    assert "(data-aware)" in out
     rc, out, err = run_main(capsys, *args, "-o", tmp_path / "b.onnx", "--json")
     assert rc == 0, err
     r = json.loads(out)["recovery"]
-    assert r["samples"] == 100 and r["eval"]["recovered"]["output_rel_error"] < r["eval"]["pruned"]["output_rel_error"]
+    assert r["data_aware_scores"] and r["samples"] == 100 and r["eval"]["recovered"]["output_rel_error"] < r["eval"]["pruned"]["output_rel_error"]
 
 
 # --- data-aware path mass -------------------------------------------------------------------------
