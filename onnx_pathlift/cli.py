@@ -419,6 +419,25 @@ def _print_channel_pruning(report, quiet: bool = False) -> None:
         print(f"  top-1 accuracy {r['accuracy_before']:.4f} → {r['accuracy_after']:.4f}")
     for warning in r["warnings"]:
         print(f"  warning: {warning}")
+    if "recovery" in r:
+        _print_recovery(r["recovery"], m)
+
+
+def _print_recovery(rec: dict, metric: dict) -> None:
+    exact = "the pruning-exact case" if metric["exact"] else "not the pruning-exact case"
+    if rec["data_aware_scores"]:
+        print("  scores: path mass weighted by the activations seen on the calibration samples (data-aware)")
+    print(f"  recovered from {rec['samples']} calibration samples: {rec['refit']} layer(s) re-fitted by least squares, "
+          f"{rec['shifted']} bias-shifted; the certificate above is for the recovered model ({exact}, route "
+          f"{metric['route']})")
+    for name, table in (("calibration", rec["calibration"]), ("eval", rec["eval"])):
+        if table is None:
+            continue
+        for k in ("pruned", "recovered"):
+            row = table[k]
+            top1 = f"top-1 {row['top1']:.4f} (original {table['original']['top1']:.4f}), " if "top1" in row else ""
+            print(f"    {name:11s} {k:9s}: {top1}output error {row['output_rel_error']:.4g} (relative), "
+                  f"{row['output_mean_l1']:.4g} (mean ℓ1)")
 
 
 def cmd_prune(args) -> int:
@@ -431,9 +450,12 @@ def cmd_prune(args) -> int:
             raise UsageError("--mask goes with --structure weight")
         report = prune_channel_groups(args.model, args.sparsity, args.out, masked_out=args.masked, repeats=args.repeats,
                                       target=args.target, round_to=args.round_to, min_keep=args.min_keep,
-                                      layers=args.layers, ranking=args.ranking, steps=args.steps, **common)
+                                      layers=args.layers, ranking=args.ranking, steps=args.steps,
+                                      calibration=args.calibration, **common)
         _show(args, report, lambda r: _print_channel_pruning(r, args.quiet))
         return 0
+    if args.calibration:
+        raise UsageError("--calibration goes with --structure channel")
     if args.masked or args.target != "groups" or {args.round_to, args.min_keep, args.ranking, args.steps} != {None}:
         raise UsageError("--masked, --target, --round-to, --min-keep, --ranking and --steps go with --structure channel")
     report = prune_weights(args.model, args.sparsity, args.out, layers=args.layers, mask_out=args.mask, **common)
@@ -603,6 +625,9 @@ def _add_prune(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("-o", "--out", required=True, help="where to write the pruned model")
     pr.add_argument("--mask", help="also write the keep-masks (.npz keyed by initializer name)")
     pr.add_argument("--eval", metavar="DATA.npz", help="arrays x, y: top-1 accuracy before and after")
+    pr.add_argument("--calibration", metavar="DATA.npz",
+                    help="--structure channel: arrays x (optional y): path-mass weighted by the activations seen, and the "
+                         "slim model re-fitted to reproduce the original's outputs (least squares, no training)")
     pr.add_argument("--input-linf", type=float, default=1.0, metavar="R", help="certify inputs with ‖x‖_∞ ≤ R")
 
 

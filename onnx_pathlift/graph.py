@@ -245,7 +245,7 @@ class LiftBuilder(GraphBuilder):
         if np.any(np.isneginf(k) & np.isfinite(t)):  # -inf: known to be 0, which a neuron of finite bound is not
             return False
         finite = np.isfinite(k) & np.isfinite(t)
-        d = np.abs(k[finite] - t[finite])
+        d = np.abs(k[finite] - t[finite])  # on the finite entries only: inf − inf would warn
         return not d.size or float(d.max()) <= SETTLE_LOG2 - 1.0
 
     def exponent(self, value: int) -> str:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .load import ModelSource
     from .metric import PathMetric
     from .prepare import Prepared
+    from .recover import Recovery
     from .slim import ChannelPrune
 
 
@@ -202,6 +203,44 @@ def prune_weights(source: ModelSource, sparsity: float, out: str | os.PathLike, 
     return result
 
 
+def _calibration(loaded: Loaded, data: Data) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """The calibration samples and labels, checked (None without calibration data)."""
+    if data is None:
+        return None
+    from .calibration import read_calibration
+
+    return read_calibration(data, loaded.dag.layer(loaded.dag.inputs[0]).shape)
+
+
+def _data_aware(criterion: str, calib: tuple[np.ndarray, np.ndarray | None] | None):
+    """The data-aware path mass on the calibration samples, as a selection scorer (None: the criterion's own)."""
+    if calib is None or criterion != "path-mass":
+        return None
+    from .recover import data_aware_mass
+
+    return lambda cg, model, prepared: data_aware_mass(cg, model, prepared, calib[0])
+
+
+def _recover(loaded: Loaded, result: ChannelPrune, calib: tuple[np.ndarray, np.ndarray | None],
+             eval_data: Data) -> Recovery:
+    """Recover ``result``'s slim model in place (slim, masked, slim-vs-masked error) and return the
+    :class:`~onnx_pathlift.recover.Recovery`."""
+    from .calibration import read_calibration
+    from .recover import recover
+    from .slim import masked_model, retie, slim_model
+
+    shape = loaded.dag.layer(loaded.dag.inputs[0]).shape
+    evaluation = None if eval_data is None else read_calibration(eval_data, shape, "--eval")
+    source, cg, removed = result.source or loaded.model, result.graph, result.removed  # the model cg describes
+    slim, masked = result.slim, result.masked
+    if result.origin:  # recovery works on the untied model, whose names cg holds
+        slim, masked = slim_model(source, cg, removed), masked_model(source, cg, removed)
+    recovery = recover(source, slim, masked, cg, removed, loaded.prepared, list(loaded.dag.outputs), calib, evaluation)
+    result.slim, result.masked = retie(recovery.slim, result.origin), retie(recovery.masked, result.origin)
+    result.slim_error = recovery.slim_error
+    return recovery
+
+
 @dataclass
 class ChannelPruning:
     """``onnx-pathlift prune --structure channel``: the slim and masked models and ``record``, the
@@ -260,7 +299,8 @@ def _warnings(record: dict[str, Any]) -> list[str]:
     drop = record.get("accuracy_before", 0.0) - record.get("accuracy_after", 0.0)
     if "accuracy_before" in record and drop > ACCURACY_WARNING:
         out.append(f"top-1 accuracy dropped by {drop * 100:.1f} points ({record['accuracy_before']:.4f} → "
-                   f"{record['accuracy_after']:.4f}): prune less, per layer (--scope layer), or fine-tune")
+                   f"{record['accuracy_after']:.4f}): prune less, per layer (--scope layer), "
+                   + ("or fine-tune" if "recovery" in record else "recover with --calibration DATA.npz, or fine-tune"))
     return out
 
 
@@ -269,7 +309,7 @@ def prune_channel_groups(source: ModelSource, sparsity: float, out: str | os.Pat
                          outputs: list[str] | None = None, input_linf: float = 1.0, eval_data: Data = None,
                          repeats: int = 20, target: str = "groups", round_to: int | None = None,
                          min_keep: float | None = None, layers: str | None = None, ranking: str | None = None,
-                         steps: int | None = None) -> ChannelPruning:
+                         steps: int | None = None, calibration: Data = None) -> ChannelPruning:
     """Remove the ``sparsity`` fraction (in [0, 1]) of the removable channel groups of ``source`` with
     the lowest ``criterion`` (``path-mass``, the default and rescaling-invariant, or ``l1-norm``;
     ``scope``: ``global`` or per ``layer``; ``ranking``: ``raw`` scores or ``normalised`` by their layer's
@@ -281,7 +321,10 @@ def prune_channel_groups(source: ModelSource, sparsity: float, out: str | os.Pat
     masked model) and the masked model to ``masked_out``; certify the change by the path-metric
     between the original and the masked model (``‖x‖_∞ ≤ input_linf``); measure onnxruntime latency
     (median of ``repeats`` runs, seconds) and, with ``eval_data``, top-1 accuracy (``warnings``: when it drops
-    by more than :data:`ACCURACY_WARNING`, or the floors leave the target short). Raises
+    by more than :data:`ACCURACY_WARNING`, or the floors leave the target short). With ``calibration``
+    (arrays ``x``, optional ``y``): ``path-mass`` becomes the data-aware path mass and the slim model is
+    recovered by least squares (:mod:`onnx_pathlift.recover`); the model written, the masked model and the
+    certificate are then the recovered ones. Raises
     :class:`UsageError` for a bad criterion, sparsity or ``repeats`` < 1 and when an output names
     the input; :class:`~onnx_pathlift.errors.VerificationError` when the slim model does not
     reproduce the masked one."""
@@ -293,13 +336,17 @@ def prune_channel_groups(source: ModelSource, sparsity: float, out: str | os.Pat
     if repeats < 1:
         raise UsageError(f"--repeats must be at least 1 (got {repeats})")
     loaded = load(source, input_shape, outputs)
+    calib, recovery = _calibration(loaded, calibration), None
     round_to = ROUND_TO if round_to is None else round_to
     ranking, steps = _ranking(criterion, ranking, steps)
     selection = Selection(criterion, scope, target, round_to, MIN_KEEP if min_keep is None else min_keep, layers,
-                          steps=steps, normalised=ranking == "normalised")
+                          steps=steps, normalised=ranking == "normalised", scorer=_data_aware(criterion, calib))
     result = prune_channels(loaded.model, loaded.prepared, loaded.dag, sparsity, selection=selection, repeats=repeats)
+    if calib is not None:
+        recovery = _recover(loaded, result, calib, eval_data)
     costs, slim_prepared = _costs(loaded, result, input_shape)
-    metric = path_metric(loaded.dag, import_model(result.masked, input_shape))  # sound: rounded outward
+    reference = loaded.dag if recovery is None else import_model(recovery.reference, input_shape)
+    metric = path_metric(reference, import_model(result.masked, input_shape))  # sound: rounded outward
     record = {"model": model_name(source), "written": str(out), "masked": None if masked_out is None else str(masked_out),
               "structure": "channel", "criterion": criterion, "scope": scope, "sparsity": sparsity, "target": target,
               "round_to": round_to, "min_keep": selection.min_keep, "layers": layers, "ranking": ranking, "steps": steps,
@@ -308,6 +355,8 @@ def prune_channel_groups(source: ModelSource, sparsity: float, out: str | os.Pat
               "metric": metric.to_dict(input_linf), "latency_repeats": repeats,
               "latency_before_s": latency(loaded.model, loaded.prepared, repeats),
               "latency_after_s": latency(result.slim, slim_prepared, repeats)}
+    if recovery is not None:
+        record["recovery"] = {"data_aware_scores": selection.scorer is not None, **recovery.to_dict()}
     data = _data(eval_data)
     if data is not None:
         record["accuracy_before"] = top1_accuracy(loaded.model, loaded.dag, data)

@@ -17,7 +17,8 @@ import math
 import re
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnxruntime as ort
@@ -244,6 +245,9 @@ class ChannelPrune:
     slim_error: float  # max relative difference slim vs masked on random inputs
     #: the fraction of the target removed: of the candidate groups, or of the cost's total
     achieved: float = 0.0
+    #: the model ``graph`` describes (``model`` with shared initializers copied: :func:`untie`) and the copies
+    source: ModelProto | None = None
+    origin: dict[str, str] = field(default_factory=dict)
 
     def pinned(self) -> list[dict]:
         """Kept groups by reason: how many groups and channels each reason keeps."""
@@ -410,6 +414,9 @@ class Selection:
     #: group then scores 0 and a layer's remaining groups score higher: :func:`channels.normalise`)
     steps: int = 1
     normalised: bool = True  # rank scores divided by their layer's mean (:func:`channels.normalise`)
+    #: replaces ``criterion``'s scores: ``scorer(cg, model, prepared)`` on the model as masked so far (the
+    #: data-aware path mass of :func:`onnx_pathlift.recover.data_aware_mass`)
+    scorer: Callable[[ChannelGraph, ModelProto, Prepared], np.ndarray] | None = None
 
 
 def _restrict(cg: ChannelGraph, scores: np.ndarray, pattern: str | None) -> np.ndarray:
@@ -449,14 +456,18 @@ def prune_channels(model: ModelProto, prepared: Prepared, dag, sparsity: float, 
     costs = channel_costs(cg, p, sel.target, repeats, model)
     removed: list[int] = []
     for step in range(1, sel.steps + 1):
-        at = dag if step == 1 and not origin else import_prepared(prepare(masked_model(untied, cg, removed), p.inputs), None)
-        scores = group_scores(cg, p, sel.criterion, at, sel.seed, providers)
+        current = untied if step == 1 else masked_model(untied, cg, removed)
+        if sel.scorer is not None:
+            scores = sel.scorer(cg, current, p)
+        else:
+            at = dag if step == 1 and not origin else import_prepared(prepare(current, p.inputs), None)
+            scores = group_scores(cg, p, sel.criterion, at, sel.seed, providers)
         removed = choose(cg, _restrict(cg, scores, sel.layers), sparsity * step / sel.steps, sel.scope, sel.round_to,
                          sel.min_keep, costs, sel.normalised)
     masked = retie(masked_model(untied, cg, removed), origin)
     slim = retie(slim_model(untied, cg, removed), origin)
     return ChannelPrune(cg, scores, removed, masked, slim, check_slim(masked, slim, prepared, list(dag.outputs)),
-                        _achieved(cg, costs, removed, _restrict(cg, scores, sel.layers)))
+                        _achieved(cg, costs, removed, _restrict(cg, scores, sel.layers)), untied, origin)
 
 
 def _achieved(cg: ChannelGraph, costs: Costs | None, removed: list[int], scores: np.ndarray) -> float:

@@ -30,6 +30,7 @@ SECTIONS = [
       "save_model", "save_npz", "model_name"]),
     ("`prune`: `onnx_pathlift.prune`", "onnx_pathlift.prune",
      ["prune_weights", "prune_channel_groups", "select", "masks", "apply", "top1_accuracy"]),
+    ("Recovery from calibration data: `onnx_pathlift.recover`", "onnx_pathlift.recover", ["recover", "data_aware_mass"]),
     ("`inspect`: `onnx_pathlift.inspect`", "onnx_pathlift.inspect", ["inspect_model"]),
     ("`audit`: `onnx_pathlift.audit`", "onnx_pathlift.audit", ["run_command", "audit"]),
     ("Checks: `onnx_pathlift.verify`", "onnx_pathlift.verify", ["verify", "same_function"]),
