@@ -573,7 +573,8 @@ class LiftBuilder(GraphBuilder):
         k, t = np.broadcast_arrays(np.asarray(k, dtype=np.float64), np.asarray(self.target, dtype=np.float64))
         if np.any(np.isneginf(k) & np.isfinite(t)):  # -inf: known to be 0, which a neuron of finite bound is not
             return False
-        d = np.abs(k - t)[np.isfinite(k) & np.isfinite(t)]
+        both = np.isfinite(k) & np.isfinite(t)
+        d = np.abs(k[both] - t[both])
         return not d.size or float(d.max()) <= SETTLE_LOG2 - 1.0
 
     def exponent(self, value: int) -> str:
