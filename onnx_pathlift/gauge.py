@@ -9,7 +9,8 @@ aligned), and each channel's factor is the log-domain median
 
     ``λ_o = exp(median{ ln|b_i| − ln|a_i| : i incoming to o, a_i·b_i ≠ 0 })``
 
-(1 when no coordinate qualifies), then B's channel is divided by it (D's weights out of it multiplied).
+(1 when no coordinate qualifies; a long row is read at a fixed stride, :data:`SAMPLE`), then B's
+channel is divided by it (D's weights out of it multiplied).
 The choice is equivariant: rescaling A (or B) by any gauge multiplies the chosen factors by it,
 so the aligned pair of two rescaled models is the rescaled aligned pair of the originals, and the
 route bounds (invariant under a common rescaling) are the same; a coordinate pruned to 0 in one model
@@ -41,6 +42,9 @@ SNAP = 2.0 ** -20
 #: relative deviation from an exact rescaling of one aligned coordinate before snapping: two float64
 #: factors, each a rounded product times a reciprocal rounded once
 _ROUND = (1.0 + 2.0 ** -53) ** 4 - 1.0
+#: a channel's factor is estimated from at most about this many of its incoming coordinates (a fixed
+#: stride through them: the same coordinates in A and B, so the choice stays equivariant)
+SAMPLE = 256
 #: an alignment whose factors all lie within this of 1 (|ln λ|: 10%) is not worth its lifted passes (the
 #: pair is in one gauge already: pruned, quantized, fine-tuned)
 MIN_LOG = 0.1
@@ -70,9 +74,15 @@ class Alignment:
 
 
 def _channel_rows(g: Group, layer: Layer, key: str, v: np.ndarray) -> np.ndarray:
-    """The values of one of the group's arrays as rows per channel (channels × values)."""
+    """The values of one of the group's arrays as rows per channel (channels × values), every
+    ``n // SAMPLE``-th value of a long row."""
     axis = g.axes.out if layer is g.c else g.bias_axis(layer, v)
-    return np.moveaxis(v, axis % v.ndim, 0).reshape(g.channels, -1)
+    rows = np.moveaxis(v, axis % v.ndim, 0)  # a view: only the sampled values are gathered
+    if rows.ndim == 1:
+        return rows[:, None]
+    n = math.prod(rows.shape[1:])
+    picked = np.unravel_index(np.arange(0, n, max(1, n // SAMPLE)), rows.shape[1:])
+    return rows[(slice(None), *picked)]
 
 
 def _factors(g: Group, a: Dag, params: Params) -> np.ndarray:
@@ -81,10 +91,11 @@ def _factors(g: Group, a: Dag, params: Params) -> np.ndarray:
     ra = np.concatenate([_channel_rows(g, layer, k, a.layer(layer.name).params[k]) for layer, k in parts], axis=1)
     rb = np.concatenate([_channel_rows(g, layer, k, params[layer.name][k]) for layer, k in parts], axis=1)
     ok = (ra != 0) & (rb != 0) & np.isfinite(ra) & np.isfinite(rb)
-    logs = np.log(np.abs(np.where(ok, rb, 1.0))) - np.log(np.abs(np.where(ok, ra, 1.0)))
-    logs[~ok] = np.nan
-    logs[~ok.any(axis=1)] = 0.0  # no information: leave the channel alone
-    return np.exp(np.nanmedian(logs, axis=1))
+    logs = np.sort(np.where(ok, np.log(np.abs(np.where(ok, rb, 1.0))) - np.log(np.abs(np.where(ok, ra, 1.0))), np.inf), axis=1)
+    n = ok.sum(axis=1)  # each row's n valid log-ratios come first, in order
+    rows, lo, hi = np.arange(len(n)), np.maximum(n - 1, 0) // 2, np.minimum(n // 2, logs.shape[1] - 1)
+    median = 0.5 * (logs[rows, lo] + logs[rows, hi])  # the middle one, or the mean of the middle two
+    return np.exp(np.where(n > 0, median, 0.0))  # no valid ratio: leave the channel alone
 
 
 def _apply(g: Group, params: Params, lam: np.ndarray) -> set[tuple[str, str]]:
@@ -127,10 +138,10 @@ def param_depth(dag: Dag) -> int:
     return max(depth.values(), default=0)
 
 
-def _normal(params: Params) -> bool:
+def _normal(params: Params, touched: set[tuple[str, str]]) -> bool:
     """Whether every nonzero aligned coordinate is a finite normal float64 (relative rounding bounds hold)."""
     tiny = np.finfo(np.float64).tiny
-    return all(bool(np.all(np.isfinite(v) & ((v == 0) | (np.abs(v) >= tiny)))) for ps in params.values() for v in ps.values())
+    return all(bool(np.all(np.isfinite(v) & ((v == 0) | (np.abs(v) >= tiny)))) for v in (params[n][k] for n, k in touched))
 
 
 def align(a: Dag, b: Dag, pairs: dict[str, str]) -> Alignment | None:
@@ -151,7 +162,7 @@ def align(a: Dag, b: Dag, pairs: dict[str, str]) -> Alignment | None:
         done += 1
         neurons += int(np.count_nonzero(lam != 1.0))
         top = max(top, float(np.max(np.abs(np.log10(lam)))))
-    if not _normal(params):
+    if not _normal(params, touched):
         return None
     snapped, moved = _snap(a, params, touched)
     depth = param_depth(a)

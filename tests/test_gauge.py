@@ -23,9 +23,9 @@ from conftest import MODELS
 from oracle import signed_path_metric, union_dags
 
 from onnx_pathlift import import_model
-from onnx_pathlift.gauge import SNAP, align, param_depth
+from onnx_pathlift.gauge import SNAP, _factors, align, param_depth
 from onnx_pathlift.metric import comparable, path_metric
-from onnx_pathlift.rescale import rescale
+from onnx_pathlift.rescale import groups, rescale
 
 CNN = MODELS / "digits_cnn_torch_bn.onnx"
 SMALL = ["mlp", "conv_bn_pool", "matmul_net"]  # tiny nets onnx_pathlift.rescale rescales
@@ -92,6 +92,26 @@ def test_the_rounding_term_bounds_the_change_of_phi() -> None:
     m = path_metric(model, other)
     assert m.alignment["rounding_log10"] == pytest.approx(gauge.slack_log10 + math.log10(10 ** m.norm_b_log10), abs=1e-3)
     assert _oracle_d(model, other) <= m.upper
+
+
+def test_factors_are_the_median_log_ratios_and_equivariant() -> None:
+    """Each channel's factor is exp(median ln|b_i/a_i|) over its incoming coordinates with a_i·b_i ≠ 0
+    (numpy's median, coordinate by coordinate), and rescaling B by a gauge multiplies the factors by it."""
+    model, _ = tiny_nets.mlp(5)
+    a = import_model(model).float64_params()
+    g = groups(a)[0]
+    rng = np.random.default_rng(1)
+    wa, ba = a.layer(g.c.name).params["W"], g.path[0].params["bias"]
+    wb, bb = wa * rng.uniform(0.5, 1.5, wa.shape), ba * rng.uniform(0.5, 1.5, ba.shape)
+    wb[rng.random(wb.shape) < 0.3] = 0.0  # no ratio there
+    params = {g.c.name: {"W": wb}, g.path[0].name: {"bias": bb}}
+    got = _factors(g, a, params)
+    ra, rb = np.concatenate([wa.T, ba.reshape(-1, 1)], axis=1), np.concatenate([wb.T, bb.reshape(-1, 1)], axis=1)
+    want = [np.exp(np.median(np.log(np.abs(y[x * y != 0] / x[x * y != 0])))) for x, y in zip(ra, rb)]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    mu = np.exp(rng.uniform(-5, 5, len(want)))
+    scaled = {g.c.name: {"W": wb * mu}, g.path[0].name: {"bias": bb * mu}}
+    np.testing.assert_allclose(_factors(g, a, scaled), got * mu, rtol=1e-12)
 
 
 @pytest.mark.parametrize("rescale_pruned", [False, True])
