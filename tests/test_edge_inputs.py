@@ -9,11 +9,13 @@ import sys
 
 import numpy as np
 import onnx
+import pytest
 from builders import inits, make_model, random_mlp, replace_inits
 from conftest import MODELS, run_cli, run_main
 from onnx import helper
+from oracle import log10_path_norm
 
-from onnx_pathlift import api
+from onnx_pathlift import api, path_norm
 
 
 def _overflowing(tmp_path, factor: float) -> tuple[str, str]:
@@ -95,3 +97,23 @@ def test_no_runtime_warning_on_stderr(tmp_path) -> None:
         proc = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "onnx_pathlift.cli", *map(str, args)],
                               capture_output=True, text=True, timeout=120, check=False)
         assert proc.returncode == 0 and "RuntimeWarning" not in proc.stderr, proc.stderr
+
+
+def test_a_corner_pixel_far_below_its_channel_keeps_a_sound_interval() -> None:
+    """A model built against per-channel exponent maps (issue 26): a conv whose corner output is 1e60
+    below the rest of its channel (the corner reads only the 1e-30 taps), then a per-pixel Mul that
+    amplifies the corner by 1e76 and damps the rest: the corner's paths carry the norm. Whatever is
+    computed, the certified interval holds the log-domain brute force; a certified value equals it."""
+    k = np.full((1, 1, 3, 3), 1e30, np.float32)
+    k[0, 0, 1:, 1:] = 1e-30
+    d = np.full((1, 1, 3, 3), 1e-38, np.float32)
+    d[0, 0, 0, 0] = 1e38
+    nodes = [helper.make_node("Conv", ["x", "k"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Mul", ["r", "d"], ["y"])]
+    model = make_model(nodes, [("x", [1, 1, 3, 3])], [("y", [1, 1, 3, 3])], {"k": k, "d": d})
+    for q in (1.0, 2.0, 4.0):
+        got, want = path_norm(model, q), log10_path_norm(model, q)
+        assert got.lower_log10 <= want + 1e-9 and want <= got.upper_log10 + 1e-9, (q, got, want)
+        assert got.lower_log10 <= got.log10 <= got.upper_log10  # the estimate never outside (it was -inf)
+        if got.certified:
+            assert got.log10 == pytest.approx(want, abs=1e-6)
