@@ -1,7 +1,8 @@
 """Random neuron-wise rescaling that keeps the function: the paper's test of invariance.
 
 For a hidden channel of a conv/dense layer C whose only way onward is a chain of per-channel layers
-(bias or BatchNormalization affine, ReLU, pools, a flatten) into one conv/dense layer D: multiply
+(bias or BatchNormalization affine, ReLU, pools, reductions that keep the channel axis, a flatten)
+into one conv/dense layer D: multiply
 C's incoming weights and every bias on the chain by λ > 0 and D's weights from that channel by 1/λ.
 ReLU and pools commute with a positive per-channel factor, so the function is unchanged, and so is
 the path-lifting Φ; the weights' magnitudes are not. Channels on other structures (skips, concats,
@@ -48,7 +49,7 @@ def _chain(dag: Dag, c: Layer, consumers: dict[str, list[str]]) -> tuple[list[La
             return None
         nxt = dag.layer(consumers[cur.name][0])
         into = _axes(nxt)
-        if _role(nxt) == "per_channel":
+        if _role(nxt) == "per_channel" and LAYER_OPS[nxt.op].keeps_channel(nxt, axis):
             path.append(nxt)
         elif _role(nxt) == "flatten" and len(nxt.shape) == 2 and len(cur.shape) >= 2 and nxt.shape[0] == cur.shape[0] \
                 and axis == 1:

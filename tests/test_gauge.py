@@ -17,12 +17,13 @@ import numpy as np
 import onnx
 import pytest
 import tiny_nets
-from builders import dropped, noise, noisy_flip, qdq
+from builders import dropped, make_model, noise, noisy_flip, qdq
 from checks import sample_and_search
 from conftest import MODELS
+from onnx import helper
 from oracle import signed_path_metric, union_dags
 
-from onnx_pathlift import import_model
+from onnx_pathlift import api, import_model
 from onnx_pathlift.gauge import SNAP, _factors, align, param_depth
 from onnx_pathlift.metric import comparable, path_metric
 from onnx_pathlift.rescale import groups, rescale
@@ -145,8 +146,6 @@ def test_noisy_pairs_move_little_when_both_sides_are_rescaled(kind: str) -> None
 def test_equalise_then_quantize_is_certified_near_plain_quantization(tmp_path) -> None:
     """onnxruntime's int8 QDQ quantizer on the model and on a rescaled copy (as equalisation does):
     the certified weight term of the second within 10× of the first (the unaligned routes are not)."""
-    from onnx_pathlift import api
-
     model = onnx.load(CNN)
     x = np.load(MODELS / "digits_test.npz")["x"][:16].astype(np.float32).reshape(-1, 1, 1, 8, 8)
     calibration = [{"input": v} for v in x]
@@ -170,3 +169,36 @@ def test_compare_reports_the_alignment_in_text_and_json(tmp_path) -> None:
     assert d["alignment"]["used"] and d["route"] == "aligned-direct" and d["exact"]
     same = json.loads(run_cli("compare", str(CNN), str(CNN), "--json").stdout)
     assert same["alignment"]["used"] is False and same["upper"] == 0.0
+
+
+def test_a_bn_fused_rescaled_copy_aligns_after_canonicalisation(tmp_path) -> None:
+    """onnxruntime's basic optimiser folds BatchNormalization into the convs of a rescaled copy: the
+    pair is compared in canonical form (GlobalAveragePool becomes a ReduceMean-like reduce, a chain
+    that rescaling crosses), both groups are aligned and the bound is within 1e-5 of ‖Φ‖_1."""
+    import onnxruntime as ort
+
+    src, fused = tmp_path / "r.onnx", tmp_path / "fused.onnx"
+    onnx.save(rescaled(onnx.load(CNN), 2, 1e-3, 1e3), src)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level, opts.optimized_model_filepath = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, str(fused)
+    ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+    c = api.compare_models(str(CNN), str(fused), check=20)
+    assert c.canonical_a and c.metric.alignment["used"] and c.metric.alignment["aligned_neurons"] == 24
+    assert c.metric.upper <= 1e-5 * 10 ** c.metric.norm_a_log10 and not c.check.violated
+
+
+@pytest.mark.parametrize(("axes", "keepdims", "crosses"), [([2, 3], 1, True), ([2, 3], 0, False), ([1], 1, False)])
+def test_rescaling_crosses_a_reduction_only_when_it_keeps_the_channels(axes, keepdims: int, crosses: bool) -> None:
+    """Conv → Relu → ReduceMean → (flatten) → Gemm: the conv's channels are rescaled through the mean
+    over H, W with keepdims; not when the reduction drops axes or reduces the channels."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "K"], ["c"]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("ReduceMean", ["r", "axes"], ["m"], keepdims=keepdims),
+             helper.make_node("Flatten", ["m"], ["f"]), helper.make_node("Gemm", ["f", "W"], ["y"])]
+    rows = 3 if axes == [2, 3] else 4  # the flattened features: 3 channels, or 4 positions
+    params = {"K": rng.normal(size=(3, 2, 1, 1)), "axes": np.array(axes, np.int64), "W": rng.normal(size=(rows, 2))}
+    model = make_model(nodes, [("x", [1, 2, 2, 2])], [("y", [1, 2])], params, opset=18)
+    _, report = rescale(model, import_model(model), seed=1)
+    assert report.neurons == (3 if crosses else 0)
+    if crosses:  # and the function is kept
+        assert api.rescale_model(model, seed=1).check.passed
