@@ -73,7 +73,7 @@ class Alignment:
                 "snapped": self.snapped, "depth": self.depth}
 
 
-def _channel_rows(g: Group, layer: Layer, key: str, v: np.ndarray) -> np.ndarray:
+def _channel_rows(g: Group, layer: Layer, v: np.ndarray) -> np.ndarray:
     """The values of one of the group's arrays as rows per channel (channels × values), every
     ``n // SAMPLE``-th value of a long row."""
     axis = g.axes.out if layer is g.c else g.bias_axis(layer, v)
@@ -88,8 +88,8 @@ def _channel_rows(g: Group, layer: Layer, key: str, v: np.ndarray) -> np.ndarray
 def _factors(g: Group, a: Dag, params: Params) -> np.ndarray:
     """λ per channel of ``g``: the median log-ratio of B's incoming coordinates to A's (see module doc)."""
     parts = [(g.c, "W")] + [(layer, "bias") for layer in g.path if layer.op == "affine" and "bias" in layer.params]
-    ra = np.concatenate([_channel_rows(g, layer, k, a.layer(layer.name).params[k]) for layer, k in parts], axis=1)
-    rb = np.concatenate([_channel_rows(g, layer, k, params[layer.name][k]) for layer, k in parts], axis=1)
+    ra = np.concatenate([_channel_rows(g, layer, a.layer(layer.name).params[k]) for layer, k in parts], axis=1)
+    rb = np.concatenate([_channel_rows(g, layer, params[layer.name][k]) for layer, k in parts], axis=1)
     ok = (ra != 0) & (rb != 0) & np.isfinite(ra) & np.isfinite(rb)
     logs = np.sort(np.where(ok, np.log(np.abs(np.where(ok, rb, 1.0))) - np.log(np.abs(np.where(ok, ra, 1.0))), np.inf), axis=1)
     n = ok.sum(axis=1)  # each row's n valid log-ratios come first, in order
@@ -138,16 +138,19 @@ def param_depth(dag: Dag) -> int:
     return max(depth.values(), default=0)
 
 
-def _normal(params: Params, touched: set[tuple[str, str]]) -> bool:
-    """Whether every nonzero aligned coordinate is a finite normal float64 (relative rounding bounds hold)."""
+def _normal(params: Params, before: Params, touched: set[tuple[str, str]]) -> bool:
+    """Whether every aligned coordinate that was nonzero is still a finite normal float64 (nothing
+    underflowed or overflowed: the relative rounding bounds hold)."""
     tiny = np.finfo(np.float64).tiny
-    return all(bool(np.all(np.isfinite(v) & ((v == 0) | (np.abs(v) >= tiny)))) for v in (params[n][k] for n, k in touched))
+    return all(bool(np.all((before[n][k] == 0) | (np.isfinite(params[n][k]) & (np.abs(params[n][k]) >= tiny))))
+               for n, k in touched)
 
 
 def align(a: Dag, b: Dag, pairs: dict[str, str]) -> Alignment | None:
     """B's parameters (float64 DAGs, ``pairs``: A's layer → B's) in A's gauge; None when some aligned
     coordinate leaves float64's normal range (the rounding bound would not hold)."""
     params: Params = {layer.name: dict(b.layer(pairs[layer.name]).params) for layer in a.layers() if layer.params}
+    before = {name: dict(ps) for name, ps in params.items()}
     done = neurons = 0
     top = 0.0
     touched: set[tuple[str, str]] = set()
@@ -162,7 +165,7 @@ def align(a: Dag, b: Dag, pairs: dict[str, str]) -> Alignment | None:
         done += 1
         neurons += int(np.count_nonzero(lam != 1.0))
         top = max(top, float(np.max(np.abs(np.log10(lam)))))
-    if not _normal(params, touched):
+    if not _normal(params, before, touched):
         return None
     snapped, moved = _snap(a, params, touched)
     depth = param_depth(a)

@@ -202,3 +202,26 @@ def test_rescaling_crosses_a_reduction_only_when_it_keeps_the_channels(axes, kee
     assert report.neurons == (3 if crosses else 0)
     if crosses:  # and the function is kept
         assert api.rescale_model(model, seed=1).check.passed
+
+
+def test_alignment_is_refused_when_a_coordinate_leaves_the_normal_range() -> None:
+    """A subnormal weight (1e-310, as float64 DAGs can hold) out of a channel B holds at 3×: aligning
+    it rounds absolutely, not relatively, and the rounding term would not hold: align refuses."""
+    model, _ = tiny_nets.mlp(3)
+    a = import_model(model).float64_params()
+    g = groups(a)[0]
+    a.layer(g.d.name).params["W"] = w = a.layer(g.d.name).params["W"].copy()
+    w[0, 0] = 1e-310
+    b = import_model(model).float64_params()
+    scale = np.ones(g.channels)
+    scale[0] = 3.0
+    b.layer(g.c.name).params["W"] = a.layer(g.c.name).params["W"] * scale
+    b.layer(g.path[0].name).params["bias"] = a.layer(g.path[0].name).params["bias"] * scale
+    b.layer(g.d.name).params["W"] = w / scale[:, None]
+    same = {n: n for n in a.graph.nodes}
+    assert align(a, b, same) is None
+    w[0, 0] = 1e-300  # normal: aligned, and to A within rounding
+    b.layer(g.d.name).params["W"] = w / scale[:, None]
+    gauge = align(a, b, same)
+    assert gauge is not None and gauge.neurons == 1
+    np.testing.assert_allclose(gauge.params[g.d.name]["W"], w, rtol=1e-15)
