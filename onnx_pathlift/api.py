@@ -350,8 +350,8 @@ class RescaleResult:
                    if self.shared else "")
         if self.neurons:
             return skipped or None
-        return "rescaled nothing: the output is an unchanged copy" + (f" ({skipped})" if skipped else
-                                                                   " (no hidden channel has a rescalable chain)")
+        return "rescaled nothing: the output is an unchanged copy" + (
+            f" ({skipped})" if skipped else " (no hidden channel has a rescalable chain whose weights and biases are all initializers)")
 
     @property
     def max_rel_output_change(self) -> float:

@@ -117,3 +117,18 @@ def test_a_corner_pixel_far_below_its_channel_keeps_a_sound_interval() -> None:
         assert got.lower_log10 <= got.log10 <= got.upper_log10  # the estimate never outside (it was -inf)
         if got.certified:
             assert got.log10 == pytest.approx(want, abs=1e-6)
+
+
+def test_rescale_says_why_it_rescaled_nothing_when_a_bias_is_a_constant_node(tmp_path, capsys) -> None:
+    """The chain's bias comes from a Constant node, not an initializer: nothing to write it back to."""
+    rng = np.random.default_rng(2)
+    bias = helper.make_tensor("b", onnx.TensorProto.FLOAT, [4], rng.normal(size=4).tolist())
+    nodes = [helper.make_node("Constant", [], ["b"], value=bias), helper.make_node("MatMul", ["x", "W1"], ["m"]),
+             helper.make_node("Add", ["m", "b"], ["a"]), helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("MatMul", ["r", "W2"], ["y"])]
+    path = tmp_path / "m.onnx"
+    onnx.save(make_model(nodes, [("x", [1, 3])], [("y", [1, 2])], {"W1": rng.normal(size=(3, 4)), "W2": rng.normal(size=(4, 2))}),
+              path)
+    rc, out, err = run_main(capsys, "rescale", path, "-o", tmp_path / "r.onnx")
+    assert rc == 0, err
+    assert "rescaled 0 neurons" in out and "whose weights and biases are all initializers" in out
