@@ -224,8 +224,9 @@ class Comparison:
         c = self.check
         if c is None or not c.violated:
             return None
+        seen = "n/a" if c.max_observed is None else f"{c.max_observed:.6g}"
         return CertificateViolation(
-            f"observed output change {c.max_observed:.6g} (models as shipped: {c.shipped_max_observed}) EXCEEDS "
+            f"observed output change {seen} (models as shipped: {c.shipped_max_observed}) EXCEEDS "
             f"the certified bound {c.bound} (total: {c.shipped_bound}): this is a bug (in onnx-pathlift or in "
             "the theorem's preconditions); please report it with both models")
 
@@ -342,14 +343,25 @@ class RescaleResult:
     seed: int
     low: float  # λ drawn log-uniformly in [low, high]
     high: float
+    shared: int = 0  # channels left alone: an initializer they would scale also feeds another node
+
+    @property
+    def note(self) -> str | None:
+        """What was left alone, said when anything was (and that the output is a copy when nothing moved)."""
+        skipped = (f"{self.shared} channel(s) left alone: an initializer they would scale also feeds another node"
+                   if self.shared else "")
+        if self.neurons:
+            return skipped or None
+        return "rescaled nothing: the output is an unchanged copy" + (
+            f" ({skipped})" if skipped else " (no hidden channel has a rescalable chain whose weights and biases are all initializers)")
 
     @property
     def max_rel_output_change(self) -> float:
         return max(self.check.max_rel_error.values(), default=0.0)
 
     def to_dict(self) -> dict:
-        return {"written": self.written, "neurons": self.neurons, "layers": self.layers,
-                "max_rel_output_change": self.max_rel_output_change}
+        return {"written": self.written, "neurons": self.neurons, "layers": self.layers, "shared": self.shared,
+                "note": self.note, "max_rel_output_change": self.max_rel_output_change}
 
 
 def rescale_model(source: ModelSource, out: str | os.PathLike | None = None, seed: int = 0, low: float = 1 / 8,
@@ -371,7 +383,7 @@ def rescale_model(source: ModelSource, out: str | os.PathLike | None = None, see
     rescaled, report = rescale(loaded.model, loaded.dag, seed=seed, low=low, high=high)
     check = same_function(loaded.model, rescaled, loaded.dag, trials=1, seed=seed)
     result = RescaleResult(None if out is None else str(out), rescaled, report.neurons, report.layers, check, seed, low,
-                           high)
+                           high, report.shared)
     if not check.passed:
         raise VerificationError(f"the rescaled model changed the outputs (max relative error "
                                 f"{result.max_rel_output_change:.3g})")

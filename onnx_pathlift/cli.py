@@ -223,9 +223,11 @@ def cmd_lift(args) -> int:
 
 def _print_signs(metric) -> None:
     """How the upper bound was routed: through an intermediate model, and the sign changes that forced it."""
-    if metric.sign_consistent and metric.route != "direct":
+    if metric.sign_consistent and metric.route.endswith("via-min"):
         print(f"  upper through an intermediate model (route {metric.route}), below the direct two-stream "
               f"bound {_fmt(metric.routes['direct'])}")
+    elif metric.sign_consistent and metric.route != "direct":
+        print(f"  upper by route {metric.route}, below the direct two-stream bound {_fmt(metric.routes['direct'])}")
     if not metric.sign_consistent:
         bad = [s for s in metric.signs if s.violations]
         routes = ", ".join(f"{k} {_fmt(v)}" for k, v in metric.routes.items())
@@ -236,8 +238,13 @@ def _print_signs(metric) -> None:
 
 
 def _print_check(check) -> None:
+    if check.max_observed is None:
+        print(f"  check: NOT done: {check.note}")
+        return
     ratio = "n/a (no certificate)" if check.ratio is None else f"{check.ratio:.3g} of the bound"
     print(f"  check: largest observed ‖A(x) − B(x)‖_1 over {check.samples} inputs = {check.max_observed:.6g} ({ratio})")
+    if check.note:
+        print(f"  check: {check.note}")
     if check.shipped_max_observed is not None:
         ratio = "" if check.shipped_ratio is None else f" ({check.shipped_ratio:.3g} of the total bound)"
         print(f"  models as shipped (quantized activations): largest observed change {check.shipped_max_observed:.6g}{ratio}")
@@ -249,12 +256,21 @@ def _print_comparison(c, quiet: bool = False) -> None:
     print(f"  lower {_fmt(metric.lower_log10)}   upper {_fmt(metric.upper_log10)}"
           + ("   (exact: |B| ≤ |A| or |B| ≥ |A| everywhere)" if metric.exact else ""))
     print(f"  ‖Φ(A)‖_1 = {_fmt(metric.norm_a_log10)}, ‖Φ(B)‖_1 = {_fmt(metric.norm_b_log10)}")
+    _print_alignment(metric.alignment or {})
     if not quiet:
         _print_canonical(c.canonical_a, c.canonical_b)
     _print_signs(metric)
     _print_certificate(metric, c.certificate, quiet)
     if c.check is not None:
         _print_check(c.check)
+
+
+def _print_alignment(al: dict) -> None:
+    """One line on the gauge alignment of B, when its routes were computed."""
+    if "route" in al:
+        print(f"  B brought to A's rescaling gauge ({al['aligned_neurons']} neurons in {al['groups']} layers, factors up to "
+              f"10^±{al['max_abs_log10_factor']:.3g}, rounding ≤ {al['rounding'] or 0:.3g}): "
+              + ("its route gives the bound" if al["used"] else "not below the unaligned routes"))
 
 
 def cmd_compare(args) -> int:
@@ -466,6 +482,8 @@ def cmd_prune(args) -> int:
 def _print_rescale(r) -> None:
     print(f"rescaled {r.neurons} neurons in {r.layers} layers (λ log-uniform in [{r.low:g}, {r.high:g}], seed "
           f"{r.seed}); outputs unchanged to {r.max_rel_output_change:.2g}; wrote {r.written}")
+    if r.note:
+        print(f"  note: {r.note}")
 
 
 def cmd_rescale(args) -> int:

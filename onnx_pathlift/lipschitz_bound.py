@@ -25,17 +25,21 @@ _LOG10_2 = math.log10(2.0)
 
 @dataclass(frozen=True)
 class LipschitzBound:
-    """log10 of the path-norm bound and of the naive layer-wise bound (values: None past float64)."""
+    """log10 of the path-norm bound and of the naive layer-wise bound (values: None past float64);
+    ``interval``: ‖Φ_in‖_1 as a path-norm (its value, certified interval and whether it is certified)."""
 
     path_norm_log10: float  # the certified bound: the upper end of ‖Φ_in‖_1's interval
     naive_log10: float
     estimate_log10: float | None = None  # ‖Φ_in‖_1 as computed (float32 accuracy)
+    interval: PathNorm | None = None
 
     def to_dict(self) -> dict:
+        fields = self.interval.to_dict() if self.interval is not None else {}
         return {"bound": log10_value(self.path_norm_log10), "bound_log10": json_float(self.path_norm_log10),
                 "naive": log10_value(self.naive_log10), "naive_log10": json_float(self.naive_log10),
                 "naive_over_bound_log10": json_float(self.naive_log10 - self.path_norm_log10),
-                "estimate_log10": json_float(self.estimate_log10)}
+                "estimate_log10": json_float(self.estimate_log10),
+                **{k: fields.get(k) for k in ("value", "log10", "lower_log10", "upper_log10", "upper", "certified")}}
 
 
 def naive_log2(dag: Dag) -> float:
@@ -61,4 +65,4 @@ def bound_from(dag: Dag, input_norm: PathNorm) -> LipschitzBound:
     the certified upper end of its interval (rounded outward, see :mod:`onnx_pathlift.budget`)."""
     require(dag, "lipschitz")
     upper = input_norm.log10 if input_norm.upper_log10 is None else input_norm.upper_log10
-    return LipschitzBound(upper, naive_log2(dag) * _LOG10_2, input_norm.log10)
+    return LipschitzBound(upper, naive_log2(dag) * _LOG10_2, input_norm.log10, input_norm)

@@ -29,6 +29,7 @@ import numpy as np
 from .canonical import canonical_form
 from .dag import Dag, Layer
 from .errors import UsageError
+from .gauge import MIN_LOG, Alignment, align
 from .importer import import_model
 from .load import ModelSource
 from .norm import LiftedSession, PathNorm, PathNormSession, combine_runs
@@ -89,6 +90,7 @@ class PathMetric:
     routes: dict[str, float] = field(default_factory=dict)
     shares: list[LayerShare] = field(default_factory=list)
     estimate_log10: float = math.nan  # the route's computed value (float32 accuracy), before outward rounding
+    alignment: dict | None = None  # the gauge alignment of B (:mod:`onnx_pathlift.gauge`) and whether its routes won
 
     @property
     def lower(self) -> float | None:
@@ -115,6 +117,7 @@ class PathMetric:
             "sign_violations": [s.__dict__ for s in self.signs if s.violations],
             "flipped_per_layer": {s.layer: s.violations for s in self.signs},
             "layers": [sh.to_dict(self.estimate_log10) for sh in self.shares],  # parts of the computed value
+            "alignment": self.alignment,
         }
 
 
@@ -298,12 +301,55 @@ def layer_shares(legs: list[Leg], providers=None) -> list[LayerShare]:
     return [LayerShare(n, first[n].op, first[n].source, log10_sum(v)) for n, v in parts.items()]
 
 
+def _route_legs(a: Dag, b: Dag, pairs: dict[str, str], consistent: bool, exact: bool, prefix: str = "") -> dict[str, list[Leg]]:
+    """The routes of one pair: ``direct`` (same signs), two same-sign legs through an intermediate point
+    (docs/metrics.md, "Sign changes"): ``via-min`` (never above direct, equal to it when the pair is
+    exact: then left out), ``via-zero`` (with sign changes)."""
+    same = {n: n for n in a.graph.nodes}
+    routes: dict[str, list[Leg]] = {prefix + "direct": [(a, b, pairs)]} if consistent else {}
+    if not (consistent and exact):
+        low = between(a, b, pairs, "min")
+        routes[prefix + "via-min"] = [(a, low, same), (low, b, pairs)]
+    if not consistent:
+        zero = between(a, b, pairs, "zero")
+        routes[prefix + "via-zero"] = [(a, zero, same), (zero, b, pairs)]
+    return routes
+
+
+#: prefix of the routes of the gauge-aligned pair (:mod:`onnx_pathlift.gauge`)
+ALIGNED = "aligned-"
+
+
+def _aligned(a: Dag, b: Dag, pairs: dict[str, str]) -> tuple[Alignment | None, Dag | None, bool]:
+    """B in A's gauge as a DAG of A's architecture (None when not worth its passes) and whether that
+    pair is exact (same signs, ``|B''| ≤ |A|`` or ``≥`` everywhere)."""
+    gauge = align(a, b, pairs)
+    if gauge is None or not gauge.worth_it:
+        return gauge, None, False
+    aligned = with_params(a, lambda layer: gauge.params[layer.name])
+    signs, exact = sign_report(a, aligned, {n: n for n in a.graph.nodes})
+    return gauge, aligned, exact and all(s.violations == 0 for s in signs)
+
+
+def _alignment_report(gauge: Alignment | None, routes: dict[str, float], route: str, slack: float) -> dict:
+    """The ``alignment`` entry of compare's JSON."""
+    if gauge is None:
+        return {"used": False, "reason": "an aligned coordinate would leave float64's normal range"}
+    if not any(k.startswith(ALIGNED) for k in routes):
+        return {"used": False, **gauge.to_dict(), "reason": f"B is in A's gauge already (every |ln λ| ≤ {MIN_LOG:g})"}
+    best = min((k for k in routes if k.startswith(ALIGNED)), key=routes.__getitem__)
+    return {"used": route.startswith(ALIGNED), "route": best, **gauge.to_dict(),
+            "rounding": log10_value(slack), "rounding_log10": json_float(slack)}
+
+
 def path_metric(model_a: ModelSource | Dag, model_b: ModelSource | Dag, input_shape=None, providers=None,
                 breakdown: bool = False, pairs: dict[str, str] | None = None) -> PathMetric:
     """Bounds on the path-metric between two same-architecture models, their sign consistency and
     the route of the certified upper bound (``breakdown``: also each layer's part of it, when that
     takes at most :data:`MAX_SHARE_PASSES` lifted passes). ``pairs``: the layer pairing of two DAGs
-    already brought to comparable form (:func:`comparable`); None: they are paired here."""
+    already brought to comparable form (:func:`comparable`); None: they are paired here. Each route is
+    also taken between A and B brought to A's rescaling gauge (:mod:`onnx_pathlift.gauge`: the same
+    function and Φ, up to a float64 rounding added to those routes), and the smallest bound is kept."""
     a = model_a if isinstance(model_a, Dag) else import_model(model_a, input_shape)
     b = model_b if isinstance(model_b, Dag) else import_model(model_b, input_shape)
     a, b = a.float64_params(), b.float64_params()  # |a| − |b| and signs of products must not round
@@ -313,32 +359,30 @@ def path_metric(model_a: ModelSource | Dag, model_b: ModelSource | Dag, input_sh
     na = PathNormSession(a, 1.0, providers).run()
     nb = PathNormSession(b, 1.0, providers).run()
     consistent = all(s.violations == 0 for s in signs)
-    same = {n: n for n in a.graph.nodes}
-    # two same-sign legs through an intermediate point (docs/metrics.md, "Sign changes"); via-min is
-    # never above the direct bound, and equal to it (then "direct" is kept) when the pair is exact
-    routes: dict[str, list[Leg]] = {"direct": [(a, b, pairs)]} if consistent else {}
-    if not (consistent and exact):  # else via-min equals the direct bound, which is d
-        low = between(a, b, pairs, "min")
-        routes["via-min"] = [(a, low, same), (low, b, pairs)]
-    if not consistent:
-        zero = between(a, b, pairs, "zero")
-        routes["via-zero"] = [(a, zero, same), (zero, b, pairs)]
+    routes = _route_legs(a, b, pairs, consistent, exact)
+    gauge, aligned, aligned_exact = _aligned(a, b, pairs)
+    if aligned is not None:  # rescaling keeps signs: the aligned pair is as consistent as the pair
+        routes.update(_route_legs(a, aligned, {n: n for n in a.graph.nodes}, consistent, aligned_exact, ALIGNED))
     legs = [leg for route in routes.values() for leg in route]
     each = iter(delta_norms(legs, providers))
     norms = {name: [next(each) for _ in route] for name, route in routes.items()}
-    bounds = {name: log10_sum([n.upper_log10 for n in legs_norms]) for name, legs_norms in norms.items()}  # certified: outward
-    route = min(bounds, key=bounds.__getitem__)  # the first of equal ones: direct
+    slack = gauge.slack_log10 + nb.upper_log10 if gauge is not None else -math.inf  # ‖Φ(B'') − Φ(B)‖_1 ≤ 10**slack
+    bounds = {name: log10_sum([n.upper_log10 for n in ns] + ([slack] if name.startswith(ALIGNED) else []))
+              for name, ns in norms.items()}  # certified: outward
+    route = min(bounds, key=bounds.__getitem__)  # the first of equal ones: unaligned, direct
     upper = bounds[route]
-    direct = norms.get("direct", [])
     # |‖Φ_A‖ − ‖Φ_B‖| ≤ d, from the certified intervals (rounded inward)
     lower = max(_log10_gap(na.lower_log10, nb.upper_log10), _log10_gap(nb.lower_log10, na.upper_log10))
     exact = exact and consistent  # with a sign change, |θ'| ≤ |θ| no longer makes the sandwich tight
     if exact:  # then d equals the (cancellation-free) direct bound, computed within its certified interval
-        lower = max(lower, direct[0].lower_log10)
+        lower = max(lower, norms["direct"][0].lower_log10)
+    if aligned_exact and consistent:  # d(A, B'') likewise, and |d(A, B) − d(A, B'')| ≤ 10**slack
+        lower = max(lower, _log10_gap(norms[ALIGNED + "direct"][0].lower_log10, slack))
     passes = sum(1 for leg in routes[route] for x in leg[0].layers() if x.params)
     shares = layer_shares(routes[route], providers) if breakdown and passes <= MAX_SHARE_PASSES else []
     estimate = log10_sum([n.log10 for n in norms[route]])
-    return PathMetric(min(lower, upper), upper, na.log10, nb.log10, exact, consistent, signs, route, bounds, shares, estimate)
+    return PathMetric(min(lower, upper), upper, na.log10, nb.log10, exact or (aligned_exact and consistent), consistent,
+                      signs, route, bounds, shares, estimate, _alignment_report(gauge, bounds, route, slack))
 
 
 @dataclass(frozen=True)
@@ -346,10 +390,12 @@ class CheckReport:
     """Sampled and searched check of the certificate: the largest observed ‖R_θ(x) − R_θ'(x)‖_1 over
     ``samples`` random inputs and ``searched`` search steps in the box ‖x‖_∞ ≤ r, and its ratio to the
     certified bound (must be ≤ 1); for B as shipped (activation quantization), the same against the
-    total certificate ``shipped_bound`` (weight term + activation term)."""
+    total certificate ``shipped_bound`` (weight term + activation term). ``unevaluated``: evaluations
+    whose float32 outputs were not finite (overflow): they check nothing and are counted, never taken
+    as "not violated"; ``max_observed`` is None when no evaluation was finite."""
 
     samples: int
-    max_observed: float
+    max_observed: float | None
     bound: float | None
     ratio: float | None
     violated: bool
@@ -357,18 +403,32 @@ class CheckReport:
     shipped_bound: float | None = None
     shipped_ratio: float | None = None
     searched: int = 0
+    unevaluated: int = 0
+    evaluations: int = 0
+
+    @property
+    def note(self) -> str | None:
+        """Why the check says less than it seems to, when it does."""
+        if not self.unevaluated:
+            return None
+        what = "every" if self.unevaluated == self.evaluations else f"{self.unevaluated} of {self.evaluations}"
+        return (f"{what} evaluation overflowed float32 (non-finite outputs): "
+                + ("the check is impossible" if self.max_observed is None else "those are not checked"))
 
     def to_dict(self) -> dict:
-        return self.__dict__.copy()
+        return {**self.__dict__, "note": self.note}
 
 
 Feeds = dict[str, np.ndarray]
 
 
 def _change(run_a, run_b):
-    """``x ↦ (‖A(x) − B(x)‖_1, noise)``: float32 evaluation noise is 1e-5 of the outputs' ℓ1 size."""
+    """``x ↦ (‖A(x) − B(x)‖_1, noise)``: float32 evaluation noise is 1e-5 of the outputs' ℓ1 size;
+    ``(nan, nan)`` when an output is not finite (float32 overflow: nothing can be said)."""
     def change(feeds: Feeds) -> tuple[float, float]:
         ya, yb = run_a(feeds), run_b(feeds)
+        if not all(np.all(np.isfinite(y)) for y in (*ya, *yb)):
+            return math.nan, math.nan
         diff = sum(float(np.abs(a - b).sum()) for a, b in zip(ya, yb))
         return diff, 1e-5 * max(sum(float(np.abs(a).sum()) for a in ya), sum(float(np.abs(b).sum()) for b in yb))
     return change
@@ -396,24 +456,27 @@ def _probe(change, inputs: dict[str, tuple[int, ...]], r: float, samples: int, s
            rng: np.random.Generator) -> list[tuple[float, float]]:
     """``samples`` inputs (uniform, every other one at the box's corners), then ``search`` steps of
     :func:`search_box` from the worst of them; every evaluation ``(diff, noise)``."""
-    seen, worst = [], (-1.0, None)
+    seen, worst, start = [], -1.0, None
     for k in range(samples):
         feeds = {n: (rng.uniform(-r, r, shape) if k % 2 == 0 else r * rng.choice([-1.0, 1.0], shape)).astype(np.float32)
                  for n, shape in inputs.items()}
         seen.append(change(feeds))
-        worst = max(worst, (seen[-1][0], k), key=lambda t: t[0])
-        if worst[1] == k:
-            start = feeds
+        if start is None or seen[-1][0] > worst:  # a non-finite change (nan) is never the worst
+            worst, start = (seen[-1][0] if not math.isnan(seen[-1][0]) else worst), feeds
     if search and samples:
         seen += search_box(lambda x: change({n: v.astype(np.float32) for n, v in x.items()}),
                            {n: v.astype(np.float64) for n, v in start.items()}, r, search, rng)
     return seen
 
 
-def _verdict(seen: list[tuple[float, float]], bound: float | None) -> tuple[float, float | None, bool]:
-    """Largest change, its ratio to ``bound``, and whether some change exceeded bound + noise."""
-    worst = max((d for d, _ in seen), default=0.0)
-    violated = bound is not None and any(d > bound + n for d, n in seen)
+def _verdict(seen: list[tuple[float, float]], bound: float | None) -> tuple[float | None, float | None, bool]:
+    """Largest finite change (None when none is), its ratio to ``bound``, and whether some change
+    exceeded bound + noise (non-finite ones are counted apart: :attr:`CheckReport.unevaluated`)."""
+    finite = [(d, n) for d, n in seen if not math.isnan(d)]
+    if seen and not finite:
+        return None, None, False
+    worst = max((d for d, _ in finite), default=0.0)
+    violated = bound is not None and any(d > bound + n for d, n in finite)
     ratio = None if bound is None or (bound == 0 and worst > 0) else (worst / bound if bound else 0.0)
     return worst, ratio, violated
 
@@ -446,7 +509,9 @@ def check_bound(model_a, model_b, dag_a: Dag, dag_b: Dag, metric: PathMetric, r:
     bound = log10_value(metric.bound_log10(r))
     run = _change(lambda x: [np.asarray(v, np.float64) for v in emitted_a.run(names, x)],
                   lambda x: [np.asarray(v, np.float64) for v in certified_b.run(names, x)])
-    worst, ratio, violated = _verdict(_probe(run, inputs, r, samples, search, np.random.default_rng(seed)), bound)
+    seen = _probe(run, inputs, r, samples, search, np.random.default_rng(seed))
+    worst, ratio, violated = _verdict(seen, bound)
+    counts = [len(seen), sum(1 for d, _ in seen if math.isnan(d))]
     shipped: dict = {}
     if dag_b.activation_qdq or dag_a.activation_qdq:  # the shipped models differ from what is certified
         ra = ModelRunner(model_a, names, elem_types_a or {}, providers)
@@ -455,6 +520,8 @@ def check_bound(model_a, model_b, dag_a: Dag, dag_b: Dag, metric: PathMetric, r:
         total = None if activation is None or bound is None else bound + activation
         seen = _probe(run_shipped, inputs, r, samples, search, np.random.default_rng(seed + 1))
         top, top_ratio, top_violated = _verdict(seen, total)
+        counts = [counts[0] + len(seen), counts[1] + sum(1 for d, _ in seen if math.isnan(d))]
         shipped = {"shipped_max_observed": top, "shipped_bound": total, "shipped_ratio": top_ratio}
         violated |= top_violated
-    return CheckReport(samples, worst, bound, ratio, violated, searched=search if samples else 0, **shipped)
+    return CheckReport(samples, worst, bound, ratio, violated, searched=search if samples else 0, **shipped,
+                       unevaluated=counts[1], evaluations=counts[0])

@@ -123,8 +123,8 @@ def lifted_q(q: float) -> float:
 
 def combine_runs(q: float, runs: Sequence[JobRun]) -> PathNorm:
     """‖Φ‖_q of the same outputs computed by one or more lifted graphs (static scales, then the
-    run-time renormalised fallback): the estimate of the last, the intersection of their certified
-    intervals, certified when one of them is."""
+    run-time renormalised fallback): the estimate of the last (moved into the interval when float32
+    left it outside), the intersection of their certified intervals, certified when one of them is."""
     lowers, uppers, certified, norm, lq = [], [], False, None, lifted_q(q)
     for run in runs:
         candidate = combine(lq, run)
@@ -141,7 +141,9 @@ def combine_runs(q: float, runs: Sequence[JobRun]) -> PathNorm:
     lower = max(lowers)
     if lq != q:  # q = ∞: ‖Φ‖_∞ ≥ ‖Φ‖_Q / P**(1/Q)
         lower -= runs[0].budget.paths_log2(runs[0].sizes) + runs[0].copies_log2
-    return replace(norm, q=q, lower_log10=lower * scale, upper_log10=min(uppers) * scale, certified=certified)
+    lower, upper = lower * scale, min(uppers) * scale
+    log10 = min(max(norm.log10, lower), upper)  # the truth is in the interval: an estimate outside it is moved in
+    return replace(norm, q=q, log10=log10, value=log10_value(log10), lower_log10=lower, upper_log10=upper, certified=certified)
 
 
 #: the renormalised graph keeps its exponents in float32 (exact integers up to 2**24): beyond this q

@@ -300,3 +300,22 @@ def flip(built: onnx.ModelProto, rng: np.random.Generator, frac: float) -> tuple
 def noisy_flip(built: onnx.ModelProto, rng: np.random.Generator, frac: float) -> onnx.ModelProto:
     """Multiplicative noise on every parameter, then sign flips: a fine-tuning-like pair."""
     return flip(noise(built, rng), rng, frac)[0]
+
+
+def qdq(model: onnx.ModelProto, tmp_path: Path, calibration: list[dict], act: str = "QInt8",
+        per_channel: bool = True) -> onnx.ModelProto:
+    """onnxruntime's static QDQ quantizer (weights and activations), calibrated on ``calibration``."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(calibration)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    src, dst = tmp_path / f"src_{act}.onnx", tmp_path / f"qdq_{act}.onnx"
+    onnx.save(model, src)
+    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                    activation_type=getattr(QuantType, act), weight_type=QuantType.QInt8)
+    return onnx.load(dst)

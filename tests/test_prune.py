@@ -430,7 +430,8 @@ def rescaled(work) -> tuple[dict, Path]:
 
 def test_rescale_cli_keeps_the_function(rescaled) -> None:
     res, o = rescaled
-    assert set(res) == {"written", "neurons", "layers", "max_rel_output_change"}
+    assert set(res) == {"written", "neurons", "layers", "shared", "note", "max_rel_output_change"}
+    assert res["shared"] == 0 and res["note"] is None
     assert res["written"] == str(o)
     assert 0.0 <= res["max_rel_output_change"] <= 1e-4
     # block.conv1 (8 channels, through bn1 and relu into conv2) and head.0 (16, through relu, the global

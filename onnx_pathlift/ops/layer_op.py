@@ -146,6 +146,11 @@ class LayerOp:
         one input (a concat, any one-input layer). A sum overrides it."""
         return max(ins)
 
+    def keeps_channel(self, layer: Layer, axis: int) -> bool:
+        """For :attr:`rescale_role` "per_channel": whether a positive factor per channel along ``axis`` of
+        its input commutes with the layer and stays on ``axis`` of its output (always, unless overridden)."""
+        return True
+
     def rescale_axes(self, layer: Layer) -> RescaleAxes | None:
         """For :attr:`rescale_role` "weights": where a per-channel factor goes in this layer's ``W``
         (DAG layout), or None when this layer's channels cannot be rescaled."""

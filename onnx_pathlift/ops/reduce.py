@@ -53,6 +53,11 @@ class Reduce(ParameterFree):
     keeps_sign = True
     kind = "pool"
     accepts_dirty = True
+    rescale_role = "per_channel"  # sum, mean, max and min of λ·x are λ times those of x (λ > 0)
+
+    def keeps_channel(self, layer: Layer, axis: int) -> bool:
+        """When the channel axis is not reduced and stays in place (keepdims)."""
+        return bool(layer.attrs["keepdims"]) and axis not in layer.attrs["axes"]
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         return _reduce(b, _OP_TYPES[layer.attrs["mode"]], xs[0], layer)
