@@ -350,11 +350,19 @@ def prune_channel_groups(source: ModelSource, sparsity: float, out: str | os.Pat
     record = {"model": model_name(source), "written": str(out), "masked": None if masked_out is None else str(masked_out),
               "structure": "channel", "criterion": criterion, "scope": scope, "sparsity": sparsity, "target": target,
               "round_to": round_to, "min_keep": selection.min_keep, "layers": layers, "ranking": ranking, "steps": steps,
-              "achieved": result.achieved,
-              **costs,
-              "metric": metric.to_dict(input_linf), "latency_repeats": repeats,
+              "achieved": result.achieved, **costs, "metric": metric.to_dict(input_linf), "latency_repeats": repeats,
               "latency_before_s": latency(loaded.model, loaded.prepared, repeats),
               "latency_after_s": latency(result.slim, slim_prepared, repeats)}
+    _evaluate(record, loaded, result, recovery, selection, eval_data)
+    save_model(result.slim, out)
+    if masked_out:
+        save_model(result.masked, masked_out)
+    return ChannelPruning(result, record)
+
+
+def _evaluate(record: dict[str, Any], loaded: Loaded, result: ChannelPrune, recovery: Recovery | None, selection,
+              eval_data: Data) -> None:
+    """The record's recovery report, top-1 before and after on ``eval_data``, and its warnings."""
     if recovery is not None:
         record["recovery"] = {"data_aware_scores": selection.scorer is not None, **recovery.to_dict()}
     data = _data(eval_data)
@@ -362,7 +370,3 @@ def prune_channel_groups(source: ModelSource, sparsity: float, out: str | os.Pat
         record["accuracy_before"] = top1_accuracy(loaded.model, loaded.dag, data)
         record["accuracy_after"] = top1_accuracy(result.slim, loaded.dag, data)
     record["warnings"] = _warnings(record)
-    save_model(result.slim, out)
-    if masked_out:
-        save_model(result.masked, masked_out)
-    return ChannelPruning(result, record)

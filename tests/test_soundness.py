@@ -20,7 +20,7 @@ from onnx import helper, numpy_helper
 from oracle import log10_mlp_path_norm, log10_path_norm
 
 import onnx_pathlift as pl
-from onnx_pathlift.metric import path_metric
+from onnx_pathlift.metric import check_bound, path_metric
 from onnx_pathlift.norm import LiftedSession
 
 UP, DOWN, HALF = 1e3, 1e-3, 8
@@ -79,7 +79,7 @@ def test_tower_certificate_is_exact_and_holds() -> None:
     m = path_metric(a, b)
     assert m.exact
     assert m.upper >= 1.0 and m.upper == pytest.approx(1.0, rel=1e-4)  # rounded outward by the float32 budget
-    report = pl.metric.check_bound(a, b, pl.import_model(a), pl.import_model(b), m, 1.0, 8)
+    report = check_bound(a, b, pl.import_model(a), pl.import_model(b), m, 1.0, 8)
     assert not report.violated and report.max_observed == pytest.approx(1.0, rel=1e-6)
 
 
