@@ -77,7 +77,9 @@ def _channel_rows(g: Group, layer: Layer, v: np.ndarray) -> np.ndarray:
     """The values of one of the group's arrays as rows per channel (channels × values), every
     ``n // SAMPLE``-th value of a long row."""
     axis = g.axes.out if layer is g.c else g.bias_axis(layer, v)
-    rows = np.moveaxis(v, axis % v.ndim, 0)  # a view: only the sampled values are gathered
+    if not 0 <= axis < v.ndim:
+        raise ValueError("a bias broadcast over the channels (one value for all)")
+    rows = np.moveaxis(v, axis, 0)  # a view: only the sampled values are gathered
     if rows.ndim == 1:
         return rows[:, None]
     n = math.prod(rows.shape[1:])
@@ -155,10 +157,10 @@ def align(a: Dag, b: Dag, pairs: dict[str, str]) -> Alignment | None:
     top = 0.0
     touched: set[tuple[str, str]] = set()
     for g in groups(a):
-        lam = _factors(g, a, params)
-        if np.all(lam == 1.0):
-            continue
         try:
+            lam = _factors(g, a, params)
+            if np.all(lam == 1.0):
+                continue
             touched |= _apply(g, params, lam)
         except ValueError:
             continue  # a broadcast bias this rule does not handle: the group stays as it is
