@@ -32,10 +32,11 @@ if TYPE_CHECKING:  # (the audit package is not imported at run time: norm's star
     from onnx import ModelProto
 
     from .audit.record import InputShape  # one static shape, or one per input name; None: as declared
+    from .check import CheckReport
     from .dag import Dag
     from .lipschitz_bound import LipschitzBound
     from .load import ModelSource
-    from .metric import CheckReport, PathMetric
+    from .metric import PathMetric
     from .norm import PathNorm
     from .prepare import Prepared
     from .quant_bound import Certificate
@@ -254,7 +255,8 @@ def compare_models(model_a: ModelSource, model_b: ModelSource, input_shape: Inpu
     canonicalisation when the spellings differ) and that pairing serves every step. A violated
     certificate is in the report (:attr:`Comparison.violation`), not raised. Raises
     :class:`~onnx_pathlift.metric.MismatchError` (a :class:`UsageError`) when the architectures differ."""
-    from .metric import check_bound, comparable, path_metric
+    from .check import check_bound
+    from .metric import comparable, path_metric
     from .quant_bound import certify
 
     a, b = load(model_a, input_shape, outputs), load(model_b, input_shape, outputs)

@@ -7,7 +7,7 @@ are kept); every other byte of the model is the source's. Since the pruned weigh
 :func:`prune_weights` and :func:`prune_channel_groups` are ``onnx-pathlift prune`` (``--structure
 weight`` / ``channel``) as library calls: load, score, prune, write, certify, evaluate; the building
 blocks are :func:`select`, :func:`masks` and :func:`apply` (weights) and
-:func:`onnx_pathlift.slim.prune_channels` (channel groups).
+:func:`onnx_pathlift.ranking.prune_channels` (channel groups).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from onnx import ModelProto, numpy_helper
 
 from .api import Loaded, load, model_name, save_model, save_npz
 from .atomic import refuse_overwriting_input
-from .channels import MIN_KEEP
 from .errors import UsageError
+from .ranking import MIN_KEEP
 
 if TYPE_CHECKING:
     from .dag import Dag
@@ -330,7 +330,8 @@ def prune_channel_groups(source: ModelSource, sparsity: float, out: str | os.Pat
     reproduce the masked one."""
     from .importer import import_model
     from .metric import path_metric
-    from .slim import Selection, latency, prune_channels
+    from .ranking import Selection, prune_channels
+    from .slim import latency
 
     criterion = _check_arguments("channel", criterion, sparsity, source, out, masked_out)
     if repeats < 1:

@@ -8,25 +8,22 @@
   target shape and the value_info shapes updated; every other node, attribute and tensor is the source's. In the masked model no
   removed channel reaches a kept neuron (every reader of a group's channels is in the group: a
   sink, whose column is zero, or a per-channel op, cut with it), so the slim model computes the
-  masked model's function; :func:`check_slim` confirms it on random inputs.
-"""
+  masked model's function; :func:`check_slim` confirms it on random inputs."""
 
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnxruntime as ort
 from onnx import ModelProto, helper, numpy_helper
 
-from .channels import MIN_KEEP, TARGETS, ChannelGraph, Costs, Entry
-from .errors import UsageError, VerificationError
-from .prepare import Prepared, prepare
+from .channels import ChannelGraph, Entry
+from .errors import VerificationError
+from .prepare import Prepared
 from .read import FLOAT_TYPES
 from .verify import ModelRunner, relative_error
 
@@ -313,171 +310,3 @@ def retie(model: ModelProto, origin: dict[str, str]) -> ModelProto:
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep)
     return model
-
-
-def node_times(model: ModelProto, prepared: Prepared, repeats: int = 20) -> dict[str, float]:
-    """Median onnxruntime kernel time (seconds) of each node, by its first output's name: one thread,
-    graph optimisations off (each node runs as its own kernel); empty when onnxruntime cannot run
-    the model."""
-    import json
-    import os
-    import tempfile
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.enable_profiling = True
-    named = _copy(model)
-    for k, node in enumerate(named.graph.node):  # names onnxruntime reports back, one per node
-        node.name = f"n{k}"
-    with tempfile.TemporaryDirectory() as tmp:
-        opts.profile_file_prefix = os.path.join(tmp, "profile")
-        try:
-            session = ort.InferenceSession(named.SerializeToString(), sess_options=opts,
-                                           providers=["CPUExecutionProvider"])
-        except Exception:  # onnxruntime's own errors have no common base class
-            return {}
-        feeds = random_feeds(prepared)
-        for _ in range(repeats + 2):
-            session.run(None, feeds)
-        with open(session.end_profiling()) as f:
-            events = json.load(f)
-    runs: dict[str, list[float]] = defaultdict(list)
-    for e in events:
-        if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time"):
-            runs[e["name"][: -len("_kernel_time")]].append(float(e["dur"]) * 1e-6)
-    outputs = {f"n{k}": node.output[0] for k, node in enumerate(named.graph.node) if node.output}
-    return {outputs[name]: float(np.median(ts[2:] or ts)) for name, ts in runs.items() if name in outputs}
-
-
-def _work(cg: ChannelGraph, prepared: Prepared, node, full: dict) -> tuple:
-    """The counters a node's work is proportional to: its weight's axes (Conv/Gemm/MatMul with a
-    constant weight), else its output's channel count (a per-channel op), else none (fixed)."""
-    if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in prepared.consts:
-        shape = prepared.consts[node.input[1]].shape
-        keys = tuple(("c", node.input[1], a) for a in range(len(shape)))
-        full.update(zip(keys, shape))
-        return keys
-    out = node.output[0] if node.output else ""
-    if out in cg.layouts:
-        full[("t", out)] = cg.layouts[out].n
-        return (("t", out),)
-    return ()
-
-
-def channel_costs(cg: ChannelGraph, prepared: Prepared, target: str, repeats: int = 20,
-                  original: ModelProto | None = None) -> Costs | None:
-    """The :class:`~onnx_pathlift.channels.Costs` of ``target``: ``params`` (every float constant a
-    group cuts, its size; total: all float parameters), ``macs`` (each Conv/Gemm/MatMul/BN node's
-    :func:`layer_costs` MACs, scaled by its weight's or output's kept fraction), ``latency`` (each node's
-    onnxruntime kernel time from :func:`node_times`, scaled the same way; total: their sum); None
-    for ``groups``. ``original``: the model whose parameters are the total (default: ``prepared``'s;
-    :func:`prune_channels` passes the model before :func:`untie`'s copies)."""
-    if target not in TARGETS:
-        raise UsageError(f"--target must be one of {', '.join(TARGETS)} (got {target!r})")
-    full: dict = {}
-    items: list = []
-    if target == "params":
-        names = {e[0] for g in cg.groups for e in g.sinks + g.sources + g.slices}
-        for name in sorted(n for n in names if prepared.consts[n].dtype.kind == "f"):
-            shape = prepared.consts[name].shape
-            keys = tuple(("c", name, a) for a in range(len(shape)))
-            full.update(zip(keys, shape))
-            items.append((float(prepared.consts[name].size), keys))
-        return Costs(float(float_parameters(original or prepared.model)), items, full)
-    if target == "macs":
-        nodes = [n for n in prepared.nodes if n.op_type in ("Conv", "Gemm", "MatMul", "BatchNormalization")]
-        items = [(float(c.macs), _work(cg, prepared, n, full)) for n, c in zip(nodes, layer_costs(prepared))]
-        return Costs(sum(w for w, _ in items), items, full)
-    if target == "latency":
-        times = node_times(prepared.model, prepared, repeats)
-        if not times:
-            raise UsageError("--target latency: onnxruntime cannot run this model")
-        items = [(times.get(n.output[0], 0.0), _work(cg, prepared, n, full)) for n in prepared.nodes if n.output]
-        return Costs(sum(times.values()), items, full)
-    return None
-
-
-@dataclass
-class Selection:
-    """How :func:`prune_channels` picks groups (``prune --structure channel``'s options)."""
-
-    criterion: str = "path-mass"
-    scope: str = "global"
-    target: str = "groups"
-    round_to: int = 1
-    min_keep: float = MIN_KEEP
-    layers: str | None = None  # regular expression: only groups with a matching tensor or writing weight
-    seed: int = 0
-    #: remove in this many equal steps, path mass recomputed on the masked model after each (a removed
-    #: group then scores 0 and a layer's remaining groups score higher: :func:`channels.normalise`)
-    steps: int = 1
-    normalised: bool = True  # rank scores divided by their layer's mean (:func:`channels.normalise`)
-    #: replaces ``criterion``'s scores: ``scorer(cg, model, prepared)`` on the model as masked so far (the
-    #: data-aware path mass of :func:`onnx_pathlift.recover.data_aware_mass`)
-    scorer: Callable[[ChannelGraph, ModelProto, Prepared], np.ndarray] | None = None
-
-
-def _restrict(cg: ChannelGraph, scores: np.ndarray, pattern: str | None) -> np.ndarray:
-    """Scores set to NaN for the groups none of whose tensors and none of whose writing weights
-    (sources: conv filters, dense rows, depthwise filters) match ``pattern``."""
-    if pattern is None:
-        return scores
-    try:
-        rx = re.compile(pattern)
-    except re.error as exc:
-        raise UsageError(f"bad --layers pattern {pattern!r}: {exc}") from None
-    out = scores.copy()
-    for i, g in enumerate(cg.groups):
-        names = {t for t, _ in g.channels} | {e[0] for e in g.sources}
-        if not any(rx.search(n) for n in names):
-            out[i] = np.nan
-    if np.all(np.isnan(out)):
-        raise UsageError(f"--layers {pattern!r} matches no removable channel group")
-    return out
-
-
-def prune_channels(model: ModelProto, prepared: Prepared, dag, sparsity: float, criterion: str = "path-mass",
-                   scope: str = "global", seed: int = 0, providers=None, selection: Selection | None = None,
-                   repeats: int = 20) -> ChannelPrune:
-    """Score the channel groups of ``model`` and remove the ``sparsity`` fraction of the removable ones
-    (or of a cost: ``selection.target``) with the lowest normalised scores (:func:`channels.choose`),
-    and build the masked and the slim model (checked against each other). Shared initializers and
-    those read through an Identity are copied for each reader (:func:`untie`) and merged back where
-    they stay equal."""
-    from .channels import channel_graph, choose, group_scores
-    from .importer import import_prepared
-
-    sel = selection or Selection(criterion, scope, seed=seed)
-    untied, origin = untie(model)
-    p = prepare(untied, prepared.inputs) if origin else prepared
-    cg = channel_graph(untied, p)
-    costs = channel_costs(cg, p, sel.target, repeats, model)
-    removed: list[int] = []
-    for step in range(1, sel.steps + 1):
-        current = untied if step == 1 else masked_model(untied, cg, removed)
-        if sel.scorer is not None:
-            scores = sel.scorer(cg, current, p)
-        else:
-            at = dag if step == 1 and not origin else import_prepared(prepare(current, p.inputs), None)
-            scores = group_scores(cg, p, sel.criterion, at, sel.seed, providers)
-        removed = choose(cg, _restrict(cg, scores, sel.layers), sparsity * step / sel.steps, sel.scope, sel.round_to,
-                         sel.min_keep, costs, sel.normalised)
-    masked = retie(masked_model(untied, cg, removed), origin)
-    slim = retie(slim_model(untied, cg, removed), origin)
-    return ChannelPrune(cg, scores, removed, masked, slim, check_slim(masked, slim, prepared, list(dag.outputs)),
-                        _achieved(cg, costs, removed, _restrict(cg, scores, sel.layers)), untied, origin)
-
-
-def _achieved(cg: ChannelGraph, costs: Costs | None, removed: list[int], scores: np.ndarray) -> float:
-    """The fraction of the removable scored groups in ``removed``, or of ``costs.total`` it removes."""
-    if costs is None:
-        live = [i for i in cg.removable() if not np.isnan(scores[i])]
-        return len(removed) / len(live) if live else 0.0
-    kept = dict(costs.full)
-    for i in removed:
-        for key, k in costs.touches(cg.groups[i]).items():
-            if key in kept:
-                kept[key] -= k
-    return costs.removed(kept) / costs.total if costs.total > 0 else 0.0

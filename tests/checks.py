@@ -12,8 +12,8 @@ from onnx import TensorProto, helper
 from oracle import brute_force_path_norm
 
 from onnx_pathlift.channels import channel_graph
+from onnx_pathlift.check import _change, search_box
 from onnx_pathlift.importer import import_prepared
-from onnx_pathlift.metric import _change, search_box
 from onnx_pathlift.prepare import prepare
 from onnx_pathlift.scores import path_magnitude
 

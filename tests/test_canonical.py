@@ -23,8 +23,9 @@ from oracle import signed_path_metric, union_dags
 
 from onnx_pathlift import import_model
 from onnx_pathlift.canonical import canonical_form
+from onnx_pathlift.check import check_bound
 from onnx_pathlift.emit import emit_model
-from onnx_pathlift.metric import MismatchError, check_bound, comparable, path_metric
+from onnx_pathlift.metric import MismatchError, comparable, path_metric
 from onnx_pathlift.transforms import with_params_of
 from onnx_pathlift.verify import verify
 

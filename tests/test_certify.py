@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 from oracle import signed_path_metric, union_dags
 
 from onnx_pathlift import import_model
-from onnx_pathlift.metric import check_bound, path_metric
+from onnx_pathlift.check import check_bound
+from onnx_pathlift.metric import path_metric
 
 NETS = sorted(tiny_nets.ALL_NETS)
 FLOAT_SHIPPED = [p for p in sorted(MODELS.glob("*.onnx")) if param_roles(onnx.load(p))[0]]

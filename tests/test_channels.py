@@ -16,13 +16,14 @@ from checks import analyse, group_of, run, slim_error
 from conftest import ROOT, run_main
 from onnx import helper, numpy_helper
 
-from onnx_pathlift.channels import choose, group_scores
+from onnx_pathlift.channels import group_scores
 from onnx_pathlift.importer import import_prepared
 from onnx_pathlift.load import load_model
 from onnx_pathlift.metric import path_metric
 from onnx_pathlift.prepare import prepare
+from onnx_pathlift.ranking import choose, prune_channels
 from onnx_pathlift.rescale import rescale
-from onnx_pathlift.slim import masked_model, prune_channels, slim_model
+from onnx_pathlift.slim import masked_model, slim_model
 
 SHIPPED = sorted((ROOT / "models").glob("*.onnx"))
 

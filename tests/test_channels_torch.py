@@ -11,7 +11,7 @@ import pytest
 from checks import analyse, group_of, slim_error
 
 from onnx_pathlift.load import load_model
-from onnx_pathlift.slim import prune_channels
+from onnx_pathlift.ranking import prune_channels
 
 torch = pytest.importorskip("torch")
 import torch_archs  # noqa: E402

@@ -33,9 +33,10 @@ from torch_lifted import lifted_norm
 
 from onnx_pathlift import import_model, path_norm
 from onnx_pathlift import metric as metric_mod
+from onnx_pathlift.check import check_bound
 from onnx_pathlift.dag import Dag
 from onnx_pathlift.lipschitz_bound import lipschitz
-from onnx_pathlift.metric import MismatchError, check_bound, path_metric
+from onnx_pathlift.metric import MismatchError, path_metric
 
 NETS = sorted(tiny_nets.ALL_NETS)
 SHIPPED = sorted(MODELS.glob("*.onnx"))

@@ -25,8 +25,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from onnx_pathlift import import_model
+from onnx_pathlift.check import check_bound
 from onnx_pathlift.dag import ActivationQuantizer
-from onnx_pathlift.metric import check_bound, pair_layers, path_metric
+from onnx_pathlift.metric import pair_layers, path_metric
 from onnx_pathlift.quant_bound import _Point, activation_bound, backward_sum, certify, epsilon
 from onnx_pathlift.transforms import with_params_of
 

@@ -20,8 +20,8 @@ from onnx_pathlift.calibration import collect, read_calibration
 from onnx_pathlift.channels import group_scores
 from onnx_pathlift.errors import UsageError
 from onnx_pathlift.prune import prune_channel_groups
+from onnx_pathlift.ranking import prune_channels
 from onnx_pathlift.recover import data_aware_mass, recover
-from onnx_pathlift.slim import prune_channels
 
 
 def _arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:

@@ -20,7 +20,8 @@ from onnx import helper, numpy_helper
 from oracle import log10_mlp_path_norm, log10_path_norm
 
 import onnx_pathlift as pl
-from onnx_pathlift.metric import check_bound, path_metric
+from onnx_pathlift.check import check_bound
+from onnx_pathlift.metric import path_metric
 from onnx_pathlift.norm import LiftedSession
 
 UP, DOWN, HALF = 1e3, 1e-3, 8

@@ -34,11 +34,12 @@ sys.path.insert(0, str(ROOT / "tools"))
 from pruning_study import LAMBDA, SEEDS, SPARSITIES, Evaluator  # noqa: E402
 
 from onnx_pathlift import import_model  # noqa: E402
-from onnx_pathlift.channels import channel_graph, choose, group_scores  # noqa: E402
+from onnx_pathlift.channels import channel_graph, group_scores  # noqa: E402
 from onnx_pathlift.importer import import_prepared  # noqa: E402
 from onnx_pathlift.load import load_model  # noqa: E402
 from onnx_pathlift.metric import path_metric  # noqa: E402
 from onnx_pathlift.prepare import prepare  # noqa: E402
+from onnx_pathlift.ranking import choose  # noqa: E402
 from onnx_pathlift.rescale import rescale  # noqa: E402
 from onnx_pathlift.slim import check_slim, float_parameters, latency, layer_costs, masked_model, slim_model  # noqa: E402
 

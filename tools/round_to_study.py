@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from digits_nets import InvertedResidual, conv_bn  # noqa: E402
 
 from onnx_pathlift.api import load  # noqa: E402
-from onnx_pathlift.channels import channel_graph, choose, group_scores  # noqa: E402
+from onnx_pathlift.channels import channel_graph, group_scores  # noqa: E402
+from onnx_pathlift.ranking import choose  # noqa: E402
 from onnx_pathlift.slim import float_parameters, latency, slim_model  # noqa: E402
 
 #: torchvision's mobilenet_v2 setting: expansion t, channels c, repeats n, first stride s

@@ -37,8 +37,9 @@ import onnx
 from onnx import numpy_helper
 
 from onnx_pathlift import import_model
+from onnx_pathlift.check import check_bound
 from onnx_pathlift.dag import Dag
-from onnx_pathlift.metric import check_bound, pair_layers, path_metric
+from onnx_pathlift.metric import pair_layers, path_metric
 from onnx_pathlift.ops import LAYER_OPS
 from onnx_pathlift.quant_bound import certify
 from onnx_pathlift.rescale import rescale
