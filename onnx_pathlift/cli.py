@@ -16,11 +16,12 @@ import builtins
 import contextlib
 import json
 import math
+import os
 import signal
 import sys
 
 from . import __version__, prefetch
-from .errors import PathliftError, UsageError
+from .errors import FAIL_ON_EXIT, InvalidModelError, PathliftError, UsageError
 from .sanitise import terminal
 
 # The analyses (numpy, onnx, onnxruntime, networkx) are imported by the commands that use them: the
@@ -477,6 +478,13 @@ def _common(sp: argparse.ArgumentParser) -> None:
                     help=f"static input shape (needed for symbolic dimensions other than the batch): {SHAPE_FORMS}")
     sp.add_argument("--output", action="append", metavar="NAME", help="tensor to analyse (repeatable)")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
+    _max_file_size(sp)
+
+
+def _max_file_size(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--max-file-size", type=float, metavar="MB",
+                    help=f"largest model file read, in MiB (default {prefetch.DEFAULT_MAX_FILE_MB}, protobuf's own limit; "
+                         f"also ${prefetch.FILE_LIMIT_VARIABLE}); a larger one is refused before it is read (exit 4)")
 
 
 def _provider(sp: argparse.ArgumentParser) -> None:
@@ -548,8 +556,9 @@ def _add_audit(au: argparse.ArgumentParser) -> None:
     au.add_argument("--csv", metavar="OUT.csv", help="write one CSV row per model")
     au.add_argument("--json", action="store_true", help="print JSON Lines (one object per model) on stdout")
     au.add_argument("--scheduler", metavar="ADDRESS", help="run on the Dask cluster at tcp://HOST:PORT")
+    _max_file_size(au)
     au.add_argument("--fail-on", metavar="STATUS[,STATUS]",
-                    help="exit with code 6 when any model ends in one of these statuses (ok, unsupported, invalid, error, "
+                    help=f"exit with code {FAIL_ON_EXIT} when any model ends in one of these statuses (ok, unsupported, invalid, error, "
                          "timeout; oom: an out-of-memory error), e.g. error,timeout,invalid to gate CI")
 
 
@@ -600,6 +609,11 @@ def _check_q(qs: list[float]) -> None:
 def _run(args) -> int:
     """The command, its text output escaped for the terminal (``--json`` output is escaped by json.dumps);
     a model file is read on a thread while the command imports its analyses (:mod:`onnx_pathlift.prefetch`)."""
+    saved = os.environ.get(prefetch.FILE_LIMIT_VARIABLE)
+    if args.max_file_size is not None:
+        if not args.max_file_size > 0:
+            raise UsageError(f"--max-file-size must be a positive number of MiB (got {args.max_file_size})")
+        os.environ[prefetch.FILE_LIMIT_VARIABLE] = repr(args.max_file_size)  # the audit's workers inherit it
     if isinstance(getattr(args, "model", None), str):
         prefetch.start(args.model)
     try:
@@ -609,6 +623,10 @@ def _run(args) -> int:
             return args.func(args)
     finally:
         prefetch.forget()
+        if saved is None:
+            os.environ.pop(prefetch.FILE_LIMIT_VARIABLE, None)
+        else:
+            os.environ[prefetch.FILE_LIMIT_VARIABLE] = saved
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -625,6 +643,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("onnx-pathlift: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:  # an allocation failed (a model too large for this machine or its memory limit)
+        return _fail(InvalidModelError("out of memory: the model needs more memory than this process may use"), json_mode)
     except Exception as err:  # anything unexpected: one clear line, exit 1, no traceback
         if isinstance(err, OSError) and err.filename is not None:  # a file it names cannot be read (--eval DATA.npz)
             return _fail(UsageError(f"{err.filename}: cannot read: {err.strerror or err}"), json_mode)

@@ -10,6 +10,7 @@
 | 5 | ``compare --check`` observed an output change above the certified bound (a bug) |
 | 6 | an output could not be written (missing or read-only folder, a folder as target, disk full,
       file size limit); the file that was there before is left untouched |
+| 7 | ``audit --fail-on``: some model ended in one of the named statuses (:data:`FAIL_ON_EXIT`) |
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .sanitise import terminal
+
+#: the exit code of an audit in which some model ended in a status named by ``--fail-on`` (the help
+#: text and the audit both read it here)
+FAIL_ON_EXIT = 7
 
 
 class PathliftError(Exception):

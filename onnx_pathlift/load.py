@@ -7,7 +7,6 @@ limits, external data), :mod:`onnx_pathlift.fold` (constant folding) and
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import sys
@@ -18,7 +17,7 @@ from onnx import ModelProto, TensorProto, helper
 
 from . import prefetch
 from .errors import InvalidModelError
-from .read import DEFAULT_LIMITS, Limits, check_sizes, load_external_data, parse_model, refuse_external
+from .read import DEFAULT_LIMITS, Limits, check_sizes, load_external_data, parse_model, read_model_file, refuse_external
 from .wire import split_file
 
 ModelSource = str | os.PathLike | bytes | ModelProto
@@ -39,16 +38,19 @@ def load_model(source: ModelSource, limits: Limits = DEFAULT_LIMITS) -> ModelPro
         refuse_external(model)
         return model
     path = Path(source)
-    if not path.is_file():
-        raise InvalidModelError(f"{path}: no such file")
-    try:
-        data = prefetch.take(path) or path.read_bytes()
-    except OSError as exc:
-        raise InvalidModelError(f"{path}: cannot read: {exc.strerror}") from exc
-    model = parse_model(data, str(path))
+    model = parse_model(_read(path), str(path))
     check_sizes(model, limits)
     load_external_data(model, path.resolve().parent)
     return model
+
+
+def _read(path: Path) -> bytes:
+    """The model file's bytes: those :mod:`~onnx_pathlift.prefetch` read, else read here (a regular file
+    within the size limit: :func:`~onnx_pathlift.read.read_model_file`)."""
+    if not os.path.lexists(path):
+        raise InvalidModelError(f"{path}: no such file")
+    data = prefetch.take(path)
+    return data if data is not None else read_model_file(path)
 
 
 #: initializer types whose payload is read straight into an array (raw little-endian, as numpy reads them)
@@ -66,19 +68,16 @@ def load_split(source: ModelSource, limits: Limits = DEFAULT_LIMITS) -> tuple[Mo
     if isinstance(source, (ModelProto, bytes, bytearray)) or sys.byteorder != "little":
         return load_model(source, limits), {}
     path = Path(source)
-    data = prefetch.take(path)
+    data = _read(path)
     try:
-        if data is not None:
-            split = split_file(io.BytesIO(data), len(data))
-        else:
-            with open(path, "rb") as f:
-                split = split_file(f, os.fstat(f.fileno()).st_size)
-    except OSError:
-        split = None
-    del data
+        split = split_file(data)
+    except MemoryError:
+        raise InvalidModelError(f"{path}: out of memory reading its weights") from None
     if split is None:
-        return load_model(source, limits), {}
-    model, payloads = parse_model(split[0], str(path)), split[1]
+        model, payloads = parse_model(data, str(path)), {}
+    else:
+        del data
+        model, payloads = parse_model(split[0], str(path)), split[1]
     for index in [i for i in payloads if model.graph.initializer[i].data_location != TensorProto.DEFAULT]:
         model.graph.initializer[index].raw_data = payloads.pop(index).tobytes()  # external data replaces it, as it would have
     check_sizes(model, limits)

@@ -41,6 +41,7 @@ pytestmark = pytest.mark.skipif(os.name != "posix", reason="FIFOs, rlimits, sign
 
 make_hostile = load_tool("make_hostile")
 
+ROOT_MODEL = Path(__file__).resolve().parent.parent / "models" / "digits_cnn_torch_bn.onnx"
 HANG = 120  # seconds: a hang detector for each subprocess, not a performance bound
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
@@ -555,3 +556,82 @@ def test_initializers_listed_as_inputs_do_not_count_as_graph_inputs():
                          for t in m.graph.initializer)
     assert len(m.graph.input) > DEFAULT_LIMITS.max_graph_io
     assert path_norm(m, 1).value == pytest.approx(path_norm(make_hostile.mlp(), 1).value, rel=1e-6)
+
+
+# ------------------------------------------------------------------------ issue 27: special files, size limit, memory
+
+
+def _special(kind: str, folder: Path) -> Path:
+    """A FIFO (no writer), a listening Unix socket's file, or a character device, as a model path."""
+    if kind == "device":
+        return Path("/dev/zero")
+    path = folder / f"{kind}.onnx"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        import socket
+
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(path))
+        sock.listen(1)
+        _SOCKETS.append(sock)  # kept open for the test session's life
+    return path
+
+
+_SOCKETS: list = []
+
+
+@pytest.mark.parametrize(("command", "kind"), [("norm", "fifo"), ("lipschitz", "fifo"), ("scores", "socket"),
+                                               ("lift", "fifo"), ("inspect", "device"), ("norm", "device"),
+                                               ("compare", "fifo"), ("rescale", "socket")])
+def test_special_files_are_never_read_as_models(tmp_path, command, kind):
+    """A FIFO (whose ``open`` would block for ever without a writer), a socket or a device as the
+    model: exit 4 at once, one error line naming it; the hang detector is the only clock."""
+    path = _special(kind, tmp_path)
+    extra = {"lift": ["-o", tmp_path / "out.onnx"], "rescale": ["-o", tmp_path / "out.onnx"],
+             "compare": [ROOT_MODEL]}.get(command, [])
+    args = [command, ROOT_MODEL, path] if command == "compare" else [command, path, *extra]
+    proc = cli(*args)
+    assert proc.returncode == 4, proc.stderr
+    assert f"{path} is not a regular file" in one_error_line(proc)
+
+
+def test_the_model_file_size_limit(tmp_path):
+    """``--max-file-size`` (MiB) refuses a larger model before reading it, in every command that reads
+    one and in the audit's workers (which inherit it); the default is protobuf's own 2 GiB."""
+    from onnx_pathlift import prefetch
+
+    assert prefetch.max_file_bytes() == 2 << 30
+    path = tmp_path / "m.onnx"
+    onnx.save(big_mlp(), path)
+    size = path.stat().st_size
+    for command in ("norm", "inspect", "lipschitz"):
+        proc = cli(command, path, "--max-file-size", 0.01)
+        assert proc.returncode == 4 and f"the file is {size} bytes, over the limit of 10485 bytes" in one_error_line(proc)
+    assert cli("norm", path, "--max-file-size", 1).returncode == 0
+    proc = cli("audit", path, "--db", tmp_path / "a.sqlite", "--json", "--jobs", "1", "--max-file-size", 0.01)
+    assert proc.returncode == 0 and json.loads(proc.stdout.splitlines()[0])["status"] == "invalid", proc.stdout
+    assert cli("norm", path, "--max-file-size", 0).returncode == 2
+
+
+def test_running_out_of_memory_while_reading_is_exit_4(tmp_path):
+    """A model whose reading fails to allocate (under an address-space cap that the imports fit in but
+    the file's 400 MB do not): one error line, exit 4, no traceback; the prefetch thread's own
+    MemoryError is swallowed (it leaves the reading to the command)."""
+    path = tmp_path / "big.onnx"
+    w = np.zeros((10_000, 10_000), np.float32)
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+                       [("x", [1, 10_000])], [("y", [1, 10_000])], {"w": w})
+    onnx.save(model, path)
+    proc, _ = run_measured("norm", path, cap_bytes=900 << 20, hang_s=HANG)
+    assert proc.returncode == 4, proc.stderr[-3000:]
+    assert "out of memory" in one_error_line(proc)
+
+
+def test_audit_help_names_the_fail_on_exit_code():
+    from onnx_pathlift.cli import build_parser
+    from onnx_pathlift.errors import FAIL_ON_EXIT
+
+    audit_parser = build_parser()._subparsers._group_actions[0].choices["audit"]
+    text = " ".join(audit_parser.format_help().split())
+    assert FAIL_ON_EXIT == 7 and f"exit with code {FAIL_ON_EXIT} when any model ends" in text

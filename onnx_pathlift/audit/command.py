@@ -7,15 +7,13 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import FAIL_ON_EXIT, UsageError
 from ..sanitise import terminal
 from . import report
 from .batch import Audit, audit
 from .progress import Progress
 from .record import DEFAULT_Q, STATUSES, InputShape, ModelResult, Settings
 
-#: the exit code of an audit in which some model ended in a status named by ``--fail-on``
-FAIL_ON_EXIT = 7  # 6 is an output that could not be written
 #: ``--fail-on oom`` names the errors that are out-of-memory failures (a cap or the OOM killer)
 OOM = "oom"
 
