@@ -91,6 +91,22 @@ def read_model_file(path: str | os.PathLike) -> bytes:
     return data
 
 
+def files_read(source: str | os.PathLike) -> list[str | os.PathLike]:
+    """``source`` and, when it is a readable model file, the external-data files its tensors name inside
+    its folder (those a run reads with it; any other location is refused when it is loaded)."""
+    files = [source]
+    try:
+        model = parse_model(read_model_file(source), str(source))
+    except (InvalidModelError, OSError):  # the run reports it when it loads the model
+        return files
+    base = Path(source).resolve().parent
+    for tensor in _all_tensors(model):
+        location = {e.key: e.value for e in tensor.external_data}.get("location")
+        if tensor.data_location == TensorProto.EXTERNAL and location and not os.path.isabs(location):
+            files.append(base / location)
+    return files
+
+
 def parse_model(data: bytes, where: str) -> ModelProto:
     """Decode ``data`` as a ``ModelProto``; refuses empty data, a failed decode, a model without a
     graph and any string field that is not valid UTF-8 (``where`` names the source in messages)."""

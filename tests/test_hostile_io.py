@@ -635,3 +635,32 @@ def test_audit_help_names_the_fail_on_exit_code():
     audit_parser = build_parser()._subparsers._group_actions[0].choices["audit"]
     text = " ".join(audit_parser.format_help().split())
     assert FAIL_ON_EXIT == 7 and f"exit with code {FAIL_ON_EXIT} when any model ends" in text
+
+
+def test_no_output_onto_a_file_the_run_reads(tmp_path):
+    """``-o`` naming the model's external-data file (by its name, a symlink or a hard link), and an audit's
+    report, CSV or database naming a model it audits: exit 2 before anything is written, the files
+    unchanged."""
+    model = big_mlp()
+    onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, all_tensors_to_one_file=True, location="w.bin",
+              size_threshold=0)
+    weights = (tmp_path / "w.bin").read_bytes()
+    os.symlink(tmp_path / "w.bin", tmp_path / "link.bin")
+    os.link(tmp_path / "w.bin", tmp_path / "hard.bin")
+    for command in ("lift", "rescale", "prune"):
+        for out in ("w.bin", "link.bin", "hard.bin"):
+            extra = ["--sparsity", "0.5"] if command == "prune" else []
+            proc = cli(command, tmp_path / "m.onnx", *extra, "-o", tmp_path / out)
+            assert proc.returncode == 2 and "reads" in one_error_line(proc), (command, out, proc.stderr)
+    proc = cli("scores", tmp_path / "m.onnx", "-o", tmp_path / "w.bin")
+    assert proc.returncode == 2 and "reads" in one_error_line(proc)
+    assert (tmp_path / "w.bin").read_bytes() == weights
+    audited = tmp_path / "zoo"
+    audited.mkdir()
+    onnx.save(big_mlp(), audited / "a.onnx")
+    before = (audited / "a.onnx").read_bytes()
+    for option in ("--report", "--csv", "--db"):
+        proc = cli("audit", audited, option, audited / "a.onnx", "--jobs", "1")
+        assert proc.returncode == 2 and "is the input file" in one_error_line(proc), (option, proc.stderr)
+    assert (audited / "a.onnx").read_bytes() == before
+    assert cli("lift", tmp_path / "m.onnx", "-o", tmp_path / "lifted.onnx").returncode == 0
