@@ -309,11 +309,12 @@ def _print_scores(r) -> None:
           f"(each weight's score as a fraction of ‖Φ‖_1 = {_fmt(r.scores.log10_norm)}), {r.seconds:.3f} s")
     print("  'paths' is the fraction of ‖Φ‖_1 carried by paths through the tensor (a path crosses several tensors, so "
           "these sum to more than 1); 'share' is the tensor's part of all scores (sums to 1)")
-    width = max([40, *(len(row["initializer"]) for row in r.rows)])
+    names = [terminal(row["initializer"]) for row in r.rows]  # a newline in a name is escaped too
+    width = max([40, *map(len, names)])
     print(f"  {'tensor':{width}s} {'paths':>10s} {'share':>10s} {'median':>10s} {'max':>10s} {'zeros':>15s}")
-    for row in r.rows:
+    for name, row in zip(names, r.rows):
         q = row["quantiles"]
-        print(f"  {row['initializer']:{width}s} {row['share']:10.4g} {row['share_of_scores']:10.4g} {q['median']:10.3g} "
+        print(f"  {name:{width}s} {row['share']:10.4g} {row['share_of_scores']:10.4g} {q['median']:10.3g} "
               f"{q['max']:10.3g} {str(row['zeros']) + '/' + str(row['size']):>15s}")
     if r.written:
         print(f"wrote {r.written} (float32 fractions keyed by initializer name)")

@@ -19,6 +19,7 @@ from onnx import ModelProto, TensorProto, helper
 
 from .errors import InvalidModelError
 from .prefetch import max_file_bytes
+from .sanitise import terminal
 
 
 @dataclass(frozen=True)
@@ -235,7 +236,7 @@ def check_sizes(model: ModelProto, limits: Limits) -> None:
         raise InvalidModelError(f"the model has {nodes} nodes (limit {limits.max_nodes})")
     wide = next((n for n in _all_nodes(model) if len(n.input) > limits.max_node_inputs), None)
     if wide is not None:
-        raise InvalidModelError(f"node {wide.name!r} ({wide.op_type}) has {len(wide.input)} inputs "
+        raise InvalidModelError(f"node {wide.name!r} ({terminal(wide.op_type)}) has {len(wide.input)} inputs "
                                 f"(limit {limits.max_node_inputs})")
     total = 0
     for tensor in _all_tensors(model):

@@ -664,3 +664,62 @@ def test_no_output_onto_a_file_the_run_reads(tmp_path):
         assert proc.returncode == 2 and "is the input file" in one_error_line(proc), (option, proc.stderr)
     assert (audited / "a.onnx").read_bytes() == before
     assert cli("lift", tmp_path / "m.onnx", "-o", tmp_path / "lifted.onnx").returncode == 0
+
+
+EVIL = "\nFAKE line\r\x1b[31m\u202e"  # a fake output line, a carriage return, a colour, a bidi override
+
+
+def _evil_mlp() -> onnx.ModelProto:
+    """big_mlp with every name (inputs, outputs, initializers, intermediate tensors, nodes) carrying EVIL."""
+    model = big_mlp(8)
+    renamed = {}
+    for vi in [*model.graph.input, *model.graph.output]:
+        renamed[vi.name] = vi.name + EVIL
+        vi.name = renamed[vi.name]
+    for t in model.graph.initializer:
+        renamed[t.name] = t.name + EVIL
+        t.name = renamed[t.name]
+    for i, node in enumerate(model.graph.node):
+        node.name = f"node{i}{EVIL}"
+        for names in (node.input, node.output):
+            for j, name in enumerate(names):
+                names[j] = renamed.setdefault(name, name + EVIL)
+    model.producer_name, model.doc_string = "prod" + EVIL, "doc" + EVIL
+    return model
+
+
+def _assert_clean(where: str, text: str) -> None:
+    assert not {"\r", "\x1b", "\u202e"} & set(text), f"{where}: {text!r}"
+    assert not any(line.lstrip().startswith("FAKE") for line in text.splitlines()), f"{where}: {text!r}"
+
+
+def test_every_command_escapes_model_names_in_its_text_output(tmp_path):
+    """Every command's text output (stdout and stderr), on success and on the error paths that quote the
+    model (a refused node, a tensor nothing produces, a cycle), with names holding a newline, a
+    carriage return, ESC and a bidi override: none reaches the terminal raw, none starts a line."""
+    from conftest import run_captured
+
+    path = tmp_path / "evil.onnx"
+    onnx.save(_evil_mlp(), path)
+    out = tmp_path / "out"
+    out.mkdir()
+    calls = [["norm", path, "--verify"], ["lift", path, "-o", out / "l.onnx"], ["compare", path, path, "--check", "3"],
+             ["lipschitz", path], ["scores", path, "-o", out / "s.npz"], ["prune", path, "--sparsity", "0.5", "-o",
+                                                                          out / "p.onnx"],
+             ["prune", path, "--structure", "channel", "--sparsity", "0.5", "-o", out / "c.onnx", "--repeats", "1"],
+             ["rescale", path, "-o", out / "r.onnx"], ["inspect", path],
+             ["audit", path, "--db", out / "a.sqlite", "--jobs", "1", "--report", out / "a.html", "--csv", out / "a.csv"]]
+    broken = {"refused": lambda m: setattr(m.graph.node[1], "op_type", "Tanh" + EVIL),
+              "unproduced": lambda m: m.graph.node[2].input.__setitem__(0, "ghost" + EVIL),
+              "unproduced_op": lambda m: (m.graph.node[2].input.__setitem__(0, "ghost"),
+                                          setattr(m.graph.node[2], "op_type", "MatMul" + EVIL)),
+              "cycle": lambda m: m.graph.node[0].input.__setitem__(0, m.graph.node[2].output[0])}
+    for name, edit in broken.items():
+        model = _evil_mlp()
+        edit(model)
+        onnx.save(model, tmp_path / f"{name}.onnx")
+        calls += [["norm", tmp_path / f"{name}.onnx"], ["inspect", tmp_path / f"{name}.onnx"]]
+    for args in calls:
+        rc, stdout, stderr = run_captured(*args)
+        assert rc in (0, 1, 3, 4), (args, rc, stderr)
+        _assert_clean(" ".join(map(str, args)), stdout + stderr)
