@@ -21,7 +21,7 @@ import signal
 import sys
 
 from . import __version__, prefetch
-from .errors import FAIL_ON_EXIT, InvalidModelError, PathliftError, UsageError
+from .errors import FAIL_ON_EXIT, OutOfMemoryError, PathliftError, UsageError
 from .sanitise import terminal
 
 # The analyses (numpy, onnx, onnxruntime, networkx) are imported by the commands that use them: the
@@ -645,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
         print("onnx-pathlift: interrupted", file=sys.stderr)
         return 130
     except MemoryError:  # an allocation failed (a model too large for this machine or its memory limit)
-        return _fail(InvalidModelError("out of memory: the model needs more memory than this process may use"), json_mode)
+        return _fail(OutOfMemoryError("out of memory: the model needs more memory than this process may use"), json_mode)
     except Exception as err:  # anything unexpected: one clear line, exit 1, no traceback
         if isinstance(err, OSError) and err.filename is not None:  # a file it names cannot be read (--eval DATA.npz)
             return _fail(UsageError(f"{err.filename}: cannot read: {err.strerror or err}"), json_mode)

@@ -46,6 +46,10 @@ class InvalidModelError(PathliftError):
     exit_code = 4
 
 
+class OutOfMemoryError(InvalidModelError):
+    """An allocation failed while reading or analysing the model (exit 4; ``oom`` in an audit)."""
+
+
 class ProviderUnavailableError(PathliftError):
     """The requested onnxruntime execution provider cannot be used here."""
 

@@ -16,7 +16,7 @@ import numpy as np
 from onnx import ModelProto, TensorProto, helper
 
 from . import prefetch
-from .errors import InvalidModelError
+from .errors import InvalidModelError, OutOfMemoryError
 from .read import DEFAULT_LIMITS, Limits, check_sizes, load_external_data, parse_model, read_model_file, refuse_external
 from .wire import split_file
 
@@ -72,7 +72,7 @@ def load_split(source: ModelSource, limits: Limits = DEFAULT_LIMITS) -> tuple[Mo
     try:
         split = split_file(data)
     except MemoryError:
-        raise InvalidModelError(f"{path}: out of memory reading its weights") from None
+        raise OutOfMemoryError(f"{path}: out of memory reading its weights") from None
     if split is None:
         model, payloads = parse_model(data, str(path)), {}
     else:

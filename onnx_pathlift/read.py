@@ -17,7 +17,7 @@ from pathlib import Path
 import onnx
 from onnx import ModelProto, TensorProto, helper
 
-from .errors import InvalidModelError
+from .errors import InvalidModelError, OutOfMemoryError
 from .prefetch import max_file_bytes
 from .sanitise import terminal
 
@@ -84,7 +84,7 @@ def read_model_file(path: str | os.PathLike) -> bytes:
         try:
             data = f.read(size + 1)
         except MemoryError:
-            raise InvalidModelError(f"{path}: out of memory reading its {size} bytes") from None
+            raise OutOfMemoryError(f"{path}: out of memory reading its {size} bytes") from None
         except OSError as exc:
             raise InvalidModelError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     if len(data) > limit:  # it grew after the check
@@ -116,6 +116,8 @@ def parse_model(data: bytes, where: str) -> ModelProto:
     model = ModelProto()
     try:
         model.ParseFromString(data)
+    except MemoryError:
+        raise OutOfMemoryError(f"{where}: out of memory decoding the model") from None
     except Exception as exc:  # protobuf raises DecodeError, or RuntimeWarning-like errors
         raise InvalidModelError(f"{where}: not an ONNX model (protobuf decode failed: {exc})") from exc
     if not model.HasField("graph"):
