@@ -18,7 +18,7 @@ from onnx import ModelProto, TensorProto, helper
 from . import prefetch
 from .errors import InvalidModelError, OutOfMemoryError
 from .read import DEFAULT_LIMITS, Limits, check_sizes, load_external_data, parse_model, read_model_file, refuse_external
-from .wire import split_file
+from .wire import MESSAGE_BYTES, message_count, split_file
 
 ModelSource = str | os.PathLike | bytes | ModelProto
 
@@ -44,13 +44,26 @@ def load_model(source: ModelSource, limits: Limits = DEFAULT_LIMITS) -> ModelPro
     return model
 
 
+#: the memory protobuf may take to decode a model's top levels: this many times the file's size plus
+#: LAYOUT_SLACK bytes (a graph of 30 000 nodes, 100 bytes each, needs about 12 MiB)
+LAYOUT_FACTOR, LAYOUT_SLACK = 2, 16 << 20
+
+
 def _read(path: Path) -> bytes:
     """The model file's bytes: those :mod:`~onnx_pathlift.prefetch` read, else read here (a regular file
-    within the size limit: :func:`~onnx_pathlift.read.read_model_file`)."""
+    within the size limit: :func:`~onnx_pathlift.read.read_model_file`); refused when its top levels
+    hold more messages than :data:`LAYOUT_FACTOR` × its size + :data:`LAYOUT_SLACK` bytes pay for
+    (:func:`~onnx_pathlift.wire.message_count`: one object each in protobuf)."""
     if not os.path.lexists(path):
         raise InvalidModelError(f"{path}: no such file")
     data = prefetch.take(path)
-    return data if data is not None else read_model_file(path)
+    data = data if data is not None else read_model_file(path)
+    need = message_count(data) * MESSAGE_BYTES
+    if need > LAYOUT_FACTOR * len(data) + LAYOUT_SLACK:
+        raise InvalidModelError(f"{path}: {need // MESSAGE_BYTES} messages in {len(data)} bytes would take about {need >> 20} MiB "
+                               f"to decode, over {LAYOUT_FACTOR}× the file's size + {LAYOUT_SLACK >> 20} MiB: refused "
+                               "before decoding")
+    return data
 
 
 #: initializer types whose payload is read straight into an array (raw little-endian, as numpy reads them)

@@ -150,3 +150,32 @@ def _raw_data(buf: memoryview, begin: int, end: int) -> tuple[int, int, int] | N
                 raise _NotSimple
             found = at, start, after
     return found if found is not None and found[2] - found[1] >= MIN_PAYLOAD else None
+
+
+#: protobuf's (upb's) memory for one decoded sub-message, in bytes (measured: 1.5 million empty
+#: ``value_info`` entries of 2 file bytes each take 114 MB, 76 bytes each)
+MESSAGE_BYTES = 72
+#: the length-delimited fields that are strings, not messages, at each level :func:`message_count` walks
+_STRINGS = {"model": {2, 3, 4, 6}, "graph": {2, 10}, "node": {1, 2, 3, 4, 6, 7, 8}}
+_LEVELS = {("model", _MODEL_GRAPH): "graph", ("graph", 1): "node"}
+
+
+def message_count(data: bytes | memoryview) -> int:
+    """The sub-messages of the model's top levels (the model, its graphs and their nodes), counted from
+    the wire format before protobuf allocates one object each; a part that is not plain wire format
+    (which protobuf then refuses, or a group it keeps as an unknown field) is not counted."""
+    buf = memoryview(data).cast("B")
+    return _count(buf, 0, len(buf), "model")
+
+
+def _count(buf: memoryview, begin: int, end: int, level: str) -> int:
+    n = 0
+    try:
+        for number, kind, _at, _key_end, start, after in _fields(buf, begin, end):
+            if kind == _LEN and number not in _STRINGS[level]:
+                n += 1
+                inner = _LEVELS.get((level, number))
+                n += _count(buf, start, after, inner) if inner else 0
+    except _NotSimple:
+        pass
+    return n

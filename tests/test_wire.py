@@ -11,13 +11,14 @@ protobuf's own reading of the whole file.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from builders import net
-from conftest import LIGHT, MODELS, load_tool
+from conftest import LIGHT, MODELS, load_tool, run_measured
 from onnx import helper, numpy_helper
 
 from onnx_pathlift import load, wire
@@ -200,3 +201,40 @@ def test_a_tensor_segment_is_refused_by_every_reader(tmp_path: Path) -> None:
     for read in (load.load_split, _whole):
         with pytest.raises(PathliftError, match="segment"):
             read(path)
+
+
+def _padded(filler: bytes, size: int = 3 << 20) -> bytes:
+    """A small valid model whose graph also holds ``size`` bytes of ``filler`` repeated (tiny fields)."""
+    base = _big_model()
+    graph = base.graph.SerializeToString()
+    head = base.SerializeToString().replace(_field(7, graph), b"")
+    return head + _field(7, graph + filler * (size // len(filler)))
+
+
+#: layouts of 3 MiB of tiny fields: empty value_info messages (one protobuf object per 2 bytes: refused
+#: by count), unknown varint fields (kept as unknown bytes), empty doc strings (the last one wins)
+_TINY_LAYOUTS = {"value_info": _varint(13 << 3 | 2) + b"\x00", "unknown_varints": _varint(127 << 3) + b"\x00",
+                 "doc_strings": _varint(10 << 3 | 2) + b"\x00"}
+
+
+def test_messages_are_counted_before_decoding() -> None:
+    data = _padded(_TINY_LAYOUTS["value_info"], 1 << 16)
+    model = onnx.load_from_string(data)
+    expected = len(model.graph.value_info) + len(model.graph.node) + sum(len(n.attribute) for n in model.graph.node) + \
+        len(model.graph.initializer) + len(model.graph.input) + len(model.graph.output) + len(model.opset_import) + 1
+    assert wire.message_count(data) == expected
+
+
+@pytest.mark.slow
+def test_reading_memory_is_bounded_by_the_file_size_for_any_layout(tmp_path: Path) -> None:
+    """Peak resident memory of ``norm`` above a tiny model's, per file byte, at most 3, for 3 MiB of tiny
+    fields in each layout (the reader once took 130 per byte: one Python object per field); the
+    layout protobuf itself would decode into 40 bytes per file byte is refused by count (exit 4)."""
+    _, baseline = run_measured("norm", MODELS / "digits_mlp_sklearn.onnx", "--json")
+    for name, filler in _TINY_LAYOUTS.items():
+        path = tmp_path / f"{name}.onnx"
+        path.write_bytes(_padded(filler))
+        proc, peak = run_measured("norm", path, "--json")
+        assert proc.returncode == (4 if name == "value_info" else 0), proc.stdout[-2000:]
+        assert (peak - baseline) / path.stat().st_size <= 3, (name, peak, baseline)
+    assert "messages in" in json.loads(run_measured("norm", tmp_path / "value_info.onnx", "--json")[0].stdout)["message"]
