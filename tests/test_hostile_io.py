@@ -723,3 +723,13 @@ def test_every_command_escapes_model_names_in_its_text_output(tmp_path):
         rc, stdout, stderr = run_captured(*args)
         assert rc in (0, 1, 3, 4), (args, rc, stderr)
         _assert_clean(" ".join(map(str, args)), stdout + stderr)
+
+
+def test_a_concat_at_the_activation_limit_under_a_memory_cap_is_exit_4(tmp_path):
+    """A 4096-way Concat whose output has 2^28 elements (the activation limit) under a 2 GB address-space
+    cap: its float64 exponent maps cannot be allocated; one error line, exit 4, not an internal error."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Concat", ["r"] * 4096, ["c"], axis=1),
+             helper.make_node("Relu", ["c"], ["y"])]
+    onnx.save(make_model(nodes, [("x", [1, 1 << 16])], [("y", [1, 1 << 28])], {}), tmp_path / "concat.onnx")
+    proc, _ = run_measured("norm", tmp_path / "concat.onnx", cap_bytes=2 << 30, hang_s=HANG)
+    assert proc.returncode == 4 and "out of memory" in one_error_line(proc)
