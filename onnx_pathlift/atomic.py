@@ -21,14 +21,24 @@ from .errors import OutputError, UsageError
 
 
 def refuse_overwriting_input(out: str | os.PathLike, *inputs: str | os.PathLike) -> None:
-    """Raise :class:`UsageError` (exit 2) when ``out`` is one of ``inputs`` (same file, by any path)."""
+    """Raise :class:`UsageError` (exit 2) when ``out`` is one of ``inputs`` (same file, by any path) or
+    one of the external-data files a model among them reads (:func:`~onnx_pathlift.read.files_read`)."""
+    from .read import files_read
+
     for src in inputs:
-        try:
-            same = os.path.samefile(out, src)
-        except OSError:  # one of them does not exist: compare the resolved paths
-            same = Path(out).resolve() == Path(src).resolve()
-        if same:
-            raise UsageError(f"the output {str(out)!r} is the input file {str(src)!r}: write to another path")
+        for read in files_read(src):
+            refuse_same_file(out, read, src)
+
+
+def refuse_same_file(out: str | os.PathLike, read: str | os.PathLike, src: str | os.PathLike) -> None:
+    """:class:`UsageError` when ``out`` names the file ``read`` (which the run reads for the input ``src``)."""
+    try:
+        same = os.path.samefile(out, read)
+    except OSError:  # one of them does not exist: compare the resolved paths
+        same = Path(out).resolve() == Path(read).resolve()
+    if same:
+        what = "the input file" if str(read) == str(src) else f"a file the input {str(src)!r} reads"
+        raise UsageError(f"the output {str(out)!r} is {what} {str(read)!r}: write to another path")
 
 
 def _is_special(path: Path) -> bool:

@@ -17,13 +17,14 @@ import builtins
 import contextlib
 import json
 import math
+import os
 import shlex
 import signal
 import sys
 import threading
 
 from . import __version__, prefetch
-from .errors import PathliftError, UsageError
+from .errors import FAIL_ON_EXIT, OutOfMemoryError, PathliftError, UsageError
 from .sanitise import terminal
 
 # The analyses (numpy, onnx, onnxruntime, networkx) are imported by the commands that use them: the
@@ -364,14 +365,15 @@ def _print_scores(r, quiet: bool = False) -> None:
           f"(each weight's score as a fraction of ‖Φ‖_1 = {_fmt(r.scores.log10_norm)}), {r.seconds:.3f} s")
     print("  'paths' is the fraction of ‖Φ‖_1 carried by paths through the tensor (a path crosses several tensors, so "
           "these sum to more than 1); 'share' is the tensor's part of all scores (sums to 1)")
-    width = max([40, *(len(row["initializer"]) for row in r.rows)])
+    names = [terminal(row["initializer"]) for row in r.rows]  # a newline in a name is escaped too
+    width = max([40, *map(len, names)])
     if quiet:
         print(f"  (the table of {len(r.rows)} tensors left out: --quiet)")
     else:
         print(f"  {'tensor':{width}s} {'paths':>10s} {'share':>10s} {'median':>10s} {'max':>10s} {'zeros':>15s}")
-    for row in [] if quiet else r.rows:
+    for name, row in [] if quiet else zip(names, r.rows):
         q = row["quantiles"]
-        print(f"  {row['initializer']:{width}s} {row['share']:10.4g} {row['share_of_scores']:10.4g} {q['median']:10.3g} "
+        print(f"  {name:{width}s} {row['share']:10.4g} {row['share_of_scores']:10.4g} {q['median']:10.3g} "
               f"{q['max']:10.3g} {str(row['zeros']) + '/' + str(row['size']):>15s}")
     if r.written:
         print(f"wrote {r.written} (float32 fractions keyed by initializer name)")
@@ -583,6 +585,13 @@ def _common(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--json", action="store_true", help="print one JSON object")
     sp.add_argument("--quiet", action="store_true",
                     help="text output: the summary lines only, without the per-layer / per-tensor tables")
+    _max_file_size(sp)
+
+
+def _max_file_size(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--max-file-size", type=float, metavar="MB",
+                    help=f"largest model file read, in MiB (default {prefetch.DEFAULT_MAX_FILE_MB}, protobuf's own limit; "
+                         f"also ${prefetch.FILE_LIMIT_VARIABLE}); a larger one is refused before it is read (exit 4)")
 
 
 def _provider(sp: argparse.ArgumentParser) -> None:
@@ -673,8 +682,9 @@ def _add_audit(au: argparse.ArgumentParser) -> None:
     au.add_argument("--csv", metavar="OUT.csv", help="write one CSV row per model")
     au.add_argument("--json", action="store_true", help="print JSON Lines (one object per model) on stdout")
     au.add_argument("--scheduler", metavar="ADDRESS", help="run on the Dask cluster at tcp://HOST:PORT")
+    _max_file_size(au)
     au.add_argument("--fail-on", metavar="STATUS[,STATUS]",
-                    help="exit with code 7 when any model ends in one of these statuses (ok, unsupported, invalid, error, "
+                    help=f"exit with code {FAIL_ON_EXIT} when any model ends in one of these statuses (ok, unsupported, invalid, error, "
                          "timeout; oom: an out-of-memory error), e.g. error,timeout,invalid to gate CI")
 
 
@@ -724,8 +734,6 @@ def _check_q(qs: list[float]) -> None:
 
 def _not_a_folder(args) -> None:
     """A single-model command given a folder says so (and names the command for folders)."""
-    import os
-
     for path in (getattr(args, "model", None), getattr(args, "other", None)):
         if isinstance(path, str) and os.path.isdir(path):
             raise UsageError(f"{path} is a folder: {args.command} reads one .onnx file (`onnx-pathlift audit "
@@ -735,6 +743,11 @@ def _not_a_folder(args) -> None:
 def _run(args) -> int:
     """The command, its text output escaped for the terminal (``--json`` output is escaped by json.dumps);
     a model file is read on a thread while the command imports its analyses (:mod:`onnx_pathlift.prefetch`)."""
+    saved = os.environ.get(prefetch.FILE_LIMIT_VARIABLE)
+    if args.max_file_size is not None:
+        if not args.max_file_size > 0:
+            raise UsageError(f"--max-file-size must be a positive number of MiB (got {args.max_file_size})")
+        os.environ[prefetch.FILE_LIMIT_VARIABLE] = repr(args.max_file_size)  # the audit's workers inherit it
     if isinstance(getattr(args, "model", None), str):
         prefetch.start(args.model)
     try:
@@ -744,6 +757,10 @@ def _run(args) -> int:
             return args.func(args)
     finally:
         prefetch.forget()
+        if saved is None:
+            os.environ.pop(prefetch.FILE_LIMIT_VARIABLE, None)
+        else:
+            os.environ[prefetch.FILE_LIMIT_VARIABLE] = saved
 
 
 class Terminated(KeyboardInterrupt):
@@ -757,8 +774,6 @@ def _terminate(signum: int, frame) -> None:
 def _quiet_stdout() -> int:
     """stdout's reader went away (``| head -1``): point stdout at /dev/null so that nothing more fails;
     the exit code of a process killed by SIGPIPE (128 + 13)."""
-    import os
-
     with contextlib.suppress(OSError, ValueError):  # a stdout without a file descriptor (captured) needs nothing
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 141
@@ -788,6 +803,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("onnx-pathlift: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:  # an allocation failed (a model too large for this machine or its memory limit)
+        return _fail(OutOfMemoryError("out of memory: the model needs more memory than this process may use"), json_mode)
     except Exception as err:  # anything unexpected: one clear line, exit 1, no traceback
         if isinstance(err, OSError) and err.filename is not None:  # a file it names cannot be read (--eval DATA.npz)
             return _fail(UsageError(f"{err.filename}: cannot read: {err.strerror or err}"), json_mode)

@@ -10,7 +10,7 @@
 | 5 | ``compare --check`` observed an output change above the certified bound (a bug) |
 | 6 | an output could not be written (missing or read-only folder, a folder as target, disk full,
       file size limit); the file that was there before is left untouched |
-| 7 | ``audit --fail-on``: some model ended in one of the named statuses |
+| 7 | ``audit --fail-on``: some model ended in one of the named statuses (:data:`FAIL_ON_EXIT`) |
 | 130, 143, 141 | Ctrl-C, SIGTERM (one line on stderr), stdout closed by its reader (quiet) |
 """
 
@@ -19,6 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .sanitise import terminal
+
+#: the exit code of an audit in which some model ended in a status named by ``--fail-on`` (the help
+#: text and the audit both read it here)
+FAIL_ON_EXIT = 7
 
 
 class PathliftError(Exception):
@@ -41,6 +45,10 @@ class InvalidModelError(PathliftError):
     """The file is not a readable, well-formed ONNX model."""
 
     exit_code = 4
+
+
+class OutOfMemoryError(InvalidModelError):
+    """An allocation failed while reading or analysing the model (exit 4; ``oom`` in an audit)."""
 
 
 class ProviderUnavailableError(PathliftError):

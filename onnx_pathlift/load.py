@@ -7,7 +7,6 @@ limits, external data), :mod:`onnx_pathlift.fold` (constant folding) and
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import sys
@@ -17,9 +16,9 @@ import numpy as np
 from onnx import ModelProto, TensorProto, helper
 
 from . import prefetch
-from .errors import InvalidModelError
-from .read import DEFAULT_LIMITS, Limits, check_sizes, load_external_data, parse_model, refuse_external
-from .wire import split_file
+from .errors import InvalidModelError, OutOfMemoryError
+from .read import DEFAULT_LIMITS, Limits, check_sizes, load_external_data, parse_model, read_model_file, refuse_external
+from .wire import MESSAGE_BYTES, message_count, split_file
 
 ModelSource = str | os.PathLike | bytes | ModelProto
 
@@ -39,16 +38,32 @@ def load_model(source: ModelSource, limits: Limits = DEFAULT_LIMITS) -> ModelPro
         refuse_external(model)
         return model
     path = Path(source)
-    if not path.is_file():
-        raise InvalidModelError(f"{path}: no such file")
-    try:
-        data = prefetch.take(path) or path.read_bytes()
-    except OSError as exc:
-        raise InvalidModelError(f"{path}: cannot read: {exc.strerror}") from exc
-    model = parse_model(data, str(path))
+    model = parse_model(_read(path), str(path))
     check_sizes(model, limits)
     load_external_data(model, path.resolve().parent)
     return model
+
+
+#: the memory protobuf may take to decode a model's top levels: this many times the file's size plus
+#: LAYOUT_SLACK bytes (a graph of 30 000 nodes, 100 bytes each, needs about 12 MiB)
+LAYOUT_FACTOR, LAYOUT_SLACK = 2, 16 << 20
+
+
+def _read(path: Path) -> bytes:
+    """The model file's bytes: those :mod:`~onnx_pathlift.prefetch` read, else read here (a regular file
+    within the size limit: :func:`~onnx_pathlift.read.read_model_file`); refused when its top levels
+    hold more messages than :data:`LAYOUT_FACTOR` × its size + :data:`LAYOUT_SLACK` bytes pay for
+    (:func:`~onnx_pathlift.wire.message_count`: one object each in protobuf)."""
+    if not os.path.lexists(path):
+        raise InvalidModelError(f"{path}: no such file")
+    data = prefetch.take(path)
+    data = data if data is not None else read_model_file(path)
+    need = message_count(data) * MESSAGE_BYTES
+    if need > LAYOUT_FACTOR * len(data) + LAYOUT_SLACK:
+        raise InvalidModelError(f"{path}: {need // MESSAGE_BYTES} messages in {len(data)} bytes would take about {need >> 20} MiB "
+                               f"to decode, over {LAYOUT_FACTOR}× the file's size + {LAYOUT_SLACK >> 20} MiB: refused "
+                               "before decoding")
+    return data
 
 
 #: initializer types whose payload is read straight into an array (raw little-endian, as numpy reads them)
@@ -66,19 +81,16 @@ def load_split(source: ModelSource, limits: Limits = DEFAULT_LIMITS) -> tuple[Mo
     if isinstance(source, (ModelProto, bytes, bytearray)) or sys.byteorder != "little":
         return load_model(source, limits), {}
     path = Path(source)
-    data = prefetch.take(path)
+    data = _read(path)
     try:
-        if data is not None:
-            split = split_file(io.BytesIO(data), len(data))
-        else:
-            with open(path, "rb") as f:
-                split = split_file(f, os.fstat(f.fileno()).st_size)
-    except OSError:
-        split = None
-    del data
+        split = split_file(data)
+    except MemoryError:
+        raise OutOfMemoryError(f"{path}: out of memory reading its weights") from None
     if split is None:
-        return load_model(source, limits), {}
-    model, payloads = parse_model(split[0], str(path)), split[1]
+        model, payloads = parse_model(data, str(path)), {}
+    else:
+        del data
+        model, payloads = parse_model(split[0], str(path)), split[1]
     for index in [i for i in payloads if model.graph.initializer[i].data_location != TensorProto.DEFAULT]:
         model.graph.initializer[index].raw_data = payloads.pop(index).tobytes()  # external data replaces it, as it would have
     check_sizes(model, limits)

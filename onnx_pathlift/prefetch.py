@@ -14,8 +14,23 @@ import os
 import stat
 import threading
 
+#: the environment variable that sets :func:`max_file_bytes` (in MiB; the CLI's ``--max-file-size``)
+FILE_LIMIT_VARIABLE = "ONNX_PATHLIFT_MAX_FILE_MB"
+#: the default size limit of a model file: protobuf's own limit on one message (2 GiB)
+DEFAULT_MAX_FILE_MB = 2048
+
 #: path (absolute) -> (the file's identity when the read started, the reading thread, its result box)
 _PENDING: dict[str, tuple[tuple[int, ...], threading.Thread, list]] = {}
+
+
+def max_file_bytes() -> int:
+    """The largest model file read, in bytes: ``$ONNX_PATHLIFT_MAX_FILE_MB`` MiB (set by ``--max-file-size``;
+    inherited by the audit's workers), else :data:`DEFAULT_MAX_FILE_MB`. A model file is never read past it."""
+    try:
+        mb = float(os.environ.get(FILE_LIMIT_VARIABLE, DEFAULT_MAX_FILE_MB))
+    except ValueError:
+        mb = DEFAULT_MAX_FILE_MB
+    return int(mb * (1 << 20))
 
 
 def _identity(st: os.stat_result) -> tuple[int, ...]:
@@ -23,21 +38,25 @@ def _identity(st: os.stat_result) -> tuple[int, ...]:
 
 
 def start(path: str | os.PathLike) -> None:
-    """Start reading the regular file ``path`` on a daemon thread (nothing happens for anything else)."""
+    """Start reading the regular file ``path`` on a daemon thread (nothing happens for anything else, or
+    for a file over :func:`max_file_bytes`); a failed read, out of memory included, leaves the reading
+    to the caller, which then reports it."""
     key = os.path.abspath(path)
     try:
         st = os.stat(key)
     except (OSError, ValueError):
         return
-    if not stat.S_ISREG(st.st_mode) or key in _PENDING:
+    if not stat.S_ISREG(st.st_mode) or st.st_size > max_file_bytes() or key in _PENDING:
         return
     box: list = []
 
     def read() -> None:
         try:
-            with open(key, "rb") as f:
-                box.append(f.read())
-        except OSError:
+            fd = os.open(key, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            with os.fdopen(fd, "rb") as f:
+                if stat.S_ISREG(os.fstat(fd).st_mode):
+                    box.append(f.read(st.st_size + 1))
+        except (OSError, MemoryError):
             pass
 
     thread = threading.Thread(target=read, name="onnx-pathlift-prefetch", daemon=True)

@@ -23,6 +23,7 @@ from .errors import InvalidModelError, Refusal, UnsupportedModelError, UsageErro
 from .fold import INFER_VALUES_UP_TO, fold
 from .ops.registry import SPEC_RULES
 from .read import DEFAULT_LIMITS, FLOAT_TYPES, MAX_RANK, Limits, check_sizes, refuse_external
+from .sanitise import terminal
 
 
 @dataclass
@@ -130,17 +131,17 @@ def _check_schema(node: NodeProto, opset: int) -> None:
         return
     schema = onnx.defs.get_schema(node.op_type, opset, node.domain)
     spec = schema.attributes
-    where = f"node {node.name!r} ({node.op_type})"
+    where = f"node {node.name!r} ({terminal(node.op_type)})"
     for i, name in enumerate(node.input):
         formal = schema.inputs[min(i, len(schema.inputs) - 1)] if schema.inputs else None
         if not name and formal is not None and formal.option != onnx.defs.OpSchema.FormalParameterOption.Optional:
             raise InvalidModelError(f"{where}: input {i} ({formal.name}) is required but its name is empty")
     for attr in node.attribute:
         if attr.name not in spec:
-            raise InvalidModelError(f"{where}: {attr.name!r} is not an attribute of {node.op_type} in opset {opset}")
+            raise InvalidModelError(f"{where}: {attr.name!r} is not an attribute of {terminal(node.op_type)} in opset {opset}")
         if attr.type != int(spec[attr.name].type):
             raise InvalidModelError(f"{where}: attribute {attr.name!r} is {_attr_type_name(attr.type)}, ONNX "
-                                    f"{node.op_type} expects {_attr_type_name(int(spec[attr.name].type))}")
+                                    f"{terminal(node.op_type)} expects {_attr_type_name(int(spec[attr.name].type))}")
     missing = sorted(n for n, a in spec.items() if a.required and n not in {attr.name for attr in node.attribute})
     if missing:
         raise InvalidModelError(f"{where}: required attribute(s) {missing} missing")
@@ -232,7 +233,7 @@ def _check_spec_rules(nodes: list[NodeProto], consts: dict[str, np.ndarray], sha
         rule = SPEC_RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         problem = rule(node, consts, shapes, opset) if rule else None
         if problem:
-            raise InvalidModelError(f"node {node.name!r} ({node.op_type}): {problem}")
+            raise InvalidModelError(f"node {node.name!r} ({terminal(node.op_type)}): {problem}")
 
 
 def topological_nodes(nodes: list[NodeProto], known: set[str]) -> list[NodeProto]:
@@ -253,7 +254,7 @@ def topological_nodes(nodes: list[NodeProto], known: set[str]) -> list[NodeProto
             if not name or name in known:
                 continue
             if name not in producer:
-                raise InvalidModelError(f"node {node.name!r} ({node.op_type}) reads {name!r}, which nothing produces")
+                raise InvalidModelError(f"node {node.name!r} ({terminal(node.op_type)}) reads {name!r}, which nothing produces")
             g.add_edge(producer[name], i)
     try:
         return [nodes[i] for i in nx.lexicographical_topological_sort(g)]

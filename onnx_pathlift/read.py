@@ -10,13 +10,16 @@ from __future__ import annotations
 import functools
 import math
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 from onnx import ModelProto, TensorProto, helper
 
-from .errors import InvalidModelError
+from .errors import InvalidModelError, OutOfMemoryError
+from .prefetch import max_file_bytes
+from .sanitise import terminal
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,60 @@ MAX_RANK = 32
 _SUB_BYTE_BITS = {"int4": 4, "uint4": 4, "float4_e2m1fn": 4, "int2": 2, "uint2": 2, "float6_e2m3fn": 6, "float6_e3m2fn": 6}
 
 
+def open_regular(path: str | os.PathLike, what: str) -> int:
+    """A descriptor open for reading on ``path``, refused (:class:`InvalidModelError`, exit 4) unless it is
+    a regular file: checked before opening (``stat``), and again on what was opened (``fstat``: the path
+    may have been swapped in between), which is opened without blocking (a FIFO with no writer would
+    block ``open`` forever). ``what`` names the file in messages."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise InvalidModelError(f"{what} is not a regular file (a FIFO, device, socket or folder is never read)")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise InvalidModelError(f"{what}: cannot read: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InvalidModelError(f"{what} is not a regular file (a FIFO, device, socket or folder is never read)")
+    return fd
+
+
+def read_model_file(path: str | os.PathLike) -> bytes:
+    """The bytes of the model file ``path``: a regular file (:func:`open_regular`) of at most
+    :func:`~onnx_pathlift.prefetch.max_file_bytes` bytes; running out of memory is an
+    :class:`InvalidModelError` too."""
+    limit = max_file_bytes()
+    with os.fdopen(open_regular(path, str(path)), "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise InvalidModelError(f"{path}: the file is {size} bytes, over the limit of {limit} bytes for a model "
+                                    "file (--max-file-size)")
+        try:
+            data = f.read(size + 1)
+        except MemoryError:
+            raise OutOfMemoryError(f"{path}: out of memory reading its {size} bytes") from None
+        except OSError as exc:
+            raise InvalidModelError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    if len(data) > limit:  # it grew after the check
+        raise InvalidModelError(f"{path}: the file is over the limit of {limit} bytes for a model file (--max-file-size)")
+    return data
+
+
+def files_read(source: str | os.PathLike) -> list[str | os.PathLike]:
+    """``source`` and, when it is a readable model file, the external-data files its tensors name inside
+    its folder (those a run reads with it; any other location is refused when it is loaded)."""
+    files = [source]
+    try:
+        model = parse_model(read_model_file(source), str(source))
+    except (InvalidModelError, OSError):  # the run reports it when it loads the model
+        return files
+    base = Path(source).resolve().parent
+    for tensor in _all_tensors(model):
+        location = {e.key: e.value for e in tensor.external_data}.get("location")
+        if tensor.data_location == TensorProto.EXTERNAL and location and not os.path.isabs(location):
+            files.append(base / location)
+    return files
+
+
 def parse_model(data: bytes, where: str) -> ModelProto:
     """Decode ``data`` as a ``ModelProto``; refuses empty data, a failed decode, a model without a
     graph and any string field that is not valid UTF-8 (``where`` names the source in messages)."""
@@ -59,6 +116,8 @@ def parse_model(data: bytes, where: str) -> ModelProto:
     model = ModelProto()
     try:
         model.ParseFromString(data)
+    except MemoryError:
+        raise OutOfMemoryError(f"{where}: out of memory decoding the model") from None
     except Exception as exc:  # protobuf raises DecodeError, or RuntimeWarning-like errors
         raise InvalidModelError(f"{where}: not an ONNX model (protobuf decode failed: {exc})") from exc
     if not model.HasField("graph"):
@@ -179,10 +238,13 @@ def check_sizes(model: ModelProto, limits: Limits) -> None:
         raise InvalidModelError(f"the model has {nodes} nodes (limit {limits.max_nodes})")
     wide = next((n for n in _all_nodes(model) if len(n.input) > limits.max_node_inputs), None)
     if wide is not None:
-        raise InvalidModelError(f"node {wide.name!r} ({wide.op_type}) has {len(wide.input)} inputs "
+        raise InvalidModelError(f"node {wide.name!r} ({terminal(wide.op_type)}) has {len(wide.input)} inputs "
                                 f"(limit {limits.max_node_inputs})")
     total = 0
     for tensor in _all_tensors(model):
+        if tensor.HasField("segment"):  # onnx's readers refuse it too (numpy_helper.to_array)
+            raise InvalidModelError(f"tensor {tensor.name!r} is a segment of a larger tensor (TensorProto.segment), "
+                                    "which is not supported")
         total += _nbytes(tensor, _elements(tensor, limits))
         if total > limits.max_total_bytes:
             raise InvalidModelError(f"the model's tensors declare more than {limits.max_total_bytes} bytes "
@@ -218,8 +280,6 @@ def load_external_data(model: ModelProto, base: Path) -> None:
             )
         if not target.exists():
             raise InvalidModelError(f"tensor {tensor.name!r}: external data file {location!r} not found")
-        if not target.is_file():
-            raise InvalidModelError(f"tensor {tensor.name!r}: external data file {location!r} is not a regular file")
         expected = _nbytes(tensor, math.prod(tensor.dims))
         if offset < 0 or (length is not None and length != expected):
             raise InvalidModelError(f"tensor {tensor.name!r}: external data offset {offset}, length {length} do not fit "
@@ -231,8 +291,9 @@ def _read_external(tensor: TensorProto, target: Path, location: str, offset: int
     """Read exactly ``expected`` bytes at ``offset`` into ``tensor.raw_data``, after checking the file's
     size: it must hold them, and without a ``length`` entry (ONNX then means "to the end of the file")
     it must end right after them. Never reads more than ``expected`` bytes, whatever the file's size."""
+    fd = open_regular(target, f"tensor {tensor.name!r}: external data file {location!r}")
     try:
-        with open(target, "rb") as f:
+        with os.fdopen(fd, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size < offset + expected or (exact_end and size != offset + expected):
                 raise InvalidModelError(

@@ -171,3 +171,34 @@ def test_workers_gone_mid_audit_keep_the_partial_results_and_the_audit_resumes(t
         again = audit([models], db=db, scheduler=cluster.scheduler_address, timeout=30)
     assert again.reused == len(kept) and again.analysed == n - len(kept)
     assert [r.status for r in again.results] == ["ok"] * n and all(stored(db)[sha] == kept[sha] for sha in kept)
+
+
+def test_a_scheduler_that_accepts_and_never_answers_is_given_up_within_the_timeout(tmp_path):
+    """A real local socket that accepts the connection and stays silent (no Dask handshake): the audit
+    stops within ``--timeout`` with one error line (exit 1), not after Dask's own waits (which never
+    end there); the results already in the database are kept. 120 s is a hang detector."""
+    import socket
+
+    from conftest import run_cli
+
+    folder = tmp_path / "models"
+    write_mlps(folder, ["a", "b"])
+    db = tmp_path / "audit.sqlite"
+    assert run_cli("audit", folder, "--db", db, "--jobs", "1").returncode == 0
+    before = stored(db)
+    write_mlps(tmp_path / "more", ["a", "b", "c"])  # c is new: something left to analyse
+    silent = socket.create_server(("127.0.0.1", 0))
+    silent.listen(8)
+    accepted = []
+    try:
+        import threading
+
+        threading.Thread(target=lambda: accepted.append(silent.accept()), daemon=True).start()
+        port = silent.getsockname()[1]
+        proc = run_cli("audit", folder, tmp_path / "more", "--db", db, "--scheduler", f"tcp://127.0.0.1:{port}",
+                       "--timeout", "3", timeout=120)
+    finally:
+        silent.close()
+    assert proc.returncode == 1, proc.stderr
+    assert "did not answer within 3 s" in proc.stderr and "Traceback" not in proc.stderr
+    assert accepted and stored(db) == before and len(before) == 2

@@ -41,6 +41,7 @@ pytestmark = pytest.mark.skipif(os.name != "posix", reason="FIFOs, rlimits, sign
 
 make_hostile = load_tool("make_hostile")
 
+ROOT_MODEL = Path(__file__).resolve().parent.parent / "models" / "digits_cnn_torch_bn.onnx"
 HANG = 120  # seconds: a hang detector for each subprocess, not a performance bound
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
@@ -556,3 +557,180 @@ def test_initializers_listed_as_inputs_do_not_count_as_graph_inputs():
                          for t in m.graph.initializer)
     assert len(m.graph.input) > DEFAULT_LIMITS.max_graph_io
     assert path_norm(m, 1).value == pytest.approx(path_norm(make_hostile.mlp(), 1).value, rel=1e-6)
+
+
+# ------------------------------------------------------------------------ issue 27: special files, size limit, memory
+
+
+def _special(kind: str, folder: Path) -> Path:
+    """A FIFO (no writer), a listening Unix socket's file, or a character device, as a model path."""
+    if kind == "device":
+        return Path("/dev/zero")
+    path = folder / f"{kind}.onnx"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        import socket
+
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(path))
+        sock.listen(1)
+        _SOCKETS.append(sock)  # kept open for the test session's life
+    return path
+
+
+_SOCKETS: list = []
+
+
+@pytest.mark.parametrize(("command", "kind"), [("norm", "fifo"), ("lipschitz", "fifo"), ("scores", "socket"),
+                                               ("lift", "fifo"), ("inspect", "device"), ("norm", "device"),
+                                               ("compare", "fifo"), ("rescale", "socket")])
+def test_special_files_are_never_read_as_models(tmp_path, command, kind):
+    """A FIFO (whose ``open`` would block for ever without a writer), a socket or a device as the
+    model: exit 4 at once, one error line naming it; the hang detector is the only clock."""
+    path = _special(kind, tmp_path)
+    extra = {"lift": ["-o", tmp_path / "out.onnx"], "rescale": ["-o", tmp_path / "out.onnx"],
+             "compare": [ROOT_MODEL]}.get(command, [])
+    args = [command, ROOT_MODEL, path] if command == "compare" else [command, path, *extra]
+    proc = cli(*args)
+    assert proc.returncode == 4, proc.stderr
+    assert f"{path} is not a regular file" in one_error_line(proc)
+
+
+def test_the_model_file_size_limit(tmp_path):
+    """``--max-file-size`` (MiB) refuses a larger model before reading it, in every command that reads
+    one and in the audit's workers (which inherit it); the default is protobuf's own 2 GiB."""
+    from onnx_pathlift import prefetch
+
+    assert prefetch.max_file_bytes() == 2 << 30
+    path = tmp_path / "m.onnx"
+    onnx.save(big_mlp(), path)
+    size = path.stat().st_size
+    for command in ("norm", "inspect", "lipschitz"):
+        proc = cli(command, path, "--max-file-size", 0.01)
+        assert proc.returncode == 4 and f"the file is {size} bytes, over the limit of 10485 bytes" in one_error_line(proc)
+    assert cli("norm", path, "--max-file-size", 1).returncode == 0
+    proc = cli("audit", path, "--db", tmp_path / "a.sqlite", "--json", "--jobs", "1", "--max-file-size", 0.01)
+    assert proc.returncode == 0 and json.loads(proc.stdout.splitlines()[0])["status"] == "invalid", proc.stdout
+    assert cli("norm", path, "--max-file-size", 0).returncode == 2
+
+
+def test_running_out_of_memory_while_reading_is_exit_4(tmp_path):
+    """A model whose reading fails to allocate (under an address-space cap that the imports fit in but
+    the file's 400 MB do not): one error line, exit 4, no traceback; the prefetch thread's own
+    MemoryError is swallowed (it leaves the reading to the command)."""
+    path = tmp_path / "big.onnx"
+    w = np.zeros((10_000, 10_000), np.float32)
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+                       [("x", [1, 10_000])], [("y", [1, 10_000])], {"w": w})
+    onnx.save(model, path)
+    proc, _ = run_measured("norm", path, cap_bytes=900 << 20, hang_s=HANG)
+    assert proc.returncode == 4, proc.stderr[-3000:]
+    assert "out of memory" in one_error_line(proc)
+
+
+def test_audit_help_names_the_fail_on_exit_code():
+    from onnx_pathlift.cli import build_parser
+    from onnx_pathlift.errors import FAIL_ON_EXIT
+
+    audit_parser = build_parser()._subparsers._group_actions[0].choices["audit"]
+    text = " ".join(audit_parser.format_help().split())
+    assert FAIL_ON_EXIT == 7 and f"exit with code {FAIL_ON_EXIT} when any model ends" in text
+
+
+def test_no_output_onto_a_file_the_run_reads(tmp_path):
+    """``-o`` naming the model's external-data file (by its name, a symlink or a hard link), and an audit's
+    report, CSV or database naming a model it audits: exit 2 before anything is written, the files
+    unchanged."""
+    model = big_mlp()
+    onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, all_tensors_to_one_file=True, location="w.bin",
+              size_threshold=0)
+    weights = (tmp_path / "w.bin").read_bytes()
+    os.symlink(tmp_path / "w.bin", tmp_path / "link.bin")
+    os.link(tmp_path / "w.bin", tmp_path / "hard.bin")
+    for command in ("lift", "rescale", "prune"):
+        for out in ("w.bin", "link.bin", "hard.bin"):
+            extra = ["--sparsity", "0.5"] if command == "prune" else []
+            proc = cli(command, tmp_path / "m.onnx", *extra, "-o", tmp_path / out)
+            assert proc.returncode == 2 and "reads" in one_error_line(proc), (command, out, proc.stderr)
+    proc = cli("scores", tmp_path / "m.onnx", "-o", tmp_path / "w.bin")
+    assert proc.returncode == 2 and "reads" in one_error_line(proc)
+    assert (tmp_path / "w.bin").read_bytes() == weights
+    audited = tmp_path / "zoo"
+    audited.mkdir()
+    onnx.save(big_mlp(), audited / "a.onnx")
+    before = (audited / "a.onnx").read_bytes()
+    for option in ("--report", "--csv", "--db"):
+        proc = cli("audit", audited, option, audited / "a.onnx", "--jobs", "1")
+        assert proc.returncode == 2 and "is the input file" in one_error_line(proc), (option, proc.stderr)
+    assert (audited / "a.onnx").read_bytes() == before
+    assert cli("lift", tmp_path / "m.onnx", "-o", tmp_path / "lifted.onnx").returncode == 0
+
+
+EVIL = "\nFAKE line\r\x1b[31m\u202e"  # a fake output line, a carriage return, a colour, a bidi override
+
+
+def _evil_mlp() -> onnx.ModelProto:
+    """big_mlp with every name (inputs, outputs, initializers, intermediate tensors, nodes) carrying EVIL."""
+    model = big_mlp(8)
+    renamed = {}
+    for vi in [*model.graph.input, *model.graph.output]:
+        renamed[vi.name] = vi.name + EVIL
+        vi.name = renamed[vi.name]
+    for t in model.graph.initializer:
+        renamed[t.name] = t.name + EVIL
+        t.name = renamed[t.name]
+    for i, node in enumerate(model.graph.node):
+        node.name = f"node{i}{EVIL}"
+        for names in (node.input, node.output):
+            for j, name in enumerate(names):
+                names[j] = renamed.setdefault(name, name + EVIL)
+    model.producer_name, model.doc_string = "prod" + EVIL, "doc" + EVIL
+    return model
+
+
+def _assert_clean(where: str, text: str) -> None:
+    assert not {"\r", "\x1b", "\u202e"} & set(text), f"{where}: {text!r}"
+    assert not any(line.lstrip().startswith("FAKE") for line in text.splitlines()), f"{where}: {text!r}"
+
+
+def test_every_command_escapes_model_names_in_its_text_output(tmp_path):
+    """Every command's text output (stdout and stderr), on success and on the error paths that quote the
+    model (a refused node, a tensor nothing produces, a cycle), with names holding a newline, a
+    carriage return, ESC and a bidi override: none reaches the terminal raw, none starts a line."""
+    from conftest import run_captured
+
+    path = tmp_path / "evil.onnx"
+    onnx.save(_evil_mlp(), path)
+    out = tmp_path / "out"
+    out.mkdir()
+    calls = [["norm", path, "--verify"], ["lift", path, "-o", out / "l.onnx"], ["compare", path, path, "--check", "3"],
+             ["lipschitz", path], ["scores", path, "-o", out / "s.npz"], ["prune", path, "--sparsity", "0.5", "-o",
+                                                                          out / "p.onnx"],
+             ["prune", path, "--structure", "channel", "--sparsity", "0.5", "-o", out / "c.onnx", "--repeats", "1"],
+             ["rescale", path, "-o", out / "r.onnx"], ["inspect", path],
+             ["audit", path, "--db", out / "a.sqlite", "--jobs", "1", "--report", out / "a.html", "--csv", out / "a.csv"]]
+    broken = {"refused": lambda m: setattr(m.graph.node[1], "op_type", "Tanh" + EVIL),
+              "unproduced": lambda m: m.graph.node[2].input.__setitem__(0, "ghost" + EVIL),
+              "unproduced_op": lambda m: (m.graph.node[2].input.__setitem__(0, "ghost"),
+                                          setattr(m.graph.node[2], "op_type", "MatMul" + EVIL)),
+              "cycle": lambda m: m.graph.node[0].input.__setitem__(0, m.graph.node[2].output[0])}
+    for name, edit in broken.items():
+        model = _evil_mlp()
+        edit(model)
+        onnx.save(model, tmp_path / f"{name}.onnx")
+        calls += [["norm", tmp_path / f"{name}.onnx"], ["inspect", tmp_path / f"{name}.onnx"]]
+    for args in calls:
+        rc, stdout, stderr = run_captured(*args)
+        assert rc in (0, 1, 3, 4), (args, rc, stderr)
+        _assert_clean(" ".join(map(str, args)), stdout + stderr)
+
+
+def test_a_concat_at_the_activation_limit_under_a_memory_cap_is_exit_4(tmp_path):
+    """A 4096-way Concat whose output has 2^28 elements (the activation limit) under a 2 GB address-space
+    cap: its float64 exponent maps cannot be allocated; one error line, exit 4, not an internal error."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Concat", ["r"] * 4096, ["c"], axis=1),
+             helper.make_node("Relu", ["c"], ["y"])]
+    onnx.save(make_model(nodes, [("x", [1, 1 << 16])], [("y", [1, 1 << 28])], {}), tmp_path / "concat.onnx")
+    proc, _ = run_measured("norm", tmp_path / "concat.onnx", cap_bytes=2 << 30, hang_s=HANG)
+    assert proc.returncode == 4 and "out of memory" in one_error_line(proc)

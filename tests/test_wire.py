@@ -11,14 +11,14 @@ protobuf's own reading of the whole file.
 
 from __future__ import annotations
 
-import os
+import json
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from builders import net
-from conftest import LIGHT, MODELS, ZOO
+from conftest import LIGHT, MODELS, ZOO, load_tool, run_measured
 from onnx import helper, numpy_helper
 
 from onnx_pathlift import load, wire
@@ -140,12 +140,100 @@ def test_hostile_files_read_as_protobuf_reads_them(case: str, tmp_path: Path) ->
     assert _outcome(load.load_split, path) == _outcome(_whole, path)
 
 
-def test_a_file_that_shrinks_while_read_is_left_to_protobuf(tmp_path: Path) -> None:
+def _widened(data: bytes, level: str, number: int, key_width: int | None = None, len_width: int | None = None) -> bytes:
+    """``data`` with the first field ``number`` at ``level`` (model, graph, or tensor: the first
+    initializer with a large payload) written with a key or length varint of the given width."""
+    fuzz = load_tool("fuzz_wire")
+    tree = fuzz.decode(data)
+    graph = next(f for f in tree if f.number == 7).value
+    where = {"model": tree, "graph": graph,
+             "tensor": next(f.value for f in graph if f.number == 5 and len(f.value) > 4 and
+                            any(g.number == 9 and len(g.value) >= wire.MIN_PAYLOAD for g in f.value))}[level]
+    target = next(f for f in where if f.number == number)
+    target.key_width, target.len_width = key_width, len_width
+    return fuzz.encode(tree)
+
+
+@pytest.mark.parametrize("width", [5, 6, 10, 11])
+@pytest.mark.parametrize(("level", "number", "what"), [("model", 7, "key"), ("model", 7, "len"), ("graph", 5, "key"),
+                                                       ("graph", 5, "len"), ("tensor", 9, "key"), ("tensor", 9, "len")])
+def test_keys_and_lengths_as_long_as_protobuf_allows(tmp_path: Path, level: str, number: int, what: str, width: int) -> None:
+    """protobuf reads a key or a length as a 32-bit varint of at most 5 bytes: a longer one makes the
+    file corrupt, for every reader (it was read by the splitter, which drops or rewrites them)."""
     path = tmp_path / "m.onnx"
-    data = _big_model().SerializeToString()
+    data = _widened(_big_model().SerializeToString(), level, number, **{f"{what}_width": width})
     path.write_bytes(data)
-    with open(path, "rb") as f:
-        assert wire.split_file(f, len(data) + 100) is None  # told a size the file does not have
-        f.seek(0)
-        assert wire.split_file(f, len(data)) is not None
-    assert os.path.getsize(path) == len(data)
+    try:
+        onnx.ModelProto().ParseFromString(data)
+        accepted = True
+    except Exception:  # noqa: BLE001 - protobuf's DecodeError
+        accepted = False
+    assert accepted == (width <= 5)
+    split, whole = _outcome(load.load_split, path), _outcome(_whole, path)
+    assert split == whole and (split[0] == "ok") == accepted
+
+
+def test_differential_fuzz_against_protobuf(tmp_path: Path) -> None:
+    """A fixed set of wire-level mutations (tools/fuzz_wire.py runs the long campaign): protobuf's
+    accept or reject, and its weights bit for bit, on every one."""
+    fuzz = load_tool("fuzz_wire")
+    assert fuzz.run(400, 0, tmp_path) == []
+
+
+def test_the_fuzzer_finds_a_reader_laxer_than_protobuf(tmp_path: Path, monkeypatch) -> None:
+    """The property can fail: with the splitter reading keys and lengths of up to 10 bytes (as it
+    once did), some mutation is accepted that protobuf rejects."""
+    monkeypatch.setattr(wire, "_KEY_BYTES", 10)
+    monkeypatch.setattr(wire, "_LENGTH_LIMIT", 1 << 64)
+    monkeypatch.setattr(wire, "_KEY_LIMIT", 1 << 64)
+    assert any("protobuf rejects" in problem for _, problem in load_tool("fuzz_wire").run(400, 0, tmp_path))
+
+
+def test_a_tensor_segment_is_refused_by_every_reader(tmp_path: Path) -> None:
+    """``TensorProto.segment`` (a piece of a larger tensor) on a large initializer: refused as on a small
+    one, by the fast reader and the whole one alike (the splitter once ignored it)."""
+    model = _big_model()
+    for tensor in model.graph.initializer:
+        tensor.segment.begin, tensor.segment.end = 0, 1
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    for read in (load.load_split, _whole):
+        with pytest.raises(PathliftError, match="segment"):
+            read(path)
+
+
+def _padded(filler: bytes, size: int = 3 << 20) -> bytes:
+    """A small valid model whose graph also holds ``size`` bytes of ``filler`` repeated (tiny fields)."""
+    base = _big_model()
+    graph = base.graph.SerializeToString()
+    head = base.SerializeToString().replace(_field(7, graph), b"")
+    return head + _field(7, graph + filler * (size // len(filler)))
+
+
+#: layouts of 3 MiB of tiny fields: empty value_info messages (one protobuf object per 2 bytes: refused
+#: by count), unknown varint fields (kept as unknown bytes), empty doc strings (the last one wins)
+_TINY_LAYOUTS = {"value_info": _varint(13 << 3 | 2) + b"\x00", "unknown_varints": _varint(127 << 3) + b"\x00",
+                 "doc_strings": _varint(10 << 3 | 2) + b"\x00"}
+
+
+def test_messages_are_counted_before_decoding() -> None:
+    data = _padded(_TINY_LAYOUTS["value_info"], 1 << 16)
+    model = onnx.load_from_string(data)
+    expected = len(model.graph.value_info) + len(model.graph.node) + sum(len(n.attribute) for n in model.graph.node) + \
+        len(model.graph.initializer) + len(model.graph.input) + len(model.graph.output) + len(model.opset_import) + 1
+    assert wire.message_count(data) == expected
+
+
+@pytest.mark.slow
+def test_reading_memory_is_bounded_by_the_file_size_for_any_layout(tmp_path: Path) -> None:
+    """Peak resident memory of ``norm`` above a tiny model's, per file byte, at most 3, for 3 MiB of tiny
+    fields in each layout (the reader once took 130 per byte: one Python object per field); the
+    layout protobuf itself would decode into 40 bytes per file byte is refused by count (exit 4)."""
+    _, baseline = run_measured("norm", MODELS / "digits_mlp_sklearn.onnx", "--json")
+    for name, filler in _TINY_LAYOUTS.items():
+        path = tmp_path / f"{name}.onnx"
+        path.write_bytes(_padded(filler))
+        proc, peak = run_measured("norm", path, "--json")
+        assert proc.returncode == (4 if name == "value_info" else 0), proc.stdout[-2000:]
+        assert (peak - baseline) / path.stat().st_size <= 3, (name, peak, baseline)
+    assert "messages in" in json.loads(run_measured("norm", tmp_path / "value_info.onnx", "--json")[0].stdout)["message"]

@@ -341,6 +341,45 @@ raw("invalid_utf8_name", 4, "invalid UTF-8", "a node name that is not UTF-8 (pro
 raw("deep_nesting", 4, "not an ONNX model (protobuf decode failed", "If subgraphs nested 200 deep",
     lambda: deeply_nested(200))
 
+
+
+# ---- one file, one answer: the fast weight reader as strict as protobuf (issue 27) -----------
+
+
+def wide_mlp_wire(raw_key: bytes | None = None, tensor_length_pad: int = 0, extra_graph: bytes = b"",
+                  segment: bool = False) -> bytes:
+    """A Gemm whose 64×32 float32 weight (8 KiB: read straight into an array by onnx_pathlift.wire)
+    is written by hand: its ``raw_data`` key as ``raw_key`` (default: the 1-byte key), its length
+    varint padded with ``tensor_length_pad`` continuation bytes; ``extra_graph`` appended to the graph."""
+    w = np.random.default_rng(3).normal(size=(32, 64)).astype(np.float32)
+    m = model([helper.make_node("Gemm", ["x", "W"], ["h"], name="fc", transB=1), helper.make_node("Relu", ["h"], ["y"])],
+              inputs=(("x", [1, 64]),), inits={})
+    tensor = wire(1, 32) + wire(1, 64) + wire(2, TensorProto.FLOAT) + wire(8, b"W")
+    if segment:
+        tensor += wire(3, wire(1, 0) + wire(2, 1))
+    tensor += (raw_key or bytes([9 << 3 | 2])) + bytes([0x80, 0x40]) + w.tobytes()  # 8192 as a 2-byte varint
+    length = len(tensor)
+    padded = bytes([(length & 0x7F) | 0x80, (length >> 7 & 0x7F) | (0x80 if tensor_length_pad else 0)])
+    padded += b"\x80" * max(tensor_length_pad - 1, 0) + (b"\x00" if tensor_length_pad else b"")
+    graph = m.graph.SerializeToString() + bytes([5 << 3 | 2]) + padded + tensor + extra_graph
+    head = wire(1, 8) + wire(8, wire(2, OPSET))
+    return head + wire(7, graph)
+
+
+raw("wire_ok", 0, '"norms"', "control: the hand-written wide MLP reads and gets a norm", wide_mlp_wire)
+raw("wire_raw_data_key_6_bytes", 4, "protobuf decode failed",
+    "the raw_data key as a 6-byte varint: protobuf allows at most 5 (the fast reader dropped the key unseen)",
+    lambda: wide_mlp_wire(raw_key=bytes([9 << 3 | 2 | 0x80, 0x80, 0x80, 0x80, 0x80, 0x00])))
+raw("wire_raw_data_key_5_bytes", 0, '"norms"', "the raw_data key as a 5-byte varint: protobuf accepts it, so do we",
+    lambda: wide_mlp_wire(raw_key=bytes([9 << 3 | 2 | 0x80, 0x80, 0x80, 0x80, 0x00])))
+raw("wire_initializer_length_7_bytes", 4, "protobuf decode failed",
+    "an initializer's length as a 7-byte varint (the fast reader rewrote it unseen)",
+    lambda: wide_mlp_wire(tensor_length_pad=5))
+raw("wire_segment", 4, "segment", "a large initializer marked as a segment of a larger tensor: refused as a small one is",
+    lambda: wide_mlp_wire(segment=True))
+raw("wire_tiny_messages", 4, "messages in", "3 MiB of empty value_info entries: protobuf would take 38 bytes per "
+    "file byte; counted and refused before decoding", lambda: wide_mlp_wire(extra_graph=bytes([13 << 3 | 2, 0]) * (3 << 19)))
+
 # ---- sizes: checked before anything is allocated --------------------------------------------
 
 

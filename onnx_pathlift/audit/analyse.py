@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InvalidModelError, PathliftError, UnsupportedModelError
+from ..errors import InvalidModelError, OutOfMemoryError, PathliftError, UnsupportedModelError
 from ..importer import import_prepared
 from ..lipschitz_bound import bound_from
 from ..load import load_split
@@ -76,6 +76,8 @@ def analyse(task: Task, settings: Settings) -> ModelResult:
     except UnsupportedModelError as err:
         status, reason = "unsupported", str(err)
         facts["refusals"] = [r.__dict__ for r in err.refusals]
+    except OutOfMemoryError as err:  # an allocation failed while reading the model
+        status, reason = "error", f"{OUT_OF_MEMORY} ({err}{_cap_note()})"
     except InvalidModelError as err:
         status, reason = "invalid", str(err)
     except PathliftError as err:

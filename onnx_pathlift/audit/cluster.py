@@ -48,12 +48,9 @@ def run_dask(tasks: Sequence[Task], settings: Settings, timeout: float | None, a
         raise UsageError("--scheduler needs Dask distributed: pip install 'onnx-pathlift[dask]'") from None
     try:
         _reachable(address)
-        client = Client(address, timeout=CONNECT_TIMEOUT_S)
-    except (OSError, TimeoutError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         raise PathliftError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
-    except Exception as exc:  # something answered, not as a Dask scheduler (its reply read as a huge frame: MemoryError)
-        raise PathliftError(f"cannot reach the Dask scheduler at {address}: what answers there is not a Dask "
-                            f"scheduler ({type(exc).__name__}: {exc})") from exc
+    client = _connect(Client, address, min(timeout or CONNECT_TIMEOUT_S, CONNECT_TIMEOUT_S))
     with client:
         futures = {client.submit(analyse_on_worker, replace(t, path=os.path.abspath(t.path)), settings, timeout,
                                  memory_mb, pure=False): t for t in tasks}
@@ -82,6 +79,33 @@ def _say_lost(client, known: set[str]) -> set[str]:
         print(terminal(f"audit: Dask worker {gone} was lost; Dask reschedules the models it held"), file=sys.stderr,
               flush=True)
     return workers
+
+
+def _connect(client_class, address: str, deadline: float):
+    """A Dask client of the scheduler at ``address``, connected within ``deadline`` seconds, else a
+    :class:`PathliftError` (exit 1). The client connects on a daemon thread that is left behind when
+    the deadline passes: Dask's own timeout does not cover a server that accepts the connection and
+    never answers its handshake (``Client.start`` then waits for ever)."""
+    box: list = []
+
+    def connect() -> None:
+        try:
+            box.append(client_class(address, timeout=deadline))
+        except Exception as exc:  # noqa: BLE001 - handed to the caller below
+            box.append(exc)
+
+    thread = threading.Thread(target=connect, name="onnx-pathlift-dask-connect", daemon=True)
+    thread.start()
+    thread.join(deadline + 1)
+    if not box:
+        raise PathliftError(f"the Dask scheduler at {address} did not answer within {deadline:g} s (the connection was "
+                            "accepted, the handshake never came back): the audit stops; results so far are in the database")
+    if isinstance(box[0], (OSError, TimeoutError, ValueError)):
+        raise PathliftError(f"cannot reach the Dask scheduler at {address}: {box[0]}") from box[0]
+    if isinstance(box[0], Exception):  # something answered, not as a Dask scheduler (its reply read as a huge frame)
+        raise PathliftError(f"cannot reach the Dask scheduler at {address}: what answers there is not a Dask "
+                            f"scheduler ({type(box[0]).__name__}: {box[0]})") from box[0]
+    return box[0]
 
 
 def _collect(client, futures: dict, patience: float, address: str) -> Iterator[ModelResult]:

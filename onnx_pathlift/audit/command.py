@@ -7,15 +7,15 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import UsageError
+from ..atomic import refuse_same_file
+from ..errors import FAIL_ON_EXIT, UsageError
 from ..sanitise import terminal
 from . import report
 from .batch import Audit, audit
+from .files import discover
 from .progress import Progress
 from .record import DEFAULT_Q, STATUSES, InputShape, ModelResult, Settings
 
-#: the exit code of an audit in which some model ended in a status named by ``--fail-on``
-FAIL_ON_EXIT = 7  # 6 is an output that could not be written
 #: ``--fail-on oom`` names the errors that are out-of-memory failures (a cap or the OOM killer)
 OOM = "oom"
 
@@ -37,6 +37,15 @@ def failing(r: ModelResult, fail_on: frozenset[str]) -> bool:
     return r.status in fail_on or (OOM in fail_on and r.out_of_memory)
 
 
+def _refuse_outputs_onto_models(paths: Sequence[str], *outputs: str | Path | None) -> None:
+    """:class:`UsageError` (exit 2) when a report, the CSV or the database would replace a model the
+    audit reads (``--report a.onnx``), before any model is analysed."""
+    models = discover(paths)
+    for out in (o for o in outputs if o):
+        for model in models:
+            refuse_same_file(out, model, model)
+
+
 def run_command(paths: Sequence[str], *, q: Sequence[float] | None = None, input_shape: InputShape = None,
                 jobs: int | None = None, timeout: float | None = None, memory_mb: float | None = None, db: str | None = None,
                 html: str | None = None, csv: str | None = None, as_json: bool = False,
@@ -54,6 +63,7 @@ def run_command(paths: Sequence[str], *, q: Sequence[float] | None = None, input
     gate = parse_fail_on(fail_on)
     settings = Settings(q=tuple(q or DEFAULT_Q), input_shape=input_shape)
     db_path = Path(db) if db else Path(html).with_suffix(".sqlite") if html else Path("audit.sqlite")
+    _refuse_outputs_onto_models(paths, db_path, html, csv)
     progress = Progress()
     try:
         result = audit(paths, settings, jobs=jobs, timeout=timeout, memory_mb=memory_mb, db=db_path, scheduler=scheduler,
