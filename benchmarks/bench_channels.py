@@ -2,7 +2,7 @@
 
 Run as a script, in one process (each model is built in plain torch from ``tests/torch_archs.py``
 with seeded random weights and BatchNorm statistics, exported by torch's TorchScript exporter at run
-time, then pruned by ``onnx_pathlift.ranking.prune_channels``):
+time, then pruned by ``onnx_pathlift.pruning.ranking.prune_channels``):
 
     python benchmarks/bench_channels.py [--sparsity 0.5] [--criterion path-mass] [--scope layer] [--repeats 10]
 
@@ -33,12 +33,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import torch_archs  # noqa: E402
 
-from onnx_pathlift.importer import import_model, import_prepared  # noqa: E402
-from onnx_pathlift.load import load_model  # noqa: E402
-from onnx_pathlift.metric import path_metric  # noqa: E402
-from onnx_pathlift.prepare import prepare  # noqa: E402
-from onnx_pathlift.ranking import prune_channels  # noqa: E402
-from onnx_pathlift.slim import cpu_session, float_parameters, layer_costs, random_feeds  # noqa: E402
+from onnx_pathlift.analyses.metric import path_metric  # noqa: E402
+from onnx_pathlift.fileio.load import load_model  # noqa: E402
+from onnx_pathlift.frontend.importer import import_model, import_prepared  # noqa: E402
+from onnx_pathlift.frontend.prepare import prepare  # noqa: E402
+from onnx_pathlift.pruning.ranking import prune_channels  # noqa: E402
+from onnx_pathlift.pruning.slim import cpu_session, float_parameters, layer_costs, random_feeds  # noqa: E402
 
 MODELS = {"resnet18": 32, "mobilenet_v2": 224, "densenet121": 224}
 GOAL_PARAMS, GOAL_LATENCY = 0.70, 0.75

@@ -20,7 +20,7 @@ import resource
 import time
 
 import onnx_pathlift as pl
-from onnx_pathlift.norm import LiftedSession
+from onnx_pathlift.backend.norm import LiftedSession
 
 
 def main() -> None:

@@ -46,8 +46,8 @@ from bare_loop import plain_feeds
 
 import onnx_pathlift
 from onnx_pathlift import PathNormSession, import_model, lift_model
-from onnx_pathlift.emit import LOG2_SUFFIX
-from onnx_pathlift.runtime import make_session
+from onnx_pathlift.backend.emit import LOG2_SUFFIX
+from onnx_pathlift.backend.runtime import make_session
 
 ROOT = Path(__file__).resolve().parent.parent
 ZOO = ROOT.parent / "shared" / "zoo"
@@ -311,7 +311,7 @@ def breakdown(path: Path, dag, repeat: int, cli: bool = True) -> dict:
 # ------------------------------------------------------------------------------------------- profile
 
 def _kind(name: str) -> str:
-    """Role of a lifted node from its name hint (see onnx_pathlift.graph / ops)."""
+    """Role of a lifted node from its name hint (see onnx_pathlift.graph.builder / ops)."""
     hint = name.rsplit("_", 1)[0] if name.rsplit("_", 1)[-1].isdigit() else name
     return hint
 

@@ -21,8 +21,8 @@ import onnx
 import onnxruntime as ort
 
 from onnx_pathlift import import_model
-from onnx_pathlift.runtime import make_session
-from onnx_pathlift.scores import scores_model
+from onnx_pathlift.analyses.scores import scores_model
+from onnx_pathlift.backend.runtime import make_session
 
 ROOT = Path(__file__).resolve().parent.parent
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"

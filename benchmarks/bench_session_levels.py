@@ -19,9 +19,9 @@ import numpy as np
 import onnxruntime as ort
 
 import onnx_pathlift as pl
-from onnx_pathlift.emit import lifted_bundle
-from onnx_pathlift.samples import one_sample
-from onnx_pathlift.scores import scores_model
+from onnx_pathlift.analyses.scores import scores_model
+from onnx_pathlift.backend.emit import lifted_bundle
+from onnx_pathlift.backend.samples import one_sample
 
 LEVELS = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
           "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}

@@ -59,11 +59,11 @@ import json, resource, sys, time
 import numpy as np
 t = [time.perf_counter()]
 def mark(): t.append(time.perf_counter()); return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-from onnx_pathlift.load import load_split
-from onnx_pathlift.prepare import prepare
-from onnx_pathlift.importer import import_prepared
-from onnx_pathlift.emit import lifted_bundle
-from onnx_pathlift.runtime import make_session
+from onnx_pathlift.fileio.load import load_split
+from onnx_pathlift.frontend.prepare import prepare
+from onnx_pathlift.frontend.importer import import_prepared
+from onnx_pathlift.backend.emit import lifted_bundle
+from onnx_pathlift.backend.runtime import make_session
 rss = [mark()]
 model, stored = load_split(sys.argv[1]); rss.append(mark())  # as the analyses read a file
 prepared = prepare(model, stored=stored); rss.append(mark())
@@ -133,7 +133,7 @@ def in_process(path: Path, repeat: int) -> dict:
     import onnxruntime as ort
 
     from onnx_pathlift.api import compute_norms
-    from onnx_pathlift.norm import LiftedSession
+    from onnx_pathlift.backend.norm import LiftedSession
 
     x = np.random.default_rng(0).random([1, 3, SIZE, SIZE], dtype=np.float32)
     t0 = time.perf_counter()

@@ -20,10 +20,11 @@ __version__ = "0.1.0"
 #: public name -> module that defines it; loaded on first use (PEP 562), so that ``import
 #: onnx_pathlift`` (and the audit's parent process) does not pay for onnx, onnxruntime and networkx
 _EXPORTS = {
-    "Dag": "dag", "Layer": "dag", "emit_model": "emit", "lift_model": "emit",
-    "InvalidModelError": "errors", "PathliftError": "errors", "UnsupportedModelError": "errors", "UsageError": "errors",
-    "import_model": "importer", "lipschitz": "lipschitz_bound", "path_metric": "metric",
-    "PathNorm": "norm", "PathNormSession": "norm", "lift": "norm", "path_norm": "norm", "path_magnitude": "scores",
+    "Dag": "ir.dag", "Layer": "ir.dag", "emit_model": "backend.emit", "lift_model": "backend.emit",
+    "InvalidModelError": "errors", "PathliftError": "errors", "UnsupportedModelError": "errors",
+    "UsageError": "errors", "import_model": "frontend.importer", "lipschitz": "analyses.lipschitz",
+    "path_metric": "analyses.metric", "PathNorm": "backend.norm", "PathNormSession": "backend.norm",
+    "lift": "backend.norm", "path_norm": "backend.norm", "path_magnitude": "analyses.scores",
 }
 
 __all__ = [
@@ -42,11 +43,11 @@ def __getattr__(name: str):
 
 
 if TYPE_CHECKING:
-    from .dag import Dag, Layer
-    from .emit import emit_model, lift_model
+    from .analyses.lipschitz import lipschitz
+    from .analyses.metric import path_metric
+    from .analyses.scores import path_magnitude
+    from .backend.emit import emit_model, lift_model
+    from .backend.norm import PathNorm, PathNormSession, lift, path_norm
     from .errors import InvalidModelError, PathliftError, UnsupportedModelError, UsageError
-    from .importer import import_model
-    from .lipschitz_bound import lipschitz
-    from .metric import path_metric
-    from .norm import PathNorm, PathNormSession, lift, path_norm
-    from .scores import path_magnitude
+    from .frontend.importer import import_model
+    from .ir.dag import Dag, Layer

@@ -1,10 +1,10 @@
 """The library function behind each ``onnx-pathlift`` command.
 
 Each function loads the model(s), runs the analysis, writes its output files (atomically, see
-:mod:`onnx_pathlift.atomic`) and returns a report; a report's ``to_dict()`` is the command's ``--json``
+:mod:`onnx_pathlift.fileio.atomic`) and returns a report; a report's ``to_dict()`` is the command's ``--json``
 object, and the command line prints its text form from the same report. ``prune`` is
-:func:`onnx_pathlift.prune.prune_weights` / :func:`~onnx_pathlift.prune.prune_channel_groups`,
-``inspect`` :func:`onnx_pathlift.inspect.inspect_model` and ``audit``
+:func:`onnx_pathlift.pruning.prune.prune_weights` / :func:`~onnx_pathlift.pruning.prune.prune_channel_groups`,
+``inspect`` :func:`onnx_pathlift.analyses.inspection.inspect_model` and ``audit``
 :func:`onnx_pathlift.audit.run_command` (docs/api.md lists them all).
 
 Every function raises :class:`~onnx_pathlift.errors.InvalidModelError` (exit code 4) for an
@@ -12,8 +12,7 @@ unreadable or invalid model, :class:`~onnx_pathlift.errors.UnsupportedModelError
 outside the supported set, :class:`~onnx_pathlift.errors.UsageError` (2) for bad arguments and
 :class:`~onnx_pathlift.errors.OutputError` (6) for an output that cannot be written.
 
-The analyses are imported when called (the audit's parent process needs none of them).
-"""
+The analyses are imported when called (the audit's parent process needs none of them)."""
 
 from __future__ import annotations
 
@@ -24,69 +23,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .atomic import refuse_overwriting_input, write_bytes, write_with
 from .errors import CertificateViolation, UsageError, VerificationError
+from .fileio.atomic import refuse_overwriting_input
 
 if TYPE_CHECKING:  # (the audit package is not imported at run time: norm's start-up does without it)
-    import numpy as np
     from onnx import ModelProto
 
+    from .analyses.check import CheckReport
+    from .analyses.lipschitz import LipschitzBound
+    from .analyses.metric import PathMetric
+    from .analyses.quant_bound import Certificate
+    from .analyses.scores import Scores
     from .audit.record import InputShape  # one static shape, or one per input name; None: as declared
-    from .check import CheckReport
-    from .dag import Dag
-    from .lipschitz_bound import LipschitzBound
-    from .load import ModelSource
-    from .metric import PathMetric
-    from .norm import PathNorm
-    from .prepare import Prepared
-    from .quant_bound import Certificate
-    from .scores import Scores
-    from .verify import VerifyReport
-
-
-
-def model_name(source: ModelSource) -> str:
-    """How reports name a model: its path, or ``<model>`` for bytes and ``ModelProto``."""
-    return str(source) if isinstance(source, (str, os.PathLike)) else "<model>"
-
-
-@dataclass
-class Loaded:
-    """A model as read (``model``; None where only its weights were needed), prepared (static shapes,
-    constants folded) and imported."""
-
-    model: ModelProto | None
-    prepared: Prepared
-    dag: Dag
-    seconds: float  # wall time of the three steps
-
-
-def load(source: ModelSource, input_shape: InputShape = None, outputs: list[str] | None = None,
-         whole: bool = True) -> Loaded:
-    """Read ``source`` (path, bytes or ``ModelProto``), fix its input shapes (``input_shape``: one
-    shape, or one per input name) and import the tensors ``outputs`` (None: every analysed output).
-    ``whole=False``, for analyses of the DAG alone: a file's large weights are read straight into
-    arrays (:func:`~onnx_pathlift.load.load_split`) and ``model`` is None."""
-    from .importer import import_prepared
-    from .load import load_model, load_split
-    from .prepare import prepare
-
-    t0 = time.perf_counter()
-    model, stored = (load_model(source), None) if whole else load_split(source)
-    prepared = prepare(model, input_shape, stored=stored)
-    return Loaded(model if whole else None, prepared, import_prepared(prepared, outputs or None), time.perf_counter() - t0)
-
-
-def save_model(model: ModelProto, out: str | os.PathLike) -> None:
-    """Write an ONNX model atomically (the target is replaced only once the whole file is written)."""
-    write_bytes(out, model.SerializeToString())
-
-
-def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
-    """Write exactly ``path`` (``np.savez`` would append .npz to a str path), atomically, compressed."""
-    import numpy as np
-
-    write_with(path, lambda f: np.savez_compressed(f, **arrays))
+    from .backend.norm import PathNorm
+    from .backend.verify import VerifyReport
+    from .fileio.load import ModelSource
+    from .ir.dag import Dag
+from .fileio.atomic import save_model, save_npz
+from .frontend.pipeline import load, model_name
 
 
 def _shapes(dag: Dag) -> dict[str, list[int]]:
@@ -132,7 +86,7 @@ def compute_norms(source: ModelSource, q: list[float] | tuple[float, ...] = (1.0
     (``providers``: ``"cpu"`` or ``"cuda"``). With ``verify``, also the
     re-emission check (3 random inputs, relative tolerance 1e-4); a failed check is in the report, not
     raised. Raises :class:`~onnx_pathlift.errors.ProviderUnavailableError` when ``"cuda"`` is unavailable."""
-    from .norm import LiftedSession
+    from .backend.norm import LiftedSession
 
     loaded = load(source, input_shape, outputs, whole=verify)
     dag, seconds = loaded.dag, loaded.seconds
@@ -152,7 +106,7 @@ def compute_norms(source: ModelSource, q: list[float] | tuple[float, ...] = (1.0
         del session
     report = NormsReport(model_name(source), dag, providers, norms, timings)
     if source_model is not None:
-        from .verify import verify as check
+        from .backend.verify import verify as check
 
         report.verify = check(source_model[0], dag, source_model[1], providers=providers, raise_on_failure=False)
     return report
@@ -169,7 +123,7 @@ class LiftReport:
     norm: PathNorm
 
     def to_dict(self) -> dict:
-        from .emit import LOG2_SUFFIX
+        from .backend.emit import LOG2_SUFFIX
 
         return {"written": self.written, "q": self.q if self.q != float("inf") else "inf", "scales": "static" if self.static else "dynamic",
                 "inputs": _shapes(self.dag), "outputs": [[o, o + LOG2_SUFFIX] for o in self.dag.outputs],
@@ -179,9 +133,10 @@ class LiftReport:
 def _sha256(source: ModelSource) -> str:
     """The sha256 of the model file (or of the bytes / serialized ``ModelProto``)."""
     if isinstance(source, (str, os.PathLike)):
-        from .audit.files import task_for
+        from .fileio.read import open_regular
 
-        return task_for(str(source)).sha256
+        with os.fdopen(open_regular(source, str(source)), "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
     return hashlib.sha256(source if isinstance(source, bytes) else source.SerializeToString()).hexdigest()
 
 
@@ -192,8 +147,8 @@ def write_lifted(source: ModelSource, out: str | os.PathLike, q: float = 1.0, in
     metadata says so and names the source's sha256. Raises :class:`UsageError` when ``out`` is the input."""
     import onnx
 
-    from .emit import describe_lifted
-    from .norm import PathNormSession
+    from .backend.emit import describe_lifted
+    from .backend.norm import PathNormSession
 
     if isinstance(source, (str, os.PathLike)):
         refuse_overwriting_input(out, source)
@@ -254,10 +209,10 @@ def compare_models(model_a: ModelSource, model_b: ModelSource, input_shape: Inpu
     that many random inputs then search steps run against it. The layers are paired once (after
     canonicalisation when the spellings differ) and that pairing serves every step. A violated
     certificate is in the report (:attr:`Comparison.violation`), not raised. Raises
-    :class:`~onnx_pathlift.metric.MismatchError` (a :class:`UsageError`) when the architectures differ."""
-    from .check import check_bound
-    from .metric import comparable, path_metric
-    from .quant_bound import certify
+    :class:`~onnx_pathlift.analyses.metric.MismatchError` (a :class:`UsageError`) when the architectures differ."""
+    from .analyses.check import check_bound
+    from .analyses.metric import comparable, path_metric
+    from .analyses.quant_bound import certify
 
     a, b = load(model_a, input_shape, outputs), load(model_b, input_shape, outputs)
     dag_a, dag_b, pairs, canon_a, canon_b = comparable(a.dag, b.dag)  # says where the architectures differ first
@@ -287,7 +242,7 @@ def lipschitz_report(source: ModelSource, input_shape: InputShape = None, output
     """The input-space Lipschitz bound (ℓ∞ → ℓ1) of ``source``: ``‖Φ_in‖_1``, the L1 path-norm of the
     paths that start at input neurons (certified: the upper end of its interval), beside the naive
     product of the layers' ℓ∞ operator norms."""
-    from .lipschitz_bound import lipschitz
+    from .analyses.lipschitz import lipschitz
 
     return LipschitzReport(model_name(source), lipschitz(load(source, input_shape, outputs, whole=False).dag, providers=providers))
 
@@ -316,7 +271,7 @@ def score_weights(source: ModelSource, out: str | os.PathLike | None = None, inp
     Raises :class:`UsageError` when ``out`` is the input."""
     import numpy as np
 
-    from .scores import path_magnitude
+    from .analyses.scores import path_magnitude
 
     if out and isinstance(source, (str, os.PathLike)):
         refuse_overwriting_input(out, source)
@@ -371,11 +326,11 @@ def rescale_model(source: ModelSource, out: str | os.PathLike | None = None, see
     """A copy of ``source`` with every rescalable hidden channel's incoming weights (and biases) times
     λ and its outgoing weights times 1/λ, λ drawn log-uniformly in [``low``, ``high``] (``seed``): the
     same function and path-lifting, other weights. Checked on one random input (``seed``) by
-    :func:`onnx_pathlift.verify.same_function`; written to ``out`` (when given) only once checked.
+    :func:`onnx_pathlift.backend.verify.same_function`; written to ``out`` (when given) only once checked.
     Raises :class:`UsageError` unless ``0 < low ≤ high`` or when ``out`` is the input, and
     :class:`VerificationError` (exit code 1) when the outputs changed by more than 1e-4 (relative)."""
-    from .rescale import rescale
-    from .verify import same_function
+    from .analyses.rescale import rescale
+    from .backend.verify import same_function
 
     if out is not None and isinstance(source, (str, os.PathLike)):
         refuse_overwriting_input(out, source)

@@ -11,11 +11,11 @@ from builders import inits, zeroed
 from onnx import TensorProto, helper
 from oracle import brute_force_path_norm
 
-from onnx_pathlift.channels import channel_graph
-from onnx_pathlift.check import _change, search_box
-from onnx_pathlift.importer import import_prepared
-from onnx_pathlift.prepare import prepare
-from onnx_pathlift.scores import path_magnitude
+from onnx_pathlift.analyses.check import _change, search_box
+from onnx_pathlift.analyses.scores import path_magnitude
+from onnx_pathlift.frontend.importer import import_prepared
+from onnx_pathlift.frontend.prepare import prepare
+from onnx_pathlift.pruning.channels import channel_graph
 
 # --------------------------------------------------------------------------------------------
 # scores: the fraction of ‖Φ‖_1 a weight's paths carry is the brute-force drop when it is zeroed

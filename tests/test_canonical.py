@@ -22,12 +22,12 @@ from onnx import helper
 from oracle import signed_path_metric, union_dags
 
 from onnx_pathlift import import_model
-from onnx_pathlift.canonical import canonical_form
-from onnx_pathlift.check import check_bound
-from onnx_pathlift.emit import emit_model
-from onnx_pathlift.metric import MismatchError, comparable, path_metric
-from onnx_pathlift.transforms import with_params_of
-from onnx_pathlift.verify import verify
+from onnx_pathlift.analyses.check import check_bound
+from onnx_pathlift.analyses.metric import MismatchError, comparable, path_metric
+from onnx_pathlift.backend.emit import emit_model
+from onnx_pathlift.backend.verify import verify
+from onnx_pathlift.rewrite.canonical import canonical_form
+from onnx_pathlift.rewrite.transforms import with_params_of
 
 
 def _dyadic(rng: np.random.Generator, shape, step: float = 1 / 16) -> np.ndarray:

@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from oracle import signed_path_metric, union_dags
 
 from onnx_pathlift import import_model
-from onnx_pathlift.check import check_bound
-from onnx_pathlift.metric import path_metric
+from onnx_pathlift.analyses.check import check_bound
+from onnx_pathlift.analyses.metric import path_metric
 
 NETS = sorted(tiny_nets.ALL_NETS)
 FLOAT_SHIPPED = [p for p in sorted(MODELS.glob("*.onnx")) if param_roles(onnx.load(p))[0]]
@@ -187,7 +187,7 @@ def test_check_bound_api_searches(tmp_path: Path) -> None:
 
 
 def test_layer_parts_are_skipped_beyond_the_pass_budget(monkeypatch, capsys) -> None:
-    from onnx_pathlift import metric as metric_mod
+    from onnx_pathlift.analyses import metric as metric_mod
 
     monkeypatch.setattr(metric_mod, "MAX_SHARE_PASSES", 2)
     a = MODELS / "digits_cnn_torch_bn.onnx"

@@ -16,14 +16,14 @@ from checks import analyse, group_of, run, slim_error
 from conftest import ROOT, run_main
 from onnx import helper, numpy_helper
 
-from onnx_pathlift.channels import group_scores
-from onnx_pathlift.importer import import_prepared
-from onnx_pathlift.load import load_model
-from onnx_pathlift.metric import path_metric
-from onnx_pathlift.prepare import prepare
-from onnx_pathlift.ranking import choose, prune_channels
-from onnx_pathlift.rescale import rescale
-from onnx_pathlift.slim import masked_model, slim_model
+from onnx_pathlift.analyses.metric import path_metric
+from onnx_pathlift.analyses.rescale import rescale
+from onnx_pathlift.fileio.load import load_model
+from onnx_pathlift.frontend.importer import import_prepared
+from onnx_pathlift.frontend.prepare import prepare
+from onnx_pathlift.pruning.channels import group_scores
+from onnx_pathlift.pruning.ranking import choose, prune_channels
+from onnx_pathlift.pruning.slim import masked_model, slim_model
 
 SHIPPED = sorted((ROOT / "models").glob("*.onnx"))
 
@@ -165,7 +165,7 @@ def test_path_mass_chooses_the_same_channels_after_rescaling(net: str) -> None:
 
 
 def test_l1_norm_is_not_rescaling_invariant_but_path_mass_is() -> None:
-    """onnx_pathlift.rescale on the shipped CNN: path-mass keeps its choice, l1-norm changes it."""
+    """onnx_pathlift.analyses.rescale on the shipped CNN: path-mass keeps its choice, l1-norm changes it."""
     model = load_model(ROOT / "models/digits_cnn_torch_bn.onnx")
     p, dag, cg = analyse(model)
     other, report = rescale(model, dag, seed=0, low=1 / 64, high=64.0)
@@ -331,7 +331,7 @@ def test_slim_check_compares_the_analysed_output_behind_a_class_head(zoo) -> Non
     w = next(t for t in broken.graph.initializer if numpy_helper.to_array(t).ndim == 2)
     w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 1.01, w.name))
     from onnx_pathlift.errors import VerificationError
-    from onnx_pathlift.slim import check_slim
+    from onnx_pathlift.pruning.slim import check_slim
 
     with pytest.raises(VerificationError):
         check_slim(result.masked, broken, p, list(dag.outputs))

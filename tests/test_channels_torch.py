@@ -1,6 +1,6 @@
 """Channel pruning on torch-built ResNet-, MobileNet- (depthwise, ReLU6) and DenseNet-style (concat)
 networks, exported at run time by both torch exporters: groups, and the slim model against the
-masked one (``onnx_pathlift.channels``, ``onnx_pathlift.slim``)."""
+masked one (``onnx_pathlift.pruning.channels``, ``onnx_pathlift.pruning.slim``)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import onnx
 import pytest
 from checks import analyse, group_of, slim_error
 
-from onnx_pathlift.load import load_model
-from onnx_pathlift.ranking import prune_channels
+from onnx_pathlift.fileio.load import load_model
+from onnx_pathlift.pruning.ranking import prune_channels
 
 torch = pytest.importorskip("torch")
 import torch_archs  # noqa: E402

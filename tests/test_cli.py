@@ -510,7 +510,7 @@ def test_unexpected_error_exits_1_without_traceback(capsys, monkeypatch, hand_pa
     def boom(*args, **kwargs):
         raise RuntimeError("boom from a test")
 
-    monkeypatch.setattr("onnx_pathlift.norm.LiftedSession", boom)
+    monkeypatch.setattr("onnx_pathlift.backend.norm.LiftedSession", boom)
     rc, _, err = run_main(capsys, "norm", hand_path)
     assert rc == 1
     assert err.startswith("onnx-pathlift: internal error: RuntimeError: boom from a test")
@@ -518,7 +518,7 @@ def test_unexpected_error_exits_1_without_traceback(capsys, monkeypatch, hand_pa
 
 
 def test_failed_verification_exits_1(capsys, monkeypatch, hand_path):
-    import onnx_pathlift.verify as verify_mod
+    import onnx_pathlift.backend.verify as verify_mod
 
     failing = verify_mod.VerifyReport(False, {"y": 0.5}, 3, 1e-4)
     monkeypatch.setattr(verify_mod, "verify", lambda *a, **k: failing)

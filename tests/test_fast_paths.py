@@ -25,13 +25,16 @@ import pytest
 from builders import make_model
 from onnx import helper, numpy_helper
 
-from onnx_pathlift import exponents, graph, path_norm, runtime
-from onnx_pathlift.bounds import log2_power_matvec32
-from onnx_pathlift.emit import lift_model, lifted_bundle
-from onnx_pathlift.exponents import log2_range, scaled_power
-from onnx_pathlift.importer import import_model
-from onnx_pathlift.norm import LiftedSession
-from onnx_pathlift.scores import scores_model
+from onnx_pathlift import path_norm
+from onnx_pathlift.analyses.scores import scores_model
+from onnx_pathlift.backend import runtime
+from onnx_pathlift.backend.emit import lift_model, lifted_bundle
+from onnx_pathlift.backend.norm import LiftedSession
+from onnx_pathlift.frontend.importer import import_model
+from onnx_pathlift.graph import builder as graph
+from onnx_pathlift.graph import exponents
+from onnx_pathlift.graph.bounds import log2_power_matvec32
+from onnx_pathlift.graph.exponents import log2_range, scaled_power
 
 FLOAT32_POWER = exponents._float32_power
 

@@ -1,6 +1,6 @@
-"""Gauge alignment in ``compare`` (``onnx_pathlift.gauge``): bounds that honour the rescaling symmetry.
+"""Gauge alignment in ``compare`` (``onnx_pathlift.analyses.gauge``): bounds that honour the rescaling symmetry.
 
-Pairs built at run time from the shipped digits CNN and the tiny nets, with ``onnx_pathlift.rescale``:
+Pairs built at run time from the shipped digits CNN and the tiny nets, with ``onnx_pathlift.analyses.rescale``:
 a model and its rescaled copy (the certified d is at most 1e-5 of ‖Φ‖_1, against 2‖Φ‖_1 unaligned), a
 pruned model against a rescaled copy of its original (exact, the same bound as unrescaled), noisy and
 sign-flipped pairs with both sides rescaled (the bound moves by at most 1e-2 in log10), and
@@ -24,12 +24,12 @@ from onnx import helper
 from oracle import signed_path_metric, union_dags
 
 from onnx_pathlift import api, import_model
-from onnx_pathlift.gauge import SNAP, _factors, align, param_depth
-from onnx_pathlift.metric import comparable, path_metric
-from onnx_pathlift.rescale import groups, rescale
+from onnx_pathlift.analyses.gauge import SNAP, _factors, align, param_depth
+from onnx_pathlift.analyses.metric import comparable, path_metric
+from onnx_pathlift.analyses.rescale import groups, rescale
 
 CNN = MODELS / "digits_cnn_torch_bn.onnx"
-SMALL = ["mlp", "conv_bn_pool", "matmul_net"]  # tiny nets onnx_pathlift.rescale rescales
+SMALL = ["mlp", "conv_bn_pool", "matmul_net"]  # tiny nets onnx_pathlift.analyses.rescale rescales
 
 
 def rescaled(model: onnx.ModelProto, seed: int, low: float = 1e-6, high: float = 1e6) -> onnx.ModelProto:

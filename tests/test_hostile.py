@@ -27,8 +27,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnx_pathlift import import_model, path_norm
 from onnx_pathlift.errors import InvalidModelError, PathliftError
-from onnx_pathlift.load import load_model
-from onnx_pathlift.read import DEFAULT_LIMITS, Limits
+from onnx_pathlift.fileio.load import load_model
+from onnx_pathlift.fileio.read import DEFAULT_LIMITS, Limits
 
 resource = pytest.importorskip("resource", reason="RLIMIT_AS needs a POSIX system")
 

@@ -28,13 +28,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import helper
 
-from onnx_pathlift import atomic, path_norm
+from onnx_pathlift import path_norm
 from onnx_pathlift.audit import Settings, audit
 from onnx_pathlift.audit.analyse import HOOK_ENV
 from onnx_pathlift.errors import OutputError
-from onnx_pathlift.graph import GraphBuilder
-from onnx_pathlift.load import load_model
-from onnx_pathlift.read import DEFAULT_LIMITS
+from onnx_pathlift.fileio import atomic
+from onnx_pathlift.fileio.load import load_model
+from onnx_pathlift.fileio.read import DEFAULT_LIMITS
+from onnx_pathlift.graph.builder import GraphBuilder
 from onnx_pathlift.sanitise import csv_cell, html, terminal
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="FIFOs, rlimits, signals and /dev/full are POSIX")
@@ -600,7 +601,7 @@ def test_special_files_are_never_read_as_models(tmp_path, command, kind):
 def test_the_model_file_size_limit(tmp_path):
     """``--max-file-size`` (MiB) refuses a larger model before reading it, in every command that reads
     one and in the audit's workers (which inherit it); the default is protobuf's own 2 GiB."""
-    from onnx_pathlift import prefetch
+    from onnx_pathlift.fileio import prefetch
 
     assert prefetch.max_file_bytes() == 2 << 30
     path = tmp_path / "m.onnx"
@@ -630,7 +631,7 @@ def test_running_out_of_memory_while_reading_is_exit_4(tmp_path):
 
 
 def test_audit_help_names_the_fail_on_exit_code():
-    from onnx_pathlift.cli import build_parser
+    from onnx_pathlift.cli.app import build_parser
     from onnx_pathlift.errors import FAIL_ON_EXIT
 
     audit_parser = build_parser()._subparsers._group_actions[0].choices["audit"]

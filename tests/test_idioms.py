@@ -14,10 +14,10 @@ from oracle import brute_force_path_norm
 from tiny_nets import conv_bn_pool, residual_concat
 
 import onnx_pathlift as pl
-from onnx_pathlift.importer import ImportTrace, import_prepared
-from onnx_pathlift.norm import PathNormSession
-from onnx_pathlift.prepare import prepare
-from onnx_pathlift.verify import verify
+from onnx_pathlift.backend.norm import PathNormSession
+from onnx_pathlift.backend.verify import verify
+from onnx_pathlift.frontend.importer import ImportTrace, import_prepared
+from onnx_pathlift.frontend.prepare import prepare
 
 
 def _reversed(model: onnx.ModelProto) -> onnx.ModelProto:

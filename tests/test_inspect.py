@@ -21,8 +21,8 @@ from conftest import LIGHT, MODELS, ROOT, run_main
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_pathlift as pl
+from onnx_pathlift.analyses.inspection import inspect_model
 from onnx_pathlift.errors import UnsupportedModelError
-from onnx_pathlift.inspect import inspect_model
 from onnx_pathlift.ops import kind_counts
 
 SHIPPED = sorted(MODELS.glob("*.onnx"))

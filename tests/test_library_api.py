@@ -20,10 +20,11 @@ from builders import make_model
 from conftest import run_main
 from onnx import helper
 
-from onnx_pathlift import api, cli, metric, path_norm, quant_bound
+from onnx_pathlift import api, cli, path_norm
+from onnx_pathlift.analyses import metric, quant_bound
+from onnx_pathlift.backend.verify import same_function
 from onnx_pathlift.errors import UsageError
-from onnx_pathlift.prune import prune_weights
-from onnx_pathlift.verify import same_function
+from onnx_pathlift.pruning.prune import prune_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"

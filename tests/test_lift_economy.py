@@ -22,10 +22,11 @@ from builders import net, sandwich
 from onnx import helper
 from oracle import brute_force_path_norm
 
-from onnx_pathlift import exponents, path_norm
-from onnx_pathlift.bounds import log2_power_matvec32
-from onnx_pathlift.emit import lift_model
-from onnx_pathlift.importer import import_model
+from onnx_pathlift import path_norm
+from onnx_pathlift.backend.emit import lift_model
+from onnx_pathlift.frontend.importer import import_model
+from onnx_pathlift.graph import exponents
+from onnx_pathlift.graph.bounds import log2_power_matvec32
 
 
 def _ops(model: onnx.ModelProto) -> Counter:

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 import onnx_pathlift
 from onnx_pathlift import import_model, path_norm
 from onnx_pathlift.errors import InvalidModelError, PathliftError, UnsupportedModelError
-from onnx_pathlift.load import load_model
+from onnx_pathlift.fileio.load import load_model
 
 # --------------------------------------------------------------------------------------------
 # helpers

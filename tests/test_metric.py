@@ -32,11 +32,11 @@ from oracle import neuron_signs_agree, signed_path_metric, union_dags
 from torch_lifted import lifted_norm
 
 from onnx_pathlift import import_model, path_norm
-from onnx_pathlift import metric as metric_mod
-from onnx_pathlift.check import check_bound
-from onnx_pathlift.dag import Dag
-from onnx_pathlift.lipschitz_bound import lipschitz
-from onnx_pathlift.metric import MismatchError, path_metric
+from onnx_pathlift.analyses import metric as metric_mod
+from onnx_pathlift.analyses.check import check_bound
+from onnx_pathlift.analyses.lipschitz import lipschitz
+from onnx_pathlift.analyses.metric import MismatchError, path_metric
+from onnx_pathlift.ir.dag import Dag
 
 NETS = sorted(tiny_nets.ALL_NETS)
 SHIPPED = sorted(MODELS.glob("*.onnx"))

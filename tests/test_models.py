@@ -15,11 +15,11 @@ from conftest import LIGHT, MODELS
 from oracle import dp_path_norm_from_dag, neuron_dag
 
 import onnx_pathlift as pl
+from onnx_pathlift.backend.verify import verify
 from onnx_pathlift.errors import InvalidModelError, UnsupportedModelError
-from onnx_pathlift.importer import import_prepared
-from onnx_pathlift.load import load_model
-from onnx_pathlift.prepare import prepare
-from onnx_pathlift.verify import verify
+from onnx_pathlift.fileio.load import load_model
+from onnx_pathlift.frontend.importer import import_prepared
+from onnx_pathlift.frontend.prepare import prepare
 
 SHIPPED = sorted(p.name for p in MODELS.glob("*.onnx"))
 

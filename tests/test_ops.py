@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 from oracle import brute_force_path_norm
 
 import onnx_pathlift as pl
-from onnx_pathlift.verify import verify
+from onnx_pathlift.backend.verify import verify
 
 w = weight_stream(123)
 
@@ -212,7 +212,7 @@ def test_relu6_form_does_not_double_paths() -> None:
 
 def test_scores_through_zero_padding() -> None:
     """The adjoint of a zero Pad is a Slice: scores of the conv behind it match the brute force."""
-    from onnx_pathlift.scores import path_magnitude
+    from onnx_pathlift.analyses.scores import path_magnitude
 
     model = CASES["pad_zero_then_conv"]()
     total = brute_force_path_norm(model, 1)
@@ -224,7 +224,7 @@ def test_scores_through_zero_padding() -> None:
 @pytest.mark.parametrize("attrs", [{"strides": [2, 2], "pads": [1, 0, 0, 1]}, {"strides": [1, 1]}, {"strides": [3, 2]}])
 def test_pointwise_conv_scores(attrs: dict) -> None:
     """1x1 convolutions take the GEMM path of the adjoint: scores equal the brute-force drops."""
-    from onnx_pathlift.scores import path_magnitude
+    from onnx_pathlift.analyses.scores import path_magnitude
 
     model = net([1, 3, 5, 5], [helper.make_node("Conv", ["x", "W"], ["c"], **attrs), helper.make_node("Relu", ["c"], ["r"]),
                                helper.make_node("GlobalAveragePool", ["r"], ["y"])], [1, 2, 1, 1], {"W": w(2, 3, 1, 1)})

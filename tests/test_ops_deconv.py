@@ -18,9 +18,9 @@ from onnx import helper
 from oracle import brute_force_path_norm, signed_path_metric, union_dags
 
 import onnx_pathlift as pl
+from onnx_pathlift.analyses.metric import path_metric
+from onnx_pathlift.backend.verify import verify
 from onnx_pathlift.errors import UnsupportedModelError
-from onnx_pathlift.metric import path_metric
-from onnx_pathlift.verify import verify
 
 w = weight_stream(123)  # this module's own stream of weights
 
@@ -228,7 +228,7 @@ def test_deconv_output_padding_of_the_stride_is_refused() -> None:
 
 def test_deconv_linf_gain_is_the_largest_phase_sum() -> None:
     """Stride 2, kernel 3: an output neuron gets taps {0, 2} or {1}: the ℓ∞ gain is the larger sum."""
-    from onnx_pathlift.lipschitz_bound import naive_log2
+    from onnx_pathlift.analyses.lipschitz import naive_log2
 
     kernel = np.array([1.0, -4.0, 2.0], np.float32).reshape(1, 1, 3)
     model = net([1, 1, 3], [helper.make_node("ConvTranspose", ["x", "W"], ["y"], strides=[2])], None, {"W": kernel})
@@ -240,9 +240,9 @@ def test_deconv_linf_gain_is_the_largest_phase_sum() -> None:
 def test_deconv_bound_is_the_largest_output_of_each_channel(seed: int) -> None:
     """The static bound (the largest phase sum, inputs weighted by their channels' bounds) equals the
     largest lifted output of each channel on an input large enough to have interior positions."""
-    from onnx_pathlift.dag import Layer
+    from onnx_pathlift.backend.runtime import make_session
+    from onnx_pathlift.ir.dag import Layer
     from onnx_pathlift.ops import LAYER_OPS
-    from onnx_pathlift.runtime import make_session
 
     rng = np.random.default_rng(seed)
     n, groups = 1 + seed % 3, 1 + seed % 2

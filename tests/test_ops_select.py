@@ -15,10 +15,10 @@ from onnx import TensorProto, helper, numpy_helper
 from oracle import brute_force_path_norm
 
 import onnx_pathlift as pl
-from onnx_pathlift.norm import PathNormSession
+from onnx_pathlift.backend.norm import PathNormSession
+from onnx_pathlift.backend.verify import verify
 from onnx_pathlift.ops import kind_counts
-from onnx_pathlift.ops.select import nearest_index
-from onnx_pathlift.verify import verify
+from onnx_pathlift.ops.selection import nearest_index
 
 I64 = np.iinfo(np.int64)
 

@@ -12,7 +12,7 @@ from onnx import helper, numpy_helper
 from oracle import brute_force_path_norm
 
 import onnx_pathlift as pl
-from onnx_pathlift.verify import verify
+from onnx_pathlift.backend.verify import verify
 
 OPSETS = range(7, 24)
 

@@ -17,7 +17,7 @@ from oracle import brute_force_path_norm
 from tiny_nets import ALL_NETS
 
 import onnx_pathlift as pl
-from onnx_pathlift.verify import verify
+from onnx_pathlift.backend.verify import verify
 
 
 @pytest.mark.parametrize("name", sorted(ALL_NETS))

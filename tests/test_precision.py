@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import onnx_pathlift as pl
-from onnx_pathlift.verify import verify
+from onnx_pathlift.backend.verify import verify
 
 QS = (1.0, 2.0, 4.0)
 INT8 = MODELS / "digits_cnn_torch_bn_int8.onnx"  # onnxruntime's static QDQ quantizer (it drops the Relus)

@@ -1,13 +1,14 @@
 """The command line reads a model file on a thread while it imports; the bytes are used only if the
-file is still the one read (onnx_pathlift.prefetch)."""
+file is still the one read (onnx_pathlift.fileio.prefetch)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from onnx_pathlift import cli, prefetch
-from onnx_pathlift.load import load_model
+from onnx_pathlift import cli
+from onnx_pathlift.fileio import prefetch
+from onnx_pathlift.fileio.load import load_model
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "digits_mlp_sklearn.onnx"
 

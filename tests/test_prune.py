@@ -1,4 +1,4 @@
-"""Pruning (``onnx_pathlift.prune``), neuron rescaling (``onnx_pathlift.rescale``) and their CLI commands.
+"""Pruning (``onnx_pathlift.pruning.prune``), neuron rescaling (``onnx_pathlift.analyses.rescale``) and their CLI commands.
 
 * ``masks``: exact counts, deterministic ties, already-zero weights first, global vs per-layer scope,
   bad arguments; ``select`` by regular expression.
@@ -23,9 +23,9 @@ from conftest import MODELS, run_captured
 from onnx import numpy_helper
 
 import onnx_pathlift as pl
+from onnx_pathlift.analyses.scores import magnitude, path_magnitude
 from onnx_pathlift.errors import UsageError
-from onnx_pathlift.prune import PruneReport, apply, masks, select
-from onnx_pathlift.scores import magnitude, path_magnitude
+from onnx_pathlift.pruning.prune import PruneReport, apply, masks, select
 
 CNN = MODELS / "digits_cnn_torch_bn.onnx"
 MLP = MODELS / "digits_mlp_sklearn.onnx"
@@ -401,11 +401,11 @@ def test_pruned_model_never_exceeds_the_certified_bound(pruned_cli, path: Path) 
     assert 0.0 < check["max_observed"] <= check["bound"]
     assert check["bound"] == pytest.approx(cmp["bound"], rel=1e-9)
     # and through the API with inputs in a larger box: the bound scales with max(r, 1)
-    from onnx_pathlift.check import check_bound
-    from onnx_pathlift.importer import import_prepared
-    from onnx_pathlift.load import load_model
-    from onnx_pathlift.metric import path_metric
-    from onnx_pathlift.prepare import prepare
+    from onnx_pathlift.analyses.check import check_bound
+    from onnx_pathlift.analyses.metric import path_metric
+    from onnx_pathlift.fileio.load import load_model
+    from onnx_pathlift.frontend.importer import import_prepared
+    from onnx_pathlift.frontend.prepare import prepare
 
     a_model, b_model = load_model(str(path)), load_model(str(out))
     pa, pb = prepare(a_model, None), prepare(b_model, None)

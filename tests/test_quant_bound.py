@@ -25,11 +25,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from onnx_pathlift import import_model
-from onnx_pathlift.check import check_bound
-from onnx_pathlift.dag import ActivationQuantizer
-from onnx_pathlift.metric import pair_layers, path_metric
-from onnx_pathlift.quant_bound import _Point, activation_bound, backward_sum, certify, epsilon
-from onnx_pathlift.transforms import with_params_of
+from onnx_pathlift.analyses.check import check_bound
+from onnx_pathlift.analyses.metric import pair_layers, path_metric
+from onnx_pathlift.analyses.quant_bound import _Point, activation_bound, backward_sum, certify, epsilon
+from onnx_pathlift.ir.dag import ActivationQuantizer
+from onnx_pathlift.rewrite.transforms import with_params_of
 
 NETS = sorted(tiny_nets.ALL_NETS)
 DIGITS = np.load(MODELS / "digits_test.npz")["x"]

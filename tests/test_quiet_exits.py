@@ -16,7 +16,7 @@ from conftest import MODELS, run_cli
 
 from onnx_pathlift.audit.analyse import HOOK_ENV
 from onnx_pathlift.audit.command import FAIL_ON_EXIT
-from onnx_pathlift.cli import _speed
+from onnx_pathlift.cli.render import _speed
 
 CNN = MODELS / "digits_cnn_torch_bn.onnx"
 

@@ -16,12 +16,12 @@ from checks import Runner, analyse, group_of, sample_and_search
 from conftest import ROOT, run_main
 from onnx import helper, numpy_helper
 
-from onnx_pathlift.calibration import collect, read_calibration
-from onnx_pathlift.channels import group_scores
 from onnx_pathlift.errors import UsageError
-from onnx_pathlift.prune import prune_channel_groups
-from onnx_pathlift.ranking import prune_channels
-from onnx_pathlift.recover import data_aware_mass, recover
+from onnx_pathlift.pruning.calibration import collect, read_calibration
+from onnx_pathlift.pruning.channels import group_scores
+from onnx_pathlift.pruning.prune import prune_channel_groups
+from onnx_pathlift.pruning.ranking import prune_channels
+from onnx_pathlift.pruning.recover import data_aware_mass, recover
 
 
 def _arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:

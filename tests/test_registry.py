@@ -18,23 +18,23 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper, parser
 
-from onnx_pathlift.channels import channel_graph, group_scores
-from onnx_pathlift.dag import Dag, Layer
+from onnx_pathlift.analyses.lipschitz import lipschitz
+from onnx_pathlift.analyses.metric import path_metric
+from onnx_pathlift.analyses.rescale import rescale
+from onnx_pathlift.analyses.scores import path_magnitude
+from onnx_pathlift.backend.norm import path_norm
 from onnx_pathlift.errors import UnsupportedModelError
-from onnx_pathlift.importer import import_prepared
-from onnx_pathlift.lipschitz_bound import lipschitz
-from onnx_pathlift.load import load_model
-from onnx_pathlift.metric import path_metric
-from onnx_pathlift.norm import path_norm
+from onnx_pathlift.fileio.load import load_model
+from onnx_pathlift.frontend.importer import import_prepared
+from onnx_pathlift.frontend.prepare import prepare
+from onnx_pathlift.ir.dag import Dag, Layer
 from onnx_pathlift.ops import ANALYSES, IMPORTERS, LAYER_OPS, LayerOp
 from onnx_pathlift.ops.capabilities import missing
 from onnx_pathlift.ops.context import attributes
 from onnx_pathlift.ops.layer_op import ADJOINT, CAPABILITY_METHODS, LIFT, LIPSCHITZ, RESCALE, TWO_STREAM
 from onnx_pathlift.ops.registry import CHANNEL_RULES
 from onnx_pathlift.ops.unsupported import REASONS
-from onnx_pathlift.prepare import prepare
-from onnx_pathlift.rescale import rescale
-from onnx_pathlift.scores import path_magnitude
+from onnx_pathlift.pruning.channels import channel_graph, group_scores
 
 _CONVNET = """
 <ir_version: 8, opset_import: ["" : 17]>

@@ -14,7 +14,7 @@ from onnx import helper, numpy_helper
 from oracle import brute_force_path_norm, brute_force_path_norm_inputs_only
 
 import onnx_pathlift as pl
-from onnx_pathlift.samples import one_sample
+from onnx_pathlift.backend.samples import one_sample
 
 N = 3
 w = weight_stream(7)

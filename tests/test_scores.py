@@ -1,4 +1,4 @@
-"""Path-magnitude scores (``onnx_pathlift.scores``): every score against its definition.
+"""Path-magnitude scores (``onnx_pathlift.analyses.scores``): every score against its definition.
 
 ``score_i = ‖Φ(θ)‖_1 − ‖Φ(θ with θ_i = 0)‖_1`` and ``fraction_i = score_i / ‖Φ(θ)‖_1``, for every
 Conv / Gemm / MatMul weight, returned in the initializer's own layout. Checked against:
@@ -13,7 +13,7 @@ Conv / Gemm / MatMul weight, returned in the initializer's own layout. Checked a
 * finite differences of ``path_norm`` on the shipped models, and torch autograd (float64) of an
   independent re-implementation of the lifted network;
 * a log-domain oracle on a deep chain whose path-norm overflows float64;
-* rescaling invariance (``onnx_pathlift.rescale``), which magnitudes lack.
+* rescaling invariance (``onnx_pathlift.analyses.rescale``), which magnitudes lack.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from tiny_nets import ALL_NETS
 from torch_lifted import lifted_fractions
 
 import onnx_pathlift as pl
-from onnx_pathlift.rescale import rescale
-from onnx_pathlift.scores import Scores, magnitude, path_magnitude
+from onnx_pathlift.analyses.rescale import rescale
+from onnx_pathlift.analyses.scores import Scores, magnitude, path_magnitude
 
 SHIPPED = ["digits_cnn_torch_bn.onnx", "digits_mlp_sklearn.onnx", "digits_cnn_torch.onnx",
            "digits_cnn_torch_bn_pruned50.onnx"]

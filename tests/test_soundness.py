@@ -20,9 +20,9 @@ from onnx import helper, numpy_helper
 from oracle import log10_mlp_path_norm, log10_path_norm
 
 import onnx_pathlift as pl
-from onnx_pathlift.check import check_bound
-from onnx_pathlift.metric import path_metric
-from onnx_pathlift.norm import LiftedSession
+from onnx_pathlift.analyses.check import check_bound
+from onnx_pathlift.analyses.metric import path_metric
+from onnx_pathlift.backend.norm import LiftedSession
 
 UP, DOWN, HALF = 1e3, 1e-3, 8
 
@@ -213,7 +213,7 @@ def _conv_chain(rng: np.random.Generator, depth: int) -> onnx.ModelProto:
 @pytest.mark.parametrize("name,model", _rescale_models(), ids=lambda v: v if isinstance(v, str) else "")
 def test_rescaling_by_1e12_leaves_every_norm_unchanged(name: str, model: onnx.ModelProto) -> None:
     """Neuron-wise factors log-uniform in [1e-12, 1e12] keep the function and every path-norm."""
-    from onnx_pathlift.rescale import rescale
+    from onnx_pathlift.analyses.rescale import rescale
 
     dag = pl.import_model(model)
     before = LiftedSession([(dag, q) for q in (1.0, 2.0, 4.0)]).norms()

@@ -11,11 +11,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_pathlift.errors import InvalidModelError, UnsupportedModelError
-from onnx_pathlift.importer import import_model
-from onnx_pathlift.numeric import LOG10_VALUE_MAX, json_float, log10_value
+from onnx_pathlift.frontend.importer import import_model
+from onnx_pathlift.frontend.prepare import prepare
+from onnx_pathlift.graph.numeric import LOG10_VALUE_MAX, json_float, log10_value
 from onnx_pathlift.ops import IMPORTERS
 from onnx_pathlift.ops.registry import SPEC_RULES
-from onnx_pathlift.prepare import prepare
 
 
 def _model(op: str, x_shape: list[int], inits: dict[str, np.ndarray], opset: int = 13, **attrs):

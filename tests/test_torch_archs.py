@@ -19,10 +19,10 @@ import oracle
 import pytest
 
 import onnx_pathlift as pl
-from onnx_pathlift.importer import import_prepared
-from onnx_pathlift.load import load_model
-from onnx_pathlift.prepare import prepare
-from onnx_pathlift.verify import verify
+from onnx_pathlift.backend.verify import verify
+from onnx_pathlift.fileio.load import load_model
+from onnx_pathlift.frontend.importer import import_prepared
+from onnx_pathlift.frontend.prepare import prepare
 
 torch = pytest.importorskip("torch")
 import torch_archs  # noqa: E402  (they import torch)

@@ -1,4 +1,4 @@
-"""Reading a file's large weights straight into arrays (onnx_pathlift.wire, load.load_split) against
+"""Reading a file's large weights straight into arrays (onnx_pathlift.fileio.wire, load.load_split) against
 protobuf's own reading of the whole file.
 
 * on every model of the shipped set, the shared zoo and the onnx wheel's light models: the same
@@ -21,9 +21,9 @@ from builders import net
 from conftest import LIGHT, MODELS, ZOO, load_tool, run_measured
 from onnx import helper, numpy_helper
 
-from onnx_pathlift import load, wire
 from onnx_pathlift.errors import PathliftError
-from onnx_pathlift.importer import import_model
+from onnx_pathlift.fileio import load, wire
+from onnx_pathlift.frontend.importer import import_model
 
 EXTERNAL = "w.bin"
 

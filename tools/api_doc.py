@@ -28,12 +28,12 @@ SECTIONS = [
     ("One function per command: `onnx_pathlift.api`", "onnx_pathlift.api",
      ["compute_norms", "write_lifted", "compare_models", "lipschitz_report", "score_weights", "rescale_model", "load",
       "save_model", "save_npz", "model_name"]),
-    ("`prune`: `onnx_pathlift.prune`", "onnx_pathlift.prune",
+    ("`prune`: `onnx_pathlift.pruning.prune`", "onnx_pathlift.pruning.prune",
      ["prune_weights", "prune_channel_groups", "select", "masks", "apply", "top1_accuracy"]),
-    ("Recovery from calibration data: `onnx_pathlift.recover`", "onnx_pathlift.recover", ["recover", "data_aware_mass"]),
-    ("`inspect`: `onnx_pathlift.inspect`", "onnx_pathlift.inspect", ["inspect_model"]),
+    ("Recovery from calibration data: `onnx_pathlift.pruning.recover`", "onnx_pathlift.pruning.recover", ["recover", "data_aware_mass"]),
+    ("`inspect`: `onnx_pathlift.analyses.inspection`", "onnx_pathlift.analyses.inspection", ["inspect_model"]),
     ("`audit`: `onnx_pathlift.audit`", "onnx_pathlift.audit", ["run_command", "audit"]),
-    ("Checks: `onnx_pathlift.verify`", "onnx_pathlift.verify", ["verify", "same_function"]),
+    ("Checks: `onnx_pathlift.backend.verify`", "onnx_pathlift.backend.verify", ["verify", "same_function"]),
 ]
 
 PREAMBLE = """# Python API

@@ -3,12 +3,12 @@
 
 Protocol, per shipped digits model (``models/digits_cnn_torch_bn.onnx``, ``models/digits_mlp_sklearn.onnx``):
 
-* channel groups and scores from ``onnx_pathlift.channels`` (``path-mass``: Σ f(v)·b(v) over the
+* channel groups and scores from ``onnx_pathlift.pruning.channels`` (``path-mass``: Σ f(v)·b(v) over the
   group, ``l1-norm``: Σ |incoming weights|, ``random``: uniform, seeds 0-2), one-shot removal of
   10 %, 20 %, ..., 90 % of the removable groups in each layer (``--scope layer``; path-mass also
-  ``global``), no fine-tuning; the slim model is built by ``onnx_pathlift.slim`` and checked
+  ``global``), no fine-tuning; the slim model is built by ``onnx_pathlift.pruning.slim`` and checked
   against the masked model;
-* path-mass and l1-norm also on the model after ``onnx_pathlift.rescale.rescale`` with λ
+* path-mass and l1-norm also on the model after ``onnx_pathlift.analyses.rescale.rescale`` with λ
   log-uniform in [1/4096, 4096] (seeds 0, 1, 2): whether the same groups are chosen, and accuracy;
 * top-1 accuracy of the slim model on ``models/digits_test.npz`` (one onnxruntime batch), float
   parameters, MACs, onnxruntime latency on one input (one thread, median of 200 runs), and the exact
@@ -34,14 +34,14 @@ sys.path.insert(0, str(ROOT / "tools"))
 from pruning_study import LAMBDA, SEEDS, SPARSITIES, Evaluator  # noqa: E402
 
 from onnx_pathlift import import_model  # noqa: E402
-from onnx_pathlift.channels import channel_graph, group_scores  # noqa: E402
-from onnx_pathlift.importer import import_prepared  # noqa: E402
-from onnx_pathlift.load import load_model  # noqa: E402
-from onnx_pathlift.metric import path_metric  # noqa: E402
-from onnx_pathlift.prepare import prepare  # noqa: E402
-from onnx_pathlift.ranking import choose  # noqa: E402
-from onnx_pathlift.rescale import rescale  # noqa: E402
-from onnx_pathlift.slim import check_slim, float_parameters, latency, layer_costs, masked_model, slim_model  # noqa: E402
+from onnx_pathlift.analyses.metric import path_metric  # noqa: E402
+from onnx_pathlift.analyses.rescale import rescale  # noqa: E402
+from onnx_pathlift.fileio.load import load_model  # noqa: E402
+from onnx_pathlift.frontend.importer import import_prepared  # noqa: E402
+from onnx_pathlift.frontend.prepare import prepare  # noqa: E402
+from onnx_pathlift.pruning.channels import channel_graph, group_scores  # noqa: E402
+from onnx_pathlift.pruning.ranking import choose  # noqa: E402
+from onnx_pathlift.pruning.slim import check_slim, float_parameters, latency, layer_costs, masked_model, slim_model  # noqa: E402
 
 MODELS = ["models/digits_cnn_torch_bn.onnx", "models/digits_mlp_sklearn.onnx"]
 CURVES = {  # key: (criterion, scope, rescaled)

@@ -91,15 +91,15 @@ def analyse(path: str) -> dict:
     row: dict = {"status": "error", "layers": None, "params": None, "l1_log10": None, "verify": None,
                  "refusals": [], "reason": "", "notes": []}
     try:
+        from onnx_pathlift.analyses.inspection import inspect_model
         from onnx_pathlift.errors import (
             InvalidModelError,
             PathliftError,
             UnsupportedModelError,
         )
-        from onnx_pathlift.importer import import_prepared
-        from onnx_pathlift.inspect import inspect_model
-        from onnx_pathlift.load import load_model
-        from onnx_pathlift.prepare import prepare
+        from onnx_pathlift.fileio.load import load_model
+        from onnx_pathlift.frontend.importer import import_prepared
+        from onnx_pathlift.frontend.prepare import prepare
     except Exception as err:  # noqa: BLE001  (a broken installation: every row says so)
         row["reason"] = f"cannot import onnx_pathlift: {type(err).__name__}: {err}"
         return row
@@ -119,8 +119,8 @@ def analyse(path: str) -> dict:
         if report.status == "refused":
             row["status"] = "refused"
             return row
-        from onnx_pathlift.norm import PathNormSession
-        from onnx_pathlift.verify import verify
+        from onnx_pathlift.backend.norm import PathNormSession
+        from onnx_pathlift.backend.verify import verify
 
         model = load_model(path)
         prepared = prepare(model)

@@ -1,7 +1,7 @@
 """Differential fuzzer of the model reader against protobuf: mutations at the wire level.
 
 Each case takes a valid seed model, decodes its wire format into a tree of fields (``ModelProto →
-graph → initializer``, the levels :mod:`onnx_pathlift.wire` walks; deeper messages stay bytes),
+graph → initializer``, the levels :mod:`onnx_pathlift.fileio.wire` walks; deeper messages stay bytes),
 mutates it and writes it back: keys and lengths as varints of any width from 1 to 11 bytes, field
 numbers 0 and 2**29 − 1, wire types changed (groups and the invalid 6 and 7 included), fields
 duplicated, dropped or moved, unknown fields inserted, lengths off by a few bytes, the file cut
@@ -9,8 +9,8 @@ anywhere, single bytes flipped. The property, on every case:
 
 * ``ModelProto.ParseFromString`` rejects the bytes ⇒ both readers refuse the file (an
   :class:`~onnx_pathlift.errors.InvalidModelError`: exit 4);
-* it accepts them ⇒ :func:`~onnx_pathlift.load.load_split` (the fast reader) and
-  :func:`~onnx_pathlift.load.load_model` (protobuf on the whole file) give the same outcome: the
+* it accepts them ⇒ :func:`~onnx_pathlift.fileio.load.load_split` (the fast reader) and
+  :func:`~onnx_pathlift.fileio.load.load_model` (protobuf on the whole file) give the same outcome: the
   same weights bit for bit as protobuf's message holds (``numpy_helper.to_array``), or the same error.
 
 ``python tools/fuzz_wire.py --cases 100000 --seed 7`` runs a long campaign (docs/fuzzing.md);
@@ -31,8 +31,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnx_pathlift import load
 from onnx_pathlift.errors import InvalidModelError, PathliftError
+from onnx_pathlift.fileio import load
 
 #: the message-typed fields followed: (level, field number) -> the next level
 _NESTED = {("model", 7): "graph", ("graph", 5): "tensor"}

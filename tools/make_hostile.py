@@ -348,7 +348,7 @@ raw("deep_nesting", 4, "not an ONNX model (protobuf decode failed", "If subgraph
 
 def wide_mlp_wire(raw_key: bytes | None = None, tensor_length_pad: int = 0, extra_graph: bytes = b"",
                   segment: bool = False) -> bytes:
-    """A Gemm whose 64×32 float32 weight (8 KiB: read straight into an array by onnx_pathlift.wire)
+    """A Gemm whose 64×32 float32 weight (8 KiB: read straight into an array by onnx_pathlift.fileio.wire)
     is written by hand: its ``raw_data`` key as ``raw_key`` (default: the 1-byte key), its length
     varint padded with ``tensor_length_pad`` continuation bytes; ``extra_graph`` appended to the graph."""
     w = np.random.default_rng(3).normal(size=(32, 64)).astype(np.float32)

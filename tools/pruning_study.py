@@ -13,11 +13,11 @@ Extra dependency (tools only, not a dependency of onnx_pathlift): **matplotlib**
 
 Protocol, per model:
 
-* scores: ``onnx_pathlift.scores.path_magnitude`` (fractions of ‖Φ‖_1) and ``magnitude`` (|θ|) of
+* scores: ``onnx_pathlift.analyses.scores.path_magnitude`` (fractions of ‖Φ‖_1) and ``magnitude`` (|θ|) of
   every Conv / Gemm / MatMul weight (not biases, not BatchNormalization);
 * one-shot global unstructured pruning at 10, 20, ..., 90 % of those weights
-  (``onnx_pathlift.prune.masks(..., scope="global")`` then ``prune.apply``), no fine-tuning;
-* each criterion on the model as shipped and on the model after ``onnx_pathlift.rescale.rescale``
+  (``onnx_pathlift.pruning.prune.masks(..., scope="global")`` then ``prune.apply``), no fine-tuning;
+* each criterion on the model as shipped and on the model after ``onnx_pathlift.analyses.rescale.rescale``
   with λ log-uniform in [1/4096, 4096] (seeds 0, 1, 2);
 * top-1 accuracy of the pruned ONNX model on ``models/digits_test.npz``, the whole test set in one
   onnxruntime batch;
@@ -51,11 +51,12 @@ import onnxruntime as ort
 from onnx import ModelProto, TensorProto, helper
 
 import onnx_pathlift
-from onnx_pathlift import import_model, prune
-from onnx_pathlift.metric import path_metric
-from onnx_pathlift.rescale import rescale
-from onnx_pathlift.runtime import make_session
-from onnx_pathlift.scores import magnitude, path_magnitude, scores_model
+from onnx_pathlift import import_model
+from onnx_pathlift.analyses.metric import path_metric
+from onnx_pathlift.analyses.rescale import rescale
+from onnx_pathlift.analyses.scores import magnitude, path_magnitude, scores_model
+from onnx_pathlift.backend.runtime import make_session
+from onnx_pathlift.pruning import prune
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ["models/digits_cnn_torch_bn.onnx", "models/digits_mlp_sklearn.onnx"]

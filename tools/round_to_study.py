@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from digits_nets import InvertedResidual, conv_bn  # noqa: E402
 
-from onnx_pathlift.api import load  # noqa: E402
-from onnx_pathlift.channels import channel_graph, group_scores  # noqa: E402
-from onnx_pathlift.ranking import choose  # noqa: E402
-from onnx_pathlift.slim import float_parameters, latency, slim_model  # noqa: E402
+from onnx_pathlift.frontend.pipeline import load  # noqa: E402
+from onnx_pathlift.pruning.channels import channel_graph, group_scores  # noqa: E402
+from onnx_pathlift.pruning.ranking import choose  # noqa: E402
+from onnx_pathlift.pruning.slim import float_parameters, latency, slim_model  # noqa: E402
 
 #: torchvision's mobilenet_v2 setting: expansion t, channels c, repeats n, first stride s
 SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))

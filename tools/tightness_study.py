@@ -7,11 +7,11 @@ Pairs, per base model A: 50% global magnitude pruning; fp16 (every float initial
 float16); int8 weights only (the weights of onnxruntime's static QDQ int8 model in A's float
 architecture); int8 QDQ as shipped (activations quantized too); noisy with sign flips (U(0.5, 1.5)
 noise on Conv/Gemm/MatMul weights and biases, then 5% of the weights negated); rescaled (A against
-itself after ``onnx_pathlift.rescale.rescale``, λ log-uniform in [1/8, 8]).
+itself after ``onnx_pathlift.analyses.rescale.rescale``, λ log-uniform in [1/8, 8]).
 
 Columns: the certificate (weight term + activation term) for ‖x‖_∞ ≤ R; the largest ℓ1 output change
 over ``--samples`` random inputs (half uniform, half corners) and after ``--search`` more steps of the
-coordinate-ascent search of ``onnx_pathlift.metric.search_box``; eq. (2) read on DAGs as
+coordinate-ascent search of ``onnx_pathlift.analyses.metric.search_box``; eq. (2) read on DAGs as
 ``(W·R + 1)·W·L²·ρ^(L−1)·‖θ − θ'‖_∞`` (constant 1: W the widest layer, L the number of Conv/Gemm/MatMul
 layers, ρ the largest ℓ∞ operator norm of a parameterised layer of A or B), on the pair and on
 (A, rescaled B), and our certificate on (A, rescaled B).
@@ -37,13 +37,13 @@ import onnx
 from onnx import numpy_helper
 
 from onnx_pathlift import import_model
-from onnx_pathlift.check import check_bound
-from onnx_pathlift.dag import Dag
-from onnx_pathlift.metric import pair_layers, path_metric
+from onnx_pathlift.analyses.check import check_bound
+from onnx_pathlift.analyses.metric import pair_layers, path_metric
+from onnx_pathlift.analyses.quant_bound import certify
+from onnx_pathlift.analyses.rescale import rescale
+from onnx_pathlift.ir.dag import Dag
 from onnx_pathlift.ops import LAYER_OPS
-from onnx_pathlift.quant_bound import certify
-from onnx_pathlift.rescale import rescale
-from onnx_pathlift.transforms import with_params_of
+from onnx_pathlift.rewrite.transforms import with_params_of
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "models" / "digits_test.npz"

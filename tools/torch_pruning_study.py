@@ -20,8 +20,8 @@ Search: a bracket [lo, hi] of the adjusted ratio (parameters decrease with it), 
 on √parameters (channel pruning removes parameters about quadratically) and kept inside the middle 80 % of
 the bracket, at most 14 evaluations; a setting whose counts cannot meet 1 % (channel granularity) keeps the
 closest point and says so (``matched: false``). Parameters (float initializers and constants), MACs
-(``onnx_pathlift.slim.layer_costs``) and onnxruntime latency (one thread, median of ``--repeats`` runs on one
-input, ``onnx_pathlift.slim.latency``) are counted on the ONNX files of both tools by the same code.
+(``onnx_pathlift.pruning.slim.layer_costs``) and onnxruntime latency (one thread, median of ``--repeats`` runs on one
+input, ``onnx_pathlift.pruning.slim.latency``) are counted on the ONNX files of both tools by the same code.
 
 Accuracy: top-1 on the test split (a) of the pruned ONNX model in onnxruntime, no fine-tuning; (b) after
 ``--finetune-epochs`` of ``digits_nets.train`` (Adam, cosine, batches of 64, same seed, ``--finetune-lr``) of
@@ -66,10 +66,10 @@ sys.path.insert(0, str(ROOT / "tools"))
 import digits_nets as dn  # noqa: E402
 from onnx_torch import OnnxModule, max_abs_error, onnxruntime_outputs  # noqa: E402
 
-from onnx_pathlift.atomic import write_text  # noqa: E402
-from onnx_pathlift.prepare import prepare  # noqa: E402
-from onnx_pathlift.prune import prune_channel_groups  # noqa: E402
-from onnx_pathlift.slim import float_parameters, latency, layer_costs  # noqa: E402
+from onnx_pathlift.fileio.atomic import write_text  # noqa: E402
+from onnx_pathlift.frontend.prepare import prepare  # noqa: E402
+from onnx_pathlift.pruning.prune import prune_channel_groups  # noqa: E402
+from onnx_pathlift.pruning.slim import float_parameters, latency, layer_costs  # noqa: E402
 
 SCOPES = ("layer", "global")
 IMPORTANCES: dict[str, Callable[[], object]] = {

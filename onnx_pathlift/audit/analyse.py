@@ -22,14 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..analyses.lipschitz import bound_from
+from ..backend.norm import LiftedSession
 from ..errors import InvalidModelError, OutOfMemoryError, PathliftError, UnsupportedModelError
-from ..importer import import_prepared
-from ..lipschitz_bound import bound_from
-from ..load import load_split
-from ..norm import LiftedSession
+from ..fileio.load import load_split
+from ..frontend.importer import import_prepared
+from ..frontend.prepare import main_opset, prepare
 from ..ops import kind_counts
-from ..prepare import main_opset, prepare
-from ..transforms import without_biases
+from ..rewrite.transforms import without_biases
 from .record import OUT_OF_MEMORY, ModelResult, Settings, Task
 
 HOOK_ENV = "ONNX_PATHLIFT_AUDIT_TEST_HOOK"

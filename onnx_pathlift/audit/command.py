@@ -7,8 +7,8 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..atomic import refuse_same_file
 from ..errors import FAIL_ON_EXIT, UsageError
+from ..fileio.atomic import refuse_same_file
 from ..sanitise import terminal
 from . import report
 from .batch import Audit, audit

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ..atomic import atomic_write, write_text
+from ..fileio.atomic import atomic_write, write_text
 from ..sanitise import csv_cell
 from ..sanitise import html as escape
 from .batch import Audit

@@ -57,7 +57,7 @@ def serve(conn: Connection, memory_mb: float | None = None, parent: int | None =
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     if parent is not None:
         die_with_parent(parent)
-    from ..runtime import set_threads  # here, not at the top: the parent imports this module too
+    from ..backend.runtime import set_threads  # here, not at the top: the parent imports this module too
     from .analyse import analyse, limit_memory
 
     limit_memory(memory_mb)

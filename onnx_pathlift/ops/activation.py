@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..dag import Layer
 from ..errors import RefuseNode
-from ..graph import GraphBuilder, LiftBuilder, Scaled
+from ..graph.builder import GraphBuilder, LiftBuilder, Scaled
+from ..ir.dag import Layer
 from .context import ImportContext, broadcasts_to, operand
 from .layer_op import ANY, OneLipschitz, ParameterFree
 from .registry import channel_rule, imports, layer_op, spec_rule

@@ -16,10 +16,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..dag import Layer
 from ..errors import Refusal, RefuseNode, UnsupportedModelError
-from ..exponents import Exponent, compact, exp_diff, lifted_log2, pow_scaled, scaled_power
-from ..graph import GraphBuilder, LiftBuilder, Scaled
+from ..graph.builder import GraphBuilder, LiftBuilder, Scaled
+from ..graph.exponents import Exponent, compact, exp_diff, lifted_log2, pow_scaled, scaled_power
+from ..ir.dag import Layer
 from .context import ImportContext, attributes, operand
 from .forms import unbroadcast
 from .layer_op import ANY, LayerOp, OneLipschitz, ParameterFree

@@ -7,15 +7,15 @@ missing capability, as an unsupported model (exit code 3), instead of failing mi
 
 from __future__ import annotations
 
-from ..dag import Dag
 from ..errors import Refusal, UnsupportedModelError
+from ..ir.dag import Dag
 from .layer_op import ADJOINT, CAPABILITY_METHODS, LIFT, LIPSCHITZ, TWO_STREAM
 from .registry import LAYER_OPS
 
 #: each analysis and the capabilities it needs of every layer op in the DAG. Rescaling needs the lifted
 #: and re-emitted networks (a layer without a rescale role only ends a rescaled chain); channel pruning
 #: scores by path mass (the adjoint); its slicing rules are keyed by ONNX op type in
-#: :mod:`onnx_pathlift.channels`, which pins what it cannot slice
+#: :mod:`onnx_pathlift.pruning.channels`, which pins what it cannot slice
 ANALYSES: dict[str, frozenset[str]] = {
     "norm": frozenset({LIFT}),
     "scores": frozenset({LIFT, ADJOINT}),

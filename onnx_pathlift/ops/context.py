@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from onnx import AttributeProto, NodeProto, defs, helper
 
-from ..dag import Dag, Layer
 from ..errors import RefuseNode
+from ..ir.dag import Dag, Layer
 
 if TYPE_CHECKING:  # prepare imports the op registry (SPEC_RULES) at run time
-    from ..prepare import Prepared
+    from ..frontend.prepare import Prepared
 
 
 
@@ -36,7 +36,7 @@ class ImportContext:
         ``weight``: a kernel or weight matrix stored in float32 (or narrower) stays float32, without a
         copy. Every float32 is exact in float64; each computation on weights that rounds upcasts first
         (``pow_scaled``, ``scaled_power``, ``log2_rows``, the sums of ``linf_gain``, ``split_weight``),
-        and compare upcasts both networks (:func:`onnx_pathlift.dag.Dag.float64_params`)."""
+        and compare upcasts both networks (:func:`onnx_pathlift.ir.dag.Dag.float64_params`)."""
         name = node.input[index] if index < len(node.input) else ""
         value = self.const(name)
         if value is None:

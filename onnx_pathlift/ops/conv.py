@@ -12,11 +12,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..bounds import along_axis, channel_vector, log2_max_row_sum, log2_outward, log2_power_matvec32, log2_rows
-from ..dag import Layer
 from ..errors import PathliftError
-from ..exponents import compact, exp_vector, lost_below, neg_exp, pow_row_reduce
-from ..graph import GraphBuilder, LiftBuilder, Scaled, on_axis
+from ..graph.bounds import along_axis, channel_vector, log2_max_row_sum, log2_outward, log2_power_matvec32, log2_rows
+from ..graph.builder import GraphBuilder, LiftBuilder, Scaled, on_axis
+from ..graph.exponents import compact, exp_vector, lost_below, neg_exp, pow_row_reduce
+from ..ir.dag import Layer
 from .context import ImportContext, attributes, operand
 from .forms import bias_bound, channel_bias, lift_bias, product_exponent, split_weight, transpose_attrs
 from .geometry import pads_problem, spatial_attrs
@@ -41,7 +41,7 @@ class Conv(LayerOp):
 
     def gain_log2(self, layer: Layer, q: float) -> float:
         """``log2`` of the largest lifted output on an all-ones input of ``|W|**q · 2**-e`` (``e`` of
-        :func:`~onnx_pathlift.exponents.pow_exponent`): a whole filter's sum."""
+        :func:`~onnx_pathlift.graph.exponents.pow_exponent`): a whole filter's sum."""
         w = layer.params["W"]
         return log2_max_row_sum(w, w.reshape(w.shape[0], -1), q)
 

@@ -20,11 +20,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..bounds import along_axis, channel_vector, log2_outward
-from ..dag import Layer
 from ..errors import RefuseNode
-from ..exponents import lost_below, pow_scaled
-from ..graph import GraphBuilder, Scaled, on_axis
+from ..graph.bounds import along_axis, channel_vector, log2_outward
+from ..graph.builder import GraphBuilder, Scaled, on_axis
+from ..graph.exponents import lost_below, pow_scaled
+from ..ir.dag import Layer
 from .context import ImportContext
 from .conv import Conv, add_kernel_layer
 from .forms import bias_bound, product_exponent
@@ -36,7 +36,7 @@ from .registry import imports, layer_op
 def _log2_phase_gain(w: np.ndarray, attrs: dict, lu: np.ndarray, lost: float = 0.0) -> np.ndarray:
     """Per output channel ``o``: an upper bound on ``log2 max_phase Σ_{i, k ∈ phase} w[i, o, k] · 2**lu[i]``
     for a non-negative kernel ``w`` and per-input-channel ``lu`` (the largest sum one output neuron
-    gets; ``lost`` as in :func:`~onnx_pathlift.bounds.log2_weighted_sum`)."""
+    gets; ``lost`` as in :func:`~onnx_pathlift.graph.bounds.log2_weighted_sum`)."""
     c_in, c_out_group, kernel = w.shape[0], w.shape[1], w.shape[2:]
     strides, dilations, groups = attrs["strides"], attrs["dilations"], attrs["group"]
     taps = np.meshgrid(*[(np.arange(k) * d) % s for k, s, d in zip(kernel, strides, dilations)], indexing="ij")

@@ -13,11 +13,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..bounds import along_axis, channel_vector, log2_max_row_sum, log2_outward, log2_rows, log2_weighted_sum
-from ..dag import Layer
 from ..errors import PathliftError, RefuseNode
-from ..exponents import compact, exp_diff, exp_max, exp_vector, lost_below, neg_exp, pow_scaled
-from ..graph import GraphBuilder, LiftBuilder, Scaled, on_axis
+from ..graph.bounds import along_axis, channel_vector, log2_max_row_sum, log2_outward, log2_rows, log2_weighted_sum
+from ..graph.builder import GraphBuilder, LiftBuilder, Scaled, on_axis
+from ..graph.exponents import compact, exp_diff, exp_max, exp_vector, lost_below, neg_exp, pow_scaled
+from ..ir.dag import Layer
 from .context import ImportContext, attributes, broadcasts_to, operand
 from .forms import bias_bound, channel_bias, lift_bias, product_exponent, split_weight
 from .layer_op import LayerOp, RescaleAxes

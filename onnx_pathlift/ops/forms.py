@@ -6,9 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from ..dag import Layer
-from ..exponents import Exponent, bias_values, lifted_log2
-from ..graph import GraphBuilder, LiftBuilder, Scaled
+from ..graph.builder import GraphBuilder, LiftBuilder, Scaled
+from ..graph.exponents import Exponent, bias_values, lifted_log2
+from ..ir.dag import Layer
 
 
 def lift_bias(b: LiftBuilder, layer: Layer, y: Scaled, q: float, k_out=None) -> Scaled:

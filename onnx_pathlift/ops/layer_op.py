@@ -12,13 +12,13 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
-from ..dag import Layer
-from ..exponents import compact
-from ..graph import GraphBuilder, LiftBuilder, Scaled
+from ..graph.builder import GraphBuilder, LiftBuilder, Scaled
+from ..graph.exponents import compact
+from ..ir.dag import Layer
 
 #: what a layer op can do: lifted (re-emitted, lifted, statically bounded), transposed (path-magnitude
 #: scores), split into two streams (path-metric bound), bounded in ℓ∞ (naive Lipschitz bound),
-#: rescaled per channel (:mod:`onnx_pathlift.rescale`)
+#: rescaled per channel (:mod:`onnx_pathlift.analyses.rescale`)
 LIFT, ADJOINT, TWO_STREAM, LIPSCHITZ, RESCALE = "lift", "adjoint", "two-stream", "lipschitz", "rescale"
 #: each capability and the :class:`LayerOp` methods that provide it (a layer op has it when it overrides
 #: them all); :data:`RESCALE` is a declared :attr:`LayerOp.rescale_role` instead
@@ -53,13 +53,13 @@ class LayerOp:
     #: whether its weight ``W`` gets path-magnitude scores and can be pruned (as in the paper: the
     #: weights of Conv / ConvTranspose / Gemm / MatMul; not BN scales, not biases)
     scored: ClassVar[bool] = False
-    #: role in a random neuron-wise rescaling (:mod:`onnx_pathlift.rescale`): "weights" (its output
+    #: role in a random neuron-wise rescaling (:mod:`onnx_pathlift.analyses.rescale`): "weights" (its output
     #: channels take a factor λ on their incoming weights, its input channels 1/λ: :meth:`rescale_axes`),
     #: "per_channel" (commutes with a positive per-channel factor: bias, BatchNormalization, ReLU, pools),
     #: "flatten" (may flatten channels into a dense layer's rows); None: a rescaled chain stops here
     rescale_role: ClassVar[str | None] = None
     #: whether an activation quantizer (QuantizeLinear→DequantizeLinear) may fold this layer into its
-    #: clipping range, so that two spellings of one model differ by it (a ReLU; see :func:`onnx_pathlift.metric.pair_layers`)
+    #: clipping range, so that two spellings of one model differ by it (a ReLU; see :func:`onnx_pathlift.analyses.metric.pair_layers`)
     folds_into_quantizer: ClassVar[bool] = False
     #: whether its output is ≥ 0 whenever every input is (it moves, pools or reduces them): see
     #: :meth:`nonnegative`
@@ -76,7 +76,7 @@ class LayerOp:
 
     def nonnegative(self, layer: Layer, inputs: bool) -> bool:
         """Whether the output is ≥ 0 for every input, given whether all its inputs are ≥ 0 (``inputs``):
-        the activation-quantization bound (:mod:`onnx_pathlift.quant_bound`) uses it."""
+        the activation-quantization bound (:mod:`onnx_pathlift.analyses.quant_bound`) uses it."""
         return self.keeps_sign and inputs
 
     def map_axis(self, layer: Layer) -> int | str | None:
@@ -89,7 +89,7 @@ class LayerOp:
         """``c`` such that one output neuron is computed with relative rounding error at most ``c·2**-24``
         (a dot product of ``n`` non-negative terms: ``n``, Higham's γ_n; plus a bias and scalings) and at
         most ``2c`` underflows (absolute error 2**-126 in the units of its exponent each). It is also at
-        least the neuron's fan-in plus one. The error budget (:mod:`onnx_pathlift.budget`) sums them."""
+        least the neuron's fan-in plus one. The error budget (:mod:`onnx_pathlift.graph.budget`) sums them."""
         return 4
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
@@ -167,7 +167,7 @@ class LayerOp:
     def absorb_input_scale(self, layer: Layer, scale: np.ndarray, in_shape: tuple[int, ...]) -> Layer | None:
         """This layer with a preceding per-input-channel ``scale`` (``f(s ⊙ x)``) folded into its weights,
         or None: ``W ∗ (s ⊙ x) = (W·s) ∗ x`` along the weight's input-channel axis. Exact on the function
-        for a linear layer (a zero pad stays zero either way); used by :mod:`onnx_pathlift.canonical`."""
+        for a linear layer (a zero pad stays zero either way); used by :mod:`onnx_pathlift.rewrite.canonical`."""
         return None
 
 

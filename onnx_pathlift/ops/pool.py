@@ -17,11 +17,11 @@ from dataclasses import replace
 import numpy as np
 from onnx import TensorProto, helper
 
-from ..bounds import along_axis
-from ..dag import Layer
 from ..errors import RefuseNode
-from ..exponents import compact, exp_diff, exp_vector, pow_scaled, scaled_power
-from ..graph import GraphBuilder, LiftBuilder, Scaled, on_axis
+from ..graph.bounds import along_axis
+from ..graph.builder import GraphBuilder, LiftBuilder, Scaled, on_axis
+from ..graph.exponents import compact, exp_diff, exp_vector, pow_scaled, scaled_power
+from ..ir.dag import Layer
 from .context import ImportContext, attributes, operand
 from .forms import transpose_attrs
 from .geometry import pads_problem, spatial_attrs

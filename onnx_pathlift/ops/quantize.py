@@ -5,15 +5,15 @@ A Q→DQ pair on an activation rounds and clips it to ``[(q_min − zp)·s, (q_m
 not a weight change, so the theorem does not cover it. The pair is imported as the identity, or as a
 ReLU when its range starts at exactly 0 (``zp = q_min``: quantizers fold a preceding ReLU into the
 clipping this way), counted in ``Dag.activation_qdq`` and recorded in ``Dag.quantizers`` (scale, zero
-point, range), from which :mod:`onnx_pathlift.quant_bound` bounds its effect on the outputs.
+point, range), from which :mod:`onnx_pathlift.analyses.quant_bound` bounds its effect on the outputs.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..dag import ActivationQuantizer
 from ..errors import RefuseNode
+from ..ir.dag import ActivationQuantizer
 from .context import ImportContext
 from .registry import head_role, imports
 

@@ -21,10 +21,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..dag import Layer
 from ..errors import RefuseNode
-from ..exponents import pow_scaled
-from ..graph import GraphBuilder, LiftBuilder, Scaled
+from ..graph.builder import GraphBuilder, LiftBuilder, Scaled
+from ..graph.exponents import pow_scaled
+from ..ir.dag import Layer
 from .context import ImportContext
 from .layer_op import ParameterFree
 from .registry import channel_rule, imports, layer_op

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from onnx import NodeProto
 
-from ..dag import Dag
+from ..ir.dag import Dag
 from .layer_op import LayerOp
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ IMPORT_NOTES: dict[str, str] = {}
 HEAD_ROLES: dict[str, str] = {}
 #: label lookups after a picker: op type -> (input index of its constant class table, or None; of the picked index)
 LOOKUPS: dict[str, tuple[int | None, int]] = {}
-#: how structured pruning slices an ONNX op's channels (:mod:`onnx_pathlift.channels`, which pins the
+#: how structured pruning slices an ONNX op's channels (:mod:`onnx_pathlift.pruning.channels`, which pins the
 #: channels of every op without a rule): "same" (each channel maps to itself), "pad" (the same when no
 #: channel padding), "conv", "dense", "elementwise" (joins its operands' channels; constants sliced),
 #: "elementwise_on_first" (the same, the activation first: PRelu's slope), "batchnorm", "flatten",

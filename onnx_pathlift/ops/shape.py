@@ -13,12 +13,12 @@ from dataclasses import replace
 import numpy as np
 from onnx import TensorProto, helper
 
-from ..bounds import along_axis
-from ..dag import Layer
 from ..errors import PathliftError, RefuseNode
-from ..exponents import compact
-from ..graph import GraphBuilder, LiftBuilder, Scaled, on_axis
-from ..read import FLOAT_TYPES
+from ..fileio.read import FLOAT_TYPES
+from ..graph.bounds import along_axis
+from ..graph.builder import GraphBuilder, LiftBuilder, Scaled, on_axis
+from ..graph.exponents import compact
+from ..ir.dag import Layer
 from .context import ImportContext, attributes, operand
 from .layer_op import ANY, MovesNeurons, OneLipschitz, ParameterFree
 from .registry import channel_rule, head_role, imports, layer_op, spec_rule

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..dag import Layer
-from ..graph import GraphBuilder, LiftBuilder, Scaled
+from ..graph.builder import GraphBuilder, LiftBuilder, Scaled
+from ..ir.dag import Layer
 from .layer_op import OneLipschitz, ParameterFree
 from .registry import layer_op
 

@@ -1,0 +1,1 @@
+"""What is computed from lifted graphs: path-metrics, scores, Lipschitz bounds, rescaling, inspection."""

@@ -1,0 +1,312 @@
+"""Read an ONNX model safely: protobuf decoding, size checks on declared sizes, external data.
+
+Everything here runs before a tensor is allocated: :func:`check_sizes` bounds every stored tensor,
+the node count and the graph's width by :class:`Limits`; :func:`load_external_data` reads external
+tensors only from inside the model's own folder, exactly the bytes their shape needs.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from onnx import ModelProto, TensorProto, helper
+
+from ..errors import InvalidModelError, OutOfMemoryError
+from ..sanitise import terminal
+from .prefetch import max_file_bytes
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits, checked on declared sizes before anything is allocated.
+
+    ``max_tensor_elements`` bounds any one stored or folded constant (initializer, ``Constant``
+    value, external tensor, result of a constant subgraph), ``max_total_bytes`` all of them
+    together, ``max_activation_elements`` any one activation (what onnxruntime allocates when it
+    runs the lifted network: 2**28 float32 elements are 1 GiB), ``max_nodes`` the nodes of the graph,
+    its subgraphs and its functions, ``max_node_inputs`` the inputs of any one node (a ``Sum`` or
+    ``Concat`` of that many operands), ``max_graph_io`` the main graph's inputs (initializers listed as
+    inputs aside) plus its outputs.
+    The last three bound time: onnxruntime builds its sessions in time that grows with them
+    (docs/fuzzing.md, "Scaling").
+    """
+
+    max_tensor_elements: int = 1 << 31
+    max_total_bytes: int = 1 << 33
+    max_activation_elements: int = 1 << 28
+    max_nodes: int = 1 << 15
+    max_node_inputs: int = 1 << 12
+    max_graph_io: int = 1 << 12
+
+
+DEFAULT_LIMITS = Limits()
+#: the ONNX float element types: the only ones a network is analysed in
+FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16})
+#: the highest tensor rank accepted (numpy stops at 64; no real network comes near)
+MAX_RANK = 32
+#: element types ONNX packs below a byte (numpy dtype name -> bits)
+_SUB_BYTE_BITS = {"int4": 4, "uint4": 4, "float4_e2m1fn": 4, "int2": 2, "uint2": 2, "float6_e2m3fn": 6, "float6_e3m2fn": 6}
+
+
+def open_regular(path: str | os.PathLike, what: str) -> int:
+    """A descriptor open for reading on ``path``, refused (:class:`InvalidModelError`, exit 4) unless it is
+    a regular file: checked before opening (``stat``), and again on what was opened (``fstat``: the path
+    may have been swapped in between), which is opened without blocking (a FIFO with no writer would
+    block ``open`` forever). ``what`` names the file in messages."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise InvalidModelError(f"{what} is not a regular file (a FIFO, device, socket or folder is never read)")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise InvalidModelError(f"{what}: cannot read: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InvalidModelError(f"{what} is not a regular file (a FIFO, device, socket or folder is never read)")
+    return fd
+
+
+def read_model_file(path: str | os.PathLike) -> bytes:
+    """The bytes of the model file ``path``: a regular file (:func:`open_regular`) of at most
+    :func:`~onnx_pathlift.fileio.prefetch.max_file_bytes` bytes; running out of memory is an
+    :class:`InvalidModelError` too."""
+    limit = max_file_bytes()
+    with os.fdopen(open_regular(path, str(path)), "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise InvalidModelError(f"{path}: the file is {size} bytes, over the limit of {limit} bytes for a model "
+                                    "file (--max-file-size)")
+        try:
+            data = f.read(size + 1)
+        except MemoryError:
+            raise OutOfMemoryError(f"{path}: out of memory reading its {size} bytes") from None
+        except OSError as exc:
+            raise InvalidModelError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    if len(data) > limit:  # it grew after the check
+        raise InvalidModelError(f"{path}: the file is over the limit of {limit} bytes for a model file (--max-file-size)")
+    return data
+
+
+def files_read(source: str | os.PathLike) -> list[str | os.PathLike]:
+    """``source`` and, when it is a readable model file, the external-data files its tensors name inside
+    its folder (those a run reads with it; any other location is refused when it is loaded)."""
+    files = [source]
+    try:
+        model = parse_model(read_model_file(source), str(source))
+    except (InvalidModelError, OSError):  # the run reports it when it loads the model
+        return files
+    base = Path(source).resolve().parent
+    for tensor in _all_tensors(model):
+        location = {e.key: e.value for e in tensor.external_data}.get("location")
+        if tensor.data_location == TensorProto.EXTERNAL and location and not os.path.isabs(location):
+            files.append(base / location)
+    return files
+
+
+def parse_model(data: bytes, where: str) -> ModelProto:
+    """Decode ``data`` as a ``ModelProto``; refuses empty data, a failed decode, a model without a
+    graph and any string field that is not valid UTF-8 (``where`` names the source in messages)."""
+    if not data:
+        raise InvalidModelError(f"{where}: empty file")
+    model = ModelProto()
+    try:
+        model.ParseFromString(data)
+    except MemoryError:
+        raise OutOfMemoryError(f"{where}: out of memory decoding the model") from None
+    except Exception as exc:  # protobuf raises DecodeError, or RuntimeWarning-like errors
+        raise InvalidModelError(f"{where}: not an ONNX model (protobuf decode failed: {exc})") from exc
+    if not model.HasField("graph"):
+        raise InvalidModelError(f"{where}: not an ONNX model (no graph)")
+    bad = _bad_string(model)
+    if bad is not None:
+        raise InvalidModelError(f"{where}: not an ONNX model (a string field holds invalid UTF-8: {bad!r})")
+    return model
+
+
+def _bad_string(message) -> bytes | None:
+    """The first string field of ``message`` (recursively) that is not valid UTF-8, or None.
+
+    protobuf decodes strings lazily and hands back invalid ones as ``bytes`` (or raises later);
+    checking them once here keeps every name a ``str``. Bytes fields (tensor data) are skipped."""
+    for name, is_message, repeated in _text_fields(message.DESCRIPTOR):
+        if not repeated and not message.HasField(name):
+            continue
+        try:
+            values = getattr(message, name) if repeated else [getattr(message, name)]
+            for value in values:
+                bad = _bad_string(value) if is_message else (value if isinstance(value, bytes) else None)
+                if bad is not None:
+                    return bad
+        except UnicodeDecodeError as exc:
+            return exc.object
+    return None
+
+
+@functools.cache
+def _text_fields(descriptor) -> tuple[tuple[str, bool, bool], ...]:
+    """(name, is a message, is repeated) of the string and message fields of a message type."""
+    fields = []
+    for f in descriptor.fields:
+        if f.type in (f.TYPE_STRING, f.TYPE_MESSAGE):
+            repeated = f.is_repeated if hasattr(f, "is_repeated") else f.label == f.LABEL_REPEATED  # protobuf < 5.28
+            fields.append((f.name, f.type == f.TYPE_MESSAGE, repeated))
+    return tuple(fields)
+
+
+def _subgraphs(nodes):
+    """Every graph nested in the nodes' attributes (If/Loop/Scan bodies), recursively."""
+    for node in nodes:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs):
+                yield sub
+                yield from _subgraphs(sub.node)
+
+
+def _graphs(model: ModelProto):
+    """The main graph and every subgraph, including those inside the model's local functions."""
+    yield model.graph
+    yield from _subgraphs(model.graph.node)
+    for function in model.functions:
+        yield from _subgraphs(function.node)
+
+
+def _all_nodes(model: ModelProto):
+    """Every node: of the main graph, its subgraphs and the model's functions."""
+    for graph in _graphs(model):
+        yield from graph.node
+    for function in model.functions:
+        yield from function.node
+
+
+def _all_tensors(model: ModelProto):
+    """Every tensor stored in the model: initializers (a sparse one as its values and indices) and
+    tensor attributes, in the graph, its subgraphs and the model's functions."""
+    sparse = []
+    for graph in _graphs(model):
+        yield from graph.initializer
+        sparse += graph.sparse_initializer
+    for node in _all_nodes(model):
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            sparse += [attr.sparse_tensor] if attr.HasField("sparse_tensor") else []
+            sparse += attr.sparse_tensors
+    for tensor in sparse:
+        yield from (t for t in (tensor.values, tensor.indices) if t.ByteSize())
+
+
+def _elements(tensor: TensorProto, limits: Limits) -> int:
+    """The declared element count of a tensor, refused when negative, over the limit, or of a rank
+    over :data:`MAX_RANK`."""
+    if len(tensor.dims) > MAX_RANK:
+        raise InvalidModelError(f"tensor {tensor.name!r} has rank {len(tensor.dims)} (limit {MAX_RANK})")
+    if any(d < 0 for d in tensor.dims):
+        raise InvalidModelError(f"tensor {tensor.name!r} declares a negative dimension {tuple(tensor.dims)}")
+    n = math.prod(tensor.dims)
+    if n > limits.max_tensor_elements:
+        raise InvalidModelError(
+            f"tensor {tensor.name!r} declares {n} elements {tuple(tensor.dims)} (limit {limits.max_tensor_elements})")
+    return n
+
+
+def _nbytes(tensor: TensorProto, n: int) -> int:
+    """Bytes that ``n`` elements of the tensor's type take (packed for sub-byte types)."""
+    try:
+        dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    except KeyError:
+        raise InvalidModelError(f"tensor {tensor.name!r} has an unknown data type {tensor.data_type}") from None
+    return -(-n * _SUB_BYTE_BITS.get(dtype.name, 8 * dtype.itemsize) // 8)
+
+
+def check_sizes(model: ModelProto, limits: Limits) -> None:
+    """Declared sizes of every stored tensor, the node count and the graph's width, against the limits."""
+    g = model.graph
+    if len(g.input) + len(g.output) > limits.max_graph_io:  # IR < 4 lists initializers as inputs: not those
+        stored = {t.name for t in g.initializer}
+        inputs = sum(1 for vi in g.input if vi.name not in stored)
+        if inputs + len(g.output) > limits.max_graph_io:
+            raise InvalidModelError(f"the graph has {inputs} inputs and {len(g.output)} outputs "
+                                    f"(limit {limits.max_graph_io} in all)")
+    nodes = sum(1 for _ in _all_nodes(model))
+    if nodes > limits.max_nodes:
+        raise InvalidModelError(f"the model has {nodes} nodes (limit {limits.max_nodes})")
+    wide = next((n for n in _all_nodes(model) if len(n.input) > limits.max_node_inputs), None)
+    if wide is not None:
+        raise InvalidModelError(f"node {wide.name!r} ({terminal(wide.op_type)}) has {len(wide.input)} inputs "
+                                f"(limit {limits.max_node_inputs})")
+    total = 0
+    for tensor in _all_tensors(model):
+        if tensor.HasField("segment"):  # onnx's readers refuse it too (numpy_helper.to_array)
+            raise InvalidModelError(f"tensor {tensor.name!r} is a segment of a larger tensor (TensorProto.segment), "
+                                    "which is not supported")
+        total += _nbytes(tensor, _elements(tensor, limits))
+        if total > limits.max_total_bytes:
+            raise InvalidModelError(f"the model's tensors declare more than {limits.max_total_bytes} bytes "
+                                    f"(limit reached at tensor {tensor.name!r})")
+
+
+def refuse_external(model: ModelProto) -> None:
+    """External tensors left unloaded: only :func:`load_model` with a path reads them (from its folder)."""
+    for tensor in _all_tensors(model):
+        if tensor.data_location == TensorProto.EXTERNAL:
+            location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+            raise InvalidModelError(f"tensor {tensor.name!r} keeps its data in the external file {location!r}, which is "
+                                    "read only when the model is loaded from its path (bytes and ModelProto sources "
+                                    "have no folder)")
+
+
+def load_external_data(model: ModelProto, base: Path) -> None:
+    """Load external tensors after checking that every location stays inside ``base``."""
+    for tensor in _all_tensors(model):
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        try:
+            target = (base / location).resolve()
+            offset = int(info.get("offset", 0))
+            length = int(info["length"]) if "length" in info else None
+        except (ValueError, OSError) as exc:
+            raise InvalidModelError(f"tensor {tensor.name!r}: bad external data entry {info}: {exc}") from exc
+        if not location or os.path.isabs(location) or not target.is_relative_to(base):
+            raise InvalidModelError(
+                f"tensor {tensor.name!r}: external data location {location!r} escapes the model folder {base}"
+            )
+        if not target.exists():
+            raise InvalidModelError(f"tensor {tensor.name!r}: external data file {location!r} not found")
+        expected = _nbytes(tensor, math.prod(tensor.dims))
+        if offset < 0 or (length is not None and length != expected):
+            raise InvalidModelError(f"tensor {tensor.name!r}: external data offset {offset}, length {length} do not fit "
+                                    f"its {expected} bytes (dims {tuple(tensor.dims)})")
+        _read_external(tensor, target, location, offset, expected, exact_end=length is None)
+
+
+def _read_external(tensor: TensorProto, target: Path, location: str, offset: int, expected: int, exact_end: bool) -> None:
+    """Read exactly ``expected`` bytes at ``offset`` into ``tensor.raw_data``, after checking the file's
+    size: it must hold them, and without a ``length`` entry (ONNX then means "to the end of the file")
+    it must end right after them. Never reads more than ``expected`` bytes, whatever the file's size."""
+    fd = open_regular(target, f"tensor {tensor.name!r}: external data file {location!r}")
+    try:
+        with os.fdopen(fd, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < offset + expected or (exact_end and size != offset + expected):
+                raise InvalidModelError(
+                    f"tensor {tensor.name!r}: external file {location!r} is {size} bytes, "
+                    f"{'needs' if size < offset + expected else 'and without a length entry must be'} "
+                    f"{offset + expected} (offset {offset} + {expected} bytes for dims {tuple(tensor.dims)})")
+            f.seek(offset)
+            data = f.read(expected)
+    except OSError as exc:
+        raise InvalidModelError(f"tensor {tensor.name!r}: cannot read external data {location!r}: {exc.strerror}") from exc
+    if len(data) != expected:  # the file shrank after the size check
+        raise InvalidModelError(f"tensor {tensor.name!r}: external file {location!r} ended after {len(data)} of "
+                                f"{expected} bytes")
+    tensor.raw_data = data
+    tensor.data_location = TensorProto.DEFAULT
+    del tensor.external_data[:]

@@ -1,0 +1,1 @@
+"""ONNX → Dag: input shapes and spec checks, constant folding, fused ops written back, the importer."""

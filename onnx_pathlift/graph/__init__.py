@@ -1,0 +1,1 @@
+"""What lifted graphs are built with: the graph builder, exact power-of-two exponents, error budget."""

@@ -1,0 +1,340 @@
+"""Exponent numerics of the lifted network: ``|w|^q`` as exact (float32 mantissa, power-of-two exponent) pairs,
+log2 ranges of weights, exponent maps (compacted, broadcast, differenced), and the caches that spare
+repeated powers within one run (:func:`forget_powers` empties them)."""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Callable
+
+import numpy as np
+
+from ..errors import PathliftError
+
+_POW_CACHE: list[tuple[np.ndarray, float, tuple[np.ndarray, int]]] = []
+#: ``log2_range`` per block of memory: (id of the array owning it, address, bytes, dtype) -> (weak
+#: reference to that array, result); an entry leaves with its array
+_RANGE_CACHE: dict[tuple, tuple[weakref.ref, tuple[float, float]]] = {}
+#: float64 entries per block of :func:`pow_row_reduce` (16 MiB)
+_BLOCK = 1 << 21
+#: unsigned integers of a float's width and the mask of its magnitude bits: for finite floats the
+#: masked bits order like ``|a|`` (subnormals included), so integer max/min give the range
+_MAGNITUDE_BITS = {4: (np.uint32, 0x7FFFFFFF), 8: (np.uint64, 0x7FFFFFFFFFFFFFFF)}
+
+#: a static exponent: an int, or a float64 map of integers broadcastable to its tensor (``-inf`` at
+#: neurons whose lifted value is known to be 0: they need no scale)
+Exponent = int | np.ndarray
+
+
+def pow_scaled(a: np.ndarray, q: float) -> tuple[np.ndarray, int]:
+    """``|a|**q`` as ``(m, e)`` with ``|a|**q = m · 2**e``, ``m`` float64 with ``max m`` in [1, 2).
+
+    Computed in the log domain when plain powers could leave float64's range (``|a| = 1e80, q = 4``);
+    an entry below ``2**-1074`` of the largest underflows to 0 (:func:`lost_below` says whether any
+    could). The last few results are memoised (bound and adjoint ask twice).
+    """
+    for arr, qq, result in _POW_CACHE:
+        if arr is a and qq == q:
+            return result
+    result = _pow_scaled(a, q)
+    _POW_CACHE[:] = [(a, q, result)] + _POW_CACHE[:3]
+    return result
+
+
+def _pow_scaled(a: np.ndarray, q: float) -> tuple[np.ndarray, int]:
+    if log2_range(a)[1] == -math.inf:
+        return np.zeros(np.shape(a)), 0
+    e, log_domain = pow_exponent(a, q)
+    return pow_block(a, q, e, log_domain), e
+
+
+def pow_exponent(a: np.ndarray, q: float) -> tuple[int, bool]:
+    """The ``e`` of :func:`pow_scaled` (``floor(q · log2 max |a|)``) and whether ``|a|**q · 2**-e``
+    must be computed in the log domain (plain float64 powers could overflow or lose entries)."""
+    top = log2_range(a)[1]
+    if top == -math.inf:
+        return 0, False
+    return int(math.floor(q * top)), lost_below(a, q) or abs(q * top) >= 900
+
+
+def pow_block(a: np.ndarray, q: float, e: int, log_domain: bool) -> np.ndarray:
+    """``|a|**q · 2**-e`` entry by entry in a new float64 array (see :func:`pow_exponent`)."""
+    m = np.asarray(np.abs(np.asarray(a), dtype=np.float64))  # a 0-d array, not a scalar, for a 0-d parameter
+    with np.errstate(divide="ignore", under="ignore"):
+        if log_domain:
+            np.log2(m, out=m)
+            m *= q
+            m -= e
+            return np.exp2(m, out=m)
+        if q != 1:
+            m **= q
+        m *= math.ldexp(1.0, -e)
+        return m
+
+
+def pow_row_reduce(a: np.ndarray, rows: np.ndarray, q: float, reduce) -> tuple[np.ndarray, int]:
+    """``reduce(|rows|**q · 2**-e)`` (one value per row) and ``e``, for ``rows`` a 2-D view of the
+    parameter ``a``: the values :func:`pow_scaled` gives, a block of rows at a time, so no float64
+    copy of the whole parameter is made."""
+    e, log_domain = pow_exponent(a, q)
+    step = max(1, _BLOCK // max(1, rows.shape[1]))
+    blocks = [reduce(pow_block(rows[i:i + step], q, e, log_domain)) for i in range(0, rows.shape[0], step)]
+    return (np.concatenate(blocks) if blocks else np.zeros(0)), e
+
+
+def log2_range(a: np.ndarray) -> tuple[float, float]:
+    """``(log2 min |a_i|, log2 max |a_i|)`` over the nonzero entries (``-inf`` twice if none), from
+    the magnitude bits of a float32/float64 array; memoised while the array's memory lives (a
+    weight is asked about by its bound and by its lift, at every q; a contiguous view, such as the
+    transpose a Gemm ``transB`` weight is lifted as, shares its entry with the array it views)."""
+    v = np.asarray(a)
+    whole = v.flags.c_contiguous or v.flags.f_contiguous  # its elements: one block of memory, in some order
+    owner = v.base if whole and isinstance(v.base, np.ndarray) else v  # numpy points a view at the array owning it
+    key = (id(owner), v.ctypes.data, v.nbytes, v.dtype.str)
+    hit = _RANGE_CACHE.get(key)
+    if hit is not None and hit[0]() is owner:
+        return hit[1]
+    if v.dtype.kind == "f" and v.dtype.itemsize in _MAGNITUDE_BITS and v.size:
+        low, top = _magnitude_range(v)
+    else:
+        top = max(float(v.max(initial=0.0)), -float(v.min(initial=0.0)))
+        low = min(float(v.min(where=v > 0, initial=np.inf)), -float(v.max(where=v < 0, initial=-np.inf)))
+    result = (math.log2(low), math.log2(top)) if top > 0 else (-math.inf, -math.inf)
+    if isinstance(a, np.ndarray):
+        _RANGE_CACHE[key] = (weakref.ref(owner, lambda _: _RANGE_CACHE.pop(key, None)), result)
+    return result
+
+
+def _magnitude_range(v: np.ndarray) -> tuple[float, float]:
+    """``(min nonzero |v|, max |v|)`` of a float32/float64 array from its magnitude bits, a block at a
+    time through one small buffer (a transposed view is read in its memory order)."""
+    uint, mask = _MAGNITUDE_BITS[v.dtype.itemsize]
+    flat = (v.T if v.flags.f_contiguous else v).reshape(-1).view(uint)  # a view unless v is scattered
+    step = min(flat.size, _BLOCK)
+    buf = np.empty(step, dtype=uint)
+    top, low = uint(0), uint(np.iinfo(uint).max)
+    for i in range(0, flat.size, step):
+        bits = np.bitwise_and(flat[i:i + step], uint(mask), out=buf[:min(step, flat.size - i)])
+        top = max(top, bits.max())
+        bits -= uint(1)  # 0 wraps to the largest integer: the minimum is over the nonzero entries
+        low = min(low, bits.min())
+    as_float = np.zeros(2, dtype=uint)
+    as_float[:] = (low + uint(1) if top else 0, top)
+    lo, hi = (float(x) for x in as_float.view(v.dtype))
+    return lo, hi
+
+
+def lost_below(a: np.ndarray, q: float) -> bool:
+    """Whether ``|a|**q / max |a|**q`` can underflow float64 for some nonzero entry of ``a``."""
+    low, top = log2_range(a)
+    return top > -math.inf and q * (top - low) > 1000
+
+
+def scaled_power(a: np.ndarray, q: float, *shifts: np.ndarray,
+                 floor_log2: np.ndarray | Callable[[], np.ndarray] | None = None) -> np.ndarray:
+    """``|a|**q · 2**(Σ shifts)`` in float32, each entry computed on its own (each shift broadcast
+    against ``a``, ``-inf`` giving 0, never ``+inf``: see :func:`neg_exp`; row and column exponents
+    stay separate vectors, so no full-size exponent array is built): in the log domain where plain
+    float64 powers could overflow or underflow, so no entry is lost that float32 can hold. One
+    float64 working copy of ``a``, updated in place (float32 for q = 1 and 2 where every partial
+    product is a normal float32: the same result, see :func:`_float32_power`). ``floor_log2`` (broadcast
+    like the shifts, or a callable giving it): entries below ``2**floor_log2`` are set to 0 (see
+    :meth:`LiftBuilder.weight`). Raises if an entry overflows float32."""
+    low, top = log2_range(a)
+    parts = _balanced([np.asarray(s, dtype=np.float64) for s in shifts])
+    if top == -math.inf or (q in (1.0, 2.0) and np.asarray(a).dtype == np.float32 and _normal_float32(q * low, q * top, parts)
+                            and all(np.array_equal(p[np.isfinite(p)], np.round(p[np.isfinite(p)])) for p in parts)):
+        return _floored(_float32_power(a, q, parts), floor_log2, q * low, parts)
+    return _floored(_float64_power(a, q, parts, low, top), floor_log2, q * low, parts)
+
+
+def _floored(m: np.ndarray, floor_log2: np.ndarray | Callable[[], np.ndarray] | None, low: float,
+             parts: list[np.ndarray]) -> np.ndarray:
+    """``m`` (a new float32 array) with its entries below ``2**floor_log2`` (never above ``2**-126``;
+    a callable is asked only when needed) set to 0, in place; skipped when ``2**low`` times the
+    smallest factors ``2**part`` cannot be subnormal."""
+    # the least nonzero entry is at least 2**(low + Σ least finite part) (an all -inf part: every entry is 0)
+    if floor_log2 is None or low + sum(float(np.min(p[np.isfinite(p)], initial=np.inf)) for p in parts) >= -126:
+        return m
+    floor = np.asarray(floor_log2() if callable(floor_log2) else floor_log2, dtype=np.float64)
+    with np.errstate(under="ignore"):
+        limit = np.exp2(np.clip(floor, -150.0, -126.0)).astype(np.float32)  # exact powers of two; below 2**-149: 0
+    m[m < limit] = 0.0
+    return m
+
+
+def _float64_power(a: np.ndarray, q: float, parts: list[np.ndarray], low: float, top: float) -> np.ndarray:
+    """:func:`scaled_power`'s general route: float64, in the log domain where plain powers could
+    overflow or underflow, then rounded once to float32."""
+    m = np.asarray(np.abs(np.asarray(a), dtype=np.float64, order="C"))  # the one copy (a transposed weight is laid out here)
+    shape = np.broadcast_shapes(m.shape, *(p.shape for p in parts))
+    if shape != m.shape:  # a shift wider than ``a`` (a bias broadcast to its layer's exponent map)
+        m = np.broadcast_to(m, shape).copy()
+    span = q * max(abs(top), abs(low))
+    reach = sum(float(np.abs(s[np.isfinite(s)]).max(initial=0.0)) for s in parts)
+    with np.errstate(divide="ignore", over="ignore", under="ignore", invalid="ignore"):
+        if span + reach < 1000:  # every partial product stays inside float64's normal range
+            if q != 1:
+                m **= q
+            for s in parts:
+                m *= np.exp2(s)
+        else:
+            np.log2(m, out=m)
+            m *= q
+            for s in parts:
+                m += s
+            np.exp2(m, out=m)
+    if m.size and float(m.max()) >= 2.0**128:
+        raise PathliftError(f"a lifted parameter (|a|**{q:g} scaled) overflows float32 (max log2 {math.log2(float(m.max())):.1f})")
+    return m.astype(np.float32)
+
+
+def _balanced(shifts: list[np.ndarray]) -> list[np.ndarray]:
+    """The same total shift with every part but the last moved to a largest finite entry of 0 and
+    the last taking the difference (``k_in`` and ``−k_out`` of a deep network are both near 240;
+    their sum is small, so no partial product should leave the range)."""
+    out, carry = [], 0.0
+    for s in shifts[:-1]:
+        finite = s[np.isfinite(s)]
+        c = float(finite.max()) if finite.size else 0.0
+        out.append(s - c)
+        carry += c
+    return out + [shifts[-1] + carry] if shifts else []
+
+
+def _normal_float32(low: float, top: float, shifts: list[np.ndarray]) -> bool:
+    """Whether values in ``[2**low, 2**top]`` stay normal float32 numbers (or become 0 at a ``-inf``
+    shift) as each ``2**shift`` factor multiplies them in turn."""
+    for s in shifts:
+        finite = s[np.isfinite(s)]
+        if finite.size:
+            low, top = low + float(finite.min()), top + float(finite.max())
+        if low < -126 or top >= 127:
+            return False
+    return -126 <= low and top < 127
+
+
+def _float32_power(a: np.ndarray, q: float, shifts: list[np.ndarray]) -> np.ndarray:
+    """:func:`scaled_power` for a float32 ``a``, q ∈ {1, 2} and integer shifts, when ``|a|**q`` and every
+    product with the ``2**shift`` factors are normal float32 numbers (or 0): ``|a|`` is exact, ``a·a`` is the
+    correctly rounded square (the exact square has 48 bits, so float64 then float32 rounds the same
+    way once), and scaling by a power of two is exact; so this equals the float64 computation, in a
+    quarter of the memory traffic."""
+    m = power32(np.asarray(a), q)
+    shape = np.broadcast_shapes(m.shape, *(s.shape for s in shifts))
+    if shape != m.shape:
+        m = np.broadcast_to(m, shape).copy()
+    with np.errstate(over="ignore", under="ignore"):
+        for s in shifts:
+            m *= np.exp2(s).astype(np.float32)  # exact: integers (or -inf: 0) in float32's normal exponent range
+    return m
+
+
+#: the last ``|a|**q`` that :func:`power32` was asked to keep: ``(a, q, powers)``, one at a time
+_POWER_SLOT: list[tuple[np.ndarray, float, np.ndarray]] = []
+
+
+def power32(a: np.ndarray, q: float, keep: bool = False) -> np.ndarray:
+    """``|a|**q`` of a float32 array for q ∈ {1, 2}, as a new C-ordered float32 array of ``a``'s shape:
+    ``|a|`` exactly, ``a·a`` correctly rounded. ``keep``: also held (one array at a time, until
+    :func:`forget_powers`) for the next call on the same memory and q, which takes it instead of
+    computing it again: a layer's static bound and its lifted weight then read the weights once."""
+    if _POWER_SLOT and _POWER_SLOT[0][1] == q and _same_memory(_POWER_SLOT[0][0], a):
+        m = _POWER_SLOT.pop()[2].reshape(a.shape)
+    else:
+        m = np.square(a, dtype=np.float32, order="C") if q == 2.0 else np.abs(a, dtype=np.float32, order="C")
+    if keep:
+        _POWER_SLOT[:] = [(a, q, m)]
+    return m
+
+
+def forget_powers() -> None:
+    """Drop the array :func:`power32` keeps (the end of a lift)."""
+    _POWER_SLOT.clear()
+
+
+def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two arrays hold the same elements in the same order: C-contiguous, one dtype, one size,
+    one start address (the first is held alive by the slot, so its memory cannot be reused)."""
+    return (a.dtype == b.dtype and a.size == b.size and a.flags.c_contiguous and b.flags.c_contiguous
+            and a.ctypes.data == b.ctypes.data)
+
+
+def bias_values(bias_log2: np.ndarray, k: Exponent) -> np.ndarray:
+    """A non-negative bias given as ``log2 t`` at exponent (map) ``k``: ``2**(log2 t − k)`` in float32,
+    entry by entry (broadcast against ``k``; 0 where either is ``-inf``)."""
+    return scaled_power(np.ones(()), 1.0, exp_diff(bias_log2, k))
+
+
+def neg_exp(k: np.ndarray) -> np.ndarray:
+    """``−k`` for an exponent map, ``-inf`` staying ``-inf`` (``2**neg_exp(k)`` divides by ``2**k``,
+    and is 0 where the neuron is known to be 0)."""
+    k = np.asarray(k, dtype=np.float64)
+    return np.where(np.isfinite(k), -k, -np.inf)
+
+
+def lifted_log2(a: np.ndarray, q: float) -> np.ndarray:
+    """``log2 |a|**q`` per entry in float64 (``-inf`` for 0)."""
+    with np.errstate(divide="ignore"):
+        return q * np.log2(np.abs(np.asarray(a, dtype=np.float64)))
+
+
+def exp_diff(a: Exponent, b: Exponent) -> Exponent:
+    """``a − b`` for exponents, ``-inf`` wherever either is ``-inf`` (a neuron known to be 0)."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a - b
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(a) & np.isfinite(b), a - b, -np.inf)
+
+
+def compact(k: Exponent, shape: tuple[int, ...] | None = None) -> Exponent:
+    """The same exponent map with every axis along which it is constant reduced to size 1, or an int
+    when it is one finite value (all ``-inf``: a 0-d ``-inf``). ``shape``: the tensor's shape, to keep
+    the map's rank."""
+    if isinstance(k, int):
+        return k
+    k = np.asarray(k, dtype=np.float64)
+    if shape is not None and k.ndim < len(shape):
+        k = k.reshape((1,) * (len(shape) - k.ndim) + k.shape)
+    finite = k[np.isfinite(k)]
+    if finite.size == 0:
+        return np.full((), -np.inf)  # every neuron known to be 0: their weights onward are 0, not scaled by 2**0
+    if finite.size == k.size and finite.min() == finite.max():
+        return int(finite[0])
+    for axis in range(k.ndim):
+        if k.shape[axis] > 1:
+            first = np.take(k, [0], axis=axis)
+            if np.array_equal(np.broadcast_to(first, k.shape), k):
+                k = first
+    return k
+
+
+def exp_max(k: Exponent) -> float:
+    """The largest finite exponent of a map (-inf if none)."""
+    if isinstance(k, int):
+        return float(k)
+    finite = np.asarray(k)[np.isfinite(k)]
+    return float(finite.max()) if finite.size else -math.inf
+
+
+def exp_vector(k: Exponent, n: int, axis: int) -> np.ndarray:
+    """A map's largest exponent at each index of ``axis`` (a vector of ``n``; a map of lower rank,
+    or of size 1 along ``axis``, is constant along it)."""
+    if isinstance(k, int) or np.ndim(k) == 0:
+        return np.full(n, float(k))
+    k = np.asarray(k, dtype=np.float64)
+    if not -k.ndim <= axis < k.ndim or k.shape[axis] == 1:
+        return np.full(n, exp_max(k) if np.isfinite(k).any() else -np.inf)
+    v = np.moveaxis(k, axis, -1).reshape(-1, k.shape[axis]).max(axis=0)
+    return np.broadcast_to(v, (n,)).copy()
+
+
+def exp2_f32(k: Exponent) -> np.ndarray:
+    """``2**k`` as a float32 constant (0 at ``-inf`` and below float32's range)."""
+    with np.errstate(under="ignore"):
+        v = np.exp2(np.asarray(k, dtype=np.float64))
+    if np.any(v >= 2.0**128):
+        raise PathliftError("a power-of-two scale overflows float32")
+    return v.astype(np.float32)

@@ -1,0 +1,1 @@
+"""The intermediate representation: the Dag, Layer records on a networkx graph."""

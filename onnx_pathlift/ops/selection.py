@@ -1,0 +1,468 @@
+"""Layers whose output neurons copy chosen input neurons: Slice, Split, Gather, GatherND and
+GatherElements (constant indices), Resize and Upsample (mode ``nearest``), Tile (constant repeats),
+DepthToSpace and SpaceToDepth.
+
+Algebra: every output neuron ``v`` copies one input neuron ``u(v)`` (an edge of weight 1, no bias).
+An input neuron that no output copies (sliced away, skipped by a downsampling Resize) starts no path
+downstream; one copied to several outputs (a repeated Gather index, an upsampling Resize) has one
+weight-1 edge to each, so every path through it is counted once per copy. Hence the lifted layer is
+the same movement on the lifted tensor (paths multiply, weights ``1**q = 1``), and its adjoint (q = 1)
+is the transposed 0/1 map: each input neuron receives the sum of the backward masses of its copies.
+
+Slice, Split, Gather, Resize, Upsample and Tile select independently along each axis: output ``v`` copies
+``x[idx_0[v_0], idx_1[v_1], ...]`` for index lists ``idx_a`` fixed at import (the identity on the axes
+they do not touch; Tile repeats ``0..d-1`` ``r`` times, so every input neuron has ``r`` copies). Slice and
+Split are re-emitted as Slice; Gather, Resize, Upsample and Tile as one Gather per moved axis with those
+lists. The Resize lists follow onnxruntime's nearest rule (its float32 coordinate transform, rounding
+mode and clamping), so that the lifted form, the static bounds and the adjoint all use one index map,
+and the re-emission check against the source model's own Resize (``verify``) tests that map on every
+model. The adjoint along one axis is a zero Pad for a contiguous range,
+else a Gather of a table listing, for each input position, the outputs that copy it (an extra zero
+slot filling the short rows) summed by ReduceSum: exact sums of non-negative masses, no scatter.
+DepthToSpace and SpaceToDepth permute neurons (reshape, transpose, reshape): the adjoint is the
+inverse permutation. GatherND and GatherElements copy along no single axis (torch's dynamo exporter
+writes an adaptive average pool with overlapping windows as a GatherND): their copy pattern is kept as
+one flat position per output neuron, found by applying the op to ``arange(x.size)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import RefuseNode
+from ..graph.builder import GraphBuilder
+from ..ir.dag import Layer
+from .context import ImportContext
+from .layer_op import MovesNeurons
+from .registry import channel_rule, imports, label_lookup, layer_op
+
+_F32 = np.float32
+_INT64_MIN = int(np.iinfo(np.int64).min)
+_COORDINATE_MODES = {"half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners", "asymmetric",
+                     "tf_half_pixel_for_nn", "tf_crop_and_resize"}
+_NEAREST_MODES = {"round_prefer_floor", "round_prefer_ceil", "floor", "ceil"}
+_POLICIES = {"stretch", "not_larger", "not_smaller"}
+_FLAT_MAX = 1 << 24  # neurons a GatherND/GatherElements copy map may span (8 bytes each)
+
+
+def _ints(ctx: ImportContext, node, index: int, what: str) -> list[int]:
+    """A constant integer input of ``node`` as a flat list (refused when computed at run time)."""
+    return [int(v) for v in np.asarray(ctx.param(node, index, what)).reshape(-1)]
+
+
+def _has_input(node, index: int) -> bool:
+    return len(node.input) > index and bool(node.input[index])
+
+
+def _gather_adjoint(b: GraphBuilder, t: str, idx: list[int], axis: int, size: int, rank: int) -> str:
+    """The transpose of ``Gather(·, idx, axis)`` (input axis length ``size``): input position ``i``
+    receives ``Σ_{j: idx[j] = i} t[j]``; positions no output copies receive 0."""
+    idx_a, n = np.asarray(idx, dtype=np.int64), len(idx)
+    pads = np.zeros(2 * rank, dtype=np.int64)
+    if np.array_equal(idx_a, np.arange(idx_a[0], idx_a[0] + n)):  # a contiguous range: zero-pad back
+        pads[axis], pads[rank + axis] = idx_a[0], size - idx_a[0] - n
+        return t if not pads.any() else b.op("Pad", [t, b.ints(pads, "pads")], "adj")
+    order = np.argsort(idx_a, kind="stable")
+    ranked = idx_a[order]
+    width = int(np.bincount(idx_a, minlength=size).max())
+    table = np.full((size, width), n, dtype=np.int64)  # n: the zero slot appended below
+    table[ranked, np.arange(n) - np.searchsorted(ranked, ranked)] = order
+    pads[rank + axis] = 1
+    padded = b.op("Pad", [t, b.ints(pads, "pads")], "adj")
+    if width == 1:
+        return b.op("Gather", [padded, b.ints(table[:, 0], "table")], "adj", axis=axis)
+    copies = b.op("Gather", [padded, b.ints(table, "table")], "adj", axis=axis)
+    return b.op("ReduceSum", [copies, b.ints([axis + 1], "axes")], "adj", keepdims=0)
+
+
+@layer_op
+class Select(MovesNeurons):
+    """Per-axis selection ``y = x[idx_0, idx_1, ...]`` (attrs ``index``: ``[axis, idx, idx_shape]``
+    per moved axis, ``idx_shape`` the shape of a Gather's indices, ``[len(idx)]`` otherwise),
+    re-emitted as Gathers."""
+
+    op = "select"
+    kind = "reshape"
+
+    def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
+        t = xs[0]
+        for axis, idx, idx_shape in layer.attrs["index"]:
+            t = b.op("Gather", [t, b.ints(np.reshape(idx, idx_shape), "indices")], "select", axis=axis)
+        return t
+
+    def move(self, layer: Layer, values: np.ndarray) -> np.ndarray:
+        for axis, idx, _ in layer.attrs["index"]:
+            values = np.take(values, idx, axis=axis)
+        return values.reshape(layer.shape)
+
+    def keeps_batch(self, layer: Layer, in_shape: tuple[int, ...]) -> bool:
+        return all(axis != 0 for axis, _, _ in layer.attrs["index"])
+
+    def move_back(self, b, layer, t, in_shape):
+        kept = list(in_shape)
+        for axis, idx, _ in layer.attrs["index"]:
+            kept[axis] = len(idx)
+        if tuple(kept) != tuple(layer.shape):  # a Gather's scalar or multi-axis indices
+            t = b.op("Reshape", [t, b.ints(kept, "shape")], "adj")
+        for axis, idx, _ in layer.attrs["index"]:
+            t = _gather_adjoint(b, t, idx, axis, in_shape[axis], len(in_shape))
+        return t
+
+
+@layer_op
+class Slice(Select):
+    """A selection of arithmetic progressions (Slice, an output of Split), re-emitted as one Slice."""
+
+    op = "slice"
+
+    def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
+        rows = []  # (start, end, axis, step) per moved axis
+        for axis, idx, _ in layer.attrs["index"]:
+            step = idx[1] - idx[0] if len(idx) > 1 else 1
+            end = idx[-1] + step  # a negative end would count from the back: INT64_MIN is "before index 0"
+            rows.append((idx[0], end if end >= 0 else _INT64_MIN, axis, step))
+        ins = [b.ints(col, name) for col, name in zip(zip(*rows), ("starts", "ends", "axes", "steps"))]
+        return b.op("Slice", [xs[0], *ins], "slice")
+
+
+def _slice_range(start: int, end: int, step: int, dim: int) -> list[int]:
+    """The positions ONNX Slice takes along one axis: negative starts/ends count from the end, then
+    are clamped to [0, dim] (step > 0) or start to [0, dim-1] and end to [-1, dim-1] (step < 0)."""
+    start, end = start + dim if start < 0 else start, end + dim if end < 0 else end
+    if step > 0:
+        return list(range(min(max(start, 0), dim), min(max(end, 0), dim), step))
+    return list(range(min(max(start, 0), dim - 1), min(max(end, -1), dim - 1), step))
+
+
+def _add_selection(ctx: ImportContext, node, op: str, index: list[list], out: str, suffix: str = "") -> None:
+    """Add the selection layer producing tensor ``out`` (an alias when it moves nothing); refuses an
+    empty one (no neuron to copy) and one whose shape ONNX shape inference sees differently."""
+    shape, expected = ctx.shape(out), ctx.shape(node.input[0])
+    for axis, _, idx_shape in index:
+        expected = (*expected[:axis], *idx_shape, *expected[axis + 1:])
+    if tuple(expected) != tuple(shape):
+        raise RefuseNode(f"its output {out!r} has shape {tuple(expected)} by the op's rule, ONNX shape inference "
+                         f"gives {tuple(shape)}")
+    if 0 in shape:
+        raise RefuseNode(f"its output {out!r} has shape {shape}: it selects no neuron")
+    if not index:
+        ctx.alias(out, ctx.act(node.input[0]))
+        return
+    ctx.alias(out, ctx.add(node, op, [ctx.act(node.input[0])], shape, attrs={"index": index}, suffix=suffix))
+
+
+channel_rule("crop", "Slice")
+channel_rule("split", "Split")
+
+
+@imports("Slice")
+def import_slice(node, ctx: ImportContext) -> None:
+    shape = ctx.shape(node.input[0])
+    rank = len(shape)
+    if ctx.prepared.opset < 10:
+        a = ctx.attrs(node)
+        starts, ends = [int(v) for v in a["starts"]], [int(v) for v in a["ends"]]
+        axes, steps = [int(v) for v in a.get("axes", range(len(starts)))], [1] * len(starts)
+    else:
+        starts, ends = _ints(ctx, node, 1, "starts"), _ints(ctx, node, 2, "ends")
+        axes = _ints(ctx, node, 3, "axes") if _has_input(node, 3) else list(range(len(starts)))
+        steps = _ints(ctx, node, 4, "steps") if _has_input(node, 4) else [1] * len(starts)
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        raise RefuseNode(f"starts, ends, axes and steps have different lengths {len(starts)}, {len(ends)}, {len(axes)}, {len(steps)}")
+    if any(not -rank <= ax < rank for ax in axes) or len({ax % rank for ax in axes}) != len(axes):
+        raise RefuseNode(f"invalid axes {axes} for a rank-{rank} input")
+    if 0 in steps:
+        raise RefuseNode("a step of 0")
+    index = []
+    for ax, start, end, step in sorted(zip((ax % rank for ax in axes), starts, ends, steps)):
+        idx = _slice_range(start, end, step, shape[ax])
+        if idx != list(range(shape[ax])):
+            index.append([ax, idx, [len(idx)]])
+    _add_selection(ctx, node, "slice", index, node.output[0])
+
+
+@imports("Split")
+def import_split(node, ctx: ImportContext) -> None:
+    shape, a = ctx.shape(node.input[0]), ctx.attrs(node)
+    axis = int(a["axis"]) % len(shape)
+    dim, n = shape[axis], len(node.output)
+    if ctx.prepared.opset < 13:
+        sizes = [int(s) for s in a["split"]] if "split" in a else None
+    else:
+        sizes = _ints(ctx, node, 1, "split sizes") if _has_input(node, 1) else None
+    if sizes is None and "num_outputs" in a:  # opset 18: chunks of ceil(dim / n), the last one smaller
+        chunk = -(-dim // n)
+        sizes = [chunk] * (n - 1) + [dim - chunk * (n - 1)]
+    elif sizes is None:
+        if dim % n:
+            raise RefuseNode(f"splits an axis of {dim} into {n} equal parts")
+        sizes = [dim // n] * n
+    if len(sizes) != n or sum(sizes) != dim or min(sizes) < 0:
+        raise RefuseNode(f"split sizes {sizes} do not cut an axis of {dim} into {n} outputs")
+    start = 0
+    for k, (out, size) in enumerate(zip(node.output, sizes)):
+        if out and out in ctx.used:
+            if ctx.shape(out)[axis] != size:
+                raise RefuseNode(f"output {out!r} has {ctx.shape(out)[axis]} entries on axis {axis}, the split gives {size}")
+            _add_selection(ctx, node, "slice", [[axis, list(range(start, start + size)), [size]]], out, suffix=f"__split{k}")
+        start += size
+
+
+def _constant_indices(ctx: ImportContext, node) -> np.ndarray:
+    indices = ctx.const(node.input[1])
+    if indices is None:
+        raise RefuseNode(f"its indices ({node.input[1]!r}) are computed at run time: which neuron is copied depends on the data")
+    indices = np.asarray(indices)
+    if indices.dtype.kind not in "iu":
+        raise RefuseNode(f"its indices have type {indices.dtype}: not integers")
+    return indices.astype(np.int64)
+
+
+label_lookup("Gather", 0, 1)  # a constant class table indexed by a picked class: a label lookup
+
+
+@imports("Gather")
+def import_gather(node, ctx: ImportContext) -> None:
+    shape = ctx.shape(node.input[0])
+    axis = int(ctx.attrs(node)["axis"]) % len(shape)
+    indices = _constant_indices(ctx, node)
+    if indices.size == 0:
+        raise RefuseNode("its indices are empty: it selects no neuron")
+    flat = indices.reshape(-1)
+    if flat.min() < -shape[axis] or flat.max() >= shape[axis]:
+        raise RefuseNode(f"an index is out of range for an axis of {shape[axis]}")
+    _add_selection(ctx, node, "select", [[axis, [int(i) for i in flat % shape[axis]], list(indices.shape)]], node.output[0])
+
+
+@imports("Tile")
+def import_tile(node, ctx: ImportContext) -> None:
+    """``y[i_0, i_1, ...] = x[i_0 mod d_0, i_1 mod d_1, ...]``: along axis ``a`` the positions ``0..d_a-1``
+    repeated ``repeats[a]`` times (Keras' UpSampling2D is Unsqueeze → Tile → Reshape)."""
+    if ctx.prepared.opset < 6:
+        raise RefuseNode("Tile-1 (tiles and axis inputs) is not supported; opset 6 and later give repeats per axis")
+    shape = ctx.shape(node.input[0])
+    repeats = _ints(ctx, node, 1, "repeats")
+    if len(repeats) != len(shape) or min(repeats, default=1) < 0:
+        raise RefuseNode(f"its repeats {repeats} do not fit an input of shape {shape}")
+    index = [[ax, list(range(d)) * r, [d * r]] for ax, (d, r) in enumerate(zip(shape, repeats)) if r != 1]
+    _add_selection(ctx, node, "select", index, node.output[0])
+
+
+def _round_half_away(x: np.ndarray) -> np.ndarray:
+    """C's ``round`` on float32 values (halves away from zero), exact in float64."""
+    x = x.astype(np.float64)
+    return np.where(x >= 0, np.floor(x + 0.5), -np.floor(0.5 - x))
+
+
+def _original_coordinate(mode: str, out_len: int, in_len: int, scale: np.float32) -> np.ndarray:
+    """onnxruntime's coordinate transform, in its float32 arithmetic (float64 where it uses double)."""
+    x = np.arange(out_len, dtype=_F32)
+    half, lo, lr = _F32(0.5), _F32(in_len), _F32(out_len)
+    if mode == "asymmetric":
+        return x / scale
+    if mode == "tf_half_pixel_for_nn":
+        return (x + half) / scale
+    if mode == "pytorch_half_pixel":
+        return (x + half) / scale - half if out_len > 1 else np.zeros(out_len, _F32)
+    if mode == "align_corners":
+        return x * (lo - _F32(1)) / (lr - _F32(1)) if out_len > 1 else np.zeros(out_len, _F32)
+    if mode == "half_pixel_symmetric":
+        offset = (lo / _F32(2)) * (_F32(1) - lr / (scale * lo))
+        return (np.float64(offset) + (x.astype(np.float64) + 0.5) / np.float64(scale) - 0.5).astype(_F32)
+    return (x + half) / scale - half  # half_pixel
+
+
+def _nearest(mode: str, x: np.ndarray, scale: np.float32) -> np.ndarray:
+    """onnxruntime's nearest-pixel rule (``simple``: Resize-10 and Upsample, ceil when downsampling).
+    The round modes treat a coordinate within ``1e-6`` of a half as that half: onnxruntime 1.32 does
+    (measured; ``tests/test_ops_select.py`` compares this rule with onnxruntime's Resize)."""
+    if mode == "simple":
+        return np.ceil(x) if scale < 1 else np.trunc(x)
+    if mode == "floor":
+        return np.floor(x)
+    if mode == "ceil":
+        return np.ceil(x)
+    x64 = x.astype(np.float64)
+    halfway = np.abs(x64 - (np.floor(x64) + 0.5)) < np.float64(_F32(1e-6))
+    return np.where(halfway, np.floor(x64) if mode == "round_prefer_floor" else np.ceil(x64), _round_half_away(x))
+
+
+def nearest_index(in_len: int, out_len: int, scale: float, coordinate: str, nearest: str) -> list[int]:
+    """The input position each output position of a nearest Resize copies along one axis."""
+    s = _F32(scale)
+    x = _original_coordinate(coordinate, out_len, in_len, s)
+    return [int(i) for i in np.clip(_nearest(nearest, x, s), 0, in_len - 1)]
+
+
+def _resize_geometry(in_shape: tuple[int, ...], scales: list[float], sizes: list[int] | None, axes: list[int] | None,
+                     policy: str) -> tuple[list[np.float32], list[int]]:
+    """Per-axis float32 scales and output sizes as onnxruntime derives them: ``out = ⌊scale·in⌋`` from
+    scales; ``scale = out / in`` from sizes, then ``keep_aspect_ratio_policy`` (one scale for the
+    listed axes, every axis when ``axes`` is absent, and ``out = round(scale·in)``)."""
+    rank = len(in_shape)
+    listed = axes if axes is not None else list(range(rank))
+    if sizes is None:
+        full = [_F32(1)] * rank
+        for ax, s in zip(listed, scales):
+            full[ax] = _F32(s)
+        return full, [int(s * _F32(d)) for s, d in zip(full, in_shape)]
+    out = list(in_shape)
+    for ax, s in zip(listed, sizes):
+        out[ax] = s
+    full = [_F32(o) / _F32(d) for o, d in zip(out, in_shape)]
+    if policy != "stretch":
+        pick = min if policy == "not_larger" else max
+        s = pick(full[ax] for ax in listed)
+        full = [s if ax in listed else _F32(1) for ax in range(rank)]
+        out = [int(_round_half_away(np.array(s * _F32(d)))) if ax in listed else d for ax, d in enumerate(in_shape)]
+    return full, out
+
+
+@imports("Resize", "Upsample")
+def import_resize(node, ctx: ImportContext) -> None:
+    a, opset = ctx.attrs(node), ctx.prepared.opset
+    in_shape = ctx.shape(node.input[0])
+    rank = len(in_shape)
+    mode = a["mode"]
+    if mode != "nearest":
+        raise RefuseNode(f"mode {mode!r} interpolates: each output neuron is a fixed weighted sum of input neurons, linear "
+                         "in x, so it could be lifted like a convolution with |weights|**q, but that is not implemented; "
+                         "only mode 'nearest' (each output copies one input neuron) is supported")
+    sizes, axes, policy = None, None, "stretch"
+    if node.op_type == "Upsample" or opset < 11:  # Upsample-7/9 and Resize-10: asymmetric, onnxruntime's 'simple' rounding
+        coordinate, nearest = "asymmetric", "simple"
+        scales = [float(s) for s in a["scales"]] if node.op_type == "Upsample" and opset < 9 else \
+            [float(s) for s in ctx.param(node, 1, "scales").reshape(-1)]
+    else:
+        coordinate, nearest = a["coordinate_transformation_mode"], a["nearest_mode"]
+        policy = a.get("keep_aspect_ratio_policy", "stretch")  # opset 18
+        if coordinate not in _COORDINATE_MODES or nearest not in _NEAREST_MODES or policy not in _POLICIES:
+            raise RefuseNode(f"unknown coordinate_transformation_mode {coordinate!r}, nearest_mode {nearest!r} or "
+                             f"keep_aspect_ratio_policy {policy!r}")
+        if coordinate == "tf_crop_and_resize":
+            raise RefuseNode("coordinate_transformation_mode 'tf_crop_and_resize' (a region of interest, constant "
+                             "extrapolation_value outside it) is not supported")
+        if int(a.get("antialias", 0)):
+            raise RefuseNode("antialias=1 is only defined for the linear and cubic modes")
+        if "axes" in a:
+            axes = [int(ax) % rank for ax in a["axes"]]
+        scales = [float(s) for s in ctx.param(node, 2, "scales").reshape(-1)] if _has_input(node, 2) else []
+        if not scales:
+            if not _has_input(node, 3):
+                raise RefuseNode("it has neither scales nor sizes")
+            sizes = _ints(ctx, node, 3, "sizes")
+    given = scales if sizes is None else sizes
+    if len(given) != (rank if axes is None else len(axes)) or min(given) <= 0:
+        raise RefuseNode(f"its {'scales' if sizes is None else 'sizes'} {given} do not fit an input of shape {in_shape}")
+    full, out = _resize_geometry(in_shape, scales, sizes, axes, policy)
+    out_shape = ctx.shape(node.output[0])
+    if tuple(out) != tuple(out_shape):
+        raise RefuseNode(f"onnxruntime computes the output shape {tuple(out)}, ONNX shape inference gives {tuple(out_shape)}")
+    index = []  # onnxruntime copies the tensor when no size changes, else maps every axis of scale ≠ 1
+    for ax, (s, d, o) in enumerate(zip(full, in_shape, out)):
+        idx = list(range(d)) if s == 1 or tuple(out) == tuple(in_shape) else nearest_index(d, o, s, coordinate, nearest)
+        if idx != list(range(d)):
+            index.append([ax, idx, [o]])
+    _add_selection(ctx, node, "select", index, node.output[0])
+
+
+def _depth_space_stage(attrs: dict, shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The 6-D reshape of the input and the transpose that DepthToSpace / SpaceToDepth apply (ONNX spec)."""
+    n, c, h, w = shape
+    k = attrs["blocksize"]
+    if attrs["mode"] == "DCR":
+        return (n, k, k, c // (k * k), h, w), (0, 3, 4, 1, 5, 2)
+    if attrs["mode"] == "CRD":
+        return (n, c // (k * k), k, k, h, w), (0, 1, 4, 2, 5, 3)
+    return (n, c, h // k, k, w // k, k), (0, 3, 5, 1, 2, 4)  # SpaceToDepth
+
+
+@layer_op
+class DepthSpace(MovesNeurons):
+    """DepthToSpace (attrs ``mode`` DCR or CRD) or SpaceToDepth (``mode`` S2D): a permutation."""
+
+    op = "depth_space"
+    kind = "reshape"
+
+    def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
+        if layer.attrs["mode"] == "S2D":
+            return b.op("SpaceToDepth", xs, "space_to_depth", blocksize=layer.attrs["blocksize"])
+        return b.op("DepthToSpace", xs, "depth_to_space", blocksize=layer.attrs["blocksize"], mode=layer.attrs["mode"])
+
+    def move(self, layer: Layer, values: np.ndarray) -> np.ndarray:
+        stage, perm = _depth_space_stage(layer.attrs, values.shape)
+        return values.reshape(stage).transpose(perm).reshape(layer.shape)
+
+    def keeps_batch(self, layer: Layer, in_shape: tuple[int, ...]) -> bool:
+        return True
+
+    def move_back(self, b, layer, t, in_shape):
+        stage, perm = _depth_space_stage(layer.attrs, in_shape)
+        t = b.op("Reshape", [t, b.ints([stage[p] for p in perm], "shape")], "adj")
+        t = b.op("Transpose", [t], "adj", perm=[int(p) for p in np.argsort(perm)])
+        return b.op("Reshape", [t, b.ints(in_shape, "shape")], "adj")
+
+
+@imports("DepthToSpace", "SpaceToDepth")
+def import_depth_space(node, ctx: ImportContext) -> None:
+    a, shape = ctx.attrs(node), ctx.shape(node.input[0])
+    k = int(a["blocksize"])
+    mode = "S2D" if node.op_type == "SpaceToDepth" else a.get("mode", "DCR")  # opset 11
+    if len(shape) != 4 or mode not in ("DCR", "CRD", "S2D") or k < 1:
+        raise RefuseNode(f"input of rank {len(shape)}, mode {mode!r}, blocksize {k}: not a valid {node.op_type}")
+    if (mode == "S2D" and (shape[2] % k or shape[3] % k)) or (mode != "S2D" and shape[1] % (k * k)):
+        raise RefuseNode(f"blocksize {k} does not divide the input of shape {shape}")
+    ctx.add(node, "depth_space", [ctx.act(node.input[0])], ctx.shape(node.output[0]), attrs={"blocksize": k, "mode": mode})
+
+
+
+@layer_op
+class FlatSelect(MovesNeurons):
+    """Any fixed copy pattern: ``y.flat[j] = x.flat[flat[j]]`` (attrs ``flat``: int64 array of the
+    output's shape, positions in the flattened input). GatherND and GatherElements with constant
+    indices; re-emitted as Reshape to 1-D then one Gather."""
+
+    op = "flat_select"
+    kind = "reshape"
+
+    def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
+        flat = b.op("Reshape", [xs[0], b.ints([-1], "shape")], "flat")
+        return b.op("Gather", [flat, b.ints(layer.attrs["flat"], "indices")], "select", axis=0)
+
+    def move(self, layer: Layer, values: np.ndarray) -> np.ndarray:
+        return values.reshape(-1)[layer.attrs["flat"]]
+
+    def move_back(self, b, layer, t, in_shape):
+        t = b.op("Reshape", [t, b.ints([-1], "shape")], "adj")
+        size = int(np.prod(in_shape))
+        t = _gather_adjoint(b, t, [int(i) for i in layer.attrs["flat"].reshape(-1)], 0, size, 1)
+        return b.op("Reshape", [t, b.ints(in_shape, "shape")], "adj")
+
+
+@imports("GatherND", "GatherElements")
+def import_gather_nd(node, ctx: ImportContext) -> None:
+    """The flat positions are found by applying the op itself, in numpy, to ``arange(x.size)``."""
+    shape, indices = ctx.shape(node.input[0]), _constant_indices(ctx, node)
+    if max(math.prod(shape), math.prod(ctx.shape(node.output[0]))) > _FLAT_MAX:
+        raise RefuseNode(f"its copy map would hold one position per neuron, over {_FLAT_MAX} of them (input {shape})")
+    positions = np.arange(math.prod(shape), dtype=np.int64).reshape(shape)
+    try:
+        if node.op_type == "GatherElements":
+            axis = int(ctx.attrs(node)["axis"]) % len(shape)
+            flat = np.take_along_axis(positions, np.where(indices < 0, indices + shape[axis], indices), axis=axis)
+        else:
+            if int(ctx.attrs(node).get("batch_dims", 0)) != 0:  # opset 12
+                raise RefuseNode("batch_dims ≠ 0 is not supported yet (the exporters we know write 0)")
+            k = indices.shape[-1]
+            idx = np.where(indices < 0, indices + np.array(shape[:k]), indices)
+            flat = positions[tuple(np.moveaxis(idx, -1, 0))]
+    except IndexError as exc:
+        raise RefuseNode(f"an index is out of range: {exc}") from None
+    out = ctx.shape(node.output[0])
+    if tuple(flat.shape) != tuple(out):
+        raise RefuseNode(f"its output has shape {tuple(flat.shape)} by the op's rule, ONNX shape inference gives {tuple(out)}")
+    if flat.size == 0:
+        raise RefuseNode("it selects no neuron")
+    ctx.add(node, "flat_select", [ctx.act(node.input[0])], out, attrs={"flat": flat})

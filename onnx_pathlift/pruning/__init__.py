@@ -1,0 +1,1 @@
+"""Weight and channel pruning: selection, masked and slim models."""

@@ -1,0 +1,1 @@
+"""Dag → Dag rewrites that ask the op declarations: without biases, two streams, cuts, one canonical spelling."""
