@@ -9,7 +9,7 @@ A restructuring that claims "behaviour unchanged" runs this before and after and
 
 Each command runs as ``python -m onnx_pathlift.cli ... --json`` from the project root (so the checkout's own
 package is used), in a fresh temporary folder for its outputs. Fields that measure time or name a temporary
-path (``timings``, ``seconds``, ``latency*``, ``*_s``, ``written``/``out``/``db``/``report`` paths) are replaced
+path (``timings``, ``seconds``, ``latency*``, ``*_s``, timestamps ``*_at``, ``written``/``out``/``db``/``report`` paths) are replaced
 by a placeholder; everything else, numbers included, must be identical. Exit 0 when identical, 1 otherwise.
 """
 
@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "models").glob("*.onnx"))
 CNN, PRUNED, INT8 = "models/digits_cnn_torch_bn.onnx", "models/digits_cnn_torch_bn_pruned50.onnx", "models/digits_cnn_torch_bn_int8.onnx"
-TIMED = ("timings", "seconds", "latency", "elapsed", "time_s", "peak")
+TIMED = ("timings", "seconds", "latency", "elapsed", "time_s", "peak", "_at")
 PATHS = ("written", "out", "output", "db", "report", "csv", "mask", "masked", "slim", "path", "scores_file")
 
 
