@@ -26,8 +26,8 @@ input, ``onnx_pathlift.pruning.slim.latency``) are counted on the ONNX files of 
 Accuracy: top-1 on the test split (a) of the pruned ONNX model in onnxruntime, no fine-tuning; (b) after
 ``--finetune-epochs`` of ``digits_nets.train`` (Adam, cosine, batches of 64, same seed, ``--finetune-lr``) of
 the model rebuilt in torch from ITS ONNX FILE by ``tools/onnx_torch.py`` (both tools the same way: BN
-folded, every Conv/Gemm weight and bias trained; ``--finetune-bn``: with a BatchNorm inserted after each conv,
-the identity at the start), measured in torch. The rebuild must reproduce onnxruntime
+folded, every Conv/Gemm weight and bias trained; ``--finetune-bn identity|fresh``: with a BatchNorm inserted
+after each conv, calibrated to the identity or freshly initialised), measured in torch. The rebuild must reproduce onnxruntime
 on the test split (max abs error ≤ 1e-4) or the study stops. For one model (the first fine-tuned one) the
 fine-tuned module is exported again and run in onnxruntime: the round trip.
 
@@ -135,15 +135,17 @@ def onnx_costs(model: onnx.ModelProto, data: dn.Digits16, repeats: int) -> dict:
             "latency_s": latency(model, prepared, repeats), "top1_pruned": float((logits.argmax(1) == data.y_test).mean())}
 
 
-def finetune(model: onnx.ModelProto, data: dn.Digits16, epochs: int, lr: float, bn: bool = False) -> tuple[dict, nn.Module]:
-    """Rebuild ``model`` in torch (``bn``: with a BatchNorm after each conv, the identity on the training split),
-    check it against onnxruntime on the test split, fine-tune, measure top-1."""
-    module = OnnxModule(model, bn_after_conv=bn)
-    if bn:
-        module.calibrate(torch.from_numpy(data.x_train))
+def finetune(model: onnx.ModelProto, data: dn.Digits16, epochs: int, lr: float, bn: str | None = None) -> tuple[dict, nn.Module]:
+    """Rebuild ``model`` in torch, check it against onnxruntime on the test split, fine-tune (``bn``: with a
+    BatchNorm after each conv, ``identity`` on the training split or ``fresh``: weight 1, bias 0), measure top-1."""
+    module = OnnxModule(model)
     error = max_abs_error(module, model, data.x_test)
     if not error <= REBUILD_TOLERANCE:
         raise RuntimeError(f"the torch rebuild differs from onnxruntime by {error:.3g} > {REBUILD_TOLERANCE}")
+    if bn is not None:
+        module = OnnxModule(model, bn_after_conv=True)
+        if bn == "identity":
+            module.calibrate(torch.from_numpy(data.x_train))
     t0 = time.perf_counter()
     dn.train(module, data, epochs, lr=lr)
     return {"rebuild_max_abs_error": error, "top1_finetuned": dn.accuracy(module, data.x_test, data.y_test),
@@ -312,8 +314,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=15, help="training epochs of the dense nets")
     parser.add_argument("--finetune-epochs", type=int, default=3)
     parser.add_argument("--finetune-lr", type=float, default=1e-3)
-    parser.add_argument("--finetune-bn", action="store_true",
-                        help="fine-tune with a BatchNorm after each rebuilt conv (the identity at the start), both tools")
+    parser.add_argument("--finetune-bn", choices=("identity", "fresh"),
+                        help="fine-tune with a BatchNorm after each rebuilt conv, the identity on the training split "
+                             "or freshly initialised (both tools)")
     parser.add_argument("--repeats", type=int, default=200, help="onnxruntime runs per latency (median)")
     parser.add_argument("--ours-args", type=json.loads, default={},
                         help="JSON object of extra keyword arguments for prune_channel_groups, passed unchanged")
