@@ -98,7 +98,7 @@ def test_recovery_reduces_held_out_error_and_its_certificate_holds(tmp_path) -> 
     rng = np.random.default_rng(1)
     calib = {"x": rng.uniform(0, 1, (200, 2, 8, 8)).astype(np.float32)}
     held = {"x": rng.uniform(0, 1, (60, 2, 8, 8)).astype(np.float32), "y": rng.integers(0, 4, 60)}
-    report = prune_channel_groups(model, 0.5, tmp_path / "slim.onnx", scope="layer", masked_out=tmp_path / "m.onnx",
+    report = prune_channel_groups(model, 0.5, tmp_path / "slim.onnx", scope="layer", round_to=1, masked_out=tmp_path / "m.onnx",
                                   input_shape=[1, 2, 8, 8], eval_data=held, calibration=calib, repeats=1)
     r = report.record
     rec = r["recovery"]
@@ -131,7 +131,7 @@ def test_a_layer_that_cannot_be_refit_gets_its_bias_mean_shifted(tmp_path) -> No
              helper.make_node("Gemm", ["f", "Wf", "bf"], ["y"], transB=1)]
     model = make_model(nodes, [("x", ["N", 2, 12])], [("y", ["N", 3])], p, name="conv1d", producer="test")
     x = rng.normal(0.5, 1.0, (400, 2, 12)).astype(np.float32)
-    r = prune_channel_groups(model, 0.5, tmp_path / "s.onnx", scope="layer", input_shape=[1, 2, 12],
+    r = prune_channel_groups(model, 0.5, tmp_path / "s.onnx", scope="layer", round_to=1, input_shape=[1, 2, 12],
                              calibration={"x": x}, repeats=1).record["recovery"]
     actions = {f["node"]: f for f in r["layers"]}
     assert actions["c2"]["action"] == "shift" and actions["c2"]["error_after"] <= actions["c2"]["error_before"]
@@ -145,7 +145,7 @@ def test_cli_reports_recovery_in_text_and_json(tmp_path, capsys) -> None:
     onnx.save(model, src)
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "cal.npz", x=rng.uniform(0, 1, (100, 2, 8, 8)).astype(np.float32), y=rng.integers(0, 4, 100))
-    args = ["prune", src, "--structure", "channel", "--sparsity", "0.5", "--scope", "layer", "--input-shape", "1,2,8,8",
+    args = ["prune", src, "--structure", "channel", "--sparsity", "0.5", "--scope", "layer", "--round-to", "1", "--input-shape", "1,2,8,8",
             "--calibration", tmp_path / "cal.npz", "--eval", tmp_path / "cal.npz", "--repeats", "1"]
     rc, out, err = run_main(capsys, *args, "-o", tmp_path / "a.onnx")
     assert rc == 0, err
