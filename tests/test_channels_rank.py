@@ -249,6 +249,8 @@ def test_iterative_steps_rescore_the_masked_model() -> None:
 @pytest.fixture(scope="session")
 def digits_nets(tmp_path_factory):
     """The three digits nets, trained 2 epochs on one thread (selection, not accuracy, is tested)."""
+    pytest.importorskip("torch", reason="torch trains the digits nets: pip install torch==2.13.0")
+    pytest.importorskip("sklearn", reason="scikit-learn ships the digits: pip install scikit-learn")
     tool = load_tool("digits_nets")
     out, data = tmp_path_factory.mktemp("digits_nets"), tool.digits16()
     return {arch: tool.make(arch, out, 2, data)[0] for arch in tool.ARCHS}

@@ -229,6 +229,8 @@ def test_half_the_channels_per_layer_keep_90_percent_before_fine_tuning(tmp_path
     """The issue's goal: 50 % per-layer channel pruning with calibration on the train split keeps
     ≥ 90 % top-1 on the test split, with no training, for each of tools/digits_nets.py's nets (the
     MobileNetV2 with l1-norm: with the data-aware path mass it keeps 0.86, docs/pruning.md)."""
+    pytest.importorskip("torch", reason="torch trains the digits nets: pip install torch==2.13.0")
+    pytest.importorskip("sklearn", reason="scikit-learn ships the digits: pip install scikit-learn")
     sys.path.insert(0, str(ROOT / "tools"))
     import digits_nets
 

@@ -179,6 +179,7 @@ def test_folded_count_is_the_onnx_count(arch, tmp_path):
 @pytest.mark.slow
 def test_quick_study_runs_and_matches(tmp_path):
     """``--quick`` on VGG (1 epoch each): every model matched within 1 % or flagged, rebuilt exactly, round trip."""
+    pytest.importorskip("sklearn", reason="scikit-learn ships the digits: pip install scikit-learn")
     out = tmp_path / "study.json"
     done = subprocess.run([sys.executable, str(ROOT / "tools" / "torch_pruning_study.py"), "--quick", "--nets", "vgg",
                            "--epochs", "1", "--finetune-epochs", "1", "--repeats", "3", "--out", str(out)],
