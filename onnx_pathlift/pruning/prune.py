@@ -24,7 +24,7 @@ from onnx import ModelProto, numpy_helper
 from ..errors import UsageError
 from ..fileio.atomic import refuse_overwriting_input, save_model, save_npz
 from ..frontend.pipeline import Loaded, load, model_name
-from .ranking import MIN_KEEP
+from .ranking import MIN_KEEP, Selection
 
 if TYPE_CHECKING:
     from ..analyses.metric import PathMetric
@@ -330,7 +330,7 @@ def prune_channel_groups(source: ModelSource, sparsity: float, out: str | os.Pat
     reproduce the masked one."""
     from ..analyses.metric import path_metric
     from ..frontend.importer import import_model
-    from .ranking import Selection, prune_channels
+    from .ranking import prune_channels
     from .slim import latency
 
     criterion = _check_arguments("channel", criterion, sparsity, source, out, masked_out)
@@ -361,8 +361,8 @@ def prune_channel_groups(source: ModelSource, sparsity: float, out: str | os.Pat
     return ChannelPruning(result, record)
 
 
-def _evaluate(record: dict[str, Any], loaded: Loaded, result: ChannelPrune, recovery: Recovery | None, selection,
-              eval_data: Data) -> None:
+def _evaluate(record: dict[str, Any], loaded: Loaded, result: ChannelPrune, recovery: Recovery | None,
+              selection: Selection, eval_data: Data) -> None:
     """The record's recovery report, top-1 before and after on ``eval_data``, and its warnings."""
     if recovery is not None:
         record["recovery"] = {"data_aware_scores": selection.scorer is not None, **recovery.to_dict()}
