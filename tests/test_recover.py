@@ -224,11 +224,12 @@ def test_calibration_not_an_npz_and_with_weight_pruning(tmp_path, capsys) -> Non
 # --- the goal on the digits nets ------------------------------------------------------------------
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch, criterion", [("resnet", "path-mass"), ("vgg", "path-mass"), ("mobilenet", "l1-norm")])
-def test_half_the_channels_per_layer_keep_90_percent_before_fine_tuning(tmp_path, arch, criterion) -> None:
-    """The issue's goal: 50 % per-layer channel pruning with calibration on the train split keeps
-    ≥ 90 % top-1 on the test split, with no training, for each of tools/digits_nets.py's nets (the
-    MobileNetV2 with l1-norm: with the data-aware path mass it keeps 0.86, docs/pruning.md)."""
+@pytest.mark.parametrize("arch", ["resnet", "vgg", "mobilenet"])
+def test_half_the_channels_per_layer_keep_90_percent_before_fine_tuning(tmp_path, arch) -> None:
+    """The issue's goal: 50 % per-layer channel pruning (the default data-aware path mass, every layer
+    halved: ``round_to=1``) with calibration on the train split keeps ≥ 90 % top-1 on the test split, with
+    no training, for each of tools/digits_nets.py's nets (measured 0.978 / 0.994 / 0.914; rounded to
+    multiples of 8, MobileNetV2's narrow layers are cut less evenly and it keeps 0.897 with l1-norm)."""
     pytest.importorskip("torch", reason="torch trains the digits nets: pip install torch==2.13.0")
     pytest.importorskip("sklearn", reason="scikit-learn ships the digits: pip install scikit-learn")
     sys.path.insert(0, str(ROOT / "tools"))
@@ -238,7 +239,8 @@ def test_half_the_channels_per_layer_keep_90_percent_before_fine_tuning(tmp_path
     path, _ = digits_nets.make(arch, tmp_path, data=data)
     train = digits_nets.save_data(data, tmp_path / "train.npz", "train")
     test = digits_nets.save_data(data, tmp_path / "test.npz", "test")
-    r = prune_channel_groups(path, 0.5, tmp_path / "slim.onnx", criterion, scope="layer", eval_data=test,
+    r = prune_channel_groups(path, 0.5, tmp_path / "slim.onnx", scope="layer", round_to=1, eval_data=test,
                              calibration=train, repeats=1).record
+    assert r["achieved"] == 0.5
     assert r["recovery"]["eval"]["pruned"]["top1"] < 0.5  # pruning alone breaks it
     assert r["accuracy_after"] >= 0.90 and r["recovery"]["eval"]["recovered"]["top1"] == r["accuracy_after"]
