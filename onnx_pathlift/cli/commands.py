@@ -130,6 +130,9 @@ def cmd_prune(args) -> int:
                                       target=args.target, round_to=args.round_to, min_keep=args.min_keep,
                                       layers=args.layers, ranking=args.ranking, steps=args.steps,
                                       calibration=args.calibration, **common)
+        if "criterion_reason" in report.record:  # a model the importer refuses: no path mass, no certificate
+            print(f"onnx-pathlift: note: ranked by {report.record['criterion']}: "
+                  f"{terminal(report.record['criterion_reason'])}", file=sys.stderr)
         _show(args, report, lambda r: _print_channel_pruning(r, args.quiet))
         return 0
     if args.calibration:

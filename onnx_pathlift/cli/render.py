@@ -248,9 +248,12 @@ def _print_channel_pruning(report, quiet: bool = False) -> None:
         print(f"    {row['node']!r:40} {row['op']:18s} params {row['params_before']:>9} → {row['params_after']:<9} "
               f"MACs {row['macs_before']:>11} → {row['macs_after']}")
     print(f"  slim model = masked model to {r['slim_vs_masked_max_rel_error']:.2g} (max relative error, random inputs)")
-    d_log10 = m["upper_log10"] if m["upper_log10"] is not None else -math.inf
-    print(f"  {'exact ' if m['exact'] else ''}path-metric d(original, masked) ≤ {_fmt(d_log10)}: "
-          f"for every input with ‖x‖_∞ ≤ {m['input_linf']:g}, the outputs moved by at most {m['bound']:.6g} in ℓ1")
+    if m is None:
+        print(f"  no certificate: {r['metric_reason']}")
+    else:
+        d_log10 = m["upper_log10"] if m["upper_log10"] is not None else -math.inf
+        print(f"  {'exact ' if m['exact'] else ''}path-metric d(original, masked) ≤ {_fmt(d_log10)}: "
+              f"for every input with ‖x‖_∞ ≤ {m['input_linf']:g}, the outputs moved by at most {m['bound']:.6g} in ℓ1")
     before, after, repeats = r["latency_before_s"], r["latency_after_s"], r["latency_repeats"]
     if before is None or after is None:
         print("  latency: n/a (onnxruntime cannot run this model)")
@@ -265,13 +268,16 @@ def _print_channel_pruning(report, quiet: bool = False) -> None:
         _print_recovery(r["recovery"], m)
 
 
-def _print_recovery(rec: dict, metric: dict) -> None:
-    exact = "the pruning-exact case" if metric["exact"] else "not the pruning-exact case"
+def _print_recovery(rec: dict, metric: dict | None) -> None:
     if rec["data_aware_scores"]:
         print("  scores: path mass weighted by the activations seen on the calibration samples (data-aware)")
+    if metric is None:
+        certificate = "no certificate (above)"
+    else:
+        exact = "the pruning-exact case" if metric["exact"] else "not the pruning-exact case"
+        certificate = f"the certificate above is for the recovered model ({exact}, route {metric['route']})"
     print(f"  recovered from {rec['samples']} calibration samples: {rec['refit']} layer(s) re-fitted by least squares, "
-          f"{rec['shifted']} bias-shifted; the certificate above is for the recovered model ({exact}, route "
-          f"{metric['route']})")
+          f"{rec['shifted']} bias-shifted; {certificate}")
     for name, table in (("calibration", rec["calibration"]), ("eval", rec["eval"])):
         if table is None:
             continue

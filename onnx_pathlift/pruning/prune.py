@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from onnx import ModelProto, numpy_helper
 
-from ..errors import UsageError
+from ..errors import UnsupportedModelError, UsageError
 from ..fileio.atomic import refuse_overwriting_input, save_model, save_npz
 from ..frontend.pipeline import Loaded, load, model_name
 from .ranking import MIN_KEEP, Selection
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from ..analyses.metric import PathMetric
     from ..fileio.load import ModelSource
     from ..frontend.prepare import Prepared
-    from ..ir.dag import Dag
     from .recover import Recovery
     from .slim import ChannelPrune
 
@@ -109,15 +108,15 @@ def apply(model: ModelProto, keep: dict[str, np.ndarray]) -> tuple[ModelProto, P
     return out, PruneReport(zeros / total if total else 0.0, pruned, total, done, skipped)
 
 
-def top1_accuracy(model: ModelProto, dag: Dag, data: Mapping[str, np.ndarray]) -> float:
+def top1_accuracy(model: ModelProto, loaded: Loaded, data: Mapping[str, np.ndarray]) -> float:
     """Top-1 accuracy of ``model`` (run as written) on ``data["x"]`` (one sample per row, reshaped to
-    the DAG's first input) against the labels ``data["y"]``: argmax of the first analysed output."""
+    ``loaded``'s first input) against the labels ``data["y"]``: argmax of its first analysed output."""
     from ..backend.verify import ModelRunner
 
     x, y = data["x"], data["y"]
-    shape = dag.layer(dag.inputs[0]).shape
-    run = ModelRunner(model, [next(iter(dag.outputs))], {})
-    pred = [int(np.argmax(run({dag.inputs[0]: xi.reshape(shape).astype(np.float32)})[0])) for xi in x]
+    name, shape = loaded.first_input
+    run = ModelRunner(model, loaded.outputs[:1], {})
+    pred = [int(np.argmax(run({name: xi.reshape(shape).astype(np.float32)})[0])) for xi in x]
     return float(np.mean(np.asarray(pred) == np.asarray(y)))
 
 
@@ -199,7 +198,7 @@ def prune_weights(source: ModelSource, sparsity: float, out: str | os.PathLike, 
     result = WeightPruning(model_name(source), str(out), criterion, scope, report, metric, input_linf, pruned, keep)
     data = _data(eval_data)
     if data is not None:
-        result.accuracy = top1_accuracy(loaded.model, dag, data), top1_accuracy(pruned, dag, data)
+        result.accuracy = top1_accuracy(loaded.model, loaded, data), top1_accuracy(pruned, loaded, data)
     return result
 
 
@@ -209,7 +208,7 @@ def _calibration(loaded: Loaded, data: Data) -> tuple[np.ndarray, np.ndarray | N
         return None
     from .calibration import read_calibration
 
-    return read_calibration(data, loaded.dag.layer(loaded.dag.inputs[0]).shape)
+    return read_calibration(data, loaded.first_input[1])
 
 
 def _data_aware(criterion: str, calib: tuple[np.ndarray, np.ndarray | None] | None):
@@ -229,16 +228,61 @@ def _recover(loaded: Loaded, result: ChannelPrune, calib: tuple[np.ndarray, np.n
     from .recover import recover
     from .slim import masked_model, retie, slim_model
 
-    shape = loaded.dag.layer(loaded.dag.inputs[0]).shape
-    evaluation = None if eval_data is None else read_calibration(eval_data, shape, "--eval")
+    evaluation = None if eval_data is None else read_calibration(eval_data, loaded.first_input[1], "--eval")
     source, cg, removed = result.source or loaded.model, result.graph, result.removed  # the model cg describes
     slim, masked = result.slim, result.masked
     if result.origin:  # recovery works on the untied model, whose names cg holds
         slim, masked = slim_model(source, cg, removed), masked_model(source, cg, removed)
-    recovery = recover(source, slim, masked, cg, removed, loaded.prepared, list(loaded.dag.outputs), calib, evaluation)
+    recovery = recover(source, slim, masked, cg, removed, loaded.prepared, loaded.outputs, calib, evaluation)
     result.slim, result.masked = retie(recovery.slim, result.origin), retie(recovery.masked, result.origin)
     result.slim_error = recovery.slim_error
     return recovery
+
+
+def _refused(refusal: UnsupportedModelError) -> str:
+    """The importer's refusal in one line: its first refused node, and how many more."""
+    more = len(refusal.refusals) - 1
+    return str(refusal.refusals[0]) + (f" (and {more} more refused node(s))" if more else "")
+
+
+class PathMassRefused(UnsupportedModelError):
+    """``prune --structure channel --criterion path-mass`` on a model the importer refuses (exit 3):
+    path mass is defined on DAG-ReLU networks only; ``l1-norm`` prunes the model."""
+
+    def __init__(self, refusal: UnsupportedModelError):
+        super().__init__(refusal.refusals)
+        self.args = (f"--criterion path-mass needs a DAG-ReLU network, and {refusal}\n"
+                     "  prune its channels by --criterion l1-norm (or leave --criterion out: chosen automatically)",)
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "criterion": "l1-norm"}
+
+
+def _criterion(loaded: Loaded, asked: str | None, criterion: str, calibrated: bool) -> tuple[str, str | None]:
+    """The criterion to rank by and, for a model the importer refused, why it is not path-mass: ``l1-norm``
+    (which needs no DAG) when none was asked for; :class:`PathMassRefused` when ``path-mass`` was."""
+    if loaded.dag is None:
+        if asked == "path-mass":
+            raise PathMassRefused(loaded.refusal)
+        why = f"path-mass needs a DAG-ReLU network: {_refused(loaded.refusal)}"
+        if calibrated:
+            why += "; so does --calibration's data-aware path mass (the slim model is still recovered by least squares)"
+        return "l1-norm", why
+    return criterion, None
+
+
+def _certificate(loaded: Loaded, result: ChannelPrune, recovery: Recovery | None, input_shape,
+                 input_linf: float) -> dict[str, Any]:
+    """The record's ``metric``: the path-metric between the original (with ``recovery``: its reference)
+    and the masked model, sound (rounded outward); without a DAG, None and ``metric_reason``."""
+    from ..analyses.metric import path_metric
+    from ..frontend.importer import import_model
+
+    if loaded.dag is None:
+        return {"metric": None, "metric_reason": "the certificate (path-metric) needs a DAG-ReLU network: "
+                                                 + _refused(loaded.refusal)}
+    reference = loaded.dag if recovery is None else import_model(recovery.reference, input_shape)
+    return {"metric": path_metric(reference, import_model(result.masked, input_shape)).to_dict(input_linf)}
 
 
 @dataclass
@@ -324,34 +368,38 @@ def prune_channel_groups(source: ModelSource, sparsity: float, out: str | os.Pat
     by more than :data:`ACCURACY_WARNING`, or the floors leave the target short). With ``calibration``
     (arrays ``x``, optional ``y``): ``path-mass`` becomes the data-aware path mass and the slim model is
     recovered by least squares (:mod:`onnx_pathlift.pruning.recover`); the model written, the masked model and the
-    certificate are then the recovered ones. Raises
+    certificate are then the recovered ones. A model the importer refuses (not a DAG-ReLU network: SiLU,
+    GELU, GroupNorm, ...) is pruned from its prepared graph alone: by ``l1-norm`` (the record's
+    ``criterion_reason`` says why; with ``calibration``, recovered all the same), without a certificate
+    (``metric`` None, ``metric_reason``). Raises
     :class:`UsageError` for a bad criterion, sparsity or ``repeats`` < 1 and when an output names
-    the input; :class:`~onnx_pathlift.errors.VerificationError` when the slim model does not
+    the input; :class:`PathMassRefused` (exit 3) for ``path-mass`` on a model the importer refuses;
+    :class:`~onnx_pathlift.errors.VerificationError` when the slim model does not
     reproduce the masked one."""
-    from ..analyses.metric import path_metric
-    from ..frontend.importer import import_model
     from .ranking import prune_channels
     from .slim import latency
 
-    criterion = _check_arguments("channel", criterion, sparsity, source, out, masked_out)
+    asked, criterion = criterion, _check_arguments("channel", criterion, sparsity, source, out, masked_out)
     if repeats < 1:
         raise UsageError(f"--repeats must be at least 1 (got {repeats})")
-    loaded = load(source, input_shape, outputs)
+    loaded = load(source, input_shape, outputs, need_dag=False)
+    criterion, why = _criterion(loaded, asked, criterion, calibration is not None)
     calib, recovery = _calibration(loaded, calibration), None
     round_to = ROUND_TO if round_to is None else round_to
     ranking, steps = _ranking(criterion, ranking, steps)
     selection = Selection(criterion, scope, target, round_to, MIN_KEEP if min_keep is None else min_keep, layers,
                           steps=steps, normalised=ranking == "normalised", scorer=_data_aware(criterion, calib))
-    result = prune_channels(loaded.model, loaded.prepared, loaded.dag, sparsity, selection=selection, repeats=repeats)
+    result = prune_channels(loaded.model, loaded.prepared, loaded.dag, sparsity, selection=selection, repeats=repeats,
+                            outputs=loaded.outputs)
     if calib is not None:
         recovery = _recover(loaded, result, calib, eval_data)
     costs, slim_prepared = _costs(loaded, result, input_shape)
-    reference = loaded.dag if recovery is None else import_model(recovery.reference, input_shape)
-    metric = path_metric(reference, import_model(result.masked, input_shape))  # sound: rounded outward
     record = {"model": model_name(source), "written": str(out), "masked": None if masked_out is None else str(masked_out),
-              "structure": "channel", "criterion": criterion, "scope": scope, "sparsity": sparsity, "target": target,
+              "structure": "channel", "criterion": criterion, **({} if why is None else {"criterion_reason": why}),
+              "scope": scope, "sparsity": sparsity, "target": target,
               "round_to": round_to, "min_keep": selection.min_keep, "layers": layers, "ranking": ranking, "steps": steps,
-              "achieved": result.achieved, **costs, "metric": metric.to_dict(input_linf), "latency_repeats": repeats,
+              "achieved": result.achieved, **costs, **_certificate(loaded, result, recovery, input_shape, input_linf),
+              "latency_repeats": repeats,
               "latency_before_s": latency(loaded.model, loaded.prepared, repeats),
               "latency_after_s": latency(result.slim, slim_prepared, repeats)}
     _evaluate(record, loaded, result, recovery, selection, eval_data)
@@ -368,6 +416,6 @@ def _evaluate(record: dict[str, Any], loaded: Loaded, result: ChannelPrune, reco
         record["recovery"] = {"data_aware_scores": selection.scorer is not None, **recovery.to_dict()}
     data = _data(eval_data)
     if data is not None:
-        record["accuracy_before"] = top1_accuracy(loaded.model, loaded.dag, data)
-        record["accuracy_after"] = top1_accuracy(result.slim, loaded.dag, data)
+        record["accuracy_before"] = top1_accuracy(loaded.model, loaded, data)
+        record["accuracy_after"] = top1_accuracy(result.slim, loaded, data)
     record["warnings"] = _warnings(record)

@@ -334,12 +334,13 @@ def _restrict(cg: ChannelGraph, scores: np.ndarray, pattern: str | None) -> np.n
 
 def prune_channels(model: ModelProto, prepared: Prepared, dag, sparsity: float, criterion: str = "path-mass",
                    scope: str = "global", seed: int = 0, providers=None, selection: Selection | None = None,
-                   repeats: int = 20) -> ChannelPrune:
+                   repeats: int = 20, outputs: list[str] | None = None) -> ChannelPrune:
     """Score the channel groups of ``model`` and remove the ``sparsity`` fraction of the removable ones
     (or of a cost: ``selection.target``) with the lowest normalised scores (:func:`choose`),
-    and build the masked and the slim model (checked against each other). Shared initializers and
-    those read through an Identity are copied for each reader (:func:`untie`) and merged back where
-    they stay equal."""
+    and build the masked and the slim model (checked against each other on ``outputs``, default the
+    DAG's). Shared initializers and those read through an Identity are copied for each reader
+    (:func:`untie`) and merged back where they stay equal. ``dag`` may be None for a criterion that needs
+    no DAG (``l1-norm``, ``random``, a ``selection.scorer``)."""
     from ..frontend.importer import import_prepared
     from .channels import channel_graph, group_scores
 
@@ -354,13 +355,15 @@ def prune_channels(model: ModelProto, prepared: Prepared, dag, sparsity: float, 
         if sel.scorer is not None:
             scores = sel.scorer(cg, current, p)
         else:
-            at = dag if step == 1 and not origin else import_prepared(prepare(current, p.inputs), None)
+            at = dag if sel.criterion != "path-mass" or (step == 1 and not origin) \
+                else import_prepared(prepare(current, p.inputs), None)
             scores = group_scores(cg, p, sel.criterion, at, sel.seed, providers)
         removed = choose(cg, _restrict(cg, scores, sel.layers), sparsity * step / sel.steps, sel.scope, sel.round_to,
                          sel.min_keep, costs, sel.normalised)
     masked = retie(masked_model(untied, cg, removed), origin)
     slim = retie(slim_model(untied, cg, removed), origin)
-    return ChannelPrune(cg, scores, removed, masked, slim, check_slim(masked, slim, prepared, list(dag.outputs)),
+    names = list(dag.outputs) if outputs is None else outputs
+    return ChannelPrune(cg, scores, removed, masked, slim, check_slim(masked, slim, prepared, names),
                         _achieved(cg, costs, removed, _restrict(cg, scores, sel.layers)), untied, origin)
 
 
