@@ -12,7 +12,11 @@
   (one layer, several layers — e.g. Clip/LeakyRelu/PRelu as DAG-ReLU chains —, or none: identity);
 * every **refusal** (node name, op type, reason), the nodes left out because they sit behind a
   refused one, and the nearest tensors that do import (``--output`` them to analyse the rest). A refused
-  model still gets its report (``status == "refused"``).
+  model still gets its report (``status == "refused"``);
+* what it can be used for: ``analysable`` (path-norms, scores, compare's certificate: the import
+  succeeded) and ``channel_pruning`` (:func:`~onnx_pathlift.pruning.prune.channel_readiness`: removable
+  channel groups, the criterion ``prune --structure channel`` would rank by, whether it is certified),
+  which needs the prepared graph only.
 """
 
 from __future__ import annotations
@@ -88,6 +92,10 @@ class Inspection:
     analysable_outputs: list[str] = field(default_factory=list)  # refused: the nearest tensors that import (--output)
     blocked: dict[str, int] = field(default_factory=dict)  # live nodes behind a refused node
     notes: list[str] = field(default_factory=list)
+    analysable: bool = False  # path-norms, scores, certificates: the import succeeded
+    #: what ``prune --structure channel`` would do (:func:`~onnx_pathlift.pruning.prune.channel_readiness`);
+    #: refused while preparing: ``{"prunable": False, "reason": ...}``
+    channel_pruning: dict[str, Any] = field(default_factory=dict)
 
     @property
     def decomposed(self) -> list[Imported]:
@@ -189,12 +197,15 @@ def inspect_model(source: ModelSource, input_shape=None, outputs: list[str] | No
     operators gets a report with ``status == "refused"`` and every refusal listed
     (``Inspection.error()`` is the error).
     """
+    from ..pruning.prune import channel_readiness
+
     model = load_model(source, limits)
     report = _base(model, name if name is not None else model_name(source))
     try:
         prepared = prepare(model, input_shape, limits)
     except UnsupportedModelError as err:  # refused while preparing (opset, sparse tensors, ...)
         report.status, report.refusals = "refused", list(err.refusals)
+        report.channel_pruning = {"prunable": False, "reason": f"refused while preparing: {err.refusals[0]}"}
         return report
     declared = report.graph_inputs
     report.input_shapes = {k: list(v) for k, v in prepared.inputs.items()}
@@ -204,12 +215,14 @@ def inspect_model(source: ModelSource, input_shape=None, outputs: list[str] | No
             report.batch[k] = {"size": v[0], "declared": dim if isinstance(dim, int) else f"symbolic {dim!r}"}
     report.folded = {"nodes": prepared.folded, "ops": dict(prepared.folded_ops.most_common()),
                      "notes": [f"{n} {op}: {_FOLDED[op]}" for op, n in prepared.folded_ops.most_common() if op in _FOLDED]}
-    trace = ImportTrace()
+    trace, refusal = ImportTrace(), None
     try:
         dag = import_prepared(prepared, outputs, trace)
     except UnsupportedModelError as err:
-        report.status, dag = "refused", trace.dag
+        report.status, dag, refusal = "refused", trace.dag, err
         report.refusals, report.analysable_outputs = list(err.refusals), list(err.analysable)
+    report.analysable = refusal is None
+    report.channel_pruning = channel_readiness(model, prepared, refusal)
     report.analysed_outputs = list(trace.analysed)
     report.cut, report.dropped = trace.cuts, trace.dropped
     report.imported = _imported(trace)

@@ -343,3 +343,17 @@ def _print_inspection(r) -> None:
     for note in r.notes:  # the cuts and the folding are listed above
         if not note.startswith(("cut ", "folded ")):
             print(f"  note: {note}")
+    print(f"  analyse (path-norms, scores, certificates): {'yes' if r.analysable else 'no (refused above)'}")
+    print(f"  channel-prune: {_channel_readiness(r.channel_pruning)}")
+
+
+def _channel_readiness(c: dict) -> str:
+    """One line: whether ``prune --structure channel`` can remove groups, by which criterion, certified or not."""
+    if "reason" in c:
+        return f"no ({c['reason']})"
+    kept = "; ".join(f"{k['groups']} kept: {k['reason']}" for k in c["kept"])
+    if not c["prunable"]:
+        return f"no: none of its {c['groups']} channel groups is removable ({kept})"
+    how = (f"by l1-norm ({c['criterion_reason']}); no certificate" if "criterion_reason" in c
+           else "by path-mass, certified by the path-metric")
+    return f"yes, {c['removable']} of {c['groups']} channel groups removable, {how}"

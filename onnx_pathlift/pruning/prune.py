@@ -239,10 +239,13 @@ def _recover(loaded: Loaded, result: ChannelPrune, calib: tuple[np.ndarray, np.n
     return recovery
 
 
-def _refused(refusal: UnsupportedModelError) -> str:
-    """The importer's refusal in one line: its first refused node, and how many more."""
+def _no_dag(refusal: UnsupportedModelError) -> tuple[str, str]:
+    """Why path mass, and why the certificate, are left out of a model the importer refuses (its first
+    refused node, and how many more)."""
     more = len(refusal.refusals) - 1
-    return str(refusal.refusals[0]) + (f" (and {more} more refused node(s))" if more else "")
+    first = str(refusal.refusals[0]) + (f" (and {more} more refused node(s))" if more else "")
+    return (f"path-mass needs a DAG-ReLU network: {first}",
+            f"the certificate (path-metric) needs a DAG-ReLU network: {first}")
 
 
 class PathMassRefused(UnsupportedModelError):
@@ -264,11 +267,35 @@ def _criterion(loaded: Loaded, asked: str | None, criterion: str, calibrated: bo
     if loaded.dag is None:
         if asked == "path-mass":
             raise PathMassRefused(loaded.refusal)
-        why = f"path-mass needs a DAG-ReLU network: {_refused(loaded.refusal)}"
+        why = _no_dag(loaded.refusal)[0]
         if calibrated:
             why += "; so does --calibration's data-aware path mass (the slim model is still recovered by least squares)"
         return "l1-norm", why
     return criterion, None
+
+
+def channel_readiness(model: ModelProto, prepared: Prepared, refusal: UnsupportedModelError | None) -> dict[str, Any]:
+    """What ``prune --structure channel`` would do with ``model`` (``prepared``; ``refusal``: the importer's,
+    None for a DAG-ReLU network), without scoring or running it: its channel groups (``total``, ``removable``:
+    after :func:`~onnx_pathlift.pruning.slim.untie`'s copies, as pruning makes them), ``prunable`` (a
+    removable group exists), the criterion it would rank by (``path-mass``, else ``l1-norm`` and
+    ``criterion_reason``), whether the result is ``certified`` (else ``certificate_reason``) and the
+    reasons that keep the most groups (``kept``, at most three)."""
+    from collections import Counter
+
+    from ..frontend.prepare import prepare
+    from .channels import channel_graph
+    from .slim import untie
+
+    untied, origin = untie(model)
+    cg = channel_graph(untied, prepare(untied, prepared.inputs) if origin else prepared)
+    kept = Counter(g.pinned for g in cg.groups if g.pinned).most_common(3)
+    out: dict[str, Any] = {"groups": len(cg.groups), "removable": len(cg.removable()), "prunable": bool(cg.removable()),
+                           "criterion": "path-mass" if refusal is None else "l1-norm", "certified": refusal is None,
+                           "kept": [{"reason": why, "groups": n} for why, n in kept]}
+    if refusal is not None:
+        out["criterion_reason"], out["certificate_reason"] = _no_dag(refusal)
+    return out
 
 
 def _certificate(loaded: Loaded, result: ChannelPrune, recovery: Recovery | None, input_shape,
@@ -279,8 +306,7 @@ def _certificate(loaded: Loaded, result: ChannelPrune, recovery: Recovery | None
     from ..frontend.importer import import_model
 
     if loaded.dag is None:
-        return {"metric": None, "metric_reason": "the certificate (path-metric) needs a DAG-ReLU network: "
-                                                 + _refused(loaded.refusal)}
+        return {"metric": None, "metric_reason": _no_dag(loaded.refusal)[1]}
     reference = loaded.dag if recovery is None else import_model(recovery.reference, input_shape)
     return {"metric": path_metric(reference, import_model(result.masked, input_shape)).to_dict(input_linf)}
 
