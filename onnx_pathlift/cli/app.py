@@ -141,7 +141,8 @@ def _add_prune(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--structure", default="weight", choices=["weight", "channel"],
                     help="weight: zero single weights (default); channel: remove whole channels, write a smaller model")
     pr.add_argument("--criterion", choices=["path-magnitude", "magnitude", "path-mass", "l1-norm"],
-                    help="weight: path-magnitude (default) or magnitude; channel: path-mass (default) or l1-norm")
+                    help="weight: path-magnitude (default) or magnitude; channel: path-mass (default) or l1-norm "
+                         "(the default where the model is not a DAG-ReLU network: SiLU, GELU, GroupNorm, ...)")
     pr.add_argument("--masked", metavar="MASKED.onnx",
                     help="--structure channel: also write the masked model (removed channels' outgoing weights zeroed)")
     pr.add_argument("--repeats", type=int, default=20, help="--structure channel: latency runs per model (median)")
