@@ -221,3 +221,34 @@ def test_dynamo_exports(capsys, tmp_path, name: str) -> None:
     assert (record["metric"] is None) == (name != "relu")
     assert _slim_vs_masked(slim, masked) <= 1e-4
     assert record["params_after"] == _float_parameters(slim) <= 0.8 * _float_parameters(model)
+
+
+def test_steps_and_targets_without_a_dag(capsys, exported, tmp_path) -> None:
+    """l1-norm in 3 steps towards a parameter target on the ReLU + SE net: no DAG is imported on the way
+    (the steps rescore by l1-norm), the target is met as far as the floors allow, slim = masked."""
+    rc, record, err, slim, masked = _prune(capsys, exported["relu-se"], tmp_path, 0.3, "--steps", 3, "--ranking", "raw",
+                                           "--target", "params", "--round-to", 4)
+    assert rc == 0, err
+    assert (record["criterion"], record["steps"], record["ranking"], record["target"]) == ("l1-norm", 3, "raw", "params")
+    assert record["groups"]["removed"] > 0 and record["params_after"] == _float_parameters(slim) < record["params_before"]
+    assert _slim_vs_masked(slim, masked) <= 1e-4
+
+
+def test_hostile_node_name_in_the_reason(capsys, tmp_path) -> None:
+    """A refused node named with terminal escapes: the note and the report show them escaped."""
+    from builders import make_model
+
+    rng = np.random.default_rng(0)
+    evil = "\x1b]0;owned\x07\x1b[31mtanh"
+    nodes = [onnx.helper.make_node("Conv", ["x", "w1", "b1"], ["h"]), onnx.helper.make_node("Relu", ["h"], ["r"]),
+             onnx.helper.make_node("Conv", ["r", "w2"], ["h2"]), onnx.helper.make_node("Tanh", ["h2"], ["t"], name=evil),
+             onnx.helper.make_node("Conv", ["t", "w3"], ["y"])]
+    params = {"w1": rng.normal(size=(8, 2, 1, 1)), "b1": rng.normal(size=8), "w2": rng.normal(size=(8, 8, 1, 1)),
+              "w3": rng.normal(size=(3, 8, 1, 1))}
+    path = tmp_path / "evil.onnx"
+    onnx.save(make_model(nodes, [("x", (1, 2, 4, 4))], [("y", (1, 3, 4, 4))], params), str(path))
+    rc, out, err = run_main(capsys, "prune", path, "--structure", "channel", "--sparsity", 0.5, "--round-to", 1,
+                            "-o", tmp_path / "slim.onnx")
+    assert rc == 0, err
+    assert "\x1b" not in out + err and "\x07" not in out + err
+    assert "note: ranked by l1-norm" in err and "owned" in err and "no certificate" in out
