@@ -106,10 +106,12 @@ def _slim_vs_masked(slim: Path, masked: Path, trials: int = 3) -> float:
 
 
 def _float_parameters(path: Path) -> int:
-    """Elements of the float initializers in the file (counted here, not by the package)."""
+    """Elements of the float initializers and Constant-node tensors in the file (counted here, not by the package)."""
     model = onnx.load(str(path))
-    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
-    return sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type in floats)
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
+    tensors = [*model.graph.initializer, *(a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute
+                                          if a.name == "value")]
+    return sum(int(np.prod(t.dims)) for t in tensors if t.data_type in floats)
 
 
 def _refused_op(reason: str) -> str:
