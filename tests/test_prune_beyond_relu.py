@@ -1,7 +1,7 @@
 """``prune --structure channel`` and ``inspect`` on networks that are not DAG-ReLU networks (issue 31):
 SiLU, Hardswish, GELU, Mish, Tanh, GroupNorm, MobileNetV3-style squeeze-excitation (Hardswish, SE
-gates by HardSigmoid) and SE gates on a ReLU net, with a ReLU control, exported at run time from torch (CPU, one thread) by the
-TorchScript exporter (the dynamo exporter in the slow tests).
+gates by HardSigmoid) and SE gates on a ReLU net, with a ReLU control (``tools/beyond_relu_nets.py``), exported
+at run time from torch (CPU, one thread) by the TorchScript exporter (the dynamo exporter in the slow tests).
 
 What is checked: the criterion is chosen without the theory (``l1-norm``, with ``criterion_reason``
 naming the importer's refusal; the certificate ``null`` with ``metric_reason``), ``--criterion path-mass``
@@ -18,66 +18,20 @@ import numpy as np
 import onnx
 import pytest
 from checks import run
-from conftest import run_main
+from conftest import load_tool, run_main
 
 torch = pytest.importorskip("torch")
 import torch_archs  # noqa: E402
-from torch import nn  # noqa: E402
 
-SHAPE = (1, 3, 16, 16)
+nets = load_tool("beyond_relu_nets")  # the nets and their export, shared with the measurement
+NETS, SHAPE = nets.NETS, nets.SHAPE
 SPARSITIES = (0.3, 0.5, 0.7)
-
-
-class SqueezeExcite(nn.Module):
-    """MobileNetV3's gate: ``x · HardSigmoid(W2·ReLU(W1·avgpool(x)))`` per channel."""
-
-    def __init__(self, c: int):
-        super().__init__()
-        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, c // 4, 1), nn.ReLU(), nn.Conv2d(c // 4, c, 1),
-                                  nn.Hardsigmoid())
-
-    def forward(self, x):
-        return x * self.gate(x)
-
-
-def _net(act, norm=nn.BatchNorm2d, se: bool = False) -> nn.Module:
-    """stem conv, 1×1 expansion, depthwise 3×3 (then an SE gate), 1×1 projection, pooled dense head."""
-    layers = [nn.Conv2d(3, 16, 3, padding=1), norm(16), act(), nn.Conv2d(16, 32, 1), norm(32), act(),
-              nn.Conv2d(32, 32, 3, padding=1, groups=32), norm(32), act()]
-    if se:
-        layers.append(SqueezeExcite(32))
-    layers += [nn.Conv2d(32, 32, 1), norm(32), act(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)]
-    return nn.Sequential(*layers)
-
-
-def _group_norm(c: int) -> nn.Module:
-    return nn.GroupNorm(4, c)
-
-
-#: name → (network, the op types the importer may refuse in it; none for the ReLU control)
-NETS = {
-    "relu": (lambda: _net(nn.ReLU), set()),
-    "silu": (lambda: _net(nn.SiLU), {"Sigmoid", "Silu", "Swish"}),
-    "hardswish": (lambda: _net(nn.Hardswish), {"HardSwish"}),
-    "gelu": (lambda: _net(nn.GELU), {"Erf", "Gelu"}),
-    "mish": (lambda: _net(nn.Mish), {"Mish", "Softplus", "Tanh"}),
-    "tanh": (lambda: _net(nn.Tanh), {"Tanh"}),
-    "groupnorm": (lambda: _net(nn.ReLU, _group_norm), {"InstanceNormalization", "GroupNormalization"}),
-    "mobilenetv3": (lambda: _net(nn.Hardswish, se=True), {"HardSwish", "HardSigmoid"}),
-    "relu-se": (lambda: _net(nn.ReLU, se=True), {"HardSigmoid"}),
-}
 
 
 def _export(name: str, folder: Path, exporter: str = "torchscript") -> Path:
     """The net with random BatchNorm statistics, exported at opset 17 (TorchScript) or 18 (dynamo)."""
-    torch.set_num_threads(1)
     torch.manual_seed(0)
-    net = torch_archs.randomise(NETS[name][0](), 1).eval()
-    path = folder / f"{name}_{exporter}.onnx"
-    torch.onnx.export(net, (torch.randn(*SHAPE),), str(path), dynamo=exporter == "dynamo",
-                      opset_version=17 if exporter == "torchscript" else 18, input_names=["input"],
-                      output_names=["logits"], **({"verbose": False} if exporter == "dynamo" else {}))
-    return path
+    return nets.export(torch_archs.randomise(NETS[name][0](), 1), folder / f"{name}_{exporter}.onnx", exporter)
 
 
 @pytest.fixture(scope="module")
