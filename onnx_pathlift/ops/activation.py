@@ -18,6 +18,8 @@ import numpy as np
 from ..errors import RefuseNode
 from ..graph.builder import GraphBuilder, LiftBuilder, Scaled
 from ..ir.dag import Layer
+from .arithmetic import elementwise_channels
+from .channel_api import per_channel
 from .context import ImportContext, broadcasts_to, operand
 from .layer_op import ANY, OneLipschitz, ParameterFree
 from .registry import channel_rule, imports, layer_op, spec_rule
@@ -52,8 +54,8 @@ class Relu(ParameterFree, OneLipschitz):
         return ANY
 
 
-channel_rule("same", "Relu", "LeakyRelu", "Clip")  # commute with slicing channels
-channel_rule("elementwise_on_first", "PRelu")  # its per-channel slope is sliced with them
+channel_rule("Relu", "LeakyRelu", "Clip")(per_channel)  # commute with slicing channels
+channel_rule("PRelu", operands="first")(elementwise_channels)  # its per-channel slope is sliced with them
 
 
 @imports("Relu")

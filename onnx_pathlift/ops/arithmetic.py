@@ -20,6 +20,7 @@ from ..errors import Refusal, RefuseNode, UnsupportedModelError
 from ..graph.builder import GraphBuilder, LiftBuilder, Scaled
 from ..graph.exponents import Exponent, compact, exp_diff, lifted_log2, pow_scaled, scaled_power
 from ..ir.dag import Layer
+from .channel_api import ChannelBuilder, Layout
 from .context import ImportContext, attributes, operand
 from .forms import unbroadcast
 from .layer_op import ANY, LayerOp, OneLipschitz, ParameterFree
@@ -164,7 +165,29 @@ class Sum(ParameterFree, OneLipschitz):
         return float(np.logaddexp2.reduce(ins))
 
 
-channel_rule("elementwise", "Add", "Sub", "Sum", "Mul", "Div")  # a skip joins its operands' channels
+@channel_rule("Add", "Sub", "Sum", "Mul", "Div", operands="any")
+def elementwise_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
+    """Activations of the output's shape are joined channel by channel (a residual skip: channel
+    ``c`` of every operand feeds channel ``c`` of the sum); a constant operand is sliced along the
+    channel axis where it has one entry per channel, ignored where it broadcasts (size 1); one of
+    another size pins the channels. Activations that broadcast against each other are not sliced."""
+    acts = [i for i in node.input if not b.is_const(i)]
+    out_shape = b.shape(node.output[0])
+    x = xs[0]
+    if any(b.shape(i) != out_shape or b.layouts[i].axis != x.axis or b.layouts[i].block != x.block for i in acts):
+        return b.opaque(node, f"{node.op_type} node {node.name!r} broadcasts activations")
+    out = b.same(node, x)
+    for layout in xs[1:]:
+        b.join(b.slots(x), b.slots(layout))
+    for name in (i for i in node.input if i and b.is_const(i)):
+        value = b.consts[name]
+        axis = x.axis - (len(out_shape) - value.ndim)
+        if axis < 0 or value.shape[axis] == 1:
+            continue
+        if value.shape[axis] != x.n * x.block:
+            return b.pin(out, f"{node.op_type} node {node.name!r}: constant {name!r} does not broadcast per channel")
+        if b.owned_or_pin([name], [out], node):
+            b.entry(out, "slice", name, axis, x.block)
 
 
 @spec_rule("Add", "Sub", "Mul", "Div")

@@ -6,9 +6,12 @@ Algebra: ``y = s·x + t`` per channel with ``s = γ/√(var + ε)``, ``t = β �
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import InvalidModelError, RefuseNode
+from .channel_api import ChannelBuilder, Layout
 from .context import ImportContext, operand
 from .registry import channel_rule, imports, spec_rule
 
@@ -24,7 +27,22 @@ def batchnorm_spec(node, consts: dict[str, np.ndarray], shapes: dict[str, tuple[
     return None
 
 
-channel_rule("batchnorm", "BatchNormalization")
+def batchnorm_macs(node, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> int:
+    """One multiply-add per output entry (the folded ``scale·x + shift``)."""
+    return math.prod(shapes[node.output[0]])
+
+
+@channel_rule("BatchNormalization", macs=batchnorm_macs)
+def batchnorm_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
+    """Per channel: channel ``c`` in and out are one channel; its scale, bias, mean and variance
+    entries ``c`` are sliced with it (on a flattened tensor the statistics do not follow: pinned)."""
+    x = xs[0]
+    out = b.same(node, x)
+    if x.axis != 1 or x.block != 1:
+        return b.pin(out, f"BatchNormalization {node.name!r} on a flattened tensor")
+    if b.owned_or_pin(list(node.input[1:5]), [out], node):
+        for name in node.input[1:5]:
+            b.entry(out, "slice", name, 0)
 
 
 @imports("BatchNormalization", note="kept as its own per-channel affine layer (not fused into the layer before)")

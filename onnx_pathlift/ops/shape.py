@@ -8,6 +8,7 @@ static output shape; Identity, Dropout (inference) and float-to-float Cast are a
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -19,6 +20,7 @@ from ..graph.bounds import along_axis
 from ..graph.builder import GraphBuilder, LiftBuilder, Scaled, on_axis
 from ..graph.exponents import compact
 from ..ir.dag import Layer
+from .channel_api import ChannelBuilder, Layout, per_channel
 from .context import ImportContext, attributes, operand
 from .layer_op import ANY, MovesNeurons, OneLipschitz, ParameterFree
 from .registry import channel_rule, head_role, imports, layer_op, spec_rule
@@ -162,11 +164,81 @@ class Concat(ParameterFree, OneLipschitz):
         return np.concatenate([on_axis(along_axis(lu, shape, axis), rank, axis) for lu, shape in zip(bs, shapes)], axis=axis)
 
 
-channel_rule("flatten", "Flatten", "Reshape")
-channel_rule("spatial", "Squeeze", "Unsqueeze")
-channel_rule("concat", "Concat")
-channel_rule("same", "Identity", "Dropout", "Cast")
-channel_rule("pad", "Pad")
+channel_rule("Identity", "Dropout", "Cast")(per_channel)
+
+
+@channel_rule("Flatten")
+def flatten_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
+    """Flatten (axis 1) of ``(N, C, rest...)``: channel ``c`` becomes a block of ``Π rest`` features."""
+    if int(b.attrs(node).get("axis", 1)) != 1:
+        return b.opaque(node)
+    _flat(b, node, xs[0])
+
+
+@channel_rule("Reshape")
+def reshape_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
+    """Reshape to ``(N, C·rest)``: as Flatten; its constant target's entry 1, when it is neither -1
+    nor 0 (on an unflattened tensor), is rewritten to the kept width (a computed target pins)."""
+    out = _flat(b, node, xs[0])
+    if out is None:
+        return
+    name, target = node.input[1], b.consts.get(node.input[1])
+    if target is None or target.shape != (2,):
+        return b.pin(out, f"Reshape {node.name!r}: its shape is not a constant")
+    if int(target[1]) != -1 and not (int(target[1]) == 0 and out.block == 1):
+        if b.owned_or_pin([name], [out], node):
+            b.width(name, 1, node.output[0])
+
+
+def _flat(b: ChannelBuilder, node, x: Layout) -> Layout | None:
+    """``(N, C, rest...)`` → ``(N, C·rest)``: channel ``c`` becomes a block of ``Π rest`` features
+    (None, the node opaque, for any other shape)."""
+    shape_in, shape_out = b.shape(node.input[0]), b.shape(node.output[0])
+    if x.axis != 1 or len(shape_out) != 2 or shape_out[0] != shape_in[0]:
+        b.opaque(node)
+        return None
+    out = b.new(node.output[0], x.n, 1, x.block * math.prod(shape_in[2:]))
+    b.join(b.slots(x), b.slots(out))
+    return out
+
+
+@channel_rule("Squeeze", "Unsqueeze")
+def spatial_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
+    """Squeeze/Unsqueeze (and Reduce*) over axes after the channel axis keep the channels (a
+    reduction without axes reduces all of them: not per channel)."""
+    x, axes = xs[0], b.attrs(node).get("axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        axes = b.consts.get(node.input[1])
+    rank = max(len(b.shape(node.input[0])), len(b.shape(node.output[0])))
+    if axes is None or x.axis != 1 or x.block != 1 or any(int(a) % rank < 2 for a in np.ravel(axes)):
+        return b.opaque(node)
+    b.same(node, x)
+
+
+@channel_rule("Concat", operands="any")
+def concat_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
+    """Concat on the channel axis: input ``k``'s channel ``c`` is output channel ``offset_k + c``."""
+    rank = len(b.shape(node.output[0]))
+    axis = int(b.attrs(node)["axis"]) % rank
+    if any(i not in b.layouts for i in node.input) or any(x.axis != axis or x.block != 1 for x in xs):
+        return b.opaque(node)
+    out = b.new(node.output[0], sum(x.n for x in xs), axis)
+    offset = out.base
+    for x in xs:
+        b.join(b.slots(x), np.arange(offset, offset + x.n))
+        offset += x.n
+
+
+@channel_rule("Pad")
+def pad_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
+    """Pad with constant pads, none on the channel axis: per channel (padding channels is not sliced)."""
+    x, pads = xs[0], b.attrs(node).get("pads")
+    if pads is None and len(node.input) > 1:
+        pads = b.consts.get(node.input[1])
+    rank = len(b.shape(node.input[0]))
+    if pads is not None and len(node.input) <= 3 and int(pads[x.axis]) == 0 == int(pads[x.axis + rank]):
+        return per_channel(b, node, xs)
+    b.opaque(node)
 
 
 @imports("Flatten", "Reshape", "Squeeze", "Unsqueeze")
