@@ -165,7 +165,7 @@ class Sum(ParameterFree, OneLipschitz):
         return float(np.logaddexp2.reduce(ins))
 
 
-@channel_rule("Add", "Sub", "Sum", "Mul", "Div", operands="any")
+@channel_rule("Add", "Sum", operands="any", adds=True)
 def elementwise_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
     """Activations of the output's shape are joined channel by channel (a residual skip: channel
     ``c`` of every operand feeds channel ``c`` of the sum); a constant operand is sliced along the
@@ -188,6 +188,9 @@ def elementwise_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
             return b.pin(out, f"{node.op_type} node {node.name!r}: constant {name!r} does not broadcast per channel")
         if b.owned_or_pin([name], [out], node):
             b.entry(out, "slice", name, axis, x.block)
+
+
+channel_rule("Sub", "Mul", "Div", operands="any")(elementwise_channels)
 
 
 @spec_rule("Add", "Sub", "Mul", "Div")

@@ -11,7 +11,11 @@ Every channel of every activation tensor is a *slot* (:class:`Layout`: slots ``b
   constant), ``data`` being what ``join`` recorded with ``b.edit``;
 * ``macs(node, consts, shapes)``: its multiply-accumulates (the parameters are the float constants it
   reads), for the ``macs`` cost and the per-node table; ``weight``: its work is proportional to the
-  product of its weight's (input 1) axes, which the pruning cuts.
+  product of its weight's (input 1) axes, which the pruning cuts;
+* for recovery (:mod:`onnx_pathlift.pruning.recover`): ``refit``, how its weight is refit by least
+  squares (:data:`REFITS`; None: its bias alone is shifted), ``bias`` the input index of its bias along
+  the output channels (None: it has none), ``adds`` whether its output is the sum of its operands (a
+  residual skip).
 
 The rules are registered with :func:`onnx_pathlift.ops.registry.channel_rule`; an op type without one pins
 the channels it touches."""
@@ -84,6 +88,9 @@ Macs = Callable[[NodeProto, dict[str, np.ndarray], dict[str, tuple[int, ...]]], 
 #: activation, input 0, one output), "one" (one activation, input 0), "first" (input 0 an activation),
 #: "any" (activations anywhere)
 OPERANDS = ("single", "one", "first", "any")
+#: how a weight layer is refit: "kernel" (a 2-D conv kernel ``W[o, c/group, kh, kw]``, one fit per group on
+#: im2col patches), "dense" (``x @ W`` with Gemm's ``transB``/``alpha`` attributes where given)
+REFITS = ("kernel", "dense")
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,9 @@ class ChannelRule:
     edit: Edit | None = None
     macs: Macs | None = None
     weight: bool = False
+    refit: str | None = None
+    bias: int | None = None
+    adds: bool = False
 
 
 def optional_input(node: NodeProto, k: int) -> str | None:

@@ -191,7 +191,7 @@ def kernel_macs(node, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int
     return math.prod(shapes[node.output[0]]) * math.prod(w.shape[1:]) if w is not None else 0
 
 
-@channel_rule("Conv", edit=_set_group, macs=kernel_macs, weight=True)
+@channel_rule("Conv", edit=_set_group, macs=kernel_macs, weight=True, refit="kernel", bias=2)
 def conv_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
     """``group`` 1: input channel ``c`` is a sink (weight column ``W[:, c]``), output channel ``o`` a
     source (filter ``W[o]``, bias ``b[o]`` sliced with it); depthwise (``group`` = channels in = out):

@@ -194,7 +194,7 @@ def deconv_macs(node, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int
     return math.prod(shapes[node.input[0]]) * math.prod(w.shape[1:]) if w is not None else 0
 
 
-@channel_rule("ConvTranspose", macs=deconv_macs, weight=True)
+@channel_rule("ConvTranspose", macs=deconv_macs, weight=True, bias=2)
 def deconv_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
     """``group`` 1, kernel ``(C_in, C_out, k...)``: input channel ``c`` is a sink (``W[c]``, the weights
     it scatters with), output channel ``o`` a source (``W[:, o]``, bias ``b[o]`` sliced with it). A

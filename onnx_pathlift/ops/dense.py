@@ -209,13 +209,13 @@ def dense_macs(node, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int,
     return math.prod(shapes[node.output[0]]) * shapes[node.input[0]][-2 if transa else -1]
 
 
-@channel_rule("MatMul", macs=dense_macs, weight=True)
+@channel_rule("MatMul", macs=dense_macs, weight=True, refit="dense")
 def matmul_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
     """MatMul ``x @ W``: see :func:`dense_channels` (no bias)."""
     dense_channels(b, node, xs, gemm=False)
 
 
-@channel_rule("Gemm", macs=dense_macs, weight=True)
+@channel_rule("Gemm", macs=dense_macs, weight=True, refit="dense", bias=2)
 def gemm_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
     """Gemm ``x @ W(ᵀ) + c``: see :func:`dense_channels`."""
     dense_channels(b, node, xs, gemm=True)

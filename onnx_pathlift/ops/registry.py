@@ -11,7 +11,7 @@ import numpy as np
 from onnx import NodeProto
 
 from ..ir.dag import Dag
-from .channel_api import OPERANDS, ChannelRule, Edit, Join, Macs
+from .channel_api import OPERANDS, REFITS, ChannelRule, Edit, Join, Macs
 from .layer_op import LayerOp
 
 if TYPE_CHECKING:
@@ -76,14 +76,15 @@ def head_role(role: str, *op_types: str) -> None:
 
 
 def channel_rule(*op_types: str, operands: str = "single", edit: Edit | None = None, macs: Macs | None = None,
-                 weight: bool = False) -> Callable[[Join], Join]:
+                 weight: bool = False, refit: str | None = None, bias: int | None = None,
+                 adds: bool = False) -> Callable[[Join], Join]:
     """Register a channel rule's ``join`` function for ONNX op types, with its hooks (see
     :class:`~onnx_pathlift.ops.channel_api.ChannelRule`)."""
-    if operands not in OPERANDS:
-        raise ValueError(f"unknown operands {operands!r}")
+    if operands not in OPERANDS or refit not in (None, *REFITS):
+        raise ValueError(f"unknown operands {operands!r} or refit {refit!r}")
 
     def register(join: Join) -> Join:
-        rule = ChannelRule(join, operands, edit, macs, weight)
+        rule = ChannelRule(join, operands, edit, macs, weight, refit, bias, adds)
         _registrar(CHANNEL_RULES, "channel rules", op_types)(rule)
         return join
 
@@ -93,6 +94,17 @@ def channel_rule(*op_types: str, operands: str = "single", edit: Edit | None = N
 def weight_op_types() -> list[str]:
     """The op types whose work scales with their weight's axes (Conv, Gemm, ...), as declared."""
     return [op for op, rule in CHANNEL_RULES.items() if rule.weight]
+
+
+#: ``(node, consts, opset) -> (lo, hi)``: where an activation passes its input with slope 1 (``lo < z < hi``)
+#: and is flat elsewhere (ReLU, Clip): what data-aware pruning and recovery gate and fit through
+PassRange = Callable[[NodeProto, dict[str, np.ndarray], int], tuple[float, float]]
+PASS_RANGES: dict[str, PassRange] = {}
+
+
+def pass_range(*op_types: str) -> Callable[[PassRange], PassRange]:
+    """Register where activations of ``op_types`` pass their input (see :data:`PASS_RANGES`)."""
+    return _registrar(PASS_RANGES, "pass ranges", op_types)
 
 
 def label_lookup(op_type: str, table: int | None, index: int) -> None:

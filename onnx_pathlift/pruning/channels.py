@@ -1,18 +1,15 @@
 """Channel groups of an ONNX graph: what structured pruning may remove together, and their scores.
 
 Every channel (a conv output channel, a dense/MatMul output feature) of every activation tensor is a
-*slot*. Ops that act per channel (bias/BatchNormalization, ReLU/Clip/LeakyRelu, pools, Pad, a
-depthwise conv, Flatten/Reshape into a dense layer, Squeeze/Unsqueeze and reductions over spatial axes) join the slot
-of channel ``c`` of their input to that of their output; an elementwise Add/Sub/Mul/Div/Sum of
-activations joins the slots of all its operands (a residual skip); a Concat on the channel axis
-joins each input slot to its offset in the output, a channel Split or Slice each output slot to its
-input slot; a grouped (not depthwise) conv joins channel k
-of each of its groups, input side and output side, so that its groups keep equal sizes. The
-connected components are the **groups**: a group's channels must be removed together. A group is
-removable when it ends in weight layers only: its *sinks* are the input columns of the Conv / Gemm /
-MatMul layers that read it, its *sources* the filters/rows that write it. It is **pinned** (kept,
-with the reason) when one of its channels is a graph input or output, or is read or written by an
-op that cannot be sliced (Transpose, Gather, a head, a parameter shared by several nodes, ...).
+*slot*. Each op type's channel rule, declared in its family module of ``ops/`` (the protocol is
+:mod:`onnx_pathlift.ops.channel_api`), says which slots it joins: an op that acts per channel joins channel
+``c`` of its input to channel ``c`` of its output, an elementwise sum of activations joins its operands
+(a residual skip), a concatenation or split joins each piece to its offset, a grouped conv joins channel
+``k`` of each of its groups. The connected components are the **groups**: a group's channels must be
+removed together. A group is removable when it ends in weight layers only: its *sinks* are the input
+columns of the weight layers that read it, its *sources* the filters/rows that write it. It is **pinned**
+(kept, with the reason) when one of its channels is a graph input or output, or is read or written by an
+op that cannot be sliced (no rule, or a rule that refuses: a parameter shared by several nodes, ...).
 
 Removing a group zeroes its sinks' columns (the outgoing weights of its neurons ``v``): every path
 through a ``v`` uses exactly one outgoing weight of ``v``, so the paths removed have mass
