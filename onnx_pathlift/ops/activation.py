@@ -57,6 +57,12 @@ class Relu(ParameterFree, OneLipschitz):
 
 
 channel_rule("Relu", "LeakyRelu", "Clip")(per_channel)  # commute with slicing channels
+#: elementwise unary ops (scalar attributes only): output channel c is f(input channel c), so slicing
+#: channels commutes with them; not ReLU networks (path-norms refuse them), but a channel is still a channel
+UNARY = ("Sigmoid", "HardSigmoid", "Tanh", "Erf", "HardSwish", "Softplus", "Softsign", "Elu", "Selu", "Celu", "Mish",
+         "Gelu", "ThresholdedRelu", "Exp", "Log", "Neg", "Abs", "Sqrt", "Reciprocal", "Sign", "Floor", "Ceil", "Round",
+         "Sin", "Cos")
+channel_rule(*UNARY)(per_channel)
 
 
 @pass_range("Relu")

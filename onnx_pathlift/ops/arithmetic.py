@@ -167,15 +167,18 @@ class Sum(ParameterFree, OneLipschitz):
 
 @channel_rule("Add", "Sum", operands="any", adds=True)
 def elementwise_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
-    """Activations of the output's shape are joined channel by channel (a residual skip: channel
-    ``c`` of every operand feeds channel ``c`` of the sum); a constant operand is sliced along the
-    channel axis where it has one entry per channel, ignored where it broadcasts (size 1); one of
-    another size pins the channels. Activations that broadcast against each other are not sliced."""
-    acts = [i for i in node.input if not b.is_const(i)]
+    """Activations are joined channel by channel (a residual skip: channel ``c`` of every operand feeds
+    channel ``c`` of the sum), also where one broadcasts over the others on every axis but the channel
+    axis (a squeeze-excitation gate ``(N, C, 1, 1)`` scaling ``x (N, C, H, W)``: channel ``c`` of the
+    gate scales channel ``c`` of ``x`` only, so the gate's convs are sliced with the channels they
+    scale); a constant operand is sliced along the channel axis where it has one entry per channel,
+    ignored where it broadcasts (size 1); one of another size pins the channels. Activations that
+    broadcast on the channel axis are not sliced."""
+    acts = [i for i in node.input if i and not b.is_const(i)]
     out_shape = b.shape(node.output[0])
     x = xs[0]
-    if any(b.shape(i) != out_shape or b.layouts[i].axis != x.axis or b.layouts[i].block != x.block for i in acts):
-        return b.opaque(node, f"{node.op_type} node {node.name!r} broadcasts activations")
+    if not all(_channelwise(b, i, x, out_shape) for i in acts):
+        return b.opaque(node, f"{node.op_type} node {node.name!r} broadcasts activations across channels")
     out = b.same(node, x)
     for layout in xs[1:]:
         b.join(b.slots(x), b.slots(layout))
@@ -190,7 +193,18 @@ def elementwise_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
             b.entry(out, "slice", name, axis, x.block)
 
 
-channel_rule("Sub", "Mul", "Div", operands="any")(elementwise_channels)
+channel_rule("Sub", "Mul", "Div", "Max", "Min", operands="any")(elementwise_channels)
+
+
+def _channelwise(b: ChannelBuilder, name: str, x: Layout, out_shape: tuple[int, ...]) -> bool:
+    """Whether activation ``name`` has ``x``'s channels and the output's shape, or (unflattened) the
+    output's rank and channel count with size 1 on every axis where it differs (broadcast per channel)."""
+    layout, shape = b.layouts[name], b.shape(name)
+    if (layout.axis, layout.block, layout.n) != (x.axis, x.block, x.n):
+        return False
+    return shape == out_shape or (x.block == 1 and len(shape) == len(out_shape) and shape[x.axis] == out_shape[x.axis]
+                                  and all(d in (1, o) for d, o in zip(shape, out_shape)))
+channel_rule("Pow", operands="first")(elementwise_channels)  # x ** constant (GELU's tanh form: x ** 3)
 
 
 @spec_rule("Add", "Sub", "Mul", "Div")

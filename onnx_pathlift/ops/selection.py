@@ -528,3 +528,18 @@ def import_gather_nd(node, ctx: ImportContext) -> None:
     if flat.size == 0:
         raise RefuseNode("it selects no neuron")
     ctx.add(node, "flat_select", [ctx.act(node.input[0])], out, attrs={"flat": flat})
+
+
+@channel_rule("Resize", "Upsample")
+def resize_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
+    """Resize/Upsample with the batch and channel axes unscaled: each output channel is resampled from
+    the same input channel alone, so channel ``c`` in and out are one channel; a constant ``sizes``
+    that lists the channel axis has that entry rewritten (a computed or shared one pins)."""
+    x, shape_in, shape_out = xs[0], b.shape(node.input[0]), b.shape(node.output[0])
+    if x.axis != 1 or x.block != 1 or tuple(shape_in[:2]) != tuple(shape_out[:2]):
+        return b.opaque(node, f"{node.op_type} {node.name!r} resamples the batch or channel axis")
+    out = b.same(node, x)
+    sizes = node.input[3] if len(node.input) > 3 and node.input[3] else ""
+    axes = [int(a) % len(shape_in) for a in b.attrs(node).get("axes", range(len(shape_in)))]
+    if sizes and 1 in axes and b.owned_or_pin([sizes], [out], node):
+        b.width(sizes, axes.index(1), node.output[0])

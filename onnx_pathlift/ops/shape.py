@@ -178,8 +178,12 @@ def flatten_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
 @channel_rule("Reshape")
 def reshape_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
     """Reshape to ``(N, C·rest)``: as Flatten; its constant target's entry 1, when it is neither -1
-    nor 0 (on an unflattened tensor), is rewritten to the kept width (a computed target pins)."""
-    out = _flat(b, node, xs[0])
+    nor 0 (on an unflattened tensor), is rewritten to the kept width (a computed target pins). A
+    reshape that keeps the batch axis and regroups the channel axis is :func:`_regroup`."""
+    x, shape_in, shape_out = xs[0], b.shape(node.input[0]), b.shape(node.output[0])
+    if len(shape_out) > 2 and len(shape_in) >= 2 and x.axis == 1 and x.block == 1 and shape_in[0] == shape_out[0]:
+        return _regroup(b, node, x, shape_out)
+    out = _flat(b, node, x)
     if out is None:
         return
     name, target = node.input[1], b.consts.get(node.input[1])
@@ -188,6 +192,39 @@ def reshape_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
     if int(target[1]) != -1 and not (int(target[1]) == 0 and out.block == 1):
         if b.owned_or_pin([name], [out], node):
             b.width(name, 1, node.output[0])
+
+
+def _regroup(b: ChannelBuilder, node, x: Layout, shape_out: tuple[int, ...]) -> None:
+    """``(N, C, rest...)`` → ``(N, C', rest'...)`` with ``C'`` = ``C`` (channels kept: ``(N, C)`` →
+    ``(N, C, 1, 1)``), ``C/k`` (GroupNorm's ``(N, G, -1)``: slot ``g`` holds the ``k = C/G`` channels
+    ``g·k .. g·k + k − 1``, contiguous in row-major order, so only whole groups can go and removable
+    counts are multiples of ``C/G``) or ``C·k`` (back: slot ``g`` becomes channels ``g·k ..``). The
+    target's entry 1 is rewritten (a constant) or follows a ``Shape`` of a tensor with the output's
+    channels, joined to them (computed in the slim model); any other target pins."""
+    n = shape_out[1]
+    if x.n % n and n % x.n:
+        return b.opaque(node)
+    out = b.new(node.output[0], n, 1)
+    big, small = (x, out) if x.n >= n else (out, x)
+    k = big.n // small.n
+    b.join(b.slots(big), small.base + np.arange(big.n) // k)
+    name, target = node.input[1], b.consts.get(node.input[1])
+    if target is None or target.shape != (len(shape_out),):
+        return b.pin(out, f"Reshape {node.name!r}: its shape is not a constant")
+    shape_of = _shape_source(b, name)
+    if shape_of is not None and b.shape(shape_of) == shape_out and b.layouts[shape_of] == Layout(b.layouts[shape_of].base, n, 1):
+        return b.join(b.slots(b.layouts[shape_of]), b.slots(out))
+    if int(target[1]) not in (-1, 0) and b.owned_or_pin([name], [out], node):
+        b.width(name, 1, node.output[0])
+
+
+def _shape_source(b: ChannelBuilder, name: str) -> str | None:
+    """The tensor whose whole shape the source model computes into ``name`` (a ``Shape`` node without
+    start/end read by one node alone), if it has a channel layout; else None."""
+    source = b.producer(name)
+    if source is None or source.op_type != "Shape" or source.attribute or b.uses[name] != 1:
+        return None
+    return source.input[0] if source.input[0] in b.layouts else None
 
 
 def _flat(b: ChannelBuilder, node, x: Layout) -> Layout | None:

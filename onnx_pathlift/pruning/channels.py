@@ -91,7 +91,8 @@ class _Builder:
         self.consts = prepared.consts
         self.reshapes: dict[str, tuple[int, str]] = {}
         self.edits: dict[str, tuple[str, Any]] = {}
-        uses = Counter(i for node in model.graph.node for i in node.input if i)
+        self.uses = uses = Counter(i for node in model.graph.node for i in node.input if i)
+        self.producers = {o: node for node in model.graph.node for o in node.output if o}
         consts = {t.name for t in model.graph.initializer}
         consts |= {node.output[0] for node in model.graph.node  # a Constant holding a tensor (not value_ints, ...)
                    if node.op_type == "Constant" and [a.name for a in node.attribute] == ["value"]}
@@ -116,9 +117,14 @@ class _Builder:
             for s in self.slots(layout):
                 self.pins.setdefault(int(s), why)
 
-    def entry(self, layout: Layout, kind: str, name: str, axis: int, block: int = 1) -> None:
+    def entry(self, layout: Layout, kind: str, name: str, axis: int, block: int = 1, start: int = 0) -> None:
+        """Slot ``c`` of ``layout`` takes indices ``start + c·block .. start + (c+1)·block − 1`` of ``name``'s ``axis``."""
         for c, s in enumerate(self.slots(layout)):
-            self.entries.append((int(s), kind, (name, axis, c * block, (c + 1) * block)))
+            self.entries.append((int(s), kind, (name, axis, start + c * block, start + (c + 1) * block)))
+
+    def producer(self, name: str) -> NodeProto | None:
+        """The source model's node that writes ``name`` (None for an initializer or a graph input)."""
+        return self.producers.get(name)
 
     def owned_or_pin(self, names: list[str], layouts: list[Layout | None], node: NodeProto) -> bool:
         """True if every named constant can be sliced (owned by this node alone); else pin."""
