@@ -17,7 +17,7 @@ from onnx import helper
 from onnx_pathlift.frontend.prepare import prepare
 from onnx_pathlift.pruning.channels import channel_graph, group_scores
 from onnx_pathlift.pruning.ranking import choose
-from onnx_pathlift.pruning.slim import check_slim, float_parameters, kept_channels, masked_model, slim_model
+from onnx_pathlift.pruning.slim import check_slim, float_parameters, kept_channels, masked_model, slim_model, untie
 
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
@@ -110,6 +110,25 @@ def test_torch_nets_beyond_relu_are_pruned(exported, name: str) -> None:
         assert removed
         if sparsity == 0.5:
             assert float_parameters(slim) <= 0.8 * before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["groupnorm", "se_sigmoid_gate_first", "gelu_tanh", "upsample_tanh"])
+def test_dynamo_exports_beyond_relu_are_pruned(name: str) -> None:
+    """The dynamo exporter (opset 18: GroupNorm as Reshape of constants, pools as ReduceMean, Linear after
+    a Reshape, initializers in value_info) gives other graphs of the same nets: each is pruned as well,
+    slim = masked, and the slim model passes the checker (its value_info follows the cut initializers)."""
+    pytest.importorskip("onnxscript")
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    exported = torch.onnx.export(NETS[name](), (torch.randn(1, 3, 8, 8),), dynamo=True, opset_version=18,
+                                 verbose=False).model_proto
+    model, _ = untie(exported)  # dynamo shares equal constants (GroupNorm's unit scales): a copy per reader, as prune does
+    p = prepare(model)
+    cg = channel_graph(model, p)
+    assert all("graph input" in g.pinned or "graph output" in g.pinned for g in cg.groups if g.pinned)
+    _, _, removed, _, slim = _prune(model, 0.5)
+    assert removed and float_parameters(slim) <= 0.8 * float_parameters(model)
 
 
 def test_groupnorm_removes_whole_groups(exported) -> None:

@@ -53,7 +53,7 @@ class _Constants:
         tensor = numpy_helper.from_array(value, name)
         if name in self.init:
             self.init[name].CopyFrom(tensor)
-            for vi in self.model.graph.input:  # IR-3 files list initializers as inputs too
+            for vi in list(self.model.graph.input) + list(self.model.graph.value_info):  # IR-3 inputs; dynamo's value_info
                 if vi.name == name:
                     vi.type.CopyFrom(helper.make_tensor_type_proto(tensor.data_type, value.shape))
             return
