@@ -264,7 +264,7 @@ class ScoresReport:
 
 def score_weights(source: ModelSource, out: str | os.PathLike | None = None, input_shape: InputShape = None,
                   outputs: list[str] | None = None, providers: str = "cpu") -> ScoresReport:
-    """Path-magnitude scores ``|θ_i|·∂‖Φ‖_1/∂|θ_i|`` of every Conv/Gemm/MatMul weight of ``source``, as
+    """Path-magnitude scores ``|θ_i|·∂‖Φ‖_1/∂|θ_i|`` of every Conv/ConvTranspose/Gemm/MatMul weight of ``source``, as
     fractions of ``‖Φ‖_1``; with ``out``, written there as a float32 ``.npz`` keyed by initializer name.
     Per tensor, ``share`` is the fraction of ``‖Φ‖_1`` carried by the paths through it (these sum to
     more than 1) and ``share_of_scores`` its part of all scores (they sum to 1).

@@ -22,6 +22,7 @@ import threading
 from .. import __version__
 from ..errors import FAIL_ON_EXIT, OutOfMemoryError, PathliftError, UsageError
 from ..fileio import prefetch
+from ..ops.registry import weight_op_types
 from ..sanitise import terminal
 from .commands import SHAPE_FORMS, cmd_audit, cmd_compare, cmd_inspect, cmd_lift, cmd_lipschitz, cmd_norm, cmd_prune, cmd_rescale, cmd_scores
 from .render import _way_out
@@ -212,7 +213,7 @@ COMMANDS = {
     "compare": ("path-metric between two same-architecture models and the certified output-change bound", True,
                 _add_compare, cmd_compare),
     "lipschitz": ("input-space Lipschitz bound ‖Φ_in‖_1 (ℓ∞ → ℓ1)", True, _provider, cmd_lipschitz),
-    "scores": ("path-magnitude scores of every Conv/Gemm/MatMul weight", True, _add_scores, cmd_scores),
+    "scores": (f"path-magnitude scores of every {'/'.join(weight_op_types())} weight", True, _add_scores, cmd_scores),
     "prune": ("prune weights or whole channels by path-magnitude (or magnitude / L1) and certify the output change",
               True, _add_prune, cmd_prune),
     "rescale": ("random neuron-wise rescaling that keeps the function", True, _add_rescale, cmd_rescale),

@@ -13,14 +13,18 @@ The others become small DAGs of ReLU, affine and sum layers (notes §2), so ever
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import RefuseNode
 from ..graph.builder import GraphBuilder, LiftBuilder, Scaled
 from ..ir.dag import Layer
-from .context import ImportContext, broadcasts_to, operand
+from .arithmetic import elementwise_channels
+from .channel_api import per_channel
+from .context import ImportContext, attributes, broadcasts_to, operand
 from .layer_op import ANY, OneLipschitz, ParameterFree
-from .registry import channel_rule, imports, layer_op, spec_rule
+from .registry import channel_rule, imports, layer_op, pass_range, spec_rule
 
 
 @layer_op
@@ -52,8 +56,34 @@ class Relu(ParameterFree, OneLipschitz):
         return ANY
 
 
-channel_rule("same", "Relu", "LeakyRelu", "Clip")  # commute with slicing channels
-channel_rule("elementwise_on_first", "PRelu")  # its per-channel slope is sliced with them
+channel_rule("Relu", "LeakyRelu", "Clip")(per_channel)  # commute with slicing channels
+#: elementwise unary ops (scalar attributes only): output channel c is f(input channel c), so slicing
+#: channels commutes with them; not ReLU networks (path-norms refuse them), but a channel is still a channel
+UNARY = ("Sigmoid", "HardSigmoid", "Tanh", "Erf", "HardSwish", "Softplus", "Softsign", "Elu", "Selu", "Celu", "Mish",
+         "Gelu", "ThresholdedRelu", "Exp", "Log", "Neg", "Abs", "Sqrt", "Reciprocal", "Sign", "Floor", "Ceil", "Round",
+         "Sin", "Cos")
+channel_rule(*UNARY)(per_channel)
+
+
+@pass_range("Relu")
+def relu_range(node, consts: dict[str, np.ndarray], opset: int) -> tuple[float, float]:
+    """ReLU passes ``z`` for ``0 < z``."""
+    return 0.0, math.inf
+
+
+@pass_range("Clip")
+def clip_range(node, consts: dict[str, np.ndarray], opset: int) -> tuple[float, float]:
+    """Clip passes ``z`` for ``min < z < max`` (attributes before opset 11, constant inputs 1 and 2
+    after; absent: ∓∞)."""
+    a = attributes(node, opset)
+    lo, hi = a.get("min", -math.inf), a.get("max", math.inf)
+    for k, default in ((1, -math.inf), (2, math.inf)):
+        if len(node.input) > k:
+            value = consts.get(node.input[k]) if node.input[k] else None
+            bound = default if value is None else float(np.asarray(value).reshape(()))
+            lo, hi = (bound, hi) if k == 1 else (lo, bound)
+    return float(lo), float(hi)
+channel_rule("PRelu", operands="first")(elementwise_channels)  # its per-channel slope is sliced with them
 
 
 @imports("Relu")

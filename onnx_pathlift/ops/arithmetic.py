@@ -20,6 +20,7 @@ from ..errors import Refusal, RefuseNode, UnsupportedModelError
 from ..graph.builder import GraphBuilder, LiftBuilder, Scaled
 from ..graph.exponents import Exponent, compact, exp_diff, lifted_log2, pow_scaled, scaled_power
 from ..ir.dag import Layer
+from .channel_api import ChannelBuilder, Layout
 from .context import ImportContext, attributes, operand
 from .forms import unbroadcast
 from .layer_op import ANY, LayerOp, OneLipschitz, ParameterFree
@@ -164,7 +165,46 @@ class Sum(ParameterFree, OneLipschitz):
         return float(np.logaddexp2.reduce(ins))
 
 
-channel_rule("elementwise", "Add", "Sub", "Sum", "Mul", "Div")  # a skip joins its operands' channels
+@channel_rule("Add", "Sum", operands="any", adds=True)
+def elementwise_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
+    """Activations are joined channel by channel (a residual skip: channel ``c`` of every operand feeds
+    channel ``c`` of the sum), also where one broadcasts over the others on every axis but the channel
+    axis (a squeeze-excitation gate ``(N, C, 1, 1)`` scaling ``x (N, C, H, W)``: channel ``c`` of the
+    gate scales channel ``c`` of ``x`` only, so the gate's convs are sliced with the channels they
+    scale); a constant operand is sliced along the channel axis where it has one entry per channel,
+    ignored where it broadcasts (size 1); one of another size pins the channels. Activations that
+    broadcast on the channel axis are not sliced."""
+    acts = [i for i in node.input if i and not b.is_const(i)]
+    out_shape = b.shape(node.output[0])
+    x = xs[0]
+    if not all(_channelwise(b, i, x, out_shape) for i in acts):
+        return b.opaque(node, f"{node.op_type} node {node.name!r} broadcasts activations across channels")
+    out = b.same(node, x)
+    for layout in xs[1:]:
+        b.join(b.slots(x), b.slots(layout))
+    for name in (i for i in node.input if i and b.is_const(i)):
+        value = b.consts[name]
+        axis = x.axis - (len(out_shape) - value.ndim)
+        if axis < 0 or value.shape[axis] == 1:
+            continue
+        if value.shape[axis] != x.n * x.block:
+            return b.pin(out, f"{node.op_type} node {node.name!r}: constant {name!r} does not broadcast per channel")
+        if b.owned_or_pin([name], [out], node):
+            b.entry(out, "slice", name, axis, x.block)
+
+
+channel_rule("Sub", "Mul", "Div", "Max", "Min", operands="any")(elementwise_channels)
+
+
+def _channelwise(b: ChannelBuilder, name: str, x: Layout, out_shape: tuple[int, ...]) -> bool:
+    """Whether activation ``name`` has ``x``'s channels and the output's shape, or (unflattened) the
+    output's rank and channel count with size 1 on every axis where it differs (broadcast per channel)."""
+    layout, shape = b.layouts[name], b.shape(name)
+    if (layout.axis, layout.block, layout.n) != (x.axis, x.block, x.n):
+        return False
+    return shape == out_shape or (x.block == 1 and len(shape) == len(out_shape) and shape[x.axis] == out_shape[x.axis]
+                                  and all(d in (1, o) for d, o in zip(shape, out_shape)))
+channel_rule("Pow", operands="first")(elementwise_channels)  # x ** constant (GELU's tanh form: x ** 3)
 
 
 @spec_rule("Add", "Sub", "Mul", "Div")

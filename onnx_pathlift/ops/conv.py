@@ -17,6 +17,7 @@ from ..graph.bounds import along_axis, channel_vector, log2_max_row_sum, log2_ou
 from ..graph.builder import GraphBuilder, LiftBuilder, Scaled, on_axis
 from ..graph.exponents import compact, exp_vector, lost_below, neg_exp, pow_row_reduce
 from ..ir.dag import Layer
+from .channel_api import ChannelBuilder, Layout, SlimEdit, optional_input
 from .context import ImportContext, attributes, operand
 from .forms import bias_bound, channel_bias, lift_bias, product_exponent, split_weight, transpose_attrs
 from .geometry import pads_problem, spatial_attrs
@@ -179,7 +180,62 @@ def _pointwise_correlation(b: GraphBuilder, x: str, g: str, a: dict, x_shape, y_
     return b.op("Reshape", [c, b.ints([y_shape[1], x_shape[1], *([1] * n)], "shape")], "corr")
 
 
-channel_rule("conv", "Conv")
+def _set_group(node, tensor: str, ctx: SlimEdit) -> None:
+    """A depthwise conv's ``group`` becomes its kept channel count."""
+    next(a for a in node.attribute if a.name == "group").i = ctx.kept[tensor]
+
+
+def kernel_macs(node, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> int:
+    """Conv: each output neuron takes ``C_in/group · Π kernel`` products (``Π W.shape[1:]``)."""
+    w = consts.get(node.input[1])
+    return math.prod(shapes[node.output[0]]) * math.prod(w.shape[1:]) if w is not None else 0
+
+
+@channel_rule("Conv", edit=_set_group, macs=kernel_macs, weight=True, refit="kernel", bias=2)
+def conv_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
+    """``group`` 1: input channel ``c`` is a sink (weight column ``W[:, c]``), output channel ``o`` a
+    source (filter ``W[o]``, bias ``b[o]`` sliced with it); depthwise (``group`` = channels in = out):
+    channel ``c`` in and out are one channel (filter ``c`` sliced, ``group`` edited); other groups:
+    :func:`_grouped`. A conv on a flattened tensor is not sliced."""
+    x, w, bias = xs[0], node.input[1], optional_input(node, 2)
+    weight, group = b.consts[w], int(b.attrs(node).get("group", 1))
+    out = b.new(node.output[0], weight.shape[0], 1)
+    params = [w] + ([bias] if bias else [])
+    if x.axis != 1 or x.block != 1:
+        return b.opaque(node)
+    if group == 1:
+        if b.owned_or_pin(params, [x, out], node):
+            b.entry(x, "sink", w, 1)
+            b.entry(out, "source", w, 0)
+            if bias:
+                b.entry(out, "slice", bias, 0)
+    elif group == x.n == out.n:  # depthwise, multiplier 1: channel c in -> channel c out
+        b.join(b.slots(x), b.slots(out))
+        if b.owned_or_pin(params, [out], node):
+            b.entry(out, "dw", w, 0)
+            if bias:
+                b.entry(out, "slice", bias, 0)
+            b.edit(node, node.output[0])
+    elif x.n % group == 0 and out.n % group == 0:
+        _grouped(b, node, x, out, group, params)
+    else:
+        b.opaque(node)
+
+
+def _grouped(b: ChannelBuilder, node, x: Layout, out: Layout, group: int, params: list[str]) -> None:
+    """A grouped conv keeps equal groups: input channel k of every group is one group (its sink is
+    the weight column k), and so is output channel k of every group (filters k, k + C/G, ...)."""
+    w = node.input[1]
+    cin, cout = x.n // group, out.n // group
+    for layout, per in ((x, cin), (out, cout)):
+        first = np.arange(layout.base, layout.base + per)
+        for g in range(1, group):
+            b.join(first, first + g * per)
+    if b.owned_or_pin(params, [x, out], node):
+        b.entry(Layout(x.base, cin, 1), "sink", w, 1)  # group 0's input channels: columns 0 .. C_in/G - 1
+        b.entry(out, "source", w, 0)
+        if len(params) > 1:
+            b.entry(out, "slice", params[1], 0)
 
 
 def _per_entry(values: np.ndarray, index: np.ndarray, tail: tuple[int, ...]) -> np.ndarray:

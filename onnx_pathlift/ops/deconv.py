@@ -25,12 +25,13 @@ from ..graph.bounds import along_axis, channel_vector, log2_outward
 from ..graph.builder import GraphBuilder, Scaled, on_axis
 from ..graph.exponents import lost_below, pow_scaled
 from ..ir.dag import Layer
+from .channel_api import ChannelBuilder, Layout, optional_input
 from .context import ImportContext
 from .conv import Conv, add_kernel_layer
 from .forms import bias_bound, product_exponent
 from .geometry import split_pads
 from .layer_op import RescaleAxes
-from .registry import imports, layer_op
+from .registry import channel_rule, imports, layer_op
 
 
 def _log2_phase_gain(w: np.ndarray, attrs: dict, lu: np.ndarray, lost: float = 0.0) -> np.ndarray:
@@ -185,3 +186,30 @@ def import_conv_transpose(node, ctx: ImportContext) -> None:
         raise RefuseNode(f"ONNX shape inference gives spatial size {tuple(out_shape[2:])}, onnxruntime computes {sizes}")
     attrs = {"strides": strides, "pads": pads, "dilations": dilations, "output_padding": output_padding, "group": int(a["group"])}
     add_kernel_layer(ctx, node, "deconv", w, attrs)
+
+
+def deconv_macs(node, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> int:
+    """ConvTranspose: each input neuron scatters ``C_out/group · Π kernel`` products (``Π W.shape[1:]``)."""
+    w = consts.get(node.input[1])
+    return math.prod(shapes[node.input[0]]) * math.prod(w.shape[1:]) if w is not None else 0
+
+
+@channel_rule("ConvTranspose", macs=deconv_macs, weight=True, bias=2)
+def deconv_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
+    """``group`` 1, kernel ``(C_in, C_out, k...)``: input channel ``c`` is a sink (``W[c]``, the weights
+    it scatters with), output channel ``o`` a source (``W[:, o]``, bias ``b[o]`` sliced with it). A
+    grouped one is not sliced (its groups would have to keep equal sizes through ``W``'s second axis
+    holding ``C_out/group``): pinned with that reason."""
+    x, w, bias = xs[0], node.input[1], optional_input(node, 2)
+    weight, group = b.consts[w], int(b.attrs(node).get("group", 1))
+    if x.axis != 1 or x.block != 1:
+        return b.opaque(node)
+    if group != 1:
+        return b.opaque(node, f"ConvTranspose {node.name!r} has group {group}: only group 1 is sliced")
+    out = b.new(node.output[0], weight.shape[1], 1)
+    params = [w] + ([bias] if bias else [])
+    if b.owned_or_pin(params, [x, out], node):
+        b.entry(x, "sink", w, 0)
+        b.entry(out, "source", w, 1)
+        if bias:
+            b.entry(out, "slice", bias, 0)

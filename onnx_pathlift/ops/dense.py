@@ -18,6 +18,7 @@ from ..graph.bounds import along_axis, channel_vector, log2_max_row_sum, log2_ou
 from ..graph.builder import GraphBuilder, LiftBuilder, Scaled, on_axis
 from ..graph.exponents import compact, exp_diff, exp_max, exp_vector, lost_below, neg_exp, pow_scaled
 from ..ir.dag import Layer
+from .channel_api import ChannelBuilder, Layout, optional_input
 from .context import ImportContext, attributes, broadcasts_to, operand
 from .forms import bias_bound, channel_bias, lift_bias, product_exponent, split_weight
 from .layer_op import LayerOp, RescaleAxes
@@ -202,7 +203,45 @@ def _log2(x: float) -> float:
     return math.log2(x) if x > 0 else -math.inf
 
 
-channel_rule("dense", "MatMul", "Gemm")
+def dense_macs(node, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> int:
+    """Gemm / MatMul: each output entry takes the contracted length of ``A`` products."""
+    transa = any(a.name == "transA" and a.i for a in node.attribute)
+    return math.prod(shapes[node.output[0]]) * shapes[node.input[0]][-2 if transa else -1]
+
+
+@channel_rule("MatMul", macs=dense_macs, weight=True, refit="dense")
+def matmul_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
+    """MatMul ``x @ W``: see :func:`dense_channels` (no bias)."""
+    dense_channels(b, node, xs, gemm=False)
+
+
+@channel_rule("Gemm", macs=dense_macs, weight=True, refit="dense", bias=2)
+def gemm_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
+    """Gemm ``x @ W(ᵀ) + c``: see :func:`dense_channels`."""
+    dense_channels(b, node, xs, gemm=True)
+
+
+def dense_channels(b: ChannelBuilder, node, xs: list[Layout], gemm: bool) -> None:
+    """Gemm (``transA`` 0) or MatMul with a constant 2-D right operand ``W``, on the last axis: input
+    feature ``c`` (a block of ``x.block`` rows after a flatten) is a sink (its rows of ``W``, or columns
+    under ``transB``), output feature ``o`` a source (its column, or row), a per-feature bias sliced
+    with it. A computed ``W``, ``transA`` or a batched weight is not sliced."""
+    x, w = xs[0], node.input[1]
+    if not b.is_const(w):
+        return b.opaque(node)
+    a, weight = b.attrs(node), b.consts[w]
+    trans = int(a.get("transB", 0))
+    rank = len(b.shape(node.input[0]))
+    if weight.ndim != 2 or int(a.get("transA", 0)) or x.axis != rank - 1:
+        return b.opaque(node)
+    out = b.new(node.output[0], weight.shape[0 if trans else 1], rank - 1)
+    bias = optional_input(node, 2) if gemm else None
+    bias_sliced = bias is not None and b.consts[bias].ndim >= 1 and b.consts[bias].shape[-1] == out.n > 1
+    if b.owned_or_pin([w] + ([bias] if bias_sliced else []), [x, out], node):
+        b.entry(x, "sink", w, 1 if trans else 0, x.block)
+        b.entry(out, "source", w, 0 if trans else 1)
+        if bias_sliced:
+            b.entry(out, "slice", bias, b.consts[bias].ndim - 1)
 
 
 @imports("MatMul")

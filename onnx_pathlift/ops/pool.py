@@ -22,6 +22,7 @@ from ..graph.bounds import along_axis
 from ..graph.builder import GraphBuilder, LiftBuilder, Scaled, on_axis
 from ..graph.exponents import compact, exp_diff, exp_vector, pow_scaled, scaled_power
 from ..ir.dag import Layer
+from .channel_api import per_channel
 from .context import ImportContext, attributes, operand
 from .forms import transpose_attrs
 from .geometry import pads_problem, spatial_attrs
@@ -244,7 +245,7 @@ def pool_spec(node, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, 
     return pads_problem(a)
 
 
-channel_rule("same", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")  # per channel
+channel_rule("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")(per_channel)
 
 
 @imports("MaxPool", "AveragePool")

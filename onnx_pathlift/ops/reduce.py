@@ -28,6 +28,7 @@ from ..ir.dag import Layer
 from .context import ImportContext
 from .layer_op import ParameterFree
 from .registry import channel_rule, imports, layer_op
+from .shape import spatial_channels
 
 _OP_TYPES = {"sum": "ReduceSum", "mean": "ReduceMean", "max": "ReduceMax", "min": "ReduceMin"}
 
@@ -96,7 +97,7 @@ class Reduce(ParameterFree):
         return math.log2(layer.attrs["count"]) if layer.attrs["mode"] == "sum" else 0.0
 
 
-channel_rule("spatial", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin")
+channel_rule("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin")(spatial_channels)  # over spatial axes: per channel
 
 
 @imports("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin")

@@ -11,6 +11,7 @@ import numpy as np
 from onnx import NodeProto
 
 from ..ir.dag import Dag
+from .channel_api import OPERANDS, REFITS, ChannelRule, Edit, Join, Macs
 from .layer_op import LayerOp
 
 if TYPE_CHECKING:
@@ -28,12 +29,9 @@ IMPORT_NOTES: dict[str, str] = {}
 HEAD_ROLES: dict[str, str] = {}
 #: label lookups after a picker: op type -> (input index of its constant class table, or None; of the picked index)
 LOOKUPS: dict[str, tuple[int | None, int]] = {}
-#: how structured pruning slices an ONNX op's channels (:mod:`onnx_pathlift.pruning.channels`, which pins the
-#: channels of every op without a rule): "same" (each channel maps to itself), "pad" (the same when no
-#: channel padding), "conv", "dense", "elementwise" (joins its operands' channels; constants sliced),
-#: "elementwise_on_first" (the same, the activation first: PRelu's slope), "batchnorm", "flatten",
-#: "spatial" (squeezes or reduces non-channel axes), "concat", "split", "crop" (a Slice)
-CHANNEL_RULES: dict[str, str] = {}
+#: how structured pruning joins, slices and counts an ONNX op's channels (:mod:`onnx_pathlift.ops.channel_api`;
+#: :mod:`onnx_pathlift.pruning.channels` pins the channels of every op without a rule)
+CHANNEL_RULES: dict[str, ChannelRule] = {}
 
 
 def _registrar(table: dict[str, Callable], what: str, op_types: tuple[str, ...],
@@ -77,9 +75,36 @@ def head_role(role: str, *op_types: str) -> None:
     HEAD_ROLES.update(dict.fromkeys(op_types, role))
 
 
-def channel_rule(rule: str, *op_types: str) -> None:
-    """Declare how structured pruning slices the channels of ONNX op types (see :data:`CHANNEL_RULES`)."""
-    CHANNEL_RULES.update(dict.fromkeys(op_types, rule))
+def channel_rule(*op_types: str, operands: str = "single", edit: Edit | None = None, macs: Macs | None = None,
+                 weight: bool = False, refit: str | None = None, bias: int | None = None,
+                 adds: bool = False) -> Callable[[Join], Join]:
+    """Register a channel rule's ``join`` function for ONNX op types, with its hooks (see
+    :class:`~onnx_pathlift.ops.channel_api.ChannelRule`)."""
+    if operands not in OPERANDS or refit not in (None, *REFITS):
+        raise ValueError(f"unknown operands {operands!r} or refit {refit!r}")
+
+    def register(join: Join) -> Join:
+        rule = ChannelRule(join, operands, edit, macs, weight, refit, bias, adds)
+        _registrar(CHANNEL_RULES, "channel rules", op_types)(rule)
+        return join
+
+    return register
+
+
+def weight_op_types() -> list[str]:
+    """The op types whose work scales with their weight's axes (Conv, Gemm, ...), as declared."""
+    return [op for op, rule in CHANNEL_RULES.items() if rule.weight]
+
+
+#: ``(node, consts, opset) -> (lo, hi)``: where an activation passes its input with slope 1 (``lo < z < hi``)
+#: and is flat elsewhere (ReLU, Clip): what data-aware pruning and recovery gate and fit through
+PassRange = Callable[[NodeProto, dict[str, np.ndarray], int], tuple[float, float]]
+PASS_RANGES: dict[str, PassRange] = {}
+
+
+def pass_range(*op_types: str) -> Callable[[PassRange], PassRange]:
+    """Register where activations of ``op_types`` pass their input (see :data:`PASS_RANGES`)."""
+    return _registrar(PASS_RANGES, "pass ranges", op_types)
 
 
 def label_lookup(op_type: str, table: int | None, index: int) -> None:

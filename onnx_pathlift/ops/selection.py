@@ -34,6 +34,7 @@ import numpy as np
 from ..errors import RefuseNode
 from ..graph.builder import GraphBuilder
 from ..ir.dag import Layer
+from .channel_api import ChannelBuilder, Layout, SlimEdit
 from .context import ImportContext
 from .layer_op import MovesNeurons
 from .registry import channel_rule, imports, label_lookup, layer_op
@@ -153,8 +154,69 @@ def _add_selection(ctx: ImportContext, node, op: str, index: list[list], out: st
     ctx.alias(out, ctx.add(node, op, [ctx.act(node.input[0])], shape, attrs={"index": index}, suffix=suffix))
 
 
-channel_rule("crop", "Slice")
-channel_rule("split", "Split")
+def _set_range(node, data: tuple[str, str, int, str, int], ctx: SlimEdit) -> None:
+    """A channel Slice's ``starts``/``ends`` entry moves to the kept channels it reads: its start drops by
+    the removed channels before it, its end is the start plus its kept output channels."""
+    starts, ends, j, tensor, lo = data
+    new_lo = lo - sum(1 for c in ctx.gone[tensor] if c < lo)
+    for name, value in ((starts, new_lo), (ends, new_lo + ctx.kept[node.output[0]])):
+        array = ctx.consts.get(name).copy()
+        array[j] = value
+        ctx.consts.set(name, array)
+
+
+@channel_rule("Slice", edit=_set_range)
+def slice_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
+    """Slice (opset ≥ 10, constant starts/ends, step 1): output channel ``c`` is input channel
+    ``start + c``, or each channel is itself when the channel axis is not sliced."""
+    x, rank = xs[0], len(b.shape(node.input[0]))
+    if len(node.input) < 3:
+        return b.opaque(node)
+    ins = list(node.input) + [""] * (5 - len(node.input))
+    starts, ends = (b.consts.get(n) for n in ins[1:3])
+    axes = b.consts.get(ins[3]) if ins[3] else (None if starts is None else np.arange(starts.size))
+    steps = b.consts.get(ins[4]) if ins[4] else np.ones(1)
+    if starts is None or ends is None or axes is None or steps is None or np.any(steps != 1) or x.block != 1:
+        return b.opaque(node)
+    hit = [j for j, ax in enumerate(np.ravel(axes)) if int(ax) % rank == x.axis]
+    if not hit:
+        b.same(node, x)
+        return
+    lo, hi, _ = slice(int(starts[hit[0]]), int(ends[hit[0]])).indices(x.n)
+    out = b.new(node.output[0], max(hi - lo, 0), x.axis)
+    b.join(np.arange(x.base + lo, x.base + lo + out.n), b.slots(out))
+    if b.owned_or_pin(ins[1:3], [x], node):
+        b.edit(node, (ins[1], ins[2], hit[0], node.input[0], lo))
+
+
+def _set_sizes(node, data: tuple[str, list[str]], ctx: SlimEdit) -> None:
+    """A channel Split's sizes (attribute or constant) become its outputs' kept channel counts."""
+    source, outs = data
+    sizes = [ctx.kept[o] for o in outs]
+    if source == "attr":
+        next(a for a in node.attribute if a.name == "split").ints[:] = sizes
+    else:
+        ctx.consts.set(source, np.asarray(sizes, ctx.consts.get(source).dtype))
+
+
+@channel_rule("Split", operands="one", edit=_set_sizes)
+def split_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
+    """Split on the channel axis with explicit sizes: output ``k``'s channel ``c`` is input channel
+    ``offset_k + c``; the sizes are rewritten (a Split into equal parts without sizes pins)."""
+    a, outs, x = b.attrs(node), list(node.output), xs[0]
+    axis = int(a.get("axis", 0)) % len(b.shape(node.input[0]))
+    if axis != x.axis or x.block != 1 or not all(outs):
+        return b.opaque(node)
+    offset = x.base
+    for name in outs:
+        layout = b.new(name, b.shape(name)[axis], axis)
+        b.join(np.arange(offset, offset + layout.n), b.slots(layout))
+        offset += layout.n
+    sizes = "attr" if "split" in a else (node.input[1] if len(node.input) > 1 and node.input[1] else "")
+    if not sizes:
+        return b.pin(x, f"Split {node.name!r} without explicit sizes")
+    if sizes == "attr" or b.owned_or_pin([sizes], [x], node):
+        b.edit(node, (sizes, outs))
 
 
 @imports("Slice")
@@ -466,3 +528,18 @@ def import_gather_nd(node, ctx: ImportContext) -> None:
     if flat.size == 0:
         raise RefuseNode("it selects no neuron")
     ctx.add(node, "flat_select", [ctx.act(node.input[0])], out, attrs={"flat": flat})
+
+
+@channel_rule("Resize", "Upsample")
+def resize_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
+    """Resize/Upsample with the batch and channel axes unscaled: each output channel is resampled from
+    the same input channel alone, so channel ``c`` in and out are one channel; a constant ``sizes``
+    that lists the channel axis has that entry rewritten (a computed or shared one pins)."""
+    x, shape_in, shape_out = xs[0], b.shape(node.input[0]), b.shape(node.output[0])
+    if x.axis != 1 or x.block != 1 or tuple(shape_in[:2]) != tuple(shape_out[:2]):
+        return b.opaque(node, f"{node.op_type} {node.name!r} resamples the batch or channel axis")
+    out = b.same(node, x)
+    sizes = node.input[3] if len(node.input) > 3 and node.input[3] else ""
+    axes = [int(a) % len(shape_in) for a in b.attrs(node).get("axes", range(len(shape_in)))]
+    if sizes and 1 in axes and b.owned_or_pin([sizes], [out], node):
+        b.width(sizes, axes.index(1), node.output[0])

@@ -8,6 +8,7 @@ static output shape; Identity, Dropout (inference) and float-to-float Cast are a
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -19,6 +20,7 @@ from ..graph.bounds import along_axis
 from ..graph.builder import GraphBuilder, LiftBuilder, Scaled, on_axis
 from ..graph.exponents import compact
 from ..ir.dag import Layer
+from .channel_api import ChannelBuilder, Layout, per_channel
 from .context import ImportContext, attributes, operand
 from .layer_op import ANY, MovesNeurons, OneLipschitz, ParameterFree
 from .registry import channel_rule, head_role, imports, layer_op, spec_rule
@@ -162,11 +164,118 @@ class Concat(ParameterFree, OneLipschitz):
         return np.concatenate([on_axis(along_axis(lu, shape, axis), rank, axis) for lu, shape in zip(bs, shapes)], axis=axis)
 
 
-channel_rule("flatten", "Flatten", "Reshape")
-channel_rule("spatial", "Squeeze", "Unsqueeze")
-channel_rule("concat", "Concat")
-channel_rule("same", "Identity", "Dropout", "Cast")
-channel_rule("pad", "Pad")
+channel_rule("Identity", "Dropout", "Cast")(per_channel)
+
+
+@channel_rule("Flatten")
+def flatten_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
+    """Flatten (axis 1) of ``(N, C, rest...)``: channel ``c`` becomes a block of ``Π rest`` features."""
+    if int(b.attrs(node).get("axis", 1)) != 1:
+        return b.opaque(node)
+    _flat(b, node, xs[0])
+
+
+@channel_rule("Reshape")
+def reshape_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
+    """Reshape to ``(N, C·rest)``: as Flatten; its constant target's entry 1, when it is neither -1
+    nor 0 (on an unflattened tensor), is rewritten to the kept width (a computed target pins). A
+    reshape that keeps the batch axis and regroups the channel axis is :func:`_regroup`."""
+    x, shape_in, shape_out = xs[0], b.shape(node.input[0]), b.shape(node.output[0])
+    if len(shape_out) > 2 and len(shape_in) >= 2 and x.axis == 1 and x.block == 1 and shape_in[0] == shape_out[0]:
+        return _regroup(b, node, x, shape_out)
+    out = _flat(b, node, x)
+    if out is None:
+        return
+    name, target = node.input[1], b.consts.get(node.input[1])
+    if target is None or target.shape != (2,):
+        return b.pin(out, f"Reshape {node.name!r}: its shape is not a constant")
+    if int(target[1]) != -1 and not (int(target[1]) == 0 and out.block == 1):
+        if b.owned_or_pin([name], [out], node):
+            b.width(name, 1, node.output[0])
+
+
+def _regroup(b: ChannelBuilder, node, x: Layout, shape_out: tuple[int, ...]) -> None:
+    """``(N, C, rest...)`` → ``(N, C', rest'...)`` with ``C'`` = ``C`` (channels kept: ``(N, C)`` →
+    ``(N, C, 1, 1)``), ``C/k`` (GroupNorm's ``(N, G, -1)``: slot ``g`` holds the ``k = C/G`` channels
+    ``g·k .. g·k + k − 1``, contiguous in row-major order, so only whole groups can go and removable
+    counts are multiples of ``C/G``) or ``C·k`` (back: slot ``g`` becomes channels ``g·k ..``). The
+    target's entry 1 is rewritten (a constant) or follows a ``Shape`` of a tensor with the output's
+    channels, joined to them (computed in the slim model); any other target pins."""
+    n = shape_out[1]
+    if x.n % n and n % x.n:
+        return b.opaque(node)
+    out = b.new(node.output[0], n, 1)
+    big, small = (x, out) if x.n >= n else (out, x)
+    k = big.n // small.n
+    b.join(b.slots(big), small.base + np.arange(big.n) // k)
+    name, target = node.input[1], b.consts.get(node.input[1])
+    if target is None or target.shape != (len(shape_out),):
+        return b.pin(out, f"Reshape {node.name!r}: its shape is not a constant")
+    shape_of = _shape_source(b, name)
+    if shape_of is not None and b.shape(shape_of) == shape_out and b.layouts[shape_of] == Layout(b.layouts[shape_of].base, n, 1):
+        return b.join(b.slots(b.layouts[shape_of]), b.slots(out))
+    if int(target[1]) not in (-1, 0) and b.owned_or_pin([name], [out], node):
+        b.width(name, 1, node.output[0])
+
+
+def _shape_source(b: ChannelBuilder, name: str) -> str | None:
+    """The tensor whose whole shape the source model computes into ``name`` (a ``Shape`` node without
+    start/end read by one node alone), if it has a channel layout; else None."""
+    source = b.producer(name)
+    if source is None or source.op_type != "Shape" or source.attribute or b.uses[name] != 1:
+        return None
+    return source.input[0] if source.input[0] in b.layouts else None
+
+
+def _flat(b: ChannelBuilder, node, x: Layout) -> Layout | None:
+    """``(N, C, rest...)`` → ``(N, C·rest)``: channel ``c`` becomes a block of ``Π rest`` features
+    (None, the node opaque, for any other shape)."""
+    shape_in, shape_out = b.shape(node.input[0]), b.shape(node.output[0])
+    if x.axis != 1 or len(shape_out) != 2 or shape_out[0] != shape_in[0]:
+        b.opaque(node)
+        return None
+    out = b.new(node.output[0], x.n, 1, x.block * math.prod(shape_in[2:]))
+    b.join(b.slots(x), b.slots(out))
+    return out
+
+
+@channel_rule("Squeeze", "Unsqueeze")
+def spatial_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
+    """Squeeze/Unsqueeze (and Reduce*) over axes after the channel axis keep the channels (a
+    reduction without axes reduces all of them: not per channel)."""
+    x, axes = xs[0], b.attrs(node).get("axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        axes = b.consts.get(node.input[1])
+    rank = max(len(b.shape(node.input[0])), len(b.shape(node.output[0])))
+    if axes is None or x.axis != 1 or x.block != 1 or any(int(a) % rank < 2 for a in np.ravel(axes)):
+        return b.opaque(node)
+    b.same(node, x)
+
+
+@channel_rule("Concat", operands="any")
+def concat_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
+    """Concat on the channel axis: input ``k``'s channel ``c`` is output channel ``offset_k + c``."""
+    rank = len(b.shape(node.output[0]))
+    axis = int(b.attrs(node)["axis"]) % rank
+    if any(i not in b.layouts for i in node.input) or any(x.axis != axis or x.block != 1 for x in xs):
+        return b.opaque(node)
+    out = b.new(node.output[0], sum(x.n for x in xs), axis)
+    offset = out.base
+    for x in xs:
+        b.join(b.slots(x), np.arange(offset, offset + x.n))
+        offset += x.n
+
+
+@channel_rule("Pad")
+def pad_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
+    """Pad with constant pads, none on the channel axis: per channel (padding channels is not sliced)."""
+    x, pads = xs[0], b.attrs(node).get("pads")
+    if pads is None and len(node.input) > 1:
+        pads = b.consts.get(node.input[1])
+    rank = len(b.shape(node.input[0]))
+    if pads is not None and len(node.input) <= 3 and int(pads[x.axis]) == 0 == int(pads[x.axis + rank]):
+        return per_channel(b, node, xs)
+    b.opaque(node)
 
 
 @imports("Flatten", "Reshape", "Squeeze", "Unsqueeze")

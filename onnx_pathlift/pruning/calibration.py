@@ -17,6 +17,7 @@ from onnx import ModelProto, NodeProto, helper, numpy_helper
 from ..backend.verify import ModelRunner
 from ..errors import UsageError
 from ..frontend.prepare import Prepared
+from ..ops.registry import PASS_RANGES
 from .slim import _copy
 
 BATCH = 256  # samples per onnxruntime run
@@ -98,26 +99,16 @@ def evaluate(models: dict[str, ModelProto], x: np.ndarray, y: np.ndarray | None,
 
 
 def active_range(node: NodeProto, prepared: Prepared) -> tuple[float, float]:
-    """Where ``node`` (Relu or Clip) passes its input with slope 1: ``lo < z < hi``."""
-    if node.op_type == "Relu":
-        return 0.0, math.inf
-    from ..ops.context import attributes
-
-    a = attributes(node, prepared.opset)
-    lo, hi = a.get("min", -math.inf), a.get("max", math.inf)
-    for k, default in ((1, -math.inf), (2, math.inf)):
-        if len(node.input) > k:
-            value = prepared.consts.get(node.input[k]) if node.input[k] else None
-            bound = default if value is None else float(np.asarray(value).reshape(()))
-            lo, hi = (bound, hi) if k == 1 else (lo, bound)
-    return float(lo), float(hi)
+    """Where ``node`` (an activation with a declared pass range: Relu, Clip) passes its input with
+    slope 1: ``lo < z < hi``."""
+    return PASS_RANGES[node.op_type](node, prepared.consts, prepared.opset)
 
 
 def gated_model(model: ModelProto, prepared: Prepared, x: np.ndarray) -> ModelProto:
-    """``model`` with a constant factor after each Relu / Clip: per neuron, the fraction of the
+    """``model`` with a constant factor after each activation with a pass range (Relu, Clip): per neuron, the fraction of the
     samples ``x`` on which it passes its input (``lo < z < hi``), and one before the network: per
     input neuron, the mean ``|x|``."""
-    acts = [n for n in model.graph.node if n.op_type in ("Relu", "Clip") and n.input and n.input[0] not in prepared.consts]
+    acts = [n for n in model.graph.node if n.op_type in PASS_RANGES and n.input and n.input[0] not in prepared.consts]
     input_name = next(iter(prepared.inputs))
     counts = [0.0] * len(acts)
     for values in batches(model, [n.input[0] for n in acts], x, input_name, prepared.elem_types):

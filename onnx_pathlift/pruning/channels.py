@@ -1,18 +1,15 @@
 """Channel groups of an ONNX graph: what structured pruning may remove together, and their scores.
 
 Every channel (a conv output channel, a dense/MatMul output feature) of every activation tensor is a
-*slot*. Ops that act per channel (bias/BatchNormalization, ReLU/Clip/LeakyRelu, pools, Pad, a
-depthwise conv, Flatten/Reshape into a dense layer, Squeeze/Unsqueeze and reductions over spatial axes) join the slot
-of channel ``c`` of their input to that of their output; an elementwise Add/Sub/Mul/Div/Sum of
-activations joins the slots of all its operands (a residual skip); a Concat on the channel axis
-joins each input slot to its offset in the output, a channel Split or Slice each output slot to its
-input slot; a grouped (not depthwise) conv joins channel k
-of each of its groups, input side and output side, so that its groups keep equal sizes. The
-connected components are the **groups**: a group's channels must be removed together. A group is
-removable when it ends in weight layers only: its *sinks* are the input columns of the Conv / Gemm /
-MatMul layers that read it, its *sources* the filters/rows that write it. It is **pinned** (kept,
-with the reason) when one of its channels is a graph input or output, or is read or written by an
-op that cannot be sliced (Transpose, Gather, a head, a parameter shared by several nodes, ...).
+*slot*. Each op type's channel rule, declared in its family module of ``ops/`` (the protocol is
+:mod:`onnx_pathlift.ops.channel_api`), says which slots it joins: an op that acts per channel joins channel
+``c`` of its input to channel ``c`` of its output, an elementwise sum of activations joins its operands
+(a residual skip), a concatenation or split joins each piece to its offset, a grouped conv joins channel
+``k`` of each of its groups. The connected components are the **groups**: a group's channels must be
+removed together. A group is removable when it ends in weight layers only: its *sinks* are the input
+columns of the weight layers that read it, its *sources* the filters/rows that write it. It is **pinned**
+(kept, with the reason) when one of its channels is a graph input or output, or is read or written by an
+op that cannot be sliced (no rule, or a rule that refuses: a parameter shared by several nodes, ...).
 
 Removing a group zeroes its sinks' columns (the outgoing weights of its neurons ``v``): every path
 through a ``v`` uses exactly one outgoing weight of ``v``, so the paths removed have mass
@@ -29,6 +26,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from onnx import ModelProto, NodeProto
@@ -37,22 +35,13 @@ from ..errors import UsageError
 from ..frontend.prepare import Prepared
 from ..ir.dag import Dag
 from ..ops import require
+from ..ops.channel_api import Entry, Layout
 from ..ops.context import attributes
 from ..ops.registry import CHANNEL_RULES
 
-#: one removable piece of a constant: (tensor name, axis, first index, end index)
-Entry = tuple[str, int, int, int]
+__all__ = ["CRITERIA", "ChannelGraph", "Entry", "Group", "Layout", "channel_graph", "group_scores"]
+
 CRITERIA = ("path-mass", "l1-norm", "random")
-
-
-@dataclass
-class Layout:
-    """The channels of one tensor: slots ``base .. base+n-1`` along ``axis``, each ``block`` wide."""
-
-    base: int
-    n: int
-    axis: int
-    block: int = 1
 
 
 @dataclass
@@ -79,18 +68,18 @@ class ChannelGraph:
     layouts: dict[str, Layout]
     groups: list[Group]
     group_of: np.ndarray  # slot -> group index
-    depthwise: dict[str, str] = field(default_factory=dict)  # node name -> tensor whose channels set `group`
-    reshapes: dict[str, tuple[int, str]] = field(default_factory=dict)  # shape const -> (entry, tensor)
-    splits: dict[str, tuple[str, list[str]]] = field(default_factory=dict)  # Split node -> (sizes: "attr" or const, outputs)
-    #: Slice node -> (starts const, ends const, entry, input tensor, first input channel it reads)
-    crops: dict[str, tuple[str, str, int, str, int]] = field(default_factory=dict)
+    #: a constant that holds a tensor's width (channels × block) -> (index, tensor): a flatten-Reshape's target
+    reshapes: dict[str, tuple[int, str]] = field(default_factory=dict)
+    #: node (name or first output) -> (op type, what its rule's ``edit`` hook needs) for the slim model
+    edits: dict[str, tuple[str, Any]] = field(default_factory=dict)
 
     def removable(self) -> list[int]:
         return [i for i, g in enumerate(self.groups) if not g.pinned]
 
 
 class _Builder:
-    """Walks the graph once, assigning slots, joining them and recording entries and pins."""
+    """Walks the graph once, assigning slots, joining them and recording entries and pins: the
+    :class:`~onnx_pathlift.ops.channel_api.ChannelBuilder` the op modules' channel rules call."""
 
     def __init__(self, model: ModelProto, prepared: Prepared):
         self.p = prepared
@@ -99,11 +88,11 @@ class _Builder:
         self.joins: list[tuple[np.ndarray, np.ndarray]] = []
         self.pins: dict[int, str] = {}
         self.entries: list[tuple[int, str, Entry]] = []  # (slot, kind, entry)
-        self.depthwise: dict[str, str] = {}
+        self.consts = prepared.consts
         self.reshapes: dict[str, tuple[int, str]] = {}
-        self.splits: dict[str, tuple[str, list[str]]] = {}
-        self.crops: dict[str, tuple[str, str, int, str, int]] = {}
-        uses = Counter(i for node in model.graph.node for i in node.input if i)
+        self.edits: dict[str, tuple[str, Any]] = {}
+        self.uses = uses = Counter(i for node in model.graph.node for i in node.input if i)
+        self.producers = {o: node for node in model.graph.node for o in node.output if o}
         consts = {t.name for t in model.graph.initializer}
         consts |= {node.output[0] for node in model.graph.node  # a Constant holding a tensor (not value_ints, ...)
                    if node.op_type == "Constant" and [a.name for a in node.attribute] == ["value"]}
@@ -128,9 +117,14 @@ class _Builder:
             for s in self.slots(layout):
                 self.pins.setdefault(int(s), why)
 
-    def entry(self, layout: Layout, kind: str, name: str, axis: int, block: int = 1) -> None:
+    def entry(self, layout: Layout, kind: str, name: str, axis: int, block: int = 1, start: int = 0) -> None:
+        """Slot ``c`` of ``layout`` takes indices ``start + c·block .. start + (c+1)·block − 1`` of ``name``'s ``axis``."""
         for c, s in enumerate(self.slots(layout)):
-            self.entries.append((int(s), kind, (name, axis, c * block, (c + 1) * block)))
+            self.entries.append((int(s), kind, (name, axis, start + c * block, start + (c + 1) * block)))
+
+    def producer(self, name: str) -> NodeProto | None:
+        """The source model's node that writes ``name`` (None for an initializer or a graph input)."""
+        return self.producers.get(name)
 
     def owned_or_pin(self, names: list[str], layouts: list[Layout | None], node: NodeProto) -> bool:
         """True if every named constant can be sliced (owned by this node alone); else pin."""
@@ -163,209 +157,27 @@ class _Builder:
         self.join(self.slots(x), self.slots(out))
         return out
 
-    def conv(self, node: NodeProto, x: Layout) -> None:
-        w, bias = node.input[1], (node.input[2] if len(node.input) > 2 and node.input[2] else None)
-        weight, group = self.p.consts[w], int(self.attrs(node).get("group", 1))
-        out = self.new(node.output[0], weight.shape[0], 1)
-        params = [w] + ([bias] if bias else [])
-        if x.axis != 1 or x.block != 1:
-            return self.opaque(node)
-        if group == 1:
-            if self.owned_or_pin(params, [x, out], node):
-                self.entry(x, "sink", w, 1)
-                self.entry(out, "source", w, 0)
-                if bias:
-                    self.entry(out, "slice", bias, 0)
-        elif group == x.n == out.n:  # depthwise, multiplier 1: channel c in -> channel c out
-            self.join(self.slots(x), self.slots(out))
-            if self.owned_or_pin(params, [out], node):
-                self.entry(out, "dw", w, 0)
-                if bias:
-                    self.entry(out, "slice", bias, 0)
-                self.depthwise[node.name or node.output[0]] = node.output[0]
-        elif x.n % group == 0 and out.n % group == 0:
-            self.grouped(node, x, out, group, params)
-        else:
-            self.opaque(node)
+    def edit(self, node: NodeProto, data: Any) -> None:
+        """Record what the op's ``edit`` hook needs to rewrite ``node`` in the slim model."""
+        self.edits[node.name or node.output[0]] = (node.op_type, data)
 
-    def grouped(self, node: NodeProto, x: Layout, out: Layout, group: int, params: list[str]) -> None:
-        """A grouped conv keeps equal groups: input channel k of every group is one group (its sink is
-        the weight column k), and so is output channel k of every group (filters k, k + C/G, ...)."""
-        w = node.input[1]
-        cin, cout = x.n // group, out.n // group
-        for layout, per in ((x, cin), (out, cout)):
-            first = np.arange(layout.base, layout.base + per)
-            for g in range(1, group):
-                self.join(first, first + g * per)
-        if self.owned_or_pin(params, [x, out], node):
-            for k in range(cin):
-                self.entries.append((x.base + k, "sink", (w, 1, k, k + 1)))
-            self.entry(out, "source", w, 0)
-            if len(params) > 1:
-                self.entry(out, "slice", params[1], 0)
-
-    def dense(self, node: NodeProto, x: Layout) -> None:
-        """Gemm (transA 0) or MatMul with a constant right operand: sinks are weight rows/columns."""
-        a = self.attrs(node)
-        w = node.input[1]
-        weight = self.p.consts[w]
-        trans = int(a.get("transB", 0)) if node.op_type == "Gemm" else 0
-        rank = len(self.shape(node.input[0]))
-        if weight.ndim != 2 or int(a.get("transA", 0)) or x.axis != rank - 1:
-            return self.opaque(node)
-        out = self.new(node.output[0], weight.shape[0 if trans else 1], rank - 1)
-        bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] else None
-        bias_sliced = bias is not None and self.p.consts[bias].ndim >= 1 and self.p.consts[bias].shape[-1] == out.n > 1
-        if self.owned_or_pin([w] + ([bias] if bias_sliced else []), [x, out], node):
-            self.entry(x, "sink", w, 1 if trans else 0, x.block)
-            self.entry(out, "source", w, 0 if trans else 1)
-            if bias_sliced:
-                self.entry(out, "slice", bias, self.p.consts[bias].ndim - 1)
-
-    def elementwise(self, node: NodeProto, xs: list[Layout]) -> None:
-        """Add/Sub/Mul/Div/Sum/PRelu: activations of one shape joined; constants sliced where per-channel."""
-        acts = [i for i in node.input if not self.is_const(i)]
-        out_shape = self.shape(node.output[0])
-        x = xs[0]
-        if any(self.shape(i) != out_shape or self.layouts[i].axis != x.axis or self.layouts[i].block != x.block
-               for i in acts):
-            return self.opaque(node, f"{node.op_type} node {node.name!r} broadcasts activations")
-        out = self.same(node, x)
-        for layout in xs[1:]:
-            self.join(self.slots(x), self.slots(layout))
-        for name in (i for i in node.input if i and self.is_const(i)):
-            value = self.p.consts[name]
-            axis = x.axis - (len(out_shape) - value.ndim)
-            if axis < 0 or value.shape[axis] == 1:
-                continue
-            if value.shape[axis] != x.n * x.block:
-                return self.pin(out, f"{node.op_type} node {node.name!r}: constant {name!r} does not broadcast per channel")
-            if self.owned_or_pin([name], [out], node):
-                self.entry(out, "slice", name, axis, x.block)
-
-    def batchnorm(self, node: NodeProto, x: Layout) -> None:
-        out = self.same(node, x)
-        if x.axis != 1 or x.block != 1:
-            return self.pin(out, f"BatchNormalization {node.name!r} on a flattened tensor")
-        if self.owned_or_pin(list(node.input[1:5]), [out], node):
-            for name in node.input[1:5]:
-                self.entry(out, "slice", name, 0)
-
-    def flatten(self, node: NodeProto, x: Layout) -> None:
-        """Flatten (axis 1) / Reshape to (N, C·rest): channel c becomes a block of ``rest`` features."""
-        shape_in, shape_out = self.shape(node.input[0]), self.shape(node.output[0])
-        rest = math.prod(shape_in[2:])
-        if node.op_type == "Flatten" and int(self.attrs(node).get("axis", 1)) != 1 or x.axis != 1 \
-                or len(shape_out) != 2 or shape_out[0] != shape_in[0]:
-            return self.opaque(node)
-        out = self.new(node.output[0], x.n, 1, x.block * rest)
-        self.join(self.slots(x), self.slots(out))
-        if node.op_type == "Reshape":
-            name, target = node.input[1], self.p.consts.get(node.input[1])
-            if target is None or target.shape != (2,):
-                return self.pin(out, f"Reshape {node.name!r}: its shape is not a constant")
-            if int(target[1]) != -1 and not (int(target[1]) == 0 and out.block == 1):
-                if self.owned_or_pin([name], [out], node):
-                    self.reshapes[name] = (1, node.output[0])
-
-    def spatial(self, node: NodeProto, x: Layout) -> None:
-        """Squeeze/Unsqueeze/Reduce* over axes after the channel axis keep the channels (a reduction
-        without axes reduces all of them: not per channel)."""
-        axes = self.attrs(node).get("axes")
-        if axes is None and len(node.input) > 1 and node.input[1]:
-            axes = self.p.consts.get(node.input[1])
-        rank = max(len(self.shape(node.input[0])), len(self.shape(node.output[0])))
-        if axes is None or x.axis != 1 or x.block != 1 or any(int(a) % rank < 2 for a in np.ravel(axes)):
-            return self.opaque(node)
-        self.same(node, x)
-
-    def concat(self, node: NodeProto, xs: list[Layout]) -> None:
-        rank = len(self.shape(node.output[0]))
-        axis = int(self.attrs(node)["axis"]) % rank
-        if any(i not in self.layouts for i in node.input) or any(x.axis != axis or x.block != 1 for x in xs):
-            return self.opaque(node)
-        out = self.new(node.output[0], sum(x.n for x in xs), axis)
-        offset = out.base
-        for x in xs:
-            self.join(self.slots(x), np.arange(offset, offset + x.n))
-            offset += x.n
-
-    def split(self, node: NodeProto, x: Layout) -> None:
-        """Split on the channel axis with explicit sizes: output k takes the next sizes[k] channels."""
-        a, outs = self.attrs(node), list(node.output)
-        axis = int(a.get("axis", 0)) % len(self.shape(node.input[0]))
-        if axis != x.axis or x.block != 1 or not all(outs):
-            return self.opaque(node)
-        offset = x.base
-        layouts = []
-        for name in outs:
-            layouts.append(self.new(name, self.shape(name)[axis], axis))
-            self.join(np.arange(offset, offset + layouts[-1].n), self.slots(layouts[-1]))
-            offset += layouts[-1].n
-        sizes = "attr" if "split" in a else (node.input[1] if len(node.input) > 1 and node.input[1] else "")
-        if not sizes:
-            return self.pin(x, f"Split {node.name!r} without explicit sizes")
-        if sizes == "attr" or self.owned_or_pin([sizes], [x], node):
-            self.splits[node.name or outs[0]] = (sizes, outs)
-
-    def crop(self, node: NodeProto, x: Layout) -> None:
-        """Slice (opset ≥ 10, constant starts/ends, step 1): channels start..end-1 of the input, or
-        all of them when the channel axis is not sliced."""
-        rank = len(self.shape(node.input[0]))
-        ins = list(node.input) + [""] * (5 - len(node.input))
-        starts, ends = (self.p.consts.get(n) for n in ins[1:3])
-        axes = self.p.consts.get(ins[3]) if ins[3] else (None if starts is None else np.arange(starts.size))
-        steps = self.p.consts.get(ins[4]) if ins[4] else np.ones(1)
-        if starts is None or ends is None or axes is None or steps is None or np.any(steps != 1) or x.block != 1:
-            return self.opaque(node)
-        hit = [j for j, ax in enumerate(np.ravel(axes)) if int(ax) % rank == x.axis]
-        if not hit:
-            self.same(node, x)
-            return
-        lo, hi, _ = slice(int(starts[hit[0]]), int(ends[hit[0]])).indices(x.n)
-        out = self.new(node.output[0], max(hi - lo, 0), x.axis)
-        self.join(np.arange(x.base + lo, x.base + lo + out.n), self.slots(out))
-        if self.owned_or_pin(ins[1:3], [x], node):
-            self.crops[node.name or node.output[0]] = (ins[1], ins[2], hit[0], node.input[0], lo)
+    def width(self, const: str, index: int, tensor: str) -> None:
+        """The constant ``const`` holds ``tensor``'s width (channels × block) at ``index``: rewritten."""
+        self.reshapes[const] = (index, tensor)
 
     def node(self, node: NodeProto) -> None:
         """Join or pin the channels ``node`` touches, by the channel rule its op type declares (``ops/``)."""
         xs = [self.layouts[i] for i in node.input if i in self.layouts]
         acts = [i for i in node.input if i and not self.is_const(i)]
-        if node.domain not in ("", "ai.onnx") or len(xs) != len(acts) or not xs:
+        rule = CHANNEL_RULES.get(node.op_type)
+        if node.domain not in ("", "ai.onnx") or len(xs) != len(acts) or not xs or rule is None:
             return self.opaque(node)
-        x, rule = xs[0], CHANNEL_RULES.get(node.op_type)
         first = node.input[0] == acts[0]
-        single = len(acts) == 1 and first and len([o for o in node.output if o]) == 1
-        if rule == "conv" and single:
-            self.conv(node, x)
-        elif rule == "dense" and single and self.is_const(node.input[1]):
-            self.dense(node, x)
-        elif rule == "elementwise" or (rule == "elementwise_on_first" and first):
-            self.elementwise(node, xs)
-        elif rule == "batchnorm" and single:
-            self.batchnorm(node, x)
-        elif rule == "flatten" and single:
-            self.flatten(node, x)
-        elif rule == "spatial" and single:
-            self.spatial(node, x)
-        elif rule == "concat":
-            self.concat(node, xs)
-        elif rule == "split" and len(acts) == 1 and first:
-            self.split(node, x)
-        elif rule == "crop" and single and len(node.input) >= 3:
-            self.crop(node, x)
-        elif single and (rule == "same" or (rule == "pad" and self._pad_keeps_channels(node, x))):
-            self.same(node, x)
-        else:
-            self.opaque(node)
-
-    def _pad_keeps_channels(self, node: NodeProto, x: Layout) -> bool:
-        pads = self.attrs(node).get("pads")
-        if pads is None and len(node.input) > 1:
-            pads = self.p.consts.get(node.input[1])
-        rank = len(self.shape(node.input[0]))
-        return pads is not None and len(node.input) <= 3 and int(pads[x.axis]) == 0 == int(pads[x.axis + rank])
+        one = len(acts) == 1 and first
+        fits = {"single": one and len([o for o in node.output if o]) == 1, "one": one, "first": first, "any": True}
+        if not fits[rule.operands]:
+            return self.opaque(node)
+        rule.join(self, node, xs)
 
 
 def _components(n: int, joins: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
@@ -414,7 +226,7 @@ def channel_graph(model: ModelProto, prepared: Prepared) -> ChannelGraph:
     for g in groups:
         if not g.pinned and not g.sinks:
             g.pinned = "read by no weight layer"
-    return ChannelGraph(b.layouts, groups, label, b.depthwise, b.reshapes, b.splits, b.crops)
+    return ChannelGraph(b.layouts, groups, label, b.reshapes, b.edits)
 
 
 def _take(value: np.ndarray, entry: Entry) -> np.ndarray:

@@ -16,8 +16,21 @@ from onnx import ModelProto
 
 from ..errors import UsageError
 from ..frontend.prepare import Prepared, prepare
+from ..ops.registry import CHANNEL_RULES
 from .channels import ChannelGraph, Group
-from .slim import ChannelPrune, _copy, check_slim, float_parameters, layer_costs, masked_model, random_feeds, retie, slim_model, untie
+from .slim import (
+    ChannelPrune,
+    _copy,
+    check_slim,
+    costed_op_types,
+    float_parameters,
+    layer_costs,
+    masked_model,
+    random_feeds,
+    retie,
+    slim_model,
+    untie,
+)
 
 #: default floor on a layer's kept width, as a fraction of its width (``prune --min-keep``)
 MIN_KEEP = 0.1
@@ -246,9 +259,11 @@ def node_times(model: ModelProto, prepared: Prepared, repeats: int = 20) -> dict
 
 
 def _work(cg: ChannelGraph, prepared: Prepared, node, full: dict) -> tuple:
-    """The counters a node's work is proportional to: its weight's axes (Conv/Gemm/MatMul with a
-    constant weight), else its output's channel count (a per-channel op), else none (fixed)."""
-    if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in prepared.consts:
+    """The counters a node's work is proportional to: its weight's axes (an op whose channel rule
+    declares ``weight``: Conv, Gemm, ..., with a constant weight), else its output's channel count (a
+    per-channel op), else none (fixed)."""
+    rule = CHANNEL_RULES.get(node.op_type)
+    if rule is not None and rule.weight and len(node.input) > 1 and node.input[1] in prepared.consts:
         shape = prepared.consts[node.input[1]].shape
         keys = tuple(("c", node.input[1], a) for a in range(len(shape)))
         full.update(zip(keys, shape))
@@ -263,8 +278,8 @@ def _work(cg: ChannelGraph, prepared: Prepared, node, full: dict) -> tuple:
 def channel_costs(cg: ChannelGraph, prepared: Prepared, target: str, repeats: int = 20,
                   original: ModelProto | None = None) -> Costs | None:
     """The :class:`~onnx_pathlift.pruning.channels.Costs` of ``target``: ``params`` (every float constant a
-    group cuts, its size; total: all float parameters), ``macs`` (each Conv/Gemm/MatMul/BN node's
-    :func:`layer_costs` MACs, scaled by its weight's or output's kept fraction), ``latency`` (each node's
+    group cuts, its size; total: all float parameters), ``macs`` (each :func:`layer_costs` node's MACs, scaled
+    by its weight's or output's kept fraction), ``latency`` (each node's
     onnxruntime kernel time from :func:`node_times`, scaled the same way; total: their sum); None
     for ``groups``. ``original``: the model whose parameters are the total (default: ``prepared``'s;
     :func:`prune_channels` passes the model before :func:`untie`'s copies)."""
@@ -281,7 +296,8 @@ def channel_costs(cg: ChannelGraph, prepared: Prepared, target: str, repeats: in
             items.append((float(prepared.consts[name].size), keys))
         return Costs(float(float_parameters(original or prepared.model)), items, full)
     if target == "macs":
-        nodes = [n for n in prepared.nodes if n.op_type in ("Conv", "Gemm", "MatMul", "BatchNormalization")]
+        costed = set(costed_op_types())
+        nodes = [n for n in prepared.nodes if n.op_type in costed]
         items = [(float(c.macs), _work(cg, prepared, n, full)) for n, c in zip(nodes, layer_costs(prepared))]
         return Costs(sum(w for w, _ in items), items, full)
     if target == "latency":

@@ -41,6 +41,7 @@ import numpy as np
 from onnx import ModelProto, NodeProto, helper, numpy_helper
 
 from ..frontend.prepare import Prepared
+from ..ops.registry import CHANNEL_RULES, PASS_RANGES
 from .calibration import active_range, collect, evaluate, fresh_name, gated_model
 from .channels import ChannelGraph, group_scores
 from .refit import Fit, activation_aware, conv_rows, dense_rows, fit
@@ -88,7 +89,8 @@ class _Recoverer:
         fits = []
         for node in self.slim.graph.node:
             acts = [i for i in node.input if i and i not in self.p.consts]
-            weight = node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in self.p.consts
+            rule = CHANNEL_RULES.get(node.op_type)
+            weight = rule is not None and rule.weight and len(node.input) > 1 and node.input[1] in self.p.consts
             if weight and (node.input[1] in self.sinks or changed.intersection(acts)):
                 stored = node.input[1] in self.consts.init or node.input[1] in self.consts.node
                 fits.append(self.refit(node) if stored else LayerFit(node.name or node.output[0], node.op_type, "kept",
@@ -134,9 +136,10 @@ class _Recoverer:
             if len(only) != 1:
                 continue
             acts = [i for i in only[0].input if i and i not in self.p.consts]
-            if only[0].op_type in ("Relu", "Clip"):
+            rule = CHANNEL_RULES.get(only[0].op_type)
+            if only[0].op_type in PASS_RANGES:
                 self.activation[tensor] = active_range(only[0], self.p)
-            if only[0].op_type in ("Add", "Sum") and len(acts) == 2 and acts.count(tensor) == 1:
+            if rule is not None and rule.adds and len(acts) == 2 and acts.count(tensor) == 1:
                 other = acts[1] if acts[0] == tensor else acts[0]
                 if position.get(other, -1) < k:
                     self.skips[tensor] = (only[0].output[0], other)
@@ -155,18 +158,24 @@ class _Recoverer:
 
     def refit(self, node: NodeProto) -> LayerFit:
         self.use_samples(node)
-        a = self.attrs(node)
+        a, how = self.attrs(node), CHANNEL_RULES[node.op_type].refit
         w = self.consts.get(node.input[1])
-        if node.op_type == "Conv" and w.ndim != 4:
+        if how is None:
+            return self.shift(node, f"{node.op_type} weights are not refit: bias shift only")
+        if how == "kernel" and w.ndim != 4:
             return self.shift(node, "not a 2-D conv: bias shift only")
-        if node.op_type == "Gemm" and (int(a.get("transA", 0)) or w.ndim != 2 or not a.get("alpha", 1.0)):
-            return self.shift(node, "Gemm with transA or alpha 0: bias shift only")
-        if node.op_type == "MatMul" and w.ndim != 2:
-            return LayerFit(node.name or node.output[0], node.op_type, "kept", note="batched MatMul weight")
+        if how == "dense" and self.has_bias(node) and (int(a.get("transA", 0)) or w.ndim != 2 or not a.get("alpha", 1.0)):
+            return self.shift(node, f"{node.op_type} with transA or alpha 0: bias shift only")
+        if how == "dense" and w.ndim != 2:
+            return LayerFit(node.name or node.output[0], node.op_type, "kept", note=f"batched {node.op_type} weight")
         x, (y, active) = self.slim_value(node.input[0]), self.target(node)
-        if node.op_type == "Conv":
+        if how == "kernel":
             return self.refit_conv(node, w, x, y, a, active)
         return self.refit_dense(node, w, x, y, a, active)
+
+    def has_bias(self, node: NodeProto) -> bool:
+        """Whether ``node``'s op declares a bias input (it may still be absent: :meth:`bias` reads zeros)."""
+        return CHANNEL_RULES[node.op_type].bias is not None
 
     def refit_conv(self, node: NodeProto, w: np.ndarray, x: np.ndarray, y: np.ndarray, a: dict,
                    active: tuple[float, float] | None) -> LayerFit:
@@ -187,13 +196,13 @@ class _Recoverer:
 
     def refit_dense(self, node: NodeProto, w: np.ndarray, x: np.ndarray, y: np.ndarray, a: dict,
                     active: tuple[float, float] | None) -> LayerFit:
-        gemm = node.op_type == "Gemm"
-        trans, alpha, scale = int(a.get("transB", 0)) if gemm else 0, float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
-        w_io = (w.T if trans else w).astype(np.float64) * (alpha if gemm else 1.0)
-        intercept = gemm and scale != 0
+        """``x @ W(ᵀ)·alpha + beta·c`` (Gemm's attributes where given; a MatMul has none and no bias)."""
+        trans, alpha, scale = int(a.get("transB", 0)), float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
+        w_io = (w.T if trans else w).astype(np.float64) * alpha
+        intercept = self.has_bias(node) and scale != 0
         beta0 = np.vstack([w_io, self.bias(node, w_io.shape[1])[None, :] * scale]) if intercept else w_io
         result = fit(dense_rows(x, y, intercept), beta0, active)
-        w_new = result.beta[: w_io.shape[0]] / (alpha if gemm else 1.0)
+        w_new = result.beta[: w_io.shape[0]] / alpha
         self.write(node.input[1], w_new.T if trans else w_new)
         if intercept:
             self.write_bias(node, result.beta[-1] / scale)
@@ -205,8 +214,8 @@ class _Recoverer:
         the offset: λ chosen on held-out samples, through the Relu/Clip that reads the layer, if any;
         without one the loss is the squared error and the fit the mean shift); a MatMul has no bias."""
         self.use_samples(node)
-        scale = float(self.attrs(node).get("beta", 1.0)) if node.op_type == "Gemm" else 1.0
-        if node.op_type == "MatMul" or not scale:
+        scale = float(self.attrs(node).get("beta", 1.0))
+        if not self.has_bias(node) or not scale:
             return LayerFit(node.name or node.output[0], node.op_type, "kept", note="no bias to shift")
         y, active = self.target(node)
         y_hat = self.slim_value(node.output[0])

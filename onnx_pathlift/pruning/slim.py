@@ -25,6 +25,8 @@ from ..backend.verify import ModelRunner, relative_error
 from ..errors import VerificationError
 from ..fileio.read import FLOAT_TYPES
 from ..frontend.prepare import Prepared
+from ..ops.channel_api import SlimEdit
+from ..ops.registry import CHANNEL_RULES
 from .channels import ChannelGraph, Entry
 
 
@@ -51,7 +53,7 @@ class _Constants:
         tensor = numpy_helper.from_array(value, name)
         if name in self.init:
             self.init[name].CopyFrom(tensor)
-            for vi in self.model.graph.input:  # IR-3 files list initializers as inputs too
+            for vi in list(self.model.graph.input) + list(self.model.graph.value_info):  # IR-3 inputs; dynamo's value_info
                 if vi.name == name:
                     vi.type.CopyFrom(helper.make_tensor_type_proto(tensor.data_type, value.shape))
             return
@@ -101,26 +103,14 @@ def kept_channels(cg: ChannelGraph, removed: list[int]) -> dict[str, int]:
 
 
 def _resize_nodes(out: ModelProto, consts: _Constants, cg: ChannelGraph, removed: list[int]) -> None:
-    """The node-level edits: a depthwise conv's ``group``, a Split's sizes, a Slice's channel range."""
-    kept, gone = kept_channels(cg, removed), removed_channels(cg, removed)
+    """The node-level edits (a depthwise conv's ``group``, a Split's sizes, ...): each node's channel
+    rule's ``edit`` hook, with what the rule recorded (:attr:`ChannelGraph.edits`)."""
+    ctx = SlimEdit(consts, kept_channels(cg, removed), removed_channels(cg, removed))
     for node in out.graph.node:
-        key = node.name or node.output[0]
-        if node.op_type == "Conv" and key in cg.depthwise:
-            next(a for a in node.attribute if a.name == "group").i = kept[cg.depthwise[key]]
-        elif node.op_type == "Split" and key in cg.splits:
-            source, outs = cg.splits[key]
-            sizes = [kept[o] for o in outs]
-            if source == "attr":
-                next(a for a in node.attribute if a.name == "split").ints[:] = sizes
-            else:
-                consts.set(source, np.asarray(sizes, consts.get(source).dtype))
-        elif node.op_type == "Slice" and key in cg.crops:
-            starts, ends, j, tensor, lo = cg.crops[key]
-            new_lo = lo - sum(1 for c in gone[tensor] if c < lo)
-            for name, value in ((starts, new_lo), (ends, new_lo + kept[node.output[0]])):
-                array = consts.get(name).copy()
-                array[j] = value
-                consts.set(name, array)
+        op, data = cg.edits.get(node.name or node.output[0], ("", None))
+        rule = CHANNEL_RULES.get(node.op_type)
+        if op == node.op_type and rule is not None and rule.edit is not None:
+            rule.edit(node, data, ctx)
 
 
 def slim_model(model: ModelProto, cg: ChannelGraph, removed: list[int]) -> ModelProto:
@@ -203,24 +193,23 @@ class LayerCost:
 
 
 def layer_costs(prepared: Prepared) -> list[LayerCost]:
-    """Parameters (float constants read) and multiply-accumulates of each Conv/Gemm/MatMul/BN node."""
+    """Parameters (float constants read) and multiply-accumulates of each node whose op declares its
+    MACs (:func:`costed_op_types`: Conv, ConvTranspose, Gemm, MatMul, BatchNormalization)."""
     rows = []
     for node in prepared.nodes:
-        if node.op_type not in ("Conv", "Gemm", "MatMul", "BatchNormalization"):
+        rule = CHANNEL_RULES.get(node.op_type)
+        if rule is None or rule.macs is None:
             continue
         params = sum(int(prepared.consts[i].size) for i in node.input
                      if i in prepared.consts and prepared.consts[i].dtype.kind == "f")
-        out = math.prod(prepared.shapes[node.output[0]])
-        if node.op_type == "Conv":
-            macs = out * math.prod(prepared.consts[node.input[1]].shape[1:]) if node.input[1] in prepared.consts else 0
-        elif node.op_type == "BatchNormalization":
-            macs = out
-        else:
-            transa = any(a.name == "transA" and a.i for a in node.attribute)
-            shape_a = prepared.shapes[node.input[0]]
-            macs = out * shape_a[-2 if transa else -1]
+        macs = rule.macs(node, prepared.consts, prepared.shapes)
         rows.append(LayerCost(node.name or node.output[0], node.op_type, params, macs))
     return rows
+
+
+def costed_op_types() -> list[str]:
+    """The op types whose MACs :func:`layer_costs` counts, as their channel rules declare."""
+    return [op for op, rule in CHANNEL_RULES.items() if rule.macs is not None]
 
 
 def float_parameters(model: ModelProto) -> int:
