@@ -18,6 +18,7 @@ from ..errors import UsageError
 from ..graph.budget import Budget
 from ..graph.builder import HEADROOM_LOG2, SETTLE_LOG2, BuiltModel, GraphBuilder, LiftBuilder, Scaled
 from ..graph.exponents import compact, forget_powers
+from ..graph.numeric import log2_sum_scaled
 from ..ir.dag import Dag, Layer
 from ..ops import LAYER_OPS, require
 from ..ops.layer_op import ANY
@@ -164,7 +165,7 @@ def lift_forward(dag: Dag, q: float, b: LiftBuilder, input_log2: dict[str, float
     for out, lname in dag.outputs.items():
         if not b.static:
             clean(lname)
-        budget.bound_log2[out] = _total_log2(bounds[lname], shapes[lname])
+        budget.bound_log2[out] = log2_sum_scaled(bounds[lname], shape=shapes[lname])  # log2 Σ 2**bound over the output
     forget_powers()
     return Lifted(layers, value, budget)
 
@@ -204,13 +205,6 @@ def _gap(k, bound: np.ndarray) -> tuple[float, float]:
         return 0.0, 0.0
     d = k[ok] - bound[ok]
     return float(d.min()), float(d.max())
-
-
-def _total_log2(bound: np.ndarray, shape: tuple[int, ...]) -> float:
-    """``log2 Σ 2**bound`` over a tensor of ``shape`` (the bound broadcast to it)."""
-    full = np.broadcast_to(np.asarray(bound, dtype=np.float64), shape)
-    top = float(full.max(initial=-np.inf))
-    return top if top == -math.inf else top + math.log2(float(np.exp2(full - top).sum()))
 
 
 def static_bounds(layers: list[Layer], shapes: dict[str, tuple[int, ...]], q: float) -> dict[str, np.ndarray]:
