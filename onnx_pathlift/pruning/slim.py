@@ -18,9 +18,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
-import onnxruntime as ort
 from onnx import ModelProto, helper, numpy_helper
 
+from ..backend.runtime import make_session
 from ..backend.verify import ModelRunner, relative_error
 from ..errors import VerificationError
 from ..fileio.read import FLOAT_TYPES
@@ -151,14 +151,6 @@ def random_feeds(prepared: Prepared, seed: int = 0) -> dict[str, np.ndarray]:
     return {n: rng.uniform(-1, 1, s).astype(np.float32) for n, s in prepared.inputs.items()}
 
 
-def cpu_session(model: ModelProto, threads: int = 0) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = max(threads, 0)
-    return ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
-
-
 def check_slim(masked: ModelProto, slim: ModelProto, prepared: Prepared, names: list[str], trials: int = 3,
                tolerance: float = 1e-4) -> float:
     """Max relative difference of the tensors ``names`` (the analysed outputs) between the slim and
@@ -180,7 +172,7 @@ def latency(model: ModelProto, prepared: Prepared, repeats: int = 20) -> float |
     """Median wall time (seconds) of one onnxruntime run on one thread, after two warm-up runs;
     None when onnxruntime cannot run the model (an op version it lacks)."""
     try:
-        session = cpu_session(model, threads=1)
+        session = make_session(model, threads=1)
     except Exception:  # onnxruntime's own errors (NOT_IMPLEMENTED, ...) have no common base class
         return None
     feeds = random_feeds(prepared)
