@@ -33,6 +33,10 @@ class Relu(ParameterFree, OneLipschitz):
     rescale_role = "per_channel"  # relu(λx) = λ·relu(x) for λ > 0
     folds_into_quantizer = True  # a quantizer whose range starts at 0 clips like a ReLU
 
+    def row_params(self, layer: Layer, rows: tuple[int, ...]) -> dict[str, np.ndarray]:
+        """Elementwise: it acts on every row alike."""
+        return dict(layer.params)
+
     def nonnegative(self, layer: Layer, inputs: bool) -> bool:
         return True
 

@@ -170,6 +170,40 @@ class LayerOp:
         for a linear layer (a zero pad stays zero either way); used by :mod:`onnx_pathlift.rewrite.canonical`."""
         return None
 
+    # The canonical spelling (:mod:`onnx_pathlift.rewrite.canonical` asks these; each is exact on the function).
+
+    def respelled(self, layer: Layer) -> Layer:
+        """The layer in its canonical spelling (itself, unless an op has two spellings of one function)."""
+        return layer
+
+    def is_identity(self, layer: Layer, in_shape: tuple[int, ...]) -> bool:
+        """Whether the layer computes ``y = x`` on its first input, of shape ``in_shape``."""
+        return False
+
+    def compose(self, first: Layer, second: Layer) -> Layer | None:
+        """``second ∘ first`` as one layer of this op (``second`` is of this op and reads ``first``, which
+        feeds nothing else), reading ``first``'s inputs; None when they do not compose."""
+        return None
+
+    def split_scale(self, layer: Layer, scale_first: bool) -> tuple[np.ndarray, Layer | None] | None:
+        """A per-channel scale ``s`` factored out of the layer: ``(s, rest)`` with ``layer = rest ∘ (s ⊙ ·)``
+        when ``scale_first``, else ``layer = (s ⊙ ·) ∘ rest`` (then ``s`` has no zero); ``rest`` None when it
+        is the identity. None when the layer has no such scale."""
+        return None
+
+    def row_params(self, layer: Layer, rows: tuple[int, ...]) -> dict[str, np.ndarray] | None:
+        """When the layer acts on each row of its input's last axis alike (so a reshape keeping that axis
+        commutes with it): its parameters for an input of shape ``(*rows, last)``; else None."""
+        return None
+
+    def keeps_rows(self, layer: Layer, in_shape: tuple[int, ...]) -> bool:
+        """Whether the layer only regroups the rows of its input's last axis, keeping that axis."""
+        return False
+
+    def full_rank(self, layer: Layer) -> Layer:
+        """The layer with its broadcast parameters laid out at the layer's full rank (itself by default)."""
+        return layer
+
 
 class RescaleAxes(NamedTuple):
     """Where a per-channel factor goes in a "weights" layer (:meth:`LayerOp.rescale_axes`)."""

@@ -42,6 +42,16 @@ class Reshape(MovesNeurons):
     def move_back(self, b, layer, t, in_shape):
         return b.op("Reshape", [t, b.ints(in_shape, "shape")], "adj")
 
+    def is_identity(self, layer: Layer, in_shape: tuple[int, ...]) -> bool:
+        return tuple(layer.shape) == tuple(in_shape)
+
+    def compose(self, first: Layer, second: Layer) -> Layer | None:
+        """Two reshapes are the second alone: a reshape keeps the row-major order of the neurons."""
+        return replace(second, inputs=list(first.inputs)) if first.op == self.op else None
+
+    def keeps_rows(self, layer: Layer, in_shape: tuple[int, ...]) -> bool:
+        return bool(layer.shape) and layer.shape[-1] == in_shape[-1]
+
 
 @layer_op
 class Transpose(MovesNeurons):
@@ -59,6 +69,16 @@ class Transpose(MovesNeurons):
 
     def move_back(self, b, layer, t, in_shape):
         return b.op("Transpose", [t], "adj", perm=[int(i) for i in np.argsort(layer.attrs["perm"])])
+
+    def is_identity(self, layer: Layer, in_shape: tuple[int, ...]) -> bool:
+        return list(layer.attrs["perm"]) == list(range(len(layer.shape)))
+
+    def compose(self, first: Layer, second: Layer) -> Layer | None:
+        """Two transposes are one, by the composed permutation: ``y[i] = x[p₁[p₂[i]]]``."""
+        if first.op != self.op:
+            return None
+        perm = [first.attrs["perm"][p] for p in second.attrs["perm"]]
+        return replace(second, inputs=list(first.inputs), attrs={**second.attrs, "perm": perm})
 
 
 @layer_op
