@@ -131,10 +131,10 @@ def _initializers(g: Group) -> list[tuple[tuple[str, bool], str | Layer]] | None
     None when one of them cannot be traced back to the ONNX file."""
     if "W" not in g.c.origins or "W" not in g.d.origins:
         return None
-    if any(layer.op == "affine" and "bias" in layer.params and "bias" not in layer.origins for layer in g.path):
+    rescaled = {layer.name: LAYER_OPS[layer.op].rescaled_params for layer in g.path}
+    if any(k in layer.params and k not in layer.origins for layer in g.path for k in rescaled[layer.name]):
         return None  # a bias we cannot trace back to an initializer
-    biases = [(layer.origins[key], layer) for layer in g.path if layer.op == "affine" for key in ("bias", "mean")
-              if key in layer.origins]
+    biases = [(layer.origins[key], layer) for layer in g.path for key in rescaled[layer.name] if key in layer.origins]
     return [(g.c.origins["W"], "W"), *biases, (g.d.origins["W"], "D")]
 
 

@@ -20,7 +20,7 @@ from ..graph.builder import GraphBuilder, LiftBuilder, Scaled
 from ..ir.dag import Layer
 from .context import ImportContext, broadcasts_to, operand
 from .layer_op import ANY, OneLipschitz, ParameterFree
-from .registry import channel_rule, imports, layer_op, spec_rule
+from .registry import channel_rule, graph_role, imports, layer_op, spec_rule
 
 
 @layer_op
@@ -57,6 +57,7 @@ class Relu(ParameterFree, OneLipschitz):
 
 
 channel_rule("same", "Relu", "LeakyRelu", "Clip")  # commute with slicing channels
+graph_role("relu", "Relu")
 channel_rule("elementwise_on_first", "PRelu")  # its per-channel slope is sliced with them
 
 

@@ -36,6 +36,7 @@ class Affine(LayerOp):
     accepts_dirty = True
     full_maps = False
     rescale_role = "per_channel"
+    rescaled_params = ("bias", "mean")
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         y = xs[0]

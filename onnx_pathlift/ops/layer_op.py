@@ -58,6 +58,9 @@ class LayerOp:
     #: "per_channel" (commutes with a positive per-channel factor: bias, BatchNormalization, ReLU, pools),
     #: "flatten" (may flatten channels into a dense layer's rows); None: a rescaled chain stops here
     rescale_role: ClassVar[str | None] = None
+    #: for "per_channel": the parameters a per-channel factor multiplies (``λ(s·x + t) = s·(λx) + λt``: an
+    #: affine layer's bias), and the origins they are traced back to (a BatchNormalization's β and mean)
+    rescaled_params: ClassVar[tuple[str, ...]] = ()
     #: whether an activation quantizer (QuantizeLinear→DequantizeLinear) may fold this layer into its
     #: clipping range, so that two spellings of one model differ by it (a ReLU; see :func:`onnx_pathlift.analyses.metric.pair_layers`)
     folds_into_quantizer: ClassVar[bool] = False

@@ -21,7 +21,7 @@ from ..graph.exponents import compact
 from ..ir.dag import Layer
 from .context import ImportContext, attributes, operand
 from .layer_op import ANY, MovesNeurons, OneLipschitz, ParameterFree
-from .registry import channel_rule, head_role, imports, layer_op, spec_rule
+from .registry import channel_rule, graph_role, head_role, imports, layer_op, spec_rule
 
 
 @layer_op
@@ -226,6 +226,7 @@ def import_concat(node, ctx: ImportContext) -> None:
 
 
 head_role("carrier", "Identity", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
+graph_role("identity", "Identity")
 
 
 @imports("Identity", "Dropout", "Cast")
