@@ -15,9 +15,10 @@ from onnx import ModelProto
 
 from ..backend.runtime import make_session
 from ..errors import UsageError
+from ..frontend.edit import copy_model, retie, untie
 from ..frontend.prepare import Prepared, prepare
 from .channels import ChannelGraph, Group
-from .slim import ChannelPrune, _copy, check_slim, float_parameters, layer_costs, masked_model, random_feeds, retie, slim_model, untie
+from .slim import ChannelPrune, check_slim, float_parameters, layer_costs, masked_model, random_feeds, slim_model
 
 #: default floor on a layer's kept width, as a fraction of its width (``prune --min-keep``)
 MIN_KEEP = 0.1
@@ -217,7 +218,7 @@ def node_times(model: ModelProto, prepared: Prepared, repeats: int = 20) -> dict
     import os
     import tempfile
 
-    named = _copy(model)
+    named = copy_model(model)
     for k, node in enumerate(named.graph.node):  # names onnxruntime reports back, one per node
         node.name = f"n{k}"
     with tempfile.TemporaryDirectory() as tmp:

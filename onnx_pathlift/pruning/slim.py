@@ -18,46 +18,15 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
-from onnx import ModelProto, helper, numpy_helper
+from onnx import ModelProto
 
 from ..backend.runtime import make_session
 from ..backend.verify import ModelRunner, relative_error
 from ..errors import VerificationError
 from ..fileio.read import FLOAT_TYPES
+from ..frontend.edit import ModelEditor, copy_model
 from ..frontend.prepare import Prepared
 from .channels import ChannelGraph, Entry
-
-
-def _copy(model: ModelProto) -> ModelProto:
-    out = ModelProto()
-    out.CopyFrom(model)
-    return out
-
-
-class _Constants:
-    """Read and replace a named constant of a model: an initializer or a Constant node's value."""
-
-    def __init__(self, model: ModelProto):
-        self.model = model
-        self.init = {t.name: t for t in model.graph.initializer}
-        self.node = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant" and n.output}
-
-    def get(self, name: str) -> np.ndarray:
-        if name in self.init:
-            return numpy_helper.to_array(self.init[name])
-        return numpy_helper.to_array(next(a.t for a in self.node[name].attribute if a.name == "value"))
-
-    def set(self, name: str, value: np.ndarray) -> None:
-        tensor = numpy_helper.from_array(value, name)
-        if name in self.init:
-            self.init[name].CopyFrom(tensor)
-            for vi in self.model.graph.input:  # IR-3 files list initializers as inputs too
-                if vi.name == name:
-                    vi.type.CopyFrom(helper.make_tensor_type_proto(tensor.data_type, value.shape))
-            return
-        for a in self.node[name].attribute:
-            if a.name == "value":
-                a.t.CopyFrom(tensor)
 
 
 def _cuts(cg: ChannelGraph, removed: list[int], kinds: tuple[str, ...]) -> dict[str, dict[int, set[int]]]:
@@ -73,8 +42,8 @@ def _cuts(cg: ChannelGraph, removed: list[int], kinds: tuple[str, ...]) -> dict[
 
 def masked_model(model: ModelProto, cg: ChannelGraph, removed: list[int]) -> ModelProto:
     """``model`` with the removed groups' sink columns set to zero (same dtype, name, layout)."""
-    out = _copy(model)
-    consts = _Constants(out)
+    out = copy_model(model)
+    consts = ModelEditor(out)
     for name, axes in _cuts(cg, removed, ("sinks",)).items():
         value = consts.get(name).copy()
         for axis, idx in axes.items():
@@ -100,7 +69,7 @@ def kept_channels(cg: ChannelGraph, removed: list[int]) -> dict[str, int]:
     return {t: layout.n - len(gone[t]) for t, layout in cg.layouts.items()}
 
 
-def _resize_nodes(out: ModelProto, consts: _Constants, cg: ChannelGraph, removed: list[int]) -> None:
+def _resize_nodes(out: ModelProto, consts: ModelEditor, cg: ChannelGraph, removed: list[int]) -> None:
     """The node-level edits: a depthwise conv's ``group``, a Split's sizes, a Slice's channel range."""
     kept, gone = kept_channels(cg, removed), removed_channels(cg, removed)
     for node in out.graph.node:
@@ -125,8 +94,8 @@ def _resize_nodes(out: ModelProto, consts: _Constants, cg: ChannelGraph, removed
 
 def slim_model(model: ModelProto, cg: ChannelGraph, removed: list[int]) -> ModelProto:
     """``model`` with the removed channels cut out (see the module docstring)."""
-    out = _copy(model)
-    consts = _Constants(out)
+    out = copy_model(model)
+    consts = ModelEditor(out)
     for name, axes in _cuts(cg, removed, ("sinks", "sources", "slices")).items():
         value = consts.get(name)
         for axis, idx in axes.items():
@@ -234,7 +203,7 @@ class ChannelPrune:
     slim_error: float  # max relative difference slim vs masked on random inputs
     #: the fraction of the target removed: of the candidate groups, or of the cost's total
     achieved: float = 0.0
-    #: the model ``graph`` describes (``model`` with shared initializers copied: :func:`untie`) and the copies
+    #: the model ``graph`` describes (``model`` with shared initializers copied: :func:`~onnx_pathlift.frontend.edit.untie`) and the copies
     source: ModelProto | None = None
     origin: dict[str, str] = field(default_factory=dict)
 
@@ -247,58 +216,3 @@ class ChannelPrune:
                 row[0] += 1
                 row[1] += len(g.channels)
         return [{"reason": r, "groups": n, "channels": k} for r, (n, k) in sorted(rows.items(), key=lambda x: -x[1][0])]
-
-
-def untie(model: ModelProto) -> tuple[ModelProto, dict[str, str]]:
-    """``model`` with every initializer read by one node input only: each further reader of a shared
-    initializer, and each reader of an Identity of an initializer, gets its own copy (the Identity,
-    left unread, is dropped). Returns the model and ``{copy: initializer}``; :func:`retie` undoes the
-    copies that stay equal. Models of IR version < 4 (initializers listed as inputs) are returned as is."""
-    out = _copy(model)
-    if model.ir_version < 4:
-        return out, {}
-    inits = {t.name: t for t in out.graph.initializer}
-    outputs = {o.name for o in out.graph.output}
-    alias = {n.output[0]: n.input[0] for n in out.graph.node
-             if n.op_type == "Identity" and n.input and n.input[0] in inits and n.output[0] not in outputs}
-    origin: dict[str, str] = {}
-    seen: set[str] = set()
-    taken = set(inits) | {o for n in out.graph.node for o in n.output} | {i.name for i in out.graph.input}
-    for node in out.graph.node:
-        if node.op_type == "Identity" and node.output and node.output[0] in alias:
-            continue
-        for j, name in enumerate(node.input):
-            base = alias.get(name, name)
-            if base not in inits or (base not in seen and name == base and base not in outputs):
-                seen.add(base)
-                continue
-            k = 1
-            while f"{base}.copy{k}" in taken:
-                k += 1
-            copy = f"{base}.copy{k}"
-            taken.add(copy)
-            out.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[base]), copy))
-            node.input[j], origin[copy] = copy, base
-    read = {i for n in out.graph.node for i in n.input} | outputs
-    keep = [n for n in out.graph.node if not (n.op_type == "Identity" and n.output and n.output[0] in alias
-                                               and n.output[0] not in read)]
-    del out.graph.node[:]
-    out.graph.node.extend(keep)
-    return out, origin
-
-
-def retie(model: ModelProto, origin: dict[str, str]) -> ModelProto:
-    """Readers of a copy made by :func:`untie` read the original again where both still hold the same
-    tensor (same type, shape and bytes); the copy is dropped. Edits ``model`` in place and returns it."""
-    inits = {t.name: t for t in model.graph.initializer}
-    same = {c for c, b in origin.items() if c in inits and b in inits
-            and inits[c].data_type == inits[b].data_type and list(inits[c].dims) == list(inits[b].dims)
-            and numpy_helper.to_array(inits[c]).tobytes() == numpy_helper.to_array(inits[b]).tobytes()}
-    for node in model.graph.node:
-        for j, name in enumerate(node.input):
-            if name in same:
-                node.input[j] = origin[name]
-    keep = [t for t in model.graph.initializer if t.name not in same]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
-    return model
