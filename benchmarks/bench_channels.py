@@ -34,11 +34,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 import torch_archs  # noqa: E402
 
 from onnx_pathlift.analyses.metric import path_metric  # noqa: E402
+from onnx_pathlift.backend.runtime import make_session  # noqa: E402
 from onnx_pathlift.fileio.load import load_model  # noqa: E402
 from onnx_pathlift.frontend.importer import import_model, import_prepared  # noqa: E402
 from onnx_pathlift.frontend.prepare import prepare  # noqa: E402
 from onnx_pathlift.pruning.ranking import prune_channels  # noqa: E402
-from onnx_pathlift.pruning.slim import cpu_session, float_parameters, layer_costs, random_feeds  # noqa: E402
+from onnx_pathlift.pruning.slim import float_parameters, layer_costs, random_feeds  # noqa: E402
 
 MODELS = {"resnet18": 32, "mobilenet_v2": 224, "densenet121": 224}
 GOAL_PARAMS, GOAL_LATENCY = 0.70, 0.75
@@ -56,7 +57,7 @@ def export(name: str, size: int, folder: Path) -> onnx.ModelProto:
 
 def latencies(a: onnx.ModelProto, b: onnx.ModelProto, prepared, repeats: int) -> tuple[float, float]:
     """Median seconds per run of ``a`` and ``b`` (one thread each), timed in alternating blocks."""
-    sa, sb = cpu_session(a, threads=1), cpu_session(b, threads=1)
+    sa, sb = make_session(a, threads=1), make_session(b, threads=1)
     feeds = random_feeds(prepared)
     ta, tb = [], []
     for s in (sa, sb):

@@ -289,3 +289,21 @@ def test_both_torch_exporters_write_one_network(tmp_path) -> None:
         m = path_metric(da, db)
         assert m.sign_consistent and m.upper <= 1e-6 * 10 ** m.norm_a_log10, name
         assert not check_bound(models[0], models[1], da, db, m, 1.0, 6).violated, name
+
+
+def test_every_rule_says_why_it_does_not_apply():
+    """The canonical form is a fixpoint: at every layer each rule gives its reason for not applying; on the
+    source DAG the identity transpose is one the identity rule takes, and the BN (an affine layer after the
+    conv's bias) one to merge, not to fold into the bias layer before it."""
+    from onnx_pathlift.rewrite.canonical import RULES, why_not
+
+    dag = import_model(conv_bn_net())
+    assert why_not(dag, "t")["DropIdentity"] is None
+    assert why_not(dag, "n")["Compose"] is None
+    assert why_not(dag, "n")["FoldScale"] == "affine 'c' cannot take it"
+    assert "has no scale" in why_not(dag, "r")["FoldScale"]
+    canon, applied = canonical_form(dag)
+    assert applied
+    for layer in canon.layers():
+        reasons = why_not(canon, layer.name)
+        assert len(reasons) == len(RULES) and all(isinstance(r, str) and r for r in reasons.values()), (layer.name, reasons)

@@ -19,11 +19,12 @@ from onnx import helper
 
 from onnx_pathlift.analyses.metric import path_metric
 from onnx_pathlift.fileio.load import load_model
+from onnx_pathlift.frontend.edit import untie
 from onnx_pathlift.frontend.importer import import_prepared
 from onnx_pathlift.frontend.prepare import prepare
 from onnx_pathlift.pruning.channels import group_scores
 from onnx_pathlift.pruning.ranking import MIN_KEEP, Selection, channel_costs, choose, prune_channels
-from onnx_pathlift.pruning.slim import float_parameters, kept_channels, layer_costs, masked_model, untie
+from onnx_pathlift.pruning.slim import float_parameters, kept_channels, layer_costs, masked_model
 
 SHIPPED_CNN = ROOT / "models/digits_cnn_torch_bn.onnx"
 

@@ -111,3 +111,51 @@ def test_no_module_shadows_the_standard_library():
 def test_no_module_too_long():
     long = {str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+#: modules still allowed to compare op names (H1 is moving their channel rules into ``ops/`` declarations)
+OP_STRING_ALLOWED = ("onnx_pathlift.pruning.",)
+_OP_FIELDS = {"op_type", "op", "kind"}
+
+
+def _is_op_field(node: ast.expr) -> bool:
+    """``x.op_type``, ``x.op`` or ``x.kind`` (not numpy's ``x.dtype.kind``)."""
+    return isinstance(node, ast.Attribute) and node.attr in _OP_FIELDS and not (
+        isinstance(node.value, ast.Attribute) and node.value.attr == "dtype")
+
+
+def _is_literal(node: ast.expr) -> bool:
+    """A string literal, or a tuple / list / set of them."""
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, str)
+    return isinstance(node, (ast.Tuple, ast.List, ast.Set)) and bool(node.elts) and all(_is_literal(e) for e in node.elts)
+
+
+def op_string_comparisons(source: str) -> list[str]:
+    """Each comparison (``==``, ``!=``, ``in``, ``not in``) of an op-type or layer-kind field with string literals."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            if any(_is_op_field(a) for a in operands) and any(_is_literal(b) for b in operands):
+                found.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_no_op_string_switch_outside_ops():
+    """An op's knowledge lives in its module in ``ops/``: other modules ask the declarations."""
+    hits = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = _module(path)
+        if module.startswith("onnx_pathlift.ops") or module.startswith(OP_STRING_ALLOWED):
+            continue
+        hits += [f"{module} {h}" for h in op_string_comparisons(path.read_text())]
+    assert not hits, "op or layer-kind names compared outside ops/:\n" + "\n".join(hits)
+
+
+def test_the_op_string_check_sees_comparisons():
+    """The check above cannot pass vacuously: it finds each form it looks for, and skips a dtype's kind."""
+    found = op_string_comparisons('a.op == "relu"\nif n.op_type in ("Conv", "Gemm"): pass\n'
+                                  'b = "x" != layer.kind\nok = v.dtype.kind == "f"\nsame = a.op != b.op\n')
+    assert [f.split(":")[0] for f in found] == ["line 1", "line 2", "line 3"]
+    assert op_string_comparisons((PACKAGE / "ops" / "quantize.py").read_text())  # ops/ does compare, and may

@@ -107,12 +107,12 @@ def test_the_bound_and_the_lift_share_one_power_bit_for_bit(layout: str, q: floa
     w = np.ascontiguousarray(base.T) if layout == "transposed" else base
     rows = w.T if layout == "transposed" else w
     shifts = (np.arange(w.shape[0], dtype=np.float64)[:, None] % 5 - 2, -np.arange(w.shape[1], dtype=np.float64)[None, :] % 3)
-    exponents.forget_powers()
-    fresh = exponents.scaled_power(w, q, *shifts)
-    bound = log2_power_matvec32(w, rows, q, np.zeros(rows.shape[1]))
-    assert exponents._POWER_SLOT, "the bound keeps its powers for the lift"
-    shared = exponents.scaled_power(w, q, *shifts)
-    assert not exponents._POWER_SLOT, "the lift takes them"
+    with exponents.lift_run() as memo:  # one lift run owns the kept powers
+        fresh = exponents.scaled_power(w, q, *shifts)
+        bound = log2_power_matvec32(w, rows, q, np.zeros(rows.shape[1]))
+        assert memo.slot, "the bound keeps its powers for the lift"
+        shared = exponents.scaled_power(w, q, *shifts)
+        assert not memo.slot, "the lift takes them"
     assert shared.tobytes() == fresh.tobytes()
     exact = np.log2([np.sum(np.abs(r.astype(np.float64)) ** q) for r in rows])
     assert np.all(bound >= exact) and np.all(bound - exact < 1e-5)
@@ -120,13 +120,30 @@ def test_the_bound_and_the_lift_share_one_power_bit_for_bit(layout: str, q: floa
 
 def test_the_kept_power_never_answers_for_other_memory_or_another_q() -> None:
     a = np.arange(1, 13, dtype=np.float32).reshape(3, 4)
-    exponents.forget_powers()
+    with exponents.lift_run() as memo:
+        kept = exponents.power32(a, 2.0, keep=True)
+        assert exponents.power32(a[:2], 2.0) is not kept  # same start, fewer elements
+        assert exponents.power32(a, 1.0).tobytes() == np.abs(a).tobytes()  # another q
+        assert exponents.power32(a.copy(), 2.0).tobytes() == kept.tobytes() and memo.slot  # other memory: computed
+        assert exponents.power32(a.reshape(4, 3), 2.0).base is kept  # the same elements in the same order: taken
+
+
+def test_the_lift_run_owns_the_powers_memo() -> None:
+    """Outside a run nothing is kept; a run's memo ends with it; a run inside a run shares the outer one."""
+    a = np.arange(1, 13, dtype=np.float32).reshape(3, 4)
     kept = exponents.power32(a, 2.0, keep=True)
-    assert exponents.power32(a[:2], 2.0) is not kept  # same start, fewer elements
-    assert exponents.power32(a, 1.0).tobytes() == np.abs(a).tobytes()  # another q
-    assert exponents.power32(a.copy(), 2.0).tobytes() == kept.tobytes() and exponents._POWER_SLOT  # other memory: computed
-    assert exponents.power32(a.reshape(4, 3), 2.0).base is kept  # the same elements in the same order: taken
-    exponents.forget_powers()
+    assert exponents.power32(a, 2.0) is not kept  # no run: nothing held
+    with exponents.lift_run() as outer:
+        w = np.full((2, 2), 3.0)
+        first = exponents.pow_scaled(w, 2.0)
+        with exponents.lift_run() as inner:
+            assert inner is outer and exponents.pow_scaled(w, 2.0) is first
+        exponents.power32(a, 2.0, keep=True)
+        assert outer.slot and outer.pows
+    with exponents.lift_run() as fresh:
+        assert fresh is not outer and not fresh.slot and not fresh.pows
+    assert exponents.pow_scaled(w, 2.0) is not first  # no run: computed again (the same values)
+    assert np.array_equal(exponents.pow_scaled(w, 2.0)[0], first[0])
 
 
 def test_a_weight_and_its_transpose_share_one_range(monkeypatch) -> None:

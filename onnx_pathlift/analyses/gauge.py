@@ -89,7 +89,7 @@ def _channel_rows(g: Group, layer: Layer, v: np.ndarray) -> np.ndarray:
 
 def _factors(g: Group, a: Dag, params: Params) -> np.ndarray:
     """λ per channel of ``g``: the median log-ratio of B's incoming coordinates to A's (see module doc)."""
-    parts = [(g.c, "W")] + [(layer, "bias") for layer in g.path if layer.op == "affine" and "bias" in layer.params]
+    parts = [(g.c, "W")] + [(layer, k) for layer in g.path for k in LAYER_OPS[layer.op].rescaled_params if k in layer.params]
     ra = np.concatenate([_channel_rows(g, layer, a.layer(layer.name).params[k]) for layer, k in parts], axis=1)
     rb = np.concatenate([_channel_rows(g, layer, params[layer.name][k]) for layer, k in parts], axis=1)
     ok = (ra != 0) & (rb != 0) & np.isfinite(ra) & np.isfinite(rb)
@@ -105,9 +105,9 @@ def _apply(g: Group, params: Params, lam: np.ndarray) -> set[tuple[str, str]]:
     arrays changed; ValueError (nothing changed) when a bias constant does not hold one value per channel."""
     staged = {g.c.name: {"W": scaled(params[g.c.name]["W"], 1.0 / lam, g.axes.out)}}
     for layer in g.path:
-        if layer.op == "affine" and "bias" in layer.params:
-            bias = params[layer.name]["bias"]
-            staged[layer.name] = {"bias": scaled(bias, 1.0 / lam, g.bias_axis(layer, bias))}
+        for k in (k for k in LAYER_OPS[layer.op].rescaled_params if k in layer.params):
+            bias = params[layer.name][k]
+            staged[layer.name] = {k: scaled(bias, 1.0 / lam, g.bias_axis(layer, bias))}
     into = LAYER_OPS[g.d.op].rescale_axes(g.d).into
     staged.setdefault(g.d.name, {})["W"] = scaled(params[g.d.name]["W"], np.repeat(lam, g.block), into)
     for name, new in staged.items():

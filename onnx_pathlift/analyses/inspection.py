@@ -33,7 +33,7 @@ from ..fileio.read import DEFAULT_LIMITS, FLOAT_TYPES, Limits
 from ..frontend.importer import ImportTrace, import_prepared
 from ..frontend.pipeline import model_name
 from ..frontend.prepare import prepare
-from ..ops.registry import IMPORT_NOTES, kind_counts
+from ..ops.registry import IMPORT_NOTES, has_role, kind_counts
 
 #: why an op type folded into constants is worth a word
 _FOLDED = {
@@ -43,7 +43,6 @@ _FOLDED = {
     "ConstantOfShape": "weights built by ConstantOfShape",
     "Shape": "shape arithmetic on static shapes",
 }
-_QDQ = {"QuantizeLinear", "DequantizeLinear"}
 
 
 def _op_key(domain: str, op_type: str) -> str:
@@ -169,12 +168,12 @@ def _imported(trace: ImportTrace) -> list[Imported]:
     for op_type, sigs in groups.items():
         n = sum(sigs.values())
         layer_sets = [s.split("+") if s else [] for s in sigs]
-        if op_type in _QDQ:
+        if has_role(op_type, "quantize") or has_role(op_type, "dequantize"):
             how = "activation-qdq"
             note = "activation quantization imported as identity (or ReLU where its range starts at 0); compare bounds it"
         elif all(not ls for ls in layer_sets):
             how, note = "identity", "imported as identity (no layer)"
-        elif op_type != "Relu" and any("relu" in ls for ls in layer_sets):
+        elif not has_role(op_type, "relu") and any("relu" in ls for ls in layer_sets):
             how, note = "decomposed", "exact DAG-ReLU form (ReLU, affine and sum layers)"
         elif op_type in IMPORT_NOTES:
             how, note = "kept", IMPORT_NOTES[op_type]

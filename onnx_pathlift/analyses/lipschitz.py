@@ -10,12 +10,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
-
 from ..backend.norm import PathNorm
 from ..fileio.load import ModelSource
 from ..frontend.importer import import_model
-from ..graph.numeric import json_float, log10_value
+from ..graph.numeric import json_float, log2_sum, log10_value
 from ..ir.dag import Dag
 from ..ops import LAYER_OPS, require
 from .metric import input_path_norm
@@ -50,7 +48,7 @@ def naive_log2(dag: Dag) -> float:
         handler = LAYER_OPS[layer.op]
         gain[layer.name] = handler.linf_combine([gain[i] for i in layer.inputs]) + handler.linf_gain(layer)
     terms = [gain[lname] + math.log2(math.prod(dag.layer(lname).shape)) for lname in dag.outputs.values()]
-    return float(np.logaddexp2.reduce(terms))
+    return log2_sum(terms)
 
 
 def lipschitz(model: ModelSource | Dag, input_shape=None, providers=None) -> LipschitzBound:

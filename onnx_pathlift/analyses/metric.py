@@ -29,7 +29,7 @@ from ..backend.norm import LiftedSession, PathNorm, PathNormSession, combine_run
 from ..errors import UsageError
 from ..fileio.load import ModelSource
 from ..frontend.importer import import_model
-from ..graph.numeric import json_float, log10_value
+from ..graph.numeric import json_float, log10_sum, log10_value
 from ..ir.dag import Dag, Layer
 from ..ops import LAYER_OPS, require
 from ..rewrite.canonical import canonical_form
@@ -253,12 +253,6 @@ def delta_norms(legs: list[Leg], providers=None) -> list[PathNorm]:
         session = LiftedSession([(dag, 1.0) for dag in dags], providers, feeds=zeros)
         out += [combine_runs(1.0, [run.select([o for o in run.outputs if o.endswith(DELTA)]) for run in job]) for job in session.runs()]
     return out
-
-
-def log10_sum(logs: list[float]) -> float:
-    """log10 Σ 10**l_i without overflow (-inf when every term is 0)."""
-    top = max(logs)
-    return top if top == -math.inf else top + math.log10(math.fsum(10.0 ** (v - top) for v in logs))
 
 
 def _isolated(a: Dag, b: Dag, pairs: dict[str, str], k: int) -> Leg:

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..backend.norm import LiftedSession, combine_runs
-from ..graph.numeric import log10_value
+from ..graph.numeric import log10_sum, log10_value
 from ..ir.dag import ActivationQuantizer, Dag
 from ..ops import LAYER_OPS
 from ..rewrite.transforms import CUT, MASS, bypassed, cut_at, injected, with_params_of, without_biases
-from .metric import log10_sum, pair_layers
+from .metric import pair_layers
 
 #: relative margin on lifted float32 masses (sums of non-negative terms, rounded to nearest)
 MARGIN = 1e-3

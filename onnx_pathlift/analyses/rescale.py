@@ -15,8 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import ModelProto, numpy_helper
+from onnx import ModelProto
 
+from ..frontend.edit import ModelEditor, copy_model
 from ..ir.dag import Dag, Layer
 from ..ops import LAYER_OPS, require
 from ..ops.layer_op import RescaleAxes
@@ -117,24 +118,15 @@ def groups(dag: Dag) -> list[Group]:
     return out
 
 
-def _shared(model: ModelProto) -> set[str]:
-    """Initializers that feed more than one node input (scaling one would change another layer)."""
-    uses: dict[str, int] = {}
-    for node in model.graph.node:
-        for i in node.input:
-            uses[i] = uses.get(i, 0) + 1
-    return {name for name, n in uses.items() if n > 1}
-
-
 def _initializers(g: Group) -> list[tuple[tuple[str, bool], str | Layer]] | None:
     """The initializers a group scales (origin, what: "W" of c, "D" of d, or the chain layer of a bias),
     None when one of them cannot be traced back to the ONNX file."""
     if "W" not in g.c.origins or "W" not in g.d.origins:
         return None
-    if any(layer.op == "affine" and "bias" in layer.params and "bias" not in layer.origins for layer in g.path):
+    rescaled = {layer.name: LAYER_OPS[layer.op].rescaled_params for layer in g.path}
+    if any(k in layer.params and k not in layer.origins for layer in g.path for k in rescaled[layer.name]):
         return None  # a bias we cannot trace back to an initializer
-    biases = [(layer.origins[key], layer) for layer in g.path if layer.op == "affine" for key in ("bias", "mean")
-              if key in layer.origins]
+    biases = [(layer.origins[key], layer) for layer in g.path for key in rescaled[layer.name] if key in layer.origins]
     return [(g.c.origins["W"], "W"), *biases, (g.d.origins["W"], "D")]
 
 
@@ -143,11 +135,10 @@ def rescale(model: ModelProto, dag: Dag, seed: int = 0, low: float = 1 / 8, high
     group with an initializer that also feeds another node are left alone (counted)."""
     require(dag, "rescale")
     rng = np.random.default_rng(seed)
-    out = ModelProto()
-    out.CopyFrom(model)
-    inits = {t.name: t for t in out.graph.initializer}
-    arrays = {name: numpy_helper.to_array(t) for name, t in inits.items()}
-    shared = _shared(model)
+    out = copy_model(model)
+    editor = ModelEditor(out)
+    arrays = {name: editor.get(name) for name in editor.init}
+    shared = editor.shared()
     report = RescaleReport(0, 0)
     for g in groups(dag):
         found = _initializers(g)
@@ -171,6 +162,6 @@ def rescale(model: ModelProto, dag: Dag, seed: int = 0, low: float = 1 / 8, high
         arrays = staged
         report.neurons += g.channels
         report.layers += 1
-    for name, t in inits.items():
-        t.CopyFrom(numpy_helper.from_array(arrays[name], name))
+    for name, value in arrays.items():
+        editor.set(name, value)
     return out, report

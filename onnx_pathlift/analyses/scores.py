@@ -28,6 +28,7 @@ from ..backend.samples import one_sample
 from ..fileio.load import ModelSource
 from ..frontend.importer import import_model
 from ..graph.builder import BuiltModel, LiftBuilder, Scaled
+from ..graph.exponents import lift_run
 from ..ir.dag import Dag, Layer
 from ..ops import LAYER_OPS, require
 
@@ -74,6 +75,11 @@ def scores_model(dag: Dag) -> tuple[BuiltModel, list[tuple[str, str, bool]]]:
     layer ``(layer, output, transposed)``, ``<layer>__score`` (in the layout of the layer's W, or of
     Wᵀ when ``transposed``) with ``<layer>__score__log2_scale``."""
     require(dag, "scores")
+    with lift_run():  # the forward lift and the adjoint share one powers memo
+        return _scores_model(dag)
+
+
+def _scores_model(dag: Dag) -> tuple[BuiltModel, list[tuple[str, str, bool]]]:
     b = LiftBuilder(emit_opset(dag), taken=set(dag.inputs) | set(dag.outputs) | {o + LOG2_SUFFIX for o in dag.outputs})
     lifted = lift_forward(dag, 1.0, b)
     layers, value = lifted.layers, lifted.value

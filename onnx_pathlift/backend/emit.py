@@ -17,7 +17,8 @@ from onnx import ModelProto, NodeProto, helper
 from ..errors import UsageError
 from ..graph.budget import Budget
 from ..graph.builder import HEADROOM_LOG2, SETTLE_LOG2, BuiltModel, GraphBuilder, LiftBuilder, Scaled
-from ..graph.exponents import compact, forget_powers
+from ..graph.exponents import compact, lift_run
+from ..graph.numeric import log2_sum_scaled
 from ..ir.dag import Dag, Layer
 from ..ops import LAYER_OPS, require
 from ..ops.layer_op import ANY
@@ -130,9 +131,15 @@ def settled(b: LiftBuilder, value: dict[str, Scaled], name: str, rank: int) -> S
 
 
 def lift_forward(dag: Dag, q: float, b: LiftBuilder, input_log2: dict[str, float] | None = None) -> Lifted:
-    """Emit the lifted forward pass on ``b``. Static mode: each layer's exponent map comes from its
-    static bound (:func:`_lift_static`); dynamic mode: tensors are renormalised where needed, and
-    the analysed outputs at the end."""
+    """Emit the lifted forward pass on ``b``, one lift run (:func:`~onnx_pathlift.graph.exponents.lift_run`:
+    the powers memo it owns). Static mode: each layer's exponent map comes from its static bound
+    (:func:`_lift_static`); dynamic mode: tensors are renormalised where needed, and the analysed
+    outputs at the end."""
+    with lift_run():
+        return _lift_forward(dag, q, b, input_log2)
+
+
+def _lift_forward(dag: Dag, q: float, b: LiftBuilder, input_log2: dict[str, float] | None) -> Lifted:
     value: dict[str, Scaled] = {}
     bounds: dict[str, np.ndarray] = {}
     rho: dict[str, float] = {}
@@ -164,8 +171,7 @@ def lift_forward(dag: Dag, q: float, b: LiftBuilder, input_log2: dict[str, float
     for out, lname in dag.outputs.items():
         if not b.static:
             clean(lname)
-        budget.bound_log2[out] = _total_log2(bounds[lname], shapes[lname])
-    forget_powers()
+        budget.bound_log2[out] = log2_sum_scaled(bounds[lname], shape=shapes[lname])  # log2 Σ 2**bound over the output
     return Lifted(layers, value, budget)
 
 
@@ -204,13 +210,6 @@ def _gap(k, bound: np.ndarray) -> tuple[float, float]:
         return 0.0, 0.0
     d = k[ok] - bound[ok]
     return float(d.min()), float(d.max())
-
-
-def _total_log2(bound: np.ndarray, shape: tuple[int, ...]) -> float:
-    """``log2 Σ 2**bound`` over a tensor of ``shape`` (the bound broadcast to it)."""
-    full = np.broadcast_to(np.asarray(bound, dtype=np.float64), shape)
-    top = float(full.max(initial=-np.inf))
-    return top if top == -math.inf else top + math.log2(float(np.exp2(full - top).sum()))
 
 
 def static_bounds(layers: list[Layer], shapes: dict[str, tuple[int, ...]], q: float) -> dict[str, np.ndarray]:

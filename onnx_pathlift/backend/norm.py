@@ -12,8 +12,8 @@ from onnx import ModelProto
 from ..errors import PathliftError, UsageError
 from ..fileio.load import ModelSource
 from ..frontend.importer import import_model
-from ..graph.budget import Budget, log2_sum
-from ..graph.numeric import json_float, log10_value
+from ..graph.budget import Budget
+from ..graph.numeric import json_float, log2_sum, log2_sum_scaled, log10_value
 from ..ir.dag import Dag
 from .emit import LOG2_SUFFIX, bundle_tag, lift_model, lifted_bundle
 from .runtime import make_session
@@ -55,16 +55,7 @@ def _log2_total(t: np.ndarray, k) -> float:
     k = np.asarray(k, dtype=np.float64)
     if not np.isfinite(t).all():
         return math.nan  # overflow or 0·inf: no estimate (the budget then gives the static bound alone)
-    if k.size == 1:
-        total = float(t.sum())
-        return math.log2(total) + float(k.reshape(-1)[0]) if total > 0 else -math.inf
-    k = np.broadcast_to(k, t.shape)
-    mask = t > 0
-    if not mask.any():
-        return -math.inf
-    top = float(k[mask].max())  # exact powers of two below it; a term 2**-1074 below the largest nonzero one is nothing
-    with np.errstate(under="ignore", invalid="ignore"):
-        return top + math.log2(float(np.where(mask, t * np.exp2(k - top), 0.0).sum()))
+    return log2_sum_scaled(k, t)
 
 
 @dataclass

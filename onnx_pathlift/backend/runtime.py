@@ -50,11 +50,33 @@ REWRITES = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "basic": ort.Graph
             "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
 
 
+def _options(model: ModelProto | BuiltModel, rewrites: str, threads: int | None, profile: str | None) -> ort.SessionOptions:
+    """The session options of :func:`make_session`."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4  # fatal only: its errors reach us as exceptions, not coloured logs
+    if isinstance(model, BuiltModel) and sum(v.nbytes for v in model.external.values()) >= NO_PREPACK_BYTES:
+        # our sessions run a handful of times: packing large weight matrices for faster GEMMs costs more
+        # than it saves (VGG-11-BN lifted at q = 1, 2: 11 s of session build with it, 4 s without)
+        opts.add_session_config_entry("session.disable_prepacking", "1")
+    opts.graph_optimization_level = REWRITES[rewrites]
+    opts.intra_op_num_threads = _THREADS if threads is None else threads
+    if threads is not None:
+        opts.inter_op_num_threads = threads
+    if profile is not None:
+        opts.enable_profiling, opts.profile_file_prefix = True, profile
+    return opts
+
+
 def make_session(model: ModelProto | BuiltModel, providers: str | list[str] | None = None,
-                 rewrites: str = "all") -> ort.InferenceSession | FedSession:
+                 rewrites: str = "all", threads: int | None = None,
+                 profile: str | None = None) -> ort.InferenceSession | FedSession:
     """An inference session on the requested providers, checked to really use the first of them. The
     large constants of a :class:`~onnx_pathlift.graph.builder.BuiltModel` go to onnxruntime as arrays, never
     through protobuf.
+
+    ``threads``: onnxruntime's intra- and inter-op threads for this session (None: the process setting
+    of :func:`set_threads`; 1 for latency measurements). ``profile``: a file prefix turns onnxruntime's
+    profiler on (``session.end_profiling()`` writes the trace and returns its path).
 
     ``rewrites``: onnxruntime's graph rewrites, measured by ``benchmarks/bench_session_levels.py``.
 
@@ -73,14 +95,7 @@ def make_session(model: ModelProto | BuiltModel, providers: str | list[str] | No
     q = 1, 2: session 0.16 → 0.02 s, run 0.10 → 0.13 s, 240 MB less; VGG-11-BN 0.6 → 0.01 s, 1 GB
     less). At ``"all"`` they stay initializers, for the constant-weight kernels of repeated runs."""
     names = resolve_providers(providers)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 4  # fatal only: its errors reach us as exceptions, not coloured logs
-    if isinstance(model, BuiltModel) and sum(v.nbytes for v in model.external.values()) >= NO_PREPACK_BYTES:
-        # our sessions run a handful of times: packing large weight matrices for faster GEMMs costs more
-        # than it saves (VGG-11-BN lifted at q = 1, 2: 11 s of session build with it, 4 s without)
-        opts.add_session_config_entry("session.disable_prepacking", "1")
-    opts.graph_optimization_level = REWRITES[rewrites]
-    opts.intra_op_num_threads = _THREADS
+    opts = _options(model, rewrites, threads, profile)
     constants: dict[str, np.ndarray] = {}
     if isinstance(model, BuiltModel):
         if model.external and rewrites != "all":

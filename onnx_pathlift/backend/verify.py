@@ -65,6 +65,7 @@ def without_activation_qdq(model: ModelProto, keep: list[str] | tuple[str, ...] 
     (weights stay quantized-then-dequantized). The graph outputs and the tensors named in ``keep``
     (an activation DequantizeLinear's output chosen with ``--output``) keep their names."""
     from ..ops.quantize import clips_at_zero
+    from ..ops.registry import has_role
 
     m = ModelProto()
     m.CopyFrom(model)
@@ -73,14 +74,14 @@ def without_activation_qdq(model: ModelProto, keep: list[str] | tuple[str, ...] 
 
     def is_constant(name: str) -> bool:
         node = producers.get(name)
-        return name in constants or (node is not None and node.op_type in ("Constant", "QuantizeLinear")
+        return name in constants or ((has_role(node, "constant") or has_role(node, "quantize"))
                                      and all(is_constant(i) for i in node.input if i))
 
     rename: dict[str, str] = {}
     relus: list[onnx.NodeProto] = []
     for node in m.graph.node:
-        q = producers.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
-        if q is not None and q.op_type == "QuantizeLinear" and not is_constant(q.input[0]):
+        q = producers.get(node.input[0]) if has_role(node, "dequantize") else None
+        if has_role(q, "quantize") and not is_constant(q.input[0]):
             zero = next((t for t in m.graph.initializer if len(q.input) > 2 and t.name == q.input[2]), None)
             if clips_at_zero(None if zero is None else onnx.numpy_helper.to_array(zero)):
                 relus.append(onnx.helper.make_node("Relu", [q.input[0]], [q.input[0] + "__relu"]))
@@ -94,7 +95,7 @@ def without_activation_qdq(model: ModelProto, keep: list[str] | tuple[str, ...] 
         position = max(i for i, n in enumerate(m.graph.node) if relu.input[0] in n.output or i == 0)
         m.graph.node.insert(position + 1, relu)
     for node in m.graph.node:  # the bypassed DequantizeLinear nodes now feed nothing
-        if node.op_type == "DequantizeLinear" and node.output[0] in rename:
+        if has_role(node, "dequantize") and node.output[0] in rename:
             node.output[0] += "__bypassed"
     for name in dict.fromkeys([out.name for out in m.graph.output] + list(keep)):
         if name in rename:  # keep the tensor's name: route it through an Identity

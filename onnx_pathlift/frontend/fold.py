@@ -1,8 +1,9 @@
 """Constant folding: every node whose inputs are all constants becomes a constant.
 
-:func:`fold` makes one topological pass; ``Constant``, ``Shape`` and ``Size`` of a statically shaped
-tensor are read directly, ``ConstantOfShape`` and ``DequantizeLinear`` computed in numpy, every other
-deterministic default-domain op by ONNX's reference evaluator on that node alone. Each fold's output
+:func:`fold` makes one topological pass; an op with a declared fold rule (``ops/plumbing.py``: ``Constant``,
+``Shape`` and ``Size`` of a statically shaped tensor read directly, ``ConstantOfShape`` in numpy;
+``ops/quantize.py``: ``DequantizeLinear``) is folded by it, every other deterministic default-domain op
+by ONNX's reference evaluator on that node alone. Each fold's output
 size is checked (by ONNX shape inference) against :class:`~onnx_pathlift.fileio.read.Limits` before it
 runs, and the folded constants' total size after.
 """
@@ -16,11 +17,10 @@ import numpy as np
 import onnx
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
-from ..errors import InvalidModelError, PathliftError, Refusal, UnsupportedModelError
+from ..errors import InvalidModelError, PathliftError
 from ..fileio.read import Limits
+from ..ops.registry import FOLDS, NEVER_FOLDED
 
-#: ops never folded even when all their inputs are constant
-_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 #: constants up to this many elements are given to shape inference with their values (shape
 #: arithmetic needs them); larger ones (weights) only with their type and shape
 INFER_VALUES_UP_TO = 4096
@@ -59,50 +59,24 @@ def _eval_node(node: NodeProto, args: list[np.ndarray | None], domains) -> list[
     return [np.asarray(r) for r in ReferenceEvaluator(_node_model(node, args, domains, math.inf)).run(None, {})]
 
 
-def _constant_of_shape(node: NodeProto, args: list[np.ndarray | None]) -> list[np.ndarray]:
-    """ConstantOfShape directly in numpy (model zoos build whole weight tensors with it)."""
-    attr = {a.name: a for a in node.attribute}
-    fill = numpy_helper.to_array(attr["value"].t).reshape(-1)[:1] if "value" in attr else np.zeros(1, np.float32)
-    return [np.full(tuple(int(d) for d in args[0]), fill[0], dtype=fill.dtype)]
-
-
-def _dequantize(node: NodeProto, args: list[np.ndarray | None]) -> list[np.ndarray]:
-    """DequantizeLinear ``(x − zero_point) · scale``, per tensor or along ``axis`` (quantized weights)."""
-    x, scale = args[0].astype(np.float64), args[1].astype(np.float64)
-    zero = args[2].astype(np.float64) if len(args) > 2 and args[2] is not None else np.zeros_like(scale)
-    if scale.ndim == 1 and scale.size > 1:
-        axis = {a.name: helper.get_attribute_value(a) for a in node.attribute}.get("axis", 1) % x.ndim
-        shape = [1] * x.ndim
-        shape[axis] = -1
-        scale, zero = scale.reshape(shape), zero.reshape(shape)
-    return [((x - zero) * scale).astype(args[1].dtype)]
-
-
-#: ops folded directly in numpy (fast, and independent of the reference evaluator's op versions)
-_NUMPY_FOLDS = {"ConstantOfShape": _constant_of_shape, "DequantizeLinear": _dequantize}
-
-
 def _fold_node(node: NodeProto, domains, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]],
                limits: Limits) -> list[np.ndarray] | None:
-    """The node's output values if they are constant (computed here), else None."""
-    if node.op_type == "Constant":
-        return [_constant_value(node, {a.name: a for a in node.attribute})]
-    if node.op_type == "Shape" and node.input[0] in shapes and node.input[0] not in consts:
-        full = np.array(shapes[node.input[0]], dtype=np.int64)
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        return [full[attrs.get("start", 0): attrs.get("end", len(full))]]
-    if node.op_type == "Size" and node.input[0] in shapes:
-        return [np.array(math.prod(shapes[node.input[0]]), dtype=np.int64)]
+    """The node's output values if they are constant (computed here), else None: the op's declared fold
+    rule (:data:`~onnx_pathlift.ops.registry.FOLDS`) or, on constant inputs, ONNX's reference evaluator."""
+    rule, early = FOLDS.get(node.op_type, (None, False))
+    if rule is not None and early:
+        outs = rule(node, [consts.get(n) if n else None for n in node.input], shapes)
+        if outs is not None:
+            return outs
     known = all((not name) or name in consts for name in node.input)
-    if not (known and any(node.input) and node.domain in ("", "ai.onnx") and node.op_type not in _NONDETERMINISTIC) or any(
+    if not (known and any(node.input) and node.domain in ("", "ai.onnx") and node.op_type not in NEVER_FOLDED) or any(
         a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute
     ):
         return None
     args = [consts[n] if n else None for n in node.input]
     _check_output_sizes(node, args, domains, limits)
-    numpy_rule = _NUMPY_FOLDS.get(node.op_type)
     with np.errstate(all="ignore"):  # NaN/Inf results are refused with their position where they are used
-        return numpy_rule(node, args) if numpy_rule else _eval_node(node, args, domains)
+        return rule(node, args, shapes) if rule is not None and not early else _eval_node(node, args, domains)
 
 
 def fold(domains, nodes: list[NodeProto], consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]],
@@ -142,18 +116,3 @@ def fold(domains, nodes: list[NodeProto], consts: dict[str, np.ndarray], shapes:
     return kept, folded
 
 
-
-
-def _constant_value(node: NodeProto, attr: dict) -> np.ndarray:
-    """The value a ``Constant`` node holds (``attr``: its attributes by name); sparse values are refused."""
-    if "value" in attr:
-        return numpy_helper.to_array(attr["value"].t)
-    for key, dtype in (("value_float", np.float32), ("value_int", np.int64)):
-        if key in attr:
-            return np.array(helper.get_attribute_value(attr[key]), dtype=dtype)
-    for key, dtype in (("value_floats", np.float32), ("value_ints", np.int64)):
-        if key in attr:
-            return np.array(helper.get_attribute_value(attr[key]), dtype=dtype)
-    if "sparse_value" in attr:
-        raise UnsupportedModelError([Refusal(node.name or node.output[0], "Constant", "sparse tensors are not supported")])
-    raise InvalidModelError(f"Constant node {node.name!r} has an unsupported value attribute {sorted(attr)}")

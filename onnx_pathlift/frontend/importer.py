@@ -22,7 +22,7 @@ from ..fileio.load import ModelSource, load_split
 from ..fileio.read import DEFAULT_LIMITS, FLOAT_TYPES, Limits
 from ..ir.dag import Dag, Layer
 from ..ops import IMPORTERS, ImportContext, reason_for
-from ..ops.registry import HEAD_ROLES, LOOKUPS
+from ..ops.registry import HEAD_ROLES, LOOKUPS, has_role
 from .prepare import Prepared, prepare
 
 _HEAD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
@@ -93,7 +93,7 @@ def _cut_head(name: str, producer: dict[str, NodeProto], consts: dict) -> tuple[
             break
         pending.append(node)
         name = nxt
-        if HEAD_ROLES.get(node.op_type) in ("head", "picker") or all(n.op_type == "Identity" for n in pending):
+        if HEAD_ROLES.get(node.op_type) in ("head", "picker") or all(has_role(n, "identity") for n in pending):
             cut += pending
             pending = []
             cut_at = name
@@ -113,7 +113,7 @@ def _analysed_outputs(p: Prepared, nodes: list[NodeProto], wanted: list[str] | N
             raise InvalidModelError(f"graph output {output!r} is not produced by any node")
         name, cut = _cut_head(output, producer, p.consts)
         trace.cut_nodes += cut
-        shown = [n for n in reversed(cut) if n.op_type != "Identity"]
+        shown = [n for n in reversed(cut) if not has_role(n, "identity")]
         if shown:
             chain = " → ".join(f"{n.op_type} {n.name or n.output[0]!r}" for n in shown)
             notes.append(f"cut {chain} at output {output!r}: analysing its input {name!r}")
@@ -159,7 +159,7 @@ def _wanted_outputs(p: Prepared, producer: dict[str, NodeProto], wanted: list[st
     chosen = []
     for w in wanted:
         name, cut = _cut_head(w, producer, p.consts)
-        shown = [n for n in reversed(cut) if n.op_type != "Identity"]
+        shown = [n for n in reversed(cut) if not has_role(n, "identity")]
         if not shown:  # the tensor asked for, even behind an Identity
             name = w
         else:

@@ -28,18 +28,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from .numeric import log2_sum
+
 TAU_LOG2 = -126.0  # underflow: absolute error of one float32 operation, in the units of its exponent
 U_LOG2 = -24.0  # float32 unit roundoff
 #: the computed value is certified when the underflow term is below this fraction of it
 CERTIFIED_LOG2 = -20.0
-
-
-def log2_sum(logs: list[float]) -> float:
-    """``log2 Σ 2**l_i`` without overflow (``-inf`` when every term is 0 or the list is empty)."""
-    top = max(logs, default=-math.inf)
-    if top == -math.inf:
-        return top
-    return top + math.log2(math.fsum(math.exp2(v - top) for v in logs))
 
 
 @dataclass

@@ -1,18 +1,20 @@
 """Exponent numerics of the lifted network: ``|w|^q`` as exact (float32 mantissa, power-of-two exponent) pairs,
-log2 ranges of weights, exponent maps (compacted, broadcast, differenced), and the caches that spare
-repeated powers within one run (:func:`forget_powers` empties them)."""
+log2 ranges of weights, exponent maps (compacted, broadcast, differenced), and the memo that spares
+repeated powers within one lift run (:func:`lift_run` owns it; outside a run nothing is memoised)."""
 
 from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import PathliftError
 
-_POW_CACHE: list[tuple[np.ndarray, float, tuple[np.ndarray, int]]] = []
 #: ``log2_range`` per block of memory: (id of the array owning it, address, bytes, dtype) -> (weak
 #: reference to that array, result); an entry leaves with its array
 _RANGE_CACHE: dict[tuple, tuple[weakref.ref, tuple[float, float]]] = {}
@@ -27,18 +29,49 @@ _MAGNITUDE_BITS = {4: (np.uint32, 0x7FFFFFFF), 8: (np.uint64, 0x7FFFFFFFFFFFFFFF
 Exponent = int | np.ndarray
 
 
+@dataclass
+class PowerMemo:
+    """The powers one lift run asks for twice (a layer's bound, then its lift or adjoint): the last few
+    :func:`pow_scaled` results by array identity and q, and the one :func:`power32` array kept."""
+
+    pows: list[tuple[np.ndarray, float, tuple[np.ndarray, int]]] = field(default_factory=list)
+    slot: list[tuple[np.ndarray, float, np.ndarray]] = field(default_factory=list)
+
+
+_RUN: ContextVar[PowerMemo | None] = ContextVar("onnx_pathlift_lift_run", default=None)
+
+
+@contextmanager
+def lift_run() -> Iterator[PowerMemo]:
+    """The powers memo of one lift run, dropped when the run ends; a run inside a run shares the outer
+    one's (the scores graph lifts forward, then runs the adjoint on the same weights). Per context, so
+    threads do not share it."""
+    memo = _RUN.get()
+    if memo is not None:
+        yield memo
+        return
+    token = _RUN.set(PowerMemo())
+    try:
+        yield _RUN.get()
+    finally:
+        _RUN.reset(token)
+
+
 def pow_scaled(a: np.ndarray, q: float) -> tuple[np.ndarray, int]:
     """``|a|**q`` as ``(m, e)`` with ``|a|**q = m · 2**e``, ``m`` float64 with ``max m`` in [1, 2).
 
     Computed in the log domain when plain powers could leave float64's range (``|a| = 1e80, q = 4``);
     an entry below ``2**-1074`` of the largest underflows to 0 (:func:`lost_below` says whether any
-    could). The last few results are memoised (bound and adjoint ask twice).
+    could). Within a :func:`lift_run` the last few results are memoised (bound and adjoint ask twice).
     """
-    for arr, qq, result in _POW_CACHE:
+    memo = _RUN.get()
+    if memo is None:
+        return _pow_scaled(a, q)
+    for arr, qq, result in memo.pows:
         if arr is a and qq == q:
             return result
     result = _pow_scaled(a, q)
-    _POW_CACHE[:] = [(a, q, result)] + _POW_CACHE[:3]
+    memo.pows[:] = [(a, q, result)] + memo.pows[:3]
     return result
 
 
@@ -231,27 +264,19 @@ def _float32_power(a: np.ndarray, q: float, shifts: list[np.ndarray]) -> np.ndar
     return m
 
 
-#: the last ``|a|**q`` that :func:`power32` was asked to keep: ``(a, q, powers)``, one at a time
-_POWER_SLOT: list[tuple[np.ndarray, float, np.ndarray]] = []
-
-
 def power32(a: np.ndarray, q: float, keep: bool = False) -> np.ndarray:
     """``|a|**q`` of a float32 array for q ∈ {1, 2}, as a new C-ordered float32 array of ``a``'s shape:
-    ``|a|`` exactly, ``a·a`` correctly rounded. ``keep``: also held (one array at a time, until
-    :func:`forget_powers`) for the next call on the same memory and q, which takes it instead of
+    ``|a|`` exactly, ``a·a`` correctly rounded. ``keep``: within a :func:`lift_run`, also held (one array
+    at a time, until the run ends) for the next call on the same memory and q, which takes it instead of
     computing it again: a layer's static bound and its lifted weight then read the weights once."""
-    if _POWER_SLOT and _POWER_SLOT[0][1] == q and _same_memory(_POWER_SLOT[0][0], a):
-        m = _POWER_SLOT.pop()[2].reshape(a.shape)
+    slot = memo.slot if (memo := _RUN.get()) is not None else []
+    if slot and slot[0][1] == q and _same_memory(slot[0][0], a):
+        m = slot.pop()[2].reshape(a.shape)
     else:
         m = np.square(a, dtype=np.float32, order="C") if q == 2.0 else np.abs(a, dtype=np.float32, order="C")
     if keep:
-        _POWER_SLOT[:] = [(a, q, m)]
+        slot[:] = [(a, q, m)]
     return m
-
-
-def forget_powers() -> None:
-    """Drop the array :func:`power32` keeps (the end of a lift)."""
-    _POWER_SLOT.clear()
 
 
 def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:

@@ -1,12 +1,22 @@
-"""Numbers reported as their log10: the plain value where float64 holds it, and the JSON form.
+"""Numbers kept as logarithms: the one log-sum-exp, the plain value where float64 holds it, the JSON form.
 
 Path-norms and bounds overflow float64 easily (a deep network's ‖Φ‖ reaches 10**400), so they are
-computed and kept as log10; reports give both the log10 and, where it fits, the value.
+computed and kept as log2 / log10; reports give both the log10 and, where it fits, the value.
+
+Log-sum-exp, the one home: ``log_b Σ b**l_i = m + log_b Σ b**(l_i − m)`` with ``m = max_i l_i``. Every
+shifted term lies in ``[0, 1]`` and the largest is exactly 1, so nothing overflows and the sum lies in
+``[1, n]``; terms more than ~1074 (base 2) below ``m`` underflow to 0, which loses less than one unit in the
+last place of the sum. ``l_i = -inf`` is a term 0: ``-inf − m = -inf`` and ``b**-inf = 0`` for finite ``m``;
+when every term is 0 (or there is none) ``m = -inf`` and the result is ``-inf`` at once, never the
+``-inf − (-inf) = nan`` that a naive shift would give (nor its RuntimeWarning).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
+
+import numpy as np
 
 #: the largest log10 turned into a plain value: ``10**308.25 ≈ 1.78e308`` stays below float64's
 #: maximum (``≈ 10**308.2547``) with room for the rounding of the power
@@ -23,3 +33,39 @@ def log10_value(log10: float) -> float | None:
 def json_float(x: float | None) -> float | None:
     """``x`` for JSON: None for None, NaN and ±inf (JSON has no such numbers)."""
     return x if x is not None and math.isfinite(x) else None
+
+
+def _log_sum(logs: Iterable[float], power: Callable[[float], float], log: Callable[[float], float]) -> float:
+    """``m + log(Σ power(l_i − m))``, ``m = max l_i``; the sum by ``math.fsum`` (correctly rounded)."""
+    logs = list(logs)
+    top = max(logs, default=-math.inf)
+    return top if top == -math.inf else top + log(math.fsum(power(v - top) for v in logs))
+
+
+def log2_sum(logs: Iterable[float]) -> float:
+    """``log2 Σ 2**l_i`` without overflow (``-inf`` when every term is 0 or there is none)."""
+    return _log_sum(logs, math.exp2, math.log2)
+
+
+def log10_sum(logs: Iterable[float]) -> float:
+    """``log10 Σ 10**l_i`` without overflow (``-inf`` when every term is 0 or there is none)."""
+    return _log_sum(logs, lambda x: 10.0**x, math.log10)
+
+
+def log2_sum_scaled(k, t: np.ndarray | None = None, shape: tuple[int, ...] | None = None) -> float:
+    """``log2 Σ_i t_i · 2**k_i`` over a tensor (``t ≥ 0`` finite, 1 where None; ``k`` broadcast to ``t``'s
+    shape or ``shape``), the log-sum-exp above with weights: ``m`` is the largest ``k_i`` of a nonzero term
+    (so every ``2**(k_i − m) ≤ 1`` is exact or underflows harmlessly) and the sum is numpy's (pairwise).
+    A single exponent is factored out exactly: ``log2(Σ t) + k``. ``-inf`` when every term is 0."""
+    k = np.asarray(k, dtype=np.float64)
+    if t is not None and k.size == 1:
+        total = float(np.asarray(t, dtype=np.float64).sum())
+        return math.log2(total) + float(k.reshape(-1)[0]) if total > 0 else -math.inf
+    k = np.broadcast_to(k, shape if t is None else np.shape(t))
+    mask = k > -np.inf if t is None else (np.asarray(t) > 0) & (k > -np.inf)
+    if not mask.any():
+        return -math.inf
+    top = float(k[mask].max())
+    with np.errstate(under="ignore"):
+        terms = np.exp2(np.where(mask, k - top, -np.inf))  # terms left out (t = 0 or k = -inf) are exactly 0
+    return top + math.log2(float((terms if t is None else np.asarray(t, dtype=np.float64) * terms).sum()))

@@ -24,7 +24,7 @@ from .arithmetic import elementwise_channels
 from .channel_api import per_channel
 from .context import ImportContext, attributes, broadcasts_to, operand
 from .layer_op import ANY, OneLipschitz, ParameterFree
-from .registry import channel_rule, imports, layer_op, pass_range, spec_rule
+from .registry import channel_rule, graph_role, imports, layer_op, pass_range, spec_rule
 
 
 @layer_op
@@ -36,6 +36,10 @@ class Relu(ParameterFree, OneLipschitz):
     full_maps = False
     rescale_role = "per_channel"  # relu(λx) = λ·relu(x) for λ > 0
     folds_into_quantizer = True  # a quantizer whose range starts at 0 clips like a ReLU
+
+    def row_params(self, layer: Layer, rows: tuple[int, ...]) -> dict[str, np.ndarray]:
+        """Elementwise: it acts on every row alike."""
+        return dict(layer.params)
 
     def nonnegative(self, layer: Layer, inputs: bool) -> bool:
         return True
@@ -57,6 +61,7 @@ class Relu(ParameterFree, OneLipschitz):
 
 
 channel_rule("Relu", "LeakyRelu", "Clip")(per_channel)  # commute with slicing channels
+graph_role("relu", "Relu")
 #: elementwise unary ops (scalar attributes only): output channel c is f(input channel c), so slicing
 #: channels commutes with them; not ReLU networks (path-norms refuse them), but a channel is still a channel
 UNARY = ("Sigmoid", "HardSigmoid", "Tanh", "Erf", "HardSwish", "Softplus", "Softsign", "Elu", "Selu", "Celu", "Mish",

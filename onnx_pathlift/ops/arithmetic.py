@@ -37,6 +37,7 @@ class Affine(LayerOp):
     accepts_dirty = True
     full_maps = False
     rescale_role = "per_channel"
+    rescaled_params = ("bias", "mean")
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         y = xs[0]
@@ -48,6 +49,34 @@ class Affine(LayerOp):
 
     def nonnegative(self, layer: Layer, inputs: bool) -> bool:
         return inputs and all(np.all(v >= 0) for v in layer.params.values())
+
+    def compose(self, first: Layer, second: Layer) -> Layer | None:
+        """``s₂·(s₁·x + t₁) + t₂ = (s₂s₁)·x + (s₂t₁ + t₂)``."""
+        return None if first.op != self.op else \
+            replace(second, inputs=list(first.inputs), params=_merged_affine(first, second), origins={})
+
+    def split_scale(self, layer: Layer, scale_first: bool) -> tuple[np.ndarray, Layer | None] | None:
+        """``s·x + t = (x ↦ x + t)(s·x)``, and ``= s·(x + t/s)`` for an ``s`` without zeros."""
+        s = layer.params.get("scale")
+        if s is None or not (scale_first or np.all(s != 0)):
+            return None
+        if scale_first:
+            rest = {k: v for k, v in layer.params.items() if k != "scale"}
+        else:
+            rest = {"bias": layer.params["bias"] / s} if "bias" in layer.params else {}
+        return s, replace(layer, params=rest, origins={}) if rest else None
+
+    def row_params(self, layer: Layer, rows: tuple[int, ...]) -> dict[str, np.ndarray] | None:
+        """Row-wise when each parameter is constant along every axis but the last."""
+        if not all(v.ndim <= len(layer.shape) and all(d == 1 for d in v.shape[:-1]) for v in layer.params.values()):
+            return None
+        return {k: v.reshape((1,) * len(rows) + (v.size,)) if v.size > 1 else v.reshape(()) for k, v in layer.params.items()}
+
+    def full_rank(self, layer: Layer) -> Layer:
+        """Parameters padded with leading axes of size 1 to the layer's rank (``(C,1,1)`` → ``(1,C,1,1)``)."""
+        rank = len(layer.shape)
+        params = {k: v.reshape((1,) * (rank - v.ndim) + v.shape) if v.ndim < rank else v for k, v in layer.params.items()}
+        return replace(layer, params=params)
 
     def map_axis(self, layer: Layer) -> str:
         return ANY
@@ -121,6 +150,19 @@ class Affine(LayerOp):
         return math.log2(top) if top > 0 else -math.inf
 
 
+def _merged_affine(first: Layer, second: Layer) -> dict[str, np.ndarray]:
+    """The parameters of ``second ∘ first`` (both affine)."""
+    s1, s2 = first.params.get("scale"), second.params.get("scale")
+    t1, t2 = first.params.get("bias"), second.params.get("bias")
+    params = {}
+    if s1 is not None or s2 is not None:
+        params["scale"] = s1 * s2 if s1 is not None and s2 is not None else s1 if s1 is not None else s2
+    if t1 is not None or t2 is not None:
+        scaled = None if t1 is None else (t1 * s2 if s2 is not None else t1)
+        params["bias"] = scaled + t2 if scaled is not None and t2 is not None else scaled if scaled is not None else t2
+    return params
+
+
 @layer_op
 class Sum(ParameterFree, OneLipschitz):
     """``y = Σ sign_i · x_i`` over activations (residual connections)."""
@@ -128,6 +170,10 @@ class Sum(ParameterFree, OneLipschitz):
     op = "sum"
     kind = "skip"
     full_maps = False
+
+    def is_identity(self, layer: Layer, in_shape: tuple[int, ...]) -> bool:
+        """A sum of one input of sign +1 (that broadcasts nothing)."""
+        return len(layer.inputs) == 1 and layer.attrs["signs"][0] > 0 and tuple(layer.shape) == tuple(in_shape)
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         y = xs[0] if layer.attrs["signs"][0] > 0 else b.op("Neg", [xs[0]], "neg")

@@ -172,6 +172,10 @@ class Dense(LayerOp):
             return None
         return replace(layer, params={**layer.params, "W": w * (s[None, :] if right else s[:, None])})
 
+    def row_params(self, layer: Layer, rows: tuple[int, ...]) -> dict[str, np.ndarray] | None:
+        """``x @ W`` with a 2-D ``W`` acts on each row of ``x``'s last axis alike."""
+        return dict(layer.params) if layer.attrs["side"] == "right" and layer.params["W"].ndim == 2 else None
+
     def absorb_input_scale(self, layer: Layer, scale: np.ndarray, in_shape: tuple[int, ...]) -> Layer | None:
         w = layer.params["W"]
         if w.ndim != 2:

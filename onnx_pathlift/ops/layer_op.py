@@ -58,6 +58,9 @@ class LayerOp:
     #: "per_channel" (commutes with a positive per-channel factor: bias, BatchNormalization, ReLU, pools),
     #: "flatten" (may flatten channels into a dense layer's rows); None: a rescaled chain stops here
     rescale_role: ClassVar[str | None] = None
+    #: for "per_channel": the parameters a per-channel factor multiplies (``λ(s·x + t) = s·(λx) + λt``: an
+    #: affine layer's bias), and the origins they are traced back to (a BatchNormalization's β and mean)
+    rescaled_params: ClassVar[tuple[str, ...]] = ()
     #: whether an activation quantizer (QuantizeLinear→DequantizeLinear) may fold this layer into its
     #: clipping range, so that two spellings of one model differ by it (a ReLU; see :func:`onnx_pathlift.analyses.metric.pair_layers`)
     folds_into_quantizer: ClassVar[bool] = False
@@ -169,6 +172,40 @@ class LayerOp:
         or None: ``W ∗ (s ⊙ x) = (W·s) ∗ x`` along the weight's input-channel axis. Exact on the function
         for a linear layer (a zero pad stays zero either way); used by :mod:`onnx_pathlift.rewrite.canonical`."""
         return None
+
+    # The canonical spelling (:mod:`onnx_pathlift.rewrite.canonical` asks these; each is exact on the function).
+
+    def respelled(self, layer: Layer) -> Layer:
+        """The layer in its canonical spelling (itself, unless an op has two spellings of one function)."""
+        return layer
+
+    def is_identity(self, layer: Layer, in_shape: tuple[int, ...]) -> bool:
+        """Whether the layer computes ``y = x`` on its first input, of shape ``in_shape``."""
+        return False
+
+    def compose(self, first: Layer, second: Layer) -> Layer | None:
+        """``second ∘ first`` as one layer of this op (``second`` is of this op and reads ``first``, which
+        feeds nothing else), reading ``first``'s inputs; None when they do not compose."""
+        return None
+
+    def split_scale(self, layer: Layer, scale_first: bool) -> tuple[np.ndarray, Layer | None] | None:
+        """A per-channel scale ``s`` factored out of the layer: ``(s, rest)`` with ``layer = rest ∘ (s ⊙ ·)``
+        when ``scale_first``, else ``layer = (s ⊙ ·) ∘ rest`` (then ``s`` has no zero); ``rest`` None when it
+        is the identity. None when the layer has no such scale."""
+        return None
+
+    def row_params(self, layer: Layer, rows: tuple[int, ...]) -> dict[str, np.ndarray] | None:
+        """When the layer acts on each row of its input's last axis alike (so a reshape keeping that axis
+        commutes with it): its parameters for an input of shape ``(*rows, last)``; else None."""
+        return None
+
+    def keeps_rows(self, layer: Layer, in_shape: tuple[int, ...]) -> bool:
+        """Whether the layer only regroups the rows of its input's last axis, keeping that axis."""
+        return False
+
+    def full_rank(self, layer: Layer) -> Layer:
+        """The layer with its broadcast parameters laid out at the layer's full rank (itself by default)."""
+        return layer
 
 
 class RescaleAxes(NamedTuple):

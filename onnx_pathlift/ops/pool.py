@@ -155,6 +155,13 @@ class GlobalPool(ParameterFree, OneLipschitz):
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         return b.op("GlobalMaxPool" if layer.attrs["mode"] == "max" else "GlobalAveragePool", xs, "globalpool")
 
+    def respelled(self, layer: Layer) -> Layer:
+        """The reduction it computes: ReduceMax / ReduceMean over the spatial axes, keepdims (torch's
+        dynamo exporter writes AdaptiveAvgPool2d(1) so)."""
+        attrs = {"mode": "max" if layer.attrs["mode"] == "max" else "mean", "axes": list(range(2, len(layer.shape))),
+                 "keepdims": 1, "count": int(np.prod(layer.attrs["in_spatial"]))}
+        return replace(layer, op="reduce", attrs=attrs)
+
     def map_axis(self, layer: Layer) -> int:
         return 1
 

@@ -11,11 +11,12 @@ point, range), from which :mod:`onnx_pathlift.analyses.quant_bound` bounds its e
 from __future__ import annotations
 
 import numpy as np
+from onnx import NodeProto, helper
 
 from ..errors import RefuseNode
 from ..ir.dag import ActivationQuantizer
 from .context import ImportContext
-from .registry import head_role, imports
+from .registry import folds, graph_role, head_role, imports
 
 
 def clips_at_zero(zero_point: np.ndarray | None) -> bool:
@@ -26,6 +27,21 @@ def clips_at_zero(zero_point: np.ndarray | None) -> bool:
 
 
 head_role("carrier", "QuantizeLinear", "DequantizeLinear")  # Q→DQ after the final Softmax: onnxruntime's quantize_static
+graph_role("quantize", "QuantizeLinear")
+graph_role("dequantize", "DequantizeLinear")
+
+
+@folds("DequantizeLinear")
+def _dequantize(node: NodeProto, args: list, shapes: dict) -> list[np.ndarray]:
+    """DequantizeLinear ``(x − zero_point) · scale``, per tensor or along ``axis`` (quantized weights)."""
+    x, scale = args[0].astype(np.float64), args[1].astype(np.float64)
+    zero = args[2].astype(np.float64) if len(args) > 2 and args[2] is not None else np.zeros_like(scale)
+    if scale.ndim == 1 and scale.size > 1:
+        axis = {a.name: helper.get_attribute_value(a) for a in node.attribute}.get("axis", 1) % x.ndim
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        scale, zero = scale.reshape(shape), zero.reshape(shape)
+    return [((x - zero) * scale).astype(args[1].dtype)]
 
 
 @imports("QuantizeLinear", "DequantizeLinear")

@@ -60,6 +60,10 @@ class Reduce(ParameterFree):
         """When the channel axis is not reduced and stays in place (keepdims)."""
         return bool(layer.attrs["keepdims"]) and axis not in layer.attrs["axes"]
 
+    def is_identity(self, layer: Layer, in_shape: tuple[int, ...]) -> bool:
+        """A reduction over one element that keeps the shape."""
+        return layer.attrs["count"] == 1 and tuple(layer.shape) == tuple(in_shape)
+
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         return _reduce(b, _OP_TYPES[layer.attrs["mode"]], xs[0], layer)
 

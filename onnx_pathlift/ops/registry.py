@@ -107,6 +107,61 @@ def pass_range(*op_types: str) -> Callable[[PassRange], PassRange]:
     return _registrar(PASS_RANGES, "pass ranges", op_types)
 
 
+#: ``(node, args, shapes) -> values or None``: how an ONNX op folds when constant, in numpy (``args``: its
+#: inputs' values, None where not constant; ``shapes``: the static shapes); see :func:`folds`
+FoldRule = Callable[[NodeProto, list, dict], "list[np.ndarray] | None"]
+#: op type -> (its fold rule, whether it is asked before the inputs are known constants)
+FOLDS: dict[str, tuple[FoldRule, bool]] = {}
+#: ONNX ops never folded, even on constant inputs (they draw random numbers)
+NEVER_FOLDED: set[str] = set()
+#: ONNX op types by the part they play in the graph's plumbing, asked outside ``ops/`` instead of op names:
+#: "identity" (``y = x``), "constant" (a node holding a tensor), "relu" (the ReLU itself), "quantize" and
+#: "dequantize" (the two halves of a QDQ pair)
+GRAPH_ROLES: dict[str, str] = {}
+#: ``(domain, op type) -> rule``: a fused op of another domain written back as the standard nodes it fuses
+#: (``rule(node, opset) -> nodes``; :mod:`onnx_pathlift.frontend.unfuse` runs them before anything else)
+UNFUSERS: dict[tuple[str, str], Callable[[NodeProto, int], list[NodeProto]]] = {}
+
+
+def folds(*op_types: str, early: bool = False) -> Callable[[FoldRule], FoldRule]:
+    """Register how ONNX op types fold in numpy: ``early`` rules read what is known before the inputs are
+    constant (a ``Constant``'s attribute, the static shape behind ``Shape``); the others run on constant
+    inputs only, after the output size is checked."""
+
+    def register(fn: FoldRule) -> FoldRule:
+        for op_type in op_types:
+            if op_type in FOLDS:
+                raise ValueError(f"two fold rules for {op_type}")
+            FOLDS[op_type] = (fn, early)
+        return fn
+
+    return register
+
+
+def never_folds(*op_types: str) -> None:
+    """Declare ONNX op types never folded (see :data:`NEVER_FOLDED`)."""
+    NEVER_FOLDED.update(op_types)
+
+
+def graph_role(role: str, *op_types: str) -> None:
+    """Declare the plumbing role of ONNX op types (see :data:`GRAPH_ROLES`)."""
+    if role not in ("identity", "constant", "relu", "quantize", "dequantize"):
+        raise ValueError(f"unknown graph role {role!r}")
+    GRAPH_ROLES.update(dict.fromkeys(op_types, role))
+
+
+def has_role(node: NodeProto | str | None, role: str) -> bool:
+    """Whether a node (or an op type) plays ``role`` (see :data:`GRAPH_ROLES`)."""
+    if node is None:
+        return False
+    return GRAPH_ROLES.get(node if isinstance(node, str) else node.op_type) == role
+
+
+def unfuses(domain: str, *op_types: str) -> Callable:
+    """Register how fused ops of ``domain`` are written back as standard nodes (see :data:`UNFUSERS`)."""
+    return _registrar(UNFUSERS, "unfusing rules", tuple((domain, t) for t in op_types))  # type: ignore[arg-type]
+
+
 def label_lookup(op_type: str, table: int | None, index: int) -> None:
     """Declare ``op_type`` a label lookup after a picker (see :data:`LOOKUPS`)."""
     LOOKUPS[op_type] = (table, index)

@@ -23,7 +23,7 @@ from ..ir.dag import Layer
 from .channel_api import ChannelBuilder, Layout, per_channel
 from .context import ImportContext, attributes, operand
 from .layer_op import ANY, MovesNeurons, OneLipschitz, ParameterFree
-from .registry import channel_rule, head_role, imports, layer_op, spec_rule
+from .registry import channel_rule, graph_role, head_role, imports, layer_op, spec_rule
 
 
 @layer_op
@@ -44,6 +44,16 @@ class Reshape(MovesNeurons):
     def move_back(self, b, layer, t, in_shape):
         return b.op("Reshape", [t, b.ints(in_shape, "shape")], "adj")
 
+    def is_identity(self, layer: Layer, in_shape: tuple[int, ...]) -> bool:
+        return tuple(layer.shape) == tuple(in_shape)
+
+    def compose(self, first: Layer, second: Layer) -> Layer | None:
+        """Two reshapes are the second alone: a reshape keeps the row-major order of the neurons."""
+        return replace(second, inputs=list(first.inputs)) if first.op == self.op else None
+
+    def keeps_rows(self, layer: Layer, in_shape: tuple[int, ...]) -> bool:
+        return bool(layer.shape) and layer.shape[-1] == in_shape[-1]
+
 
 @layer_op
 class Transpose(MovesNeurons):
@@ -61,6 +71,16 @@ class Transpose(MovesNeurons):
 
     def move_back(self, b, layer, t, in_shape):
         return b.op("Transpose", [t], "adj", perm=[int(i) for i in np.argsort(layer.attrs["perm"])])
+
+    def is_identity(self, layer: Layer, in_shape: tuple[int, ...]) -> bool:
+        return list(layer.attrs["perm"]) == list(range(len(layer.shape)))
+
+    def compose(self, first: Layer, second: Layer) -> Layer | None:
+        """Two transposes are one, by the composed permutation: ``y[i] = x[p₁[p₂[i]]]``."""
+        if first.op != self.op:
+            return None
+        perm = [first.attrs["perm"][p] for p in second.attrs["perm"]]
+        return replace(second, inputs=list(first.inputs), attrs={**second.attrs, "perm": perm})
 
 
 @layer_op
@@ -315,6 +335,7 @@ def import_concat(node, ctx: ImportContext) -> None:
 
 
 head_role("carrier", "Identity", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
+graph_role("identity", "Identity")
 
 
 @imports("Identity", "Dropout", "Cast")

@@ -16,9 +16,9 @@ from onnx import ModelProto, NodeProto, helper, numpy_helper
 
 from ..backend.verify import ModelRunner
 from ..errors import UsageError
+from ..frontend.edit import copy_model
 from ..frontend.prepare import Prepared
 from ..ops.registry import PASS_RANGES
-from .slim import _copy
 
 BATCH = 256  # samples per onnxruntime run
 
@@ -115,7 +115,7 @@ def gated_model(model: ModelProto, prepared: Prepared, x: np.ndarray) -> ModelPr
         for k, (node, z) in enumerate(zip(acts, values)):
             lo, hi = active_range(node, prepared)
             counts[k] = counts[k] + np.sum((z > lo) & (z < hi), axis=0, keepdims=True, dtype=np.float64)
-    out = _copy(model)
+    out = copy_model(model)
     gates = {n.output[0]: (c / len(x)).astype(np.float32) for n, c in zip(acts, counts)}
     magnitude = fresh_name(out, f"{input_name}__magnitude")
     nodes = [helper.make_node("Mul", [input_name, _constant(out, magnitude + "_factor",

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from onnx import ModelProto, numpy_helper
+from onnx import ModelProto
 
 from ..errors import UnsupportedModelError, UsageError
 from ..fileio.atomic import refuse_overwriting_input, save_model, save_npz
+from ..frontend.edit import ModelEditor, copy_model
 from ..frontend.pipeline import Loaded, load, model_name
 from .ranking import MIN_KEEP, Selection
 
@@ -87,23 +88,22 @@ def masks(scores: dict[str, np.ndarray], sparsity: float, scope: str = "global")
 
 def apply(model: ModelProto, keep: dict[str, np.ndarray]) -> tuple[ModelProto, PruneReport]:
     """A copy of ``model`` with the masked weights set to zero (same dtype, name and layout)."""
-    out = ModelProto()
-    out.CopyFrom(model)
-    inits = {t.name: t for t in out.graph.initializer}
+    out = copy_model(model)
+    editor = ModelEditor(out)
     pruned = total = zeros = 0
     done, skipped = [], {}
     for name, mask in keep.items():
-        if name not in inits:
+        if name not in editor.init:
             skipped[name] = "not an initializer (computed, e.g. by DequantizeLinear): prune the float model"
             continue
-        w = numpy_helper.to_array(inits[name])
+        w = editor.get(name)
         if w.shape != mask.shape:
             raise UsageError(f"mask for {name!r} has shape {mask.shape}, the tensor {w.shape}")
         pruned += int(np.count_nonzero(~mask & (w != 0)))
         w = np.where(mask, w, np.zeros((), w.dtype)).astype(w.dtype)
         total += w.size
         zeros += int(np.count_nonzero(w == 0))
-        inits[name].CopyFrom(numpy_helper.from_array(w, name))
+        editor.set(name, w)
         done.append(name)
     return out, PruneReport(zeros / total if total else 0.0, pruned, total, done, skipped)
 
@@ -224,9 +224,10 @@ def _recover(loaded: Loaded, result: ChannelPrune, calib: tuple[np.ndarray, np.n
              eval_data: Data) -> Recovery:
     """Recover ``result``'s slim model in place (slim, masked, slim-vs-masked error) and return the
     :class:`~onnx_pathlift.pruning.recover.Recovery`."""
+    from ..frontend.edit import retie
     from .calibration import read_calibration
     from .recover import recover
-    from .slim import masked_model, retie, slim_model
+    from .slim import masked_model, slim_model
 
     evaluation = None if eval_data is None else read_calibration(eval_data, loaded.first_input[1], "--eval")
     source, cg, removed = result.source or loaded.model, result.graph, result.removed  # the model cg describes

@@ -11,25 +11,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import onnxruntime as ort
 from onnx import ModelProto
 
+from ..backend.runtime import make_session
 from ..errors import UsageError
+from ..frontend.edit import copy_model, retie, untie
 from ..frontend.prepare import Prepared, prepare
 from ..ops.registry import CHANNEL_RULES
 from .channels import ChannelGraph, Group
 from .slim import (
     ChannelPrune,
-    _copy,
     check_slim,
     costed_op_types,
     float_parameters,
     layer_costs,
     masked_model,
     random_feeds,
-    retie,
     slim_model,
-    untie,
 )
 
 #: default floor on a layer's kept width, as a fraction of its width (``prune --min-keep``)
@@ -230,19 +228,12 @@ def node_times(model: ModelProto, prepared: Prepared, repeats: int = 20) -> dict
     import os
     import tempfile
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.enable_profiling = True
-    named = _copy(model)
+    named = copy_model(model)
     for k, node in enumerate(named.graph.node):  # names onnxruntime reports back, one per node
         node.name = f"n{k}"
     with tempfile.TemporaryDirectory() as tmp:
-        opts.profile_file_prefix = os.path.join(tmp, "profile")
         try:
-            session = ort.InferenceSession(named.SerializeToString(), sess_options=opts,
-                                           providers=["CPUExecutionProvider"])
+            session = make_session(named, rewrites="none", threads=1, profile=os.path.join(tmp, "profile"))
         except Exception:  # onnxruntime's own errors have no common base class
             return {}
         feeds = random_feeds(prepared)

@@ -40,12 +40,13 @@ from typing import Any
 import numpy as np
 from onnx import ModelProto, NodeProto, helper, numpy_helper
 
+from ..frontend.edit import ModelEditor, copy_model
 from ..frontend.prepare import Prepared
 from ..ops.registry import CHANNEL_RULES, PASS_RANGES
 from .calibration import active_range, collect, evaluate, fresh_name, gated_model
 from .channels import ChannelGraph, group_scores
 from .refit import Fit, activation_aware, conv_rows, dense_rows, fit
-from .slim import _Constants, _copy, _cuts, check_slim, removed_channels
+from .slim import _cuts, check_slim, removed_channels
 
 FIT_SAMPLES = 2048  # calibration samples the fits use (a fixed random subset when there are more)
 TENSOR_BYTES = 1 << 28  # the most one collected float32 tensor may take: fewer samples for large layers
@@ -73,8 +74,8 @@ class _Recoverer:
 
     def __init__(self, original: ModelProto, slim: ModelProto, cg: ChannelGraph, removed: list[int],
                  prepared: Prepared, x: np.ndarray, input_name: str):
-        self.original, self.slim, self.cg, self.p = original, _copy(slim), cg, prepared
-        self.consts = _Constants(self.slim)
+        self.original, self.slim, self.cg, self.p = original, copy_model(slim), cg, prepared
+        self.consts = ModelEditor(self.slim)
         self.gone = removed_channels(cg, removed)
         self.sinks = {e[0] for i in removed for e in cg.groups[i].sinks}
         self.all_x = x[np.random.default_rng(0).permutation(len(x))[:FIT_SAMPLES]]
@@ -92,7 +93,7 @@ class _Recoverer:
             rule = CHANNEL_RULES.get(node.op_type)
             weight = rule is not None and rule.weight and len(node.input) > 1 and node.input[1] in self.p.consts
             if weight and (node.input[1] in self.sinks or changed.intersection(acts)):
-                stored = node.input[1] in self.consts.init or node.input[1] in self.consts.node
+                stored = node.input[1] in self.consts
                 fits.append(self.refit(node) if stored else LayerFit(node.name or node.output[0], node.op_type, "kept",
                                                                      note="weight computed in the graph"))
                 changed.update(node.output)
@@ -248,7 +249,7 @@ class _Recoverer:
         name = fresh_name(self.slim, f"{node.output[0]}__recovered_bias")
         dtype = self.consts.get(node.input[1]).dtype
         _add_bias(self.slim, node, name, value.astype(dtype))
-        self.consts = _Constants(self.slim)
+        self.consts = ModelEditor(self.slim)
         self.written[name] = value.astype(dtype)
         self.added[name] = (node.output[0], self.kept(node.output[0], self.cg.layouts[node.output[0]].n)
                             if node.output[0] in self.cg.layouts else np.arange(value.size))
@@ -284,8 +285,8 @@ def _add_bias(model: ModelProto, node: NodeProto, name: str, value: np.ndarray) 
 def _full_size(rec: _Recoverer, masked: ModelProto, original: ModelProto, removed: list[int]) -> tuple[ModelProto, ModelProto]:
     """The recovered masked model (each written tensor at full size: kept rows × kept columns set, the
     rest the masked model's) and the reference original (with a zero bias wherever one was added)."""
-    out, reference = _copy(masked), _copy(original)
-    consts = _Constants(out)
+    out, reference = copy_model(masked), copy_model(original)
+    consts = ModelEditor(out)
     cuts = _cuts(rec.cg, removed, ("sinks", "sources", "slices"))
     for name, value in rec.written.items():
         if name in rec.added:

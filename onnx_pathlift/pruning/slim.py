@@ -18,48 +18,17 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
-import onnxruntime as ort
-from onnx import ModelProto, helper, numpy_helper
+from onnx import ModelProto
 
+from ..backend.runtime import make_session
 from ..backend.verify import ModelRunner, relative_error
 from ..errors import VerificationError
 from ..fileio.read import FLOAT_TYPES
+from ..frontend.edit import ModelEditor, copy_model
 from ..frontend.prepare import Prepared
 from ..ops.channel_api import SlimEdit
 from ..ops.registry import CHANNEL_RULES
 from .channels import ChannelGraph, Entry
-
-
-def _copy(model: ModelProto) -> ModelProto:
-    out = ModelProto()
-    out.CopyFrom(model)
-    return out
-
-
-class _Constants:
-    """Read and replace a named constant of a model: an initializer or a Constant node's value."""
-
-    def __init__(self, model: ModelProto):
-        self.model = model
-        self.init = {t.name: t for t in model.graph.initializer}
-        self.node = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant" and n.output}
-
-    def get(self, name: str) -> np.ndarray:
-        if name in self.init:
-            return numpy_helper.to_array(self.init[name])
-        return numpy_helper.to_array(next(a.t for a in self.node[name].attribute if a.name == "value"))
-
-    def set(self, name: str, value: np.ndarray) -> None:
-        tensor = numpy_helper.from_array(value, name)
-        if name in self.init:
-            self.init[name].CopyFrom(tensor)
-            for vi in list(self.model.graph.input) + list(self.model.graph.value_info):  # IR-3 inputs; dynamo's value_info
-                if vi.name == name:
-                    vi.type.CopyFrom(helper.make_tensor_type_proto(tensor.data_type, value.shape))
-            return
-        for a in self.node[name].attribute:
-            if a.name == "value":
-                a.t.CopyFrom(tensor)
 
 
 def _cuts(cg: ChannelGraph, removed: list[int], kinds: tuple[str, ...]) -> dict[str, dict[int, set[int]]]:
@@ -75,8 +44,8 @@ def _cuts(cg: ChannelGraph, removed: list[int], kinds: tuple[str, ...]) -> dict[
 
 def masked_model(model: ModelProto, cg: ChannelGraph, removed: list[int]) -> ModelProto:
     """``model`` with the removed groups' sink columns set to zero (same dtype, name, layout)."""
-    out = _copy(model)
-    consts = _Constants(out)
+    out = copy_model(model)
+    consts = ModelEditor(out)
     for name, axes in _cuts(cg, removed, ("sinks",)).items():
         value = consts.get(name).copy()
         for axis, idx in axes.items():
@@ -102,7 +71,7 @@ def kept_channels(cg: ChannelGraph, removed: list[int]) -> dict[str, int]:
     return {t: layout.n - len(gone[t]) for t, layout in cg.layouts.items()}
 
 
-def _resize_nodes(out: ModelProto, consts: _Constants, cg: ChannelGraph, removed: list[int]) -> None:
+def _resize_nodes(out: ModelProto, consts: ModelEditor, cg: ChannelGraph, removed: list[int]) -> None:
     """The node-level edits (a depthwise conv's ``group``, a Split's sizes, ...): each node's channel
     rule's ``edit`` hook, with what the rule recorded (:attr:`ChannelGraph.edits`)."""
     ctx = SlimEdit(consts, kept_channels(cg, removed), removed_channels(cg, removed))
@@ -115,8 +84,8 @@ def _resize_nodes(out: ModelProto, consts: _Constants, cg: ChannelGraph, removed
 
 def slim_model(model: ModelProto, cg: ChannelGraph, removed: list[int]) -> ModelProto:
     """``model`` with the removed channels cut out (see the module docstring)."""
-    out = _copy(model)
-    consts = _Constants(out)
+    out = copy_model(model)
+    consts = ModelEditor(out)
     for name, axes in _cuts(cg, removed, ("sinks", "sources", "slices")).items():
         value = consts.get(name)
         for axis, idx in axes.items():
@@ -141,14 +110,6 @@ def random_feeds(prepared: Prepared, seed: int = 0) -> dict[str, np.ndarray]:
     return {n: rng.uniform(-1, 1, s).astype(np.float32) for n, s in prepared.inputs.items()}
 
 
-def cpu_session(model: ModelProto, threads: int = 0) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = max(threads, 0)
-    return ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
-
-
 def check_slim(masked: ModelProto, slim: ModelProto, prepared: Prepared, names: list[str], trials: int = 3,
                tolerance: float = 1e-4) -> float:
     """Max relative difference of the tensors ``names`` (the analysed outputs) between the slim and
@@ -170,7 +131,7 @@ def latency(model: ModelProto, prepared: Prepared, repeats: int = 20) -> float |
     """Median wall time (seconds) of one onnxruntime run on one thread, after two warm-up runs;
     None when onnxruntime cannot run the model (an op version it lacks)."""
     try:
-        session = cpu_session(model, threads=1)
+        session = make_session(model, threads=1)
     except Exception:  # onnxruntime's own errors (NOT_IMPLEMENTED, ...) have no common base class
         return None
     feeds = random_feeds(prepared)
@@ -231,7 +192,7 @@ class ChannelPrune:
     slim_error: float  # max relative difference slim vs masked on random inputs
     #: the fraction of the target removed: of the candidate groups, or of the cost's total
     achieved: float = 0.0
-    #: the model ``graph`` describes (``model`` with shared initializers copied: :func:`untie`) and the copies
+    #: the model ``graph`` describes (``model`` with shared initializers copied: :func:`~onnx_pathlift.frontend.edit.untie`) and the copies
     source: ModelProto | None = None
     origin: dict[str, str] = field(default_factory=dict)
 
@@ -244,58 +205,3 @@ class ChannelPrune:
                 row[0] += 1
                 row[1] += len(g.channels)
         return [{"reason": r, "groups": n, "channels": k} for r, (n, k) in sorted(rows.items(), key=lambda x: -x[1][0])]
-
-
-def untie(model: ModelProto) -> tuple[ModelProto, dict[str, str]]:
-    """``model`` with every initializer read by one node input only: each further reader of a shared
-    initializer, and each reader of an Identity of an initializer, gets its own copy (the Identity,
-    left unread, is dropped). Returns the model and ``{copy: initializer}``; :func:`retie` undoes the
-    copies that stay equal. Models of IR version < 4 (initializers listed as inputs) are returned as is."""
-    out = _copy(model)
-    if model.ir_version < 4:
-        return out, {}
-    inits = {t.name: t for t in out.graph.initializer}
-    outputs = {o.name for o in out.graph.output}
-    alias = {n.output[0]: n.input[0] for n in out.graph.node
-             if n.op_type == "Identity" and n.input and n.input[0] in inits and n.output[0] not in outputs}
-    origin: dict[str, str] = {}
-    seen: set[str] = set()
-    taken = set(inits) | {o for n in out.graph.node for o in n.output} | {i.name for i in out.graph.input}
-    for node in out.graph.node:
-        if node.op_type == "Identity" and node.output and node.output[0] in alias:
-            continue
-        for j, name in enumerate(node.input):
-            base = alias.get(name, name)
-            if base not in inits or (base not in seen and name == base and base not in outputs):
-                seen.add(base)
-                continue
-            k = 1
-            while f"{base}.copy{k}" in taken:
-                k += 1
-            copy = f"{base}.copy{k}"
-            taken.add(copy)
-            out.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[base]), copy))
-            node.input[j], origin[copy] = copy, base
-    read = {i for n in out.graph.node for i in n.input} | outputs
-    keep = [n for n in out.graph.node if not (n.op_type == "Identity" and n.output and n.output[0] in alias
-                                               and n.output[0] not in read)]
-    del out.graph.node[:]
-    out.graph.node.extend(keep)
-    return out, origin
-
-
-def retie(model: ModelProto, origin: dict[str, str]) -> ModelProto:
-    """Readers of a copy made by :func:`untie` read the original again where both still hold the same
-    tensor (same type, shape and bytes); the copy is dropped. Edits ``model`` in place and returns it."""
-    inits = {t.name: t for t in model.graph.initializer}
-    same = {c for c, b in origin.items() if c in inits and b in inits
-            and inits[c].data_type == inits[b].data_type and list(inits[c].dims) == list(inits[b].dims)
-            and numpy_helper.to_array(inits[c]).tobytes() == numpy_helper.to_array(inits[b]).tobytes()}
-    for node in model.graph.node:
-        for j, name in enumerate(node.input):
-            if name in same:
-                node.input[j] = origin[name]
-    keep = [t for t in model.graph.initializer if t.name not in same]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
-    return model

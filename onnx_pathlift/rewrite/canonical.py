@@ -36,8 +36,6 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import replace
 
-import numpy as np
-
 from ..ir.dag import Dag, Layer
 from ..ops import LAYER_OPS
 
@@ -84,110 +82,126 @@ class _Work:
         return out
 
 
-def _is_identity(layer: Layer, src: Layer) -> bool:
-    if layer.op == "reshape":
-        return tuple(layer.shape) == tuple(src.shape)
-    if layer.op == "transpose":
-        return list(layer.attrs["perm"]) == list(range(len(layer.shape)))
-    if layer.op == "sum":
-        return len(layer.inputs) == 1 and layer.attrs["signs"][0] > 0 and tuple(layer.shape) == tuple(src.shape)
-    if layer.op == "reduce":
-        return layer.attrs["count"] == 1 and tuple(layer.shape) == tuple(src.shape)
-    return False
+class Rule:
+    """One canonical rewrite of a layer ``layer`` whose first input is ``src``: :meth:`why_not` says why it
+    does not apply (None when it does), :meth:`apply` rewrites the work and returns its note. The rules
+    ask the op declarations (:class:`~onnx_pathlift.ops.LayerOp`), never op names."""
+
+    def why_not(self, w: _Work, layer: Layer, src: Layer, readers: Counter) -> str | None:
+        raise NotImplementedError
+
+    def apply(self, w: _Work, layer: Layer, src: Layer) -> str:
+        raise NotImplementedError
 
 
-def _as_reduce(layer: Layer) -> Layer:
-    """A global pooling as the reduction over the spatial axes it computes (other layers unchanged)."""
-    if layer.op != "globalpool":
-        return layer
-    attrs = {"mode": "max" if layer.attrs["mode"] == "max" else "mean", "axes": list(range(2, len(layer.shape))),
-             "keepdims": 1, "count": int(np.prod(layer.attrs["in_spatial"]))}
-    return replace(layer, op="reduce", attrs=attrs)
+class DropIdentity(Rule):
+    """``y = x`` is dropped, its readers read ``x``: a reshape to its input's shape, a transpose by the
+    identity permutation, a one-input sum of sign +1, a reduction over one element that keeps the shape
+    (:meth:`~onnx_pathlift.ops.LayerOp.is_identity`)."""
+
+    def why_not(self, w, layer, src, readers):
+        return None if LAYER_OPS[layer.op].is_identity(layer, src.shape) else f"{layer.op} {layer.name!r} is not the identity"
+
+    def apply(self, w, layer, src):
+        w.drop(layer.name, src.name)
+        return f"dropped identity {layer.op} {layer.name!r}"
 
 
-def _merged_affine(first: Layer, second: Layer) -> dict[str, np.ndarray]:
-    """The parameters of ``second ∘ first`` (both affine)."""
-    s1, s2 = first.params.get("scale"), second.params.get("scale")
-    t1, t2 = first.params.get("bias"), second.params.get("bias")
-    params = {}
-    if s1 is not None or s2 is not None:
-        params["scale"] = s1 * s2 if s1 is not None and s2 is not None else s1 if s1 is not None else s2
-    if t1 is not None or t2 is not None:
-        scaled = None if t1 is None else (t1 * s2 if s2 is not None else t1)
-        params["bias"] = scaled + t2 if scaled is not None and t2 is not None else scaled if scaled is not None else t2
-    return params
+def _sole_reader(w: _Work, layer: Layer, src: Layer, readers: Counter) -> str | None:
+    """Why ``layer`` is not the only reader of ``src`` (None when it is): a rewrite that changes ``src``
+    would change its other readers too."""
+    return None if w.only_feeds(src.name, readers) else f"{src.name!r} feeds more than {layer.name!r}"
 
 
-def _one_rewrite(w: _Work) -> bool:
-    """Apply the first rewrite found (in topological order); whether one was applied."""
-    readers = w.readers()
-    for name, layer in w.layers.items():
-        if not layer.inputs or layer.inputs[0] not in w.layers:
-            continue
-        src = w.layers[layer.inputs[0]]
-        if _is_identity(layer, src):
-            w.drop(name, src.name)
-            w.applied.append(f"dropped identity {layer.op} {name!r}")
-            return True
-        if not w.only_feeds(src.name, readers):
-            continue
-        if layer.op == src.op == "reshape":
-            w.layers[name] = replace(layer, inputs=list(src.inputs))
-            del w.layers[src.name]
-            w.applied.append(f"merged reshape {src.name!r} into reshape {name!r}")
-            return True
-        if layer.op == src.op == "transpose":
-            perm = [src.attrs["perm"][p] for p in layer.attrs["perm"]]
-            w.layers[name] = replace(layer, inputs=list(src.inputs), attrs={**layer.attrs, "perm": perm})
-            del w.layers[src.name]
-            w.applied.append(f"merged transpose {src.name!r} into transpose {name!r}")
-            return True
-        if layer.op == src.op == "affine":
-            w.layers[name] = replace(layer, inputs=list(src.inputs), params=_merged_affine(src, layer), origins={})
-            del w.layers[src.name]
-            w.applied.append(f"merged affine {src.name!r} into affine {name!r}")
-            return True
-        if layer.op == "affine" and "scale" in layer.params:
-            folded = LAYER_OPS[src.op].absorb_scale(src, layer.params["scale"])  # None unless src is linear
-            if folded is None:
-                continue
-            w.layers[src.name] = replace(folded, origins={})
-            rest = {k: v for k, v in layer.params.items() if k != "scale"}
-            w.applied.append(f"folded the scale of affine {name!r} into {src.op} {src.name!r}")
-            if rest:
-                w.layers[name] = replace(layer, params=rest, origins={})
-            else:
-                w.drop(name, src.name)
-            return True
-        if _fold_forward(w, layer, src, readers) or _move_reshape(w, layer, src):
-            return True
-    return False
+class Compose(Rule):
+    """``g ∘ f`` of one op, ``f`` feeding only ``g``, becomes one layer: two reshapes one reshape, two
+    transposes one transpose of the composed permutation, two affine layers
+    ``s₂·(s₁·x + t₁) + t₂ = (s₂s₁)·x + (s₂t₁ + t₂)`` (:meth:`~onnx_pathlift.ops.LayerOp.compose`)."""
+
+    def why_not(self, w, layer, src, readers):
+        if (reason := _sole_reader(w, layer, src, readers)) is not None:
+            return reason
+        return None if LAYER_OPS[layer.op].compose(src, layer) is not None else f"{layer.op} does not compose with {src.op}"
+
+    def apply(self, w, layer, src):
+        w.layers[layer.name] = LAYER_OPS[layer.op].compose(src, layer)
+        del w.layers[src.name]
+        return f"merged {src.op} {src.name!r} into {layer.op} {layer.name!r}"
 
 
-def _row_wise(layer: Layer) -> bool:
-    """Whether ``layer`` acts on each row of its input's last axis alike (so a reshape that keeps that
-    axis commutes with it)."""
-    if layer.op == "relu":
-        return True
-    if layer.op == "affine":  # each parameter constant along every axis but the last
-        return all(v.ndim <= len(layer.shape) and all(d == 1 for d in v.shape[:-1]) for v in layer.params.values())
-    return layer.op == "dense" and layer.attrs["side"] == "right" and layer.params["W"].ndim == 2
+class FoldScale(Rule):
+    """A scale right after a linear layer ``L`` that feeds only it is folded into ``L``'s weights:
+    ``s·L(x) + t = (sL)(x) + t`` for a per-output-channel ``s`` (``L``'s ``absorb_scale``); the bias
+    stays a layer after it (:meth:`~onnx_pathlift.ops.LayerOp.split_scale`, scale first)."""
+
+    def why_not(self, w, layer, src, readers):
+        if (reason := _sole_reader(w, layer, src, readers)) is not None:
+            return reason
+        split = LAYER_OPS[layer.op].split_scale(layer, scale_first=True)
+        if split is None:
+            return f"{layer.op} {layer.name!r} has no scale"
+        return None if LAYER_OPS[src.op].absorb_scale(src, split[0]) is not None else f"{src.op} {src.name!r} cannot take it"
+
+    def apply(self, w, layer, src):
+        s, rest = LAYER_OPS[layer.op].split_scale(layer, scale_first=True)
+        w.layers[src.name] = replace(LAYER_OPS[src.op].absorb_scale(src, s), origins={})
+        if rest is not None:
+            w.layers[layer.name] = rest
+        else:
+            w.drop(layer.name, src.name)
+        return f"folded the scale of {layer.op} {layer.name!r} into {src.op} {src.name!r}"
 
 
-def _move_reshape(w: _Work, layer: Layer, src: Layer) -> bool:
-    """Move reshape ``src`` (keeping the last axis, feeding only ``layer``) after the row-wise ``layer``."""
-    if src.op != "reshape" or not _row_wise(layer) or not src.shape or src.shape[-1] != w.layers[src.inputs[0]].shape[-1]:
-        return False
-    rows = w.layers[src.inputs[0]].shape[:-1]
-    params = dict(layer.params) if layer.op == "dense" else \
-        {k: v.reshape((1,) * len(rows) + (v.size,)) if v.size > 1 else v.reshape(()) for k, v in layer.params.items()}
-    moved = replace(layer, inputs=list(src.inputs), shape=(*rows, layer.shape[-1]), params=params, origins={})
-    w.layers[layer.name] = moved
-    w.layers[src.name] = replace(src, inputs=[layer.name], shape=layer.shape)
-    w.layers = _reordered(w.layers, src.name, layer.name)
-    w.drop_alias(layer.name, src.name)
-    w.applied.append(f"moved reshape {src.name!r} after {layer.op} {layer.name!r}")
-    return True
+class FoldInputScale(Rule):
+    """A scale right before a linear layer ``L`` that reads only it, per input channel and without zeros,
+    is folded into ``L``'s weights along their input-channel axis: ``L(s⊙x + t) = (L·s)(x + t/s)`` (``L``'s
+    ``absorb_input_scale``; onnxsim folds an input normalisation's Mul so); what stays before ``L`` is the
+    bias ``t/s``, so zero padding still pads zeros."""
+
+    def why_not(self, w, layer, src, readers):
+        if (reason := _sole_reader(w, layer, src, readers)) is not None:
+            return reason
+        split = LAYER_OPS[src.op].split_scale(src, scale_first=False)
+        if split is None:
+            return f"{src.op} {src.name!r} has no scale without zeros"
+        folded = LAYER_OPS[layer.op].absorb_input_scale(layer, split[0], src.shape)
+        return None if folded is not None else f"{layer.op} {layer.name!r} cannot take it"
+
+    def apply(self, w, layer, src):
+        s, rest = LAYER_OPS[src.op].split_scale(src, scale_first=False)
+        w.layers[layer.name] = replace(LAYER_OPS[layer.op].absorb_input_scale(layer, s, src.shape), origins={})
+        if rest is not None:
+            w.layers[src.name] = rest
+        else:
+            w.drop(src.name, src.inputs[0])
+        return f"folded the scale of {src.op} {src.name!r} into {layer.op} {layer.name!r} (input side)"
+
+
+class MoveReshape(Rule):
+    """A reshape that keeps the last axis, feeding only a layer that acts on each row of that axis alike
+    (a ReLU, an affine layer varying along the last axis only, ``x @ W``), moves after it:
+    ``f(reshape(x)) = reshape(f(x))`` row by row; there it meets the next reshape (onnxruntime and onnxsim
+    write a MatMul on a rank-4 tensor as Reshape → Gemm → Reshape). A layer with a scale stays where it
+    is (:class:`FoldScale` folds it, or nothing does)."""
+
+    def why_not(self, w, layer, src, readers):
+        if (reason := _sole_reader(w, layer, src, readers)) is not None:
+            return reason
+        if not src.inputs or not LAYER_OPS[src.op].keeps_rows(src, w.layers[src.inputs[0]].shape):
+            return f"{src.op} {src.name!r} does not keep the last axis"
+        if LAYER_OPS[layer.op].split_scale(layer, scale_first=True) is not None:
+            return f"{layer.op} {layer.name!r} has a scale, which stays in place"
+        rows = w.layers[src.inputs[0]].shape[:-1]
+        return None if LAYER_OPS[layer.op].row_params(layer, rows) is not None else f"{layer.op} {layer.name!r} is not row-wise"
+
+    def apply(self, w, layer, src):
+        rows = w.layers[src.inputs[0]].shape[:-1]
+        params = LAYER_OPS[layer.op].row_params(layer, rows)
+        w.layers[layer.name] = replace(layer, inputs=list(src.inputs), shape=(*rows, layer.shape[-1]), params=params, origins={})
+        w.layers[src.name] = replace(src, inputs=[layer.name], shape=layer.shape)
+        w.layers = _reordered(w.layers, src.name, layer.name)
+        w.drop_alias(layer.name, src.name)
+        return f"moved reshape {src.name!r} after {layer.op} {layer.name!r}"
 
 
 def _reordered(layers: dict[str, Layer], first: str, after: str) -> dict[str, Layer]:
@@ -197,43 +211,43 @@ def _reordered(layers: dict[str, Layer], first: str, after: str) -> dict[str, La
     return {n: layers[n] for n in order}
 
 
-def _fold_forward(w: _Work, layer: Layer, src: Layer, readers: Counter) -> bool:
-    """Fold the scale of affine ``src`` (feeding only ``layer``, a linear layer) into ``layer``'s weights."""
-    if src.op != "affine" or "scale" not in src.params or not w.only_feeds(src.name, readers):
-        return False
-    s = src.params["scale"]
-    if not np.all(s != 0):
-        return False
-    folded = LAYER_OPS[layer.op].absorb_input_scale(layer, s, src.shape)
-    if folded is None:
-        return False
-    w.layers[layer.name] = replace(folded, origins={})
-    w.applied.append(f"folded the scale of affine {src.name!r} into {layer.op} {layer.name!r} (input side)")
-    if "bias" in src.params:
-        w.layers[src.name] = replace(src, params={"bias": src.params["bias"] / s}, origins={})
-    else:
-        w.drop(src.name, src.inputs[0])
-    return True
+#: the rewrites, tried in this order on each layer (in topological order) until none applies
+RULES: list[Rule] = [DropIdentity(), Compose(), FoldScale(), FoldInputScale(), MoveReshape()]
 
 
-def _full_rank(layer: Layer) -> Layer:
-    """An affine layer's parameters padded with leading axes of size 1 to the layer's rank."""
-    rank = len(layer.shape)
-    params = {k: v.reshape((1,) * (rank - v.ndim) + v.shape) if v.ndim < rank else v for k, v in layer.params.items()}
-    return replace(layer, params=params)
+def _one_rewrite(w: _Work) -> bool:
+    """Apply the first rule that applies to the first layer it applies to; whether one was applied."""
+    readers = w.readers()
+    for layer in w.layers.values():
+        if not layer.inputs or layer.inputs[0] not in w.layers:
+            continue
+        src = w.layers[layer.inputs[0]]
+        for rule in RULES:
+            if rule.why_not(w, layer, src, readers) is None:
+                w.applied.append(rule.apply(w, layer, src))
+                return True
+    return False
+
+
+def why_not(dag: Dag, name: str) -> dict[str, str | None]:
+    """Per rule, why it does not apply to layer ``name`` of ``dag`` as it stands (None: it applies)."""
+    w = _Work(dag)
+    layer = w.layers[name]
+    if not layer.inputs or layer.inputs[0] not in w.layers:
+        return {type(rule).__name__: f"{name!r} reads no layer" for rule in RULES}
+    return {type(rule).__name__: rule.why_not(w, layer, w.layers[layer.inputs[0]], w.readers()) for rule in RULES}
 
 
 def canonical_form(dag: Dag) -> tuple[Dag, list[str]]:
     """The DAG in the canonical spelling (same function), and the rewrites applied, in order."""
     w = _Work(dag)
     for name, layer in w.layers.items():
-        w.layers[name] = _as_reduce(layer)
+        w.layers[name] = LAYER_OPS[layer.op].respelled(layer)
     for _ in range(4 * len(w.layers) + 1):  # every rewrite removes a layer or a scale: bounded
         if not _one_rewrite(w):
             break
     for name, layer in w.layers.items():
-        if layer.op == "affine":
-            w.layers[name] = _full_rank(layer)
+        w.layers[name] = LAYER_OPS[layer.op].full_rank(layer)
     return w.to_dag(), w.applied
 
 

@@ -95,7 +95,7 @@ def cut_at(dag: Dag, cuts: set[str]) -> Dag:
             rename[layer.name] = layer.name + CUT
             out.add(Layer(rename[layer.name], "input", [], layer.shape, source=layer.source))
             out.inputs.append(rename[layer.name])
-    out.outputs = {MASS + n: n for n in cuts if dag.layer(n).op != "input"}
+    out.outputs = {MASS + n: n for n in cuts if dag.layer(n).inputs}  # a graph input (no inputs) carries no mass
     return out
 
 
