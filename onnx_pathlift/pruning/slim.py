@@ -203,13 +203,15 @@ class LayerCost:
 
 
 def layer_costs(prepared: Prepared) -> list[LayerCost]:
-    """Parameters (float constants read) and multiply-accumulates of each Conv/Gemm/MatMul/BN node."""
+    """Parameters (float constants read, :func:`statistics` left out) and multiply-accumulates of each
+    Conv/Gemm/MatMul/BN node."""
     rows = []
+    stats = statistics(prepared.nodes)
     for node in prepared.nodes:
         if node.op_type not in ("Conv", "Gemm", "MatMul", "BatchNormalization"):
             continue
         params = sum(int(prepared.consts[i].size) for i in node.input
-                     if i in prepared.consts and prepared.consts[i].dtype.kind == "f")
+                     if i in prepared.consts and prepared.consts[i].dtype.kind == "f" and i not in stats)
         out = math.prod(prepared.shapes[node.output[0]])
         if node.op_type == "Conv":
             macs = out * math.prod(prepared.consts[node.input[1]].shape[1:]) if node.input[1] in prepared.consts else 0
@@ -223,10 +225,19 @@ def layer_costs(prepared: Prepared) -> list[LayerCost]:
     return rows
 
 
+def statistics(nodes) -> set[str]:
+    """BatchNormalization's running mean and variance (inputs 3 and 4): statistics folded into its scale
+    and shift, not parameters (docs/pruning.md, "Parameters")."""
+    return {i for n in nodes if n.op_type == "BatchNormalization" for i in n.input[3:5]}
+
+
 def float_parameters(model: ModelProto) -> int:
-    """Elements of the float initializers and Constant tensors (the model's parameters)."""
-    tensors = list(model.graph.initializer) + [a.t for n in model.graph.node if n.op_type == "Constant"
-                                                for a in n.attribute if a.name == "value"]
+    """Elements of the float initializers and Constant tensors, :func:`statistics` left out (the model's
+    parameters; ``norm``'s count when every float constant is a weight, a bias or a BN scale or shift)."""
+    stats = statistics(model.graph.node)
+    tensors = [t for t in model.graph.initializer if t.name not in stats] + [
+        a.t for n in model.graph.node if n.op_type == "Constant" and n.output[0] not in stats
+        for a in n.attribute if a.name == "value"]
     return sum(math.prod(t.dims) for t in tensors if t.data_type in FLOAT_TYPES)
 
 
