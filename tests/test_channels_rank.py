@@ -197,7 +197,12 @@ def test_layers_restricts_channel_pruning(tmp_path, capsys) -> None:
     assert changed and all("head" in n for n in changed) and r["layers"] and r["warnings"] == []
     rc, out, _ = run_main(capsys, "prune", SHIPPED_CNN, "--structure", "channel", "--sparsity", "0.5",
                           "--layers", "nothing-like-this", "-o", tmp_path / "t.onnx", "--json")
-    assert rc == 2 and "matches no removable channel group" in json.loads(out)["message"]
+    assert rc == 2 and "matches no layer; the layers: stem.0.weight, stem.1.weight," in json.loads(out)["message"]
+    rc, out, _ = run_main(capsys, "prune", SHIPPED_CNN, "--structure", "channel", "--sparsity", "0.5",
+                          "--layers", "head.4.weight", "-o", tmp_path / "t.onnx", "--json")  # writes the pinned logits
+    message = json.loads(out)["message"]
+    assert rc == 2 and "matches no removable channel group; layers with removable channels: " in message
+    assert "head.0.weight" in message and "head.4.weight" not in message.split("channels: ")[1]
 
 
 def test_accuracy_drop_warns(tmp_path, capsys) -> None:
