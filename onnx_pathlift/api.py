@@ -211,14 +211,15 @@ def compare_models(model_a: ModelSource, model_b: ModelSource, input_shape: Inpu
     certificate is in the report (:attr:`Comparison.violation`), not raised. Raises
     :class:`~onnx_pathlift.analyses.metric.MismatchError` (a :class:`UsageError`) when the architectures differ."""
     from .analyses.check import check_bound
-    from .analyses.metric import comparable, named_shares, path_metric
+    from .analyses.metric import comparable, named_shares, named_signs, path_metric
     from .analyses.quant_bound import certify
     from .frontend.names import layer_names
 
     a, b = load(model_a, input_shape, outputs), load(model_b, input_shape, outputs)
     dag_a, dag_b, pairs, canon_a, canon_b = comparable(a.dag, b.dag)  # says where the architectures differ first
     metric = path_metric(dag_a, dag_b, providers=providers, breakdown=True, pairs=pairs)
-    metric.shares = named_shares(metric.shares, layer_names(a.prepared, a.dag))  # A's layer names
+    names = layer_names(a.prepared, a.dag)  # A's layer names (docs/design.md, "Layer names")
+    metric.shares, metric.signs = named_shares(metric.shares, names), named_signs(metric.signs, names)
     cert = certify(dag_a, dag_b, metric.bound_log10(r), r, providers=providers, pairs=pairs)
     result = Comparison(model_name(model_a), model_name(model_b), dag_b, metric, cert, canon_a, canon_b)
     if check:

@@ -310,16 +310,27 @@ def named_shares(shares: list[LayerShare], names: LayerNames) -> list[LayerShare
     parts: dict[str, list[float]] = {}
     first: dict[str, LayerShare] = {}
     for sh in shares:
-        named = names.of_key(sh.source)
+        named = names.of_dag(sh.layer)
         key = named.layer if named else sh.layer
         parts.setdefault(key, []).append(sh.log10)
         first.setdefault(key, sh)
     out = []
     for key, logs in parts.items():
-        named = names.of_key(first[key].source)
+        named = names.of_dag(first[key].layer)
         out.append(LayerShare(key, first[key].op, first[key].source, log10_sum(logs), named.onnx_node if named else "",
                               named.initializer if named else None))
     return out
+
+
+def named_signs(signs: list[LayerSigns], names: LayerNames) -> list[LayerSigns]:
+    """``signs`` by A's layer name (the DAG layers of one ONNX node add up; ``other``: B's first DAG layer)."""
+    merged: dict[str, LayerSigns] = {}
+    for s in signs:
+        named = names.of_dag(s.layer)
+        key = named.layer if named else s.layer
+        old = merged.get(key)
+        merged[key] = LayerSigns(key, old.other if old else s.other, s.violations + (old.violations if old else 0), s.size + (old.size if old else 0))
+    return list(merged.values())
 
 
 def _route_legs(a: Dag, b: Dag, pairs: dict[str, str], consistent: bool, exact: bool, prefix: str = "") -> dict[str, list[Leg]]:

@@ -56,9 +56,13 @@ class LayerNames:
 
     by_key: dict[str, LayerName]
     by_tensor: dict[str, LayerName]
+    by_dag: dict[str, LayerName]  # the DAG layers each node became
 
     def of_key(self, key: str) -> LayerName | None:
         return self.by_key.get(key)
+
+    def of_dag(self, layer: str) -> LayerName | None:
+        return self.by_dag.get(layer)
 
     def of_tensor(self, tensor: str) -> LayerName | None:
         return self.by_tensor.get(tensor)
@@ -117,7 +121,7 @@ def layer_names(p: Prepared, dag: Dag | None = None) -> LayerNames:
     tier2 = Counter(node.name for node in p.nodes if node.name)
     index: Counter = Counter()
     taken: set[str] = set()
-    by_key, by_tensor = {}, {}
+    by_key, by_tensor, by_dag = {}, {}, {}
     for node, weight in zip(p.nodes, weights):
         k = index[node.op_type]
         index[node.op_type] += 1
@@ -137,4 +141,5 @@ def layer_names(p: Prepared, dag: Dag | None = None) -> LayerNames:
         by_key[node_key(node)] = entry
         by_tensor.update({t: entry for t in node.output if t})
         by_tensor.update({t: entry for t in node.input if t in p.consts and readers[t] == 1})
-    return LayerNames(by_key, by_tensor)
+        by_dag.update({x.name: entry for x in layers})
+    return LayerNames(by_key, by_tensor, by_dag)
