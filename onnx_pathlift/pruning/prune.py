@@ -206,11 +206,12 @@ def prune_weights(source: ModelSource, sparsity: float, out: str | os.PathLike, 
                   eval_data: Data = None) -> WeightPruning:
     """Zero the ``sparsity`` fraction (in [0, 1]) of the lowest-scored Conv/Gemm/MatMul weights of
     ``source`` (``criterion``: ``path-magnitude``, the default, or ``magnitude``; ``scope``: ``global``
-    over all tensors or the same fraction per ``layer``; ``layers``: a regular expression on the
-    initializer names), write the model to ``out`` and the keep-masks to ``mask_out`` (``.npz``), and
-    certify the output change by the exact path-metric: ``‖R(x) − R'(x)‖_1 ≤ max(input_linf, 1)·d``
-    for ``‖x‖_∞ ≤ input_linf``. With ``eval_data`` (an ``.npz`` path or arrays ``x``, ``y``), top-1
-    accuracy before and after. Raises :class:`UsageError` for a bad criterion, sparsity, scope or
+    over all tensors or the same fraction per ``layer``; ``layers``: a layer name, another spelling of one
+    or a regular expression, :func:`select`), write the model to ``out`` and the keep-masks to ``mask_out``
+    (``.npz``), and certify the output change by the exact path-metric: ``‖R(x) − R'(x)‖_1 ≤
+    max(input_linf, 1)·d`` for ``‖x‖_∞ ≤ input_linf``. With ``eval_data`` (an ``.npz`` path or arrays
+    ``x``, ``y``), top-1 accuracy before and after, and the largest ``‖R(x) − R'(x)‖_1`` over its samples
+    (``observed``). Raises :class:`UsageError` for a bad criterion, sparsity, scope or
     pattern and when an output names the input."""
     from ..analyses.metric import path_metric
     from ..analyses.scores import magnitude, path_magnitude
@@ -350,8 +351,9 @@ def prune_channel_groups(source: ModelSource, sparsity: float, out: str | os.Pat
     mean; ``steps``: removed in that many steps, scores recomputed after each), or the ``sparsity``
     fraction of the ``target`` cost (``params``, ``macs``, ``latency``); each layer keeps a multiple of
     ``round_to`` channels (default :data:`ROUND_TO`, 8) and at least ``max(round_to, ⌈min_keep·width⌉)`` (default
-    :data:`~onnx_pathlift.pruning.channels.MIN_KEEP`); ``layers``: a regular expression, only the groups whose
-    tensors or writing weights match are candidates. Write the smaller model to ``out`` (checked to compute the
+    :data:`~onnx_pathlift.pruning.channels.MIN_KEEP`); ``layers``: a layer name, another spelling of one or a
+    regular expression (:meth:`~onnx_pathlift.frontend.names.LayerNames.select`), only the groups whose
+    tensors or writing weights belong to the layers it names are candidates. Write the smaller model to ``out`` (checked to compute the
     masked model) and the masked model to ``masked_out``; certify the change by the path-metric
     between the original and the masked model (``‖x‖_∞ ≤ input_linf``); measure onnxruntime latency
     (median of ``repeats`` runs, seconds) and, with ``eval_data``, top-1 accuracy (``warnings``: when it drops
