@@ -177,3 +177,21 @@ def test_library_names_match_the_command_line() -> None:
     """Library users get the same names: the compare shares of the pruned twin are keyed by layer name."""
     result = compare_models(CNN, MODELS / "digits_cnn_torch_bn_pruned50.onnx")
     assert {sh.layer for sh in result.metric.shares} <= {layer for layer, *_ in SHIPPED}
+
+
+def test_listed_names_are_escaped(tmp_path, capsys) -> None:
+    """A model-supplied name in the list of valid ones reaches the terminal escaped, on one line."""
+    model = onnx.load(str(CNN))
+    evil = "head.0.weight\nFAKE\x1b[31m\u202e"
+    for t in model.graph.initializer:
+        t.name = evil if t.name == "head.0.weight" else t.name
+    for node in model.graph.node:
+        node.input[:] = [evil if i == "head.0.weight" else i for i in node.input]
+    onnx.save(model, tmp_path / "evil.onnx")
+    rc, out, err = run_main(capsys, "prune", tmp_path / "evil.onnx", "--sparsity", "0.5", "--layers", "nothing",
+                            "-o", tmp_path / "x.onnx")
+    assert rc == 2 and err.count("\n") == 1 and not {"\x1b", "\u202e"} & set(err)
+    assert "head.0.weight\\nFAKE\\x1b[31m\\u202e" in err
+    rc, out, err = run_main(capsys, "prune", tmp_path / "evil.onnx", "--sparsity", "0.5", "--layers", evil,
+                            "-o", tmp_path / "x.onnx")
+    assert rc == 0 and "head.0.weight\\nFAKE" in out and not {"\x1b", "\u202e"} & set(out)

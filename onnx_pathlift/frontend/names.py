@@ -24,6 +24,7 @@ from onnx import NodeProto
 
 from ..errors import UsageError
 from ..ir.dag import Dag, Layer
+from ..sanitise import terminal
 from .prepare import Prepared
 
 #: how many valid names an unknown-name error lists
@@ -89,8 +90,9 @@ class LayerNames:
 
 
 def valid_names(candidates: list[LayerName]) -> str:
-    """``the layers: a, b, ...`` (at most :data:`LISTED`), for an error message."""
-    names = [n.layer for n in candidates]
+    """``the layers: a, b, ...`` (at most :data:`LISTED`, each escaped: an error message keeps its newlines), for an
+    error message."""
+    names = [terminal(n.layer) for n in candidates]
     more = f" and {len(names) - LISTED} more" if len(names) > LISTED else ""
     return (f"the layers: {', '.join(names[:LISTED])}{more} (or their ONNX node or initializer names, "
             "or a regular expression)" if names else "the model has no layer with weights")

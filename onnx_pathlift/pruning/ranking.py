@@ -17,6 +17,7 @@ from ..errors import UsageError
 from ..frontend.names import layer_names
 from ..frontend.prepare import Prepared, prepare
 from ..ir.dag import Dag
+from ..sanitise import terminal
 from .channels import ChannelGraph, Group
 from .slim import ChannelPrune, _copy, check_slim, float_parameters, layer_costs, masked_model, random_feeds, retie, slim_model, statistics, untie
 
@@ -341,7 +342,7 @@ def _restrict(cg: ChannelGraph, scores: np.ndarray, pattern: str | None,
     if np.all(np.isnan(out)):
         writers = {tensors[t] for i in cg.removable() for t, _ in cg.groups[i].channels if t in tensors}
         raise UsageError(f"--layers {pattern!r} matches no removable channel group; layers with removable channels: "
-                         + (", ".join(sorted(writers)) or "none"))
+                         + (", ".join(map(terminal, sorted(writers))) or "none"))
     return out
 
 
