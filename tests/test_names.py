@@ -195,3 +195,30 @@ def test_listed_names_are_escaped(tmp_path, capsys) -> None:
     rc, out, err = run_main(capsys, "prune", tmp_path / "evil.onnx", "--sparsity", "0.5", "--layers", evil,
                             "-o", tmp_path / "x.onnx")
     assert rc == 0 and "head.0.weight\\nFAKE" in out and not {"\x1b", "\u202e"} & set(out)
+
+
+def test_generated_initializer_names_give_way_to_the_node_name(tmp_path) -> None:
+    """torch.onnx names BN-folded weights ``onnx::Conv_N``; its node keeps the module path, which names the layer."""
+    model = onnx.load(str(CNN))
+    for t in model.graph.initializer:
+        t.name = "onnx::Conv_9" if t.name == "block.conv1.weight" else t.name
+    for node in model.graph.node:
+        node.input[:] = ["onnx::Conv_9" if i == "block.conv1.weight" else i for i in node.input]
+    onnx.save(model, tmp_path / "gen.onnx")
+    loaded = load(tmp_path / "gen.onnx")
+    named = {n.onnx_node: n for n in layer_names(loaded.prepared, loaded.dag).parameterised()}["/block/conv1/Conv"]
+    assert (named.layer, named.initializer) == ("/block/conv1/Conv", "onnx::Conv_9")
+
+
+def test_parameters_of_a_shared_bias_count_once_per_layer(tmp_path, capsys) -> None:
+    """Three convs read one stored bias (two directly, one through an Identity): each layer has its bias,
+    so norm and prune count it three times (144 + 576 + 64 + 800 weights + 3 × 8 biases), before and after."""
+    from test_channels_rank import shared_bias_net
+
+    onnx.save(shared_bias_net(), tmp_path / "shared.onnx")
+    r = _json(capsys, "prune", tmp_path / "shared.onnx", "--structure", "channel", "--sparsity", "0.5", "--scope", "layer",
+              "--round-to", "1", "-o", tmp_path / "s.onnx", "--repeats", "1")
+    assert r["params_before"] == _json(capsys, "norm", tmp_path / "shared.onnx")["parameters"] == 144 + 576 + 64 + 800 + 24
+    assert r["params_after"] == _json(capsys, "norm", tmp_path / "s.onnx")["parameters"] == 72 + 144 + 16 + 400 + 12
+    assert [x["layer"] for x in r["layers"]] == ["W1", "W2", "W3", "Wf"]
+    assert sum(x["params_after"] for x in r["layers"]) == r["params_after"]

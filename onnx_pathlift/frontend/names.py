@@ -2,8 +2,9 @@
 
 A *layer* is one ONNX node of the prepared graph. Its name is, in this order:
 
-1. the name of its **weight initializer**, when no other node reads it and no other layer has that name
-   (``layer1.0.conv1.weight``: the exporter's module path, the key of ``scores -o`` and ``prune --mask``);
+1. the name of its **weight initializer**, when no other node reads it, no other layer has that name and
+   the exporter did not make it up (:data:`GENERATED`) (``layer1.0.conv1.weight``: the module path, the key
+   of ``scores -o`` and ``prune --mask``);
 2. else the **ONNX node name**, when non-empty and unique;
 3. else ``OpType#k``: the k-th node (from 0) of that op type in the prepared graph's topological order.
 
@@ -29,6 +30,8 @@ from .prepare import Prepared
 
 #: how many valid names an unknown-name error lists
 LISTED = 40
+#: prefixes of initializer names an exporter generates (torch.onnx's BN-folded weights: ``onnx::Conv_146``)
+GENERATED = ("onnx::",)
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,7 @@ def layer_names(p: Prepared, dag: Dag | None = None) -> LayerNames:
     for node, weight in zip(p.nodes, weights):
         k = index[node.op_type]
         index[node.op_type] += 1
-        if weight and tier1[weight] == 1 and readers[weight] == 1 and weight not in taken:
+        if weight and tier1[weight] == 1 and readers[weight] == 1 and weight not in taken and not weight.startswith(GENERATED):
             name = weight
         elif node.name and tier2[node.name] == 1 and node.name not in tier1 and node.name not in taken:
             name = node.name
@@ -145,3 +148,12 @@ def layer_names(p: Prepared, dag: Dag | None = None) -> LayerNames:
         by_tensor.update({t: entry for t in node.input if t in p.consts and readers[t] == 1})
         by_dag.update({x.name: entry for x in layers})
     return LayerNames(by_key, by_tensor, by_dag)
+
+
+def parameters_by_node(dag: Dag) -> Counter:
+    """Parameters per ONNX node (by :func:`node_key`): the sizes of the parameters of the DAG layers it became
+    (``norm``'s count, :attr:`Dag.n_params`, split by node; docs/pruning.md, "Parameters")."""
+    out: Counter = Counter()
+    for layer in dag.layers():
+        out[layer.source] += layer.n_params
+    return out

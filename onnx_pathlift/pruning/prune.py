@@ -22,7 +22,7 @@ from onnx import ModelProto, numpy_helper
 
 from ..errors import UsageError
 from ..fileio.atomic import refuse_overwriting_input, save_model, save_npz
-from ..frontend.names import LayerNames, layer_names
+from ..frontend.names import LayerNames, layer_names, parameters_by_node
 from ..frontend.pipeline import Loaded, load, model_name
 from .ranking import MIN_KEEP, Selection
 
@@ -289,19 +289,21 @@ class ChannelPruning:
 def _costs(loaded: Loaded, result: ChannelPrune, input_shape) -> tuple[dict[str, Any], Prepared]:
     """Groups, parameters and MACs before and after (per Conv/Gemm/MatMul/BN node), the slim-vs-masked
     check; and the slim model prepared."""
+    from ..frontend.importer import import_prepared
     from ..frontend.prepare import prepare
-    from .slim import float_parameters, layer_costs
+    from .slim import layer_costs
 
     slim_prepared = prepare(result.slim, input_shape)
+    slim_dag = import_prepared(slim_prepared, list(loaded.dag.outputs))
     after = {c.node: c for c in layer_costs(slim_prepared)}
-    names = layer_names(loaded.prepared, loaded.dag)
-    layers = [{**names.of_key(c.node).to_dict(), "node": c.node, "op": c.op, "params_before": c.params,
-               "params_after": after[c.node].params, "macs_before": c.macs, "macs_after": after[c.node].macs}
+    names, params = layer_names(loaded.prepared, loaded.dag), (parameters_by_node(loaded.dag), parameters_by_node(slim_dag))
+    layers = [{**names.of_key(c.node).to_dict(), "node": c.node, "op": c.op, "params_before": params[0][c.node],
+               "params_after": params[1][c.node], "macs_before": c.macs, "macs_after": after[c.node].macs}
               for c in layer_costs(loaded.prepared)]
     g = result.graph
     return {"groups": {"total": len(g.groups), "removable": len(g.removable()), "removed": len(result.removed)},
             "channels_removed": sum(len(g.groups[i].channels) for i in result.removed), "pinned": result.pinned(),
-            "params_before": float_parameters(loaded.model), "params_after": float_parameters(result.slim),
+            "params_before": loaded.dag.n_params, "params_after": slim_dag.n_params,  # norm's count (docs/pruning.md)
             "macs_before": sum(r["macs_before"] for r in layers), "macs_after": sum(r["macs_after"] for r in layers),
             "layers": layers, "slim_vs_masked_max_rel_error": result.slim_error}, slim_prepared
 

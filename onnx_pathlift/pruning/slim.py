@@ -232,8 +232,9 @@ def statistics(nodes) -> set[str]:
 
 
 def float_parameters(model: ModelProto) -> int:
-    """Elements of the float initializers and Constant tensors, :func:`statistics` left out (the model's
-    parameters; ``norm``'s count when every float constant is a weight, a bias or a BN scale or shift)."""
+    """Elements of the float initializers and Constant tensors, :func:`statistics` left out: each stored
+    value once (``--target params``'s total; ``norm``'s count when every float constant is a weight, a bias
+    or a BN scale or shift read by one node)."""
     stats = statistics(model.graph.node)
     tensors = [t for t in model.graph.initializer if t.name not in stats] + [
         a.t for n in model.graph.node if n.op_type == "Constant" and n.output[0] not in stats
