@@ -222,3 +222,10 @@ def test_parameters_of_a_shared_bias_count_once_per_layer(tmp_path, capsys) -> N
     assert r["params_after"] == _json(capsys, "norm", tmp_path / "s.onnx")["parameters"] == 72 + 144 + 16 + 400 + 12
     assert [x["layer"] for x in r["layers"]] == ["W1", "W2", "W3", "Wf"]
     assert sum(x["params_after"] for x in r["layers"]) == r["params_after"]
+
+
+def test_recovery_records_name_their_layers(tmp_path, capsys) -> None:
+    r = _json(capsys, "prune", CNN, "--structure", "channel", "--sparsity", "0.5", "--round-to", "1", "-o",
+              tmp_path / "r.onnx", "--calibration", DATA, "--repeats", "1")
+    by_node = {node: (layer, node, init) for layer, node, init in SHIPPED}
+    assert r["recovery"]["layers"] and all(_triples([f]) == [by_node[f["node"]]] for f in r["recovery"]["layers"])

@@ -68,6 +68,11 @@ class LayerNames:
     def of_dag(self, layer: str) -> LayerName | None:
         return self.by_dag.get(layer)
 
+    def record(self, key: str) -> dict:
+        """``layer``, ``onnx_node`` and ``initializer`` of the node ``key`` (one no layer names keeps ``key``)."""
+        named = self.by_key.get(key)
+        return named.to_dict() if named else {"layer": key, "onnx_node": "", "initializer": None}
+
     def of_tensor(self, tensor: str) -> LayerName | None:
         return self.by_tensor.get(tensor)
 

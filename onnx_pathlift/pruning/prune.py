@@ -297,7 +297,7 @@ def _costs(loaded: Loaded, result: ChannelPrune, input_shape) -> tuple[dict[str,
     slim_dag = import_prepared(slim_prepared, list(loaded.dag.outputs))
     after = {c.node: c for c in layer_costs(slim_prepared)}
     names, params = layer_names(loaded.prepared, loaded.dag), (parameters_by_node(loaded.dag), parameters_by_node(slim_dag))
-    layers = [{**names.of_key(c.node).to_dict(), "node": c.node, "op": c.op, "params_before": params[0][c.node],
+    layers = [{**names.record(c.node), "node": c.node, "op": c.op, "params_before": params[0][c.node],
                "params_after": params[1][c.node], "macs_before": c.macs, "macs_after": after[c.node].macs}
               for c in layer_costs(loaded.prepared)]
     g = result.graph
@@ -404,6 +404,8 @@ def _evaluate(record: dict[str, Any], loaded: Loaded, result: ChannelPrune, reco
     """The record's recovery report, top-1 before and after on ``eval_data``, and its warnings."""
     if recovery is not None:
         record["recovery"] = {"data_aware_scores": selection.scorer is not None, **recovery.to_dict()}
+        names = layer_names(loaded.prepared, loaded.dag)
+        record["recovery"]["layers"] = [{**names.record(f["node"]), **f} for f in record["recovery"]["layers"]]
     data = _data(eval_data)
     if data is not None:
         record["accuracy_before"] = top1_accuracy(loaded.model, loaded.dag, data)
