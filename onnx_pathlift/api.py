@@ -287,9 +287,9 @@ def score_weights(source: ModelSource, out: str | os.PathLike | None = None, inp
         save_npz(out, {k: v.astype(np.float32) for k, v in scores.fraction.items()})
     rows, names = scores.summary(), layer_names(loaded.prepared, loaded.dag)
     total = sum(row["share"] for row in rows)
-    for row in rows:  # the tensor's layer by its name (docs/design.md, "Layer names"); "initializer": the .npz key
-        named = names.of_tensor(row["initializer"])
-        row.update(layer=named.layer if named else row["initializer"], onnx_node=named.onnx_node if named else "")
+    for row in rows:  # the tensor's layer (docs/design.md, "Layer names"); "tensor": the .npz key
+        tensor, named = row["initializer"], names.of_tensor(row["initializer"])
+        row.update(tensor=tensor, **(named.to_dict() if named else {"layer": tensor, "onnx_node": ""}))
         row["share_of_scores"] = row["share"] / total if total > 0 else 0.0
     return ScoresReport(model_name(source), scores, elapsed, None if out is None else str(out), rows)
 

@@ -88,7 +88,8 @@ def test_same_name_in_every_command(case, tmp_path, capsys) -> None:
                                        if t.name == row["initializer"])) if row["initializer"] else None
         assert w is None or (row["zeros"], row["size"]) == (int((w == 0).sum()), w.size)
     scores = _json(capsys, "scores", path)
-    assert sorted((r["layer"], r["onnx_node"]) for r in scores["tensors"]) == sorted(expected[i][:2] for i in SCORED)
+    assert sorted(_triples(scores["tensors"])) == sorted(expected[i] for i in SCORED)
+    assert sorted(r["tensor"] for r in scores["tensors"]) == sorted(init or "w_const" for _, _, init in (expected[i] for i in SCORED))
     channel = _json(capsys, "prune", path, "--structure", "channel", "--sparsity", "0.5", "--round-to", "1",
                     "-o", tmp_path / "c.onnx", "--masked", tmp_path / "m.onnx", "--repeats", "1")
     assert _triples(channel["layers"]) == expected
