@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from builders import shared_bias_net
 from conftest import MODELS, run_main
 from onnx import helper, numpy_helper
 
@@ -214,8 +215,6 @@ def test_generated_initializer_names_give_way_to_the_node_name(tmp_path) -> None
 def test_parameters_of_a_shared_bias_count_once_per_layer(tmp_path, capsys) -> None:
     """Three convs read one stored bias (two directly, one through an Identity): each layer has its bias,
     so norm and prune count it three times (144 + 576 + 64 + 800 weights + 3 × 8 biases), before and after."""
-    from test_channels_rank import shared_bias_net
-
     onnx.save(shared_bias_net(), tmp_path / "shared.onnx")
     r = _json(capsys, "prune", tmp_path / "shared.onnx", "--structure", "channel", "--sparsity", "0.5", "--scope", "layer",
               "--round-to", "1", "-o", tmp_path / "s.onnx", "--repeats", "1")
