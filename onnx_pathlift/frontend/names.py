@@ -62,9 +62,6 @@ class LayerNames:
     by_tensor: dict[str, LayerName]
     by_dag: dict[str, LayerName]  # the DAG layers each node became
 
-    def of_key(self, key: str) -> LayerName | None:
-        return self.by_key.get(key)
-
     def of_dag(self, layer: str) -> LayerName | None:
         return self.by_dag.get(layer)
 
@@ -118,13 +115,13 @@ def _weight(node: NodeProto, layers: list[Layer], initializers: set[str], p: Pre
                  and p.consts[i].ndim), None)
 
 
-def layer_names(p: Prepared, dag: Dag | None = None) -> LayerNames:
+def layer_names(p: Prepared, dag: Dag) -> LayerNames:
     """Every node's :class:`LayerName` (``dag``: the model imported, whose layers say which nodes are
     parameterised and become spellings)."""
     initializers = {t.name for t in p.model.graph.initializer}
     readers = Counter(i for node in p.nodes for i in set(node.input) if i)
     made: dict[str, list[Layer]] = {}
-    for layer in [] if dag is None else dag.layers():
+    for layer in dag.layers():
         made.setdefault(layer.source, []).append(layer)
     weights = [_weight(node, made.get(node_key(node), []), initializers, p) for node in p.nodes]
     tier1 = Counter(w for w in weights if w)
