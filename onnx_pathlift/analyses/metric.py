@@ -54,6 +54,8 @@ class LayerSigns:
     other: str
     violations: int
     size: int
+    onnx_node: str = ""  # set by :func:`named_signs`, with ``initializer``
+    initializer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -329,7 +331,9 @@ def named_signs(signs: list[LayerSigns], names: LayerNames) -> list[LayerSigns]:
         named = names.of_dag(s.layer)
         key = named.layer if named else s.layer
         old = merged.get(key)
-        merged[key] = LayerSigns(key, old.other if old else s.other, s.violations + (old.violations if old else 0), s.size + (old.size if old else 0))
+        merged[key] = LayerSigns(key, old.other if old else s.other, s.violations + (old.violations if old else 0),
+                                 s.size + (old.size if old else 0), named.onnx_node if named else "",
+                                 named.initializer if named else None)
     return list(merged.values())
 
 
