@@ -317,13 +317,13 @@ class Selection:
 
 def _layer_tensors(prepared: Prepared, dag: Dag, pattern: str | None) -> tuple[dict[str, str], set[str] | None]:
     """Each parameterised layer's tensors (read by it alone, or written), tensor → layer name, and those of
-    the layers ``pattern`` names (:meth:`~onnx_pathlift.frontend.names.LayerNames.select`; None: no restriction)."""
-    names = layer_names(prepared, dag)
-    layers = names.parameterised()
-    tensors = {t: n.layer for t, n in names.by_tensor.items() if n.parameterised}
+    the layers ``pattern`` names (:meth:`~onnx_pathlift.frontend.names.LayerNames.select`; None: no restriction,
+    and no tensors)."""
     if pattern is None:
-        return tensors, None
-    chosen = {n.layer for n in names.select(pattern, layers)}
+        return {}, None
+    names = layer_names(prepared, dag)
+    tensors = {t: n.layer for t, n in names.by_tensor.items() if n.parameterised}
+    chosen = {n.layer for n in names.select(pattern, names.parameterised())}
     return tensors, {t for t, layer in tensors.items() if layer in chosen}
 
 
