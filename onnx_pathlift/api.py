@@ -211,12 +211,15 @@ def compare_models(model_a: ModelSource, model_b: ModelSource, input_shape: Inpu
     certificate is in the report (:attr:`Comparison.violation`), not raised. Raises
     :class:`~onnx_pathlift.analyses.metric.MismatchError` (a :class:`UsageError`) when the architectures differ."""
     from .analyses.check import check_bound
-    from .analyses.metric import comparable, path_metric
+    from .analyses.metric import comparable, named_shares, named_signs, path_metric
     from .analyses.quant_bound import certify
+    from .frontend.names import layer_names
 
     a, b = load(model_a, input_shape, outputs), load(model_b, input_shape, outputs)
     dag_a, dag_b, pairs, canon_a, canon_b = comparable(a.dag, b.dag)  # says where the architectures differ first
     metric = path_metric(dag_a, dag_b, providers=providers, breakdown=True, pairs=pairs)
+    names = layer_names(a.prepared, a.dag)  # A's layer names (docs/design.md, "Layer names")
+    metric.shares, metric.signs = named_shares(metric.shares, names), named_signs(metric.signs, names)
     cert = certify(dag_a, dag_b, metric.bound_log10(r), r, providers=providers, pairs=pairs)
     result = Comparison(model_name(model_a), model_name(model_b), dag_b, metric, cert, canon_a, canon_b)
     if check:
@@ -272,18 +275,21 @@ def score_weights(source: ModelSource, out: str | os.PathLike | None = None, inp
     import numpy as np
 
     from .analyses.scores import path_magnitude
+    from .frontend.names import layer_names
 
     if out and isinstance(source, (str, os.PathLike)):
         refuse_overwriting_input(out, source)
-    dag = load(source, input_shape, outputs, whole=False).dag
+    loaded = load(source, input_shape, outputs, whole=False)
     t0 = time.perf_counter()
-    scores = path_magnitude(dag, providers=providers)
+    scores = path_magnitude(loaded.dag, providers=providers)
     elapsed = time.perf_counter() - t0
     if out:
         save_npz(out, {k: v.astype(np.float32) for k, v in scores.fraction.items()})
-    rows = scores.summary()
+    rows, names = scores.summary(), layer_names(loaded.prepared, loaded.dag)
     total = sum(row["share"] for row in rows)
-    for row in rows:
+    for row in rows:  # the tensor's layer (docs/design.md, "Layer names"); "tensor": the .npz key
+        tensor, named = row["initializer"], names.of_tensor(row["initializer"])
+        row.update(tensor=tensor, **(named.to_dict() if named else {"layer": tensor, "onnx_node": ""}))
         row["share_of_scores"] = row["share"] / total if total > 0 else 0.0
     return ScoresReport(model_name(source), scores, elapsed, None if out is None else str(out), rows)
 

@@ -319,3 +319,21 @@ def qdq(model: onnx.ModelProto, tmp_path: Path, calibration: list[dict], act: st
     quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                     activation_type=getattr(QuantType, act), weight_type=QuantType.QInt8)
     return onnx.load(dst)
+
+
+def shared_bias_net(seed: int = 0) -> onnx.ModelProto:
+    """conv1 and conv2 read ONE bias initializer ``B`` (bit-identical biases stored once): conv1
+    directly, conv2 through an Identity; conv3 reads ``B`` directly as well."""
+    rng = np.random.default_rng(seed)
+    params = {"W1": normal(rng, (8, 2, 3, 3), 18), "W2": normal(rng, (8, 8, 3, 3), 72), "W3": normal(rng, (8, 8, 1, 1), 8),
+              "B": rng.normal(0, 0.2, 8).astype(np.float32), "Wf": normal(rng, (8 * 25, 4), 200)}
+    nodes = [helper.make_node("Identity", ["B"], ["B_read"]),
+             helper.make_node("Conv", ["x", "W1", "B"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "W2", "B_read"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("Conv", ["r2", "W3", "B"], ["c3"]),
+             helper.make_node("Relu", ["c3"], ["r3"]),
+             helper.make_node("Flatten", ["r3"], ["f"]),
+             helper.make_node("MatMul", ["f", "Wf"], ["y"])]
+    return make_model(nodes, [("x", (1, 2, 5, 5))], [("y", (1, 4))], params)

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 import tiny_nets
-from builders import inits, make_model, normal
+from builders import inits, make_model, normal, shared_bias_net
 from checks import analyse, run, sample_and_search
 from conftest import ROOT, load_tool, run_main
 from onnx import helper
@@ -140,24 +140,6 @@ def test_latency_target_removes_the_measured_fraction() -> None:
     assert result.achieved == pytest.approx(0.5, abs=0.25)
 
 
-def shared_bias_net(seed: int = 0) -> onnx.ModelProto:
-    """conv1 and conv2 read ONE bias initializer ``B`` (bit-identical biases stored once): conv1
-    directly, conv2 through an Identity; conv3 reads ``B`` directly as well."""
-    rng = np.random.default_rng(seed)
-    params = {"W1": normal(rng, (8, 2, 3, 3), 18), "W2": normal(rng, (8, 8, 3, 3), 72), "W3": normal(rng, (8, 8, 1, 1), 8),
-              "B": rng.normal(0, 0.2, 8).astype(np.float32), "Wf": normal(rng, (8 * 25, 4), 200)}
-    nodes = [helper.make_node("Identity", ["B"], ["B_read"]),
-             helper.make_node("Conv", ["x", "W1", "B"], ["c1"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c1"], ["r1"]),
-             helper.make_node("Conv", ["r1", "W2", "B_read"], ["c2"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c2"], ["r2"]),
-             helper.make_node("Conv", ["r2", "W3", "B"], ["c3"]),
-             helper.make_node("Relu", ["c3"], ["r3"]),
-             helper.make_node("Flatten", ["r3"], ["f"]),
-             helper.make_node("MatMul", ["f", "Wf"], ["y"])]
-    return make_model(nodes, [("x", (1, 2, 5, 5))], [("y", (1, 4))], params)
-
-
 def test_shared_and_identity_read_parameters_are_copied_on_write() -> None:
     model = shared_bias_net()
     p, dag, cg = analyse(model)
@@ -198,7 +180,12 @@ def test_layers_restricts_channel_pruning(tmp_path, capsys) -> None:
     assert changed and all("head" in n for n in changed) and r["layers"] and r["warnings"] == []
     rc, out, _ = run_main(capsys, "prune", SHIPPED_CNN, "--structure", "channel", "--sparsity", "0.5",
                           "--layers", "nothing-like-this", "-o", tmp_path / "t.onnx", "--json")
-    assert rc == 2 and "matches no removable channel group" in json.loads(out)["message"]
+    assert rc == 2 and "matches no layer; the layers: stem.0.weight, stem.1.weight," in json.loads(out)["message"]
+    rc, out, _ = run_main(capsys, "prune", SHIPPED_CNN, "--structure", "channel", "--sparsity", "0.5",
+                          "--layers", "head.4.weight", "-o", tmp_path / "t.onnx", "--json")  # writes the pinned logits
+    message = json.loads(out)["message"]
+    assert rc == 2 and "matches no removable channel group; layers with removable channels: " in message
+    assert "head.0.weight" in message and "head.4.weight" not in message.split("channels: ")[1]
 
 
 def test_accuracy_drop_warns(tmp_path, capsys) -> None:

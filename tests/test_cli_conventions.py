@@ -90,7 +90,7 @@ def test_scores_table_has_headers_and_shares_that_sum_to_one(capsys, tmp_path):
         assert r["share_of_scores"] == pytest.approx(r["share"] / sum(s["share"] for s in rows), rel=1e-12)
     rc, out, err = run_main(capsys, "scores", path)
     lines = out.splitlines()
-    head = next(i for i, line in enumerate(lines) if line.split()[:3] == ["tensor", "paths", "share"])
+    head = next(i for i, line in enumerate(lines) if line.split()[:3] == ["layer", "paths", "share"])
     table = [line.split() for line in lines[head + 1:]]
     assert sorted(t[0] for t in table) == ["W1", "W2"]
     assert sum(float(t[2]) for t in table) == pytest.approx(1.0, abs=1e-3)

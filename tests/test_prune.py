@@ -25,6 +25,8 @@ from onnx import numpy_helper
 import onnx_pathlift as pl
 from onnx_pathlift.analyses.scores import magnitude, path_magnitude
 from onnx_pathlift.errors import UsageError
+from onnx_pathlift.frontend.names import layer_names
+from onnx_pathlift.frontend.pipeline import load
 from onnx_pathlift.pruning.prune import PruneReport, apply, masks, select
 
 CNN = MODELS / "digits_cnn_torch_bn.onnx"
@@ -153,14 +155,19 @@ def test_bad_scope_is_a_usage_error() -> None:
 
 
 def test_select() -> None:
+    """A layer name, another spelling of it (ONNX node, output tensor, DAG layer) or a regular expression."""
+    loaded = load(CNN)
+    names = layer_names(loaded.prepared, loaded.dag)
     scores = {"block.conv1.weight": np.ones(2), "block.conv2.weight": np.ones(3), "head.0.weight": np.ones(4)}
-    assert select(scores, None) == scores and select(scores, None) is not scores
-    assert sorted(select(scores, r"conv\d")) == ["block.conv1.weight", "block.conv2.weight"]
-    assert sorted(select(scores, "^head")) == ["head.0.weight"]
-    with pytest.raises(UsageError, match="matches none"):
-        select(scores, "^tail")
-    with pytest.raises(UsageError):
-        select(scores, "conv(")
+    assert select(scores, None, names) == scores and select(scores, None, names) is not scores
+    assert sorted(select(scores, r"conv\d", names)) == ["block.conv1.weight", "block.conv2.weight"]
+    assert sorted(select(scores, "^head", names)) == ["head.0.weight"]
+    for spelling in ("/head/head.0/Conv", "/head/head.0/Conv_output_0", "/head/head.0/Conv_output_0/conv"):
+        assert sorted(select(scores, spelling, names)) == ["head.0.weight"], spelling
+    with pytest.raises(UsageError, match="matches no layer; the layers: block.conv1.weight, block.conv2.weight, head.0.weight "):
+        select(scores, "^tail", names)
+    with pytest.raises(UsageError, match="not a regular expression"):
+        select(scores, "conv(", names)
 
 
 @pytest.mark.parametrize("criterion", ["path-magnitude", "magnitude"])

@@ -77,9 +77,10 @@ def test_audit_help_tells_defaults_and_the_fail_on_code():
 
 
 def test_quiet_leaves_out_the_long_tables(tmp_path):
-    """``--quiet``: the summary lines only. Channel pruning's per-layer table and kept-group lines, the scores'
-    per-tensor table, compare's per-layer shares go; the summary lines stay, word for word."""
+    """``--quiet``: the summary lines only. Channel pruning's per-layer table and kept-group lines, weight
+    pruning's per-layer zeros, the scores' per-tensor table, compare's per-layer shares go; the summary lines stay, word for word."""
     cases = {"prune": ["prune", CNN, "--structure", "channel", "--sparsity", "0.3", "-o", tmp_path / "s.onnx", "--repeats", "3"],
+             "prune weight": ["prune", CNN, "--sparsity", "0.3", "-o", tmp_path / "w.onnx", "--eval", MODELS / "digits_test.npz"],
              "scores": ["scores", CNN],
              "compare": ["compare", CNN, MODELS / "digits_cnn_torch_bn_pruned50.onnx"]}
     outputs = {}

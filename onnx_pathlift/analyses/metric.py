@@ -29,6 +29,7 @@ from ..backend.norm import LiftedSession, PathNorm, PathNormSession, combine_run
 from ..errors import UsageError
 from ..fileio.load import ModelSource
 from ..frontend.importer import import_model
+from ..frontend.names import LayerNames
 from ..graph.numeric import json_float, log10_sum, log10_value
 from ..ir.dag import Dag, Layer
 from ..ops import LAYER_OPS, require
@@ -53,21 +54,25 @@ class LayerSigns:
     other: str
     violations: int
     size: int
+    onnx_node: str = ""  # set by :func:`named_signs`, with ``initializer``
+    initializer: str | None = None
 
 
 @dataclass(frozen=True)
 class LayerShare:
     """One parameterised layer's exact part of the certified upper bound (log10; ``-inf`` for 0)."""
 
-    layer: str
+    layer: str  # its layer name (:mod:`onnx_pathlift.frontend.names`, after :func:`named_shares`)
     op: str
     source: str
     log10: float
+    onnx_node: str = ""
+    initializer: str | None = None
 
     def to_dict(self, total_log10: float) -> dict:
         share = 10.0 ** (self.log10 - total_log10) if math.isfinite(total_log10) else 0.0
-        return {"layer": self.layer, "op": self.op, "source": self.source, "value": log10_value(self.log10),
-                "log10": json_float(self.log10), "fraction": share}
+        return {"layer": self.layer, "onnx_node": self.onnx_node, "initializer": self.initializer, "op": self.op,
+                "source": self.source, "value": log10_value(self.log10), "log10": json_float(self.log10), "fraction": share}
 
 
 @dataclass
@@ -292,6 +297,38 @@ def layer_shares(legs: list[Leg], providers=None) -> list[LayerShare]:
             parts.setdefault(layer.name, []).append(v.log10)  # parts of the computed value (they add up to it)
             first.setdefault(layer.name, layer)
     return [LayerShare(n, first[n].op, first[n].source, log10_sum(v)) for n, v in parts.items()]
+
+
+def named_shares(shares: list[LayerShare], names: LayerNames) -> list[LayerShare]:
+    """``shares`` by layer name (:mod:`onnx_pathlift.frontend.names`): the parts of the DAG layers one
+    ONNX node became (a conv and its bias) add up, since parts add up to the bound; a DAG layer no node
+    names (a canonical rewrite's) keeps its own name."""
+    parts: dict[str, list[float]] = {}
+    first: dict[str, LayerShare] = {}
+    for sh in shares:
+        named = names.of_dag(sh.layer)
+        key = named.layer if named else sh.layer
+        parts.setdefault(key, []).append(sh.log10)
+        first.setdefault(key, sh)
+    out = []
+    for key, logs in parts.items():
+        named = names.of_dag(first[key].layer)
+        out.append(LayerShare(key, first[key].op, first[key].source, log10_sum(logs), named.onnx_node if named else "",
+                              named.initializer if named else None))
+    return out
+
+
+def named_signs(signs: list[LayerSigns], names: LayerNames) -> list[LayerSigns]:
+    """``signs`` by A's layer name (the DAG layers of one ONNX node add up; ``other``: B's first DAG layer)."""
+    merged: dict[str, LayerSigns] = {}
+    for s in signs:
+        named = names.of_dag(s.layer)
+        key = named.layer if named else s.layer
+        old = merged.get(key)
+        merged[key] = LayerSigns(key, old.other if old else s.other, s.violations + (old.violations if old else 0),
+                                 s.size + (old.size if old else 0), named.onnx_node if named else "",
+                                 named.initializer if named else None)
+    return list(merged.values())
 
 
 def _route_legs(a: Dag, b: Dag, pairs: dict[str, str], consistent: bool, exact: bool, prefix: str = "") -> dict[str, list[Leg]]:

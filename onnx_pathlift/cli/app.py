@@ -146,7 +146,7 @@ def _add_prune(pr: argparse.ArgumentParser) -> None:
                          "(the default where the model is not a DAG-ReLU network: SiLU, GELU, GroupNorm, ...)")
     pr.add_argument("--masked", metavar="MASKED.onnx",
                     help="--structure channel: also write the masked model (removed channels' outgoing weights zeroed)")
-    pr.add_argument("--repeats", type=int, default=20, help="--structure channel: latency runs per model (median)")
+    pr.add_argument("--repeats", type=int, help="--structure channel: latency runs per model (median; default 20)")
     pr.add_argument("--scope", default="global", choices=["global", "layer"],
                     help="global: the lowest-scored weights (or channel groups) over all tensors together; layer: the same fraction in each tensor")
     pr.add_argument("--layers", metavar="REGEX",

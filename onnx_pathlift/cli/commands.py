@@ -126,7 +126,8 @@ def cmd_prune(args) -> int:
     if args.structure == "channel":
         if args.mask:
             raise UsageError("--mask goes with --structure weight")
-        report = prune_channel_groups(args.model, args.sparsity, args.out, masked_out=args.masked, repeats=args.repeats,
+        report = prune_channel_groups(args.model, args.sparsity, args.out, masked_out=args.masked,
+                                      repeats=20 if args.repeats is None else args.repeats,
                                       target=args.target, round_to=args.round_to, min_keep=args.min_keep,
                                       layers=args.layers, ranking=args.ranking, steps=args.steps,
                                       calibration=args.calibration, **common)
@@ -137,10 +138,13 @@ def cmd_prune(args) -> int:
         return 0
     if args.calibration:
         raise UsageError("--calibration goes with --structure channel")
+    if args.repeats is not None:
+        raise UsageError("--repeats goes with --structure channel: weight pruning zeroes weights in place, so the model "
+                         "keeps its size and its latency is not measured")
     if args.masked or args.target != "groups" or {args.round_to, args.min_keep, args.ranking, args.steps} != {None}:
         raise UsageError("--masked, --target, --round-to, --min-keep, --ranking and --steps go with --structure channel")
     report = prune_weights(args.model, args.sparsity, args.out, layers=args.layers, mask_out=args.mask, **common)
-    _show(args, report, _print_weight_pruning)
+    _show(args, report, lambda r: _print_weight_pruning(r, args.quiet))
     return 0
 
 

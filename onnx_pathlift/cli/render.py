@@ -197,12 +197,12 @@ def _print_scores(r, quiet: bool = False) -> None:
           f"(each weight's score as a fraction of ‖Φ‖_1 = {_fmt(r.scores.log10_norm)}), {r.seconds:.3f} s")
     print("  'paths' is the fraction of ‖Φ‖_1 carried by paths through the tensor (a path crosses several tensors, so "
           "these sum to more than 1); 'share' is the tensor's part of all scores (sums to 1)")
-    names = [terminal(row["initializer"]) for row in r.rows]  # a newline in a name is escaped too
+    names = [terminal(row["layer"]) for row in r.rows]  # a newline in a name is escaped too
     width = max([40, *map(len, names)])
     if quiet:
         print(f"  (the table of {len(r.rows)} tensors left out: --quiet)")
     else:
-        print(f"  {'tensor':{width}s} {'paths':>10s} {'share':>10s} {'median':>10s} {'max':>10s} {'zeros':>15s}")
+        print(f"  {'layer':{width}s} {'paths':>10s} {'share':>10s} {'median':>10s} {'max':>10s} {'zeros':>15s}")
     for name, row in [] if quiet else zip(names, r.rows):
         q = row["quantiles"]
         print(f"  {name:{width}s} {row['share']:10.4g} {row['share_of_scores']:10.4g} {q['median']:10.3g} "
@@ -211,16 +211,40 @@ def _print_scores(r, quiet: bool = False) -> None:
         print(f"wrote {r.written} (float32 fractions keyed by initializer name)")
 
 
-def _print_weight_pruning(r) -> None:
+def _print_weight_pruning(r, quiet: bool = False) -> None:
     report, metric = r.report, r.metric
     print(f"pruned {report.pruned} of {report.total} weights by {r.criterion} ({r.scope}): "
           f"sparsity {report.sparsity:.4f}; wrote {r.written}")
     for name, why in report.skipped.items():
         print(f"  skipped {name}: {why}")
+    if quiet:
+        print(f"    (the table of {len(r.layers)} layers left out: --quiet)")
+    for row in [] if quiet else r.layers:
+        print(f"    {row['layer']!r:40} zeros {row['zeros']:>9} of {row['size']:<9} ({row['zeros'] / max(row['size'], 1):.1%})")
     print(f"  exact path-metric d = {_fmt(metric.upper_log10)}: for every input with ‖x‖_∞ ≤ {r.input_linf:g}, "
           f"the outputs moved by at most {_fmt(metric.bound_log10(r.input_linf))} in ℓ1")
+    print(f"    {_scale(metric.upper_log10, metric.norm_a_log10)}")
     if r.accuracy is not None:
         print(f"  top-1 accuracy {r.accuracy[0]:.4f} → {r.accuracy[1]:.4f}")
+        _print_observed(r.observed, metric.bound_log10(r.input_linf), r.input_linf)
+
+
+def _scale(d_log10: float, norm_log10: float) -> str:
+    """The certificate's scale: ``d`` as a fraction of ``‖Φ‖_1``, which bounds the outputs themselves."""
+    if not math.isfinite(norm_log10) or d_log10 == -math.inf:
+        return "(the outputs did not move: d = 0)" if d_log10 == -math.inf else ""
+    return (f"scale: d is {10 ** (d_log10 - norm_log10):.3g} of ‖Φ(original)‖_1 = {_fmt(norm_log10)}, which bounds the "
+            "outputs themselves (‖R(x)‖_1 ≤ max(‖x‖_∞, 1)·‖Φ‖_1): a worst case over the whole box, usually far above "
+            "the change on real inputs")
+
+
+def _print_observed(observed: dict, bound_log10: float, r: float) -> None:
+    """The change seen on the --eval samples, beside the certified worst case."""
+    seen, inside = observed["max_l1"], observed["max_input_linf"] <= r
+    ratio = f"; the bound is {10 ** (bound_log10 - math.log10(seen)):.3g}× that" if seen > 0 and math.isfinite(bound_log10) else ""
+    print(f"  observed on the {observed['samples']} --eval samples: the outputs moved by at most {seen:.6g} in ℓ1{ratio} "
+          + ("(samples inside the certified box)" if inside else
+             f"(samples reach ‖x‖_∞ = {observed['max_input_linf']:g}, outside the box ‖x‖_∞ ≤ {r:g}: --input-linf to cover them)"))
 
 
 def _speed(before: float, after: float) -> str:
@@ -245,7 +269,7 @@ def _print_channel_pruning(report, quiet: bool = False) -> None:
     if quiet:
         print(f"    (the table of {len(r['layers'])} layers left out: --quiet)")
     for row in [] if quiet else r["layers"]:
-        print(f"    {row['node']!r:40} {row['op']:18s} params {row['params_before']:>9} → {row['params_after']:<9} "
+        print(f"    {row['layer']!r:40} {row['op']:18s} params {row['params_before']:>9} → {row['params_after']:<9} "
               f"MACs {row['macs_before']:>11} → {row['macs_after']}")
     print(f"  slim model = masked model to {r['slim_vs_masked_max_rel_error']:.2g} (max relative error, random inputs)")
     if m is None:
@@ -254,6 +278,8 @@ def _print_channel_pruning(report, quiet: bool = False) -> None:
         d_log10 = m["upper_log10"] if m["upper_log10"] is not None else -math.inf
         print(f"  {'exact ' if m['exact'] else ''}path-metric d(original, masked) ≤ {_fmt(d_log10)}: "
               f"for every input with ‖x‖_∞ ≤ {m['input_linf']:g}, the outputs moved by at most {m['bound']:.6g} in ℓ1")
+        if m["norm_a_log10"] is not None:
+            print(f"    {_scale(d_log10, m['norm_a_log10'])}")
     before, after, repeats = r["latency_before_s"], r["latency_after_s"], r["latency_repeats"]
     if before is None or after is None:
         print("  latency: n/a (onnxruntime cannot run this model)")

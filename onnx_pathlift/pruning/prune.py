@@ -13,17 +13,17 @@ blocks are :func:`select`, :func:`masks` and :func:`apply` (weights) and
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from onnx import ModelProto
+from onnx import ModelProto, numpy_helper
 
 from ..errors import UnsupportedModelError, UsageError
 from ..fileio.atomic import refuse_overwriting_input, save_model, save_npz
-from ..frontend.edit import ModelEditor, copy_model
+from ..frontend.edit import ModelEditor, copy_model, untie
+from ..frontend.names import LayerNames, layer_names, parameters_by_node
 from ..frontend.pipeline import Loaded, load, model_name
 from .ranking import MIN_KEEP, Selection
 
@@ -46,18 +46,15 @@ class PruneReport:
     skipped: dict[str, str]  # scored tensors that are not initializers (e.g. behind DequantizeLinear)
 
 
-def select(scores: dict[str, np.ndarray], pattern: str | None) -> dict[str, np.ndarray]:
-    """The scored tensors whose name matches ``pattern`` (a regular expression; None: all)."""
+def select(scores: dict[str, np.ndarray], pattern: str | None, names: LayerNames) -> dict[str, np.ndarray]:
+    """The scored tensors of the layers ``pattern`` names (None: all): a layer name, another spelling of
+    one or a regular expression (:meth:`~onnx_pathlift.frontend.names.LayerNames.select`)."""
     if pattern is None:
         return dict(scores)
-    try:
-        rx = re.compile(pattern)
-    except re.error as exc:
-        raise UsageError(f"bad --layers pattern {pattern!r}: {exc}") from None
-    chosen = {k: v for k, v in scores.items() if rx.search(k)}
-    if not chosen:
-        raise UsageError(f"--layers {pattern!r} matches none of {sorted(scores)}")
-    return chosen
+    layers = {t: names.of_tensor(t) for t in scores}
+    scored = {n.layer for n in layers.values() if n}
+    chosen = {n.layer for n in names.select(pattern, [n for n in names.parameterised() if n.layer in scored])}
+    return {t: v for t, v in scores.items() if layers[t] and layers[t].layer in chosen}
 
 
 def masks(scores: dict[str, np.ndarray], sparsity: float, scope: str = "global") -> dict[str, np.ndarray]:
@@ -108,16 +105,22 @@ def apply(model: ModelProto, keep: dict[str, np.ndarray]) -> tuple[ModelProto, P
     return out, PruneReport(zeros / total if total else 0.0, pruned, total, done, skipped)
 
 
+def model_outputs(model: ModelProto, loaded: Loaded, x: np.ndarray) -> np.ndarray:
+    """The first analysed output of ``model`` (run as written) on each row of ``x`` (reshaped to
+    ``loaded``'s first input), one row per sample, in float64."""
+    from ..backend.verify import ModelRunner
+
+    name, shape = loaded.first_input
+    run = ModelRunner(model, loaded.outputs[:1], {})
+    return np.stack([np.asarray(run({name: xi.reshape(shape).astype(np.float32)})[0], np.float64).ravel()
+                     for xi in x])
+
+
 def top1_accuracy(model: ModelProto, loaded: Loaded, data: Mapping[str, np.ndarray]) -> float:
     """Top-1 accuracy of ``model`` (run as written) on ``data["x"]`` (one sample per row, reshaped to
     ``loaded``'s first input) against the labels ``data["y"]``: argmax of its first analysed output."""
-    from ..backend.verify import ModelRunner
-
-    x, y = data["x"], data["y"]
-    name, shape = loaded.first_input
-    run = ModelRunner(model, loaded.outputs[:1], {})
-    pred = [int(np.argmax(run({name: xi.reshape(shape).astype(np.float32)})[0])) for xi in x]
-    return float(np.mean(np.asarray(pred) == np.asarray(y)))
+    pred = np.argmax(model_outputs(model, loaded, data["x"]), axis=1)
+    return float(np.mean(pred == np.asarray(data["y"])))
 
 
 #: evaluation data: an ``.npz`` path or a mapping, with arrays ``x`` (samples) and ``y`` (labels)
@@ -157,16 +160,43 @@ class WeightPruning:
     input_linf: float
     pruned: ModelProto
     keep: dict[str, np.ndarray]  # keep-masks by initializer name
+    #: per pruned tensor: its layer, ONNX node and initializer (docs/design.md, "Layer names"), zeros and size
+    layers: list[dict] = field(default_factory=list)
     accuracy: tuple[float, float] | None = None  # top-1 before, after
+    #: on the evaluation samples: the largest ‖R(x) − R'(x)‖_1 seen, the samples, their largest ‖x‖_∞
+    observed: dict | None = None
 
     def to_dict(self) -> dict:
         r = self.report
         d = {"model": self.model, "written": self.written, "criterion": self.criterion, "scope": self.scope,
-             "sparsity": r.sparsity, "pruned": r.pruned, "weights": r.total, "tensors": r.tensors,
+             "sparsity": r.sparsity, "pruned": r.pruned, "weights": r.total, "tensors": r.tensors, "layers": self.layers,
              "skipped": r.skipped, "metric": self.metric.to_dict(self.input_linf)}
         if self.accuracy is not None:
             d["accuracy_before"], d["accuracy_after"] = self.accuracy
+            d["observed_change"] = self.observed
         return d
+
+
+def _pruned_layers(pruned: ModelProto, report: PruneReport, names: LayerNames) -> list[dict]:
+    """Per pruned tensor: its layer's names, its zeros and size."""
+    inits = {t.name: t for t in pruned.graph.initializer if t.name in report.tensors}
+    rows = []
+    for tensor in report.tensors:
+        w, named = numpy_helper.to_array(inits[tensor]), names.of_tensor(tensor)
+        rows.append({**(named.to_dict() if named else {"layer": tensor, "onnx_node": "", "initializer": tensor}),
+                     "zeros": int(np.count_nonzero(w == 0)), "size": int(w.size)})
+    return rows
+
+
+def _evaluate_weights(result: WeightPruning, loaded: Loaded, data: Mapping[str, np.ndarray]) -> None:
+    """Top-1 before and after on ``data``, and the change observed there: the largest ``‖R(x) − R'(x)‖_1``
+    over its samples (the certificate holds for those with ``‖x‖_∞ ≤ input_linf``)."""
+    x = np.asarray(data["x"])
+    before, after = model_outputs(loaded.model, loaded, x), model_outputs(result.pruned, loaded, x)
+    y = np.asarray(data["y"])
+    result.accuracy = float(np.mean(np.argmax(before, 1) == y)), float(np.mean(np.argmax(after, 1) == y))
+    result.observed = {"max_l1": float(np.abs(before - after).sum(axis=1).max()) if len(x) else 0.0,
+                       "samples": len(x), "max_input_linf": float(np.abs(x).max()) if x.size else 0.0}
 
 
 def prune_weights(source: ModelSource, sparsity: float, out: str | os.PathLike, criterion: str | None = None,
@@ -175,11 +205,12 @@ def prune_weights(source: ModelSource, sparsity: float, out: str | os.PathLike, 
                   eval_data: Data = None) -> WeightPruning:
     """Zero the ``sparsity`` fraction (in [0, 1]) of the lowest-scored Conv/Gemm/MatMul weights of
     ``source`` (``criterion``: ``path-magnitude``, the default, or ``magnitude``; ``scope``: ``global``
-    over all tensors or the same fraction per ``layer``; ``layers``: a regular expression on the
-    initializer names), write the model to ``out`` and the keep-masks to ``mask_out`` (``.npz``), and
-    certify the output change by the exact path-metric: ``‖R(x) − R'(x)‖_1 ≤ max(input_linf, 1)·d``
-    for ``‖x‖_∞ ≤ input_linf``. With ``eval_data`` (an ``.npz`` path or arrays ``x``, ``y``), top-1
-    accuracy before and after. Raises :class:`UsageError` for a bad criterion, sparsity, scope or
+    over all tensors or the same fraction per ``layer``; ``layers``: a layer name, another spelling of one
+    or a regular expression, :func:`select`), write the model to ``out`` and the keep-masks to ``mask_out``
+    (``.npz``), and certify the output change by the exact path-metric: ``‖R(x) − R'(x)‖_1 ≤
+    max(input_linf, 1)·d`` for ``‖x‖_∞ ≤ input_linf``. With ``eval_data`` (an ``.npz`` path or arrays
+    ``x``, ``y``), top-1 accuracy before and after, and the largest ``‖R(x) − R'(x)‖_1`` over its samples
+    (``observed``). Raises :class:`UsageError` for a bad criterion, sparsity, scope or
     pattern and when an output names the input."""
     from ..analyses.metric import path_metric
     from ..analyses.scores import magnitude, path_magnitude
@@ -189,16 +220,18 @@ def prune_weights(source: ModelSource, sparsity: float, out: str | os.PathLike, 
     loaded = load(source, input_shape, outputs)
     dag = loaded.dag
     scores = path_magnitude(dag).fraction if criterion == "path-magnitude" else magnitude(dag)
-    keep = masks(select(scores, layers), sparsity, scope)
+    names = layer_names(loaded.prepared, dag)
+    keep = masks(select(scores, layers, names), sparsity, scope)
     pruned, report = apply(loaded.model, keep)
     save_model(pruned, out)
     if mask_out:
         save_npz(mask_out, {k: v for k, v in keep.items() if k in report.tensors})
     metric = path_metric(dag, import_model(pruned, input_shape))
-    result = WeightPruning(model_name(source), str(out), criterion, scope, report, metric, input_linf, pruned, keep)
+    result = WeightPruning(model_name(source), str(out), criterion, scope, report, metric, input_linf, pruned, keep,
+                           _pruned_layers(pruned, report, names))
     data = _data(eval_data)
     if data is not None:
-        result.accuracy = top1_accuracy(loaded.model, loaded, data), top1_accuracy(pruned, loaded, data)
+        _evaluate_weights(result, loaded, data)
     return result
 
 
@@ -286,7 +319,6 @@ def channel_readiness(model: ModelProto, prepared: Prepared, refusal: Unsupporte
 
     from ..frontend.prepare import prepare
     from .channels import channel_graph
-    from .slim import untie
 
     untied, origin = untie(model)
     cg = channel_graph(untied, prepare(untied, prepared.inputs) if origin else prepared)
@@ -327,17 +359,21 @@ class ChannelPruning:
 def _costs(loaded: Loaded, result: ChannelPrune, input_shape) -> tuple[dict[str, Any], Prepared]:
     """Groups, parameters and MACs before and after (per Conv/Gemm/MatMul/BN node), the slim-vs-masked
     check; and the slim model prepared."""
+    from ..frontend.importer import import_prepared
     from ..frontend.prepare import prepare
-    from .slim import float_parameters, layer_costs
+    from .slim import layer_costs
 
     slim_prepared = prepare(result.slim, input_shape)
+    slim_dag = import_prepared(slim_prepared, list(loaded.dag.outputs))
     after = {c.node: c for c in layer_costs(slim_prepared)}
-    layers = [{"node": c.node, "op": c.op, "params_before": c.params, "params_after": after[c.node].params,
-               "macs_before": c.macs, "macs_after": after[c.node].macs} for c in layer_costs(loaded.prepared)]
+    names, params = layer_names(loaded.prepared, loaded.dag), (parameters_by_node(loaded.dag), parameters_by_node(slim_dag))
+    layers = [{**names.record(c.node), "node": c.node, "op": c.op, "params_before": params[0][c.node],
+               "params_after": params[1][c.node], "macs_before": c.macs, "macs_after": after[c.node].macs}
+              for c in layer_costs(loaded.prepared)]
     g = result.graph
     return {"groups": {"total": len(g.groups), "removable": len(g.removable()), "removed": len(result.removed)},
             "channels_removed": sum(len(g.groups[i].channels) for i in result.removed), "pinned": result.pinned(),
-            "params_before": float_parameters(loaded.model), "params_after": float_parameters(result.slim),
+            "params_before": loaded.dag.n_params, "params_after": slim_dag.n_params,  # norm's count (docs/pruning.md)
             "macs_before": sum(r["macs_before"] for r in layers), "macs_after": sum(r["macs_after"] for r in layers),
             "layers": layers, "slim_vs_masked_max_rel_error": result.slim_error}, slim_prepared
 
@@ -387,8 +423,9 @@ def prune_channel_groups(source: ModelSource, sparsity: float, out: str | os.Pat
     mean; ``steps``: removed in that many steps, scores recomputed after each), or the ``sparsity``
     fraction of the ``target`` cost (``params``, ``macs``, ``latency``); each layer keeps a multiple of
     ``round_to`` channels (default :data:`ROUND_TO`, 8) and at least ``max(round_to, ⌈min_keep·width⌉)`` (default
-    :data:`~onnx_pathlift.pruning.channels.MIN_KEEP`); ``layers``: a regular expression, only the groups whose
-    tensors or writing weights match are candidates. Write the smaller model to ``out`` (checked to compute the
+    :data:`~onnx_pathlift.pruning.channels.MIN_KEEP`); ``layers``: a layer name, another spelling of one or a
+    regular expression (:meth:`~onnx_pathlift.frontend.names.LayerNames.select`), only the groups whose
+    tensors or writing weights belong to the layers it names are candidates. Write the smaller model to ``out`` (checked to compute the
     masked model) and the masked model to ``masked_out``; certify the change by the path-metric
     between the original and the masked model (``‖x‖_∞ ≤ input_linf``); measure onnxruntime latency
     (median of ``repeats`` runs, seconds) and, with ``eval_data``, top-1 accuracy (``warnings``: when it drops
@@ -441,6 +478,8 @@ def _evaluate(record: dict[str, Any], loaded: Loaded, result: ChannelPrune, reco
     """The record's recovery report, top-1 before and after on ``eval_data``, and its warnings."""
     if recovery is not None:
         record["recovery"] = {"data_aware_scores": selection.scorer is not None, **recovery.to_dict()}
+        names = layer_names(loaded.prepared, loaded.dag)
+        record["recovery"]["layers"] = [{**names.record(f["node"]), **f} for f in record["recovery"]["layers"]]
     data = _data(eval_data)
     if data is not None:
         record["accuracy_before"] = top1_accuracy(loaded.model, loaded, data)

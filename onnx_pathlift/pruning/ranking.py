@@ -5,7 +5,6 @@ latency) met greedily or per layer by bisection."""
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,8 +15,11 @@ from onnx import ModelProto
 from ..backend.runtime import make_session
 from ..errors import UsageError
 from ..frontend.edit import copy_model, retie, untie
+from ..frontend.names import layer_names
 from ..frontend.prepare import Prepared, prepare
+from ..ir.dag import Dag
 from ..ops.registry import CHANNEL_RULES
+from ..sanitise import terminal
 from .channels import ChannelGraph, Group
 from .slim import (
     ChannelPrune,
@@ -28,6 +30,7 @@ from .slim import (
     masked_model,
     random_feeds,
     slim_model,
+    statistics,
 )
 
 #: default floor on a layer's kept width, as a fraction of its width (``prune --min-keep``)
@@ -279,7 +282,7 @@ def channel_costs(cg: ChannelGraph, prepared: Prepared, target: str, repeats: in
     full: dict = {}
     items: list = []
     if target == "params":
-        names = {e[0] for g in cg.groups for e in g.sinks + g.sources + g.slices}
+        names = {e[0] for g in cg.groups for e in g.sinks + g.sources + g.slices} - statistics(prepared.nodes)
         for name in sorted(n for n in names if prepared.consts[n].dtype.kind == "f"):
             shape = prepared.consts[name].shape
             keys = tuple(("c", name, a) for a in range(len(shape)))
@@ -320,22 +323,34 @@ class Selection:
     scorer: Callable[[ChannelGraph, ModelProto, Prepared], np.ndarray] | None = None
 
 
-def _restrict(cg: ChannelGraph, scores: np.ndarray, pattern: str | None) -> np.ndarray:
-    """Scores set to NaN for the groups none of whose tensors and none of whose writing weights
-    (sources: conv filters, dense rows, depthwise filters) match ``pattern``."""
+def _layer_tensors(prepared: Prepared, dag: Dag, pattern: str | None) -> tuple[dict[str, str], set[str] | None]:
+    """Each parameterised layer's tensors (read by it alone, or written), tensor → layer name, and those of
+    the layers ``pattern`` names (:meth:`~onnx_pathlift.frontend.names.LayerNames.select`; None: no restriction,
+    and no tensors)."""
     if pattern is None:
+        return {}, None
+    names = layer_names(prepared, dag)
+    tensors = {t: n.layer for t, n in names.by_tensor.items() if n.parameterised}
+    chosen = {n.layer for n in names.select(pattern, names.parameterised())}
+    return tensors, {t for t, layer in tensors.items() if layer in chosen}
+
+
+def _restrict(cg: ChannelGraph, scores: np.ndarray, pattern: str | None,
+              layers: tuple[dict[str, str], set[str] | None]) -> np.ndarray:
+    """Scores set to NaN for the groups none of whose tensors and none of whose writing weights
+    (sources: conv filters, dense rows, depthwise filters) belong to a layer ``pattern`` chose
+    (``layers``: :func:`_layer_tensors`)."""
+    tensors, allowed = layers
+    if allowed is None:
         return scores
-    try:
-        rx = re.compile(pattern)
-    except re.error as exc:
-        raise UsageError(f"bad --layers pattern {pattern!r}: {exc}") from None
     out = scores.copy()
     for i, g in enumerate(cg.groups):
-        names = {t for t, _ in g.channels} | {e[0] for e in g.sources}
-        if not any(rx.search(n) for n in names):
+        if not allowed & ({t for t, _ in g.channels} | {e[0] for e in g.sources}):
             out[i] = np.nan
     if np.all(np.isnan(out)):
-        raise UsageError(f"--layers {pattern!r} matches no removable channel group")
+        writers = {tensors[t] for i in cg.removable() for t, _ in cg.groups[i].channels if t in tensors}
+        raise UsageError(f"--layers {pattern!r} matches no removable channel group; layers with removable channels: "
+                         + (", ".join(map(terminal, sorted(writers))) or "none"))
     return out
 
 
@@ -356,6 +371,7 @@ def prune_channels(model: ModelProto, prepared: Prepared, dag, sparsity: float, 
     p = prepare(untied, prepared.inputs) if origin else prepared
     cg = channel_graph(untied, p)
     costs = channel_costs(cg, p, sel.target, repeats, model)
+    layers = _layer_tensors(prepared, dag, sel.layers)
     removed: list[int] = []
     for step in range(1, sel.steps + 1):
         current = untied if step == 1 else masked_model(untied, cg, removed)
@@ -365,13 +381,13 @@ def prune_channels(model: ModelProto, prepared: Prepared, dag, sparsity: float, 
             at = dag if sel.criterion != "path-mass" or (step == 1 and not origin) \
                 else import_prepared(prepare(current, p.inputs), None)
             scores = group_scores(cg, p, sel.criterion, at, sel.seed, providers)
-        removed = choose(cg, _restrict(cg, scores, sel.layers), sparsity * step / sel.steps, sel.scope, sel.round_to,
+        removed = choose(cg, _restrict(cg, scores, sel.layers, layers), sparsity * step / sel.steps, sel.scope, sel.round_to,
                          sel.min_keep, costs, sel.normalised)
     masked = retie(masked_model(untied, cg, removed), origin)
     slim = retie(slim_model(untied, cg, removed), origin)
     names = list(dag.outputs) if outputs is None else outputs
     return ChannelPrune(cg, scores, removed, masked, slim, check_slim(masked, slim, prepared, names),
-                        _achieved(cg, costs, removed, _restrict(cg, scores, sel.layers)), untied, origin)
+                        _achieved(cg, costs, removed, _restrict(cg, scores, sel.layers, layers)), untied, origin)
 
 
 def _achieved(cg: ChannelGraph, costs: Costs | None, removed: list[int], scores: np.ndarray) -> float:

@@ -154,15 +154,16 @@ class LayerCost:
 
 
 def layer_costs(prepared: Prepared) -> list[LayerCost]:
-    """Parameters (float constants read) and multiply-accumulates of each node whose op declares its
-    MACs (:func:`costed_op_types`: Conv, ConvTranspose, Gemm, MatMul, BatchNormalization)."""
+    """Parameters (float constants read, :func:`statistics` left out) and multiply-accumulates of each
+    node whose op declares its MACs (:func:`costed_op_types`: Conv, ConvTranspose, Gemm, MatMul, BatchNormalization)."""
     rows = []
+    stats = statistics(prepared.nodes)
     for node in prepared.nodes:
         rule = CHANNEL_RULES.get(node.op_type)
         if rule is None or rule.macs is None:
             continue
         params = sum(int(prepared.consts[i].size) for i in node.input
-                     if i in prepared.consts and prepared.consts[i].dtype.kind == "f")
+                     if i in prepared.consts and prepared.consts[i].dtype.kind == "f" and i not in stats)
         macs = rule.macs(node, prepared.consts, prepared.shapes)
         rows.append(LayerCost(node.name or node.output[0], node.op_type, params, macs))
     return rows
@@ -173,10 +174,20 @@ def costed_op_types() -> list[str]:
     return [op for op, rule in CHANNEL_RULES.items() if rule.macs is not None]
 
 
+def statistics(nodes) -> set[str]:
+    """BatchNormalization's running mean and variance (inputs 3 and 4): statistics folded into its scale
+    and shift, not parameters (docs/pruning.md, "Parameters")."""
+    return {i for n in nodes if n.op_type == "BatchNormalization" for i in n.input[3:5]}
+
+
 def float_parameters(model: ModelProto) -> int:
-    """Elements of the float initializers and Constant tensors (the model's parameters)."""
-    tensors = list(model.graph.initializer) + [a.t for n in model.graph.node if n.op_type == "Constant"
-                                                for a in n.attribute if a.name == "value"]
+    """Elements of the float initializers and Constant tensors, :func:`statistics` left out: each stored
+    value once (``--target params``'s total; ``norm``'s count when every float constant is a weight, a bias
+    or a BN scale or shift read by one node)."""
+    stats = statistics(model.graph.node)
+    tensors = [t for t in model.graph.initializer if t.name not in stats] + [
+        a.t for n in model.graph.node if n.op_type == "Constant" and n.output[0] not in stats
+        for a in n.attribute if a.name == "value"]
     return sum(math.prod(t.dims) for t in tensors if t.data_type in FLOAT_TYPES)
 
 
