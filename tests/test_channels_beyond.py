@@ -67,6 +67,7 @@ NETS = {
     "gelu_tanh": lambda: _net(lambda: nn.GELU(approximate="tanh")),
     "mish": lambda: _net(nn.Mish),
     "groupnorm": lambda: _net(nn.ReLU, norm=lambda c: nn.GroupNorm(4, c)),
+    "instancenorm": lambda: _net(nn.LeakyReLU, norm=lambda c: nn.InstanceNorm2d(c, affine=True)),
     "se_hardsigmoid": lambda: _net(nn.ReLU, se=(nn.Hardsigmoid, False)),
     "se_sigmoid_gate_first": lambda: _net(nn.SiLU, se=(nn.Sigmoid, True)),
     "upsample_tanh": lambda: _net(nn.Tanh, up=True),
@@ -79,7 +80,7 @@ def _export(name: str) -> onnx.ModelProto:
     net = NETS[name]()
     with torch.no_grad():
         for m in net.modules():
-            if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):  # not the identity: the affine params are sliced
+            if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)):  # not the identity: the affine params are sliced
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.3, 0.3)
             if isinstance(m, nn.BatchNorm2d):
