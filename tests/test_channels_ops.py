@@ -18,6 +18,7 @@ from onnx_pathlift.backend.norm import path_norm
 from onnx_pathlift.frontend.prepare import prepare
 from onnx_pathlift.pruning.channels import group_scores
 from onnx_pathlift.pruning.ranking import channel_costs
+from onnx_pathlift.pruning.recover import recover
 from onnx_pathlift.pruning.slim import costed_op_types, float_parameters, layer_costs, masked_model, slim_model
 
 
@@ -113,3 +114,19 @@ def test_split_into_equal_parts_keeps_them_equal(opset: int) -> None:
     slim = slim_model(model, cg, groups[:2])
     onnx.checker.check_model(slim, full_check=True)
     assert slim_error(masked_model(model, cg, groups[:2]), slim, p_) <= 1e-5
+
+
+def test_recovery_shifts_the_bias_of_a_sliced_conv_transpose() -> None:
+    """Recovery asks the channel rules how to refit: a ConvTranspose (declared ``weight``, a bias at input 2,
+    no refit kind) whose input channels were cut gets its bias shifted, not a weight refit; the conv after
+    it is refit; the recovered slim model computes its full-size masked form."""
+    model = _deconv_net()
+    p, dag, cg = analyse(model)
+    removed = [group_of(cg, "r", 1), group_of(cg, "d", 4)]
+    x = np.random.default_rng(6).normal(0, 1, (64, 2, 5, 5)).astype(np.float32)
+    rec = recover(model, slim_model(model, cg, removed), masked_model(model, cg, removed), cg, removed, p,
+                  list(dag.outputs), (x, None))
+    actions = {f.node: (f.op, f.action, f.note) for f in rec.layers}
+    assert actions["d"] == ("ConvTranspose", "shift", "ConvTranspose weights are not refit: bias shift only")
+    assert actions["y"][:2] == ("Conv", "refit")
+    assert rec.slim_error <= 1e-4
