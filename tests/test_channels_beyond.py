@@ -14,10 +14,11 @@ from builders import make_model
 from checks import slim_error
 from onnx import helper
 
+from onnx_pathlift.frontend.edit import untie
 from onnx_pathlift.frontend.prepare import prepare
 from onnx_pathlift.pruning.channels import channel_graph, group_scores
 from onnx_pathlift.pruning.ranking import choose
-from onnx_pathlift.pruning.slim import check_slim, float_parameters, kept_channels, masked_model, slim_model, untie
+from onnx_pathlift.pruning.slim import check_slim, float_parameters, kept_channels, masked_model, slim_model
 
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402

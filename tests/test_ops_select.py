@@ -18,7 +18,7 @@ import onnx_pathlift as pl
 from onnx_pathlift.backend.norm import PathNormSession
 from onnx_pathlift.backend.verify import verify
 from onnx_pathlift.ops import kind_counts
-from onnx_pathlift.ops.selection import nearest_index
+from onnx_pathlift.ops.resize import nearest_index
 
 I64 = np.iinfo(np.int64)
 

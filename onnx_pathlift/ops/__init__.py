@@ -1,6 +1,6 @@
 """One module per op family; importing this package registers every import rule and layer op."""
 
-from . import activation, arithmetic, batchnorm, conv, deconv, dense, fused, plumbing, pool, quantize, reduce, selection, shape, source  # noqa: F401  (registration)
+from . import activation, arithmetic, batchnorm, conv, deconv, dense, fused, plumbing, pool, quantize, reduce, resize, selection, shape, source  # noqa: F401  (registration)
 from .capabilities import ANALYSES, require
 from .context import ImportContext
 from .layer_op import LayerOp
