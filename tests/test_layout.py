@@ -113,8 +113,6 @@ def test_no_module_too_long():
     assert not long, f"modules over {MAX_LINES} lines: {long}"
 
 
-#: modules still allowed to compare op names (H1 is moving their channel rules into ``ops/`` declarations)
-OP_STRING_ALLOWED = ("onnx_pathlift.pruning.",)
 _OP_FIELDS = {"op_type", "op", "kind"}
 
 
@@ -147,7 +145,7 @@ def test_no_op_string_switch_outside_ops():
     hits = []
     for path in sorted(PACKAGE.rglob("*.py")):
         module = _module(path)
-        if module.startswith("onnx_pathlift.ops") or module.startswith(OP_STRING_ALLOWED):
+        if module.startswith("onnx_pathlift.ops"):
             continue
         hits += [f"{module} {h}" for h in op_string_comparisons(path.read_text())]
     assert not hits, "op or layer-kind names compared outside ops/:\n" + "\n".join(hits)

@@ -32,7 +32,7 @@ def batchnorm_macs(node, consts: dict[str, np.ndarray], shapes: dict[str, tuple[
     return math.prod(shapes[node.output[0]])
 
 
-@channel_rule("BatchNormalization", macs=batchnorm_macs)
+@channel_rule("BatchNormalization", macs=batchnorm_macs, statistics=(3, 4))  # running mean and variance
 def batchnorm_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
     """Per channel: channel ``c`` in and out are one channel; its scale, bias, mean and variance
     entries ``c`` are sliced with it (on a flattened tensor the statistics do not follow: pinned)."""

@@ -108,6 +108,7 @@ class ChannelRule:
     refit: str | None = None
     bias: int | None = None
     adds: bool = False
+    statistics: tuple[int, ...] = ()  # inputs that hold running statistics folded away, not parameters
 
 
 def optional_input(node: NodeProto, k: int) -> str | None:

@@ -77,14 +77,14 @@ def head_role(role: str, *op_types: str) -> None:
 
 def channel_rule(*op_types: str, operands: str = "single", edit: Edit | None = None, macs: Macs | None = None,
                  weight: bool = False, refit: str | None = None, bias: int | None = None,
-                 adds: bool = False) -> Callable[[Join], Join]:
+                 adds: bool = False, statistics: tuple[int, ...] = ()) -> Callable[[Join], Join]:
     """Register a channel rule's ``join`` function for ONNX op types, with its hooks (see
     :class:`~onnx_pathlift.ops.channel_api.ChannelRule`)."""
     if operands not in OPERANDS or refit not in (None, *REFITS):
         raise ValueError(f"unknown operands {operands!r} or refit {refit!r}")
 
     def register(join: Join) -> Join:
-        rule = ChannelRule(join, operands, edit, macs, weight, refit, bias, adds)
+        rule = ChannelRule(join, operands, edit, macs, weight, refit, bias, adds, statistics)
         _registrar(CHANNEL_RULES, "channel rules", op_types)(rule)
         return join
 

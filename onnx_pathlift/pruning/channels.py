@@ -37,7 +37,7 @@ from ..ir.dag import Dag
 from ..ops import require
 from ..ops.channel_api import Entry, Layout
 from ..ops.context import attributes
-from ..ops.registry import CHANNEL_RULES
+from ..ops.registry import CHANNEL_RULES, has_role
 
 __all__ = ["CRITERIA", "ChannelGraph", "Entry", "Group", "Layout", "channel_graph", "group_scores"]
 
@@ -95,7 +95,7 @@ class _Builder:
         self.producers = {o: node for node in model.graph.node for o in node.output if o}
         consts = {t.name for t in model.graph.initializer}
         consts |= {node.output[0] for node in model.graph.node  # a Constant holding a tensor (not value_ints, ...)
-                   if node.op_type == "Constant" and [a.name for a in node.attribute] == ["value"]}
+                   if has_role(node, "constant") and [a.name for a in node.attribute] == ["value"]}
         outputs = {o.name for o in model.graph.output}
         self.owned = {n for n in consts if uses[n] == 1 and n not in outputs}
 

@@ -27,7 +27,7 @@ from ..fileio.read import FLOAT_TYPES
 from ..frontend.edit import ModelEditor, copy_model
 from ..frontend.prepare import Prepared
 from ..ops.channel_api import SlimEdit
-from ..ops.registry import CHANNEL_RULES
+from ..ops.registry import CHANNEL_RULES, has_role
 from .channels import ChannelGraph, Entry
 
 
@@ -175,9 +175,10 @@ def costed_op_types() -> list[str]:
 
 
 def statistics(nodes) -> set[str]:
-    """BatchNormalization's running mean and variance (inputs 3 and 4): statistics folded into its scale
-    and shift, not parameters (docs/pruning.md, "Parameters")."""
-    return {i for n in nodes if n.op_type == "BatchNormalization" for i in n.input[3:5]}
+    """The inputs that hold running statistics (BatchNormalization's mean and variance, as its channel rule
+    declares): folded into its scale and shift, not parameters (docs/pruning.md, "Parameters")."""
+    rules = ((n, CHANNEL_RULES.get(n.op_type)) for n in nodes)
+    return {n.input[i] for n, rule in rules if rule is not None for i in rule.statistics if i < len(n.input)}
 
 
 def float_parameters(model: ModelProto) -> int:
@@ -186,7 +187,7 @@ def float_parameters(model: ModelProto) -> int:
     or a BN scale or shift read by one node)."""
     stats = statistics(model.graph.node)
     tensors = [t for t in model.graph.initializer if t.name not in stats] + [
-        a.t for n in model.graph.node if n.op_type == "Constant" and n.output[0] not in stats
+        a.t for n in model.graph.node if has_role(n, "constant") and n.output[0] not in stats
         for a in n.attribute if a.name == "value"]
     return sum(math.prod(t.dims) for t in tensors if t.data_type in FLOAT_TYPES)
 
