@@ -107,7 +107,7 @@ def _apply(g: Group, params: Params, lam: np.ndarray) -> set[tuple[str, str]]:
     for layer in g.path:
         for k in (k for k in LAYER_OPS[layer.op].rescaled_params if k in layer.params):
             bias = params[layer.name][k]
-            staged[layer.name] = {k: scaled(bias, 1.0 / lam, g.bias_axis(layer, bias))}
+            staged.setdefault(layer.name, {})[k] = scaled(bias, 1.0 / lam, g.bias_axis(layer, bias))
     into = LAYER_OPS[g.d.op].rescale_axes(g.d).into
     staged.setdefault(g.d.name, {})["W"] = scaled(params[g.d.name]["W"], np.repeat(lam, g.block), into)
     for name, new in staged.items():

@@ -1,5 +1,6 @@
 """The op registry: the tables every op module fills by declaration (import rules, spec rules, layer ops,
-head roles, label lookups, channel rules) and the decorators that fill them."""
+head roles, label lookups, channel rules, fold rules, graph roles, unfusing rules) and the decorators that
+fill them."""
 
 from __future__ import annotations
 
