@@ -551,6 +551,23 @@ def test_scores_cli_json_and_npz(tmp_path, file: str) -> None:
     assert rc == 0 and "path-magnitude scores" in out
 
 
+def test_scores_npz_is_stored_uncompressed(tmp_path) -> None:
+    """Float32 fractions barely deflate (~6 %) and deflating costs ~14× the write: every member is
+    stored, so the file holds at least the arrays' bytes and at most a small header per member."""
+    import zipfile
+
+    npz = tmp_path / "s.npz"
+    rc, _, err = run_captured("scores", MODELS / "digits_cnn_torch_bn.onnx", "-o", npz)
+    assert rc == 0, err
+    with zipfile.ZipFile(npz) as z:
+        infos = z.infolist()
+        assert infos and all(i.compress_type == zipfile.ZIP_STORED for i in infos)
+        assert all(i.compress_size == i.file_size for i in infos)
+    with np.load(npz) as z:
+        data = sum(z[k].nbytes for k in z.files)
+    assert data <= npz.stat().st_size <= data + 512 * len(infos)  # .npy header + zip entries per member
+
+
 @pytest.mark.parametrize("layout", ["C", "F", "strided"])
 def test_summary_quantiles_are_numpys_of_the_float32_fractions(layout: str) -> None:
     """Median, p90 and p99 of a tensor's fractions are numpy's linear quantiles of the fractions

@@ -133,8 +133,9 @@ def save_model(model: ModelProto, out: str | os.PathLike) -> None:
     write_bytes(out, model.SerializeToString())
 
 
-def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
-    """Write exactly ``path`` (``np.savez`` would append .npz to a str path), atomically, compressed."""
+def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], compress: bool = True) -> None:
+    """Write exactly ``path`` (``np.savez`` would append .npz to a str path), atomically; ``compress=False``
+    stores the arrays as they are (for float data that deflate barely shrinks: written at disk speed)."""
     import numpy as np
 
-    write_with(path, lambda f: np.savez_compressed(f, **arrays))
+    write_with(path, lambda f: (np.savez_compressed if compress else np.savez)(f, **arrays))
