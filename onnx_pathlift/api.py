@@ -284,7 +284,8 @@ def score_weights(source: ModelSource, out: str | os.PathLike | None = None, inp
     scores = path_magnitude(loaded.dag, providers=providers)
     elapsed = time.perf_counter() - t0
     if out:
-        save_npz(out, {k: v.astype(np.float32) for k, v in scores.fraction.items()})
+        # deflated only where it pays (a pruned tensor's zeros): scores of live weights barely shrink
+        save_npz(out, {k: v.astype(np.float32, copy=False) for k, v in scores.fraction.items()}, compress="auto")
     rows, names = scores.summary(), layer_names(loaded.prepared, loaded.dag)
     total = sum(row["share"] for row in rows)
     for row in rows:  # the tensor's layer (docs/design.md, "Layer names"); "tensor": the .npz key

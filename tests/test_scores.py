@@ -551,6 +551,48 @@ def test_scores_cli_json_and_npz(tmp_path, file: str) -> None:
     assert rc == 0 and "path-magnitude scores" in out
 
 
+def test_scores_npz_is_stored_uncompressed(tmp_path) -> None:
+    """Scores of live weights barely deflate (~6 %) and deflating costs ~14× the write: every member
+    is stored, so the file holds the arrays' bytes and at most a small header per member."""
+    import zipfile
+
+    npz = tmp_path / "s.npz"
+    rc, _, err = run_captured("scores", MODELS / "digits_cnn_torch_bn.onnx", "-o", npz)
+    assert rc == 0, err
+    with zipfile.ZipFile(npz) as z:
+        infos = z.infolist()
+        assert infos and all(i.compress_type == zipfile.ZIP_STORED for i in infos)
+        assert all(i.compress_size == i.file_size for i in infos)
+    with np.load(npz) as z:
+        data = sum(z[k].nbytes for k in z.files)
+    assert data <= npz.stat().st_size <= data + 512 * len(infos)  # .npy header + zip entries per member
+
+
+def test_npz_auto_deflates_only_what_halves(tmp_path) -> None:
+    """``compress="auto"``: random floats stored, mostly-zero and constant arrays deflated (each to
+    under half its bytes), and every array read back bit for bit."""
+    import zipfile
+
+    from onnx_pathlift.fileio.atomic import save_npz
+
+    rng = np.random.default_rng(0)
+    sparse = rng.random(300_000).astype(np.float32)
+    sparse[rng.random(sparse.size) < 0.9] = 0
+    arrays = {"random": rng.random((300, 1000)).astype(np.float32), "sparse": sparse,
+              "constant": np.full((7, 5000), 0.25, np.float32), "empty": np.zeros(0, np.float32)}
+    path = tmp_path / "a.npz"
+    save_npz(path, arrays, compress="auto")
+    with zipfile.ZipFile(path) as z:
+        info = {i.filename[:-4]: i for i in z.infolist()}
+    stored = {k for k, i in info.items() if i.compress_type == zipfile.ZIP_STORED}
+    assert stored == {"random", "empty"}
+    assert all(info[k].compress_size < info[k].file_size // 2 for k in ("sparse", "constant"))
+    with np.load(path) as z:
+        assert sorted(z.files) == sorted(arrays)
+        for k, v in arrays.items():
+            assert z[k].dtype == v.dtype and z[k].shape == v.shape and np.array_equal(z[k], v)
+
+
 @pytest.mark.parametrize("layout", ["C", "F", "strided"])
 def test_summary_quantiles_are_numpys_of_the_float32_fractions(layout: str) -> None:
     """Median, p90 and p99 of a tensor's fractions are numpy's linear quantiles of the fractions

@@ -133,8 +133,37 @@ def save_model(model: ModelProto, out: str | os.PathLike) -> None:
     write_bytes(out, model.SerializeToString())
 
 
-def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
-    """Write exactly ``path`` (``np.savez`` would append .npz to a str path), atomically, compressed."""
+def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], compress: str = "all") -> None:
+    """Write exactly ``path`` (``np.savez`` would append .npz to a str path), atomically, as ``np.load``
+    reads it. ``compress``: ``"all"`` deflates every array, ``"none"`` stores them (at disk speed),
+    ``"auto"`` deflates an array only where a strided sample of it deflates to under half its size
+    (zeros of a pruned tensor, repeated values; random float32 mantissas shrink by ~6 % at ~14× the
+    time of storing them)."""
+    if compress not in ("all", "none", "auto"):
+        raise UsageError(f"compress must be all, none or auto (got {compress!r})")
+    write_with(path, lambda f: _write_npz(f, arrays, compress))
+
+
+def _write_npz(f: IO, arrays: dict[str, np.ndarray], compress: str) -> None:
+    """``np.savez`` with a compression chosen per member (see :func:`save_npz`)."""
+    import zipfile
+
     import numpy as np
 
-    write_with(path, lambda f: np.savez_compressed(f, **arrays))
+    with zipfile.ZipFile(f, "w", allowZip64=True) as z:
+        for name, value in arrays.items():
+            value = np.asanyarray(value)
+            info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            deflate = compress == "all" or (compress == "auto" and _deflates(value))
+            info.compress_type = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
+            with z.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, value, allow_pickle=False)
+
+
+def _deflates(value: np.ndarray, sample: int = 1 << 16) -> bool:
+    """Whether ``sample`` evenly strided entries of ``value`` deflate (level 1) to under half their bytes."""
+    import zlib
+
+    flat = value.reshape(-1)
+    picked = flat[:: max(1, flat.size // sample)].tobytes()
+    return len(zlib.compress(picked, 1)) < len(picked) // 2

@@ -11,7 +11,6 @@ for its op type. Every refusal is collected, so one error lists all offending no
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass, field
 
@@ -149,6 +148,8 @@ def _wanted_outputs(p: Prepared, producer: dict[str, NodeProto], wanted: list[st
                          "tensors the network computes")
     unknown = [w for w in wanted if w not in producer and w not in p.inputs]
     if unknown:
+        import difflib  # the error path only: norm's start-up does without it
+
         near = [m for w in unknown for m in difflib.get_close_matches(w, list(producer), n=3)]
         raise UsageError(f"--output names unknown tensors {unknown}: the graph outputs are {p.outputs}"
                          + (f"; near names: {list(dict.fromkeys(near))}" if near else "")

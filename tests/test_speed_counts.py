@@ -1,0 +1,101 @@
+"""What the speed work can count, not time (issue 29): the modules ``norm`` imports, the model file's
+bytes read once, the lifted sessions built per call. No wall-clock assertion here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from builders import make_model
+from conftest import MODELS, ROOT
+from onnx import helper
+
+from onnx_pathlift import api
+from onnx_pathlift.backend import norm as norm_module
+
+MODEL = MODELS / "digits_cnn_torch_bn.onnx"
+
+#: what ``norm`` never needs: the other commands' packages and the heavy optional dependencies
+NOT_FOR_NORM = ("torch", "torch_pruning", "dask", "distributed", "sqlite3", "_sqlite3", "sklearn", "scipy", "onnxsim",
+                "onnxscript", "matplotlib", "PIL", "difflib", "onnx_pathlift.audit", "onnx_pathlift.analyses",
+                "onnx_pathlift.pruning", "onnx_pathlift.rewrite", "onnx_pathlift.backend.verify")
+#: modules ``norm`` may import beyond those numpy, onnx, onnxruntime and networkx import themselves
+#: (55 at this commit: the package's own 53 modules, shlex and unicodedata)
+EXTRA_BOUND = 60
+
+MODULES = "import json, sys\n{setup}\nprint(json.dumps(sorted(sys.modules)))"
+
+
+def _modules(setup: str) -> set[str]:
+    """``sys.modules`` of a fresh interpreter after ``setup``."""
+    out = subprocess.run([sys.executable, "-c", MODULES.format(setup=setup)], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout
+    return set(json.loads(out.strip().splitlines()[-1]))
+
+
+def test_norm_imports_only_what_it_needs() -> None:
+    run = (f"from onnx_pathlift.cli.app import main\nimport contextlib, io\nwith contextlib.redirect_stdout(io.StringIO()):\n"
+           f"    assert main(['norm', {str(MODEL)!r}, '-q', '1', '-q', '2']) == 0")
+    after = _modules(run)
+    base = _modules("import numpy, onnx, onnxruntime, networkx")
+    unwanted = sorted(m for m in after if any(m == p or m.startswith(p + ".") for p in NOT_FOR_NORM))
+    assert not unwanted, unwanted
+    extra = after - base
+    assert "onnx_pathlift.backend.norm" in extra  # the command did run
+    assert len(extra) <= EXTRA_BOUND, sorted(extra)
+
+
+W1 = np.random.default_rng(3).standard_normal((96, 256)).astype(np.float32)
+W2 = np.random.default_rng(4).standard_normal((10, 96)).astype(np.float32)
+
+
+def _mlp(path: Path) -> int:
+    """``y = W2 relu(W1 x)`` saved at ``path``; returns the file's size in bytes."""
+    nodes = [helper.make_node("Gemm", ["x", "W1"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "W2"], ["y"], transB=1)]
+    onnx.save(make_model(nodes, [("x", [1, 256])], [("y", [1, 10])], {"W1": W1, "W2": W2}), path)
+    return path.stat().st_size
+
+
+def _closed_form_log10(q: float) -> float:
+    """log10 ‖Φ‖_q = log10 (Σ (|W2|^q |W1|^q))^(1/q), in float64."""
+    a, b = (np.abs(w.astype(np.float64)) ** q for w in (W1, W2))
+    return float(np.log10((b @ a).sum()) / q)
+
+
+def _rchar() -> int:
+    """Bytes this process has read through read(2) and the like, from ``/proc/self/io``."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar line")
+
+
+@pytest.mark.parametrize("one_session_bytes,sessions", [(1 << 24, 1), (0, 2)])
+def test_norms_read_the_file_once_and_count_their_sessions(tmp_path, monkeypatch, one_session_bytes: int,
+                                                           sessions: int) -> None:
+    """q = 1 and 2 of a model under ``ONE_SESSION_BYTES`` of lifted weights: one lifted bundle, one
+    session; above it one per q (one set of lifted weights in memory at once). Either way the file is
+    read once: its bytes, plus at most a page (``/proc/self/io`` counts every read of the process)."""
+    if not Path("/proc/self/io").exists():
+        pytest.skip("needs Linux's /proc/self/io")
+    path = tmp_path / "mlp.onnx"
+    size = _mlp(path)
+    api.compute_norms(str(path), [1.0, 2.0])  # the lazily imported modules are read before counting
+    built, opened = [], []
+    real_bundle, real_session = norm_module.lifted_bundle, norm_module.make_session
+    monkeypatch.setattr(norm_module, "lifted_bundle", lambda jobs, **kw: built.append(len(jobs)) or real_bundle(jobs, **kw))
+    monkeypatch.setattr(norm_module, "make_session", lambda *a, **kw: opened.append(1) or real_session(*a, **kw))
+    monkeypatch.setattr(api, "ONE_SESSION_BYTES", one_session_bytes)
+    before = _rchar()
+    report = api.compute_norms(str(path), [1.0, 2.0])
+    read = _rchar() - before
+    assert size <= read <= size + 4096
+    assert len(opened) == sessions and built == ([2] if sessions == 1 else [1, 1])
+    for n in report.norms:
+        assert n.certified and n.log10 == pytest.approx(_closed_form_log10(n.q), abs=1e-6)
