@@ -52,6 +52,31 @@ class _SE(nn.Module):
         return self.f(x) * x if self.gate_first else x * self.f(x)
 
 
+class _SELinear(nn.Module):
+    """Squeeze-excitation with Linear layers (SENet's reference form): pool, view (N, C), two Linear, view (N, C, 1, 1)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.fc = nn.Sequential(nn.Linear(c, c // 4), nn.ReLU(), nn.Linear(c // 4, c), nn.Sigmoid())
+
+    def forward(self, x):
+        b, c, _, _ = x.size()
+        return x * self.fc(nn.functional.adaptive_avg_pool2d(x, 1).view(b, c)).view(b, c, 1, 1)
+
+
+class _MBConv(nn.Module):
+    """MobileNetV3's block: expand 1x1 → BN → Hardswish → depthwise 3x3 → BN → Hardswish → SE (Hardsigmoid)
+    → project 1x1 → BN, plus the input (a residual)."""
+
+    def __init__(self, c: int, e: int):
+        super().__init__()
+        self.f = nn.Sequential(nn.Conv2d(c, e, 1), nn.BatchNorm2d(e), nn.Hardswish(), nn.Conv2d(e, e, 3, padding=1, groups=e),
+                               nn.BatchNorm2d(e), nn.Hardswish(), _SE(e, nn.Hardsigmoid, True), nn.Conv2d(e, c, 1), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return x + self.f(x)
+
+
 def _net(act=nn.ReLU, norm=nn.BatchNorm2d, se: tuple | None = None, up: bool = False) -> nn.Module:
     """Conv 3x3 (16) → norm → act → [Upsample ×2] → Conv 3x3 (32) → norm → act → [SE] → Conv 1x1 (24) → act → pool → Linear (10)."""
     layers = [nn.Conv2d(3, 16, 3, padding=1), norm(16), act()] + ([nn.Upsample(scale_factor=2)] if up else [])
@@ -67,9 +92,15 @@ NETS = {
     "gelu_tanh": lambda: _net(lambda: nn.GELU(approximate="tanh")),
     "mish": lambda: _net(nn.Mish),
     "groupnorm": lambda: _net(nn.ReLU, norm=lambda c: nn.GroupNorm(4, c)),
+    "instancenorm": lambda: _net(nn.LeakyReLU, norm=lambda c: nn.InstanceNorm2d(c, affine=True)),
     "se_hardsigmoid": lambda: _net(nn.ReLU, se=(nn.Hardsigmoid, False)),
     "se_sigmoid_gate_first": lambda: _net(nn.SiLU, se=(nn.Sigmoid, True)),
     "upsample_tanh": lambda: _net(nn.Tanh, up=True),
+    "se_linear": lambda: nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.SiLU(), _SELinear(16),
+                                       nn.Conv2d(16, 8, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval(),
+    "mbconv": lambda: nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.Hardswish(), _MBConv(16, 32),
+                                    nn.Conv2d(16, 24, 1), nn.Hardswish(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                    nn.Linear(24, 10)).eval(),
 }
 
 
@@ -79,7 +110,7 @@ def _export(name: str) -> onnx.ModelProto:
     net = NETS[name]()
     with torch.no_grad():
         for m in net.modules():
-            if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):  # not the identity: the affine params are sliced
+            if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)):  # not the identity: the affine params are sliced
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.3, 0.3)
             if isinstance(m, nn.BatchNorm2d):

@@ -8,6 +8,7 @@ import itertools
 
 import numpy as np
 import onnx
+import oracle
 import pytest
 from builders import inferred_net
 from checks import analyse, group_of, slim_error
@@ -17,6 +18,7 @@ from onnx_pathlift.backend.norm import path_norm
 from onnx_pathlift.frontend.prepare import prepare
 from onnx_pathlift.pruning.channels import group_scores
 from onnx_pathlift.pruning.ranking import channel_costs
+from onnx_pathlift.pruning.recover import recover
 from onnx_pathlift.pruning.slim import costed_op_types, float_parameters, layer_costs, masked_model, slim_model
 
 
@@ -83,3 +85,48 @@ def test_conv_transpose_macs_are_counted() -> None:
     _, _, cg = analyse(model)
     costs = channel_costs(cg, p, "macs")
     assert costs is not None and costs.total == sum(c.macs for c in layer_costs(p))
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+def test_split_into_equal_parts_keeps_them_equal(opset: int) -> None:
+    """A Split without sizes (equal parts: one per output, or ``num_outputs`` at opset 18) joins channel k
+    of every part into one group, so the parts stay equal; each group's path mass is the brute-force
+    drop and the slim model (no Split edit needed) reproduces the masked one."""
+    rng = np.random.default_rng(5)
+    p = {"W": rng.normal(0, 0.5, (8, 2, 3, 3)), "Wa": rng.normal(0, 0.5, (3, 4, 1, 1)),
+         "Wb": rng.normal(0, 0.5, (3, 4, 1, 1)), "Wf": rng.normal(0, 0.5, (3, 2))}
+    split = {"num_outputs": 2} if opset >= 18 else {}
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Split", ["r"], ["s1", "s2"], axis=1, **split),
+             helper.make_node("Conv", ["s1", "Wa"], ["a"]), helper.make_node("Conv", ["s2", "Wb"], ["b"]),
+             helper.make_node("Add", ["a", "b"], ["u"]), helper.make_node("Relu", ["u"], ["v"]),
+             helper.make_node("GlobalAveragePool", ["v"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "Wf"], ["y"])]
+    model = inferred_net([1, 2, 5, 5], nodes, {k: v.astype(np.float32) for k, v in p.items()}, opset=opset)
+    p_, dag, cg = analyse(model)
+    assert group_of(cg, "r", 1) == group_of(cg, "r", 5) == group_of(cg, "s1", 1) == group_of(cg, "s2", 1)
+    groups = sorted({group_of(cg, "r", c) for c in range(4)})
+    assert len(groups) == 4 and set(groups) <= set(cg.removable())
+    norm = oracle.brute_force_path_norm(model, 1.0)
+    mass = group_scores(cg, p_, "path-mass", dag) * norm
+    for g in groups:
+        assert mass[g] == pytest.approx(norm - oracle.brute_force_path_norm(masked_model(model, cg, [g]), 1.0), rel=1e-6)
+    slim = slim_model(model, cg, groups[:2])
+    onnx.checker.check_model(slim, full_check=True)
+    assert slim_error(masked_model(model, cg, groups[:2]), slim, p_) <= 1e-5
+
+
+def test_recovery_shifts_the_bias_of_a_sliced_conv_transpose() -> None:
+    """Recovery asks the channel rules how to refit: a ConvTranspose (declared ``weight``, a bias at input 2,
+    no refit kind) whose input channels were cut gets its bias shifted, not a weight refit; the conv after
+    it is refit; the recovered slim model computes its full-size masked form."""
+    model = _deconv_net()
+    p, dag, cg = analyse(model)
+    removed = [group_of(cg, "r", 1), group_of(cg, "d", 4)]
+    x = np.random.default_rng(6).normal(0, 1, (64, 2, 5, 5)).astype(np.float32)
+    rec = recover(model, slim_model(model, cg, removed), masked_model(model, cg, removed), cg, removed, p,
+                  list(dag.outputs), (x, None))
+    actions = {f.node: (f.op, f.action, f.note) for f in rec.layers}
+    assert actions["d"] == ("ConvTranspose", "shift", "ConvTranspose weights are not refit: bias shift only")
+    assert actions["y"][:2] == ("Conv", "refit")
+    assert rec.slim_error <= 1e-4

@@ -201,20 +201,25 @@ def _set_sizes(node, data: tuple[str, list[str]], ctx: SlimEdit) -> None:
 
 @channel_rule("Split", operands="one", edit=_set_sizes)
 def split_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
-    """Split on the channel axis with explicit sizes: output ``k``'s channel ``c`` is input channel
-    ``offset_k + c``; the sizes are rewritten (a Split into equal parts without sizes pins)."""
+    """Split on the channel axis: output ``k``'s channel ``c`` is input channel ``offset_k + c``. With
+    explicit sizes, they are rewritten; without (equal parts: ``num_outputs``, or one per output),
+    channel ``c`` of every part is one channel, so the parts stay equal (uneven parts pin)."""
     a, outs, x = b.attrs(node), list(node.output), xs[0]
     axis = int(a.get("axis", 0)) % len(b.shape(node.input[0]))
     if axis != x.axis or x.block != 1 or not all(outs):
         return b.opaque(node)
-    offset = x.base
+    offset, parts = x.base, []
     for name in outs:
-        layout = b.new(name, b.shape(name)[axis], axis)
-        b.join(np.arange(offset, offset + layout.n), b.slots(layout))
-        offset += layout.n
+        parts.append(b.new(name, b.shape(name)[axis], axis))
+        b.join(np.arange(offset, offset + parts[-1].n), b.slots(parts[-1]))
+        offset += parts[-1].n
     sizes = "attr" if "split" in a else (node.input[1] if len(node.input) > 1 and node.input[1] else "")
+    if not sizes and len({part.n for part in parts}) > 1:
+        return b.pin(x, f"Split {node.name!r} into uneven parts without explicit sizes")
     if not sizes:
-        return b.pin(x, f"Split {node.name!r} without explicit sizes")
+        for part in parts[1:]:
+            b.join(b.slots(parts[0]), b.slots(part))
+        return None
     if sizes == "attr" or b.owned_or_pin([sizes], [x], node):
         b.edit(node, (sizes, outs))
 
