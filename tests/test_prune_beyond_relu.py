@@ -100,6 +100,10 @@ def test_criterion_reasons_and_inspect(capsys, exported, tmp_path, name: str) ->
     assert readiness["criterion_reason"] == record["criterion_reason"]
     assert readiness["certificate_reason"] == record["metric_reason"]
     assert f"note: ranked by l1-norm: {record['criterion_reason']}" in err
+    rc_inspect, out, err = run_main(capsys, "inspect", model)
+    assert rc_inspect == 3 and "analyse (path-norms, scores, certificates): no" in out
+    assert f"channel-prune: yes, {readiness['removable']} of {readiness['groups']} channel groups removable, by l1-norm" in out
+    assert f"channel-prunable all the same (by l1-norm, no certificate): onnx-pathlift prune {model}" in err
 
 
 @pytest.mark.parametrize("name", sorted(NETS))
@@ -208,3 +212,26 @@ def test_hostile_node_name_in_the_reason(capsys, tmp_path) -> None:
     assert rc == 0, err
     assert "\x1b" not in out + err and "\x07" not in out + err
     assert "note: ranked by l1-norm" in err and "owned" in err and "no certificate" in out
+
+
+def test_a_custom_op_is_not_called_prunable(capsys, tmp_path) -> None:
+    """A node without an ONNX schema: inspect does not call the model channel-prunable (the slim model is
+    checked by running it), and prune indeed cannot check it (exit 1, nothing written)."""
+    from builders import make_model
+
+    rng = np.random.default_rng(0)
+    nodes = [onnx.helper.make_node("Conv", ["x", "w1"], ["h"]), onnx.helper.make_node("Tanh", ["h"], ["t"]),
+             onnx.helper.make_node("Conv", ["t", "w2"], ["c"]),
+             onnx.helper.make_node("MyOp", ["c"], ["y"], name="custom", domain="com.example")]
+    model = make_model(nodes, [("x", (1, 2, 4, 4))], [("y", (1, 3, 4, 4))],
+                       {"w1": rng.normal(size=(16, 2, 1, 1)), "w2": rng.normal(size=(3, 16, 1, 1))})
+    model.opset_import.append(onnx.helper.make_opsetid("com.example", 1))
+    path = tmp_path / "custom.onnx"
+    onnx.save(model, str(path))
+    rc, out, _ = run_main(capsys, "inspect", path, "--json")
+    readiness = json.loads(out)["channel_pruning"]
+    assert rc == 3 and readiness["removable"] > 0 and readiness["prunable"] is False
+    assert "'custom' (com.example:MyOp) has no ONNX schema" in readiness["reason"]
+    rc, _, err = run_main(capsys, "prune", path, "--structure", "channel", "--sparsity", 0.5, "--round-to", 1,
+                          "-o", tmp_path / "slim.onnx")
+    assert rc == 1 and "MyOp" in err and not (tmp_path / "slim.onnx").exists()

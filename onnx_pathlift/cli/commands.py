@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 
 from ..errors import UsageError
@@ -174,6 +175,10 @@ def cmd_inspect(args) -> int:
             shapes = [x for shape in args.input_shape or [] for x in ("--input-shape", shape)]
             if command := _way_out(err, ["norm", args.model, *shapes]):
                 print(f"  try: {terminal(command)}", file=sys.stderr)
+            if report.channel_pruning.get("prunable"):  # channel groups need no DAG
+                prune = shlex.join(["onnx-pathlift", "prune", str(args.model), *shapes, "--structure", "channel",
+                                    "--sparsity", "0.5", "-o", "slim.onnx"])
+                print(f"  channel-prunable all the same (by l1-norm, no certificate): {terminal(prune)}", file=sys.stderr)
     return 0 if err is None else err.exit_code
 
 

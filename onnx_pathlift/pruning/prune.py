@@ -314,8 +314,11 @@ def channel_readiness(model: ModelProto, prepared: Prepared, refusal: Unsupporte
     after :func:`~onnx_pathlift.pruning.slim.untie`'s copies, as pruning makes them), ``prunable`` (a
     removable group exists), the criterion it would rank by (``path-mass``, else ``l1-norm`` and
     ``criterion_reason``), whether the result is ``certified`` (else ``certificate_reason``) and the
-    reasons that keep the most groups (``kept``, at most three)."""
+    reasons that keep the most groups (``kept``, at most three). A node without an ONNX schema (a custom
+    op) makes ``prunable`` False with a ``reason``: the slim model is checked by running it."""
     from collections import Counter
+
+    from onnx.defs import has
 
     from ..frontend.prepare import prepare
     from .channels import channel_graph
@@ -328,6 +331,11 @@ def channel_readiness(model: ModelProto, prepared: Prepared, refusal: Unsupporte
                            "kept": [{"reason": why, "groups": n} for why, n in kept]}
     if refusal is not None:
         out["criterion_reason"], out["certificate_reason"] = _no_dag(refusal)
+    custom = next((n for n in prepared.nodes if not has(n.op_type, n.domain)), None)
+    if custom is not None:
+        out["prunable"] = False
+        out["reason"] = (f"node {custom.name or custom.output[0]!r} ({custom.domain}:{custom.op_type}) has no ONNX schema, "
+                         "and the slim model is checked by running it (prune tries onnxruntime)")
     return out
 
 
