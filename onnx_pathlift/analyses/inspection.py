@@ -14,7 +14,8 @@
   refused one, and the nearest tensors that do import (``--output`` them to analyse the rest). A refused
   model still gets its report (``status == "refused"``);
 * what it can be used for: ``analysable`` (path-norms, scores, compare's certificate: the import
-  succeeded) and ``channel_pruning`` (:func:`~onnx_pathlift.pruning.prune.channel_readiness`: removable
+  succeeded) and ``channel_pruning`` (the ``readiness`` hook, :func:`~onnx_pathlift.pruning.readiness.channel_readiness`
+  for ``inspect``: removable
   channel groups, the criterion ``prune --structure channel`` would rank by, whether it is certified),
   which needs the prepared graph only.
 """
@@ -22,6 +23,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -32,7 +34,7 @@ from ..fileio.load import ModelSource, load_model
 from ..fileio.read import DEFAULT_LIMITS, FLOAT_TYPES, Limits
 from ..frontend.importer import ImportTrace, import_prepared
 from ..frontend.pipeline import model_name
-from ..frontend.prepare import prepare
+from ..frontend.prepare import Prepared, prepare
 from ..ops.registry import IMPORT_NOTES, has_role, kind_counts
 
 #: why an op type folded into constants is worth a word
@@ -48,6 +50,10 @@ _FOLDED = {
 def _op_key(domain: str, op_type: str) -> str:
     return op_type if domain in ("", "ai.onnx") else f"{domain}:{op_type}"
 
+
+#: ``(model, prepared, refusal or None) -> dict``: what channel pruning would do with a model (``pruning/``
+#: supplies it: :func:`onnx_pathlift.pruning.readiness.channel_readiness`; analyses do not import pruning)
+Readiness = Callable[[ModelProto, Prepared, UnsupportedModelError | None], dict[str, Any]]
 
 @dataclass
 class Imported:
@@ -92,7 +98,7 @@ class Inspection:
     blocked: dict[str, int] = field(default_factory=dict)  # live nodes behind a refused node
     notes: list[str] = field(default_factory=list)
     analysable: bool = False  # path-norms, scores, certificates: the import succeeded
-    #: what ``prune --structure channel`` would do (:func:`~onnx_pathlift.pruning.prune.channel_readiness`);
+    #: what ``prune --structure channel`` would do (:func:`~onnx_pathlift.pruning.readiness.channel_readiness`);
     #: refused while preparing: ``{"prunable": False, "reason": ...}``
     channel_pruning: dict[str, Any] = field(default_factory=dict)
 
@@ -184,20 +190,19 @@ def _imported(trace: ImportTrace) -> list[Imported]:
 
 
 def inspect_model(source: ModelSource, input_shape=None, outputs: list[str] | None = None,
-                  limits: Limits = DEFAULT_LIMITS, name: str | None = None) -> Inspection:
+                  limits: Limits = DEFAULT_LIMITS, name: str | None = None, readiness: Readiness | None = None) -> Inspection:
     """Report what the importer sees in a model; never runs it.
 
     ``source``: a path, bytes or ``ModelProto``; ``input_shape``: one static shape, or one per input
     name (None: as declared, a symbolic batch becoming 1); ``outputs``: the tensors to analyse (None:
     the graph outputs, heads cut); ``limits``: the resource limits of loading; ``name``: how the report
-    names the model (default: the path, or ``<model>``). Returns the :class:`Inspection` (``to_dict()``
+    names the model (default: the path, or ``<model>``); ``readiness``: fills ``channel_pruning`` (``inspect``
+    passes :func:`~onnx_pathlift.pruning.readiness.channel_readiness`; None leaves it empty). Returns the :class:`Inspection` (``to_dict()``
     is ``inspect --json``'s object). Raises what loading raises for unreadable or invalid models
     (:class:`InvalidModelError`) and for usage errors (:class:`UsageError`); a model with unsupported
     operators gets a report with ``status == "refused"`` and every refusal listed
     (``Inspection.error()`` is the error).
     """
-    from ..pruning.prune import channel_readiness
-
     model = load_model(source, limits)
     report = _base(model, name if name is not None else model_name(source))
     try:
@@ -221,7 +226,8 @@ def inspect_model(source: ModelSource, input_shape=None, outputs: list[str] | No
         report.status, dag, refusal = "refused", trace.dag, err
         report.refusals, report.analysable_outputs = list(err.refusals), list(err.analysable)
     report.analysable = refusal is None
-    report.channel_pruning = channel_readiness(model, prepared, refusal)
+    if readiness is not None:
+        report.channel_pruning = readiness(model, prepared, refusal)
     report.analysed_outputs = list(trace.analysed)
     report.cut, report.dropped = trace.cuts, trace.dropped
     report.imported = _imported(trace)

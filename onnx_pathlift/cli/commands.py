@@ -159,8 +159,10 @@ def cmd_rescale(args) -> int:
 
 def cmd_inspect(args) -> int:
     from ..analyses.inspection import inspect_model
+    from ..pruning.readiness import channel_readiness
 
-    report = inspect_model(args.model, _input_shape(args.input_shape), args.output or None, name=str(args.model))
+    report = inspect_model(args.model, _input_shape(args.input_shape), args.output or None, name=str(args.model),
+                           readiness=channel_readiness)
     err = report.error()
     if args.json:
         result = report.to_dict()

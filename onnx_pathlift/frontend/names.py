@@ -103,27 +103,30 @@ def valid_names(candidates: list[LayerName]) -> str:
             "or a regular expression)" if names else "the model has no layer with weights")
 
 
-def _weight(node: NodeProto, layers: list[Layer], initializers: set[str], p: Prepared) -> str | None:
-    """The node's weight initializer (see the module docstring)."""
-    for layer in layers:
+def _weight(node: NodeProto, layers: list[Layer] | None, initializers: set[str], p: Prepared) -> str | None:
+    """The node's weight initializer (see the module docstring; ``layers`` None: no DAG, the node's first
+    float initializer of rank ≥ 1)."""
+    for layer in layers or ():
         if "W" in layer.origins:
             name = layer.origins["W"][0]
             return name if name in initializers else None
-    if not any(layer.params for layer in layers):
+    if layers is not None and not any(layer.params for layer in layers):
         return None
     return next((i for i in node.input if i in initializers and i in p.consts and p.consts[i].dtype.kind == "f"
                  and p.consts[i].ndim), None)
 
 
-def layer_names(p: Prepared, dag: Dag) -> LayerNames:
+def layer_names(p: Prepared, dag: Dag | None) -> LayerNames:
     """Every node's :class:`LayerName` (``dag``: the model imported, whose layers say which nodes are
-    parameterised and become spellings)."""
+    parameterised and become spellings; None for a model the importer refuses: a node is parameterised
+    when it reads a float initializer)."""
     initializers = {t.name for t in p.model.graph.initializer}
     readers = Counter(i for node in p.nodes for i in set(node.input) if i)
     made: dict[str, list[Layer]] = {}
-    for layer in dag.layers():
+    for layer in dag.layers() if dag is not None else ():
         made.setdefault(layer.source, []).append(layer)
-    weights = [_weight(node, made.get(node_key(node), []), initializers, p) for node in p.nodes]
+    weights = [_weight(node, made.get(node_key(node), []) if dag is not None else None, initializers, p)
+               for node in p.nodes]
     tier1 = Counter(w for w in weights if w)
     tier2 = Counter(node.name for node in p.nodes if node.name)
     index: Counter = Counter()
@@ -144,7 +147,7 @@ def layer_names(p: Prepared, dag: Dag) -> LayerNames:
         layers = made.get(node_key(node), [])
         spellings = {name, node_key(node), *node.output, *(x.name for x in layers), *([weight] if weight else [])}
         entry = LayerName(name, node.name, weight, node.op_type, frozenset(s for s in spellings if s),
-                          any(x.params for x in layers))
+                          any(x.params for x in layers) if dag is not None else weight is not None)
         by_key[node_key(node)] = entry
         by_tensor.update({t: entry for t in node.output if t})
         by_tensor.update({t: entry for t in node.input if t in p.consts and readers[t] == 1})

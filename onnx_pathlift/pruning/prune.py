@@ -22,10 +22,11 @@ from onnx import ModelProto, numpy_helper
 
 from ..errors import UnsupportedModelError, UsageError
 from ..fileio.atomic import refuse_overwriting_input, save_model, save_npz
-from ..frontend.edit import ModelEditor, copy_model, untie
+from ..frontend.edit import ModelEditor, copy_model
 from ..frontend.names import LayerNames, layer_names, parameters_by_node
 from ..frontend.pipeline import Loaded, load, model_name
 from .ranking import MIN_KEEP, Selection
+from .readiness import no_dag
 
 if TYPE_CHECKING:
     from ..analyses.metric import PathMetric
@@ -273,15 +274,6 @@ def _recover(loaded: Loaded, result: ChannelPrune, calib: tuple[np.ndarray, np.n
     return recovery
 
 
-def _no_dag(refusal: UnsupportedModelError) -> tuple[str, str]:
-    """Why path mass, and why the certificate, are left out of a model the importer refuses (its first
-    refused node, and how many more)."""
-    more = len(refusal.refusals) - 1
-    first = str(refusal.refusals[0]) + (f" (and {more} more refused node(s))" if more else "")
-    return (f"path-mass needs a DAG-ReLU network: {first}",
-            f"the certificate (path-metric) needs a DAG-ReLU network: {first}")
-
-
 class PathMassRefused(UnsupportedModelError):
     """``prune --structure channel --criterion path-mass`` on a model the importer refuses (exit 3):
     path mass is defined on DAG-ReLU networks only; ``l1-norm`` prunes the model."""
@@ -301,42 +293,11 @@ def _criterion(loaded: Loaded, asked: str | None, criterion: str, calibrated: bo
     if loaded.dag is None:
         if asked == "path-mass":
             raise PathMassRefused(loaded.refusal)
-        why = _no_dag(loaded.refusal)[0]
+        why = no_dag(loaded.refusal)[0]
         if calibrated:
             why += "; so does --calibration's data-aware path mass (the slim model is still recovered by least squares)"
         return "l1-norm", why
     return criterion, None
-
-
-def channel_readiness(model: ModelProto, prepared: Prepared, refusal: UnsupportedModelError | None) -> dict[str, Any]:
-    """What ``prune --structure channel`` would do with ``model`` (``prepared``; ``refusal``: the importer's,
-    None for a DAG-ReLU network), without scoring or running it: its channel groups (``total``, ``removable``:
-    after :func:`~onnx_pathlift.pruning.slim.untie`'s copies, as pruning makes them), ``prunable`` (a
-    removable group exists), the criterion it would rank by (``path-mass``, else ``l1-norm`` and
-    ``criterion_reason``), whether the result is ``certified`` (else ``certificate_reason``) and the
-    reasons that keep the most groups (``kept``, at most three). A node without an ONNX schema (a custom
-    op) makes ``prunable`` False with a ``reason``: the slim model is checked by running it."""
-    from collections import Counter
-
-    from onnx.defs import has
-
-    from ..frontend.prepare import prepare
-    from .channels import channel_graph
-
-    untied, origin = untie(model)
-    cg = channel_graph(untied, prepare(untied, prepared.inputs) if origin else prepared)
-    kept = Counter(g.pinned for g in cg.groups if g.pinned).most_common(3)
-    out: dict[str, Any] = {"groups": len(cg.groups), "removable": len(cg.removable()), "prunable": bool(cg.removable()),
-                           "criterion": "path-mass" if refusal is None else "l1-norm", "certified": refusal is None,
-                           "kept": [{"reason": why, "groups": n} for why, n in kept]}
-    if refusal is not None:
-        out["criterion_reason"], out["certificate_reason"] = _no_dag(refusal)
-    custom = next((n for n in prepared.nodes if not has(n.op_type, n.domain)), None)
-    if custom is not None:
-        out["prunable"] = False
-        out["reason"] = (f"node {custom.name or custom.output[0]!r} ({custom.domain}:{custom.op_type}) has no ONNX schema, "
-                         "and the slim model is checked by running it (prune tries onnxruntime)")
-    return out
 
 
 def _certificate(loaded: Loaded, result: ChannelPrune, recovery: Recovery | None, input_shape,
@@ -347,7 +308,7 @@ def _certificate(loaded: Loaded, result: ChannelPrune, recovery: Recovery | None
     from ..frontend.importer import import_model
 
     if loaded.dag is None:
-        return {"metric": None, "metric_reason": _no_dag(loaded.refusal)[1]}
+        return {"metric": None, "metric_reason": no_dag(loaded.refusal)[1]}
     reference = loaded.dag if recovery is None else import_model(recovery.reference, input_shape)
     return {"metric": path_metric(reference, import_model(result.masked, input_shape)).to_dict(input_linf)}
 
@@ -369,19 +330,25 @@ def _costs(loaded: Loaded, result: ChannelPrune, input_shape) -> tuple[dict[str,
     check; and the slim model prepared."""
     from ..frontend.importer import import_prepared
     from ..frontend.prepare import prepare
-    from .slim import layer_costs
+    from .slim import float_parameters, layer_costs
 
     slim_prepared = prepare(result.slim, input_shape)
-    slim_dag = import_prepared(slim_prepared, list(loaded.dag.outputs))
-    after = {c.node: c for c in layer_costs(slim_prepared)}
-    names, params = layer_names(loaded.prepared, loaded.dag), (parameters_by_node(loaded.dag), parameters_by_node(slim_dag))
+    before, after = layer_costs(loaded.prepared), {c.node: c for c in layer_costs(slim_prepared)}
+    if loaded.dag is not None:  # norm's count (docs/pruning.md, "Parameters")
+        slim_dag = import_prepared(slim_prepared, list(loaded.dag.outputs))
+        params = parameters_by_node(loaded.dag), parameters_by_node(slim_dag)
+        totals = loaded.dag.n_params, slim_dag.n_params
+    else:  # no DAG: the float constants each node reads, running statistics left out
+        params = {c.node: c.params for c in before}, {c: cost.params for c, cost in after.items()}
+        totals = float_parameters(loaded.model), float_parameters(result.slim)
+    names = layer_names(loaded.prepared, loaded.dag)
     layers = [{**names.record(c.node), "node": c.node, "op": c.op, "params_before": params[0][c.node],
                "params_after": params[1][c.node], "macs_before": c.macs, "macs_after": after[c.node].macs}
-              for c in layer_costs(loaded.prepared)]
+              for c in before]
     g = result.graph
     return {"groups": {"total": len(g.groups), "removable": len(g.removable()), "removed": len(result.removed)},
             "channels_removed": sum(len(g.groups[i].channels) for i in result.removed), "pinned": result.pinned(),
-            "params_before": loaded.dag.n_params, "params_after": slim_dag.n_params,  # norm's count (docs/pruning.md)
+            "params_before": totals[0], "params_after": totals[1],
             "macs_before": sum(r["macs_before"] for r in layers), "macs_after": sum(r["macs_after"] for r in layers),
             "layers": layers, "slim_vs_masked_max_rel_error": result.slim_error}, slim_prepared
 
