@@ -107,11 +107,12 @@ def _work(layer: Layer, dag: Dag) -> int:
 
 
 def exact_log2(dag: Dag, q: float, feeds_log2: dict[str, np.ndarray] | None = None,
-               outputs: list[str] | None = None, limit: int = WORK_LIMIT) -> tuple[float, float]:
+               outputs: list[str] | None = None, limit: int | None = None) -> tuple[float, float]:
     """``(L, ε)``: ``log2`` of ``‖Φ‖_q^q`` summed over the analysed ``outputs`` (default all; ONNX names),
     ``log2 ‖Φ‖_∞`` at q = ∞, with ``|L − exact| ≤ ε`` (module docstring). ``feeds_log2``: log2 of the
-    lifted inputs (default all ones, or 0 for an input the DAG marks as such). Raises
-    :class:`FallbackRefused` with the reason when it does not apply."""
+    lifted inputs (default all ones, or 0 for an input the DAG marks as such). ``limit``: the most terms
+    (default :data:`WORK_LIMIT`). Raises :class:`FallbackRefused` with the reason when it does not apply."""
+    limit = WORK_LIMIT if limit is None else limit
     work = sum(_work(layer, dag) for layer in dag.layers())
     if work > limit:
         raise FallbackRefused(f"the exact float64 fallback would evaluate {work:.3g} terms, above its limit of {limit:.3g}")

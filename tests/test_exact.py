@@ -1,0 +1,180 @@
+"""The exact float64 fallback (issue 26): every finite norm of an ordinary-size model certified.
+
+Oracles: the brute-force path enumeration of ``tests/oracle.py`` (its own neuron DAG, probed from
+onnxruntime) on small nets of every op the fallback evaluates, and exact rational arithmetic
+(``fractions``) on adversarial models built to defeat the exponent maps of the float32 lifted network
+(magnitudes spread far beyond float32's range inside one channel, then amplified). Whatever route
+computes a norm: its certified interval holds the truth and its value lies in its interval; where the
+fallback refuses, the value is null with a reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from fractions import Fraction
+
+import numpy as np
+import onnx
+import pytest
+from builders import make_model, one_op, replace_inits
+from conftest import run_main
+from onnx import helper
+from oracle import log10_path_norm
+from tiny_nets import conv_bn_pool, everything, matmul_net, mlp, residual_concat
+
+from onnx_pathlift import api, path_norm
+from onnx_pathlift.backend import exact
+from onnx_pathlift.backend.exact import FallbackRefused, exact_log2
+from onnx_pathlift.frontend.importer import import_model
+
+QS = (1.0, 2.0, 4.0, math.inf)
+#: the brute-force oracle's own error in log10: it probes Conv and AveragePool in float32 (a divisor 1/3
+#: rounded to float32 moves a path by 3e-8 relative)
+_ORACLE = 1e-7
+_LOG10_2 = math.log10(2.0)
+
+
+def _exact_log10(model: onnx.ModelProto, q: float, limit: int | None = None) -> tuple[float, float]:
+    """The fallback's ``log10 ‖Φ‖_q`` and its error bound, on the whole DAG (every sample)."""
+    total, err = exact_log2(import_model(model), q, limit=limit)
+    scale = _LOG10_2 if math.isinf(q) else _LOG10_2 / q
+    return total * scale, err * scale
+
+
+ONE_OPS = {
+    "maxpool_ceil": ("MaxPool", [], {}, {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1}),
+    "maxpool_pads_dil": ("MaxPool", [], {}, {"kernel_shape": [2, 2], "pads": [1, 0, 1, 1], "dilations": [1, 2]}),
+    "avgpool_pads": ("AveragePool", [], {}, {"kernel_shape": [3, 2], "pads": [1, 1, 1, 0], "strides": [2, 1]}),
+    "avgpool_incl": ("AveragePool", [], {}, {"kernel_shape": [2, 2], "pads": [1, 1, 0, 0], "count_include_pad": 1}),
+    "globalavg": ("GlobalAveragePool", [], {}, {}),
+    "globalmax": ("GlobalMaxPool", [], {}, {}),
+    "grouped_strided_conv": ("Conv", ["Wg", "Bg"], {"Wg": np.random.default_rng(5).normal(size=(6, 1, 2, 3)),
+                                                    "Bg": np.random.default_rng(6).normal(size=6)},
+                             {"group": 3, "strides": [2, 1], "pads": [1, 0, 0, 1], "dilations": [1, 2]}),
+    "pad_reflect": ("Pad", ["pads"], {"pads": np.array([0, 0, 1, 2, 0, 0, 1, 0])}, {"mode": "reflect"}),
+    "transpose": ("Transpose", [], {}, {"perm": [0, 1, 3, 2]}),
+    "mul_bias": ("Mul", ["s"], {"s": np.random.default_rng(7).normal(size=(1, 3, 1, 5))}, {}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ONE_OPS))
+def test_the_fallback_matches_brute_force_on_every_op(name: str) -> None:
+    op, inputs, params, attrs = ONE_OPS[name]
+    model = one_op(op, inputs, params, **attrs)
+    for q in QS:
+        got, err = _exact_log10(model, q)
+        want = log10_path_norm(model, q)
+        assert abs(got - want) <= err + _ORACLE and err < 1e-9, (q, got, want, err)
+
+
+@pytest.mark.parametrize("build", [mlp, conv_bn_pool, residual_concat, everything, matmul_net], ids=lambda f: f.__name__)
+def test_the_fallback_matches_brute_force_on_tiny_nets(build) -> None:
+    model, _ = build(3)
+    for q in QS:
+        got, err = _exact_log10(model, q)
+        assert abs(got - log10_path_norm(model, q)) <= err + _ORACLE and err < 1e-9, q
+
+
+def _corner(k: int, big: float = 1e38) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """x (1×1×5×5) → k Mul layers that amplify pixel (0, 0) by ``big`` and damp the others by
+    ``1/big`` → an all-ones 3×3 conv (pads 1) → k Mul layers that amplify pixel (4, 4) (whose window
+    misses the corner) and damp the others. Both families of paths carry ~1: float32's per-channel
+    exponent map at the conv holds one and flushes the other."""
+    up, down = np.full((1, 1, 5, 5), 1 / big, np.float32), np.full((1, 1, 5, 5), 1 / big, np.float32)
+    up[0, 0, 0, 0], down[0, 0, 4, 4] = big, big
+    params, nodes, x = {"W": np.ones((1, 1, 3, 3), np.float32)}, [], "x"
+    for i in range(k):
+        params[f"u{i}"] = up
+        nodes += [helper.make_node("Mul", [x, f"u{i}"], [f"a{i}"]), helper.make_node("Relu", [f"a{i}"], [f"r{i}"])]
+        x = f"r{i}"
+    nodes += [helper.make_node("Conv", [x, "W"], ["c"], pads=[1, 1, 1, 1])]
+    x = "c"
+    for i in range(k):
+        params[f"d{i}"] = down
+        nodes += [helper.make_node("Relu", [x], [f"s{i}"]), helper.make_node("Mul", [f"s{i}", f"d{i}"], [f"b{i}"])]
+        x = f"b{i}"
+    nodes.append(helper.make_node("Identity", [x], ["y"]))
+    return make_model(nodes, [("x", [1, 1, 5, 5])], [("y", [1, 1, 5, 5])], params), params
+
+
+def _corner_terms(params: dict[str, np.ndarray], k: int) -> list[Fraction]:
+    """Every path product |Φ_p| of :func:`_corner` as an exact rational (closed form: a path is one input
+    pixel, one conv tap of weight 1 in its output pixel's window, one output pixel)."""
+    def prods(prefix: str) -> list[Fraction]:
+        return [math.prod(Fraction(float(params[f"{prefix}{i}"][0, 0, r, c])) for i in range(k)) for r in range(5) for c in range(5)]
+    up, down = prods("u"), prods("d")
+    return [up[5 * r + c] * down[5 * i + j] for i in range(5) for j in range(5)
+            for r in range(max(0, i - 1), min(5, i + 2)) for c in range(max(0, j - 1), min(5, j + 2))]
+
+
+def _log10(x: Fraction) -> float:
+    return math.log10(x.numerator) - math.log10(x.denominator)
+
+
+def _corner_truth(params: dict[str, np.ndarray], k: int, q: float) -> float:
+    """log10 ‖Φ‖_q of :func:`_corner` (q = ∞: the largest path product)."""
+    terms = _corner_terms(params, k)
+    return _log10(max(terms)) if math.isinf(q) else _log10(sum(t ** int(q) for t in terms)) / q
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_adversarial_spreads_are_certified_and_exact(k: int) -> None:
+    """Spreads of 1e76 (k = 1) to 1e456 (k = 6, beyond float64's range) inside one channel: every norm
+    certified, its interval holding the rational truth, its value equal to it."""
+    model, params = _corner(k)
+    for q in QS:
+        got, want = path_norm(model, q), _corner_truth(params, k, q)
+        assert got.certified and got.lower_log10 <= want + 1e-12 and want <= got.upper_log10 + 1e-12, (q, got, want)
+        assert got.lower_log10 <= got.log10 <= got.upper_log10 and got.log10 == pytest.approx(want, abs=1e-9)
+        assert got.value is None or got.value == pytest.approx(10.0**want, rel=1e-8)
+
+
+def test_a_refused_fallback_gives_a_null_value_and_a_sound_interval(monkeypatch, capsys, tmp_path) -> None:
+    """Above the work limit the fallback refuses: value null with the reason, log10 and the interval
+    still sound (the interval holds the truth, log10 inside it), and the CLI says why."""
+    model, params = _corner(1)
+    monkeypatch.setattr(exact, "WORK_LIMIT", 10)
+    with pytest.raises(FallbackRefused, match="above its limit"):
+        exact_log2(import_model(model), 1.0)
+    for q in QS:
+        got, want = path_norm(model, q), _corner_truth(params, 1, q)
+        assert not got.certified and got.value is None and "above its limit" in got.reason and got.fallback is None
+        assert got.lower_log10 <= want + 1e-12 <= got.upper_log10 + 2e-12 and got.lower_log10 <= got.log10 <= got.upper_log10
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    rc, out, err = run_main(capsys, "norm", path, "--json")
+    res = json.loads(out)["norms"][0]
+    assert rc == 0 and res["value"] is None and not res["certified"] and "above its limit" in res["reason"], err
+
+
+def test_cli_norm_reports_the_fallback(tmp_path, capsys) -> None:
+    model, params = _corner(3)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    rc, out, err = run_main(capsys, "norm", path, "-q", 1, "-q", 4, "--json")
+    assert rc == 0, err
+    for res, q in zip(json.loads(out)["norms"], (1.0, 4.0)):
+        assert res["certified"] and res["fallback"] == "float64" and res["reason"] is None
+        assert res["lower_log10"] <= _corner_truth(params, 3, q) <= res["upper_log10"]
+
+
+def test_compare_of_an_adversarial_pruned_pair_is_exact_with_a_finite_lower() -> None:
+    """B: A with the corner's amplifiers halved (|B| ≤ |A|, same signs: an exact pair): d = ‖Φ(A)‖_1 −
+    ‖Φ(B)‖_1 in rational arithmetic lies in the certified [lower, upper], and lower is finite."""
+    model, params = _corner(3)
+    halved = {n: v.copy() for n, v in params.items()}
+    for i in range(3):
+        halved[f"u{i}"][0, 0, 0, 0] /= 2
+    other = replace_inits(model, halved)
+    m = api.compare_models(model, other).metric
+    want = _log10(sum(_corner_terms(params, 3)) - sum(_corner_terms(halved, 3)))
+    assert m.exact and math.isfinite(m.lower_log10)
+    assert m.lower_log10 <= want + 1e-9 and want <= m.upper_log10 + 1e-9, (m.lower_log10, want, m.upper_log10)
+
+
+def test_a_deconv_is_refused_by_name() -> None:
+    rng = np.random.default_rng(0)
+    model = one_op("ConvTranspose", ["Wt"], {"Wt": rng.normal(size=(3, 2, 2, 2))})
+    with pytest.raises(FallbackRefused, match="'deconv'"):
+        exact_log2(import_model(model), 1.0)
