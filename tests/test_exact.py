@@ -125,6 +125,7 @@ def test_adversarial_spreads_are_certified_and_exact(k: int) -> None:
     model, params = _corner(k)
     for q in QS:
         got, want = path_norm(model, q), _corner_truth(params, k, q)
+        assert got.fallback == "float64"  # float32 alone leaves [0.6, 77] or wider at q = 1
         assert got.certified and got.lower_log10 <= want + 1e-12 and want <= got.upper_log10 + 1e-12, (q, got, want)
         assert got.lower_log10 <= got.log10 <= got.upper_log10 and got.log10 == pytest.approx(want, abs=1e-9)
         assert got.value is None or got.value == pytest.approx(10.0**want, rel=1e-8)
@@ -146,12 +147,17 @@ def test_a_refused_fallback_gives_a_null_value_and_a_sound_interval(monkeypatch,
     rc, out, err = run_main(capsys, "norm", path, "--json")
     res = json.loads(out)["norms"][0]
     assert rc == 0 and res["value"] is None and not res["certified"] and "above its limit" in res["reason"], err
+    rc, out, err = run_main(capsys, "norm", path)
+    assert rc == 0 and "L1 path-norm: no value (float32 did not certify it, and the exact float64 fallback" in out, err
+    assert "not certified" in out and "path-norm =" not in out
 
 
 def test_cli_norm_reports_the_fallback(tmp_path, capsys) -> None:
     model, params = _corner(3)
     path = tmp_path / "m.onnx"
     onnx.save(model, path)
+    rc, out, err = run_main(capsys, "norm", path, "-q", 1)
+    assert rc == 0 and "certified by the exact float64 fallback" in out and "not certified" not in out, err
     rc, out, err = run_main(capsys, "norm", path, "-q", 1, "-q", 4, "--json")
     assert rc == 0, err
     for res, q in zip(json.loads(out)["norms"], (1.0, 4.0)):
