@@ -197,7 +197,8 @@ class LiftedSession:
 
     ``scales="auto"`` (default) runs the static-scale graph (exponent maps folded into the layers)
     and, when its error budget does not certify an output (static bounds too loose for float32),
-    also the run-time renormalised graph; ``"static"`` or ``"dynamic"`` run only one of them.
+    also the run-time renormalised graph, and where neither certifies a norm, the exact float64 fallback
+    (:meth:`pinned`); ``"static"`` or ``"dynamic"`` run only one of the float32 graphs.
 
     ``per_sample=True`` (default): a network that stacks ``N`` independent samples along a fixed
     batch axis is run for one sample, its lifted outputs counting ``N`` times
@@ -268,7 +269,10 @@ class LiftedSession:
         return [self.pinned(i, combine_runs(q, job)) for i, ((_, q), job) in enumerate(zip(self.jobs, self.runs()))]
 
     def pinned(self, i: int, norm: PathNorm, outputs: list[str] | None = None) -> PathNorm:
-        """Job ``i``'s ``norm`` (over its analysed ``outputs``, default all) through :func:`pin`."""
+        """Job ``i``'s ``norm`` (over its analysed ``outputs``, default all) through :func:`pin` (with
+        ``scales="auto"`` only: ``"static"`` and ``"dynamic"`` report that float32 graph alone)."""
+        if norm.certified or self.scales != "auto":
+            return norm
         feeds = {n: v for n, v in self.feeds.items() if not np.all(v == 1)}
         return pin(norm, self.jobs[i][0], feeds, outputs, math.log2(self.copies[i]))
 
