@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import pytest
 from builders import make_model, one_op, replace_inits
-from conftest import run_main
+from conftest import MODELS, run_main
 from onnx import helper
 from oracle import log10_path_norm
 from tiny_nets import conv_bn_pool, everything, matmul_net, mlp, residual_concat
@@ -27,6 +27,7 @@ from onnx_pathlift import api, path_norm
 from onnx_pathlift.backend import exact
 from onnx_pathlift.backend.exact import FallbackRefused, exact_log2
 from onnx_pathlift.frontend.importer import import_model
+from onnx_pathlift.ir.dag import Dag
 
 QS = (1.0, 2.0, 4.0, math.inf)
 #: the brute-force oracle's own error in log10: it probes Conv and AveragePool in float32 (a divisor 1/3
@@ -35,9 +36,9 @@ _ORACLE = 1e-7
 _LOG10_2 = math.log10(2.0)
 
 
-def _exact_log10(model: onnx.ModelProto, q: float, limit: int | None = None) -> tuple[float, float]:
+def _exact_log10(model: onnx.ModelProto | Dag, q: float) -> tuple[float, float]:
     """The fallback's ``log10 ‖Φ‖_q`` and its error bound, on the whole DAG (every sample)."""
-    total, err = exact_log2(import_model(model), q, limit=limit)
+    total, err = exact_log2(model if isinstance(model, Dag) else import_model(model), q)
     scale = _LOG10_2 if math.isinf(q) else _LOG10_2 / q
     return total * scale, err * scale
 
@@ -163,6 +164,9 @@ def test_cli_norm_reports_the_fallback(tmp_path, capsys) -> None:
     for res, q in zip(json.loads(out)["norms"], (1.0, 4.0)):
         assert res["certified"] and res["fallback"] == "float64" and res["reason"] is None
         assert res["lower_log10"] <= _corner_truth(params, 3, q) <= res["upper_log10"]
+    rc, out, err = run_main(capsys, "lipschitz", path, "--json")  # no biases: L = ‖Φ‖_1
+    res = json.loads(out)
+    assert rc == 0 and res["certified"] and res["lower_log10"] <= _corner_truth(params, 3, 1.0) <= res["upper_log10"], err
 
 
 def test_compare_of_an_adversarial_pruned_pair_is_exact_with_a_finite_lower() -> None:
@@ -177,6 +181,33 @@ def test_compare_of_an_adversarial_pruned_pair_is_exact_with_a_finite_lower() ->
     want = _log10(sum(_corner_terms(params, 3)) - sum(_corner_terms(halved, 3)))
     assert m.exact and math.isfinite(m.lower_log10)
     assert m.lower_log10 <= want + 1e-9 and want <= m.upper_log10 + 1e-9, (m.lower_log10, want, m.upper_log10)
+
+
+@pytest.mark.parametrize("name", ["digits_cnn_torch_bn.onnx", "digits_mlp_sklearn.onnx"])
+def test_the_fallback_agrees_with_float32_on_the_shipped_models(name: str) -> None:
+    """Two independent computations: float32's certified norm (no fallback needed) holds the float64
+    pass's interval, at every q."""
+    dag = import_model(MODELS / name)
+    for q in QS:
+        norm, (got, err) = path_norm(dag, q), _exact_log10(dag, q)
+        assert norm.certified and norm.fallback is None and err < 1e-11
+        assert norm.lower_log10 <= got + err and got - err <= norm.upper_log10, (q, norm, got)
+
+
+def test_numpy_exp2_and_log2_are_within_the_assumed_error() -> None:
+    """The error bound takes numpy's float64 ``exp2`` and ``log2`` at 2**-50 relative (8 ulp): checked
+    against mpmath at 120 bits on the arguments the pass gives them (``t − s ≤ 0``; sums ≥ 1)."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.prec = 120
+    rng = np.random.default_rng(0)
+    d = np.concatenate([-rng.uniform(0, 1020, 2000), -rng.uniform(0, 1, 2000)])
+    s = np.concatenate([rng.uniform(1, 2, 2000), rng.uniform(1, 1e7, 2000)])
+    for x, y in zip(d, np.exp2(d)):
+        t = mpmath.power(2, mpmath.mpf(float(x)))
+        assert abs(mpmath.mpf(float(y)) - t) <= 2.0**-50 * t
+    for x, y in zip(s, np.log2(s)):
+        t = mpmath.log(mpmath.mpf(float(x)), 2)
+        assert abs(mpmath.mpf(float(y)) - t) <= 2.0**-50 * abs(t) + 2.0**-1000
 
 
 def test_a_deconv_is_refused_by_name() -> None:

@@ -72,17 +72,22 @@ class _Pass:
             a = self.p * np.log2(np.abs(np.asarray(w, dtype=np.float64)))
         return a, (_max_abs(a) + self.p) * _EPS
 
-    def reduce(self, t: np.ndarray, axis) -> tuple[np.ndarray, float]:
-        """``log2 Σ 2**t`` (``max t`` at q = ∞) over ``axis`` (an int or a tuple), and ``ε_L``."""
+    def reduce(self, t: np.ndarray, axis, bound: float | None = None, scratch: bool = False) -> tuple[np.ndarray, float]:
+        """``log2 Σ 2**t`` (``max t`` at q = ∞) over ``axis`` (an int or a tuple), and ``ε_L``. ``bound``: an
+        upper bound on every finite ``|t|`` (else computed); ``scratch``: ``t`` may be overwritten."""
         axes = axis if isinstance(axis, tuple) else (axis,)
         n = int(np.prod([t.shape[a] for a in axes]))
-        top = t.max(axis=axis, initial=-np.inf)
+        top = t.max(axis=axis, keepdims=True, initial=-np.inf)
+        m = _max_abs(t) if bound is None else bound
         if self.inf:
-            return top, _max_abs(t) * 4 * 2.0**-53
+            return top.squeeze(axis=axes), m * 4 * 2.0**-53
         safe = np.where(np.isfinite(top), top, 0.0)
+        w = t if scratch else np.empty_like(t)
         with np.errstate(divide="ignore", under="ignore", invalid="ignore"):
-            y = np.log2(np.exp2(t - np.expand_dims(safe, axes)).sum(axis=axis)) + safe
-        return y, _local_error(_max_abs(t, y), n)
+            np.subtract(t, safe, out=w)
+            np.exp2(w, out=w)
+            y = np.log2(w.sum(axis=axis)) + safe.squeeze(axis=axes)
+        return y, _local_error(max(m, _max_abs(y)), n)
 
     def add(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
         """``log2(2**x + 2**y)`` elementwise (``max`` at q = ∞), broadcast, and its ``ε_L``."""
@@ -205,10 +210,13 @@ def _contract(run: _Pass, patches: np.ndarray, a: np.ndarray) -> tuple[np.ndarra
     outs = a.shape[1]
     y = np.empty((groups, rows, outs))
     step, local = max(1, _BLOCK // max(1, groups * outs * k)), 0.0
+    buf = np.empty((groups, min(step, rows), outs, k))
+    bound = (_max_abs(patches) + _max_abs(a)) * (1.0 + 2.0**-52)  # every |t| = |fl(x + a)|
     for i in range(0, rows, step):
+        t = buf[:, :min(step, rows - i)]
         with np.errstate(invalid="ignore"):
-            t = patches[:, i:i + step, None, :] + a[:, None, :, :]
-        y[:, i:i + step], e = run.reduce(t, -1)
+            np.add(patches[:, i:i + step, None, :], a[:, None, :, :], out=t)
+        y[:, i:i + step], e = run.reduce(t, -1, bound, scratch=True)
         local = max(local, e)
     return y, local
 
