@@ -132,6 +132,24 @@ def test_adversarial_spreads_are_certified_and_exact(k: int) -> None:
         assert got.value is None or got.value == pytest.approx(10.0**want, rel=1e-8)
 
 
+def test_a_window_whose_big_weights_meet_small_inputs_is_summed_term_by_term() -> None:
+    """A conv window where the filter's big weight meets the small input and vice versa: at q = 4 both
+    products are 1 while the matmul route's units (row max × filter max) are 2**1920 above them, so
+    both scaled factors underflow; that sum is re-evaluated term by term: ‖Φ‖_4^4 = 2 exactly
+    (``2**-120`` and ``2**120`` are exact in float32). At q = 1, 2 the matmul route holds it."""
+    d = np.array([[[[2.0**120, 2.0**-120]]]], np.float32)
+    w = np.array([[[[2.0**-120, 2.0**120]]]], np.float32)
+    nodes = [helper.make_node("Mul", ["x", "d"], ["m"]), helper.make_node("Relu", ["m"], ["r"]),
+             helper.make_node("Conv", ["r", "w"], ["y"])]
+    model = make_model(nodes, [("x", [1, 1, 1, 2])], [("y", [1, 1, 1, 1])], {"d": d, "w": w})
+    for q in QS:
+        total, err = exact_log2(import_model(model), q)
+        assert abs(total - (0.0 if math.isinf(q) else 1.0)) <= err < 1e-9, (q, total, err)
+        got = path_norm(model, q)
+        want = 0.0 if math.isinf(q) else _LOG10_2 / q
+        assert got.certified and got.lower_log10 <= want + 1e-15 and want <= got.upper_log10 + 1e-15, (q, got)
+
+
 def test_a_refused_fallback_gives_a_null_value_and_a_sound_interval(monkeypatch, capsys, tmp_path) -> None:
     """Above the work limit the fallback refuses: value null with the reason, log10 and the interval
     still sound (the interval holds the truth, log10 inside it), and the CLI says why."""

@@ -62,9 +62,17 @@ def _max_abs(*arrays: np.ndarray) -> float:
 class _Pass:
     """The log-domain evaluation at one q (``inf``: max-plus)."""
 
-    def __init__(self, q: float):
+    def __init__(self, q: float, limit: int):
         self.inf = math.isinf(q)
         self.p = 1.0 if self.inf else float(q)
+        self.limit, self.spent = limit, 0
+
+    def spend(self, work: int) -> None:
+        """Count ``work`` terms; refuse past the limit."""
+        self.spent += work
+        if self.spent > self.limit:
+            raise FallbackRefused(f"the exact float64 fallback would evaluate {self.spent:.3g} terms, above its limit "
+                                  f"of {self.limit:.3g}")
 
     def weight(self, w: np.ndarray) -> tuple[np.ndarray, float]:
         """``p·log2|w|`` and its error."""
@@ -98,16 +106,18 @@ class _Pass:
         return z, _local_error(_max_abs(z, np.asarray(x), np.asarray(y)), 2)
 
 
-def _work(layer: Layer, dag: Dag) -> int:
-    """Terms the pass evaluates for ``layer``."""
+def _work(layer: Layer, dag: Dag, inf: bool) -> int:
+    """``exp2`` (at q = ∞: max-plus terms) the pass evaluates for ``layer`` up front: at finite q a conv,
+    pool or dense layer costs its input windows (im2col), its multiply-adds going to a float64 matmul."""
     size = math.prod(layer.shape)
-    if layer.op in ("conv", "deconv") and "W" in layer.params:
-        return size * math.prod(layer.params["W"].shape[1:])
+    x = dag.layer(layer.inputs[0]).shape if layer.inputs else layer.shape
+    if layer.op in ("conv", "maxpool", "avgpool"):
+        if inf and layer.op == "conv":
+            return size * math.prod(layer.params["W"].shape[1:])  # its multiply-adds
+        taps = math.prod(layer.params["W"].shape[2:] if layer.op == "conv" else layer.attrs["kernel_shape"])
+        return math.prod(layer.shape[:1] + layer.shape[2:]) * x[1] * taps  # its windows
     if layer.op == "dense":
-        w = layer.params["W"]
-        return size * (w.shape[0] if layer.attrs["side"] == "right" else w.shape[-1])
-    if layer.op in ("maxpool", "avgpool"):
-        return size * math.prod(layer.attrs["kernel_shape"])
+        return size * x[-1] if inf else math.prod(x)
     return max(size, *(math.prod(dag.layer(i).shape) for i in layer.inputs)) if layer.inputs else size
 
 
@@ -117,11 +127,8 @@ def exact_log2(dag: Dag, q: float, feeds_log2: dict[str, np.ndarray] | None = No
     ``log2 ‖Φ‖_∞`` at q = ∞, with ``|L − exact| ≤ ε`` (module docstring). ``feeds_log2``: log2 of the
     lifted inputs (default all ones, or 0 for an input the DAG marks as such). ``limit``: the most terms
     (default :data:`WORK_LIMIT`). Raises :class:`FallbackRefused` with the reason when it does not apply."""
-    limit = WORK_LIMIT if limit is None else limit
-    work = sum(_work(layer, dag) for layer in dag.layers())
-    if work > limit:
-        raise FallbackRefused(f"the exact float64 fallback would evaluate {work:.3g} terms, above its limit of {limit:.3g}")
-    run, values = _Pass(q), {}
+    run, values = _Pass(q, WORK_LIMIT if limit is None else limit), {}
+    run.spend(sum(_work(layer, dag, run.inf) for layer in dag.layers()))
     for layer in dag.layers():
         values[layer.name] = _layer(run, layer, [values[i] for i in layer.inputs], dag, feeds_log2 or {})
     outs = [dag.outputs[o] for o in (outputs if outputs is not None else list(dag.outputs))]
@@ -205,9 +212,46 @@ def _dense(run: _Pass, layer: Layer, x: Logs) -> Logs:
 
 
 def _contract(run: _Pass, patches: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, float]:
-    """Per group ``g``: ``out[g, r, o] = reduce_k (patches[g, r, k] + a[g, o, k])``, a block of rows at a time."""
+    """Per group ``g``: ``out[g, r, o] = reduce_k (patches[g, r, k] + a[g, o, k])``, a block of rows at a
+    time. At finite q a float64 matmul of ``2**(patches − row max)`` and ``2**(a − filter max)``: each sum
+    in the units of its own row's and filter's largest, so only a sum below ``k·2**-900`` of those units
+    (where underflowed factors could matter) is re-evaluated term by term (:func:`_terms`)."""
+    if run.inf:
+        return _terms(run, patches, a)
     groups, rows, k = patches.shape
-    outs = a.shape[1]
+    with np.errstate(invalid="ignore"):
+        top_a = a.max(axis=2, keepdims=True, initial=-np.inf)
+        safe_a = np.where(np.isfinite(top_a), top_a, 0.0)
+    with np.errstate(under="ignore", invalid="ignore"):
+        wt = np.exp2(a - safe_a).transpose(0, 2, 1)  # (groups, k, outs)
+    y = np.empty((groups, rows, a.shape[1]))
+    step, local = max(1, _BLOCK // max(1, groups * max(k, a.shape[1]))), 0.0
+    for i in range(0, rows, step):
+        pb = patches[:, i:i + step]
+        top = pb.max(axis=2, keepdims=True, initial=-np.inf)
+        safe = np.where(np.isfinite(top), top, 0.0)
+        with np.errstate(divide="ignore", under="ignore", invalid="ignore"):
+            sums = np.matmul(np.exp2(pb - safe), wt)
+            block = np.log2(sums) + safe + safe_a.transpose(0, 2, 1)
+        small = (sums < k * 2.0**-900) & np.isfinite(top) & np.isfinite(top_a.transpose(0, 2, 1))
+        if small.any():  # an exact zero (no finite term) is not small: it is exact
+            g, r, o = np.nonzero(small)
+            block[small], e = _terms(run, pb[g, r][:, None, :], a[g, o][:, None, :], diagonal=True)
+            local = max(local, e)
+        y[:, i:i + step] = block
+    bound = 2.0 * (_max_abs(patches) + _max_abs(a)) + 1.0  # every |difference| and |log| in the matmul route
+    return y, max(local, _local_error(max(bound, _max_abs(y)), k))
+
+
+def _terms(run: _Pass, patches: np.ndarray, a: np.ndarray, diagonal: bool = False) -> tuple[np.ndarray, float]:
+    """``reduce_k (patches[g, r, k] + a[g, o, k])`` term by term, a block of rows at a time (``diagonal``:
+    row ``j`` with filter ``j`` only, both given as ``(n, 1, k)``; the result is then ``(n,)``)."""
+    groups, rows, k = patches.shape
+    if diagonal:
+        patches, a = patches.transpose(1, 0, 2), a.transpose(1, 0, 2)  # one group of n rows, n filters
+        groups, rows = 1, patches.shape[1]
+        run.spend(rows * k)
+    outs = 1 if diagonal else a.shape[1]
     y = np.empty((groups, rows, outs))
     step, local = max(1, _BLOCK // max(1, groups * outs * k)), 0.0
     buf = np.empty((groups, min(step, rows), outs, k))
@@ -215,10 +259,13 @@ def _contract(run: _Pass, patches: np.ndarray, a: np.ndarray) -> tuple[np.ndarra
     for i in range(0, rows, step):
         t = buf[:, :min(step, rows - i)]
         with np.errstate(invalid="ignore"):
-            np.add(patches[:, i:i + step, None, :], a[:, None, :, :], out=t)
+            if diagonal:
+                np.add(patches[:, i:i + step, None, :], a[:, i:i + step, None, :], out=t)
+            else:
+                np.add(patches[:, i:i + step, None, :], a[:, None, :, :], out=t)
         y[:, i:i + step], e = run.reduce(t, -1, bound, scratch=True)
         local = max(local, e)
-    return y, local
+    return (y.reshape(-1) if diagonal else y), local
 
 
 def _windowed(run: _Pass, layer: Layer, x: Logs, in_shape: tuple[int, ...]) -> Logs:
