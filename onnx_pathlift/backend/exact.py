@@ -1,25 +1,29 @@
 """The exact fallback: ``log2 ‖Φ‖_q^q`` (``log2 ‖Φ‖_∞`` at q = ∞) by a float64 log-domain pass over the
-DAG, every term of every lifted neuron on its own, for the norms float32 could not certify.
+DAG, for the norms float32 could not certify.
 
 Each lifted tensor is held as ``log2`` of its neurons (``-inf`` for 0) with one error bound ``ε`` (in log2
 units) on all its entries. A lifted neuron is ``y = Σ_i 2**t_i`` with ``t_i = a_i + x_i`` (``a_i = q·log2|w_i|``
-the weight, ``x_i`` the input), evaluated as ``y = s + log2 Σ_i 2**(t_i − s)``, ``s = max_i t_i``: every term
-relative to its own neuron's largest, so nothing that matters can underflow, whatever the spread of
-magnitudes (a term ``2**-1074`` below the largest of its sum is below float64's rounding of that sum).
-At q = ∞ the sum is a max (``‖Φ‖_∞`` is the largest path product: the max-plus network, weights
-``log2|w|``).
+the weight, ``x_i`` the input), ``y = s + log2 Σ_i 2**(t_i − s)``: every sum in units near its own largest
+term, so nothing that matters can underflow, whatever the spread of magnitudes. A conv, pool or dense
+layer takes the units ``s = A_o + X_r`` (its filter's largest ``a`` plus its window's largest ``x``) and
+sums by a float64 matmul of ``2**(a − A_o)`` and ``2**(x − X_r)``; a factor below ``2**-1022`` (flushed or
+subnormal) errs by at most ``2**-1021`` in those units, so a sum of ``k`` terms at least ``k·2**-900`` is
+exact to ``2**-120`` relative, and a smaller one (the filter's large weights meet the window's small
+inputs) is re-evaluated term by term with ``s = max_i t_i`` (then a term ``2**-1074`` below ``s`` is below
+the sum's rounding). At q = ∞ every sum is a max, term by term (``‖Φ‖_∞`` is the largest path product:
+the max-plus network with weights ``log2|w|``).
 
-Error, per lifted layer, with ``u = 2**-53``, ``m`` the largest ``|t_i|`` and ``|y|`` of the layer and ``n``
-the terms of one sum: ``t_i`` and ``t_i − s`` rounded (``≤ 3m·u``), ``exp2`` and ``log2`` (numpy's, taken
-at ``2**-50`` relative, eight times the error numpy documents), the sum of ``n`` terms ``≥ 2**0``
-(``γ_n ≤ n·2**-52`` relative, plus ``n·2**-1074`` for the terms that underflow), the final addition
-(``|y|·u``); a relative error ``δ`` moves a log2 by ``≤ 1.5δ``. All of it is below
-``ε_L = (m + n + log2(n + 1) + 4)·2**-50``. A log-sum-exp is 1-Lipschitz in every ``t_i`` (in ∞-norm), so the
-inputs' and weights' errors pass through unchanged: ``ε_out = max ε_in + ε_w + ε_L``, with
-``ε_w = (max|a| + q)·2**-50`` for the weights' logs. Moves (reshape, transpose, pad, selections) are exact.
-The result's interval is ``[L − ε, L + ε]``. The pass costs one float64 ``exp2`` per term (the lifted
-network's multiply-adds): it is refused above :data:`WORK_LIMIT` terms, and for layer ops it does not
-know (then the caller reports ``value: null`` with the reason).
+Error, per lifted layer, with ``u = 2**-53``, ``m`` a bound on the ``|t_i|``, the differences and ``|y|`` of
+the layer and ``n`` the terms of one sum: the logs' additions and differences rounded (``≤ 3m·u``),
+``exp2`` and ``log2`` (numpy's, taken at ``2**-50`` relative: 8 ulp), the sum of ``n`` non-negative terms
+(``γ_n ≤ n·2**-52`` relative, plus the underflows above), the final additions (``2|y|·u``); a relative
+error ``δ`` moves a log2 by ``≤ 1.5δ``. All of it is below ``ε_L = (m + n + log2(n + 1) + 4)·2**-50``. A
+log-sum-exp is 1-Lipschitz in every ``t_i`` (in ∞-norm), so the inputs' and weights' errors pass through
+unchanged: ``ε_out = max ε_in + ε_w + ε_L``, with ``ε_w = (max|a| + q)·2**-50`` for the weights' logs.
+Moves (reshape, transpose, pad, selections) are exact. The result's interval is ``[L − ε, L + ε]``.
+Cost: one float64 ``exp2`` per input window entry (im2col) at finite q, per multiply-add at q = ∞ (and
+per term re-evaluated), counted and refused above :data:`WORK_LIMIT`, as are layer ops it does not know
+(then the caller reports ``value: null`` with the reason).
 """
 
 from __future__ import annotations
@@ -128,15 +132,25 @@ def exact_log2(dag: Dag, q: float, feeds_log2: dict[str, np.ndarray] | None = No
     lifted inputs (default all ones, or 0 for an input the DAG marks as such). ``limit``: the most terms
     (default :data:`WORK_LIMIT`). Raises :class:`FallbackRefused` with the reason when it does not apply."""
     run, values = _Pass(q, WORK_LIMIT if limit is None else limit), {}
+    unknown = [x for x in dag.layers() if x.op not in _OPS and not isinstance(LAYER_OPS.get(x.op), MovesNeurons)]
+    if unknown:
+        raise FallbackRefused(f"the exact float64 fallback does not evaluate {unknown[0].op!r} layers (layer {unknown[0].name!r})")
     run.spend(sum(_work(layer, dag, run.inf) for layer in dag.layers()))
+    outs = [dag.outputs[o] for o in (outputs if outputs is not None else list(dag.outputs))]
+    readers = {name: dag.graph.out_degree(name) + (name in outs) for name in dag.graph.nodes}
     for layer in dag.layers():
         values[layer.name] = _layer(run, layer, [values[i] for i in layer.inputs], dag, feeds_log2 or {})
-    outs = [dag.outputs[o] for o in (outputs if outputs is not None else list(dag.outputs))]
+        for i in set(layer.inputs):  # a tensor no later layer reads is dropped
+            readers[i] -= dag.graph.number_of_edges(i, layer.name)
+            if readers[i] <= 0:
+                del values[i]
     flat = np.concatenate([values[name][0].reshape(-1) for name in outs])
     total, local = run.reduce(flat, 0)
     return float(total), max(values[name][1] for name in outs) + local
 
 
+#: the layer ops the pass evaluates (and every op that only moves neurons)
+_OPS = frozenset({"input", "relu", "sum", "concat", "affine", "conv", "maxpool", "avgpool", "dense", "globalpool", "reduce"})
 Logs = tuple[np.ndarray, float]  # log2 of a lifted tensor's neurons, and the error bound of its entries
 
 
@@ -160,9 +174,7 @@ def _layer(run: _Pass, layer: Layer, xs: list[Logs], dag: Dag, feeds: dict[str, 
         return _windowed(run, layer, xs[0], dag.layer(layer.inputs[0]).shape)
     if op == "dense":
         return _dense(run, layer, xs[0])
-    if op in ("globalpool", "reduce"):
-        return _reduced(run, layer, xs[0])
-    raise FallbackRefused(f"the exact float64 fallback does not evaluate {op!r} layers (layer {layer.name!r})")
+    return _reduced(run, layer, xs[0])  # globalpool, reduce
 
 
 def _joined(run: _Pass, layer: Layer, xs: list[Logs], err: float) -> Logs:
