@@ -3,8 +3,8 @@
 
 Run from the repository root (a script, not a pytest test)::
 
-    git archive <commit> | tar -x -C /tmp/before
-    python benchmarks/bench_commands.py --before /tmp/before [--repeat N]
+    mkdir before && git archive <commit> | tar -x -C before
+    python benchmarks/bench_commands.py --before before [--repeat N]
 
 Each command runs as ``python -m onnx_pathlift.cli ...`` with ``PYTHONPATH`` set to one tree or the
 other, alternately (before, after, before, ...), ``OMP_NUM_THREADS=1``; the medians of ``N`` runs each and
