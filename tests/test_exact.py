@@ -155,6 +155,24 @@ def test_a_window_whose_big_weights_meet_small_inputs_is_summed_term_by_term() -
         assert got.certified and got.lower_log10 <= want + 1e-15 and want <= got.upper_log10 + 1e-15, (q, got)
 
 
+def test_a_spatial_mean_keeps_one_exponent_per_channel() -> None:
+    """ReduceMean over H, W (the dynamo exporter's global pool) after channels whose static bounds differ
+    by 2**(q·1) (weights 1 and 1/2): per-channel exponents pass through it, so float32 certifies every q
+    alone; with one exponent for all channels the lifted classifier's weights overflowed float32 at
+    q = ∞ (Q = 2**40), which crashed DenseNet-121's dynamo export."""
+    w = np.ones((2, 1, 2, 2), np.float32)
+    w[1] *= 0.5
+    g = np.random.default_rng(0).normal(size=(2, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("ReduceMean", ["r"], ["m"], axes=[2, 3], keepdims=1),
+             helper.make_node("Flatten", ["m"], ["f"]), helper.make_node("Gemm", ["f", "g"], ["y"])]
+    model = make_model(nodes, [("x", [1, 1, 4, 4])], [("y", [1, 3])], {"w": w, "g": g})
+    for q in QS:
+        got, want = path_norm(model, q), log10_path_norm(model, q)
+        assert got.certified and got.fallback is None, q
+        assert got.lower_log10 <= want + 1e-12 and want <= got.upper_log10 + 1e-12, (q, got, want)
+
+
 def test_a_refused_fallback_gives_a_null_value_and_a_sound_interval(monkeypatch, capsys, tmp_path) -> None:
     """Above the work limit the fallback refuses: value null with the reason, log10 and the interval
     still sound (the interval holds the truth, log10 inside it), and the CLI says why."""

@@ -59,6 +59,12 @@ class Reduce(ParameterFree):
         """When the channel axis is not reduced and stays in place (keepdims)."""
         return bool(layer.attrs["keepdims"]) and axis not in layer.attrs["axes"]
 
+    def map_axis(self, layer: Layer) -> int | None:
+        """Static scales: one exponent per channel when the channel axis stays in place (every output
+        neuron sums one channel's neurons, all at that channel's exponent); else one exponent (a mean
+        over channels whose static bounds differ by 2**(q·Δ) would flush the smaller ones)."""
+        return 1 if len(layer.shape) > 1 and self.keeps_channel(layer, 1) else None
+
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         return _reduce(b, _OP_TYPES[layer.attrs["mode"]], xs[0], layer)
 
