@@ -69,6 +69,20 @@ def test_the_fallback_matches_brute_force_on_every_op(name: str) -> None:
         assert abs(got - want) <= err + _ORACLE and err < 1e-9, (q, got, want, err)
 
 
+@pytest.mark.parametrize("name", ["grouped_strided_conv", "maxpool_ceil", "avgpool_pads"])
+def test_blocks_of_any_size_give_the_same_result(name: str, monkeypatch) -> None:
+    """The im2col copy and the sums taken a few entries at a time (every block boundary crossed) give
+    the whole-layer result."""
+    op, inputs, params, attrs = ONE_OPS[name]
+    dag = import_model(one_op(op, inputs, params, **attrs))
+    for q in QS:
+        whole = exact_log2(dag, q)
+        monkeypatch.setattr(exact, "_BLOCK", 7)
+        small = exact_log2(dag, q)
+        monkeypatch.undo()
+        assert abs(whole[0] - small[0]) <= whole[1] + small[1], (q, whole, small)
+
+
 @pytest.mark.parametrize("build", [mlp, conv_bn_pool, matmul_net, pytest.param(residual_concat, marks=pytest.mark.slow),
                                    pytest.param(everything, marks=pytest.mark.slow)], ids=lambda f: f.__name__)
 def test_the_fallback_matches_brute_force_on_tiny_nets(build) -> None:

@@ -294,13 +294,18 @@ def _windowed(run: _Pass, layer: Layer, x: Logs, in_shape: tuple[int, ...]) -> L
     win = np.lib.stride_tricks.sliding_window_view(padded, span, axis=tuple(range(2, 2 + rank)))
     out_sp = layer.shape[2:]
     win = win[(slice(None), slice(None)) + tuple(slice(0, o * s, s) for o, s in zip(out_sp, strides))
-              + tuple(slice(None, None, d) for d in dil)]
-    n, c = v.shape[:2]
-    cg = c // groups  # (n, c, *out, *k) -> (groups, n·P, cg·K)
-    win = win.reshape(n, groups, cg, math.prod(out_sp), math.prod(kernel))
-    patches = win.transpose(1, 0, 3, 2, 4).reshape(groups, n * math.prod(out_sp), cg * math.prod(kernel))
-    y, local = _contract(run, patches, a.reshape(groups, a.shape[1], -1))
-    y = y.reshape(groups, n, *out_sp, a.shape[1]).transpose(1, 0, rank + 2, *range(2, rank + 2)).reshape(layer.shape)
+              + tuple(slice(None, None, d) for d in dil)]  # (n, c, *out, *k), a view
+    filters, parts, local = a.reshape(groups, a.shape[1], -1), [], 0.0
+    per_index = math.prod(win.shape[:2] + win.shape[3:])  # im2col entries per index of the first output axis
+    step = max(1, _BLOCK // per_index)
+    for i in range(0, out_sp[0], step):  # the im2col copy a block of output rows at a time
+        block = win[:, :, i:i + step]
+        n, c, sp = block.shape[0], block.shape[1], block.shape[2:2 + rank]
+        patches = block.reshape(n, groups, c // groups, math.prod(sp), math.prod(kernel)).transpose(1, 0, 3, 2, 4)
+        y, e = _contract(run, patches.reshape(groups, n * math.prod(sp), -1), filters)
+        parts.append(y.reshape(groups, n, *sp, a.shape[1]).transpose(1, 0, rank + 2, *range(2, rank + 2)).reshape(n, -1, *sp))
+        local = max(local, e)
+    y = np.concatenate(parts, axis=2).reshape(layer.shape)
     if layer.op == "avgpool":
         div = _divisors_log2(layer.attrs, tuple(out_sp))
         if div is None:
