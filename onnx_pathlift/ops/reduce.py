@@ -61,8 +61,9 @@ class Reduce(ParameterFree):
 
     def map_axis(self, layer: Layer) -> int | None:
         """Static scales: one exponent per channel when the channel axis stays in place (every output
-        neuron sums one channel's neurons, all at that channel's exponent); else one exponent (a mean
-        over channels whose static bounds differ by 2**(q·Δ) would flush the smaller ones)."""
+        neuron sums one channel's neurons, all at that channel's exponent), else one exponent. One for
+        all channels would flush those whose bounds lie ``2**(q·Δ)`` below the largest (at q = ∞, ``Q =
+        2**40``: any Δ), and the next layer's weights, scaled up to meet them, overflow float32."""
         return 1 if len(layer.shape) > 1 and self.keeps_channel(layer, 1) else None
 
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
