@@ -31,10 +31,11 @@ COMMANDS = [["norm", M + "digits_cnn_torch_bn.onnx", "-q", "1", "-q", "2", "-q",
 
 
 def wall(tree: Path, command: list[str]) -> float:
-    """Seconds of one CLI run with ``tree`` on the path (from the repository root, for the models)."""
+    """Seconds of one CLI run of ``tree``'s package, run from ``tree`` (``python -m`` puts the working
+    folder first on the path; each tree has its ``models/``)."""
     env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1")
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "onnx_pathlift.cli", *command], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-m", "onnx_pathlift.cli", *command], cwd=tree, env=env,
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed under {tree}: {proc.stderr.strip()[-500:]}")
