@@ -16,6 +16,7 @@ from ..graph.budget import Budget
 from ..graph.numeric import json_float, log2_sum, log2_sum_scaled, log10_value
 from ..ir.dag import Dag
 from .emit import LOG2_SUFFIX, bundle_tag, lift_model, lifted_bundle
+from .exact import FallbackRefused, exact_log2
 from .runtime import make_session
 from .samples import one_sample
 
@@ -27,7 +28,9 @@ class PathNorm:
     """‖Φ(θ)‖_q as ``log10`` (always finite unless the norm is 0) and ``value`` (None past float64),
     with the certified interval ``[lower_log10, upper_log10]`` (see :mod:`onnx_pathlift.graph.budget`; None
     where no error budget applies) and ``certified``: whether the computed value is within float32
-    rounding of the truth (no mass lost to underflow beyond ``2**-20`` of it)."""
+    rounding of the truth (no mass lost to underflow beyond ``2**-20`` of it). ``fallback``: "float64" when
+    the exact fallback (:mod:`onnx_pathlift.backend.exact`) pinned it down; ``reason``: why an uncertified
+    norm has no ``value`` (the fallback refused)."""
 
     q: float
     log10: float
@@ -36,6 +39,8 @@ class PathNorm:
     lower_log10: float | None = None
     upper_log10: float | None = None
     certified: bool = False
+    fallback: str | None = None
+    reason: str | None = None
 
     @property
     def upper(self) -> float | None:
@@ -45,7 +50,7 @@ class PathNorm:
     def to_dict(self) -> dict:
         return {"q": self.q if math.isfinite(self.q) else "inf", "value": self.value, "log10": json_float(self.log10),
                 "lower_log10": json_float(self.lower_log10), "upper_log10": json_float(self.upper_log10),
-                "upper": self.upper, "certified": self.certified,
+                "upper": self.upper, "certified": self.certified, "fallback": self.fallback, "reason": self.reason,
                 "per_output_log10": {k: json_float(v) for k, v in self.per_output_log10.items()}}
 
 
@@ -137,6 +142,41 @@ def combine_runs(q: float, runs: Sequence[JobRun]) -> PathNorm:
     return replace(norm, q=q, log10=log10, value=log10_value(log10), lower_log10=lower, upper_log10=upper, certified=certified)
 
 
+#: the exact fallback certifies a norm when its interval on ``log2 ‖Φ‖_q^q`` is at most this wide (log2)
+EXACT_WIDTH_LOG2 = -16.0
+
+
+def pin(norm: PathNorm, dag: Dag, feeds: dict[str, np.ndarray] | None = None, outputs: list[str] | None = None,
+        copies_log2: float = 0.0) -> PathNorm:
+    """``norm`` as it is where float32 certified it; else pinned down by the exact float64 fallback on
+    ``dag`` (:func:`onnx_pathlift.backend.exact.exact_log2`; ``feeds``: the lifted inputs that are not all
+    ones, ``copies_log2``: ``log2 N`` when one sample stands for ``N``): the intersection of both certified
+    intervals, the fallback's value inside it. Where the fallback refuses, ``value`` is None with the reason."""
+    if norm.certified:
+        return norm
+    try:
+        with np.errstate(divide="ignore"):
+            logs = {n: np.log2(np.asarray(v, dtype=np.float64)) for n, v in (feeds or {}).items()}
+        total, err = exact_log2(dag, norm.q, logs, outputs)
+    except FallbackRefused as e:
+        return replace(norm, value=None, reason=f"float32 did not certify it, and {e}")
+    inf = math.isinf(norm.q)
+    scale = _LOG10_2 if inf else _LOG10_2 / norm.q
+    if total == -math.inf:
+        lo = hi = -math.inf
+    else:
+        total += 0.0 if inf else copies_log2
+        pad = err + (abs(total) + 1.0) * 2.0**-50  # and the rounding of this line and the next
+        lo, hi = (total - pad) * scale, (total + pad) * scale
+    lower, upper = max(lo, norm.lower_log10), min(hi, norm.upper_log10)
+    if lower > upper:
+        raise PathliftError(f"the exact fallback's interval [{lo:.9g}, {hi:.9g}] misses float32's certified "
+                            f"[{norm.lower_log10:.9g}, {norm.upper_log10:.9g}] (log10; please report it)")
+    log10 = min(max(total * scale, lower), upper)
+    return replace(norm, log10=log10, value=log10_value(log10), lower_log10=lower, upper_log10=upper,
+                   certified=2 * err <= 2.0**EXACT_WIDTH_LOG2, fallback="float64")
+
+
 #: the renormalised graph keeps its exponents in float32 (exact integers up to 2**24): beyond this q
 #: they could leave that range, and only the static graph (float64 exponents) is run
 DYNAMIC_MAX_Q = 2.0**14
@@ -148,7 +188,8 @@ class LiftedSession:
 
     ``scales="auto"`` (default) runs the static-scale graph (exponent maps folded into the layers)
     and, when its error budget does not certify an output (static bounds too loose for float32),
-    also the run-time renormalised graph; ``"static"`` or ``"dynamic"`` run only one of them.
+    also the run-time renormalised graph, and where neither certifies a norm, the exact float64 fallback
+    (:meth:`pinned`); ``"static"`` or ``"dynamic"`` run only one of the float32 graphs.
 
     ``per_sample=True`` (default): a network that stacks ``N`` independent samples along a fixed
     batch axis is run for one sample, its lifted outputs counting ``N`` times
@@ -214,8 +255,17 @@ class LiftedSession:
         return all(run.budget.interval(run.total_log2(o) - run.copies_log2, [o])[2] for o in run.outputs)
 
     def norms(self) -> list[PathNorm]:
-        """‖Φ‖_q of every job, summed over its analysed outputs, with its certified interval."""
-        return [combine_runs(q, job) for (_, q), job in zip(self.jobs, self.runs())]
+        """‖Φ‖_q of every job, summed over its analysed outputs, with its certified interval (pinned
+        down by the exact fallback where float32 did not certify it: :meth:`pinned`)."""
+        return [self.pinned(i, combine_runs(q, job)) for i, ((_, q), job) in enumerate(zip(self.jobs, self.runs()))]
+
+    def pinned(self, i: int, norm: PathNorm, outputs: list[str] | None = None) -> PathNorm:
+        """Job ``i``'s ``norm`` (over its analysed ``outputs``, default all) through :func:`pin` (with
+        ``scales="auto"`` only: ``"static"`` and ``"dynamic"`` report that float32 graph alone)."""
+        if norm.certified or self.scales != "auto":
+            return norm
+        feeds = {n: v for n, v in self.feeds.items() if not np.all(v == 1)}
+        return pin(norm, self.jobs[i][0], feeds, outputs, math.log2(self.copies[i]))
 
 
 def _one_sample_feed(name: str, v: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -38,10 +38,15 @@ def _print_norms(r) -> None:
     for note in r.dag.notes:
         print(f"  note: {note}")
     for n in r.norms:
-        print(f"  L{n.q:g} path-norm = {_fmt(n.log10)}  (log10 = {n.log10:.9g})")
+        if n.reason is None:
+            print(f"  L{n.q:g} path-norm = {_fmt(n.log10)}  (log10 = {n.log10:.9g})")
+        else:  # no point value: only the interval is certified
+            print(f"  L{n.q:g} path-norm: no value ({n.reason})")
         if not n.certified:
             print(f"    not certified: float32 underflow may have lost mass; the true value lies in "
                   f"[{_fmt(n.lower_log10)}, {_fmt(n.upper_log10)}]")
+        elif n.fallback is not None:
+            print(f"    certified by the exact {n.fallback} fallback (float32 underflow had lost mass)")
     if r.verify is not None:
         v = r.verify
         print(f"  re-emission check {'passed' if v.passed else 'FAILED'}: max relative error "

@@ -64,6 +64,13 @@ class Reduce(ParameterFree):
         """A reduction over one element that keeps the shape."""
         return layer.attrs["count"] == 1 and tuple(layer.shape) == tuple(in_shape)
 
+    def map_axis(self, layer: Layer) -> int | None:
+        """Static scales: one exponent per channel when the channel axis stays in place (every output
+        neuron sums one channel's neurons, all at that channel's exponent), else one exponent. One for
+        all channels would flush those whose bounds lie ``2**(q·Δ)`` below the largest (at q = ∞, ``Q =
+        2**40``: any Δ), and the next layer's weights, scaled up to meet them, overflow float32."""
+        return 1 if len(layer.shape) > 1 and self.keeps_channel(layer, 1) else None
+
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         return _reduce(b, _OP_TYPES[layer.attrs["mode"]], xs[0], layer)
 
