@@ -68,7 +68,7 @@ class ChannelGraph:
     layouts: dict[str, Layout]
     groups: list[Group]
     group_of: np.ndarray  # slot -> group index
-    #: a constant that holds a tensor's width (channels × block) -> (index, tensor): a flatten-Reshape's target
+    #: a constant that holds a tensor's width (channels × block) -> (index, tensor): a Reshape's target, Resize's sizes
     reshapes: dict[str, tuple[int, str]] = field(default_factory=dict)
     #: node (name or first output) -> (op type, what its rule's ``edit`` hook needs) for the slim model
     edits: dict[str, tuple[str, Any]] = field(default_factory=dict)
