@@ -239,10 +239,10 @@ def test_the_count_follows_protobuf_past_groups_and_to_its_nesting_limit() -> No
 
 @pytest.mark.slow
 def test_the_count_bounds_protobufs_memory_for_every_message_type(tmp_path: Path) -> None:
-    """For every message type a model can hold: 2**18 empty ones in a repeated field, counted at least
+    """For every message type a model can hold: 2**20 empty ones in a repeated field, counted at least
     what protobuf's decoding of them takes (peak RSS growth in a fresh process) and at most 2.5 times it."""
     layouts = load_tool("memory_layouts")
-    n = 1 << 18
+    n = 1 << 20
     for name, path in _repeated_paths().items():
         data = b""
         for number in reversed(path[:-1]):

@@ -207,10 +207,13 @@ def _gap(k, bound: np.ndarray) -> tuple[float, float]:
 
 
 def _total_log2(bound: np.ndarray, shape: tuple[int, ...]) -> float:
-    """``log2 Σ 2**bound`` over a tensor of ``shape`` (the bound broadcast to it)."""
-    full = np.broadcast_to(np.asarray(bound, dtype=np.float64), shape)
-    top = float(full.max(initial=-np.inf))
-    return top if top == -math.inf else top + math.log2(float(np.exp2(full - top).sum()))
+    """``log2 Σ 2**bound`` over a tensor of ``shape`` (the bound broadcast to it): over the bound as
+    stored, each entry counted as often as broadcasting repeats it (never materialised at ``shape``)."""
+    b = np.asarray(bound, dtype=np.float64)
+    if np.broadcast_shapes(b.shape, tuple(shape)) != tuple(shape):
+        raise ValueError(f"a bound of shape {b.shape} for a tensor of shape {shape}")
+    top = float(b.max(initial=-np.inf))
+    return top if top == -math.inf else top + math.log2(float(np.exp2(b - top).sum()) * (math.prod(shape) // b.size))
 
 
 def static_bounds(layers: list[Layer], shapes: dict[str, tuple[int, ...]], q: float) -> dict[str, np.ndarray]:
