@@ -126,7 +126,7 @@ _MEASURE = ("import json, resource, subprocess, sys; p = subprocess.run([sys.exe
             "'norm', sys.argv[1], '--json'], capture_output=True, text=True); "
             "print(json.dumps([p.returncode, p.stdout, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024]))")
 _DECODE = ("import resource, sys, onnx; data = open(sys.argv[1], 'rb').read(); "
-           "r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; onnx.ModelProto().ParseFromString(data); "
+           "r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; m = onnx.ModelProto(); m.ParseFromString(data); "
            "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - r) * 1024)")
 
 
@@ -137,9 +137,11 @@ def peak_rss(path: Path) -> tuple[int, str, int]:
 
 
 def decode_rss(path: Path) -> int:
-    """protobuf's own memory to decode the file (peak RSS growth of ``ParseFromString``, in a fresh process)."""
-    return int(subprocess.run([sys.executable, "-c", _DECODE, str(path)], capture_output=True, text=True,
-                              check=True).stdout)
+    """protobuf's own memory to decode the file (peak RSS growth of ``ParseFromString``, in a fresh process
+    started from a small one: a child forked from a large process inherits its peak RSS)."""
+    wrap = "import subprocess, sys; print(subprocess.run([sys.executable, *sys.argv[1:]], text=True, check=True).returncode)"
+    out = subprocess.run([sys.executable, "-c", wrap, "-c", _DECODE, str(path)], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[0])
 
 
 def main(argv: list[str] | None = None) -> int:

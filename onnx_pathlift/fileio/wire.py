@@ -16,6 +16,10 @@ length of 2**31 or more, a value over 10 bytes, a group, a wire type 6 or 7, a s
 whole, which then gives protobuf's own answer. Everything it copies, protobuf parses. Memory: the
 returned pieces are spans of the file's bytes, one per run between two rewritten fields (at most
 three per payload of :data:`MIN_PAYLOAD` bytes), never one object per field.
+
+:func:`decoded_bytes` counts, from the wire format and before protobuf decodes anything, an upper bound
+on the memory protobuf will take for the whole file, every nested message and repeated element included
+(the reader refuses a file over 2× its size + 16 MiB: :func:`onnx_pathlift.fileio.read.parse_model`).
 """
 
 from __future__ import annotations
@@ -159,10 +163,9 @@ def _raw_data(buf: memoryview, begin: int, end: int) -> tuple[int, int, int] | N
 
 #: upb's memory for what it decodes, bounded from above (protobuf 7.36; measured in docs/fuzzing.md): a
 #: message takes at most a header and 8 bytes per declared field (16 per string field: a view); a string
-#: or bytes value is copied; a
-#: repeated field's array doubles as it grows and the arena keeps the outgrown ones, so it takes at most
-#: twice its elements' bytes (8 for a message pointer, 16 for a string view); an unknown field, and an
-#: enum value outside the enum, is copied into a growing buffer: counted twice
+#: or bytes value is copied; a repeated field's array doubles as it grows and the arena keeps the
+#: outgrown ones, so it takes at most twice its elements' bytes (8 for a message pointer, 16 for a string
+#: view); an unknown field, and an enum value outside the enum, is copied into a growing buffer: counted twice
 _HEADER, _GROWTH, _POINTER, _VIEW = 24, 2, 8, 16
 #: upb's nesting limit: it refuses a file nested deeper, so nothing below is counted
 _MAX_DEPTH = 100
