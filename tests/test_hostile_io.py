@@ -208,12 +208,16 @@ def test_fresh_names_are_unique_deterministic_and_linear():
 
 @pytest.mark.parametrize("build,n,message", [
     ("wide_sum", 100_000, "has 100000 inputs (limit 4096)"),
-    ("gemm_chain", 100_000, "the model has 100000 nodes (limit 32768)"),
-    ("many_io", 100_000, "the graph has 100000 inputs and 100000 outputs (limit 4096 in all)"),
+    ("gemm_chain", 40_000, "the model has 40000 nodes (limit 32768)"),
+    ("many_io", 2100, "the graph has 2100 inputs and 2100 outputs (limit 4096 in all)"),
+    ("gemm_chain", 100_000, "would take more than 22 MiB to decode"),
+    ("many_io", 100_000, "would take more than 28 MiB to decode"),
 ])
 def test_huge_graphs_refused_by_count(tmp_path, build, n, message):
     """100k-input Sum, 100k-node chain, 100k graph inputs + outputs: refused by the limits (they took
-    more than 20 minutes, 168 CPU s and a timeout before). The subprocess timeout is a hang detector."""
+    more than 20 minutes, 168 CPU s and a timeout before); the last two already by what protobuf would
+    take to decode them (8 and 13 bytes per file byte), the node and width limits just past them. The
+    subprocess timeout is a hang detector."""
     path = tmp_path / f"{build}.onnx"
     path.write_bytes(make_hostile.SCALE[build](n).SerializeToString())
     proc = cli("norm", path, "--json")
