@@ -164,9 +164,13 @@ def _raw_data(buf: memoryview, begin: int, end: int) -> tuple[int, int, int] | N
 #: upb's memory for what it decodes, bounded from above (protobuf 7.36; measured in docs/fuzzing.md): a
 #: message takes at most a header and 8 bytes per declared field (16 per string field: a view); a string
 #: or bytes value is copied; a repeated field's array doubles as it grows and the arena keeps the
-#: outgrown ones, so it takes at most twice its elements' bytes (8 for a message pointer, 16 for a string
-#: view); an unknown field, and an enum value outside the enum, is copied into a growing buffer: counted twice
-_HEADER, _GROWTH, _POINTER, _VIEW = 24, 2, 8, 16
+#: outgrown ones, so it takes at most three times its elements' bytes (8 for a message pointer, 16 for a
+#: string view; measured: 2**19 + 1 elements take 3×, 2**20 − 1 take 2×), except a first packed run of
+#: fixed-width values, reserved exactly; an unknown field, and an enum value outside the enum, is copied
+#: into a growing buffer: counted three times
+_HEADER, _GROWTH, _POINTER, _VIEW = 24, 3, 8, 16
+#: added once: upb's arena blocks and the pages they round up to
+_ARENA = 1 << 20
 #: upb's nesting limit: it refuses a file nested deeper, so nothing below is counted
 _MAX_DEPTH = 100
 _START_GROUP, _END_GROUP = 3, 4
@@ -235,14 +239,14 @@ class _Count:
     """The running bound of :func:`decoded_bytes` over the file ``buf``."""
 
     def __init__(self, buf: memoryview, limit: int) -> None:
-        self.buf, self.bytes, self.limit, self.total = buf, np.frombuffer(buf, dtype=np.uint8), limit, 0
+        self.buf, self.bytes, self.limit, self.total = buf, np.frombuffer(buf, dtype=np.uint8), limit, _ARENA
 
     def message(self, descriptor, pos: int, end: int, depth: int) -> None:
         """Add the fields of the message of type ``descriptor`` in ``buf[pos:end]`` (one-byte keys and
         lengths, nearly every field, decoded inline: this loop runs once per field of the file)."""
         if depth > _MAX_DEPTH:
             raise _NotSimple
-        buf, fields = self.buf, _plan(descriptor)
+        buf, fields, packed = self.buf, _plan(descriptor), set()
         while pos < end:
             key = buf[pos]
             if 8 <= key < 0x80:
@@ -268,20 +272,21 @@ class _Count:
             elif f.element and kind != _LEN and not f.repeated and not f.enum:
                 pass  # a singular number: in its message's own bytes
             else:
-                self.total += self._value(f, kind, pos, start, after)
+                self.total += self._value(f, kind, pos, start, after, number in packed)
+                packed.add(number)
             if self.total > self.limit:
                 raise _OverLimit
             pos = after
 
-    def _value(self, f: _Field, kind: int, at: int, start: int, after: int) -> int:
-        """The bytes a scalar, string or packed field's value at ``buf[at:after]`` takes decoded."""
+    def _value(self, f: _Field, kind: int, at: int, start: int, after: int, again: bool) -> int:
+        """The bytes a scalar, string or packed field's value at ``buf[at:after]`` takes decoded (``again``:
+        the field occurred before in this message)."""
         if not f.element:  # a string or bytes value, copied
             return (after - start) + (_GROWTH * _VIEW if f.repeated else 0)
-        if kind == _LEN:  # packed: one element per varint (its last byte is under 0x80) or per fixed width
-            n = int(np.count_nonzero(self.bytes[start:after] < 0x80)) if f.wire == _VARINT else \
-                (after - start) // (8 if f.wire == _FIXED64 else 4)
-        else:
-            n = 1 if f.repeated else 0
+        if kind == _LEN and f.wire != _VARINT:  # packed fixed-width values: reserved exactly, unless appended
+            return (after - start) * f.element // (8 if f.wire == _FIXED64 else 4) * (_GROWTH if again else 1)
+        # packed varints (one per byte under 0x80, grown one at a time), or one value
+        n = int(np.count_nonzero(self.bytes[start:after] < 0x80)) if kind == _LEN else int(f.repeated)
         return _GROWTH * (f.element * n + (after - at if f.enum else 0))
 
 
