@@ -208,12 +208,16 @@ def test_fresh_names_are_unique_deterministic_and_linear():
 
 @pytest.mark.parametrize("build,n,message", [
     ("wide_sum", 100_000, "has 100000 inputs (limit 4096)"),
-    ("gemm_chain", 100_000, "the model has 100000 nodes (limit 32768)"),
-    ("many_io", 100_000, "the graph has 100000 inputs and 100000 outputs (limit 4096 in all)"),
+    ("gemm_chain", 40_000, "the model has 40000 nodes (limit 32768)"),
+    ("many_io", 2100, "the graph has 2100 inputs and 2100 outputs (limit 4096 in all)"),
+    ("gemm_chain", 100_000, "would take more than 22 MiB to decode"),
+    ("many_io", 100_000, "would take more than 28 MiB to decode"),
 ])
 def test_huge_graphs_refused_by_count(tmp_path, build, n, message):
     """100k-input Sum, 100k-node chain, 100k graph inputs + outputs: refused by the limits (they took
-    more than 20 minutes, 168 CPU s and a timeout before). The subprocess timeout is a hang detector."""
+    more than 20 minutes, 168 CPU s and a timeout before); the last two already by what protobuf would
+    take to decode them (8 and 13 bytes per file byte), the node and width limits just past them. The
+    subprocess timeout is a hang detector."""
     path = tmp_path / f"{build}.onnx"
     path.write_bytes(make_hostile.SCALE[build](n).SerializeToString())
     proc = cli("norm", path, "--json")
@@ -735,3 +739,31 @@ def test_a_concat_at_the_activation_limit_under_a_memory_cap_is_exit_4(tmp_path)
     onnx.save(make_model(nodes, [("x", [1, 1 << 16])], [("y", [1, 1 << 28])], {}), tmp_path / "concat.onnx")
     proc, _ = run_measured("norm", tmp_path / "concat.onnx", cap_bytes=2 << 30, hang_s=HANG)
     assert proc.returncode == 4 and "out of memory" in one_error_line(proc)
+
+
+def test_a_concat_at_the_activation_limit_gets_its_bounds_without_allocating_them(tmp_path):
+    """The same 4096-way Concat: its static bounds (each input's one value) and the output's total are
+    computed in under 1 MiB of allocations (counted by tracemalloc; the bound was a 2 GiB float64
+    array); inputs whose bounds differ are refused (exit 3, the limit named) before allocating."""
+    from conftest import run_cli, traced_peak
+
+    from onnx_pathlift.backend.emit import _total_log2, static_bounds
+    from onnx_pathlift.frontend.importer import import_model
+    from onnx_pathlift.ops.shape import MAX_CONCAT_MAP
+
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Concat", ["r"] * 4096, ["c"], axis=1),
+             helper.make_node("Relu", ["c"], ["y"])]
+    onnx.save(make_model(nodes, [("x", [1, 1 << 16])], [("y", [1, 1 << 28])], {}), tmp_path / "concat.onnx")
+    dag = import_model(tmp_path / "concat.onnx")
+    layers = list(dag.layers())
+    shapes = {layer.name: layer.shape for layer in layers}
+    with traced_peak() as peak:
+        bounds = static_bounds(layers, shapes, 1.0)
+        total = _total_log2(bounds[layers[-1].name], shapes[layers[-1].name])
+    assert peak[0] < 1 << 20 and total == 28.0  # 2**28 neurons, each bounded by 2**0 (inputs all ones)
+    scaled = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Mul", ["r", "two"], ["s"]),
+              helper.make_node("Concat", ["r", "s"] * 2048, ["c"], axis=1), helper.make_node("Relu", ["c"], ["y"])]
+    onnx.save(make_model(scaled, [("x", [1, 1 << 16])], [("y", [1, 1 << 28])], {"two": np.float32(2.0)}),
+              tmp_path / "scaled.onnx")
+    proc = run_cli("norm", tmp_path / "scaled.onnx", "--json")
+    assert proc.returncode == 3 and f"over the limit of {MAX_CONCAT_MAP}" in proc.stdout, proc.stdout[-2000:]

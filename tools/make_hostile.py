@@ -377,8 +377,14 @@ raw("wire_initializer_length_7_bytes", 4, "protobuf decode failed",
     lambda: wide_mlp_wire(tensor_length_pad=5))
 raw("wire_segment", 4, "segment", "a large initializer marked as a segment of a larger tensor: refused as a small one is",
     lambda: wide_mlp_wire(segment=True))
-raw("wire_tiny_messages", 4, "messages in", "3 MiB of empty value_info entries: protobuf would take 38 bytes per "
+raw("wire_tiny_messages", 4, "to decode", "3 MiB of empty value_info entries: protobuf would take 38 bytes per "
     "file byte; counted and refused before decoding", lambda: wide_mlp_wire(extra_graph=bytes([13 << 3 | 2, 0]) * (3 << 19)))
+raw("wire_nested_tensors", 4, "to decode", "1 MiB of empty tensors in one attribute of one node (below the node "
+    "level): protobuf would take 80 bytes per file byte; counted and refused before decoding",
+    lambda: wide_mlp_wire(extra_graph=wire(1, wire(5, wire(10, b"") * (1 << 19)))))
+raw("wire_packed_int64", 4, "to decode", "2 MiB of one-byte packed int64 values in an unused initializer: protobuf "
+    "would take 16 bytes per file byte; counted and refused before decoding",
+    lambda: wide_mlp_wire(extra_graph=wire(5, wire(1, 1 << 21) + wire(2, TensorProto.INT64) + wire(7, b"\x01" * (1 << 21)))))
 
 # ---- sizes: checked before anything is allocated --------------------------------------------
 

@@ -314,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:  # an allocation failed (a model too large for this machine or its memory limit)
         return _fail(OutOfMemoryError("out of memory: the model needs more memory than this process may use"), json_mode)
     except Exception as err:  # anything unexpected: one clear line, exit 1, no traceback
+        if "Failed to allocate memory" in str(err):  # onnxruntime's allocation failure: as a MemoryError
+            return _fail(OutOfMemoryError("out of memory: onnxruntime could not allocate what the model needs"), json_mode)
         if isinstance(err, OSError) and err.filename is not None:  # a file it names cannot be read (--eval DATA.npz)
             return _fail(UsageError(f"{err.filename}: cannot read: {err.strerror or err}"), json_mode)
         print(f"onnx-pathlift: internal error: {type(err).__name__}: {terminal(err)}", file=sys.stderr)

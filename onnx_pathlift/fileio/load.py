@@ -18,7 +18,7 @@ from onnx import ModelProto, TensorProto, helper
 from ..errors import InvalidModelError, OutOfMemoryError
 from . import prefetch
 from .read import DEFAULT_LIMITS, Limits, check_sizes, load_external_data, parse_model, read_model_file, refuse_external
-from .wire import MESSAGE_BYTES, message_count, split_file
+from .wire import split_file
 
 ModelSource = str | os.PathLike | bytes | ModelProto
 
@@ -44,26 +44,13 @@ def load_model(source: ModelSource, limits: Limits = DEFAULT_LIMITS) -> ModelPro
     return model
 
 
-#: the memory protobuf may take to decode a model's top levels: this many times the file's size plus
-#: LAYOUT_SLACK bytes (a graph of 30 000 nodes, 100 bytes each, needs about 12 MiB)
-LAYOUT_FACTOR, LAYOUT_SLACK = 2, 16 << 20
-
-
 def _read(path: Path) -> bytes:
     """The model file's bytes: those :mod:`~onnx_pathlift.fileio.prefetch` read, else read here (a regular file
-    within the size limit: :func:`~onnx_pathlift.fileio.read.read_model_file`); refused when its top levels
-    hold more messages than :data:`LAYOUT_FACTOR` × its size + :data:`LAYOUT_SLACK` bytes pay for
-    (:func:`~onnx_pathlift.fileio.wire.message_count`: one object each in protobuf)."""
+    within the size limit: :func:`~onnx_pathlift.fileio.read.read_model_file`)."""
     if not os.path.lexists(path):
         raise InvalidModelError(f"{path}: no such file")
     data = prefetch.take(path)
-    data = data if data is not None else read_model_file(path)
-    need = message_count(data) * MESSAGE_BYTES
-    if need > LAYOUT_FACTOR * len(data) + LAYOUT_SLACK:
-        raise InvalidModelError(f"{path}: {need // MESSAGE_BYTES} messages in {len(data)} bytes would take about {need >> 20} MiB "
-                               f"to decode, over {LAYOUT_FACTOR}× the file's size + {LAYOUT_SLACK >> 20} MiB: refused "
-                               "before decoding")
-    return data
+    return data if data is not None else read_model_file(path)
 
 
 #: initializer types whose payload is read straight into an array (raw little-endian, as numpy reads them)
@@ -89,8 +76,9 @@ def load_split(source: ModelSource, limits: Limits = DEFAULT_LIMITS) -> tuple[Mo
     if split is None:
         model, payloads = parse_model(data, str(path)), {}
     else:
+        size = len(data)
         del data
-        model, payloads = parse_model(split[0], str(path)), split[1]
+        model, payloads = parse_model(split[0], str(path), size), split[1]
     for index in [i for i in payloads if model.graph.initializer[i].data_location != TensorProto.DEFAULT]:
         model.graph.initializer[index].raw_data = payloads.pop(index).tobytes()  # external data replaces it, as it would have
     check_sizes(model, limits)

@@ -20,6 +20,7 @@ from onnx import ModelProto, TensorProto, helper
 from ..errors import InvalidModelError, OutOfMemoryError
 from ..sanitise import terminal
 from .prefetch import max_file_bytes
+from .wire import decoded_bytes
 
 
 @dataclass(frozen=True)
@@ -108,11 +109,24 @@ def files_read(source: str | os.PathLike) -> list[str | os.PathLike]:
     return files
 
 
-def parse_model(data: bytes, where: str) -> ModelProto:
-    """Decode ``data`` as a ``ModelProto``; refuses empty data, a failed decode, a model without a
-    graph and any string field that is not valid UTF-8 (``where`` names the source in messages)."""
+#: the memory protobuf may take to decode a model: this many times the file's size plus LAYOUT_SLACK
+#: bytes (a graph of 32 768 Gemm nodes, 1 MiB, is counted at 8.7 MiB)
+LAYOUT_FACTOR, LAYOUT_SLACK = 2, 16 << 20
+
+
+def parse_model(data: bytes, where: str, size: int | None = None) -> ModelProto:
+    """Decode ``data`` as a ``ModelProto``; refuses empty data, data that protobuf would decode into more
+    than :data:`LAYOUT_FACTOR` × ``size`` (the file's size, ``len(data)`` unless told) + :data:`LAYOUT_SLACK`
+    bytes (counted first: :func:`~onnx_pathlift.fileio.wire.decoded_bytes`), a failed decode, a model
+    without a graph and any string field that is not valid UTF-8 (``where`` names the source in messages)."""
     if not data:
         raise InvalidModelError(f"{where}: empty file")
+    size = len(data) if size is None else size
+    limit = LAYOUT_FACTOR * size + LAYOUT_SLACK
+    need = decoded_bytes(data, limit)
+    if need > limit:
+        raise InvalidModelError(f"{where}: its {size} bytes would take more than {need >> 20} MiB to decode (counted "
+                                f"before decoding), over {LAYOUT_FACTOR}× the file's size + {LAYOUT_SLACK >> 20} MiB")
     model = ModelProto()
     try:
         model.ParseFromString(data)
@@ -185,20 +199,29 @@ def _all_nodes(model: ModelProto):
 
 def _all_tensors(model: ModelProto):
     """Every tensor stored in the model: initializers (a sparse one as its values and indices) and
-    tensor attributes, in the graph, its subgraphs and the model's functions."""
-    sparse = []
+    tensor attributes, in the graph, its subgraphs and the model's functions (one at a time: a file may
+    hold millions)."""
     for graph in _graphs(model):
         yield from graph.initializer
-        sparse += graph.sparse_initializer
     for node in _all_nodes(model):
         for attr in node.attribute:
             if attr.HasField("t"):
                 yield attr.t
             yield from attr.tensors
-            sparse += [attr.sparse_tensor] if attr.HasField("sparse_tensor") else []
-            sparse += attr.sparse_tensors
-    for tensor in sparse:
-        yield from (t for t in (tensor.values, tensor.indices) if t.ByteSize())
+    for graph in _graphs(model):
+        yield from _sparse_parts(graph.sparse_initializer)
+    for node in _all_nodes(model):
+        for attr in node.attribute:
+            yield from _sparse_parts([attr.sparse_tensor] if attr.HasField("sparse_tensor") else [])
+            yield from _sparse_parts(attr.sparse_tensors)
+
+
+def _sparse_parts(tensors):
+    """The values and indices of sparse tensors, where not empty."""
+    for tensor in tensors:
+        for part in ("values", "indices"):
+            if tensor.HasField(part) and getattr(tensor, part).ByteSize():
+                yield getattr(tensor, part)
 
 
 def _elements(tensor: TensorProto, limits: Limits) -> int:

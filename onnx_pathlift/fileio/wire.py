@@ -16,11 +16,20 @@ length of 2**31 or more, a value over 10 bytes, a group, a wire type 6 or 7, a s
 whole, which then gives protobuf's own answer. Everything it copies, protobuf parses. Memory: the
 returned pieces are spans of the file's bytes, one per run between two rewritten fields (at most
 three per payload of :data:`MIN_PAYLOAD` bytes), never one object per field.
+
+:func:`decoded_bytes` counts, from the wire format and before protobuf decodes anything, an upper bound
+on the memory protobuf will take for the whole file, every nested message and repeated element included
+(the reader refuses a file over 2× its size + 16 MiB: :func:`onnx_pathlift.fileio.read.parse_model`).
 """
 
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
 import numpy as np
+from google.protobuf.descriptor import FieldDescriptor
+from onnx import ModelProto
 
 #: a ``raw_data`` field from this size on is read into its own array (smaller ones stay in the message)
 MIN_PAYLOAD = 4096
@@ -152,30 +161,144 @@ def _raw_data(buf: memoryview, begin: int, end: int) -> tuple[int, int, int] | N
     return found if found is not None and found[2] - found[1] >= MIN_PAYLOAD else None
 
 
-#: protobuf's (upb's) memory for one decoded sub-message, in bytes (measured: 1.5 million empty
-#: ``value_info`` entries of 2 file bytes each take 114 MB, 76 bytes each)
-MESSAGE_BYTES = 72
-#: the length-delimited fields that are strings, not messages, at each level :func:`message_count` walks
-_STRINGS = {"model": {2, 3, 4, 6}, "graph": {2, 10}, "node": {1, 2, 3, 4, 6, 7, 8}}
-_LEVELS = {("model", _MODEL_GRAPH): "graph", ("graph", 1): "node"}
+#: upb's memory for what it decodes, bounded from above (protobuf 7.36; measured in docs/fuzzing.md): a
+#: message takes at most a header and 8 bytes per declared field (16 per string field: a view); a string
+#: or bytes value is copied; a repeated field's array doubles as it grows and the arena keeps the
+#: outgrown ones, so it takes at most three times its elements' bytes (8 for a message pointer, 16 for a
+#: string view; measured: 2**19 + 1 elements take 3×, 2**20 − 1 take 2×), except a first packed run of
+#: fixed-width values, reserved exactly; an unknown field, and an enum value outside the enum, is copied
+#: into a growing buffer: counted three times
+_HEADER, _GROWTH, _POINTER, _VIEW = 24, 3, 8, 16
+#: added once: upb's arena blocks and the pages they round up to
+_ARENA = 1 << 20
+#: upb's nesting limit: it refuses a file nested deeper, so nothing below is counted
+_MAX_DEPTH = 100
+_START_GROUP, _END_GROUP = 3, 4
 
 
-def message_count(data: bytes | memoryview) -> int:
-    """The sub-messages of the model's top levels (the model, its graphs and their nodes), counted from
-    the wire format before protobuf allocates one object each; a part that is not plain wire format
-    (which protobuf then refuses, or a group it keeps as an unknown field) is not counted."""
+class _Field(NamedTuple):
+    wire: int  # the wire type protobuf expects
+    element: int  # bytes of one decoded scalar element (0 for strings and messages)
+    repeated: bool
+    sub: object  # the message type's descriptor, or None
+    enum: bool
+    size: int  # bytes a decoded message of type ``sub`` takes, with its pointer in a repeated field
+
+
+@functools.cache
+def _plan(descriptor) -> dict[int, _Field]:
+    """``{field number: _Field}`` of a message type."""
+    fields = {}
+    for f in descriptor.fields:
+        repeated = _repeated(f)
+        sub = f.message_type if f.type == f.TYPE_MESSAGE else None
+        size = _struct(sub) + (_GROWTH * _POINTER if repeated else 0) if sub else 0
+        fields[f.number] = _Field(_WIRE.get(f.type, _VARINT), _ELEMENT.get(f.cpp_type, 0), repeated, sub,
+                                  f.cpp_type == f.CPPTYPE_ENUM, size)
+    return fields
+
+
+def _struct(descriptor) -> int:
+    """Bytes of one decoded message of this type, its fields' values aside."""
+    strings = sum(1 for f in descriptor.fields if f.type in (f.TYPE_STRING, f.TYPE_BYTES) and not _repeated(f))
+    return _HEADER + _VIEW * strings + _POINTER * (len(descriptor.fields) - strings)
+
+
+def _repeated(f) -> bool:
+    return f.is_repeated if hasattr(f, "is_repeated") else f.label == f.LABEL_REPEATED  # protobuf < 5.28
+
+
+_FD = FieldDescriptor
+_WIRE = {_FD.TYPE_DOUBLE: _FIXED64, _FD.TYPE_FIXED64: _FIXED64, _FD.TYPE_SFIXED64: _FIXED64, _FD.TYPE_FLOAT: _FIXED32,
+         _FD.TYPE_FIXED32: _FIXED32, _FD.TYPE_SFIXED32: _FIXED32, _FD.TYPE_STRING: _LEN, _FD.TYPE_BYTES: _LEN,
+         _FD.TYPE_MESSAGE: _LEN, _FD.TYPE_GROUP: _START_GROUP}
+_ELEMENT = {_FD.CPPTYPE_INT32: 4, _FD.CPPTYPE_UINT32: 4, _FD.CPPTYPE_ENUM: 4, _FD.CPPTYPE_FLOAT: 4, _FD.CPPTYPE_INT64: 8,
+            _FD.CPPTYPE_UINT64: 8, _FD.CPPTYPE_DOUBLE: 8, _FD.CPPTYPE_BOOL: 1}
+
+
+class _OverLimit(Exception):
+    """The count passed its limit."""
+
+
+def decoded_bytes(data: bytes | memoryview, limit: int) -> int:
+    """An upper bound on the memory protobuf (upb) takes to decode ``data`` as a ``ModelProto``, counted
+    from the wire format before protobuf allocates anything, every nested message, string and repeated
+    element included; the count stops once it passes ``limit`` (the bound returned is then over it), and
+    at the first part that is not wire format protobuf accepts (protobuf then refuses the file there,
+    having decoded only what was counted before it)."""
     buf = memoryview(data).cast("B")
-    return _count(buf, 0, len(buf), "model")
-
-
-def _count(buf: memoryview, begin: int, end: int, level: str) -> int:
-    n = 0
+    count = _Count(buf, limit)
     try:
-        for number, kind, _at, _key_end, start, after in _fields(buf, begin, end):
-            if kind == _LEN and number not in _STRINGS[level]:
-                n += 1
-                inner = _LEVELS.get((level, number))
-                n += _count(buf, start, after, inner) if inner else 0
-    except _NotSimple:
+        count.message(ModelProto.DESCRIPTOR, 0, len(buf), 0)
+    except (_NotSimple, _OverLimit):
         pass
-    return n
+    return count.total
+
+
+class _Count:
+    """The running bound of :func:`decoded_bytes` over the file ``buf``."""
+
+    def __init__(self, buf: memoryview, limit: int) -> None:
+        self.buf, self.bytes, self.limit, self.total = buf, np.frombuffer(buf, dtype=np.uint8), limit, _ARENA
+
+    def message(self, descriptor, pos: int, end: int, depth: int) -> None:
+        """Add the fields of the message of type ``descriptor`` in ``buf[pos:end]`` (one-byte keys and
+        lengths, nearly every field, decoded inline: this loop runs once per field of the file)."""
+        if depth > _MAX_DEPTH:
+            raise _NotSimple
+        buf, fields, packed = self.buf, _plan(descriptor), set()
+        while pos < end:
+            key = buf[pos]
+            if 8 <= key < 0x80:
+                number, kind, after_key = key >> 3, key & 7, pos + 1
+            else:
+                number, kind, after_key = _key(buf, pos, end)
+            if kind == _LEN and after_key < end and buf[after_key] < 0x80:
+                start, after = after_key + 1, after_key + 1 + buf[after_key]
+                if after > end:
+                    raise _NotSimple
+            elif kind == _VARINT and after_key < end and buf[after_key] < 0x80:
+                start, after = after_key, after_key + 1
+            elif kind == _START_GROUP:  # only ever an unknown field in ONNX, which protobuf keeps
+                start, after = pos, _skip_group(buf, number, after_key, end, depth + 1)
+            else:
+                start, after = _skip(buf, kind, after_key, end)
+            f = fields.get(number)
+            if f is None or not (kind == f.wire or (kind == _LEN and f.repeated and f.element)):
+                self.total += _GROWTH * (after - pos)  # an unknown field (or a known one of another wire type)
+            elif f.sub is not None:
+                self.total += f.size
+                self.message(f.sub, start, after, depth + 1)
+            elif f.element and kind != _LEN and not f.repeated and not f.enum:
+                pass  # a singular number: in its message's own bytes
+            else:
+                self.total += self._value(f, kind, pos, start, after, number in packed)
+                packed.add(number)
+            if self.total > self.limit:
+                raise _OverLimit
+            pos = after
+
+    def _value(self, f: _Field, kind: int, at: int, start: int, after: int, again: bool) -> int:
+        """The bytes a scalar, string or packed field's value at ``buf[at:after]`` takes decoded (``again``:
+        the field occurred before in this message)."""
+        if not f.element:  # a string or bytes value, copied
+            return (after - start) + (_GROWTH * _VIEW if f.repeated else 0)
+        if kind == _LEN and f.wire != _VARINT:  # packed fixed-width values: reserved exactly, unless appended
+            return (after - start) * f.element // (8 if f.wire == _FIXED64 else 4) * (_GROWTH if again else 1)
+        # packed varints (one per byte under 0x80, grown one at a time), or one value
+        n = int(np.count_nonzero(self.bytes[start:after] < 0x80)) if kind == _LEN else int(f.repeated)
+        return _GROWTH * (f.element * n + (after - at if f.enum else 0))
+
+
+def _skip_group(buf: memoryview, number: int, pos: int, end: int, depth: int) -> int:
+    """Past the end of the group of field ``number`` whose fields start at ``pos``."""
+    if depth > _MAX_DEPTH:
+        raise _NotSimple
+    while pos < end:
+        inner, kind, pos = _key(buf, pos, end)
+        if kind == _END_GROUP:
+            if inner != number:
+                raise _NotSimple
+            return pos
+        pos = _skip_group(buf, inner, pos, end, depth + 1) if kind == _START_GROUP else _skip(buf, kind, pos, end)[1]
+    raise _NotSimple

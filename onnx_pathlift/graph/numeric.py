@@ -58,14 +58,30 @@ def log2_sum_scaled(k, t: np.ndarray | None = None, shape: tuple[int, ...] | Non
     (so every ``2**(k_i − m) ≤ 1`` is exact or underflows harmlessly) and the sum is numpy's (pairwise).
     A single exponent is factored out exactly: ``log2(Σ t) + k``. ``-inf`` when every term is 0."""
     k = np.asarray(k, dtype=np.float64)
-    if t is not None and k.size == 1:
+    if t is None:
+        return _log2_sum_broadcast(k, tuple(shape if shape is not None else k.shape))
+    if k.size == 1:
         total = float(np.asarray(t, dtype=np.float64).sum())
         return math.log2(total) + float(k.reshape(-1)[0]) if total > 0 else -math.inf
-    k = np.broadcast_to(k, shape if t is None else np.shape(t))
-    mask = k > -np.inf if t is None else (np.asarray(t) > 0) & (k > -np.inf)
+    k = np.broadcast_to(k, np.shape(t))
+    mask = (np.asarray(t) > 0) & (k > -np.inf)
     if not mask.any():
         return -math.inf
     top = float(k[mask].max())
     with np.errstate(under="ignore"):
         terms = np.exp2(np.where(mask, k - top, -np.inf))  # terms left out (t = 0 or k = -inf) are exactly 0
-    return top + math.log2(float((terms if t is None else np.asarray(t, dtype=np.float64) * terms).sum()))
+    return top + math.log2(float((np.asarray(t, dtype=np.float64) * terms).sum()))
+
+
+def _log2_sum_broadcast(k: np.ndarray, shape: tuple[int, ...]) -> float:
+    """``log2 Σ 2**k_i`` over ``k`` broadcast to ``shape``, never materialised there: broadcasting repeats
+    every stored entry ``prod(shape) / k.size`` times, so the sum over the stored entries is scaled by that."""
+    if np.broadcast_shapes(k.shape, shape) != shape:
+        raise ValueError(f"exponents of shape {k.shape} for a tensor of shape {shape}")
+    mask = k > -np.inf
+    if not mask.any():
+        return -math.inf
+    top = float(k[mask].max())
+    with np.errstate(under="ignore"):
+        total = float(np.exp2(np.where(mask, k - top, -np.inf)).sum())
+    return top + math.log2(total * (math.prod(shape) // k.size))

@@ -14,7 +14,7 @@ from dataclasses import replace
 import numpy as np
 from onnx import TensorProto, helper
 
-from ..errors import PathliftError, RefuseNode
+from ..errors import PathliftError, Refusal, RefuseNode, UnsupportedModelError
 from ..fileio.read import FLOAT_TYPES
 from ..graph.bounds import along_axis
 from ..graph.builder import GraphBuilder, LiftBuilder, Scaled, on_axis
@@ -180,8 +180,23 @@ class Concat(ParameterFree, OneLipschitz):
         return [replace(g, tensor=t) for t in parts], {}
 
     def bound(self, layer, bs, shapes, q):
+        """The inputs' bounds along the axis, concatenated: one value when they are all one value (never
+        materialised: a 4096-way Concat at the activation limit has 2**28 entries along its axis), else
+        refused past :data:`MAX_CONCAT_MAP` entries, counted before allocating."""
         axis, rank = layer.attrs["axis"], len(layer.shape)
-        return np.concatenate([on_axis(along_axis(lu, shape, axis), rank, axis) for lu, shape in zip(bs, shapes)], axis=axis)
+        parts = [along_axis(lu, shape, axis) for lu, shape in zip(bs, shapes)]
+        values = {float(p[0]) for p in parts if p.size and p.strides == (0,)}
+        if len(values) == 1 and all(p.size == 0 or p.strides == (0,) for p in parts):
+            return np.full((), values.pop())
+        entries = sum(p.size for p in parts)
+        if entries > MAX_CONCAT_MAP:
+            raise UnsupportedModelError([Refusal(layer.name, "Concat", f"its inputs' bounds differ along axis {axis}: an "
+                                         f"exponent map of {entries} entries, over the limit of {MAX_CONCAT_MAP}")])
+        return np.concatenate([on_axis(p, rank, axis) for p in parts], axis=axis)
+
+
+#: the most entries of a Concat's exponent map along its axis (float64: 128 MiB)
+MAX_CONCAT_MAP = 1 << 24
 
 
 channel_rule("Identity", "Dropout", "Cast")(per_channel)
