@@ -1,5 +1,6 @@
-"""The exact fallback: ``log2 ‖Φ‖_q^q`` (``log2 ‖Φ‖_∞`` at q = ∞) by a float64 log-domain pass over the
-DAG, for the norms float32 could not certify.
+"""The exact fallback's numerics, which each layer op's :meth:`~onnx_pathlift.ops.layer_op.LayerOp.exact`
+declares its form on: ``log2 ‖Φ‖_q^q`` (``log2 ‖Φ‖_∞`` at q = ∞) by a float64 log-domain pass over the DAG
+(:func:`onnx_pathlift.backend.exact.exact_log2`), for the norms float32 could not certify.
 
 Each lifted tensor is held as ``log2`` of its neurons (``-inf`` for 0) with one error bound ``ε`` (in log2
 units) on all its entries. A lifted neuron is ``y = Σ_i 2**t_i`` with ``t_i = a_i + x_i`` (``a_i = q·log2|w_i|``
@@ -22,8 +23,9 @@ log-sum-exp is 1-Lipschitz in every ``t_i`` (in ∞-norm), so the inputs' and we
 unchanged: ``ε_out = max ε_in + ε_w + ε_L``, with ``ε_w = (max|a| + q)·2**-50`` for the weights' logs.
 Moves (reshape, transpose, pad, selections) are exact. The result's interval is ``[L − ε, L + ε]``.
 Cost: one float64 ``exp2`` per input window entry (im2col) at finite q, per multiply-add at q = ∞ (and
-per term re-evaluated), counted and refused above :data:`WORK_LIMIT`, as are layer ops it does not know
-(then the caller reports ``value: null`` with the reason).
+per term re-evaluated), counted (:meth:`~onnx_pathlift.ops.layer_op.LayerOp.exact_work`) and refused above
+:data:`WORK_LIMIT`, as are layer ops without an exact form (then the caller reports ``value: null`` with
+the reason).
 """
 
 from __future__ import annotations
