@@ -22,6 +22,7 @@ from ..graph.exponents import Exponent, compact, exp_diff, lifted_log2, pow_scal
 from ..ir.dag import Layer
 from .channel_api import ChannelBuilder, Layout
 from .context import ImportContext, attributes, operand
+from .exact_api import biased, max_abs
 from .forms import unbroadcast
 from .layer_op import ANY, LayerOp, OneLipschitz, ParameterFree
 from .registry import channel_rule, imports, layer_op, spec_rule
@@ -149,6 +150,16 @@ class Affine(LayerOp):
         top = float(np.max(np.abs(layer.params["scale"])))
         return math.log2(top) if top > 0 else -math.inf
 
+    def exact(self, run, layer, xs, in_shapes, feeds):
+        """``x + q·log2|scale|`` (the scale's error and the addition's rounding added), then the bias."""
+        y, err = xs[0]
+        if "scale" in layer.params:
+            s, es = run.weight(layer.params["scale"])
+            with np.errstate(invalid="ignore"):
+                y = y + s  # -inf + finite: -inf; a zero scale on a zero input: -inf + -inf
+            err += es + max_abs(y) * 2.0**-52
+        return biased(run, layer, y, err, "bias")
+
 
 def _merged_affine(first: Layer, second: Layer) -> dict[str, np.ndarray]:
     """The parameters of ``second ∘ first`` (both affine)."""
@@ -209,6 +220,15 @@ class Sum(ParameterFree, OneLipschitz):
     def linf_combine(self, ins: list[float]) -> float:
         """``‖Σ ±x_i‖_∞ ≤ Σ ‖x_i‖_∞``: the branches' bounds add."""
         return float(np.logaddexp2.reduce(ins))
+
+    def exact(self, run, layer, xs, in_shapes, feeds):
+        """``log2 Σ_j 2**x_j`` (every input broadcast to the output), one ``logaddexp2`` per input."""
+        err = max(e for _, e in xs)
+        y, local = np.broadcast_to(xs[0][0], layer.shape), 0.0
+        for v, _ in xs[1:]:
+            y, e = run.add(y, v)
+            local += e
+        return np.broadcast_to(y, layer.shape), err + local
 
 
 @channel_rule("Add", "Sum", operands="any", adds=True)

@@ -19,6 +19,7 @@ from ..graph.exponents import compact, exp_vector, lost_below, neg_exp, pow_row_
 from ..ir.dag import Layer
 from .channel_api import ChannelBuilder, Layout, SlimEdit, optional_input
 from .context import ImportContext, attributes, operand
+from .exact_api import biased, windowed
 from .forms import bias_bound, channel_bias, lift_bias, product_exponent, split_weight, transpose_attrs
 from .geometry import pads_problem, spatial_attrs
 from .layer_op import LayerOp, RescaleAxes
@@ -162,6 +163,20 @@ class Conv(LayerOp):
         group = layer.attrs.get("group", 1)
         per_out = s.reshape(group, 1, -1).repeat(w.shape[0] // group, axis=1).reshape(w.shape[0], w.shape[1])
         return replace(layer, params={**layer.params, "W": w * per_out.reshape(per_out.shape + (1,) * (w.ndim - 2))})
+
+    def exact(self, run, layer, xs, in_shapes, feeds):
+        """Each output ``log2 Σ 2**(x_window + q·log2|W|)`` (:func:`~onnx_pathlift.ops.exact_api.windowed`), then the bias."""
+        w, (v, err) = layer.params["W"], xs[0]
+        a, ea = run.weight(w)
+        g = layer.attrs["group"]
+        y, local = windowed(run, layer, v, a.reshape(g, w.shape[0] // g, *w.shape[1:]), layer.attrs["pads"])
+        return biased(run, layer, y, err + ea + local, "B")
+
+    def exact_work(self, layer, in_shapes, inf):
+        """Its input windows (im2col) at finite q, its multiply-adds at q = ∞."""
+        if inf:
+            return math.prod(layer.shape) * math.prod(layer.params["W"].shape[1:])
+        return math.prod(layer.shape[:1] + layer.shape[2:]) * in_shapes[0][1] * math.prod(layer.params["W"].shape[2:])
 
 
 def _pointwise_correlation(b: GraphBuilder, x: str, g: str, a: dict, x_shape, y_shape) -> str:

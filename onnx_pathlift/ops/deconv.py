@@ -30,7 +30,7 @@ from .context import ImportContext
 from .conv import Conv, add_kernel_layer
 from .forms import bias_bound, product_exponent
 from .geometry import split_pads
-from .layer_op import RescaleAxes
+from .layer_op import LayerOp, RescaleAxes
 from .registry import channel_rule, imports, layer_op
 
 
@@ -69,6 +69,7 @@ class ConvTranspose(Conv):
     op = "deconv"
     kind = "conv"
     onnx_op = "ConvTranspose"
+    exact, exact_work = LayerOp.exact, LayerOp.exact_work  # no exact form (the fallback refuses it)
 
     def rescale_axes(self, layer: Layer) -> RescaleAxes | None:
         """``W`` is ``(C_in, C_out/group, k...)``: output channels on axis 1 (whole only when group = 1),

@@ -20,6 +20,7 @@ from ..graph.exponents import compact, exp_diff, exp_max, exp_vector, lost_below
 from ..ir.dag import Layer
 from .channel_api import ChannelBuilder, Layout, optional_input
 from .context import ImportContext, attributes, broadcasts_to, operand
+from .exact_api import FallbackRefused, biased, contract
 from .forms import bias_bound, channel_bias, lift_bias, product_exponent, split_weight
 from .layer_op import LayerOp, RescaleAxes
 from .registry import channel_rule, imports, layer_op, spec_rule
@@ -185,6 +186,26 @@ class Dense(LayerOp):
         if s is None:
             return None
         return replace(layer, params={**layer.params, "W": w * (s[:, None] if right else s[None, :])})
+
+    def exact(self, run, layer, xs, in_shapes, feeds):
+        """``x @ |W|**q`` (side right) or ``|W|**q @ x`` (side left) in the log domain, 2-D ``W``, then the bias."""
+        w, (v, err) = layer.params["W"], xs[0]
+        if w.ndim != 2:
+            raise FallbackRefused(f"the exact float64 fallback evaluates 2-D dense weights only (layer {layer.name!r})")
+        a, ea = run.weight(w)
+        right = layer.attrs["side"] == "right"
+        if not right:  # W @ x = (xᵀ @ Wᵀ)ᵀ over the last two axes
+            v, a = np.swapaxes(v, -1, -2), a.T
+        rows = v.reshape(-1, v.shape[-1])
+        y, local = contract(run, rows[None], a.T[None])
+        y = y[0].reshape(*v.shape[:-1], a.shape[1])
+        y = y if right else np.swapaxes(y, -1, -2)
+        return biased(run, layer, y, err + ea + local, "B")
+
+    def exact_work(self, layer, in_shapes, inf):
+        """Its input entries at finite q (the multiply-adds go to a float64 matmul), its multiply-adds at q = ∞."""
+        x = in_shapes[0]
+        return math.prod(layer.shape) * x[-1] if inf else math.prod(x)
 
 
 def _product(b: LiftBuilder, layer: Layer, x: str, c: str, stored: bool, bias: str | None = None) -> str:

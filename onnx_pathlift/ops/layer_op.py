@@ -7,6 +7,7 @@ A layer op's :data:`capabilities <LayerOp.capabilities>` are derived from the me
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any, ClassVar, NamedTuple
 
@@ -15,6 +16,7 @@ import numpy as np
 from ..graph.builder import GraphBuilder, LiftBuilder, Scaled
 from ..graph.exponents import compact
 from ..ir.dag import Layer
+from .exact_api import LogPass, Logs
 
 #: what a layer op can do: lifted (re-emitted, lifted, statically bounded), transposed (path-magnitude
 #: scores), split into two streams (path-metric bound), bounded in ℓ∞ (naive Lipschitz bound),
@@ -207,6 +209,21 @@ class LayerOp:
         """The layer with its broadcast parameters laid out at the layer's full rank (itself by default)."""
         return layer
 
+    # The exact float64 fallback (:mod:`onnx_pathlift.ops.exact_api`, driven by :mod:`onnx_pathlift.backend.exact`).
+
+    def exact(self, run: LogPass, layer: Layer, xs: list[Logs], in_shapes: list[tuple[int, ...]],
+              feeds: dict[str, np.ndarray]) -> Logs:
+        """The lifted layer in the log domain: ``log2`` of its output neurons and their error bound, given
+        its inputs' (``feeds``: log2 of the graph's lifted inputs). A layer op without it makes the fallback
+        refuse the DAG."""
+        raise NotImplementedError(f"{layer.op} has no exact form")
+
+    def exact_work(self, layer: Layer, in_shapes: list[tuple[int, ...]], inf: bool) -> int:
+        """The ``exp2`` (at q = ∞, ``inf``: max-plus terms) :meth:`exact` evaluates: by default one per
+        entry of its output or of its largest input."""
+        size = math.prod(layer.shape)
+        return max(size, *(math.prod(s) for s in in_shapes)) if in_shapes else size
+
 
 class RescaleAxes(NamedTuple):
     """Where a per-channel factor goes in a "weights" layer (:meth:`LayerOp.rescale_axes`)."""
@@ -275,6 +292,10 @@ class MovesNeurons(ParameterFree, OneLipschitz):
     def move(self, layer: Layer, values: np.ndarray) -> np.ndarray:
         """The same neuron movement applied to a numpy array of the input's shape."""
         raise NotImplementedError
+
+    def exact(self, run, layer, xs, in_shapes, feeds):
+        """The same movement of the logs (exact: no error added)."""
+        return np.ascontiguousarray(self.move(layer, xs[0][0])).reshape(layer.shape), max(e for _, e in xs)
 
 
 #: :meth:`LayerOp.map_axis` of a layer whose ``lift`` carries exponent maps itself

@@ -24,6 +24,7 @@ from ..graph.exponents import compact, exp_diff, exp_vector, pow_scaled, scaled_
 from ..ir.dag import Layer
 from .channel_api import per_channel
 from .context import ImportContext, attributes, operand
+from .exact_api import EPS, FallbackRefused, LogPass, biased, max_abs, reduced, windowed
 from .forms import transpose_attrs
 from .geometry import pads_problem, spatial_attrs
 from .layer_op import OneLipschitz, ParameterFree
@@ -40,6 +41,18 @@ def _sum_pool_pads(layer: Layer) -> list[int]:
         need = (out_sp[i] - 1) * a["strides"][i] + (kernel[i] - 1) * dilations[i] + 1 - in_sp[i] - pads[i]
         pads[n + i] = max(pads[n + i], need)
     return pads
+
+
+def _exact_sum_pool(run: LogPass, layer: Layer, v: np.ndarray, in_shape: tuple[int, ...]) -> tuple[np.ndarray, float]:
+    """The lifted sum-pool in the log domain: the depthwise weight-1 kernel (log 0) over the windows of
+    ``v`` (pads as :func:`_sum_pool_pads`), and its ``ε_L``."""
+    kernel = np.zeros((in_shape[1], 1, 1, *layer.attrs["kernel_shape"]))
+    return windowed(run, layer, v, kernel, _sum_pool_pads(layer))
+
+
+def _exact_pool_work(layer: Layer, in_shape: tuple[int, ...]) -> int:
+    """The exact fallback's ``exp2`` for a pool: its input windows (the same at q = ∞)."""
+    return math.prod(layer.shape[:1] + layer.shape[2:]) * in_shape[1] * math.prod(layer.attrs["kernel_shape"])
 
 
 def _sum_pool(b: GraphBuilder, x: str, layer: Layer, channels: int) -> str:
@@ -95,6 +108,14 @@ class MaxPool(ParameterFree, OneLipschitz):
     def adjoint(self, b, layer, xs, g, in_shapes):
         return [replace(g, tensor=_sum_pool_adjoint(b, g.tensor, layer, in_shapes[0]))], {}
 
+    def exact(self, run, layer, xs, in_shapes, feeds):
+        """Lifted: a sum-pool (weights 1) in the log domain."""
+        y, local = _exact_sum_pool(run, layer, xs[0][0], in_shapes[0])
+        return biased(run, layer, y, xs[0][1] + local, "B")
+
+    def exact_work(self, layer, in_shapes, inf):
+        return _exact_pool_work(layer, in_shapes[0])
+
 
 @layer_op
 class AveragePool(ParameterFree, OneLipschitz):
@@ -141,6 +162,19 @@ class AveragePool(ParameterFree, OneLipschitz):
     def bound(self, layer, bs, shapes, q):
         return _per_channel(bs[0], shapes[0]) + _avg_gain_log2(layer.attrs, layer.shape[2:], q)
 
+    def exact(self, run, layer, xs, in_shapes, feeds):
+        """Lifted: a sum-pool with weights ``div(p)**-q`` at each output position ``p``."""
+        y, local = _exact_sum_pool(run, layer, xs[0][0], in_shapes[0])
+        div = _divisors_log2(layer.attrs, tuple(layer.shape[2:]))
+        if div is None:
+            raise FallbackRefused(f"the exact float64 fallback needs average-pool divisors in closed form (layer {layer.name!r})")
+        y = y - run.p * div
+        local += (max_abs(y) + run.p * float(np.max(div, initial=0.0))) * EPS
+        return biased(run, layer, y, xs[0][1] + local, "B")
+
+    def exact_work(self, layer, in_shapes, inf):
+        return _exact_pool_work(layer, in_shapes[0])
+
 
 @layer_op
 class GlobalPool(ParameterFree, OneLipschitz):
@@ -184,6 +218,11 @@ class GlobalPool(ParameterFree, OneLipschitz):
     def bound(self, layer, bs, shapes, q):
         n = float(np.prod(layer.attrs["in_spatial"]))
         return _per_channel(bs[0], shapes[0]) + (1.0 if layer.attrs["mode"] == "max" else 1.0 - q) * math.log2(n)
+
+    def exact(self, run, layer, xs, in_shapes, feeds):
+        """A sum (max at q = ∞) over the spatial axes, weights 1 (max) or ``N**-q`` (average)."""
+        v = xs[0][0]
+        return reduced(run, layer, xs[0], tuple(range(2, v.ndim)), layer.attrs["mode"] != "max", math.prod(v.shape[2:]))
 
 
 def _window_counts(a: dict, out_spatial: tuple[int, ...]) -> list[tuple[np.ndarray, np.ndarray | None]]:

@@ -26,6 +26,7 @@ from ..graph.builder import GraphBuilder, LiftBuilder, Scaled
 from ..graph.exponents import pow_scaled
 from ..ir.dag import Layer
 from .context import ImportContext
+from .exact_api import reduced
 from .layer_op import ParameterFree
 from .registry import channel_rule, imports, layer_op
 from .shape import spatial_channels
@@ -106,6 +107,11 @@ class Reduce(ParameterFree):
 
     def linf_gain(self, layer: Layer) -> float:
         return math.log2(layer.attrs["count"]) if layer.attrs["mode"] == "sum" else 0.0
+
+    def exact(self, run, layer, xs, in_shapes, feeds):
+        """A sum (max at q = ∞) over its axes, weights 1 or ``count**-q`` (a mean)."""
+        axes = tuple(a % xs[0][0].ndim for a in layer.attrs["axes"])
+        return reduced(run, layer, xs[0], axes, layer.attrs["mode"] == "mean", layer.attrs["count"])
 
 
 channel_rule("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin")(spatial_channels)  # over spatial axes: per channel

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..graph.builder import GraphBuilder, LiftBuilder, Scaled
 from ..ir.dag import Layer
+from .exact_api import EPS, max_abs
 from .layer_op import OneLipschitz, ParameterFree
 from .registry import layer_op
 
@@ -39,3 +40,10 @@ class Input(ParameterFree, OneLipschitz):
 
     def linf_combine(self, ins: list[float]) -> float:
         return 0.0  # ‖x‖_∞ itself
+
+    def exact(self, run, layer, xs, in_shapes, feeds):
+        """The lifted input: its ``feeds`` logs (error ``(max|v| + 1)·2**-50``), else all ``log2_max``."""
+        if layer.name in feeds and layer.attrs.get("log2_max", 0.0) > -np.inf:
+            v = np.asarray(feeds[layer.name], dtype=np.float64)
+            return np.broadcast_to(v, layer.shape), (max_abs(v) + 1.0) * EPS
+        return np.full(layer.shape, float(layer.attrs.get("log2_max", 0.0))), 0.0
