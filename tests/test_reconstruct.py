@@ -56,8 +56,8 @@ def _measured(model: onnx.ModelProto, weight: str, output: str, columns: tuple[i
             for c in columns:
                 w[:, c * block:(c + 1) * block] = 0.0
             t.CopyFrom(numpy_helper.from_array(w, weight))
-    full = np.concatenate([Runner(model, [output])({"x": xi[None]})[None] for xi in x]).astype(np.float64)
-    cut = np.concatenate([Runner(masked, [output])({"x": xi[None]})[None] for xi in x]).astype(np.float64)
+    full = Runner(model, [output])({"x": x}).astype(np.float64)
+    cut = Runner(masked, [output])({"x": x}).astype(np.float64)
     return float(np.square(full - cut).sum())
 
 
