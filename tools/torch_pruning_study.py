@@ -375,7 +375,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.nets:
             net = prepare_net(arch, data, args.epochs, Path(tmp), args.repeats)
-            settings = [run_setting(net, s, scope, args) for s in args.sparsities for scope in args.scopes]
+            settings = []
+            for s in args.sparsities:
+                for scope in args.scopes:
+                    settings.append(run_setting(net, s, scope, args))
+                    print(f"{arch} {scope} {s:.0%}: " + ", ".join(
+                        f"{r.get('criterion', r.get('importance'))} {r['params']} {r['top1_pruned']:.3f} → "
+                        f"{r['top1_finetuned']:.3f}" for r in settings[-1]["rows"]), file=sys.stderr, flush=True)
             if trip is None:
                 first = settings[0]["rows"][0]
                 trip = {"net": arch, "scope": settings[0]["scope"], "sparsity": settings[0]["sparsity"],
