@@ -35,6 +35,7 @@ from .channels import ChannelGraph
 from .refit import conv_rows
 
 ROWS = 4096  # sampled output rows per consumer
+SAMPLES = 512  # calibration samples the consumers' inputs are collected on (the first ones)
 TENSOR_BYTES = 1 << 26  # the most one collected float32 input may take: fewer samples for large layers
 WORK = 2e10  # rows × groups² × outputs of one consumer's Gram (fewer rows for wide layers)
 CHUNK = 1 << 22  # rows × groups × outputs of one chunk of contributions
@@ -46,9 +47,10 @@ def _consumers(model: ModelProto) -> dict[str, NodeProto]:
 
 
 def _samples(prepared: Prepared, tensor: str, x: np.ndarray) -> np.ndarray:
-    """The first calibration samples whose ``tensor`` stays within :data:`TENSOR_BYTES`."""
+    """The first calibration samples, at most :data:`SAMPLES` and as many as keep ``tensor`` within
+    :data:`TENSOR_BYTES`."""
     per = math.prod(prepared.shapes.get(tensor, (1,))[1:])
-    return x[: max(4, min(len(x), TENSOR_BYTES // (4 * max(per, 1))))]
+    return x[: max(4, min(len(x), SAMPLES, TENSOR_BYTES // (4 * max(per, 1))))]
 
 
 def _rows(node: NodeProto, w: np.ndarray, x: np.ndarray, out_shape: tuple[int, ...], a: dict, cap: int,
