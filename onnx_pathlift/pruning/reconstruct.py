@@ -30,6 +30,7 @@ from onnx import ModelProto, NodeProto
 
 from ..frontend.prepare import Prepared
 from ..ops.context import attributes
+from ..ops.registry import CHANNEL_RULES
 from .calibration import collect
 from .channels import ChannelGraph
 from .refit import conv_rows
@@ -42,8 +43,10 @@ CHUNK = 1 << 22  # rows × groups × outputs of one chunk of contributions
 
 
 def _consumers(model: ModelProto) -> dict[str, NodeProto]:
-    """Weight name -> the Conv / Gemm / MatMul node that reads it as input 1."""
-    return {n.input[1]: n for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1}
+    """Weight name -> the node that reads it as input 1, for the op types whose channel rule declares a
+    least-squares refit (``kernel``: a conv, ``dense``: Gemm / MatMul)."""
+    return {n.input[1]: n for n in model.graph.node
+            if len(n.input) > 1 and getattr(CHANNEL_RULES.get(n.op_type), "refit", None)}
 
 
 def _samples(prepared: Prepared, tensor: str, x: np.ndarray) -> np.ndarray:
@@ -57,15 +60,15 @@ def _rows(node: NodeProto, w: np.ndarray, x: np.ndarray, out_shape: tuple[int, .
           seed: int) -> tuple[np.ndarray, np.ndarray] | None:
     """The consumer's input rows and its weight as ``(rows, C, k)`` and ``(C, k, outputs)``: ``k`` the
     kernel positions of a plain 2-D conv (im2col), 1 for a dense layer. None for anything else."""
-    if node.op_type == "Conv":
+    if CHANNEL_RULES[node.op_type].refit == "kernel":
         if w.ndim != 4 or int(a.get("group", 1)) != 1:
             return None
         y = np.broadcast_to(np.float32(0), (len(x), *out_shape[1:]))
         rows = np.concatenate([r for r, _, _ in conv_rows(x, y, a, w.shape[2:], cap, seed)])[:, :-1]
         return rows.reshape(len(rows), w.shape[1], -1), w.reshape(w.shape[0], w.shape[1], -1).transpose(1, 2, 0)
-    if node.op_type == "Gemm" and a.get("transA", 0):
+    if a.get("transA", 0):
         return None
-    b = w.T if node.op_type == "Gemm" and a.get("transB", 0) else w  # (inputs, outputs)
+    b = w.T if a.get("transB", 0) else w  # (inputs, outputs); MatMul has neither attribute
     rows = x.reshape(-1, x.shape[-1])
     if len(rows) > cap:
         rows = rows[np.sort(np.random.default_rng(seed).choice(len(rows), cap, replace=False))]
@@ -79,7 +82,7 @@ def gram(node: NodeProto, w: np.ndarray, x: np.ndarray, out_shape: tuple[int, ..
     ``x``; and ``‖Y‖²`` of the output on those rows, bias left out (float64). ``(None, 0)`` for what is not
     a plain 2-D conv or a dense layer. Rows: at most :data:`ROWS`, fewer for wide layers."""
     a = attributes(node, opset)
-    n, outputs = len(slices), int(w.shape[0] if node.op_type == "Conv" else w.size // x.shape[-1])
+    n, outputs = len(slices), int(w.shape[0] if w.ndim == 4 else w.size // x.shape[-1])
     cap = max(256, min(ROWS, int(WORK // max(n * n * outputs, 1))))
     got = _rows(node, w, x, out_shape, a, cap, seed)
     if got is None:
