@@ -220,7 +220,24 @@ def ours_rows(net: Net, sparsity: float, scope: str, args: argparse.Namespace) -
     s, _, steps = search(count, target, sparsity, p_lo=net.dense["params"])
     rows.append(evaluate(net, models[s], {"tool": "ours", "criterion": "l1-norm", "sparsity": s,
                                           "adjusted": s != sparsity, "search_steps": steps}, args))
+    if args.reconstruction:
+        rows.append(reconstruction_row(net, sparsity, scope, target, args))
     return rows
+
+
+def reconstruction_row(net: Net, sparsity: float, scope: str, target: int, args: argparse.Namespace) -> dict:
+    """``--criterion reconstruction`` with ``--calibration`` on the training split (selection and least-squares
+    recovery), our sparsity adjusted to match ``target``."""
+    calib = dn.save_data(net.data, net.work / "train.npz", "train")
+    models: dict[float, onnx.ModelProto] = {}
+
+    def count(s: float) -> int:
+        models[s] = ours_prune(net, s, "reconstruction", scope, {**args.ours_args, "calibration": calib})
+        return float_parameters(models[s])
+
+    s, _, steps = search(count, target, sparsity, p_lo=net.dense["params"])
+    return evaluate(net, models[s], {"tool": "ours", "criterion": "reconstruction", "sparsity": s,
+                                     "adjusted": s != sparsity, "search_steps": steps}, args)
 
 
 def tp_row(net: Net, importance: str, target: int, scope: str, args: argparse.Namespace) -> dict:
@@ -246,7 +263,7 @@ def run_setting(net: Net, sparsity: float, scope: str, args: argparse.Namespace)
     t0 = time.perf_counter()
     rows = ours_rows(net, sparsity, scope, args)
     target = rows[0]["params"]
-    rows += [tp_row(net, importance, target, scope, args) for importance in IMPORTANCES]
+    rows += [tp_row(net, importance, target, scope, args) for importance in IMPORTANCES if not args.ours_only]
     for row in rows:
         row["param_mismatch"] = row["params"] / target - 1
         row["matched"] = abs(row["param_mismatch"]) <= TOLERANCE
@@ -261,20 +278,23 @@ def fmt_cell(row: dict, key: str, label: bool = False) -> str:
 
 
 def best_tp(rows: list[dict], key: str) -> dict:
-    """Torch-Pruning's row with the best ``key`` (ties: the first importance)."""
-    return max((r for r in rows if r["tool"] == "torch-pruning"), key=lambda r: r[key])
+    """Torch-Pruning's row with the best ``key`` (ties: the first importance); a placeholder under ``--ours-only``."""
+    return max((r for r in rows if r["tool"] == "torch-pruning"), key=lambda r: r[key],
+               default={key: math.nan, "importance": "not run", "matched": True, "params": 0, "macs": 0,
+                        "latency_s": None})
 
 
 def accuracy_table(nets: dict, key: str) -> list[str]:
     """Rows net × scope; columns ours path-mass, ours l1-norm, Torch-Pruning best; cells over the sparsities."""
-    lines = ["| net, scope | sparsity | ours, path-mass | ours, l1-norm | Torch-Pruning, best importance |",
-             "|---|---|---|---|---|"]
+    ours = max(sum(r["tool"] == "ours" for r in st["rows"]) for n in nets.values() for st in n["settings"])
+    lines = ["| net, scope | sparsity | ours, path-mass | ours, l1-norm | " + "ours, reconstruction | " * (ours > 2)
+             + "Torch-Pruning, best importance |", "|---|---|---|---|---|" + "---|" * (ours > 2)]
     for arch, n in nets.items():
         for scope in SCOPES:
             settings = [st for st in n["settings"] if st["scope"] == scope]
             if not settings:
                 continue
-            cells = [" / ".join(fmt_cell(st["rows"][i], key) for st in settings) for i in (0, 1)]
+            cells = [" / ".join(fmt_cell(st["rows"][i], key) for st in settings) for i in range(ours)]
             cells.append(" / ".join(fmt_cell(best_tp(st["rows"], key), key, True) for st in settings))
             pct = " / ".join(f"{st['sparsity']:.0%}" for st in settings)
             lines.append(f"| {arch} (dense {n['dense']['top1_onnxruntime']:.3f}), {scope} | {pct} | " + " | ".join(cells) + " |")
@@ -320,6 +340,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=200, help="onnxruntime runs per latency (median)")
     parser.add_argument("--ours-args", type=json.loads, default={},
                         help="JSON object of extra keyword arguments for prune_channel_groups, passed unchanged")
+    parser.add_argument("--reconstruction", action="store_true",
+                        help="a third row of ours: --criterion reconstruction with --calibration on the training split")
+    parser.add_argument("--ours-only", action="store_true",
+                        help="skip Torch-Pruning (its rows of an earlier run stand: the dense nets are seeded)")
     parser.add_argument("--quick", action="store_true", help="the first net and the first sparsity only")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "torch_pruning_study.json")
     args = parser.parse_args(argv)
@@ -335,7 +359,8 @@ def meta(args: argparse.Namespace, wall_s: float) -> dict:
             "sparsities": args.sparsities, "scopes": args.scopes, "epochs": args.epochs,
             "finetune_epochs": args.finetune_epochs, "finetune_lr": args.finetune_lr, "finetune_bn": args.finetune_bn,
             "seed": dn.SEED,
-            "repeats": args.repeats, "ours_args": args.ours_args, "tolerance": TOLERANCE,
+            "repeats": args.repeats, "ours_args": args.ours_args, "reconstruction": args.reconstruction,
+            "ours_only": args.ours_only, "tolerance": TOLERANCE,
             "rebuild_tolerance": REBUILD_TOLERANCE, "importances": list(IMPORTANCES), "threads": 1,
             "versions": {"torch": torch.__version__, "torch_pruning": tp.__version__, "onnx": onnx.__version__,
                          "onnxruntime": ort.__version__, "python": platform.python_version()},
@@ -350,7 +375,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.nets:
             net = prepare_net(arch, data, args.epochs, Path(tmp), args.repeats)
-            settings = [run_setting(net, s, scope, args) for s in args.sparsities for scope in args.scopes]
+            settings = []
+            for s in args.sparsities:
+                for scope in args.scopes:
+                    settings.append(run_setting(net, s, scope, args))
+                    print(f"{arch} {scope} {s:.0%}: " + ", ".join(
+                        f"{r.get('criterion', r.get('importance'))} {r['params']} {r['top1_pruned']:.3f} → "
+                        f"{r['top1_finetuned']:.3f}" for r in settings[-1]["rows"]), file=sys.stderr, flush=True)
             if trip is None:
                 first = settings[0]["rows"][0]
                 trip = {"net": arch, "scope": settings[0]["scope"], "sparsity": settings[0]["sparsity"],

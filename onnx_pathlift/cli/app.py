@@ -141,9 +141,11 @@ def _add_prune(pr: argparse.ArgumentParser) -> None:
                     help="fraction of the scored weights to zero (--structure channel: of the removable channel groups)")
     pr.add_argument("--structure", default="weight", choices=["weight", "channel"],
                     help="weight: zero single weights (default); channel: remove whole channels, write a smaller model")
-    pr.add_argument("--criterion", choices=["path-magnitude", "magnitude", "path-mass", "l1-norm"],
-                    help="weight: path-magnitude (default) or magnitude; channel: path-mass (default) or l1-norm "
-                         "(the default where the model is not a DAG-ReLU network: SiLU, GELU, GroupNorm, ...)")
+    pr.add_argument("--criterion", choices=["path-magnitude", "magnitude", "path-mass", "l1-norm", "reconstruction"],
+                    help="weight: path-magnitude (default) or magnitude; channel: path-mass (default), l1-norm "
+                         "(the default where the model is not a DAG-ReLU network: SiLU, GELU, GroupNorm, ...), or "
+                         "reconstruction (with --calibration: ThiNet's greedy choice of the groups whose removal the "
+                         "next layers' outputs notice least)")
     pr.add_argument("--masked", metavar="MASKED.onnx",
                     help="--structure channel: also write the masked model (removed channels' outgoing weights zeroed)")
     pr.add_argument("--repeats", type=int, help="--structure channel: latency runs per model (median; default 20)")

@@ -130,7 +130,7 @@ Data = str | os.PathLike | Mapping[str, np.ndarray] | None
 
 def _check_arguments(structure: str, criterion: str | None, sparsity: float, source, out, *extras) -> str:
     """The criterion (default: the structure's first), after the checks both structures share."""
-    criteria = {"weight": ("path-magnitude", "magnitude"), "channel": ("path-mass", "l1-norm")}[structure]
+    criteria = {"weight": ("path-magnitude", "magnitude"), "channel": ("path-mass", "l1-norm", "reconstruction")}[structure]
     criterion = criterion or criteria[0]
     if criterion not in criteria:
         raise UsageError(f"--structure {structure} takes --criterion {' or '.join(criteria)} (got {criterion})")
@@ -246,7 +246,15 @@ def _calibration(loaded: Loaded, data: Data) -> tuple[np.ndarray, np.ndarray | N
 
 
 def _data_aware(criterion: str, calib: tuple[np.ndarray, np.ndarray | None] | None):
-    """The data-aware path mass on the calibration samples, as a selection scorer (None: the criterion's own)."""
+    """The selection scorer on the calibration samples (None: the criterion's own): the data-aware path
+    mass for ``path-mass``, the reconstruction error (:mod:`onnx_pathlift.pruning.reconstruct`) for
+    ``reconstruction``, which needs them."""
+    if criterion == "reconstruction":
+        if calib is None:
+            raise UsageError("--criterion reconstruction needs --calibration DATA.npz")
+        from .reconstruct import reconstruction_scores
+
+        return lambda cg, model, prepared: reconstruction_scores(cg, model, prepared, calib[0])
     if calib is None or criterion != "path-mass":
         return None
     from .recover import data_aware_mass
@@ -289,10 +297,13 @@ class PathMassRefused(UnsupportedModelError):
 
 def _criterion(loaded: Loaded, asked: str | None, criterion: str, calibrated: bool) -> tuple[str, str | None]:
     """The criterion to rank by and, for a model the importer refused, why it is not path-mass: ``l1-norm``
-    (which needs no DAG) when none was asked for; :class:`PathMassRefused` when ``path-mass`` was."""
+    (which needs no DAG) when none was asked for, ``reconstruction`` when asked (it runs the model);
+    :class:`PathMassRefused` when ``path-mass`` was."""
     if loaded.dag is None:
         if asked == "path-mass":
             raise PathMassRefused(loaded.refusal)
+        if asked == "reconstruction":  # ThiNet's criterion runs the model itself: it needs no DAG
+            return asked, None
         why = no_dag(loaded.refusal)[0]
         if calibrated:
             why += "; so does --calibration's data-aware path mass (the slim model is still recovered by least squares)"
@@ -362,8 +373,8 @@ ROUND_TO = 8
 def _ranking(criterion: str, ranking: str | None, steps: int | None) -> tuple[str, int]:
     """The ranking and steps, by default ``raw`` in 8 steps for path-mass (recomputed after each step, a
     narrowed layer's channels gain mass: measured in docs/pruning.md), ``normalised`` in one for l1-norm
-    (its scores do not change)."""
-    ranking = ranking or ("raw" if criterion == "path-mass" else "normalised")
+    (its scores do not change), ``raw`` in one for reconstruction (relative errors, comparable across layers)."""
+    ranking = ranking or ("normalised" if criterion == "l1-norm" else "raw")
     steps = (8 if criterion == "path-mass" else 1) if steps is None else steps
     if ranking not in ("raw", "normalised") or steps < 1:
         raise UsageError(f"--ranking must be raw or normalised and --steps at least 1 (got {ranking}, {steps})")
