@@ -296,12 +296,18 @@ def _print_channel_pruning(report, quiet: bool = False) -> None:
     for warning in r["warnings"]:
         print(f"  warning: {warning}")
     if "recovery" in r:
-        _print_recovery(r["recovery"], m)
+        _print_recovery(r["recovery"], m, r["criterion"])
 
 
-def _print_recovery(rec: dict, metric: dict | None) -> None:
+#: what data-aware scores are, per criterion
+_DATA_AWARE = {"path-mass": "path mass weighted by the activations seen on the calibration samples (data-aware)",
+               "reconstruction": "the change each removal makes to the next layers' outputs on the calibration samples "
+                                 "(reconstruction)"}
+
+
+def _print_recovery(rec: dict, metric: dict | None, criterion: str) -> None:
     if rec["data_aware_scores"]:
-        print("  scores: path mass weighted by the activations seen on the calibration samples (data-aware)")
+        print(f"  scores: {_DATA_AWARE[criterion]}")
     if metric is None:
         certificate = "no certificate (above)"
     else:

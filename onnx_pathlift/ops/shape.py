@@ -194,13 +194,13 @@ class Concat(ParameterFree, OneLipschitz):
                                          f"exponent map of {entries} entries, over the limit of {MAX_CONCAT_MAP}")])
         return np.concatenate([on_axis(p, rank, axis) for p in parts], axis=axis)
 
-
-#: the most entries of a Concat's exponent map along its axis (float64: 128 MiB)
-MAX_CONCAT_MAP = 1 << 24
-
     def exact(self, run, layer, xs, in_shapes, feeds):
         """The logs concatenated (exact)."""
         return np.concatenate([v for v, _ in xs], axis=layer.attrs["axis"]), max(e for _, e in xs)
+
+
+#: the most entries of a Concat's exponent map along its axis (float64: 128 MiB)
+MAX_CONCAT_MAP = 1 << 24
 
 
 channel_rule("Identity", "Dropout", "Cast")(per_channel)
