@@ -31,14 +31,7 @@ from onnx import TensorProto, helper
 
 from onnx_pathlift.fileio import read, wire
 
-
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, value = value & 0x7F, value >> 7
-        out.append(low | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
+varint = wire.varint_bytes
 
 
 def field(number: int, payload: bytes) -> bytes:

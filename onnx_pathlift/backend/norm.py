@@ -16,7 +16,6 @@ from ..graph.budget import Budget
 from ..graph.numeric import json_float, log2_sum, log2_sum_scaled, log10_value
 from ..ir.dag import Dag
 from .emit import LOG2_SUFFIX, bundle_tag, lift_model, lifted_bundle
-from .exact import FallbackRefused, exact_log2
 from .runtime import make_session
 from .samples import one_sample
 
@@ -154,6 +153,8 @@ def pin(norm: PathNorm, dag: Dag, feeds: dict[str, np.ndarray] | None = None, ou
     intervals, the fallback's value inside it. Where the fallback refuses, ``value`` is None with the reason."""
     if norm.certified:
         return norm
+    from .exact import FallbackRefused, exact_log2  # only where float32 did not certify (rare)
+
     try:
         with np.errstate(divide="ignore"):
             logs = {n: np.log2(np.asarray(v, dtype=np.float64)) for n, v in (feeds or {}).items()}

@@ -93,7 +93,8 @@ def _fields(buf: memoryview, pos: int, end: int):
         pos = after
 
 
-def _varint_bytes(value: int) -> bytes:
+def varint_bytes(value: int) -> bytes:
+    """``value`` (≥ 0) as a protobuf varint: 7 bits per byte, low first, the top bit set on all but the last."""
     out = bytearray()
     while True:
         low, value = value & 0x7F, value >> 7
@@ -126,7 +127,7 @@ def _split_model(buf: memoryview) -> tuple[list, dict[int, np.ndarray]]:
         return [buf], {}
     after_key, start, after = graph
     inner, payloads = _split_graph(buf, start, after)
-    return [buf[:after_key], _varint_bytes(sum(len(p) for p in inner)), *inner, buf[after:]], payloads
+    return [buf[:after_key], varint_bytes(sum(len(p) for p in inner)), *inner, buf[after:]], payloads
 
 
 def _split_graph(buf: memoryview, begin: int, end: int) -> tuple[list, dict[int, np.ndarray]]:
@@ -142,7 +143,7 @@ def _split_graph(buf: memoryview, begin: int, end: int) -> tuple[list, dict[int,
             out[:] = buf[raw_start:raw_after]
             payloads[index] = out
             body = (raw_at - start) + (after - raw_after)
-            pieces += [buf[copied:after_key], _varint_bytes(body), buf[start:raw_at], buf[raw_after:after]]
+            pieces += [buf[copied:after_key], varint_bytes(body), buf[start:raw_at], buf[raw_after:after]]
             copied = after
         index += 1
     pieces.append(buf[copied:end])

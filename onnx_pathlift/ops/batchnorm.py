@@ -36,12 +36,17 @@ def batchnorm_macs(node, consts: dict[str, np.ndarray], shapes: dict[str, tuple[
 def batchnorm_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
     """Per channel: channel ``c`` in and out are one channel; its scale, bias, mean and variance
     entries ``c`` are sliced with it (on a flattened tensor the statistics do not follow: pinned)."""
-    x = xs[0]
+    _per_channel_params(b, node, xs[0], list(node.input[1:5]))
+
+
+def _per_channel_params(b: ChannelBuilder, node, x: Layout, params: list[str]) -> None:
+    """Channel ``c`` in and out are one channel, and entry ``c`` of each of ``params`` is sliced with it;
+    on a flattened tensor (channels no longer on axis 1) the per-channel parameters do not follow: pinned."""
     out = b.same(node, x)
     if x.axis != 1 or x.block != 1:
-        return b.pin(out, f"BatchNormalization {node.name!r} on a flattened tensor")
-    if b.owned_or_pin(list(node.input[1:5]), [out], node):
-        for name in node.input[1:5]:
+        return b.pin(out, f"{node.op_type} {node.name!r} on a flattened tensor")
+    if b.owned_or_pin(params, [out], node):
+        for name in params:
             b.entry(out, "slice", name, 0)
 
 
@@ -75,13 +80,7 @@ def instancenorm_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
     """Per channel (statistics over the spatial axes of each channel ``c`` alone): channel ``c`` in
     and out are one channel; its scale and bias entries ``c`` are sliced with it. The slots may be
     GroupNorm's groups (the input reshaped to ``(N, G, -1)``: :func:`~onnx_pathlift.ops.shape.reshape_channels`)."""
-    x = xs[0]
-    out = b.same(node, x)
-    if x.axis != 1 or x.block != 1:
-        return b.pin(out, f"InstanceNormalization {node.name!r} on a flattened tensor")
-    if b.owned_or_pin(list(node.input[1:3]), [out], node):
-        for name in node.input[1:3]:
-            b.entry(out, "slice", name, 0)
+    _per_channel_params(b, node, xs[0], list(node.input[1:3]))
 
 
 def _set_groups(node, data: tuple[str, int], ctx: SlimEdit) -> None:
