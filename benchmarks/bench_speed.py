@@ -31,21 +31,22 @@ the reason. ``--models`` takes these names or ``.onnx`` paths.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import bench_torchvision
 import numpy as np
 import onnx
 from bare_loop import plain_feeds
 from bench_pathnorm import CpuWatch, machine_info, print_profile, profile, wait_quiet
-from bench_torchvision import export, measure, stages
+from bench_torchvision import child_or_setup, export, measure, stages
 
 ROOT = Path(__file__).resolve().parent.parent
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
@@ -67,10 +68,8 @@ def resolve(name: str, workdir: Path) -> tuple[Path | None, str]:
     return Path(child("export", name, str(workdir))["path"]), ""
 
 
-def child(job: str, *args: str) -> dict:
-    """``job`` of this script in a fresh process (the parent stays small), its JSON answer."""
-    _, _, text = measure([sys.executable, __file__, "--child", job, *args])
-    return json.loads(text.strip().splitlines()[-1])
+#: ``job`` of this script in a fresh process (the parent stays small), its JSON answer
+child = functools.partial(bench_torchvision.child, script=__file__)
 
 
 def watched(cmd: list[str]) -> tuple[float, float]:
@@ -251,12 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.child:
-        print(json.dumps(CHILD_JOBS[args.child[0]](*args.child[1:])))
+    if child_or_setup(args, CHILD_JOBS):
         return 0
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    # the package's bytecode, as a pip install compiles it (else every process compiles it again)
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "onnx_pathlift")], check=True)
     whole = CpuWatch()
     with tempfile.TemporaryDirectory() as tmp:
         out = run_all(args, Path(tmp))

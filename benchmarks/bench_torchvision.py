@@ -224,10 +224,10 @@ def stages(path: Path) -> dict:
     return json.loads(text.strip().splitlines()[-1])
 
 
-def child(job: str, *args: str) -> dict:
-    """Run ``job`` of this script in a fresh process and return its JSON (the parent stays small, so
-    the peak RSS a child inherits at exec is below every measured process's)."""
-    _, _, text = measure([sys.executable, __file__, "--child", job, *args])
+def child(job: str, *args: str, script: str = __file__) -> dict:
+    """Run ``job`` of ``script`` (this one by default) in a fresh process and return its JSON (the parent
+    stays small, so the peak RSS a child inherits at exec is below every measured process's)."""
+    _, _, text = measure([sys.executable, script, "--child", job, *args])
     return json.loads(text.strip().splitlines()[-1])
 
 
@@ -258,6 +258,19 @@ def print_stages(rows: dict) -> None:
         print(f"| {name} | {r['params']:,} | {cells} |")
 
 
+def child_or_setup(args: argparse.Namespace, jobs: dict) -> bool:
+    """``--child JOB ARGS...``: run that one job of ``jobs`` and print its JSON (True: nothing else to do);
+    else make ``--workdir`` and compile the package's bytecode, as a pip install does (numpy's and
+    onnxruntime's already are): with PYTHONDONTWRITEBYTECODE set, every timed process would compile our
+    modules again (~0.06 s)."""
+    if args.child:
+        print(json.dumps(jobs[args.child[0]](*args.child[1:])))
+        return True
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "onnx_pathlift")], check=True)
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=None)
@@ -268,13 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.child:
-        print(json.dumps(CHILD_JOBS[args.child[0]](*args.child[1:])))
+    if child_or_setup(args, CHILD_JOBS):
         return 0
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    # the package's bytecode, as a pip install compiles it (numpy's and onnxruntime's already are): with
-    # PYTHONDONTWRITEBYTECODE set, every process would compile our 35 modules again (~0.06 s)
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "onnx_pathlift")], check=True)
     rows = {}
     for name in args.models or (GROWTH if args.stages else MODELS):
         if name.endswith(".onnx"):  # a model file (for --stages: the small end of the growth table)
