@@ -16,10 +16,11 @@ from onnx import helper
 
 from onnx_pathlift.backend.norm import path_norm
 from onnx_pathlift.frontend.prepare import prepare
+from onnx_pathlift.ops.registry import costed_op_types
 from onnx_pathlift.pruning.channels import group_scores
 from onnx_pathlift.pruning.ranking import channel_costs
 from onnx_pathlift.pruning.recover import recover
-from onnx_pathlift.pruning.slim import costed_op_types, float_parameters, layer_costs, masked_model, slim_model
+from onnx_pathlift.pruning.slim import float_parameters, layer_costs, masked_model, slim_model
 
 
 def _deconv_net(group: int = 1, seed: int = 0, **attrs) -> onnx.ModelProto:

@@ -97,6 +97,11 @@ def weight_op_types() -> list[str]:
     return [op for op, rule in CHANNEL_RULES.items() if rule.weight]
 
 
+def costed_op_types() -> list[str]:
+    """The op types whose MACs channel pruning counts (Conv, ConvTranspose, Gemm, MatMul, BN), as declared."""
+    return [op for op, rule in CHANNEL_RULES.items() if rule.macs is not None]
+
+
 #: ``(node, consts, opset) -> (lo, hi)``: where an activation passes its input with slope 1 (``lo < z < hi``)
 #: and is flat elsewhere (ReLU, Clip): what data-aware pruning and recovery gate and fit through
 PassRange = Callable[[NodeProto, dict[str, np.ndarray], int], tuple[float, float]]

@@ -18,13 +18,12 @@ from ..frontend.edit import copy_model, retie, untie
 from ..frontend.names import layer_names
 from ..frontend.prepare import Prepared, prepare
 from ..ir.dag import Dag
-from ..ops.registry import CHANNEL_RULES
+from ..ops.registry import CHANNEL_RULES, costed_op_types
 from ..sanitise import terminal
 from .channels import ChannelGraph, Group
 from .slim import (
     ChannelPrune,
     check_slim,
-    costed_op_types,
     float_parameters,
     layer_costs,
     masked_model,

@@ -155,7 +155,7 @@ class LayerCost:
 
 def layer_costs(prepared: Prepared) -> list[LayerCost]:
     """Parameters (float constants read, :func:`statistics` left out) and multiply-accumulates of each
-    node whose op declares its MACs (:func:`costed_op_types`: Conv, ConvTranspose, Gemm, MatMul, BatchNormalization)."""
+    node whose op declares its MACs (:func:`~onnx_pathlift.ops.registry.costed_op_types`: Conv, ConvTranspose, Gemm, MatMul, BatchNormalization)."""
     rows = []
     stats = statistics(prepared.nodes)
     for node in prepared.nodes:
@@ -167,11 +167,6 @@ def layer_costs(prepared: Prepared) -> list[LayerCost]:
         macs = rule.macs(node, prepared.consts, prepared.shapes)
         rows.append(LayerCost(node.name or node.output[0], node.op_type, params, macs))
     return rows
-
-
-def costed_op_types() -> list[str]:
-    """The op types whose MACs :func:`layer_costs` counts, as their channel rules declare."""
-    return [op for op, rule in CHANNEL_RULES.items() if rule.macs is not None]
 
 
 def statistics(nodes) -> set[str]:
