@@ -12,10 +12,11 @@ torchvision-like MobileNetV2 at 224×224 (inverted residuals of ``tools/digits_n
     python tools/round_to_study.py OUT_DIR [--sizes 1 4 8 16] [--sparsity 0.3 0.5] [--nets DIR]
     python tools/round_to_study.py OUT_DIR --goal 0.65 0.7   # issue 30's latency goal, below
 
-``--goal P ...``: the MobileNetV2 224 pruned by ``prune --structure channel --target params --sparsity P`` (every
-other option at the command's default: global scope, path-mass, ``--round-to 8``), dense and slim timed in
-``--rounds`` interleaved rounds; per P the parameters kept, the slim/dense latency ratio of each round (median,
-min, max: the spread a shared machine gives) and the ratio of the fastest rounds (the least disturbed by load).
+``--goal P ...``: the MobileNetV2 224 pruned by ``prune --structure channel --target T --sparsity P`` (``T`` from
+``--goal-target``, default ``params``; every other option at the command's default: global scope, path-mass,
+``--round-to 8``), dense and slim timed in ``--rounds`` interleaved rounds; per P the parameters and MACs kept,
+the slim/dense latency ratio of each round (median, min, max: the spread a shared machine gives) and the ratio of
+the fastest rounds (the least disturbed by load).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from digits_nets import InvertedResidual, conv_bn  # noqa: E402
 from onnx_pathlift.frontend.pipeline import load  # noqa: E402
 from onnx_pathlift.pruning.channels import channel_graph, group_scores  # noqa: E402
 from onnx_pathlift.pruning.ranking import choose  # noqa: E402
-from onnx_pathlift.pruning.slim import float_parameters, latency, slim_model  # noqa: E402
+from onnx_pathlift.pruning.slim import float_parameters, latency, layer_costs, slim_model  # noqa: E402
 
 #: torchvision's mobilenet_v2 setting: expansion t, channels c, repeats n, first stride s
 SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
@@ -94,15 +95,15 @@ def study(path: Path, sizes: list[int], sparsities: list[float], rounds: int, re
     return rows
 
 
-def goal(path: Path, fractions: list[float], rounds: int, repeats: int) -> list[str]:
-    """Markdown rows of ``--goal``: the fraction of parameters removed, kept, dense ms, the slim/dense ratio
-    per round (median [min, max]) and the ratio of the fastest rounds."""
+def goal(path: Path, fractions: list[float], rounds: int, repeats: int, target: str = "params") -> list[str]:
+    """Markdown rows of ``--goal``: the fraction of ``target`` removed, parameters and MACs kept, dense ms, the
+    slim/dense ratio per round (median [min, max]) and the ratio of the fastest rounds."""
     from onnx_pathlift.pruning.prune import prune_channel_groups
 
     loaded = load(path)
     variants = {"dense": loaded.model}
     for f in fractions:
-        variants[f] = prune_channel_groups(path, f, path.with_name(f"slim_{f:g}.onnx"), target="params",
+        variants[f] = prune_channel_groups(path, f, path.with_name(f"slim_{f:g}.onnx"), target=target,
                                            repeats=1).result.slim
     slims = {f: load(path.with_name(f"slim_{f:g}.onnx")).prepared for f in fractions}
     times: dict = {k: [] for k in variants}
@@ -110,11 +111,14 @@ def goal(path: Path, fractions: list[float], rounds: int, repeats: int) -> list[
         for key, model in variants.items():
             times[key].append(latency(model, loaded.prepared if key == "dense" else slims[key], repeats))
     dense, params = np.array(times["dense"]), float_parameters(loaded.model)
+    macs = sum(c.macs for c in layer_costs(loaded.prepared))
     rows = []
     for f in fractions:
         slim = np.array(times[f])
         ratio = slim / dense
-        rows.append(f"| {f:.0%} | {float_parameters(variants[f]) / params:.1%} | {np.median(dense) * 1e3:.1f} | "
+        kept_macs = sum(c.macs for c in layer_costs(slims[f])) / macs
+        rows.append(f"| {f:.0%} | {float_parameters(variants[f]) / params:.1%} | {kept_macs:.1%} | "
+                    f"{np.median(dense) * 1e3:.1f} | "
                     f"{np.median(ratio):.2f} [{ratio.min():.2f}, {ratio.max():.2f}] | {slim.min() / dense.min():.2f} |")
     return rows
 
@@ -128,14 +132,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--goal", type=float, nargs="+", metavar="P",
-                        help="only the MobileNetV2 224 goal: --target params --sparsity P, default options")
+                        help="only the MobileNetV2 224 goal: --target T --sparsity P, default options")
+    parser.add_argument("--goal-target", default="params", choices=("params", "macs", "latency"),
+                        help="--goal's --target T (default params)")
     args = parser.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     if args.goal:
-        print("| params removed (target) | kept | dense ms | slim / dense, median [min, max] over rounds | "
-              "fastest slim / fastest dense |\n|---|---:|---:|---|---:|")
-        for row in goal(mobilenet224(args.out_dir / "mobilenetv2_224.onnx"), args.goal, args.rounds, args.repeats):
+        print(f"| {args.goal_target} removed (target) | params kept | MACs kept | dense ms | slim / dense, median "
+              "[min, max] over rounds | fastest slim / fastest dense |\n|---|---:|---:|---:|---|---:|")
+        model = mobilenet224(args.out_dir / "mobilenetv2_224.onnx")
+        for row in goal(model, args.goal, args.rounds, args.repeats, args.goal_target):
             print(row, flush=True)
         return 0
     paths = sorted(args.nets.glob("digits16_*.onnx")) if args.nets else []
