@@ -8,7 +8,9 @@ Protocol (issue 30), per net of ``tools/digits_nets.py`` (trained once: seeded, 
 * **target**: ``prune_channel_groups(ONNX, s, criterion="path-mass", scope=...)`` (our public API; extra
   keyword arguments from ``--ours-args``, a JSON object, passed through unchanged); its parameter count P is
   the target of the setting;
-* **ours, l1-norm**: the same call with ``criterion="l1-norm"``; if its count is not within 1 % of P, OUR
+* **ours, l1-norm** (and each further row of ``--ours``: ``path-mass+calibration``, ``l1-norm+calibration``,
+  ``reconstruction``, where ``+calibration`` passes the training split as ``calibration=``: data-aware scores
+  and the least-squares recovery): the same call with that criterion; if its count is not within 1 % of P, OUR
   sparsity is adjusted (bracketing search, below) until it is;
 * **Torch-Pruning**: ``tp.pruner.MetaPruner`` (DepGraph) on the trained torch model, the last Linear ignored,
   ``global_pruning`` = scope is global, importances L1 / L2 (``MagnitudeImportance(p=1|2)``), BN-scale and
@@ -35,7 +37,8 @@ Writes ``--out`` (default ``docs/torch_pruning_study.json``) and prints markdown
 
     python tools/torch_pruning_study.py                       # the three nets, 50 and 70 %
     python tools/torch_pruning_study.py --quick               # one net, one sparsity (development)
-    python tools/torch_pruning_study.py --ours-args '{"round_to": 8}'   # once prune_channel_groups takes it
+    python tools/torch_pruning_study.py --ours-args '{"round_to": 8}'   # keyword arguments for prune_channel_groups
+    python tools/torch_pruning_study.py --nets resnet --ours path-mass+calibration reconstruction --ours-only
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ IMPORTANCES: dict[str, Callable[[], object]] = {
     "BN-scale": lambda: tp.importance.BNScaleImportance(),
     "Taylor": lambda: tp.importance.TaylorImportance(),
 }
+OURS = ("path-mass", "l1-norm", "path-mass+calibration", "l1-norm+calibration", "reconstruction")
 TOLERANCE = 0.01  # parameter counts matched within 1 %
 REBUILD_TOLERANCE = 1e-4  # max |torch rebuild − onnxruntime| on the test split
 MAX_STEPS = 14
@@ -206,38 +210,31 @@ def evaluate(net: Net, model: onnx.ModelProto, row: dict, args: argparse.Namespa
 
 
 def ours_rows(net: Net, sparsity: float, scope: str, args: argparse.Namespace) -> list[dict]:
-    """Path-mass at the nominal sparsity (the target count), l1-norm matched to it by our sparsity."""
+    """Path-mass at the nominal sparsity (the target count), then each further row of ``--ours`` matched to it by
+    our sparsity."""
     ref = ours_prune(net, sparsity, "path-mass", scope, args.ours_args)
     target = float_parameters(ref)
     rows = [evaluate(net, ref, {"tool": "ours", "criterion": "path-mass", "sparsity": sparsity, "adjusted": False,
                                 "search_steps": 0}, args)]
+    return rows + [matched_row(net, variant, sparsity, scope, target, args) for variant in args.ours[1:]]
+
+
+def matched_row(net: Net, variant: str, sparsity: float, scope: str, target: int, args: argparse.Namespace) -> dict:
+    """One row of ``--ours``: ``CRITERION`` or ``CRITERION+calibration`` (``--calibration`` on the training split:
+    data-aware scores where the criterion has them, and the least-squares recovery), our sparsity adjusted to
+    match ``target``."""
+    criterion, _, calibrated = variant.partition("+")
+    calibrated = calibrated or criterion == "reconstruction"
+    extra = {"calibration": dn.save_data(net.data, net.work / "train.npz", "train")} if calibrated else {}
     models: dict[float, onnx.ModelProto] = {}
 
     def count(s: float) -> int:
-        models[s] = ours_prune(net, s, "l1-norm", scope, args.ours_args)
+        models[s] = ours_prune(net, s, criterion, scope, {**args.ours_args, **extra})
         return float_parameters(models[s])
 
     s, _, steps = search(count, target, sparsity, p_lo=net.dense["params"])
-    rows.append(evaluate(net, models[s], {"tool": "ours", "criterion": "l1-norm", "sparsity": s,
-                                          "adjusted": s != sparsity, "search_steps": steps}, args))
-    if args.reconstruction:
-        rows.append(reconstruction_row(net, sparsity, scope, target, args))
-    return rows
-
-
-def reconstruction_row(net: Net, sparsity: float, scope: str, target: int, args: argparse.Namespace) -> dict:
-    """``--criterion reconstruction`` with ``--calibration`` on the training split (selection and least-squares
-    recovery), our sparsity adjusted to match ``target``."""
-    calib = dn.save_data(net.data, net.work / "train.npz", "train")
-    models: dict[float, onnx.ModelProto] = {}
-
-    def count(s: float) -> int:
-        models[s] = ours_prune(net, s, "reconstruction", scope, {**args.ours_args, "calibration": calib})
-        return float_parameters(models[s])
-
-    s, _, steps = search(count, target, sparsity, p_lo=net.dense["params"])
-    return evaluate(net, models[s], {"tool": "ours", "criterion": "reconstruction", "sparsity": s,
-                                     "adjusted": s != sparsity, "search_steps": steps}, args)
+    return evaluate(net, models[s], {"tool": "ours", "criterion": variant, "sparsity": s, "adjusted": s != sparsity,
+                                     "search_steps": steps}, args)
 
 
 def tp_row(net: Net, importance: str, target: int, scope: str, args: argparse.Namespace) -> dict:
@@ -287,8 +284,9 @@ def best_tp(rows: list[dict], key: str) -> dict:
 def accuracy_table(nets: dict, key: str) -> list[str]:
     """Rows net × scope; columns ours path-mass, ours l1-norm, Torch-Pruning best; cells over the sparsities."""
     ours = max(sum(r["tool"] == "ours" for r in st["rows"]) for n in nets.values() for st in n["settings"])
-    lines = ["| net, scope | sparsity | ours, path-mass | ours, l1-norm | " + "ours, reconstruction | " * (ours > 2)
-             + "Torch-Pruning, best importance |", "|---|---|---|---|---|" + "---|" * (ours > 2)]
+    labels = next(st["rows"] for n in nets.values() for st in n["settings"])[:ours]
+    lines = ["| net, scope | sparsity | " + "".join(f"ours, {r['criterion']} | " for r in labels)
+             + "Torch-Pruning, best importance |", "|---|---|" + "---|" * (ours + 1)]
     for arch, n in nets.items():
         for scope in SCOPES:
             settings = [st for st in n["settings"] if st["scope"] == scope]
@@ -302,12 +300,14 @@ def accuracy_table(nets: dict, key: str) -> list[str]:
 
 
 def cost_table(nets: dict) -> list[str]:
-    """Rows net × scope × sparsity: parameters, MACs and latency of the three columns' models."""
-    lines = ["| net | scope | sparsity | params: path-mass / l1-norm / TP best | MACs: path-mass / l1-norm / TP best "
-             "| latency µs: path-mass / l1-norm / TP best (dense) |", "|---|---|---|---|---|---|"]
+    """Rows net × scope × sparsity: parameters, MACs and latency of our rows' models and Torch-Pruning's best."""
+    first = next(st["rows"] for n in nets.values() for st in n["settings"])
+    names = " / ".join([r["criterion"] for r in first if r["tool"] == "ours"] + ["TP best"])
+    lines = [f"| net | scope | sparsity | params: {names} | MACs: {names} | latency µs: {names} (dense) |",
+             "|---|---|---|---|---|---|"]
     for arch, n in nets.items():
         for st in n["settings"]:
-            rows = [st["rows"][0], st["rows"][1], best_tp(st["rows"], "top1_finetuned")]
+            rows = [r for r in st["rows"] if r["tool"] == "ours"] + [best_tp(st["rows"], "top1_finetuned")]
             lat = " / ".join("n/a" if r["latency_s"] is None else f"{r['latency_s'] * 1e6:.0f}" for r in rows)
             dense_lat = n["dense"]["latency_s"]
             lines.append(f"| {arch} | {st['scope']} | {st['sparsity']:.0%} | " + " / ".join(str(r["params"]) for r in rows)
@@ -340,8 +340,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=200, help="onnxruntime runs per latency (median)")
     parser.add_argument("--ours-args", type=json.loads, default={},
                         help="JSON object of extra keyword arguments for prune_channel_groups, passed unchanged")
-    parser.add_argument("--reconstruction", action="store_true",
-                        help="a third row of ours: --criterion reconstruction with --calibration on the training split")
+    parser.add_argument("--ours", nargs="+", choices=OURS, default=["path-mass", "l1-norm"],
+                        help="our rows after path-mass (always first: its parameter count is the target); "
+                             "+calibration: --calibration on the training split (reconstruction always has it)")
     parser.add_argument("--ours-only", action="store_true",
                         help="skip Torch-Pruning (its rows of an earlier run stand: the dense nets are seeded)")
     parser.add_argument("--quick", action="store_true", help="the first net and the first sparsity only")
@@ -349,6 +350,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not isinstance(args.ours_args, dict):
         parser.error("--ours-args must be a JSON object")
+    args.ours = ["path-mass", *dict.fromkeys(o for o in args.ours if o != "path-mass")]
     if args.quick:
         args.nets, args.sparsities = args.nets[:1], args.sparsities[:1]
     return args
@@ -359,7 +361,7 @@ def meta(args: argparse.Namespace, wall_s: float) -> dict:
             "sparsities": args.sparsities, "scopes": args.scopes, "epochs": args.epochs,
             "finetune_epochs": args.finetune_epochs, "finetune_lr": args.finetune_lr, "finetune_bn": args.finetune_bn,
             "seed": dn.SEED,
-            "repeats": args.repeats, "ours_args": args.ours_args, "reconstruction": args.reconstruction,
+            "repeats": args.repeats, "ours_args": args.ours_args, "ours": args.ours,
             "ours_only": args.ours_only, "tolerance": TOLERANCE,
             "rebuild_tolerance": REBUILD_TOLERANCE, "importances": list(IMPORTANCES), "threads": 1,
             "versions": {"torch": torch.__version__, "torch_pruning": tp.__version__, "onnx": onnx.__version__,
