@@ -13,7 +13,7 @@ torchvision-like MobileNetV2 at 224×224 (inverted residuals of ``tools/digits_n
     python tools/round_to_study.py OUT_DIR --goal 0.65 0.7   # issue 30's latency goal, below
 
 ``--goal P ...``: the MobileNetV2 224 pruned by ``prune --structure channel --target T --sparsity P`` (``T`` from
-``--goal-target``, default ``params``; every other option at the command's default: global scope, path-mass,
+``--goal-target``: groups, params (default), macs or latency; every other option at the command's default: global scope, path-mass,
 ``--round-to 8``), dense and slim timed in ``--rounds`` interleaved rounds; per P the parameters and MACs kept,
 the slim/dense latency ratio of each round (median, min, max: the spread a shared machine gives) and the ratio of
 the fastest rounds (the least disturbed by load).
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--goal", type=float, nargs="+", metavar="P",
                         help="only the MobileNetV2 224 goal: --target T --sparsity P, default options")
-    parser.add_argument("--goal-target", default="params", choices=("params", "macs", "latency"),
+    parser.add_argument("--goal-target", default="params", choices=("groups", "params", "macs", "latency"),
                         help="--goal's --target T (default params)")
     args = parser.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
