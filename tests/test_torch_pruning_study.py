@@ -202,3 +202,33 @@ def test_quick_study_runs_and_matches(tmp_path):
         assert sum(r["matched"] for r in rows) >= 5
     trip = study["round_trip"]
     assert trip["max_abs_error"] <= 1e-4 and trip["top1_torch"] == trip["top1_onnxruntime"]
+
+
+def test_combine_merges_rows_per_setting_and_marks_missing_cells(tmp_path):
+    """``--combine``: rows of later files join the setting they belong to, a row already present (same tool and
+    criterion or importance) is kept from the first file, and a criterion a setting lacks prints as ``–``."""
+    study = load_tool("torch_pruning_study")
+
+    def row(tool: str, name: str, top1: float) -> dict:
+        key = "criterion" if tool == "ours" else "importance"
+        return {"tool": tool, key: name, "params": 100, "macs": 10, "latency_s": 1e-4, "matched": True,
+                "top1_pruned": top1, "top1_finetuned": top1}
+
+    dense = {"top1_onnxruntime": 0.99, "params": 400, "macs": 40, "latency_s": 2e-4}
+    first = {"meta": {"finetune_epochs": 3, "repeats": 20}, "nets": {"vgg": {"dense": dense, "settings": [
+        {"scope": "layer", "sparsity": 0.5, "target_params": 100, "rows": [row("ours", "path-mass", 0.91),
+                                                                          row("torch-pruning", "L1", 0.95)]},
+        {"scope": "global", "sparsity": 0.5, "target_params": 100, "rows": [row("ours", "path-mass", 0.81)]}]}}}
+    second = {"meta": {}, "nets": {"vgg": {"dense": dense, "settings": [
+        {"scope": "layer", "sparsity": 0.5, "target_params": 100, "rows": [row("ours", "path-mass", 0.11),
+                                                                          row("ours", "reconstruction", 0.97)]}]}}}
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for p, payload in zip(paths, (first, second), strict=True):
+        p.write_text(json.dumps(payload))
+    merged = study.combine(paths)
+    layer, glob = merged["nets"]["vgg"]["settings"]
+    assert [(r["tool"], r.get("criterion") or r["importance"], r["top1_finetuned"]) for r in layer["rows"]] == [
+        ("ours", "path-mass", 0.91), ("ours", "reconstruction", 0.97), ("torch-pruning", "L1", 0.95)]
+    table = study.accuracy_table(merged["nets"], "top1_finetuned")
+    assert table[0].count("ours, ") == 2
+    assert "| 0.910 | 0.970 | 0.950 (L1) |" in table[2] and "| 0.810 | – | nan (not run) |" in table[3]

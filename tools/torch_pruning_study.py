@@ -281,18 +281,29 @@ def best_tp(rows: list[dict], key: str) -> dict:
                         "latency_s": None})
 
 
+def our_criteria(nets: dict) -> list[str]:
+    """Our rows' criteria over every setting, in the order they first appear."""
+    rows = (r for n in nets.values() for st in n["settings"] for r in st["rows"] if r["tool"] == "ours")
+    return list(dict.fromkeys(r["criterion"] for r in rows))
+
+
+def our_row(st: dict, criterion: str) -> dict | None:
+    return next((r for r in st["rows"] if r["tool"] == "ours" and r["criterion"] == criterion), None)
+
+
 def accuracy_table(nets: dict, key: str) -> list[str]:
-    """Rows net × scope; columns ours path-mass, ours l1-norm, Torch-Pruning best; cells over the sparsities."""
-    ours = max(sum(r["tool"] == "ours" for r in st["rows"]) for n in nets.values() for st in n["settings"])
-    labels = next(st["rows"] for n in nets.values() for st in n["settings"])[:ours]
-    lines = ["| net, scope | sparsity | " + "".join(f"ours, {r['criterion']} | " for r in labels)
-             + "Torch-Pruning, best importance |", "|---|---|" + "---|" * (ours + 1)]
+    """Rows net × scope; a column per criterion of ours (``–`` where a setting lacks it), Torch-Pruning's best;
+    cells over the sparsities."""
+    criteria = our_criteria(nets)
+    lines = ["| net, scope | sparsity | " + "".join(f"ours, {c} | " for c in criteria)
+             + "Torch-Pruning, best importance |", "|---|---|" + "---|" * (len(criteria) + 1)]
     for arch, n in nets.items():
         for scope in SCOPES:
             settings = [st for st in n["settings"] if st["scope"] == scope]
             if not settings:
                 continue
-            cells = [" / ".join(fmt_cell(st["rows"][i], key) for st in settings) for i in range(ours)]
+            cells = [" / ".join("–" if (r := our_row(st, c)) is None else fmt_cell(r, key) for st in settings)
+                     for c in criteria]
             cells.append(" / ".join(fmt_cell(best_tp(st["rows"], key), key, True) for st in settings))
             pct = " / ".join(f"{st['sparsity']:.0%}" for st in settings)
             lines.append(f"| {arch} (dense {n['dense']['top1_onnxruntime']:.3f}), {scope} | {pct} | " + " | ".join(cells) + " |")
@@ -301,18 +312,21 @@ def accuracy_table(nets: dict, key: str) -> list[str]:
 
 def cost_table(nets: dict) -> list[str]:
     """Rows net × scope × sparsity: parameters, MACs and latency of our rows' models and Torch-Pruning's best."""
-    first = next(st["rows"] for n in nets.values() for st in n["settings"])
-    names = " / ".join([r["criterion"] for r in first if r["tool"] == "ours"] + ["TP best"])
+    criteria = our_criteria(nets)
+    names = " / ".join([*criteria, "TP best"])
     lines = [f"| net | scope | sparsity | params: {names} | MACs: {names} | latency µs: {names} (dense) |",
              "|---|---|---|---|---|---|"]
     for arch, n in nets.items():
         for st in n["settings"]:
-            rows = [r for r in st["rows"] if r["tool"] == "ours"] + [best_tp(st["rows"], "top1_finetuned")]
-            lat = " / ".join("n/a" if r["latency_s"] is None else f"{r['latency_s'] * 1e6:.0f}" for r in rows)
+            rows = [our_row(st, c) for c in criteria] + [best_tp(st["rows"], "top1_finetuned")]
+
+            def cell(key: str, fmt=str, rows=rows) -> str:
+                return " / ".join("–" if r is None or r.get(key) is None else fmt(r[key]) for r in rows)
+
             dense_lat = n["dense"]["latency_s"]
-            lines.append(f"| {arch} | {st['scope']} | {st['sparsity']:.0%} | " + " / ".join(str(r["params"]) for r in rows)
-                         + f" (dense {n['dense']['params']}) | " + " / ".join(str(r["macs"]) for r in rows)
-                         + f" (dense {n['dense']['macs']}) | {lat} ({'n/a' if dense_lat is None else f'{dense_lat * 1e6:.0f}'}) |")
+            lines.append(f"| {arch} | {st['scope']} | {st['sparsity']:.0%} | {cell('params')} (dense {n['dense']['params']}) | "
+                         f"{cell('macs')} (dense {n['dense']['macs']}) | {cell('latency_s', lambda t: f'{t * 1e6:.0f}')} "
+                         f"({'n/a' if dense_lat is None else f'{dense_lat * 1e6:.0f}'}) |")
     return lines
 
 
@@ -324,6 +338,30 @@ def tables(payload: dict) -> str:
                       *accuracy_table(nets, "top1_pruned"), "", "Parameters, MACs and onnxruntime latency (one thread, "
                       f"median of {meta['repeats']} runs on one input):", "", *cost_table(nets), "",
                       "`*`: parameter count not within 1 % of the path-mass model's.", ""])
+
+
+def combine(paths: list[Path]) -> dict:
+    """One payload from several runs' JSON files (the dense nets are seeded, so the runs agree on them and on
+    each setting's target): per (net, scope, sparsity), every row of every file, a row of a tool and criterion
+    or importance already present kept from the first file that has it."""
+    payloads = [json.loads(p.read_text()) for p in paths]
+    nets: dict = {}
+    for payload in payloads:
+        for arch, n in payload["nets"].items():
+            net = nets.setdefault(arch, {"dense": n["dense"], "settings": []})
+            for st in n["settings"]:
+                key = (st["scope"], st["sparsity"])
+                into = next((t for t in net["settings"] if (t["scope"], t["sparsity"]) == key), None)
+                if into is None:
+                    net["settings"].append({**st, "rows": list(st["rows"])})
+                    continue
+                seen = {(r["tool"], r.get("criterion") or r.get("importance")) for r in into["rows"]}
+                into["rows"] += [r for r in st["rows"] if (r["tool"], r.get("criterion") or r.get("importance")) not in seen]
+    for net in nets.values():
+        net["settings"].sort(key=lambda st: (st["sparsity"], SCOPES.index(st["scope"])))
+        for st in net["settings"]:
+            st["rows"].sort(key=lambda r: r["tool"] != "ours")
+    return {"meta": {**payloads[0]["meta"], "combined": [str(p) for p in paths]}, "nets": nets}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -346,6 +384,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ours-only", action="store_true",
                         help="skip Torch-Pruning (its rows of an earlier run stand: the dense nets are seeded)")
     parser.add_argument("--quick", action="store_true", help="the first net and the first sparsity only")
+    parser.add_argument("--combine", nargs="+", type=Path, metavar="JSON",
+                        help="print the tables of earlier runs' files together (rows merged per setting) and exit")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "torch_pruning_study.json")
     args = parser.parse_args(argv)
     if not isinstance(args.ours_args, dict):
@@ -372,6 +412,9 @@ def meta(args: argparse.Namespace, wall_s: float) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.combine:
+        print(tables(combine(args.combine)))
+        return 0
     torch.set_num_threads(1)
     t0, data, nets, trip = time.perf_counter(), dn.digits16(), {}, None
     with tempfile.TemporaryDirectory() as tmp:
