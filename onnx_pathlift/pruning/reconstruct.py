@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator
 
 import numpy as np
 from onnx import ModelProto, NodeProto
@@ -38,6 +39,7 @@ from .refit import conv_rows
 ROWS = 4096  # sampled output rows per consumer
 SAMPLES = 512  # calibration samples the consumers' inputs are collected on (the first ones)
 TENSOR_BYTES = 1 << 26  # the most one collected float32 input may take: fewer samples for large layers
+BATCH_BYTES = 1 << 28  # the most the inputs collected in one onnxruntime run may take together
 WORK = 2e10  # rows × groups² × outputs of one consumer's Gram (fewer rows for wide layers)
 CHUNK = 1 << 22  # rows × groups × outputs of one chunk of contributions
 
@@ -130,37 +132,61 @@ def _layer_grams(cg: ChannelGraph, model: ModelProto, prepared: Prepared, x: np.
     readers, layers = _consumers(model), {}
     for i in live:
         layers.setdefault(cg.groups[i].layer, []).append(i)
-    input_name = next(iter(prepared.inputs))
-    out: dict[str, tuple[list[int], np.ndarray, float]] = {}
+    sinks: dict[str, list[tuple[str, int, int, int]]] = {}  # consumer weight -> (layer, member, lo, hi)
     for layer, members in layers.items():
-        by_node: dict[str, list[tuple[int, int, int]]] = {}
         for k, i in enumerate(members):
             for name, _, lo, hi in cg.groups[i].sinks:
-                by_node.setdefault(name, []).append((k, lo, hi))
-        g, yy, bad = np.zeros((len(members),) * 2), 0.0, set()
-        for name, slices in by_node.items():
-            node = readers.get(name)
-            w = prepared.consts.get(name) if node is not None else None
-            part, energy = (None, 0.0) if w is None else _node_gram(node, w, prepared, model, x, input_name,
-                                                                 [(lo, hi) for _, lo, hi in slices])
-            if part is None:
-                bad.update(k for k, _, _ in slices)
-                continue
+                sinks.setdefault(name, []).append((layer, k, lo, hi))
+    grams = {layer: np.zeros((len(members),) * 2) for layer, members in layers.items()}
+    energy, bad = dict.fromkeys(layers, 0.0), {layer: set() for layer in layers}
+    usable = [n for n in sinks if n in readers and n in prepared.consts]
+    for name in set(sinks) - set(usable):
+        for layer, k, _, _ in sinks[name]:
+            bad[layer].add(k)
+    for name, value in _consumer_inputs([readers[n] for n in usable], model, prepared, x):
+        node = readers[name]
+        for layer in dict.fromkeys(layer for layer, _, _, _ in sinks[name]):
+            slices = [(k, lo, hi) for ly, k, lo, hi in sinks[name] if ly == layer]
+            part, e = gram(node, prepared.consts[name], value, prepared.shapes[node.output[0]],
+                           [(lo, hi) for _, lo, hi in slices], prepared.opset)
             idx = [k for k, _, _ in slices]
-            np.add.at(g, np.ix_(idx, idx), part)
-            yy += energy
-        keep = [k for k in range(len(members)) if k not in bad]
+            if part is None:
+                bad[layer].update(idx)
+                continue
+            np.add.at(grams[layer], np.ix_(idx, idx), part)
+            energy[layer] += e
+    out: dict[str, tuple[list[int], np.ndarray, float]] = {}
+    for layer, members in layers.items():
+        keep = [k for k in range(len(members)) if k not in bad[layer]]
         if keep:
-            out[layer] = ([members[k] for k in keep], g[np.ix_(keep, keep)], yy)
+            out[layer] = ([members[k] for k in keep], grams[layer][np.ix_(keep, keep)], energy[layer])
     return out
 
 
-def _node_gram(node: NodeProto, w: np.ndarray, prepared: Prepared, model: ModelProto, x: np.ndarray,
-               input_name: str, slices: list[tuple[int, int]]) -> tuple[np.ndarray | None, float]:
-    """:func:`gram` of one consumer, its input collected from ``model`` on (a subset of) ``x``."""
-    xs = _samples(prepared, node.input[0], x)
-    (value,) = collect(model, [node.input[0]], xs, input_name, prepared.elem_types)
-    return gram(node, w, value, prepared.shapes[node.output[0]], slices, prepared.opset)
+def _consumer_inputs(nodes: list[NodeProto], model: ModelProto, prepared: Prepared,
+                     x: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
+    """Each consumer's weight name and its input collected from ``model`` on :func:`_samples` of ``x``, in as
+    few onnxruntime runs as keep the tensors of one run within :data:`BATCH_BYTES` (consumers collected on the
+    same number of samples share a run; a consumer reading the same tensor as another reuses its value)."""
+    input_name = next(iter(prepared.inputs))
+    plan: dict[int, list[NodeProto]] = {}
+    for node in nodes:
+        plan.setdefault(len(_samples(prepared, node.input[0], x)), []).append(node)
+    for n, group in plan.items():
+        runs: list[list[NodeProto]] = [[]]
+        size = 0
+        for node in group:
+            bytes_ = 4 * n * math.prod(prepared.shapes.get(node.input[0], (1,))[1:])
+            if runs[-1] and size + bytes_ > BATCH_BYTES:
+                runs.append([])
+                size = 0
+            runs[-1].append(node)
+            size += bytes_
+        for run in runs:
+            tensors = list(dict.fromkeys(node.input[0] for node in run))
+            values = dict(zip(tensors, collect(model, tensors, x[:n], input_name, prepared.elem_types), strict=True))
+            for node in run:
+                yield node.input[1], values[node.input[0]]
 
 
 def reconstruction_scores(cg: ChannelGraph, model: ModelProto, prepared: Prepared, x: np.ndarray) -> np.ndarray:
