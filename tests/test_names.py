@@ -370,3 +370,26 @@ def test_path_magnitude_names_layers_as_scores_does(case, capsys) -> None:
     rows = _json(capsys, "scores", path)["tensors"]
     assert {r["layer"] for r in rows} == {expected[i][0] for i in SCORED}
     assert pl.path_magnitude(path).layers == {r["tensor"]: r["layer"] for r in rows}
+
+
+def test_kept_channels_name_the_node_by_layer_name(tmp_path, capsys) -> None:
+    """Unnamed nodes: the reason channel pruning keeps the groups around a Softmax over the channels (no
+    channel rule: not sliced) names it ``Softmax#0``, as every command names that layer, not ``''``."""
+    rng = np.random.default_rng(2)
+    params = {"conv1.weight": rng.normal(size=(4, 2, 3, 3)), "conv2.weight": rng.normal(size=(6, 4, 1, 1)),
+              "fc.weight": rng.normal(size=(3, 6))}
+    nodes = [helper.make_node("Conv", ["x", "conv1.weight"], ["c1"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Softmax", ["r1"], ["s"], axis=1), helper.make_node("Conv", ["s", "conv2.weight"], ["c2"]),
+             helper.make_node("Relu", ["c2"], ["r2"]), helper.make_node("GlobalAveragePool", ["r2"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("Gemm", ["f", "fc.weight"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2, 5, 5])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in params.items()])
+    (path,) = _saved(tmp_path, softmax=helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
+    rc, out, _ = run_main(capsys, "inspect", path, "--json")  # refused (exit 3: a Softmax mid-network), prunable
+    kept = json.loads(out)["channel_pruning"]["kept"]
+    why = "read or written by Softmax 'Softmax#0', which is not sliced"  # its input's 4 channels and its output's 4
+    assert {"reason": why, "groups": 8} in kept, kept
+    r = _json(capsys, "prune", path, "--structure", "channel", "--sparsity", "0.5", "--round-to", "1", "-o", tmp_path / "s.onnx",
+              "--repeats", "1")
+    assert (why, 8) in [(row["reason"], row["groups"]) for row in r["pinned"]]
