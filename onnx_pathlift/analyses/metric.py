@@ -388,7 +388,8 @@ def path_metric(model_a: ModelSource | Dag, model_b: ModelSource | Dag, input_sh
     function and Φ, up to a float64 rounding added to those routes), and the smallest bound is kept.
     Layers (``shares``, ``signs``, a mismatch) are named as every command names them
     (:mod:`onnx_pathlift.frontend.names`): a model given as a file by its own layer names, one given as a
-    DAG by ``names`` (None: by DAG name)."""
+    DAG by ``names``, A's and B's :class:`~onnx_pathlift.frontend.names.LayerNames` (``layer_names(prepared,
+    dag)``; None: by DAG name)."""
     (a, names_a), (b, names_b) = named_dag(model_a, input_shape, names[0]), named_dag(model_b, input_shape, names[1])
     a, b = a.float64_params(), b.float64_params()  # |a| − |b| and signs of products must not round
     if pairs is None:
