@@ -211,16 +211,15 @@ def compare_models(model_a: ModelSource, model_b: ModelSource, input_shape: Inpu
     certificate is in the report (:attr:`Comparison.violation`), not raised. Raises
     :class:`~onnx_pathlift.analyses.metric.MismatchError` (a :class:`UsageError`) when the architectures differ."""
     from .analyses.check import check_bound
-    from .analyses.metric import comparable, named_shares, named_signs, path_metric
+    from .analyses.metric import comparable, path_metric
     from .analyses.quant_bound import certify
     from .frontend.names import layer_names
 
     a, b = load(model_a, input_shape, outputs), load(model_b, input_shape, outputs)
-    dag_a, dag_b, pairs, canon_a, canon_b = comparable(a.dag, b.dag)  # says where the architectures differ first
-    metric = path_metric(dag_a, dag_b, providers=providers, breakdown=True, pairs=pairs)
-    names = layer_names(a.prepared, a.dag)  # A's layer names (docs/design.md, "Layer names")
-    metric.shares, metric.signs = named_shares(metric.shares, names), named_signs(metric.signs, names)
-    cert = certify(dag_a, dag_b, metric.bound_log10(r), r, providers=providers, pairs=pairs)
+    names = layer_names(a.prepared, a.dag), layer_names(b.prepared, b.dag)  # docs/design.md, "Layer names"
+    dag_a, dag_b, pairs, canon_a, canon_b = comparable(a.dag, b.dag, names)  # says where the architectures differ first
+    metric = path_metric(dag_a, dag_b, providers=providers, breakdown=True, pairs=pairs, names=names)
+    cert = certify(dag_a, dag_b, metric.bound_log10(r), r, providers=providers, pairs=pairs, names=names)
     result = Comparison(model_name(model_a), model_name(model_b), dag_b, metric, cert, canon_a, canon_b)
     if check:
         result.check = check_bound(a.model, b.model, dag_a, dag_b, metric, r, check, a.prepared.elem_types,
@@ -280,13 +279,14 @@ def score_weights(source: ModelSource, out: str | os.PathLike | None = None, inp
     if out and isinstance(source, (str, os.PathLike)):
         refuse_overwriting_input(out, source)
     loaded = load(source, input_shape, outputs, whole=False)
+    names = layer_names(loaded.prepared, loaded.dag)
     t0 = time.perf_counter()
-    scores = path_magnitude(loaded.dag, providers=providers)
+    scores = path_magnitude(loaded.dag, providers=providers, names=names)
     elapsed = time.perf_counter() - t0
     if out:
         # deflated only where it pays (a pruned tensor's zeros): scores of live weights barely shrink
         save_npz(out, {k: v.astype(np.float32, copy=False) for k, v in scores.fraction.items()}, compress="auto")
-    rows, names = scores.summary(), layer_names(loaded.prepared, loaded.dag)
+    rows = scores.summary()
     total = sum(row["share"] for row in rows)
     for row in rows:  # the tensor's layer (docs/design.md, "Layer names"); "tensor": the .npz key
         tensor, named = row["initializer"], names.of_tensor(row["initializer"])

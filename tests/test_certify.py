@@ -158,8 +158,8 @@ def test_layer_shares_add_up_and_locate_the_change(name: str) -> None:
     m = path_metric(model_a, model_b, breakdown=True)
     nonzero = [s for s in m.shares if s.log10 > -np.inf]
     assert len(nonzero) == 1 and 10.0 ** nonzero[0].log10 == pytest.approx(_brute_d(model_a, model_b), rel=1e-5)
-    dag = import_model(model_a)
-    assert dag.layer(nonzero[0].layer).op in ("conv", "dense")
+    # named as compare names it: the pruned weight's initializer (docs/design.md, "Layer names")
+    assert (nonzero[0].layer, nonzero[0].initializer) == (weights[-1], weights[-1]) and nonzero[0].op in ("conv", "dense")
 
 
 def test_shares_in_cli_text_and_json(tmp_path: Path, capsys) -> None:

@@ -18,6 +18,8 @@ from builders import shared_bias_net
 from conftest import MODELS, run_main
 from onnx import helper, numpy_helper
 
+import onnx_pathlift as pl
+from onnx_pathlift.analyses.metric import MismatchError, path_metric
 from onnx_pathlift.api import compare_models
 from onnx_pathlift.frontend.names import layer_names
 from onnx_pathlift.frontend.pipeline import load
@@ -94,6 +96,8 @@ def test_same_name_in_every_command(case, tmp_path, capsys) -> None:
     channel = _json(capsys, "prune", path, "--structure", "channel", "--sparsity", "0.5", "--round-to", "1",
                     "-o", tmp_path / "c.onnx", "--masked", tmp_path / "m.onnx", "--repeats", "1")
     assert _triples(channel["layers"]) == expected
+    every = {layer for layer, *_ in expected}  # the certificates' sign counts: by layer name, not DAG layer
+    assert set(weight["metric"]["flipped_per_layer"]) == set(channel["metric"]["flipped_per_layer"]) == every
     compare = _json(capsys, "compare", path, tmp_path / "w.onnx")
     parts = {r["layer"]: r for r in compare["layers"]}
     assert set(parts) == {expected[i][0] for i in SCORED} | {expected[i][0] for i in (1, 3, 5)}
@@ -229,3 +233,163 @@ def test_recovery_records_name_their_layers(tmp_path, capsys) -> None:
               tmp_path / "r.onnx", "--calibration", DATA, "--repeats", "1")
     by_node = {node: (layer, node, init) for layer, node, init in SHIPPED}
     assert r["recovery"]["layers"] and all(_triples([f]) == [by_node[f["node"]]] for f in r["recovery"]["layers"])
+
+
+# --- compare and pl.path_metric: no DAG name reaches the user --------------------------------------------------
+# A model spelled as torch.onnx spells module paths (nodes ``/fc1/Gemm``, tensors ``/fc1/Gemm_output_0``, weights
+# ``fc1.weight``), or with every node unnamed: the DAG's layers are named after the output tensors
+# (``/fc2/Gemm_output_0/dense``), the layers after the weights, the nodes or ``OpType#k``.
+
+
+def _exported_mlp(hidden: int, named: bool = True, prefix: str = "fc", computed: bool = False) -> onnx.ModelProto:
+    """x[1,6] → Gemm → Relu → Gemm → Relu → Gemm → y[1,3] (the same weights for the same ``hidden``);
+    ``computed``: the second Gemm's weight comes from a Constant node (no initializer)."""
+    rng = np.random.default_rng(0)
+    sizes = [6, hidden, 5, 3]
+    params, nodes, x = {}, [], "x"
+    for k in range(1, 4):
+        w, b = f"{prefix}{k}.weight", f"{prefix}{k}.bias"
+        params[w] = rng.normal(size=(sizes[k], sizes[k - 1])).astype(np.float32)
+        params[b] = rng.normal(size=sizes[k]).astype(np.float32)
+        if computed and k == 2:
+            nodes.append(helper.make_node("Constant", [], ["w_const"], value=numpy_helper.from_array(params.pop(w))))
+            w = "w_const"
+        out = "y" if k == 3 else f"/fc{k}/Gemm_output_0"
+        nodes.append(helper.make_node("Gemm", [x, w, b], [out], transB=1, name=f"/fc{k}/Gemm" if named else ""))
+        if k < 3:
+            x = f"/act{k}/Relu_output_0"
+            nodes.append(helper.make_node("Relu", [out], [x], name=f"/act{k}/Relu" if named else ""))
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 6])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3])],
+                              [numpy_helper.from_array(v, k) for k, v in params.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _saved(tmp_path: Path, **models: onnx.ModelProto) -> list[Path]:
+    for name, model in models.items():
+        onnx.save(model, tmp_path / f"{name}.onnx")
+    return [tmp_path / f"{name}.onnx" for name in models]
+
+
+@pytest.mark.parametrize("named", [True, False])
+def test_mismatch_names_the_layers(named, tmp_path, capsys) -> None:
+    """Two MLPs whose second layer differs in width: the error names that layer in each model by its
+    layer name (the ONNX node beside where it has another name), in the API, the text and --json."""
+    a, b = _exported_mlp(8, named), _exported_mlp(9, named, computed=True)
+    in_a = "dense 'fc2.weight'" + (" (ONNX node '/fc2/Gemm')" if named else "")
+    in_b = "dense '/fc2/Gemm'" if named else "dense 'Gemm#1'"  # a computed weight: the node, else Gemm#k
+    expected = f"A's {in_a} does not match B's {in_b}: parameters"
+    with pytest.raises(MismatchError) as info:
+        path_metric(a, b)
+    assert str(info.value).startswith(expected) and "_output_0" not in str(info.value), str(info.value)
+    pa, pb = _saved(tmp_path, a=a, b=b)
+    rc, out, err = run_main(capsys, "compare", pa, pb)
+    assert rc == 2 and not out and err.startswith(f"onnx-pathlift: error: {expected}") and "_output_0" not in err, err
+    res = _json_error(capsys, "compare", pa, pb)
+    assert res["error"] == "MismatchError" and res["message"].startswith(expected)
+
+
+def _json_error(capsys, *argv) -> dict:
+    rc, out, _ = run_main(capsys, *argv, "--json")
+    assert rc == 2, out
+    return json.loads(out)
+
+
+def test_sign_changes_name_the_layer_in_each_model(tmp_path, capsys) -> None:
+    """B is A with other weight names (``layer2.weight``) and unnamed nodes, three coordinates of its second
+    weight flipped: each sign change names A's layer and B's (``other``), in compare and in pl.path_metric."""
+    a, b = _exported_mlp(8), _exported_mlp(8, named=False, prefix="layer")
+    w = next(t for t in b.graph.initializer if t.name == "layer2.weight")
+    flipped = numpy_helper.to_array(w).copy()
+    flipped.flat[[0, 7, 20]] *= -1
+    w.CopyFrom(numpy_helper.from_array(flipped, w.name))
+    pa, pb = _saved(tmp_path, a=a, b=b)
+    res = _json(capsys, "compare", pa, pb)
+    row = {"layer": "fc2.weight", "other": "layer2.weight", "violations": 3, "size": 5 * 8 + 5, "onnx_node": "/fc2/Gemm",
+           "initializer": "fc2.weight"}
+    assert res["sign_violations"] == [row]
+    assert res["flipped_per_layer"] == {"fc1.weight": 0, "fc2.weight": 3, "fc3.weight": 0}
+    m = pl.path_metric(pa, pb)
+    assert [s.__dict__ for s in m.signs if s.violations] == [row]
+
+
+def test_path_metric_names_layers_as_compare_does(case, tmp_path, capsys) -> None:
+    """pl.path_metric of two files keys its per-layer parts and sign counts by the layer names compare
+    prints (one renaming, in path_metric), with the same values; given DAGs, by their DAG names."""
+    path, expected = case
+    _json(capsys, "prune", path, "--sparsity", "0.3", "-o", tmp_path / "w.onnx")
+    m = pl.path_metric(path, tmp_path / "w.onnx", breakdown=True)
+    c = compare_models(path, tmp_path / "w.onnx").metric
+    assert {sh.layer for sh in m.shares} == {s.layer for s in m.signs} == {layer for layer, *_ in expected}
+    assert {(sh.layer, sh.onnx_node, sh.initializer) for sh in m.shares} == set(expected)
+    assert [(sh.layer, sh.log10) for sh in m.shares] == [(sh.layer, pytest.approx(sh.log10, rel=1e-12)) for sh in c.shares]
+    dag = load(path).dag
+    assert {sh.layer for sh in pl.path_metric(dag, dag, breakdown=True).shares} <= set(dag.graph.nodes)
+
+
+def _conv_net(bn: bool, named: bool) -> onnx.ModelProto:
+    """x[1,2,4,4] → Conv (→ BatchNormalization) → Relu → Flatten → Gemm → y[1,3], module-path names
+    (``conv.weight``; nodes ``/conv/Conv`` or unnamed, tensors ``/conv/Conv_output_0``)."""
+    rng = np.random.default_rng(1)
+    params = {"conv.weight": rng.normal(size=(4, 2, 3, 3)), "conv.bias": rng.normal(size=4),
+              "fc.weight": rng.normal(size=(3, 64)), "fc.bias": rng.normal(size=3)}
+    chain = [("Conv", "/conv/Conv", ["conv.weight", "conv.bias"], {"pads": [1, 1, 1, 1]})]
+    if bn:
+        params.update({"bn.weight": rng.uniform(0.5, 2, 4), "bn.bias": rng.normal(size=4),
+                       "bn.running_mean": rng.normal(size=4), "bn.running_var": rng.uniform(0.5, 2, 4)})
+        chain.append(("BatchNormalization", "/bn/BatchNormalization", ["bn.weight", "bn.bias", "bn.running_mean",
+                                                                        "bn.running_var"], {}))
+    chain += [("Relu", "/relu/Relu", [], {}), ("Flatten", "/flatten/Flatten", [], {}),
+              ("Gemm", "/fc/Gemm", ["fc.weight", "fc.bias"], {"transB": 1})]
+    nodes, x = [], "x"
+    for i, (op, name, inputs, attrs) in enumerate(chain):
+        out = "y" if i == len(chain) - 1 else f"{name}_output_0"
+        nodes.append(helper.make_node(op, [x, *inputs], [out], name=name if named else "", **attrs))
+        x = out
+    graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2, 4, 4])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in params.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_canonical_rewrites_name_the_layers(tmp_path, capsys) -> None:
+    """A conv + BN model against a BN-free one: compare brings A to the canonical spelling, and its rewrites
+    name A's layers (the conv's bias merged into the BN's affine layer, whose scale folds into the conv), in
+    --json and in the text; no DAG name (``/conv/Conv_output_0/conv``) is printed."""
+    pa, pb = _saved(tmp_path, a=_conv_net(bn=True, named=True), b=_conv_net(bn=False, named=False))
+    res = _json(capsys, "compare", pa, pb)
+    rewrites = ["merged affine 'conv.weight' into affine 'bn.weight'", "folded the scale of affine 'bn.weight' into conv 'conv.weight'"]
+    assert res["canonicalised"] == {"a": rewrites, "b": []}
+    rc, out, err = run_main(capsys, "compare", pa, pb)
+    assert rc == 0 and all(f"      {line}\n" in out for line in rewrites) and "_output_0" not in out, out
+
+
+def test_path_magnitude_names_layers_as_scores_does(case, capsys) -> None:
+    """pl.path_magnitude of a file maps each weight tensor to the layer name ``scores`` prints."""
+    path, expected = case
+    rows = _json(capsys, "scores", path)["tensors"]
+    assert {r["layer"] for r in rows} == {expected[i][0] for i in SCORED}
+    assert pl.path_magnitude(path).layers == {r["tensor"]: r["layer"] for r in rows}
+
+
+def test_kept_channels_name_the_node_by_layer_name(tmp_path, capsys) -> None:
+    """Unnamed nodes: the reason channel pruning keeps the groups around a Softmax over the channels (no
+    channel rule: not sliced) names it ``Softmax#0``, as every command names that layer, not ``''``."""
+    rng = np.random.default_rng(2)
+    params = {"conv1.weight": rng.normal(size=(4, 2, 3, 3)), "conv2.weight": rng.normal(size=(6, 4, 1, 1)),
+              "fc.weight": rng.normal(size=(3, 6))}
+    nodes = [helper.make_node("Conv", ["x", "conv1.weight"], ["c1"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Softmax", ["r1"], ["s"], axis=1), helper.make_node("Conv", ["s", "conv2.weight"], ["c2"]),
+             helper.make_node("Relu", ["c2"], ["r2"]), helper.make_node("GlobalAveragePool", ["r2"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("Gemm", ["f", "fc.weight"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2, 5, 5])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in params.items()])
+    (path,) = _saved(tmp_path, softmax=helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
+    rc, out, _ = run_main(capsys, "inspect", path, "--json")  # refused (exit 3: a Softmax mid-network), prunable
+    kept = json.loads(out)["channel_pruning"]["kept"]
+    why = "read or written by Softmax 'Softmax#0', which is not sliced"  # its input's 4 channels and its output's 4
+    assert {"reason": why, "groups": 8} in kept, kept
+    r = _json(capsys, "prune", path, "--structure", "channel", "--sparsity", "0.5", "--round-to", "1", "-o", tmp_path / "s.onnx",
+              "--repeats", "1")
+    assert (why, 8) in [(row["reason"], row["groups"]) for row in r["pinned"]]

@@ -184,11 +184,14 @@ def test_shipped_int8_pair_cli(capsys) -> None:
     assert len(parts) == 13 and min(parts) > 0 and sum(parts) == pytest.approx(res["activation_term"], rel=1e-4)
     assert res["bound"] == pytest.approx(res["weight_term"] + res["activation_term"], rel=1e-12)
     assert res["weight_term"] == pytest.approx(res["upper"], rel=1e-9) and res["input_linf"] == 1.0
+    on = {p["node"]: p["layer"] for p in res["activation"]["points"]}  # the layer of A each quantizes, by layer name
+    assert (on["input_QuantizeLinear"], on["/stem/stem.0/Conv_output_0_QuantizeLinear"], on["logits_QuantizeLinear"]) == (
+        "input", "stem.0.weight", "head.4.weight") and on["/stem/stem.2/Relu_output_0_QuantizeLinear"] == "/stem/stem.2/Relu"
     check = res["check"]
     assert not check["violated"] and 0 < check["shipped_max_observed"] <= check["shipped_bound"] == res["bound"]
     rc, out, _ = run_main(capsys, "compare", a, b)
     assert rc == 0 and "activation term" in out and "(models as shipped)" in out
-    assert "where the activation term comes from" in out and "'input_QuantizeLinear'" in out
+    assert "where the activation term comes from" in out and "'input_QuantizeLinear' on 'input': " in out
     # the other way round: A quantized, B float (the float architecture drops the ReLUs A's quantizers
     # fold in, e.g. at its input): the same certificate
     rc, out, err = run_main(capsys, "compare", b, a, "--check", 30, "--json")

@@ -514,8 +514,9 @@ def test_deterministic_and_dag_or_model() -> None:
     for k in a.fraction:
         np.testing.assert_array_equal(a.fraction[k], b.fraction[k])
         np.testing.assert_array_equal(a.fraction[k], c.fraction[k])
-    assert a.layers == b.layers
-    assert set(a.layers) == set(a.fraction)
+    assert a.layers == c.layers and set(a.layers) == set(b.layers) == set(a.fraction)
+    # a model is named by its layer names (here its weight initializers), a DAG by its DAG names
+    assert all(layer == k for k, layer in a.layers.items()) and all(b.layers[k] in pl.import_model(model).graph for k in b.layers)
 
 
 # --------------------------------------------------------------------------------------------

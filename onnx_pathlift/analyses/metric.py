@@ -28,8 +28,7 @@ import numpy as np
 from ..backend.norm import LiftedSession, PathNorm, PathNormSession, combine_runs
 from ..errors import UsageError
 from ..fileio.load import ModelSource
-from ..frontend.importer import import_model
-from ..frontend.names import LayerNames
+from ..frontend.names import LayerNames, describe, named_dag
 from ..graph.numeric import json_float, log10_sum, log10_value
 from ..ir.dag import Dag, Layer
 from ..ops import LAYER_OPS, require
@@ -50,7 +49,7 @@ class MismatchError(UsageError):
 class LayerSigns:
     """Coordinates of one layer's parameters with ``θ_i·θ'_i < 0``."""
 
-    layer: str
+    layer: str  # A's layer name, ``other`` B's (:mod:`onnx_pathlift.frontend.names`, after :func:`named_signs`)
     other: str
     violations: int
     size: int
@@ -125,16 +124,16 @@ class PathMetric:
         }
 
 
-def _describe(layer: Layer) -> str:
-    return f"{layer.op} {layer.name!r} (from node {layer.source!r})"
+#: the layer names of A and B (:func:`~onnx_pathlift.frontend.names.layer_names`; None: DAG names)
+Names = tuple[LayerNames | None, LayerNames | None]
 
 
-def pair_layers(a: Dag, b: Dag) -> dict[str, str]:
+def pair_layers(a: Dag, b: Dag, names: Names = (None, None)) -> dict[str, str]:
     """Match the layers of ``b`` to those of ``a`` by graph position (from the outputs back, input
     slot by input slot). When a model quantizes activations, a ReLU present in only one of them is
     stepped over (quantizers fold ReLUs into the activation's clipping range; the certificate is then
     about B's weights in A's float architecture); everything else must match. Raises :class:`MismatchError`
-    saying where the architectures differ."""
+    saying where the architectures differ (naming each model's layers by ``names``)."""
     if len(a.outputs) != len(b.outputs) or len(a.inputs) != len(b.inputs):
         raise MismatchError(f"A has {len(a.inputs)} input(s) and {len(a.outputs)} analysed output(s), "
                             f"B has {len(b.inputs)} and {len(b.outputs)}")
@@ -151,7 +150,7 @@ def pair_layers(a: Dag, b: Dag) -> dict[str, str]:
                 nb, lb = lb.inputs[0], b.layer(lb.inputs[0])
         if na in pairs:
             if pairs[na] != nb:
-                raise MismatchError(f"layer {na!r} of A feeds two places whose counterparts in B differ")
+                raise MismatchError(f"A's {describe(la, names[0])} feeds two places whose counterparts in B differ")
             continue
         problems = []
         if la.op != lb.op:
@@ -166,7 +165,7 @@ def pair_layers(a: Dag, b: Dag) -> dict[str, str]:
             problems.append(f"parameters {({k: v.shape for k, v in la.params.items()})} vs "
                             f"{({k: v.shape for k, v in lb.params.items()})}")
         if problems:
-            raise MismatchError(f"A's {_describe(la)} does not match B's {_describe(lb)}: {problems[0]}")
+            raise MismatchError(f"A's {describe(la, names[0])} does not match B's {describe(lb, names[1])}: {problems[0]}")
         pairs[na] = nb
         stack.extend(zip(la.inputs, lb.inputs))
     if [pairs.get(i) for i in a.inputs] != b.inputs:
@@ -179,18 +178,19 @@ def _folds(layer: Layer) -> bool:
     return LAYER_OPS[layer.op].folds_into_quantizer
 
 
-def comparable(a: Dag, b: Dag) -> tuple[Dag, Dag, dict[str, str], list[str], list[str]]:
+def comparable(a: Dag, b: Dag, names: Names = (None, None)) -> tuple[Dag, Dag, dict[str, str], list[str], list[str]]:
     """The DAGs of A and B as compared, their layer pairing, and the rewrites applied to each: none
     when they pair as spelled, else both are brought to the canonical spelling
     (:mod:`onnx_pathlift.rewrite.canonical`: exact rewrites, the certificate is about the canonical parameters)
-    and must pair then. Refuses up front a layer op that cannot be split into two streams."""
+    and must pair then; the rewrites and a mismatch name the layers by ``names``. Refuses up front a layer
+    op that cannot be split into two streams."""
     require(a, "metric")
     require(b, "metric")
     try:
-        return a, b, pair_layers(a, b), [], []
+        return a, b, pair_layers(a, b, names), [], []
     except MismatchError:
-        (ca, applied_a), (cb, applied_b) = canonical_form(a), canonical_form(b)
-        return ca, cb, pair_layers(ca, cb), applied_a, applied_b
+        (ca, applied_a), (cb, applied_b) = canonical_form(a, names[0]), canonical_form(b, names[1])
+        return ca, cb, pair_layers(ca, cb, names), applied_a, applied_b
 
 
 def sign_report(a: Dag, b: Dag, pairs: dict[str, str]) -> tuple[list[LayerSigns], bool]:
@@ -301,10 +301,12 @@ def layer_shares(legs: list[Leg], providers=None) -> list[LayerShare]:
     return [LayerShare(n, first[n].op, first[n].source, log10_sum(v)) for n, v in parts.items()]
 
 
-def named_shares(shares: list[LayerShare], names: LayerNames) -> list[LayerShare]:
+def named_shares(shares: list[LayerShare], names: LayerNames | None) -> list[LayerShare]:
     """``shares`` by layer name (:mod:`onnx_pathlift.frontend.names`): the parts of the DAG layers one
     ONNX node became (a conv and its bias) add up, since parts add up to the bound; a DAG layer no node
-    names (a canonical rewrite's) keeps its own name."""
+    names keeps its own name (all of them without ``names``)."""
+    if names is None:
+        return shares
     parts: dict[str, list[float]] = {}
     first: dict[str, LayerShare] = {}
     for sh in shares:
@@ -320,16 +322,18 @@ def named_shares(shares: list[LayerShare], names: LayerNames) -> list[LayerShare
     return out
 
 
-def named_signs(signs: list[LayerSigns], names: LayerNames) -> list[LayerSigns]:
-    """``signs`` by A's layer name (the DAG layers of one ONNX node add up; ``other``: B's first DAG layer)."""
+def named_signs(signs: list[LayerSigns], names: Names) -> list[LayerSigns]:
+    """``signs`` by A's layer name (the DAG layers of one ONNX node add up; ``other``: the layer name in B of
+    the first), ``names``: the layer names of A and B (None: DAG names kept)."""
     merged: dict[str, LayerSigns] = {}
     for s in signs:
-        named = names.of_dag(s.layer)
+        named = names[0].of_dag(s.layer) if names[0] is not None else None
+        other = names[1].of_dag(s.other) if names[1] is not None else None
         key = named.layer if named else s.layer
         old = merged.get(key)
-        merged[key] = LayerSigns(key, old.other if old else s.other, s.violations + (old.violations if old else 0),
-                                 s.size + (old.size if old else 0), named.onnx_node if named else "",
-                                 named.initializer if named else None)
+        merged[key] = LayerSigns(key, old.other if old else other.layer if other else s.other,
+                                 s.violations + (old.violations if old else 0), s.size + (old.size if old else 0),
+                                 named.onnx_node if named else "", named.initializer if named else None)
     return list(merged.values())
 
 
@@ -375,18 +379,21 @@ def _alignment_report(gauge: Alignment | None, routes: dict[str, float], route: 
 
 
 def path_metric(model_a: ModelSource | Dag, model_b: ModelSource | Dag, input_shape=None, providers=None,
-                breakdown: bool = False, pairs: dict[str, str] | None = None) -> PathMetric:
+                breakdown: bool = False, pairs: dict[str, str] | None = None, names: Names = (None, None)) -> PathMetric:
     """Bounds on the path-metric between two same-architecture models, their sign consistency and
     the route of the certified upper bound (``breakdown``: also each layer's part of it, when that
     takes at most :data:`MAX_SHARE_PASSES` lifted passes). ``pairs``: the layer pairing of two DAGs
     already brought to comparable form (:func:`comparable`); None: they are paired here. Each route is
     also taken between A and B brought to A's rescaling gauge (:mod:`onnx_pathlift.analyses.gauge`: the same
-    function and Φ, up to a float64 rounding added to those routes), and the smallest bound is kept."""
-    a = model_a if isinstance(model_a, Dag) else import_model(model_a, input_shape)
-    b = model_b if isinstance(model_b, Dag) else import_model(model_b, input_shape)
+    function and Φ, up to a float64 rounding added to those routes), and the smallest bound is kept.
+    Layers (``shares``, ``signs``, a mismatch) are named as every command names them
+    (:mod:`onnx_pathlift.frontend.names`): a model given as a file by its own layer names, one given as a
+    DAG by ``names``, A's and B's :class:`~onnx_pathlift.frontend.names.LayerNames` (``layer_names(prepared,
+    dag)``; None: by DAG name)."""
+    (a, names_a), (b, names_b) = named_dag(model_a, input_shape, names[0]), named_dag(model_b, input_shape, names[1])
     a, b = a.float64_params(), b.float64_params()  # |a| − |b| and signs of products must not round
     if pairs is None:
-        a, b, pairs, _, _ = comparable(a, b)
+        a, b, pairs, _, _ = comparable(a, b, (names_a, names_b))
     signs, exact = sign_report(a, b, pairs)
     na = PathNormSession(a, 1.0, providers).run()
     nb = PathNormSession(b, 1.0, providers).run()
@@ -414,4 +421,5 @@ def path_metric(model_a: ModelSource | Dag, model_b: ModelSource | Dag, input_sh
     shares = layer_shares(routes[route], providers) if breakdown and passes <= MAX_SHARE_PASSES else []
     estimate = log10_sum([n.log10 for n in norms[route]])
     return PathMetric(min(lower, upper), upper, na.log10, nb.log10, exact or (aligned_exact and consistent), consistent,
-                      signs, route, bounds, shares, estimate, _alignment_report(gauge, bounds, route, slack))
+                      named_signs(signs, (names_a, names_b)), route, bounds, named_shares(shares, names_a), estimate,
+                      _alignment_report(gauge, bounds, route, slack))

@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..backend.norm import LiftedSession, combine_runs
+from ..frontend.names import LayerNames, describe
 from ..graph.numeric import log10_sum, log10_value
 from ..ir.dag import ActivationQuantizer, Dag
 from ..ops import LAYER_OPS
 from ..rewrite.transforms import CUT, MASS, bypassed, cut_at, injected, with_params_of, without_biases
-from .metric import pair_layers
+from .metric import Names, pair_layers
 
 #: relative margin on lifted float32 masses (sums of non-negative terms, rounded to nearest)
 MARGIN = 1e-3
@@ -52,9 +53,9 @@ class _Point:
     q: ActivationQuantizer
 
 
-def _points(quantized: Dag, ref: Dag, pairs: dict[str, str]) -> list[_Point] | str:
+def _points(quantized: Dag, ref: Dag, pairs: dict[str, str], names: LayerNames | None) -> list[_Point] | str:
     """Where each quantizer of ``quantized`` sits in the float network of ``ref``'s architecture
-    (``pairs``: ref layer → quantized layer), or why it cannot be placed."""
+    (``pairs``: ref layer → quantized layer), or why it cannot be placed (``names``: ref's layer names)."""
     inv = {b: a for a, b in pairs.items()}
     points: list[_Point] = []
     for q in quantized.quantizers:
@@ -73,7 +74,7 @@ def _points(quantized: Dag, ref: Dag, pairs: dict[str, str]) -> list[_Point] | s
         else:
             return f"quantizer {q.node!r} has no counterpart in the float architecture"
         if any(p.layer == point.layer for p in points):
-            return f"two quantizers act on layer {point.layer!r}"
+            return f"two quantizers act on {describe(ref.layer(point.layer), names)}"
         points.append(point)
     return points
 
@@ -134,12 +135,13 @@ def epsilon(point: _Point, mass: np.ndarray, nonneg: bool, shape: tuple[int, ...
 
 
 def activation_bound(quantized: Dag, ref: Dag, pairs: dict[str, str], float_net: Dag, r: float,
-                     providers=None) -> ActivationBound:
+                     providers=None, names: LayerNames | None = None) -> ActivationBound:
     """``Σ_v b(v)·ε(v)`` bounding ‖quantized(x) − float_net(x)‖_1 on ‖x‖_∞ ≤ r, where ``float_net``
-    has ``ref``'s architecture (``pairs``: ref layer → quantized layer)."""
+    has ``ref``'s architecture (``pairs``: ref layer → quantized layer); each point's ``layer``: the
+    layer of ``ref`` whose output it quantizes, by ``names`` (ref's layer names; None: DAG names)."""
     if not quantized.quantizers:
         return ActivationBound(-math.inf)
-    points = _points(quantized, ref, pairs)
+    points = _points(quantized, ref, pairs, names)
     if isinstance(points, str):
         return ActivationBound(None, points)
     masses = _magnitudes(float_net, points, r, providers)
@@ -148,8 +150,9 @@ def activation_bound(quantized: Dag, ref: Dag, pairs: dict[str, str], float_net:
     for p in points:
         layer = float_net.layer(p.layer)
         eps[p.layer] = epsilon(p, masses[p.layer], p.layer in nonneg, layer.shape)
-        rows.append({"node": p.q.node, "layer": p.layer, "folded_relu": p.relu, "nonnegative": p.layer in nonneg,
-                     "scale_max": float(np.max(p.q.scale)), "epsilon_max": float(eps[p.layer].max()),
+        named = names.of_dag(p.layer) if names is not None else None
+        rows.append({"node": p.q.node, "layer": named.layer if named else p.layer, "folded_relu": p.relu,
+                     "nonnegative": p.layer in nonneg, "scale_max": float(np.max(p.q.scale)), "epsilon_max": float(eps[p.layer].max()),
                      "clipping": bool(np.any(eps[p.layer] > _on_layer(p.q.scale, p.q, layer.shape) * 0.51))})
     margin = math.log10(1 + MARGIN)
     logs = backward_sums(float_net, [eps] + [{p.layer: eps[p.layer]} for p in points], providers)
@@ -196,36 +199,38 @@ class Certificate:
                                                      "reason": self.activation.reason, "points": self.activation.points}}
 
 
-def _stepped_over(dag: Dag, paired: set[str]) -> tuple[set[str], str | None]:
+def _stepped_over(dag: Dag, paired: set[str], names: LayerNames | None) -> tuple[set[str], str | None]:
     """The ReLUs of ``dag`` that pairing stepped over, and why that is not sound when one of them is
-    not a quantizer's folded ReLU (then the two architectures really differ)."""
+    not a quantizer's folded ReLU (then the two architectures really differ; ``names``: dag's layer names)."""
     stepped = {layer.name for layer in dag.layers() if LAYER_OPS[layer.op].folds_into_quantizer and layer.name not in paired}
     folding = [q for q in dag.quantizers if q.output_layer != q.input_layer]
     # a ReLU the quantizer folds, or a ReLU right before it (relu then a clip at 0: one ReLU)
     folded = {q.output_layer for q in folding} | {q.input_layer for q in folding if LAYER_OPS[dag.layer(q.input_layer).op].folds_into_quantizer}
     extra = sorted(stepped - folded)
-    return stepped, (f"ReLU {extra[0]!r} is in one model only and is not a quantizer's" if extra else None)
+    return stepped, (f"{describe(dag.layer(extra[0]), names)} is in one model only and is not a quantizer's ReLU"
+                     if extra else None)
 
 
 def certify(dag_a: Dag, dag_b: Dag, weight_log10: float, r: float, providers=None,
-            pairs: dict[str, str] | None = None) -> Certificate:
+            pairs: dict[str, str] | None = None, names: Names = (None, None)) -> Certificate:
     """Weight term ``weight_log10`` (log10 of ``max(r, 1)·d``) plus both models' activation terms.
 
     The float architecture F is A's without the ReLUs that only A's quantizers fold in (the lifted
     networks, hence d, do not see ReLUs); each model as shipped is F with its weights and its
     quantizers in place of F's identity or ReLU at those points. ``pairs``: the layer pairing of the
-    two DAGs (:func:`~onnx_pathlift.analyses.metric.pair_layers`), computed here when None."""
-    pairs = pair_layers(dag_a, dag_b) if pairs is None else pairs
-    stepped_a, why_a = _stepped_over(dag_a, set(pairs))
-    _, why_b = _stepped_over(dag_b, set(pairs.values()))
+    two DAGs (:func:`~onnx_pathlift.analyses.metric.pair_layers`), computed here when None; ``names``: the
+    layer names of A and B (:mod:`onnx_pathlift.frontend.names`) its points and reasons name layers by."""
+    pairs = pair_layers(dag_a, dag_b, names) if pairs is None else pairs
+    stepped_a, why_a = _stepped_over(dag_a, set(pairs), names[0])
+    _, why_b = _stepped_over(dag_b, set(pairs.values()), names[1])
     n = len(dag_a.quantizers) + len(dag_b.quantizers)
     if why_a or why_b:
         return Certificate(weight_log10, ActivationBound(None, why_a or why_b), r, n)
     ref = bypassed(dag_a, stepped_a)
     on_ref = {k: v for k, v in pairs.items() if k not in stepped_a}
     same = {k: k for k in on_ref}
-    parts = [activation_bound(dag_b, ref, on_ref, with_params_of(ref, dag_b, on_ref), r, providers),
-             activation_bound(dag_a, ref, same, with_params_of(ref, dag_a, same), r, providers)]
+    parts = [activation_bound(dag_b, ref, on_ref, with_params_of(ref, dag_b, on_ref), r, providers, names[0]),
+             activation_bound(dag_a, ref, same, with_params_of(ref, dag_a, same), r, providers, names[0])]
     reason = next((p.reason for p in parts if p.term_log10 is None), None)
     if reason is not None:
         return Certificate(weight_log10, ActivationBound(None, reason), r, n)

@@ -26,7 +26,7 @@ from ..backend.norm import combine
 from ..backend.runtime import make_session
 from ..backend.samples import one_sample
 from ..fileio.load import ModelSource
-from ..frontend.importer import import_model
+from ..frontend.names import LayerNames, named_dag
 from ..graph.builder import BuiltModel, LiftBuilder, Scaled
 from ..graph.exponents import lift_run
 from ..ir.dag import Dag, Layer
@@ -40,7 +40,7 @@ class Scores:
 
     fraction: dict[str, np.ndarray]
     log10_norm: float
-    layers: dict[str, str]  # initializer -> DAG layer
+    layers: dict[str, str]  # initializer -> its layer (:mod:`onnx_pathlift.frontend.names`; a DAG's own: its DAG layer)
     skipped: dict[str, str] = field(default_factory=dict)  # initializer -> why it has no score
 
     def summary(self) -> list[dict]:
@@ -128,9 +128,11 @@ def _to_initializer_layout(layer: Layer, score: np.ndarray) -> tuple[str, np.nda
     return name, (score.T if transposed else score)
 
 
-def path_magnitude(model: ModelSource | Dag, input_shape=None, providers=None) -> Scores:
-    """Path-magnitude scores of every Conv/Gemm/MatMul weight, as fractions of ‖Φ‖_1."""
-    dag = model if isinstance(model, Dag) else import_model(model, input_shape)
+def path_magnitude(model: ModelSource | Dag, input_shape=None, providers=None, names: LayerNames | None = None) -> Scores:
+    """Path-magnitude scores of every Conv/Gemm/MatMul weight, as fractions of ‖Φ‖_1; ``layers`` names each
+    tensor's layer as every command does (:mod:`onnx_pathlift.frontend.names`): a file's by its layer names,
+    a DAG's by ``names`` (None: by DAG name)."""
+    dag, naming = named_dag(model, input_shape, names)
     # N independent samples: every path, and so every score, counts N times; fractions are unchanged
     dag, copies = one_sample(dag)
     proto, scored = scores_model(dag)
@@ -158,7 +160,8 @@ def path_magnitude(model: ModelSource | Dag, input_shape=None, providers=None) -
             f = np.zeros(t.shape)
         name, f = _to_initializer_layout(dag.layer(lname), f.T if transposed else f)
         if name not in skipped:
-            fraction[name], layers[name] = f, lname
+            named = naming.of_dag(lname) if naming is not None else None
+            fraction[name], layers[name] = f, named.layer if named else lname
     return Scores(fraction, norm.log10 + math.log10(copies), layers, skipped)
 
 

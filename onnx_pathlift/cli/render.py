@@ -149,7 +149,8 @@ def _print_certificate(metric, cert, quiet: bool = False) -> None:
             print("  where the activation term comes from (each quantizer's Σ b(v)·ε(v); ε: rounding, or clipping in the box):")
             for p in points[:5]:
                 how = "clipping" if p["clipping"] else "rounding"
-                print(f"    {p['node']!r}: {p['term'] / cert.activation.term:.1%} ({p['term']:.6g}, ε ≤ {p['epsilon_max']:.3g}, {how})")
+                print(f"    {p['node']!r} on {p['layer']!r}: {p['term'] / cert.activation.term:.1%} "
+                      f"({p['term']:.6g}, ε ≤ {p['epsilon_max']:.3g}, {how})")
     if not quiet:
         _print_shares(metric)
 

@@ -20,13 +20,19 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from onnx import NodeProto
 
 from ..errors import UsageError
 from ..ir.dag import Dag, Layer
 from ..sanitise import terminal
+from .pipeline import load
 from .prepare import Prepared
+
+if TYPE_CHECKING:
+    from ..audit.record import InputShape  # one static shape, or one per input name; None: as declared
+    from ..fileio.load import ModelSource
 
 #: how many valid names an unknown-name error lists
 LISTED = 40
@@ -94,6 +100,18 @@ class LayerNames:
         return chosen
 
 
+def describe(layer: Layer, names: LayerNames | None, node: bool = True) -> str:
+    """How an error or a note names the DAG layer ``layer``: its op and layer name (``conv 'stem.0.weight'``),
+    with ``node`` its ONNX node beside when named otherwise (``(ONNX node '/stem/stem.0/Conv')``); without
+    ``names``, or for a layer no node made (a graph input), its DAG name (with ``node``, its source beside)."""
+    named = names.of_dag(layer.name) if names is not None else None
+    if named is None:
+        source = layer.source if node and layer.source not in ("", layer.name) else None
+        return f"{layer.op} {layer.name!r}" + (f" (from node {source!r})" if source else "")
+    beside = node and named.onnx_node not in ("", named.layer)
+    return f"{layer.op} {named.layer!r}" + (f" (ONNX node {named.onnx_node!r})" if beside else "")
+
+
 def valid_names(candidates: list[LayerName]) -> str:
     """``the layers: a, b, ...`` (at most :data:`LISTED`, each escaped: an error message keeps its newlines), for an
     error message."""
@@ -153,6 +171,15 @@ def layer_names(p: Prepared, dag: Dag | None) -> LayerNames:
         by_tensor.update({t: entry for t in node.input if t in p.consts and readers[t] == 1})
         by_dag.update({x.name: entry for x in layers})
     return LayerNames(by_key, by_tensor, by_dag)
+
+
+def named_dag(model: ModelSource | Dag, input_shape: InputShape, names: LayerNames | None) -> tuple[Dag, LayerNames | None]:
+    """``model`` as a DAG and its layer names, for a library function that takes either: a DAG and ``names``
+    as given (None: it keeps its DAG names), a file (path, bytes or ``ModelProto``) imported and named."""
+    if isinstance(model, Dag):
+        return model, names
+    loaded = load(model, input_shape, whole=False)
+    return loaded.dag, layer_names(loaded.prepared, loaded.dag)
 
 
 def parameters_by_node(dag: Dag) -> Counter:

@@ -244,7 +244,7 @@ def elementwise_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
     out_shape = b.shape(node.output[0])
     x = xs[0]
     if not all(_channelwise(b, i, x, out_shape) for i in acts):
-        return b.opaque(node, f"{node.op_type} node {node.name!r} broadcasts activations across channels")
+        return b.opaque(node, f"{b.label(node)} broadcasts activations across channels")
     out = b.same(node, x)
     for layout in xs[1:]:
         b.join(b.slots(x), b.slots(layout))
@@ -254,7 +254,7 @@ def elementwise_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
         if axis < 0 or value.shape[axis] == 1:
             continue
         if value.shape[axis] != x.n * x.block:
-            return b.pin(out, f"{node.op_type} node {node.name!r}: constant {name!r} does not broadcast per channel")
+            return b.pin(out, f"{b.label(node)}: constant {name!r} does not broadcast per channel")
         if b.owned_or_pin([name], [out], node):
             b.entry(out, "slice", name, axis, x.block)
 

@@ -44,7 +44,7 @@ def _per_channel_params(b: ChannelBuilder, node, x: Layout, params: list[str]) -
     on a flattened tensor (channels no longer on axis 1) the per-channel parameters do not follow: pinned."""
     out = b.same(node, x)
     if x.axis != 1 or x.block != 1:
-        return b.pin(out, f"{node.op_type} {node.name!r} on a flattened tensor")
+        return b.pin(out, f"{b.label(node)} on a flattened tensor")
     if b.owned_or_pin(params, [out], node):
         for name in params:
             b.entry(out, "slice", name, 0)
@@ -98,7 +98,7 @@ def groupnorm_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
     x, groups = xs[0], int(b.attrs(node)["num_groups"])
     out = b.same(node, x)
     if x.axis != 1 or x.block != 1 or groups < 1 or x.n % groups:
-        return b.pin(out, f"GroupNormalization {node.name!r}: {groups} groups of a flattened or uneven tensor")
+        return b.pin(out, f"{b.label(node)}: {groups} groups of a flattened or uneven tensor")
     per = x.n // groups
     for g in range(groups):
         b.join(np.full(per, x.base + g * per), np.arange(x.base + g * per, x.base + (g + 1) * per))
@@ -122,6 +122,6 @@ def layernorm_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
     x, rank = xs[0], len(b.shape(node.input[0]))
     axis = int(b.attrs(node).get("axis", -1)) % rank
     if axis <= x.axis:
-        return b.opaque(node, f"LayerNormalization {node.name!r} normalises over the channel axis: "
+        return b.opaque(node, f"{b.label(node)} normalises over the channel axis: "
                               "every channel depends on the statistics of all of them")
     b.same(node, x)

@@ -206,7 +206,7 @@ def deconv_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
     if x.axis != 1 or x.block != 1:
         return b.opaque(node)
     if group != 1:
-        return b.opaque(node, f"ConvTranspose {node.name!r} has group {group}: only group 1 is sliced")
+        return b.opaque(node, f"{b.label(node)} has group {group}: only group 1 is sliced")
     out = b.new(node.output[0], weight.shape[1], 1)
     params = [w] + ([bias] if bias else [])
     if b.owned_or_pin(params, [x, out], node):

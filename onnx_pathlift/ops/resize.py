@@ -148,7 +148,7 @@ def resize_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
     that lists the channel axis has that entry rewritten (a computed or shared one pins)."""
     x, shape_in, shape_out = xs[0], b.shape(node.input[0]), b.shape(node.output[0])
     if x.axis != 1 or x.block != 1 or tuple(shape_in[:2]) != tuple(shape_out[:2]):
-        return b.opaque(node, f"{node.op_type} {node.name!r} resamples the batch or channel axis")
+        return b.opaque(node, f"{b.label(node)} resamples the batch or channel axis")
     out = b.same(node, x)
     sizes = node.input[3] if len(node.input) > 3 and node.input[3] else ""
     axes = [int(a) % len(shape_in) for a in b.attrs(node).get("axes", range(len(shape_in)))]

@@ -211,7 +211,7 @@ def split_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
         offset += parts[-1].n
     sizes = "attr" if "split" in a else (node.input[1] if len(node.input) > 1 and node.input[1] else "")
     if not sizes and len({part.n for part in parts}) > 1:
-        return b.pin(x, f"Split {node.name!r} into uneven parts without explicit sizes")
+        return b.pin(x, f"{b.label(node)} into uneven parts without explicit sizes")
     if not sizes:
         for part in parts[1:]:
             b.join(b.slots(parts[0]), b.slots(part))

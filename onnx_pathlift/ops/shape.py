@@ -227,7 +227,7 @@ def reshape_channels(b: ChannelBuilder, node, xs: list[Layout]) -> None:
         return
     name, target = node.input[1], b.consts.get(node.input[1])
     if target is None or target.shape != (2,):
-        return b.pin(out, f"Reshape {node.name!r}: its shape is not a constant")
+        return b.pin(out, f"{b.label(node)}: its shape is not a constant")
     if int(target[1]) != -1 and not (int(target[1]) == 0 and out.block == 1):
         if b.owned_or_pin([name], [out], node):
             b.width(name, 1, node.output[0])
@@ -249,7 +249,7 @@ def _regroup(b: ChannelBuilder, node, x: Layout, shape_out: tuple[int, ...]) -> 
     b.join(b.slots(big), small.base + np.arange(big.n) // k)
     name, target = node.input[1], b.consts.get(node.input[1])
     if target is None or target.shape != (len(shape_out),):
-        return b.pin(out, f"Reshape {node.name!r}: its shape is not a constant")
+        return b.pin(out, f"{b.label(node)}: its shape is not a constant")
     shape_of = _shape_source(b, name)
     if shape_of is not None and b.shape(shape_of) == shape_out and b.layouts[shape_of] == Layout(b.layouts[shape_of].base, n, 1):
         return b.join(b.slots(b.layouts[shape_of]), b.slots(out))

@@ -32,6 +32,7 @@ import numpy as np
 from onnx import ModelProto, NodeProto
 
 from ..errors import UsageError
+from ..frontend.names import LayerNames, layer_names, node_key
 from ..frontend.prepare import Prepared
 from ..ir.dag import Dag
 from ..ops import require
@@ -81,8 +82,9 @@ class _Builder:
     """Walks the graph once, assigning slots, joining them and recording entries and pins: the
     :class:`~onnx_pathlift.ops.channel_api.ChannelBuilder` the op modules' channel rules call."""
 
-    def __init__(self, model: ModelProto, prepared: Prepared):
+    def __init__(self, model: ModelProto, prepared: Prepared, names: LayerNames):
         self.p = prepared
+        self.names = names
         self.layouts: dict[str, Layout] = {}
         self.n = 0
         self.joins: list[tuple[np.ndarray, np.ndarray]] = []
@@ -112,6 +114,11 @@ class _Builder:
     def join(self, a: np.ndarray, b: np.ndarray) -> None:
         self.joins.append((np.asarray(a), np.asarray(b)))
 
+    def label(self, node: NodeProto) -> str:
+        """``Conv 'block.conv1.weight'``: how a pin's reason names ``node`` (op type and layer name)."""
+        named = self.names.by_key.get(node_key(node))
+        return f"{node.op_type} {named.layer if named else node_key(node)!r}"
+
     def pin(self, layout: Layout | None, why: str) -> None:
         if layout is not None:
             for s in self.slots(layout):
@@ -130,7 +137,7 @@ class _Builder:
         """True if every named constant can be sliced (owned by this node alone); else pin."""
         bad = [n for n in names if n not in self.owned]
         for layout in layouts if bad else []:
-            self.pin(layout, f"{node.op_type} node {node.name!r}: parameter {bad[0]!r} is shared or computed")
+            self.pin(layout, f"{self.label(node)}: parameter {bad[0]!r} is shared or computed")
         return not bad
 
     def attrs(self, node: NodeProto) -> dict:
@@ -145,7 +152,7 @@ class _Builder:
 
     # --- ops ---------------------------------------------------------------------------------
     def opaque(self, node: NodeProto, why: str = "") -> None:
-        why = why or f"read or written by {node.op_type} node {node.name!r}, which is not sliced"
+        why = why or f"read or written by {self.label(node)}, which is not sliced"
         for name in node.input:
             self.pin(self.layouts.get(name), why)
         for name in node.output:
@@ -200,9 +207,11 @@ def _components(n: int, joins: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarra
     return label.astype(np.int64)
 
 
-def channel_graph(model: ModelProto, prepared: Prepared) -> ChannelGraph:
-    """The channel groups of ``model`` (``prepared`` is its :func:`prepare.prepare` form)."""
-    b = _Builder(model, prepared)
+def channel_graph(model: ModelProto, prepared: Prepared, names: LayerNames | None = None) -> ChannelGraph:
+    """The channel groups of ``model`` (``prepared`` is its :func:`prepare.prepare` form); the reasons that
+    keep groups name nodes by ``names`` (:mod:`onnx_pathlift.frontend.names`; None: ``prepared``'s, computed
+    without a DAG)."""
+    b = _Builder(model, prepared, layer_names(prepared, None) if names is None else names)
     for name, shape in prepared.inputs.items():
         if len(shape) >= 2:
             b.pin(b.new(name, shape[1], 1), f"channel of the graph input {name!r}")

@@ -215,7 +215,6 @@ def prune_weights(source: ModelSource, sparsity: float, out: str | os.PathLike, 
     pattern and when an output names the input."""
     from ..analyses.metric import path_metric
     from ..analyses.scores import magnitude, path_magnitude
-    from ..frontend.importer import import_model
 
     criterion = _check_arguments("weight", criterion, sparsity, source, out, mask_out)
     loaded = load(source, input_shape, outputs)
@@ -227,7 +226,7 @@ def prune_weights(source: ModelSource, sparsity: float, out: str | os.PathLike, 
     save_model(pruned, out)
     if mask_out:
         save_npz(mask_out, {k: v for k, v in keep.items() if k in report.tensors})
-    metric = path_metric(dag, import_model(pruned, input_shape))
+    metric = path_metric(dag, pruned, input_shape, names=(names, None))  # layers by name (docs/design.md)
     result = WeightPruning(model_name(source), str(out), criterion, scope, report, metric, input_linf, pruned, keep,
                            _pruned_layers(pruned, report, names))
     data = _data(eval_data)
@@ -316,12 +315,12 @@ def _certificate(loaded: Loaded, result: ChannelPrune, recovery: Recovery | None
     """The record's ``metric``: the path-metric between the original (with ``recovery``: its reference)
     and the masked model, sound (rounded outward); without a DAG, None and ``metric_reason``."""
     from ..analyses.metric import path_metric
-    from ..frontend.importer import import_model
 
     if loaded.dag is None:
         return {"metric": None, "metric_reason": no_dag(loaded.refusal)[1]}
-    reference = loaded.dag if recovery is None else import_model(recovery.reference, input_shape)
-    return {"metric": path_metric(reference, import_model(result.masked, input_shape)).to_dict(input_linf)}
+    reference = loaded.dag if recovery is None else recovery.reference  # a model: named by its own layer names
+    metric = path_metric(reference, result.masked, input_shape, names=(layer_names(loaded.prepared, loaded.dag), None))
+    return {"metric": metric.to_dict(input_linf)}
 
 
 @dataclass

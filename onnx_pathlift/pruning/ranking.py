@@ -368,7 +368,7 @@ def prune_channels(model: ModelProto, prepared: Prepared, dag, sparsity: float, 
     sel = selection or Selection(criterion, scope, seed=seed)
     untied, origin = untie(model)
     p = prepare(untied, prepared.inputs) if origin else prepared
-    cg = channel_graph(untied, p)
+    cg = channel_graph(untied, p, layer_names(prepared, dag))  # the original's layer names name the pins
     costs = channel_costs(cg, p, sel.target, repeats, model)
     layers = _layer_tensors(prepared, dag, sel.layers)
     removed: list[int] = []

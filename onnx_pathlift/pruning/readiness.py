@@ -12,6 +12,7 @@ from onnx.defs import has
 
 from ..errors import UnsupportedModelError
 from ..frontend.edit import untie
+from ..frontend.names import layer_names
 from ..frontend.prepare import Prepared, prepare
 from .channels import channel_graph
 
@@ -34,7 +35,7 @@ def channel_readiness(model: ModelProto, prepared: Prepared, refusal: Unsupporte
     reasons that keep the most groups (``kept``, at most three). A node without an ONNX schema (a custom
     op) makes ``prunable`` False with a ``reason``: the slim model is checked by running it."""
     untied, origin = untie(model)
-    cg = channel_graph(untied, prepare(untied, prepared.inputs) if origin else prepared)
+    cg = channel_graph(untied, prepare(untied, prepared.inputs) if origin else prepared, layer_names(prepared, None))
     kept = Counter(g.pinned for g in cg.groups if g.pinned).most_common(3)
     out: dict[str, Any] = {"groups": len(cg.groups), "removable": len(cg.removable()), "prunable": bool(cg.removable()),
                            "criterion": "path-mass" if refusal is None else "l1-norm", "certified": refusal is None,

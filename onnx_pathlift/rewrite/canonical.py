@@ -33,21 +33,33 @@ parameters (it is spelling-dependent: both models must be brought to the same sp
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
+from ..frontend.names import describe
 from ..ir.dag import Dag, Layer
 from ..ops import LAYER_OPS
 
+if TYPE_CHECKING:
+    from ..frontend.names import LayerNames
+
 
 class _Work:
-    """A mutable copy of a DAG: layers in topological order, the analysed outputs, what was done."""
+    """A mutable copy of a DAG: layers in topological order, the analysed outputs, what was done (its
+    notes name layers by ``names``: :func:`~onnx_pathlift.frontend.names.describe`)."""
 
-    def __init__(self, dag: Dag):
+    def __init__(self, dag: Dag, names: LayerNames | None = None):
         self.dag = dag
+        self.names = names
         self.layers: dict[str, Layer] = {layer.name: layer for layer in dag.layers()}
         self.outputs = dict(dag.outputs)
         self.applied: list[str] = []
+
+    def say(self, layer: Layer) -> str:
+        """``op 'name'``: how a note names ``layer``."""
+        return describe(layer, self.names, node=False)
 
     def readers(self) -> Counter:
         """How many times each layer is read (an analysed output counts as a reader)."""
@@ -104,7 +116,7 @@ class DropIdentity(Rule):
 
     def apply(self, w, layer, src):
         w.drop(layer.name, src.name)
-        return f"dropped identity {layer.op} {layer.name!r}"
+        return f"dropped identity {w.say(layer)}"
 
 
 def _sole_reader(w: _Work, layer: Layer, src: Layer, readers: Counter) -> str | None:
@@ -126,7 +138,7 @@ class Compose(Rule):
     def apply(self, w, layer, src):
         w.layers[layer.name] = LAYER_OPS[layer.op].compose(src, layer)
         del w.layers[src.name]
-        return f"merged {src.op} {src.name!r} into {layer.op} {layer.name!r}"
+        return f"merged {w.say(src)} into {w.say(layer)}"
 
 
 class FoldScale(Rule):
@@ -149,7 +161,7 @@ class FoldScale(Rule):
             w.layers[layer.name] = rest
         else:
             w.drop(layer.name, src.name)
-        return f"folded the scale of {layer.op} {layer.name!r} into {src.op} {src.name!r}"
+        return f"folded the scale of {w.say(layer)} into {w.say(src)}"
 
 
 class FoldInputScale(Rule):
@@ -174,7 +186,7 @@ class FoldInputScale(Rule):
             w.layers[src.name] = rest
         else:
             w.drop(src.name, src.inputs[0])
-        return f"folded the scale of {src.op} {src.name!r} into {layer.op} {layer.name!r} (input side)"
+        return f"folded the scale of {w.say(src)} into {w.say(layer)} (input side)"
 
 
 class MoveReshape(Rule):
@@ -201,7 +213,7 @@ class MoveReshape(Rule):
         w.layers[src.name] = replace(src, inputs=[layer.name], shape=layer.shape)
         w.layers = _reordered(w.layers, src.name, layer.name)
         w.drop_alias(layer.name, src.name)
-        return f"moved reshape {src.name!r} after {layer.op} {layer.name!r}"
+        return f"moved {w.say(src)} after {w.say(layer)}"
 
 
 def _reordered(layers: dict[str, Layer], first: str, after: str) -> dict[str, Layer]:
@@ -238,9 +250,10 @@ def why_not(dag: Dag, name: str) -> dict[str, str | None]:
     return {type(rule).__name__: rule.why_not(w, layer, w.layers[layer.inputs[0]], w.readers()) for rule in RULES}
 
 
-def canonical_form(dag: Dag) -> tuple[Dag, list[str]]:
-    """The DAG in the canonical spelling (same function), and the rewrites applied, in order."""
-    w = _Work(dag)
+def canonical_form(dag: Dag, names: LayerNames | None = None) -> tuple[Dag, list[str]]:
+    """The DAG in the canonical spelling (same function), and the rewrites applied, in order (each naming
+    its layers by ``names``, the model's layer names; None: by DAG name)."""
+    w = _Work(dag, names)
     for name, layer in w.layers.items():
         w.layers[name] = LAYER_OPS[layer.op].respelled(layer)
     for _ in range(4 * len(w.layers) + 1):  # every rewrite removes a layer or a scale: bounded
@@ -252,5 +265,6 @@ def canonical_form(dag: Dag) -> tuple[Dag, list[str]]:
 
 
 def summary(applied: list[str]) -> dict[str, int]:
-    """How many rewrites of each kind (the text before the first quoted name)."""
-    return dict(Counter(a.split(" '")[0] for a in applied))
+    """How many rewrites of each kind (the text before the first quoted name; ``repr`` quotes a name holding
+    ``'`` with ``"``)."""
+    return dict(Counter(re.split(" ['\"]", a, maxsplit=1)[0] for a in applied))
