@@ -1,5 +1,5 @@
-"""What is computed from lifted graphs: path-metrics, scores, Lipschitz bounds, rescaling, inspection; and the
-commands the analyses declare about themselves.
+"""What is computed from lifted graphs: path-metrics, scores, Lipschitz bounds, rescaling, per-output
+path-norms, inspection; and the commands the analyses declare about themselves.
 
 An analysis module declares its command where it lives, as ``COMMAND = Command(...)``: its options, how it runs
 from the parsed arguments (one library call returning a report with ``to_dict()``, the ``--json`` object), its
@@ -67,6 +67,8 @@ TABLE: dict[str, Declared] = {
                        f"onnx-pathlift scores {_MODEL} -o scores.npz"),
     "rescale": Declared("rescale", "rescale_model", "random neuron-wise rescaling that keeps the function",
                         f"onnx-pathlift rescale {_MODEL} --seed 1 -o rescaled.onnx && onnx-pathlift norm rescaled.onnx"),
+    "outputs": Declared("outputs", "output_norms", "per-output path-norms ‖Φ_k‖_q: the paths that end at each output neuron",
+                        f"onnx-pathlift outputs {_MODEL} -q 1 -q 2"),
 }
 
 
