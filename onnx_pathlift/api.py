@@ -38,7 +38,6 @@ if TYPE_CHECKING:  # (the audit package is not imported at run time: norm's star
     from .ir.dag import Dag
 from .frontend.pipeline import load, model_name
 
-
 #: re-exported from :mod:`onnx_pathlift.fileio.atomic`, imported when first used (``norm`` writes nothing)
 _WRITERS = ("save_model", "save_npz")
 
