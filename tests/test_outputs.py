@@ -16,6 +16,7 @@ from oracle import log10_output_path_norms
 from tiny_nets import ALL_NETS
 
 from onnx_pathlift import api
+from onnx_pathlift.backend import exact
 from onnx_pathlift.backend.exact import exact_logs
 from onnx_pathlift.frontend.importer import import_model
 
@@ -99,6 +100,26 @@ def test_outputs_far_apart_in_one_tensor_are_each_exact(scale_log2: int, q: floa
     truth = log10_output_path_norms(_towers(scale_log2), q)
     assert max(truth.values()) - min(truth.values()) > 8 * scale_log2 * math.log10(2) - 2
     _assert_matches(_towers(scale_log2), q)
+
+
+def test_a_refused_fallback_leaves_no_value_and_a_sound_interval(monkeypatch, capsys, tmp_path) -> None:
+    """Above the fallback's work limit, the neurons float32 did not certify have no value (JSON null) and the
+    reason, their interval still holding the truth; the certified ones keep theirs; the text says so."""
+    model = _towers(30)
+    truth = log10_output_path_norms(model, 2.0)
+    monkeypatch.setattr(exact, "WORK_LIMIT", 10)
+    (norms,) = api.output_norms(model, [2.0]).norms
+    assert norms.fallback is None and "above its limit" in norms.reason and not norms.certified.all()
+    values = norms.values()
+    for (_, i), want in truth.items():
+        assert norms.lower_log10[i] - TOL <= want <= norms.upper_log10[i] + TOL, i
+        assert values[i] is None if not norms.certified[i] else values[i] == pytest.approx(10**want, rel=1e-5), i
+    path = save(model, tmp_path / "towers.onnx")
+    rc, out, err = run_main(capsys, "outputs", path, "-q", 2, "--json")
+    (d,) = json.loads(out)["outputs"]
+    assert rc == 0 and None in d["value"] and "above its limit" in d["reason"], err
+    rc, out, err = run_main(capsys, "outputs", path, "-q", 2)
+    assert rc == 0 and "without a value: float32 did not certify every neuron, and the exact float64 fallback" in out
 
 
 @pytest.mark.parametrize("q", [1.0, 3.0, math.inf])
