@@ -102,6 +102,21 @@ def test_outputs_far_apart_in_one_tensor_are_each_exact(scale_log2: int, q: floa
     _assert_matches(_towers(scale_log2), q)
 
 
+@pytest.mark.parametrize("q", [1.0, 2.0])
+def test_a_fixed_batch_reports_one_samples_neurons(q: float) -> None:
+    """``y[2, 3]`` from ``x[2, 4]``: the report has shape ``[1, 3]``, and each neuron is what the oracle finds for
+    that neuron in every sample (the samples share no path)."""
+    rng = np.random.default_rng(0)
+    params = {"W1": rng.normal(size=(5, 4)), "b1": rng.normal(size=5), "W2": rng.normal(size=(3, 5)), "b2": rng.normal(size=3)}
+    nodes = [helper.make_node("Gemm", ["x", "W1", "b1"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "W2", "b2"], ["y"], transB=1)]
+    model = make_model(nodes, [("x", [2, 4])], [("y", [2, 3])], params)
+    (norms,) = api.output_norms(model, [q]).norms
+    assert norms.shape == (1, 3) and norms.certified.all()
+    for (_, i), want in log10_output_path_norms(model, q).items():
+        assert norms.log10[i % 3] == pytest.approx(want, abs=TOL), i
+
+
 def test_a_refused_fallback_leaves_no_value_and_a_sound_interval(monkeypatch, capsys, tmp_path) -> None:
     """Above the fallback's work limit, the neurons float32 did not certify have no value (JSON null) and the
     reason, their interval still holding the truth; the certified ones keep theirs; the text says so."""
