@@ -12,35 +12,52 @@ unreadable or invalid model, :class:`~onnx_pathlift.errors.UnsupportedModelError
 outside the supported set, :class:`~onnx_pathlift.errors.UsageError` (2) for bad arguments and
 :class:`~onnx_pathlift.errors.OutputError` (6) for an output that cannot be written.
 
-The analyses are imported when called (the audit's parent process needs none of them)."""
+The analyses are imported when called (the audit's parent process needs none of them). A command that an
+analysis declares about itself (:data:`onnx_pathlift.analyses.TABLE`) keeps its library function in
+its own module; it is found here by its name (``api.lipschitz_report``, ``api.score_weights``, ...)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import CertificateViolation, UsageError, VerificationError
-from .fileio.atomic import refuse_overwriting_input
+from .errors import CertificateViolation
 
 if TYPE_CHECKING:  # (the audit package is not imported at run time: norm's start-up does without it)
-    from onnx import ModelProto
-
     from .analyses.check import CheckReport
-    from .analyses.lipschitz import LipschitzBound
     from .analyses.metric import PathMetric
     from .analyses.quant_bound import Certificate
-    from .analyses.scores import Scores
     from .audit.record import InputShape  # one static shape, or one per input name; None: as declared
     from .backend.norm import PathNorm
     from .backend.verify import VerifyReport
     from .fileio.load import ModelSource
     from .ir.dag import Dag
-from .fileio.atomic import save_model, save_npz
 from .frontend.pipeline import load, model_name
+
+#: re-exported from :mod:`onnx_pathlift.fileio.atomic`, imported when first used (``norm`` writes nothing)
+_WRITERS = ("save_model", "save_npz")
+
+
+def __getattr__(name: str):
+    """The writers of :data:`_WRITERS`, and the library function of each command an analysis declares
+    (:data:`onnx_pathlift.analyses.TABLE`: ``lipschitz_report``, ``score_weights``, ...), from its module."""
+    if name in _WRITERS:
+        from .fileio import atomic
+
+        return getattr(atomic, name)
+    from .analyses import library_function
+
+    return library_function(name)
+
+
+def __dir__() -> list[str]:
+    from .analyses import TABLE
+
+    return sorted([*globals(), *_WRITERS, *(row.function for row in TABLE.values())])
 
 
 def _shapes(dag: Dag) -> dict[str, list[int]]:
@@ -149,6 +166,7 @@ def write_lifted(source: ModelSource, out: str | os.PathLike, q: float = 1.0, in
 
     from .backend.emit import describe_lifted
     from .backend.norm import PathNormSession
+    from .fileio.atomic import refuse_overwriting_input, save_model  # (norm writes nothing: its start-up does without)
 
     if isinstance(source, (str, os.PathLike)):
         refuse_overwriting_input(out, source)
@@ -225,132 +243,4 @@ def compare_models(model_a: ModelSource, model_b: ModelSource, input_shape: Inpu
         result.check = check_bound(a.model, b.model, dag_a, dag_b, metric, r, check, a.prepared.elem_types,
                                    b.prepared.elem_types, providers=providers, search=check,
                                    activation=cert.activation.term, pairs=pairs)
-    return result
-
-
-@dataclass
-class LipschitzReport:
-    """``onnx-pathlift lipschitz``: ``‖R(x) − R(x')‖_1 ≤ L·‖x − x'‖_∞`` with ``L = ‖Φ_in‖_1``."""
-
-    model: str
-    bound: LipschitzBound
-
-    def to_dict(self) -> dict:
-        return {"model": self.model, **self.bound.to_dict()}
-
-
-def lipschitz_report(source: ModelSource, input_shape: InputShape = None, outputs: list[str] | None = None,
-                     providers: str = "cpu") -> LipschitzReport:
-    """The input-space Lipschitz bound (ℓ∞ → ℓ1) of ``source``: ``‖Φ_in‖_1``, the L1 path-norm of the
-    paths that start at input neurons (certified: the upper end of its interval), beside the naive
-    product of the layers' ℓ∞ operator norms."""
-    from .analyses.lipschitz import lipschitz
-
-    return LipschitzReport(model_name(source), lipschitz(load(source, input_shape, outputs, whole=False).dag, providers=providers))
-
-
-@dataclass
-class ScoresReport:
-    """``onnx-pathlift scores``: path-magnitude scores and a summary row per weight tensor."""
-
-    model: str
-    scores: Scores
-    seconds: float  # wall time of the forward + adjoint pass
-    written: str | None
-    rows: list[dict] = field(default_factory=list)  # Scores.summary() with share_of_scores added
-
-    def to_dict(self) -> dict:
-        return {"model": self.model, "l1_path_norm_log10": self.scores.log10_norm, "seconds": self.seconds,
-                "written": self.written, "tensors": self.rows}
-
-
-def score_weights(source: ModelSource, out: str | os.PathLike | None = None, input_shape: InputShape = None,
-                  outputs: list[str] | None = None, providers: str = "cpu") -> ScoresReport:
-    """Path-magnitude scores ``|θ_i|·∂‖Φ‖_1/∂|θ_i|`` of every Conv/ConvTranspose/Gemm/MatMul weight of ``source``, as
-    fractions of ``‖Φ‖_1``; with ``out``, written there as a float32 ``.npz`` keyed by initializer name.
-    Per tensor, ``share`` is the fraction of ``‖Φ‖_1`` carried by the paths through it (these sum to
-    more than 1) and ``share_of_scores`` its part of all scores (they sum to 1).
-    Raises :class:`UsageError` when ``out`` is the input."""
-    import numpy as np
-
-    from .analyses.scores import path_magnitude
-    from .frontend.names import layer_names
-
-    if out and isinstance(source, (str, os.PathLike)):
-        refuse_overwriting_input(out, source)
-    loaded = load(source, input_shape, outputs, whole=False)
-    names = layer_names(loaded.prepared, loaded.dag)
-    t0 = time.perf_counter()
-    scores = path_magnitude(loaded.dag, providers=providers, names=names)
-    elapsed = time.perf_counter() - t0
-    if out:
-        # deflated only where it pays (a pruned tensor's zeros): scores of live weights barely shrink
-        save_npz(out, {k: v.astype(np.float32, copy=False) for k, v in scores.fraction.items()}, compress="auto")
-    rows = scores.summary()
-    total = sum(row["share"] for row in rows)
-    for row in rows:  # the tensor's layer (docs/design.md, "Layer names"); "tensor": the .npz key
-        tensor, named = row["initializer"], names.of_tensor(row["initializer"])
-        row.update(tensor=tensor, **(named.to_dict() if named else {"layer": tensor, "onnx_node": ""}))
-        row["share_of_scores"] = row["share"] / total if total > 0 else 0.0
-    return ScoresReport(model_name(source), scores, elapsed, None if out is None else str(out), rows)
-
-
-@dataclass
-class RescaleResult:
-    """``onnx-pathlift rescale``: the rescaled model and the check that it computes the same function."""
-
-    written: str | None
-    model: ModelProto
-    neurons: int  # hidden channels rescaled
-    layers: int  # conv/dense layers whose output channels were rescaled
-    check: VerifyReport  # one random input (the seed's), relative tolerance 1e-4
-    seed: int
-    low: float  # λ drawn log-uniformly in [low, high]
-    high: float
-    shared: int = 0  # channels left alone: an initializer they would scale also feeds another node
-
-    @property
-    def note(self) -> str | None:
-        """What was left alone, said when anything was (and that the output is a copy when nothing moved)."""
-        skipped = (f"{self.shared} channel(s) left alone: an initializer they would scale also feeds another node"
-                   if self.shared else "")
-        if self.neurons:
-            return skipped or None
-        return "rescaled nothing: the output is an unchanged copy" + (
-            f" ({skipped})" if skipped else " (no hidden channel has a rescalable chain whose weights and biases are all initializers)")
-
-    @property
-    def max_rel_output_change(self) -> float:
-        return max(self.check.max_rel_error.values(), default=0.0)
-
-    def to_dict(self) -> dict:
-        return {"written": self.written, "neurons": self.neurons, "layers": self.layers, "shared": self.shared,
-                "note": self.note, "max_rel_output_change": self.max_rel_output_change}
-
-
-def rescale_model(source: ModelSource, out: str | os.PathLike | None = None, seed: int = 0, low: float = 1 / 8,
-                  high: float = 8.0, input_shape: InputShape = None, outputs: list[str] | None = None) -> RescaleResult:
-    """A copy of ``source`` with every rescalable hidden channel's incoming weights (and biases) times
-    λ and its outgoing weights times 1/λ, λ drawn log-uniformly in [``low``, ``high``] (``seed``): the
-    same function and path-lifting, other weights. Checked on one random input (``seed``) by
-    :func:`onnx_pathlift.backend.verify.same_function`; written to ``out`` (when given) only once checked.
-    Raises :class:`UsageError` unless ``0 < low ≤ high`` or when ``out`` is the input, and
-    :class:`VerificationError` (exit code 1) when the outputs changed by more than 1e-4 (relative)."""
-    from .analyses.rescale import rescale
-    from .backend.verify import same_function
-
-    if out is not None and isinstance(source, (str, os.PathLike)):
-        refuse_overwriting_input(out, source)
-    loaded = load(source, input_shape, outputs)
-    if not 0 < low <= high:
-        raise UsageError(f"--range needs 0 < LO ≤ HI (got {low} {high})")
-    rescaled, report = rescale(loaded.model, loaded.dag, seed=seed, low=low, high=high)
-    check = same_function(loaded.model, rescaled, loaded.dag, trials=1, seed=seed)
-    result = RescaleResult(None if out is None else str(out), rescaled, report.neurons, report.layers, check, seed, low,
-                           high, report.shared)
-    if not check.passed:
-        raise VerificationError(f"the rescaled model changed the outputs (max relative error "
-                                f"{result.max_rel_output_change:.3g})")
-    if out is not None:
-        save_model(rescaled, out)
     return result

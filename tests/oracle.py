@@ -517,7 +517,18 @@ def log10_path_norm(model: onnx.ModelProto, q: float) -> float:
     """``log10 ||Phi(theta)||_q`` by path enumeration in the log domain; ``q = inf``: the largest
     path product ``max_p |Phi_p|``."""
     G, outputs = neuron_dag(model)
-    terms = log_path_terms(G, outputs, q)
+    return _log10_norm(log_path_terms(G, outputs, q), q)
+
+
+def log10_output_path_norms(model: onnx.ModelProto, q: float) -> dict[Neuron, float]:
+    """``log10 ||Phi_k||_q`` for every output neuron ``k``: the same enumeration restricted to the paths
+    that end at ``k`` (``q = inf``: the largest product of a path ending at ``k``; ``-inf``: no path)."""
+    G, outputs = neuron_dag(model)
+    return {o: _log10_norm(log_path_terms(G, [o], q), q) for o in outputs}
+
+
+def _log10_norm(terms: list[float], q: float) -> float:
+    """``log10 (sum_p exp(t_p))^(1/q)`` of natural-log path terms (``q = inf``: the largest term)."""
     if not terms:
         return -math.inf
     top = max(terms)

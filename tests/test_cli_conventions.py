@@ -79,6 +79,24 @@ def test_help_shows_defaults_and_an_example_per_command(capsys):
     assert "onnx-pathlift COMMAND --help" in capsys.readouterr().out
 
 
+def test_every_declared_command_is_its_modules_declaration() -> None:
+    """Each row of the analyses' command table names the module that declares that command (its ``COMMAND``),
+    ``onnx_pathlift.api`` finds the library function by its name, and scores' help names the registry's weights."""
+    from onnx_pathlift import api
+    from onnx_pathlift.analyses import TABLE, declared
+    from onnx_pathlift.ops.registry import weight_op_types
+
+    assert {"lipschitz", "scores", "rescale"} <= set(TABLE)
+    for name, row in TABLE.items():
+        command = declared(name)
+        assert command.name == name and command.function.__name__ == row.function, name
+        assert command.function.__module__ == f"onnx_pathlift.analyses.{row.module}"
+        assert getattr(api, row.function) is command.function and row.function in dir(api)
+    assert f"every {'/'.join(weight_op_types())} weight" in TABLE["scores"].help
+    with pytest.raises(AttributeError):
+        api.no_such_function  # noqa: B018
+
+
 def test_scores_table_has_headers_and_shares_that_sum_to_one(capsys, tmp_path):
     path = save(hand_mlp(), tmp_path / "mlp.onnx")
     rc, out, err = run_main(capsys, "scores", path, "--json")

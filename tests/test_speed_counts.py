@@ -24,6 +24,9 @@ MODEL = MODELS / "digits_cnn_torch_bn.onnx"
 NOT_FOR_NORM = ("torch", "torch_pruning", "dask", "distributed", "sqlite3", "_sqlite3", "sklearn", "scipy", "onnxsim",
                 "onnxscript", "matplotlib", "PIL", "difflib", "onnx_pathlift.audit", "onnx_pathlift.analyses",
                 "onnx_pathlift.pruning", "onnx_pathlift.rewrite", "onnx_pathlift.backend.verify")
+#: the analyses' package module, which the command line reads to build its parser: the table of the commands
+#: they declare (it imports nothing but ``onnx_pathlift.errors``); its submodules are the analyses
+COMMAND_TABLE = ("onnx_pathlift.analyses",)
 #: modules ``norm`` may import beyond those numpy, onnx, onnxruntime and networkx import themselves
 #: (55 at this commit: the package's own 53 modules, shlex and unicodedata)
 EXTRA_BOUND = 60
@@ -43,11 +46,27 @@ def test_norm_imports_only_what_it_needs() -> None:
            f"    assert main(['norm', {str(MODEL)!r}, '-q', '1', '-q', '2']) == 0")
     after = _modules(run)
     base = _modules("import numpy, onnx, onnxruntime, networkx")
-    unwanted = sorted(m for m in after if any(m == p or m.startswith(p + ".") for p in NOT_FOR_NORM))
+    unwanted = sorted(m for m in after - set(COMMAND_TABLE) if any(m == p or m.startswith(p + ".") for p in NOT_FOR_NORM))
     assert not unwanted, unwanted
     extra = after - base
     assert "onnx_pathlift.backend.norm" in extra  # the command did run
     assert len(extra) <= EXTRA_BOUND, sorted(extra)
+
+
+HELP = "from onnx_pathlift.cli.app import main\nimport contextlib, io\nwith contextlib.redirect_stdout(io.StringIO()):\n" \
+       "    try:\n        main({argv!r})\n    except SystemExit:\n        pass"
+
+
+def test_help_imports_no_analysis() -> None:
+    """``--help`` builds the whole parser from the command table alone: no analysis, no numpy, no onnx; a
+    declared command's own ``--help`` imports its module and no other analysis."""
+    heavy = ("numpy", "onnx", "onnxruntime", "networkx", "onnx_pathlift.analyses", "onnx_pathlift.ops", "onnx_pathlift.api")
+    seen = _modules(HELP.format(argv=["--help"]))
+    assert "onnx_pathlift.analyses" in seen and "onnx_pathlift.cli.app" in seen
+    assert not sorted(m for m in seen - set(COMMAND_TABLE) if any(m == p or m.startswith(p + ".") for p in heavy))
+    seen = _modules(HELP.format(argv=["scores", "--help"]))
+    assert "onnx_pathlift.analyses.scores" in seen
+    assert not {"onnx_pathlift.analyses.lipschitz", "onnx_pathlift.analyses.rescale", "onnx_pathlift.analyses.metric"} & seen
 
 
 W1 = np.random.default_rng(3).standard_normal((96, 256)).astype(np.float32)

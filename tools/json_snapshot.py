@@ -39,6 +39,7 @@ def commands(tmp: str) -> dict[str, list[str]]:
         cmds[f"inspect {stem}"] = ["inspect", m]
         cmds[f"lipschitz {stem}"] = ["lipschitz", m]
         cmds[f"scores {stem}"] = ["scores", m]
+        cmds[f"outputs {stem}"] = ["outputs", m, "-q", "1", "-q", "2", "-q", "inf"]
     cmds["lift"] = ["lift", CNN, "-q", "2", "-o", f"{tmp}/lifted.onnx"]
     cmds["compare pruned"] = ["compare", CNN, PRUNED, "--check", "20"]
     cmds["compare int8"] = ["compare", CNN, INT8]

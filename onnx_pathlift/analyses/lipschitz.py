@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..backend.norm import PathNorm
 from ..fileio.load import ModelSource
 from ..frontend.importer import import_model
+from ..frontend.pipeline import load, model_name
 from ..graph.numeric import json_float, log2_sum, log10_value
 from ..ir.dag import Dag
 from ..ops import LAYER_OPS, require
+from . import Command, fmt, provider
 from .metric import input_path_norm
+
+if TYPE_CHECKING:
+    from ..audit.record import InputShape  # one static shape, or one per input name; None: as declared
 
 _LOG10_2 = math.log10(2.0)
 
@@ -64,3 +70,32 @@ def bound_from(dag: Dag, input_norm: PathNorm) -> LipschitzBound:
     require(dag, "lipschitz")
     upper = input_norm.log10 if input_norm.upper_log10 is None else input_norm.upper_log10
     return LipschitzBound(upper, naive_log2(dag) * _LOG10_2, input_norm.log10, input_norm)
+
+
+@dataclass
+class LipschitzReport:
+    """``onnx-pathlift lipschitz``: ``‖R(x) − R(x')‖_1 ≤ L·‖x − x'‖_∞`` with ``L = ‖Φ_in‖_1``."""
+
+    model: str
+    bound: LipschitzBound
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, **self.bound.to_dict()}
+
+
+def lipschitz_report(source: ModelSource, input_shape: InputShape = None, outputs: list[str] | None = None,
+                     providers: str = "cpu") -> LipschitzReport:
+    """The input-space Lipschitz bound (ℓ∞ → ℓ1) of ``source``: ``‖Φ_in‖_1``, the L1 path-norm of the
+    paths that start at input neurons (certified: the upper end of its interval), beside the naive
+    product of the layers' ℓ∞ operator norms."""
+    return LipschitzReport(model_name(source), lipschitz(load(source, input_shape, outputs, whole=False).dag, providers=providers))
+
+
+def _print(r: LipschitzReport, args) -> None:
+    print(f"{r.model}: for all inputs x, x':  ‖R(x) − R(x')‖_1 ≤ L · ‖x − x'‖_∞")
+    print(f"  L = ‖Φ_in‖_1 = {fmt(r.bound.path_norm_log10)}   (paths starting at input neurons)")
+    print(f"  naive product of layer ℓ∞ norms × output size = {fmt(r.bound.naive_log10)}")
+
+
+COMMAND = Command("lipschitz", provider, lambda args, common: lipschitz_report(args.model, providers=args.provider, **common),
+                  _print, lipschitz_report)

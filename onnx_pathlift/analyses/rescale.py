@@ -12,15 +12,26 @@ grouped convs downstream) are left alone and counted. Each layer op declares its
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from onnx import ModelProto
 
+from ..backend.verify import VerifyReport, same_function
+from ..errors import UsageError, VerificationError
+from ..fileio.atomic import refuse_overwriting_input, save_model
+from ..fileio.load import ModelSource
 from ..frontend.edit import ModelEditor, copy_model
+from ..frontend.pipeline import load
 from ..ir.dag import Dag, Layer
 from ..ops import LAYER_OPS, require
 from ..ops.layer_op import RescaleAxes
+from . import Command
+
+if TYPE_CHECKING:
+    from ..audit.record import InputShape  # one static shape, or one per input name; None: as declared
 
 
 @dataclass
@@ -165,3 +176,83 @@ def rescale(model: ModelProto, dag: Dag, seed: int = 0, low: float = 1 / 8, high
     for name, value in arrays.items():
         editor.set(name, value)
     return out, report
+
+
+@dataclass
+class RescaleResult:
+    """``onnx-pathlift rescale``: the rescaled model and the check that it computes the same function."""
+
+    written: str | None
+    model: ModelProto
+    neurons: int  # hidden channels rescaled
+    layers: int  # conv/dense layers whose output channels were rescaled
+    check: VerifyReport  # one random input (the seed's), relative tolerance 1e-4
+    seed: int
+    low: float  # λ drawn log-uniformly in [low, high]
+    high: float
+    shared: int = 0  # channels left alone: an initializer they would scale also feeds another node
+
+    @property
+    def note(self) -> str | None:
+        """What was left alone, said when anything was (and that the output is a copy when nothing moved)."""
+        skipped = (f"{self.shared} channel(s) left alone: an initializer they would scale also feeds another node"
+                   if self.shared else "")
+        if self.neurons:
+            return skipped or None
+        return "rescaled nothing: the output is an unchanged copy" + (
+            f" ({skipped})" if skipped else " (no hidden channel has a rescalable chain whose weights and biases are all initializers)")
+
+    @property
+    def max_rel_output_change(self) -> float:
+        return max(self.check.max_rel_error.values(), default=0.0)
+
+    def to_dict(self) -> dict:
+        return {"written": self.written, "neurons": self.neurons, "layers": self.layers, "shared": self.shared,
+                "note": self.note, "max_rel_output_change": self.max_rel_output_change}
+
+
+def rescale_model(source: ModelSource, out: str | os.PathLike | None = None, seed: int = 0, low: float = 1 / 8,
+                  high: float = 8.0, input_shape: InputShape = None, outputs: list[str] | None = None) -> RescaleResult:
+    """A copy of ``source`` with every rescalable hidden channel's incoming weights (and biases) times
+    λ and its outgoing weights times 1/λ, λ drawn log-uniformly in [``low``, ``high``] (``seed``): the
+    same function and path-lifting, other weights. Checked on one random input (``seed``) by
+    :func:`onnx_pathlift.backend.verify.same_function`; written to ``out`` (when given) only once checked.
+    Raises :class:`UsageError` unless ``0 < low ≤ high`` or when ``out`` is the input, and
+    :class:`VerificationError` (exit code 1) when the outputs changed by more than 1e-4 (relative)."""
+    if out is not None and isinstance(source, (str, os.PathLike)):
+        refuse_overwriting_input(out, source)
+    loaded = load(source, input_shape, outputs)
+    if not 0 < low <= high:
+        raise UsageError(f"--range needs 0 < LO ≤ HI (got {low} {high})")
+    rescaled, report = rescale(loaded.model, loaded.dag, seed=seed, low=low, high=high)
+    check = same_function(loaded.model, rescaled, loaded.dag, trials=1, seed=seed)
+    result = RescaleResult(None if out is None else str(out), rescaled, report.neurons, report.layers, check, seed, low,
+                           high, report.shared)
+    if not check.passed:
+        raise VerificationError(f"the rescaled model changed the outputs (max relative error "
+                                f"{result.max_rel_output_change:.3g})")
+    if out is not None:
+        save_model(rescaled, out)
+    return result
+
+
+def _print(r: RescaleResult, args) -> None:
+    print(f"rescaled {r.neurons} neurons in {r.layers} layers (λ log-uniform in [{r.low:g}, {r.high:g}], seed "
+          f"{r.seed}); outputs unchanged to {r.max_rel_output_change:.2g}; wrote {r.written}")
+    if r.note:
+        print(f"  note: {r.note}")
+
+
+def _options(parser) -> None:
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random scale factors (and of the check's inputs)")
+    parser.add_argument("--range", type=float, nargs=2, default=[1 / 8, 8.0], metavar=("LO", "HI"),
+                        help="each hidden neuron's factor λ is drawn log-uniformly in [LO, HI]")
+    parser.add_argument("-o", "--out", required=True, help="where to write the rescaled model")
+
+
+def _run(args, common: dict) -> RescaleResult:
+    lo, hi = args.range
+    return rescale_model(args.model, args.out, seed=args.seed, low=lo, high=hi, **common)
+
+
+COMMAND = Command("rescale", _options, _run, _print, rescale_model)

@@ -17,7 +17,10 @@ parameter (a path may use it twice), so the sum of per-use scores is not its dro
 from __future__ import annotations
 
 import math
+import os
+import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,12 +28,19 @@ from ..backend.emit import LOG2_SUFFIX, emit_opset, identity_node, lift_forward,
 from ..backend.norm import combine
 from ..backend.runtime import make_session
 from ..backend.samples import one_sample
+from ..fileio.atomic import refuse_overwriting_input, save_npz
 from ..fileio.load import ModelSource
-from ..frontend.names import LayerNames, named_dag
+from ..frontend.names import LayerNames, layer_names, named_dag
+from ..frontend.pipeline import load, model_name
 from ..graph.builder import BuiltModel, LiftBuilder, Scaled
 from ..graph.exponents import lift_run
 from ..ir.dag import Dag, Layer
 from ..ops import LAYER_OPS, require
+from ..sanitise import terminal
+from . import Command, fmt, provider
+
+if TYPE_CHECKING:
+    from ..audit.record import InputShape  # one static shape, or one per input name; None: as declared
 
 
 @dataclass
@@ -174,3 +184,72 @@ def magnitude(dag: Dag) -> dict[str, np.ndarray]:
             name, w = _to_initializer_layout(layer, np.abs(layer.params["W"]))
             out[name] = w
     return out
+
+
+@dataclass
+class ScoresReport:
+    """``onnx-pathlift scores``: path-magnitude scores and a summary row per weight tensor."""
+
+    model: str
+    scores: Scores
+    seconds: float  # wall time of the forward + adjoint pass
+    written: str | None
+    rows: list[dict] = field(default_factory=list)  # Scores.summary() with share_of_scores added
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "l1_path_norm_log10": self.scores.log10_norm, "seconds": self.seconds,
+                "written": self.written, "tensors": self.rows}
+
+
+def score_weights(source: ModelSource, out: str | os.PathLike | None = None, input_shape: InputShape = None,
+                  outputs: list[str] | None = None, providers: str = "cpu") -> ScoresReport:
+    """Path-magnitude scores ``|θ_i|·∂‖Φ‖_1/∂|θ_i|`` of every Conv/ConvTranspose/Gemm/MatMul weight of ``source``, as
+    fractions of ``‖Φ‖_1``; with ``out``, written there as a float32 ``.npz`` keyed by initializer name.
+    Per tensor, ``share`` is the fraction of ``‖Φ‖_1`` carried by the paths through it (these sum to
+    more than 1) and ``share_of_scores`` its part of all scores (they sum to 1).
+    Raises :class:`UsageError` when ``out`` is the input."""
+    if out and isinstance(source, (str, os.PathLike)):
+        refuse_overwriting_input(out, source)
+    loaded = load(source, input_shape, outputs, whole=False)
+    names = layer_names(loaded.prepared, loaded.dag)
+    t0 = time.perf_counter()
+    scores = path_magnitude(loaded.dag, providers=providers, names=names)
+    elapsed = time.perf_counter() - t0
+    if out:
+        # deflated only where it pays (a pruned tensor's zeros): scores of live weights barely shrink
+        save_npz(out, {k: v.astype(np.float32, copy=False) for k, v in scores.fraction.items()}, compress="auto")
+    rows = scores.summary()
+    total = sum(row["share"] for row in rows)
+    for row in rows:  # the tensor's layer (docs/design.md, "Layer names"); "tensor": the .npz key
+        tensor, named = row["initializer"], names.of_tensor(row["initializer"])
+        row.update(tensor=tensor, **(named.to_dict() if named else {"layer": tensor, "onnx_node": ""}))
+        row["share_of_scores"] = row["share"] / total if total > 0 else 0.0
+    return ScoresReport(model_name(source), scores, elapsed, None if out is None else str(out), rows)
+
+
+def _print(r: ScoresReport, args) -> None:
+    print(f"{r.model}: path-magnitude scores of {len(r.scores.fraction)} weight tensors "
+          f"(each weight's score as a fraction of ‖Φ‖_1 = {fmt(r.scores.log10_norm)}), {r.seconds:.3f} s")
+    print("  'paths' is the fraction of ‖Φ‖_1 carried by paths through the tensor (a path crosses several tensors, so "
+          "these sum to more than 1); 'share' is the tensor's part of all scores (sums to 1)")
+    names = [terminal(row["layer"]) for row in r.rows]  # a newline in a name is escaped too
+    width = max([40, *map(len, names)])
+    if args.quiet:
+        print(f"  (the table of {len(r.rows)} tensors left out: --quiet)")
+    else:
+        print(f"  {'layer':{width}s} {'paths':>10s} {'share':>10s} {'median':>10s} {'max':>10s} {'zeros':>15s}")
+    for name, row in [] if args.quiet else zip(names, r.rows):
+        q = row["quantiles"]
+        print(f"  {name:{width}s} {row['share']:10.4g} {row['share_of_scores']:10.4g} {q['median']:10.3g} "
+              f"{q['max']:10.3g} {str(row['zeros']) + '/' + str(row['size']):>15s}")
+    if r.written:
+        print(f"wrote {r.written} (float32 fractions keyed by initializer name)")
+
+
+def _options(parser) -> None:
+    parser.add_argument("-o", "--out", help="write the scores (fractions of ‖Φ‖_1) to this .npz")
+    provider(parser)
+
+
+COMMAND = Command("scores", _options, lambda args, common: score_weights(args.model, args.out, providers=args.provider, **common),
+                  _print, score_weights)

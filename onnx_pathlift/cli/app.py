@@ -20,15 +20,17 @@ import sys
 import threading
 
 from .. import __version__
+from ..analyses import TABLE, declared
+from ..analyses import provider as _provider
 from ..errors import FAIL_ON_EXIT, OutOfMemoryError, PathliftError, UsageError
 from ..fileio import prefetch
-from ..ops.registry import weight_op_types
 from ..sanitise import terminal
-from .commands import SHAPE_FORMS, cmd_audit, cmd_compare, cmd_inspect, cmd_lift, cmd_lipschitz, cmd_norm, cmd_prune, cmd_rescale, cmd_scores
+from .commands import SHAPE_FORMS, cmd_audit, cmd_compare, cmd_declared, cmd_inspect, cmd_lift, cmd_norm, cmd_prune
 from .render import _way_out
 
 # The analyses (numpy, onnx, onnxruntime, networkx) are imported by the commands that use them: the
-# audit's parent process needs none of them, so its workers start sooner.
+# audit's parent process needs none of them, so its workers start sooner. A command an analysis declares
+# (analyses/__init__.py) adds its options when its parser is first used (:class:`_Parser`).
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -46,16 +48,36 @@ EXAMPLES = {
     "norm": f"onnx-pathlift norm {_MODEL} -q 1 -q 2 --verify\nonnx-pathlift norm model.onnx --input-shape input:1,3,224,224 --json",
     "lift": f"onnx-pathlift lift {_MODEL} -q 1 -o lifted.onnx   # then run it on all-ones inputs (see README)",
     "compare": f"onnx-pathlift compare {_MODEL} models/digits_cnn_torch_bn_pruned50.onnx --check 100",
-    "lipschitz": f"onnx-pathlift lipschitz {_MODEL} --json",
-    "scores": f"onnx-pathlift scores {_MODEL} -o scores.npz",
+    **{name: row.example for name, row in TABLE.items()},
     "prune": f"onnx-pathlift prune {_MODEL} --sparsity 0.5 -o pruned.onnx --eval models/digits_test.npz",
-    "rescale": f"onnx-pathlift rescale {_MODEL} --seed 1 -o rescaled.onnx && onnx-pathlift norm rescaled.onnx",
     "inspect": "onnx-pathlift inspect models/digits_mlp_sklearn.onnx",
     "audit": "onnx-pathlift audit models/ ../zoo/ --jobs 4 --timeout 300 --report report.html --fail-on error,timeout",
 }
 
 
 class _Parser(argparse.ArgumentParser):
+    """Usage errors raise :class:`UsageError`; ``deferred`` (a declared analysis's options) is added to the
+    parser when it is first used, to parse or to print help: building the parser imports no analysis."""
+
+    deferred = None
+
+    def _declare(self) -> None:
+        if self.deferred is not None:
+            options, self.deferred = self.deferred, None
+            options(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._declare()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        self._declare()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self._declare()
+        return super().format_help()
+
     def error(self, message: str):  # usage errors: main() prints one clear line (or JSON) and exits 2
         self.print_usage(sys.stderr)
         raise UsageError(message)
@@ -107,10 +129,6 @@ def _max_file_size(sp: argparse.ArgumentParser) -> None:
                          f"also ${prefetch.FILE_LIMIT_VARIABLE}); a larger one is refused before it is read (exit 4)")
 
 
-def _provider(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="onnxruntime execution provider")
-
-
 def _add_norm(n: argparse.ArgumentParser) -> None:
     n.add_argument("-q", type=float, action="append", help="norm exponent q ≥ 1, or inf for the largest path product (repeatable; default 1 and 2)")
     _provider(n)
@@ -129,11 +147,6 @@ def _add_compare(c: argparse.ArgumentParser) -> None:
     c.add_argument("--check", type=int, default=0, metavar="N",
                    help="also run both models on N random inputs in the box, then N steps of a search for the largest change")
     _provider(c)
-
-
-def _add_scores(sc: argparse.ArgumentParser) -> None:
-    sc.add_argument("-o", "--out", help="write the scores (fractions of ‖Φ‖_1) to this .npz")
-    _provider(sc)
 
 
 def _add_prune(pr: argparse.ArgumentParser) -> None:
@@ -174,13 +187,6 @@ def _add_prune(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--input-linf", type=float, default=1.0, metavar="R", help="certify inputs with ‖x‖_∞ ≤ R")
 
 
-def _add_rescale(rs: argparse.ArgumentParser) -> None:
-    rs.add_argument("--seed", type=int, default=0, help="seed of the random scale factors (and of the check's inputs)")
-    rs.add_argument("--range", type=float, nargs=2, default=[1 / 8, 8.0], metavar=("LO", "HI"),
-                    help="each hidden neuron's factor λ is drawn log-uniformly in [LO, HI]")
-    rs.add_argument("-o", "--out", required=True, help="where to write the rescaled model")
-
-
 def _add_audit(au: argparse.ArgumentParser) -> None:
     au.add_argument("paths", nargs="+", metavar="PATH", help="an .onnx file, a folder (searched recursively) or a glob")
     au.add_argument("-q", type=float, action="append", metavar="Q", help="norm exponent q ≥ 1 (repeatable; default 1, 2 and 4)")
@@ -208,17 +214,16 @@ def _no_options(sp: argparse.ArgumentParser) -> None:
     """A command with only the common options."""
 
 
-#: each command: (help, whether it takes one model and the common options, its own options, what runs it)
+#: each command: (help, whether it takes one model and the common options, its own options (None: the ones
+#: its analysis declares), what runs it)
 COMMANDS = {
     "norm": ("Lq path-norms of a model", True, _add_norm, cmd_norm),
     "lift": ("write the lifted |W|^q network as an ONNX file", True, _add_lift, cmd_lift),
     "compare": ("path-metric between two same-architecture models and the certified output-change bound", True,
                 _add_compare, cmd_compare),
-    "lipschitz": ("input-space Lipschitz bound ‖Φ_in‖_1 (ℓ∞ → ℓ1)", True, _provider, cmd_lipschitz),
-    "scores": (f"path-magnitude scores of every {'/'.join(weight_op_types())} weight", True, _add_scores, cmd_scores),
+    **{name: (row.help, True, None, cmd_declared) for name, row in TABLE.items()},  # options: declared()
     "prune": ("prune weights or whole channels by path-magnitude (or magnitude / L1) and certify the output change",
               True, _add_prune, cmd_prune),
-    "rescale": ("random neuron-wise rescaling that keeps the function", True, _add_rescale, cmd_rescale),
     "inspect": ("what the importer sees: op and layer counts, folded, decomposed, cut, refused", True, _no_options,
                 cmd_inspect),
     "audit": ("audit many models (files, folders, globs) in isolated workers; resumable", False, _add_audit, cmd_audit),
@@ -237,7 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
                             epilog="example:\n  " + EXAMPLES[name].replace("\n", "\n  "))
         if single_model:
             _common(sp)
-        options(sp)
+        if options is None:  # imported when the parser is first used
+            sp.deferred = lambda parser, name=name: declared(name).options(parser)
+        else:
+            options(sp)
         sp.set_defaults(func=run)
     return p
 

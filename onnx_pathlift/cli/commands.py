@@ -7,6 +7,7 @@ import json
 import shlex
 import sys
 
+from ..analyses import check_q, declared
 from ..errors import UsageError
 from ..sanitise import terminal
 from .render import (
@@ -14,10 +15,7 @@ from .render import (
     _print_comparison,
     _print_inspection,
     _print_lift,
-    _print_lipschitz,
     _print_norms,
-    _print_rescale,
-    _print_scores,
     _print_weight_pruning,
     _way_out,
 )
@@ -73,7 +71,7 @@ def cmd_norm(args) -> int:
     from ..api import compute_norms
 
     qs = args.q or [1.0, 2.0]
-    _check_q(qs)
+    check_q(qs)
     report = compute_norms(args.model, qs, providers=args.provider, verify=args.verify, **_model_args(args))
     _show(args, report, _print_norms)
     return 0 if report.passed else 1
@@ -86,7 +84,7 @@ def cmd_lift(args) -> int:
     if len(qs) > 1:
         raise UsageError(f"lift writes one lifted network: give one -q (got {', '.join(f'{q:g}' for q in qs)}; "
                          "run lift once per q, each with its own -o)")
-    _check_q(qs)
+    check_q(qs)
     _show(args, write_lifted(args.model, args.out, qs[0], **_model_args(args)), _print_lift)
     return 0
 
@@ -104,19 +102,13 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def cmd_lipschitz(args) -> int:
-    from ..api import lipschitz_report
-
-    _show(args, lipschitz_report(args.model, providers=args.provider, **_model_args(args)), _print_lipschitz)
-    return 0
-
-
-def cmd_scores(args) -> int:
-    from ..api import score_weights
-
-    _show(args, score_weights(args.model, args.out, providers=args.provider, **_model_args(args)),
-          lambda r: _print_scores(r, args.quiet))
-    return 0
+def cmd_declared(args) -> int:
+    """A command an analysis declares about itself (:mod:`onnx_pathlift.analyses`): its run, its report
+    shown, its exit code."""
+    command = declared(args.command)
+    report = command.run(args, _model_args(args))
+    _show(args, report, lambda r: command.render(r, args))
+    return command.exit_code(report)
 
 
 def cmd_prune(args) -> int:
@@ -146,14 +138,6 @@ def cmd_prune(args) -> int:
         raise UsageError("--masked, --target, --round-to, --min-keep, --ranking and --steps go with --structure channel")
     report = prune_weights(args.model, args.sparsity, args.out, layers=args.layers, mask_out=args.mask, **common)
     _show(args, report, lambda r: _print_weight_pruning(r, args.quiet))
-    return 0
-
-
-def cmd_rescale(args) -> int:
-    from ..api import rescale_model
-
-    lo, hi = args.range
-    _show(args, rescale_model(args.model, args.out, seed=args.seed, low=lo, high=hi, **_model_args(args)), _print_rescale)
     return 0
 
 
@@ -187,13 +171,8 @@ def cmd_inspect(args) -> int:
 def cmd_audit(args) -> int:
     from ..audit import run_command
 
-    _check_q(args.q or [])
+    check_q(args.q or [])
     return run_command(args.paths, q=args.q, input_shape=_input_shape(args.input_shape), jobs=args.jobs,
                        timeout=args.timeout, memory_mb=args.max_memory, db=args.db, html=args.report, csv=args.csv,
                        as_json=args.json, scheduler=args.scheduler, fail_on=args.fail_on)
 
-
-def _check_q(qs: list[float]) -> None:
-    for q in qs:
-        if not q >= 1:  # NaN fails too; inf is the largest path product
-            raise UsageError(f"q must be a number ≥ 1, or inf (got {q})")

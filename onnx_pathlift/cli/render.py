@@ -6,6 +6,7 @@ import builtins
 import math
 import shlex
 
+from ..analyses import fmt as _fmt
 from ..errors import PathliftError
 from ..sanitise import terminal
 
@@ -22,14 +23,6 @@ def _way_out(err: PathliftError, argv: list[str] | None) -> str | None:
         elif not arg.startswith("--output="):
             kept.append(arg)
     return shlex.join(["onnx-pathlift", *kept, *(x for o in outputs for x in ("--output", o))])
-
-
-def _fmt(log10: float) -> str:
-    if log10 == -math.inf:
-        return "0"
-    if log10 < 300:
-        return f"{10 ** log10:.6g}"
-    return f"10^{log10:.6f}"
 
 
 def _print_norms(r) -> None:
@@ -192,31 +185,6 @@ def _print_canonical(canon_a: list[str], canon_b: list[str]) -> None:
             print(f"      ... and {len(applied) - 5} more (--json lists them all)")
 
 
-def _print_lipschitz(r) -> None:
-    print(f"{r.model}: for all inputs x, x':  ‖R(x) − R(x')‖_1 ≤ L · ‖x − x'‖_∞")
-    print(f"  L = ‖Φ_in‖_1 = {_fmt(r.bound.path_norm_log10)}   (paths starting at input neurons)")
-    print(f"  naive product of layer ℓ∞ norms × output size = {_fmt(r.bound.naive_log10)}")
-
-
-def _print_scores(r, quiet: bool = False) -> None:
-    print(f"{r.model}: path-magnitude scores of {len(r.scores.fraction)} weight tensors "
-          f"(each weight's score as a fraction of ‖Φ‖_1 = {_fmt(r.scores.log10_norm)}), {r.seconds:.3f} s")
-    print("  'paths' is the fraction of ‖Φ‖_1 carried by paths through the tensor (a path crosses several tensors, so "
-          "these sum to more than 1); 'share' is the tensor's part of all scores (sums to 1)")
-    names = [terminal(row["layer"]) for row in r.rows]  # a newline in a name is escaped too
-    width = max([40, *map(len, names)])
-    if quiet:
-        print(f"  (the table of {len(r.rows)} tensors left out: --quiet)")
-    else:
-        print(f"  {'layer':{width}s} {'paths':>10s} {'share':>10s} {'median':>10s} {'max':>10s} {'zeros':>15s}")
-    for name, row in [] if quiet else zip(names, r.rows):
-        q = row["quantiles"]
-        print(f"  {name:{width}s} {row['share']:10.4g} {row['share_of_scores']:10.4g} {q['median']:10.3g} "
-              f"{q['max']:10.3g} {str(row['zeros']) + '/' + str(row['size']):>15s}")
-    if r.written:
-        print(f"wrote {r.written} (float32 fractions keyed by initializer name)")
-
-
 def _print_weight_pruning(r, quiet: bool = False) -> None:
     report, metric = r.report, r.metric
     print(f"pruned {report.pruned} of {report.total} weights by {r.criterion} ({r.scope}): "
@@ -324,13 +292,6 @@ def _print_recovery(rec: dict, metric: dict | None, criterion: str) -> None:
             top1 = f"top-1 {row['top1']:.4f} (original {table['original']['top1']:.4f}), " if "top1" in row else ""
             print(f"    {name:11s} {k:9s}: {top1}output error {row['output_rel_error']:.4g} (relative), "
                   f"{row['output_mean_l1']:.4g} (mean ℓ1)")
-
-
-def _print_rescale(r) -> None:
-    print(f"rescaled {r.neurons} neurons in {r.layers} layers (λ log-uniform in [{r.low:g}, {r.high:g}], seed "
-          f"{r.seed}); outputs unchanged to {r.max_rel_output_change:.2g}; wrote {r.written}")
-    if r.note:
-        print(f"  note: {r.note}")
 
 
 def _print_inspection(r) -> None:
