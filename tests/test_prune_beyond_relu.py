@@ -154,12 +154,13 @@ def test_explicit_l1_norm_and_weight_structure(capsys, exported, tmp_path) -> No
 
 
 def test_calibration_recovers_without_a_dag(capsys, exported, tmp_path) -> None:
-    """--calibration on the ReLU net with SE gates (HardSigmoid): no data-aware path mass (it needs the DAG: said in
+    """--calibration with l1-norm on the ReLU net with SE gates (HardSigmoid): no data-aware path mass (it needs the DAG: said in
     criterion_reason), the slim model recovered by least squares and still reproducing its masked model."""
     rng = np.random.default_rng(0)
     data = tmp_path / "calibration.npz"
     np.savez(data, x=rng.normal(0, 1, (48, *SHAPE[1:])).astype(np.float32), y=rng.integers(0, 10, 48))
-    rc, record, err, slim, masked = _prune(capsys, exported["relu-se"], tmp_path, 0.5, "--calibration", data)
+    rc, record, err, slim, masked = _prune(capsys, exported["relu-se"], tmp_path, 0.5, "--calibration", data,
+                                           "--criterion", "l1-norm")
     assert rc == 0, err
     assert record["groups"]["removed"] > 0
     assert "--calibration's data-aware path mass" in record["criterion_reason"] and record["metric"] is None

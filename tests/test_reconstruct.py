@@ -5,6 +5,7 @@ order against an exhaustive search over all subsets, and the option's errors."""
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import onnx
@@ -144,6 +145,16 @@ def test_reconstruction_needs_calibration_and_runs_from_the_command(tmp_path, ca
                             "--calibration", ROOT / "models/digits_test.npz", "--json")
     assert rc == 0, err
     assert (tmp_path / "s.onnx").exists()
+    explicit = json.loads(out)
+    rc, out, err = run_main(capsys, "prune", src, "--structure", "channel", "--sparsity", "0.3", "-o",
+                            tmp_path / "d.onnx", "--scope", "layer", "--calibration", ROOT / "models/digits_test.npz",
+                            "--json")  # with --calibration and no --criterion: reconstruction, the same groups
+    default = json.loads(out)
+    assert rc == 0 and default["criterion"] == "reconstruction" and default["recovery"]["data_aware_scores"]
+    assert [r["params_after"] for r in default["layers"]] == [r["params_after"] for r in explicit["layers"]]
+    rc, out, _ = run_main(capsys, "prune", src, "--structure", "channel", "--sparsity", "0.3", "-o",
+                          tmp_path / "n.onnx", "--scope", "layer", "--json")
+    assert rc == 0 and json.loads(out)["criterion"] == "path-mass"  # without calibration: path mass
 
 
 @pytest.mark.slow

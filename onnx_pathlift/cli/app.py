@@ -157,8 +157,8 @@ def _add_prune(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--criterion", choices=["path-magnitude", "magnitude", "path-mass", "l1-norm", "reconstruction"],
                     help="weight: path-magnitude (default) or magnitude; channel: path-mass (default), l1-norm "
                          "(the default where the model is not a DAG-ReLU network: SiLU, GELU, GroupNorm, ...), or "
-                         "reconstruction (with --calibration: ThiNet's greedy choice of the groups whose removal the "
-                         "next layers' outputs notice least)")
+                         "reconstruction (needs --calibration, and the default with it: ThiNet's greedy choice of the "
+                         "groups whose removal the next layers' outputs notice least)")
     pr.add_argument("--masked", metavar="MASKED.onnx",
                     help="--structure channel: also write the masked model (removed channels' outgoing weights zeroed)")
     pr.add_argument("--repeats", type=int, help="--structure channel: latency runs per model (median; default 20)")
@@ -182,8 +182,9 @@ def _add_prune(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--mask", help="also write the keep-masks (.npz keyed by initializer name)")
     pr.add_argument("--eval", metavar="DATA.npz", help="arrays x, y: top-1 accuracy before and after")
     pr.add_argument("--calibration", metavar="DATA.npz",
-                    help="--structure channel: arrays x (optional y): path-mass weighted by the activations seen, and the "
-                         "slim model re-fitted to reproduce the original's outputs (least squares, no training)")
+                    help="--structure channel: arrays x (optional y): the groups chosen by --criterion reconstruction "
+                         "(the default here; path-mass: weighted by the activations seen), and the slim model re-fitted "
+                         "to reproduce the original's outputs (least squares, no training)")
     pr.add_argument("--input-linf", type=float, default=1.0, metavar="R", help="certify inputs with ‖x‖_∞ ≤ R")
 
 

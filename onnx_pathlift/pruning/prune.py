@@ -363,6 +363,9 @@ def _costs(loaded: Loaded, result: ChannelPrune, input_shape) -> tuple[dict[str,
             "layers": layers, "slim_vs_masked_max_rel_error": result.slim_error}, slim_prepared
 
 
+#: the channel criterion when ``--calibration`` is given and ``--criterion`` is not: ahead of the data-aware path mass
+#: before any fine-tuning on the three digits nets (docs/pruning.md, "Which criterion with --calibration")
+CALIBRATED_DEFAULT = "reconstruction"
 #: ``prune --structure channel`` warns when top-1 on ``--eval`` drops by more than this (10 points)
 ACCURACY_WARNING = 0.10
 #: default ``--round-to`` (chosen by measurement: docs/pruning.md)
@@ -415,11 +418,12 @@ def prune_channel_groups(source: ModelSource, sparsity: float, out: str | os.Pat
     between the original and the masked model (``‖x‖_∞ ≤ input_linf``); measure onnxruntime latency
     (median of ``repeats`` runs, seconds) and, with ``eval_data``, top-1 accuracy (``warnings``: when it drops
     by more than :data:`ACCURACY_WARNING`, or the floors leave the target short). With ``calibration``
-    (arrays ``x``, optional ``y``): ``path-mass`` becomes the data-aware path mass and the slim model is
-    recovered by least squares (:mod:`onnx_pathlift.pruning.recover`); the model written, the masked model and the
-    certificate are then the recovered ones. A model the importer refuses (not a DAG-ReLU network: SiLU,
-    GELU, GroupNorm, ...) is pruned from its prepared graph alone: by ``l1-norm`` (the record's
-    ``criterion_reason`` says why; with ``calibration``, recovered all the same), without a certificate
+    (arrays ``x``, optional ``y``): the default criterion is :data:`CALIBRATED_DEFAULT` (``reconstruction``),
+    ``path-mass`` becomes the data-aware path mass, and the slim model is recovered by least squares
+    (:mod:`onnx_pathlift.pruning.recover`); the model written, the masked model and the certificate are then
+    the recovered ones. A model the importer refuses (not a DAG-ReLU network: SiLU, GELU, GroupNorm, ...) is
+    pruned from its prepared graph alone: by ``l1-norm`` (the record's ``criterion_reason`` says why; with
+    ``calibration``, by ``reconstruction`` and recovered all the same), without a certificate
     (``metric`` None, ``metric_reason``). Raises
     :class:`UsageError` for a bad criterion, sparsity or ``repeats`` < 1 and when an output names
     the input; :class:`PathMassRefused` (exit 3) for ``path-mass`` on a model the importer refuses;
@@ -428,7 +432,8 @@ def prune_channel_groups(source: ModelSource, sparsity: float, out: str | os.Pat
     from .ranking import prune_channels
     from .slim import latency
 
-    asked, criterion = criterion, _check_arguments("channel", criterion, sparsity, source, out, masked_out)
+    asked = criterion or (CALIBRATED_DEFAULT if calibration is not None else None)
+    criterion = _check_arguments("channel", asked, sparsity, source, out, masked_out)
     if repeats < 1:
         raise UsageError(f"--repeats must be at least 1 (got {repeats})")
     loaded = load(source, input_shape, outputs, need_dag=False)
