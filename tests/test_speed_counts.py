@@ -171,3 +171,24 @@ def test_ordered_files_are_not_sorted_again(monkeypatch) -> None:
     known = {"x", "shp"}
     assert prepare_module.topological_nodes(nodes, known) == nodes and sorts == []
     assert prepare_module.topological_nodes(nodes[::-1], known) == nodes[2::-1] + nodes[3:] and sorts == [1]
+
+
+def test_a_file_is_size_checked_once(tmp_path, monkeypatch) -> None:
+    """``compute_norms`` of a file checks its declared sizes once, as it reads it (``prepare`` checked them
+    again); a ``ModelProto`` or bytes, never read from a file, is checked by ``prepare``: once too."""
+    from onnx_pathlift.fileio import load as load_module
+    from onnx_pathlift.frontend import prepare as prepare_module
+
+    model = _attribute_tensors(2)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    checks = []
+    for module in (load_module, prepare_module):
+        real = module.check_sizes
+        monkeypatch.setattr(module, "check_sizes", lambda m, limits, real=real, where=module.__name__: checks.append(where)
+                            or real(m, limits))
+    for source, where in ((str(path), "load"), (model, "prepare"), (model.SerializeToString(), "prepare")):
+        checks.clear()
+        norm = api.compute_norms(source, [1.0]).norms[0]
+        assert [w.rsplit(".", 1)[1] for w in checks] == [where]
+        assert norm.log10 == pytest.approx(np.log10(4 * (1 + 0.5 + 1.5)), abs=1e-9)

@@ -199,16 +199,17 @@ def _infer(model: ModelProto, consts: dict[str, np.ndarray], nodes: list[NodePro
     return shapes, types
 
 
-def _check_graph(model: ModelProto, opset: int, limits: Limits) -> None:
+def _check_graph(model: ModelProto, opset: int, limits: Limits, read: bool = False) -> None:
     """Structure checks before anything is evaluated: opset, sizes, names, attributes, sparse tensors,
-    external data."""
+    external data (sizes and external data not again where the model was ``read`` from its file)."""
     if opset < 1:
         raise InvalidModelError(f"model imports the default ONNX domain at version {opset}")
     if opset > onnx.defs.onnx_opset_version():
         raise UnsupportedModelError([Refusal("<model>", "opset_import", f"default-domain opset {opset} is newer than "
                                              f"this onnx release knows ({onnx.defs.onnx_opset_version()})")])
-    check_sizes(model, limits)
-    refuse_external(model)
+    if not read:
+        check_sizes(model, limits)
+        refuse_external(model)
     g = model.graph
     if not g.node:
         raise InvalidModelError("the graph has no nodes")
@@ -286,7 +287,7 @@ def topological_nodes(nodes: list[NodeProto], known: set[str]) -> list[NodeProto
 
 
 def prepare(model: ModelProto, input_shape: tuple[int, ...] | dict[str, tuple[int, ...]] | None = None,
-            limits: Limits = DEFAULT_LIMITS, stored: dict[int, np.ndarray] | None = None) -> Prepared:
+            limits: Limits = DEFAULT_LIMITS, stored: dict[int, np.ndarray] | None = None, read: bool = False) -> Prepared:
     """Fix input shapes, fold constant subgraphs and infer every tensor's static shape.
 
     ``input_shape``: one shape for a single-input model, or a shape per input name; by default the
@@ -294,9 +295,11 @@ def prepare(model: ModelProto, input_shape: tuple[int, ...] | dict[str, tuple[in
     breaks the ONNX spec or ``limits``, :class:`UnsupportedModelError` for a valid one outside the
     supported set (a newer opset, integer inputs, sparse tensors), :class:`UsageError` for a shape
     that contradicts the model or a symbolic shape left unresolved. ``stored``: initializers read
-    apart from the model, by index (:func:`onnx_pathlift.fileio.load.load_split`)."""
+    apart from the model, by index (:func:`onnx_pathlift.fileio.load.load_split`). ``read``: the model was
+    just read from its file by :func:`~onnx_pathlift.fileio.load.load_model` or ``load_split`` with these
+    ``limits``, which checked its declared sizes and loaded its external data: those walks are not repeated."""
     opset = main_opset(model)
-    _check_graph(model, opset, limits)
+    _check_graph(model, opset, limits, read)
     inputs = _resolve_input_shapes(model, input_shape)
     _check_activations(inputs, {}, limits)  # before shape inference sees them
     consts: dict[str, np.ndarray] = {}
