@@ -118,3 +118,96 @@ def test_norms_read_the_file_once_and_count_their_sessions(tmp_path, monkeypatch
     assert len(opened) == sessions and built == ([2] if sessions == 1 else [1, 1])
     for n in report.norms:
         assert n.certified and n.log10 == pytest.approx(_closed_form_log10(n.q), abs=1e-6)
+
+
+def _attribute_tensors(n: int) -> onnx.ModelProto:
+    """``n`` weights stored as the onnx wheel's light models store them: ``ConstantOfShape`` nodes, each
+    holding its fill value in a tensor attribute (no nested graph), summed into the input."""
+    nodes = [helper.make_node("ConstantOfShape", ["shp"], [f"w{i}"], name=f"cos{i}",
+                              value=helper.make_tensor(f"v{i}", onnx.TensorProto.FLOAT, [1], [0.5 + i])) for i in range(n)]
+    nodes.append(helper.make_node("Sum", ["x", *(f"w{i}" for i in range(n))], ["y"]))
+    return make_model(nodes, [("x", [1, 4])], [("y", None)], {"shp": np.array([1, 4], np.int64)})
+
+
+def test_folds_of_known_size_skip_shape_inference(monkeypatch) -> None:
+    """ConstantOfShape and the reshape-likes declare their folded sizes (``FOLD_SIZES``): folding them
+    asks ONNX shape inference nothing (it asked once per node), and the limit on a folded constant
+    still holds exactly at the declared size: refused one element below it, accepted at it."""
+    from onnx_pathlift.errors import InvalidModelError
+    from onnx_pathlift.fileio.read import Limits
+    from onnx_pathlift.frontend import fold as fold_module
+    from onnx_pathlift.frontend.importer import import_model
+
+    model = make_model([helper.make_node("ConstantOfShape", ["shp"], ["w"], name="cos",
+                                         value=helper.make_tensor("v", onnx.TensorProto.FLOAT, [1], [0.5])),
+                        helper.make_node("Unsqueeze", ["w", "ax"], ["u"], name="unsq"),
+                        helper.make_node("Reshape", ["u", "flat"], ["wf"], name="resh"),
+                        helper.make_node("MatMul", ["x", "wf"], ["y"])],
+                       [("x", [1, 12])], [("y", None)],
+                       {"shp": np.array([12, 5], np.int64), "ax": np.array([0], np.int64),
+                        "flat": np.array([12, 5], np.int64)})
+    calls = []
+    real = fold_module.onnx.shape_inference.infer_shapes
+    monkeypatch.setattr(fold_module.onnx.shape_inference, "infer_shapes", lambda m, *a, **k: calls.append(
+        m.graph.name) or real(m, *a, **k))
+    dag = import_model(model)
+    assert "fold" not in calls and calls  # the whole graph's inference ran; no single node's did
+    assert dag.n_params == 60
+    assert api.compute_norms(model, [1.0]).norms[0].log10 == pytest.approx(np.log10(12 * 5 * 0.5), abs=1e-9)
+    for limit, ok in ((59, False), (60, True)):
+        if ok:
+            import_model(model, limits=Limits(max_tensor_elements=limit))
+        else:
+            with pytest.raises(InvalidModelError, match=r"node 'cos' \(ConstantOfShape\) would allocate 60 elements"):
+                import_model(model, limits=Limits(max_tensor_elements=limit))
+
+
+def test_size_checks_walk_the_attributes_twice(monkeypatch) -> None:
+    """``check_sizes`` on a model without nested graphs walks its nodes' attributes for subgraphs
+    twice (the node count, then the tensors; six times before), and finds every tensor all the same."""
+    from onnx_pathlift.fileio import read
+
+    model = _attribute_tensors(3)
+    walks = []
+    real = read._subgraphs
+    monkeypatch.setattr(read, "_subgraphs", lambda nodes: walks.append(1) or real(nodes))
+    read.check_sizes(model, read.DEFAULT_LIMITS)
+    assert len(walks) <= 2
+    names = sorted(t.name for t in read._all_tensors(model))
+    assert names == ["shp", "v0", "v1", "v2"]
+
+
+def test_ordered_files_are_not_sorted_again(monkeypatch) -> None:
+    """A file whose nodes are already in a topological order keeps it without a graph sort (one
+    pass over the edges); a file written in reverse (keras2onnx) is sorted, to the same order."""
+    from onnx_pathlift.frontend import prepare as prepare_module
+
+    sorts = []
+    real = prepare_module.nx.lexicographical_topological_sort
+    monkeypatch.setattr(prepare_module.nx, "lexicographical_topological_sort", lambda g: sorts.append(1) or real(g))
+    model = _attribute_tensors(3)
+    nodes = list(model.graph.node)
+    known = {"x", "shp"}
+    assert prepare_module.topological_nodes(nodes, known) == nodes and sorts == []
+    assert prepare_module.topological_nodes(nodes[::-1], known) == nodes[2::-1] + nodes[3:] and sorts == [1]
+
+
+def test_a_file_is_size_checked_once(tmp_path, monkeypatch) -> None:
+    """``compute_norms`` of a file checks its declared sizes once, as it reads it (``prepare`` checked them
+    again); a ``ModelProto`` or bytes, never read from a file, is checked by ``prepare``: once too."""
+    from onnx_pathlift.fileio import load as load_module
+    from onnx_pathlift.frontend import prepare as prepare_module
+
+    model = _attribute_tensors(2)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    checks = []
+    for module in (load_module, prepare_module):
+        real = module.check_sizes
+        monkeypatch.setattr(module, "check_sizes", lambda m, limits, real=real, where=module.__name__: checks.append(where)
+                            or real(m, limits))
+    for source, where in ((str(path), "load"), (model, "prepare"), (model.SerializeToString(), "prepare")):
+        checks.clear()
+        norm = api.compute_norms(source, [1.0]).norms[0]
+        assert [w.rsplit(".", 1)[1] for w in checks] == [where]
+        assert norm.log10 == pytest.approx(np.log10(4 * (1 + 0.5 + 1.5)), abs=1e-9)

@@ -62,7 +62,7 @@ def analyse(task: Task, settings: Settings) -> ModelResult:
         model, stored = load_split(task.path)  # the weights straight into arrays: the model is not run or written
         facts["producer"] = f"{model.producer_name} {model.producer_version}".strip()
         facts["opset"] = _opset(model)
-        prepared = prepare(model, settings.input_shape, stored=stored)
+        prepared = prepare(model, settings.input_shape, stored=stored, read=True)  # sizes checked as it was read
         facts["input_shape"] = {k: list(v) for k, v in prepared.inputs.items()}
         dag = import_prepared(prepared)
         facts.update(params=dag.n_params, kinds=kind_counts(dag), outputs=list(dag.outputs), notes=list(dag.notes))

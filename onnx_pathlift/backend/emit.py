@@ -204,11 +204,12 @@ def _lift_static(b: LiftBuilder, layer: Layer, value: dict[str, Scaled], bounds:
 
 def _gap(k, bound: np.ndarray) -> tuple[float, float]:
     """The least and largest ``k − bound`` over neurons where both are finite (0, 0 if none)."""
-    k, bound = np.broadcast_arrays(np.asarray(k, dtype=np.float64), np.asarray(bound, dtype=np.float64))
-    ok = np.isfinite(k) & np.isfinite(bound)
+    k, bound = np.asarray(k, dtype=np.float64), np.asarray(bound, dtype=np.float64)
+    ok = np.isfinite(k) & np.isfinite(bound)  # broadcast to both shapes
     if not ok.any():
         return 0.0, 0.0
-    d = k[ok] - bound[ok]
+    with np.errstate(invalid="ignore"):  # inf − inf where not ok: never read
+        d = np.subtract(k, bound)[ok]
     return float(d.min()), float(d.max())
 
 

@@ -8,9 +8,11 @@ tensors only from inside the model's own folder, exactly the bytes their shape n
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import os
 import stat
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,9 +191,18 @@ def _graphs(model: ModelProto):
         yield from _subgraphs(function.node)
 
 
-def _all_nodes(model: ModelProto):
-    """Every node: of the main graph, its subgraphs and the model's functions."""
-    for graph in _graphs(model):
+def _graph_walk(model: ModelProto) -> Callable[[], Iterable[onnx.GraphProto]]:
+    """:func:`_graphs` to walk again and again: the main graph alone where nothing is nested (one walk
+    of the attributes to know it, instead of one per use), else the walk itself, each time anew."""
+    if next(itertools.islice(_graphs(model), 1, None), None) is None:
+        return lambda: (model.graph,)
+    return lambda: _graphs(model)
+
+
+def _all_nodes(model: ModelProto, graphs: Callable[[], Iterable[onnx.GraphProto]] | None = None):
+    """Every node: of the main graph, its subgraphs and the model's functions (``graphs``: a
+    :func:`_graph_walk` of the model, to reuse)."""
+    for graph in (graphs or _graph_walk(model))():
         yield from graph.node
     for function in model.functions:
         yield from function.node
@@ -200,17 +211,22 @@ def _all_nodes(model: ModelProto):
 def _all_tensors(model: ModelProto):
     """Every tensor stored in the model: initializers (a sparse one as its values and indices) and
     tensor attributes, in the graph, its subgraphs and the model's functions (one at a time: a file may
-    hold millions)."""
-    for graph in _graphs(model):
+    hold millions; the attributes' sparse tensors after a second walk, only where the first met one)."""
+    graphs = _graph_walk(model)
+    for graph in graphs():
         yield from graph.initializer
-    for node in _all_nodes(model):
+    sparse = False
+    for node in _all_nodes(model, graphs):
         for attr in node.attribute:
             if attr.HasField("t"):
                 yield attr.t
             yield from attr.tensors
-    for graph in _graphs(model):
+            sparse = sparse or attr.HasField("sparse_tensor") or len(attr.sparse_tensors) > 0
+    for graph in graphs():
         yield from _sparse_parts(graph.sparse_initializer)
-    for node in _all_nodes(model):
+    if not sparse:
+        return
+    for node in _all_nodes(model, graphs):
         for attr in node.attribute:
             yield from _sparse_parts([attr.sparse_tensor] if attr.HasField("sparse_tensor") else [])
             yield from _sparse_parts(attr.sparse_tensors)
@@ -229,22 +245,31 @@ def _elements(tensor: TensorProto, limits: Limits) -> int:
     over :data:`MAX_RANK`."""
     if len(tensor.dims) > MAX_RANK:
         raise InvalidModelError(f"tensor {tensor.name!r} has rank {len(tensor.dims)} (limit {MAX_RANK})")
-    if any(d < 0 for d in tensor.dims):
-        raise InvalidModelError(f"tensor {tensor.name!r} declares a negative dimension {tuple(tensor.dims)}")
-    n = math.prod(tensor.dims)
+    dims = tuple(tensor.dims)
+    if any(d < 0 for d in dims):
+        raise InvalidModelError(f"tensor {tensor.name!r} declares a negative dimension {dims}")
+    n = math.prod(dims)
     if n > limits.max_tensor_elements:
-        raise InvalidModelError(
-            f"tensor {tensor.name!r} declares {n} elements {tuple(tensor.dims)} (limit {limits.max_tensor_elements})")
+        raise InvalidModelError(f"tensor {tensor.name!r} declares {n} elements {dims} (limit {limits.max_tensor_elements})")
     return n
 
 
 def _nbytes(tensor: TensorProto, n: int) -> int:
     """Bytes that ``n`` elements of the tensor's type take (packed for sub-byte types)."""
+    bits = _element_bits(tensor.data_type)
+    if bits is None:
+        raise InvalidModelError(f"tensor {tensor.name!r} has an unknown data type {tensor.data_type}")
+    return -(-n * bits // 8)
+
+
+@functools.lru_cache(maxsize=256)
+def _element_bits(data_type: int) -> int | None:
+    """Bits of one element of an ONNX data type (None for a type ONNX does not define)."""
     try:
-        dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        dtype = helper.tensor_dtype_to_np_dtype(data_type)
     except KeyError:
-        raise InvalidModelError(f"tensor {tensor.name!r} has an unknown data type {tensor.data_type}") from None
-    return -(-n * _SUB_BYTE_BITS.get(dtype.name, 8 * dtype.itemsize) // 8)
+        return None
+    return _SUB_BYTE_BITS.get(dtype.name, 8 * dtype.itemsize)
 
 
 def check_sizes(model: ModelProto, limits: Limits) -> None:
@@ -256,10 +281,13 @@ def check_sizes(model: ModelProto, limits: Limits) -> None:
         if inputs + len(g.output) > limits.max_graph_io:
             raise InvalidModelError(f"the graph has {inputs} inputs and {len(g.output)} outputs "
                                     f"(limit {limits.max_graph_io} in all)")
-    nodes = sum(1 for _ in _all_nodes(model))
+    nodes, wide = 0, None
+    for node in _all_nodes(model):  # one walk: the count is refused first, then the first wide node
+        nodes += 1
+        if wide is None and len(node.input) > limits.max_node_inputs:
+            wide = node
     if nodes > limits.max_nodes:
         raise InvalidModelError(f"the model has {nodes} nodes (limit {limits.max_nodes})")
-    wide = next((n for n in _all_nodes(model) if len(n.input) > limits.max_node_inputs), None)
     if wide is not None:
         raise InvalidModelError(f"node {wide.name!r} ({terminal(wide.op_type)}) has {len(wide.input)} inputs "
                                 f"(limit {limits.max_node_inputs})")

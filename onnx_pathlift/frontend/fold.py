@@ -19,7 +19,7 @@ from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from ..errors import InvalidModelError, PathliftError
 from ..fileio.read import Limits
-from ..ops.registry import FOLDS, NEVER_FOLDED
+from ..ops.registry import FOLD_SIZES, FOLDS, NEVER_FOLDED
 
 #: constants up to this many elements are given to shape inference with their values (shape
 #: arithmetic needs them); larger ones (weights) only with their type and shape
@@ -41,15 +41,20 @@ def _node_model(node: NodeProto, args: list[np.ndarray | None], domains, values_
 
 
 def _check_output_sizes(node: NodeProto, args: list[np.ndarray | None], domains, limits: Limits) -> None:
-    """Refuse a fold whose outputs, sized by ONNX shape inference, exceed the limit (before it runs)."""
-    inferred = onnx.shape_inference.infer_shapes(_node_model(node, args, domains, INFER_VALUES_UP_TO))
-    for vi in inferred.graph.output:
-        dims = vi.type.tensor_type.shape.dim
-        if all(d.HasField("dim_value") and d.dim_value >= 0 for d in dims):
-            n = math.prod(d.dim_value for d in dims)
-            if n > limits.max_tensor_elements:
-                raise InvalidModelError(f"node {node.name!r} ({node.op_type}) would allocate {n} elements "
-                                        f"(limit {limits.max_tensor_elements})")
+    """Refuse a fold whose outputs exceed the limit (before it runs), sized by the op's declaration
+    (:data:`~onnx_pathlift.ops.registry.FOLD_SIZES`) where it knows, else by ONNX shape inference."""
+    sizer = FOLD_SIZES.get(node.op_type)
+    known = sizer(node, args) if sizer is not None else None
+    if known is not None:
+        sizes = [known]
+    else:
+        inferred = onnx.shape_inference.infer_shapes(_node_model(node, args, domains, INFER_VALUES_UP_TO))
+        sizes = [math.prod(d.dim_value for d in dims) for dims in (vi.type.tensor_type.shape.dim for vi in inferred.graph.output)
+                 if all(d.HasField("dim_value") and d.dim_value >= 0 for d in dims)]
+    for n in sizes:
+        if n > limits.max_tensor_elements:
+            raise InvalidModelError(f"node {node.name!r} ({node.op_type}) would allocate {n} elements "
+                                    f"(limit {limits.max_tensor_elements})")
 
 
 def _eval_node(node: NodeProto, args: list[np.ndarray | None], domains) -> list[np.ndarray]:

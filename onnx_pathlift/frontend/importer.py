@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from onnx import AttributeProto, NodeProto, TensorProto
+from onnx import AttributeProto, ModelProto, NodeProto, TensorProto
 
 from ..errors import InvalidModelError, PathliftError, Refusal, RefuseNode, UnsupportedModelError, UsageError
 from ..fileio.load import ModelSource, load_split
@@ -60,7 +60,8 @@ def import_model(
     """Import an ONNX model (path, bytes or ModelProto) as a DAG of layers, within ``limits`` (a file's
     large weights read straight into arrays: :func:`~onnx_pathlift.fileio.load.load_split`)."""
     model, stored = load_split(source, limits)
-    return import_prepared(prepare(model, input_shape, limits, stored), outputs)
+    read = not isinstance(source, (ModelProto, bytes, bytearray))  # a path: sizes checked as it was read
+    return import_prepared(prepare(model, input_shape, limits, stored, read), outputs)
 
 
 def _head_input(node: NodeProto, consts: dict) -> str | None:

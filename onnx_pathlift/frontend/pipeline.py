@@ -66,7 +66,7 @@ def load(source: ModelSource, input_shape: InputShape = None, outputs: list[str]
 
     t0 = time.perf_counter()
     model, stored = (load_model(source), None) if whole else load_split(source)
-    prepared = prepare(model, input_shape, stored=stored)
+    prepared = prepare(model, input_shape, stored=stored, read=isinstance(source, (str, os.PathLike)))  # a path: checked as read
     model = model if whole else None
     if need_dag:
         return Loaded(model, prepared, import_prepared(prepared, outputs or None), time.perf_counter() - t0)

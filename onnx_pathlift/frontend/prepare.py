@@ -9,6 +9,7 @@ rules of the ONNX spec that shape inference leaves out (each op's ``@spec_rule``
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -127,24 +128,39 @@ def _type_name(elem_type: int) -> str:
 def _check_schema(node: NodeProto, opset: int) -> None:
     """A default-domain node against its ONNX schema where shape inference does not check it (and import
     rules rely on it): attribute names, types and required ones; no empty name for a required input."""
-    if node.domain not in ("", "ai.onnx") or not onnx.defs.has(node.op_type, opset, node.domain):
+    rules = _schema_rules(node.op_type, opset, node.domain) if node.domain in ("", "ai.onnx") else None
+    if rules is None:
         return
-    schema = onnx.defs.get_schema(node.op_type, opset, node.domain)
-    spec = schema.attributes
-    where = f"node {node.name!r} ({terminal(node.op_type)})"
+    formals, spec = rules
+
+    def where() -> str:
+        return f"node {node.name!r} ({terminal(node.op_type)})"
+
     for i, name in enumerate(node.input):
-        formal = schema.inputs[min(i, len(schema.inputs) - 1)] if schema.inputs else None
-        if not name and formal is not None and formal.option != onnx.defs.OpSchema.FormalParameterOption.Optional:
-            raise InvalidModelError(f"{where}: input {i} ({formal.name}) is required but its name is empty")
+        if not name and formals and not formals[min(i, len(formals) - 1)][1]:
+            raise InvalidModelError(f"{where()}: input {i} ({formals[min(i, len(formals) - 1)][0]}) is required but "
+                                    "its name is empty")
     for attr in node.attribute:
         if attr.name not in spec:
-            raise InvalidModelError(f"{where}: {attr.name!r} is not an attribute of {terminal(node.op_type)} in opset {opset}")
-        if attr.type != int(spec[attr.name].type):
-            raise InvalidModelError(f"{where}: attribute {attr.name!r} is {_attr_type_name(attr.type)}, ONNX "
-                                    f"{terminal(node.op_type)} expects {_attr_type_name(int(spec[attr.name].type))}")
-    missing = sorted(n for n, a in spec.items() if a.required and n not in {attr.name for attr in node.attribute})
+            raise InvalidModelError(f"{where()}: {attr.name!r} is not an attribute of {terminal(node.op_type)} in opset {opset}")
+        if attr.type != spec[attr.name][0]:
+            raise InvalidModelError(f"{where()}: attribute {attr.name!r} is {_attr_type_name(attr.type)}, ONNX "
+                                    f"{terminal(node.op_type)} expects {_attr_type_name(spec[attr.name][0])}")
+    missing = sorted(n for n, (_, required) in spec.items() if required and n not in {attr.name for attr in node.attribute})
     if missing:
-        raise InvalidModelError(f"{where}: required attribute(s) {missing} missing")
+        raise InvalidModelError(f"{where()}: required attribute(s) {missing} missing")
+
+
+@functools.lru_cache(maxsize=1024)
+def _schema_rules(op_type: str, opset: int, domain: str) -> tuple[list[tuple[str, bool]], dict[str, tuple[int, bool]]] | None:
+    """What :func:`_check_schema` reads of an op's ONNX schema at ``opset`` (None without one), asked once
+    per op type: the formal inputs as ``(name, optional)`` and the attributes as ``{name: (type, required)}``."""
+    if not onnx.defs.has(op_type, opset, domain):
+        return None
+    schema = onnx.defs.get_schema(op_type, opset, domain)
+    optional = onnx.defs.OpSchema.FormalParameterOption.Optional
+    return ([(f.name, f.option == optional) for f in schema.inputs],
+            {name: (int(a.type), bool(a.required)) for name, a in schema.attributes.items()})
 
 
 def _attr_type_name(attr_type: int) -> str:
@@ -183,16 +199,17 @@ def _infer(model: ModelProto, consts: dict[str, np.ndarray], nodes: list[NodePro
     return shapes, types
 
 
-def _check_graph(model: ModelProto, opset: int, limits: Limits) -> None:
+def _check_graph(model: ModelProto, opset: int, limits: Limits, read: bool = False) -> None:
     """Structure checks before anything is evaluated: opset, sizes, names, attributes, sparse tensors,
-    external data."""
+    external data (sizes and external data not again where the model was ``read`` from its file)."""
     if opset < 1:
         raise InvalidModelError(f"model imports the default ONNX domain at version {opset}")
     if opset > onnx.defs.onnx_opset_version():
         raise UnsupportedModelError([Refusal("<model>", "opset_import", f"default-domain opset {opset} is newer than "
                                              f"this onnx release knows ({onnx.defs.onnx_opset_version()})")])
-    check_sizes(model, limits)
-    refuse_external(model)
+    if not read:
+        check_sizes(model, limits)
+        refuse_external(model)
     g = model.graph
     if not g.node:
         raise InvalidModelError("the graph has no nodes")
@@ -249,15 +266,19 @@ def topological_nodes(nodes: list[NodeProto], known: set[str]) -> list[NodeProto
                 raise InvalidModelError(f"tensor {out!r} is produced twice (node {node.name!r})")
             if out:
                 producer[out] = i
-    g = nx.DiGraph()
-    g.add_nodes_from(range(len(nodes)))
+    edges = []
     for i, node in enumerate(nodes):
         for name in node.input:
             if not name or name in known:
                 continue
             if name not in producer:
                 raise InvalidModelError(f"node {node.name!r} ({terminal(node.op_type)}) reads {name!r}, which nothing produces")
-            g.add_edge(producer[name], i)
+            edges.append((producer[name], i))
+    if all(j < i for j, i in edges):  # the file's order is one: the sort below would return it unchanged
+        return list(nodes)
+    g = nx.DiGraph()
+    g.add_nodes_from(range(len(nodes)))
+    g.add_edges_from(edges)
     try:
         return [nodes[i] for i in nx.lexicographical_topological_sort(g)]
     except nx.NetworkXUnfeasible:
@@ -266,7 +287,7 @@ def topological_nodes(nodes: list[NodeProto], known: set[str]) -> list[NodeProto
 
 
 def prepare(model: ModelProto, input_shape: tuple[int, ...] | dict[str, tuple[int, ...]] | None = None,
-            limits: Limits = DEFAULT_LIMITS, stored: dict[int, np.ndarray] | None = None) -> Prepared:
+            limits: Limits = DEFAULT_LIMITS, stored: dict[int, np.ndarray] | None = None, read: bool = False) -> Prepared:
     """Fix input shapes, fold constant subgraphs and infer every tensor's static shape.
 
     ``input_shape``: one shape for a single-input model, or a shape per input name; by default the
@@ -274,9 +295,11 @@ def prepare(model: ModelProto, input_shape: tuple[int, ...] | dict[str, tuple[in
     breaks the ONNX spec or ``limits``, :class:`UnsupportedModelError` for a valid one outside the
     supported set (a newer opset, integer inputs, sparse tensors), :class:`UsageError` for a shape
     that contradicts the model or a symbolic shape left unresolved. ``stored``: initializers read
-    apart from the model, by index (:func:`onnx_pathlift.fileio.load.load_split`)."""
+    apart from the model, by index (:func:`onnx_pathlift.fileio.load.load_split`). ``read``: the model was
+    just read from its file by :func:`~onnx_pathlift.fileio.load.load_model` or ``load_split`` with these
+    ``limits``, which checked its declared sizes and loaded its external data: those walks are not repeated."""
     opset = main_opset(model)
-    _check_graph(model, opset, limits)
+    _check_graph(model, opset, limits, read)
     inputs = _resolve_input_shapes(model, input_shape)
     _check_activations(inputs, {}, limits)  # before shape inference sees them
     consts: dict[str, np.ndarray] = {}

@@ -218,6 +218,11 @@ def _float64_power(a: np.ndarray, q: float, parts: list[np.ndarray], low: float,
             for s in parts:
                 m += s
             np.exp2(m, out=m)
+    return _rounded32(m, q)
+
+
+def _rounded32(m: np.ndarray, q: float) -> np.ndarray:
+    """``m`` (float64) rounded once to float32; raises if an entry overflows it."""
     if m.size and float(m.max()) >= 2.0**128:
         raise PathliftError(f"a lifted parameter (|a|**{q:g} scaled) overflows float32 (max log2 {math.log2(float(m.max())):.1f})")
     return m.astype(np.float32)
@@ -288,8 +293,11 @@ def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
 
 def bias_values(bias_log2: np.ndarray, k: Exponent) -> np.ndarray:
     """A non-negative bias given as ``log2 t`` at exponent (map) ``k``: ``2**(log2 t − k)`` in float32,
-    entry by entry (broadcast against ``k``; 0 where either is ``-inf``)."""
-    return scaled_power(np.ones(()), 1.0, exp_diff(bias_log2, k))
+    entry by entry (broadcast against ``k``; 0 where either is ``-inf``): ``scaled_power(1, 1, log2 t − k)``,
+    whose float64 route computes ``1 · 2**(log2 t − k)`` in either of its domains, so ``2**(log2 t − k)``
+    rounded once to float32 directly (one exact power of two per entry: the same bits)."""
+    with np.errstate(over="ignore", under="ignore"):
+        return _rounded32(np.asarray(np.exp2(np.asarray(exp_diff(bias_log2, k), dtype=np.float64))), 1.0)
 
 
 def neg_exp(k: np.ndarray) -> np.ndarray:
@@ -323,17 +331,18 @@ def compact(k: Exponent, shape: tuple[int, ...] | None = None) -> Exponent:
     k = np.asarray(k, dtype=np.float64)
     if shape is not None and k.ndim < len(shape):
         k = k.reshape((1,) * (len(shape) - k.ndim) + k.shape)
-    finite = k[np.isfinite(k)]
-    if finite.size == 0:
+    finite = np.isfinite(k)
+    if not finite.any():
         return np.full((), -np.inf)  # every neuron known to be 0: their weights onward are 0, not scaled by 2**0
-    if finite.size == k.size and finite.min() == finite.max():
-        return int(finite[0])
+    if finite.all() and k.min() == k.max():
+        return int(k.flat[0])
+    reduced = False
     for axis in range(k.ndim):
         if k.shape[axis] > 1:
-            first = np.take(k, [0], axis=axis)
-            if np.array_equal(np.broadcast_to(first, k.shape), k):
-                k = first
-    return k
+            first = k[(slice(None),) * axis + (slice(0, 1),)]  # a view: index 0 of the axis, kept
+            if bool((first == k).all()):  # (-inf equals -inf: a map is constant along the axis with them too)
+                k, reduced = first, True
+    return k.copy() if reduced else k
 
 
 def exp_max(k: Exponent) -> float:

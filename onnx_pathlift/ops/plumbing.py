@@ -14,7 +14,7 @@ import numpy as np
 from onnx import NodeProto, helper, numpy_helper
 
 from ..errors import InvalidModelError, Refusal, UnsupportedModelError
-from .registry import folds, graph_role, never_folds
+from .registry import fold_size, folds, graph_role, never_folds
 
 graph_role("constant", "Constant")
 never_folds("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli")
@@ -61,3 +61,12 @@ def _constant_of_shape(node: NodeProto, args: list, shapes: dict) -> list[np.nda
     attr = _attributes(node)
     fill = numpy_helper.to_array(attr["value"].t).reshape(-1)[:1] if "value" in attr else np.zeros(1, np.float32)
     return [np.full(tuple(int(d) for d in args[0]), fill[0], dtype=fill.dtype)]
+
+
+@fold_size("ConstantOfShape")
+def _constant_of_shape_size(node: NodeProto, args: list) -> int | None:
+    """The product of its shape input (a 1-D integer tensor of non-negative entries; else None)."""
+    shape = np.asarray(args[0])
+    if shape.ndim != 1 or shape.dtype.kind not in "iu" or bool((shape < 0).any()):
+        return None
+    return math.prod(int(d) for d in shape)

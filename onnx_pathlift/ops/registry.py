@@ -118,6 +118,11 @@ def pass_range(*op_types: str) -> Callable[[PassRange], PassRange]:
 FoldRule = Callable[[NodeProto, list, dict], "list[np.ndarray] | None"]
 #: op type -> (its fold rule, whether it is asked before the inputs are known constants)
 FOLDS: dict[str, tuple[FoldRule, bool]] = {}
+#: ``(node, args) -> elements or None``: the element count of the largest output an ONNX op computes from
+#: the constant inputs ``args``, known from their values alone (None: not known so; ONNX shape inference
+#: then sizes it); :mod:`onnx_pathlift.frontend.fold` checks it against the limit before the op runs
+FoldSize = Callable[[NodeProto, list], "int | None"]
+FOLD_SIZES: dict[str, FoldSize] = {}
 #: ONNX ops never folded, even on constant inputs (they draw random numbers)
 NEVER_FOLDED: set[str] = set()
 #: ONNX op types by the part they play in the graph's plumbing, asked outside ``ops/`` instead of op names:
@@ -142,6 +147,11 @@ def folds(*op_types: str, early: bool = False) -> Callable[[FoldRule], FoldRule]
         return fn
 
     return register
+
+
+def fold_size(*op_types: str) -> Callable[[FoldSize], FoldSize]:
+    """Register how large the outputs of ONNX op types are, folded (see :data:`FOLD_SIZES`)."""
+    return _registrar(FOLD_SIZES, "fold sizes", op_types)
 
 
 def never_folds(*op_types: str) -> None:

@@ -23,7 +23,7 @@ from ..ir.dag import Layer
 from .channel_api import ChannelBuilder, Layout, per_channel
 from .context import ImportContext, attributes, operand
 from .layer_op import ANY, MovesNeurons, OneLipschitz, ParameterFree
-from .registry import channel_rule, graph_role, head_role, imports, layer_op, spec_rule
+from .registry import channel_rule, fold_size, graph_role, head_role, imports, layer_op, spec_rule
 
 
 @layer_op
@@ -368,3 +368,9 @@ def import_alias(node, ctx: ImportContext) -> None:
         if to not in FLOAT_TYPES or ctx.prepared.elem_types.get(node.input[0]) not in FLOAT_TYPES:
             raise RefuseNode(f"casts an activation to {TensorProto.DataType.Name(to)}: not a float-to-float copy")
     ctx.alias(node.output[0], ctx.act(node.input[0]))
+
+
+@fold_size("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
+def _same_size(node, args: list) -> int | None:
+    """Their output holds exactly their data input's elements (an op that cannot refuses its inputs)."""
+    return None if args[0] is None else int(np.asarray(args[0]).size)
