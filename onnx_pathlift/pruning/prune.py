@@ -443,17 +443,15 @@ def prune_channel_groups(source: ModelSource, sparsity: float, out: str | os.Pat
     ranking, steps = _ranking(criterion, ranking, steps)
     selection = Selection(criterion, scope, target, round_to, MIN_KEEP if min_keep is None else min_keep, layers,
                           steps=steps, normalised=ranking == "normalised", scorer=_data_aware(criterion, calib))
-    result = prune_channels(loaded.model, loaded.prepared, loaded.dag, sparsity, selection=selection, repeats=repeats,
-                            outputs=loaded.outputs)
+    result = prune_channels(loaded.model, loaded.prepared, loaded.dag, sparsity, selection=selection, repeats=repeats, outputs=loaded.outputs)
     if calib is not None:
         recovery = _recover(loaded, result, calib, eval_data)
     costs, slim_prepared = _costs(loaded, result, input_shape)
     record = {"model": model_name(source), "written": str(out), "masked": None if masked_out is None else str(masked_out),
               "structure": "channel", "criterion": criterion, **({} if why is None else {"criterion_reason": why}),
-              "scope": scope, "sparsity": sparsity, "target": target,
-              "round_to": round_to, "min_keep": selection.min_keep, "layers": layers, "ranking": ranking, "steps": steps,
-              "achieved": result.achieved, **costs, **_certificate(loaded, result, recovery, input_shape, input_linf),
-              "latency_repeats": repeats,
+              "scope": scope, "sparsity": sparsity, "target": target, "round_to": round_to, "min_keep": selection.min_keep,
+              "layers": layers, "ranking": ranking, "steps": steps, "achieved": result.achieved, **costs,
+              **_certificate(loaded, result, recovery, input_shape, input_linf), "latency_repeats": repeats,
               "latency_before_s": latency(loaded.model, loaded.prepared, repeats),
               "latency_after_s": latency(result.slim, slim_prepared, repeats)}
     _evaluate(record, loaded, result, recovery, selection, eval_data)
