@@ -165,16 +165,18 @@ def _print(r: OutputsReport, args) -> None:
             continue
         values = np.where(n.certified, n.log10, np.nan)
         order = [int(i) for i in np.argsort(-np.nan_to_num(values, nan=-np.inf), kind="stable")]
-        index = [tuple(int(x) for x in np.unravel_index(i, n.shape)) for i in range(n.log10.size)]
-        print(f"  {n.output!r} {list(n.shape)}, L{n.q:g}: largest {_cell(n, order[0])} at {index[order[0]]}, "
-              f"smallest {_cell(n, order[-1])} at {index[order[-1]]}"
+        def index(i: int, shape: tuple[int, ...] = n.shape) -> tuple[int, ...]:  # only the neurons printed
+            return tuple(int(x) for x in np.unravel_index(i, shape))
+
+        print(f"  {n.output!r} {list(n.shape)}, L{n.q:g}: largest {_cell(n, order[0])} at {index(order[0])}, "
+              f"smallest {_cell(n, order[-1])} at {index(order[-1])}"
               + (f" (exact {n.fallback} fallback)" if n.fallback else ""))
         if not n.certified.all():
             print(f"    {int((~n.certified).sum())} neuron(s) without a value: {n.reason or 'not certified'}")
         if args.quiet:
             continue
         for i in order[:SHOWN]:
-            print(f"    {str(index[i]):16s} {_cell(n, i)}")
+            print(f"    {str(index(i)):16s} {_cell(n, i)}")
         if n.log10.size > SHOWN:
             print(f"    ... {n.log10.size - SHOWN} more (--json lists every neuron)")
 
