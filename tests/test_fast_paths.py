@@ -213,3 +213,39 @@ def test_weight_floors_keep_every_dropped_product_below_the_underflow_unit() -> 
         w = np.nextafter(np.float32(2.0**f), np.float32(0))  # the largest weight that is dropped
         t = 2.0**h * 1.99  # the largest value it can meet
         assert float(w) * t < 2.0**-126
+
+
+def _one_copy_route(a: np.ndarray, q: float, parts: list[np.ndarray], log_domain: bool) -> np.ndarray:
+    """``|a|**q · 2**(Σ parts)`` on one float64 copy of the whole weight, in the domain given, then float32."""
+    m = np.broadcast_to(np.abs(a.astype(np.float64)), np.broadcast_shapes(a.shape, *(p.shape for p in parts))).copy()
+    with np.errstate(divide="ignore", over="ignore", under="ignore", invalid="ignore"):
+        m = np.exp2(q * np.log2(m) + sum(parts)) if log_domain else m**q * np.exp2(sum(parts)) if parts else m**q
+    return m.astype(np.float32)
+
+
+@pytest.mark.parametrize("block", [1, 3, 64, 1 << 18])
+def test_float64_route_by_blocks_is_the_one_copy_computation(block: int, monkeypatch) -> None:
+    """``_float64_power`` a block of rows at a time (whatever the block) gives the bits of one float64 copy of
+    the whole weight: per-row and per-column shifts, transposed weights, q = 1, 2, 3.5, both domains (shifts
+    of opposite signs far apart, as ``_balanced`` gives them, whose sum alone is small)."""
+    monkeypatch.setattr(exponents, "_CACHE_BLOCK", block)
+    rng = np.random.default_rng(block)
+    for trial in range(60):
+        shape = tuple(int(d) for d in rng.integers(1, 7, size=int(rng.integers(1, 5))))
+        a = _weights(rng, shape, -30, 30) if trial % 2 else np.exp2(rng.uniform(-200, 30, shape)) * rng.choice([-1.0, 0.0, 1.0], shape)
+        a = a.T if trial % 3 == 0 else a
+        q = float(rng.choice([1.0, 2.0, 3.5]))
+        far = 600.0 if trial % 4 == 0 else 0.0  # forces the log domain
+        parts = [np.round(rng.uniform(-10, 10, tuple(d if rng.random() < 0.5 else 1 for d in a.shape))) + far,
+                 np.round(rng.uniform(-10, 10, tuple(d if rng.random() < 0.5 else 1 for d in a.shape))) - far]
+        low, top = log2_range(a)
+        got = exponents._float64_power(a, q, parts, low, top)
+        log_domain = q * max(abs(top), abs(low)) + sum(float(np.abs(p).max()) for p in parts) >= 1000
+        assert got.flags.c_contiguous and got.dtype == np.float32
+        np.testing.assert_array_equal(got, _one_copy_route(a, q, parts, log_domain))
+
+
+def test_a_nan_lifted_parameter_is_refused_not_emitted() -> None:
+    """``inf · 0`` (an overflowed product times a ``-inf`` shift) is NaN, which hid from the overflow check."""
+    with pytest.raises(Exception, match="overflows float32"):
+        exponents._rounded32(np.array([1.0, np.inf * 0.0, np.inf]), 1.0)

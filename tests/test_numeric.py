@@ -56,3 +56,40 @@ def test_scaled_form_is_the_weighted_sum():
     assert log2_sum_scaled(np.float64(7.0), t) == pytest.approx(7.0 + math.log2(t.sum()), rel=1e-15)
     # the unweighted form over a shape: 2**k broadcast, the same as listing every term
     assert log2_sum_scaled(k, shape=(3, 4)) == pytest.approx(log2_sum(np.repeat(k, 4).tolist()), rel=1e-15)
+
+
+def _compact_by_definition(k: np.ndarray, shape) -> object:
+    """The definition of ``compact``, entry by entry: an int when every entry is one finite value, a 0-d
+    ``-inf`` when none is finite, else the map with each axis along which every slice is equal to the
+    first (NaN never equal) cut to that first slice, axis by axis."""
+    if shape is not None and k.ndim < len(shape):
+        k = k.reshape((1,) * (len(shape) - k.ndim) + k.shape)
+    finite = [v for v in k.flat if math.isfinite(v)]
+    if not finite:
+        return np.full((), -np.inf)
+    if len(finite) == k.size and len(set(finite)) == 1:
+        return int(finite[0])
+    for axis in range(k.ndim):
+        if k.shape[axis] > 1 and all(np.take(k, [i], axis).tolist() == np.take(k, [0], axis).tolist()
+                                     and not np.isnan(np.take(k, [i], axis)).any() for i in range(k.shape[axis])):
+            k = np.take(k, [0], axis)
+    return k
+
+
+def test_compact_against_its_definition_on_random_maps():
+    """Exponent maps of every mix of finite values, ±inf and NaN, of rank 0-3 with empty axes, with and
+    without a shape to keep the rank of."""
+    from onnx_pathlift.graph.exponents import compact
+
+    rng = np.random.default_rng(7)
+    values = np.array([0.0, 1.0, -3.0, 7.0, np.inf, -np.inf, np.nan])
+    for _ in range(3000):
+        shape = tuple(int(d) for d in rng.integers(0, 4, size=rng.integers(0, 4)))
+        k = rng.choice(rng.choice(values, size=rng.integers(1, 4)), size=shape).astype(np.float64)
+        for keep in (None, (1,) * (k.ndim + int(rng.integers(0, 2)))):
+            got, want = compact(k.copy(), keep), _compact_by_definition(k.copy(), keep)
+            if isinstance(want, int):
+                assert type(got) is int and got == want, (k, got)
+            else:
+                assert isinstance(got, np.ndarray) and got.shape == want.shape, (k, got, want)
+                assert np.array_equal(got, want, equal_nan=True), (k, got, want)

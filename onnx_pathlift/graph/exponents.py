@@ -18,8 +18,12 @@ from ..errors import PathliftError
 #: ``log2_range`` per block of memory: (id of the array owning it, address, bytes, dtype) -> (weak
 #: reference to that array, result); an entry leaves with its array
 _RANGE_CACHE: dict[tuple, tuple[weakref.ref, tuple[float, float]]] = {}
-#: float64 entries per block of :func:`pow_row_reduce` (16 MiB)
+#: float64 entries per block of :func:`pow_row_reduce` (16 MiB; its reductions may be matrix products,
+#: whose rounding can depend on how many rows they are given: the blocks stay as they were)
 _BLOCK = 1 << 21
+#: entries per block of the entry-by-entry passes over a weight (:func:`_magnitude_range`,
+#: :func:`_float64_power`): 2 MiB of float64, so that each pass over a block reads the cache, not memory
+_CACHE_BLOCK = 1 << 18
 #: unsigned integers of a float's width and the mask of its magnitude bits: for finite floats the
 #: masked bits order like ``|a|`` (subnormals included), so integer max/min give the range
 _MAGNITUDE_BITS = {4: (np.uint32, 0x7FFFFFFF), 8: (np.uint64, 0x7FFFFFFFFFFFFFFF)}
@@ -106,12 +110,14 @@ def pow_block(a: np.ndarray, q: float, e: int, log_domain: bool) -> np.ndarray:
         return m
 
 
-def pow_row_reduce(a: np.ndarray, rows: np.ndarray, q: float, reduce) -> tuple[np.ndarray, int]:
+def pow_row_reduce(a: np.ndarray, rows: np.ndarray, q: float, reduce, row_wise: bool = False) -> tuple[np.ndarray, int]:
     """``reduce(|rows|**q · 2**-e)`` (one value per row) and ``e``, for ``rows`` a 2-D view of the
     parameter ``a``: the values :func:`pow_scaled` gives, a block of rows at a time, so no float64
-    copy of the whole parameter is made."""
+    copy of the whole parameter is made. ``row_wise``: ``reduce`` computes each row on its own, the
+    same whatever the rows beside it (a sum along the rows, not a matrix product): blocks of
+    :data:`_CACHE_BLOCK` entries then."""
     e, log_domain = pow_exponent(a, q)
-    step = max(1, _BLOCK // max(1, rows.shape[1]))
+    step = max(1, (_CACHE_BLOCK if row_wise else _BLOCK) // max(1, rows.shape[1]))
     blocks = [reduce(pow_block(rows[i:i + step], q, e, log_domain)) for i in range(0, rows.shape[0], step)]
     return (np.concatenate(blocks) if blocks else np.zeros(0)), e
 
@@ -144,7 +150,7 @@ def _magnitude_range(v: np.ndarray) -> tuple[float, float]:
     time through one small buffer (a transposed view is read in its memory order)."""
     uint, mask = _MAGNITUDE_BITS[v.dtype.itemsize]
     flat = (v.T if v.flags.f_contiguous else v).reshape(-1).view(uint)  # a view unless v is scattered
-    step = min(flat.size, _BLOCK)
+    step = min(flat.size, _CACHE_BLOCK)
     buf = np.empty(step, dtype=uint)
     top, low = uint(0), uint(np.iinfo(uint).max)
     for i in range(0, flat.size, step):
@@ -199,15 +205,29 @@ def _floored(m: np.ndarray, floor_log2: np.ndarray | Callable[[], np.ndarray] | 
 
 def _float64_power(a: np.ndarray, q: float, parts: list[np.ndarray], low: float, top: float) -> np.ndarray:
     """:func:`scaled_power`'s general route: float64, in the log domain where plain powers could
-    overflow or underflow, then rounded once to float32."""
-    m = np.asarray(np.abs(np.asarray(a), dtype=np.float64, order="C"))  # the one copy (a transposed weight is laid out here)
-    shape = np.broadcast_shapes(m.shape, *(p.shape for p in parts))
-    if shape != m.shape:  # a shift wider than ``a`` (a bias broadcast to its layer's exponent map)
-        m = np.broadcast_to(m, shape).copy()
+    overflow or underflow, then rounded once to float32; a block of leading-axis slices at a time
+    (:data:`_CACHE_BLOCK` entries: each pass stays in the cache; every entry's operations are the same)."""
+    a = np.asarray(a)
+    shape = np.broadcast_shapes(a.shape, *(p.shape for p in parts))
     span = q * max(abs(top), abs(low))
     reach = sum(float(np.abs(s[np.isfinite(s)]).max(initial=0.0)) for s in parts)
+    log_domain = span + reach >= 1000  # else every partial product stays inside float64's normal range
+    if shape != a.shape or a.ndim == 0:  # a shift wider than ``a`` (a bias broadcast to its layer's exponent map)
+        m = np.broadcast_to(np.abs(a, dtype=np.float64), shape).copy()
+        return _rounded32(_power_in_place(m, q, parts, log_domain), q)
+    out = np.empty(shape, dtype=np.float32)  # C order: a transposed weight is laid out here
+    step = max(1, _CACHE_BLOCK // max(1, math.prod(shape[1:])))
+    for i in range(0, shape[0], step):
+        rows = slice(i, i + step)
+        block = [p[rows] if p.ndim == len(shape) and p.shape[0] > 1 else p for p in parts]
+        out[rows] = _rounded32(_power_in_place(np.abs(a[rows], dtype=np.float64), q, block, log_domain), q)
+    return out
+
+
+def _power_in_place(m: np.ndarray, q: float, parts: list[np.ndarray], log_domain: bool) -> np.ndarray:
+    """``m**q · 2**(Σ parts)`` in place, in the log domain or by plain float64 products."""
     with np.errstate(divide="ignore", over="ignore", under="ignore", invalid="ignore"):
-        if span + reach < 1000:  # every partial product stays inside float64's normal range
+        if not log_domain:
             if q != 1:
                 m **= q
             for s in parts:
@@ -218,12 +238,12 @@ def _float64_power(a: np.ndarray, q: float, parts: list[np.ndarray], low: float,
             for s in parts:
                 m += s
             np.exp2(m, out=m)
-    return _rounded32(m, q)
+    return m
 
 
 def _rounded32(m: np.ndarray, q: float) -> np.ndarray:
-    """``m`` (float64) rounded once to float32; raises if an entry overflows it."""
-    if m.size and float(m.max()) >= 2.0**128:
+    """``m`` (float64) rounded once to float32; raises if an entry overflows it (or is NaN: ``inf · 0``)."""
+    if m.size and not float(m.max()) < 2.0**128:  # a NaN entry makes the max NaN
         raise PathliftError(f"a lifted parameter (|a|**{q:g} scaled) overflows float32 (max log2 {math.log2(float(m.max())):.1f})")
     return m.astype(np.float32)
 
@@ -331,11 +351,12 @@ def compact(k: Exponent, shape: tuple[int, ...] | None = None) -> Exponent:
     k = np.asarray(k, dtype=np.float64)
     if shape is not None and k.ndim < len(shape):
         k = k.reshape((1,) * (len(shape) - k.ndim) + k.shape)
-    finite = np.isfinite(k)
-    if not finite.any():
+    low, top = (float(k.min()), float(k.max())) if k.size else (math.nan, math.nan)
+    if math.isfinite(low) and math.isfinite(top):  # every entry finite (a NaN entry makes both NaN)
+        if low == top:
+            return int(k.flat[0])
+    elif top == -math.inf or not np.isfinite(k).any():
         return np.full((), -np.inf)  # every neuron known to be 0: their weights onward are 0, not scaled by 2**0
-    if finite.all() and k.min() == k.max():
-        return int(k.flat[0])
     reduced = False
     for axis in range(k.ndim):
         if k.shape[axis] > 1:

@@ -98,7 +98,7 @@ class Conv(LayerOp):
         groups = np.arange(c_out) // (c_out // layer.attrs["group"])  # group of each output channel
         # (c_out, c_in_group): the bound of the input channel each kernel row reads (one row for group 1)
         v_in = v[None, :] if layer.attrs["group"] == 1 else v[(groups[:, None] * c_in_group + np.arange(c_in_group)[None, :])]
-        sums, e = pow_row_reduce(kernel, kernel.reshape(c_out * c_in_group, taps), q, lambda m: m.sum(axis=1))
+        sums, e = pow_row_reduce(kernel, kernel.reshape(c_out * c_in_group, taps), q, lambda m: m.sum(axis=1), row_wise=True)
         w = sums.reshape(c_out, c_in_group)
         top = float(np.max(v_in, initial=-np.inf))
         if not np.isfinite(top):
