@@ -19,12 +19,14 @@ three per payload of :data:`MIN_PAYLOAD` bytes), never one object per field.
 
 :func:`decoded_bytes` counts, from the wire format and before protobuf decodes anything, an upper bound
 on the memory protobuf will take for the whole file, every nested message and repeated element included
-(the reader refuses a file over 2× its size + 16 MiB: :func:`onnx_pathlift.fileio.read.parse_model`).
+(the reader refuses a file over 2× its size + 16 MiB: :func:`onnx_pathlift.fileio.read.parse_model`);
+:func:`within_limit` tells, from the data's length alone, when that count cannot reach its limit.
 """
 
 from __future__ import annotations
 
 import functools
+from fractions import Fraction
 from typing import NamedTuple
 
 import numpy as np
@@ -303,3 +305,50 @@ def _skip_group(buf: memoryview, number: int, pos: int, end: int, depth: int) ->
             return pos
         pos = _skip_group(buf, inner, pos, end, depth + 1) if kind == _START_GROUP else _skip(buf, kind, pos, end)[1]
     raise _NotSimple
+
+
+def _charge_ratio(number: int, f: _Field) -> Fraction:
+    """The most :class:`_Count` charges field ``number`` (plan ``f``, given its own wire type: another one is
+    charged as unknown, ``_GROWTH`` per byte) per byte it occupies on the wire: its key (k ≥ the fewest
+    bytes of ``number << 3``), its length (≥ 1 byte) and a value that is not a message. A message: its
+    ``size`` for k + 1 bytes or more. A string, bytes (or a group, ≥ 2k bytes): p + 3·16·[repeated] for
+    k + 1 + p. Numbers, e bytes each decoded (c = ``_GROWTH``): packed varints c·e per byte (a value per
+    byte under 0x80 at most), packed fixed ones of w bytes c·e/w per byte; one value c·e·[repeated] for
+    k + 1 bytes (varint) or k + w; an enum value also c per byte of its whole field."""
+    k, c, e = len(varint_bytes(number << 3)), _GROWTH, f.element
+    if f.sub is not None:
+        return Fraction(f.size, k + 1)
+    if not e:
+        return max(Fraction(1), Fraction(c * _VIEW * f.repeated, k + 1))
+    width = {_VARINT: 1, _FIXED64: 8, _FIXED32: 4}[f.wire]
+    packed = Fraction(c * e, width) * f.repeated
+    return max(packed, Fraction(c * e * f.repeated, k + width)) + c * f.enum
+
+
+@functools.cache
+def charge_ratio() -> Fraction:
+    """R: the most :func:`decoded_bytes` counts per byte of the data, beyond ``_ARENA``, the maximum of
+    ``_GROWTH`` (an unknown field) and :func:`_charge_ratio` over every field of every message type a
+    ``ModelProto`` reaches (derived from the descriptors and :func:`_plan`: 112 with onnx 1.23, for an
+    empty ``NodeProto.attribute``)."""
+    ratio, seen, todo = Fraction(_GROWTH), set(), [ModelProto.DESCRIPTOR]
+    while todo:
+        descriptor = todo.pop()
+        if descriptor.full_name in seen:
+            continue
+        seen.add(descriptor.full_name)
+        for number, f in _plan(descriptor).items():
+            ratio = max(ratio, _charge_ratio(number, f))
+            todo += [f.sub] if f.sub is not None else []
+    return ratio
+
+
+def within_limit(length: int, limit: int) -> bool:
+    """Whether ``decoded_bytes(data, limit) ≤ limit`` holds for any ``data`` of ``length`` bytes, so that the
+    count need not run: ``_ARENA + R·length ≤ limit`` (R: :func:`charge_ratio`).
+
+    Proof: each field :meth:`_Count.message` charges is charged at most R per byte of its own on the
+    wire (key, length, a value that is not a message; an unknown field or group whole), these bytes of
+    different fields are disjoint (a message's value is its fields, charged on their own), and the
+    count starts at ``_ARENA``: so it never passes ``_ARENA + R·len(data)``, stopped early or not."""
+    return _ARENA + charge_ratio() * length <= limit
