@@ -213,19 +213,11 @@ def test_a_file_is_size_checked_once(tmp_path, monkeypatch) -> None:
         assert norm.log10 == pytest.approx(np.log10(4 * (1 + 0.5 + 1.5)), abs=1e-9)
 
 
-def _messages(message) -> int:
-    """The messages in ``message``, itself included (protobuf's decoded tree)."""
-    from onnx_pathlift.fileio.wire import _repeated
-
-    return 1 + sum(_messages(v) for f, value in message.ListFields() if f.message_type is not None
-                   for v in (value if _repeated(f) else [value]))
-
-
-def test_a_file_is_walked_at_most_once_in_python_as_it_is_read(tmp_path, monkeypatch) -> None:
-    """Reading the light DenseNet-121 (9,321 messages in 214 KB: the memory count may reach its limit, so it
-    runs) visits each message once in Python, in the count's walk of the wire format (the UTF-8 check walked
-    the decoded message once more); a file of large weights, split, is walked not at all (the count cannot
-    reach the limit from its few kilobytes decoded; it walked them)."""
+def test_a_file_is_not_walked_in_python_as_it_is_read(tmp_path, monkeypatch) -> None:
+    """Reading the light DenseNet-121 (9,321 messages in 214 KB) or a file of large weights, split, visits
+    no message in Python: the memory count provably stays under its limit (by the bytes' weights; by the
+    few kilobytes decoded), and the UTF-8 check is a second decode in C. Both walked each message before,
+    the count the wire format and the check the decoded message (tests/test_wire.py: where the count runs)."""
     from onnx_pathlift.fileio import load, read, wire
 
     visits = {"count": 0, "strings": 0}
@@ -238,8 +230,7 @@ def test_a_file_is_walked_at_most_once_in_python_as_it_is_read(tmp_path, monkeyp
     monkeypatch.setattr(wire._Count, "message", message)
     monkeypatch.setattr(read, "_bad_string", lambda m: visits.__setitem__("strings", visits["strings"] + 1) or real_bad(m))
     model, _ = load.load_split(LIGHT / "light_densenet121.onnx")
-    assert visits == {"count": _messages(model), "strings": 0} and visits["count"] > 9000
-    visits.update(count=0)
+    assert len(model.graph.node) > 900 and visits == {"count": 0, "strings": 0}
     path = tmp_path / "mlp.onnx"
     _mlp(path)
     model, stored = load.load_split(path)

@@ -311,10 +311,16 @@ def test_reading_memory_is_bounded_by_the_file_size_for_any_layout(tmp_path: Pat
     assert {"nodes", "value_info", "attribute_tensors", "tensor_int64_packed", "value_info_dims"} <= refused, refused
 
 
+def _bounds(data: bytes) -> tuple[int, int]:
+    """The bounds of ``wire.within_limit`` on ``data``: ``_ARENA + R·len(data)`` and ``_ARENA + Σ w[b]``."""
+    weights = wire._byte_weights()
+    return wire._ARENA + wire.charge_ratio() * len(data), wire._ARENA + int(sum(weights[b] for b in data))
+
+
 def _within(data: bytes) -> bool:
     """The theorem of ``wire.within_limit``: the count, run to the end or stopped at any limit, stays within
-    ``_ARENA + R·len(data)``."""
-    bound = wire._ARENA + wire.charge_ratio() * len(data)
+    both bounds."""
+    bound = min(_bounds(data))
     return all(wire.decoded_bytes(data, limit) <= bound for limit in (1 << 62, len(data), wire._ARENA + 1))
 
 
@@ -344,8 +350,9 @@ def _random_message(rng: random.Random, descriptor, depth: int) -> bytes:
 
 def test_the_count_never_passes_arena_plus_r_bytes_per_byte(tmp_path: Path) -> None:
     """``decoded_bytes(data) ≤ _ARENA + R·len(data)`` (R: ``wire.charge_ratio``, derived from the count's own
-    accounting) on every hostile layout, hostile file, fuzzed file, split file and random wire data; and
-    R is tight: a node of empty attributes (the field R comes from) is counted above ``_ARENA + (R − 1)·len``."""
+    accounting) and ``≤ _ARENA + Σ w[b]`` over its bytes (``wire._byte_weights``) on every hostile layout,
+    hostile file, fuzzed file, split file and random wire data; both are tight: a node of empty attributes
+    (the field R comes from) is counted above ``_ARENA + (R − 1)·len``, and within 1000 bytes of the second."""
     layouts, fuzz = load_tool("memory_layouts"), load_tool("fuzz_wire")
     files = [layouts.layout_file(name, n) for name in layouts.LAYOUTS for n in (0, 1, 7, 300)]
     base = _big_model().SerializeToString()
@@ -358,12 +365,15 @@ def test_the_count_never_passes_arena_plus_r_bytes_per_byte(tmp_path: Path) -> N
     bad = [i for i, data in enumerate(files) if not _within(data)]
     assert not bad, bad
     worst = _field(7, _field(1, _field(5, b"") * 5000))
-    assert wire.decoded_bytes(worst, 1 << 62) > wire._ARENA + (wire.charge_ratio() - 1) * len(worst)
-    assert _within(worst)
+    counted, (by_length, by_bytes) = wire.decoded_bytes(worst, 1 << 62), _bounds(worst)
+    assert wire._ARENA + (wire.charge_ratio() - 1) * len(worst) < counted <= by_length and by_bytes - counted < 1000
+    light = (LIGHT / "light_densenet121.onnx").read_bytes()  # far under the bounds, but the second one passes
+    limit = LAYOUT_FACTOR * len(light) + LAYOUT_SLACK
+    assert _bounds(light)[0] > limit >= _bounds(light)[1] >= wire.decoded_bytes(light, limit) and wire.within_limit(light, limit)
 
 
 def test_a_file_the_count_may_refuse_is_counted_and_refused(monkeypatch) -> None:
-    """Where ``_ARENA + R·len(data)`` passes the limit the count runs and refuses what it refused before (3 MiB
+    """Where both bounds of ``within_limit`` pass the limit the count runs and refuses what it refused before (3 MiB
     of empty nodes: 2× the file + 16 MiB passed), and on a whole file of 0.5 MiB of weights too (R per
     byte is far from what its payloads take); where it cannot pass it (the same file split: 4 KiB
     decoded for a limit from the whole file's size; or alone, small), the count does not run."""
@@ -371,7 +381,7 @@ def test_a_file_the_count_may_refuse_is_counted_and_refused(monkeypatch) -> None
     real = wire.decoded_bytes
     monkeypatch.setattr(reader, "decoded_bytes", lambda data, limit: counted.append(len(data)) or real(data, limit))
     data = load_tool("memory_layouts").sized("nodes", 3 << 20)
-    assert not wire.within_limit(len(data), LAYOUT_FACTOR * len(data) + LAYOUT_SLACK)
+    assert not wire.within_limit(data, LAYOUT_FACTOR * len(data) + LAYOUT_SLACK)
     with pytest.raises(PathliftError, match="to decode"):
         reader.parse_model(data, "m.onnx")
     assert counted == [len(data)]
@@ -380,6 +390,6 @@ def test_a_file_the_count_may_refuse_is_counted_and_refused(monkeypatch) -> None
     for data, size, count in ((small, len(base), []), (base, None, [len(base)]), (small, None, [])):
         counted.clear()
         assert reader.parse_model(data, "m.onnx", size).graph.node and counted == count
-    unknown = small + _field(1000, b"\0" * (LAYOUT_SLACK // 100))  # charged 3 per byte, but R could be reached
+    unknown = small + _field(1000, b"*" * (LAYOUT_SLACK // 100))  # charged 3 per byte; each "*" could open an attribute
     counted.clear()
     assert reader.parse_model(unknown, "m.onnx").graph.node and counted == [len(unknown)]

@@ -120,14 +120,14 @@ LAYOUT_FACTOR, LAYOUT_SLACK = 2, 16 << 20
 def parse_model(data: bytes, where: str, size: int | None = None) -> ModelProto:
     """Decode ``data`` as a ``ModelProto``; refuses empty data, data that protobuf would decode into more
     than :data:`LAYOUT_FACTOR` × ``size`` (the file's size, ``len(data)`` unless told) + :data:`LAYOUT_SLACK`
-    bytes (counted first: :func:`~onnx_pathlift.fileio.wire.decoded_bytes`, unless ``data`` is too short for
-    the count to reach that: :func:`~onnx_pathlift.fileio.wire.within_limit`), a failed decode, a model
+    bytes (counted first: :func:`~onnx_pathlift.fileio.wire.decoded_bytes`, unless the count provably cannot
+    reach that: :func:`~onnx_pathlift.fileio.wire.within_limit`), a failed decode, a model
     without a graph and any string field that is not valid UTF-8 (``where`` names the source in messages)."""
     if not data:
         raise InvalidModelError(f"{where}: empty file")
     size = len(data) if size is None else size
     limit = LAYOUT_FACTOR * size + LAYOUT_SLACK
-    need = 0 if within_limit(len(data), limit) else decoded_bytes(data, limit)
+    need = 0 if within_limit(data, limit) else decoded_bytes(data, limit)
     if need > limit:
         raise InvalidModelError(f"{where}: its {size} bytes would take more than {need >> 20} MiB to decode (counted "
                                 f"before decoding), over {LAYOUT_FACTOR}× the file's size + {LAYOUT_SLACK >> 20} MiB")

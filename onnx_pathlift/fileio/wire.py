@@ -26,6 +26,7 @@ on the memory protobuf will take for the whole file, every nested message and re
 from __future__ import annotations
 
 import functools
+import math
 from fractions import Fraction
 from typing import NamedTuple
 
@@ -325,30 +326,58 @@ def _charge_ratio(number: int, f: _Field) -> Fraction:
     return max(packed, Fraction(c * e * f.repeated, k + width)) + c * f.enum
 
 
+def _message_types() -> list:
+    """Every message type a ``ModelProto`` reaches, ``ModelProto`` first."""
+    found, todo = {}, [ModelProto.DESCRIPTOR]
+    while todo:
+        descriptor = todo.pop()
+        if descriptor.full_name not in found:
+            found[descriptor.full_name] = descriptor
+            todo += [f.sub for f in _plan(descriptor).values() if f.sub is not None]
+    return list(found.values())
+
+
 @functools.cache
-def charge_ratio() -> Fraction:
+def charge_ratio(messages: bool = True) -> Fraction:
     """R: the most :func:`decoded_bytes` counts per byte of the data, beyond ``_ARENA``, the maximum of
     ``_GROWTH`` (an unknown field) and :func:`_charge_ratio` over every field of every message type a
     ``ModelProto`` reaches (derived from the descriptors and :func:`_plan`: 112 with onnx 1.23, for an
-    empty ``NodeProto.attribute``)."""
-    ratio, seen, todo = Fraction(_GROWTH), set(), [ModelProto.DESCRIPTOR]
-    while todo:
-        descriptor = todo.pop()
-        if descriptor.full_name in seen:
-            continue
-        seen.add(descriptor.full_name)
+    empty ``NodeProto.attribute``); without ``messages``, over the fields that are not messages (24)."""
+    return max([Fraction(_GROWTH)] + [_charge_ratio(number, f) for descriptor in _message_types()
+                                      for number, f in _plan(descriptor).items() if messages or f.sub is None])
+
+
+@functools.cache
+def _byte_weights() -> np.ndarray:
+    """w[v], per byte value v: r = ⌈R without messages⌉, and for a value that can open the key of a message
+    field (``key & 0x7F | 0x80`` for any key, ``key`` itself under 0x80), the largest ``size − r`` of
+    such a field if more. A message field's own bytes are its key, whose first byte has that value, and a
+    length of at least one byte (weight ≥ r): they weigh at least its ``size``; any other field weighs
+    at least r per byte of its own, what it is charged at most."""
+    r = math.ceil(charge_ratio(messages=False))
+    weights = np.full(256, r, dtype=np.int64)
+    for descriptor in _message_types():
         for number, f in _plan(descriptor).items():
-            ratio = max(ratio, _charge_ratio(number, f))
-            todo += [f.sub] if f.sub is not None else []
-    return ratio
+            key = number << 3 | _LEN
+            for first in ({key & 0x7F | 0x80, key} if key < 0x80 else {key & 0x7F | 0x80}) if f.sub else ():
+                weights[first] = max(weights[first], f.size - r)
+    return weights
 
 
-def within_limit(length: int, limit: int) -> bool:
-    """Whether ``decoded_bytes(data, limit) ≤ limit`` holds for any ``data`` of ``length`` bytes, so that the
-    count need not run: ``_ARENA + R·length ≤ limit`` (R: :func:`charge_ratio`).
+def within_limit(data: bytes | memoryview, limit: int) -> bool:
+    """Whether ``decoded_bytes(data, limit) ≤ limit`` holds without counting: ``_ARENA + R·len(data) ≤ limit``
+    (R: :func:`charge_ratio`), or ``_ARENA + Σ w[b] ≤ limit`` over the bytes b of ``data`` (w:
+    :func:`_byte_weights`; summed only where it can pass, ``_ARENA + r·len(data) ≤ limit``).
 
     Proof: each field :meth:`_Count.message` charges is charged at most R per byte of its own on the
-    wire (key, length, a value that is not a message; an unknown field or group whole), these bytes of
-    different fields are disjoint (a message's value is its fields, charged on their own), and the
-    count starts at ``_ARENA``: so it never passes ``_ARENA + R·len(data)``, stopped early or not."""
-    return _ARENA + charge_ratio() * length <= limit
+    wire (key, length, a value that is not a message; an unknown field or group whole), and at most what
+    these bytes weigh by w; the bytes of different fields are disjoint (a message's value is its
+    fields, charged on their own), and the count starts at ``_ARENA``: so it never passes either bound,
+    stopped early or not."""
+    if _ARENA + charge_ratio() * len(data) <= limit:
+        return True
+    weights = _byte_weights()
+    if _ARENA + int(weights.min()) * len(data) > limit:
+        return False
+    counts = np.bincount(np.frombuffer(data, dtype=np.uint8), minlength=256)
+    return _ARENA + int(counts @ weights) <= limit
