@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import descriptor_pool, message_factory
 from onnx import ModelProto, TensorProto, helper
 
 from ..errors import InvalidModelError, OutOfMemoryError
 from ..sanitise import terminal
 from .prefetch import max_file_bytes
-from .wire import decoded_bytes, within_limit
+from .wire import decoded_bytes, varint_bytes, within_limit
 
 
 @dataclass(frozen=True)
@@ -167,20 +167,31 @@ def _valid_utf8(data: bytes) -> bool:
     return True
 
 
+#: descriptor.proto's numbers: FileDescriptorProto's options (8), syntax (12) and edition (14, 2023 = 1000);
+#: FileOptions' features (50); FeatureSet's enum_type (2) CLOSED (2), repeated_field_encoding (3) EXPANDED
+#: (2), utf8_validation (4) VERIFY (2): proto2's rules but for UTF-8, which is checked
+_EDITION_2023 = (12, b"editions"), (14, 1000)
+_FEATURES = (2, 2), (3, 2), (4, 2)
+
+
 @functools.cache
 def _checked_model() -> type:
     """``ModelProto``'s message class built anew from its own file descriptor, moved to edition 2023 with
     proto2's rules kept (explicit presence, closed enums, the same fields: decoded alike) and
     ``utf8_validation = VERIFY``: upb checks each string field's value as it decodes it, every occurrence
-    (one that a later occurrence replaces too), and refuses the data at the first invalid one."""
-    proto = descriptor_pb2.FileDescriptorProto()
-    ModelProto.DESCRIPTOR.file.CopyToProto(proto)
-    proto.syntax, proto.edition = "editions", descriptor_pb2.EDITION_2023
-    features = proto.options.features
-    features.utf8_validation, features.enum_type = features.VERIFY, features.CLOSED
-    features.repeated_field_encoding = features.EXPANDED
+    (one that a later occurrence replaces too), and refuses the data at the first invalid one. The fields
+    are appended to the descriptor's wire form (a later one replaces a scalar, merges into a message)."""
+    def key(number: int, kind: int) -> bytes:
+        return varint_bytes(number << 3 | kind)
+
+    def text(number: int, value: bytes) -> bytes:
+        return key(number, 2) + varint_bytes(len(value)) + value
+
+    features = b"".join(key(number, 0) + varint_bytes(value) for number, value in _FEATURES)
+    (syntax, name), (edition, year) = _EDITION_2023
+    proto = ModelProto.DESCRIPTOR.file.serialized_pb + text(syntax, name) + key(edition, 0) + varint_bytes(year)
     pool = descriptor_pool.DescriptorPool()
-    pool.Add(proto)
+    pool.AddSerializedFile(proto + text(8, text(50, features)))
     return message_factory.GetMessageClass(pool.FindMessageTypeByName(ModelProto.DESCRIPTOR.full_name))
 
 

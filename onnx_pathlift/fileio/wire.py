@@ -26,8 +26,6 @@ on the memory protobuf will take for the whole file, every nested message and re
 from __future__ import annotations
 
 import functools
-import math
-from fractions import Fraction
 from typing import NamedTuple
 
 import numpy as np
@@ -308,7 +306,7 @@ def _skip_group(buf: memoryview, number: int, pos: int, end: int, depth: int) ->
     raise _NotSimple
 
 
-def _charge_ratio(number: int, f: _Field) -> Fraction:
+def _charge_ratio(number: int, f: _Field) -> int:
     """The most :class:`_Count` charges field ``number`` (plan ``f``, given its own wire type: another one is
     charged as unknown, ``_GROWTH`` per byte) per byte it occupies on the wire: its key (k ≥ the fewest
     bytes of ``number << 3``), its length (≥ 1 byte) and a value that is not a message. A message: its
@@ -318,12 +316,16 @@ def _charge_ratio(number: int, f: _Field) -> Fraction:
     k + 1 bytes (varint) or k + w; an enum value also c per byte of its whole field."""
     k, c, e = len(varint_bytes(number << 3)), _GROWTH, f.element
     if f.sub is not None:
-        return Fraction(f.size, k + 1)
+        return _ceil(f.size, k + 1)
     if not e:
-        return max(Fraction(1), Fraction(c * _VIEW * f.repeated, k + 1))
+        return max(1, _ceil(c * _VIEW * f.repeated, k + 1))
     width = {_VARINT: 1, _FIXED64: 8, _FIXED32: 4}[f.wire]
-    packed = Fraction(c * e, width) * f.repeated
-    return max(packed, Fraction(c * e * f.repeated, k + width)) + c * f.enum
+    return max(_ceil(c * e, width) * f.repeated, _ceil(c * e * f.repeated, k + width)) + c * f.enum
+
+
+def _ceil(a: int, b: int) -> int:
+    """⌈a / b⌉."""
+    return -(-a // b)
 
 
 def _message_types() -> list:
@@ -338,23 +340,23 @@ def _message_types() -> list:
 
 
 @functools.cache
-def charge_ratio(messages: bool = True) -> Fraction:
+def charge_ratio(messages: bool = True) -> int:
     """R: the most :func:`decoded_bytes` counts per byte of the data, beyond ``_ARENA``, the maximum of
     ``_GROWTH`` (an unknown field) and :func:`_charge_ratio` over every field of every message type a
     ``ModelProto`` reaches (derived from the descriptors and :func:`_plan`: 112 with onnx 1.23, for an
     empty ``NodeProto.attribute``); without ``messages``, over the fields that are not messages (24)."""
-    return max([Fraction(_GROWTH)] + [_charge_ratio(number, f) for descriptor in _message_types()
-                                      for number, f in _plan(descriptor).items() if messages or f.sub is None])
+    return max([_GROWTH] + [_charge_ratio(number, f) for descriptor in _message_types()
+                            for number, f in _plan(descriptor).items() if messages or f.sub is None])
 
 
 @functools.cache
 def _byte_weights() -> np.ndarray:
-    """w[v], per byte value v: r = ⌈R without messages⌉, and for a value that can open the key of a message
+    """w[v], per byte value v: r = R without messages, and for a value that can open the key of a message
     field (``key & 0x7F | 0x80`` for any key, ``key`` itself under 0x80), the largest ``size − r`` of
     such a field if more. A message field's own bytes are its key, whose first byte has that value, and a
     length of at least one byte (weight ≥ r): they weigh at least its ``size``; any other field weighs
     at least r per byte of its own, what it is charged at most."""
-    r = math.ceil(charge_ratio(messages=False))
+    r = charge_ratio(messages=False)
     weights = np.full(256, r, dtype=np.int64)
     for descriptor in _message_types():
         for number, f in _plan(descriptor).items():
