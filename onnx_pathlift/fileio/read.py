@@ -149,7 +149,8 @@ def parse_model(data: bytes, where: str, size: int | None = None) -> ModelProto:
 
 #: data up to this size is checked for UTF-8 by a second decode in C (:func:`_valid_utf8`: twice a plain
 #: decode, 2 ms for the 9,321 messages of the light DenseNet-121 where :func:`_bad_string` takes 42 ms);
-#: larger data by :func:`_bad_string` alone (1.2 ns per byte decoded: more than it takes on a file of weights)
+#: larger data by :func:`_bad_string` alone (the second decode takes 1.2 ns per byte, more than the walk on a
+#: file of weights: 17 ms against 10.5 ms on MobileNetV2's 14 MB whole)
 CHECKED_DECODE_BYTES = 1 << 20
 
 

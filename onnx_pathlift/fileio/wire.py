@@ -20,7 +20,7 @@ three per payload of :data:`MIN_PAYLOAD` bytes), never one object per field.
 :func:`decoded_bytes` counts, from the wire format and before protobuf decodes anything, an upper bound
 on the memory protobuf will take for the whole file, every nested message and repeated element included
 (the reader refuses a file over 2× its size + 16 MiB: :func:`onnx_pathlift.fileio.read.parse_model`);
-:func:`within_limit` tells, from the data's length alone, when that count cannot reach its limit.
+:func:`within_limit` tells, from the data's length or its bytes' values, when that count cannot reach its limit.
 """
 
 from __future__ import annotations
@@ -313,7 +313,7 @@ def _charge_ratio(number: int, f: _Field) -> int:
     ``size`` for k + 1 bytes or more. A string, bytes (or a group, ≥ 2k bytes): p + 3·16·[repeated] for
     k + 1 + p. Numbers, e bytes each decoded (c = ``_GROWTH``): packed varints c·e per byte (a value per
     byte under 0x80 at most), packed fixed ones of w bytes c·e/w per byte; one value c·e·[repeated] for
-    k + 1 bytes (varint) or k + w; an enum value also c per byte of its whole field."""
+    k + 1 bytes (varint) or k + w; an enum value also c per byte of its whole field. Rounded up."""
     k, c, e = len(varint_bytes(number << 3)), _GROWTH, f.element
     if f.sub is not None:
         return _ceil(f.size, k + 1)
