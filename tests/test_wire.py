@@ -11,6 +11,7 @@ protobuf's own reading of the whole file.
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,8 @@ from onnx import helper, numpy_helper
 
 from onnx_pathlift.errors import PathliftError
 from onnx_pathlift.fileio import load, wire
-from onnx_pathlift.fileio.read import LAYOUT_SLACK
+from onnx_pathlift.fileio import read as reader
+from onnx_pathlift.fileio.read import LAYOUT_FACTOR, LAYOUT_SLACK
 from onnx_pathlift.frontend.importer import import_model
 
 EXTERNAL = "w.bin"
@@ -307,3 +309,88 @@ def test_reading_memory_is_bounded_by_the_file_size_for_any_layout(tmp_path: Pat
             assert peak - baseline <= 3 * len(data) + (2 * LAYOUT_SLACK if edge else 0), (name, edge, peak - baseline)
             refused |= {name} if "to decode" in out else set()
     assert {"nodes", "value_info", "attribute_tensors", "tensor_int64_packed", "value_info_dims"} <= refused, refused
+
+
+def _bounds(data: bytes) -> tuple[int, int]:
+    """The bounds of ``wire.within_limit`` on ``data``: ``_ARENA + R·len(data)`` and ``_ARENA + Σ w[b]``."""
+    weights = wire._byte_weights()
+    return wire._ARENA + wire.charge_ratio() * len(data), wire._ARENA + int(weights[np.frombuffer(data, np.uint8)].sum())
+
+
+def _within(data: bytes) -> bool:
+    """The theorem of ``wire.within_limit``: the count, run to the end or stopped at any limit, stays within
+    both bounds."""
+    bound = min(_bounds(data))
+    return all(wire.decoded_bytes(data, limit) <= bound for limit in (1 << 62, len(data), wire._ARENA + 1))
+
+
+def _random_message(rng: random.Random, descriptor, depth: int) -> bytes:
+    """A random message of type ``descriptor``: known fields with their own wire type or another, empty or
+    nested messages, strings, packed runs of any bytes, overlong keys, unknown fields and groups."""
+    out = bytearray()
+    for _ in range(rng.randint(0, 5 if depth > 1 else 2)):
+        f = rng.choice(descriptor.fields)
+        number = f.number if rng.random() < 0.85 else rng.choice([99, 1000, (1 << 29) - 1])
+        kind = wire._WIRE.get(f.type, wire._VARINT) if rng.random() < 0.8 else rng.choice([0, 1, 2, 5])
+        key = _varint(number << 3 | kind)
+        if rng.random() < 0.1:  # the same key, one byte longer
+            key = key[:-1] + bytes([key[-1] | 0x80, 0])
+        if kind == wire._LEN:  # a message field: nested, else mostly empty; any other: any bytes
+            message, draw = f.message_type is not None and number == f.number, rng.random()
+            payload = (_random_message(rng, f.message_type, depth - 1) if message and depth > 0 and draw < 0.6 else
+                       b"" if message and draw < 0.9 else rng.randbytes(rng.choice([0, 0, 1, 3, 9, 40])))
+            out += key + _varint(len(payload)) + payload
+        elif kind == wire._VARINT:
+            out += key + _varint(rng.getrandbits(rng.choice([1, 7, 35, 64])))
+        else:
+            out += key + rng.randbytes(8 if kind == wire._FIXED64 else 4)
+        if rng.random() < 0.05:
+            out += _group(number, _field(1, b""))
+    return bytes(out)
+
+
+def test_the_count_never_passes_arena_plus_r_bytes_per_byte(tmp_path: Path) -> None:
+    """``decoded_bytes(data) ≤ _ARENA + R·len(data)`` (R: ``wire.charge_ratio``, derived from the count's own
+    accounting) and ``≤ _ARENA + Σ w[b]`` over its bytes (``wire._byte_weights``) on every hostile layout,
+    hostile file, fuzzed file, split file and random wire data; both are tight: a node of empty attributes
+    (the field R comes from) is counted above ``_ARENA + (R − 1)·len``, and within 1000 bytes of the second."""
+    layouts, fuzz = load_tool("memory_layouts"), load_tool("fuzz_wire")
+    files = [layouts.layout_file(name, n) for name in layouts.LAYOUTS for n in (0, 1, 7, 300)]
+    base = _big_model().SerializeToString()
+    files += list(_hostile(base).values()) + [split[0] for split in [wire.split_file(base)]]
+    files += [_field(7, _group(100, _group(5)) + _field(1, b"") * 50), _field(7, _field(1, _field(5, _field(6, b""))))]
+    rng = random.Random(5)
+    files += [fuzz.mutate(rng, rng.choice(fuzz.seeds() + [(LIGHT / "light_resnet50.onnx").read_bytes()])) for _ in range(200)]
+    files += [_random_message(rng, onnx.ModelProto.DESCRIPTOR, 6) for _ in range(1500)] + [rng.randbytes(n) for n in range(200)]
+    assert len(wire.split_file(base)[0]) < len(base) // 50
+    bad = [i for i, data in enumerate(files) if not _within(data)]
+    assert not bad, bad
+    worst = _field(7, _field(1, _field(5, b"") * 5000))
+    counted, (by_length, by_bytes) = wire.decoded_bytes(worst, 1 << 62), _bounds(worst)
+    assert wire._ARENA + (wire.charge_ratio() - 1) * len(worst) < counted <= by_length and by_bytes - counted < 1000
+    light = (LIGHT / "light_densenet121.onnx").read_bytes()  # far under the bounds, but the second one passes
+    limit = LAYOUT_FACTOR * len(light) + LAYOUT_SLACK
+    assert _bounds(light)[0] > limit >= _bounds(light)[1] >= wire.decoded_bytes(light, limit) and wire.within_limit(light, limit)
+
+
+def test_a_file_the_count_may_refuse_is_counted_and_refused(monkeypatch) -> None:
+    """Where both bounds of ``within_limit`` pass the limit the count runs and refuses what it refused before (3 MiB
+    of empty nodes: 2× the file + 16 MiB passed), and on a whole file of 0.5 MiB of weights too (R per
+    byte is far from what its payloads take); where it cannot pass it (the same file split: 4 KiB
+    decoded for a limit from the whole file's size; or alone, small), the count does not run."""
+    counted = []
+    real = wire.decoded_bytes
+    monkeypatch.setattr(reader, "decoded_bytes", lambda data, limit: counted.append(len(data)) or real(data, limit))
+    data = load_tool("memory_layouts").sized("nodes", 3 << 20)
+    assert not wire.within_limit(data, LAYOUT_FACTOR * len(data) + LAYOUT_SLACK)
+    with pytest.raises(PathliftError, match="to decode"):
+        reader.parse_model(data, "m.onnx")
+    assert counted == [len(data)]
+    base = _big_model().SerializeToString()
+    small = wire.split_file(base)[0]
+    for data, size, count in ((small, len(base), []), (base, None, [len(base)]), (small, None, [])):
+        counted.clear()
+        assert reader.parse_model(data, "m.onnx", size).graph.node and counted == count
+    unknown = small + _field(1000, b"*" * (LAYOUT_SLACK // 100))  # charged 3 per byte; each "*" could open an attribute
+    counted.clear()
+    assert reader.parse_model(unknown, "m.onnx").graph.node and counted == [len(unknown)]

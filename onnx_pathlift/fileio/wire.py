@@ -19,7 +19,8 @@ three per payload of :data:`MIN_PAYLOAD` bytes), never one object per field.
 
 :func:`decoded_bytes` counts, from the wire format and before protobuf decodes anything, an upper bound
 on the memory protobuf will take for the whole file, every nested message and repeated element included
-(the reader refuses a file over 2× its size + 16 MiB: :func:`onnx_pathlift.fileio.read.parse_model`).
+(the reader refuses a file over 2× its size + 16 MiB: :func:`onnx_pathlift.fileio.read.parse_model`);
+:func:`within_limit` tells, from the data's length or its bytes' values, when that count cannot reach its limit.
 """
 
 from __future__ import annotations
@@ -303,3 +304,82 @@ def _skip_group(buf: memoryview, number: int, pos: int, end: int, depth: int) ->
             return pos
         pos = _skip_group(buf, inner, pos, end, depth + 1) if kind == _START_GROUP else _skip(buf, kind, pos, end)[1]
     raise _NotSimple
+
+
+def _charge_ratio(number: int, f: _Field) -> int:
+    """The most :class:`_Count` charges field ``number`` (plan ``f``, given its own wire type: another one is
+    charged as unknown, ``_GROWTH`` per byte) per byte it occupies on the wire: its key (k ≥ the fewest
+    bytes of ``number << 3``), its length (≥ 1 byte) and a value that is not a message. A message: its
+    ``size`` for k + 1 bytes or more. A string, bytes (or a group, ≥ 2k bytes): p + 3·16·[repeated] for
+    k + 1 + p. Numbers, e bytes each decoded (c = ``_GROWTH``): packed varints c·e per byte (a value per
+    byte under 0x80 at most), packed fixed ones of w bytes c·e/w per byte; one value c·e·[repeated] for
+    k + 1 bytes (varint) or k + w; an enum value also c per byte of its whole field. Rounded up."""
+    k, c, e = len(varint_bytes(number << 3)), _GROWTH, f.element
+    if f.sub is not None:
+        return _ceil(f.size, k + 1)
+    if not e:
+        return max(1, _ceil(c * _VIEW * f.repeated, k + 1))
+    width = {_VARINT: 1, _FIXED64: 8, _FIXED32: 4}[f.wire]
+    return max(_ceil(c * e, width) * f.repeated, _ceil(c * e * f.repeated, k + width)) + c * f.enum
+
+
+def _ceil(a: int, b: int) -> int:
+    """⌈a / b⌉."""
+    return -(-a // b)
+
+
+def _message_types() -> list:
+    """Every message type a ``ModelProto`` reaches, ``ModelProto`` first."""
+    found, todo = {}, [ModelProto.DESCRIPTOR]
+    while todo:
+        descriptor = todo.pop()
+        if descriptor.full_name not in found:
+            found[descriptor.full_name] = descriptor
+            todo += [f.sub for f in _plan(descriptor).values() if f.sub is not None]
+    return list(found.values())
+
+
+@functools.cache
+def charge_ratio(messages: bool = True) -> int:
+    """R: the most :func:`decoded_bytes` counts per byte of the data, beyond ``_ARENA``, the maximum of
+    ``_GROWTH`` (an unknown field) and :func:`_charge_ratio` over every field of every message type a
+    ``ModelProto`` reaches (derived from the descriptors and :func:`_plan`: 112 with onnx 1.23, for an
+    empty ``NodeProto.attribute``); without ``messages``, over the fields that are not messages (24)."""
+    return max([_GROWTH] + [_charge_ratio(number, f) for descriptor in _message_types()
+                            for number, f in _plan(descriptor).items() if messages or f.sub is None])
+
+
+@functools.cache
+def _byte_weights() -> np.ndarray:
+    """w[v], per byte value v: r = R without messages, and for a value that can open the key of a message
+    field (``key & 0x7F | 0x80`` for any key, ``key`` itself under 0x80), the largest ``size − r`` of
+    such a field if more. A message field's own bytes are its key, whose first byte has that value, and a
+    length of at least one byte (weight ≥ r): they weigh at least its ``size``; any other field weighs
+    at least r per byte of its own, what it is charged at most."""
+    r = charge_ratio(messages=False)
+    weights = np.full(256, r, dtype=np.int64)
+    for descriptor in _message_types():
+        for number, f in _plan(descriptor).items():
+            key = number << 3 | _LEN
+            for first in ({key & 0x7F | 0x80, key} if key < 0x80 else {key & 0x7F | 0x80}) if f.sub else ():
+                weights[first] = max(weights[first], f.size - r)
+    return weights
+
+
+def within_limit(data: bytes | memoryview, limit: int) -> bool:
+    """Whether ``decoded_bytes(data, limit) ≤ limit`` holds without counting: ``_ARENA + R·len(data) ≤ limit``
+    (R: :func:`charge_ratio`), or ``_ARENA + Σ w[b] ≤ limit`` over the bytes b of ``data`` (w:
+    :func:`_byte_weights`; summed only where it can pass, ``_ARENA + r·len(data) ≤ limit``).
+
+    Proof: each field :meth:`_Count.message` charges is charged at most R per byte of its own on the
+    wire (key, length, a value that is not a message; an unknown field or group whole), and at most what
+    these bytes weigh by w; the bytes of different fields are disjoint (a message's value is its
+    fields, charged on their own), and the count starts at ``_ARENA``: so it never passes either bound,
+    stopped early or not."""
+    if _ARENA + charge_ratio() * len(data) <= limit:
+        return True
+    weights = _byte_weights()
+    if _ARENA + int(weights.min()) * len(data) > limit:
+        return False
+    counts = np.bincount(np.frombuffer(data, dtype=np.uint8), minlength=256)
+    return _ARENA + int(counts @ weights) <= limit
