@@ -15,7 +15,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from ..errors import PathliftError, Refusal, RefuseNode, UnsupportedModelError
-from ..fileio.read import FLOAT_TYPES
+from ..fileio.read import FLOAT_TYPES, MAX_RANK
 from ..graph.bounds import along_axis
 from ..graph.builder import GraphBuilder, LiftBuilder, Scaled, on_axis
 from ..graph.exponents import compact
@@ -23,7 +23,7 @@ from ..ir.dag import Layer
 from .channel_api import ChannelBuilder, Layout, per_channel
 from .context import ImportContext, attributes, operand
 from .layer_op import ANY, MovesNeurons, OneLipschitz, ParameterFree
-from .registry import channel_rule, fold_size, graph_role, head_role, imports, layer_op, spec_rule
+from .registry import channel_rule, fold_size, folds, graph_role, head_role, imports, layer_op, spec_rule
 
 
 @layer_op
@@ -374,3 +374,148 @@ def import_alias(node, ctx: ImportContext) -> None:
 def _same_size(node, args: list) -> int | None:
     """Their output holds exactly their data input's elements (an op that cannot refuses its inputs)."""
     return None if args[0] is None else int(np.asarray(args[0]).size)
+
+
+#: the element types the layout fold rules below move, by ONNX element type (strings, bfloat16 and the
+#: 8- and 4-bit floats are left to ONNX's reference evaluator)
+_PLAIN = {helper.np_dtype_to_tensor_dtype(np.dtype(t)): np.dtype(t) for t in (
+    np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
+    np.float16, np.float32, np.float64)}
+
+
+def _plain(x) -> bool:
+    """Whether ``x`` is a tensor of one of the :data:`_PLAIN` element types (native byte order)."""
+    return isinstance(x, np.ndarray) and x.dtype in _PLAIN.values()
+
+
+def _axes(node, args: list, opset: int) -> tuple[bool, list[int] | None]:
+    """Squeeze's and Unsqueeze's ``axes`` (an attribute before opset 13, a 1-D int64 input from 13), None
+    when absent; ``(False, None)`` for any other form (a rule then declines)."""
+    if opset < 13:
+        given = attributes(node, opset)
+        axes = given.get("axes")
+        ok = len(args) == 1 and not set(given) - {"axes"} and (axes is None or isinstance(axes, list))
+    else:
+        axes = args[1] if len(args) > 1 else None
+        ok = len(args) <= 2 and not node.attribute and (axes is None or (
+            isinstance(axes, np.ndarray) and axes.dtype == np.int64 and axes.ndim == 1))
+    axes = None if axes is None else [int(a) for a in axes]
+    return ok and axes != [], axes
+
+
+def _one_by_one(shape: tuple[int, ...], axes: list[int], insert: bool) -> tuple[int, ...] | None:
+    """The shape ONNX's reference evaluator gives Unsqueeze (``insert``) or Squeeze before opset 13: one
+    axis at a time, Unsqueeze's in the given order, Squeeze's in reverse (None: it refuses them)."""
+    dims = list(shape)
+    for a in axes if insert else reversed(axes):
+        n = len(dims) + insert
+        if not -n <= a < n or (not insert and dims[a] != 1):
+            return None
+        if insert:
+            dims.insert(a % n, 1)
+        else:
+            del dims[a]
+    return tuple(dims)
+
+
+@folds("Unsqueeze")
+def _fold_unsqueeze(node, args: list, shapes: dict, opset: int) -> list[np.ndarray] | None:
+    """``x`` with a 1 inserted at each of ``axes``, positions of the output (rank ``r + len(axes)``,
+    negative ones from its end), in numpy; declined where the reference evaluator, which inserts them one
+    at a time before opset 13, gives another shape or refuses."""
+    x, (ok, axes) = args[0], _axes(node, args, opset)
+    if not ok or axes is None or not _plain(x) or x.ndim + len(axes) > MAX_RANK:
+        return None
+    rank = x.ndim + len(axes)
+    where = sorted(a % rank for a in axes if -rank <= a < rank)
+    if len(set(where)) != len(axes):
+        return None
+    dims = list(x.shape)
+    for a in where:  # ascending: each 1 lands at its place in the output
+        dims.insert(a, 1)
+    if opset < 13 and _one_by_one(x.shape, axes, True) != tuple(dims):
+        return None
+    return [x.reshape(dims).copy()]
+
+
+@folds("Squeeze")
+def _fold_squeeze(node, args: list, shapes: dict, opset: int) -> list[np.ndarray] | None:
+    """``x`` without the size-1 ``axes`` (negative from the end; absent: every size-1 axis), in numpy;
+    declined where the reference evaluator, which removes them one at a time before opset 13, refuses."""
+    x, (ok, axes) = args[0], _axes(node, args, opset)
+    if not ok or not _plain(x):
+        return None
+    if axes is None:
+        return [x.reshape([d for d in x.shape if d != 1]).copy()]
+    drop = {a % x.ndim for a in axes if -x.ndim <= a < x.ndim}
+    if len(drop) != len(axes) or any(x.shape[a] != 1 for a in drop):
+        return None
+    dims = tuple(d for i, d in enumerate(x.shape) if i not in drop)
+    if opset < 13 and _one_by_one(x.shape, axes, False) != dims:
+        return None
+    return [x.reshape(dims).copy()]
+
+
+@folds("Reshape")
+def _fold_reshape(node, args: list, shapes: dict, opset: int) -> list[np.ndarray] | None:
+    """``x``'s elements in row-major order at the target ``shape`` (opset 5 on), in numpy: a 0 copies
+    ``x``'s dimension at its index (is an empty axis with ``allowzero`` = 1, opset 14), one -1 takes
+    ``x.size`` over the product of the others; declined for any target that does not fit."""
+    x, target, given = args[0], args[1] if len(args) == 2 else None, attributes(node, opset)
+    if (opset < 5 or not _plain(x) or not isinstance(target, np.ndarray) or target.dtype != np.int64
+            or target.ndim != 1 or target.size > MAX_RANK or set(given) - ({"allowzero"} if opset >= 14 else set())):
+        return None
+    allowzero = given.get("allowzero", 0)
+    dims = [int(d) for d in target]
+    if allowzero not in (0, 1) or (not allowzero and any(d == 0 and i >= x.ndim for i, d in enumerate(dims))):
+        return None
+    dims = [x.shape[i] if d == 0 and not allowzero else d for i, d in enumerate(dims)]
+    if any(d < -1 for d in dims) or dims.count(-1) > 1:
+        return None
+    if -1 in dims:
+        rest = math.prod(d for d in dims if d != -1)
+        if rest == 0 or x.size % rest:
+            return None
+        dims[dims.index(-1)] = x.size // rest
+    return [x.reshape(dims).copy()] if math.prod(dims) == x.size else None
+
+
+@folds("Flatten")
+def _fold_flatten(node, args: list, shapes: dict, opset: int) -> list[np.ndarray] | None:
+    """``(d₀, …, d_{r−1})`` → ``(d₀ ⋯ d_{a−1}, d_a ⋯ d_{r−1})`` at ``axis`` ``a`` (negative from the end,
+    opset 11 on; 0 gives ``(1, size)``), in numpy; declined for an empty or 0-d ``x``."""
+    x, given = args[0], attributes(node, opset)
+    axis = given.get("axis", 1)
+    if not _plain(x) or len(args) != 1 or set(given) - {"axis"} or x.ndim == 0 or x.size == 0 or not isinstance(axis, int):
+        return None
+    if not (0 <= axis <= x.ndim or (opset >= 11 and -x.ndim <= axis < 0)):
+        return None
+    lead = math.prod(x.shape[:axis])
+    return [x.reshape(lead, x.size // lead).copy()]
+
+
+@folds("Identity")
+def _fold_identity(node, args: list, shapes: dict, opset: int) -> list[np.ndarray] | None:
+    """A copy of ``x``."""
+    return [args[0].copy()] if len(args) == 1 and _plain(args[0]) and not node.attribute else None
+
+
+@folds("Transpose")
+def _fold_transpose(node, args: list, shapes: dict, opset: int) -> list[np.ndarray] | None:
+    """``x`` with its axes permuted by ``perm`` (by default reversed), in numpy; declined for a ``perm``
+    that is not a permutation of ``x``'s axes."""
+    x, given = args[0], attributes(node, opset)
+    if not _plain(x) or len(args) != 1 or set(given) - {"perm"}:
+        return None
+    perm = given.get("perm", list(range(x.ndim))[::-1])
+    return [x.transpose(perm).copy()] if isinstance(perm, list) and sorted(perm) == list(range(x.ndim)) else None
+
+
+@folds("Cast")
+def _fold_cast(node, args: list, shapes: dict, opset: int) -> list[np.ndarray] | None:
+    """``x.astype(to)`` between booleans, integers and IEEE floats (numpy's conversion, as the reference
+    evaluator's); declined for strings, bfloat16 and the 8- and 4-bit floats, and opset 1-5's string ``to``."""
+    x, to = args[0], attributes(node, opset).get("to")
+    if not _plain(x) or len(args) != 1 or not isinstance(to, int) or to not in _PLAIN:
+        return None
+    return [x.astype(_PLAIN[to])]
