@@ -389,8 +389,8 @@ def _plain(x) -> bool:
 
 
 def _axes(node, args: list, opset: int) -> tuple[bool, list[int] | None]:
-    """Squeeze's and Unsqueeze's ``axes`` (an attribute before opset 13, a 1-D int64 input from 13), None
-    when absent; ``(False, None)`` for any other form (a rule then declines)."""
+    """Squeeze's and Unsqueeze's ``axes`` (an attribute before opset 13, a 1-D int64 input from 13; negative
+    ones from opset 11), None when absent, and whether they have that form (else a rule declines)."""
     if opset < 13:
         given = attributes(node, opset)
         axes = given.get("axes")
@@ -400,29 +400,15 @@ def _axes(node, args: list, opset: int) -> tuple[bool, list[int] | None]:
         ok = len(args) <= 2 and not node.attribute and (axes is None or (
             isinstance(axes, np.ndarray) and axes.dtype == np.int64 and axes.ndim == 1))
     axes = None if axes is None else [int(a) for a in axes]
-    return ok and axes != [], axes
-
-
-def _one_by_one(shape: tuple[int, ...], axes: list[int], insert: bool) -> tuple[int, ...] | None:
-    """The shape ONNX's reference evaluator gives Unsqueeze (``insert``) or Squeeze before opset 13: one
-    axis at a time, Unsqueeze's in the given order, Squeeze's in reverse (None: it refuses them)."""
-    dims = list(shape)
-    for a in axes if insert else reversed(axes):
-        n = len(dims) + insert
-        if not -n <= a < n or (not insert and dims[a] != 1):
-            return None
-        if insert:
-            dims.insert(a % n, 1)
-        else:
-            del dims[a]
-    return tuple(dims)
+    return ok and axes != [] and (opset >= 11 or all(a >= 0 for a in axes or ())), axes
 
 
 @folds("Unsqueeze")
 def _fold_unsqueeze(node, args: list, shapes: dict, opset: int) -> list[np.ndarray] | None:
-    """``x`` with a 1 inserted at each of ``axes``, positions of the output (rank ``r + len(axes)``,
-    negative ones from its end), in numpy; declined where the reference evaluator, which inserts them one
-    at a time before opset 13, gives another shape or refuses."""
+    """``x`` with a 1 inserted at each of ``axes``, positions in the output (rank ``r + len(axes)``,
+    negative ones from its end), in any order, as the ONNX spec, ONNX shape inference and onnxruntime
+    read them in every opset (ONNX's reference evaluator, before opset 13, inserts them one at a time in
+    the given order: another shape, or a refusal, for unsorted or negative axes)."""
     x, (ok, axes) = args[0], _axes(node, args, opset)
     if not ok or axes is None or not _plain(x) or x.ndim + len(axes) > MAX_RANK:
         return None
@@ -433,15 +419,14 @@ def _fold_unsqueeze(node, args: list, shapes: dict, opset: int) -> list[np.ndarr
     dims = list(x.shape)
     for a in where:  # ascending: each 1 lands at its place in the output
         dims.insert(a, 1)
-    if opset < 13 and _one_by_one(x.shape, axes, True) != tuple(dims):
-        return None
     return [x.reshape(dims).copy()]
 
 
 @folds("Squeeze")
 def _fold_squeeze(node, args: list, shapes: dict, opset: int) -> list[np.ndarray] | None:
-    """``x`` without the size-1 ``axes`` (negative from the end; absent: every size-1 axis), in numpy;
-    declined where the reference evaluator, which removes them one at a time before opset 13, refuses."""
+    """``x`` without the size-1 ``axes`` (negative from the end; absent: every size-1 axis), in any order,
+    as the ONNX spec and onnxruntime read them in every opset (ONNX's reference evaluator, before opset
+    13, removes them one at a time in reverse order and refuses unsorted positive axes)."""
     x, (ok, axes) = args[0], _axes(node, args, opset)
     if not ok or not _plain(x):
         return None
@@ -450,10 +435,7 @@ def _fold_squeeze(node, args: list, shapes: dict, opset: int) -> list[np.ndarray
     drop = {a % x.ndim for a in axes if -x.ndim <= a < x.ndim}
     if len(drop) != len(axes) or any(x.shape[a] != 1 for a in drop):
         return None
-    dims = tuple(d for i, d in enumerate(x.shape) if i not in drop)
-    if opset < 13 and _one_by_one(x.shape, axes, False) != dims:
-        return None
-    return [x.reshape(dims).copy()]
+    return [x.reshape([d for i, d in enumerate(x.shape) if i not in drop]).copy()]
 
 
 @folds("Reshape")
