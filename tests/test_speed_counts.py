@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 from builders import make_model
-from conftest import MODELS, ROOT
+from conftest import LIGHT, MODELS, ROOT
 from onnx import helper
 
 from onnx_pathlift import api
@@ -211,3 +211,17 @@ def test_a_file_is_size_checked_once(tmp_path, monkeypatch) -> None:
         norm = api.compute_norms(source, [1.0]).norms[0]
         assert [w.rsplit(".", 1)[1] for w in checks] == [where]
         assert norm.log10 == pytest.approx(np.log10(4 * (1 + 0.5 + 1.5)), abs=1e-9)
+
+
+def test_layout_folds_skip_the_reference_evaluator() -> None:
+    """The onnx wheel's light DenseNet-121 folds its 242 ``Unsqueeze`` (opset 9, axes attribute) and 836
+    ``ConstantOfShape`` nodes by their numpy fold rules: ONNX's reference evaluator folds none of them (it
+    folded the 242 ``Unsqueeze``, one one-node model and evaluator each); the analysis is the same."""
+    from onnx_pathlift.frontend.prepare import prepare
+
+    model = onnx.load(LIGHT / "light_densenet121.onnx")
+    prepared = prepare(model)
+    assert prepared.folded_ops == {"ConstantOfShape": 836, "Unsqueeze": 242}
+    assert prepared.evaluated_ops == {}
+    unsqueezed = [n for n in model.graph.node if n.op_type == "Unsqueeze"]
+    assert all(prepared.consts[n.output[0]].shape == prepared.consts[n.input[0]].shape + (1, 1) for n in unsqueezed)
