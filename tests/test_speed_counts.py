@@ -130,7 +130,7 @@ def _attribute_tensors(n: int) -> onnx.ModelProto:
 
 
 def test_folds_of_known_size_skip_shape_inference(monkeypatch) -> None:
-    """ConstantOfShape and the reshape-likes declare their folded sizes (``FOLD_SIZES``): folding them
+    """ConstantOfShape, the reshape-likes, Transpose and Cast declare their folded sizes (``FOLD_SIZES``): folding them
     asks ONNX shape inference nothing (it asked once per node), and the limit on a folded constant
     still holds exactly at the declared size: refused one element below it, accepted at it."""
     from onnx_pathlift.errors import InvalidModelError
@@ -140,7 +140,9 @@ def test_folds_of_known_size_skip_shape_inference(monkeypatch) -> None:
 
     model = make_model([helper.make_node("ConstantOfShape", ["shp"], ["w"], name="cos",
                                          value=helper.make_tensor("v", onnx.TensorProto.FLOAT, [1], [0.5])),
-                        helper.make_node("Unsqueeze", ["w", "ax"], ["u"], name="unsq"),
+                        helper.make_node("Transpose", ["w"], ["wt"], name="tr", perm=[1, 0]),
+                        helper.make_node("Cast", ["wt"], ["wc"], name="cast", to=onnx.TensorProto.FLOAT),
+                        helper.make_node("Unsqueeze", ["wc", "ax"], ["u"], name="unsq"),
                         helper.make_node("Reshape", ["u", "flat"], ["wf"], name="resh"),
                         helper.make_node("MatMul", ["x", "wf"], ["y"])],
                        [("x", [1, 12])], [("y", None)],

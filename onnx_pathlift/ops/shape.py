@@ -371,7 +371,7 @@ def import_alias(node, ctx: ImportContext) -> None:
     ctx.alias(node.output[0], ctx.act(node.input[0]))
 
 
-@fold_size("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
+@fold_size("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose", "Cast")
 def _same_size(node, args: list) -> int | None:
     """Their output holds exactly their data input's elements (an op that cannot refuses its inputs)."""
     return None if args[0] is None else int(np.asarray(args[0]).size)
