@@ -130,7 +130,7 @@ def _attribute_tensors(n: int) -> onnx.ModelProto:
 
 
 def test_folds_of_known_size_skip_shape_inference(monkeypatch) -> None:
-    """ConstantOfShape and the reshape-likes declare their folded sizes (``FOLD_SIZES``): folding them
+    """ConstantOfShape, the reshape-likes, Transpose and Cast declare their folded sizes (``FOLD_SIZES``): folding them
     asks ONNX shape inference nothing (it asked once per node), and the limit on a folded constant
     still holds exactly at the declared size: refused one element below it, accepted at it."""
     from onnx_pathlift.errors import InvalidModelError
@@ -140,7 +140,9 @@ def test_folds_of_known_size_skip_shape_inference(monkeypatch) -> None:
 
     model = make_model([helper.make_node("ConstantOfShape", ["shp"], ["w"], name="cos",
                                          value=helper.make_tensor("v", onnx.TensorProto.FLOAT, [1], [0.5])),
-                        helper.make_node("Unsqueeze", ["w", "ax"], ["u"], name="unsq"),
+                        helper.make_node("Transpose", ["w"], ["wt"], name="tr", perm=[1, 0]),
+                        helper.make_node("Cast", ["wt"], ["wc"], name="cast", to=onnx.TensorProto.FLOAT),
+                        helper.make_node("Unsqueeze", ["wc", "ax"], ["u"], name="unsq"),
                         helper.make_node("Reshape", ["u", "flat"], ["wf"], name="resh"),
                         helper.make_node("MatMul", ["x", "wf"], ["y"])],
                        [("x", [1, 12])], [("y", None)],
@@ -235,3 +237,17 @@ def test_a_file_is_not_walked_in_python_as_it_is_read(tmp_path, monkeypatch) -> 
     _mlp(path)
     model, stored = load.load_split(path)
     assert visits == {"count": 0, "strings": 0} and list(stored) == [0]  # W1 split off (W2 is under MIN_PAYLOAD)
+
+
+def test_layout_folds_skip_the_reference_evaluator() -> None:
+    """The onnx wheel's light DenseNet-121 folds its 242 ``Unsqueeze`` (opset 9, axes attribute) and 836
+    ``ConstantOfShape`` nodes by their numpy fold rules: ONNX's reference evaluator folds none of them (it
+    folded the 242 ``Unsqueeze``, one one-node model and evaluator each); the analysis is the same."""
+    from onnx_pathlift.frontend.prepare import prepare
+
+    model = onnx.load(LIGHT / "light_densenet121.onnx")
+    prepared = prepare(model)
+    assert prepared.folded_ops == {"ConstantOfShape": 836, "Unsqueeze": 242}
+    assert prepared.evaluated_ops == {}
+    unsqueezed = [n for n in model.graph.node if n.op_type == "Unsqueeze"]
+    assert all(prepared.consts[n.output[0]].shape == prepared.consts[n.input[0]].shape + (1, 1) for n in unsqueezed)

@@ -2,8 +2,10 @@
 
 :func:`fold` makes one topological pass; an op with a declared fold rule (``ops/plumbing.py``: ``Constant``,
 ``Shape`` and ``Size`` of a statically shaped tensor read directly, ``ConstantOfShape`` in numpy;
-``ops/quantize.py``: ``DequantizeLinear``) is folded by it, every other deterministic default-domain op
-by ONNX's reference evaluator on that node alone. Each fold's output
+``ops/quantize.py``: ``DequantizeLinear``; ``ops/shape.py``: the layout ops ``Reshape``, ``Flatten``,
+``Squeeze``, ``Unsqueeze``, ``Identity``, ``Transpose`` and ``Cast``) is folded by it, every other
+deterministic default-domain op, and any node a rule declines (returns None for), by ONNX's reference
+evaluator on that node alone. Each fold's output
 size is checked (by ONNX shape inference) against :class:`~onnx_pathlift.fileio.read.Limits` before it
 runs, and the folded constants' total size after.
 """
@@ -24,6 +26,14 @@ from ..ops.registry import FOLD_SIZES, FOLDS, NEVER_FOLDED
 #: constants up to this many elements are given to shape inference with their values (shape
 #: arithmetic needs them); larger ones (weights) only with their type and shape
 INFER_VALUES_UP_TO = 4096
+
+
+def default_opset(domains) -> int:
+    """The version of the default ONNX domain among the opset imports ``domains``; refused when none."""
+    for imp in domains:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    raise InvalidModelError("model imports no version of the default ONNX domain")
 
 
 def _node_model(node: NodeProto, args: list[np.ndarray | None], domains, values_up_to: float) -> ModelProto:
@@ -64,13 +74,14 @@ def _eval_node(node: NodeProto, args: list[np.ndarray | None], domains) -> list[
     return [np.asarray(r) for r in ReferenceEvaluator(_node_model(node, args, domains, math.inf)).run(None, {})]
 
 
-def _fold_node(node: NodeProto, domains, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]],
-               limits: Limits) -> list[np.ndarray] | None:
+def _fold_node(node: NodeProto, opset: int, domains, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]],
+               limits: Limits, evaluated: Counter | None = None) -> list[np.ndarray] | None:
     """The node's output values if they are constant (computed here), else None: the op's declared fold
-    rule (:data:`~onnx_pathlift.ops.registry.FOLDS`) or, on constant inputs, ONNX's reference evaluator."""
+    rule (:data:`~onnx_pathlift.ops.registry.FOLDS`) or, on constant inputs where it has none or it
+    declines, ONNX's reference evaluator (whose op types are counted in ``evaluated``)."""
     rule, early = FOLDS.get(node.op_type, (None, False))
     if rule is not None and early:
-        outs = rule(node, [consts.get(n) if n else None for n in node.input], shapes)
+        outs = rule(node, [consts.get(n) if n else None for n in node.input], shapes, opset)
         if outs is not None:
             return outs
     known = all((not name) or name in consts for name in node.input)
@@ -81,19 +92,25 @@ def _fold_node(node: NodeProto, domains, consts: dict[str, np.ndarray], shapes: 
     args = [consts[n] if n else None for n in node.input]
     _check_output_sizes(node, args, domains, limits)
     with np.errstate(all="ignore"):  # NaN/Inf results are refused with their position where they are used
-        return rule(node, args, shapes) if rule is not None and not early else _eval_node(node, args, domains)
+        outs = rule(node, args, shapes, opset) if rule is not None and not early else None
+        if outs is None:
+            outs = _eval_node(node, args, domains)
+            if evaluated is not None:
+                evaluated[node.op_type] += 1
+        return outs
 
 
 def fold(domains, nodes: list[NodeProto], consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]],
-          limits: Limits, counter: Counter | None = None) -> tuple[list[NodeProto], int]:
+          limits: Limits, counter: Counter | None = None, evaluated: Counter | None = None) -> tuple[list[NodeProto], int]:
     """One topological pass: every node whose inputs are all known constants becomes a constant
-    (their op types are counted in ``counter``)."""
+    (their op types are counted in ``counter``, those ONNX's reference evaluator computed in ``evaluated``)."""
+    opset = default_opset(domains)
     kept: list[NodeProto] = []
     folded = 0
     total = sum(v.nbytes for v in consts.values())
     for node in nodes:
         try:
-            outs = _fold_node(node, domains, consts, shapes, limits)
+            outs = _fold_node(node, opset, domains, consts, shapes, limits, evaluated)
         except PathliftError:
             raise
         except Exception as exc:  # the reference evaluator or numpy refusing the node's inputs or attributes

@@ -23,7 +23,7 @@ from ..errors import InvalidModelError, Refusal, UnsupportedModelError, UsageErr
 from ..fileio.read import DEFAULT_LIMITS, FLOAT_TYPES, MAX_RANK, Limits, check_sizes, refuse_external
 from ..ops.registry import SPEC_RULES
 from ..sanitise import terminal
-from .fold import INFER_VALUES_UP_TO, fold
+from .fold import INFER_VALUES_UP_TO, default_opset, fold
 from .unfuse import standard_nodes
 
 
@@ -44,14 +44,13 @@ class Prepared:
     notes: list[str] = field(default_factory=list)
     #: op types of the constant-valued nodes folded into constants (``folded`` is their total)
     folded_ops: Counter = field(default_factory=Counter)
+    #: op types of the folded nodes ONNX's reference evaluator computed (the others: numpy fold rules)
+    evaluated_ops: Counter = field(default_factory=Counter)
 
 
 def main_opset(model: ModelProto) -> int:
     """The version of the default ONNX domain the model imports; refused when it imports none."""
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            return int(imp.version)
-    raise InvalidModelError("model imports no version of the default ONNX domain")
+    return default_opset(model.opset_import)
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -312,9 +311,10 @@ def prepare(model: ModelProto, input_shape: tuple[int, ...] | dict[str, tuple[in
     nodes = topological_nodes(standard_nodes(list(model.graph.node), opset), set(consts) | set(inputs))
     folded_total = 0
     folded_ops: Counter = Counter()
+    evaluated_ops: Counter = Counter()
     types: dict[str, int] = {}
     for _ in range(8):  # fold, infer shapes, fold again while shape arithmetic keeps resolving
-        nodes, folded = fold(model.opset_import, nodes, consts, shapes, limits, folded_ops)
+        nodes, folded = fold(model.opset_import, nodes, consts, shapes, limits, folded_ops, evaluated_ops)
         folded_total += folded
         if types and not folded:
             break
@@ -322,4 +322,5 @@ def prepare(model: ModelProto, input_shape: tuple[int, ...] | dict[str, tuple[in
     _check_activations(shapes, consts, limits)
     _check_spec_rules(nodes, consts, shapes, opset)
     outputs = [o.name for o in model.graph.output]
-    return Prepared(model, opset, inputs, outputs, nodes, consts, shapes, types, folded_total, folded_ops=folded_ops)
+    return Prepared(model, opset, inputs, outputs, nodes, consts, shapes, types, folded_total, folded_ops=folded_ops,
+                    evaluated_ops=evaluated_ops)

@@ -25,7 +25,8 @@ def _attributes(node: NodeProto) -> dict:
 
 
 @folds("Constant", early=True)
-def constant_value(node: NodeProto, args: list | None = None, shapes: dict | None = None) -> list[np.ndarray]:
+def constant_value(node: NodeProto, args: list | None = None, shapes: dict | None = None,
+                   opset: int = 0) -> list[np.ndarray]:
     """The value a ``Constant`` node holds; sparse values are refused."""
     attr = _attributes(node)
     if "value" in attr:
@@ -40,7 +41,7 @@ def constant_value(node: NodeProto, args: list | None = None, shapes: dict | Non
 
 
 @folds("Shape", early=True)
-def _shape(node: NodeProto, args: list, shapes: dict) -> list[np.ndarray] | None:
+def _shape(node: NodeProto, args: list, shapes: dict, opset: int) -> list[np.ndarray] | None:
     """``Shape(x)[start:end]`` of a statically shaped, non-constant ``x`` (a constant one is evaluated)."""
     if node.input[0] not in shapes or args[0] is not None:
         return None
@@ -50,13 +51,13 @@ def _shape(node: NodeProto, args: list, shapes: dict) -> list[np.ndarray] | None
 
 
 @folds("Size", early=True)
-def _size(node: NodeProto, args: list, shapes: dict) -> list[np.ndarray] | None:
+def _size(node: NodeProto, args: list, shapes: dict, opset: int) -> list[np.ndarray] | None:
     """``Size(x)``, the product of ``x``'s static shape."""
     return [np.array(math.prod(shapes[node.input[0]]), dtype=np.int64)] if node.input[0] in shapes else None
 
 
 @folds("ConstantOfShape")
-def _constant_of_shape(node: NodeProto, args: list, shapes: dict) -> list[np.ndarray]:
+def _constant_of_shape(node: NodeProto, args: list, shapes: dict, opset: int) -> list[np.ndarray]:
     """ConstantOfShape directly in numpy."""
     attr = _attributes(node)
     fill = numpy_helper.to_array(attr["value"].t).reshape(-1)[:1] if "value" in attr else np.zeros(1, np.float32)

@@ -32,7 +32,7 @@ graph_role("dequantize", "DequantizeLinear")
 
 
 @folds("DequantizeLinear")
-def _dequantize(node: NodeProto, args: list, shapes: dict) -> list[np.ndarray]:
+def _dequantize(node: NodeProto, args: list, shapes: dict, opset: int) -> list[np.ndarray]:
     """DequantizeLinear ``(x − zero_point) · scale``, per tensor or along ``axis`` (quantized weights)."""
     x, scale = args[0].astype(np.float64), args[1].astype(np.float64)
     zero = args[2].astype(np.float64) if len(args) > 2 and args[2] is not None else np.zeros_like(scale)

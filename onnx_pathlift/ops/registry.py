@@ -113,9 +113,11 @@ def pass_range(*op_types: str) -> Callable[[PassRange], PassRange]:
     return _registrar(PASS_RANGES, "pass ranges", op_types)
 
 
-#: ``(node, args, shapes) -> values or None``: how an ONNX op folds when constant, in numpy (``args``: its
-#: inputs' values, None where not constant; ``shapes``: the static shapes); see :func:`folds`
-FoldRule = Callable[[NodeProto, list, dict], "list[np.ndarray] | None"]
+#: ``(node, args, shapes, opset) -> values or None``: how an ONNX op folds when constant, in numpy (``args``:
+#: its inputs' values, None where not constant; ``shapes``: the static shapes; ``opset``: the model's
+#: default-domain version); see :func:`folds`. None: not folded here (a rule that runs on constant inputs
+#: declines so, and ONNX's reference evaluator folds the node instead)
+FoldRule = Callable[[NodeProto, list, dict, int], "list[np.ndarray] | None"]
 #: op type -> (its fold rule, whether it is asked before the inputs are known constants)
 FOLDS: dict[str, tuple[FoldRule, bool]] = {}
 #: ``(node, args) -> elements or None``: the element count of the largest output an ONNX op computes from

@@ -3,7 +3,8 @@
 Algebra: each output neuron copies one input neuron with weight 1 (Concat stacks its inputs), so
 the lifted layer is the same op on the lifted tensors (Concat after bringing its inputs to one
 power-of-two scale). Flatten, Reshape, Squeeze and Unsqueeze are all re-emitted as a Reshape to the
-static output shape; Identity, Dropout (inference) and float-to-float Cast are aliases.
+static output shape; Identity, Dropout (inference) and float-to-float Cast are aliases. On constant
+inputs these ops (and Transpose, any Cast between plain types) fold in numpy (``@folds``, at the end).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from ..errors import PathliftError, Refusal, RefuseNode, UnsupportedModelError
-from ..fileio.read import FLOAT_TYPES
+from ..fileio.read import FLOAT_TYPES, MAX_RANK
 from ..graph.bounds import along_axis
 from ..graph.builder import GraphBuilder, LiftBuilder, Scaled, on_axis
 from ..graph.exponents import compact
@@ -23,7 +24,7 @@ from ..ir.dag import Layer
 from .channel_api import ChannelBuilder, Layout, per_channel
 from .context import ImportContext, attributes, operand
 from .layer_op import ANY, MovesNeurons, OneLipschitz, ParameterFree
-from .registry import channel_rule, fold_size, graph_role, head_role, imports, layer_op, spec_rule
+from .registry import channel_rule, fold_size, folds, graph_role, head_role, imports, layer_op, spec_rule
 
 
 @layer_op
@@ -370,7 +371,110 @@ def import_alias(node, ctx: ImportContext) -> None:
     ctx.alias(node.output[0], ctx.act(node.input[0]))
 
 
-@fold_size("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
+@fold_size("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose", "Cast")
 def _same_size(node, args: list) -> int | None:
     """Their output holds exactly their data input's elements (an op that cannot refuses its inputs)."""
     return None if args[0] is None else int(np.asarray(args[0]).size)
+
+
+#: the element types the fold rules below move, by ONNX type (strings, bfloat16, 8- and 4-bit floats: not)
+_PLAIN = {helper.np_dtype_to_tensor_dtype(np.dtype(t)): np.dtype(t) for t in (np.bool_, np.int8, np.int16, np.int32,
+          np.int64, np.uint8, np.uint16, np.uint32, np.uint64, np.float16, np.float32, np.float64)}
+_PLAIN_DTYPES = frozenset(_PLAIN.values())  # native byte order only
+
+
+def _axes(node, args: list, opset: int) -> tuple[bool, list[int] | None]:
+    """Squeeze's and Unsqueeze's ``axes`` (an attribute before opset 13, a 1-D int64 input from 13; negative
+    from 11), None when absent, and whether they have that form (else a rule declines). Read all at once, in
+    any order, as the ONNX spec, its shape inference and onnxruntime do (ONNX's reference evaluator, before
+    opset 13, takes them one at a time: another shape, or a refusal, for unsorted or negative axes)."""
+    if opset < 13:
+        axes = (given := attributes(node, opset)).get("axes")
+        ok = len(args) == 1 and not set(given) - {"axes"} and (axes is None or isinstance(axes, list))
+    else:
+        axes = args[1] if len(args) > 1 else None
+        ok = len(args) <= 2 and not node.attribute and (axes is None or (
+            isinstance(axes, np.ndarray) and axes.dtype == np.int64 and axes.ndim == 1))
+    axes = None if axes is None else [int(a) for a in axes]
+    return ok and axes != [] and (opset >= 11 or all(a >= 0 for a in axes or ())), axes
+
+
+def _unsqueezed(node, args: list, opset: int) -> list[int] | None:
+    """Unsqueeze: a 1 inserted at each of ``axes``, positions in the output (rank ``r + len(axes)``)."""
+    x, (ok, axes) = args[0], _axes(node, args, opset)
+    if not ok or axes is None or x.ndim + len(axes) > MAX_RANK:
+        return None
+    rank, dims = x.ndim + len(axes), list(x.shape)
+    where = sorted(a % rank for a in axes if -rank <= a < rank)
+    for a in where:  # ascending: each 1 lands at its place in the output
+        dims.insert(a, 1)
+    return dims if len(set(where)) == len(axes) else None
+
+
+def _squeezed(node, args: list, opset: int) -> list[int] | None:
+    """Squeeze: the size-1 ``axes`` removed (absent: every size-1 axis)."""
+    x, (ok, axes) = args[0], _axes(node, args, opset)
+    drop = {i for i, d in enumerate(x.shape) if d == 1} if axes is None else {a % x.ndim for a in axes if -x.ndim <= a < x.ndim}
+    if not ok or (axes is not None and len(drop) != len(axes)) or any(x.shape[a] != 1 for a in drop):
+        return None
+    return [d for i, d in enumerate(x.shape) if i not in drop]
+
+
+def _reshaped(node, args: list, opset: int) -> list[int] | None:
+    """Reshape (opset 5 on) to its int64 target: a 0 copies ``x``'s dimension at its index (is an empty axis
+    with ``allowzero`` = 1, opset 14), one -1 takes ``x.size`` over the product of the others."""
+    x, target, given = args[0], args[1] if len(args) == 2 else None, attributes(node, opset)
+    if (opset < 5 or not isinstance(target, np.ndarray) or target.dtype != np.int64 or target.ndim != 1
+            or target.size > MAX_RANK or set(given) - ({"allowzero"} if opset >= 14 else set())):
+        return None
+    allowzero, dims = given.get("allowzero", 0), [int(d) for d in target]
+    if allowzero not in (0, 1) or (not allowzero and any(d == 0 and i >= x.ndim for i, d in enumerate(dims))):
+        return None
+    dims = [x.shape[i] if d == 0 and not allowzero else d for i, d in enumerate(dims)]
+    rest = math.prod(d for d in dims if d != -1)
+    if any(d < -1 for d in dims) or dims.count(-1) > 1 or (-1 in dims and (rest == 0 or x.size % rest)):
+        return None
+    return [x.size // rest if d == -1 else d for d in dims]
+
+
+def _flattened(node, args: list, opset: int) -> list[int] | None:
+    """Flatten at ``axis`` ``a`` (negative from 11): ``(d₀ ⋯ d_{a−1}, d_a ⋯ d_{r−1})``, of a non-empty ``x``."""
+    x, given = args[0], attributes(node, opset)
+    axis = given.get("axis", 1)
+    ok = len(args) == 1 and not set(given) - {"axis"} and isinstance(axis, int) and x.size > 0 and x.ndim > 0
+    if not ok or not (0 <= axis <= x.ndim or (opset >= 11 and -x.ndim <= axis < 0)):
+        return None
+    return [math.prod(x.shape[:axis]), math.prod(x.shape[axis:])]
+
+
+#: op type -> ``(node, args, opset) -> the output's shape, or None (the rule declines)``
+_OUT_SHAPES = {"Unsqueeze": _unsqueezed, "Squeeze": _squeezed, "Reshape": _reshaped, "Flatten": _flattened,
+               "Identity": lambda node, args, opset: list(args[0].shape) if len(args) == 1 and not node.attribute else None}
+
+
+@folds(*_OUT_SHAPES)
+def _fold_reshape_like(node, args: list, shapes: dict, opset: int) -> list[np.ndarray] | None:
+    """A copy of ``x``'s elements, in row-major order, at the output shape :data:`_OUT_SHAPES` gives; declined
+    (None: ONNX's reference evaluator decides) for any form or element type they do not read."""
+    x = args[0]
+    dims = _OUT_SHAPES[node.op_type](node, args, opset) if getattr(x, "dtype", None) in _PLAIN_DTYPES else None
+    return [x.reshape(dims).copy()] if dims is not None and math.prod(dims) == x.size else None
+
+
+@folds("Transpose")
+def _fold_transpose(node, args: list, shapes: dict, opset: int) -> list[np.ndarray] | None:
+    """``x`` with its axes permuted by ``perm`` (by default reversed), in numpy; declined for a ``perm``
+    that is not a permutation of ``x``'s axes."""
+    x, given = args[0], attributes(node, opset)
+    perm = given.get("perm", list(range(x.ndim))[::-1])
+    ok = x.dtype in _PLAIN_DTYPES and len(args) == 1 and not set(given) - {"perm"} and sorted(perm) == list(range(x.ndim))
+    return [x.transpose(perm).copy()] if ok else None
+
+
+@folds("Cast")
+def _fold_cast(node, args: list, shapes: dict, opset: int) -> list[np.ndarray] | None:
+    """``x.astype(to)`` between booleans, integers and IEEE floats (numpy's conversion, as the reference
+    evaluator's); declined for strings, bfloat16 and the 8- and 4-bit floats."""
+    x, to = args[0], attributes(node, opset).get("to")
+    ok = x.dtype in _PLAIN_DTYPES and len(args) == 1 and to in _PLAIN  # not opset 1-5's string
+    return [x.astype(_PLAIN[to])] if ok else None
