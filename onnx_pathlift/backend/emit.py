@@ -130,16 +130,19 @@ def settled(b: LiftBuilder, value: dict[str, Scaled], name: str, rank: int) -> S
     return value[name]
 
 
-def lift_forward(dag: Dag, q: float, b: LiftBuilder, input_log2: dict[str, float] | None = None) -> Lifted:
+def lift_forward(dag: Dag, q: float, b: LiftBuilder, input_log2: dict[str, float] | None = None,
+                 output_bounds: bool = True) -> Lifted:
     """Emit the lifted forward pass on ``b``, one lift run (:func:`~onnx_pathlift.graph.exponents.lift_run`:
     the powers memo it owns). Static mode: each layer's exponent map comes from its static bound
     (:func:`_lift_static`); dynamic mode: tensors are renormalised where needed, and the analysed
-    outputs at the end."""
+    outputs at the end. ``output_bounds=False`` (dynamic mode only): the budget gets no static bound
+    on the outputs (``bound_log2``), whose every layer's bound costs a pass over its weights."""
     with lift_run():
-        return _lift_forward(dag, q, b, input_log2)
+        return _lift_forward(dag, q, b, input_log2, output_bounds or b.static)
 
 
-def _lift_forward(dag: Dag, q: float, b: LiftBuilder, input_log2: dict[str, float] | None) -> Lifted:
+def _lift_forward(dag: Dag, q: float, b: LiftBuilder, input_log2: dict[str, float] | None,
+                  output_bounds: bool) -> Lifted:
     value: dict[str, Scaled] = {}
     bounds: dict[str, np.ndarray] = {}
     rho: dict[str, float] = {}
@@ -166,12 +169,13 @@ def _lift_forward(dag: Dag, q: float, b: LiftBuilder, input_log2: dict[str, floa
         y = handler.lift(b, layer, [value[i] if handler.accepts_dirty else clean(i) for i in layer.inputs], q)
         value[layer.name] = b.normalize(y, len(layer.shape)) if y.bound > HEADROOM_LOG2 else y
         budget.add(layer.name, layer.inputs, handler.rounding_ops(layer, in_shapes) + 4, None)  # + renormalisation
-    if not b.static:
+    if not b.static and output_bounds:
         bounds = static_bounds(layers, shapes, q)
     for out, lname in dag.outputs.items():
         if not b.static:
             clean(lname)
-        budget.bound_log2[out] = log2_sum_scaled(bounds[lname], shape=shapes[lname])  # log2 Σ 2**bound over the output
+        if output_bounds:
+            budget.bound_log2[out] = log2_sum_scaled(bounds[lname], shape=shapes[lname])  # log2 Σ 2**bound over the output
     return Lifted(layers, value, budget)
 
 

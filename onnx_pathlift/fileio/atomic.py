@@ -136,9 +136,9 @@ def save_model(model: ModelProto, out: str | os.PathLike) -> None:
 def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], compress: str = "all") -> None:
     """Write exactly ``path`` (``np.savez`` would append .npz to a str path), atomically, as ``np.load``
     reads it. ``compress``: ``"all"`` deflates every array, ``"none"`` stores them (at disk speed),
-    ``"auto"`` deflates an array only where a strided sample of it deflates to under half its size
-    (zeros of a pruned tensor, repeated values; random float32 mantissas shrink by ~6 % at ~14× the
-    time of storing them)."""
+    ``"auto"`` deflates an array (at level 1) only where a strided sample of it deflates to under half
+    its size (zeros of a pruned tensor, repeated values; random float32 mantissas shrink by ~6 % at
+    ~14× the time of storing them)."""
     if compress not in ("all", "none", "auto"):
         raise UsageError(f"compress must be all, none or auto (got {compress!r})")
     write_with(path, lambda f: _write_npz(f, arrays, compress))
@@ -156,6 +156,8 @@ def _write_npz(f: IO, arrays: dict[str, np.ndarray], compress: str) -> None:
             info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
             deflate = compress == "all" or (compress == "auto" and _deflates(value))
             info.compress_type = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
+            if deflate and compress == "auto":  # level 1, as sampled: 2.5x faster than zlib's default 6
+                info._compresslevel = 1  # what ZipFile.open gives a member named by string (3.11-3.13)
             with z.open(info, "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, value, allow_pickle=False)
 

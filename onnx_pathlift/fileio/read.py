@@ -101,7 +101,10 @@ def files_read(source: str | os.PathLike) -> list[str | os.PathLike]:
     its folder (those a run reads with it; any other location is refused when it is loaded)."""
     files = [source]
     try:
-        model = parse_model(read_model_file(source), str(source))
+        data = read_model_file(source)
+        if b"location" not in data:  # an external-data entry stores its key "location" verbatim: none here
+            return files
+        model = parse_model(data, str(source))
     except (InvalidModelError, OSError):  # the run reports it when it loads the model
         return files
     base = Path(source).resolve().parent
