@@ -254,7 +254,7 @@ def test_departures_from_the_reference_evaluator() -> None:
 def _fold_one(node: NodeProto, consts: dict, opset: int) -> tuple[Counter, Counter]:
     """Fold ``node`` alone: the op types folded, and those the reference evaluator computed."""
     folded, evaluated = Counter(), Counter()
-    fold([helper.make_opsetid("", opset)], [node], consts, {}, Limits(), folded, evaluated)
+    fold([helper.make_opsetid("", opset)], opset, [node], consts, {}, Limits(), folded, evaluated)
     return folded, evaluated
 
 

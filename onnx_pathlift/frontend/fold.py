@@ -28,14 +28,6 @@ from ..ops.registry import FOLD_SIZES, FOLDS, NEVER_FOLDED
 INFER_VALUES_UP_TO = 4096
 
 
-def default_opset(domains) -> int:
-    """The version of the default ONNX domain among the opset imports ``domains``; refused when none."""
-    for imp in domains:
-        if imp.domain in ("", "ai.onnx"):
-            return int(imp.version)
-    raise InvalidModelError("model imports no version of the default ONNX domain")
-
-
 def _node_model(node: NodeProto, args: list[np.ndarray | None], domains, values_up_to: float) -> ModelProto:
     """``node`` alone on its constant inputs: those of up to ``values_up_to`` elements as initializers,
     larger ones as graph inputs with their type and shape only."""
@@ -100,11 +92,11 @@ def _fold_node(node: NodeProto, opset: int, domains, consts: dict[str, np.ndarra
         return outs
 
 
-def fold(domains, nodes: list[NodeProto], consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]],
-          limits: Limits, counter: Counter | None = None, evaluated: Counter | None = None) -> tuple[list[NodeProto], int]:
+def fold(domains, opset: int, nodes: list[NodeProto], consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]],
+         limits: Limits, counter: Counter | None = None, evaluated: Counter | None = None) -> tuple[list[NodeProto], int]:
     """One topological pass: every node whose inputs are all known constants becomes a constant
-    (their op types are counted in ``counter``, those ONNX's reference evaluator computed in ``evaluated``)."""
-    opset = default_opset(domains)
+    (their op types are counted in ``counter``, those ONNX's reference evaluator computed in ``evaluated``;
+    ``opset``: the default domain's version among the opset imports ``domains``, as the fold rules read it)."""
     kept: list[NodeProto] = []
     folded = 0
     total = sum(v.nbytes for v in consts.values())

@@ -23,7 +23,7 @@ from ..errors import InvalidModelError, Refusal, UnsupportedModelError, UsageErr
 from ..fileio.read import DEFAULT_LIMITS, FLOAT_TYPES, MAX_RANK, Limits, check_sizes, refuse_external
 from ..ops.registry import SPEC_RULES
 from ..sanitise import terminal
-from .fold import INFER_VALUES_UP_TO, default_opset, fold
+from .fold import INFER_VALUES_UP_TO, fold
 from .unfuse import standard_nodes
 
 
@@ -50,7 +50,10 @@ class Prepared:
 
 def main_opset(model: ModelProto) -> int:
     """The version of the default ONNX domain the model imports; refused when it imports none."""
-    return default_opset(model.opset_import)
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    raise InvalidModelError("model imports no version of the default ONNX domain")
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -314,7 +317,7 @@ def prepare(model: ModelProto, input_shape: tuple[int, ...] | dict[str, tuple[in
     evaluated_ops: Counter = Counter()
     types: dict[str, int] = {}
     for _ in range(8):  # fold, infer shapes, fold again while shape arithmetic keeps resolving
-        nodes, folded = fold(model.opset_import, nodes, consts, shapes, limits, folded_ops, evaluated_ops)
+        nodes, folded = fold(model.opset_import, opset, nodes, consts, shapes, limits, folded_ops, evaluated_ops)
         folded_total += folded
         if types and not folded:
             break
