@@ -17,6 +17,8 @@ import os
 import statistics
 import time
 
+from bench_pathnorm import CpuWatch
+
 from onnx_pathlift.api import compute_norms
 from onnx_pathlift.fileio import load, read
 
@@ -24,23 +26,11 @@ AFTER = (read.within_limit, read.CHECKED_DECODE_BYTES)
 MODES = {"before": (lambda data, limit: False, -1), "after": AFTER}
 
 
-def _busy_ticks() -> int:
-    """The machine's busy clock ticks, all cores (``/proc/stat``: all but idle and iowait)."""
-    with open("/proc/stat") as f:
-        ticks = [int(v) for v in f.readline().split()[1:]]
-    return sum(ticks) - ticks[3] - ticks[4]
-
-
-def _own_ticks() -> float:
-    t = os.times()
-    return (t.user + t.system) * os.sysconf("SC_CLK_TCK")
-
-
 def alternate(run, path: str, rounds: int) -> str:
     """``run(path)`` before and after, ``rounds`` times each: one line of medians."""
     run(path)
     wall, cpu = {m: [] for m in MODES}, {m: [] for m in MODES}
-    busy, own, start = _busy_ticks(), _own_ticks(), time.perf_counter()
+    watch = CpuWatch()
     for r in range(rounds):
         for mode in sorted(MODES, reverse=r % 2 == 1):
             read.within_limit, read.CHECKED_DECODE_BYTES = MODES[mode]
@@ -49,8 +39,7 @@ def alternate(run, path: str, rounds: int) -> str:
             wall[mode].append(time.perf_counter() - t)
             cpu[mode].append(time.process_time() - c)
     read.within_limit, read.CHECKED_DECODE_BYTES = AFTER
-    cores = os.cpu_count() or 1
-    others = ((_busy_ticks() - busy) - (_own_ticks() - own)) / (os.sysconf("SC_CLK_TCK") * (time.perf_counter() - start) * cores)
+    others, cores = watch.foreign(), os.cpu_count() or 1
     ms = {m: (statistics.median(wall[m]) * 1e3, statistics.median(cpu[m]) * 1e3) for m in MODES}
     return (f"{os.path.basename(path)}: wall {ms['before'][0]:.1f} -> {ms['after'][0]:.1f} ms, CPU {ms['before'][1]:.1f} -> "
             f"{ms['after'][1]:.1f} ms (medians of {rounds}); others' CPU {others:.0%} of {cores} cores")
