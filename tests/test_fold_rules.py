@@ -12,7 +12,7 @@ from collections import Counter
 import numpy as np
 import onnxruntime as ort
 import pytest
-from builders import make_model
+from builders import ints, make_model
 from onnx import AttributeProto, NodeProto, TensorProto, helper
 
 from onnx_pathlift.errors import InvalidModelError
@@ -197,31 +197,27 @@ def test_rule_is_the_oracle_or_declines(op: str) -> None:
         assert seen["refused"] > 0, seen
 
 
-def _i64(*v: int) -> np.ndarray:
-    return np.array(v, dtype=np.int64)
-
-
 #: ``(node, x's shape, other inputs, opset, whether the rule folds it)``: the edges the generator seldom
 #: reaches: empty tensors with 0 and -1, a 0 past the input's rank, repeated axes, invalid permutations
 EDGES = [
-    (helper.make_node("Reshape", ["x", "s"], ["y"]), (0, 3), [_i64(0, -1)], 13, False),
-    (helper.make_node("Reshape", ["x", "s"], ["y"], allowzero=1), (2, 0), [_i64(-1, 0)], 14, False),
-    (helper.make_node("Reshape", ["x", "s"], ["y"], allowzero=1), (0, 3), [_i64(0, 3)], 14, True),
-    (helper.make_node("Reshape", ["x", "s"], ["y"], allowzero=1), (2, 3), [_i64(0, 6)], 21, False),
-    (helper.make_node("Reshape", ["x", "s"], ["y"]), (2, 3, 0), [_i64(0, 0, 0)], 14, True),
-    (helper.make_node("Reshape", ["x", "s"], ["y"]), (2, 3), [_i64(0, 0, -1)], 13, True),
-    (helper.make_node("Reshape", ["x", "s"], ["y"]), (2, 3), [_i64(0, 0, 0)], 13, False),
-    (helper.make_node("Reshape", ["x", "s"], ["y"]), (2, 3), [_i64(-1, -1)], 13, False),
-    (helper.make_node("Reshape", ["x", "s"], ["y"]), (2, 3), [_i64()], 13, False),
-    (helper.make_node("Reshape", ["x", "s"], ["y"]), (1,), [_i64()], 13, True),
+    (helper.make_node("Reshape", ["x", "s"], ["y"]), (0, 3), [ints(0, -1)], 13, False),
+    (helper.make_node("Reshape", ["x", "s"], ["y"], allowzero=1), (2, 0), [ints(-1, 0)], 14, False),
+    (helper.make_node("Reshape", ["x", "s"], ["y"], allowzero=1), (0, 3), [ints(0, 3)], 14, True),
+    (helper.make_node("Reshape", ["x", "s"], ["y"], allowzero=1), (2, 3), [ints(0, 6)], 21, False),
+    (helper.make_node("Reshape", ["x", "s"], ["y"]), (2, 3, 0), [ints(0, 0, 0)], 14, True),
+    (helper.make_node("Reshape", ["x", "s"], ["y"]), (2, 3), [ints(0, 0, -1)], 13, True),
+    (helper.make_node("Reshape", ["x", "s"], ["y"]), (2, 3), [ints(0, 0, 0)], 13, False),
+    (helper.make_node("Reshape", ["x", "s"], ["y"]), (2, 3), [ints(-1, -1)], 13, False),
+    (helper.make_node("Reshape", ["x", "s"], ["y"]), (2, 3), [ints()], 13, False),
+    (helper.make_node("Reshape", ["x", "s"], ["y"]), (1,), [ints()], 13, True),
     (helper.make_node("Flatten", ["x"], ["y"], axis=0), (2, 3), [], 9, True),
     (helper.make_node("Flatten", ["x"], ["y"], axis=-2), (2, 3, 4), [], 11, True),
     (helper.make_node("Flatten", ["x"], ["y"], axis=3), (2, 3, 4), [], 13, True),
-    (helper.make_node("Squeeze", ["x", "a"], ["y"]), (1, 3, 1), [_i64(0, 0)], 13, False),
-    (helper.make_node("Squeeze", ["x", "a"], ["y"]), (1, 3, 1), [_i64(-1, 0)], 21, True),
+    (helper.make_node("Squeeze", ["x", "a"], ["y"]), (1, 3, 1), [ints(0, 0)], 13, False),
+    (helper.make_node("Squeeze", ["x", "a"], ["y"]), (1, 3, 1), [ints(-1, 0)], 21, True),
     (helper.make_node("Squeeze", ["x"], ["y"]), (1, 1), [], 13, True),
-    (helper.make_node("Unsqueeze", ["x", "a"], ["y"]), (3,), [_i64(0, 0)], 13, False),
-    (helper.make_node("Unsqueeze", ["x", "a"], ["y"]), (), [_i64(-1, 0)], 13, True),
+    (helper.make_node("Unsqueeze", ["x", "a"], ["y"]), (3,), [ints(0, 0)], 13, False),
+    (helper.make_node("Unsqueeze", ["x", "a"], ["y"]), (), [ints(-1, 0)], 13, True),
     (helper.make_node("Unsqueeze", ["x"], ["y"], axes=[-1]), (3,), [], 9, False),  # negative before 11: not spec
     (helper.make_node("Transpose", ["x"], ["y"], perm=[0, 0]), (2, 2), [], 13, False),
     (helper.make_node("Cast", ["x"], ["y"], to=TensorProto.STRING), (2,), [], 13, False),
