@@ -154,9 +154,32 @@ def no_bias(seed: int) -> onnx.ModelProto:
     return make_model(nodes, [("x", [1, 2, 5, 5])], [("y", None)], p, name="no_bias", producer="test_scores")
 
 
+def strided_dilated_3d(seed: int) -> onnx.ModelProto:
+    """The one-group kernels whose scores are one GEMM over unfolded taps, at every geometry it slices:
+    x[1,2,9,8] -> Conv(3x3, stride 2,1, dilation 1,2, pads 2,0,1,1: the last rows never reached, bias) -> Relu
+    -> Reshape[1,3,5,5,1] -> Conv3d(2x3x1, stride 1,2,1, dilation 2,1,1, pads 0,1,0,0,0,0) -> Relu
+    -> Flatten -> MatMul -> y[1,2]."""
+    rng = np.random.default_rng(seed)
+    p = {"W1": normal(rng, (3, 2, 3, 3), 18), "b1": rng.normal(0, 0.5, 3), "shape": np.array([1, 3, 5, 5, 1]),
+         "W2": normal(rng, (2, 3, 2, 3, 1), 18), "W3": normal(rng, (12, 2), 12)}
+    nodes = [
+        helper.make_node("Conv", ["x", "W1", "b1"], ["c1"], kernel_shape=[3, 3], strides=[2, 1], dilations=[1, 2],
+                         pads=[2, 0, 1, 1]),  # [1,3,5,5]
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Reshape", ["r1", "shape"], ["v"]),
+        helper.make_node("Conv", ["v", "W2"], ["c2"], kernel_shape=[2, 3, 1], strides=[1, 2, 1], dilations=[2, 1, 1],
+                         pads=[0, 1, 0, 0, 0, 0]),  # [1,2,3,2,1]
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("Flatten", ["r2"], ["f"]),
+        helper.make_node("MatMul", ["f", "W3"], ["y"]),
+    ]
+    return make_model(nodes, [("x", [1, 2, 9, 8])], [("y", None)], p, name="strided_dilated_3d", producer="test_scores")
+
+
 EXTRA_NETS = {"strided_grouped": strided_grouped, "conv1d_avgpools": conv1d_avgpools,
               "bn_residual_concat_gmp": bn_residual_concat_gmp, "left_matmul_transpose": left_matmul_transpose,
-              "gemm_left": gemm_left, "no_bias": no_bias}
+              "gemm_left": gemm_left, "no_bias": no_bias,
+              "strided_dilated_3d": strided_dilated_3d}
 
 
 def build(name: str, seed: int) -> onnx.ModelProto:
@@ -628,3 +651,38 @@ def test_weights_on_the_left_score_as_their_drop(trans_a: int) -> None:
         for idx in np.ndindex(f.shape):
             want = (full - brute_force_path_norm(zeroed(model, k, idx), 1)) / full
             assert abs(f[idx] - want) <= 1e-5 * abs(want) + 1e-9, (k, idx, f[idx], want)
+
+
+@pytest.mark.parametrize("geometry", [
+    ((3,), [1], [1], [0, 0]),  # a plain 1x1-like 1-D kernel of 3 taps
+    ((3, 3), [2, 1], [1, 2], [2, 0, 1, 1]),  # strided, dilated, asymmetric pads: the last rows never reached
+    ((1, 1), [2, 2], [1, 1], [0, 0, 0, 0]),  # pointwise, strided
+    ((2, 3, 1), [1, 2, 1], [2, 1, 1], [0, 1, 0, 1, 0, 1]),
+])
+def test_kernel_correlation_is_the_sum_over_output_positions(geometry) -> None:
+    """The one-group kernel correlation of the conv adjoint, ``c[o, i, t] = Σ_p g[o, p] · x_pad[i, p·s + t·d]``,
+    run by onnxruntime on random positive masses (every position different, so a tap read at the wrong
+    offset shows), against the sum written out position by position in float64."""
+    import onnxruntime as ort
+
+    from onnx_pathlift.graph.builder import GraphBuilder
+    from onnx_pathlift.ops.conv import _unfolded_correlation
+
+    kernel, strides, dilations, pads = geometry
+    n, rng = len(kernel), np.random.default_rng(len(kernel))
+    x_shape = (1, 3, *(6 + k for k in range(n)))
+    span = [x_shape[2 + i] + pads[i] + pads[n + i] - dilations[i] * (kernel[i] - 1) for i in range(n)]
+    y_shape = (1, 4, *[(s - 1) // st + 1 for s, st in zip(span, strides)])
+    b = GraphBuilder(13)
+    attrs = {"strides": strides, "dilations": dilations, "pads": pads}
+    c = _unfolded_correlation(b, "x", "g", attrs, (4, 3, *kernel), x_shape, y_shape)
+    model = b.build([("x", x_shape), ("g", y_shape)], [(c, (4, 3, *kernel))], "corr").standalone()
+    x, g = rng.uniform(1, 2, x_shape).astype(np.float32), rng.uniform(1, 2, y_shape).astype(np.float32)
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x, "g": g})[0]
+    xp = np.pad(x[0].astype(np.float64), [(0, 0)] + [(pads[i], pads[n + i]) for i in range(n)])
+    want = np.zeros((4, 3, *kernel))
+    for t in np.ndindex(*kernel):
+        for p in np.ndindex(*y_shape[2:]):
+            at = tuple(p[i] * strides[i] + t[i] * dilations[i] for i in range(n))
+            want[(slice(None), slice(None), *t)] += g[0][(slice(None), *p)][:, None] * xp[(slice(None), *at)][None, :]
+    np.testing.assert_allclose(got, want, rtol=1e-5)

@@ -273,6 +273,24 @@ def test_scores_graph_bounds_no_weights(monkeypatch) -> None:
     assert calls == [1] and budgets[0].bound_log2 and all(math.isfinite(v) for v in budgets[0].bound_log2.values())
 
 
+def test_scores_graph_copies_no_score_and_correlates_kernels_by_gemm() -> None:
+    """The scores graph writes each score where it is computed (no Identity copies a weight-sized score
+    into its output: 0.12 s on light ResNet-50) and correlates every one-group kernel by one GEMM over
+    its unfolded taps (no Conv with the output positions as kernel: 3x3 kernels ran at a third of the
+    GEMM's speed): its Conv nodes are the forward pass's only."""
+    from onnx_pathlift import import_model
+    from onnx_pathlift.analyses.scores import scores_model
+
+    dag = import_model(MODEL)
+    model, scored = scores_model(dag)
+    nodes = model.proto.graph.node
+    written = {o for n in nodes if n.op_type != "Identity" for o in n.output}
+    assert scored and all(out in written for _, out, _ in scored)
+    constants = {t.name for t in model.proto.graph.initializer} | set(model.external)
+    assert any(layer.op == "conv" and layer.params["W"].shape[2:] != (1, 1) for layer in dag.layers())
+    assert all(n.input[1] in constants for n in nodes if n.op_type == "Conv")  # no run-time kernel
+
+
 def test_auto_npz_deflates_at_level_one(tmp_path) -> None:
     """``save_npz(compress="auto")`` deflates a member at zlib's level 1, the level its sample is judged
     at (the default 6 took 2.5× as long on light ResNet-50's 97 MB of scores): each deflated member is
