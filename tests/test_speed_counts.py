@@ -53,6 +53,27 @@ def test_norm_imports_only_what_it_needs() -> None:
     assert len(extra) <= EXTRA_BOUND, sorted(extra)
 
 
+COLLECTIONS = """import contextlib, gc, io, json
+from onnx_pathlift.cli.app import main
+seen = []
+gc.callbacks.append(lambda phase, info: phase == "start" and seen.append(info["generation"]))
+before = gc.get_threshold()
+with contextlib.redirect_stdout(io.StringIO()):
+    assert main(["norm", {model!r}, "-q", "1", "-q", "2"]) == 0
+print(json.dumps([seen, gc.get_threshold() == before]))"""
+
+
+def test_norm_collects_garbage_a_few_times() -> None:
+    """The cyclic collector during ``norm`` in a fresh interpreter (imports included): a few young-generation
+    passes, no full one (Python's default thresholds make about 120, one of them full: 0.1 s of the
+    process); the caller's thresholds are restored after."""
+    out = subprocess.run([sys.executable, "-c", COLLECTIONS.format(model=str(MODEL))], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout
+    seen, restored = json.loads(out.strip().splitlines()[-1])
+    assert restored
+    assert len(seen) <= 8 and 2 not in seen, seen
+
+
 HELP = "from onnx_pathlift.cli.app import main\nimport contextlib, io\nwith contextlib.redirect_stdout(io.StringIO()):\n" \
        "    try:\n        main({argv!r})\n    except SystemExit:\n        pass"
 
