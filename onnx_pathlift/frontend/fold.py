@@ -92,6 +92,13 @@ def _fold_node(node: NodeProto, opset: int, domains, consts: dict[str, np.ndarra
         return outs
 
 
+def reads_shapes(nodes: list[NodeProto]) -> bool:
+    """Whether a fold pass after shape inference may fold any of ``nodes``, those the pass before left: only
+    an early rule (``Shape``, ``Size``) reads the shapes inference adds; any other node folds on constant
+    inputs alone, and a pass in topological order folds every node whose inputs it makes constant."""
+    return any(FOLDS.get(node.op_type, (None, False))[1] for node in nodes)
+
+
 def fold(domains, opset: int, nodes: list[NodeProto], consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]],
          limits: Limits, counter: Counter | None = None, evaluated: Counter | None = None) -> tuple[list[NodeProto], int]:
     """One topological pass: every node whose inputs are all known constants becomes a constant
