@@ -282,3 +282,25 @@ def test_strings_and_other_element_types_are_left_to_the_reference_evaluator() -
         assert _fold_one(node, consts, 21)[1] == Counter({op: 1})
     cast = helper.make_node("Cast", ["x"], ["y"], to=TensorProto.BFLOAT16)
     assert FOLDS["Cast"][0](cast, [np.ones(3, np.float32)], {}, 21) is None
+
+
+def test_constant_of_shape_fills_as_the_oracle_with_its_fill_read_once_per_value() -> None:
+    """``ConstantOfShape`` folded in numpy, each fill value read once (``ops/plumbing.py``'s cache): every
+    fill the oracle's bits, its dtype included (NaN, -0.0 and 0.0, 0.02 as float32 and float64, float16, int64,
+    bool, a value tensor too large to keep, none at all), each read once in two opsets."""
+    from onnx import numpy_helper
+
+    from onnx_pathlift.ops import plumbing
+
+    values = [np.float32(0.02), np.float32(-0.0), np.float32(0.0), np.float64(0.02), np.float16(np.nan), np.int64(-7),
+              np.bool_(True), np.float32(0.02), np.float32(1.5), None]
+    plumbing._fill.cache_clear()
+    for opset in (9, 21):
+        for k, value in enumerate(values):
+            name = "v" * (300 if k == len(values) - 2 else 1)  # the last value's tensor serialises to over 256 bytes
+            attrs = {} if value is None else {"value": numpy_helper.from_array(np.atleast_1d(np.asarray(value)), name)}
+            node = helper.make_node("ConstantOfShape", ["s"], ["y"], **attrs)
+            seen: Counter = Counter()
+            _check(node, [ints(2, 0, 3) if k == 6 else ints(2, 3)], opset, seen)
+            assert seen["folded"] == 1
+    assert plumbing._fill.cache_info().currsize == 7  # the seven small value tensors, each read once

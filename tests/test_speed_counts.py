@@ -3,6 +3,7 @@ bytes read once, the lifted sessions built per call. No wall-clock assertion her
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -22,13 +23,14 @@ MODEL = MODELS / "digits_cnn_torch_bn.onnx"
 
 #: what ``norm`` never needs: the other commands' packages and the heavy optional dependencies
 NOT_FOR_NORM = ("torch", "torch_pruning", "dask", "distributed", "sqlite3", "_sqlite3", "sklearn", "scipy", "onnxsim",
-                "onnxscript", "matplotlib", "PIL", "difflib", "onnx_pathlift.audit", "onnx_pathlift.analyses",
+                "onnxscript", "matplotlib", "PIL", "difflib", "shlex", "onnx_pathlift.audit", "onnx_pathlift.analyses",
                 "onnx_pathlift.pruning", "onnx_pathlift.rewrite", "onnx_pathlift.backend.verify")
 #: the analyses' package module, which the command line reads to build its parser: the table of the commands
 #: they declare (it imports nothing but ``onnx_pathlift.errors``); its submodules are the analyses
 COMMAND_TABLE = ("onnx_pathlift.analyses",)
 #: modules ``norm`` may import beyond those numpy, onnx, onnxruntime and networkx import themselves
-#: (55 at this commit: the package's own 53 modules, shlex and unicodedata)
+#: (60 at this commit: the package's own 58 modules, gc and unicodedata; shlex is imported where a command prints a
+#: command line)
 EXTRA_BOUND = 60
 
 MODULES = "import json, sys\n{setup}\nprint(json.dumps(sorted(sys.modules)))"
@@ -51,6 +53,27 @@ def test_norm_imports_only_what_it_needs() -> None:
     extra = after - base
     assert "onnx_pathlift.backend.norm" in extra  # the command did run
     assert len(extra) <= EXTRA_BOUND, sorted(extra)
+
+
+COLLECTIONS = """import contextlib, gc, io, json
+from onnx_pathlift.cli.app import main
+seen = []
+gc.callbacks.append(lambda phase, info: phase == "start" and seen.append(info["generation"]))
+before = gc.get_threshold()
+with contextlib.redirect_stdout(io.StringIO()):
+    assert main(["norm", {model!r}, "-q", "1", "-q", "2"]) == 0
+print(json.dumps([seen, gc.get_threshold() == before]))"""
+
+
+def test_norm_collects_garbage_a_few_times() -> None:
+    """The cyclic collector during ``norm`` in a fresh interpreter (imports included): a few young-generation
+    passes, no full one (Python's default thresholds make about 120, one of them full: 0.1 s of the
+    process); the caller's thresholds are restored after."""
+    out = subprocess.run([sys.executable, "-c", COLLECTIONS.format(model=str(MODEL))], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout
+    seen, restored = json.loads(out.strip().splitlines()[-1])
+    assert restored
+    assert len(seen) <= 8 and 2 not in seen, seen
 
 
 HELP = "from onnx_pathlift.cli.app import main\nimport contextlib, io\nwith contextlib.redirect_stdout(io.StringIO()):\n" \
@@ -412,3 +435,29 @@ def test_scores_round_into_new_arrays_when_outputs_are_read_only(tmp_path, monke
     monkeypatch.setattr(scores_module, "make_session", lambda *a, **k: ReadOnly(real_session(*a, **k)))
     api.score_weights(MODEL, tmp_path / "read_only.npz")
     assert (tmp_path / "read_only.npz").read_bytes() == (tmp_path / "writable.npz").read_bytes()
+
+
+def test_a_file_is_read_in_one_walk_of_its_tensors_and_one_fold_pass(monkeypatch) -> None:
+    """Light DenseNet-121 (848 initializers of a few bytes, 1,746 nodes, 836 of them ``ConstantOfShape`` of one
+    fill value) from file to prepared graph: the wire splitter opens no initializer under ``MIN_PAYLOAD``
+    bytes (it walked the fields of all 848); the size checks and the external-data loader share one walk of
+    the nodes' attributes and tensors (three before); one fold pass (a second one, after shape inference,
+    folded nothing: no node left reads a shape); the fill value is read once (836 times before)."""
+    from onnx_pathlift.fileio import load, read, wire
+    from onnx_pathlift.frontend import prepare as prepare_module
+    from onnx_pathlift.ops import plumbing
+
+    counts = {"opened": 0, "walks": 0, "passes": 0, "fills": 0}
+
+    def counted(key: str, real):
+        return lambda *a, **kw: counts.__setitem__(key, counts[key] + 1) or real(*a, **kw)
+
+    monkeypatch.setattr(wire, "_raw_data", counted("opened", wire._raw_data))
+    monkeypatch.setattr(read, "_graph_walk", counted("walks", read._graph_walk))
+    model, stored = load.load_split(LIGHT / "light_densenet121.onnx")
+    assert (counts["opened"], counts["walks"]) == (0, 1)
+    monkeypatch.setattr(prepare_module, "fold", counted("passes", prepare_module.fold))
+    monkeypatch.setattr(plumbing, "_fill", functools.lru_cache(maxsize=64)(counted("fills", plumbing._fill.__wrapped__)))
+    prepared = prepare_module.prepare(model, stored=stored, read=True)
+    assert (counts["passes"], counts["fills"]) == (1, 1)
+    assert prepared.folded_ops == {"ConstantOfShape": 836, "Unsqueeze": 242} and len(prepared.nodes) == 1746 - 836 - 242

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 
 from ..analyses import check_q, declared
@@ -162,6 +161,8 @@ def cmd_inspect(args) -> int:
             if command := _way_out(err, ["norm", args.model, *shapes]):
                 print(f"  try: {terminal(command)}", file=sys.stderr)
             if report.channel_pruning.get("prunable"):  # channel groups need no DAG
+                import shlex  # here: norm's start-up does without it
+
                 prune = shlex.join(["onnx-pathlift", "prune", str(args.model), *shapes, "--structure", "channel",
                                     "--sparsity", "0.5", "-o", "slim.onnx"])
                 print(f"  channel-prunable all the same (by l1-norm, no certificate): {terminal(prune)}", file=sys.stderr)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import builtins
 import math
-import shlex
 
 from ..analyses import fmt as _fmt
 from ..errors import PathliftError
@@ -22,6 +21,8 @@ def _way_out(err: PathliftError, argv: list[str] | None) -> str | None:
             next(rest, None)
         elif not arg.startswith("--output="):
             kept.append(arg)
+    import shlex  # here: a refusal's suggestion only (norm's start-up does without it)
+
     return shlex.join(["onnx-pathlift", *kept, *(x for o in outputs for x in ("--output", o))])
 
 
@@ -48,6 +49,8 @@ def _print_norms(r) -> None:
 
 def _print_lift(r) -> None:
     """Where the lifted network went and a recipe that reads the norm off it (run as printed: tested)."""
+    import shlex  # here: norm's start-up does without it
+
     from ..backend.emit import LOG2_SUFFIX
     from ..backend.norm import Q_INF
 

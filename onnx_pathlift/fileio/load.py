@@ -39,8 +39,7 @@ def load_model(source: ModelSource, limits: Limits = DEFAULT_LIMITS) -> ModelPro
         return model
     path = Path(source)
     model = parse_model(_read(path), str(path))
-    check_sizes(model, limits)
-    load_external_data(model, path.resolve().parent)
+    load_external_data(model, path.resolve().parent, check_sizes(model, limits))
     return model
 
 
@@ -81,8 +80,7 @@ def load_split(source: ModelSource, limits: Limits = DEFAULT_LIMITS) -> tuple[Mo
         model, payloads = parse_model(split[0], str(path), size), split[1]
     for index in [i for i in payloads if model.graph.initializer[i].data_location != TensorProto.DEFAULT]:
         model.graph.initializer[index].raw_data = payloads.pop(index).tobytes()  # external data replaces it, as it would have
-    check_sizes(model, limits)
-    load_external_data(model, path.resolve().parent)
+    load_external_data(model, path.resolve().parent, check_sizes(model, limits))
     return model, _arrays(model, payloads)
 
 

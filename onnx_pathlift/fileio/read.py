@@ -263,11 +263,12 @@ def _all_nodes(model: ModelProto, graphs: Callable[[], Iterable[onnx.GraphProto]
         yield from function.node
 
 
-def _all_tensors(model: ModelProto):
+def _all_tensors(model: ModelProto, graphs: Callable[[], Iterable[onnx.GraphProto]] | None = None):
     """Every tensor stored in the model: initializers (a sparse one as its values and indices) and
     tensor attributes, in the graph, its subgraphs and the model's functions (one at a time: a file may
-    hold millions; the attributes' sparse tensors after a second walk, only where the first met one)."""
-    graphs = _graph_walk(model)
+    hold millions; the attributes' sparse tensors after a second walk, only where the first met one;
+    ``graphs``: a :func:`_graph_walk` of the model, to reuse)."""
+    graphs = graphs or _graph_walk(model)
     for graph in graphs():
         yield from graph.initializer
     sparse = False
@@ -327,8 +328,9 @@ def _element_bits(data_type: int) -> int | None:
     return _SUB_BYTE_BITS.get(dtype.name, 8 * dtype.itemsize)
 
 
-def check_sizes(model: ModelProto, limits: Limits) -> None:
-    """Declared sizes of every stored tensor, the node count and the graph's width, against the limits."""
+def check_sizes(model: ModelProto, limits: Limits) -> list[TensorProto]:
+    """Declared sizes of every stored tensor, the node count and the graph's width, against the limits;
+    returns the tensors whose data is external (for :func:`load_external_data`: one walk of the tensors for both)."""
     g = model.graph
     if len(g.input) + len(g.output) > limits.max_graph_io:  # IR < 4 lists initializers as inputs: not those
         stored = {t.name for t in g.initializer}
@@ -336,8 +338,8 @@ def check_sizes(model: ModelProto, limits: Limits) -> None:
         if inputs + len(g.output) > limits.max_graph_io:
             raise InvalidModelError(f"the graph has {inputs} inputs and {len(g.output)} outputs "
                                     f"(limit {limits.max_graph_io} in all)")
-    nodes, wide = 0, None
-    for node in _all_nodes(model):  # one walk: the count is refused first, then the first wide node
+    nodes, wide, graphs = 0, None, _graph_walk(model)
+    for node in _all_nodes(model, graphs):  # one walk: the count is refused first, then the first wide node
         nodes += 1
         if wide is None and len(node.input) > limits.max_node_inputs:
             wide = node
@@ -346,8 +348,10 @@ def check_sizes(model: ModelProto, limits: Limits) -> None:
     if wide is not None:
         raise InvalidModelError(f"node {wide.name!r} ({terminal(wide.op_type)}) has {len(wide.input)} inputs "
                                 f"(limit {limits.max_node_inputs})")
-    total = 0
-    for tensor in _all_tensors(model):
+    total, external = 0, []
+    for tensor in _all_tensors(model, graphs):
+        if tensor.data_location == TensorProto.EXTERNAL:
+            external.append(tensor)
         if tensor.HasField("segment"):  # onnx's readers refuse it too (numpy_helper.to_array)
             raise InvalidModelError(f"tensor {tensor.name!r} is a segment of a larger tensor (TensorProto.segment), "
                                     "which is not supported")
@@ -355,6 +359,7 @@ def check_sizes(model: ModelProto, limits: Limits) -> None:
         if total > limits.max_total_bytes:
             raise InvalidModelError(f"the model's tensors declare more than {limits.max_total_bytes} bytes "
                                     f"(limit reached at tensor {tensor.name!r})")
+    return external
 
 
 def refuse_external(model: ModelProto) -> None:
@@ -367,9 +372,10 @@ def refuse_external(model: ModelProto) -> None:
                                     "have no folder)")
 
 
-def load_external_data(model: ModelProto, base: Path) -> None:
-    """Load external tensors after checking that every location stays inside ``base``."""
-    for tensor in _all_tensors(model):
+def load_external_data(model: ModelProto, base: Path, external: list[TensorProto] | None = None) -> None:
+    """Load external tensors after checking that every location stays inside ``base`` (``external``: the
+    model's tensors whose data is external, as :func:`check_sizes` returned them; None: found here)."""
+    for tensor in _all_tensors(model) if external is None else external:
         if tensor.data_location != TensorProto.EXTERNAL:
             continue
         info = {e.key: e.value for e in tensor.external_data}

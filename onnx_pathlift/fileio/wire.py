@@ -137,7 +137,7 @@ def _split_graph(buf: memoryview, begin: int, end: int) -> tuple[list, dict[int,
     for number, kind, _at, after_key, start, after in _fields(buf, begin, end):
         if number != _GRAPH_INITIALIZER or kind != _LEN:
             continue
-        raw = _raw_data(buf, start, after)
+        raw = _raw_data(buf, start, after) if after - start >= MIN_PAYLOAD else None  # a smaller one holds none
         if raw is not None:
             raw_at, raw_start, raw_after = raw
             out = np.empty(raw_after - raw_start, dtype=np.uint8)

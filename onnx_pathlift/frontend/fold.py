@@ -83,13 +83,19 @@ def _fold_node(node: NodeProto, opset: int, domains, consts: dict[str, np.ndarra
         return None
     args = [consts[n] if n else None for n in node.input]
     _check_output_sizes(node, args, domains, limits)
-    with np.errstate(all="ignore"):  # NaN/Inf results are refused with their position where they are used
-        outs = rule(node, args, shapes, opset) if rule is not None and not early else None
-        if outs is None:
-            outs = _eval_node(node, args, domains)
-            if evaluated is not None:
-                evaluated[node.op_type] += 1
-        return outs
+    outs = rule(node, args, shapes, opset) if rule is not None and not early else None
+    if outs is None:
+        outs = _eval_node(node, args, domains)
+        if evaluated is not None:
+            evaluated[node.op_type] += 1
+    return outs
+
+
+def reads_shapes(nodes: list[NodeProto]) -> bool:
+    """Whether a fold pass after shape inference may fold any of ``nodes``, those the pass before left: only
+    an early rule (``Shape``, ``Size``) reads the shapes inference adds; any other node folds on constant
+    inputs alone, and a pass in topological order folds every node whose inputs it makes constant."""
+    return any(FOLDS.get(node.op_type, (None, False))[1] for node in nodes)
 
 
 def fold(domains, opset: int, nodes: list[NodeProto], consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]],
@@ -100,33 +106,34 @@ def fold(domains, opset: int, nodes: list[NodeProto], consts: dict[str, np.ndarr
     kept: list[NodeProto] = []
     folded = 0
     total = sum(v.nbytes for v in consts.values())
-    for node in nodes:
-        try:
-            outs = _fold_node(node, opset, domains, consts, shapes, limits, evaluated)
-        except PathliftError:
-            raise
-        except Exception as exc:  # the reference evaluator or numpy refusing the node's inputs or attributes
-            raise InvalidModelError(f"node {node.name!r} ({node.op_type}): cannot evaluate its constant inputs: "
-                                    f"{type(exc).__name__}: {exc}") from exc
-        if outs is None:
-            kept.append(node)
-            continue
-        for name, value in zip(node.output, outs):
-            if not name:
+    with np.errstate(all="ignore"):  # NaN/Inf results are refused with their position where they are used
+        for node in nodes:
+            try:
+                outs = _fold_node(node, opset, domains, consts, shapes, limits, evaluated)
+            except PathliftError:
+                raise
+            except Exception as exc:  # the reference evaluator or numpy refusing the node's inputs or attributes
+                raise InvalidModelError(f"node {node.name!r} ({node.op_type}): cannot evaluate its constant inputs: "
+                                        f"{type(exc).__name__}: {exc}") from exc
+            if outs is None:
+                kept.append(node)
                 continue
-            if value.dtype == object and not all(isinstance(v, (str, bytes)) for v in value.flat):
-                raise InvalidModelError(f"node {node.name!r} ({node.op_type}): its output {name!r} is not a tensor")
-            total += value.nbytes
-            if value.size > limits.max_tensor_elements:
-                raise InvalidModelError(f"node {node.name!r} ({node.op_type}) computed {value.size} elements "
-                                        f"(limit {limits.max_tensor_elements})")
-            if total > limits.max_total_bytes:
-                raise InvalidModelError(f"node {node.name!r} ({node.op_type}): the constants exceed "
-                                        f"{limits.max_total_bytes} bytes in all")
-            consts[name] = value
-        folded += 1
-        if counter is not None:
-            counter[node.op_type] += 1
+            for name, value in zip(node.output, outs):
+                if not name:
+                    continue
+                if value.dtype == object and not all(isinstance(v, (str, bytes)) for v in value.flat):
+                    raise InvalidModelError(f"node {node.name!r} ({node.op_type}): its output {name!r} is not a tensor")
+                total += value.nbytes
+                if value.size > limits.max_tensor_elements:
+                    raise InvalidModelError(f"node {node.name!r} ({node.op_type}) computed {value.size} elements "
+                                            f"(limit {limits.max_tensor_elements})")
+                if total > limits.max_total_bytes:
+                    raise InvalidModelError(f"node {node.name!r} ({node.op_type}): the constants exceed "
+                                            f"{limits.max_total_bytes} bytes in all")
+                consts[name] = value
+            folded += 1
+            if counter is not None:
+                counter[node.op_type] += 1
     return kept, folded
 
 

@@ -23,7 +23,7 @@ from ..errors import InvalidModelError, Refusal, UnsupportedModelError, UsageErr
 from ..fileio.read import DEFAULT_LIMITS, FLOAT_TYPES, MAX_RANK, Limits, check_sizes, refuse_external
 from ..ops.registry import SPEC_RULES
 from ..sanitise import terminal
-from .fold import INFER_VALUES_UP_TO, fold
+from .fold import INFER_VALUES_UP_TO, fold, reads_shapes
 from .unfuse import standard_nodes
 
 
@@ -209,8 +209,7 @@ def _check_graph(model: ModelProto, opset: int, limits: Limits, read: bool = Fal
     if opset > onnx.defs.onnx_opset_version():
         raise UnsupportedModelError([Refusal("<model>", "opset_import", f"default-domain opset {opset} is newer than "
                                              f"this onnx release knows ({onnx.defs.onnx_opset_version()})")])
-    if not read:
-        check_sizes(model, limits)
+    if not read and check_sizes(model, limits):  # external tensors: refused (the first one named)
         refuse_external(model)
     g = model.graph
     if not g.node:
@@ -322,6 +321,8 @@ def prepare(model: ModelProto, input_shape: tuple[int, ...] | dict[str, tuple[in
         if types and not folded:
             break
         shapes, types = _infer(model, consts, nodes, inputs)
+        if not reads_shapes(nodes):  # another pass would fold nothing
+            break
     _check_activations(shapes, consts, limits)
     _check_spec_rules(nodes, consts, shapes, opset)
     outputs = [o.name for o in model.graph.output]

@@ -8,10 +8,11 @@ build whole weight tensors with it). :mod:`onnx_pathlift.frontend.fold` asks the
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
-from onnx import NodeProto, helper, numpy_helper
+from onnx import NodeProto, TensorProto, helper, numpy_helper
 
 from ..errors import InvalidModelError, Refusal, UnsupportedModelError
 from .registry import fold_size, folds, graph_role, never_folds
@@ -60,8 +61,21 @@ def _size(node: NodeProto, args: list, shapes: dict, opset: int) -> list[np.ndar
 def _constant_of_shape(node: NodeProto, args: list, shapes: dict, opset: int) -> list[np.ndarray]:
     """ConstantOfShape directly in numpy."""
     attr = _attributes(node)
-    fill = numpy_helper.to_array(attr["value"].t).reshape(-1)[:1] if "value" in attr else np.zeros(1, np.float32)
+    value = attr["value"].t.SerializeToString() if "value" in attr else None
+    fill = np.zeros(1, np.float32) if value is None else (_fill if len(value) <= 256 else _fill.__wrapped__)(value)
     return [np.full(tuple(int(d) for d in args[0]), fill[0], dtype=fill.dtype)]
+
+
+@functools.lru_cache(maxsize=64)
+def _fill(value: bytes) -> np.ndarray:
+    """The first element of a ``ConstantOfShape``'s ``value`` tensor, given serialised: read once per distinct
+    tensor (a zoo's model builds hundreds of weights from one fill value; a tensor over 256 bytes, which the
+    spec's one element never is, is read each time, not kept)."""
+    tensor = TensorProto()
+    tensor.ParseFromString(value)
+    fill = numpy_helper.to_array(tensor).reshape(-1)[:1]
+    fill.flags.writeable = False
+    return fill
 
 
 @fold_size("ConstantOfShape")
