@@ -115,37 +115,11 @@ def pow_row_reduce(a: np.ndarray, rows: np.ndarray, q: float, reduce, row_wise: 
     parameter ``a``: the values :func:`pow_scaled` gives, a block of rows at a time, so no float64
     copy of the whole parameter is made. ``row_wise``: ``reduce`` computes each row on its own, the
     same whatever the rows beside it (a sum along the rows, not a matrix product): blocks of
-    :data:`_CACHE_BLOCK` entries then, through one reused buffer, and where :func:`_unscaled_sums_exact`
-    allows, ``reduce`` (a sum) of the unscaled powers times ``2**-e`` (one pass fewer, the same bits)."""
+    :data:`_CACHE_BLOCK` entries then."""
     e, log_domain = pow_exponent(a, q)
     step = max(1, (_CACHE_BLOCK if row_wise else _BLOCK) // max(1, rows.shape[1]))
-    if not row_wise or log_domain or not rows.size:
-        blocks = [reduce(pow_block(rows[i:i + step], q, e, log_domain)) for i in range(0, rows.shape[0], step)]
-        return (np.concatenate(blocks) if blocks else np.zeros(0)), e
-    buf = np.empty((min(step, rows.shape[0]), rows.shape[1]))
-    unscaled = _unscaled_sums_exact(a, q, rows.shape[1])
-    sums = np.empty(rows.shape[0])
-    with np.errstate(under="ignore"):
-        for i in range(0, rows.shape[0], step):
-            m = np.abs(rows[i:i + step], dtype=np.float64, out=buf[:min(step, rows.shape[0] - i)])
-            if q != 1:
-                m **= q
-            if not unscaled:
-                m *= math.ldexp(1.0, -e)
-            sums[i:i + step] = reduce(m)
-    if unscaled:
-        sums *= math.ldexp(1.0, -e)
-    return sums, e
-
-
-def _unscaled_sums_exact(a: np.ndarray, q: float, n: int) -> bool:
-    """Whether sums of ``n`` entries of ``|a|**q`` (float64) scaled by ``2**-e`` afterwards equal the sums of
-    the scaled entries, bit for bit: true when every nonzero power, its scaled value, every partial sum
-    and its scaled value are normal float64 numbers (scaling by a power of two is then exact, and each
-    rounded addition commutes with it). Outside the log domain the scaled values lie in ``[2**-1001, 2n)``;
-    the unscaled ones in ``[2**(q·low) · (1 − 2**-52), 2**(q·top) · (1 + 2**-50)]`` (``**q`` within an ulp)."""
-    low, top = log2_range(a)
-    return q * low >= -1020 and q * top + math.log2(max(n, 1)) <= 1020
+    blocks = [reduce(pow_block(rows[i:i + step], q, e, log_domain)) for i in range(0, rows.shape[0], step)]
+    return (np.concatenate(blocks) if blocks else np.zeros(0)), e
 
 
 def log2_range(a: np.ndarray) -> tuple[float, float]:
@@ -234,8 +208,7 @@ def _float64_power(a: np.ndarray, q: float, parts: list[np.ndarray], low: float,
     overflow or underflow, then rounded once to float32; a block of leading-axis slices at a time
     (:data:`_CACHE_BLOCK` entries: each pass stays in the cache; every entry's operations are the same).
     Outside the log domain, when ``q · top + Σ max part ≤ 127`` no entry can reach float32's overflow: the
-    last product is then written straight into the float32 result (numpy rounds the float64 product once
-    to float32, as ``astype`` does) and the overflow check is skipped (see :func:`_plain_blocks`)."""
+    check is skipped and each block is rounded straight into the float32 result (:func:`_plain_blocks`)."""
     a = np.asarray(a)
     shape = np.broadcast_shapes(a.shape, *(p.shape for p in parts))
     span = q * max(abs(top), abs(low))
@@ -258,20 +231,19 @@ def _float64_power(a: np.ndarray, q: float, parts: list[np.ndarray], low: float,
 
 def _plain_blocks(a: np.ndarray, q: float, parts: list[np.ndarray], out: np.ndarray, step: int) -> np.ndarray:
     """``out = fl32(|a|**q · 2**p_1 · ... · 2**p_n)`` a block of ``step`` leading-axis slices at a time, by
-    the plain float64 operations of :func:`_power_in_place` in the same order, in one reused buffer, the
-    last product rounded into ``out`` by the multiply itself: the same bits as ``astype(float32)`` of the
-    float64 product, without its copy. The caller has checked that no entry exceeds ``2**127``."""
+    the plain float64 operations of :func:`_power_in_place` in the same order, in one reused buffer, each
+    block rounded into ``out`` by the assignment (the cast ``astype(float32)`` does, without its copy). The
+    caller has checked that no entry exceeds ``2**127``."""
     buf = np.empty((min(step, a.shape[0]),) + a.shape[1:])
     with np.errstate(divide="ignore", over="ignore", under="ignore", invalid="ignore"):
         for i in range(0, a.shape[0], step):
             rows = slice(i, i + step)
-            m = np.abs(a[rows], dtype=np.float64, out=buf[:out[rows].shape[0]])
+            m = np.abs(a[rows], dtype=np.float64, out=buf[:min(step, a.shape[0] - i)])
             if q != 1:
                 m **= q
-            block = [np.exp2(p[rows] if p.ndim == a.ndim and p.shape[0] > 1 else p) for p in parts]
-            for s in block[:-1]:
-                m *= s
-            np.multiply(m, block[-1], out=out[rows], casting="same_kind")
+            for p in parts:
+                m *= np.exp2(p[rows] if p.ndim == a.ndim and p.shape[0] > 1 else p)
+            out[rows] = m
     return out
 
 
