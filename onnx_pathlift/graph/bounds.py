@@ -55,12 +55,14 @@ def pow_row_sums(a: np.ndarray, rows: np.ndarray, q: float) -> tuple[np.ndarray,
     with np.errstate(under="ignore"):
         for i in range(0, rows.shape[0], step):
             k = min(step, rows.shape[0] - i)
-            m = np.abs(rows[i:i + k].T, dtype=np.float64, out=buf[:, :k])
+            # one term per row (a 1x1 kernel): the sums are the powers, written in place
+            m = np.abs(rows[i:i + k].T, dtype=np.float64, out=sums[None, i:i + k] if n == 1 else buf[:, :k])
             if q != 1:
                 m **= q
             if not unscaled:
                 m *= math.ldexp(1.0, -e)
-            column_sums(m, sums[i:i + k])
+            if n > 1:
+                column_sums(m, sums[i:i + k])
     if unscaled:
         sums *= math.ldexp(1.0, -e)
     return sums, e

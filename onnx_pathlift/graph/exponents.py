@@ -230,10 +230,12 @@ def _float64_power(a: np.ndarray, q: float, parts: list[np.ndarray], low: float,
 
 
 def _plain_blocks(a: np.ndarray, q: float, parts: list[np.ndarray], out: np.ndarray, step: int) -> np.ndarray:
-    """``out = fl32(|a|**q · 2**p_1 · ... · 2**p_n)`` a block of ``step`` leading-axis slices at a time, by
-    the plain float64 operations of :func:`_power_in_place` in the same order, in one reused buffer, each
-    block rounded into ``out`` by the assignment (the cast ``astype(float32)`` does, without its copy). The
-    caller has checked that no entry exceeds ``2**127``."""
+    """``out = fl32(|a|**q · 2**p_1 · ... · 2**p_n)`` a block of ``step`` leading-axis slices at a time, in one
+    reused buffer, each block rounded into ``out`` by the assignment (the cast ``astype(float32)`` does,
+    without its copy). Outside the log domain every factor ``2**p_i``, their product (at most the shifts'
+    reach ``< 1000`` from 1) and every partial product of :func:`_power_in_place` are normal float64
+    numbers, so multiplying once by ``2**(Σ p_i)`` (one pass, not n) gives the exact value that the n
+    exact products give. The caller has checked that no entry exceeds ``2**127``."""
     buf = np.empty((min(step, a.shape[0]),) + a.shape[1:])
     with np.errstate(divide="ignore", over="ignore", under="ignore", invalid="ignore"):
         for i in range(0, a.shape[0], step):
@@ -241,8 +243,10 @@ def _plain_blocks(a: np.ndarray, q: float, parts: list[np.ndarray], out: np.ndar
             m = np.abs(a[rows], dtype=np.float64, out=buf[:min(step, a.shape[0] - i)])
             if q != 1:
                 m **= q
-            for p in parts:
-                m *= np.exp2(p[rows] if p.ndim == a.ndim and p.shape[0] > 1 else p)
+            scale = np.exp2(parts[0][rows] if parts[0].ndim == a.ndim and parts[0].shape[0] > 1 else parts[0])
+            for p in parts[1:]:  # one factor 2**(Σ p): products of powers of two, exact in this range
+                scale = scale * np.exp2(p[rows] if p.ndim == a.ndim and p.shape[0] > 1 else p)
+            m *= scale
             out[rows] = m
     return out
 
