@@ -219,7 +219,7 @@ def _float64_power(a: np.ndarray, q: float, parts: list[np.ndarray], low: float,
         return _rounded32(_power_in_place(m, q, parts, log_domain), q)
     out = np.empty(shape, dtype=np.float32)  # C order: a transposed weight is laid out here
     step = max(1, _CACHE_BLOCK // max(1, math.prod(shape[1:])))
-    highest = q * top + sum(float(np.max(p[np.isfinite(p)], initial=0.0)) for p in parts)
+    highest = q * top + sum(float(np.max(p[np.isfinite(p)], initial=-np.inf)) for p in parts)
     if not log_domain and parts and highest <= 127:  # (a NaN ``top`` fails the test: checked below)
         return _plain_blocks(a, q, parts, out, step)
     for i in range(0, shape[0], step):
