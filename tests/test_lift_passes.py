@@ -138,3 +138,24 @@ def test_plain_blocks_step_aside_near_float32s_overflow() -> None:
     assert exponents._float64_power(a, 1.0, [zero], *exponents.log2_range(a))[0, 0] == np.float32(2.0**127.9)
     with pytest.raises(PathliftError, match="overflows float32"):
         exponents._float64_power(a, 1.0, [zero + 1.0], *exponents.log2_range(a))
+
+
+@pytest.mark.parametrize("block", [7, 1 << 18])
+def test_scaled_rows_are_the_product_and_remember_its_range(block: int, monkeypatch) -> None:
+    """A folded weight ``W · s`` (per leading index, or along the last axis) in numpy's result type, bit for
+    bit, with the range ``log2_range`` reads afresh from a copy; zero rows and all-zero weights included."""
+    monkeypatch.setattr(exponents, "_CACHE_BLOCK", block)
+    sizes = []
+    monkeypatch.setattr(exponents, "_magnitude_range", _counted(exponents._magnitude_range, sizes))
+    rng = np.random.default_rng(block)
+    for trial in range(30):
+        w = _wide(rng, (int(rng.integers(1, 9)), 3, int(rng.integers(1, 4))), -60, 60).astype(np.float32 if trial % 2 else np.float64)
+        w[int(rng.integers(w.shape[0]))] = 0.0
+        w = w * 0.0 if trial == 5 else w
+        lead = _wide(rng, (w.shape[0], 1, 1), -30, 30)
+        for s in (lead, lead.astype(np.float32), _wide(rng, (1, 1, w.shape[2]), -3, 3)):
+            got = exponents.scaled_rows(w, s)
+            assert got.dtype == (w * s).dtype and got.tobytes() == (w * s).tobytes()
+            read = len(sizes)
+            assert exponents.log2_range(got) == exponents.log2_range(got.copy())
+            assert sizes[read:] == [got.size]  # the copy's range is read; the product's was remembered

@@ -145,6 +145,29 @@ def log2_range(a: np.ndarray) -> tuple[float, float]:
     return result
 
 
+def scaled_rows(w: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """``w * s`` as a new array of numpy's result type (``s`` broadcast against ``w``, of size 1 or ``w``'s
+    along the leading axis, as a folded per-output-channel scale is), a block of leading-axis slices at a
+    time, each block's magnitude range read while it is in the cache: :func:`log2_range` of the result is
+    remembered then, so the range costs no second pass over the new array (the same products, each rounded
+    once, and the same range: the least and largest of the blocks')."""
+    out = np.empty(np.broadcast_shapes(w.shape, s.shape), dtype=np.result_type(w, s))
+    if out.dtype.kind != "f" or out.dtype.itemsize not in _MAGNITUDE_BITS or not out.ndim or not out.size:
+        return np.multiply(w, s, out=out)
+    step = max(1, _CACHE_BLOCK // max(1, math.prod(out.shape[1:])))
+    ranges = []
+    for i in range(0, out.shape[0], step):
+        rows = slice(i, i + step)
+        ranges.append(_magnitude_range(np.multiply(w[rows], s[rows] if s.ndim == out.ndim and s.shape[0] > 1 else s, out=out[rows])))
+    tops = [top for _, top in ranges]
+    if not any(math.isnan(t) for t in tops):  # a NaN entry: its range is left to log2_range
+        low, top = min((low for low, top in ranges if top > 0), default=0.0), max(tops)  # (an all-zero block: no nonzero entry)
+        key = (id(out), out.ctypes.data, out.nbytes, out.dtype.str)
+        result = (math.log2(low), math.log2(top)) if top > 0 else (-math.inf, -math.inf)
+        _RANGE_CACHE[key] = (weakref.ref(out, lambda _: _RANGE_CACHE.pop(key, None)), result)
+    return out
+
+
 def _magnitude_range(v: np.ndarray) -> tuple[float, float]:
     """``(min nonzero |v|, max |v|)`` of a float32/float64 array from its magnitude bits, a block at a
     time through one small buffer (a transposed view is read in its memory order)."""
