@@ -83,7 +83,7 @@ def _counted(real, sizes: list[int]):
 @pytest.mark.parametrize("n", [*range(1, 20), 24, 25, 31, 32, 33, 49, 64, 100, PAIRWISE_BLOCK])
 def test_column_sums_add_in_numpys_order(n: int) -> None:
     rng = np.random.default_rng(n)
-    for k in (1, 7, 300):
+    for k in (1, 7, 300) + ((40000,) if n in (1, 3, 9, 25, 49) else ()):  # a whole block of a kernel's filters
         t = np.abs(_wide(rng, (n, k), -40, 40))
         want = np.ascontiguousarray(t.T).sum(axis=1)  # numpy's own row sums
         got = column_sums(t, np.empty(k))
