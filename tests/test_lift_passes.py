@@ -159,3 +159,17 @@ def test_scaled_rows_are_the_product_and_remember_its_range(block: int, monkeypa
             read = len(sizes)
             assert exponents.log2_range(got) == exponents.log2_range(got.copy())
             assert sizes[read:] == [got.size]  # the copy's range is read; the product's was remembered
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_abs_power_squares_as_the_power_does(dtype) -> None:
+    """``a · a`` (one pass) has the bits of ``|a|`` raised by ``**= 2`` (two), subnormal and huge squares included."""
+    rng = np.random.default_rng(2)
+    lo, hi = (-75, 60) if dtype == np.float32 else (-560, 510)
+    a = _wide(rng, (4000,), lo, hi).astype(dtype)
+    for q in (1.0, 2.0, 3.0):
+        want = np.abs(a, dtype=np.float64)
+        with np.errstate(over="ignore", under="ignore"):
+            want **= q
+            got = exponents._abs_power(a, q, np.empty(a.shape))
+        assert got.tobytes() == want.tobytes(), q

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from .exponents import _CACHE_BLOCK, log2_range, pow_exponent, pow_row_reduce, power32
+from .exponents import _CACHE_BLOCK, _abs_power, log2_range, pow_exponent, pow_row_reduce, power32
 from .numeric import PAIRWISE_BLOCK, column_sums
 
 
@@ -56,9 +56,7 @@ def pow_row_sums(a: np.ndarray, rows: np.ndarray, q: float) -> tuple[np.ndarray,
         for i in range(0, rows.shape[0], step):
             k = min(step, rows.shape[0] - i)
             # one term per row (a 1x1 kernel): the sums are the powers, written in place
-            m = np.abs(rows[i:i + k].T, dtype=np.float64, out=sums[None, i:i + k] if n == 1 else buf[:, :k])
-            if q != 1:
-                m **= q
+            m = _abs_power(rows[i:i + k].T, q, sums[None, i:i + k] if n == 1 else buf[:, :k])
             if not unscaled:
                 m *= math.ldexp(1.0, -e)
             if n > 1:

@@ -263,15 +263,24 @@ def _plain_blocks(a: np.ndarray, q: float, parts: list[np.ndarray], out: np.ndar
     with np.errstate(divide="ignore", over="ignore", under="ignore", invalid="ignore"):
         for i in range(0, a.shape[0], step):
             rows = slice(i, i + step)
-            m = np.abs(a[rows], dtype=np.float64, out=buf[:min(step, a.shape[0] - i)])
-            if q != 1:
-                m **= q
+            m = _abs_power(a[rows], q, buf[:min(step, a.shape[0] - i)])
             scale = np.exp2(parts[0][rows] if parts[0].ndim == a.ndim and parts[0].shape[0] > 1 else parts[0])
             for p in parts[1:]:  # one factor 2**(Σ p): products of powers of two, exact in this range
                 scale = scale * np.exp2(p[rows] if p.ndim == a.ndim and p.shape[0] > 1 else p)
             m *= scale
             out[rows] = m
     return out
+
+
+def _abs_power(a: np.ndarray, q: float, out: np.ndarray) -> np.ndarray:
+    """``|a|**q`` in float64 into ``out``, as ``m = |a|; m **= q`` computes it (numpy squares for ``**= 2``):
+    at q = 2 as ``a · a`` in one pass (``fl(a·a) = fl(|a|·|a|)``; float32 entries are widened exactly first)."""
+    if q == 2:
+        return np.multiply(a, a, dtype=np.float64, out=out)
+    m = np.abs(a, dtype=np.float64, out=out)
+    if q != 1:
+        m **= q
+    return m
 
 
 def _power_in_place(m: np.ndarray, q: float, parts: list[np.ndarray], log_domain: bool) -> np.ndarray:
