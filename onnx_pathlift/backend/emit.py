@@ -91,8 +91,11 @@ def lifted_bundle(jobs: Sequence[tuple[Dag, float]], static: bool = True,
     b = LiftBuilder(emit_opset(first), taken=set(first.inputs) | outs, static=static)
     outputs: list[tuple[str, tuple[int, ...] | None]] = []
     budgets: list[Budget] = []
+    folded: dict[int, list[Layer]] = {}  # per DAG, its scale-folded layers: one fold, one set of weights for every q
     for (dag, q), tag in zip(jobs, tags):
-        lifted = lift_forward(dag, q, b, input_log2)
+        if id(dag) not in folded:
+            folded[id(dag)] = _fold_scales(dag)
+        lifted = lift_forward(dag, q, b, input_log2, folded=folded[id(dag)])
         budgets.append(lifted.budget)
         for out, lname in dag.outputs.items():
             log2 = lifted.value[lname].log2
@@ -131,18 +134,20 @@ def settled(b: LiftBuilder, value: dict[str, Scaled], name: str, rank: int) -> S
 
 
 def lift_forward(dag: Dag, q: float, b: LiftBuilder, input_log2: dict[str, float] | None = None,
-                 output_bounds: bool = True) -> Lifted:
+                 output_bounds: bool = True, folded: list[Layer] | None = None) -> Lifted:
     """Emit the lifted forward pass on ``b``, one lift run (:func:`~onnx_pathlift.graph.exponents.lift_run`:
     the powers memo it owns). Static mode: each layer's exponent map comes from its static bound
     (:func:`_lift_static`); dynamic mode: tensors are renormalised where needed, and the analysed
     outputs at the end. ``output_bounds=False`` (dynamic mode only): the budget gets no static bound
-    on the outputs (``bound_log2``), whose every layer's bound costs a pass over its weights."""
+    on the outputs (``bound_log2``), whose every layer's bound costs a pass over its weights. ``folded``:
+    :func:`_fold_scales` of ``dag`` when the caller has it already (a bundle folds each DAG once, whatever
+    its q: the folded weights, and the ranges memoised on them, then serve every q)."""
     with lift_run():
-        return _lift_forward(dag, q, b, input_log2, output_bounds or b.static)
+        return _lift_forward(dag, q, b, input_log2, output_bounds or b.static, folded)
 
 
 def _lift_forward(dag: Dag, q: float, b: LiftBuilder, input_log2: dict[str, float] | None,
-                  output_bounds: bool) -> Lifted:
+                  output_bounds: bool, folded: list[Layer] | None) -> Lifted:
     value: dict[str, Scaled] = {}
     bounds: dict[str, np.ndarray] = {}
     rho: dict[str, float] = {}
@@ -152,8 +157,8 @@ def _lift_forward(dag: Dag, q: float, b: LiftBuilder, input_log2: dict[str, floa
     def clean(name: str) -> Scaled:
         return settled(b, value, name, len(shapes[name]))
 
-    layers = [replace(layer, attrs={**layer.attrs, "log2_max": input_log2[layer.name]})
-              if layer.name in (input_log2 or {}) else layer for layer in _fold_scales(dag)]  # fed with ones, unless told
+    layers = [replace(layer, attrs={**layer.attrs, "log2_max": input_log2[layer.name]})  # fed with ones, unless told
+              if layer.name in (input_log2 or {}) else layer for layer in (_fold_scales(dag) if folded is None else folded)]
     for layer in layers:
         handler = LAYER_OPS[layer.op]
         in_shapes = [shapes[i] for i in layer.inputs]

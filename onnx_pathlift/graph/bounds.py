@@ -7,7 +7,8 @@ import math
 
 import numpy as np
 
-from .exponents import log2_range, pow_exponent, pow_row_reduce, power32
+from .exponents import _CACHE_BLOCK, _abs_power, log2_range, pow_exponent, pow_row_reduce, power32
+from .numeric import PAIRWISE_BLOCK, column_sums
 
 
 def along_axis(lu: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray:
@@ -35,6 +36,45 @@ def log2_weighted_sum(a: np.ndarray, rows: np.ndarray, q: float, lu: np.ndarray)
     weights = np.exp2(lu - top)
     sums, e = pow_row_reduce(a, rows, q, lambda m: m @ weights)
     return log2_outward(sums, rows.shape[1], 0.0, low - top) + top + e
+
+
+def pow_row_sums(a: np.ndarray, rows: np.ndarray, q: float) -> tuple[np.ndarray, int]:
+    """``Σ_j |rows[i, j]|**q · 2**-e`` per row ``i`` and ``e`` (``rows``: a 2-D view of the parameter ``a``):
+    the bits of ``pow_row_reduce(a, rows, q, lambda m: m.sum(axis=1), row_wise=True)``, a block at a time
+    through one reused buffer holding the block transposed (each row's terms one column, summed by
+    :func:`~onnx_pathlift.graph.numeric.column_sums` in numpy's order), and where :func:`_unscaled_exact`
+    allows, the unscaled powers summed and the sums then scaled by ``2**-e`` (a pass fewer, the same bits)."""
+    e, log_domain = pow_exponent(a, q)
+    n = rows.shape[1]
+    if log_domain or not rows.size or n > PAIRWISE_BLOCK:
+        return pow_row_reduce(a, rows, q, lambda m: m.sum(axis=1), row_wise=True)
+    step = max(1, _CACHE_BLOCK // n)
+    buf = np.empty((n, min(step, rows.shape[0])))
+    unscaled = _unscaled_exact(a, q, n)
+    sums = np.empty(rows.shape[0])
+    with np.errstate(under="ignore"):
+        for i in range(0, rows.shape[0], step):
+            k = min(step, rows.shape[0] - i)
+            # one term per row (a 1x1 kernel): the sums are the powers, written in place
+            m = _abs_power(rows[i:i + k].T, q, sums[None, i:i + k] if n == 1 else buf[:, :k])
+            if not unscaled:
+                m *= math.ldexp(1.0, -e)
+            if n > 1:
+                column_sums(m, sums[i:i + k])
+    if unscaled:
+        sums *= math.ldexp(1.0, -e)
+    return sums, e
+
+
+def _unscaled_exact(a: np.ndarray, q: float, n: int) -> bool:
+    """Whether sums of ``n`` entries of ``|a|**q`` (float64), scaled by ``2**-e`` afterwards, equal the sums
+    of the entries scaled first, bit for bit: so when every nonzero power, partial sum and their scaled
+    values are normal float64 numbers (a power-of-two scaling is then exact, and commutes with each rounded
+    addition). Outside the log domain of :func:`~onnx_pathlift.graph.exponents.pow_exponent` the scaled
+    values lie in ``[2**-1001, 2n)``; the unscaled ones in ``[2**(q·low) / 2, 2**(q·top) · 2]`` (``**q``
+    within an ulp)."""
+    low, top = log2_range(a)
+    return q * low >= -1020 and q * top + math.log2(max(n, 1)) <= 1020
 
 
 def log2_max_row_sum(a: np.ndarray, rows: np.ndarray, q: float) -> float:

@@ -145,6 +145,31 @@ def log2_range(a: np.ndarray) -> tuple[float, float]:
     return result
 
 
+def scaled_rows(w: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """``w * s`` as a new array of numpy's result type (``s`` broadcast against ``w``, of size 1 or ``w``'s
+    along the leading axis, as a folded per-output-channel scale is), a block of leading-axis slices at a
+    time, each block's magnitude range read while it is in the cache: :func:`log2_range` of the result is
+    remembered then, so the range costs no second pass over the new array (the same products, each rounded
+    once, and the same range: the least and largest of the blocks')."""
+    out = np.empty(np.broadcast_shapes(w.shape, s.shape), dtype=np.result_type(w, s))
+    if out.dtype.kind != "f" or out.dtype.itemsize not in _MAGNITUDE_BITS or not out.ndim or not out.size:
+        return np.multiply(w, s, out=out)
+    step = max(1, _CACHE_BLOCK // max(1, math.prod(out.shape[1:])))
+    ranges = []
+    for i in range(0, out.shape[0], step):
+        rows = slice(i, i + step)
+        block = out[rows]
+        np.copyto(block, w[rows])  # widened exactly, as the multiply's own cast does, but in a fast loop
+        ranges.append(_magnitude_range(np.multiply(block, s[rows] if s.ndim == out.ndim and s.shape[0] > 1 else s, out=block)))
+    tops = [top for _, top in ranges]
+    if not any(math.isnan(t) for t in tops):  # a NaN entry: its range is left to log2_range
+        low, top = min((low for low, top in ranges if top > 0), default=0.0), max(tops)  # (an all-zero block: no nonzero entry)
+        key = (id(out), out.ctypes.data, out.nbytes, out.dtype.str)
+        result = (math.log2(low), math.log2(top)) if top > 0 else (-math.inf, -math.inf)
+        _RANGE_CACHE[key] = (weakref.ref(out, lambda _: _RANGE_CACHE.pop(key, None)), result)
+    return out
+
+
 def _magnitude_range(v: np.ndarray) -> tuple[float, float]:
     """``(min nonzero |v|, max |v|)`` of a float32/float64 array from its magnitude bits, a block at a
     time through one small buffer (a transposed view is read in its memory order)."""
@@ -206,7 +231,9 @@ def _floored(m: np.ndarray, floor_log2: np.ndarray | Callable[[], np.ndarray] | 
 def _float64_power(a: np.ndarray, q: float, parts: list[np.ndarray], low: float, top: float) -> np.ndarray:
     """:func:`scaled_power`'s general route: float64, in the log domain where plain powers could
     overflow or underflow, then rounded once to float32; a block of leading-axis slices at a time
-    (:data:`_CACHE_BLOCK` entries: each pass stays in the cache; every entry's operations are the same)."""
+    (:data:`_CACHE_BLOCK` entries: each pass stays in the cache; every entry's operations are the same).
+    Outside the log domain, when ``q · top + Σ max part ≤ 127`` no entry can reach float32's overflow: the
+    check is skipped and each block is rounded straight into the float32 result (:func:`_plain_blocks`)."""
     a = np.asarray(a)
     shape = np.broadcast_shapes(a.shape, *(p.shape for p in parts))
     span = q * max(abs(top), abs(low))
@@ -217,11 +244,45 @@ def _float64_power(a: np.ndarray, q: float, parts: list[np.ndarray], low: float,
         return _rounded32(_power_in_place(m, q, parts, log_domain), q)
     out = np.empty(shape, dtype=np.float32)  # C order: a transposed weight is laid out here
     step = max(1, _CACHE_BLOCK // max(1, math.prod(shape[1:])))
+    highest = q * top + sum(float(np.max(p[np.isfinite(p)], initial=-np.inf)) for p in parts)
+    if not log_domain and parts and highest <= 127:  # (a NaN ``top`` fails the test: checked below)
+        return _plain_blocks(a, q, parts, out, step)
     for i in range(0, shape[0], step):
         rows = slice(i, i + step)
         block = [p[rows] if p.ndim == len(shape) and p.shape[0] > 1 else p for p in parts]
         out[rows] = _rounded32(_power_in_place(np.abs(a[rows], dtype=np.float64), q, block, log_domain), q)
     return out
+
+
+def _plain_blocks(a: np.ndarray, q: float, parts: list[np.ndarray], out: np.ndarray, step: int) -> np.ndarray:
+    """``out = fl32(|a|**q · 2**p_1 · ... · 2**p_n)`` a block of ``step`` leading-axis slices at a time, in one
+    reused buffer, each block rounded into ``out`` by the assignment (the cast ``astype(float32)`` does,
+    without its copy). Outside the log domain every factor ``2**p_i``, their product (at most the shifts'
+    reach ``< 1000`` from 1) and every partial product of :func:`_power_in_place` are normal float64
+    numbers, so multiplying once by ``2**(Σ p_i)`` (one pass, not n) gives the exact value that the n
+    exact products give. The caller has checked that no entry exceeds ``2**127``."""
+    buf = np.empty((min(step, a.shape[0]),) + a.shape[1:])
+    with np.errstate(divide="ignore", over="ignore", under="ignore", invalid="ignore"):
+        for i in range(0, a.shape[0], step):
+            rows = slice(i, i + step)
+            m = _abs_power(a[rows], q, buf[:min(step, a.shape[0] - i)])
+            scale = np.exp2(parts[0][rows] if parts[0].ndim == a.ndim and parts[0].shape[0] > 1 else parts[0])
+            for p in parts[1:]:  # one factor 2**(Σ p): products of powers of two, exact in this range
+                scale = scale * np.exp2(p[rows] if p.ndim == a.ndim and p.shape[0] > 1 else p)
+            m *= scale
+            out[rows] = m
+    return out
+
+
+def _abs_power(a: np.ndarray, q: float, out: np.ndarray) -> np.ndarray:
+    """``|a|**q`` in float64 into ``out``, as ``m = |a|; m **= q`` computes it (numpy squares for ``**= 2``):
+    at q = 2 as ``a · a`` in one pass (``fl(a·a) = fl(|a|·|a|)``; float32 entries are widened exactly first)."""
+    if q == 2:
+        return np.multiply(a, a, dtype=np.float64, out=out)
+    m = np.abs(a, dtype=np.float64, out=out)
+    if q != 1:
+        m **= q
+    return m
 
 
 def _power_in_place(m: np.ndarray, q: float, parts: list[np.ndarray], log_domain: bool) -> np.ndarray:

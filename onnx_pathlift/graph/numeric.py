@@ -85,3 +85,31 @@ def _log2_sum_broadcast(k: np.ndarray, shape: tuple[int, ...]) -> float:
     with np.errstate(under="ignore"):
         total = float(np.exp2(np.where(mask, k - top, -np.inf)).sum())
     return top + math.log2(total * (math.prod(shape) // k.size))
+
+
+#: numpy sums runs of up to this many float64 terms with eight accumulators; longer runs are split in halves
+PAIRWISE_BLOCK = 128
+
+
+def column_sums(t: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out[j] = Σ_i t[i, j]`` for ``t`` of ``n ≤`` :data:`PAIRWISE_BLOCK` rows, added in the order numpy's
+    ``t.T.sum(axis=1)`` adds each row's terms (its pairwise summation: below 8 terms one after the other;
+    else 8 running sums of every 8th term, combined as ``((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))``,
+    then the remaining terms one by one): the same bits, each addition a whole row of ``t`` at once, where
+    numpy's reduction along short rows runs its loop once per row."""
+    n = t.shape[0]
+    if n < 8:
+        np.copyto(out, t[0])
+        for row in t[1:]:
+            out += row
+        return out
+    r = t[:8].copy()
+    full = n - n % 8
+    for i in range(8, full, 8):
+        r += t[i:i + 8]
+    r[0::2] += r[1::2]  # r0 + r1, r2 + r3, r4 + r5, r6 + r7
+    r[0::4] += r[2::4]  # (r0 + r1) + (r2 + r3), (r4 + r5) + (r6 + r7)
+    np.add(r[0], r[4], out=out)
+    for row in t[full:]:
+        out += row
+    return out

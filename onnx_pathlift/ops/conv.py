@@ -13,9 +13,9 @@ from dataclasses import replace
 import numpy as np
 
 from ..errors import PathliftError
-from ..graph.bounds import along_axis, channel_vector, log2_max_row_sum, log2_outward, log2_power_matvec32, log2_rows
+from ..graph.bounds import along_axis, channel_vector, log2_max_row_sum, log2_outward, log2_power_matvec32, log2_rows, pow_row_sums
 from ..graph.builder import GraphBuilder, LiftBuilder, Scaled, on_axis
-from ..graph.exponents import compact, exp_vector, lost_below, neg_exp, pow_row_reduce
+from ..graph.exponents import compact, exp_vector, lost_below, neg_exp, scaled_rows
 from ..ir.dag import Layer
 from .channel_api import ChannelBuilder, Layout, SlimEdit, optional_input
 from .context import ImportContext, attributes, operand
@@ -98,7 +98,7 @@ class Conv(LayerOp):
         groups = np.arange(c_out) // (c_out // layer.attrs["group"])  # group of each output channel
         # (c_out, c_in_group): the bound of the input channel each kernel row reads (one row for group 1)
         v_in = v[None, :] if layer.attrs["group"] == 1 else v[(groups[:, None] * c_in_group + np.arange(c_in_group)[None, :])]
-        sums, e = pow_row_reduce(kernel, kernel.reshape(c_out * c_in_group, taps), q, lambda m: m.sum(axis=1), row_wise=True)
+        sums, e = pow_row_sums(kernel, kernel.reshape(c_out * c_in_group, taps), q)
         w = sums.reshape(c_out, c_in_group)
         top = float(np.max(v_in, initial=-np.inf))
         if not np.isfinite(top):
@@ -153,7 +153,7 @@ class Conv(LayerOp):
         s = channel_vector(scale, layer.shape, 1)
         if s is None:
             return None
-        return replace(layer, params={**layer.params, "W": layer.params["W"] * s.reshape((-1,) + (1,) * (layer.params["W"].ndim - 1))})
+        return replace(layer, params={**layer.params, "W": scaled_rows(layer.params["W"], s.reshape((-1,) + (1,) * (layer.params["W"].ndim - 1)))})
 
     def absorb_input_scale(self, layer: Layer, scale: np.ndarray, in_shape: tuple[int, ...]) -> Layer | None:
         s = channel_vector(scale, in_shape, 1)

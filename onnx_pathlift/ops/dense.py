@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import PathliftError, RefuseNode
 from ..graph.bounds import along_axis, channel_vector, log2_max_row_sum, log2_outward, log2_rows, log2_weighted_sum
 from ..graph.builder import GraphBuilder, LiftBuilder, Scaled, on_axis
-from ..graph.exponents import compact, exp_diff, exp_max, exp_vector, lost_below, neg_exp, pow_scaled
+from ..graph.exponents import compact, exp_diff, exp_max, exp_vector, lost_below, neg_exp, pow_scaled, scaled_rows
 from ..ir.dag import Layer
 from .channel_api import ChannelBuilder, Layout, optional_input
 from .context import ImportContext, attributes, broadcasts_to, operand
@@ -171,7 +171,7 @@ class Dense(LayerOp):
         s = channel_vector(scale, layer.shape, -1 if right else -2)
         if s is None:
             return None
-        return replace(layer, params={**layer.params, "W": w * (s[None, :] if right else s[:, None])})
+        return replace(layer, params={**layer.params, "W": scaled_rows(w, s[None, :] if right else s[:, None])})
 
     def row_params(self, layer: Layer, rows: tuple[int, ...]) -> dict[str, np.ndarray] | None:
         """``x @ W`` with a 2-D ``W`` acts on each row of ``x``'s last axis alike."""
