@@ -228,7 +228,7 @@ def test_float64_route_by_blocks_is_the_one_copy_computation(block: int, monkeyp
     """``_float64_power`` a block of rows at a time (whatever the block) gives the bits of one float64 copy of
     the whole weight: per-row and per-column shifts, transposed weights, q = 1, 2, 3.5, both domains (shifts
     of opposite signs far apart, as ``_balanced`` gives them, whose sum alone is small)."""
-    monkeypatch.setattr(exponents, "_CACHE_BLOCK", block)
+    monkeypatch.setattr(exponents, "CACHE_BLOCK", block)
     rng = np.random.default_rng(block)
     for trial in range(60):
         shape = tuple(int(d) for d in rng.integers(1, 7, size=int(rng.integers(1, 5))))

@@ -99,7 +99,7 @@ def test_pow_row_sums_are_the_blocked_sums_bit_for_bit(q: float, taps: int, low:
     """Every route: unscaled sums (the common case), scaled sums (powers below float64's normal range,
     ``2**-1040`` at q = 2), the log domain (a span over 1000), more terms than one pairwise block, a
     kernel read as stored or through a transposed view, blocks ending mid-array."""
-    monkeypatch.setattr(bounds, "_CACHE_BLOCK", block)
+    monkeypatch.setattr(bounds, "CACHE_BLOCK", block)
     rng = np.random.default_rng(abs(taps + int(q) + int(high)))
     w = _wide(rng, (13, 5, taps), low, high)
     variants = [w, np.ascontiguousarray(w.transpose(1, 0, 2)).transpose(1, 0, 2)] + ([w.astype(np.float32)] if high < 100 else [])
@@ -114,7 +114,7 @@ def test_plain_blocks_are_the_float64_computation_rounded_once(monkeypatch) -> N
     plain = []
     real = exponents._plain_blocks
     monkeypatch.setattr(exponents, "_plain_blocks", lambda *args: plain.append(1) or real(*args))
-    monkeypatch.setattr(exponents, "_CACHE_BLOCK", 40)
+    monkeypatch.setattr(exponents, "CACHE_BLOCK", 40)
     rng = np.random.default_rng(5)
     for trial in range(40):
         q = float(rng.choice([1.0, 2.0, 2.5]))
@@ -144,7 +144,7 @@ def test_plain_blocks_step_aside_near_float32s_overflow() -> None:
 def test_scaled_rows_are_the_product_and_remember_its_range(block: int, monkeypatch) -> None:
     """A folded weight ``W · s`` (per leading index, or along the last axis) in numpy's result type, bit for
     bit, with the range ``log2_range`` reads afresh from a copy; zero rows and all-zero weights included."""
-    monkeypatch.setattr(exponents, "_CACHE_BLOCK", block)
+    monkeypatch.setattr(exponents, "CACHE_BLOCK", block)
     sizes = []
     monkeypatch.setattr(exponents, "_magnitude_range", _counted(exponents._magnitude_range, sizes))
     rng = np.random.default_rng(block)
@@ -171,5 +171,5 @@ def test_abs_power_squares_as_the_power_does(dtype) -> None:
         want = np.abs(a, dtype=np.float64)
         with np.errstate(over="ignore", under="ignore"):
             want **= q
-            got = exponents._abs_power(a, q, np.empty(a.shape))
+            got = exponents.abs_power_into(a, q, np.empty(a.shape))
         assert got.tobytes() == want.tobytes(), q

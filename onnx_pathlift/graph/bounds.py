@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from .exponents import _CACHE_BLOCK, _abs_power, log2_range, pow_exponent, pow_row_reduce, power32
+from .exponents import CACHE_BLOCK, abs_power_into, log2_range, pow_exponent, pow_row_reduce, power32
 from .numeric import PAIRWISE_BLOCK, column_sums
 
 
@@ -48,7 +48,7 @@ def pow_row_sums(a: np.ndarray, rows: np.ndarray, q: float) -> tuple[np.ndarray,
     n = rows.shape[1]
     if log_domain or not rows.size or n > PAIRWISE_BLOCK:
         return pow_row_reduce(a, rows, q, lambda m: m.sum(axis=1), row_wise=True)
-    step = max(1, _CACHE_BLOCK // n)
+    step = max(1, CACHE_BLOCK // n)
     buf = np.empty((n, min(step, rows.shape[0])))
     unscaled = _unscaled_exact(a, q, n)
     sums = np.empty(rows.shape[0])
@@ -56,7 +56,7 @@ def pow_row_sums(a: np.ndarray, rows: np.ndarray, q: float) -> tuple[np.ndarray,
         for i in range(0, rows.shape[0], step):
             k = min(step, rows.shape[0] - i)
             # one term per row (a 1x1 kernel): the sums are the powers, written in place
-            m = _abs_power(rows[i:i + k].T, q, sums[None, i:i + k] if n == 1 else buf[:, :k])
+            m = abs_power_into(rows[i:i + k].T, q, sums[None, i:i + k] if n == 1 else buf[:, :k])
             if not unscaled:
                 m *= math.ldexp(1.0, -e)
             if n > 1:

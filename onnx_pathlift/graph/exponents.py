@@ -23,7 +23,7 @@ _RANGE_CACHE: dict[tuple, tuple[weakref.ref, tuple[float, float]]] = {}
 _BLOCK = 1 << 21
 #: entries per block of the entry-by-entry passes over a weight (:func:`_magnitude_range`,
 #: :func:`_float64_power`): 2 MiB of float64, so that each pass over a block reads the cache, not memory
-_CACHE_BLOCK = 1 << 18
+CACHE_BLOCK = 1 << 18
 #: unsigned integers of a float's width and the mask of its magnitude bits: for finite floats the
 #: masked bits order like ``|a|`` (subnormals included), so integer max/min give the range
 _MAGNITUDE_BITS = {4: (np.uint32, 0x7FFFFFFF), 8: (np.uint64, 0x7FFFFFFFFFFFFFFF)}
@@ -115,9 +115,9 @@ def pow_row_reduce(a: np.ndarray, rows: np.ndarray, q: float, reduce, row_wise: 
     parameter ``a``: the values :func:`pow_scaled` gives, a block of rows at a time, so no float64
     copy of the whole parameter is made. ``row_wise``: ``reduce`` computes each row on its own, the
     same whatever the rows beside it (a sum along the rows, not a matrix product): blocks of
-    :data:`_CACHE_BLOCK` entries then."""
+    :data:`CACHE_BLOCK` entries then."""
     e, log_domain = pow_exponent(a, q)
-    step = max(1, (_CACHE_BLOCK if row_wise else _BLOCK) // max(1, rows.shape[1]))
+    step = max(1, (CACHE_BLOCK if row_wise else _BLOCK) // max(1, rows.shape[1]))
     blocks = [reduce(pow_block(rows[i:i + step], q, e, log_domain)) for i in range(0, rows.shape[0], step)]
     return (np.concatenate(blocks) if blocks else np.zeros(0)), e
 
@@ -154,7 +154,7 @@ def scaled_rows(w: np.ndarray, s: np.ndarray) -> np.ndarray:
     out = np.empty(np.broadcast_shapes(w.shape, s.shape), dtype=np.result_type(w, s))
     if out.dtype.kind != "f" or out.dtype.itemsize not in _MAGNITUDE_BITS or not out.ndim or not out.size:
         return np.multiply(w, s, out=out)
-    step = max(1, _CACHE_BLOCK // max(1, math.prod(out.shape[1:])))
+    step = max(1, CACHE_BLOCK // max(1, math.prod(out.shape[1:])))
     ranges = []
     for i in range(0, out.shape[0], step):
         rows = slice(i, i + step)
@@ -175,7 +175,7 @@ def _magnitude_range(v: np.ndarray) -> tuple[float, float]:
     time through one small buffer (a transposed view is read in its memory order)."""
     uint, mask = _MAGNITUDE_BITS[v.dtype.itemsize]
     flat = (v.T if v.flags.f_contiguous else v).reshape(-1).view(uint)  # a view unless v is scattered
-    step = min(flat.size, _CACHE_BLOCK)
+    step = min(flat.size, CACHE_BLOCK)
     buf = np.empty(step, dtype=uint)
     top, low = uint(0), uint(np.iinfo(uint).max)
     for i in range(0, flat.size, step):
@@ -231,7 +231,7 @@ def _floored(m: np.ndarray, floor_log2: np.ndarray | Callable[[], np.ndarray] | 
 def _float64_power(a: np.ndarray, q: float, parts: list[np.ndarray], low: float, top: float) -> np.ndarray:
     """:func:`scaled_power`'s general route: float64, in the log domain where plain powers could
     overflow or underflow, then rounded once to float32; a block of leading-axis slices at a time
-    (:data:`_CACHE_BLOCK` entries: each pass stays in the cache; every entry's operations are the same).
+    (:data:`CACHE_BLOCK` entries: each pass stays in the cache; every entry's operations are the same).
     Outside the log domain, when ``q · top + Σ max part ≤ 127`` no entry can reach float32's overflow: the
     check is skipped and each block is rounded straight into the float32 result (:func:`_plain_blocks`)."""
     a = np.asarray(a)
@@ -243,7 +243,7 @@ def _float64_power(a: np.ndarray, q: float, parts: list[np.ndarray], low: float,
         m = np.broadcast_to(np.abs(a, dtype=np.float64), shape).copy()
         return _rounded32(_power_in_place(m, q, parts, log_domain), q)
     out = np.empty(shape, dtype=np.float32)  # C order: a transposed weight is laid out here
-    step = max(1, _CACHE_BLOCK // max(1, math.prod(shape[1:])))
+    step = max(1, CACHE_BLOCK // max(1, math.prod(shape[1:])))
     highest = q * top + sum(float(np.max(p[np.isfinite(p)], initial=-np.inf)) for p in parts)
     if not log_domain and parts and highest <= 127:  # (a NaN ``top`` fails the test: checked below)
         return _plain_blocks(a, q, parts, out, step)
@@ -265,7 +265,7 @@ def _plain_blocks(a: np.ndarray, q: float, parts: list[np.ndarray], out: np.ndar
     with np.errstate(divide="ignore", over="ignore", under="ignore", invalid="ignore"):
         for i in range(0, a.shape[0], step):
             rows = slice(i, i + step)
-            m = _abs_power(a[rows], q, buf[:min(step, a.shape[0] - i)])
+            m = abs_power_into(a[rows], q, buf[:min(step, a.shape[0] - i)])
             scale = np.exp2(parts[0][rows] if parts[0].ndim == a.ndim and parts[0].shape[0] > 1 else parts[0])
             for p in parts[1:]:  # one factor 2**(Σ p): products of powers of two, exact in this range
                 scale = scale * np.exp2(p[rows] if p.ndim == a.ndim and p.shape[0] > 1 else p)
@@ -274,7 +274,7 @@ def _plain_blocks(a: np.ndarray, q: float, parts: list[np.ndarray], out: np.ndar
     return out
 
 
-def _abs_power(a: np.ndarray, q: float, out: np.ndarray) -> np.ndarray:
+def abs_power_into(a: np.ndarray, q: float, out: np.ndarray) -> np.ndarray:
     """``|a|**q`` in float64 into ``out``, as ``m = |a|; m **= q`` computes it (numpy squares for ``**= 2``):
     at q = 2 as ``a · a`` in one pass (``fl(a·a) = fl(|a|·|a|)``; float32 entries are widened exactly first)."""
     if q == 2:
