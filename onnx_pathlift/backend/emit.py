@@ -185,6 +185,8 @@ def _lift_static(b: LiftBuilder, layer: Layer, value: dict[str, Scaled], bounds:
     its target ``ceil(bound)``, its lifted value; returns ``(value, bound, ρ)`` (see
     :mod:`onnx_pathlift.graph.budget`: ``ρ`` bounds ``log2(2**k / U)`` over every value the layer computes)."""
     handler = LAYER_OPS[layer.op]
+    if handler.lifts_to_identity(layer) and (same := _carried(layer, value, bounds, rho, in_shapes)) is not None:
+        return same
     axis = handler.map_axis(layer)
     xs = [value[i] for i in layer.inputs]
     b.begin(None)
@@ -204,6 +206,23 @@ def _lift_static(b: LiftBuilder, layer: Layer, value: dict[str, Scaled], bounds:
     if hi > SETTLE_LOG2 or lo < -SETTLE_LOG2:
         y, r = b.settle(y, target), max(r, 1.0)
     return y, bound, r
+
+
+def _carried(layer: Layer, value: dict[str, Scaled], bounds: dict[str, np.ndarray], rho: dict[str, float],
+             in_shapes: list[tuple[int, ...]]) -> tuple[Scaled, np.ndarray, float] | None:
+    """A layer whose lifted form is ``y = x`` (:meth:`~onnx_pathlift.ops.LayerOp.lifts_to_identity`), of its
+    input's shape: its input's value and bound taken over, and ``ρ = max(hi, ρ_x)`` for the gap ``hi`` of
+    ``k − bound``: what the full path of :func:`_lift_static` computes (its bound is the input's; every
+    stored exponent map is already compact at that shape; no collapse, so no spread), with no operation
+    and no new constant. None where that path would settle (a gap past :data:`SETTLE_LOG2`: only after a
+    clipped settle upstream): then it runs."""
+    x, bound = value[layer.inputs[0]], bounds[layer.inputs[0]]
+    if tuple(layer.shape) != tuple(in_shapes[0]):
+        return None
+    lo, hi = _gap(x.log2, bound)
+    if hi > SETTLE_LOG2 or lo < -SETTLE_LOG2:
+        return None
+    return x, bound, max(hi, rho[layer.inputs[0]])
 
 
 def _gap(k, bound: np.ndarray) -> tuple[float, float]:
