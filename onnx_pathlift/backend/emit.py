@@ -146,14 +146,14 @@ def _lift_forward(dag: Dag, q: float, b: LiftBuilder, input_log2: dict[str, floa
     value: dict[str, Scaled] = {}
     bounds: dict[str, np.ndarray] = {}
     rho: dict[str, float] = {}
-    shapes = {layer.name: layer.shape for layer in dag.layers()}
     budget = Budget()
+    layers = [replace(layer, attrs={**layer.attrs, "log2_max": input_log2[layer.name]})
+              if layer.name in (input_log2 or {}) else layer for layer in _fold_scales(dag)]  # fed with ones, unless told
+    shapes = {layer.name: layer.shape for layer in layers}  # folding keeps every layer's shape
 
     def clean(name: str) -> Scaled:
         return settled(b, value, name, len(shapes[name]))
 
-    layers = [replace(layer, attrs={**layer.attrs, "log2_max": input_log2[layer.name]})
-              if layer.name in (input_log2 or {}) else layer for layer in _fold_scales(dag)]  # fed with ones, unless told
     for layer in layers:
         handler = LAYER_OPS[layer.op]
         in_shapes = [shapes[i] for i in layer.inputs]
@@ -200,7 +200,8 @@ def _lift_static(b: LiftBuilder, layer: Layer, value: dict[str, Scaled], bounds:
     target = compact(np.ceil(np.asarray(bound, dtype=np.float64)), layer.shape)
     b.begin(target, [(bounds[i], x.log2) for i, x in zip(layer.inputs, xs)])
     y = handler.lift(b, layer, xs, q)
-    y = replace(y, log2=compact(y.log2, layer.shape))
+    if (k := compact(y.log2, layer.shape)) is not y.log2:
+        y = Scaled(y.tensor, k, y.bound, y.dirty)
     lo, hi = _gap(y.log2, bound)
     r = max(hi, max(rho[i] for i in layer.inputs) + spread)
     if hi > SETTLE_LOG2 or lo < -SETTLE_LOG2:
@@ -229,6 +230,9 @@ def _gap(k, bound: np.ndarray) -> tuple[float, float]:
     """The least and largest ``k − bound`` over neurons where both are finite (0, 0 if none)."""
     k, bound = np.asarray(k, dtype=np.float64), np.asarray(bound, dtype=np.float64)
     ok = np.isfinite(k) & np.isfinite(bound)  # broadcast to both shapes
+    if ok.size and ok.all():  # the common case: no mask, nothing to silence
+        d = np.subtract(k, bound)
+        return float(d.min()), float(d.max())
     if not ok.any():
         return 0.0, 0.0
     with np.errstate(invalid="ignore"):  # inf − inf where not ok: never read
