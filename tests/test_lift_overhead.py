@@ -1,0 +1,119 @@
+"""The static lift's fixed per-layer work, counted, not timed (issue 29): a layer whose lifted form is
+``y = x`` (a ReLU, an affine layer whose scale and bias ``_fold_scales`` folded away) takes over its
+input's value, bound and ρ without its handler's ``lift``; the exponent-map helpers read per-channel
+maps without moving axes; one topological sort fewer per job. Each shortcut against the full path (the
+same model bytes and error budgets) and against the float64 brute-force oracle."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+from builders import bn_node, bn_params, net
+from conftest import MODELS
+from onnx import helper
+from oracle import brute_force_path_norm
+
+from onnx_pathlift import path_norm
+from onnx_pathlift.backend import emit
+from onnx_pathlift.frontend.importer import import_model
+from onnx_pathlift.graph.builder import SETTLE_LOG2, Scaled
+from onnx_pathlift.ir.dag import Dag, Layer
+from onnx_pathlift.ops.activation import Relu
+from onnx_pathlift.ops.arithmetic import Affine
+
+QS = ((1.0,), (1.0, 2.0), (3.0,))
+
+
+def _hostile() -> onnx.ModelProto:
+    """A ReLU straight on the graph input; a conv whose channel 1 is all zeros (exponent ``-inf``) and a
+    ReLU after it; two conv → BN pairs (each BN folded away: a parameter-free affine layer left); a
+    residual sum; a ReLU as the analysed output."""
+    rng = np.random.default_rng(29)
+    wa = rng.normal(size=(3, 2, 2, 2))
+    wa[1] = 0.0
+    params = {"Wa": wa, "Wb": rng.normal(size=(3, 3, 1, 1)), "Bb": rng.normal(size=3), "Wc": rng.normal(size=(3, 3, 1, 1)),
+              **bn_params(rng, "bn1", 3), **bn_params(rng, "bn2", 3)}
+    nodes = [helper.make_node("Relu", ["x"], ["r0"]), helper.make_node("Conv", ["r0", "Wa"], ["a"], kernel_shape=[2, 2]),
+             helper.make_node("Relu", ["a"], ["r1"]), helper.make_node("Conv", ["r1", "Wb", "Bb"], ["b"], kernel_shape=[1, 1]),
+             bn_node("bn1", "b", "bb"), helper.make_node("Relu", ["bb"], ["r2"]), helper.make_node("Add", ["r2", "r1"], ["s"]),
+             helper.make_node("Relu", ["s"], ["r3"]), helper.make_node("Conv", ["r3", "Wc"], ["c"], kernel_shape=[1, 1]),
+             bn_node("bn2", "c", "cc"), helper.make_node("Relu", ["cc"], ["y"])]
+    return net([1, 2, 4, 5], nodes, [1, 3, 3, 4], params)
+
+
+def _models() -> list[Dag]:
+    return [import_model(_hostile()), import_model(onnx.load(MODELS / "digits_cnn_torch_bn.onnx"))]
+
+
+def _bundle(dag: Dag, qs: tuple[float, ...]) -> tuple[bytes, dict, list]:
+    model, budgets = emit.lifted_bundle([(dag, q) for q in qs])
+    return model.proto.SerializeToString(), {k: v.tobytes() for k, v in model.external.items()}, \
+        [(b.ops, b.rho, b.inputs, b.bound_log2) for b in budgets]
+
+
+def test_identity_layers_call_no_lift(monkeypatch) -> None:
+    """Every ReLU and parameter-free affine layer of the lifted network is taken over, not lifted: the
+    handlers' ``lift`` runs once per other layer (ReLU's ran for each ReLU before)."""
+    calls: Counter = Counter()
+    for cls in (Relu, Affine):
+        real = cls.lift
+        monkeypatch.setattr(cls, "lift", lambda self, b, layer, xs, q, real=real: calls.update([layer.op]) or real(self, b, layer, xs, q))
+    for dag in _models():
+        calls.clear()
+        emit.lifted_bundle([(dag, 1.0)])
+        layers = emit._fold_scales(dag)
+        assert sum(layer.op == "relu" for layer in layers) >= 4 and sum(layer.op == "affine" and not layer.params for layer in layers) >= 2
+        assert calls["relu"] == 0
+        assert calls["affine"] == sum(layer.op == "affine" and bool(layer.params) for layer in layers)
+
+
+def test_identity_shortcut_is_the_full_path(monkeypatch) -> None:
+    """The lifted models (bytes, external weights) and the error budgets with the shortcut are those of
+    the full static path of every layer, at q = 1, (1, 2) and 3."""
+    dags = _models()
+    fast = [_bundle(dag, qs) for dag in dags for qs in QS]
+    for cls in (Relu, Affine):
+        monkeypatch.setattr(cls, "lifts_to_identity", lambda self, layer: False)
+    assert [_bundle(dag, qs) for dag in dags for qs in QS] == fast
+
+
+def test_identity_shortcut_against_the_oracle() -> None:
+    """The hostile network's norms, certified, contain the float64 brute-force path-norm."""
+    model = _hostile()
+    dag = import_model(model)
+    for q in (1.0, 2.0, 3.0):
+        want = brute_force_path_norm(model, q) ** (1 / q)
+        got = path_norm(dag, q=q)
+        assert got.value == pytest.approx(want, rel=1e-6), q
+        assert got.certified and 10**got.lower_log10 <= want * (1 + 1e-12) <= 10**got.upper_log10 * (1 + 1e-12), q
+
+
+@pytest.mark.parametrize("gap,carried", [(3.0, True), (-SETTLE_LOG2 + 0.5, True), (SETTLE_LOG2 + 1.0, False),
+                                         (-SETTLE_LOG2 - 1.0, False)])
+def test_identity_shortcut_leaves_settling_to_the_full_path(gap: float, carried: bool) -> None:
+    """An input whose exponents are past :data:`SETTLE_LOG2` from its bound (after a clipped settle) is
+    not taken over: the full path settles it. Otherwise ρ is ``max(gap, ρ_in)``."""
+    layer = Layer(name="r", op="relu", inputs=["x"], shape=(1, 2))
+    k = np.array([[gap, 0.0]])
+    got = emit._carried(layer, {"x": Scaled("t", k)}, {"x": np.zeros((1, 2))}, {"x": 2.0}, [(1, 2)])
+    if not carried:
+        assert got is None
+        return
+    value, bound, rho = got
+    assert value.log2 is k and not bound.any() and rho == max(gap, 2.0)
+
+
+def test_per_channel_maps_move_no_axes(monkeypatch) -> None:
+    """The exponent maps of the lifted network are per channel, ``(1, C, 1, 1)``: reading them as
+    vectors moves no axis (``np.moveaxis`` ran for every conv's input and target before), and each job
+    sorts the DAG at most twice (three times before)."""
+    dag = import_model(onnx.load(MODELS / "digits_cnn_torch_bn.onnx"))
+    moves, sorts = [], []
+    real_move, real_layers = np.moveaxis, Dag.layers
+    monkeypatch.setattr(np, "moveaxis", lambda *a, **k: moves.append(1) or real_move(*a, **k))
+    monkeypatch.setattr(Dag, "layers", lambda self: sorts.append(1) or real_layers(self))
+    emit.lifted_bundle([(dag, 1.0), (dag, 2.0)])
+    assert moves == [] and len(sorts) <= 4
