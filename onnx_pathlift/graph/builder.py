@@ -241,7 +241,10 @@ class LiftBuilder(GraphBuilder):
         """Static mode: whether values held at exponent map ``k`` may stay there: within
         :data:`SETTLE_LOG2` − 1 of the layer's target (its bound rounded up) at every neuron, and
         ``-inf`` (known to be 0) only where the target is."""
-        k, t = np.broadcast_arrays(np.asarray(k, dtype=np.float64), np.asarray(self.target, dtype=np.float64))
+        k, t = np.asarray(k, dtype=np.float64), np.asarray(self.target, dtype=np.float64)
+        if np.isfinite(k).all() and np.isfinite(t).all():  # the common case: no mask
+            return float(np.abs(k - t).max(initial=0.0)) <= SETTLE_LOG2 - 1.0
+        k, t = np.broadcast_arrays(k, t)
         if np.any(np.isneginf(k) & np.isfinite(t)):  # -inf: known to be 0, which a neuron of finite bound is not
             return False
         finite = np.isfinite(k) & np.isfinite(t)
@@ -310,8 +313,9 @@ class LiftBuilder(GraphBuilder):
             if k_out is None:
                 k_out = self.target if self.target is not None else compact(np.maximum(x.log2, np.ceil(bias_log2)))
             t = self.const(bias_values(bias_log2, k_out), "absBias")
-            return Scaled(self.op("Add", [self.scale_by(x.tensor, compact(exp_diff(x.log2, k_out))), t], "bias"), k_out,
-                          max(x.bound, 1.0) + 1.0)
+            same = x.log2 is k_out and bool(np.isfinite(k_out).all())  # then k − k_out is 0 everywhere
+            return Scaled(self.op("Add", [x.tensor if same else self.scale_by(x.tensor, compact(exp_diff(x.log2, k_out))), t],
+                                  "bias"), k_out, max(x.bound, 1.0) + 1.0)
         e_bias = int(math.floor(exp_max(bias_log2)))
         bias = scaled_power(np.ones(()), 1.0, bias_log2 - e_bias)
         k_in = self.op("Add", [x.log2, self._floor_log2_max(x.tensor, rank)], "k") if x.dirty else x.log2
