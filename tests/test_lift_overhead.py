@@ -117,3 +117,21 @@ def test_per_channel_maps_move_no_axes(monkeypatch) -> None:
     monkeypatch.setattr(Dag, "layers", lambda self: sorts.append(1) or real_layers(self))
     emit.lifted_bundle([(dag, 1.0), (dag, 2.0)])
     assert moves == [] and len(sorts) <= 4
+
+
+def test_attributes_are_built_once_per_value(monkeypatch) -> None:
+    """The lifted convs of q = 1 and 2 share their strides, pads, kernel shapes: each distinct attribute
+    is built once (``helper.make_attribute``; once per node and attribute before), and every node holds
+    the attributes ``make_node`` would give it."""
+    dag = import_model(onnx.load(MODELS / "digits_cnn_torch_bn.onnx"))
+    built = []
+    real = helper.make_attribute
+    monkeypatch.setattr(helper, "make_attribute", lambda key, value, *a, **k: built.append(key) or real(key, value, *a, **k))
+    model = emit.lifted_bundle([(dag, 1.0), (dag, 2.0)])[0].proto
+    held = [a.SerializeToString() for n in model.graph.node for a in n.attribute]
+    assert len(held) > len(built) == len(set(held)) > 0
+    monkeypatch.setattr(helper, "make_attribute", real)
+    for n in model.graph.node:
+        again = helper.make_node(n.op_type, n.input, n.output, name=n.name,
+                                 **{a.name: helper.get_attribute_value(a) for a in n.attribute})
+        assert again.SerializeToString() == n.SerializeToString()

@@ -41,6 +41,7 @@ class GraphBuilder:
         self._taken: set[str] = set(taken or ())
         self._scalars: dict[tuple[float, str], str] = {}
         self._next: dict[str, int] = {}  # per hint: the first suffix not yet tried
+        self._attributes: dict[tuple, onnx.AttributeProto] = {}  # see _attribute
 
     def fresh(self, hint: str) -> str:
         """A tensor name based on ``hint`` that is not used yet: ``hint``, else ``hint_k`` for the
@@ -72,10 +73,28 @@ class GraphBuilder:
         return self._scalars[key]
 
     def op(self, op_type: str, inputs: list[str], hint: str, **attrs) -> str:
-        """Append one single-output node; return its output name."""
+        """Append one single-output node; return its output name. Its attributes are those of
+        ``helper.make_node`` (sorted by name, None left out), each built once per builder (:meth:`_attribute`)."""
         out = self.fresh(hint)
-        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
+        node = helper.make_node(op_type, inputs, [out], name=out)
+        if attrs:
+            node.attribute.extend(self._attribute(k, v) for k, v in sorted(attrs.items()) if v is not None)
+        self.nodes.append(node)
         return out
+
+    def _attribute(self, key: str, value) -> onnx.AttributeProto:
+        """``helper.make_attribute(key, value)``, held for the next node with the same attribute when
+        ``value`` is an int, a str or a list of ints (a network's convs share their strides, pads, ...;
+        ``extend`` copies it into each node)."""
+        if type(value) in (int, str):
+            memo_key: tuple = (key, type(value), value)
+        elif type(value) in (list, tuple) and value and all(type(v) is int for v in value):
+            memo_key = (key, list, tuple(value))
+        else:
+            return helper.make_attribute(key, value)
+        if memo_key not in self._attributes:
+            self._attributes[memo_key] = helper.make_attribute(key, value)
+        return self._attributes[memo_key]
 
     def model(self, *args, **kwargs) -> ModelProto:
         """:meth:`build` with every constant stored in the model: a standalone ``ModelProto``."""
