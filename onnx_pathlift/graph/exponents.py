@@ -338,6 +338,8 @@ def exp_diff(a: Exponent, b: Exponent) -> Exponent:
     if isinstance(a, int) and isinstance(b, int):
         return a - b
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if np.isfinite(a).all() and np.isfinite(b).all():  # the common case: nothing to mask
+        return np.asarray(a - b)
     with np.errstate(invalid="ignore"):
         return np.where(np.isfinite(a) & np.isfinite(b), a - b, -np.inf)
 
