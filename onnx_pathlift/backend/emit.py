@@ -192,7 +192,8 @@ def _lift_static(b: LiftBuilder, layer: Layer, value: dict[str, Scaled], bounds:
     b.begin(None)
     if axis == ANY:
         if handler.full_maps and any(isinstance(x.log2, np.ndarray) for x in xs):  # maps at the inputs' full shapes
-            xs = [replace(x, log2=np.broadcast_to(np.asarray(x.log2, dtype=np.float64), s)) for x, s in zip(xs, in_shapes)]
+            xs = [Scaled(x.tensor, np.broadcast_to(np.asarray(x.log2, dtype=np.float64), s), x.bound, x.dirty)
+                  for x, s in zip(xs, in_shapes)]
     else:
         xs = [b.collapse(x, s, axis) for x, s in zip(xs, in_shapes)]
     spread = b.spread
