@@ -135,3 +135,43 @@ def test_attributes_are_built_once_per_value(monkeypatch) -> None:
         again = helper.make_node(n.op_type, n.input, n.output, name=n.name,
                                  **{a.name: helper.get_attribute_value(a) for a in n.attribute})
         assert again.SerializeToString() == n.SerializeToString()
+
+
+def _maps(rng: np.random.Generator) -> list[np.ndarray]:
+    """Exponent maps of shape ``(1, C, 1, 1)``, ``(1, C, H, 1)`` and ``(1, 1, 1, 1)``: integers, some
+    entries ``-inf`` (known 0), ``+inf`` or NaN, some constant along an axis, one ``-0.0``."""
+    out = []
+    for shape in ((1, 5, 1, 1), (1, 3, 4, 1), (1, 1, 1, 1), (1, 5, 1, 1)):
+        for special in (None, -np.inf, np.inf, np.nan):
+            m = rng.integers(-3, 3, size=shape).astype(np.float64)
+            if special is not None:
+                m.flat[rng.integers(m.size)] = special
+            out += [m, np.broadcast_to(m[:, :, :1], shape).copy(), np.full(shape, -0.0)]
+    return out
+
+
+def test_exponent_shortcuts_match_their_definitions() -> None:
+    """``compact``, ``exp_vector``, ``exp_diff`` and ``_gap`` with their shortcuts equal their plain
+    definitions (an axis reduced where the map is constant along it; the largest entry per index;
+    ``a − b`` or ``-inf``; the least and largest finite ``k − bound``) on maps with ``±inf``, NaN, ``-0.0``."""
+    from onnx_pathlift.graph.exponents import compact, exp_diff, exp_vector
+
+    maps = _maps(np.random.default_rng(5))
+    for a in maps:
+        got = compact(a)
+        if np.isfinite(a).all() and a.min() == a.max():
+            assert got == int(a.flat[0])
+        elif isinstance(got, np.ndarray) and got.ndim == a.ndim:
+            assert np.array_equal(np.broadcast_to(got, a.shape), a, equal_nan=True)
+            assert all(n == 1 or not np.array_equal(a.take([0], axis=d).repeat(n, axis=d), a) for d, n in enumerate(got.shape))
+        if a.shape[1] > 1:  # (one entry along the axis: the largest finite entry, another branch)
+            want = np.moveaxis(a, 1, -1).reshape(-1, a.shape[1]).max(axis=0)
+            assert np.array_equal(exp_vector(a, a.shape[1], 1), want, equal_nan=True)
+        for b in maps[:12]:
+            if any(m not in (1, n) and n != 1 for m, n in zip(a.shape, b.shape)):
+                continue  # shapes that do not broadcast
+            with np.errstate(invalid="ignore"):
+                d = np.where(np.isfinite(a) & np.isfinite(b), a - b, -np.inf)
+            assert np.array_equal(exp_diff(a, b), d) and np.array_equal(np.signbit(exp_diff(a, b)), np.signbit(d))
+            ok = np.isfinite(a) & np.isfinite(b)
+            assert emit._gap(a, b) == ((float(d[ok].min()), float(d[ok].max())) if ok.any() else (0.0, 0.0))
