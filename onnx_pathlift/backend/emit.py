@@ -216,10 +216,12 @@ def _carried(layer: Layer, value: dict[str, Scaled], bounds: dict[str, np.ndarra
     input's shape: its input's value and bound taken over, and ``ρ = max(hi, ρ_x)`` for the gap ``hi`` of
     ``k − bound``: what the full path of :func:`_lift_static` computes (its bound is the input's; every
     stored exponent map is already compact at that shape; no collapse, so no spread), with no operation
-    and no new constant. None where that path would settle (a gap past :data:`SETTLE_LOG2`: only after a
-    clipped settle upstream): then it runs."""
+    and no new constant. None where that path runs instead: where it would settle (a gap past
+    :data:`SETTLE_LOG2`: only after a clipped settle upstream), and where the map holds a ``-0.0`` (the
+    ceiling of a bound in (-1, 0); an affine layer's full path writes it ``+0.0``: the same scale, and
+    the lifted model's bytes stay those of the full path)."""
     x, bound = value[layer.inputs[0]], bounds[layer.inputs[0]]
-    if tuple(layer.shape) != tuple(in_shapes[0]):
+    if tuple(layer.shape) != tuple(in_shapes[0]) or (isinstance(x.log2, np.ndarray) and bool(np.any(np.signbit(x.log2) & (x.log2 == 0)))):
         return None
     lo, hi = _gap(x.log2, bound)
     if hi > SETTLE_LOG2 or lo < -SETTLE_LOG2:
