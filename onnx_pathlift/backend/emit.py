@@ -151,14 +151,14 @@ def _lift_forward(dag: Dag, q: float, b: LiftBuilder, input_log2: dict[str, floa
     value: dict[str, Scaled] = {}
     bounds: dict[str, np.ndarray] = {}
     rho: dict[str, float] = {}
-    shapes = {layer.name: layer.shape for layer in dag.layers()}
     budget = Budget()
+    layers = [replace(layer, attrs={**layer.attrs, "log2_max": input_log2[layer.name]})  # fed with ones, unless told
+              if layer.name in (input_log2 or {}) else layer for layer in (_fold_scales(dag) if folded is None else folded)]
+    shapes = {layer.name: layer.shape for layer in layers}  # folding keeps every layer's shape
 
     def clean(name: str) -> Scaled:
         return settled(b, value, name, len(shapes[name]))
 
-    layers = [replace(layer, attrs={**layer.attrs, "log2_max": input_log2[layer.name]})  # fed with ones, unless told
-              if layer.name in (input_log2 or {}) else layer for layer in (_fold_scales(dag) if folded is None else folded)]
     for layer in layers:
         handler = LAYER_OPS[layer.op]
         in_shapes = [shapes[i] for i in layer.inputs]
@@ -190,12 +190,15 @@ def _lift_static(b: LiftBuilder, layer: Layer, value: dict[str, Scaled], bounds:
     its target ``ceil(bound)``, its lifted value; returns ``(value, bound, ρ)`` (see
     :mod:`onnx_pathlift.graph.budget`: ``ρ`` bounds ``log2(2**k / U)`` over every value the layer computes)."""
     handler = LAYER_OPS[layer.op]
+    if handler.lifts_to_identity(layer) and (same := _carried(layer, value, bounds, rho, in_shapes)) is not None:
+        return same
     axis = handler.map_axis(layer)
     xs = [value[i] for i in layer.inputs]
     b.begin(None)
     if axis == ANY:
         if handler.full_maps and any(isinstance(x.log2, np.ndarray) for x in xs):  # maps at the inputs' full shapes
-            xs = [replace(x, log2=np.broadcast_to(np.asarray(x.log2, dtype=np.float64), s)) for x, s in zip(xs, in_shapes)]
+            xs = [Scaled(x.tensor, np.broadcast_to(np.asarray(x.log2, dtype=np.float64), s), x.bound, x.dirty)
+                  for x, s in zip(xs, in_shapes)]
     else:
         xs = [b.collapse(x, s, axis) for x, s in zip(xs, in_shapes)]
     spread = b.spread
@@ -203,7 +206,8 @@ def _lift_static(b: LiftBuilder, layer: Layer, value: dict[str, Scaled], bounds:
     target = compact(np.ceil(np.asarray(bound, dtype=np.float64)), layer.shape)
     b.begin(target, [(bounds[i], x.log2) for i, x in zip(layer.inputs, xs)])
     y = handler.lift(b, layer, xs, q)
-    y = replace(y, log2=compact(y.log2, layer.shape))
+    if (k := compact(y.log2, layer.shape)) is not y.log2:
+        y = Scaled(y.tensor, k, y.bound, y.dirty)
     lo, hi = _gap(y.log2, bound)
     r = max(hi, max(rho[i] for i in layer.inputs) + spread)
     if hi > SETTLE_LOG2 or lo < -SETTLE_LOG2:
@@ -211,10 +215,32 @@ def _lift_static(b: LiftBuilder, layer: Layer, value: dict[str, Scaled], bounds:
     return y, bound, r
 
 
+def _carried(layer: Layer, value: dict[str, Scaled], bounds: dict[str, np.ndarray], rho: dict[str, float],
+             in_shapes: list[tuple[int, ...]]) -> tuple[Scaled, np.ndarray, float] | None:
+    """A layer whose lifted form is ``y = x`` (:meth:`~onnx_pathlift.ops.LayerOp.lifts_to_identity`), of its
+    input's shape: its input's value and bound taken over, and ``ρ = max(hi, ρ_x)`` for the gap ``hi`` of
+    ``k − bound``: what the full path of :func:`_lift_static` computes (its bound is the input's; every
+    stored exponent map is already compact at that shape; no collapse, so no spread), with no operation
+    and no new constant. None where that path runs instead: where it would settle (a gap past
+    :data:`SETTLE_LOG2`: only after a clipped settle upstream), and where the map holds a ``-0.0`` (the
+    ceiling of a bound in (-1, 0); an affine layer's full path writes it ``+0.0``: the same scale, and
+    the lifted model's bytes stay those of the full path)."""
+    x, bound = value[layer.inputs[0]], bounds[layer.inputs[0]]
+    if tuple(layer.shape) != tuple(in_shapes[0]) or (isinstance(x.log2, np.ndarray) and bool(np.any(np.signbit(x.log2) & (x.log2 == 0)))):
+        return None
+    lo, hi = _gap(x.log2, bound)
+    if hi > SETTLE_LOG2 or lo < -SETTLE_LOG2:
+        return None
+    return x, bound, max(hi, rho[layer.inputs[0]])
+
+
 def _gap(k, bound: np.ndarray) -> tuple[float, float]:
     """The least and largest ``k − bound`` over neurons where both are finite (0, 0 if none)."""
     k, bound = np.asarray(k, dtype=np.float64), np.asarray(bound, dtype=np.float64)
     ok = np.isfinite(k) & np.isfinite(bound)  # broadcast to both shapes
+    if ok.size and ok.all():  # the common case: no mask, nothing to silence
+        d = np.subtract(k, bound)
+        return float(d.min()), float(d.max())
     if not ok.any():
         return 0.0, 0.0
     with np.errstate(invalid="ignore"):  # inf − inf where not ok: never read

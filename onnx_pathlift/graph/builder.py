@@ -41,6 +41,7 @@ class GraphBuilder:
         self._taken: set[str] = set(taken or ())
         self._scalars: dict[tuple[float, str], str] = {}
         self._next: dict[str, int] = {}  # per hint: the first suffix not yet tried
+        self._attributes: dict[tuple, onnx.AttributeProto] = {}  # see _attribute
 
     def fresh(self, hint: str) -> str:
         """A tensor name based on ``hint`` that is not used yet: ``hint``, else ``hint_k`` for the
@@ -72,10 +73,28 @@ class GraphBuilder:
         return self._scalars[key]
 
     def op(self, op_type: str, inputs: list[str], hint: str, **attrs) -> str:
-        """Append one single-output node; return its output name."""
+        """Append one single-output node; return its output name. Its attributes are those of
+        ``helper.make_node`` (sorted by name, None left out), each built once per builder (:meth:`_attribute`)."""
         out = self.fresh(hint)
-        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
+        node = helper.make_node(op_type, inputs, [out], name=out)
+        if attrs:
+            node.attribute.extend(self._attribute(k, v) for k, v in sorted(attrs.items()) if v is not None)
+        self.nodes.append(node)
         return out
+
+    def _attribute(self, key: str, value) -> onnx.AttributeProto:
+        """``helper.make_attribute(key, value)``, held for the next node with the same attribute when
+        ``value`` is an int, a str or a list of ints (a network's convs share their strides, pads, ...;
+        ``extend`` copies it into each node)."""
+        if type(value) in (int, str):
+            memo_key: tuple = (key, type(value), value)
+        elif type(value) in (list, tuple) and value and all(type(v) is int for v in value):
+            memo_key = (key, list, tuple(value))
+        else:
+            return helper.make_attribute(key, value)
+        if memo_key not in self._attributes:
+            self._attributes[memo_key] = helper.make_attribute(key, value)
+        return self._attributes[memo_key]
 
     def model(self, *args, **kwargs) -> ModelProto:
         """:meth:`build` with every constant stored in the model: a standalone ``ModelProto``."""
@@ -241,7 +260,10 @@ class LiftBuilder(GraphBuilder):
         """Static mode: whether values held at exponent map ``k`` may stay there: within
         :data:`SETTLE_LOG2` − 1 of the layer's target (its bound rounded up) at every neuron, and
         ``-inf`` (known to be 0) only where the target is."""
-        k, t = np.broadcast_arrays(np.asarray(k, dtype=np.float64), np.asarray(self.target, dtype=np.float64))
+        k, t = np.asarray(k, dtype=np.float64), np.asarray(self.target, dtype=np.float64)
+        if np.isfinite(k).all() and np.isfinite(t).all():  # the common case: no mask
+            return float(np.abs(k - t).max(initial=0.0)) <= SETTLE_LOG2 - 1.0
+        k, t = np.broadcast_arrays(k, t)
         if np.any(np.isneginf(k) & np.isfinite(t)):  # -inf: known to be 0, which a neuron of finite bound is not
             return False
         finite = np.isfinite(k) & np.isfinite(t)
@@ -310,8 +332,9 @@ class LiftBuilder(GraphBuilder):
             if k_out is None:
                 k_out = self.target if self.target is not None else compact(np.maximum(x.log2, np.ceil(bias_log2)))
             t = self.const(bias_values(bias_log2, k_out), "absBias")
-            return Scaled(self.op("Add", [self.scale_by(x.tensor, compact(exp_diff(x.log2, k_out))), t], "bias"), k_out,
-                          max(x.bound, 1.0) + 1.0)
+            same = x.log2 is k_out and bool(np.isfinite(k_out).all())  # then k − k_out is 0 everywhere
+            return Scaled(self.op("Add", [x.tensor if same else self.scale_by(x.tensor, compact(exp_diff(x.log2, k_out))), t],
+                                  "bias"), k_out, max(x.bound, 1.0) + 1.0)
         e_bias = int(math.floor(exp_max(bias_log2)))
         bias = scaled_power(np.ones(()), 1.0, bias_log2 - e_bias)
         k_in = self.op("Add", [x.log2, self._floor_log2_max(x.tensor, rank)], "k") if x.dirty else x.log2

@@ -399,6 +399,8 @@ def exp_diff(a: Exponent, b: Exponent) -> Exponent:
     if isinstance(a, int) and isinstance(b, int):
         return a - b
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if np.isfinite(a).all() and np.isfinite(b).all():  # the common case: nothing to mask
+        return np.asarray(a - b)
     with np.errstate(invalid="ignore"):
         return np.where(np.isfinite(a) & np.isfinite(b), a - b, -np.inf)
 
@@ -418,6 +420,8 @@ def compact(k: Exponent, shape: tuple[int, ...] | None = None) -> Exponent:
             return int(k.flat[0])
     elif top == -math.inf or not np.isfinite(k).any():
         return np.full((), -np.inf)  # every neuron known to be 0: their weights onward are 0, not scaled by 2**0
+    if sum(n > 1 for n in k.shape) <= 1:  # not constant (above), so not along its one axis of size > 1
+        return k
     reduced = False
     for axis in range(k.ndim):
         if k.shape[axis] > 1:
@@ -443,8 +447,11 @@ def exp_vector(k: Exponent, n: int, axis: int) -> np.ndarray:
     k = np.asarray(k, dtype=np.float64)
     if not -k.ndim <= axis < k.ndim or k.shape[axis] == 1:
         return np.full(n, exp_max(k) if np.isfinite(k).any() else -np.inf)
-    v = np.moveaxis(k, axis, -1).reshape(-1, k.shape[axis]).max(axis=0)
-    return np.broadcast_to(v, (n,)).copy()
+    if k.size == k.shape[axis]:  # a vector laid along the axis: its entries
+        v = k.reshape(-1)
+    else:
+        v = np.moveaxis(k, axis, -1).reshape(-1, k.shape[axis]).max(axis=0)
+    return v.copy() if v.shape == (n,) else np.broadcast_to(v, (n,)).copy()
 
 
 def exp2_f32(k: Exponent) -> np.ndarray:

@@ -47,6 +47,9 @@ class Relu(ParameterFree, OneLipschitz):
     def emit(self, b: GraphBuilder, layer: Layer, xs: list[str]) -> str:
         return b.op("Relu", xs, "relu")
 
+    def lifts_to_identity(self, layer: Layer) -> bool:
+        return True
+
     def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
         return xs[0]
 

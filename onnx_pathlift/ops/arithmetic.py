@@ -82,6 +82,10 @@ class Affine(LayerOp):
     def map_axis(self, layer: Layer) -> str:
         return ANY
 
+    def lifts_to_identity(self, layer: Layer) -> bool:
+        """No parameter left (both folded into the layer before it): ``|1|**q ⊙ x + 0``."""
+        return not layer.params
+
     def lift(self, b: LiftBuilder, layer: Layer, xs: list[Scaled], q: float) -> Scaled:
         x = xs[0]
         kept = self._kept_exponent(b, layer, x, q) if b.static else None

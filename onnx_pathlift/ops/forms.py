@@ -25,7 +25,7 @@ def channel_bias(layer: Layer, q: float, k_out: Exponent, axis: int) -> np.ndarr
     ``C`` input takes; None where the layer has no bias or it varies along another axis (then
     :func:`lift_bias` adds it). The same values and the same one rounding of the sum as that Add,
     without its pass over the output."""
-    if "B" not in layer.params or not np.any(layer.params["B"]):
+    if "B" not in layer.params or not layer.params["B"].any():
         return None
     t = bias_values(lifted_log2(layer.params["B"], q), k_out)
     rank = len(layer.shape)
@@ -34,7 +34,7 @@ def channel_bias(layer: Layer, q: float, k_out: Exponent, axis: int) -> np.ndarr
     t = t.reshape((1,) * (rank - t.ndim) + t.shape)
     if any(n != 1 for i, n in enumerate(t.shape) if i != axis):
         return None
-    return np.ascontiguousarray(np.broadcast_to(t.reshape(-1), (layer.shape[axis],)))
+    return t.reshape(-1) if t.size == layer.shape[axis] else np.ascontiguousarray(np.broadcast_to(t.reshape(-1), (layer.shape[axis],)))
 
 
 def bias_bound(layer: Layer, lu: np.ndarray, q: float) -> np.ndarray:

@@ -185,6 +185,12 @@ class LayerOp:
         """Whether the layer computes ``y = x`` on its first input, of shape ``in_shape``."""
         return False
 
+    def lifts_to_identity(self, layer: Layer) -> bool:
+        """Whether the lifted layer is ``y = x`` on its one input at every q: ``lift`` returns that input's
+        value (its exponent map at most re-compacted, never moved) and ``bound`` that input's bound,
+        unchanged (the lifted ReLU; an affine layer whose parameters were all folded away)."""
+        return False
+
     def compose(self, first: Layer, second: Layer) -> Layer | None:
         """``second ∘ first`` as one layer of this op (``second`` is of this op and reads ``first``, which
         feeds nothing else), reading ``first``'s inputs; None when they do not compose."""
