@@ -130,8 +130,7 @@ def log2_range(a: np.ndarray) -> tuple[float, float]:
     v = np.asarray(a)
     whole = v.flags.c_contiguous or v.flags.f_contiguous  # its elements: one block of memory, in some order
     owner = v.base if whole and isinstance(v.base, np.ndarray) else v  # numpy points a view at the array owning it
-    key = (id(owner), v.ctypes.data, v.nbytes, v.dtype.str)
-    hit = _RANGE_CACHE.get(key)
+    hit = _RANGE_CACHE.get(_range_key(owner, v))
     if hit is not None and hit[0]() is owner:
         return hit[1]
     if v.dtype.kind == "f" and v.dtype.itemsize in _MAGNITUDE_BITS and v.size:
@@ -141,8 +140,19 @@ def log2_range(a: np.ndarray) -> tuple[float, float]:
         low = min(float(v.min(where=v > 0, initial=np.inf)), -float(v.max(where=v < 0, initial=-np.inf)))
     result = (math.log2(low), math.log2(top)) if top > 0 else (-math.inf, -math.inf)
     if isinstance(a, np.ndarray):
-        _RANGE_CACHE[key] = (weakref.ref(owner, lambda _: _RANGE_CACHE.pop(key, None)), result)
+        _remember_range(owner, v, result)
     return result
+
+
+def _range_key(owner: np.ndarray, v: np.ndarray) -> tuple:
+    """The :data:`_RANGE_CACHE` key of ``v``'s memory, ``owner`` the array owning it."""
+    return id(owner), v.ctypes.data, v.nbytes, v.dtype.str
+
+
+def _remember_range(owner: np.ndarray, v: np.ndarray, result: tuple[float, float]) -> None:
+    """Memoise :func:`log2_range` of ``v`` while ``owner`` (the array owning its memory) lives."""
+    key = _range_key(owner, v)
+    _RANGE_CACHE[key] = (weakref.ref(owner, lambda _: _RANGE_CACHE.pop(key, None)), result)
 
 
 def scaled_rows(w: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -160,14 +170,18 @@ def scaled_rows(w: np.ndarray, s: np.ndarray) -> np.ndarray:
         rows = slice(i, i + step)
         block = out[rows]
         np.copyto(block, w[rows])  # widened exactly, as the multiply's own cast does, but in a fast loop
-        ranges.append(_magnitude_range(np.multiply(block, s[rows] if s.ndim == out.ndim and s.shape[0] > 1 else s, out=block)))
+        ranges.append(_magnitude_range(np.multiply(block, _block_of(s, rows, out.ndim), out=block)))
     tops = [top for _, top in ranges]
     if not any(math.isnan(t) for t in tops):  # a NaN entry: its range is left to log2_range
         low, top = min((low for low, top in ranges if top > 0), default=0.0), max(tops)  # (an all-zero block: no nonzero entry)
-        key = (id(out), out.ctypes.data, out.nbytes, out.dtype.str)
-        result = (math.log2(low), math.log2(top)) if top > 0 else (-math.inf, -math.inf)
-        _RANGE_CACHE[key] = (weakref.ref(out, lambda _: _RANGE_CACHE.pop(key, None)), result)
+        _remember_range(out, out, (math.log2(low), math.log2(top)) if top > 0 else (-math.inf, -math.inf))
     return out
+
+
+def _block_of(p: np.ndarray, rows: slice, ndim: int) -> np.ndarray:
+    """The part of ``p`` (broadcast against an array of rank ``ndim``) that a block of that array's
+    leading-axis slices ``rows`` meets: ``p[rows]`` where ``p`` varies along the leading axis, else ``p``."""
+    return p[rows] if p.ndim == ndim and p.shape[0] > 1 else p
 
 
 def _magnitude_range(v: np.ndarray) -> tuple[float, float]:
@@ -249,7 +263,7 @@ def _float64_power(a: np.ndarray, q: float, parts: list[np.ndarray], low: float,
         return _plain_blocks(a, q, parts, out, step)
     for i in range(0, shape[0], step):
         rows = slice(i, i + step)
-        block = [p[rows] if p.ndim == len(shape) and p.shape[0] > 1 else p for p in parts]
+        block = [_block_of(p, rows, len(shape)) for p in parts]
         out[rows] = _rounded32(_power_in_place(np.abs(a[rows], dtype=np.float64), q, block, log_domain), q)
     return out
 
@@ -266,9 +280,9 @@ def _plain_blocks(a: np.ndarray, q: float, parts: list[np.ndarray], out: np.ndar
         for i in range(0, a.shape[0], step):
             rows = slice(i, i + step)
             m = abs_power_into(a[rows], q, buf[:min(step, a.shape[0] - i)])
-            scale = np.exp2(parts[0][rows] if parts[0].ndim == a.ndim and parts[0].shape[0] > 1 else parts[0])
+            scale = np.exp2(_block_of(parts[0], rows, a.ndim))
             for p in parts[1:]:  # one factor 2**(Σ p): products of powers of two, exact in this range
-                scale = scale * np.exp2(p[rows] if p.ndim == a.ndim and p.shape[0] > 1 else p)
+                scale = scale * np.exp2(_block_of(p, rows, a.ndim))
             m *= scale
             out[rows] = m
     return out

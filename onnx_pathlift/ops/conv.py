@@ -122,21 +122,10 @@ class Conv(LayerOp):
                                 f"network does not split into independent samples of its batch {x_shape[0]}; "
                                 "pass --input-shape with batch 1")
         gx = b.op("ConvTranspose", [g.tensor, w], "adj", **transpose_attrs(a, m.shape[2:], x_shape, y_shape))
-        n, groups = len(m.shape) - 2, a["group"]
-        if groups == 1 and 4 * math.prod(m.shape[1:]) * math.prod(y_shape[2:]) <= _UNFOLD_BYTES:
+        if a["group"] == 1 and 4 * math.prod(m.shape[1:]) * math.prod(y_shape[2:]) <= _UNFOLD_BYTES:
             c = _unfolded_correlation(b, xs[0].tensor, g.tensor, a, m.shape, x_shape, y_shape)
-            return [b.shift(Scaled(gx, g.log2), e)], {"W": Scaled(b.op("Mul", [c, w], "score"), product_exponent(b, xs[0], g, e))}
-        # kernel scores: correlate the padded forward masses with the backward masses, group by group
-        pads = a["pads"]
-        xp = b.op("Pad", [xs[0].tensor, b.ints([0, 0, *pads[:n], 0, 0, *pads[n:]], "pads")], "xpad")
-        sp = [x_shape[2 + i] + pads[i] + pads[n + i] for i in range(n)]
-        xg = b.op("Reshape", [xp, b.ints([groups, x_shape[1] // groups, *sp], "shape")], "xg")
-        xg = b.op("Transpose", [xg], "xg", perm=[1, 0, *range(2, 2 + n)])
-        kg = b.op("Reshape", [g.tensor, b.ints([y_shape[1], 1, *y_shape[2:]], "shape")], "gk")
-        c = b.op("Conv", [xg, kg], "corr", strides=a["dilations"], dilations=a["strides"], group=groups)
-        c = b.op("Slice", [c, b.ints(np.zeros(n), "starts"), b.ints(m.shape[2:], "ends"),
-                           b.ints(np.arange(2, 2 + n), "axes")], "corr")
-        c = b.op("Transpose", [c], "corr", perm=[1, 0, *range(2, 2 + n)])
+        else:
+            c = _kernel_correlation(b, xs[0].tensor, g.tensor, a, m.shape, x_shape, y_shape)
         s = b.op("Mul", [c, w], "score")
         return [b.shift(Scaled(gx, g.log2), e)], {"W": Scaled(s, product_exponent(b, xs[0], g, e))}
 
@@ -206,6 +195,20 @@ def _unfolded_correlation(b: GraphBuilder, x: str, g: str, a: dict, kernel: tupl
         c = b.op("Reshape", [c, b.ints([y_shape[1], len(taps), x_shape[1]], "shape")], "corr")
         c = b.op("Transpose", [c], "corr", perm=[0, 2, 1])
     return b.op("Reshape", [c, b.ints([y_shape[1], x_shape[1], *kernel[2:]], "shape")], "corr")
+
+
+def _kernel_correlation(b: GraphBuilder, x: str, g: str, a: dict, kernel: tuple[int, ...], x_shape, y_shape) -> str:
+    """The same correlation as :func:`_unfolded_correlation`, group by group, with no unfolded copy: the
+    padded forward masses as images (one per input channel) convolved with the backward masses as kernels."""
+    n, groups, pads = len(x_shape) - 2, a["group"], a["pads"]
+    xp = b.op("Pad", [x, b.ints([0, 0, *pads[:n], 0, 0, *pads[n:]], "pads")], "xpad")
+    sp = [x_shape[2 + i] + pads[i] + pads[n + i] for i in range(n)]
+    xg = b.op("Reshape", [xp, b.ints([groups, x_shape[1] // groups, *sp], "shape")], "xg")
+    xg = b.op("Transpose", [xg], "xg", perm=[1, 0, *range(2, 2 + n)])
+    kg = b.op("Reshape", [g, b.ints([y_shape[1], 1, *y_shape[2:]], "shape")], "gk")
+    c = b.op("Conv", [xg, kg], "corr", strides=a["dilations"], dilations=a["strides"], group=groups)
+    c = b.op("Slice", [c, b.ints(np.zeros(n), "starts"), b.ints(kernel[2:], "ends"), b.ints(np.arange(2, 2 + n), "axes")], "corr")
+    return b.op("Transpose", [c], "corr", perm=[1, 0, *range(2, 2 + n)])
 
 
 def _set_group(node, tensor: str, ctx: SlimEdit) -> None:
